@@ -1,0 +1,1 @@
+"""Fused pipelines (indexer, fmha): staged compositions and fused production kernels."""

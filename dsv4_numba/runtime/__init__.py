@@ -1,0 +1,9 @@
+"""Run modes (GPU / simulator / compile-only), kernel wrappers, array movement, the toolchain."""
+from .env import GpuInfo, detect_gpu, device_arch, mode
+from .kernel import Kernel, device, kernel, set_max_dynamic_shared
+from .arrays import ArrayIO, is_device_array
+from .toolchain import ARCHES, CompileResult, ToolchainError, assemble, compile_kernel, compile_ptx
+
+__all__ = ["GpuInfo", "detect_gpu", "device_arch", "mode", "Kernel", "device", "kernel",
+           "set_max_dynamic_shared", "ArrayIO", "is_device_array", "ARCHES", "CompileResult",
+           "ToolchainError", "assemble", "compile_kernel", "compile_ptx"]

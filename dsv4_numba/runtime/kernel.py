@@ -1,0 +1,117 @@
+"""One kernel object, three ways to use it: run on the GPU, run under the simulator, compile only.
+
+Kernels are written as plain Python functions (``from numba import cuda`` in their module) and wrapped
+once::
+
+    @kernel
+    def scale(x, out): ...
+    scale.launch(grid, block, x, out)           # GPU (numba.cuda.jit) or simulator, per run mode
+    scale.compile((types.float32[::1],)*2, "sm_90a")   # PTX + ptxas report, no GPU needed
+
+Helpers called from kernels are wrapped with ``@device``: on the GPU they are Numba device functions
+inlined at the Numba-IR level (``inline="always"``, which also keeps compile-only mode free of driver
+lookups); under the simulator the launcher swaps them for simulator device functions, so one source
+serves both. Inline-PTX intrinsics have no simulator form; kernels that use them are production
+kernels and run on hardware only.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from . import env, toolchain
+
+_SIM_TWIN: dict[int, object] = {}  # id(real device dispatcher) -> simulator device function
+
+
+def device(fn):
+    """Mark ``fn`` as a device helper usable from kernels in both GPU and simulator mode."""
+    from numba import cuda
+    real = cuda.jit(device=True, inline="always")(fn)
+    if not env.simulator_forced():
+        from numba.cuda.simulator.kernel import FakeCUDAKernel
+        _SIM_TWIN[id(real)] = FakeCUDAKernel(fn, device=True)
+    return real
+
+
+def _functions_reachable(fn, seen):
+    """fn and every @device helper it (transitively) references through its globals."""
+    if id(fn) in seen:
+        return
+    seen[id(fn)] = fn
+    for v in list(fn.__globals__.values()):
+        if id(v) in _SIM_TWIN:
+            _functions_reachable(v.py_func, seen)
+
+
+@contextlib.contextmanager
+def _simulator_globals(fn):
+    swapped = []
+    seen: dict = {}
+    _functions_reachable(fn, seen)
+    for f in seen.values():
+        g = f.__globals__
+        orig = {k: v for k, v in g.items() if id(v) in _SIM_TWIN}
+        g.update({k: _SIM_TWIN[id(v)] for k, v in orig.items()})
+        swapped.append((g, orig))
+    try:
+        yield
+    finally:
+        for g, orig in swapped:
+            g.update(orig)
+
+
+class Kernel:
+    """A kernel usable in every run mode. ``launch_bounds`` is passed to the GPU compile."""
+
+    def __init__(self, fn, launch_bounds=None):
+        self.py_func = fn
+        self.launch_bounds = launch_bounds
+        self._gpu = None
+        self.__name__ = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    @property
+    def gpu(self):
+        """The numba.cuda dispatcher (compiled lazily at first launch)."""
+        if self._gpu is None:
+            from numba import cuda
+            kw = {"launch_bounds": self.launch_bounds} if self.launch_bounds else {}
+            self._gpu = cuda.jit(**kw)(self.py_func)
+        return self._gpu
+
+    def launch(self, grid, block, *args, shared_bytes=0, stream=0):
+        if env.mode() == "gpu":
+            self.gpu[grid, block, stream, shared_bytes](*args)
+            return
+        from numba.cuda.simulator.kernel import FakeCUDAKernel
+        sim = FakeCUDAKernel(self.py_func, device=False)
+        with _simulator_globals(self.py_func):
+            sim[grid, block, 0, shared_bytes](*args)
+
+    def compile(self, sig, arch: str, want_sass: bool = True) -> toolchain.CompileResult:
+        return toolchain.compile_kernel(self.py_func, sig, arch, self.launch_bounds, want_sass)
+
+    def ptx(self, sig, arch: str) -> str:
+        return toolchain.compile_ptx(self.py_func, sig, arch, self.launch_bounds)
+
+
+def kernel(fn=None, *, launch_bounds=None):
+    """Decorator: wrap a plain Python kernel function as a ``Kernel``."""
+    if fn is None:
+        return lambda f: Kernel(f, launch_bounds)
+    return Kernel(fn, launch_bounds)
+
+
+def set_max_dynamic_shared(dispatcher, sig, nbytes: int) -> None:
+    """Raise a compiled kernel's dynamic shared-memory limit above 48 KB (GPU only).
+
+    numba-cuda 0.30 holds a ``CUkernel`` (library loading); ``cuKernelSetAttribute`` is what works
+    on it (seen on an H100). The private attribute chain is wrapped here, in one place.
+    """
+    from cuda.bindings import driver
+    handle = dispatcher.overloads[sig]._codelibrary.get_cufunc().handle
+    dev = 0
+    (err,) = driver.cuKernelSetAttribute(
+        driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes, handle, dev)
+    if err != driver.CUresult.CUDA_SUCCESS:
+        raise RuntimeError(f"cuKernelSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES={nbytes}) failed: {err}")

@@ -1,0 +1,1 @@
+"""One module per stage: its reference kernel, production kernel(s), registration, napkin math."""

@@ -1,0 +1,772 @@
+"""FP4 decode and quantize stages: packed E2M1 + block scales <-> float32 / float16 / bfloat16.
+
+The number format (bit for bit: ``dsv4_numba.formats``)
+-------------------------------------------------------
+E2M1 is a 4-bit float: 1 sign bit, 2 exponent bits (bias 1), 1 mantissa bit, no inf, no NaN::
+
+    bit   3    2  1    0            code: 0    1    2    3    4    5    6    7
+        [ s | e1 e0 | m ]           value: 0   0.5   1   1.5   2    3    4    6    (codes 8..15: -)
+
+Two codes share a byte, the even (first) element in the LOW nibble::
+
+    byte i of .data:   [ code[2i+1] (bits 7:4) | code[2i] (bits 3:0) ]
+
+A block of 16 (nvfp4) or 32 (mxfp4, dsv4_fp4) consecutive elements of the last axis shares one
+8-bit scale: UE8M0 (an exponent: 2^(c-127); 0xFF is NaN) or, for nvfp4, E4M3 (bias 7, max 448),
+and nvfp4 multiplies a float32 per-tensor ``global_scale`` on top::
+
+    value = e2m1(code) * scale(block code) [* global_scale]      (float32, in this order)
+
+e2m1 x scale is exact in float32 (2 significant bits x 1 or 4); only the global-scale multiply
+and the final rounding to bfloat16 / float16 round — so every implementation here is BITWISE
+equal to ``formats.dequantize`` rounded to the output dtype, and quantize is bitwise equal to
+``formats.quantize`` (it replays the spec's float32 recipe operation by operation).
+
+Implementations (stage registry names ``decode_fp4`` / ``quantize_fp4``)
+------------------------------------------------------------------------
+* ``reference`` — one thread per packed byte (decode) or per block (quantize); plain arithmetic;
+  runs on any GPU and under the CUDA simulator.
+* ``production:sm_90a`` — one thread per 16 packed bytes (32 elements): one 16-byte ``ld.global.nc``,
+  the E2M1 -> bfloat16 bit patterns looked up with ``prmt`` from two 8-entry byte tables held in
+  registers (no branches, no memory table), signs merged with one more ``prmt``, the scale applied
+  by one float multiply per element, pairs packed by ``cvt.rn.bf16x2.f32``, 16-byte stores; a
+  grid-stride loop over a grid sized to fill the GPU.
+* ``production:sm_100a`` — same data path, but decodes with the Blackwell conversion
+  instructions (``cvt.rn.f16x2.e2m1x2``, ``cvt.rn.bf16x2.ue8m0x2``) and quantizes with
+  ``cvt.rn.satfinite.e2m1x2.f32`` and ``cvt.rp.satfinite.ue8m0x2.f32``. It is compiled and assembled
+  for sm_100a in CI; it has NOT run on Blackwell hardware here.
+
+Napkin math (decode of a 7168 x 8192 tensor to bfloat16)
+--------------------------------------------------------
+Per element: 0.5 B packed in + 2 B out + 1/32 B (dsv4_fp4, mxfp4) or 1/16 B (nvfp4) of scales:
+~2.53 B. 58.7 M elements -> 148.6 MB of unique traffic; at the ~3.0 TB/s an H100 copies, ~50 us.
+Arithmetic per element is ~5 integer/float instructions (2 prmt per 4 elements, 1 sign merge, 1
+shift/mask, 1 fmul, 1/2 cvt): ~0.3 G instr, ~10 us of issue on 132 SMs -> memory-bound.
+float32 output: 4.53 B/elem -> 266 MB -> ~89 us. Quantize from bfloat16: 2 + 0.53 B/elem, the
+same bound as decode; nvfp4 quantize reads the input twice (global amax pass first).
+"""
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+from numba import cuda, float32, uint32
+
+from .. import formats, registry
+from ..formats.blocks import FORMATS, QuantizedFP4
+from ..runtime import ArrayIO, detect_gpu, device, is_device_array, kernel, mode
+from ..runtime.kernel import Kernel
+
+try:  # the PTX bindings; absent only when numba itself runs as the simulator
+    from ..hw import ops
+except ImportError:  # pragma: no cover
+    ops = None
+
+# ----------------------------------------------------------------------------------------------
+# dtypes and format ids shared by host and kernels
+# ----------------------------------------------------------------------------------------------
+OUT_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
+              "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+F32, F16, BF16 = 0, 1, 2            # dtype kinds as kernels see them (bfloat16 travels as uint16)
+UE8M0, E4M3 = 0, 1                  # scale kinds
+FMT_DSV4, FMT_MX, FMT_NV = 0, 1, 2  # scale recipes for quantize
+_FMT_ID = {"dsv4_fp4": FMT_DSV4, "mxfp4": FMT_MX, "nvfp4": FMT_NV}
+_KIND = {np.dtype(np.float32): F32, np.dtype(np.float16): F16, np.dtype(ml_dtypes.bfloat16): BF16}
+
+
+def _dtype_name(dt) -> str:
+    for name, d in OUT_DTYPES.items():
+        if np.dtype(dt) == d if not isinstance(dt, str) else dt == name:
+            return name
+    raise TypeError(f"dtype {dt!r} is not supported; use one of {sorted(OUT_DTYPES)} "
+                    f"(numpy.float32, numpy.float16, ml_dtypes.bfloat16 or their names)")
+
+
+# ----------------------------------------------------------------------------------------------
+# device helpers shared by every implementation (one place per concern)
+# ----------------------------------------------------------------------------------------------
+@device
+def f32_bits(x):
+    """The IEEE bits of a float32 (a register move once compiled)."""
+    t = cuda.local.array(1, float32)
+    t[0] = x
+    return t.view(np.uint32)[0]
+
+
+@device
+def bits_f32(u):
+    t = cuda.local.array(1, uint32)
+    t[0] = u
+    return t.view(np.float32)[0]
+
+
+@device
+def bf16_bits(x):
+    """float32 -> bfloat16 bits, round to nearest even; NaN stays a (quiet) NaN."""
+    u = f32_bits(x)
+    if (u & 0x7FFFFFFF) > 0x7F800000:
+        return np.uint16((u >> 16) | 0x40)
+    return np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
+
+
+@device
+def load_as_f32(x, i, kind):
+    """Element i of an input of dtype kind (bfloat16 arrives as uint16 bits) as float32."""
+    if kind == BF16:
+        return bits_f32(uint32(x[i]) << 16)
+    return float32(x[i])
+
+
+@device
+def store_from_f32(out, i, v, kind):
+    """Round float32 v to the output dtype kind and store it (bfloat16 as uint16 bits)."""
+    if kind == BF16:
+        out[i] = bf16_bits(v)
+    else:
+        out[i] = v   # float32 as is; float16 rounds to nearest even (cvt.rn.f16.f32)
+
+
+@device
+def e2m1_value(code):
+    """The float32 value of a 4-bit E2M1 code, straight from the definition."""
+    mag = code & 7
+    e = mag >> 1
+    m = mag & 1
+    if e == 0:
+        v = float32(0.5) * m                                # subnormal: 0 or 0.5
+    else:
+        v = float32(math.ldexp(1.0 + 0.5 * m, int(e) - 1))      # 1, 1.5, 2, 3, 4, 6
+    return -v if code & 8 else v
+
+
+@device
+def scale_value(code, skind):
+    """The float32 value of an 8-bit scale code: UE8M0 2^(c-127) (0xFF: NaN) or E4M3."""
+    if skind == UE8M0:
+        if code == 255:
+            return float32(math.nan)
+        if code == 0:
+            return bits_f32(uint32(0x00400000))             # 2^-127, a float32 subnormal
+        return bits_f32(uint32(code) << 23)
+    e = (code >> 3) & 15
+    m = code & 7
+    if e == 15 and m == 7:
+        return float32(math.nan)
+    if e == 0:
+        v = float32(math.ldexp(float(m), -9))               # subnormal: m * 2^-9
+    else:
+        v = float32(math.ldexp(1.0 + m / 8.0, int(e) - 7))
+    return -v if code & 0x80 else v
+
+
+@device
+def e2m1_encode(v):
+    """float32 -> E2M1 code, round to nearest even, saturating at +-6 (the spec's thresholds)."""
+    a = abs(v)
+    c = (int(a > 0.25) + int(a >= 0.75) + int(a > 1.25) + int(a >= 1.75)   # int(): NumPy bools
+         + int(a > 2.5) + int(a >= 3.5) + int(a > 5.0))                     # would add as OR
+    return uint32(c) | ((f32_bits(v) >> 28) & 8)
+
+
+@device
+def ue8m0_ceil_code(v):
+    """UE8M0 code of 2^ceil(log2 v) for positive finite float32 v, clamped to [0, 254]."""
+    u = f32_bits(v)
+    e = int((u >> 23) & 0xFF)
+    m = u & 0x7FFFFF
+    if e == 0:                       # subnormal: v = m * 2^-149; ceil(log2 v) <= -127 -> code 0
+        return uint32(0)
+    c = e + (1 if m != 0 else 0)
+    return uint32(min(c, 254))
+
+
+@device
+def ue8m0_mx_code(amax):
+    """OCP MX scale code: 2^(floor(log2 amax) - 2), exponent clamped to [-127, 127]."""
+    u = f32_bits(amax)
+    e = int((u >> 23) & 0xFF)
+    if e == 0:                       # subnormal amax: floor(log2) = 31 - clz(m) - 149
+        m = u & 0x7FFFFF
+        fl = -150
+        while m:
+            m >>= 1
+            fl += 1
+        c = fl - 2 + 127
+    else:
+        c = e - 2
+    return uint32(max(0, min(c, 254)))
+
+
+@device
+def e4m3_code(v):
+    """Non-negative float32 v (<= 448) -> E4M3 code, round to nearest even (bit arithmetic)."""
+    u = f32_bits(v)
+    e = int((u >> 23) & 0xFF) - 127
+    if e < -6:                                         # E4M3 subnormal range: m * 2^-9
+        q = v * float32(512.0)                         # exact (power-of-two scaling), < 8
+        return uint32((q + float32(8388608.0)) - float32(8388608.0))   # RNE to an integer
+    m = u & 0x7FFFFF
+    q = m >> 20
+    rem = m & 0xFFFFF
+    if rem > 0x80000 or (rem == 0x80000 and (q & 1)):
+        q += 1
+    if q == 8:
+        q = 0
+        e += 1
+    return uint32(((e + 7) << 3) | q)
+
+
+@device
+def block_scale(amax, fmt, gs_enc):
+    """(scale code, float32 multiplier that maps x to the E2M1 grid) for one block.
+
+    Replays ``formats.quantize`` exactly: dsv4_fp4 ceil(amax/6), mxfp4 floor(log2 amax) - 2,
+    nvfp4 e4m3((gs_enc * amax) / 6) with multiplier gs_enc / s. amax == 0 -> (0, 0): all codes 0.
+    For power-of-two scales, x * 2^(127-c) equals the spec's x / 2^(c-127) (same real value,
+    one rounding), and 2^(127-c) is representable for every code 0..254.
+    """
+    if amax == 0:
+        return uint32(0), float32(0.0)
+    if fmt == FMT_NV:
+        sb = (gs_enc * amax) / float32(6.0)
+        code = e4m3_code(min(sb, float32(448.0)))
+        s = scale_value(code, E4M3)
+        if s == 0:
+            return code, float32(0.0)
+        return code, gs_enc / s
+    code = ue8m0_ceil_code(amax / float32(6.0)) if fmt == FMT_DSV4 else ue8m0_mx_code(amax)
+    return code, bits_f32(uint32(254 - code) << 23) if code < 254 else bits_f32(uint32(0x00400000))
+
+
+# ----------------------------------------------------------------------------------------------
+# reference kernels: readable, one thread per byte (decode) / per block (quantize)
+# ----------------------------------------------------------------------------------------------
+@device
+def decode_byte(data, scales, gscale, block, skind, has_g, okind, out, i):
+    """out[2i], out[2i+1] from packed byte data[i] (flattened arrays): the definition, literally."""
+    byte = data[i]
+    for half in range(2):
+        e = 2 * i + half
+        code = (byte >> (4 * half)) & 15
+        v = e2m1_value(code) * scale_value(scales[e // block], skind)
+        if has_g:
+            v = v * gscale
+        store_from_f32(out, e, v, okind)
+
+
+@kernel
+def decode_ref_kernel(data, scales, gscale, block, skind, has_g, okind, out):
+    """One thread per packed byte."""
+    i = cuda.grid(1)
+    if i < data.size:
+        decode_byte(data, scales, gscale, block, skind, has_g, okind, out, i)
+
+
+@kernel
+def amax_ref_kernel(x, ikind, amax_bits):
+    """amax_bits[0] = max |x| as float32 bits (non-negative floats order like their bits)."""
+    i = cuda.grid(1)
+    if i < x.size:
+        cuda.atomic.max(amax_bits, 0, f32_bits(abs(load_as_f32(x, i, ikind))))
+
+
+@kernel
+def quantize_ref_kernel(x, ikind, block, fmt, amax_bits, data, scales):
+    """One thread per block: block amax -> scale code -> E2M1 codes, packed low nibble first."""
+    b = cuda.grid(1)
+    if b >= scales.size:
+        return
+    gs_enc = float32(1.0)
+    if fmt == FMT_NV:
+        amax = bits_f32(amax_bits[0])
+        if amax > 0:
+            gs_enc = float32(2688.0) / amax
+    amax_b = float32(0.0)
+    for j in range(block):
+        amax_b = max(amax_b, abs(load_as_f32(x, b * block + j, ikind)))
+    code, mult = block_scale(amax_b, fmt, gs_enc)
+    scales[b] = code
+    for j in range(0, block, 2):
+        e = b * block + j
+        lo = e2m1_encode(load_as_f32(x, e, ikind) * mult) if mult != 0 else uint32(0)
+        hi = e2m1_encode(load_as_f32(x, e + 1, ikind) * mult) if mult != 0 else uint32(0)
+        data[e // 2] = lo | (hi << 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# production kernels (sm_90a): 16-byte vectors, prmt decode tables
+# ----------------------------------------------------------------------------------------------
+# E2M1 magnitude code (0..7) -> bfloat16 bit pattern, split into its high and low byte:
+#   code   0     1     2     3     4     5     6     7
+#   value  0    0.5    1    1.5    2     3     4     6
+#   bf16 0x0000 3F00  3F80  3FC0  4000  4040  4080  40C0
+# prmt's 8 source bytes are {b, a}: table entries 0..3 in a, 4..7 in b.
+HI_TAB_A, HI_TAB_B = 0x3F3F3F00, 0x40404040
+LO_TAB_A, LO_TAB_B = 0xC0800000, 0xC0804000
+
+def _sign_selector(j):
+    """prmt control putting the sign of element 2j at bit 15 and of element 2j+1 at bit 31.
+
+    With a = w << 4 (bytes 0..3) and b = w (bytes 4..7): byte j of a has element 2j's sign bit as
+    its msb, byte j of b has element 2j+1's; selector nibbles with bit 3 set replicate that msb.
+    """
+    return ((8 | (4 + j)) << 12) | ((8 | j) << 4)
+
+
+SIGN_SEL = tuple(_sign_selector(j) for j in range(4))
+S0, S1, S2, S3 = SIGN_SEL
+
+
+@device
+def e2m1x8_sm90(w):
+    """Eight E2M1 codes (one 32-bit word, element 0 in bits 3:0) -> eight float32, via prmt tables."""
+    idx = w & uint32(0x77777777)
+    hi_a = ops.prmt(uint32(HI_TAB_A), uint32(HI_TAB_B), idx)          # elements 0..3, high bytes
+    lo_a = ops.prmt(uint32(LO_TAB_A), uint32(LO_TAB_B), idx)          # elements 0..3, low bytes
+    hi_b = ops.prmt(uint32(HI_TAB_A), uint32(HI_TAB_B), idx >> 16)    # elements 4..7
+    lo_b = ops.prmt(uint32(LO_TAB_A), uint32(LO_TAB_B), idx >> 16)
+    u = w << 4
+    sm = uint32(0x80008000)
+    p0 = ops.prmt(lo_a, hi_a, uint32(0x5140)) | (ops.prmt(u, w, uint32(S0)) & sm)   # bf16 x2
+    p1 = ops.prmt(lo_a, hi_a, uint32(0x7362)) | (ops.prmt(u, w, uint32(S1)) & sm)
+    p2 = ops.prmt(lo_b, hi_b, uint32(0x5140)) | (ops.prmt(u, w, uint32(S2)) & sm)
+    p3 = ops.prmt(lo_b, hi_b, uint32(0x7362)) | (ops.prmt(u, w, uint32(S3)) & sm)
+    hm = uint32(0xFFFF0000)
+    return (bits_f32(p0 << 16), bits_f32(p0 & hm), bits_f32(p1 << 16), bits_f32(p1 & hm),
+            bits_f32(p2 << 16), bits_f32(p2 & hm), bits_f32(p3 << 16), bits_f32(p3 & hm))
+
+
+@device
+def f16_bits_to_f32(h):
+    t = cuda.local.array(1, np.uint16)
+    t[0] = np.uint16(h)
+    return float32(t.view(np.float16)[0])
+
+
+@device
+def e2m1x8_sm100(w):
+    """Eight E2M1 codes -> eight float32 with the Blackwell cvt.rn.f16x2.e2m1x2 (exact in f16)."""
+    h0 = ops.cvt_f16x2_e2m1x2(w)
+    h1 = ops.cvt_f16x2_e2m1x2(w >> 8)
+    h2 = ops.cvt_f16x2_e2m1x2(w >> 16)
+    h3 = ops.cvt_f16x2_e2m1x2(w >> 24)
+    return (f16_bits_to_f32(h0 & 0xFFFF), f16_bits_to_f32(h0 >> 16),
+            f16_bits_to_f32(h1 & 0xFFFF), f16_bits_to_f32(h1 >> 16),
+            f16_bits_to_f32(h2 & 0xFFFF), f16_bits_to_f32(h2 >> 16),
+            f16_bits_to_f32(h3 & 0xFFFF), f16_bits_to_f32(h3 >> 16))
+
+
+@device
+def ue8m0_value_sm100(code, skind):
+    """Block scale value; UE8M0 through cvt.rn.bf16x2.ue8m0x2 (bf16 holds every 2^k exactly)."""
+    if skind == UE8M0:
+        return bits_f32((ops.cvt_bf16x2_ue8m0x2(code) & 0xFFFF) << 16)
+    return scale_value(code, skind)
+
+
+@device
+def pack2(lo, hi, okind):
+    """Two float32 -> one 32-bit word of two 16-bit outputs (lo in bits 15:0), RNE."""
+    if okind == BF16:
+        return ops.pack_bf16x2(hi, lo)
+    return ops.pack_f16x2(hi, lo)
+
+
+@device
+def emit8(vals, s, g, has_g, okind, addr):
+    """Scale eight decoded values (e2m1 * s [* g], the spec's order) and store them with st.v4."""
+    v0, v1, v2, v3, v4, v5, v6, v7 = vals
+    v0, v1, v2, v3 = v0 * s, v1 * s, v2 * s, v3 * s
+    v4, v5, v6, v7 = v4 * s, v5 * s, v6 * s, v7 * s
+    if has_g:
+        v0, v1, v2, v3 = v0 * g, v1 * g, v2 * g, v3 * g
+        v4, v5, v6, v7 = v4 * g, v5 * g, v6 * g, v7 * g
+    if okind == F32:
+        ops.st_global_v4_b32(addr, f32_bits(v0), f32_bits(v1), f32_bits(v2), f32_bits(v3))
+        ops.st_global_v4_b32(addr + 16, f32_bits(v4), f32_bits(v5), f32_bits(v6), f32_bits(v7))
+    else:
+        ops.st_global_v4_b32(addr, pack2(v0, v1, okind), pack2(v2, v3, okind),
+                             pack2(v4, v5, okind), pack2(v6, v7, okind))
+
+
+def make_decode_kernel(e2m1x8, scale_fn, name):
+    """The production decode kernel around an 8-code decoder and a scale decoder (per arch).
+
+    Thread t handles 16-byte chunks c = t, t + stride, ...: 32 elements, one (block 32) or two
+    (block 16) scales, one ld.global.nc.v4 in, 4 (16-bit out) or 8 (float32 out) st.global.v4 out.
+    Bytes past the last whole chunk (tail < 16) are decoded by thread 0 with the reference helper.
+    """
+    def kern(data, scales, gscale, block, skind, has_g, okind, out, nchunks):
+        tid = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        src = ops.array_address(data)
+        dst = ops.array_address(out)
+        wbytes = 32 if okind == F32 else 16         # output bytes per 8 elements
+        for c in range(tid, nchunks, stride):
+            w0, w1, w2, w3 = ops.ld_global_nc_v4_u32(src + uint32(16) * c)
+            if block == 32:
+                s0 = scale_fn(scales[c], skind)
+                s1 = s0
+            else:
+                s0 = scale_fn(scales[2 * c], skind)
+                s1 = scale_fn(scales[2 * c + 1], skind)
+            base = dst + uint32(4 * wbytes) * c
+            emit8(e2m1x8(w0), s0, gscale, has_g, okind, base)
+            emit8(e2m1x8(w1), s0, gscale, has_g, okind, base + wbytes)
+            emit8(e2m1x8(w2), s1, gscale, has_g, okind, base + 2 * wbytes)
+            emit8(e2m1x8(w3), s1, gscale, has_g, okind, base + 3 * wbytes)
+        if tid == 0:
+            for i in range(16 * nchunks, data.size):
+                decode_byte(data, scales, gscale, block, skind, has_g, okind, out, i)
+    kern.__name__ = kern.__qualname__ = name
+    return kernel(kern)
+
+
+decode_sm90_kernel = make_decode_kernel(e2m1x8_sm90, scale_value, "decode_fp4_sm90")
+decode_sm100_kernel = make_decode_kernel(e2m1x8_sm100, ue8m0_value_sm100, "decode_fp4_sm100")
+
+
+@device
+def encode2_sw(a, b):
+    """Two float32 (already on the E2M1 grid scale) -> one byte, a in the low nibble."""
+    return e2m1_encode(a) | (e2m1_encode(b) << 4)
+
+
+@device
+def encode2_sm100(a, b):
+    """The same with cvt.rn.satfinite.e2m1x2.f32 (its first operand goes to the high nibble)."""
+    return ops.cvt_e2m1x2_f32(b, a)
+
+
+@device
+def ceil_code_sm100(v):
+    """dsv4_fp4 scale code with cvt.rp.satfinite.ue8m0x2.f32 (rounds up to a power of two)."""
+    return ops.cvt_rp_ue8m0x2_f32(float32(0.0), v) & 0xFF
+
+
+@device
+def load8(src, ikind, k):
+    """Elements 8k..8k+7 of a 32-element chunk at address src, as float32 (one or two v4 loads)."""
+    if ikind == F32:
+        a0, a1, a2, a3 = ops.ld_global_nc_v4_u32(src + 32 * k)
+        a4, a5, a6, a7 = ops.ld_global_nc_v4_u32(src + 32 * k + 16)
+        return (bits_f32(a0), bits_f32(a1), bits_f32(a2), bits_f32(a3),
+                bits_f32(a4), bits_f32(a5), bits_f32(a6), bits_f32(a7))
+    b0, b1, b2, b3 = ops.ld_global_nc_v4_u32(src + 16 * k)
+    if ikind == BF16:
+        hm = uint32(0xFFFF0000)
+        return (bits_f32(b0 << 16), bits_f32(b0 & hm), bits_f32(b1 << 16), bits_f32(b1 & hm),
+                bits_f32(b2 << 16), bits_f32(b2 & hm), bits_f32(b3 << 16), bits_f32(b3 & hm))
+    return (f16_bits_to_f32(b0 & 0xFFFF), f16_bits_to_f32(b0 >> 16),
+            f16_bits_to_f32(b1 & 0xFFFF), f16_bits_to_f32(b1 >> 16),
+            f16_bits_to_f32(b2 & 0xFFFF), f16_bits_to_f32(b2 >> 16),
+            f16_bits_to_f32(b3 & 0xFFFF), f16_bits_to_f32(b3 >> 16))
+
+
+@device
+def amax8(v, m):
+    v0, v1, v2, v3, v4, v5, v6, v7 = v
+    return max(m, max(max(max(abs(v0), abs(v1)), max(abs(v2), abs(v3))),
+                      max(max(abs(v4), abs(v5)), max(abs(v6), abs(v7)))))
+
+
+@device
+def encode8(v, mult, encode2):
+    """Eight float32 -> one word of eight E2M1 codes (element 0 in bits 3:0)."""
+    v0, v1, v2, v3, v4, v5, v6, v7 = v
+    if mult == 0:
+        return uint32(0)
+    return (uint32(encode2(v0 * mult, v1 * mult)) | (uint32(encode2(v2 * mult, v3 * mult)) << 8)
+            | (uint32(encode2(v4 * mult, v5 * mult)) << 16)
+            | (uint32(encode2(v6 * mult, v7 * mult)) << 24))
+
+
+@device
+def scale_for(amax, fmt, gs_enc, ceil_code):
+    """block_scale with the arch's dsv4 ceil-code instruction substituted where it has one."""
+    if fmt == FMT_DSV4 and amax != 0:
+        code = ceil_code(amax / float32(6.0))
+        return code, bits_f32(uint32(254 - code) << 23) if code < 254 else bits_f32(uint32(0x00400000))
+    return block_scale(amax, fmt, gs_enc)
+
+
+def make_quantize_kernel(encode2, ceil_code, name):
+    """The production quantize kernel: one thread per 32-element chunk (1 or 2 blocks).
+
+    Loads the chunk with 16-byte loads (4 for 16-bit input, 8 for float32), reduces the block
+    amax in registers, computes the scale exactly as the spec, encodes, and writes one 16-byte
+    store of codes plus the scale byte(s). Non-finite input sets flag[0] (checked on return).
+    """
+    def kern(x, ikind, block, fmt, amax_bits, data, scales, flag, nchunks):
+        tid = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        gs_enc = float32(1.0)
+        if fmt == FMT_NV:
+            amax_t = bits_f32(amax_bits[0])
+            if amax_t > 0:
+                gs_enc = float32(2688.0) / amax_t
+        src = ops.array_address(x)
+        dst = ops.array_address(data)
+        ebytes = 4 if ikind == F32 else 2
+        for c in range(tid, nchunks, stride):
+            base = src + uint32(32 * ebytes) * c
+            q0 = load8(base, ikind, 0)
+            q1 = load8(base, ikind, 1)
+            q2 = load8(base, ikind, 2)
+            q3 = load8(base, ikind, 3)
+            m01 = amax8(q1, amax8(q0, float32(0.0)))
+            m23 = amax8(q3, amax8(q2, float32(0.0)))
+            if not (m01 <= float32(3.4028235e38) and m23 <= float32(3.4028235e38)):
+                flag[0] = 1                                  # NaN or inf in this chunk
+            if block == 32:
+                code0, mult0 = scale_for(max(m01, m23), fmt, gs_enc, ceil_code)
+                code1, mult1 = code0, mult0
+                scales[c] = code0
+            else:
+                code0, mult0 = scale_for(m01, fmt, gs_enc, ceil_code)
+                code1, mult1 = scale_for(m23, fmt, gs_enc, ceil_code)
+                scales[2 * c] = code0
+                scales[2 * c + 1] = code1
+            ops.st_global_v4_b32(dst + uint32(16) * c, encode8(q0, mult0, encode2),
+                                 encode8(q1, mult0, encode2), encode8(q2, mult1, encode2),
+                                 encode8(q3, mult1, encode2))
+    kern.__name__ = kern.__qualname__ = name
+    return kernel(kern)
+
+
+quantize_sm90_kernel = make_quantize_kernel(encode2_sw, ue8m0_ceil_code, "quantize_fp4_sm90")
+quantize_sm100_kernel = make_quantize_kernel(encode2_sm100, ceil_code_sm100, "quantize_fp4_sm100")
+
+
+def make_amax_kernel(name):
+    """Grid-stride |x| max: warp shuffles, then one atomicMax per warp on the float bits."""
+    def kern(x, ikind, amax_bits):
+        tid = cuda.grid(1)
+        m = float32(0.0)
+        for i in range(tid, x.size, cuda.gridsize(1)):
+            m = max(m, abs(load_as_f32(x, i, ikind)))
+        b = f32_bits(m)
+        if not (m <= float32(3.4028235e38)):
+            b = uint32(0x7F800000)                          # non-finite: surfaces as amax = inf
+        for off in (16, 8, 4, 2, 1):
+            b = max(b, cuda.shfl_xor_sync(0xFFFFFFFF, b, off))
+        if cuda.laneid == 0:
+            cuda.atomic.max(amax_bits, 0, b)
+    kern.__name__ = kern.__qualname__ = name
+    return kernel(kern)
+
+
+amax_prod_kernel = make_amax_kernel("amax_fp4")
+
+
+# ----------------------------------------------------------------------------------------------
+# host side: validation, launch, registration
+# ----------------------------------------------------------------------------------------------
+THREADS = 256
+
+
+def _grid(work_items: int, waves_per_sm: int = 16) -> int:
+    """Blocks for a grid-stride loop: enough to fill every SM several times over, no more."""
+    need = max(1, -(-work_items // THREADS))
+    gpu = detect_gpu()
+    return min(need, (gpu.sm_count if gpu else 1) * waves_per_sm) if gpu else need
+
+
+def _check_quantized(q) -> None:
+    if not isinstance(q, QuantizedFP4):
+        raise TypeError(f"decode_fp4 takes a formats.QuantizedFP4 (from formats.quantize or "
+                        f"quantize_fp4), got {type(q).__name__}")
+    for name in ("data", "scales"):
+        a = getattr(q, name)
+        if isinstance(a, np.ndarray) and not a.flags.c_contiguous:
+            raise ValueError(f"q.{name} is not C-contiguous; pass np.ascontiguousarray(q.{name})")
+
+
+def _check_aligned(*arrays) -> None:
+    for a in arrays:
+        ptr = a.__cuda_array_interface__["data"][0] if is_device_array(a) else 0
+        if ptr % 16:
+            raise ValueError("the production FP4 kernels use 16-byte vector loads/stores and need "
+                             f"16-byte aligned device buffers (got address {ptr:#x}); pass a fresh "
+                             "allocation or impl='reference'")
+
+
+def _decode(q, out_dtype, kern, ref, out=None):
+    _check_quantized(q)
+    name = _dtype_name(out_dtype)
+    io = ArrayIO(q.data, q.scales)
+    spec = FORMATS[q.fmt]
+    data = io.to_kernel(q.data).reshape(-1)
+    scales = io.to_kernel(q.scales).reshape(-1)
+    n = int(np.prod(q.shape))
+    kind = _KIND[OUT_DTYPES[name]]
+    store_dt = np.uint16 if kind == BF16 else OUT_DTYPES[name]
+    if out is None:
+        out = io.empty(n, store_dt)
+    elif tuple(out.shape) != (n,) or np.dtype(out.dtype) != np.dtype(store_dt):
+        raise ValueError(f"out must be a flat ({n},) {np.dtype(store_dt)} buffer")
+    if n:
+        args = (data, scales, np.float32(q.global_scale if spec.has_global_scale else 1.0),
+                spec.block, UE8M0 if spec.scale_kind == "ue8m0" else E4M3,
+                spec.has_global_scale, kind, out)
+        if ref:
+            kern.launch(-(-(n // 2) // THREADS), THREADS, *args)
+        else:
+            _check_aligned(args[0], out)
+            nchunks = (n // 2) // 16
+            kern.launch(_grid(nchunks + 1), THREADS, *args, nchunks)
+    res = io.result(out, OUT_DTYPES[name] if kind == BF16 else None)
+    return res.reshape(q.shape)
+
+
+def _ikind_of(x):
+    dt = np.dtype(x.dtype) if not is_device_array(x) else np.dtype(x.__cuda_array_interface__["typestr"])
+    if dt == np.uint16 and is_device_array(x):
+        return BF16, dt  # device bfloat16 travels as its uint16 bits
+    if dt not in _KIND:
+        raise TypeError(f"quantize_fp4 input must be float32, float16 or bfloat16, got {dt}")
+    return _KIND[dt], dt
+
+
+def _quantize(x, fmt, kern, ref):
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown FP4 format {fmt!r}; use one of {sorted(FORMATS)}")
+    spec = FORMATS[fmt]
+    shape = tuple(x.shape)
+    ikind, _ = _ikind_of(x)
+    if not shape or shape[-1] % spec.block:
+        raise ValueError(f"the last axis ({shape[-1] if shape else 'scalar'}) must be a multiple "
+                         f"of {spec.block} for {fmt}; pad it")
+    if not is_device_array(x):
+        if not x.flags.c_contiguous:
+            raise ValueError("x is not C-contiguous; pass np.ascontiguousarray(x)")
+        if not np.isfinite(x.astype(np.float32)).all():
+            raise ValueError("x contains NaN or inf; FP4 cannot represent them: clean the input")
+    io = ArrayIO(x)
+    flat = io.to_kernel(x.view(np.uint16) if ikind == BF16 and not is_device_array(x) else x)
+    flat = flat.reshape(-1)
+    n = int(np.prod(shape))
+    data = io.empty(n // 2, np.uint8)
+    scales = io.empty(n // spec.block, np.uint8)
+    amax = io.to_kernel(np.zeros(1, np.uint32))
+    flag = io.to_kernel(np.zeros(1, np.int32))
+    if n:
+        if spec.has_global_scale:
+            (amax_ref_kernel if ref else amax_prod_kernel).launch(
+                -(-n // THREADS) if ref else _grid(n), THREADS, flat, ikind, amax)
+        if ref:
+            quantize_ref_kernel.launch(-(-(n // spec.block) // THREADS), THREADS, flat, ikind,
+                                       spec.block, _FMT_ID[fmt], amax, data, scales)
+        else:
+            _check_aligned(flat, data)
+            nchunks = n // 32
+            if n % 32:   # nvfp4 with n = 16 (mod 32): a lone 16-block per tensor end; not vectorized
+                raise ValueError(f"the production quantize needs a total element count that is a "
+                                 f"multiple of 32 (got {n}); use impl='reference'")
+            kern.launch(_grid(nchunks), THREADS, flat, ikind, spec.block, _FMT_ID[fmt], amax,
+                        data, scales, flag, nchunks)
+    amax_host = amax.copy_to_host() if hasattr(amax, "copy_to_host") else amax
+    flag_host = flag.copy_to_host() if hasattr(flag, "copy_to_host") else flag
+    if flag_host[0] or (spec.has_global_scale and amax_host[0] >= 0x7F800000):
+        raise ValueError("x contains NaN or inf; FP4 cannot represent them: clean the input")
+    a = amax_host.view(np.float32)[0]
+    if spec.has_global_scale and a > 0 and not np.isfinite(np.float32(2688.0) / a):
+        raise ValueError(f"nvfp4: amax {a} is so small that the global encode scale 2688/amax "
+                         f"overflows float32; rescale the input")
+    gscale = None
+    if spec.has_global_scale:
+        gscale = np.float32(a / np.float32(2688.0)) if a > 0 else np.float32(1.0)
+    lead = shape[:-1]
+    d = io.result(data)
+    s = io.result(scales)
+    d = d.reshape(lead + (shape[-1] // 2,))
+    s = s.reshape(lead + (shape[-1] // spec.block,))
+    return QuantizedFP4(d, s, gscale, fmt, shape)
+
+
+def _kernels_decode(k):
+    from numba import types as t
+    sigs = []
+    for out in (t.float32, t.float16, t.uint16):
+        sigs.append((k, (t.uint8[::1], t.uint8[::1], t.float32, t.int64, t.int64, t.boolean,
+                         t.int64, out[::1], t.int64)))
+    return sigs
+
+
+def _kernels_quantize(k):
+    from numba import types as t
+    return [(k, (inp[::1], t.int64, t.int64, t.int64, t.uint32[::1], t.uint8[::1], t.uint8[::1],
+                 t.int32[::1], t.int64)) for inp in (t.float32, t.float16, t.uint16)]
+
+
+registry.register("decode_fp4", "reference")(
+    lambda q, out_dtype, out=None: _decode(q, out_dtype, decode_ref_kernel, ref=True, out=out))
+registry.register("decode_fp4", "production", arch="sm_90a",
+                  kernels=lambda: _kernels_decode(decode_sm90_kernel))(
+    lambda q, out_dtype, out=None: _decode(q, out_dtype, decode_sm90_kernel, ref=False, out=out))
+registry.register("decode_fp4", "production", arch="sm_100a",
+                  kernels=lambda: _kernels_decode(decode_sm100_kernel))(
+    lambda q, out_dtype, out=None: _decode(q, out_dtype, decode_sm100_kernel, ref=False, out=out))
+registry.register("quantize_fp4", "reference")(
+    lambda x, fmt: _quantize(x, fmt, quantize_ref_kernel, ref=True))
+registry.register("quantize_fp4", "production", arch="sm_90a",
+                  kernels=lambda: _kernels_quantize(quantize_sm90_kernel))(
+    lambda x, fmt: _quantize(x, fmt, quantize_sm90_kernel, ref=False))
+registry.register("quantize_fp4", "production", arch="sm_100a",
+                  kernels=lambda: _kernels_quantize(quantize_sm100_kernel))(
+    lambda x, fmt: _quantize(x, fmt, quantize_sm100_kernel, ref=False))
+
+
+def decode_fp4(q: QuantizedFP4, out_dtype="bfloat16", impl: str | None = None, out=None):
+    """Decode a block-scaled FP4 tensor to ``out_dtype``: bitwise ``formats.dequantize(q, out_dtype)``.
+
+    Constraints:
+      * ``q``: a ``formats.QuantizedFP4`` of format ``nvfp4``, ``mxfp4`` or ``dsv4_fp4``, any
+        leading shape, last axis a multiple of the block (16 / 32). Its ``data`` and ``scales``
+        are C-contiguous uint8 NumPy arrays (result: NumPy) or device arrays (result: device).
+      * ``out_dtype``: ``"bfloat16"`` (default), ``"float16"``, ``"float32"`` or the dtypes.
+        Device bfloat16 results are returned as uint16 bit patterns (no CUDA type code exists).
+      * Scale codes that are NaN (UE8M0 0xFF, E4M3 0x7F/0xFF) decode to NaN (payload unspecified).
+      * production: device buffers 16-byte aligned (fresh allocations are).
+      * ``impl``: "reference" | "production" | "production:sm_90a" | "production:sm_100a" | "auto".
+      * ``out``: optional preallocated flat buffer of q.size elements (uint16 for bfloat16) of the
+        same kind (NumPy / device) as the result; it is filled and returned reshaped.
+    """
+    return registry.resolve("decode_fp4", impl).fn(q, out_dtype, out=out)
+
+
+def quantize_fp4(x, fmt: str = "dsv4_fp4", impl: str | None = None) -> QuantizedFP4:
+    """Quantize ``x`` along its last axis: bitwise ``formats.quantize(x, fmt)`` (codes and scales).
+
+    Constraints:
+      * ``x``: float32, float16 or bfloat16 (ml_dtypes; on the device its uint16 bits), C-contiguous,
+        finite (NaN/inf raise ValueError: before launch for NumPy input, after it for device input),
+        last axis a multiple of the block (16 nvfp4, 32 mxfp4/dsv4_fp4).
+      * production: total element count a multiple of 32; device buffers 16-byte aligned.
+      * nvfp4 runs an extra pass for the per-tensor amax (the global scale).
+    """
+    return registry.resolve("quantize_fp4", impl).fn(x, fmt)
+
+
+def time_decode(q: QuantizedFP4, out_dtype="bfloat16", reps: int = 50, impl="production"):
+    """(median microseconds, GB/s of unique bytes) of the production decode on device-resident data."""
+    from numba import cuda
+    dq = QuantizedFP4.__new__(QuantizedFP4)
+    dq.__dict__.update(q.__dict__)
+    dq.data, dq.scales = cuda.to_device(q.data), cuda.to_device(q.scales)
+    fn = registry.resolve("decode_fp4", impl).fn
+    fn(dq, out_dtype)
+    cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = cuda.event(), cuda.event()
+        a.record()
+        fn(dq, out_dtype)
+        b.record()
+        b.synchronize()
+        times.append(cuda.event_elapsed_time(a, b) * 1e3)
+    us = float(np.median(times))
+    n = int(np.prod(q.shape))
+    nbytes = q.data.nbytes + q.scales.nbytes + n * OUT_DTYPES[_dtype_name(out_dtype)].itemsize
+    return us, nbytes / us / 1e3
