@@ -58,7 +58,8 @@ def assert_close(actual, expected, *, atol: float = 0.0, rtol: float = 0.0,
             raise AssertionError(f"{name}: {label} masks differ at {int((fa != fe).sum())} elements, "
                                  f"first {c}: got {[a[i] for i in c]}, expected {[e[i] for i in c]}")
     fin = np.isfinite(e64)
-    err = np.where(fin, np.abs(a64 - e64), 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.where(fin, np.abs(a64 - e64), 0.0)
     bad = err > atol + rtol * np.abs(np.where(fin, e64, 0.0))
     if bad.any():
         order = np.argsort(-(err * bad).ravel())[:max_report]

@@ -749,24 +749,20 @@ def quantize_fp4(x, fmt: str = "dsv4_fp4", impl: str | None = None) -> Quantized
     return registry.resolve("quantize_fp4", impl).fn(x, fmt)
 
 
-def time_decode(q: QuantizedFP4, out_dtype="bfloat16", reps: int = 50, impl="production"):
-    """(median microseconds, GB/s of unique bytes) of the production decode on device-resident data."""
+def time_decode(q: QuantizedFP4, out_dtype="bfloat16", impl="production"):
+    """(median microseconds, GB/s of unique bytes) of a decode on device-resident data (GPU only).
+
+    Unique bytes = packed codes + scales + output, each counted once.
+    """
     from numba import cuda
-    dq = QuantizedFP4.__new__(QuantizedFP4)
-    dq.__dict__.update(q.__dict__)
-    dq.data, dq.scales = cuda.to_device(q.data), cuda.to_device(q.scales)
-    fn = registry.resolve("decode_fp4", impl).fn
-    fn(dq, out_dtype)
-    cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = cuda.event(), cuda.event()
-        a.record()
-        fn(dq, out_dtype)
-        b.record()
-        b.synchronize()
-        times.append(cuda.event_elapsed_time(a, b) * 1e3)
-    us = float(np.median(times))
+
+    from ..runtime.bench import time_gpu
+    dq = QuantizedFP4(cuda.to_device(q.data), cuda.to_device(q.scales), q.global_scale, q.fmt,
+                      q.shape)
+    name = _dtype_name(out_dtype)
     n = int(np.prod(q.shape))
-    nbytes = q.data.nbytes + q.scales.nbytes + n * OUT_DTYPES[_dtype_name(out_dtype)].itemsize
+    out = cuda.device_array(n, np.uint16 if name == "bfloat16" else OUT_DTYPES[name])
+    fn = registry.resolve("decode_fp4", impl).fn
+    us = time_gpu(lambda: fn(dq, name, out=out))
+    nbytes = q.data.nbytes + q.scales.nbytes + n * OUT_DTYPES[name].itemsize
     return us, nbytes / us / 1e3

@@ -1,0 +1,46 @@
+"""GPU timing that measures the kernel, not Python: CUDA events around many back-to-back launches
+queued behind a spin kernel (so the CPU's launch overhead cannot starve the GPU between them),
+median over repeats. Used by ``tools/`` benchmarks and the demo; never by tests.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .kernel import kernel
+
+
+@kernel
+def _spin(out, iters):
+    """Keeps the GPU busy for a few ms while the host queues the launches to be timed."""
+    x = out[0]
+    for _ in range(iters):
+        x = x * 0.999999 + 1e-7
+    out[0] = x
+
+
+def time_gpu(fn, reps: int = 20, repeats: int = 7, spin_iters: int = 2_000_000) -> float:
+    """Median microseconds per call of ``fn()`` (which launches GPU work), by CUDA events."""
+    from numba import cuda
+    fn()
+    cuda.synchronize()
+    scratch = cuda.to_device(np.ones(1, np.float32))
+    samples = []
+    for _ in range(repeats):
+        _spin.launch(1, 1, scratch, spin_iters)
+        a, b = cuda.event(), cuda.event()
+        a.record()
+        for _ in range(reps):
+            fn()
+        b.record()
+        b.synchronize()
+        samples.append(cuda.event_elapsed_time(a, b) * 1e3 / reps)
+    return float(np.median(samples))
+
+
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written."""
+    from numba import cuda
+    src = cuda.device_array(nbytes, np.uint8)
+    dst = cuda.device_array(nbytes, np.uint8)
+    us = time_gpu(lambda: dst.copy_to_device(src), reps=5, repeats=5)
+    return 2 * nbytes / us / 1e3

@@ -1,0 +1,100 @@
+"""FP4 production kernels on a real GPU: bitwise against the spec, device arrays, poisoned outputs."""
+import ml_dtypes
+import numpy as np
+import pytest
+
+import dsv4_numba as d
+from dsv4_numba import formats, runtime
+from dsv4_numba.testing import assert_close
+
+pytestmark = pytest.mark.gpu
+DT = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+
+
+def _x(rng, shape):
+    x = rng.standard_normal(shape) * 10.0 ** rng.uniform(-3, 3, shape[:-1] + (1,))
+    x.reshape(-1)[rng.integers(0, x.size, max(1, x.size // 64))] *= 50
+    return x.astype(np.float32)
+
+
+def _same(got, want):
+    nan = np.isnan(want.astype(np.float32))
+    assert_close(np.isnan(got.astype(np.float32)), nan, bitwise=True, name="NaN mask")
+    assert_close(np.where(nan, 0, got), np.where(nan, 0, want), bitwise=True)
+
+
+@pytest.fixture(scope="module")
+def prod():
+    arch = runtime.device_arch()
+    if arch not in ("sm_90a", "sm_100a"):
+        pytest.skip(f"no production FP4 kernels for {arch}")
+    return "production"
+
+
+@pytest.mark.parametrize("fmt", ["dsv4_fp4", "mxfp4", "nvfp4"])
+@pytest.mark.parametrize("shape", [(1, 32), (127, 96), (129, 4096), (7, 3, 160), (1000, 8192)])
+def test_decode_matches_spec(prod, fmt, shape):
+    rng = np.random.default_rng(sum(shape))
+    q = formats.quantize(_x(rng, shape), fmt)
+    for dt in DT:
+        _same(d.decode_fp4(q, dt, impl=prod), formats.dequantize(q, DT[dt]))
+
+
+@pytest.mark.parametrize("fmt", ["dsv4_fp4", "mxfp4", "nvfp4"])
+def test_decode_every_byte_and_scale_code(prod, fmt):
+    blk = formats.FORMATS[fmt].block
+    data = np.tile(np.arange(256, dtype=np.uint8), (256, 1))          # every byte, every row
+    scales = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 512 // blk, 1)  # every scale code
+    g = np.float32(0.37) if formats.FORMATS[fmt].has_global_scale else None
+    q = formats.QuantizedFP4(data, scales, g, fmt, (256, 512))
+    for dt in DT:
+        _same(d.decode_fp4(q, dt, impl=prod), formats.dequantize(q, DT[dt]))
+
+
+@pytest.mark.parametrize("fmt", ["dsv4_fp4", "mxfp4", "nvfp4"])
+@pytest.mark.parametrize("in_dt", [np.float32, np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 32), (127, 64), (129, 2048), (512, 8192)])
+def test_quantize_matches_spec(prod, fmt, in_dt, shape):
+    rng = np.random.default_rng(sum(shape) + 7)
+    x = _x(rng, shape).astype(in_dt)
+    x[0, :32] = 0
+    q = d.quantize_fp4(x, fmt, impl=prod)
+    s = formats.quantize(x, fmt)
+    assert_close(q.data, s.data, bitwise=True, name="codes")
+    assert_close(q.scales, s.scales, bitwise=True, name="scales")
+    assert q.global_scale == s.global_scale
+
+
+def test_device_arrays_stay_on_device_and_outputs_are_overwritten(prod):
+    from numba import cuda
+    rng = np.random.default_rng(3)
+    q = formats.quantize(_x(rng, (64, 1024)), "dsv4_fp4")
+    dq = formats.QuantizedFP4(cuda.to_device(q.data), cuda.to_device(q.scales), None, "dsv4_fp4",
+                              q.shape)
+    out = cuda.to_device(np.full(q.size if hasattr(q, "size") else 64 * 1024, np.nan, np.float32))
+    r1 = d.decode_fp4(dq, "float32", impl=prod, out=out)
+    assert hasattr(r1, "copy_to_host")
+    h1 = r1.copy_to_host()
+    assert not np.isnan(h1).any()
+    h2 = d.decode_fp4(dq, "float32", impl=prod).copy_to_host()
+    assert_close(h1, h2, bitwise=True, name="repeat")
+    _same(h1, formats.dequantize(q, np.float32))
+    qq = d.quantize_fp4(cuda.to_device(formats.dequantize(q, np.float32)), "dsv4_fp4", impl=prod)
+    assert hasattr(qq.data, "copy_to_host")
+
+
+def test_misaligned_device_buffer_is_rejected(prod):
+    from numba import cuda
+    q = formats.quantize(np.ones((4, 64), np.float32), "mxfp4")
+    raw = cuda.to_device(np.zeros(4 * 32 + 8, np.uint8))
+    dq = formats.QuantizedFP4(raw[8:].reshape(4, 32), cuda.to_device(q.scales), None, "mxfp4", q.shape)
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        d.decode_fp4(dq, "float32", impl=prod)
+
+
+def test_device_nan_input_raises_after_launch(prod):
+    from numba import cuda
+    x = np.ones((2, 64), np.float32)
+    x[1, 5] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        d.quantize_fp4(cuda.to_device(x), "dsv4_fp4", impl=prod)

@@ -1,0 +1,134 @@
+"""Foundation: run modes, registry selection, compile-only toolchain, snippets, comparison helper."""
+import numpy as np
+import pytest
+from numba import types
+
+import dsv4_numba as d
+from dsv4_numba import registry, runtime
+from dsv4_numba.hw import snippets
+from dsv4_numba.runtime import toolchain
+from dsv4_numba.stages import fp4
+from dsv4_numba.testing import assert_close, poison
+
+NO_GPU = runtime.detect_gpu() is None
+
+
+# ---------------------------------------------------------------- run modes
+def test_mode_is_sim_without_gpu(monkeypatch):
+    monkeypatch.delenv("DSV4_MODE", raising=False)
+    assert runtime.mode() == ("gpu" if not NO_GPU else "sim")
+    monkeypatch.setenv("DSV4_MODE", "sim")
+    assert runtime.mode() == "sim"
+    monkeypatch.setenv("DSV4_MODE", "bogus")
+    with pytest.raises(ValueError, match="DSV4_MODE"):
+        runtime.mode()
+
+
+@pytest.mark.skipif(not NO_GPU, reason="checks the no-GPU error")
+def test_forcing_gpu_mode_without_gpu_is_an_error(monkeypatch):
+    monkeypatch.setenv("DSV4_MODE", "gpu")
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        runtime.mode()
+
+
+# ---------------------------------------------------------------- registry
+def test_registry_reference_and_env(monkeypatch):
+    monkeypatch.delenv("DSV4_IMPL", raising=False)
+    assert registry.resolve("decode_fp4", "reference").name == "reference"
+    monkeypatch.setenv("DSV4_IMPL", "decode_fp4=reference,*=production")
+    assert registry.env_choice("decode_fp4") == "reference"
+    assert registry.env_choice("quantize_fp4") == "production"
+    monkeypatch.setenv("DSV4_IMPL", "reference")
+    assert registry.resolve("quantize_fp4").name == "reference"
+    monkeypatch.setenv("DSV4_IMPL", "decode_fp4")
+    with pytest.raises(ValueError, match="not one of"):
+        registry.resolve("decode_fp4")
+
+
+def test_registry_errors():
+    with pytest.raises(KeyError, match="unknown stage"):
+        registry.resolve("nope")
+    with pytest.raises(ValueError, match="not one of"):
+        registry.resolve("decode_fp4", "fast")
+    with pytest.raises(ValueError, match="unknown stages"):
+        registry.resolve_pipeline(("decode_fp4",), {"qk": "reference"})
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("decode_fp4", "reference")(lambda: None)
+
+
+@pytest.mark.skipif(not NO_GPU, reason="no-GPU behaviour")
+def test_production_without_gpu_raises_and_auto_warns(monkeypatch):
+    monkeypatch.delenv("DSV4_IMPL", raising=False)
+    with pytest.raises(d.ImplUnavailable, match="needs a GPU of arch sm_90a"):
+        registry.resolve("decode_fp4", "production")
+    with pytest.raises(d.ImplUnavailable, match="sm_100a"):
+        registry.resolve("decode_fp4", "production:sm_100a")
+    with pytest.warns(d.ProductionUnavailableWarning, match="production path unavailable"):
+        assert registry.resolve("decode_fp4").name == "reference"
+    picked = registry.resolve_pipeline(("decode_fp4", "quantize_fp4"), {"decode_fp4": "reference"})
+    assert picked["decode_fp4"].name == "reference"
+
+
+# ---------------------------------------------------------------- compile-only mode
+def test_compile_trivial_kernel_both_arches():
+    sig = (types.uint8[::1], types.uint8[::1], types.float32, types.int64, types.int64,
+           types.boolean, types.int64, types.float32[::1])
+    for arch in ("sm_90a", "sm_100a"):
+        res = fp4.decode_ref_kernel.compile(sig, arch)
+        assert f".target {arch}" in res.ptx
+        assert res.registers > 0 and res.spill_stores == 0 and len(res.cubin) > 0
+        assert res.sass is None or "EXIT" in res.sass
+
+
+def test_toolchain_uses_matching_ptxas_only():
+    ptx = fp4.decode_ref_kernel.ptx((types.uint8[::1], types.uint8[::1], types.float32, types.int64,
+                                     types.int64, types.boolean, types.int64,
+                                     types.float32[::1]), "sm_90a")
+    rel = toolchain.ptx_release(ptx)
+    assert rel is not None
+    assert toolchain._tool_release(toolchain.find_tool("ptxas", rel)) == rel
+    with pytest.raises(toolchain.ToolchainError, match="release 0.1"):
+        toolchain.find_tool("ptxas", "0.1")
+    with pytest.raises(ValueError, match="not supported"):
+        toolchain.compile_ptx(fp4.decode_ref_kernel, (), "sm_80")
+
+
+def test_wrong_arch_instruction_is_rejected_by_ptxas():
+    """The check is real: an sm_100a-only conversion does not assemble for sm_90a."""
+    ptx = fp4.decode_sm100_kernel.ptx(fp4._kernels_decode(fp4.decode_sm100_kernel)[2][1], "sm_100a")
+    with pytest.raises(toolchain.ToolchainError, match="not supported on .target"):
+        toolchain.assemble(ptx.replace(".target sm_100a", ".target sm_90a"), "sm_90a",
+                           want_sass=False)
+
+
+# ---------------------------------------------------------------- PTX snippets
+def test_every_snippet_documents_its_contract():
+    assert {"prmt", "ld_global_nc_v4_u32", "cvt_f16x2_e2m1x2"} <= set(snippets.SNIPPETS)
+    for sn in snippets.SNIPPETS.values():
+        assert sn.instruction and sn.ptx_isa and sn.min_arch.startswith("sm_") and sn.body
+
+
+def test_snippet_without_contract_is_rejected():
+    with pytest.raises(ValueError, match="lacks"):
+        snippets.parse("// ==== bad\n// instruction: x\nadd.u32 $0, $1, $2;\n")
+
+
+# ---------------------------------------------------------------- comparison helper
+def test_assert_close_catches_what_it_should():
+    e = np.array([[1.0, 2.0], [np.nan, np.inf]], np.float32)
+    assert_close(e.copy(), e, atol=0, rtol=0)
+    with pytest.raises(AssertionError, match="NaN masks differ"):
+        assert_close(np.array([[1, 2], [0, np.inf]], np.float32), e)
+    with pytest.raises(AssertionError, match=r"\+inf masks"):
+        assert_close(np.array([[1, 2], [np.nan, 1]], np.float32), e)
+    with pytest.raises(AssertionError, match=r"at \(0, 1\)"):
+        assert_close(np.array([[1, 2.1], [np.nan, np.inf]], np.float32), e, atol=1e-3)
+    assert_close(np.array([[1, 2.1], [np.nan, np.inf]], np.float32), e, rtol=0.06)
+    with pytest.raises(AssertionError, match="cosine"):
+        assert_close(-np.ones(4), np.ones(4), atol=3, min_cosine=0.9)
+    with pytest.raises(AssertionError, match="differ bitwise"):
+        assert_close(np.float32([0.0]), np.float32([-0.0]), bitwise=True)
+    with pytest.raises(AssertionError, match="shape"):
+        assert_close(np.zeros(3), np.zeros(4))
+    assert np.isnan(poison((3,), np.float32)).all()
+    assert (poison((3,), np.int32) == -1).all()
