@@ -14,6 +14,7 @@ import platform
 import sys
 import time
 
+import ml_dtypes
 import numpy as np
 
 
@@ -104,8 +105,11 @@ def cmd_demo(args) -> int:
         from .stages.fp4 import time_decode
         print("\nproduction decode to bfloat16 (CUDA events, median):")
         for fmt in ("dsv4_fp4", "nvfp4"):
-            us, gbs = time_decode(formats.quantize(x, fmt), "bfloat16")
-            print(f"  {fmt:<9} {us:8.1f} us  {gbs:7.0f} GB/s of unique bytes")
+            qf = formats.quantize(x, fmt)
+            us, gbs, got = time_decode(qf, "bfloat16")
+            ok = np.array_equal(got, formats.dequantize(qf, ml_dtypes.bfloat16).reshape(-1).view(np.uint16))
+            failures += not ok
+            print(f"  {fmt:<9} {us:8.1f} us  {gbs:7.0f} GB/s of unique bytes  (== spec: {ok})")
     print("demo:", "OK" if failures == 0 else f"{failures} MISMATCHES")
     return 1 if failures else 0
 

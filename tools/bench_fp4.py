@@ -62,18 +62,32 @@ def main(argv=None):
     x.flat[rng.integers(0, x.size, x.size // 1000)] *= 50
     copy = copy_bandwidth()
     rows = []
-    for fmt in ("dsv4_fp4", "nvfp4", "mxfp4"):
+    variants = {f"v4-unroll{u}": fp4.make_decode_kernel(fp4.e2m1x8_sm90, fp4.scale_value,
+                                                       "decode_fp4_sm90", u) for u in (2, 4)}
+    variants["v0"] = fp4.make_decode_kernel_v0(fp4.e2m1x8_sm90, fp4.scale_value, "decode_fp4_sm90")
+    variants["smem-transpose"] = fp4.make_decode_kernel_smem(fp4.e2m1x8_sm90, fp4.scale_value,
+                                                            "decode_fp4_sm90")
+    for u in (4, 8):
+        variants[f"words-unroll{u}"] = fp4.make_decode_kernel_words(
+            fp4.e2m1x8_sm90, fp4.scale_value, "decode_fp4_sm90", u)
+    for fmt in ("dsv4_fp4", "nvfp4"):
         q = formats.quantize(x, fmt)
         for out_dtype in ("bfloat16", "float32"):
             want = formats.dequantize(q, {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32}[out_dtype])
             got = d.decode_fp4(q, out_dtype, impl="production")
             ok = np.array_equal(got.view(np.uint8), want.view(np.uint8))
-            us, gbs = fp4.time_decode(q, out_dtype)
             tfn = torch_decode_fn(q, out_dtype)
             t_ok = np.array_equal(tfn().cpu().view(torch.int16 if out_dtype == "bfloat16" else torch.int32).numpy().view(np.uint8),
                                   want.view(np.uint8))
             t_us = time_gpu(lambda: tfn(), reps=5, repeats=5)
-            rows.append((f"decode {fmt} -> {out_dtype}", us, gbs, 100 * gbs / copy, t_us / us, ok, t_ok))
+            for u, kern in variants.items():
+                tag = " (registered)" if kern.__name__ == fp4.decode_sm90_kernel.__name__ else ""
+                us, gbs, res = fp4.time_decode(q, out_dtype, kern)
+                v_ok = np.array_equal(res.view(np.uint8), want.reshape(-1).view(np.uint8))
+                rows.append((f"decode {fmt} -> {out_dtype}, {u}{tag}", us, gbs, 100 * gbs / copy,
+                             t_us / us, v_ok and ok, t_ok))
+            rows.append((f"torch decode {fmt} -> {out_dtype}", t_us, (q.data.nbytes + q.scales.nbytes + x.size * (2 if out_dtype == "bfloat16" else 4)) / t_us / 1e3,
+                         float("nan"), float("nan"), t_ok, None))
     xb = x.astype(ml_dtypes.bfloat16)
     dx = cuda.to_device(xb.view(np.uint16))
     for fmt in ("dsv4_fp4", "mxfp4", "nvfp4"):
@@ -81,11 +95,8 @@ def main(argv=None):
         got = d.quantize_fp4(xb, fmt, impl="production")
         ok = (np.array_equal(got.data, spec.data) and np.array_equal(got.scales, spec.scales)
               and got.global_scale == spec.global_scale)
-        fn = d.registry.resolve("quantize_fp4", "production").fn
-        us = time_gpu(lambda: fn(dx, fmt), reps=10, repeats=5)
-        nbytes = xb.nbytes + spec.data.nbytes + spec.scales.nbytes
-        rows.append((f"quantize {fmt} <- bfloat16", us, nbytes / us / 1e3,
-                     100 * nbytes / us / 1e3 / copy, float("nan"), ok, None))
+        us, gbs = fp4.time_quantize(dx, fmt)
+        rows.append((f"quantize {fmt} <- bfloat16", us, gbs, 100 * gbs / copy, float("nan"), ok, None))
     tk = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout.strip().splitlines()
     head = (f"GPU {gpu.name} ({gpu.arch}), driver CUDA {gpu.driver_version}, "
             f"{tk[-1] if tk else 'nvcc ?'}, torch {torch.__version__}, {datetime.date.today()}, "
@@ -93,7 +104,7 @@ def main(argv=None):
     lines = [head, "", "| case | us | GB/s unique | % of copy | x torch decode | bitwise == spec | torch == spec |",
              "|---|---|---|---|---|---|---|"]
     for name, us, gbs, pct, ratio, ok, tok in rows:
-        lines.append(f"| {name} | {us:.1f} | {gbs:.0f} | {pct:.0f}% | "
+        lines.append(f"| {name} | {us:.1f} | {gbs:.0f} | {'' if pct != pct else f'{pct:.0f}%'} | "
                      f"{'' if ratio != ratio else f'{ratio:.1f}x'} | {ok} | {'' if tok is None else tok} |")
     text = "\n".join(lines)
     print(text)

@@ -76,3 +76,24 @@ def array_address(typingctx, arr):
 
 
 __all__.append("array_address")
+
+
+@intrinsic
+def shared_address(typingctx, arr):
+    """The 32-bit .shared-window address of a shared array's first element.
+
+    Not a PTX instruction: an LLVM ``addrspacecast`` to address space 3 and ``ptrtoint`` to i32 —
+    what ``st.shared`` / ``ld.shared`` / ``mbarrier`` operands need (a generic pointer would be
+    accepted by ptxas and be wrong at run time).
+    """
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(ctx, builder, signature, args):
+        p = ctx.make_array(signature.args[0])(ctx, builder, args[0]).data
+        p3 = builder.addrspacecast(p, ir.PointerType(p.type.pointee, 3))
+        return builder.ptrtoint(p3, ir.IntType(32))
+    return types.uint32(arr), codegen
+
+
+__all__.append("shared_address")

@@ -81,6 +81,8 @@ class Kernel:
 
     def launch(self, grid, block, *args, shared_bytes=0, stream=0):
         if env.mode() == "gpu":
+            from numba.cuda import config
+            config.CUDA_LOW_OCCUPANCY_WARNINGS = 0   # small problems get small grids, by design
             self.gpu[grid, block, stream, shared_bytes](*args)
             return
         from numba.cuda.simulator.kernel import FakeCUDAKernel

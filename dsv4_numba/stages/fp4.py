@@ -51,7 +51,7 @@ import math
 
 import ml_dtypes
 import numpy as np
-from numba import cuda, float32, uint32
+from numba import cuda, float32, int32, uint32
 
 from .. import formats, registry
 from ..formats.blocks import FORMATS, QuantizedFP4
@@ -72,6 +72,7 @@ F32, F16, BF16 = 0, 1, 2            # dtype kinds as kernels see them (bfloat16 
 UE8M0, E4M3 = 0, 1                  # scale kinds
 FMT_DSV4, FMT_MX, FMT_NV = 0, 1, 2  # scale recipes for quantize
 _FMT_ID = {"dsv4_fp4": FMT_DSV4, "mxfp4": FMT_MX, "nvfp4": FMT_NV}
+THREADS = 256                       # threads per block of every FP4 kernel
 _KIND = {np.dtype(np.float32): F32, np.dtype(np.float16): F16, np.dtype(ml_dtypes.bfloat16): BF16}
 
 
@@ -390,19 +391,100 @@ def emit8(vals, s, g, has_g, okind, addr):
                              pack2(v4, v5, okind), pack2(v6, v7, okind))
 
 
-def make_decode_kernel(e2m1x8, scale_fn, name):
+def make_decode_kernel(e2m1x8, scale_fn, name, unroll=2):
     """The production decode kernel around an 8-code decoder and a scale decoder (per arch).
 
-    Thread t handles 16-byte chunks c = t, t + stride, ...: 32 elements, one (block 32) or two
-    (block 16) scales, one ld.global.nc.v4 in, 4 (16-bit out) or 8 (float32 out) st.global.v4 out.
-    Bytes past the last whole chunk (tail < 16) are decoded by thread 0 with the reference helper.
+    A 16-byte chunk is 32 elements: one ld.global.nc.v4 in, one (block 32) or two (block 16)
+    scales, 4 (16-bit out) or 8 (float32 out) st.global.v4 out. Each loop trip of thread t issues
+    the loads of ``unroll`` chunks t + k*T (T = all threads; every load instruction stays fully
+    coalesced across the warp) before decoding any of them, so ``unroll`` x 16 B per thread are in
+    flight. Bytes past the last whole chunk (tail < 16) are decoded by thread 0 with the reference
+    helper.
     """
+    U, NW, NS = unroll, 4 * unroll, 2 * unroll     # local array sizes must be plain constants
+
     def kern(data, scales, gscale, block, skind, has_g, okind, out, nchunks):
         tid = cuda.grid(1)
         stride = cuda.gridsize(1)
         src = ops.array_address(data)
         dst = ops.array_address(out)
         wbytes = 32 if okind == F32 else 16         # output bytes per 8 elements
+        w = cuda.local.array(NW, uint32)            # constant indices after unrolling: registers
+        sc = cuda.local.array(NS, uint32)
+        for c0 in range(tid, nchunks, U * stride):
+            for k in range(U):                      # all loads first
+                c = c0 + k * stride
+                if c < nchunks:
+                    w[4 * k], w[4 * k + 1], w[4 * k + 2], w[4 * k + 3] = \
+                        ops.ld_global_nc_v4_u32(src + uint32(16) * c)
+                    if block == 32:
+                        sc[2 * k] = scales[c]
+                        sc[2 * k + 1] = sc[2 * k]
+                    else:
+                        sc[2 * k] = scales[2 * c]
+                        sc[2 * k + 1] = scales[2 * c + 1]
+            for k in range(U):
+                c = c0 + k * stride
+                if c < nchunks:
+                    s0 = scale_fn(sc[2 * k], skind)
+                    s1 = scale_fn(sc[2 * k + 1], skind)
+                    base = dst + uint32(4 * wbytes) * c
+                    emit8(e2m1x8(w[4 * k]), s0, gscale, has_g, okind, base)
+                    emit8(e2m1x8(w[4 * k + 1]), s0, gscale, has_g, okind, base + wbytes)
+                    emit8(e2m1x8(w[4 * k + 2]), s1, gscale, has_g, okind, base + 2 * wbytes)
+                    emit8(e2m1x8(w[4 * k + 3]), s1, gscale, has_g, okind, base + 3 * wbytes)
+        if tid == 0:
+            for i in range(16 * nchunks, data.size):
+                decode_byte(data, scales, gscale, block, skind, has_g, okind, out, i)
+    kern.__name__ = kern.__qualname__ = f"{name}_u{U}"
+    k = kernel(kern)
+    k.unit_bytes, k.units_per_block = 16, THREADS    # one 16-byte chunk per thread per step
+    return k
+
+
+def make_decode_kernel_words(e2m1x8, scale_fn, name, unroll=4):
+    """Decode variant with one 32-bit word (8 codes) per thread per step: the 4-byte loads are
+    coalesced (128 B per warp instruction) and so are the 16-byte stores of a 16-bit output
+    (512 B per warp instruction) — the 16-byte-load variant above writes with a 64 B lane stride.
+    ``unroll`` words per thread are loaded before any is decoded."""
+    U = unroll
+
+    def kern(data, scales, gscale, block, skind, has_g, okind, out, nchunks):
+        tid = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        src = ops.array_address(data)
+        dst = ops.array_address(out)
+        wbytes = 32 if okind == F32 else 16
+        nwords = 4 * nchunks
+        w = cuda.local.array(U, uint32)
+        for j0 in range(tid, nwords, U * stride):
+            for k in range(U):
+                j = j0 + k * stride
+                if j < nwords:
+                    w[k] = ops.ld_global_nc_u32(src + uint32(4) * j)
+            for k in range(U):
+                j = j0 + k * stride
+                if j < nwords:
+                    emit8(e2m1x8(w[k]), scale_fn(scales[(8 * j) // block], skind), gscale,
+                          has_g, okind, dst + uint32(wbytes) * j)
+        if tid == 0:
+            for i in range(16 * nchunks, data.size):
+                decode_byte(data, scales, gscale, block, skind, has_g, okind, out, i)
+    kern.__name__ = kern.__qualname__ = f"{name}_w{U}"
+    k = kernel(kern)
+    k.unit_bytes, k.units_per_block = 16, THREADS    # one 16-byte chunk per thread per step
+    return k
+
+
+def make_decode_kernel_v0(e2m1x8, scale_fn, name):
+    """The first version (one 16-byte chunk per loop trip, scales read right after), kept for the
+    benchmark's history."""
+    def kern(data, scales, gscale, block, skind, has_g, okind, out, nchunks):
+        tid = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        src = ops.array_address(data)
+        dst = ops.array_address(out)
+        wbytes = 32 if okind == F32 else 16
         for c in range(tid, nchunks, stride):
             w0, w1, w2, w3 = ops.ld_global_nc_v4_u32(src + uint32(16) * c)
             if block == 32:
@@ -419,8 +501,97 @@ def make_decode_kernel(e2m1x8, scale_fn, name):
         if tid == 0:
             for i in range(16 * nchunks, data.size):
                 decode_byte(data, scales, gscale, block, skind, has_g, okind, out, i)
-    kern.__name__ = kern.__qualname__ = name
-    return kernel(kern)
+    kern.__name__ = kern.__qualname__ = f"{name}_v0"
+    k = kernel(kern)
+    k.unit_bytes, k.units_per_block = 16, THREADS    # one 16-byte chunk per thread per step
+    return k
+
+
+@device
+def scaled8(vals, s, g, has_g, okind):
+    """Eight decoded values scaled (e2m1 * s [* g], the spec's order) and packed to output words:
+    8 float32 words, or 4 words of two 16-bit values (then the last 4 are 0)."""
+    v0, v1, v2, v3, v4, v5, v6, v7 = vals
+    v0, v1, v2, v3 = v0 * s, v1 * s, v2 * s, v3 * s
+    v4, v5, v6, v7 = v4 * s, v5 * s, v6 * s, v7 * s
+    if has_g:
+        v0, v1, v2, v3 = v0 * g, v1 * g, v2 * g, v3 * g
+        v4, v5, v6, v7 = v4 * g, v5 * g, v6 * g, v7 * g
+    if okind == F32:
+        return (f32_bits(v0), f32_bits(v1), f32_bits(v2), f32_bits(v3),
+                f32_bits(v4), f32_bits(v5), f32_bits(v6), f32_bits(v7))
+    z = uint32(0)
+    return pack2(v0, v1, okind), pack2(v2, v3, okind), pack2(v4, v5, okind), pack2(v6, v7, okind), z, z, z, z
+
+
+@device
+def smem_slot(writer, k, S):
+    """Physical 16-byte slot of a lane's k-th output slot in its warp's staging tile.
+
+    Lane l's S slots are S*l .. S*l+S-1, rotated by l>>1 (S=4) or l (S=8) so that the 8 lanes of
+    each quarter-warp phase hit 8 distinct 16-byte bank groups, both when a lane writes its own
+    slots and when lanes read the tile back in row order.
+    """
+    rot = (writer >> 1) if S == 4 else writer
+    return S * writer + ((k + rot) & (S - 1))
+
+
+WARPS = 8                   # per block of THREADS = 256
+TILE_WORDS = WARPS * 1024   # 4 KB of staging per warp (float32 output needs all of it)
+
+
+def make_decode_kernel_smem(e2m1x8, scale_fn, name):
+    """Decode with 16-byte loads AND coalesced 16-byte stores, through a per-warp shared tile.
+
+    A warp step covers 512 packed bytes (1024 elements): each lane loads its 16 bytes with one
+    ld.global.nc.v4 (512 B contiguous per warp instruction), decodes 32 elements and writes them
+    to the warp's staging tile (4 or 8 st.shared.v4, bank-conflict-free by ``smem_slot``);
+    after __syncwarp each lane reads back 16-byte rows in tile order and writes them with
+    st.global.v4 — 512 contiguous bytes per warp instruction. Bytes past the last whole 512-byte
+    tile are decoded by block 0 with the reference helper. Shared memory: 8 warps x 4 KB.
+    """
+    def kern(data, scales, gscale, block, skind, has_g, okind, out, ntiles):
+        tile = cuda.shared.array(TILE_WORDS, uint32, alignment=16)
+        lane = cuda.laneid
+        wib = cuda.threadIdx.x >> 5
+        gw = (cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x) >> 5
+        nw = (cuda.gridDim.x * cuda.blockDim.x) >> 5
+        src = ops.array_address(data)
+        dst = ops.array_address(out)
+        S = 8 if okind == F32 else 4                # 16-byte output slots per lane
+        sbase = ops.shared_address(tile) + uint32(4096) * wib
+        for t in range(gw, ntiles, nw):
+            c = 32 * t + lane                       # this lane's 16-byte chunk
+            w0, w1, w2, w3 = ops.ld_global_nc_v4_u32(src + uint32(16) * c)
+            if block == 32:
+                s0 = scale_fn(scales[c], skind)
+                s1 = s0
+            else:
+                s0 = scale_fn(scales[2 * c], skind)
+                s1 = scale_fn(scales[2 * c + 1], skind)
+            for q in range(4):
+                wq = w0 if q == 0 else (w1 if q == 1 else (w2 if q == 2 else w3))
+                o0, o1, o2, o3, o4, o5, o6, o7 = scaled8(e2m1x8(wq), s0 if q < 2 else s1,
+                                                         gscale, has_g, okind)
+                if S == 4:
+                    ops.st_shared_v4_b32(sbase + 16 * smem_slot(lane, q, 4), o0, o1, o2, o3)
+                else:
+                    ops.st_shared_v4_b32(sbase + 16 * smem_slot(lane, 2 * q, 8), o0, o1, o2, o3)
+                    ops.st_shared_v4_b32(sbase + 16 * smem_slot(lane, 2 * q + 1, 8), o4, o5, o6, o7)
+            cuda.syncwarp()
+            obase = dst + uint32(512 * S) * t
+            for k in range(S):
+                L = 32 * k + lane                   # logical slot = row order of the output
+                r0, r1, r2, r3 = ops.ld_shared_v4_u32(sbase + 16 * smem_slot(L // S, L % S, S))
+                ops.st_global_v4_b32(obase + uint32(16) * L, r0, r1, r2, r3)
+            cuda.syncwarp()
+        if cuda.blockIdx.x == 0:
+            for i in range(512 * ntiles + cuda.threadIdx.x, data.size, cuda.blockDim.x):
+                decode_byte(data, scales, gscale, block, skind, has_g, okind, out, i)
+    kern.__name__ = kern.__qualname__ = f"{name}_smem"
+    k = kernel(kern)
+    k.unit_bytes, k.units_per_block = 512, WARPS     # one 512-byte tile per warp per step
+    return k
 
 
 decode_sm90_kernel = make_decode_kernel(e2m1x8_sm90, scale_value, "decode_fp4_sm90")
@@ -546,13 +717,13 @@ def make_amax_kernel(name):
         m = float32(0.0)
         for i in range(tid, x.size, cuda.gridsize(1)):
             m = max(m, abs(load_as_f32(x, i, ikind)))
-        b = f32_bits(m)
+        b = int32(f32_bits(m))                              # < 2^31 for non-negative floats
         if not (m <= float32(3.4028235e38)):
-            b = uint32(0x7F800000)                          # non-finite: surfaces as amax = inf
-        for off in (16, 8, 4, 2, 1):
+            b = int32(0x7F800000)                           # non-finite: surfaces as amax = inf
+        for off in (16, 8, 4, 2, 1):                        # (shfl_sync takes signed 32-bit ints)
             b = max(b, cuda.shfl_xor_sync(0xFFFFFFFF, b, off))
         if cuda.laneid == 0:
-            cuda.atomic.max(amax_bits, 0, b)
+            cuda.atomic.max(amax_bits, 0, uint32(b))
     kern.__name__ = kern.__qualname__ = name
     return kernel(kern)
 
@@ -563,12 +734,9 @@ amax_prod_kernel = make_amax_kernel("amax_fp4")
 # ----------------------------------------------------------------------------------------------
 # host side: validation, launch, registration
 # ----------------------------------------------------------------------------------------------
-THREADS = 256
-
-
-def _grid(work_items: int, waves_per_sm: int = 16) -> int:
+def _grid(work_items: int, per_block: int = THREADS, waves_per_sm: int = 16) -> int:
     """Blocks for a grid-stride loop: enough to fill every SM several times over, no more."""
-    need = max(1, -(-work_items // THREADS))
+    need = max(1, -(-work_items // per_block))
     gpu = detect_gpu()
     return min(need, (gpu.sm_count if gpu else 1) * waves_per_sm) if gpu else need
 
@@ -592,7 +760,23 @@ def _check_aligned(*arrays) -> None:
                              "allocation or impl='reference'")
 
 
-def _decode(q, out_dtype, kern, ref, out=None):
+class _Plan:
+    """A validated call: buffers placed, launches listed. ``run()`` only launches (the benchmarks
+    time exactly that); ``result()`` brings the outputs back in the caller's kind."""
+
+    def __init__(self, launches, finish):
+        self.launches, self.finish = launches, finish
+
+    def run(self):
+        for kern, grid, args in self.launches:
+            kern.launch(grid, THREADS, *args)
+        return self
+
+    def result(self):
+        return self.finish()
+
+
+def decode_plan(q, out_dtype, kern, ref, out=None) -> _Plan:
     _check_quantized(q)
     name = _dtype_name(out_dtype)
     io = ArrayIO(q.data, q.scales)
@@ -606,18 +790,22 @@ def _decode(q, out_dtype, kern, ref, out=None):
         out = io.empty(n, store_dt)
     elif tuple(out.shape) != (n,) or np.dtype(out.dtype) != np.dtype(store_dt):
         raise ValueError(f"out must be a flat ({n},) {np.dtype(store_dt)} buffer")
-    if n:
-        args = (data, scales, np.float32(q.global_scale if spec.has_global_scale else 1.0),
-                spec.block, UE8M0 if spec.scale_kind == "ue8m0" else E4M3,
-                spec.has_global_scale, kind, out)
-        if ref:
-            kern.launch(-(-(n // 2) // THREADS), THREADS, *args)
-        else:
-            _check_aligned(args[0], out)
-            nchunks = (n // 2) // 16
-            kern.launch(_grid(nchunks + 1), THREADS, *args, nchunks)
-    res = io.result(out, OUT_DTYPES[name] if kind == BF16 else None)
-    return res.reshape(q.shape)
+    args = (data, scales, np.float32(q.global_scale if spec.has_global_scale else 1.0),
+            spec.block, UE8M0 if spec.scale_kind == "ue8m0" else E4M3,
+            spec.has_global_scale, kind, out)
+    launches = []
+    if n and ref:
+        launches.append((kern, -(-(n // 2) // THREADS), args))
+    elif n:
+        _check_aligned(data, out)
+        units = (n // 2) // kern.unit_bytes
+        launches.append((kern, _grid(units + 1, kern.units_per_block), args + (units,)))
+    return _Plan(launches, lambda: io.result(out, OUT_DTYPES[name] if kind == BF16 else None)
+                 .reshape(q.shape))
+
+
+def _decode(q, out_dtype, kern, ref, out=None):
+    return decode_plan(q, out_dtype, kern, ref, out).run().result()
 
 
 def _ikind_of(x):
@@ -629,7 +817,13 @@ def _ikind_of(x):
     return _KIND[dt], dt
 
 
-def _quantize(x, fmt, kern, ref):
+@kernel
+def reset_kernel(amax_bits, flag):
+    amax_bits[0] = 0
+    flag[0] = 0
+
+
+def quantize_plan(x, fmt, kern, ref) -> _Plan:
     if fmt not in FORMATS:
         raise ValueError(f"unknown FP4 format {fmt!r}; use one of {sorted(FORMATS)}")
     spec = FORMATS[fmt]
@@ -643,46 +837,52 @@ def _quantize(x, fmt, kern, ref):
             raise ValueError("x is not C-contiguous; pass np.ascontiguousarray(x)")
         if not np.isfinite(x.astype(np.float32)).all():
             raise ValueError("x contains NaN or inf; FP4 cannot represent them: clean the input")
+    n = int(np.prod(shape))
+    if not ref and n % 32:   # nvfp4 with n = 16 (mod 32): a lone 16-block at the end
+        raise ValueError(f"the production quantize needs a total element count that is a "
+                         f"multiple of 32 (got {n}); use impl='reference'")
     io = ArrayIO(x)
     flat = io.to_kernel(x.view(np.uint16) if ikind == BF16 and not is_device_array(x) else x)
     flat = flat.reshape(-1)
-    n = int(np.prod(shape))
     data = io.empty(n // 2, np.uint8)
     scales = io.empty(n // spec.block, np.uint8)
     amax = io.to_kernel(np.zeros(1, np.uint32))
     flag = io.to_kernel(np.zeros(1, np.int32))
+    launches = []
     if n:
+        launches.append((reset_kernel, 1, (amax, flag)))
         if spec.has_global_scale:
-            (amax_ref_kernel if ref else amax_prod_kernel).launch(
-                -(-n // THREADS) if ref else _grid(n), THREADS, flat, ikind, amax)
+            launches.append((amax_ref_kernel if ref else amax_prod_kernel,
+                             -(-n // THREADS) if ref else _grid(n), (flat, ikind, amax)))
         if ref:
-            quantize_ref_kernel.launch(-(-(n // spec.block) // THREADS), THREADS, flat, ikind,
-                                       spec.block, _FMT_ID[fmt], amax, data, scales)
+            launches.append((quantize_ref_kernel, -(-(n // spec.block) // THREADS),
+                             (flat, ikind, spec.block, _FMT_ID[fmt], amax, data, scales)))
         else:
             _check_aligned(flat, data)
-            nchunks = n // 32
-            if n % 32:   # nvfp4 with n = 16 (mod 32): a lone 16-block per tensor end; not vectorized
-                raise ValueError(f"the production quantize needs a total element count that is a "
-                                 f"multiple of 32 (got {n}); use impl='reference'")
-            kern.launch(_grid(nchunks), THREADS, flat, ikind, spec.block, _FMT_ID[fmt], amax,
-                        data, scales, flag, nchunks)
-    amax_host = amax.copy_to_host() if hasattr(amax, "copy_to_host") else amax
-    flag_host = flag.copy_to_host() if hasattr(flag, "copy_to_host") else flag
-    if flag_host[0] or (spec.has_global_scale and amax_host[0] >= 0x7F800000):
-        raise ValueError("x contains NaN or inf; FP4 cannot represent them: clean the input")
-    a = amax_host.view(np.float32)[0]
-    if spec.has_global_scale and a > 0 and not np.isfinite(np.float32(2688.0) / a):
-        raise ValueError(f"nvfp4: amax {a} is so small that the global encode scale 2688/amax "
-                         f"overflows float32; rescale the input")
-    gscale = None
-    if spec.has_global_scale:
-        gscale = np.float32(a / np.float32(2688.0)) if a > 0 else np.float32(1.0)
-    lead = shape[:-1]
-    d = io.result(data)
-    s = io.result(scales)
-    d = d.reshape(lead + (shape[-1] // 2,))
-    s = s.reshape(lead + (shape[-1] // spec.block,))
-    return QuantizedFP4(d, s, gscale, fmt, shape)
+            launches.append((kern, _grid(n // 32), (flat, ikind, spec.block, _FMT_ID[fmt], amax,
+                                                    data, scales, flag, n // 32)))
+
+    def finish():
+        amax_host = amax.copy_to_host() if hasattr(amax, "copy_to_host") else amax
+        flag_host = flag.copy_to_host() if hasattr(flag, "copy_to_host") else flag
+        if flag_host[0] or (spec.has_global_scale and amax_host[0] >= 0x7F800000):
+            raise ValueError("x contains NaN or inf; FP4 cannot represent them: clean the input")
+        a = amax_host.view(np.float32)[0]
+        if spec.has_global_scale and a > 0 and not np.isfinite(np.float32(2688.0) / a):
+            raise ValueError(f"nvfp4: amax {a} is so small that the global encode scale "
+                             f"2688/amax overflows float32; rescale the input")
+        gscale = None
+        if spec.has_global_scale:
+            gscale = np.float32(a / np.float32(2688.0)) if a > 0 else np.float32(1.0)
+        lead = shape[:-1]
+        d = io.result(data).reshape(lead + (shape[-1] // 2,))
+        s_ = io.result(scales).reshape(lead + (shape[-1] // spec.block,))
+        return QuantizedFP4(d, s_, gscale, fmt, shape)
+    return _Plan(launches, finish)
+
+
+def _quantize(x, fmt, kern, ref):
+    return quantize_plan(x, fmt, kern, ref).run().result()
 
 
 def _kernels_decode(k):
@@ -749,20 +949,30 @@ def quantize_fp4(x, fmt: str = "dsv4_fp4", impl: str | None = None) -> Quantized
     return registry.resolve("quantize_fp4", impl).fn(x, fmt)
 
 
-def time_decode(q: QuantizedFP4, out_dtype="bfloat16", impl="production"):
-    """(median microseconds, GB/s of unique bytes) of a decode on device-resident data (GPU only).
-
-    Unique bytes = packed codes + scales + output, each counted once.
-    """
+def time_decode(q: QuantizedFP4, out_dtype="bfloat16", kern=None):
+    """(median microseconds, GB/s of unique bytes, output as NumPy bits) of the production decode
+    kernel launch on device-resident data (GPU only; ``kern`` defaults to the registered sm_90a
+    kernel). The output is returned so callers check what they timed.
+    Unique bytes = packed codes + scales + output, each counted once."""
     from numba import cuda
 
     from ..runtime.bench import time_gpu
     dq = QuantizedFP4(cuda.to_device(q.data), cuda.to_device(q.scales), q.global_scale, q.fmt,
                       q.shape)
     name = _dtype_name(out_dtype)
+    plan = decode_plan(dq, name, kern or decode_sm90_kernel, ref=False)
+    us = time_gpu(plan.run)
     n = int(np.prod(q.shape))
-    out = cuda.device_array(n, np.uint16 if name == "bfloat16" else OUT_DTYPES[name])
-    fn = registry.resolve("decode_fp4", impl).fn
-    us = time_gpu(lambda: fn(dq, name, out=out))
     nbytes = q.data.nbytes + q.scales.nbytes + n * OUT_DTYPES[name].itemsize
+    return us, nbytes / us / 1e3, plan.result().copy_to_host()
+
+
+def time_quantize(x_device, fmt, kern=None):
+    """(median microseconds, GB/s of unique bytes) of the production quantize launches (for nvfp4
+    including its amax pass) on a device-resident input. Unique bytes = input + codes + scales."""
+    from ..runtime.bench import time_gpu
+    plan = quantize_plan(x_device, fmt, kern or quantize_sm90_kernel, ref=False)
+    us = time_gpu(plan.run)
+    n = int(np.prod(x_device.shape))
+    nbytes = n * x_device.dtype.itemsize + n // 2 + n // FORMATS[fmt].block
     return us, nbytes / us / 1e3

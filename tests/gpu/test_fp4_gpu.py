@@ -56,7 +56,10 @@ def test_decode_every_byte_and_scale_code(prod, fmt):
 @pytest.mark.parametrize("shape", [(1, 32), (127, 64), (129, 2048), (512, 8192)])
 def test_quantize_matches_spec(prod, fmt, in_dt, shape):
     rng = np.random.default_rng(sum(shape) + 7)
-    x = _x(rng, shape).astype(in_dt)
+    x = _x(rng, shape)
+    if in_dt is np.float16:                       # keep outliers inside float16's range
+        x = np.clip(x, -6e4, 6e4)
+    x = x.astype(in_dt)
     x[0, :32] = 0
     q = d.quantize_fp4(x, fmt, impl=prod)
     s = formats.quantize(x, fmt)
