@@ -19,7 +19,9 @@ __version__ = "0.1.0"
 from . import formats, registry, runtime, testing  # noqa: E402
 from .registry import ImplUnavailable, ProductionUnavailableWarning  # noqa: E402
 from .stages.fp4 import decode_fp4, quantize_fp4  # noqa: E402
+from .stages.softmax import softmax  # noqa: E402
+from .stages.topk import topk  # noqa: E402
 
 __all__ = ["formats", "registry", "runtime", "testing", "ImplUnavailable",
-           "ProductionUnavailableWarning", "decode_fp4", "quantize_fp4"]
+           "ProductionUnavailableWarning", "decode_fp4", "quantize_fp4", "softmax", "topk"]
 

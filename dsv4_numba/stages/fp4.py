@@ -594,8 +594,8 @@ def make_decode_kernel_smem(e2m1x8, scale_fn, name):
     return k
 
 
-decode_sm90_kernel = make_decode_kernel(e2m1x8_sm90, scale_value, "decode_fp4_sm90")
-decode_sm100_kernel = make_decode_kernel(e2m1x8_sm100, ue8m0_value_sm100, "decode_fp4_sm100")
+decode_sm90_kernel = make_decode_kernel_smem(e2m1x8_sm90, scale_value, "decode_fp4_sm90")
+decode_sm100_kernel = make_decode_kernel_smem(e2m1x8_sm100, ue8m0_value_sm100, "decode_fp4_sm100")
 
 
 @device

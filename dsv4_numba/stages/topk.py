@@ -1,0 +1,904 @@
+"""Top-k stage: the k largest scores of every row, sorted, with their int32 indices.
+
+What it computes (the contract; ``topk`` below states the constraints)
+-----------------------------------------------------------------------
+For row r with valid length ``L_r`` (``lengths[r]``, else N) and ``K_r = min(k, L_r)``:
+
+* ``indices[r, :K_r]``: the positions of the K_r largest of ``scores[r, :L_r]``, ordered by value
+  descending, ties by LOWER index first -- a total order, so the result is deterministic and
+  bitwise repeatable. ``values[r, i] = scores[r, indices[r, i]]`` bit for bit (same dtype).
+* ``indices[r, K_r:] = -1`` and ``values[r, K_r:] = -inf``: the slots a short row cannot fill (the
+  index is the authority: a real -inf score has a real index).
+* Order: -0.0 and +0.0 are equal (ties by index); -inf ranks last among real values.
+* NaN: NumPy inputs are checked before launch (``ValueError`` naming the first NaN's position;
+  NaN beyond a row's length is never read). Device inputs are not scanned (that would cost a
+  synchronisation): there NaN ranks above +inf -- torch.topk's order -- all NaNs equal.
+
+How values are ordered on the device: the order-preserving key of a float's bits
+---------------------------------------------------------------------------------
+    key(u) = u ^ 0x80000000  if the sign bit is clear      (positive: above every negative)
+           = ~u              if it is set                  (negative: larger magnitude -> smaller)
+    with -0.0 mapped to +0.0 and every NaN to 0xFFFFFFFF; bfloat16 uses the same map on 16 bits,
+    shifted to the top of a 32-bit key. Unsigned key order == float order.
+    composite C = key * 2^32 + (2^32 - 1 - index): distinct for distinct indices; larger C = earlier
+    in the output. The top-k is exactly the k largest composites.
+
+Implementations (stage registry name ``topk``)
+----------------------------------------------
+* ``reference`` -- one block per row: radix select of the K-th largest composite, 8 bits a pass
+  from the top (a shared-memory histogram per pass, stopping once the chosen bucket is taken
+  whole), collect everything at or above it into shared memory, order by counting (each selected
+  composite's position = how many selected are larger). Runs under the CUDA simulator.
+* ``production:sm_90a`` -- three launches; a row is split over S blocks when the batch is small.
+  The workspace (histograms, counters) is zeroed once when allocated and left zero by every run.
+    1. histogram: each block reads its slice once (16-byte loads), counts the top 12 key bits in a
+       4096-bin shared histogram, adds it to the row's global histogram; the last block of the row
+       (threadfence + ticket) finds the bin b1 holding the K-th largest and the count above it;
+    2. filter: each block re-reads its slice; keys in bins above b1 go to the row's "sure" list
+       (< K of them), keys in b1 to its candidate list (warp-aggregated atomics, one per warp);
+    3. finish, one block per row: clean the row's workspace, radix-select the missing
+       ``K - sure`` among the candidates (composite passes over L2-resident data), bitonic-sort
+       the K selected composites in shared memory, write values (gathered from the scores) and
+       indices. A row whose b1 bin holds more than ``capacity`` candidates (> N/8, at least
+       16384: e.g. one value repeated over most of the row) is done by the reference routine
+       inside the same kernel: correct, but it reads the row ~5 more times with one block.
+
+Napkin math (H100: ~3.0 TB/s, 50 MB L2)
+---------------------------------------
+(64, 131072) fp32: 33.5 MB of scores. Pass 1 reads them once (~11 us at copy speed); pass 2 reads
+them again, largely from L2 (the set is below L2 size), ~5-11 us; pass 3 reads ~k + |b1| composites
+per row (~64 x 4 K x 8 B = 2 MB) and sorts 2048 composites per row in shared memory (66 bitonic
+stages of 1 compare-exchange per thread + barrier, ~5 us). Expect ~20-30 us; torch.topk ~208 us.
+(1, 65536) fp32 / k=2048: 256 KB; everything is latency: 3 launches x 2-3 us + the sort.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+from numba import cuda, int32, int64, uint32, uint64
+
+from .. import registry
+from ..runtime import ArrayIO, detect_gpu, device, is_device_array, kernel, mode
+from .fp4 import BF16, F32, f32_bits
+from .softmax import (_input_kind, _is_contiguous, _typestr, address_of, ballot, ldg_v4,
+                      shfl_idx, shfl_up)
+
+try:  # the PTX bindings; absent only when numba itself runs as the simulator
+    from ..hw import ops
+except ImportError:  # pragma: no cover
+    ops = None
+
+K_MAX = 4096
+EMPTY_F32 = np.float32(-np.inf)
+EMPTY_BF16_BITS = 0xFF80          # bfloat16 -inf
+
+
+# ----------------------------------------------------------------------------------------------
+# The oracle (NumPy, independent of the key trick) and the tie-aware checker
+# ----------------------------------------------------------------------------------------------
+def topk_oracle(scores, k, lengths=None):
+    """(values, indices) by NumPy sorting: value descending (NaN first, -0 == +0), index ascending.
+    """
+    x = np.asarray(scores)
+    lead, n = x.shape[:-1], x.shape[-1]
+    rows = x.reshape(-1, n)
+    R = rows.shape[0]
+    L = np.full(R, n) if lengths is None else np.clip(np.asarray(lengths).reshape(-1), 0, n)
+    vals = np.empty((R, k), x.dtype)
+    vals[...] = np.array(-np.inf, x.dtype)
+    idx = np.full((R, k), -1, np.int32)
+    for r in range(R):
+        v = rows[r, :L[r]].astype(np.float64)
+        nan = np.isnan(v)
+        order = np.lexsort((np.arange(v.size), -np.where(nan, 0.0, v), ~nan))[:k]
+        idx[r, :order.size] = order
+        vals[r, :order.size] = rows[r, order]
+    return vals.reshape(lead + (k,)), idx.reshape(lead + (k,))
+
+
+def assert_topk(values, indices, scores, k, lengths=None, name="topk"):
+    """Check a top-k result against ``topk_oracle``; raises AssertionError saying what is wrong.
+
+    In order: shapes and dtypes; per row, the selected value multiset equals the oracle's (values
+    compared as numbers: -0 == +0, NaN == NaN); the indices equal the oracle's exactly (the tie rule
+    makes them unique); each value is the score at its index, bit for bit; empty slots are -1/-inf.
+    """
+    def host(a):
+        return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
+    v, i, x = host(values), host(indices), np.asarray(scores)
+    if v.dtype == np.uint16 and x.dtype == np.dtype(ml_dtypes.bfloat16):
+        v = v.view(ml_dtypes.bfloat16)
+    ev, ei = topk_oracle(x, k, lengths)
+    if v.shape != ev.shape or i.shape != ei.shape:
+        raise AssertionError(f"{name}: shapes {v.shape}/{i.shape}, expected {ev.shape}")
+    if v.dtype != x.dtype or i.dtype != np.int32:
+        raise AssertionError(f"{name}: dtypes {v.dtype}/{i.dtype}, expected {x.dtype}/int32")
+    n = x.shape[-1]
+    v2, i2, ev2, ei2 = (a.reshape(-1, k) for a in (v, i, ev, ei))
+    x2 = x.reshape(-1, n)
+    for r in range(v2.shape[0]):
+        got = np.sort(np.nan_to_num(v2[r].astype(np.float64), nan=np.inf, posinf=1e300))
+        exp = np.sort(np.nan_to_num(ev2[r].astype(np.float64), nan=np.inf, posinf=1e300))
+        if not np.array_equal(got, exp):
+            bad = np.flatnonzero(got != exp)[:4]
+            raise AssertionError(f"{name}: row {r}: the selected values differ from the true "
+                                 f"top-{k} (sorted, at {list(bad)}: got {got[bad]}, "
+                                 f"expected {exp[bad]})")
+        if not np.array_equal(i2[r], ei2[r]):
+            bad = np.flatnonzero(i2[r] != ei2[r])[:4]
+            raise AssertionError(f"{name}: row {r}: indices differ at slots {list(bad)}: got "
+                                 f"{i2[r, bad]}, expected {ei2[r, bad]} (values {ev2[r, bad]}); "
+                                 f"ties must go to the lower index, order by value descending")
+        real = i2[r] >= 0
+        if not np.array_equal(v2[r, real].view(np.uint8), x2[r, i2[r, real]].view(np.uint8)):
+            raise AssertionError(f"{name}: row {r}: values are not the scores at their indices")
+        if not np.all(np.isneginf(v2[r, ~real].astype(np.float64))):
+            raise AssertionError(f"{name}: row {r}: empty slots (index -1) must hold -inf")
+
+
+def order_keys(scores) -> np.ndarray:
+    """The uint32 order-preserving keys of NumPy scores (float32 or bfloat16): the spec of the
+    device functions key_f32_bits / key_bf16_bits below, in NumPy."""
+    x = np.asarray(scores)
+    if x.dtype == np.dtype(ml_dtypes.bfloat16):
+        u = x.view(np.uint16).astype(np.uint32) << 16
+    else:
+        u = x.astype(np.float32).view(np.uint32)
+    u = np.where(u == 0x80000000, np.uint32(0), u)                       # -0 -> +0
+    key = np.where(u & 0x80000000, ~u, u ^ np.uint32(0x80000000)).astype(np.uint32)
+    nan = np.isnan(x.astype(np.float32))
+    return np.where(nan, np.uint32(0xFFFFFFFF if x.dtype == np.float32 else 0xFFFF0000), key)
+
+
+# ----------------------------------------------------------------------------------------------
+# Keys and composites (shared by every implementation)
+# ----------------------------------------------------------------------------------------------
+@device
+def key_f32_bits(u):
+    """Order-preserving uint32 key of float32 bits u (NaN -> top, -0 -> +0)."""
+    u = uint32(u)
+    if (u & uint32(0x7FFFFFFF)) > uint32(0x7F800000):
+        return uint32(0xFFFFFFFF)
+    if u == uint32(0x80000000):
+        u = uint32(0)
+    if u & uint32(0x80000000):
+        return u ^ uint32(0xFFFFFFFF)
+    return u ^ uint32(0x80000000)
+
+
+@device
+def key_bf16_bits(h):
+    """The same order on 16-bit bfloat16 bits, in the top half of a uint32 key."""
+    h = uint32(h) & uint32(0xFFFF)
+    if (h & uint32(0x7FFF)) > uint32(0x7F80):
+        return uint32(0xFFFF0000)
+    if h == uint32(0x8000):
+        h = uint32(0)
+    if h & uint32(0x8000):
+        return (h ^ uint32(0xFFFF)) << uint32(16)
+    return (h ^ uint32(0x8000)) << uint32(16)
+
+
+@device
+def score_key(x, i, kind):
+    """Key of element i of a float32 or bfloat16-bits array."""
+    if kind == BF16:
+        return key_bf16_bits(x[i])
+    return key_f32_bits(f32_bits(x[i]))
+
+
+@device
+def composite(key, j):
+    """key * 2^32 + (2^32 - 1 - j): larger = earlier in the output (ties: lower index first)."""
+    return (uint64(key) << uint64(32)) | uint64(uint32(0xFFFFFFFF) - uint32(j))
+
+
+@device
+def composite_index(c):
+    return int32(uint32(0xFFFFFFFF) - uint32(c & uint64(0xFFFFFFFF)))
+
+
+@device
+def row_length(row, n, lengths, has_len):
+    if has_len:
+        return min(max(int64(lengths[row]), int64(0)), int64(n))
+    return int64(n)
+
+
+@device
+def write_empty(vals, idx, o, kind):
+    idx[o] = -1
+    if kind == BF16:
+        vals[o] = EMPTY_BF16_BITS
+    else:
+        vals[o] = EMPTY_F32
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference: one block per row
+# ----------------------------------------------------------------------------------------------
+@device
+def topk_row_reference(x, base, L, k, kind, vals, idx, obase, hist, buf, st):
+    """Top-k of row x[base : base + L] into vals/idx[obase : obase + k], by the whole block.
+
+    Shared memory (the caller's): hist int32[256], buf uint64[4096], st int64[4].
+    1. radix select: find the K-th largest composite 8 bits at a time, most significant first.
+       A pass histograms the composites that share the bits chosen so far; walking the buckets from
+       the top finds the one holding the K-th; if that whole bucket is wanted, stop.
+    2. collect every composite at or above the chosen prefix: exactly K of them.
+    3. order by counting: each one's output position = number of selected composites above it.
+    Reads the row (passes + 1) times; O(K^2 / threads) to order. Readable, not fast.
+    """
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    K = min(int64(k), L)
+    prefix = uint64(0)
+    want = K
+    shift = 64
+    done = K == 0
+    while not done:
+        shift -= 8
+        for b in range(tid, 256, nt):
+            hist[b] = 0
+        cuda.syncthreads()
+        for j in range(tid, L, nt):
+            c = composite(score_key(x, base + j, kind), j)
+            if shift == 56 or (c >> uint64(shift + 8)) == (prefix >> uint64(shift + 8)):
+                cuda.atomic.add(hist, int32((c >> uint64(shift)) & uint64(255)), 1)
+        cuda.syncthreads()
+        if tid == 0:
+            above = 0
+            d = 255
+            while above + hist[d] < want:
+                above += hist[d]
+                d -= 1
+            st[0] = d
+            st[1] = above
+        cuda.syncthreads()
+        d = st[0]
+        want -= st[1]
+        prefix |= uint64(d) << uint64(shift)
+        done = hist[d] == want
+        cuda.syncthreads()
+    if tid == 0:
+        st[2] = 0
+    cuda.syncthreads()
+    if K > 0:
+        for j in range(tid, L, nt):
+            c = composite(score_key(x, base + j, kind), j)
+            if (c >> uint64(shift)) >= (prefix >> uint64(shift)):
+                buf[cuda.atomic.add(st, 2, 1)] = c
+    cuda.syncthreads()
+    for s in range(tid, K, nt):
+        c = buf[s]
+        pos = 0
+        for q in range(K):
+            if buf[q] > c:
+                pos += 1
+        j = composite_index(c)
+        idx[obase + pos] = j
+        vals[obase + pos] = x[base + j]
+    for s in range(K + tid, k, nt):
+        write_empty(vals, idx, obase + s, kind)
+    cuda.syncthreads()
+
+
+@kernel(launch_bounds=(1024,))
+def topk_ref_kernel(x, n, k, lengths, has_len, kind, vals, idx):
+    """One block per row (blockDim.x threads, any count up to 1024)."""
+    row = cuda.blockIdx.x
+    hist = cuda.shared.array(256, int32)
+    buf = cuda.shared.array(K_MAX, uint64)
+    st = cuda.shared.array(4, int64)
+    L = row_length(row, n, lengths, has_len)
+    topk_row_reference(x, int64(row) * n, L, k, kind, vals, idx, int64(row) * k, hist, buf, st)
+
+
+# ----------------------------------------------------------------------------------------------
+# Production (sm_90a)
+# ----------------------------------------------------------------------------------------------
+HBITS = 12                      # first-level histogram: top 12 key bits (sign, exponent, 3 mantissa)
+NBINS = 1 << HBITS
+HSHIFT = 32 - HBITS
+SCAN_THREADS = 512              # histogram / filter blocks
+FINISH_THREADS = 1024
+META = 4                        # per-row ints: [b1, count above b1, sure count, candidate count]
+
+
+@device
+def warp_inclusive_scan(v, lane):
+    d = 1
+    while d < 32:
+        t = shfl_up(v, d)
+        if lane >= d:
+            v += t
+        d *= 2
+    return v
+
+
+@device
+def block_find_bucket(h, nbins, want, st, wsum):
+    """With h[0:nbins] a histogram (shared), find the bucket holding the want-th largest item.
+
+    st[0] = that bucket, st[1] = items in higher buckets. Thread t sums the nbins / blockDim bins
+    counted down from the top, a block scan (warp shuffles + one shared word per warp) turns the
+    sums into running counts, and the thread whose range crosses ``want`` walks its bins.
+    Needs nbins % blockDim.x == 0, blockDim.x % 32 == 0, 1 <= want <= total.
+    """
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    lane = tid & 31
+    warp = tid >> 5
+    per = nbins // nt
+    top = nbins - 1 - tid * per
+    s = 0
+    for i in range(per):
+        s += h[top - i]
+    incl = warp_inclusive_scan(s, lane)
+    if lane == 31:
+        wsum[warp] = incl
+    cuda.syncthreads()
+    if warp == 0:
+        w = wsum[lane] if lane < (nt >> 5) else 0
+        wi = warp_inclusive_scan(w, lane)
+        wsum[lane] = wi - w
+    cuda.syncthreads()
+    incl += wsum[warp]
+    excl = incl - s
+    if excl < want and incl >= want:
+        acc = excl
+        b = top
+        while acc + h[b] < want:
+            acc += h[b]
+            b -= 1
+        st[0] = b
+        st[1] = acc
+    cuda.syncthreads()
+
+
+@device
+def warp_push(pred, counters, ci):
+    """Warp-aggregated append: one atomicAdd per warp on counters[ci]; each predicated lane gets
+    its own slot (or -1). All 32 lanes must call it together (converged)."""
+    lane = cuda.threadIdx.x & 31
+    m = ballot(pred)
+    slot = -1
+    if m != 0:
+        leader = cuda.ffs(m) - 1
+        base = 0
+        if lane == leader:
+            base = cuda.atomic.add(counters, ci, cuda.popc(m))
+        base = shfl_idx(base, leader)
+        if pred:
+            slot = base + cuda.popc(m & ((uint32(1) << uint32(lane)) - uint32(1)))
+    return slot
+
+
+def _vec(kind, vectorized):
+    return (8 if kind == BF16 else 4) if vectorized else 1
+
+
+@device
+def load_keys(x, src, i, keys, kind, VEC):
+    """keys[0:VEC] = the keys of elements i.. (one 16-byte ld.global.nc.v4 when VEC > 1)."""
+    if VEC == 1:
+        keys[0] = score_key(x, i, kind)
+    else:
+        w0, w1, w2, w3 = ldg_v4(x, src, i, 2 if kind == BF16 else 4)
+        if VEC == 4:
+            keys[0] = key_f32_bits(w0)
+            keys[1] = key_f32_bits(w1)
+            keys[2] = key_f32_bits(w2)
+            keys[3] = key_f32_bits(w3)
+        else:
+            keys[0] = key_bf16_bits(w0)
+            keys[1] = key_bf16_bits(w0 >> uint32(16))
+            keys[2] = key_bf16_bits(w1)
+            keys[3] = key_bf16_bits(w1 >> uint32(16))
+            keys[4] = key_bf16_bits(w2)
+            keys[5] = key_bf16_bits(w2 >> uint32(16))
+            keys[6] = key_bf16_bits(w3)
+            keys[7] = key_bf16_bits(w3 >> uint32(16))
+
+
+_PROD: dict = {}
+
+
+def hist_kernel(kind, vectorized):
+    """Pass 2: per-slice 4096-bin histogram of the top 12 key bits; the row's last block finds b1.
+
+    Block b: row b // S, columns [s * chunk, (s + 1) * chunk) of the valid prefix. Reads each score
+    once (16-byte loads), one shared atomic per score, one global atomic per non-empty bin.
+    """
+    key = ("hist", kind, vectorized)
+    if key in _PROD:
+        return _PROD[key]
+    VEC = _vec(kind, vectorized)
+
+    def topk_hist(x, n, k, lengths, has_len, S, chunk, ghist, meta, tickets):
+        b = cuda.blockIdx.x
+        row = b // S
+        s = b - row * S
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        h = cuda.shared.array(NBINS, int32)
+        wsum = cuda.shared.array(32, int32)
+        st = cuda.shared.array(4, int32)
+        for i in range(tid, NBINS, nt):
+            h[i] = 0
+        cuda.syncthreads()
+        L = row_length(row, n, lengths, has_len)
+        lo = int64(s) * chunk
+        hi = min(lo + chunk, L)
+        base = int64(row) * n
+        src = address_of(x, VEC)
+        keys = cuda.local.array(VEC, uint32)
+        for c in range(lo + tid * VEC, hi, nt * VEC):
+            load_keys(x, src, base + c, keys, kind, VEC)
+            for q in range(VEC):
+                if c + q < hi:
+                    cuda.atomic.add(h, keys[q] >> uint32(HSHIFT), 1)
+        cuda.syncthreads()
+        gb = int64(row) * NBINS
+        for i in range(tid, NBINS, nt):
+            v = h[i]
+            if v != 0:
+                cuda.atomic.add(ghist, gb + i, v)
+        # the last block of the row to finish sees the whole row histogram: every thread's adds
+        # are made visible (fence) and complete (barrier) before the block takes its ticket
+        cuda.threadfence()
+        cuda.syncthreads()
+        if tid == 0:
+            st[0] = cuda.atomic.add(tickets, row, 1)
+        cuda.syncthreads()
+        if st[0] != S - 1:
+            return
+        for i in range(tid, NBINS, nt):
+            h[i] = cuda.atomic.add(ghist, gb + i, 0)      # read through L2 (atomics are coherent)
+        cuda.syncthreads()
+        K = min(int64(k), L)
+        if K > 0:
+            block_find_bucket(h, NBINS, K, st, wsum)
+            if tid == 0:
+                meta[row * META + 0] = st[0]
+                meta[row * META + 1] = st[1]
+        elif tid == 0:
+            meta[row * META + 0] = -1
+            meta[row * META + 1] = 0
+
+    topk_hist.__name__ = topk_hist.__qualname__ = \
+        f"topk_hist_{'bf16' if kind == BF16 else 'f32'}_v{VEC}"
+    k_ = _PROD[key] = kernel(topk_hist, launch_bounds=(SCAN_THREADS,))
+    return k_
+
+
+def filter_kernel(kind, vectorized):
+    """Pass 3: re-read the slice; keys above bin b1 -> the row's sure list, in b1 -> candidates.
+
+    Appends are warp-aggregated (one global atomic per warp and list). The loop trip count is the
+    same for all lanes so the ballots see converged warps. Candidates past ``capacity`` are counted
+    but not stored (the finish pass then takes the row's fallback).
+    """
+    key = ("filter", kind, vectorized)
+    if key in _PROD:
+        return _PROD[key]
+    VEC = _vec(kind, vectorized)
+
+    def topk_filter(x, n, lengths, has_len, S, chunk, meta, sure, cand, capacity):
+        b = cuda.blockIdx.x
+        row = b // S
+        s = b - row * S
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        b1 = meta[row * META + 0]
+        if b1 < 0:
+            return
+        bin1 = uint32(b1)
+        L = row_length(row, n, lengths, has_len)
+        lo = int64(s) * chunk
+        hi = min(lo + chunk, L)
+        base = int64(row) * n
+        src = address_of(x, VEC)
+        keys = cuda.local.array(VEC, uint32)
+        step = int64(nt * VEC)
+        trips = (hi - lo + step - 1) // step if hi > lo else 0
+        for t in range(trips):
+            c = lo + t * step + tid * VEC
+            if c < hi:
+                load_keys(x, src, base + c, keys, kind, VEC)
+            for q in range(VEC):
+                ok = c + q < hi
+                kq = keys[q] if ok else uint32(0)
+                bq = kq >> uint32(HSHIFT)
+                slot = warp_push(ok and bq > bin1, meta, row * META + 2)
+                if slot >= 0:
+                    sure[int64(row) * K_MAX + slot] = composite(kq, c + q)
+                slot = warp_push(ok and bq == bin1, meta, row * META + 3)
+                if slot >= 0 and slot < capacity:
+                    cand[int64(row) * capacity + slot] = composite(kq, c + q)
+
+    topk_filter.__name__ = topk_filter.__qualname__ = \
+        f"topk_filter_{'bf16' if kind == BF16 else 'f32'}_v{VEC}"
+    k_ = _PROD[key] = kernel(topk_filter, launch_bounds=(SCAN_THREADS,))
+    return k_
+
+
+@device
+def bitonic_sort_desc(buf, P):
+    """Sort buf[0:P] (P a power of two, shared) descending: the whole block, ~log2(P)^2 / 2
+    barriers."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    size = 2
+    while size <= P:
+        stride = size // 2
+        while stride > 0:
+            for i in range(tid, P // 2, nt):
+                lo = 2 * i - (i & (stride - 1))
+                hi = lo + stride
+                a = buf[lo]
+                c = buf[hi]
+                if (a < c) == ((lo & size) == 0):
+                    buf[lo] = c
+                    buf[hi] = a
+            cuda.syncthreads()
+            stride //= 2
+        size *= 2
+
+
+@kernel(launch_bounds=(FINISH_THREADS,))
+def topk_finish_kernel(x, n, k, lengths, has_len, kind, ghist, meta, tickets, sure, cand,
+                       capacity, vals, idx):
+    """Pass 4, one block per row: select the missing ones among the candidates, sort, write.
+
+    First it reads the row's meta and zeroes the row's histogram, meta and ticket, so the
+    workspace is clean for the next call (no zeroing launch). Then radix passes (8 bits) over the
+    candidates' composites below the 12 known key bits, stopping when the chosen bucket is wanted
+    whole; collect sure + selected (= K composites) in shared memory; bitonic sort; write indices
+    and the scores gathered at them.
+    """
+    row = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    hist = cuda.shared.array(256, int32)
+    buf = cuda.shared.array(K_MAX, uint64)
+    st = cuda.shared.array(4, int64)
+    st32 = cuda.shared.array(4, int32)
+    L = row_length(row, n, lengths, has_len)
+    base = int64(row) * n
+    obase = int64(row) * k
+    K = min(int64(k), L)
+    b1 = meta[row * META + 0]
+    n_sure = int64(meta[row * META + 1])
+    n_cand = int64(meta[row * META + 3])
+    cuda.syncthreads()                       # every thread has its meta before it is zeroed
+    for i in range(tid, NBINS, nt):
+        ghist[int64(row) * NBINS + i] = 0
+    if tid < META:
+        meta[row * META + tid] = 0
+    if tid == 0:
+        tickets[row] = 0
+    if K > 0 and n_cand > capacity:          # too many candidates were stored: reference routine
+        topk_row_reference(x, base, L, k, kind, vals, idx, obase, hist, buf, st)
+        return
+    cb = int64(row) * capacity
+    prefix = uint64(0)
+    shift = 56
+    if K > 0:
+        prefix = uint64(b1) << uint64(64 - HBITS)
+    want = K - n_sure
+    done = K == 0
+    while not done:
+        shift -= 8
+        for i in range(tid, 256, nt):
+            hist[i] = 0
+        cuda.syncthreads()
+        for i in range(tid, n_cand, nt):
+            c = cand[cb + i]
+            if (c >> uint64(shift + 8)) == (prefix >> uint64(shift + 8)):
+                cuda.atomic.add(hist, int32((c >> uint64(shift)) & uint64(255)), 1)
+        cuda.syncthreads()
+        if tid < 32:                          # one warp walks the 256 buckets, 8 a lane
+            sacc = 0
+            for q in range(8):
+                sacc += hist[255 - 8 * tid - q]
+            incl = warp_inclusive_scan(sacc, tid)
+            excl = incl - sacc
+            if excl < want and incl >= want:
+                acc = excl
+                d = 255 - 8 * tid
+                while acc + hist[d] < want:
+                    acc += hist[d]
+                    d -= 1
+                st32[0] = d
+                st32[1] = acc
+        cuda.syncthreads()
+        d = st32[0]
+        want -= st32[1]
+        prefix |= uint64(d) << uint64(shift)
+        done = hist[d] == want
+        cuda.syncthreads()
+    if tid == 0:
+        st[2] = 0
+    cuda.syncthreads()
+    for i in range(tid, n_sure, nt):
+        buf[cuda.atomic.add(st, 2, 1)] = sure[int64(row) * K_MAX + i]
+    if K > 0:
+        for i in range(tid, n_cand, nt):
+            c = cand[cb + i]
+            if (c >> uint64(shift)) >= (prefix >> uint64(shift)):
+                buf[cuda.atomic.add(st, 2, 1)] = c
+    P = 1
+    while P < K:
+        P *= 2
+    for i in range(K + tid, P, nt):
+        buf[i] = uint64(0)                   # below every real composite (keys are >= 0x007FFFFF)
+    cuda.syncthreads()
+    bitonic_sort_desc(buf, P)
+    for s in range(tid, K, nt):
+        j = composite_index(buf[s])
+        idx[obase + s] = j
+        vals[obase + s] = x[base + j]
+    for s in range(K + tid, k, nt):
+        write_empty(vals, idx, obase + s, kind)
+
+
+@kernel
+def zero_kernel(a):
+    i = cuda.grid(1)
+    if i < a.size:
+        a[i] = 0
+
+
+class TopkPlan:
+    """The production top-k for one (rows, n, k, dtype): workspace and launch geometry.
+
+    ``run(x_flat, lengths_or_None, vals, idx)`` launches the three passes on kernel-side arrays
+    (``vals``/``idx`` flat [rows * k]); no allocation after the first run, no synchronisation.
+    Workspace: int32 [rows * (4096 + 4 + 1)] (histograms, meta, tickets) and uint64
+    [rows * (4096 + capacity)] (sure + candidate composites).
+    Test hooks: ``threads``/``finish_threads``/``S``/``capacity`` override the geometry, ``run(...,
+    vectorized=False)`` takes the scalar path (no PTX: it also runs under the simulator).
+    """
+
+    def __init__(self, rows: int, n: int, k: int, kind: int, *, threads: int = SCAN_THREADS,
+                 finish_threads: int = FINISH_THREADS, S: int | None = None,
+                 capacity: int | None = None):
+        self.rows, self.n, self.k, self.kind = rows, n, k, kind
+        self.threads, self.finish_threads = threads, finish_threads
+        gpu = detect_gpu()
+        target = 4 * (gpu.sm_count if gpu else 132)   # ~4 resident 512-thread blocks per SM
+        vec = _vec(kind, True)
+        if S is None:                                  # >= one 16-byte load per thread per block
+            S = max(1, min(-(-target // max(rows, 1)), -(-n // (threads * vec))))
+        self.chunk = -(-(-(-n // S)) // vec) * vec     # a multiple of the vector width
+        self.S = max(1, -(-n // self.chunk))
+        self.capacity = capacity or max(1, min(n, max(16384, n // 8)))
+        self._ws = None
+
+    def workspace(self, io_gpu: bool):
+        """(ints, ghist, meta, tickets, sure, cand). The int part is zeroed once here; each run
+        leaves it zero again (the finish pass cleans its row)."""
+        if self._ws is None:
+            R = self.rows
+            alloc = cuda.device_array if io_gpu else np.empty
+            ints = alloc(R * (NBINS + META + 1), np.int32)
+            zero_kernel.launch(-(-ints.size // 256), 256, ints)
+            comps = alloc(R * (K_MAX + self.capacity), np.uint64)
+            self._ws = (ints, ints[:R * NBINS], ints[R * NBINS:R * (NBINS + META)],
+                        ints[R * (NBINS + META):], comps[:R * K_MAX], comps[R * K_MAX:])
+        return self._ws
+
+    def run(self, x, lengths, vals, idx, vectorized=None):
+        R, n, k, kind = self.rows, self.n, self.k, self.kind
+        gpu = is_device_array(x)
+        ints, ghist, meta, tickets, sure, cand = self.workspace(gpu)
+        vec = _vec(kind, True)
+        if vectorized is None:
+            vectorized = gpu and n % vec == 0 and x.__cuda_array_interface__["data"][0] % 16 == 0
+        has_len = lengths is not None
+        lk = lengths if has_len else (_dummy_i32() if gpu else np.zeros(1, np.int32))
+        hist_kernel(kind, vectorized).launch(R * self.S, self.threads, x, n, k, lk, has_len,
+                                             self.S, self.chunk, ghist, meta, tickets)
+        filter_kernel(kind, vectorized).launch(R * self.S, self.threads, x, n, lk, has_len,
+                                               self.S, self.chunk, meta, sure, cand, self.capacity)
+        topk_finish_kernel.launch(R, self.finish_threads, x, n, k, lk, has_len, kind, ghist, meta,
+                                  tickets, sure, cand, self.capacity, vals, idx)
+
+
+_DUMMY = {}
+
+
+def _dummy_i32():
+    if "i32" not in _DUMMY:
+        _DUMMY["i32"] = cuda.to_device(np.zeros(1, np.int32))
+    return _DUMMY["i32"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Host side: validation, launch, registration
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class TopkCall:
+    """One validated top-k problem: R rows of n scores (flat kernel-side arrays)."""
+    io: ArrayIO
+    x: object
+    kind: int
+    shape: tuple
+    R: int
+    n: int
+    k: int
+    lengths: object
+    host_bf16: bool
+
+
+def _prepare(scores, k, lengths, check_nan: bool = True) -> TopkCall:
+    if not is_device_array(scores) and not isinstance(scores, np.ndarray):
+        raise TypeError(f"scores must be a NumPy array or a device array, got "
+                        f"{type(scores).__name__}")
+    shape = tuple(int(d) for d in scores.shape)
+    if len(shape) == 0:
+        raise ValueError("scores must have at least one axis (top-k runs over the last axis)")
+    kind, host_bf16 = _input_kind(scores, "scores")
+    if not _is_contiguous(scores):
+        raise ValueError("scores must be C-contiguous; pass np.ascontiguousarray(scores)")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int, got {k!r}")
+    k = int(k)
+    if not 1 <= k <= K_MAX:
+        raise ValueError(f"k must be in 1..{K_MAX}, got {k}")
+    lead, n = shape[:-1], shape[-1]
+    R = int(np.prod(lead, dtype=np.int64))
+    if n >= 2 ** 31 - 1:
+        raise ValueError(f"rows of {n} scores are too long: indices are int32")
+    if lengths is not None:
+        if is_device_array(lengths):
+            if _typestr(lengths) != np.int32 or int(np.prod(lengths.shape)) != R \
+                    or not _is_contiguous(lengths):
+                raise ValueError(f"device lengths must be a contiguous int32 array of {R} elements")
+        else:
+            lengths = np.asarray(lengths)
+            if lengths.dtype.kind not in "iu":
+                raise TypeError(f"lengths must be integers, got {lengths.dtype}")
+            if lengths.shape not in (lead, (R,)):
+                raise ValueError(f"lengths must have shape {lead} (scores.shape[:-1]) or ({R},), "
+                                 f"got {lengths.shape}")
+            if lengths.size and (lengths.min() < 0 or lengths.max() > n):
+                raise ValueError(f"lengths must lie in [0, {n}], got values in "
+                                 f"[{lengths.min()}, {lengths.max()}]")
+            lengths = np.ascontiguousarray(lengths.reshape(-1), dtype=np.int32)
+    if check_nan and not is_device_array(scores) and R and n:
+        rows = scores.reshape(R, n)
+        nan = np.isnan(rows)
+        if lengths is not None and not is_device_array(lengths):
+            nan &= np.arange(n)[None, :] < lengths[:, None]
+        if nan.any():
+            r, c = np.argwhere(nan)[0]
+            pos = np.unravel_index(r, lead) + (int(c),) if lead else (int(c),)
+            raise ValueError(f"scores contain NaN (first at {tuple(int(p) for p in pos)}); top-k "
+                             f"of NaN is undefined here: replace them (e.g. "
+                             f"np.nan_to_num(x, nan=-np.inf))")
+    io = ArrayIO(scores, lengths)
+    xk = io.to_kernel(scores.view(np.uint16) if host_bf16 else scores)
+    if is_device_array(xk) and kind == BF16 and _typestr(xk) == np.int16:
+        xk = xk.view(np.uint16)
+    xk = xk.reshape(-1)
+    lk = io.to_kernel(lengths) if lengths is not None else None
+    if lk is not None:
+        lk = lk.reshape(-1)
+    return TopkCall(io, xk, kind, shape, R, n, k, lk, host_bf16)
+
+
+def _outputs(c: TopkCall, vals=None, idx=None):
+    if vals is None:
+        vals = c.io.empty(c.R * c.k, np.uint16 if c.kind == BF16 else np.float32)
+    if idx is None:
+        idx = c.io.empty(c.R * c.k, np.int32)
+    return vals, idx
+
+
+def _finish(c: TopkCall, vals, idx):
+    v = c.io.result(vals, ml_dtypes.bfloat16 if c.host_bf16 else None)
+    i = c.io.result(idx)
+    out = c.shape[:-1] + (c.k,)
+    return v.reshape(out), i.reshape(out)
+
+
+def reference_threads(n: int) -> int:
+    if mode() == "sim":
+        return 16 if n <= 32 else 32
+    return 1024
+
+
+def topk_reference(c: TopkCall, threads: int | None = None, vals=None, idx=None):
+    """The reference implementation: (values, indices) in the caller's kind and shapes."""
+    threads = threads or reference_threads(c.n)
+    vals, idx = _outputs(c, vals, idx)
+    if c.R:
+        topk_ref_kernel.launch(c.R, threads, c.x, c.n, c.k,
+                               c.lengths if c.lengths is not None else _ref_dummy(c.io),
+                               c.lengths is not None, c.kind, vals, idx)
+    return _finish(c, vals, idx)
+
+
+def _ref_dummy(io):
+    return _dummy_i32() if io.gpu else np.zeros(1, np.int32)
+
+
+_PLANS: dict = {}
+
+
+def plan_for(R: int, n: int, k: int, kind: int) -> TopkPlan:
+    """A cached TopkPlan per shape (its workspace is reused: calls on one stream only)."""
+    key = (R, n, k, kind)
+    if key not in _PLANS:
+        if len(_PLANS) > 16:
+            _PLANS.clear()
+        _PLANS[key] = TopkPlan(R, n, k, kind)
+    return _PLANS[key]
+
+
+def topk_production(c: TopkCall, vals=None, idx=None, *, plan: TopkPlan | None = None,
+                    vectorized=None):
+    """The sm_90a implementation (module docstring). ``vals``/``idx``: optional preallocated flat
+    outputs; ``plan``/``vectorized``: test hooks (see TopkPlan)."""
+    vals, idx = _outputs(c, vals, idx)
+    if c.R:
+        if c.n == 0:
+            topk_ref_kernel.launch(c.R, 32, c.x, c.n, c.k, _ref_dummy(c.io), False, c.kind, vals,
+                                   idx)
+        else:
+            plan = plan or plan_for(c.R, c.n, c.k, c.kind)
+            plan.run(c.x, c.lengths, vals, idx, vectorized)
+    return _finish(c, vals, idx)
+
+
+def production_kernels():
+    """(Kernel, signature) of the production kernels, for compile-only checks."""
+    from numba import types as t
+    sigs = []
+    i32, i64, b = t.int32[::1], t.int64, t.boolean
+    for kind, arr in ((F32, t.float32), (BF16, t.uint16)):
+        for vectorized in (True, False):
+            sigs.append((hist_kernel(kind, vectorized),
+                         (arr[::1], i64, i64, i32, b, i64, i64, i32, i32, i32)))
+            sigs.append((filter_kernel(kind, vectorized),
+                         (arr[::1], i64, i32, b, i64, i64, i32, t.uint64[::1], t.uint64[::1], i64)))
+        sigs.append((topk_finish_kernel, (arr[::1], i64, i64, i32, b, i64, i32, i32, i32,
+                                          t.uint64[::1], t.uint64[::1], i64, arr[::1], i32)))
+    return sigs
+
+
+registry.register("topk", "reference")(topk_reference)
+registry.register("topk", "production", arch="sm_90a", kernels=production_kernels)(topk_production)
+
+
+def topk(scores, k, lengths=None, impl: str | None = None):
+    """The k largest scores of each row (last axis), sorted: ``(values, indices)``.
+
+    Constraints:
+      * ``scores``: float32 or bfloat16, at least 1-D, C-contiguous, rows of up to 2^31 - 2
+        scores (tuned for N up to ~1M). NumPy (``ml_dtypes.bfloat16`` for bf16) -> NumPy results;
+        device arrays (bfloat16 as its uint16/int16 bits) -> device results (bfloat16 as uint16).
+      * ``k``: int, 1 <= k <= 4096 (512, 1024, 2048 are the DeepSeek sizes); k > N is allowed.
+      * ``lengths``: per-row valid length in [0, N] (shape ``scores.shape[:-1]`` or flat); columns
+        at or beyond it are never selected. Device lengths: contiguous int32, clamped not checked.
+      * Output: ``values`` [..., k] of the scores' dtype, ``indices`` int32 [..., k]; sorted by
+        value descending, ties by lower index; a row with fewer than k valid scores ends in
+        index -1, value -inf. -0.0 == +0.0.
+      * NaN: NumPy scores -> ValueError (before launch; positions beyond ``lengths`` ignored).
+        Device scores are not scanned: NaN ranks above +inf (as torch.topk), NaNs tie by index.
+      * production: one workspace per shape is cached and reused (do not run the same shape
+        concurrently on two streams). Rows where over 1/8 of the row shares the 12-bit key prefix
+        of the k-th largest (massive ties) take a slower in-kernel fallback.
+      * ``impl``: "auto" | "reference" | "production" | "production:sm_90a" (see ``registry``).
+    """
+    call = _prepare(scores, k, lengths)
+    return registry.resolve("topk", impl).fn(call)
+
+
+__all__ = ["topk", "topk_oracle", "assert_topk", "order_keys", "TopkCall", "TopkPlan",
+           "topk_ref_kernel",
+           "topk_finish_kernel", "hist_kernel", "filter_kernel", "production_kernels", "K_MAX"]

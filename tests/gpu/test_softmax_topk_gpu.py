@@ -1,0 +1,224 @@
+"""Softmax and top-k on a real GPU: production vs reference vs the NumPy oracle at real sizes,
+NaN-poisoned output buffers (every element must be written), device-array in/out, and bitwise
+repeatability. Skipped without a GPU (tests/conftest.py); run on the device machine with
+
+    python -m pytest -q tests/gpu/test_softmax_topk_gpu.py
+
+Tolerances as in tests/test_softmax.py, widened for long rows: the float32 row sum of n terms
+carries up to ~n/2 ulp in the worst case but ~sqrt(n) in practice; rows here have n <= 131072, and
+production sums in a different order (per-thread, then a shuffle tree) from the reference.
+"""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from dsv4_numba.runtime import detect_gpu
+from dsv4_numba.stages import softmax as S
+from dsv4_numba.stages import topk as K
+from dsv4_numba.testing import assert_close, poison
+
+pytestmark = pytest.mark.gpu
+
+if detect_gpu() is None:  # pragma: no cover - conftest skips, this keeps imports below safe
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+from numba import cuda  # noqa: E402
+
+RTOL_F32 = 5e-5
+RTOL_BF16 = 2.0 ** -8 + 5e-5
+ATOL_LSE = 1e-4
+
+
+def rand(shape, seed, dtype=np.float32):
+    g = np.random.default_rng(seed)
+    x = g.standard_normal(shape) * 3.0
+    x.reshape(-1)[::97] += 6.0
+    return x.astype(dtype)
+
+
+def _flat_out(call):
+    """NaN-poisoned flat output buffers on the device: any element left unwritten stays NaN."""
+    if call.kind == S.BF16:
+        out = np.full(call.R * call.n, 0x7FC0, np.uint16)          # bfloat16 NaN bits
+    else:
+        out = poison(call.R * call.n, np.float32)
+    return cuda.to_device(out), cuda.to_device(poison(call.R, np.float32))
+
+
+SOFTMAX_CASES = [
+    # shape, dtype, kwargs
+    ((4096, 4096), np.float32, {}),
+    ((4096, 4096), ml_dtypes.bfloat16, {"scale": 0.125}),
+    ((129, 2049), np.float32, {"lengths": "rand", "sink": "heads", "scale": 0.3}),     # scalar path
+    ((129, 2049), ml_dtypes.bfloat16, {"lengths": "rand", "causal_offset": 1900}),
+    ((4, 32, 100), np.float32, {"sink": "heads", "causal_offset": 60}),          # warp per row
+    ((64, 131072), np.float32, {}),                                                    # split path
+    ((3, 40000), ml_dtypes.bfloat16, {"lengths": "rand", "sink": "heads"}),     # split, masked
+    ((5, 16385), np.float32, {"causal_offset": 16000}),                          # split, scalar
+]
+
+
+def _kwargs(shape, kw, seed):
+    g = np.random.default_rng(seed)
+    kw = dict(kw)
+    if kw.get("lengths") == "rand":
+        kw["lengths"] = g.integers(0, shape[-1] + 1, shape[:-1])
+        kw["lengths"].reshape(-1)[0] = 0
+    if kw.get("sink") == "heads":
+        kw["sink"] = g.standard_normal(shape[-2]).astype(np.float32) * 4
+    return kw
+
+
+@pytest.mark.parametrize("shape,dtype,kw", SOFTMAX_CASES,
+                         ids=[f"{s}-{np.dtype(d).name}-{'+'.join(k) or 'plain'}"
+                              for s, d, k in SOFTMAX_CASES])
+def test_softmax_production_reference_oracle(shape, dtype, kw):
+    x = rand(shape, seed=shape[-1], dtype=dtype)
+    kw = _kwargs(shape, kw, seed=shape[0])
+    rtol = RTOL_F32 if dtype == np.float32 else RTOL_BF16
+    p, lse_o = S.softmax_oracle(x, **kw)
+    call = S._prepare(x, kw.get("scale", 1.0), kw.get("lengths"), kw.get("causal_offset"),
+                      kw.get("sink"))
+    results = {}
+    for name, fn in (("production", S.softmax_production), ("reference", S.softmax_reference)):
+        out, lse = _flat_out(call)
+        o, l = fn(call, out=out, lse=lse)               # NumPy in -> NumPy out (x's shape)
+        assert o.shape == shape and o.dtype == x.dtype and l.shape == shape[:-1]
+        assert_close(o, p, atol=1e-30, rtol=rtol, min_cosine=0.99999, name=f"{name} p")
+        assert_close(l, lse_o, atol=ATOL_LSE, name=f"{name} lse")
+        results[name] = (o, l)
+    # two roundings of slightly different float32 values may land one bfloat16 ulp apart (2^-7)
+    assert_close(results["production"][0], results["reference"][0], atol=1e-30,
+                 rtol=rtol if dtype == np.float32 else 2.0 ** -7 + 5e-5,
+                 name="production vs reference")
+    # the public function: NumPy in -> NumPy out, same answer bitwise as the prepared call
+    o2, l2 = S.softmax(x, return_lse=True, impl="production", **kw)
+    assert_close(o2, results["production"][0], bitwise=True, name="public vs prepared")
+    assert_close(l2, results["production"][1], bitwise=True, name="public lse")
+
+
+def test_softmax_device_arrays_and_repeatability():
+    x = rand((300, 4096), seed=1)
+    dx = cuda.to_device(x)
+    outs = [S.softmax(dx, scale=0.5, return_lse=True, impl="production") for _ in range(3)]
+    assert all(isinstance(o, type(outs[0][0])) and hasattr(o, "copy_to_host") for o, _ in outs)
+    for o, l in outs[1:]:
+        assert_close(o.copy_to_host(), outs[0][0].copy_to_host(), bitwise=True, name="repeat")
+        assert_close(l.copy_to_host(), outs[0][1].copy_to_host(), bitwise=True, name="repeat lse")
+    # bfloat16 on the device travels as int16/uint16 bits
+    xb = x.astype(ml_dtypes.bfloat16)
+    ob = S.softmax(cuda.to_device(xb.view(np.int16)), impl="production").copy_to_host()
+    assert ob.dtype == np.uint16
+    assert_close(ob.view(ml_dtypes.bfloat16), S.softmax_oracle(xb)[0], atol=1e-30, rtol=RTOL_BF16,
+                 name="device bf16")
+
+
+def test_softmax_special_rows_production():
+    x = rand((6, 2048), seed=2)
+    x[1] = -np.inf
+    x[2, 5] = np.nan
+    x[3, 7] = np.inf
+    x[4, 1000:] = np.nan           # masked by lengths: never read
+    lengths = np.array([0, 2048, 2048, 2048, 1000, 2048])
+    o, l = S.softmax(x, lengths=lengths, return_lse=True, impl="production")
+    p, lo = S.softmax_oracle(x, lengths=lengths)
+    assert_close(o, p, atol=1e-30, rtol=RTOL_F32, name="special p")
+    assert_close(l, lo, atol=ATOL_LSE, name="special lse")
+
+
+# ----------------------------------------------------------------------------------------------
+# top-k
+# ----------------------------------------------------------------------------------------------
+TOPK_CASES = [
+    # (R, N, k), dtype, lengths?
+    ((4, 65536, 2048), np.float32, False),
+    ((4, 65536, 2048), ml_dtypes.bfloat16, False),
+    ((64, 131072, 512), np.float32, True),
+    ((64, 131072, 2048), ml_dtypes.bfloat16, False),
+    ((1, 1 << 20, 1024), np.float32, False),
+    ((3, 127, 5), np.float32, True),
+    ((2, 129, 200), ml_dtypes.bfloat16, True),          # k > N
+    ((5, 70000, 4096), np.float32, True),
+]
+
+
+def _scores(R, N, dtype, seed, kind="normal"):
+    g = np.random.default_rng(seed)
+    if kind == "uniform":
+        x = g.random((R, N))
+    elif kind == "ties":
+        x = g.integers(0, 50, (R, N)).astype(np.float64)
+    else:
+        x = g.standard_normal((R, N))
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("shape,dtype,with_len", TOPK_CASES,
+                         ids=[f"{s}-{np.dtype(d).name}-{'len' if w else 'full'}"
+                              for s, d, w in TOPK_CASES])
+def test_topk_production_reference_oracle(shape, dtype, with_len):
+    R, N, k = shape
+    x = _scores(R, N, dtype, seed=N + k)
+    lengths = None
+    if with_len:
+        lengths = np.random.default_rng(k).integers(0, N + 1, R)
+        lengths[0] = min(N, k // 2)              # fewer valid than k: -1 indices
+    got = {}
+    for impl in ("production", "reference"):
+        v, i = K.topk(x, k, lengths=lengths, impl=impl)
+        K.assert_topk(v, i, x, k, lengths, name=impl)
+        got[impl] = (v, i)
+    assert_close(got["production"][1], got["reference"][1], bitwise=True, name="indices")
+
+
+@pytest.mark.parametrize("kind", ["uniform", "ties"])
+def test_topk_hard_distributions(kind):
+    """Uniform [0, 1) (dense top bins) and 50 distinct values (huge ties at the threshold)."""
+    for (R, N, k) in ((4, 65536, 2048), (64, 131072, 512)):
+        for dtype in (np.float32, ml_dtypes.bfloat16):
+            x = _scores(R, N, dtype, seed=R + k, kind=kind)
+            v, i = K.topk(x, k, impl="production")
+            K.assert_topk(v, i, x, k, None, name=f"{kind} {dtype.__name__}")
+
+
+def test_topk_poisoned_outputs_and_repeatability():
+    x = _scores(8, 131072, np.float32, seed=9)
+    plan = K.TopkPlan(8, 131072, 2048, K.F32)
+    dx = cuda.to_device(x)
+    vals = cuda.to_device(poison(8 * 2048, np.float32))
+    idx = cuda.to_device(np.full(8 * 2048, -7, np.int32))      # not -1: that is a legal answer
+    first = None
+    for _ in range(3):
+        plan.run(dx.reshape(-1), None, vals, idx)
+        v, i = vals.copy_to_host().reshape(8, 2048), idx.copy_to_host().reshape(8, 2048)
+        K.assert_topk(v, i, x, 2048, None, name="poisoned")
+        if first is None:
+            first = (v, i)
+        assert_close(v, first[0], bitwise=True, name="repeat values")
+        assert_close(i, first[1], bitwise=True, name="repeat indices")
+
+
+def test_topk_nan_rule_on_device():
+    """Device inputs are not scanned: NaN ranks above +inf (torch.topk's order), ties by index."""
+    x = _scores(2, 5000, np.float32, seed=4)
+    x[0, [10, 20]] = np.nan
+    x[0, 30] = np.inf
+    v, i = K.topk(cuda.to_device(x), 4, impl="production")
+    i = i.copy_to_host()
+    assert list(i[0, :3]) == [10, 20, 30]
+
+
+def test_topk_fallback_massive_ties_and_device_bf16():
+    """A row of one repeated value overflows the candidate list (> N/8 in the threshold's bin):
+    the finish pass runs the reference routine for it. Device bfloat16 in -> uint16 bits out."""
+    x = np.full((2, 131072), 1.5, np.float32)
+    x[1, ::1000] = 2.0                                   # 132 larger ones, then ties by index
+    v, i = K.topk(x, 2048, impl="production")
+    K.assert_topk(v, i, x, 2048, None, name="massive ties")
+    assert i[0].tolist() == list(range(2048))
+    xb = _scores(3, 4096, ml_dtypes.bfloat16, seed=5)
+    vb, ib = K.topk(cuda.to_device(xb.view(np.int16)), 64, impl="production")
+    assert vb.dtype == np.uint16 and ib.dtype == np.int32
+    K.assert_topk(vb.copy_to_host(), ib.copy_to_host(), xb, 64, None, name="device bf16")

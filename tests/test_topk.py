@@ -1,0 +1,274 @@
+"""Top-k stage: the reference kernel and the production pipeline's scalar variant under the
+simulator against the tie-aware NumPy oracle (``topk.assert_topk``), known-wrong results the same
+checker must reject, input validation, the NaN rules, and the production kernels compiled for
+sm_90a (ptxas accepts them, no spills, the instructions they exist for).
+
+Simulator cases are tiny (<= 3 rows, N <= 129, k <= 16 mostly, 32 threads): every thread is Python.
+Top-k is exact: values are compared bit for bit, indices exactly (the lower-index tie rule makes
+the answer unique), so no tolerance appears here.
+"""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from dsv4_numba import registry
+from dsv4_numba.runtime import mode
+from dsv4_numba.stages import topk as K
+from dsv4_numba.stages.topk import assert_topk, topk, topk_oracle
+
+SIM = mode() == "sim"
+
+
+def scores(shape, seed, dtype=np.float32, kind="normal"):
+    g = np.random.default_rng(seed)
+    if kind == "ties":            # few distinct values: ties everywhere, also at the threshold
+        x = g.integers(-3, 4, shape).astype(np.float64)
+    else:
+        x = g.standard_normal(shape) * 4
+    return x.astype(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# the oracle and the checker
+# ----------------------------------------------------------------------------------------------
+def test_order_keys():
+    x = np.array([-np.inf, -2.0, -0.0, 0.0, 1e-45, 3.0, np.inf, np.nan], np.float32)
+    k = K.order_keys(x)
+    assert (np.diff(k[:7].astype(np.int64)) >= 0).all() and k[2] == k[3] and k[7] == 0xFFFFFFFF
+    kb = K.order_keys(x.astype(ml_dtypes.bfloat16))
+    assert (np.diff(kb[:7].astype(np.int64)) >= 0).all() and kb[7] == 0xFFFF0000
+
+
+def test_oracle_by_hand():
+    x = np.array([[1.0, 3.0, 3.0, -0.0, 0.0, -np.inf, np.inf, 2.0]], np.float32)
+    v, i = topk_oracle(x, 6)
+    assert i.tolist() == [[6, 1, 2, 7, 0, 3]]    # ties (3.0, 3.0) and (-0.0, 0.0): lower first
+    v, i = topk_oracle(x, 10, lengths=[3])
+    assert i.tolist() == [[1, 2, 0] + [-1] * 7]
+    assert np.isneginf(v[0, 3:]).all()
+
+
+def _wrong_higher_index_ties(x, k, lengths=None):
+    v, i = topk_oracle(x[..., ::-1].copy(), k, None if lengths is None else lengths)
+    n = x.shape[-1]
+    if lengths is not None:   # reversing moves the valid prefix; recompute on the prefix instead
+        out_i = np.full_like(i, -1)
+        out_v = np.full_like(v, -np.inf)
+        for r, L in enumerate(np.asarray(lengths)):
+            rv, ri = topk_oracle(x[r, :L][::-1].copy()[None], k)
+            real = ri[0] >= 0
+            out_i[r, real] = L - 1 - ri[0, real]
+            out_v[r] = rv[0]
+        return out_v, out_i
+    return v, np.where(i >= 0, n - 1 - i, -1).astype(np.int32)
+
+
+def _wrong_off_by_one(x, k, lengths=None):
+    v, i = topk_oracle(x, k + 1, lengths)
+    return v[..., 1:], i[..., 1:]
+
+
+def _wrong_ignores_lengths(x, k, lengths=None):
+    return topk_oracle(x, k)
+
+
+def _wrong_unsorted(x, k, lengths=None):
+    v, i = topk_oracle(x, k, lengths)
+    return v[..., ::-1].copy(), i[..., ::-1].copy()
+
+
+def _wrong_values_of_neighbour(x, k, lengths=None):
+    v, i = topk_oracle(x, k, lengths)
+    v = v.copy()
+    v[0, 0] = x[0, (i[0, 0] + 1) % x.shape[-1]]
+    return v, i
+
+
+WRONG = [_wrong_higher_index_ties, _wrong_off_by_one, _wrong_ignores_lengths, _wrong_unsorted,
+         _wrong_values_of_neighbour]
+
+
+@pytest.mark.parametrize("wrong", WRONG, ids=[w.__name__ for w in WRONG])
+def test_checker_rejects_known_wrong_topk(wrong):
+    x = scores((3, 40), seed=1, kind="ties")
+    lengths = np.array([40, 6, 23])
+    v, i = topk_oracle(x, 8, lengths)
+    assert_topk(v, i, x, 8, lengths)                    # the right answer passes
+    wv, wi = wrong(x, 8, lengths)
+    with pytest.raises(AssertionError):
+        assert_topk(wv, wi, x, 8, lengths, name=wrong.__name__)
+
+
+# ----------------------------------------------------------------------------------------------
+# reference kernel under the simulator
+# ----------------------------------------------------------------------------------------------
+CASES = [
+    # shape, k, dtype, kind, lengths
+    ((1, 1), 1, np.float32, "normal", None),
+    ((2, 127), 16, np.float32, "normal", None),
+    ((2, 129), 5, ml_dtypes.bfloat16, "ties", None),
+    ((3, 40), 16, np.float32, "ties", [40, 3, 0]),          # lengths < k, an empty row
+    ((2, 12), 12, ml_dtypes.bfloat16, "normal", None),      # k == N
+    ((2, 9), 16, np.float32, "ties", [9, 4]),               # k > N
+]
+
+
+@pytest.mark.parametrize("shape,k,dtype,kind,lengths", CASES,
+                         ids=[f"{s}-k{k}-{np.dtype(d).name}-{t}-{'len' if ln else 'full'}"
+                              for s, k, d, t, ln in CASES])
+def test_reference(shape, k, dtype, kind, lengths):
+    x = scores(shape, seed=shape[-1] + k, dtype=dtype, kind=kind)
+    v, i = topk(x, k, lengths=lengths, impl="reference")
+    assert_topk(v, i, x, k, lengths)
+
+
+def test_reference_special_values_and_leading_axes():
+    """+-inf, -0/+0 ties, all-equal rows, a 3-D input (rows are the leading axes)."""
+    x = np.zeros((2, 2, 33), np.float32)
+    x[0, 0, [3, 9]] = np.inf
+    x[0, 0, [4, 5]] = -np.inf
+    x[0, 0, 6] = -0.0
+    x[0, 1] = -np.inf                                  # every value -inf: real indices, not -1
+    x[1, 0] = 7.0                                      # all equal: indices 0..k-1
+    x[1, 1] = scores((33,), seed=5)
+    v, i = topk(x, 7, impl="reference")
+    assert v.shape == (2, 2, 7) and i.shape == (2, 2, 7)
+    assert_topk(v, i, x, 7)
+    assert i[1, 0].tolist() == list(range(7))
+    assert i[0, 1].tolist() == list(range(7))
+
+
+def test_nan_rules():
+    x = scores((2, 20), seed=7)
+    x[0, 4] = np.nan
+    with pytest.raises(ValueError, match=r"NaN \(first at \(0, 4\)\)"):
+        topk(x, 3, impl="reference")
+    # NaN beyond a row's length is never read: allowed
+    v, i = topk(x, 3, lengths=[4, 20], impl="reference")
+    assert_topk(v, i, x, 3, [4, 20])
+    # unscanned (device) inputs: NaN ranks above +inf, NaNs tie by index
+    x[0, 9] = np.nan
+    x[0, 2] = np.inf
+    c = K._prepare(x, 4, None, check_nan=False)
+    v, i = K.topk_reference(c)
+    assert i[0].tolist()[:3] == [4, 9, 2]
+    assert_topk(v, i, x, 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# the production pipeline (scalar variant: no PTX) under the simulator
+# ----------------------------------------------------------------------------------------------
+def run_production(x, k, lengths=None, S=3, capacity=None, vectorized=True, twice=False):
+    """The production pipeline with 32-thread blocks; returns (v, i, meta). The 16-byte loads,
+    shuffles and ballots run as their simulator twins (see softmax._with_sim_twin)."""
+    c = K._prepare(x, k, lengths, check_nan=False)
+    plan = K.TopkPlan(c.R, c.n, k, c.kind, threads=32, finish_threads=32, S=S, capacity=capacity)
+    v, i = K.topk_production(c, plan=plan, vectorized=vectorized)
+    assert not plan.workspace(False)[0].any(), "each run must leave its workspace zeroed"
+    if twice:
+        v2, i2 = K.topk_production(c, plan=plan, vectorized=vectorized)     # reuse it
+        assert np.array_equal(i, i2) and np.array_equal(v.view(np.uint8), v2.view(np.uint8))
+    return v, i
+
+
+@pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
+def test_production_pipeline_simulated():
+    """Two blocks per row (histogram tickets, filter appends), lengths, ties at the threshold."""
+    x = scores((3, 40), seed=11, kind="ties")
+    x[0, 5], x[0, 6] = -0.0, 0.0
+    x[1, :3] = np.inf
+    x[2, 8] = np.nan                  # unscanned input: NaN ranks above +inf
+    lengths = np.array([40, 3, 17])
+    v, i = run_production(x, 10, lengths, S=2)
+    assert i[2, 0] == 8
+    assert_topk(v, i, x, 10, lengths, name="production (sim)")
+
+
+@pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
+def test_production_bf16_and_overflow_fallback_simulated():
+    """bfloat16 with k > N (16-byte loads of 8); then scalar loads (N = 30) and a candidate
+    capacity of 4, so that tied rows take the in-kernel fallback."""
+    xb = scores((1, 40), seed=13, dtype=ml_dtypes.bfloat16)
+    v, i = run_production(xb, 48, S=2, twice=True)
+    assert_topk(v, i, xb, 48, name="production bf16 (sim)")
+    x = np.random.default_rng(17).integers(-1, 2, (2, 30)).astype(np.float32)
+    keys = K.order_keys(x)
+    kth = -np.sort(-keys, axis=1)[:, 11]                        # the 12th largest key per row
+    same_bin = ((keys >> K.HSHIFT) == (kth[:, None] >> K.HSHIFT)).sum(1)
+    assert (same_bin > 4).all(), "both rows must overflow a 4-candidate list"
+    v, i = run_production(x, 12, S=2, capacity=4, vectorized=False)
+    assert_topk(v, i, x, 12, name="production fallback (sim)")
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad,k,kw,err,match", [
+    (np.zeros((2, 8), np.float32), 0, {}, ValueError, r"1\.\.4096"),
+    (np.zeros((2, 8), np.float32), 4097, {}, ValueError, r"1\.\.4096"),
+    (np.zeros((2, 8), np.float32), 2.0, {}, TypeError, "int"),
+    (np.zeros((2, 8), np.float32), True, {}, TypeError, "int"),
+    (np.zeros((2, 8)), 2, {}, TypeError, "float32 or bfloat16"),
+    (np.zeros((2, 8), np.int32), 2, {}, TypeError, "float32 or bfloat16"),
+    (np.zeros((4, 8), np.float32)[::2], 2, {}, ValueError, "C-contiguous"),
+    (np.zeros((2, 8), np.float32), 2, {"lengths": [1, 9]}, ValueError, r"\[0, 8\]"),
+    (np.zeros((2, 8), np.float32), 2, {"lengths": [1, 2, 3]}, ValueError, "shape"),
+    (np.zeros((2, 8), np.float32), 2, {"impl": "gpu"}, ValueError, "impl"),
+    ([1.0, 2.0], 1, {}, TypeError, "NumPy array"),
+])
+def test_validation(bad, k, kw, err, match):
+    with pytest.raises(err, match=match):
+        topk(bad, k, **kw)
+
+
+def test_empty_shapes():
+    v, i = topk(np.zeros((0, 5), np.float32), 3, impl="reference")
+    assert v.shape == (0, 3) and i.shape == (0, 3)
+    v, i = topk(np.zeros((2, 0), np.float32), 3, impl="reference")
+    assert (i == -1).all() and np.isneginf(v).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# production kernels: compile-only for sm_90a
+# ----------------------------------------------------------------------------------------------
+PROD = registry.REGISTRY["topk"].impls["production:sm_90a"]
+KERNELS = PROD.kernels()
+
+
+@pytest.mark.parametrize("idx", range(len(KERNELS)),
+                         ids=[f"{k.__name__}-{i}" for i, (k, _) in enumerate(KERNELS)])
+def test_production_compiles_for_sm90a(idx):
+    k, sig = KERNELS[idx]
+    res = k.compile(sig, "sm_90a", want_sass=False)
+    assert res.spill_stores == 0 and res.spill_loads == 0, res.summary()
+    assert "ld.local" not in res.ptx and "st.local" not in res.ptx
+    assert res.registers * k.launch_bounds[0] <= 65536, "a full block must fit the register file"
+    name = k.__name__
+    if "_v4" in name or "_v8" in name:
+        assert "ld.global.nc.v4.u32" in res.ptx, "16-byte loads"
+    if name.startswith("topk_hist"):
+        assert "atom.shared.add" in res.ptx and "shfl.sync.up" in res.ptx
+    if name.startswith("topk_filter"):
+        assert "vote.sync.ballot" in res.ptx, "warp-aggregated appends"
+    if name == "topk_finish_kernel":
+        assert res.shared_bytes < 48 * 1024
+
+
+def test_reference_compiles_for_sm90a():
+    from numba import types as t
+    for arr in (t.float32, t.uint16):
+        sig = (arr[::1], t.int64, t.int64, t.int32[::1], t.boolean, t.int64, arr[::1],
+               t.int32[::1])
+        res = K.topk_ref_kernel.compile(sig, "sm_90a", want_sass=False)
+        assert res.spill_stores == 0 and res.registers <= 64
+
+
+def test_plan_geometry():
+    p = K.TopkPlan(64, 131072, 2048, K.F32)
+    assert p.S * p.chunk >= 131072 and p.chunk % 4 == 0 and p.S >= 8
+    p = K.TopkPlan(1, 65536, 2048, K.BF16)
+    assert p.S >= 16 and p.chunk % 8 == 0
+    p = K.TopkPlan(3, 127, 5, K.F32)
+    assert p.S == 1 and p.capacity == 127
