@@ -1,4 +1,4 @@
-"""Command line: ``python -m dsv4_numba {info,demo}``.
+"""Command line: ``python -m dsv4_numba {info,demo,explain-desc}``.
 
 * ``info``  — the environment: GPU, compute capability, driver, toolkit/NVVM/ptxas versions, and for
   every registered stage implementation whether it runs here, compiles here, or neither.
@@ -6,6 +6,8 @@
   weight to each FP4 format, decode it with every implementation that can run here, check every
   result bitwise against the NumPy spec, and (on a GPU) time the production decode. Without a GPU
   it runs the reference kernels under the CUDA simulator at a tiny size, and says so.
+* ``explain-desc VALUE --kind {wgmma-smem,umma-smem,umma-idesc,umma-idesc-bs}`` — decode a
+  descriptor into named fields; invalid values are rejected with the field named (exit 2).
 """
 from __future__ import annotations
 
@@ -122,6 +124,14 @@ def main(argv=None) -> int:
     d = sub.add_parser("demo", help="the main job on an embedded default configuration")
     d.add_argument("--rows", type=int, default=None)
     d.add_argument("--cols", type=int, default=None)
+    e = sub.add_parser("explain-desc", add_help=False,
+                       help="decode a wgmma / tcgen05 descriptor into named fields "
+                            "(python -m dsv4_numba explain-desc 0x08100490 --kind umma-idesc)")
+    e.add_argument("rest", nargs=argparse.REMAINDER)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["explain-desc"]:
+        from .hw.descriptors import explain_desc_main
+        return explain_desc_main(argv[1:])
     args = p.parse_args(argv)
     return {"info": cmd_info, "demo": cmd_demo}[args.cmd](args)
 

@@ -8,12 +8,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 from conftest import outliers
-from numba import types
 
 import dsv4_numba as d
 from dsv4_numba import formats
 from dsv4_numba.formats import wrong
-from dsv4_numba.stages import fp4
 from dsv4_numba.testing import assert_close
 
 FMTS = ("dsv4_fp4", "mxfp4", "nvfp4")

@@ -132,3 +132,28 @@ def test_assert_close_catches_what_it_should():
         assert_close(np.zeros(3), np.zeros(4))
     assert np.isnan(poison((3,), np.float32)).all()
     assert (poison((3,), np.int32) == -1).all()
+
+
+# ---------------------------------------------------------------- CLI
+@pytest.mark.parametrize("args,expect", [
+    (["info"], "stage implementations"),
+    (["demo"], "demo: OK"),
+    (["explain-desc", "0x08100490", "--kind", "umma-idesc"], "M = 128"),
+])
+def test_cli(args, expect):
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-m", "dsv4_numba", *args], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert expect in p.stdout
+    if args == ["demo"] and NO_GPU:
+        assert "SIMULATOR" in p.stdout
+
+
+def test_cli_rejects_invalid_descriptor():
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-m", "dsv4_numba", "explain-desc", "0x1", "--kind",
+                        "umma-smem"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "version bits" in p.stderr

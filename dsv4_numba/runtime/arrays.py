@@ -7,9 +7,13 @@ In simulator mode everything is NumPy.
 """
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 
 from . import env
+
+# Element kinds as kernels see them (a kernel argument, so one kernel serves every dtype).
+F32, F16, BF16 = 0, 1, 2
 
 
 def is_device_array(a) -> bool:
@@ -52,3 +56,47 @@ class ArrayIO:
             return a
         host = a.copy_to_host() if self.gpu else a
         return host.view(view_dtype) if view_dtype is not None else host
+
+
+def typestr(a) -> np.dtype:
+    """The dtype of a NumPy or device array."""
+    if is_device_array(a):
+        return np.dtype(a.__cuda_array_interface__["typestr"])
+    return np.asarray(a).dtype
+
+
+def is_contiguous(a) -> bool:
+    """C-contiguity of a NumPy or device array (unit axes may have any stride)."""
+    if not is_device_array(a):
+        return a.flags.c_contiguous
+    cai = a.__cuda_array_interface__
+    if cai.get("strides") is None:
+        return True
+    expect, item = [], np.dtype(cai["typestr"]).itemsize
+    for d in reversed(cai["shape"]):
+        expect.append(item)
+        item *= d
+    return all(s == e or d == 1 for s, e, d in zip(cai["strides"], reversed(expect), cai["shape"]))
+
+
+def float_kind(x, what: str, allow_f16: bool = False):
+    """(kind, host_bf16) of a floating input; TypeError saying what to pass instead.
+
+    float32 -> F32; float16 -> F16 (only where ``allow_f16``); ml_dtypes.bfloat16 on the host ->
+    BF16 (host_bf16 True: pass ``x.view(np.uint16)`` to kernels); a uint16/int16 device array ->
+    BF16 (device bfloat16 travels as its bit pattern).
+    """
+    dt = typestr(x)
+    if dt == np.float32:
+        return F32, False
+    if allow_f16 and dt == np.float16:
+        return F16, False
+    if dt == np.dtype(ml_dtypes.bfloat16) and not is_device_array(x):
+        return BF16, True
+    if is_device_array(x) and dt in (np.dtype(np.uint16), np.dtype(np.int16)):
+        return BF16, False
+    names = "float32, float16 or bfloat16" if allow_f16 else "float32 or bfloat16"
+    hint = (" (a device bfloat16 tensor: pass t.view(torch.int16) -- its bits)"
+            if is_device_array(x)
+            else "; convert with x.astype(np.float32) or x.astype(ml_dtypes.bfloat16)")
+    raise TypeError(f"{what} must be {names}, got {dt}{hint}")

@@ -23,13 +23,19 @@ from . import env, toolchain
 _SIM_TWIN: dict[int, object] = {}  # id(real device dispatcher) -> simulator device function
 
 
-def device(fn):
-    """Mark ``fn`` as a device helper usable from kernels in both GPU and simulator mode."""
+def device(fn=None, *, sim=None):
+    """Mark ``fn`` as a device helper usable from kernels in both GPU and simulator mode.
+
+    ``sim``: a different Python body for the simulator, for helpers whose GPU body uses what the
+    simulator lacks (inline PTX, warp shuffles); it must compute the same function.
+    """
+    if fn is None:
+        return lambda f: device(f, sim=sim)
     from numba import cuda
     real = cuda.jit(device=True, inline="always")(fn)
     if not env.simulator_forced():
         from numba.cuda.simulator.kernel import FakeCUDAKernel
-        _SIM_TWIN[id(real)] = FakeCUDAKernel(fn, device=True)
+        _SIM_TWIN[id(real)] = FakeCUDAKernel(sim or fn, device=True)
     return real
 
 

@@ -26,11 +26,15 @@ Implementations (stage registry names ``decode_fp4`` / ``quantize_fp4``)
 ------------------------------------------------------------------------
 * ``reference`` — one thread per packed byte (decode) or per block (quantize); plain arithmetic;
   runs on any GPU and under the CUDA simulator.
-* ``production:sm_90a`` — one thread per 16 packed bytes (32 elements): one 16-byte ``ld.global.nc``,
-  the E2M1 -> bfloat16 bit patterns looked up with ``prmt`` from two 8-entry byte tables held in
-  registers (no branches, no memory table), signs merged with one more ``prmt``, the scale applied
-  by one float multiply per element, pairs packed by ``cvt.rn.bf16x2.f32``, 16-byte stores; a
-  grid-stride loop over a grid sized to fill the GPU.
+* ``production:sm_90a`` — decode: a warp takes 512 packed bytes per step, one 16-byte
+  ``ld.global.nc`` per lane (512 contiguous bytes per warp instruction); the E2M1 -> bfloat16 bit
+  patterns come from ``prmt`` on two 8-entry byte tables held in registers (no branches, no memory
+  table), signs merged with one more ``prmt``, the scale applied by one float multiply per element,
+  pairs packed by ``cvt.rn.bf16x2.f32``; the 4x larger output is staged through a bank-conflict-free
+  shared-memory tile so that every 16-byte ``st.global`` of the warp is contiguous too (writing
+  straight from registers puts 64 B between lanes, which halved the bandwidth on the H100).
+  Quantize: one thread per 32 elements, 16-byte loads, the amax / scale / RNE encode in registers,
+  one 16-byte store of codes. A grid-stride loop over a grid sized to fill the GPU.
 * ``production:sm_100a`` — same data path, but decodes with the Blackwell conversion
   instructions (``cvt.rn.f16x2.e2m1x2``, ``cvt.rn.bf16x2.ue8m0x2``) and quantizes with
   ``cvt.rn.satfinite.e2m1x2.f32`` and ``cvt.rp.satfinite.ue8m0x2.f32``. It is compiled and assembled
@@ -39,11 +43,14 @@ Implementations (stage registry names ``decode_fp4`` / ``quantize_fp4``)
 Napkin math (decode of a 7168 x 8192 tensor to bfloat16)
 --------------------------------------------------------
 Per element: 0.5 B packed in + 2 B out + 1/32 B (dsv4_fp4, mxfp4) or 1/16 B (nvfp4) of scales:
-~2.53 B. 58.7 M elements -> 148.6 MB of unique traffic; at the ~3.0 TB/s an H100 copies, ~50 us.
-Arithmetic per element is ~5 integer/float instructions (2 prmt per 4 elements, 1 sign merge, 1
-shift/mask, 1 fmul, 1/2 cvt): ~0.3 G instr, ~10 us of issue on 132 SMs -> memory-bound.
-float32 output: 4.53 B/elem -> 266 MB -> ~89 us. Quantize from bfloat16: 2 + 0.53 B/elem, the
-same bound as decode; nvfp4 quantize reads the input twice (global amax pass first).
+~2.53 B. 58.7 M elements -> 148.6 MB of unique traffic; at the ~3.0 TB/s an H100 copies
+(read + write), ~50 us. Arithmetic per element is ~5 integer/float instructions (2 prmt per 4
+elements, 1 sign merge, 1 shift/mask, 1 fmul, 1/2 cvt) plus 1/8 of a shared store and load:
+~0.3 G instr, ~10 us of issue on 132 SMs -> memory-bound. float32 output: 4.53 B/elem -> 266 MB
+-> ~89 us. Quantize from bfloat16: 2 + 0.53 B/elem, the same bound; nvfp4 quantize reads the input
+twice (global amax pass first), so ~1.8x the time of the others.
+Measured on an H100 (tools/bench_fp4.py, CHANGELOG): 58.8 us = 2.53 TB/s (84% of copy) for
+dsv4_fp4 -> bfloat16; 63.8 us (78%) for nvfp4 -> bfloat16; 72 us (2.07 TB/s) for quantize.
 """
 from __future__ import annotations
 
@@ -53,10 +60,11 @@ import ml_dtypes
 import numpy as np
 from numba import cuda, float32, int32, uint32
 
-from .. import formats, registry
+from .. import registry
 from ..formats.blocks import FORMATS, QuantizedFP4
-from ..runtime import ArrayIO, detect_gpu, device, is_device_array, kernel, mode
-from ..runtime.kernel import Kernel
+from ..hw.bits import bits_f32, f16_bits_to_f32, f32_bits, load_as_f32, store_from_f32
+from ..runtime import (BF16, F16, F32, ArrayIO, detect_gpu, device, float_kind, is_device_array,
+                       kernel)
 
 try:  # the PTX bindings; absent only when numba itself runs as the simulator
     from ..hw import ops
@@ -68,7 +76,6 @@ except ImportError:  # pragma: no cover
 # ----------------------------------------------------------------------------------------------
 OUT_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
               "bfloat16": np.dtype(ml_dtypes.bfloat16)}
-F32, F16, BF16 = 0, 1, 2            # dtype kinds as kernels see them (bfloat16 travels as uint16)
 UE8M0, E4M3 = 0, 1                  # scale kinds
 FMT_DSV4, FMT_MX, FMT_NV = 0, 1, 2  # scale recipes for quantize
 _FMT_ID = {"dsv4_fp4": FMT_DSV4, "mxfp4": FMT_MX, "nvfp4": FMT_NV}
@@ -87,47 +94,6 @@ def _dtype_name(dt) -> str:
 # ----------------------------------------------------------------------------------------------
 # device helpers shared by every implementation (one place per concern)
 # ----------------------------------------------------------------------------------------------
-@device
-def f32_bits(x):
-    """The IEEE bits of a float32 (a register move once compiled)."""
-    t = cuda.local.array(1, float32)
-    t[0] = x
-    return t.view(np.uint32)[0]
-
-
-@device
-def bits_f32(u):
-    t = cuda.local.array(1, uint32)
-    t[0] = u
-    return t.view(np.float32)[0]
-
-
-@device
-def bf16_bits(x):
-    """float32 -> bfloat16 bits, round to nearest even; NaN stays a (quiet) NaN."""
-    u = f32_bits(x)
-    if (u & 0x7FFFFFFF) > 0x7F800000:
-        return np.uint16((u >> 16) | 0x40)
-    return np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
-
-
-@device
-def load_as_f32(x, i, kind):
-    """Element i of an input of dtype kind (bfloat16 arrives as uint16 bits) as float32."""
-    if kind == BF16:
-        return bits_f32(uint32(x[i]) << 16)
-    return float32(x[i])
-
-
-@device
-def store_from_f32(out, i, v, kind):
-    """Round float32 v to the output dtype kind and store it (bfloat16 as uint16 bits)."""
-    if kind == BF16:
-        out[i] = bf16_bits(v)
-    else:
-        out[i] = v   # float32 as is; float16 rounds to nearest even (cvt.rn.f16.f32)
-
-
 @device
 def e2m1_value(code):
     """The float32 value of a 4-bit E2M1 code, straight from the definition."""
@@ -339,13 +305,6 @@ def e2m1x8_sm90(w):
 
 
 @device
-def f16_bits_to_f32(h):
-    t = cuda.local.array(1, np.uint16)
-    t[0] = np.uint16(h)
-    return float32(t.view(np.float16)[0])
-
-
-@device
 def e2m1x8_sm100(w):
     """Eight E2M1 codes -> eight float32 with the Blackwell cvt.rn.f16x2.e2m1x2 (exact in f16)."""
     h0 = ops.cvt_f16x2_e2m1x2(w)
@@ -372,139 +331,6 @@ def pack2(lo, hi, okind):
     if okind == BF16:
         return ops.pack_bf16x2(hi, lo)
     return ops.pack_f16x2(hi, lo)
-
-
-@device
-def emit8(vals, s, g, has_g, okind, addr):
-    """Scale eight decoded values (e2m1 * s [* g], the spec's order) and store them with st.v4."""
-    v0, v1, v2, v3, v4, v5, v6, v7 = vals
-    v0, v1, v2, v3 = v0 * s, v1 * s, v2 * s, v3 * s
-    v4, v5, v6, v7 = v4 * s, v5 * s, v6 * s, v7 * s
-    if has_g:
-        v0, v1, v2, v3 = v0 * g, v1 * g, v2 * g, v3 * g
-        v4, v5, v6, v7 = v4 * g, v5 * g, v6 * g, v7 * g
-    if okind == F32:
-        ops.st_global_v4_b32(addr, f32_bits(v0), f32_bits(v1), f32_bits(v2), f32_bits(v3))
-        ops.st_global_v4_b32(addr + 16, f32_bits(v4), f32_bits(v5), f32_bits(v6), f32_bits(v7))
-    else:
-        ops.st_global_v4_b32(addr, pack2(v0, v1, okind), pack2(v2, v3, okind),
-                             pack2(v4, v5, okind), pack2(v6, v7, okind))
-
-
-def make_decode_kernel(e2m1x8, scale_fn, name, unroll=2):
-    """The production decode kernel around an 8-code decoder and a scale decoder (per arch).
-
-    A 16-byte chunk is 32 elements: one ld.global.nc.v4 in, one (block 32) or two (block 16)
-    scales, 4 (16-bit out) or 8 (float32 out) st.global.v4 out. Each loop trip of thread t issues
-    the loads of ``unroll`` chunks t + k*T (T = all threads; every load instruction stays fully
-    coalesced across the warp) before decoding any of them, so ``unroll`` x 16 B per thread are in
-    flight. Bytes past the last whole chunk (tail < 16) are decoded by thread 0 with the reference
-    helper.
-    """
-    U, NW, NS = unroll, 4 * unroll, 2 * unroll     # local array sizes must be plain constants
-
-    def kern(data, scales, gscale, block, skind, has_g, okind, out, nchunks):
-        tid = cuda.grid(1)
-        stride = cuda.gridsize(1)
-        src = ops.array_address(data)
-        dst = ops.array_address(out)
-        wbytes = 32 if okind == F32 else 16         # output bytes per 8 elements
-        w = cuda.local.array(NW, uint32)            # constant indices after unrolling: registers
-        sc = cuda.local.array(NS, uint32)
-        for c0 in range(tid, nchunks, U * stride):
-            for k in range(U):                      # all loads first
-                c = c0 + k * stride
-                if c < nchunks:
-                    w[4 * k], w[4 * k + 1], w[4 * k + 2], w[4 * k + 3] = \
-                        ops.ld_global_nc_v4_u32(src + uint32(16) * c)
-                    if block == 32:
-                        sc[2 * k] = scales[c]
-                        sc[2 * k + 1] = sc[2 * k]
-                    else:
-                        sc[2 * k] = scales[2 * c]
-                        sc[2 * k + 1] = scales[2 * c + 1]
-            for k in range(U):
-                c = c0 + k * stride
-                if c < nchunks:
-                    s0 = scale_fn(sc[2 * k], skind)
-                    s1 = scale_fn(sc[2 * k + 1], skind)
-                    base = dst + uint32(4 * wbytes) * c
-                    emit8(e2m1x8(w[4 * k]), s0, gscale, has_g, okind, base)
-                    emit8(e2m1x8(w[4 * k + 1]), s0, gscale, has_g, okind, base + wbytes)
-                    emit8(e2m1x8(w[4 * k + 2]), s1, gscale, has_g, okind, base + 2 * wbytes)
-                    emit8(e2m1x8(w[4 * k + 3]), s1, gscale, has_g, okind, base + 3 * wbytes)
-        if tid == 0:
-            for i in range(16 * nchunks, data.size):
-                decode_byte(data, scales, gscale, block, skind, has_g, okind, out, i)
-    kern.__name__ = kern.__qualname__ = f"{name}_u{U}"
-    k = kernel(kern)
-    k.unit_bytes, k.units_per_block = 16, THREADS    # one 16-byte chunk per thread per step
-    return k
-
-
-def make_decode_kernel_words(e2m1x8, scale_fn, name, unroll=4):
-    """Decode variant with one 32-bit word (8 codes) per thread per step: the 4-byte loads are
-    coalesced (128 B per warp instruction) and so are the 16-byte stores of a 16-bit output
-    (512 B per warp instruction) — the 16-byte-load variant above writes with a 64 B lane stride.
-    ``unroll`` words per thread are loaded before any is decoded."""
-    U = unroll
-
-    def kern(data, scales, gscale, block, skind, has_g, okind, out, nchunks):
-        tid = cuda.grid(1)
-        stride = cuda.gridsize(1)
-        src = ops.array_address(data)
-        dst = ops.array_address(out)
-        wbytes = 32 if okind == F32 else 16
-        nwords = 4 * nchunks
-        w = cuda.local.array(U, uint32)
-        for j0 in range(tid, nwords, U * stride):
-            for k in range(U):
-                j = j0 + k * stride
-                if j < nwords:
-                    w[k] = ops.ld_global_nc_u32(src + uint32(4) * j)
-            for k in range(U):
-                j = j0 + k * stride
-                if j < nwords:
-                    emit8(e2m1x8(w[k]), scale_fn(scales[(8 * j) // block], skind), gscale,
-                          has_g, okind, dst + uint32(wbytes) * j)
-        if tid == 0:
-            for i in range(16 * nchunks, data.size):
-                decode_byte(data, scales, gscale, block, skind, has_g, okind, out, i)
-    kern.__name__ = kern.__qualname__ = f"{name}_w{U}"
-    k = kernel(kern)
-    k.unit_bytes, k.units_per_block = 16, THREADS    # one 16-byte chunk per thread per step
-    return k
-
-
-def make_decode_kernel_v0(e2m1x8, scale_fn, name):
-    """The first version (one 16-byte chunk per loop trip, scales read right after), kept for the
-    benchmark's history."""
-    def kern(data, scales, gscale, block, skind, has_g, okind, out, nchunks):
-        tid = cuda.grid(1)
-        stride = cuda.gridsize(1)
-        src = ops.array_address(data)
-        dst = ops.array_address(out)
-        wbytes = 32 if okind == F32 else 16
-        for c in range(tid, nchunks, stride):
-            w0, w1, w2, w3 = ops.ld_global_nc_v4_u32(src + uint32(16) * c)
-            if block == 32:
-                s0 = scale_fn(scales[c], skind)
-                s1 = s0
-            else:
-                s0 = scale_fn(scales[2 * c], skind)
-                s1 = scale_fn(scales[2 * c + 1], skind)
-            base = dst + uint32(4 * wbytes) * c
-            emit8(e2m1x8(w0), s0, gscale, has_g, okind, base)
-            emit8(e2m1x8(w1), s0, gscale, has_g, okind, base + wbytes)
-            emit8(e2m1x8(w2), s1, gscale, has_g, okind, base + 2 * wbytes)
-            emit8(e2m1x8(w3), s1, gscale, has_g, okind, base + 3 * wbytes)
-        if tid == 0:
-            for i in range(16 * nchunks, data.size):
-                decode_byte(data, scales, gscale, block, skind, has_g, okind, out, i)
-    kern.__name__ = kern.__qualname__ = f"{name}_v0"
-    k = kernel(kern)
-    k.unit_bytes, k.units_per_block = 16, THREADS    # one 16-byte chunk per thread per step
-    return k
 
 
 @device
@@ -540,7 +366,7 @@ WARPS = 8                   # per block of THREADS = 256
 TILE_WORDS = WARPS * 1024   # 4 KB of staging per warp (float32 output needs all of it)
 
 
-def make_decode_kernel_smem(e2m1x8, scale_fn, name):
+def make_decode_kernel(e2m1x8, scale_fn, name):
     """Decode with 16-byte loads AND coalesced 16-byte stores, through a per-warp shared tile.
 
     A warp step covers 512 packed bytes (1024 elements): each lane loads its 16 bytes with one
@@ -588,14 +414,14 @@ def make_decode_kernel_smem(e2m1x8, scale_fn, name):
         if cuda.blockIdx.x == 0:
             for i in range(512 * ntiles + cuda.threadIdx.x, data.size, cuda.blockDim.x):
                 decode_byte(data, scales, gscale, block, skind, has_g, okind, out, i)
-    kern.__name__ = kern.__qualname__ = f"{name}_smem"
+    kern.__name__ = kern.__qualname__ = name
     k = kernel(kern)
     k.unit_bytes, k.units_per_block = 512, WARPS     # one 512-byte tile per warp per step
     return k
 
 
-decode_sm90_kernel = make_decode_kernel_smem(e2m1x8_sm90, scale_value, "decode_fp4_sm90")
-decode_sm100_kernel = make_decode_kernel_smem(e2m1x8_sm100, ue8m0_value_sm100, "decode_fp4_sm100")
+decode_sm90_kernel = make_decode_kernel(e2m1x8_sm90, scale_value, "decode_fp4_sm90")
+decode_sm100_kernel = make_decode_kernel(e2m1x8_sm100, ue8m0_value_sm100, "decode_fp4_sm100")
 
 
 @device
@@ -808,15 +634,6 @@ def _decode(q, out_dtype, kern, ref, out=None):
     return decode_plan(q, out_dtype, kern, ref, out).run().result()
 
 
-def _ikind_of(x):
-    dt = np.dtype(x.dtype) if not is_device_array(x) else np.dtype(x.__cuda_array_interface__["typestr"])
-    if dt == np.uint16 and is_device_array(x):
-        return BF16, dt  # device bfloat16 travels as its uint16 bits
-    if dt not in _KIND:
-        raise TypeError(f"quantize_fp4 input must be float32, float16 or bfloat16, got {dt}")
-    return _KIND[dt], dt
-
-
 @kernel
 def reset_kernel(amax_bits, flag):
     amax_bits[0] = 0
@@ -828,7 +645,7 @@ def quantize_plan(x, fmt, kern, ref) -> _Plan:
         raise ValueError(f"unknown FP4 format {fmt!r}; use one of {sorted(FORMATS)}")
     spec = FORMATS[fmt]
     shape = tuple(x.shape)
-    ikind, _ = _ikind_of(x)
+    ikind, _ = float_kind(x, "quantize_fp4 input", allow_f16=True)
     if not shape or shape[-1] % spec.block:
         raise ValueError(f"the last axis ({shape[-1] if shape else 'scalar'}) must be a multiple "
                          f"of {spec.block} for {fmt}; pad it")

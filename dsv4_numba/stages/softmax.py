@@ -56,13 +56,15 @@ from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
-from numba import cuda, float32, int64, uint32, uint64
+from numba import cuda, float32, int64, uint32
 
 from .. import registry
-from ..runtime import ArrayIO, device, is_device_array, kernel, mode
-from ..runtime.env import simulator_forced
-from ..runtime.kernel import _SIM_TWIN
-from .fp4 import BF16, F32, bf16_bits, bits_f32, f32_bits, load_as_f32, store_from_f32
+from ..hw.bits import bits_f32, f32_bits, load_as_f32, store_from_f32
+from ..hw.portable import address_of, ldg_v4, pack_bf16x2, shfl_xor, stg_v4
+from ..runtime import BF16, F32, ArrayIO, device, is_device_array, kernel, mode
+from ..runtime.arrays import float_kind as _float_kind
+from ..runtime.arrays import is_contiguous as _is_contiguous
+from ..runtime.arrays import typestr as _typestr
 
 try:  # the PTX bindings; absent only when numba itself runs as the simulator
     from ..hw import ops
@@ -360,116 +362,6 @@ def softmax_ref_kernel(x, out, lse, n, lengths, has_len, T, coff, has_causal,
 # ----------------------------------------------------------------------------------------------
 # Production kernels (sm_90a)
 # ----------------------------------------------------------------------------------------------
-# Warp primitives. On the GPU they are the shfl/ballot instructions. Numba's simulator has none of
-# them, so each has a simulator twin that exchanges through shared memory between two barriers --
-# exact for these kernels, which call them from every thread of blocks of whole warps. That lets
-# the production kernels' scalar variants (no PTX) run under the simulator in the tests.
-def _with_sim_twin(gpu_fn, sim_fn):
-    real = device(gpu_fn)
-    if not simulator_forced():
-        from numba.cuda.simulator.kernel import FakeCUDAKernel
-        _SIM_TWIN[id(real)] = FakeCUDAKernel(sim_fn, device=True)
-    return real
-
-
-_SIM_XCHG = [None] * 1024     # the simulator runs one block at a time: one exchange buffer will do
-
-
-def _sim_exchange(v, src):
-    t = cuda.threadIdx.x
-    _SIM_XCHG[t] = v
-    cuda.syncthreads()
-    r = _SIM_XCHG[src]
-    cuda.syncthreads()
-    return r
-
-
-def _shfl_xor_gpu(v, off):
-    return cuda.shfl_xor_sync(0xFFFFFFFF, v, off)
-
-
-def _shfl_xor_sim(v, off):
-    return _sim_exchange(v, cuda.threadIdx.x ^ off)
-
-
-def _shfl_up_gpu(v, d):
-    return cuda.shfl_up_sync(0xFFFFFFFF, v, d)
-
-
-def _shfl_up_sim(v, d):
-    t = cuda.threadIdx.x
-    r = _sim_exchange(v, t - d if (t & 31) >= d else t)
-    return r
-
-
-def _shfl_idx_gpu(v, lane):
-    return cuda.shfl_sync(0xFFFFFFFF, v, lane)
-
-
-def _shfl_idx_sim(v, lane):
-    return _sim_exchange(v, (cuda.threadIdx.x & ~31) | lane)
-
-
-def _ballot_gpu(pred):
-    return cuda.ballot_sync(0xFFFFFFFF, pred)
-
-
-def _ballot_sim(pred):
-    t = cuda.threadIdx.x
-    _SIM_XCHG[t] = bool(pred)
-    cuda.syncthreads()
-    m = 0
-    w0 = t & ~31
-    for i in range(32):
-        if w0 + i < cuda.blockDim.x and _SIM_XCHG[w0 + i]:
-            m |= 1 << i
-    cuda.syncthreads()
-    return uint32(m)
-
-
-# 16-byte memory operations (hw.ops snippets) taking the array beside its address, so that their
-# simulator twins can act on the array: the vectorized production variants run there too.
-def _ldg_v4_gpu(x, src, i, esz):
-    """Elements i.. of x (esz bytes each; 16 bytes, 16-byte aligned) as 4 little-endian words."""
-    return ops.ld_global_nc_v4_u32(src + uint64(esz) * uint64(i))
-
-
-def _ldg_v4_sim(x, src, i, esz):
-    if esz == 4:
-        return tuple(np.uint32(np.float32(x[i + q]).view(np.uint32)) for q in range(4))
-    return tuple(np.uint32(int(x[i + 2 * q]) | (int(x[i + 2 * q + 1]) << 16)) for q in range(4))
-
-
-def _stg_v4_gpu(out, dst, i, esz, w0, w1, w2, w3):
-    ops.st_global_v4_b32(dst + uint64(esz) * uint64(i), w0, w1, w2, w3)
-
-
-def _stg_v4_sim(out, dst, i, esz, w0, w1, w2, w3):
-    for q, w in enumerate((w0, w1, w2, w3)):
-        if esz == 4:
-            out[i + q] = np.uint32(w).view(np.float32)
-        else:
-            out[i + 2 * q] = int(w) & 0xFFFF
-            out[i + 2 * q + 1] = int(w) >> 16
-
-
-def _pack_bf16x2_gpu(hi, lo):
-    return ops.pack_bf16x2(hi, lo)
-
-
-def _pack_bf16x2_sim(hi, lo):
-    return uint32((int(bf16_bits(hi)) << 16) | int(bf16_bits(lo)))
-
-
-shfl_xor = _with_sim_twin(_shfl_xor_gpu, _shfl_xor_sim)        # shfl.sync.bfly
-shfl_up = _with_sim_twin(_shfl_up_gpu, _shfl_up_sim)           # shfl.sync.up
-shfl_idx = _with_sim_twin(_shfl_idx_gpu, _shfl_idx_sim)        # shfl.sync.idx
-ballot = _with_sim_twin(_ballot_gpu, _ballot_sim)              # vote.sync.ballot
-ldg_v4 = _with_sim_twin(_ldg_v4_gpu, _ldg_v4_sim)              # ld.global.nc.v4.u32
-stg_v4 = _with_sim_twin(_stg_v4_gpu, _stg_v4_sim)              # st.global.v4.b32
-pack_bf16x2 = _with_sim_twin(_pack_bf16x2_gpu, _pack_bf16x2_sim)   # cvt.rn.bf16x2.f32
-
-
 @device
 def warp_max(v):
     """Max over the 32 lanes (all lanes get it): 5 shfl.bfly steps."""
@@ -538,16 +430,6 @@ def max_row_warps(vec: int) -> int:
     return MAX_ROW_WARPS if vec > 1 else MAX_ROW_WARPS // 2
 
 
-def _address_of_gpu(x, VEC):
-    """The array's address for 16-byte accesses (0 on the scalar path, which needs none)."""
-    return ops.array_address(x) if VEC > 1 else uint64(0)
-
-
-def _address_of_sim(x, VEC):
-    return uint64(0)          # the simulator twins of the memory operations use the array itself
-
-
-address_of = _with_sim_twin(_address_of_gpu, _address_of_sim)
 
 
 @device
@@ -796,40 +678,6 @@ def _dummy(io, dtype):
     return _DUMMY[key]
 
 
-def _typestr(a) -> np.dtype:
-    if is_device_array(a):
-        return np.dtype(a.__cuda_array_interface__["typestr"])
-    return np.asarray(a).dtype
-
-
-def _is_contiguous(a) -> bool:
-    if not is_device_array(a):
-        return a.flags.c_contiguous
-    cai = a.__cuda_array_interface__
-    if cai.get("strides") is None:
-        return True
-    expect, item = [], np.dtype(cai["typestr"]).itemsize
-    for d in reversed(cai["shape"]):
-        expect.append(item)
-        item *= d
-    return all(s == e or d == 1 for s, e, d in zip(cai["strides"], reversed(expect), cai["shape"]))
-
-
-def _input_kind(x, what: str):
-    """(kind, host_bf16) of a score input; raises TypeError saying what to pass instead."""
-    dt = _typestr(x)
-    if dt == np.float32:
-        return F32, False
-    if dt == np.dtype(ml_dtypes.bfloat16) and not is_device_array(x):
-        return BF16, True
-    if is_device_array(x) and dt in (np.dtype(np.uint16), np.dtype(np.int16)):
-        return BF16, False        # device bfloat16 travels as its 16-bit pattern
-    hint = (" (a device bfloat16 tensor: pass t.view(torch.int16) -- its bits)"
-            if is_device_array(x)
-            else "; convert with x.astype(np.float32) or x.astype(ml_dtypes.bfloat16)")
-    raise TypeError(f"{what} must be float32 or bfloat16, got {dt}{hint}")
-
-
 def _sink_map(sink_shape: tuple, lead: tuple) -> tuple[int, int]:
     """(div, mod) so that row r uses sink.flat[(r // div) % mod]; ValueError if not expressible."""
     if len(sink_shape) > len(lead):
@@ -857,7 +705,7 @@ def _prepare(x, scale, lengths, causal_offset, sink) -> SoftmaxCall:
     shape = tuple(int(d) for d in x.shape)
     if len(shape) == 0:
         raise ValueError("x must have at least one axis (softmax runs over the last axis)")
-    kind, host_bf16 = _input_kind(x, "x")
+    kind, host_bf16 = _float_kind(x, "x")
     if not _is_contiguous(x):
         raise ValueError("x must be C-contiguous; pass np.ascontiguousarray(x) (or .contiguous())")
     try:

@@ -60,10 +60,12 @@ import numpy as np
 from numba import cuda, int32, int64, uint32, uint64
 
 from .. import registry
-from ..runtime import ArrayIO, detect_gpu, device, is_device_array, kernel, mode
-from .fp4 import BF16, F32, f32_bits
-from .softmax import (_input_kind, _is_contiguous, _typestr, address_of, ballot, ldg_v4,
-                      shfl_idx, shfl_up)
+from ..hw.bits import f32_bits
+from ..hw.portable import address_of, ballot, ldg_v4, shfl_idx, shfl_up
+from ..runtime import BF16, F32, ArrayIO, detect_gpu, device, is_device_array, kernel, mode
+from ..runtime.arrays import float_kind as _input_kind
+from ..runtime.arrays import is_contiguous as _is_contiguous
+from ..runtime.arrays import typestr as _typestr
 
 try:  # the PTX bindings; absent only when numba itself runs as the simulator
     from ..hw import ops

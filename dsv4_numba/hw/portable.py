@@ -1,0 +1,128 @@
+"""Warp and memory operations with a simulator twin, so production kernels written with them also
+run (slowly, exactly) under the CUDA simulator in the CPU test suite.
+
+On the GPU each is one instruction (named beside it); Numba's simulator has no shuffles, ballots or
+inline PTX, so each twin exchanges through a Python buffer between two barriers — exact for kernels
+that call them from every thread of blocks of whole warps. The memory operations take the array
+beside its address so the twin can act on the array.
+"""
+import numpy as np
+from numba import cuda, uint32, uint64
+
+from ..runtime import device
+from . import ops
+from .bits import bf16_bits
+
+
+def _twin(gpu_fn, sim_fn):
+    return device(gpu_fn, sim=sim_fn)
+
+
+_SIM_XCHG = [None] * 1024     # the simulator runs one block at a time: one exchange buffer will do
+
+
+def _sim_exchange(v, src):
+    t = cuda.threadIdx.x
+    _SIM_XCHG[t] = v
+    cuda.syncthreads()
+    r = _SIM_XCHG[src]
+    cuda.syncthreads()
+    return r
+
+
+def _shfl_xor_gpu(v, off):
+    return cuda.shfl_xor_sync(0xFFFFFFFF, v, off)
+
+
+def _shfl_xor_sim(v, off):
+    return _sim_exchange(v, cuda.threadIdx.x ^ off)
+
+
+def _shfl_up_gpu(v, d):
+    return cuda.shfl_up_sync(0xFFFFFFFF, v, d)
+
+
+def _shfl_up_sim(v, d):
+    t = cuda.threadIdx.x
+    r = _sim_exchange(v, t - d if (t & 31) >= d else t)
+    return r
+
+
+def _shfl_idx_gpu(v, lane):
+    return cuda.shfl_sync(0xFFFFFFFF, v, lane)
+
+
+def _shfl_idx_sim(v, lane):
+    return _sim_exchange(v, (cuda.threadIdx.x & ~31) | lane)
+
+
+def _ballot_gpu(pred):
+    return cuda.ballot_sync(0xFFFFFFFF, pred)
+
+
+def _ballot_sim(pred):
+    t = cuda.threadIdx.x
+    _SIM_XCHG[t] = bool(pred)
+    cuda.syncthreads()
+    m = 0
+    w0 = t & ~31
+    for i in range(32):
+        if w0 + i < cuda.blockDim.x and _SIM_XCHG[w0 + i]:
+            m |= 1 << i
+    cuda.syncthreads()
+    return uint32(m)
+
+
+# 16-byte memory operations (hw.ops snippets) taking the array beside its address, so that their
+# simulator twins can act on the array: the vectorized production variants run there too.
+def _ldg_v4_gpu(x, src, i, esz):
+    """Elements i.. of x (esz bytes each; 16 bytes, 16-byte aligned) as 4 little-endian words."""
+    return ops.ld_global_nc_v4_u32(src + uint64(esz) * uint64(i))
+
+
+def _ldg_v4_sim(x, src, i, esz):
+    if esz == 4:
+        return tuple(np.uint32(np.float32(x[i + q]).view(np.uint32)) for q in range(4))
+    return tuple(np.uint32(int(x[i + 2 * q]) | (int(x[i + 2 * q + 1]) << 16)) for q in range(4))
+
+
+def _stg_v4_gpu(out, dst, i, esz, w0, w1, w2, w3):
+    ops.st_global_v4_b32(dst + uint64(esz) * uint64(i), w0, w1, w2, w3)
+
+
+def _stg_v4_sim(out, dst, i, esz, w0, w1, w2, w3):
+    for q, w in enumerate((w0, w1, w2, w3)):
+        if esz == 4:
+            out[i + q] = np.uint32(w).view(np.float32)
+        else:
+            out[i + 2 * q] = int(w) & 0xFFFF
+            out[i + 2 * q + 1] = int(w) >> 16
+
+
+def _pack_bf16x2_gpu(hi, lo):
+    return ops.pack_bf16x2(hi, lo)
+
+
+def _pack_bf16x2_sim(hi, lo):
+    return uint32((int(bf16_bits(hi)) << 16) | int(bf16_bits(lo)))
+
+
+shfl_xor = _twin(_shfl_xor_gpu, _shfl_xor_sim)        # shfl.sync.bfly
+shfl_up = _twin(_shfl_up_gpu, _shfl_up_sim)           # shfl.sync.up
+shfl_idx = _twin(_shfl_idx_gpu, _shfl_idx_sim)        # shfl.sync.idx
+ballot = _twin(_ballot_gpu, _ballot_sim)              # vote.sync.ballot
+ldg_v4 = _twin(_ldg_v4_gpu, _ldg_v4_sim)              # ld.global.nc.v4.u32
+stg_v4 = _twin(_stg_v4_gpu, _stg_v4_sim)              # st.global.v4.b32
+pack_bf16x2 = _twin(_pack_bf16x2_gpu, _pack_bf16x2_sim)   # cvt.rn.bf16x2.f32
+
+
+def _address_of_gpu(x, VEC):
+    """The array's address for 16-byte accesses (0 on the scalar path, which needs none)."""
+    return ops.array_address(x) if VEC > 1 else uint64(0)
+
+
+def _address_of_sim(x, VEC):
+    return uint64(0)          # the simulator twins of the memory operations use the array itself
+
+
+address_of = _twin(_address_of_gpu, _address_of_sim)
