@@ -100,3 +100,30 @@ def float_kind(x, what: str, allow_f16: bool = False):
             if is_device_array(x)
             else "; convert with x.astype(np.float32) or x.astype(ml_dtypes.bfloat16)")
     raise TypeError(f"{what} must be {names}, got {dt}{hint}")
+
+
+def check_lengths(lengths, lead: tuple, n: int, what: str = "x"):
+    """Validate per-row valid lengths (before any launch); returns them ready for a kernel.
+
+    NumPy: integers of shape ``lead`` (= ``what``.shape[:-1]) or (rows,), each in [0, n] ->
+    contiguous int32 (rows,). Device: a contiguous int32 array of ``rows`` elements, taken as is
+    (values are not checked there: that would need a synchronisation; kernels clamp them).
+    """
+    rows = int(np.prod(lead))
+    if is_device_array(lengths):
+        if typestr(lengths) != np.int32 or int(np.prod(lengths.shape)) != rows \
+                or not is_contiguous(lengths):
+            raise ValueError(f"device lengths must be a contiguous int32 array of {rows} elements "
+                             f"(one per row of {what}.shape[:-1] = {lead}); got {typestr(lengths)} "
+                             f"{tuple(lengths.shape)}")
+        return lengths
+    lengths = np.asarray(lengths)
+    if lengths.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be integers, got {lengths.dtype}")
+    if lengths.shape not in (lead, (rows,)):
+        raise ValueError(f"lengths must have shape {lead} ({what}.shape[:-1]) or ({rows},), "
+                         f"got {lengths.shape}")
+    if lengths.size and (lengths.min() < 0 or lengths.max() > n):
+        raise ValueError(f"lengths must lie in [0, {n}] (the last axis), got values in "
+                         f"[{lengths.min()}, {lengths.max()}]")
+    return np.ascontiguousarray(lengths.reshape(-1), dtype=np.int32)

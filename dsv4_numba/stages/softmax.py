@@ -62,6 +62,7 @@ from .. import registry
 from ..hw.bits import bits_f32, f32_bits, load_as_f32, store_from_f32
 from ..hw.portable import address_of, ldg_v4, pack_bf16x2, shfl_xor, stg_v4
 from ..runtime import BF16, F32, ArrayIO, device, is_device_array, kernel, mode
+from ..runtime.arrays import check_lengths
 from ..runtime.arrays import float_kind as _float_kind
 from ..runtime.arrays import is_contiguous as _is_contiguous
 from ..runtime.arrays import typestr as _typestr
@@ -722,23 +723,7 @@ def _prepare(x, scale, lengths, causal_offset, sink) -> SoftmaxCall:
             raise TypeError(f"causal_offset must be an int (or None), got {causal_offset!r}")
         causal_offset = int(causal_offset)
     if lengths is not None:
-        ldt = _typestr(lengths)
-        if is_device_array(lengths):
-            if ldt != np.int32 or int(np.prod(lengths.shape)) != R or not _is_contiguous(lengths):
-                raise ValueError(f"device lengths must be a contiguous int32 array of {R} elements "
-                                 f"(one per row of x.shape[:-1] = {lead}); got {ldt} "
-                                 f"{tuple(lengths.shape)}")
-        else:
-            lengths = np.asarray(lengths)
-            if lengths.dtype.kind not in "iu":
-                raise TypeError(f"lengths must be integers, got {lengths.dtype}")
-            if lengths.shape not in (lead, (R,)):
-                raise ValueError(f"lengths must have shape {lead} (x.shape[:-1]) or ({R},), "
-                                 f"got {lengths.shape}")
-            if lengths.size and (lengths.min() < 0 or lengths.max() > n):
-                raise ValueError(f"lengths must lie in [0, {n}] (the last axis), got values in "
-                                 f"[{lengths.min()}, {lengths.max()}]")
-            lengths = np.ascontiguousarray(lengths.reshape(-1), dtype=np.int32)
+        lengths = check_lengths(lengths, lead, n, "x")
     sink_div = sink_mod = 1
     if sink is not None:
         if is_device_array(sink):

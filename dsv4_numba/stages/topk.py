@@ -63,6 +63,7 @@ from .. import registry
 from ..hw.bits import f32_bits
 from ..hw.portable import address_of, ballot, ldg_v4, shfl_idx, shfl_up
 from ..runtime import BF16, F32, ArrayIO, detect_gpu, device, is_device_array, kernel, mode
+from ..runtime.arrays import check_lengths
 from ..runtime.arrays import float_kind as _input_kind
 from ..runtime.arrays import is_contiguous as _is_contiguous
 from ..runtime.arrays import typestr as _typestr
@@ -756,21 +757,7 @@ def _prepare(scores, k, lengths, check_nan: bool = True) -> TopkCall:
     if n >= 2 ** 31 - 1:
         raise ValueError(f"rows of {n} scores are too long: indices are int32")
     if lengths is not None:
-        if is_device_array(lengths):
-            if _typestr(lengths) != np.int32 or int(np.prod(lengths.shape)) != R \
-                    or not _is_contiguous(lengths):
-                raise ValueError(f"device lengths must be a contiguous int32 array of {R} elements")
-        else:
-            lengths = np.asarray(lengths)
-            if lengths.dtype.kind not in "iu":
-                raise TypeError(f"lengths must be integers, got {lengths.dtype}")
-            if lengths.shape not in (lead, (R,)):
-                raise ValueError(f"lengths must have shape {lead} (scores.shape[:-1]) or ({R},), "
-                                 f"got {lengths.shape}")
-            if lengths.size and (lengths.min() < 0 or lengths.max() > n):
-                raise ValueError(f"lengths must lie in [0, {n}], got values in "
-                                 f"[{lengths.min()}, {lengths.max()}]")
-            lengths = np.ascontiguousarray(lengths.reshape(-1), dtype=np.int32)
+        lengths = check_lengths(lengths, lead, n, "scores")
     if check_nan and not is_device_array(scores) and R and n:
         rows = scores.reshape(R, n)
         nan = np.isnan(rows)
