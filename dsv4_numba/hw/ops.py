@@ -97,3 +97,64 @@ def shared_address(typingctx, arr):
 
 
 __all__.append("shared_address")
+
+
+# ---------------------------------------------------------------- generated: wgmma.mma_async
+WGMMA_N = (8, 64, 128, 256)
+WGMMA_DTYPES = {"bf16": 16, "f16": 16, "e4m3": 32, "e5m2": 32}   # input type -> K of one instruction
+
+
+def wgmma_snippet(n: int, dtype: str = "bf16", a_from: str = "smem") -> Snippet:
+    """The contract of one ``wgmma.mma_async.sync.aligned.m64n{n}k{K}.f32.{dtype}.{dtype}`` (sm_90a).
+
+    Too wide to write by hand (N/2 f32 accumulators per thread), so generated here instead of living
+    in ``ptx/``. Binding ``wgmma_m64n{n}k{K}_f32_{dtype}_{ss|rs}``: arguments are the N/2 accumulator
+    floats (tied in/out operands), then A (``uint64`` smem descriptor, or 4 ``uint32`` registers),
+    the ``uint64`` B descriptor and ``uint32`` accumulate (0: D = A*B; else D += A*B). Returns the N/2
+    new accumulators as a tuple. No negate, no transpose (imm-scale 1, imm-trans 0: K-major tiles).
+    """
+    k = WGMMA_DTYPES[dtype]
+    if n not in range(8, 257, 8) or a_from not in ("smem", "regs"):
+        raise ValueError(f"wgmma: N={n} (8..256 step 8) / a_from={a_from!r} (smem|regs)")
+    acc = n // 2
+    outs = ", ".join(f"${i}" for i in range(acc))
+    nxt = 2 * acc                                    # $acc..$2acc-1 are the tied inputs
+    if a_from == "smem":
+        a_ops, a_sig, a_cons = f"${nxt}", "uint64", "l"
+        nxt += 1
+    else:
+        a_ops = "{" + ", ".join(f"${nxt + i}" for i in range(4)) + "}"
+        a_sig, a_cons = "uint32, uint32, uint32, uint32", "r,r,r,r"
+        nxt += 4
+    b_op, scale_op = f"${nxt}", f"${nxt + 1}"
+    imms = "1, 1" + (", 0, 0" if k == 16 and a_from == "smem" else ", 0" if k == 16 else "")
+    instr = f"wgmma.mma_async.sync.aligned.m64n{n}k{k}.f32.{dtype}.{dtype}"
+    name = f"wgmma_m64n{n}k{k}_f32_{dtype}_{'ss' if a_from == 'smem' else 'rs'}"
+    body = "\n\t".join(["{", ".reg .pred p;", f"setp.ne.b32 p, {scale_op}, 0;",
+                        f"{instr} {{{outs}}}, {a_ops}, {b_op}, p, {imms};", "}"])
+    a_lay = ("A = 64-bit sm_90 smem descriptor of the 64xK tile" if a_from == "smem" else
+             "A = 4 b32 registers per thread, the m64xK A fragment (lane l of warp w holds rows "
+             "16w + l/4 and 16w + l/4 + 8; each register packs adjacent-K elements)")
+    return Snippet(
+        name=name, file="<generated: dsv4_numba.hw.ops.wgmma_snippet>", instruction=instr,
+        ptx_isa="PTX ISA 9.1 §9.7.15.5 (wgmma.mma_async)", min_arch="sm_90a",
+        signature=f"UniTuple(float32, {acc})({', '.join(['float32'] * acc)}, {a_sig}, uint64, uint32)",
+        constraints=",".join(["=f"] * acc + [str(i) for i in range(acc)] + [a_cons, "l", "r",
+                                                                          "~{memory}"]),
+        side_effect=True,
+        layout=(f"args: {acc} f32 accumulators (in and out, tied), {a_lay}, B = smem descriptor (Kx{n}),"
+                f" accumulate. Accumulator register i of thread t (warp w = t/32, lane l = t%32) is "
+                f"D[16w + l/4 + 8*((i/2)%2)][8*(i/4) + 2*(l%4) + i%2]. All 128 threads of the "
+                f"warpgroup execute it between wgmma_fence and wgmma_commit_group; read the result "
+                f"only after the covering wgmma_wait_group_*."),
+        body=body)
+
+
+WGMMA = {}
+for _n in WGMMA_N:
+    for _dt in ("bf16", "e4m3"):
+        for _src in ("smem", "regs"):
+            _sn = wgmma_snippet(_n, _dt, _src)
+            WGMMA[_sn.name] = _sn
+            globals()[_sn.name] = bind(_sn)
+            __all__.append(_sn.name)
