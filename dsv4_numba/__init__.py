@@ -11,6 +11,8 @@ Public API (NumPy in -> NumPy out; device arrays in -> device arrays out):
                        dsv4_fp4, the 128x4 scale layout, KV-cache token layouts)
 * ``decode_fp4``, ``quantize_fp4`` — FP4 stages
 * ``softmax``, ``topk`` — softmax and top-k stages
+* ``indexer``        — the sparse-attention indexer as a staged pipeline (reference stages; the
+                       fused production kernel is not built yet)
 * ``runtime``        — run modes, compile-only toolchain
 * ``testing``        — the comparison helper used by the whole suite
 """
@@ -21,7 +23,8 @@ from .registry import ImplUnavailable, ProductionUnavailableWarning  # noqa: E40
 from .stages.fp4 import decode_fp4, quantize_fp4  # noqa: E402
 from .stages.softmax import softmax  # noqa: E402
 from .stages.topk import topk  # noqa: E402
+from .pipelines.indexer import indexer  # noqa: E402
 
 __all__ = ["formats", "registry", "runtime", "testing", "ImplUnavailable",
-           "ProductionUnavailableWarning", "decode_fp4", "quantize_fp4", "softmax", "topk"]
+           "ProductionUnavailableWarning", "decode_fp4", "quantize_fp4", "softmax", "topk", "indexer"]
 
