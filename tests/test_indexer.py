@@ -40,7 +40,7 @@ from dsv4_numba.formats import wrong
 from dsv4_numba.pipelines.indexer import STAGES, indexer
 from dsv4_numba.runtime import detect_gpu, mode
 from dsv4_numba.stages import topk as K
-from dsv4_numba.stages.indexer_stages import QuantizedFP8, dequantize_fp8, quantize_fp8
+from dsv4_numba.formats import QuantizedFP8, dequantize_fp8, quantize_fp8
 from dsv4_numba.testing import assert_close
 
 SIM = mode() == "sim"

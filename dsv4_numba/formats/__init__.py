@@ -21,6 +21,8 @@ from .scales import (E4M3_MAX, e4m3_decode, e4m3_encode, ue8m0_decode, ue8m0_enc
 from .sf_layout import swizzle_scales, swizzled_offset, swizzled_shape, unswizzle_scales
 from .wrong import dequantize_integer_wrong, e2m1_decode_integer_wrong
 
+from .fp8 import FP8_BLOCK, QuantizedFP8, dequantize_fp8, quantize_fp8  # noqa: E402
+
 __all__ = [
     "E2M1_MAX", "E2M1_VALUES", "e2m1_encode", "e2m1_decode", "pack_fp4", "unpack_fp4",
     "E4M3_MAX", "ue8m0_decode", "ue8m0_encode", "e4m3_encode", "e4m3_decode",
@@ -29,4 +31,5 @@ __all__ = [
     "KV_V32_BYTES", "KV_MODEL1_BYTES", "pack_kv_v32", "unpack_kv_v32", "pack_kv_model1",
     "unpack_kv_model1", "model1_tokens_to_page", "model1_page_to_tokens",
     "e2m1_decode_integer_wrong", "dequantize_integer_wrong",
+    "FP8_BLOCK", "QuantizedFP8", "quantize_fp8", "dequantize_fp8",
 ]

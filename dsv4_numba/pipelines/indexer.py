@@ -65,7 +65,8 @@ from ..formats import FORMATS, QuantizedFP4
 from ..runtime import F32, ArrayIO, is_device_array
 from ..runtime.arrays import float_kind, is_contiguous, typestr
 from ..stages import topk as _topk
-from ..stages.indexer_stages import Paging, QuantizedFP8
+from ..formats.fp8 import QuantizedFP8
+from ..stages.indexer_stages import Paging
 
 STAGES = ("decode_fp4", "indexer_decode_fp8", "indexer_scores", "indexer_reduce", "topk")
 K_MAX = _topk.K_MAX                                          # 4096
@@ -300,7 +301,7 @@ def indexer(q, k_cache, weights, k, valid_len=None, block_table=None, impls=None
     Constraints (all checked before any launch; errors say what to change):
       * ``q`` [T, H, D] and ``k_cache`` [N, D] or paged [num_pages, page_size, D], same family:
         both ``formats.QuantizedFP4`` (``dsv4_fp4``; mxfp4 / nvfp4 decode too), both
-        ``QuantizedFP8`` (``stages.indexer_stages``: E4M3 + float32 scale per 128), or float32 /
+        ``formats.QuantizedFP8`` (E4M3 + float32 scale per 128), or float32 /
         bfloat16 arrays (``ml_dtypes.bfloat16``; on the device its uint16 bits). Same D.
       * ``weights`` float32 / bfloat16 [T, H]. Finite NumPy inputs (NaN / inf, NaN scale codes,
         non-positive FP8 scales -> ValueError); only cache rows some token reads are checked.
