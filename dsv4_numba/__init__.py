@@ -13,6 +13,8 @@ Public API (NumPy in -> NumPy out; device arrays in -> device arrays out):
 * ``softmax``, ``topk`` — softmax and top-k stages
 * ``indexer``        — the sparse-attention indexer as a staged pipeline (reference stages; the
                        fused production kernel is not built yet)
+* ``fmha``           — attention (MHA / GQA / MQA, causal, sink, LSE) as a staged pipeline
+                       (reference stages; the fused sm_90a kernel is not built yet)
 * ``runtime``        — run modes, compile-only toolchain
 * ``testing``        — the comparison helper used by the whole suite
 """
@@ -24,7 +26,8 @@ from .stages.fp4 import decode_fp4, quantize_fp4  # noqa: E402
 from .stages.softmax import softmax  # noqa: E402
 from .stages.topk import topk  # noqa: E402
 from .pipelines.indexer import indexer  # noqa: E402
+from .pipelines.fmha import fmha  # noqa: E402
 
 __all__ = ["formats", "registry", "runtime", "testing", "ImplUnavailable",
-           "ProductionUnavailableWarning", "decode_fp4", "quantize_fp4", "softmax", "topk", "indexer"]
+           "ProductionUnavailableWarning", "decode_fp4", "quantize_fp4", "softmax", "topk", "indexer", "fmha"]
 
