@@ -17,6 +17,7 @@ kernels and run on hardware only.
 from __future__ import annotations
 
 import contextlib
+import sys
 
 from . import env, toolchain
 
@@ -54,10 +55,15 @@ def _simulator_globals(fn):
     swapped = []
     seen: dict = {}
     _functions_reachable(fn, seen)
+    hw_ops = sys.modules.get("dsv4_numba.hw.ops")
     for f in seen.values():
         g = f.__globals__
         orig = {k: v for k, v in g.items() if id(v) in _SIM_TWIN}
-        g.update({k: _SIM_TWIN[id(v)] for k, v in orig.items()})
+        sub = {k: _SIM_TWIN[id(v)] for k, v in orig.items()}
+        if hw_ops is not None and g.get("ops") is hw_ops:   # production kernels: the emulator's ops
+            from ..emu import ops as emu_ops
+            orig["ops"], sub["ops"] = hw_ops, emu_ops
+        g.update(sub)
         swapped.append((g, orig))
     try:
         yield

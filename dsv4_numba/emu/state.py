@@ -1,0 +1,385 @@
+"""Per-CTA machine state of the emulator: the shared-memory image, mbarriers, warpgroup rendezvous,
+global-memory and tensor-map registries, and the deadlock detector.
+
+Everything here runs inside Numba's CUDA simulator, which executes the threads of one block as Python
+threads (``BlockThread``) managed by a ``BlockManager``, one block after another. The state of a CTA
+hangs off its ``BlockManager`` (a fresh one per block), so every block starts with empty shared
+memory bookkeeping and no barriers.
+
+Shared memory
+    The simulator gives each ``cuda.shared.array`` a NumPy array. The first time a kernel asks for
+    ``shared_address`` of (a view of) one, its whole root buffer gets a fake 32-bit ``.shared``-window
+    base: 1024-byte aligned, starting at 0x400, below 2**18 (the wgmma/tcgen05 descriptors keep
+    address bits 4..17 only). ``smem(addr, n)`` turns an address range back into a writable uint8 view
+    of the real array's bytes, so ordinary indexing in the kernel, TMA and wgmma all see one image.
+
+Global memory
+    ``array_address`` returns the real host pointer of an array's data and remembers the array, so
+    ``gmem(addr, n)`` can resolve it again (tensor maps, vector loads/stores).
+
+Deadlock
+    A thread that waits (mbarrier parity, warpgroup rendezvous) registers what it waits for. When
+    every live thread of the block is waiting (or parked in ``syncthreads``) and no emulated state has
+    changed for ``DEADLOCK_GRACE_S``, no thread can make progress: ``EmulatorDeadlock`` is raised in
+    the waiters, carrying what each thread waits for and the state (phase, pending arrivals,
+    tx-count, recent events) of every barrier involved.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+
+import numpy as np
+
+SMEM_BASE = 0x400          # first fake .shared address handed out (0 stays unused: catches a lost base)
+SMEM_ALIGN = 1024          # every shared array root starts on a 128B-swizzle repeat boundary
+SMEM_LIMIT = 1 << 18       # descriptor start addresses keep bits 4..17
+DEADLOCK_GRACE_S = 0.5     # all threads waiting and nothing changed for this long -> deadlock
+POLL_S = 0.0005
+TX_LIMIT = (1 << 20) - 1   # tx-count range is +-(2^20 - 1)
+
+
+class EmulatorError(RuntimeError):
+    """A kernel did something the hardware leaves undefined or rejects (bad address, uninitialised
+    barrier, mismatched warpgroup operands...). The message names the op, the thread and the address."""
+
+
+class EmulatorDeadlock(EmulatorError):
+    """No thread of the CTA can make progress: every live thread waits on something that only another
+    waiting thread (or a TMA that was never issued) could complete. The message carries each waiter
+    and the barriers' state."""
+
+
+# ------------------------------------------------------------------------------------- helpers
+def current_thread():
+    """The simulator thread running this op (``BlockThread``); error outside a simulated kernel."""
+    t = threading.current_thread()
+    if not hasattr(t, "_manager") or not hasattr(t, "thread_id"):
+        raise EmulatorError("dsv4_numba.emu ops run only inside a kernel launched under the CUDA "
+                            "simulator (Kernel.launch with DSV4_MODE=sim or without a GPU)")
+    return t
+
+
+def thread_name(t) -> str:
+    return f"thread {t.thread_id} (warp {t.thread_id // 32}, block {tuple(t.blockIdx)})"
+
+
+def ndarray_of(x) -> np.ndarray:
+    """The NumPy array behind a simulator array object (kernel argument, device array, shared array)."""
+    for _ in range(4):
+        if isinstance(x, np.ndarray):
+            return x
+        if "_item" in getattr(x, "__dict__", {}):       # FakeWithinKernelCUDAArray
+            x = x.__dict__["_item"]
+        elif hasattr(x, "_ary"):                          # FakeCUDAArray
+            x = x._ary
+        else:
+            break
+    raise TypeError(f"expected an array, got {type(x).__name__}")
+
+
+def root_of(a: np.ndarray) -> np.ndarray:
+    """The outermost NumPy array owning ``a``'s memory (through views and frombuffer)."""
+    r = a
+    while True:
+        b = r.base
+        if isinstance(b, memoryview):
+            b = b.obj
+        if isinstance(b, np.ndarray):
+            r = b
+            continue
+        if b is not None and not isinstance(b, np.ndarray):
+            try:
+                b2 = np.asarray(b)
+            except Exception:       # noqa: BLE001 - not array-like: r is the root
+                return r
+            if b2.ctypes.data <= r.ctypes.data and r.ctypes.data + r.nbytes <= b2.ctypes.data + b2.nbytes:
+                return b2
+        return r
+
+
+def data_ptr(a: np.ndarray) -> int:
+    return int(a.__array_interface__["data"][0])
+
+
+def bytes_of(root: np.ndarray) -> np.ndarray:
+    """A writable uint8 view of a contiguous root buffer."""
+    if not root.flags.c_contiguous:
+        raise EmulatorError("emulated memory must be backed by a C-contiguous buffer")
+    return root.reshape(-1).view(np.uint8)
+
+
+# ------------------------------------------------------------------------------------- mbarrier
+class MBarrier:
+    """One mbarrier: phase, expected arrival count, pending arrivals, tx-count (PTX §9.7.13.15)."""
+
+    def __init__(self, addr: int, count: int):
+        self.addr = addr
+        self.expected = count
+        self.pending = count
+        self.phase = 0
+        self.tx = 0
+        self.events: list[str] = []
+
+    def log(self, what: str):
+        self.events.append(what)
+        del self.events[:-8]
+
+    def describe(self) -> str:
+        return (f"mbarrier @smem {self.addr:#x}: phase {self.phase} (parity {self.phase & 1} in "
+                f"progress, parity {(self.phase - 1) & 1} last completed{' - none yet' if self.phase == 0 else ''}), "
+                f"pending arrivals {self.pending} of {self.expected}, tx-count {self.tx} bytes; "
+                f"recent: {'; '.join(self.events) or 'none'}")
+
+
+# ------------------------------------------------------------------------------------- CTA state
+class CTAState:
+    """The emulated machine state of one CTA (one simulator BlockManager)."""
+
+    def __init__(self, manager):
+        self.manager = manager
+        self.lock = threading.RLock()
+        self.version = 0                      # bumped by every state change (deadlock detector)
+        self.smem_roots: list = []            # (base, nbytes, uint8 view, root id)
+        self.smem_by_root: dict = {}          # id(root) -> base
+        self.next_smem = SMEM_BASE
+        self.barriers: dict[int, MBarrier] = {}
+        self.waiting: dict = {}               # BlockThread -> description of what it waits for
+        self.deadlock: str | None = None
+        self.stuck_since = 0.0                # deadlock detector: since when all threads wait ...
+        self.stuck_version = -1               # ... with the state at this version
+        self.wg: dict = {}                    # warpgroup index -> rendezvous record
+
+    # ------------------------------------------------------------------ shared memory
+    def shared_address(self, arr) -> int:
+        a = ndarray_of(arr)
+        root = root_of(a)
+        with self.lock:
+            base = self.smem_by_root.get(id(root))
+            if base is None:
+                base = self.next_smem
+                if base + root.nbytes > SMEM_LIMIT:
+                    raise EmulatorError(f"shared memory: {root.nbytes} more bytes at {base:#x} exceed the "
+                                        f"{SMEM_LIMIT:#x}-byte window the descriptors can address")
+                self.smem_roots.append((base, root.nbytes, bytes_of(root), root))
+                self.smem_by_root[id(root)] = base
+                self.next_smem = -(-(base + root.nbytes) // SMEM_ALIGN) * SMEM_ALIGN
+                self.next_smem = max(self.next_smem, base + SMEM_ALIGN)
+        return base + data_ptr(a) - data_ptr(root)
+
+    def smem(self, addr: int, nbytes: int, op: str) -> np.ndarray:
+        """Writable uint8 view of shared bytes [addr, addr + nbytes): one shared array must hold them."""
+        addr = int(addr)
+        for base, size, view, _ in self.smem_roots:
+            if base <= addr < base + size:
+                if addr + nbytes > base + size:
+                    raise EmulatorError(f"{op}: shared bytes {addr:#x}..{addr + nbytes - 1:#x} run past the end "
+                                        f"of the shared array at {base:#x} ({size} bytes)")
+                return view[addr - base: addr - base + nbytes]
+        known = ", ".join(f"{b:#x}+{s}" for b, s, _, _ in self.smem_roots) or "none"
+        raise EmulatorError(f"{op}: {addr:#x} is not inside any shared array of this CTA (known: {known}); "
+                            f"compute .shared addresses from ops.shared_address(...)")
+
+    def smem_image(self) -> dict:
+        """{base address: uint8 view} of every shared array seen so far (for tests and debugging)."""
+        return {base: view for base, _, view, _ in self.smem_roots}
+
+    # ------------------------------------------------------------------ mbarriers
+    def barrier(self, addr: int, op: str) -> MBarrier:
+        addr = int(addr)
+        b = self.barriers.get(addr)
+        if b is None:
+            self.smem(addr, 8, op)
+            raise EmulatorError(f"{op}: no initialised mbarrier at smem {addr:#x} (mbarrier_init first, "
+                                f"then a barrier/fence before other threads use it); initialised: "
+                                f"{', '.join(hex(a) for a in sorted(self.barriers)) or 'none'}")
+        return b
+
+    def changed(self):
+        self.version += 1
+
+    def complete_if_done(self, b: MBarrier):
+        if b.pending == 0 and b.tx == 0:
+            b.log(f"phase {b.phase} completed")
+            b.phase += 1
+            b.pending = b.expected
+
+    # ------------------------------------------------------------------ waiting / deadlock
+    def live_threads(self):
+        return [t for t in threading.enumerate()
+                if getattr(t, "_manager", None) is self.manager and t.is_alive()]
+
+    def wait_until(self, cond, what: str, barrier_addrs=(), timeout=None, spin=False) -> bool:
+        """Block the calling thread until ``cond()`` (evaluated under the lock) holds. Returns False
+        after ``timeout`` seconds (with ``spin``, the thread then stays marked as waiting until its next
+        op, as a try_wait poller does); raises EmulatorDeadlock when no thread can make progress."""
+        me = current_thread()
+        start = time.monotonic()
+        keep = False
+        with self.lock:
+            self.waiting[me] = (what, tuple(barrier_addrs))
+        try:
+            while True:
+                with self.lock:
+                    if cond():
+                        return True
+                    if self.deadlock:
+                        raise EmulatorDeadlock(self.deadlock)
+                    live = self.live_threads()
+                    stuck = all(t in self.waiting or t.syncthreads_blocked for t in live)
+                    now = time.monotonic()
+                    if not stuck or self.version != self.stuck_version:
+                        self.stuck_since, self.stuck_version = now, (self.version if stuck else -1)
+                    elif now - self.stuck_since > DEADLOCK_GRACE_S:
+                        self.deadlock = self.report(live)
+                        raise EmulatorDeadlock(self.deadlock)
+                if getattr(me, "abort", False):
+                    raise EmulatorError(f"{thread_name(me)}: aborted while waiting for {what}")
+                if timeout is not None and time.monotonic() - start > timeout:
+                    keep = spin
+                    return False
+                time.sleep(POLL_S)
+        finally:
+            if not keep:
+                with self.lock:
+                    self.waiting.pop(me, None)
+
+    def unspin(self, me):
+        if me in self.waiting:
+            with self.lock:
+                self.waiting.pop(me, None)
+
+    def report(self, live) -> str:
+        lines = ["deadlock: every live thread of the CTA waits and nothing can change the state."]
+        groups: dict = {}
+        addrs = set()
+        for t in sorted(live, key=lambda t: t.thread_id):
+            if t in self.waiting:
+                what, ba = self.waiting[t]
+                addrs.update(ba)
+            else:
+                what = "syncthreads / bar.sync"
+            groups.setdefault(what, []).append(t.thread_id)
+        for what, tids in groups.items():
+            lines.append(f"  threads {_ranges(tids)} wait for {what}")
+        for a in sorted(addrs):
+            b = self.barriers.get(a)
+            lines.append("  " + (b.describe() if b else f"mbarrier @smem {a:#x}: not initialised"))
+        lines.append("  check: expect_tx bytes == bytes the TMAs deliver (box bytes each); arrival count "
+                     "== arrive calls per phase; the waited parity is the phase the producer fills.")
+        return "\n".join(lines)
+
+
+def _ranges(ids) -> str:
+    out, start, prev = [], None, None
+    for i in ids:
+        if start is None:
+            start = prev = i
+        elif i == prev + 1:
+            prev = i
+        else:
+            out.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = prev = i
+    if start is not None:
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+    return ",".join(out)
+
+
+_STATE_LOCK = threading.Lock()
+
+
+def cta() -> CTAState:
+    """The state of the CTA the calling simulator thread belongs to (created on first use)."""
+    mgr = current_thread()._manager
+    st = getattr(mgr, "_dsv4_emu_state", None)
+    if st is None:
+        with _STATE_LOCK:
+            st = getattr(mgr, "_dsv4_emu_state", None)
+            if st is None:
+                st = CTAState(mgr)
+                mgr._dsv4_emu_state = st
+    return st
+
+
+# ------------------------------------------------------------------------------------- global memory
+class _GlobalMemory:
+    """Arrays whose addresses kernels have taken (array_address) or tensor maps point into."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.roots: dict = {}       # root data pointer -> (nbytes, weakref to root): launches copy
+                                    # their NumPy arguments, so dead copies must not pile up
+
+    def register(self, arr) -> int:
+        a = ndarray_of(arr)
+        root = root_of(a)
+        with self.lock:
+            dead = [p for p, (_, ref) in self.roots.items() if ref() is None]
+            for p in dead:
+                del self.roots[p]
+            self.roots[data_ptr(root)] = (root.nbytes, weakref.ref(root))
+        return data_ptr(a)
+
+    def view(self, addr: int, nbytes: int, op: str) -> np.ndarray:
+        addr = int(addr)
+        with self.lock:
+            for p, (size, ref) in self.roots.items():
+                root = ref()
+                if root is not None and p <= addr and addr + nbytes <= p + size:
+                    return bytes_of(root)[addr - p: addr - p + nbytes]
+        raise EmulatorError(f"{op}: global bytes {addr:#x}..{addr + nbytes - 1:#x} are not inside an array "
+                            f"the kernel took the address of (ops.array_address) or a tensor map points to")
+
+
+GMEM = _GlobalMemory()
+
+
+# ------------------------------------------------------------------------------------- tensor maps
+TMAP_MAGIC = 0xD5F4_E3E0_7E45_0001     # word 0 of an emulated tensor map; word 1 is its registry id
+_TMAPS: dict[int, tuple] = {}          # id -> (TensorMapSpec, root array of the global tensor)
+_TMAP_LOCK = threading.Lock()
+
+
+class _HostArrayInterface:
+    """__cuda_array_interface__ of a host (simulator) array, so TensorMapSpec.from_array validates it."""
+
+    def __init__(self, a: np.ndarray):
+        ai = a.__array_interface__
+        self.__cuda_array_interface__ = {"shape": a.shape, "typestr": a.dtype.str, "data": ai["data"],
+                                         "strides": ai.get("strides") or None, "version": 3}
+
+
+def to_device(arr):
+    """A simulator device array over ``arr``'s memory (no copy): what ``cuda.to_device`` gives under
+    NUMBA_ENABLE_CUDASIM. Kernel.launch copies plain NumPy arguments in and out; pass TMA-addressed
+    tensors wrapped like this, so the bytes the TMA engine moves are the ones the kernel and the host see."""
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+    a = ndarray_of(arr)
+    return arr if not isinstance(arr, np.ndarray) else FakeCUDAArray(a)
+
+
+def tensor_map(arr, box, swizzle="none", dtype=None, **kw) -> np.ndarray:
+    """The emulator's stand-in for ``hw.tma.tensor_map_on_device``: validates the request exactly as
+    the driver path does (``TensorMapSpec.from_array``: NumPy-ordered ``box``, ``dtype="bfloat16"`` for
+    uint16-carried bf16) and returns a ``uint64[16]`` whose words 0/1 identify the registered spec.
+    The kernel passes ``ops.array_address(tmap)`` as on the GPU; the emulated TMA reads the words
+    back, so the map may be copied (Kernel.launch copies NumPy arguments) and still resolve."""
+    from ..hw.tma import TensorMapSpec
+    a = ndarray_of(arr)
+    spec = TensorMapSpec.from_array(_HostArrayInterface(a), box, swizzle, dtype=dtype, **kw)
+    GMEM.register(a)
+    with _TMAP_LOCK:
+        tid = len(_TMAPS) + 1
+        _TMAPS[tid] = (spec, root_of(a))
+    out = np.zeros(16, np.uint64)
+    out[0], out[1] = TMAP_MAGIC, tid
+    return out
+
+
+def lookup_tensor_map(addr: int, op: str):
+    words = GMEM.view(addr, 16, op).view(np.uint64)
+    if int(words[0]) != TMAP_MAGIC or int(words[1]) not in _TMAPS:
+        raise EmulatorError(f"{op}: the 128 bytes at {int(addr):#x} are not an emulated tensor map; build it "
+                            f"with dsv4_numba.emu.tensor_map(...) (the driver's encoding is opaque)")
+    return _TMAPS[int(words[1])]
