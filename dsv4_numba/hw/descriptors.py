@@ -541,7 +541,8 @@ def _names(table) -> dict:
     return {v: k for k, v in table.items()}
 
 
-def _decode_dense(value: int, kind: str, cta_group: int, ws: bool) -> dict:
+def _decode_types(value: int, kind: str) -> dict:
+    """{"kind", "a_type", "b_type"} of an instruction descriptor (bits 7-9, 10-12) for ``kind``."""
     types = _names(IDESC_TYPES[kind])
     d = {"kind": kind}
     for nm, code in (("a_type", _bits(value, 7, 3)), ("b_type", _bits(value, 10, 3))):
@@ -549,6 +550,11 @@ def _decode_dense(value: int, kind: str, cta_group: int, ws: bool) -> dict:
             raise ValueError(f"{nm} code {code} is not a kind::{kind} type (valid: "
                              + ", ".join(f"{v} {k}" for k, v in IDESC_TYPES[kind].items()) + ")")
         d[nm] = types[code]
+    return d
+
+
+def _decode_dense(value: int, kind: str, cta_group: int, ws: bool) -> dict:
+    d = _decode_types(value, kind)
     dcode = _bits(value, 4, 2)
     dn = _names(D_TYPES).get(dcode)
     if dn not in _KIND_DTYPES[kind]:
@@ -566,13 +572,7 @@ def _decode_dense(value: int, kind: str, cta_group: int, ws: bool) -> dict:
 
 
 def _decode_bs(value: int, kind: str, cta_group: int) -> dict:
-    types = _names(IDESC_TYPES[kind])
-    d = {"kind": kind}
-    for nm, code in (("a_type", _bits(value, 7, 3)), ("b_type", _bits(value, 10, 3))):
-        if code not in types:
-            raise ValueError(f"{nm} code {code} is not a kind::{kind} type (valid: "
-                             + ", ".join(f"{v} {k}" for k, v in IDESC_TYPES[kind].items()) + ")")
-        d[nm] = types[code]
+    d = _decode_types(value, kind)
     scale = _names(SCALE_TYPES)[_bits(value, 23, 1)]
     if scale not in _KIND_SCALES[kind]:
         raise ValueError(f"scale_type {scale} (bit 23 = {_bits(value, 23, 1)}) is not valid for kind::{kind}"
