@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# One device-tool call: set up the lent GPU machine, run the GPU tests and the benchmarks, logs under
-# $OUT. Usage (as the device tool's command, with carry [".whl"]):
-#   bash tools/device_check.sh [fp4|softmax_topk|all]
+# One device-tool call: set up the lent GPU machine, run GPU tests and benchmarks, logs under $OUT.
+# Usage (as the device tool's command, with carry [".whl"]):
+#   bash tools/device_check.sh [SECTION...]      SECTION: fp4 softmax_topk ptx fmha indexer (default all)
+#   SECTION=name:test   only the GPU tests,   name:bench   only the benchmark.
+# Each section runs tests/gpu/test_<name>_gpu.py then tools/bench_<name>.py (when they exist), each
+# under its own timeout (TEST_T / BENCH_T seconds, default 150 / 170) so one hang cannot eat the call.
 # The device image's numpy 2.5 breaks numba-cuda 0.30: a numpy 2.4.x cp312 wheel must be in .whl/
 # (see the device tool's README for the pip download line). The project runs from the tree
 # (PYTHONPATH), against the image's numba-cuda and its CUDA 13.0 NVVM / ptxas.
 set -u
-what=${1:-all}
+sections=${*:-fp4 softmax_topk ptx fmha indexer}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -15,13 +18,17 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu
 python -m dsv4_numba info > "$OUT/info.txt" 2>&1
 run() {  # name, timeout, command...
     local name=$1 t=$2; shift 2
-    timeout "$t" "$@" > "$OUT/$name.log" 2>&1; echo "$name rc=$?" | tee -a "$OUT/summary.txt"
-    tail -3 "$OUT/$name.log"
+    local t0=$SECONDS
+    timeout "$t" "$@" > "$OUT/$name.log" 2>&1
+    echo "$name rc=$? $((SECONDS - t0))s" | tee -a "$OUT/summary.txt"
+    tail -4 "$OUT/$name.log"
 }
-case $what in fp4|all)
-    run gpu_fp4 200 python -m pytest -q tests/gpu/test_fp4_gpu.py
-    run bench_fp4 200 python tools/bench_fp4.py --out "$OUT/bench_fp4.md";; esac
-case $what in softmax_topk|all)
-    run gpu_softmax_topk 200 python -m pytest -q tests/gpu/test_softmax_topk_gpu.py
-    run bench_softmax_topk 200 python tools/bench_softmax_topk.py --quick;; esac
-for f in "$OUT"/bench_*.log; do [ -f "$f" ] && tail -25 "$f"; done
+for s in $sections; do
+    name=${s%%:*}; part=${s#*:}; [ "$part" = "$s" ] && part=both
+    t=tests/gpu/test_${name}_gpu.py; b=tools/bench_${name}.py
+    if [ "$part" != bench ] && [ -f "$t" ]; then run "gpu_$name" "${TEST_T:-150}" python -m pytest -q -x "$t"; fi
+    if [ "$part" != test ] && [ -f "$b" ]; then
+        run "bench_$name" "${BENCH_T:-170}" python "$b" ${BENCH_ARGS:-}; fi
+done
+echo "==== summary"; cat "$OUT/summary.txt"
+for f in "$OUT"/bench_*.log; do [ -f "$f" ] && { echo "==== $f"; tail -30 "$f"; }; done
