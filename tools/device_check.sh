@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device-tool call: set up the lent GPU machine, run GPU tests and benchmarks, logs under $OUT.
 # Usage (as the device tool's command, with carry [".whl"]):
-#   bash tools/device_check.sh [SECTION...]      SECTION: fp4 softmax_topk ptx fmha indexer (default all)
+#   bash tools/device_check.sh [SECTION...]      SECTION: demo fp4 softmax_topk ptx fmha indexer
+#                                                (default: all)
 #   SECTION=name:test   only the GPU tests,   name:bench   only the benchmark.
 # Each section runs tests/gpu/test_<name>_gpu.py then tools/bench_<name>.py (when they exist), each
 # under its own timeout (TEST_T / BENCH_T seconds, default 150 / 170) so one hang cannot eat the call.
@@ -9,7 +10,7 @@
 # (see the device tool's README for the pip download line). The project runs from the tree
 # (PYTHONPATH), against the image's numba-cuda and its CUDA 13.0 NVVM / ptxas.
 set -u
-sections=${*:-fp4 softmax_topk ptx fmha indexer}
+sections=${*:-demo fp4 softmax_topk ptx fmha indexer}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -25,6 +26,7 @@ run() {  # name, timeout, command...
 }
 for s in $sections; do
     name=${s%%:*}; part=${s#*:}; [ "$part" = "$s" ] && part=both
+    if [ "$name" = demo ]; then run demo 150 python -m dsv4_numba demo; continue; fi
     t=tests/gpu/test_${name}_gpu.py; b=tools/bench_${name}.py
     if [ "$part" != bench ] && [ -f "$t" ]; then run "gpu_$name" "${TEST_T:-150}" python -m pytest -q -x "$t"; fi
     if [ "$part" != test ] && [ -f "$b" ]; then
