@@ -1,0 +1,404 @@
+"""Fused multi-head attention for sm_90a (H100): TMA ring + wgmma + online softmax in registers.
+
+Registered as the ``production`` (arch sm_90a) implementation of the registry stage ``attn_fused``
+(its ``reference`` is the staged pipeline of ``pipelines.fmha``). ``dsv4_numba.fmha`` picks it by
+``impls="production"``, ``impls={"attn_fused": "production"}``, or ``auto`` when it can run here
+(an sm_90a GPU, bfloat16, D in ``SUPPORTED_D``, no ``return_intermediates``). It computes exactly the
+function of ``pipelines.fmha`` (see its docstring for every rule); the one difference is in the
+rounding: P is rounded to bfloat16 before the PV GEMM (the row sum uses the float32 P), as every
+fused attention kernel does -- tests/gpu/test_fmha_gpu.py derives the bound.
+
+Warp roles (one CTA = 1 producer warpgroup + NC consumer warpgroups, ``128 * (NC + 1)`` threads)
+---------------------------------------------------------------------------------------------
+* warpgroup 0, thread 0 -- the producer: TMA-loads the CTA's Q rows once (NC x 64 rows), then for
+  every key tile kt (BN keys) waits ``empty[s]`` and TMA-loads K and V of the tile into ring slot
+  ``s = kt % STAGES``, each on its own ``full`` mbarrier with ``arrive.expect_tx`` of its bytes (so
+  the S GEMM starts before V has landed). The other 127 threads of warpgroup 0 exit at once.
+* warpgroups 1..NC -- consumers, 64 query rows each: per key tile
+    S = Q K^T                 wgmma m64n{BN}k16 SS (Q and K tiles from shared memory), D/16 steps
+    mask, online softmax      in registers: x = S * scale*log2(e); m = max; p = exp2(x - m); the
+                              running O and l are rescaled by exp2(m_old - m_new)
+    P -> bf16 A fragments     the S accumulator fragment of columns 16j..16j+15 IS the m64k16
+                              A-operand fragment (same thread/row/column pattern), so P never
+                              touches shared memory: 4 cvt.rn.bf16x2 per 16 keys
+    O += P V                  wgmma m64n{D}k16 RS with imm-trans-b = 1 (V is MN-major in shared
+                              memory, see below), BN/16 steps; the first PV of a row block
+                              overwrites (scale-d = 0)
+  and then every consumer thread arrives on ``empty[s]`` (count 128 * NC). Epilogue: the row sum is
+  reduced over the 4 lanes of a quad, the sink joins the denominator, O is normalised, rounded to
+  bf16 (RNE) and stored straight from registers (a quad writes 16 contiguous bytes per row); lse
+  (natural log, float32) by lane 0 of each quad.
+
+V's layout for the B operand (the choice the issue asks to document): V is TMA-loaded exactly like
+K (128B-swizzled boxes of BN keys x 64 columns, D contiguous) and described to wgmma as an
+**MN-major** operand (imm-trans-b = 1, allowed for 16-bit types): LBO = the byte distance between
+the 64-column boxes (next 64 N-elements), SBO = 1024 (next 8 keys), CUTLASS's canonical
+``Swizzle<3,4,3> o ((T,8,m),(8,k)) : ((1,T,LBO),(8T,SBO))``. No transpose pass through shared memory.
+The binding is generated here from ``hw.ops.wgmma_snippet`` with the trans-b immediate set to 1.
+
+Shared-memory plan (dynamic, aligned up to 1024 B in the kernel; all tiles 128B-swizzled)
+----------------------------------------------------------------------------------------
+  Q   : NC x (D/64) boxes of 64 rows x 128 B = NC * D * 128 B   (D=128, NC=2: 32 KB)
+  K, V: STAGES slots each, (D/64) boxes of BN rows x 128 B = BN * D * 2 B per slot (16 KB at D=128)
+  total D=128, BN=64, STAGES=2, NC=2: 32 + 64 = 96 KB (+1 KB alignment slack); mbarriers static.
+  Every box starts on a 1024-B boundary (the 128B swizzle repeat), so descriptor base offsets are 0.
+
+Register budget (no setmaxnreg in this first version: 384 threads x 168 regs fit the 64K file)
+  consumer: O D/2 + S BN/2 + P BN/4 floats/words = 64 + 32 + 16 = 112 at D=128, plus addressing
+  and softmax state; the producer thread needs ~30. ``compile`` reports 0 spill bytes (tests).
+
+Napkin math (B=4, H=16, S=4096, D=128, bf16, non-causal)
+  FLOPs 4*B*H*S*S*D = 550 GFLOP; per CTA tile (128 rows x 64 keys): 4*128*64*128 = 4.2 MFLOP for
+  2 * 16 KB of K/V smem traffic -> 128 FLOP/B of smem, compute-bound on the tensor cores; HBM
+  traffic is Q+K+V+O = 67 MB (K/V re-read per q tile from L2). Bound: wgmma issue + softmax
+  (exp2 of 128*64 elements per tile on the MUFU, 16/clk/SM: 512 clk vs 1024 clk of wgmma at
+  D=128 -- overlapping them needs the ping-pong schedule, not built yet).
+  Decode (B=64, Tq=1, Hq=64, Hkv=8, Tk=8192, D=128): K/V = 537 MB -> 160 us at 3.35 TB/s if each
+  K/V byte is read from HBM once; this version runs one CTA per (q tile, q head), so the 8 q heads
+  of a group share K/V through L2 only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from numba import cuda
+from numba.types import float32, int32, uint8, uint32, uint64
+
+from .. import registry
+from ..hw import ops
+from ..hw.descriptors import wgmma_smem_desc
+from ..runtime import kernel
+
+SUPPORTED_D = (64, 128)
+BM = 64            # query rows per consumer warpgroup (the wgmma M)
+BN = 64            # keys per tile
+NC = 2             # consumer warpgroups per CTA
+STAGES = 2         # K/V ring depth
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+NEG_INF = float32(-math.inf)
+
+# mbarrier slots: 0 = Q full, then full_k[STAGES], full_v[STAGES], empty[STAGES]
+FULLK0, FULLV0, EMPTY0 = 1, 1 + STAGES, 1 + 2 * STAGES
+NBARS = 1 + 3 * STAGES
+
+#: K-major 128B-swizzled tile (Q as A, K as B): rows of 128 B, 8-row groups 1024 B apart (SBO);
+#: LBO unused for swizzled K-major (16 by convention). Start address ORed in by the kernel.
+DESC_KMAJOR = wgmma_smem_desc(0, 16, 1024, "128B")
+#: V as an MN-major B operand: LBO = next 64-column box (BN rows x 128 B), SBO = next 8 keys.
+DESC_V = wgmma_smem_desc(0, BN * 128, 1024, "128B")
+
+
+def _trans_b_rs(n: int):
+    """``wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16`` with A from registers and
+    imm-trans-b = 1 (B MN-major). PTX ISA 9.1 §9.7.15.5 (wgmma.mma_async), sm_90a. Generated from
+    the project's generator (``hw.ops.wgmma_snippet``), only the last immediate changed."""
+    sn = ops.wgmma_snippet(n, "bf16", "regs")
+    body = sn.body.replace(", 1, 1, 0;", ", 1, 1, 1;")
+    if body == sn.body:
+        raise AssertionError("wgmma_snippet changed: cannot set imm-trans-b")
+    sn = dataclasses.replace(sn, name=sn.name + "_tb", body=body,
+                             layout=sn.layout.replace("B = smem descriptor", "B = MN-major smem "
+                                                      "descriptor (imm-trans-b = 1)"))
+    return ops.bind(sn)
+
+
+wgmma_pv_n64 = _trans_b_rs(64)      # O += P V at D = 64 (module globals: the kernels call them)
+wgmma_pv_n128 = _trans_b_rs(128)    # ... at D = 128
+
+
+def geometry(D: int) -> dict:
+    """Bytes and counts of the shared-memory plan for head dim D (see the module docstring)."""
+    nbox = D // 64
+    g = {"nbox": nbox, "boxq": BM * 128, "boxk": BN * 128, "qbytes": NC * nbox * BM * 128,
+         "kbytes": nbox * BN * 128}
+    g["dyn_smem"] = 1024 + g["qbytes"] + 2 * STAGES * g["kbytes"]
+    g["threads"] = 128 * (NC + 1)
+    return g
+
+
+# ---------------------------------------------------------------------------- kernel source
+# The consumer's state is NC statically named scalars (s0.. for S, o0.. for O, p0.. for P): the
+# kernel body is generated as Python source so that every register is a separate local variable
+# (Numba keeps them in registers; a loop over a local array would need LLVM to unroll it fully).
+
+def _regs(prefix, n):
+    return ", ".join(f"{prefix}{i}" for i in range(n))
+
+
+def _source(D: int) -> str:
+    g = geometry(D)
+    ns, no = BN // 2, D // 2                 # S and O accumulator floats per thread
+    S = _regs("s", ns)
+    O = _regs("o", no)
+    L = []
+    a = L.append
+    a(f"def fmha_fwd_d{D}(tmq, tmk, tmv, out, lse, lens, sink, has_sink, Tq, Tk, Hq, Hkv, causal,")
+    a("                 coff, scale_log2):")
+    a("    dyn = cuda.shared.array(0, uint8)")
+    a(f"    bars = cuda.shared.array({NBARS}, uint64)")
+    a("    t = cuda.threadIdx.x")
+    a("    wg = t // 128")
+    a("    hq = cuda.blockIdx.y")
+    a("    b = cuda.blockIdx.z")
+    a(f"    q0 = cuda.blockIdx.x * {BM * NC}")
+    a("    hkv = hq // (Hq // Hkv)")
+    a("    bar0 = ops.shared_address(bars)")
+    a("    sbase = (ops.shared_address(dyn) + uint32(1023)) & uint32(0xFFFFFC00)")
+    a(f"    q_sm = sbase")
+    a(f"    k_sm = sbase + uint32({g['qbytes']})")
+    a(f"    v_sm = k_sm + uint32({STAGES * g['kbytes']})")
+    a("    kvlen = min(max(int32(lens[b]), int32(0)), int32(Tk))")
+    a("    hi = kvlen")
+    a("    if causal:")
+    a(f"        q_last = min(q0 + {BM * NC}, Tq) - 1")
+    a("        hi = min(kvlen, max(q_last + coff + 1, 0))")
+    a(f"    nt = (hi + {BN - 1}) // {BN}")
+    a("    if t == 0:")
+    a("        ops.mbarrier_init(bar0, uint32(1))")
+    a(f"        for i in range({STAGES}):")
+    a(f"            ops.mbarrier_init(bar0 + uint32(8 * ({FULLK0} + i)), uint32(1))")
+    a(f"            ops.mbarrier_init(bar0 + uint32(8 * ({FULLV0} + i)), uint32(1))")
+    a(f"            ops.mbarrier_init(bar0 + uint32(8 * ({EMPTY0} + i)), uint32({128 * NC}))")
+    a("        ops.fence_mbarrier_init()")
+    a("    cuda.syncthreads()")
+    # ---------------------------------------------------------------- producer
+    a("    if wg == 0:")
+    a("        if t == 0:")
+    a("            aq = ops.array_address(tmq)")
+    a("            ak = ops.array_address(tmk)")
+    a("            av = ops.array_address(tmv)")
+    a("            ops.fence_proxy_tensormap_acquire_sys(aq)")
+    a("            ops.fence_proxy_tensormap_acquire_sys(ak)")
+    a("            ops.fence_proxy_tensormap_acquire_sys(av)")
+    a(f"            ops.mbarrier_arrive_expect_tx(bar0, uint32({g['qbytes']}))")
+    a(f"            for w in range({NC}):")
+    a(f"                for c in range({g['nbox']}):")
+    a(f"                    ops.tma_load_4d(q_sm + uint32((w * {g['nbox']} + c) * {g['boxq']}), aq,"
+      f" int32(c * 64), int32(hq), int32(q0 + w * {BM}), int32(b), bar0)")
+    a("            for kt in range(nt):")
+    a(f"                st = kt % {STAGES}")
+    a(f"                ph = uint32((kt // {STAGES}) & 1)")
+    a(f"                ops.mbarrier_wait_parity(bar0 + uint32(8 * ({EMPTY0} + st)), ph ^ uint32(1))")
+    a(f"                fk = bar0 + uint32(8 * ({FULLK0} + st))")
+    a(f"                fv = bar0 + uint32(8 * ({FULLV0} + st))")
+    a(f"                ops.mbarrier_arrive_expect_tx(fk, uint32({g['kbytes']}))")
+    a(f"                for c in range({g['nbox']}):")
+    a(f"                    ops.tma_load_4d(k_sm + uint32(st * {g['kbytes']} + c * {g['boxk']}), ak,"
+      f" int32(c * 64), int32(hkv), int32(kt * {BN}), int32(b), fk)")
+    a(f"                ops.mbarrier_arrive_expect_tx(fv, uint32({g['kbytes']}))")
+    a(f"                for c in range({g['nbox']}):")
+    a(f"                    ops.tma_load_4d(v_sm + uint32(st * {g['kbytes']} + c * {g['boxk']}), av,"
+      f" int32(c * 64), int32(hkv), int32(kt * {BN}), int32(b), fv)")
+    a("        return")
+    # ---------------------------------------------------------------- consumers
+    a("    cw = wg - 1")
+    a("    lt = t - 128 * wg")
+    a("    lane = lt % 32")
+    a(f"    rA = q0 + cw * {BM} + 16 * (lt // 32) + lane // 4")
+    a("    rB = rA + 8")
+    a("    cq = 2 * (lane % 4)")
+    a("    LA = kvlen")
+    a("    LB = kvlen")
+    a("    if causal:")
+    a("        LA = min(kvlen, max(rA + coff + 1, 0))")
+    a("        LB = min(kvlen, max(rB + coff + 1, 0))")
+    a(f"    qdesc = uint64({DESC_KMAJOR}) | uint64(((q_sm + uint32(cw * {g['nbox'] * g['boxq']})) >> 4)"
+      f" & 0x3FFF)")
+    for i in range(no):
+        a(f"    o{i} = float32(0)")
+    for i in range(ns):
+        a(f"    s{i} = float32(0)")
+    a("    mA = NEG_INF")
+    a("    mB = NEG_INF")
+    a("    lA = float32(0)")
+    a("    lB = float32(0)")
+    a("    ops.mbarrier_wait_parity(bar0, uint32(0))")
+    a("    for kt in range(nt):")
+    a(f"        st = kt % {STAGES}")
+    a(f"        ph = uint32((kt // {STAGES}) & 1)")
+    a(f"        ops.mbarrier_wait_parity(bar0 + uint32(8 * ({FULLK0} + st)), ph)")
+    a(f"        kdesc = uint64({DESC_KMAJOR}) | uint64(((k_sm + uint32(st * {g['kbytes']})) >> 4)"
+      f" & 0x3FFF)")
+    a("        ops.wgmma_fence()")
+    wg_s = f"ops.wgmma_m64n{BN}k16_f32_bf16_ss"
+    for kk in range(D // 16):
+        c, j = divmod(kk, 4)
+        a(f"        {S} = {wg_s}({S}, qdesc + uint64({(c * g['boxq'] + 32 * j) >> 4}),"
+          f" kdesc + uint64({(c * g['boxk'] + 32 * j) >> 4}), uint32({1 if kk else 0}))")
+    a("        ops.wgmma_commit_group()")
+    a("        ops.wgmma_wait_group_0()")
+    # mask, scale (log2 domain), row max
+    a(f"        j0 = kt * {BN} + cq")
+    a("        xA = NEG_INF")
+    a("        xB = NEG_INF")
+    for i in range(ns):
+        col = 8 * (i // 4) + (i % 2)
+        r = "A" if (i // 2) % 2 == 0 else "B"
+        a(f"        s{i} = s{i} * scale_log2 if j0 + {col} < L{r} else NEG_INF")
+        a(f"        x{r} = s{i} if s{i} > x{r} else x{r}")
+    for r in "AB":
+        for sh in (1, 2):
+            a(f"        y = cuda.shfl_xor_sync(0xFFFFFFFF, x{r}, {sh})")
+            a(f"        x{r} = y if y > x{r} else x{r}")
+        a(f"        n{r} = x{r} if x{r} > m{r} else m{r}")
+        a(f"        u{r} = float32(0) if n{r} == NEG_INF else n{r}")
+        a(f"        c{r} = math.exp2(m{r} - u{r})")
+        a(f"        m{r} = n{r}")
+        a(f"        l{r} = l{r} * c{r}")
+    for i in range(ns):
+        r = "A" if (i // 2) % 2 == 0 else "B"
+        a(f"        s{i} = math.exp2(s{i} - u{r})")
+        a(f"        l{r} += s{i}")
+    for i in range(no):
+        r = "A" if (i // 2) % 2 == 0 else "B"
+        a(f"        o{i} = o{i} * c{r}")
+    # P: the S fragment of keys 16j..16j+15 as the A fragment of one k16 step (low half = lower key)
+    for j in range(BN // 16):
+        for q in range(4):
+            a(f"        p{4 * j + q} = ops.pack_bf16x2(s{8 * j + 2 * q + 1}, s{8 * j + 2 * q})")
+    a(f"        ops.mbarrier_wait_parity(bar0 + uint32(8 * ({FULLV0} + st)), ph)")
+    a(f"        vbase = v_sm + uint32(st * {g['kbytes']})")
+    # V rows at keys >= kvlen (< Tk) hold whatever the cache holds: zero them (P is 0 there, but
+    # 0 * NaN would be NaN). Only the last tile can hold such rows; uniform over the consumers.
+    a(f"        z0 = kvlen - kt * {BN}")
+    a(f"        z1 = min({BN}, Tk - kt * {BN})")
+    a("        if z0 < z1:")
+    a(f"            for idx in range(lt + 128 * cw, (z1 - z0) * {8 * g['nbox']}, {128 * NC}):")
+    a("                zr = idx // 8")
+    a(f"                zb = zr % {g['nbox']}")
+    a(f"                zk = zr // {g['nbox']}")
+    a(f"                ops.st_shared_v4_b32(vbase + uint32(zb * {g['boxk']} + (z0 + zk) * 128"
+      f" + (idx % 8) * 16), uint32(0), uint32(0), uint32(0), uint32(0))")
+    a("            ops.fence_proxy_async_shared_cta()")
+    a(f"            ops.named_barrier_sync(uint32(1), uint32({128 * NC}))")
+    a(f"        vdesc = uint64({DESC_V}) | uint64((vbase >> 4) & 0x3FFF)")
+    a("        first = uint32(1 if kt > 0 else 0)")
+    a("        ops.wgmma_fence()")
+    for kk in range(BN // 16):
+        P = ", ".join(f"p{4 * kk + q}" for q in range(4))
+        a(f"        {O} = wgmma_pv_n{D}({O}, {P}, vdesc + uint64({(kk * 16 * 128) >> 4}),"
+          f" {'first' if kk == 0 else 'uint32(1)'})")
+    a("        ops.wgmma_commit_group()")
+    a("        ops.wgmma_wait_group_0()")
+    a(f"        ops.mbarrier_arrive(bar0 + uint32(8 * ({EMPTY0} + st)))")
+    # epilogue
+    a("    sk = NEG_INF")
+    a("    if has_sink:")
+    a("        sk = float32(sink[hq]) * float32(LOG2E)")
+    for r in "AB":
+        for sh in (1, 2):
+            a(f"    l{r} += cuda.shfl_xor_sync(0xFFFFFFFF, l{r}, {sh})")
+        a(f"    f{r} = sk if sk > m{r} else m{r}")
+        a(f"    g{r} = float32(0) if f{r} == NEG_INF else f{r}")
+        a(f"    e{r} = math.exp2(m{r} - g{r})")
+        a(f"    l{r} = l{r} * e{r} + math.exp2(sk - g{r})")
+        a(f"    w{r} = float32(0) if l{r} == float32(0) else e{r} / l{r}")
+    a(f"    ob = ((b * Tq + rA) * Hq + hq) * {D // 2} + lane % 4")
+    a(f"    step8 = Hq * {4 * D}")
+    a("    if rA < Tq:")
+    for gi in range(D // 8):
+        a(f"        out[ob + {4 * gi}] = ops.pack_bf16x2(o{4 * gi + 1} * wA, o{4 * gi} * wA)")
+    a("    if rB < Tq:")
+    for gi in range(D // 8):
+        a(f"        out[ob + step8 + {4 * gi}] = ops.pack_bf16x2(o{4 * gi + 3} * wB, o{4 * gi + 2} * wB)")
+    a("    if lane % 4 == 0:")
+    a("        if rA < Tq:")
+    a("            lse[(b * Hq + hq) * Tq + rA] = (gA + math.log2(lA)) * float32(LN2)")
+    a("        if rB < Tq:")
+    a("            lse[(b * Hq + hq) * Tq + rB] = (gB + math.log2(lB)) * float32(LN2)")
+    return "\n".join(L) + "\n"
+
+
+_KERNELS: dict = {}
+
+
+def fused_kernel(D: int):
+    """The ``runtime.Kernel`` for head dim D (generated once per D)."""
+    if D not in SUPPORTED_D:
+        raise ValueError(f"the fused sm_90a kernel supports D in {SUPPORTED_D}, not {D}")
+    if D not in _KERNELS:
+        src = _source(D)
+        ns = globals()
+        code = compile(src, f"<fmha_sm90 generated D={D}>", "exec")
+        exec(code, ns)                                   # noqa: S102 (our own generated source)
+        fn = ns.pop(f"fmha_fwd_d{D}")
+        _KERNELS[D] = kernel(fn, launch_bounds=(geometry(D)["threads"], 1))
+    return _KERNELS[D]
+
+
+def signature():
+    """Argument types of the fused kernel (one signature for every D)."""
+    from numba import types as t
+    return (t.uint64[::1], t.uint64[::1], t.uint64[::1], t.uint32[::1], t.float32[::1],
+            t.int32[::1], t.float32[::1], t.int32, t.int64, t.int64, t.int64, t.int64, t.int32,
+            t.int64, t.float32)
+
+
+def production_kernels():
+    return [(fused_kernel(D), signature()) for D in SUPPORTED_D]
+
+
+def unsupported(c, return_intermediates: bool) -> str | None:
+    """Why the fused kernel cannot run this (validated) call, or None."""
+    from ..runtime import BF16
+    if c.kind != BF16:
+        return "the fused kernel takes bfloat16 q/k/v only (float16 / float32: staged pipeline)"
+    if c.D not in SUPPORTED_D:
+        return f"the fused kernel supports D in {SUPPORTED_D}, not D = {c.D} (staged pipeline does)"
+    if return_intermediates:
+        return "return_intermediates needs the staged pipeline (the fused kernel keeps S/P in registers)"
+    if c.Tk == 0:
+        return "Tk = 0 (no keys): the staged pipeline handles it"
+    return None
+
+
+class Plan:
+    """A prepared fused call: device arrays, tensor maps and grid; ``launch()`` only launches
+    (benchmarks time ``launch``). ``out`` is uint32 [B*Tq*Hq*D/2] (bf16 pairs), ``lse`` float32."""
+
+    def __init__(self, c, qd, kd, vd, lens, sink):
+        from numba import cuda
+
+        from ..hw.tma import tensor_map_on_device
+        from ..runtime import set_max_dynamic_shared
+        B, Tq, Tk, Hq, Hkv, D = c.B, c.Tq, c.Tk, c.Hq, c.Hkv, c.D
+        self.c = c
+        g = geometry(D)
+        q4, k4, v4 = (x.reshape(B, T, H, D) for x, T, H in ((qd, Tq, Hq), (kd, Tk, Hkv), (vd, Tk, Hkv)))
+        self.tq = tensor_map_on_device(q4, (1, BM, 1, 64), "128B", dtype="bfloat16")
+        self.tk = tensor_map_on_device(k4, (1, BN, 1, 64), "128B", dtype="bfloat16")
+        self.tv = tensor_map_on_device(v4, (1, BN, 1, 64), "128B", dtype="bfloat16")
+        self.keep = (q4, k4, v4)                           # the maps point into these
+        self.out = cuda.device_array(B * Tq * Hq * D // 2, np.uint32)
+        self.lse = cuda.device_array(B * Hq * Tq, np.float32)
+        self.lens = lens
+        self.sink = sink if sink is not None else cuda.to_device(np.zeros(1, np.float32))
+        self.args = (self.tq, self.tk, self.tv, self.out, self.lse, self.lens, self.sink,
+                     np.int32(sink is not None), Tq, Tk, Hq, Hkv, np.int32(c.causal),
+                     int(Tk - Tq), np.float32(c.scale * LOG2E))
+        self.grid = (-(-Tq // (BM * NC)), Hq, B)
+        self.k = fused_kernel(D)
+        self.smem = g["dyn_smem"]
+        disp = self.k.gpu
+        sig = signature()
+        if sig not in disp.overloads:
+            disp.compile(sig)
+        set_max_dynamic_shared(disp, sig, self.smem)
+        self.threads = g["threads"]
+
+    def launch(self):
+        self.k.launch(self.grid, self.threads, *self.args, shared_bytes=self.smem)
+
+
+def fused_production(c, qd, kd, vd, lens, sink):
+    """Run the fused kernel: (out uint32 device [B*Tq*Hq*D/2], lse float32 device [B*Hq*Tq])."""
+    p = Plan(c, qd, kd, vd, lens, sink)
+    p.launch()
+    return p.out, p.lse
+
+
+__all__ = ["SUPPORTED_D", "fused_kernel", "signature", "geometry", "Plan", "fused_production",
+           "unsupported", "production_kernels"]
