@@ -319,6 +319,10 @@ def indexer(q, k_cache, weights, k, valid_len=None, block_table=None, impls=None
         values on the device are not checked). Staged only: the fused sm_90a kernel is not built.
     """
     c = _validate(q, k_cache, weights, k, valid_len, block_table)
+    if isinstance(impls, str) and impls.split(":")[0] == "fused":
+        from .indexer_sm90 import fused_indexer
+        topk_impl = impls.split(":", 1)[1] if ":" in impls else None
+        return fused_indexer(c, q, k_cache, weights, topk_impl, return_intermediates)
     plan = _resolve(c.fam, impls)
     T, H, D, N = c.T, c.H, c.D, c.N
     arrays = [weights]

@@ -1,0 +1,320 @@
+"""The fused sm_90a lightning indexer: score GEMM (wgmma), ReLU, weighted head sum, scores written once.
+
+One CTA = one warpgroup (128 threads) = one block of BN = 128 keys and a group of TQ query tokens::
+
+    keys  k[n0 : n0+128, :128]  -> smem (32 KB, bf16, K-major, 128B swizzle)   loaded ONCE per CTA
+    for t in the CTA's tokens:
+        q[t] (64 heads x 128)   -> smem (16 KB, same layout)
+        acc[64 x 128] = q[t] . k^T        8 x wgmma.m64n128k16 (M = heads, N = keys, K = D)
+        part[quad, n]  = w[t,h] ReLU(acc[h, n]) + w[t,h+8] ReLU(acc[h+8, n])   (registers)
+        32 partials per key through smem (the q tile's bytes, free once the wgmma waited)
+        score[t, n] = sum of the 32 partials (thread n, fixed order)  -> global, once
+
+FP4 (``dsv4_fp4`` / ``mxfp4``: E2M1 + UE8M0 per 32) keys and q are decoded on the way into shared
+memory: one 32-bit word of 8 codes -> 8 bf16 = one 16-byte smem vector, times the block's power of
+two (exact in bf16: E2M1 values have 2 significant bits). The dot product then runs in bf16 wgmma with
+float32 accumulation, exactly as the staged pipeline's float32 GEMM up to summation order (the
+derived bound gamma(D + H + 3) * sum_h |w| sum_d |q k| covers both).
+
+Paged caches: every key row goes through ``cache_row`` (the block table); a contiguous cache is the
+one-page case, so the two run the same instructions on the same values: identical scores.
+
+What is not here yet (round 2): TMA / cp.async into an mbarrier ring (loads here are synchronous
+``ld.global.nc.v4`` -> ``st.shared.v4``, latency hidden only by the 4 CTAs an SM holds), a q tile
+double buffer, BN = 256 with dynamic shared memory, and V3.2 FP8 (e4m3 wgmma k32) -- FP8 raises
+``NotImplementedError`` naming the staged path.
+
+Napkin math (H = 64, D = 128; per key per token 2*H*D = 16384 FLOP)
+----------------------------------------------------------------
+* Bytes per CTA: keys 128 x 256 B (bf16) or 128 x 68 B (FP4) once; per token 16 KB of q (L2-resident:
+  T x 16 KB total) + 512 B of scores. Key traffic from HBM: N x 256 B (bf16) / 68 B (FP4), times the
+  number of token groups (1-2 here, mostly L2 hits after the first).
+* T = 1, N = 65536: 512 CTAs, 16.8 MB of bf16 keys (~5.5 us at 3 TB/s) or 4.5 MB FP4 (~1.5 us);
+  1.07 GFLOP (~1 us at peak) -> memory / latency bound; the top-k and launches dominate the rest.
+* T = 64, N = 65536: 68.7 GFLOP -> >= 69 us at the 990 TFLOP/s bf16 dense peak. This version issues
+  the wgmmas of one token, waits, then runs the epilogue (no overlap of load, MMA and epilogue within
+  a CTA; overlap only across the 4 co-resident CTAs), so expect well under peak.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda, float32, int64, uint32, uint64
+
+from ..formats import FORMATS, QuantizedFP4
+from ..hw import ops
+from ..hw.bits import bf16_bits, bits_f32, f32_bits
+from ..hw.descriptors import wgmma_smem_desc
+from ..runtime import BF16, ArrayIO, device, is_device_array, kernel, mode
+from ..stages.fp4 import e2m1_value, e2m1x8_sm90, scale_value, scaled8, UE8M0
+from ..stages.indexer_stages import cache_row
+
+H_FUSED = 64               # wgmma M: all index heads of one token
+D_FUSED = 128              # K: the head dim (two 64-element = 128-byte swizzle chunks)
+BN = 128                   # keys per CTA: wgmma N
+THREADS = 128              # one warpgroup
+ROW_VECS = D_FUSED // 8    # 16-byte vectors (8 bf16) per row
+K_BYTES = BN * D_FUSED * 2                  # 32768: the key tile
+Q_BYTES = H_FUSED * D_FUSED * 2             # 16384: the q tile (also the partial-sum exchange)
+SMEM_BYTES = K_BYTES + Q_BYTES              # 49152: the static limit, exactly
+SMEM_WORDS = SMEM_BYTES // 4
+GROUPS = 8 * (H_FUSED // 16)                # 32 row quads (4 warps x 8 lane quads) per key column
+FMT_BF16, FMT_FP4 = 0, 1
+
+# 128B-swizzled K-major operand: 8-row x 128-byte repeat (SBO 1024), LBO unused (16), base 1024-aligned
+DESC_SW128 = wgmma_smem_desc(0, 16, 1024, "128B")
+assert GROUPS * BN * 4 == Q_BYTES           # the partial sums fit the q tile exactly
+
+
+@device
+def swz(base, rows, r, j):
+    """Shared byte address of 16-byte vector j (0..15) of row r of a [rows x 128] bf16 tile stored as
+    two K-chunks of [rows x 64] (128-byte rows, 128B swizzle: chunk j%8 lands at (j%8) ^ (r%8))."""
+    return base + uint32((j >> 3) * rows * 128 + r * 128 + (((j & 7) ^ (r & 7)) << 4))
+
+
+def _decode8_gpu(word, scode):
+    """8 E2M1 codes (one word, element 0 in bits 3:0) x 2^(scode-127) -> 4 words of bf16 pairs (prmt
+    tables of stages.fp4, then cvt.rn.bf16x2.f32: exact, the values have 2 significant bits)."""
+    v = e2m1x8_sm90(word)
+    p0, p1, p2, p3, _, _, _, _ = scaled8(v, scale_value(scode, UE8M0), float32(1.0), False, BF16)
+    return p0, p1, p2, p3
+
+
+def _decode8_sim(word, scode):
+    s = scale_value(scode, UE8M0)
+    out = [uint32(0)] * 4
+    for i in range(4):
+        lo = bf16_bits(e2m1_value((word >> (8 * i)) & 15) * s)
+        hi = bf16_bits(e2m1_value((word >> (8 * i + 4)) & 15) * s)
+        out[i] = uint32(lo) | (uint32(hi) << 16)
+    return out[0], out[1], out[2], out[3]
+
+
+decode8 = device(_decode8_gpu, sim=_decode8_sim)
+
+
+@device
+def load_vec(src, sc, fmt, row, j):
+    """Vector j of global row ``row`` as 4 words of bf16 pairs: bf16 rows (256 B) read with
+    ld.global.nc.v4; FP4 rows (64 B of codes + 4 UE8M0 codes) decoded from one ld.global.nc.u32."""
+    if fmt == FMT_BF16:
+        return ops.ld_global_nc_v4_u32(ops.array_address(src) + uint64(row * 256 + j * 16))
+    w = ops.ld_global_nc_u32(ops.array_address(src) + uint64(row * 64 + j * 4))
+    return decode8(w, sc[row * 4 + (j >> 2)])
+
+
+@device
+def load_key_tile(smem32, kbase, ksrc, ksc, fmt, table, table_rows, max_pages, page_size, t, n0,
+                  rows_here, tid):
+    """Keys n0 .. n0+127 (through token t's block table) -> the swizzled key tile; rows at or past
+    ``rows_here`` are written as zeros and their table entries are never read."""
+    for v in range(tid, BN * ROW_VECS, THREADS):
+        r = v >> 4
+        j = v & 15
+        w0 = w1 = w2 = w3 = uint32(0)
+        if r < rows_here:
+            row = cache_row(table, table_rows, max_pages, page_size, t, n0 + r)
+            w0, w1, w2, w3 = load_vec(ksrc, ksc, fmt, row, j)
+        ops.st_shared_v4_b32(swz(kbase, BN, r, j), w0, w1, w2, w3)
+
+
+@device
+def zeros64():
+    """64 float32 zeros as a tuple (a helper: a tuple literal this long is built through a list,
+    which Numba's bytecode rewrite accepts only outside loops)."""
+    z = float32(0.0)
+    return (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z,
+           z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z,
+           z, z, z, z, z, z, z, z, z, z)
+
+
+@device
+def mma_k16(acc, adesc, bdesc, accumulate):
+    """One wgmma.mma_async.m64n128k16.f32.bf16.bf16 (A, B from smem; 64 accumulators in and out).
+    A helper so the 64-tuple is unpacked from a single definition (Numba's star-call rewrite)."""
+    return ops.wgmma_m64n128k16_f32_bf16_ss(*acc, adesc, bdesc, accumulate)
+
+
+# Napkin math: see the module docstring (per CTA 32 KB of keys once, 16 KB of q + 8 wgmma per token).
+@kernel(launch_bounds=(THREADS,))
+def indexer_fused_kernel(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, page_size,
+                         valid_len, T, N, TQ, fmt, scores):
+    """scores[t, n] = sum_h w[t, h] ReLU(q[t, h] . k(t, n)) for n < valid_len[t], -inf for
+    valid_len[t] <= n < N. Grid (ceil(N / 128), ceil(T / TQ)), 128 threads (one warpgroup).
+
+    qsrc / ksrc: bf16 bits (uint16) [T*64*128] / [rows*128], or FP4 bytes [T*64*64] / [rows*64]
+    with UE8M0 codes qsc / ksc [.. * 4] (``fmt``); w float32 [T*64]; scores float32 [T*N].
+    """
+    smem32 = cuda.shared.array(SMEM_WORDS, uint32, alignment=1024)
+    tid = cuda.threadIdx.x
+    warp = tid >> 5
+    lane = tid & 31
+    n0 = cuda.blockIdx.x * BN
+    t0 = cuda.blockIdx.y * TQ
+    t1 = min(T, t0 + TQ)
+    kbase = ops.shared_address(smem32)
+    qbase = kbase + uint32(K_BYTES)
+    xw = K_BYTES // 4                             # the partial exchange: words of the q tile
+    if table_rows == 1:
+        # one table for all tokens: load the keys once, up to the longest valid length of the group
+        lim = 0
+        for t in range(t0, t1):
+            lim = max(lim, min(int64(valid_len[t]), N))
+        load_key_tile(smem32, kbase, ksrc, ksc, fmt, table, table_rows, max_pages, page_size, 0,
+                      n0, min(BN, lim - n0), tid)
+    h0 = 16 * warp + (lane >> 2)                  # this thread's accumulator rows: h0 and h0 + 8
+    grp = 8 * warp + (lane >> 2)                  # its row quad (0..31) in the partial exchange
+    xr = (grp & 7) << 3                           # exchange column swizzle (bank spread)
+    for t in range(t0, t1):
+        if table_rows > 1:
+            # per-token block tables: this token's keys (only its valid rows touch its table)
+            load_key_tile(smem32, kbase, ksrc, ksc, fmt, table, table_rows, max_pages, page_size,
+                          t, n0, min(BN, min(int64(valid_len[t]), N) - n0), tid)
+        # -- q tile of token t
+        for v in range(tid, H_FUSED * ROW_VECS, THREADS):
+            r = v >> 4
+            j = v & 15
+            w0, w1, w2, w3 = load_vec(qsrc, qsc, fmt, t * H_FUSED + r, j)
+            ops.st_shared_v4_b32(swz(qbase, H_FUSED, r, j), w0, w1, w2, w3)
+        ops.fence_proxy_async_shared_cta()        # generic-proxy smem writes -> async proxy (wgmma)
+        cuda.syncthreads()
+        adesc = uint64(DESC_SW128) | uint64((qbase >> 4) & 0x3FFF)
+        bdesc = uint64(DESC_SW128) | uint64((kbase >> 4) & 0x3FFF)
+        acc = zeros64()                           # accumulate=0 on the first wgmma ignores these
+        ops.wgmma_fence()
+        for kk in range(D_FUSED // 16):
+            # K step kk: chunk kk // 4 (rows x 128 B), +32 bytes (= 2 encoded) per 16 elements
+            da = uint64((kk >> 2) * (H_FUSED * 128 >> 4) + (kk & 3) * 2)
+            db = uint64((kk >> 2) * (BN * 128 >> 4) + (kk & 3) * 2)
+            accumulate = uint32(min(kk, 1))
+            acc = mma_k16(acc, adesc + da, bdesc + db, accumulate)
+        ops.wgmma_commit_group()
+        ops.wgmma_wait_group_0()
+        cuda.syncthreads()                        # every warp is past its wgmma: q tile is free
+        wa = w[t * H_FUSED + h0]
+        wb = w[t * H_FUSED + h0 + 8]
+        # register i: row h0 + 8*((i//2)%2), column 8*(i//4) + 2*(lane%4) + i%2 (hw.layouts)
+        for jj in range(BN // 8):
+            for e in range(2):
+                a0 = acc[4 * jj + e]
+                a1 = acc[4 * jj + 2 + e]
+                p = (wa * a0 if a0 > float32(0.0) else float32(0.0)) + \
+                    (wb * a1 if a1 > float32(0.0) else float32(0.0))
+                col = (8 * jj + 2 * (lane & 3) + e) ^ xr
+                smem32[xw + grp * BN + col] = f32_bits(p)
+        cuda.syncthreads()
+        # thread tid owns key column tid: the 32 row-quad partials, summed in a fixed order
+        s = float32(0.0)
+        for g in range(GROUPS):
+            s += bits_f32(smem32[xw + g * BN + (tid ^ ((g & 7) << 3))])
+        n = n0 + tid
+        if n < N:
+            scores[int64(t) * N + n] = s if n < valid_len[t] else float32(-math.inf)
+        cuda.syncthreads()                        # the exchange (q tile) is rewritten next token
+
+
+# ----------------------------------------------------------------------------------------------
+# Host side
+# ----------------------------------------------------------------------------------------------
+STAGED_HINT = ("run the staged pipeline instead: indexer(..., impls=None) (or 'reference' / a "
+               "{stage: choice} dict)")
+TARGET_CTAS = 1024          # ~8 CTAs per SM of an H100 (132 SMs) before token groups are split
+
+
+def check_fusable(c, q, k_cache, weights):
+    """Raise (before any launch) for inputs the fused kernel does not take, naming the staged path."""
+    if c.fam == "fp8":
+        raise NotImplementedError("the fused indexer does not take V3.2 FP8 (E4M3) inputs yet; "
+                                  + STAGED_HINT)
+    if (c.H, c.D) != (H_FUSED, D_FUSED):
+        raise ValueError(f"the fused indexer is built for H = {H_FUSED} index heads of D = {D_FUSED} "
+                         f"(DeepSeek); got H = {c.H}, D = {c.D}: {STAGED_HINT}")
+    if c.fam == "fp4":
+        for name, x in (("q", q), ("k_cache", k_cache)):
+            sp = FORMATS[x.fmt]
+            if sp.block != 32 or sp.scale_kind != "ue8m0" or sp.has_global_scale:
+                raise NotImplementedError(f"the fused indexer decodes E2M1 with one UE8M0 scale per "
+                                          f"32 (dsv4_fp4, mxfp4); {name} is {x.fmt}: {STAGED_HINT}")
+    else:
+        if c.qkind != BF16 or c.kkind != BF16:
+            raise NotImplementedError("the fused indexer's float path is bfloat16 (q and k_cache "
+                                      "both ml_dtypes.bfloat16, or uint16 bits on the device); "
+                                      "float32 inputs: convert, or " + STAGED_HINT)
+    if is_device_array(weights) and c.wkind == BF16:
+        raise NotImplementedError("device bfloat16 weights: pass float32 weights to the fused "
+                                  "indexer (NumPy weights of either type are converted)")
+
+
+def token_group(T: int, N: int) -> int:
+    """Tokens per CTA: one group of all T while the key blocks alone fill the GPU, else split so
+    about TARGET_CTAS CTAs run (each group re-reads its keys, mostly from L2)."""
+    kb = max(1, -(-N // BN))
+    groups = max(1, min(T, -(-TARGET_CTAS // kb)))
+    return max(1, -(-T // groups))
+
+
+def fused_scores(c, q, k_cache, weights):
+    """Launch the fused kernel on validated inputs; returns (io, scores kernel-side float32 [T*N],
+    valid_len kernel-side int32 [T])."""
+    T, N = c.T, c.N
+    if c.fam == "fp4":
+        arrays = [q.data, q.scales, k_cache.data, k_cache.scales]
+    else:
+        arrays = [q, k_cache]
+    io = ArrayIO(weights, *arrays)
+    if c.fam == "fp4":
+        qsrc, qsc, ksrc, ksc = (io.to_kernel(a).reshape(-1) for a in arrays)
+        fmt = FMT_FP4
+    else:
+        def bits(x):
+            return x.view(np.uint16) if isinstance(x, np.ndarray) else x
+        qsrc, ksrc = io.to_kernel(bits(q)).reshape(-1), io.to_kernel(bits(k_cache)).reshape(-1)
+        qsc = ksc = io.to_kernel(np.zeros(4, np.uint8))
+        fmt = FMT_BF16
+    if isinstance(weights, np.ndarray):
+        w = io.to_kernel(np.ascontiguousarray(weights, dtype=np.float32).reshape(-1))
+    else:
+        w = weights.reshape(-1)
+    table = io.to_kernel(np.ascontiguousarray(c.table, dtype=np.int32)
+                         if not is_device_array(c.table) else c.table).reshape(-1)
+    vl = io.to_kernel(c.valid_len).reshape(-1)
+    scores = io.empty(T * N, np.float32)
+    if T and N:
+        TQ = token_group(T, N)
+        grid = (-(-N // BN), -(-T // TQ))
+        indexer_fused_kernel.launch(grid, THREADS, qsrc, qsc, ksrc, ksc, w, table, c.table_rows,
+                                    c.max_pages, c.page_size, vl, T, N, TQ, fmt, scores)
+    return io, scores, vl
+
+
+def fused_indexer(c, q, k_cache, weights, topk_impl=None, return_intermediates=False):
+    """The fused path of ``pipelines.indexer.indexer`` (``impls="fused"``): scores [T, N] from the
+    fused kernel, then the registered top-k stage (``stages.topk.topk``, ``topk_impl``)."""
+    from ..registry import ImplUnavailable
+    from ..runtime import device_arch
+    from ..stages import topk as _topk
+    check_fusable(c, q, k_cache, weights)
+    if mode() == "gpu" and device_arch() != "sm_90a":
+        raise ImplUnavailable(f"the fused indexer is an sm_90a kernel (wgmma); this GPU is "
+                              f"{device_arch()}: {STAGED_HINT}")
+    T, N, k = c.T, c.N, c.k
+    io, scores, vl = fused_scores(c, q, k_cache, weights)
+    if T == 0 or N == 0:
+        idx = np.full((T, k), -1, np.int32)
+        vals = np.full((T, k), -np.inf, np.float32)
+        if io.gpu:
+            from numba import cuda as _cuda
+            idx, vals = _cuda.to_device(idx), _cuda.to_device(vals)
+    else:
+        vals, idx = _topk.topk(scores.reshape(T, N), k, lengths=vl, impl=topk_impl)
+        vals, idx = vals.reshape(T, k), idx.reshape(T, k)
+    out = (io.result(idx), io.result(vals))
+    if return_intermediates:
+        return out + ({"scores": io.result(scores).reshape(T, N)},)
+    return out
+
+
+__all__ = ["indexer_fused_kernel", "fused_indexer", "fused_scores", "check_fusable", "token_group",
+           "BN", "H_FUSED", "D_FUSED"]
