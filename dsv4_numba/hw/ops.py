@@ -104,18 +104,27 @@ WGMMA_N = (8, 64, 128, 256)
 WGMMA_DTYPES = {"bf16": 16, "f16": 16, "e4m3": 32, "e5m2": 32}   # input type -> K of one instruction
 
 
-def wgmma_snippet(n: int, dtype: str = "bf16", a_from: str = "smem") -> Snippet:
+def wgmma_snippet(n: int, dtype: str = "bf16", a_from: str = "smem", trans_b: bool = False) -> Snippet:
     """The contract of one ``wgmma.mma_async.sync.aligned.m64n{n}k{K}.f32.{dtype}.{dtype}`` (sm_90a).
 
     Too wide to write by hand (N/2 f32 accumulators per thread), so generated here instead of living
     in ``ptx/``. Binding ``wgmma_m64n{n}k{K}_f32_{dtype}_{ss|rs}``: arguments are the N/2 accumulator
     floats (tied in/out operands), then A (``uint64`` smem descriptor, or 4 ``uint32`` registers),
     the ``uint64`` B descriptor and ``uint32`` accumulate (0: D = A*B; else D += A*B). Returns the N/2
-    new accumulators as a tuple. No negate, no transpose (imm-scale 1, imm-trans 0: K-major tiles).
+    new accumulators as a tuple. No negate (imm-scale 1); A is K-major (imm-trans-a 0).
+
+    ``trans_b=True`` (f16/bf16 only; binding name suffix ``_tb``) sets imm-trans-b = 1: B is
+    **MN-major** in shared memory (N contiguous, e.g. attention's V as the B of P@V), described by an
+    MN-major descriptor (128B swizzle: rows of 64 N-elements = 128 B per K index, LBO = byte
+    distance between 64-wide N blocks, SBO = distance between groups of 8 K rows; ptx-facts §3.3).
+    With ``trans_b=False`` (imm-trans-b 0) B is K-major (the N x K tile, K contiguous).
     """
     k = WGMMA_DTYPES[dtype]
     if n not in range(8, 257, 8) or a_from not in ("smem", "regs"):
         raise ValueError(f"wgmma: N={n} (8..256 step 8) / a_from={a_from!r} (smem|regs)")
+    if trans_b and k != 16:
+        raise ValueError(f"wgmma: imm-trans-b exists only for f16/bf16 (not {dtype}: 8-bit inputs "
+                         "must be K-major)")
     acc = n // 2
     outs = ", ".join(f"${i}" for i in range(acc))
     nxt = 2 * acc                                    # $acc..$2acc-1 are the tied inputs
@@ -127,9 +136,11 @@ def wgmma_snippet(n: int, dtype: str = "bf16", a_from: str = "smem") -> Snippet:
         a_sig, a_cons = "uint32, uint32, uint32, uint32", "r,r,r,r"
         nxt += 4
     b_op, scale_op = f"${nxt}", f"${nxt + 1}"
-    imms = "1, 1" + (", 0, 0" if k == 16 and a_from == "smem" else ", 0" if k == 16 else "")
+    tb = int(bool(trans_b))
+    imms = "1, 1" + (f", 0, {tb}" if k == 16 and a_from == "smem" else f", {tb}" if k == 16 else "")
     instr = f"wgmma.mma_async.sync.aligned.m64n{n}k{k}.f32.{dtype}.{dtype}"
-    name = f"wgmma_m64n{n}k{k}_f32_{dtype}_{'ss' if a_from == 'smem' else 'rs'}"
+    name = (f"wgmma_m64n{n}k{k}_f32_{dtype}_{'ss' if a_from == 'smem' else 'rs'}"
+            + ("_tb" if trans_b else ""))
     body = "\n\t".join(["{", ".reg .pred p;", f"setp.ne.b32 p, {scale_op}, 0;",
                         f"{instr} {{{outs}}}, {a_ops}, {b_op}, p, {imms};", "}"])
     a_lay = ("A = 64-bit sm_90 smem descriptor of the 64xK tile" if a_from == "smem" else
@@ -142,7 +153,8 @@ def wgmma_snippet(n: int, dtype: str = "bf16", a_from: str = "smem") -> Snippet:
         constraints=",".join(["=f"] * acc + [str(i) for i in range(acc)] + [a_cons, "l", "r",
                                                                           "~{memory}"]),
         side_effect=True,
-        layout=(f"args: {acc} f32 accumulators (in and out, tied), {a_lay}, B = smem descriptor (Kx{n}),"
+        layout=(f"args: {acc} f32 accumulators (in and out, tied), {a_lay}, B = smem descriptor (Kx{n}, "
+                f"{'MN-major, imm-trans-b 1' if trans_b else 'K-major'}),"
                 f" accumulate. Accumulator register i of thread t (warp w = t/32, lane l = t%32) is "
                 f"D[16w + l/4 + 8*((i/2)%2)][8*(i/4) + 2*(l%4) + i%2]. All 128 threads of the "
                 f"warpgroup execute it between wgmma_fence and wgmma_commit_group; read the result "
@@ -154,7 +166,8 @@ WGMMA = {}
 for _n in WGMMA_N:
     for _dt in ("bf16", "e4m3"):
         for _src in ("smem", "regs"):
-            _sn = wgmma_snippet(_n, _dt, _src)
-            WGMMA[_sn.name] = _sn
-            globals()[_sn.name] = bind(_sn)
-            __all__.append(_sn.name)
+            for _tb in ((False, True) if _dt == "bf16" else (False,)):
+                _sn = wgmma_snippet(_n, _dt, _src, _tb)
+                WGMMA[_sn.name] = _sn
+                globals()[_sn.name] = bind(_sn)
+                __all__.append(_sn.name)
