@@ -15,10 +15,12 @@ that hardware makes racy but that are correct under "completes at issue" are the
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 
 from ..hw.descriptors import explain
+from . import tmem as T
 from ..hw.layouts import wgmma_acc_coord
 from ..hw.tma import SWIZZLE_BYTES
 from .state import (GMEM, TX_LIMIT, EmulatorDeadlock, EmulatorError, MBarrier, cta, current_thread,
@@ -169,7 +171,10 @@ def _complete_tx(st, addr, nbytes, op):
 
 def _phase_done(st, addr, parity, op):
     b = st.barrier(addr, op)
-    return (b.phase & 1) != (int(parity) & 1)
+    done = (b.phase & 1) != (int(parity) & 1)
+    if done and st.tmem.mmas:
+        _observe(st, int(addr))
+    return done
 
 
 def mbarrier_try_wait_parity(addr, parity):
@@ -252,6 +257,7 @@ def _tma_load(dst, tmap, coords, mbar, op):
     sview = st.smem(int(dst), nbytes, op)
     with st.lock:
         sview[saddr - int(dst)] = data
+        st.async_wrote(int(dst), nbytes)
     _complete_tx(st, mbar, nbytes, op)
 
 
@@ -261,6 +267,7 @@ def _tma_store(tmap, src, coords, op):
     goff, inb, saddr, nbytes = _tma_plan(spec, src, coords, op)
     gview, delta = _gmem_root(spec, root, op)
     sview = st.smem(int(src), nbytes, op)
+    st.check_async_visible(int(src), saddr - int(src), op, "the TMA store", me)
     gview[delta + goff[inb]] = sview[saddr - int(src)][inb]
 
 
@@ -319,7 +326,16 @@ def _noop(*_args):
 tma_store_commit_group = tma_store_wait_group_0 = _noop          # stores complete at issue
 tma_store_wait_group_read_0 = tma_store_wait_group_read_1 = _noop
 prefetch_tensormap = fence_proxy_tensormap_acquire_gpu = fence_proxy_tensormap_acquire_sys = _noop
-fence_proxy_tensormap_release_gpu = fence_proxy_async = fence_proxy_async_shared_cta = _noop
+fence_proxy_tensormap_release_gpu = _noop
+
+
+def fence_proxy_async():
+    """fence.proxy.async: the CTA's generic-proxy smem writes so far become visible to TMA / MMA."""
+    st, _ = _enter()
+    st.fence_proxy_async()
+
+
+fence_proxy_async_shared_cta = fence_proxy_async
 setmaxnreg_inc_232 = setmaxnreg_inc_240 = setmaxnreg_dec_40 = setmaxnreg_dec_24 = _noop
 wgmma_fence = wgmma_commit_group = _noop                          # wgmma completes at issue
 wgmma_wait_group_0 = wgmma_wait_group_1 = wgmma_wait_group_2 = _noop
@@ -354,6 +370,79 @@ def named_barrier_sync(bar_id, count):
     me.syncthreads()
 
 
+# ------------------------------------------------------------------------------ collectives
+def _collective(st, me, group, size, index, key, payload, compute, op, who):
+    """Rendezvous of ``size`` threads (a warp, a warpgroup) at a ``.sync.aligned`` op: each
+    contributes (key, payload); the last to arrive checks the keys agree and runs
+    ``compute(key, {index: payload})``, whose result (indexable by member index, or None) every
+    member receives. An exception in ``compute`` is raised in every member."""
+    with st.lock:
+        rec = st.wg.setdefault(group, {"gen": 0, "arrived": {}, "results": {}})
+        gen = rec["gen"]
+        rec["arrived"][index] = (key, payload)
+        st.changed()
+        if len(rec["arrived"]) == size:
+            arrived, rec["arrived"] = rec["arrived"], {}
+            rec["gen"] += 1
+            try:
+                keys = {}
+                for i, (k, _) in sorted(arrived.items()):
+                    keys.setdefault(k, i)
+                if len(keys) != 1:
+                    raise EmulatorError(f"{op}: the threads of {who} disagree on operands that must be "
+                                        f"uniform: " + "; ".join(f"member {i}: {k}" for k, i in keys.items()))
+                res = compute(next(iter(keys)), {i: p for i, (_, p) in arrived.items()})
+                rec["results"][gen] = [res, size]
+            except Exception as e:        # noqa: BLE001 - hand the error to every participant
+                rec["results"][gen] = [e, size]
+    st.wait_until(lambda: gen in rec["results"], f"the other threads of {who} at {op} (collective)")
+    with st.lock:
+        slot = rec["results"][gen]
+        slot[1] -= 1
+        if slot[1] == 0:
+            del rec["results"][gen]
+    if isinstance(slot[0], Exception):
+        raise slot[0]
+    return None if slot[0] is None else slot[0][index]
+
+
+def _nthreads(me) -> int:
+    return int(np.prod(me._manager._block_dim))
+
+
+# ------------------------------------------------------------------------------ smem operands
+def _read_operand(st, desc, rows, kdim, dtype, major, which, op, kind, me):
+    """float64 (rows x kdim) operand read through a wgmma ("wgmma-smem") or tcgen05 ("umma-smem")
+    shared-memory descriptor, per the canonical layout of its swizzle and majorness
+    (``tmem.operand_addresses``); the bytes must be visible to the async proxy."""
+    desc = int(desc)
+    try:
+        f = explain(desc, kind).fields
+    except ValueError as e:
+        raise EmulatorError(f"{op}: {which} descriptor: {e}") from None
+    if f["base_offset"]:
+        raise NotEmulated(f"{op}: {which} descriptor field base_offset={f['base_offset']} (only 0 is emulated: "
+                          f"align swizzled tiles to the pattern's repeat)")
+    if f.get("lbo_mode", "relative") != "relative" or f["swizzle"] not in T.SPAN:
+        raise NotEmulated(f"{op}: {which} descriptor swizzle={f['swizzle']!r} lbo_mode={f.get('lbo_mode')!r} "
+                          f"(emulated: none, 32B, 64B, 128B with relative LBO)")
+    eb = T.ELEM_BITS[dtype] // 8
+    try:
+        addr = T.operand_addresses(f["start_addr"], f["lbo"], f["sbo"], f["swizzle"], rows, kdim, eb, major)
+    except ValueError as e:
+        raise EmulatorError(f"{op}: {which} descriptor {desc:#x}: {e}") from None
+    lo, hi = int(addr.min()), int(addr.max()) + eb
+    view = st.smem(lo, hi - lo, f"{op} ({which} operand, descriptor {desc:#x}, {major}-major, swizzle "
+                                f"{f['swizzle']}, LBO {f['lbo']}, SBO {f['sbo']})")
+    idx = addr - lo
+    allidx = idx if eb == 1 else np.stack([idx + i for i in range(eb)])
+    st.check_async_visible(lo, allidx, op, f"the {which} operand (descriptor {desc:#x})", me)
+    raw = view[idx].astype(np.uint32)
+    for i in range(1, eb):
+        raw |= view[idx + i].astype(np.uint32) << (8 * i)
+    return T.decode(raw, dtype)
+
+
 # ------------------------------------------------------------------------------ wgmma
 @functools.lru_cache(maxsize=None)
 def _acc_map(n: int):
@@ -362,111 +451,442 @@ def _acc_map(n: int):
     return rc[..., 0], rc[..., 1]
 
 
-def _read_bf16_kmajor(st, desc, rows: int, which: str, op: str) -> np.ndarray:
-    """A (rows x 16) bf16 K-major operand read through its sm_90 descriptor (PTX canonical layouts,
-    ptx-facts §3.3, T = 8 elements per 16 bytes):
-    none: ((8,m),(T,2)):((1T,SBO),(1,LBO)); 128B: Sw<3,4,3> o ((8,m),(T,2)):((8T,SBO),(1,T))."""
-    try:
-        f = explain(int(desc), "wgmma-smem").fields
-    except ValueError as e:
-        raise EmulatorError(f"{op}: {which} descriptor: {e}") from None
-    if f["base_offset"]:
-        raise NotEmulated(f"{op}: {which} descriptor field base_offset={f['base_offset']} (only 0 is emulated)")
-    r = np.arange(rows, dtype=np.int64)[:, None]
-    k = np.arange(16, dtype=np.int64)[None, :]
-    start, lbo, sbo = f["start_addr"], f["lbo"], f["sbo"]
-    if f["swizzle"] == "none":
-        addr = start + (r // 8) * sbo + (r % 8) * 16 + (k // 8) * lbo + (k % 8) * 2
-    elif f["swizzle"] == "128B":
-        addr = _swizzle(start + (r // 8) * sbo + (r % 8) * 128 + k * 2, 128)
-    else:
-        raise NotEmulated(f"{op}: {which} descriptor field swizzle={f['swizzle']!r} (only 'none' and "
-                          f"'128B' K-major bf16 operands are emulated)")
-    lo, hi = int(addr.min()), int(addr.max()) + 2
-    view = st.smem(lo, hi - lo, f"{op} ({which} operand, descriptor {int(desc):#x})")
-    idx = addr - lo
-    u16 = view[idx].astype(np.uint32) | (view[idx + 1].astype(np.uint32) << 8)
-    return (u16 << 16).view(np.float32)
+_WGMMA_RE = re.compile(r"^wgmma_m64n(\d+)k(\d+)_f32_(bf16|f16|e4m3|e5m2)_(ss|rs)$")
 
 
-def _wgmma(n, acc, a_desc, b_desc, scale_d):
-    op = f"wgmma_m64n{n}k16_f32_bf16_ss"
+def _wgmma_imms(body: str) -> list:
+    """The immediates after the scale-d predicate (imm-scale-a, imm-scale-b[, imm-trans-a], imm-trans-b)."""
+    m = re.search(r"\bp,\s*([-\d,\s]+);", body)
+    return [int(x) for x in m.group(1).split(",")] if m else [1, 1]
+
+
+def _wgmma(cfg, acc, a, b_desc, scale_d):
+    n, kdim, dtype, a_regs, sa, sb, ta, tb, op = cfg
     st, me = _enter()
-    tid = me.thread_id
-    wg, t = divmod(tid, 128)
-    nthreads = int(np.prod(me._manager._block_dim))
-    if nthreads < 128 * (wg + 1):
+    wg, t = divmod(me.thread_id, 128)
+    if _nthreads(me) < 128 * (wg + 1):
         raise EmulatorError(f"{op} by {thread_name(me)}: warpgroup {wg} needs all 128 threads "
-                            f"{128 * wg}..{128 * wg + 127}, the block has {nthreads}")
+                            f"{128 * wg}..{128 * wg + 127}, the block has {_nthreads(me)}")
     if len(acc) != n // 2:
         raise EmulatorError(f"{op}: {len(acc)} accumulators, expected {n // 2}")
-    key = (int(a_desc), int(b_desc), 1 if int(scale_d) else 0)
-    with st.lock:
-        rec = st.wg.setdefault(wg, {"gen": 0, "arrived": {}, "results": {}})
-        gen = rec["gen"]
-        rec["arrived"][t] = (key, np.asarray(acc, np.float32))
-        st.changed()
-        if len(rec["arrived"]) == 128:
-            arrived, rec["arrived"] = rec["arrived"], {}
-            rec["gen"] += 1
-            try:
-                rec["results"][gen] = [_wgmma_compute(st, n, arrived, op, wg), 128]
-            except Exception as e:        # noqa: BLE001 - hand the error to every participant
-                rec["results"][gen] = [e, 128]
-    st.wait_until(lambda: gen in rec["results"],
-                  f"the other threads of warpgroup {wg} at {op} (warpgroup-collective)")
-    with st.lock:
-        slot = rec["results"][gen]
-        slot[1] -= 1
-        if slot[1] == 0:
-            del rec["results"][gen]
-    if isinstance(slot[0], Exception):
-        raise slot[0]
-    return tuple(slot[0][t])
+    key = (None if a_regs else f"a_desc {int(a):#x}", f"b_desc {int(b_desc):#x}",
+           f"accumulate {1 if int(scale_d) else 0}")
+    payload = (np.asarray(acc, np.float32), a if a_regs else None)
+
+    def compute(key, arrived):
+        if a_regs:
+            regs = np.array([arrived[i][1] for i in range(128)], np.uint64)      # [128, 4]
+            bits = T.ELEM_BITS[dtype]
+            epr = 32 // bits
+            codes = (regs[:, :, None] >> (bits * np.arange(epr, dtype=np.uint64))) & ((1 << bits) - 1)
+            rows, ks = T.wgmma_a_map(kdim, bits)
+            amat = np.zeros((64, kdim))
+            amat[rows, ks] = T.decode(codes, dtype)
+        else:
+            amat = _read_operand(st, int(a), 64, kdim, dtype, "MN" if ta else "K", "A", op, "wgmma-smem", None)
+        bmat = _read_operand(st, int(b_desc), n, kdim, dtype, "MN" if tb else "K", "B", op, "wgmma-smem", None)
+        d = (sa * sb) * (amat @ bmat.T)
+        rows, cols = _acc_map(n)
+        if key[2].endswith("1"):
+            c = np.zeros((64, n), np.float64)
+            c[rows, cols] = np.stack([arrived[i][0] for i in range(128)])
+            d = d + c
+        d32 = d.astype(np.float32)
+        return [tuple(np.float32(v) for v in d32[rows[i], cols[i]]) for i in range(128)]
+
+    return _collective(st, me, ("wg", wg), 128, t, key, payload, compute, op, f"warpgroup {wg}")
 
 
-def _wgmma_compute(st, n, arrived, op, wg):
-    keys = {k for k, _ in arrived.values()}
-    if len(keys) != 1:
-        firsts = {}
-        for t, (k, _) in sorted(arrived.items()):
-            firsts.setdefault(k, t)
-        raise EmulatorError(f"{op}: warpgroup {wg} threads disagree on (a_desc, b_desc, accumulate): "
-                            + "; ".join(f"thread {t}: ({k[0]:#x}, {k[1]:#x}, {k[2]})" for k, t in firsts.items())
-                            + " - the descriptors and scale-d must be identical across the four warps")
-    a_desc, b_desc, accumulate = keys.pop()
-    a = _read_bf16_kmajor(st, a_desc, 64, "A", op).astype(np.float64)
-    b = _read_bf16_kmajor(st, b_desc, n, "B", op).astype(np.float64)
-    d = a @ b.T
-    rows, cols = _acc_map(n)
-    if accumulate:
-        c = np.zeros((64, n), np.float64)
-        regs = np.stack([arrived[t][1] for t in range(128)])
-        c[rows, cols] = regs
-        d = d + c
-    d32 = d.astype(np.float32)
-    return [tuple(np.float32(v) for v in d32[rows[t], cols[t]]) for t in range(128)]
+def _make_wgmma(name, body):
+    n, kdim, dtype, src = _WGMMA_RE.match(name).groups()
+    n, kdim, a_regs = int(n), int(kdim), src == "rs"
+    imms = _wgmma_imms(body)
+    sa, sb = imms[0], imms[1]
+    ta = imms[2] if (not a_regs and len(imms) == 4) else 0
+    tb = imms[-1] if len(imms) >= 3 else 0
+    cfg = (n, kdim, dtype, a_regs, sa, sb, ta, tb, name)
+    nacc = n // 2
 
-
-def _make_wgmma(n):
     def wgmma(*args):
-        return _wgmma(n, args[:n // 2], args[n // 2], args[n // 2 + 1], args[n // 2 + 2])
-    wgmma.__name__ = wgmma.__qualname__ = f"wgmma_m64n{n}k16_f32_bf16_ss"
-    wgmma.__doc__ = (f"Emulated wgmma.mma_async m64n{n}k16.f32.bf16.bf16 (A and B from smem): all 128 "
-                     f"threads of the warpgroup rendezvous; D = A*B (+D if accumulate != 0), products summed "
-                     f"in float64 and rounded once to float32; each thread gets its registers per "
+        acc = args[:nacc]
+        if a_regs:
+            a, rest = tuple(_u32(x) for x in args[nacc:nacc + 4]), args[nacc + 4:]
+        else:
+            a, rest = int(args[nacc]), args[nacc + 1:]
+        return _wgmma(cfg, acc, a, rest[0], rest[1])
+    wgmma.__name__ = wgmma.__qualname__ = name
+    wgmma.__doc__ = (f"Emulated wgmma.mma_async m64n{n}k{kdim}.f32.{dtype} (A from "
+                     f"{'registers' if a_regs else 'smem'}, A {'MN' if ta else 'K'}-major, B "
+                     f"{'MN' if tb else 'K'}-major, scale-a {sa}, scale-b {sb}): the 128 threads rendezvous; "
+                     f"D = A*B (+D) summed in float64, rounded once to float32; registers per "
                      f"layouts.wgmma_acc_coord.")
     return wgmma
 
 
-for _n in range(8, 257, 8):
-    globals()[f"wgmma_m64n{_n}k16_f32_bf16_ss"] = _make_wgmma(_n)
+def _wgmma_names():
+    """Every wgmma binding of hw.ops (with its PTX body, for the immediates), plus the m64nNk16 bf16
+    SS family for every N (kernels may use N the bindings do not generate yet)."""
+    from ..hw import ops as hw_ops
+    out = {name: sn.body for name, sn in getattr(hw_ops, "WGMMA", {}).items()}
+    for n in range(8, 257, 8):
+        for dt, k in (("bf16", 16), ("e4m3", 32)):
+            for src in ("ss", "rs"):
+                nm = f"wgmma_m64n{n}k{k}_f32_{dt}_{src}"
+                if nm not in out:
+                    out[nm] = hw_ops.wgmma_snippet(n, dt, "smem" if src == "ss" else "regs").body
+    return out
+
+
+for _name, _body in _wgmma_names().items():
+    if _WGMMA_RE.match(_name):
+        globals()[_name] = _make_wgmma(_name, _body)
+
+
+# ------------------------------------------------------------------------------ tcgen05 / TMEM
+def _taddr(x):
+    x = _u32(x)
+    return x >> 16, x & 0xFFFF
+
+
+def _warp_collective(st, me, op, key, compute):
+    warp, lane = divmod(me.thread_id, 32)
+    if _nthreads(me) < 32 * (warp + 1):
+        raise EmulatorError(f"{op} by {thread_name(me)}: a .sync.aligned tcgen05 op needs the whole warp "
+                            f"{warp} (threads {32 * warp}..{32 * warp + 31}); the block has {_nthreads(me)}")
+    return _collective(st, me, ("warp", warp), 32, lane, key, None, compute, op, f"warp {warp}")
+
+
+def tcgen05_alloc(dst, ncols):
+    """tcgen05.alloc.cta_group::1 (PTX §9.7.16.7.1): the whole warp; nCols a power of 2 in [32, 512];
+    the TMEM address (lane 0, first column) is written to shared memory at ``dst``. An allocation
+    that cannot fit (it would block until another warp deallocates) is reported at once."""
+    st, me = _enter()
+    warp = me.thread_id // 32
+    op = "tcgen05_alloc"
+
+    def compute(key, _):
+        dst, n = key
+        tm = st.tmem
+        if tm.relinquished:
+            raise EmulatorError(f"{op} by warp {warp}: this CTA ran tcgen05_relinquish_alloc_permit; it may "
+                                f"not allocate again")
+        if n < 32 or n > 512 or n & (n - 1):
+            raise EmulatorError(f"{op} by warp {warp}: nCols={n}; it must be a power of 2 in [32, 512]")
+        if dst % 4:
+            raise EmulatorError(f"{op} by warp {warp}: dst smem {dst:#x} is not 4-byte aligned")
+        used = np.zeros(512, bool)
+        for c, (k, _w) in tm.allocs.items():
+            used[c:c + k] = True
+        for c in range(0, 513 - n, 32):
+            if not used[c:c + n].any():
+                break
+        else:
+            raise EmulatorDeadlock(f"{op} by warp {warp}: {n} columns do not fit beside the live allocations "
+                                   + ", ".join(f"{c}..{c + k - 1} (warp {w})" for c, (k, w) in tm.allocs.items())
+                                   + "; the alloc would block until they are freed. Check the column budget "
+                                     "(512 per CTA, shared by co-resident CTAs on hardware)")
+        tm.allocs[c] = (n, warp)
+        if tm.region_base is None:
+            tm.region_base = c
+        st.smem(dst, 4, op).view(np.uint32)[0] = c
+        st.changed()
+        return None
+    _warp_collective(st, me, op, (int(dst), int(ncols)), compute)
+
+
+def tcgen05_dealloc(taddr, ncols):
+    """tcgen05.dealloc: the whole warp, the address alloc returned and the same column count; the
+    columns' contents become 'never written' again."""
+    st, me = _enter()
+    warp = me.thread_id // 32
+    op = "tcgen05_dealloc"
+
+    def compute(key, _):
+        addr, n = key
+        lane, col = _taddr(addr)
+        tm = st.tmem
+        got = tm.allocs.get(col)
+        if lane or got is None or got[0] != n:
+            live = ", ".join(f"col {c} x {k}" for c, (k, _w) in tm.allocs.items()) or "none"
+            raise EmulatorError(f"{op} by warp {warp}: TMEM address {addr:#x} with {n} columns is not a live "
+                                f"allocation (live: {live}); pass the address and nCols alloc used")
+        del tm.allocs[col]
+        for a in (tm.tag, tm.pending, tm.readby):
+            a[:, col:col + n] = 0
+        st.changed()
+        return None
+    _warp_collective(st, me, op, (_u32(taddr), int(ncols)), compute)
+
+
+def tcgen05_relinquish_alloc_permit():
+    st, _ = _enter()
+    st.tmem.relinquished = True
+
+
+def _observe(st, addr):
+    """A thread saw a phase of the mbarrier at ``addr`` complete: MMAs whose commit arrived in a phase
+    that has completed are now known finished (their TMEM results may be read)."""
+    tm = st.tmem
+    b = st.barriers.get(addr)
+    done = [i for i, r in tm.mmas.items() if r["bar"] == addr and b is not None and b.phase > r["phase"]]
+    if done:
+        tm.pending[np.isin(tm.pending, done)] = 0
+        for i in done:
+            del tm.mmas[i]
+
+
+def tcgen05_commit(mbar):
+    """tcgen05.commit.mbarrier::arrive::one: the MMAs this thread issued since its last commit are
+    tracked by one arrive on ``mbar`` (emulated: they are complete, so it arrives now); their TMEM
+    results count as readable once a thread has waited for that phase."""
+    st, me = _enter()
+    addr = int(mbar)
+    with st.lock:
+        b = st.barrier(addr, "tcgen05_commit")
+        ids = st.tmem.uncommitted.pop(me.thread_id, [])
+        for i in ids:
+            st.tmem.mmas[i].update(bar=addr, phase=b.phase)
+        b.log(f"tcgen05_commit by t{me.thread_id} ({len(ids)} mma)")
+        _arrive(st, me, b, "tcgen05_commit")
+
+
+def _noop_sync(*_args):
+    _enter()
+
+
+tcgen05_wait_ld = tcgen05_wait_st = _noop_sync                  # ld/st complete at issue
+tcgen05_fence_before_thread_sync = tcgen05_fence_after_thread_sync = _noop_sync
+
+_MMA_K = {"f16": 16, "f8f6f4": 32, "mxf8f6f4": 32, "mxf4": 64, "mxf4nvf4": 64}
+
+
+def _tmem_cells_check(st, lanes, cols, op, who, what, need_written=True):
+    """Allocated, written (``need_written``) and no un-waited MMA result among TMEM cells
+    (lanes x cols, broadcastable int arrays)."""
+    tm = st.tmem
+    c0, c1 = int(np.min(cols)), int(np.max(cols)) + 1
+    if c1 > 512 or not tm.allocated(c0, c1):
+        live = ", ".join(f"{c}..{c + k - 1}" for c, (k, _w) in sorted(tm.allocs.items())) or "none"
+        raise EmulatorError(f"{op} by {who}: {what} uses TMEM columns {c0}..{c1 - 1}, not inside one live "
+                            f"allocation (allocated: {live}). Check the column offsets and the alloc size")
+    if need_written:
+        tags = tm.tag[lanes, cols]
+        bad = np.argwhere(tags == 0)
+        if bad.size:
+            ln, cl = np.broadcast_to(lanes, tags.shape)[tuple(bad[0])], np.broadcast_to(cols, tags.shape)[tuple(bad[0])]
+            raise EmulatorError(f"{op} by {who}: {what} reads TMEM lane {ln} column {cl} ({bad.shape[0]} cell(s) "
+                                f"in all), never written since alloc. Check: the first MMA of a K loop passes "
+                                f"accumulate=0; the column plan matches what the MMA / tcgen05.st wrote (D of an "
+                                f"M x N MMA is N 32-bit columns, not packed)")
+        pend = tm.pending[lanes, cols]
+        bad = np.argwhere(pend != 0)
+        if bad.size:
+            i = int(pend[tuple(bad[0])])
+            rec = tm.mmas.get(i, {})
+            ln, cl = np.broadcast_to(lanes, pend.shape)[tuple(bad[0])], np.broadcast_to(cols, pend.shape)[tuple(bad[0])]
+            how = ("was never committed (tcgen05_commit)" if rec.get("bar") is None else
+                   f"was committed to the mbarrier @smem {rec['bar']:#x} (phase {rec['phase']}) but no thread "
+                   f"has waited for that phase yet")
+            raise EmulatorError(f"{op} by {who}: {what} reads TMEM lane {ln} column {cl} written by "
+                                f"{rec.get('desc', 'an MMA')}, which {how}. Check: tcgen05_commit(mbar) after the "
+                                f"MMA, mbarrier wait on it, tcgen05_fence_after_thread_sync, then tcgen05.ld")
+
+
+def _tcgen05_mma(kind, bs, d, a, b_desc, idesc, accumulate, a_tmem, sfa=None, sfb=None, op=""):
+    st, me = _enter()
+    who = thread_name(me)
+    idesc = _u32(idesc)
+    try:
+        f = explain(idesc, "umma-idesc-bs" if bs else "umma-idesc", mma_kind=kind, cta_group=1,
+                    **({} if bs else {"ws": False})).fields
+    except ValueError as e:
+        raise EmulatorError(f"{op} by {who}: instruction descriptor {idesc:#010x} is not valid for kind::{kind} "
+                            f"cta_group::1: {e}") from None
+    M, N, K = f["M"], f["N"], _MMA_K[kind]
+    if f.get("sparse") or f.get("max_shift"):
+        raise NotEmulated(f"{op}: sparse / .ws instruction descriptors are not emulated")
+    at, bt = f["a_type"], f["b_type"]
+    for nm, ty in (("A", at), ("B", bt)):
+        if ty not in T.ELEM_BITS:
+            raise NotEmulated(f"{op}: {nm} type {ty} (emulated: bf16, f16, e4m3, e5m2)")
+    if a_tmem and f["a_major"] != "K":
+        raise EmulatorError(f"{op} by {who}: A from TMEM is always K-major, the descriptor says a_major=MN")
+    tm = st.tmem
+    d_lane, d_col = _taddr(d)
+    try:
+        lanes = T.datapath_lanes(M, d_lane)
+    except ValueError as e:
+        raise EmulatorError(f"{op} by {who}: D address {_u32(d):#x}: {e}") from None
+    cols = d_col + np.arange(N)
+    with st.lock:
+        base = tm.region_base or 0
+        try:
+            reg = T.region_of(d_col, d_col + N, base, op)
+        except ValueError as e:
+            raise EmulatorError(f"{op} by {who}: {e}") from None
+        _tmem_cells_check(st, lanes[:, None], cols[None, :], op, who, f"D (M={M}, N={N})", need_written=False)
+        if a_tmem:
+            a_lane, a_col = _taddr(a)
+            try:
+                alanes = T.datapath_lanes(M, a_lane)
+            except ValueError as e:
+                raise EmulatorError(f"{op} by {who}: A address {_u32(a):#x}: {e}") from None
+            bits = T.ELEM_BITS[at]
+            per = 32 // bits
+            k = np.arange(K)
+            acols = a_col + k // per
+            _tmem_cells_check(st, alanes[:, None], acols[None, :], op, who, f"A from TMEM ({at}, M={M}, K={K})")
+            raw = (tm.data[alanes[:, None], acols[None, :]] >> (bits * (k % per)).astype(np.uint32)) & ((1 << bits) - 1)
+            amat = T.decode(raw, at)
+        else:
+            amat = _read_operand(st, a, M, K, at, f["a_major"], "A", op, "umma-smem", me)
+        bmat = _read_operand(st, b_desc, N, K, bt, f["b_major"], "B", op, "umma-smem", me)
+        if f.get("negate_a"):
+            amat = -amat
+        if f.get("negate_b"):
+            bmat = -bmat
+        if bs:
+            amat, bmat = _apply_block_scales(st, kind, f, sfa, sfb, amat, bmat, M, N, K, op, who)
+        prod = amat @ bmat.T
+        dtag_desc = (f"the tcgen05.mma accumulator D @ TMEM lane {d_lane} column {d_col} (M={M}, N={N}"
+                     + (f", region {reg}" if reg else "") + ")")
+        mytag = tm.intern(dtag_desc, mma=True)
+        f16 = f.get("d_type") == "f16"
+        if int(accumulate):
+            tags = tm.tag[lanes[:, None], cols[None, :]]
+            bad = np.argwhere(tags != mytag)
+            if bad.size:
+                r, c = bad[0]
+                other = int(tags[r, c])
+                if other == 0:
+                    raise EmulatorError(
+                        f"{op} by {who}: accumulate=1 but D row {r} column {c} (TMEM lane {lanes[r]}, column "
+                        f"{cols[c]}) was never written: the MMA adds to garbage ({bad.shape[0]} cell(s)). Check: "
+                        f"the first MMA into this accumulator (first K step, first PV) must pass accumulate=0")
+                raise EmulatorError(
+                    f"{op} by {who}: accumulate=1 into {dtag_desc}, but D row {r} column {c} (TMEM lane "
+                    f"{lanes[r]}, column {cols[c]}; {bad.shape[0]} cell(s) in all) was last written by "
+                    f"{tm.tags[other]}: two live TMEM regions overlap. Check the column plan (e.g. P or S "
+                    f"placed over columns O still owns)")
+            old = tm.data[lanes[:, None], cols[None, :]]
+            prod = prod + (old.astype(np.uint16).view(np.float16) if f16 else old.view(np.float32)).astype(np.float64)
+        out = (prod.astype(np.float16).view(np.uint16).astype(np.uint32) if f16
+               else prod.astype(np.float32).view(np.uint32))
+        mid = tm.next_mma
+        tm.next_mma += 1
+        tm.data[lanes[:, None], cols[None, :]] = out
+        tm.tag[lanes[:, None], cols[None, :]] = mytag
+        tm.pending[lanes[:, None], cols[None, :]] = mid
+        tm.readby[lanes[:, None], cols[None, :]] = 0
+        tm.mmas[mid] = {"bar": None, "phase": None, "desc": f"{op} #{mid} by {who} into {dtag_desc}"}
+        tm.uncommitted.setdefault(me.thread_id, []).append(mid)
+        st.changed()
+
+
+def _apply_block_scales(st, kind, f, sfa, sfb, amat, bmat, M, N, K, op, who):
+    raise NotEmulated(f"{op}: block-scaled MMA scale factors are not emulated yet")
+
+
+def _make_mma(kind, src, bs=False):
+    name = f"tcgen05_mma_{kind}_{src}"
+    if bs:
+        def mma(d, a, b_desc, idesc, sfa, sfb, accumulate):
+            _tcgen05_mma(kind, True, d, a, b_desc, idesc, accumulate, src == "ts", sfa, sfb, op=name)
+    else:
+        def mma(d, a, b_desc, idesc, accumulate):
+            _tcgen05_mma(kind, False, d, a, b_desc, idesc, accumulate, src == "ts", op=name)
+    mma.__name__ = mma.__qualname__ = name
+    mma.__doc__ = (f"Emulated tcgen05.mma.cta_group::1.kind::{kind} ({'A from TMEM' if src == 'ts' else 'A from smem'}):"
+                   f" decodes the instruction and smem descriptors, computes in float64 and rounds D once, "
+                   f"writes D per the data-path layout (M=128: lane m; M=64: layout F). One thread issues.")
+    return mma
+
+
+for _kind in ("f16", "f8f6f4"):
+    for _src in ("ss", "ts"):
+        globals()[f"tcgen05_mma_{_kind}_{_src}"] = _make_mma(_kind, _src)
+
+
+def _tmem_access(shape, num, taddr, op):
+    st, me = _enter()
+    warp, t = divmod(me.thread_id, 32)
+    lane0, col0 = _taddr(taddr)
+    q = warp % 4
+    nl = T.shape_lanes(shape)
+    if not (32 * q <= lane0 and lane0 + nl <= 32 * q + 32):
+        raise EmulatorError(f"{op} by {thread_name(me)}: TMEM address {_u32(taddr):#x} (lane {lane0}, column "
+                            f"{col0}) covers lanes {lane0}..{lane0 + nl - 1}, but warp {warp} (warp % 4 = {q}) "
+                            f"may reach lanes {32 * q}..{32 * q + 31} only. Check: lane field = "
+                            f"(32 * (warp % 4)) << 16")
+    lo, co = T.ld_map(shape, num)
+    return st, me, warp, lane0 + lo[t], col0 + co[t], (lane0, col0, int(co.max()) + 1)
+
+
+def _make_ld(shape, num):
+    name = f"tcgen05_ld_{shape}_x{num}"
+
+    def ld(taddr):
+        st, me, warp, L, C, _ = _tmem_access(shape, num, taddr, name)
+        with st.lock:
+            _tmem_cells_check(st, L, C, name, thread_name(me), "the load")
+            st.tmem.readby[L, C] |= np.int64(1) << warp
+            vals = st.tmem.data[L, C]
+        if vals.size == 1:
+            return np.uint32(vals[0])
+        return tuple(np.uint32(v) for v in vals)
+    ld.__name__ = ld.__qualname__ = name
+    ld.__doc__ = f"Emulated tcgen05.ld.sync.aligned.{shape}.x{num}.b32 (maps: emu.tmem.ld_map)."
+    return ld
+
+
+def _make_st(shape, num):
+    name = f"tcgen05_st_{shape}_x{num}"
+
+    def st_(taddr, *vals):
+        st, me, warp, L, C, (lane0, col0, ncol) = _tmem_access(shape, num, taddr, name)
+        if len(vals) != L.size:
+            raise EmulatorError(f"{name}: {len(vals)} registers, expected {L.size}")
+        who = thread_name(me)
+        tm = st.tmem
+        with st.lock:
+            _tmem_cells_check(st, L, C, name, who, "the store", need_written=False)
+            try:
+                reg = T.region_of(col0, col0 + ncol, tm.region_base or 0, name)
+            except ValueError as e:
+                raise EmulatorError(f"{name} by {who}: {e}") from None
+            mytag = tm.intern(f"{name} by warp {warp} at TMEM lane {lane0} column {col0}"
+                              + (f" (region {reg})" if reg else ""))
+            old = tm.tag[L, C]
+            keep = (((tm.readby[L, C] >> warp) & 1) == 1) & np.isin(old, list(tm.mma_tags))
+            tm.data[L, C] = np.array([_u32(v) for v in vals], np.uint32)
+            tm.tag[L, C] = np.where(keep, old, mytag)       # read-modify-write of an accumulator keeps it
+            tm.readby[L, C] = 0
+            tm.pending[L, C] = 0
+            st.changed()
+    st_.__name__ = st_.__qualname__ = name
+    st_.__doc__ = f"Emulated tcgen05.st.sync.aligned.{shape}.x{num}.b32 (maps: emu.tmem.ld_map)."
+    return st_
+
+
+for _shape, (_nl, _per) in T.LD_SHAPES.items():
+    for _num in (1, 2, 4, 8, 16, 32, 64, 128):
+        if _per * _num <= 128:
+            globals()[f"tcgen05_ld_{_shape}_x{_num}"] = _make_ld(_shape, _num)
+            globals()[f"tcgen05_st_{_shape}_x{_num}"] = _make_st(_shape, _num)
 
 
 # ------------------------------------------------------------------------------ the rest
 def __getattr__(name):
     from ..hw import ops as hw_ops
     if name in getattr(hw_ops, "__all__", ()):
-        raise NotEmulated(f"ops.{name} is not emulated (this emulator slice covers sm_90a shared memory, "
-                          f"mbarrier, TMA tile loads/stores, fences and wgmma bf16 with A and B in smem)")
+        raise NotEmulated(f"ops.{name} is not emulated (see dsv4_numba.emu.ops for what is covered; "
+                          f"emu.coverage() lists the hw.ops bindings without an emulator twin)")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def coverage() -> dict:
+    """{"emulated": [...], "missing": [...]}: the hw.ops bindings with / without an emulator twin."""
+    from ..hw import ops as hw_ops
+    names = list(getattr(hw_ops, "__all__", ()))
+    g = globals()
+    return {"emulated": sorted(n for n in names if n in g), "missing": sorted(n for n in names if n not in g)}

@@ -149,7 +149,11 @@ class CTAState:
         self.deadlock: str | None = None
         self.stuck_since = 0.0                # deadlock detector: since when all threads wait ...
         self.stuck_version = -1               # ... with the state at this version
-        self.wg: dict = {}                    # warpgroup index -> rendezvous record
+        self.wg: dict = {}                    # collective key -> rendezvous record
+        self.async_snap: dict = {}            # smem base -> bytes as the async proxy last saw them
+        self.tmem = TMem()
+        global LAST
+        LAST = self
 
     # ------------------------------------------------------------------ shared memory
     def shared_address(self, arr) -> int:
@@ -163,6 +167,7 @@ class CTAState:
                     raise EmulatorError(f"shared memory: {root.nbytes} more bytes at {base:#x} exceed the "
                                         f"{SMEM_LIMIT:#x}-byte window the descriptors can address")
                 self.smem_roots.append((base, root.nbytes, bytes_of(root), root))
+                self.async_snap[base] = bytes_of(root).copy()
                 self.smem_by_root[id(root)] = base
                 self.next_smem = -(-(base + root.nbytes) // SMEM_ALIGN) * SMEM_ALIGN
                 self.next_smem = max(self.next_smem, base + SMEM_ALIGN)
@@ -180,6 +185,42 @@ class CTAState:
         known = ", ".join(f"{b:#x}+{s}" for b, s, _, _ in self.smem_roots) or "none"
         raise EmulatorError(f"{op}: {addr:#x} is not inside any shared array of this CTA (known: {known}); "
                             f"compute .shared addresses from ops.shared_address(...)")
+
+    # ------------------------------------------------------------------ generic vs async proxy
+    def fence_proxy_async(self):
+        """fence.proxy.async: everything written to shared memory so far becomes visible to the async
+        proxy (TMA, wgmma, tcgen05). Modelled by a snapshot of every shared array; an async read
+        compares the bytes it reads with the snapshot (``check_async_visible``)."""
+        with self.lock:
+            for base, _, view, _ in self.smem_roots:
+                self.async_snap[base][:] = view
+
+    def async_wrote(self, addr: int, nbytes: int):
+        """The async proxy itself wrote [addr, addr + nbytes) (a TMA load): it sees those bytes."""
+        for base, size, view, _ in self.smem_roots:
+            if base <= addr < base + size:
+                o = addr - base
+                self.async_snap[base][o:o + nbytes] = view[o:o + nbytes]
+                return
+
+    def check_async_visible(self, lo: int, idx: np.ndarray, op: str, what: str, me=None):
+        """Raise if shared bytes ``lo + idx`` that an async-proxy op reads were written by ordinary
+        (generic-proxy) stores after the last fence.proxy.async of the CTA."""
+        for base, size, view, _ in self.smem_roots:
+            if base <= lo < base + size:
+                o = lo - base
+                cur = view[o + idx]
+                old = self.async_snap[base][o + idx]
+                bad = np.nonzero(cur != old)
+                if bad[0].size:
+                    first = int((o + idx)[tuple(b[:1] for b in bad)][0]) + base
+                    who = f" by {thread_name(me)}" if me is not None else ""
+                    raise EmulatorError(
+                        f"{op}{who}: {what} reads {bad[0].size} shared byte(s) (first at smem {first:#x}) "
+                        f"written by ordinary stores after the last fence.proxy.async: the async proxy "
+                        f"may not see them. Check: ops.fence_proxy_async_shared_cta() after the st.shared "
+                        f"/ array stores, then a barrier, before the MMA / TMA store")
+                return
 
     def smem_image(self) -> dict:
         """{base address: uint8 view} of every shared array seen so far (for tests and debugging)."""
@@ -250,6 +291,15 @@ class CTAState:
             with self.lock:
                 self.waiting.pop(me, None)
 
+    def finish(self):
+        """Checks at kernel (block) end: every TMEM allocation released."""
+        if self.tmem.allocs:
+            lst = ", ".join(f"columns {c}..{c + n - 1} (alloc by warp {w})"
+                            for c, (n, w) in sorted(self.tmem.allocs.items()))
+            raise EmulatorError(f"kernel end (block {self.block}): Tensor Memory still allocated: {lst}. "
+                                f"Check: every tcgen05_alloc needs a tcgen05_dealloc (same warp, same "
+                                f"column count) before the CTA exits")
+
     def report(self, live) -> str:
         lines = ["deadlock: every live thread of the CTA waits and nothing can change the state."]
         groups: dict = {}
@@ -286,6 +336,44 @@ def _ranges(ids) -> str:
     return ",".join(out)
 
 
+# ------------------------------------------------------------------------------------- TMEM
+class TMem:
+    """Tensor Memory of one CTA (PTX §9.7.16.1): 128 lanes x 512 columns of 32-bit cells, with
+    bookkeeping the hardware does not keep: which op last wrote each cell (``tag``, 0 = never
+    written), which MMA result is not yet known complete (``pending``), which warps read a cell since
+    its last write (``readby``), the live allocations and user-declared regions."""
+    LANES, COLS = 128, 512
+
+    def __init__(self):
+        self.data = np.zeros((128, 512), np.uint32)
+        self.tag = np.zeros((128, 512), np.int32)
+        self.pending = np.zeros((128, 512), np.int32)
+        self.readby = np.zeros((128, 512), np.int64)
+        self.tags: dict = {0: "nothing (never written)"}
+        self.tag_of: dict = {}
+        self.mma_tags: set = set()
+        self.allocs: dict = {}            # first column -> (ncols, warp)
+        self.relinquished = False
+        self.mmas: dict = {}              # mma id -> record
+        self.uncommitted: dict = {}       # issuing thread id -> [mma ids]
+        self.next_mma = 1
+        self.region_base = None           # column of the first allocation (declared regions are relative)
+
+    def intern(self, desc: str, mma: bool = False) -> int:
+        t = self.tag_of.get(desc)
+        if t is None:
+            t = len(self.tags)
+            self.tags[t] = desc
+            self.tag_of[desc] = t
+            if mma:
+                self.mma_tags.add(t)
+        return t
+
+    def allocated(self, c0: int, c1: int) -> bool:
+        return any(c <= c0 and c1 <= c + n for c, (n, _) in self.allocs.items())
+
+
+LAST = None          # the CTAState created last (tests and debugging: emu.last_cta())
 _STATE_LOCK = threading.Lock()
 
 
@@ -298,6 +386,7 @@ def cta() -> CTAState:
             st = getattr(mgr, "_dsv4_emu_state", None)
             if st is None:
                 st = CTAState(mgr)
+                st.block = tuple(current_thread().blockIdx)
                 mgr._dsv4_emu_state = st
     return st
 
@@ -383,3 +472,28 @@ def lookup_tensor_map(addr: int, op: str):
         raise EmulatorError(f"{op}: the 128 bytes at {int(addr):#x} are not an emulated tensor map; build it "
                             f"with dsv4_numba.emu.tensor_map(...) (the driver's encoding is opaque)")
     return _TMAPS[int(words[1])]
+
+
+def last_cta() -> CTAState | None:
+    """The machine state of the last CTA the emulator ran (TMEM image, smem, barriers), for tests."""
+    return LAST
+
+
+def _install_block_end_hook():
+    """Wrap the simulator's BlockManager.run so that after a block's threads finish without error the
+    emulator checks what must hold at kernel exit (TMEM deallocated). Idempotent."""
+    from numba.cuda.simulator import kernel as simk
+    run = simk.BlockManager.run
+    if getattr(run, "_dsv4_emu", False):
+        return
+
+    def wrapped(self, grid_point, *args):
+        run(self, grid_point, *args)
+        st = getattr(self, "_dsv4_emu_state", None)
+        if st is not None:
+            st.finish()
+    wrapped._dsv4_emu = True
+    simk.BlockManager.run = wrapped
+
+
+_install_block_end_hook()
