@@ -281,6 +281,42 @@ def wgmma_oracle(a, b, dtype="bf16", b_major="K"):
     return fa @ fb, np.abs(fa) @ np.abs(fb)
 
 
+def encode(x: np.ndarray, dtype: str) -> np.ndarray:
+    """float -> bf16 (round to nearest even, uint16) or e4m3 (ml_dtypes float8_e4m3fn, uint8) bits."""
+    if dtype == "bf16":
+        u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+        return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    import ml_dtypes
+    return np.asarray(x, np.float32).astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+
+
+def random_operand(rng, shape, dtype):
+    """Random normal values (per-row magnitudes over 10^+-1, a few 16x outliers, e4m3 clipped to
+    +-448) as exactly representable bit patterns."""
+    x = rng.standard_normal(shape) * 10.0 ** rng.uniform(-1, 1, shape[:-1] + (1,))
+    flat = x.reshape(-1)
+    flat[rng.integers(0, flat.size, max(1, flat.size // 64))] *= 16.0
+    if dtype == "e4m3":
+        x = np.clip(x * 8, -448, 448)
+    return encode(x, dtype)
+
+
+def integer_operand(rng, shape, dtype):
+    """Integers in [-4, 4]: every product and partial sum of a K <= 128 tile is an integer below
+    2^11, exact in any accumulator — so the tile must match the oracle bit for bit (layout check)."""
+    return encode(rng.integers(-4, 5, shape).astype(np.float32), dtype)
+
+
+def wgmma_error_bound(scale: np.ndarray, dtype: str) -> np.ndarray:
+    """Per-element bound on |D - exact| for a K-deep tile, from the accumulation format.
+    bf16: products are exact in float32; K float32 additions, each off by at most 2^-23 relative
+    (allowing truncation, not only round-to-nearest): K * 2^-23 * (|A| @ |B|).
+    e4m3: Hopper's FP8 wgmma keeps about 14 bits in its accumulation (DeepSeek-V3 technical report
+    §3.3.2, measured on H800), so the bound uses 2^-13: K * 2^-13 * (|A| @ |B|)."""
+    k = K_OF[dtype]
+    return k * (2.0 ** -23 if dtype == "bf16" else 2.0 ** -13) * scale + 1e-30
+
+
 # ------------------------------------------------------------------------------ (b) TMA round trip
 # Napkin math: one CTA moves one box (<= 32 KB) in and out: latency-bound (~2 us), correctness only.
 MAX_BOX_BYTES = 32768
