@@ -37,6 +37,7 @@ Napkin math (H = 64, D = 128; per key per token 2*H*D = 16384 FLOP)
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -59,6 +60,11 @@ K_BYTES = BN * D_FUSED * 2                  # 32768: the key tile
 Q_BYTES = H_FUSED * D_FUSED * 2             # 16384: the q tile (also the partial-sum exchange)
 SMEM_BYTES = K_BYTES + Q_BYTES              # 49152: the static limit, exactly
 SMEM_WORDS = SMEM_BYTES // 4
+# The 128B swizzle repeats every 1024 bytes: the tiles must start 1024-aligned (descriptor base_offset
+# 0). Compiled kernels ask for it (.shared .align 1024); Numba's simulator rejects the argument and
+# the emulator places every shared array at a 1024-aligned address anyway, so simulator launches run
+# with SMEM_ALIGN = None (``_sim_alignment``).
+SMEM_ALIGN = 1024
 GROUPS = 8 * (H_FUSED // 16)                # 32 row quads (4 warps x 8 lane quads) per key column
 FMT_BF16, FMT_FP4 = 0, 1
 
@@ -147,7 +153,7 @@ def indexer_fused_kernel(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, 
     qsrc / ksrc: bf16 bits (uint16) [T*64*128] / [rows*128], or FP4 bytes [T*64*64] / [rows*64]
     with UE8M0 codes qsc / ksc [.. * 4] (``fmt``); w float32 [T*64]; scores float32 [T*N].
     """
-    smem32 = cuda.shared.array(SMEM_WORDS, uint32, alignment=1024)
+    smem32 = cuda.shared.array(SMEM_WORDS, uint32, alignment=SMEM_ALIGN)
     tid = cuda.threadIdx.x
     warp = tid >> 5
     lane = tid & 31
@@ -255,6 +261,19 @@ def token_group(T: int, N: int) -> int:
     return max(1, -(-T // groups))
 
 
+@contextlib.contextmanager
+def _sim_alignment(gpu: bool):
+    global SMEM_ALIGN
+    if gpu:
+        yield
+        return
+    SMEM_ALIGN = None
+    try:
+        yield
+    finally:
+        SMEM_ALIGN = 1024
+
+
 def fused_scores(c, q, k_cache, weights):
     """Launch the fused kernel on validated inputs; returns (io, scores kernel-side float32 [T*N],
     valid_len kernel-side int32 [T])."""
@@ -279,13 +298,15 @@ def fused_scores(c, q, k_cache, weights):
         w = weights.reshape(-1)
     table = io.to_kernel(np.ascontiguousarray(c.table, dtype=np.int32)
                          if not is_device_array(c.table) else c.table).reshape(-1)
-    vl = io.to_kernel(c.valid_len).reshape(-1)
+    vl = c.valid_len
+    vl = io.to_kernel(np.array(vl, np.int32) if isinstance(vl, np.ndarray) else vl).reshape(-1)
     scores = io.empty(T * N, np.float32)
     if T and N:
         TQ = token_group(T, N)
         grid = (-(-N // BN), -(-T // TQ))
-        indexer_fused_kernel.launch(grid, THREADS, qsrc, qsc, ksrc, ksc, w, table, c.table_rows,
-                                    c.max_pages, c.page_size, vl, T, N, TQ, fmt, scores)
+        with _sim_alignment(io.gpu):
+            indexer_fused_kernel.launch(grid, THREADS, qsrc, qsc, ksrc, ksc, w, table, c.table_rows,
+                                        c.max_pages, c.page_size, vl, T, N, TQ, fmt, scores)
     return io, scores, vl
 
 

@@ -1,0 +1,138 @@
+"""The fused sm_90a indexer (pipelines/indexer_sm90.py): compiled for sm_90a here (no spills, the
+wgmma it exists for, a 1024-aligned tile), and run on CPU under the simulator + the sm_90a emulator
+(``dsv4_numba.emu``: ld/st, fences, wgmma bf16 SS) against the float64 oracle of test_indexer with
+its tie rule. Each emulated CTA is 128 Python threads: shapes stay at one or two key blocks."""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+from conftest import outliers
+from test_indexer import check_selection, fp4, oracle, page, random_bytes
+
+from dsv4_numba import formats
+from dsv4_numba.formats import QuantizedFP4, quantize_fp8
+from dsv4_numba.pipelines import indexer_sm90 as F
+from dsv4_numba.pipelines.indexer import indexer
+
+H, D = F.H_FUSED, F.D_FUSED
+
+
+@pytest.fixture
+def sim(monkeypatch):
+    monkeypatch.setenv("DSV4_MODE", "sim")
+
+
+def problem(seed, T, N, bf16):
+    g = np.random.default_rng(seed)
+    q = outliers(g, (T, H, D), scale_spread=1.0)
+    kc = outliers(g, (N, D), scale_spread=1.0)
+    w = (g.standard_normal((T, H)) * 0.5).astype(np.float32)
+    w[:, 0] = np.abs(w[:, 0]) + 0.5
+    if bf16:
+        return q.astype(ml_dtypes.bfloat16), kc.astype(ml_dtypes.bfloat16), w
+    q4, k4 = fp4(q, kc)
+    return q4, k4, w
+
+
+def check_scores(res, orc, k):
+    idx, vals, inter = res
+    check_selection(idx, vals, orc["scores"], orc["err"], k, orc["valid_len"], "fused")
+    sc = inter["scores"].astype(np.float64)
+    valid = ~np.isnan(orc["scores"])
+    assert np.isneginf(sc[~valid]).all(), "fused: positions past valid_len must score -inf"
+    over = np.abs(sc - np.nan_to_num(orc["scores"]))[valid] > orc["err"][valid]
+    assert not over.any(), f"fused: {int(over.sum())} scores outside the derived bound"
+
+
+# ---------------------------------------------------------------- compile for sm_90a
+SIGS = {}
+
+
+def _sig(src):
+    from numba import types as T
+    a8, f32, i32 = T.Array(T.uint8, 1, "C"), T.Array(T.float32, 1, "C"), T.Array(T.int32, 1, "C")
+    return (src, a8, src, a8, f32, i32, T.int64, T.int64, T.int64, i32, T.int64, T.int64, T.int64,
+            T.int64, f32)
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp4"])
+def test_fused_kernel_compiles_for_sm90a(fmt):
+    from numba import types as T
+    src = T.Array(T.uint16 if fmt == "bf16" else T.uint8, 1, "C")
+    r = F.indexer_fused_kernel.compile(_sig(src), "sm_90a")
+    assert r.spill_stores == 0 and r.spill_loads == 0 and r.stack_bytes == 0, r.summary
+    assert r.shared_bytes == F.SMEM_BYTES <= 48 * 1024
+    assert r.sass.count("HGMMA.64x128x16.F32.BF16") == D // 16, "8 wgmma k16 steps expected"
+    assert ".shared .align 1024" in r.ptx, "the 128B-swizzled tiles need a 1024-aligned base"
+    assert "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16" in r.ptx
+    if fmt == "fp4":
+        assert "prmt.b32" in r.ptx and "cvt.rn.bf16x2.f32" in r.ptx
+
+
+# ---------------------------------------------------------------- emulator runs
+def test_fused_bf16_emulated_against_oracle(sim):
+    """Two key blocks (N = 129: a 1-key tail), T = 2, one token shorter than k and than a block."""
+    q, kc, w = problem(1, 2, 129, bf16=True)
+    vl = np.array([129, 5], np.int32)
+    res = indexer(q, kc, w, 8, valid_len=vl, impls="fused:reference", return_intermediates=True)
+    check_scores(res, oracle(q, kc, w, vl), 8)
+
+
+def test_fused_fp4_emulated_paged_equals_contiguous(sim):
+    """dsv4_fp4 q and keys decoded on the way into shared memory; a per-token paged cache (garbage in
+    unused pages, -1 past valid_len) gives bitwise the contiguous result."""
+    q, kc, w = problem(2, 2, 128, bf16=False)
+    vl = np.array([128, 37], np.int32)
+    res = indexer(q, kc, w, 8, valid_len=vl, impls="fused:reference", return_intermediates=True)
+    check_scores(res, oracle(q, kc, w, vl), 8)
+    (pd, ps), table = page([kc.data, kc.scales], 32, 2, True, 5, random_bytes)
+    table[1, 2:] = -1                                    # token 1 reads logical pages 0..1 only
+    kp = QuantizedFP4(pd, ps, None, "dsv4_fp4", pd.shape[:2] + (D,))
+    res2 = indexer(q, kp, w, 8, valid_len=vl, block_table=table, impls="fused:reference",
+                   return_intermediates=True)
+    np.testing.assert_array_equal(res2[2]["scores"].view(np.uint32), res[2]["scores"].view(np.uint32))
+    np.testing.assert_array_equal(res2[0], res[0])
+
+
+# ---------------------------------------------------------------- errors before launch
+def _fp4(shape, fmt="dsv4_fp4"):
+    return formats.quantize(np.ones(shape, np.float32), fmt)
+
+
+@pytest.mark.parametrize("case,err,match", [
+    ("fp8", NotImplementedError, "FP8.*staged"),
+    ("heads", ValueError, "H = 64.*staged"),
+    ("float32", NotImplementedError, "bfloat16.*staged"),
+    ("nvfp4", NotImplementedError, "UE8M0.*staged"),
+])
+def test_unfused_inputs_name_the_staged_path(sim, case, err, match):
+    w = np.ones((1, H), np.float32)
+    if case == "fp8":
+        q, kc = quantize_fp8(np.ones((1, H, D), np.float32)), quantize_fp8(np.ones((4, D), np.float32))
+    elif case == "heads":
+        q, kc, w = np.ones((1, 4, D), ml_dtypes.bfloat16), np.ones((4, D), ml_dtypes.bfloat16), \
+            np.ones((1, 4), np.float32)
+    elif case == "float32":
+        q, kc = np.ones((1, H, D), np.float32), np.ones((4, D), np.float32)
+    else:
+        q, kc = _fp4((1, H, D), "nvfp4"), _fp4((4, D), "nvfp4")
+    with pytest.raises(err, match=match):
+        indexer(q, kc, w, 2, impls="fused")
+
+
+def test_empty_problems(sim):
+    q, kc, w = problem(3, 2, 0, bf16=True)
+    idx, vals = indexer(q, kc, w, 4, impls="fused:reference")
+    assert (idx == -1).all() and np.isneginf(vals).all() and idx.shape == (2, 4)
+    q, kc, w = problem(3, 0, 16, bf16=True)
+    idx, vals = indexer(q, kc, w, 4, impls="fused:reference")
+    assert idx.shape == (0, 4) and vals.shape == (0, 4)
+
+
+def test_token_groups_cover_every_token():
+    for T in (1, 4, 16, 64, 65):
+        for N in (1, 127, 65536, 262144):
+            tq = F.token_group(T, N)
+            assert 1 <= tq <= T and -(-T // tq) * tq >= T
+            assert -(-N // F.BN) * -(-T // tq) <= max(F.TARGET_CTAS, -(-N // F.BN)) + -(-N // F.BN)
