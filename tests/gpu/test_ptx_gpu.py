@@ -1,0 +1,125 @@
+"""The PTX layer on an H100 (issue 5, item 5): the verification microkernels of dsv4_numba.hw.microkernels
+against float64 NumPy oracles — wgmma tiles (bf16/e4m3, A from smem and registers, no swizzle / 128B,
+B K-major and MN-major), TMA load -> smem -> store round trips (bitwise, with edges), the mbarrier
+ring (bitwise, 64 MiB, GB/s printed) and the tensor-map encode + device-array delivery path.
+
+Run: ``python -m pytest -q -s tests/gpu/test_ptx_gpu.py`` (``-s`` shows the ring's GB/s line).
+"""
+import numpy as np
+import pytest
+
+from dsv4_numba import runtime
+from dsv4_numba.hw import microkernels as mk
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hopper():
+    if runtime.device_arch() != "sm_90a":
+        pytest.skip(f"wgmma / TMA microkernels are sm_90a; this device is {runtime.device_arch()}")
+
+
+# ---------------------------------------------------------------- (a) wgmma tiles
+WGMMA_CASES = [(n, dt, af, sw, "K") for n in (64, 128, 256) for dt in ("bf16", "e4m3")
+               for af in ("smem", "regs") for sw in ("none", "128B")]
+WGMMA_CASES += [(n, "bf16", af, "128B", "MN") for n in (64, 128, 256) for af in ("smem", "regs")]
+WGMMA_CASES += [(8, "bf16", "smem", "128B", "K"), (200, "e4m3", "regs", "none", "K"),
+                (24, "bf16", "regs", "none", "K")]
+
+
+def _ids(c):
+    return f"m64n{c[0]}-{c[1]}-{'ss' if c[2] == 'smem' else 'rs'}-{c[3]}-B{c[4]}major"
+
+
+@pytest.mark.parametrize("case", WGMMA_CASES, ids=[_ids(c) for c in WGMMA_CASES])
+def test_wgmma_tile(case):
+    n, dtype, a_from, swizzle, b_major = case
+    rng = np.random.default_rng(n * 7 + len(dtype + a_from + swizzle + b_major))
+    k = mk.K_OF[dtype]
+    bshape = (k, n) if b_major == "MN" else (n, k)
+    # 1) integers: every partial sum exact -> the tile must equal the oracle bit for bit. A wrong
+    #    fragment layout, descriptor (LBO/SBO/swizzle), k-step advance or transpose shows here.
+    a, b = mk.integer_operand(rng, (64, k), dtype), mk.integer_operand(rng, bshape, dtype)
+    d = mk.wgmma_tile(a, b, dtype, a_from, swizzle, b_major, garbage=1.0e3)
+    ref, _ = mk.wgmma_oracle(a, b, dtype, b_major)
+    assert np.isfinite(d).all(), "some accumulator register was never written"
+    bad = np.argwhere(d != ref)
+    assert bad.size == 0, (f"{len(bad)} of {d.size} elements differ, first (row, col) "
+                           f"{bad[:4].tolist()}: got {d[tuple(bad[0])]}, want {ref[tuple(bad[0])]}")
+    # 2) random values with outliers: within the accumulation-format bound
+    a, b = mk.random_operand(rng, (64, k), dtype), mk.random_operand(rng, bshape, dtype)
+    d = mk.wgmma_tile(a, b, dtype, a_from, swizzle, b_major, garbage=float("nan"))
+    ref, scale = mk.wgmma_oracle(a, b, dtype, b_major)
+    err = np.abs(d - ref)
+    bound = mk.wgmma_error_bound(scale, dtype)
+    assert np.isfinite(d).all() and (err <= bound).all(), \
+        f"max error {err.max():.3g}, max error/bound {(err / bound).max():.3g}"
+
+
+# ---------------------------------------------------------------- (b) TMA round trips
+TMA_CASES = [  # shape, box, start (NumPy order), swizzle, element dtype
+    ((128, 192), (64, 64), (64, 64), "none", np.uint16),
+    ((128, 192), (64, 64), (64, 64), "128B", np.uint16),
+    ((100, 64), (64, 64), (64, 0), "128B", np.uint16),          # past the last row
+    ((100, 72), (64, 64), (48, 16), "128B", np.uint16),         # past the last row and column
+    ((40, 64), (16, 64), (-8, 0), "none", np.uint16),           # before row 0
+    ((129, 127 * 4), (32, 64), (120, 480), "none", np.float32),  # odd sizes, past both ends
+    ((3, 20, 64), (2, 8, 64), (2, 16, 0), "128B", np.uint16),   # 3D, past the end twice
+    ((5, 33, 48), (4, 16, 48), (0, 8, 0), "none", np.uint16),   # 3D interior
+    ((3, 20, 32), (2, 8, 32), (1, 4, 0), "64B", np.uint16),
+    ((3, 20, 16), (2, 8, 16), (1, 4, 0), "32B", np.uint16),
+    ((1000,), (256,), (900,), "none", np.uint32),               # 1D
+    ((2, 3, 4, 5, 64), (1, 2, 3, 4, 32), (1, 1, 1, 2, 16), "none", np.uint16),   # 5D
+]
+
+
+@pytest.mark.parametrize("shape,box,start,swizzle,dt", TMA_CASES,
+                         ids=[f"{len(c[0])}d-{c[3]}-{i}" for i, c in enumerate(TMA_CASES)])
+def test_tma_round_trip_bitwise(shape, box, start, swizzle, dt):
+    rng = np.random.default_rng(len(shape) * 100 + box[-1])
+    x = rng.integers(1, 1 << 16, shape).astype(dt)
+    img, y = mk.tma_round_trip(x, box, start, swizzle)
+    want_img = mk.tma_box_image(x, box, start, swizzle)
+    diff = np.flatnonzero(img != want_img)
+    assert diff.size == 0, f"smem image differs at {diff.size} bytes, first offsets {diff[:8].tolist()}"
+    want = np.full_like(x, 0)
+    want.view(np.uint8)[...] = 0xA5
+    sl = tuple(slice(max(s, 0), s + b) for s, b in zip(start, box))
+    want[sl] = x[sl]
+    np.testing.assert_array_equal(y, want)     # the box exactly, clipped at the tensor's edges
+
+
+# ---------------------------------------------------------------- (c) mbarrier ring
+@pytest.mark.parametrize("rows,stages", [(1, 1), (129, 2), (1000, 3), (4097, 4)])
+def test_ring_copy_bitwise(rows, stages):
+    x = np.random.default_rng(rows).integers(0, 1 << 32, (rows, 256), dtype=np.uint32)
+    np.testing.assert_array_equal(mk.ring_copy(x, stages=stages), x)
+
+
+@pytest.mark.parametrize("stages", [2, 4])
+def test_ring_copy_64mib_bitwise_and_bandwidth(stages):
+    gbs, copy_gbs, ok = mk.ring_copy_bandwidth(64 << 20, stages=stages)
+    print(f"\nring copy 64 MiB, {stages} stages x 8 KB, 160 threads: {gbs:.0f} GB/s read+write "
+          f"({gbs / copy_gbs:.0%} of the {copy_gbs:.0f} GB/s D2D copy)")
+    assert ok, "the 64 MiB ring copy is not bitwise equal to its input"
+
+
+# ---------------------------------------------------------------- (d) tensor-map encode + delivery
+def test_tensor_map_encode_and_delivery():
+    from numba import cuda
+
+    from dsv4_numba.hw.tma import TensorMapSpec, encode, tensor_map_on_device
+    x = cuda.to_device(np.zeros((256, 128), np.float32))
+    host = encode(TensorMapSpec.from_array(x, (64, 32), "128B"))
+    assert host.shape == (16,) and host.dtype == np.uint64 and host.any()
+    dev = tensor_map_on_device(x, (64, 32), "128B")
+    np.testing.assert_array_equal(dev.copy_to_host(), host)     # the bytes the kernel reads
+    assert dev.__cuda_array_interface__["data"][0] % 64 == 0    # the 64-byte alignment rule
+    # a different box encodes differently (the descriptor is not a constant)
+    assert not np.array_equal(encode(TensorMapSpec.from_array(x, (32, 32), "128B")), host)
+    # errors are raised before the driver is called
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        tensor_map_on_device(x[:, 1:], (8, 8))
+    with pytest.raises(ValueError, match="wider than the 128B"):
+        tensor_map_on_device(x, (64, 64), "128B")
