@@ -55,12 +55,12 @@ Napkin math of the STAGED pipeline (B=4, Hq=16, T=4096, D=128, bf16; H100 ~990 T
 * Decode (B=64, Tq=1, Tk=8192, Hq=64, Hkv=8, D=128): K and V are 537 MB, S/P only 134 MB each; all
   memory-bound; the target is the K/V bytes at copy speed (~170 us).
 
-Not built yet (issue 7): the fused sm_90a production kernel -- a producer warp issuing TMA loads of
-Q and K/V tiles into an mbarrier-signalled shared-memory ring, consumer warpgroups running wgmma for
-S = Q K^T and O += P V (P from registers), online softmax with exp2, causal tile skipping,
-setmaxnreg, a TMA-store epilogue -- plus the fused-vs-staged tests at real sizes (Tq, Tk of 127,
-129, 1000, up to 32K) and the SDPA benchmark. It needs the TMA/wgmma layer of ``hw/`` and a GPU.
-Until then ``fmha`` is staged only, and only the ``softmax`` stage has a production variant.
+The fused sm_90a kernel (issue 7) lives in ``pipelines.fmha_sm90``: registry stage ``attn_fused``
+(``production`` = the fused kernel, ``reference`` = this staged pipeline). ``fmha`` runs it for
+``impls="production"`` or ``impls={"attn_fused": "production"}``, and under ``auto`` whenever it can
+run here (sm_90a GPU, bfloat16, D in {64, 128}, no ``return_intermediates``, Tk >= 1); otherwise
+the staged pipeline runs. Not built yet: setmaxnreg, the ping-pong schedule, a TMA-store epilogue,
+D = 16 / 256 and float16 in the fused kernel (they run staged).
 """
 from __future__ import annotations
 
@@ -74,8 +74,22 @@ from ..runtime import ArrayIO, is_device_array
 from ..runtime.arrays import float_kind, is_contiguous, typestr
 from ..stages import attention_stages  # noqa: F401  (registers attn_qk / attn_pv / attn_epilogue)
 from ..stages import softmax as _softmax
+from . import fmha_sm90
 
 STAGES = ("attn_qk", "softmax", "attn_pv", "attn_epilogue")
+#: the registry stage of the whole attention: ``production`` (sm_90a) is the fused kernel of
+#: ``pipelines.fmha_sm90``, ``reference`` is this module's staged pipeline.
+FUSED = "attn_fused"
+
+
+def _staged_marker(*_a, **_k):
+    """``attn_fused/reference`` is the staged pipeline itself (``fmha`` runs it stage by stage)."""
+    raise RuntimeError("attn_fused/reference is run by fmha() as the staged pipeline")
+
+
+registry.register(FUSED, "reference")(_staged_marker)
+registry.register(FUSED, "production", arch="sm_90a", kernels=fmha_sm90.production_kernels)(
+    fmha_sm90.fused_production)
 HEAD_DIMS = (16, 64, 128, 256)
 
 
@@ -180,8 +194,53 @@ def _validate(q, k, v, causal, scale, sink, return_lse, kv_lengths) -> _Call:
 def _resolve(impls):
     if impls is not None and not isinstance(impls, (str, dict)):
         raise TypeError(f"impls must be None, one choice for all stages (str) or a dict "
-                        f"{{stage: choice}} over {STAGES}, got {type(impls).__name__}")
+                        f"{{stage: choice}} over {STAGES + (FUSED,)}, got {type(impls).__name__}")
+    if isinstance(impls, dict):
+        impls = {k: v for k, v in impls.items() if k != FUSED}
     return registry.resolve_pipeline(STAGES, impls)
+
+
+def _pick_fused(impls, c, return_intermediates):
+    """The fused implementation when this call selects it, else None (run the staged pipeline).
+
+    * ``impls={"attn_fused": choice}``: that choice for the whole attention (the other keys then
+      apply to the staged stages if the choice resolves to the reference);
+    * ``impls="production"`` / ``"production:sm_90a"``: the fused kernel, or ``ImplUnavailable``
+      naming why it cannot run (there is no staged production pipeline to fall back to);
+    * ``None`` / ``"auto"`` (and ``DSV4_IMPL`` naming ``attn_fused``): the fused kernel when it
+      can run here and supports the call, silently (the staged stages warn for themselves);
+    * ``"reference"`` or a dict without ``attn_fused``: the staged pipeline.
+    """
+    if isinstance(impls, dict):
+        if FUSED not in impls:
+            return None
+        choice, explicit = impls[FUSED], True
+    elif impls is None:
+        choice, explicit = registry.env_choice(FUSED), False
+        if choice is not None and choice.startswith("production"):
+            explicit = True
+        choice = choice or "auto"
+    else:
+        choice, explicit = impls, impls.startswith("production")
+    base = choice.partition(":")[0]
+    if base == "reference":
+        return None
+    if base not in registry.CHOICES:
+        registry.resolve(FUSED, choice)            # raises the registry's error for a bad choice
+    why = fmha_sm90.unsupported(c, return_intermediates)
+    if why is None:
+        im = registry.REGISTRY[FUSED].impls.get("production:sm_90a")
+        arch = choice.partition(":")[2]
+        if arch and arch != "sm_90a":
+            why = f"no fused production variant for {arch} (only sm_90a)"
+        else:
+            why = im.unavailable()
+    if why is None:
+        return registry.REGISTRY[FUSED].impls["production:sm_90a"]
+    if explicit:
+        raise registry.ImplUnavailable(f"{FUSED}: {choice!r} cannot run this call: {why}. Use "
+                                       f"impls='reference' (staged pipeline).")
+    return None
 
 
 def fmha(q, k, v, causal=False, scale=None, sink=None, return_lse=False, kv_lengths=None,
@@ -211,14 +270,23 @@ def fmha(q, k, v, causal=False, scale=None, sink=None, return_lse=False, kv_leng
       * ``impls``: None / "auto" / "reference" / ... for every stage, or {stage: choice} over
         ``STAGES`` = ("attn_qk", "softmax", "attn_pv", "attn_epilogue"); unknown stage names raise
         ValueError, unknown choices ValueError, production where none can run ImplUnavailable.
-        Only ``softmax`` has a production variant (sm_90a GPU); "auto" on the other stages runs
-        the reference with a ``ProductionUnavailableWarning``.
+        The key ``"attn_fused"`` selects the whole attention: ``"production"`` = the fused sm_90a
+        kernel (bfloat16, D in {64, 128}); ``impls="production"`` means the fused kernel too
+        (ImplUnavailable naming why when it cannot run the call). With ``None`` / ``"auto"`` the
+        fused kernel runs where it can, else the staged stages (only ``softmax`` has a staged
+        production variant; "auto" on the others runs the reference with a
+        ``ProductionUnavailableWarning``).
       * NumPy in -> NumPy out; device arrays (GPU) in -> device arrays out (bfloat16 as uint16
-        bits). Staged only: the fused sm_90a kernel is not built (module docstring).
+        bits).
       * Memory: S and P are float32 [B, Hq, Tq, Tk] each, in global memory -- the staged mode is
         for inspection and moderate sizes, not for 32K prefill.
     """
     c = _validate(q, k, v, causal, scale, sink, return_lse, kv_lengths)
+    if impls is not None and not isinstance(impls, (str, dict)):
+        _resolve(impls)                                           # raises the TypeError
+    fused = _pick_fused(impls, c, return_intermediates)
+    if fused is not None:
+        return _run_fused(fused, q, k, v, c, return_lse)
     plan = _resolve(impls)
     B, Tq, Tk, Hq, Hkv, D = c.B, c.Tq, c.Tk, c.Hq, c.Hkv, c.D
     io = ArrayIO(q, k, v)
@@ -262,6 +330,29 @@ def fmha(q, k, v, causal=False, scale=None, sink=None, return_lse=False, kv_leng
                  "lse": lse,
                  "impls": {st: im.key for st, im in plan.items()}},)
     return res[0] if len(res) == 1 else res
+
+
+def _run_fused(impl, q, k, v, c, return_lse):
+    """The fused sm_90a kernel (``pipelines.fmha_sm90``) on one validated call."""
+    B, Tq, Hq, D = c.B, c.Tq, c.Hq, c.D
+    io = ArrayIO(q, k, v)
+    if B * Tq * Hq == 0:                       # nothing to compute: empty results, no launch
+        out = io.empty((B, Tq, Hq, D), np.uint16)
+        lse = io.empty((B, Hq, Tq), np.float32)
+    else:
+        def placed(x):
+            x = io.to_kernel(x.view(np.uint16) if c.host_bf16 else x)
+            if typestr(x) == np.int16:
+                x = x.view(np.uint16)
+            return x.reshape(-1)
+        sink = io.to_kernel(c.sink) if c.sink is not None else None
+        o, lse = impl.fn(c, placed(q), placed(k), placed(v), io.to_kernel(c.lens), sink)
+        out = o.view(np.uint16).reshape(B, Tq, Hq, D)
+        lse = lse.reshape(B, Hq, Tq)
+    out = io.result(out, ml_dtypes.bfloat16 if c.host_bf16 else None)
+    if return_lse:
+        return out, io.result(lse)
+    return out
 
 
 def _back(io, a, view_dtype=None):
