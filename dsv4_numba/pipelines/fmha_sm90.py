@@ -63,10 +63,9 @@ import dataclasses
 import math
 
 import numpy as np
-from numba import cuda
-from numba.types import float32, int32, uint8, uint32, uint64
+from numba import cuda  # noqa: F401  (the generated kernel source uses these names)
+from numba.types import float32, int32, uint8, uint32, uint64  # noqa: F401
 
-from .. import registry
 from ..hw import ops
 from ..hw.descriptors import wgmma_smem_desc
 from ..runtime import kernel
@@ -147,7 +146,7 @@ def _source(D: int) -> str:
     a("    hkv = hq // (Hq // Hkv)")
     a("    bar0 = ops.shared_address(bars)")
     a("    sbase = (ops.shared_address(dyn) + uint32(1023)) & uint32(0xFFFFFC00)")
-    a(f"    q_sm = sbase")
+    a("    q_sm = sbase")
     a(f"    k_sm = sbase + uint32({g['qbytes']})")
     a(f"    v_sm = k_sm + uint32({STAGES * g['kbytes']})")
     a("    kvlen = min(max(int32(lens[b]), int32(0)), int32(Tk))")
@@ -360,7 +359,7 @@ class Plan:
     (benchmarks time ``launch``). ``out`` is uint32 [B*Tq*Hq*D/2] (bf16 pairs), ``lse`` float32."""
 
     def __init__(self, c, qd, kd, vd, lens, sink):
-        from numba import cuda
+        from numba import cuda  # noqa: F811
 
         from ..hw.tma import tensor_map_on_device
         from ..runtime import set_max_dynamic_shared
