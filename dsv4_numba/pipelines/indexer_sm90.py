@@ -274,9 +274,10 @@ def _sim_alignment(gpu: bool):
         SMEM_ALIGN = 1024
 
 
-def fused_scores(c, q, k_cache, weights):
+def fused_scores(c, q, k_cache, weights, out=None):
     """Launch the fused kernel on validated inputs; returns (io, scores kernel-side float32 [T*N],
-    valid_len kernel-side int32 [T])."""
+    valid_len kernel-side int32 [T]). ``out``: a kernel-side float32 [T*N] to write (tests poison
+    it with NaN: every position must be written)."""
     T, N = c.T, c.N
     if c.fam == "fp4":
         arrays = [q.data, q.scales, k_cache.data, k_cache.scales]
@@ -295,12 +296,12 @@ def fused_scores(c, q, k_cache, weights):
     if isinstance(weights, np.ndarray):
         w = io.to_kernel(np.ascontiguousarray(weights, dtype=np.float32).reshape(-1))
     else:
-        w = weights.reshape(-1)
+        w = io.to_kernel(weights).reshape(-1)
     table = io.to_kernel(np.ascontiguousarray(c.table, dtype=np.int32)
                          if not is_device_array(c.table) else c.table).reshape(-1)
     vl = c.valid_len
     vl = io.to_kernel(np.array(vl, np.int32) if isinstance(vl, np.ndarray) else vl).reshape(-1)
-    scores = io.empty(T * N, np.float32)
+    scores = io.empty(T * N, np.float32) if out is None else out
     if T and N:
         TQ = token_group(T, N)
         grid = (-(-N // BN), -(-T // TQ))

@@ -1,0 +1,158 @@
+"""The fused sm_90a indexer on an H100: against the float64 oracle with test_indexer's tie rule (an
+O(L log L) form of it, for N = 65536), paged == contiguous bitwise, valid_len < k and 0, every score
+position written (NaN-poisoned output), device arrays in -> device arrays out, fused vs staged."""
+from __future__ import annotations
+
+import os
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import outliers  # noqa: E402
+from test_indexer import oracle, page, random_bytes  # noqa: E402
+
+from dsv4_numba import formats, runtime  # noqa: E402
+from dsv4_numba.formats import QuantizedFP4  # noqa: E402
+from dsv4_numba.pipelines import indexer_sm90 as F  # noqa: E402
+from dsv4_numba.pipelines.indexer import _validate, indexer  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+H, D = F.H_FUSED, F.D_FUSED
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sm90():
+    if runtime.device_arch() != "sm_90a":
+        pytest.skip(f"the fused indexer is sm_90a only (this GPU: {runtime.device_arch()})")
+
+
+def problem(seed, T, N, fmt):
+    g = np.random.default_rng(seed)
+    q = outliers(g, (T, H, D), scale_spread=1.0)
+    kc = outliers(g, (N, D), scale_spread=1.0)
+    w = (g.standard_normal((T, H)) * 0.5).astype(np.float32)
+    w[:, 0] = np.abs(w[:, 0]) + 0.5
+    if fmt == "bf16":
+        return q.astype(ml_dtypes.bfloat16), kc.astype(ml_dtypes.bfloat16), w
+    return formats.quantize(q, "dsv4_fp4"), formats.quantize(kc, "dsv4_fp4"), w
+
+
+def check_selection_fast(idx, vals, s64, err, k, valid_len, name="fused"):
+    """test_indexer.check_selection's rule with sorted bounds instead of an L x L matrix:
+    must_in[n]: fewer than K others m with hi_m >= lo_n; beaten[n]: at least K m with lo_m > hi_n."""
+    T = s64.shape[0]
+    assert idx.shape == (T, k) and vals.shape == (T, k), (idx.shape, vals.shape)
+    assert idx.dtype == np.int32 and vals.dtype == np.float32
+    for t in range(T):
+        L = int(valid_len[t])
+        Kt = min(k, L)
+        sel = idx[t, :Kt]
+        assert (idx[t, Kt:] == -1).all() and np.isneginf(vals[t, Kt:]).all(), \
+            f"{name}: token {t}: slots {Kt}.. must be -1 / -inf"
+        assert ((sel >= 0) & (sel < L)).all() and np.unique(sel).size == Kt, \
+            f"{name}: token {t}: {Kt} distinct keys in [0, {L}) expected"
+        if not Kt:
+            continue
+        s, e = s64[t, :L], err[t, :L]
+        lo, hi = s - e, s + e
+        reach = L - np.searchsorted(np.sort(hi), lo, side="left") - 1     # minus n itself
+        beaten = (L - np.searchsorted(np.sort(lo), hi, side="right")) >= Kt
+        chosen = np.zeros(L, bool)
+        chosen[sel] = True
+        miss = np.flatnonzero((reach < Kt) & ~chosen)
+        assert not miss.size, f"{name}: token {t}: keys {miss[:4]} must be selected"
+        bad = np.flatnonzero(beaten & chosen)
+        assert not bad.size, f"{name}: token {t}: keys {bad[:4]} are clearly below the k-th score"
+        v = vals[t, :Kt].astype(np.float64)
+        off = np.flatnonzero(np.abs(v - s[sel]) > e[sel])
+        assert not off.size, f"{name}: token {t}: returned scores at keys {sel[off[:4]]} off the oracle"
+        assert not (np.diff(v) > 0).any(), f"{name}: token {t}: scores not descending"
+
+
+def check_scores(sc, orc, name="fused"):
+    sc = sc.astype(np.float64)
+    valid = ~np.isnan(orc["scores"])
+    assert not np.isnan(sc).any(), f"{name}: NaN scores (unwritten positions?)"
+    assert np.isneginf(sc[~valid]).all(), f"{name}: positions past valid_len must be -inf"
+    over = np.abs(sc - np.nan_to_num(orc["scores"]))[valid] > orc["err"][valid]
+    assert not over.any(), f"{name}: {int(over.sum())} scores outside gamma(D+H+3) sum|w||q.k|"
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
+@pytest.mark.parametrize("T", [1, 4, 16])
+@pytest.mark.parametrize("N", [127, 129, 65536])
+def test_fused_matches_oracle(fmt, T, N):
+    q, kc, w = problem(T * 7 + N, T, N, fmt)
+    g = np.random.default_rng(N + T)
+    vl = g.integers(0, N + 1, T).astype(np.int32)
+    vl[0] = N
+    if T > 2:
+        vl[1] = 0                                      # a token with nothing to score
+    k = 512                                            # > N for the small caches: -1 padding
+    idx, vals, inter = indexer(q, kc, w, k, valid_len=vl, impls="fused", return_intermediates=True)
+    orc = oracle(q, kc, w, vl)
+    check_scores(inter["scores"], orc)
+    check_selection_fast(idx, vals, orc["scores"], orc["err"], k, vl)
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
+@pytest.mark.parametrize("per_token", [False, True])
+def test_paged_equals_contiguous(fmt, per_token):
+    T, N, ps = 4, 4096, 64
+    q, kc, w = problem(11, T, N, fmt)
+    vl = np.array([N, 1000, 64, 4095], np.int32)
+    ref = indexer(q, kc, w, 1024, valid_len=vl, impls="fused", return_intermediates=True)
+    if fmt == "bf16":
+        (pk,), table = page([kc.view(np.uint16)], ps, T, per_token, 3, random_bytes)
+        pk = pk.view(ml_dtypes.bfloat16)
+    else:
+        (pd, psc), table = page([kc.data, kc.scales], ps, T, per_token, 3, random_bytes)
+        pk = QuantizedFP4(pd, psc, None, "dsv4_fp4", pd.shape[:2] + (D,))
+    got = indexer(q, pk, w, 1024, valid_len=vl, block_table=table, impls="fused",
+                  return_intermediates=True)
+    np.testing.assert_array_equal(got[2]["scores"].view(np.uint32), ref[2]["scores"].view(np.uint32))
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1].view(np.uint32), ref[1].view(np.uint32))
+
+
+def test_every_score_position_written():
+    from numba import cuda
+    T, N = 3, 1000
+    q, kc, w = problem(5, T, N, "dsv4_fp4")
+    vl = np.array([1000, 999, 3], np.int32)
+    c = _validate(q, kc, w, 16, vl, None)
+    out = cuda.to_device(np.full(T * N, np.nan, np.float32))
+    F.fused_scores(c, q, kc, w, out=out)
+    sc = out.copy_to_host().reshape(T, N)
+    check_scores(sc, oracle(q, kc, w, vl))
+
+
+def test_device_arrays_in_device_arrays_out():
+    from numba import cuda
+    T, N = 4, 3000
+    q, kc, w = problem(6, T, N, "bf16")
+    host = indexer(q, kc, w, 256, impls="fused")
+    dq, dk = (cuda.to_device(np.ascontiguousarray(x).view(np.uint16)) for x in (q, kc))
+    dw = cuda.to_device(w)
+    idx, vals = indexer(dq, dk, dw, 256, impls="fused")
+    assert hasattr(idx, "copy_to_host") and hasattr(vals, "copy_to_host")
+    np.testing.assert_array_equal(idx.copy_to_host(), host[0])
+    np.testing.assert_array_equal(vals.copy_to_host().view(np.uint32), host[1].view(np.uint32))
+
+
+def test_fused_and_staged_agree_within_the_bound():
+    T, N = 4, 2048
+    q, kc, w = problem(7, T, N, "dsv4_fp4")
+    vl = np.array([2048, 2000, 700, 100], np.int32)
+    orc = oracle(q, kc, w, vl)
+    fused = indexer(q, kc, w, 512, valid_len=vl, impls="fused", return_intermediates=True)
+    staged = indexer(q, kc, w, 512, valid_len=vl, return_intermediates=True)
+    for name, r in (("fused", fused), ("staged", staged)):
+        check_scores(r[2]["scores"], orc, name)
+        check_selection_fast(r[0], r[1], orc["scores"], orc["err"], 512, vl, name)
+    both = ~np.isnan(orc["scores"])
+    diff = np.abs(fused[2]["scores"].astype(np.float64) - staged[2]["scores"])[both]
+    assert (diff <= 2 * orc["err"][both]).all()
