@@ -58,11 +58,13 @@ import math
 
 import ml_dtypes
 import numpy as np
-from numba import cuda, float32, int32, uint32
+from numba import cuda, float32, int32, uint32, uint64
 
 from .. import registry
 from ..formats.blocks import FORMATS, QuantizedFP4
-from ..hw.bits import bits_f32, f16_bits_to_f32, f32_bits, load_as_f32, store_from_f32
+from ..hw.bits import (bf16_bits, bits_f32, f16_bits_to_f32, f32_bits, load_as_f32,
+                       store_from_f32)
+from ..hw.portable import shfl_xor
 from ..runtime import (BF16, F16, F32, ArrayIO, detect_gpu, device, float_kind, is_device_array,
                        kernel)
 
@@ -108,6 +110,23 @@ def e2m1_value(code):
 
 
 @device
+def e4m3_value(code):
+    """The float32 value of an E4M3 code by bit arithmetic (0x7F / 0xFF: NaN).
+
+    The 7 magnitude bits [e3..e0 m2 m1 m0] shifted left by 20 land on float32's exponent and top
+    mantissa bits, giving the float32 2^(e-127) * (1 + m/8) = 2^-120 * value; for e = 0 the same
+    shift gives the float32 subnormal m * 2^-129 = 2^-120 * (m * 2^-9), so ONE exact multiply by
+    2^120 rebiases normals and subnormals alike (denormals are not flushed in these kernels).
+    """
+    c = uint32(code)
+    mag = c & uint32(0x7F)
+    v = bits_f32(mag << uint32(20)) * float32(2.0 ** 120)
+    if mag == uint32(0x7F):
+        return float32(math.nan)
+    return -v if c & uint32(0x80) else v
+
+
+@device
 def scale_value(code, skind):
     """The float32 value of an 8-bit scale code: UE8M0 2^(c-127) (0xFF: NaN) or E4M3."""
     if skind == UE8M0:
@@ -116,15 +135,15 @@ def scale_value(code, skind):
         if code == 0:
             return bits_f32(uint32(0x00400000))             # 2^-127, a float32 subnormal
         return bits_f32(uint32(code) << 23)
-    e = (code >> 3) & 15
-    m = code & 7
-    if e == 15 and m == 7:
-        return float32(math.nan)
-    if e == 0:
-        v = float32(math.ldexp(float(m), -9))               # subnormal: m * 2^-9
-    else:
-        v = float32(math.ldexp(1.0 + m / 8.0, int(e) - 7))
-    return -v if code & 0x80 else v
+    return e4m3_value(code)
+
+
+@device
+def pow2_recip(code):
+    """2^(127 - code) for a UE8M0 code 0..254: the exact float32 reciprocal of its scale (code 254
+    gives 2^-127, a subnormal). x * pow2_recip(c) equals the spec's x / 2^(c-127) bitwise: same
+    real number, one rounding."""
+    return bits_f32(uint32(254 - code) << 23) if code < 254 else bits_f32(uint32(0x00400000))
 
 
 @device
@@ -190,20 +209,19 @@ def block_scale(amax, fmt, gs_enc):
 
     Replays ``formats.quantize`` exactly: dsv4_fp4 ceil(amax/6), mxfp4 floor(log2 amax) - 2,
     nvfp4 e4m3((gs_enc * amax) / 6) with multiplier gs_enc / s. amax == 0 -> (0, 0): all codes 0.
-    For power-of-two scales, x * 2^(127-c) equals the spec's x / 2^(c-127) (same real value,
-    one rounding), and 2^(127-c) is representable for every code 0..254.
+    For power-of-two scales the multiplier is ``pow2_recip(code)``.
     """
     if amax == 0:
         return uint32(0), float32(0.0)
     if fmt == FMT_NV:
         sb = (gs_enc * amax) / float32(6.0)
         code = e4m3_code(min(sb, float32(448.0)))
-        s = scale_value(code, E4M3)
+        s = e4m3_value(code)
         if s == 0:
             return code, float32(0.0)
         return code, gs_enc / s
     code = ue8m0_ceil_code(amax / float32(6.0)) if fmt == FMT_DSV4 else ue8m0_mx_code(amax)
-    return code, bits_f32(uint32(254 - code) << 23) if code < 254 else bits_f32(uint32(0x00400000))
+    return code, pow2_recip(code)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,6 +282,62 @@ def quantize_ref_kernel(x, ikind, block, fmt, amax_bits, data, scales):
 # ----------------------------------------------------------------------------------------------
 # production kernels (sm_90a): 16-byte vectors, prmt decode tables
 # ----------------------------------------------------------------------------------------------
+# Inline-PTX operations used below, each with a simulator twin (same function, plain Python) so the
+# production kernels also run — slowly, exactly — under the CUDA simulator in the CPU test suite
+# (global / shared vector memory comes from dsv4_numba.emu, which the launcher swaps in for ops).
+def _prmt_gpu(a, b, c):
+    return ops.prmt(a, b, c)            # prmt.b32 (PTX ISA "prmt", sm_20+): see ptx/convert.ptx
+
+
+def _prmt_sim(a, b, c):
+    src = int(a) | (int(b) << 32)       # bytes 0..3 from a, 4..7 from b
+    d = 0
+    for i in range(4):
+        sel = (int(c) >> (4 * i)) & 15
+        byte = (src >> (8 * (sel & 7))) & 0xFF
+        if sel & 8:                     # replicate the selected byte's msb
+            byte = 0xFF if byte & 0x80 else 0
+        d |= byte << (8 * i)
+    return uint32(d)
+
+
+def _pack16x2_gpu(hi, lo, okind):
+    if okind == BF16:
+        return ops.pack_bf16x2(hi, lo)  # cvt.rn.bf16x2.f32 (PTX ISA cvt, sm_80+)
+    return ops.pack_f16x2(hi, lo)       # cvt.rn.f16x2.f32 (PTX ISA cvt, sm_80+)
+
+
+def _pack16x2_sim(hi, lo, okind):
+    if okind == BF16:
+        return uint32((int(bf16_bits(hi)) << 16) | int(bf16_bits(lo)))
+    h = int(np.float16(hi).view(np.uint16))
+    return uint32((h << 16) | int(np.float16(lo).view(np.uint16)))
+
+
+def _syncwarp_gpu():
+    cuda.syncwarp()                     # bar.warp.sync 0xffffffff
+
+
+def _syncwarp_sim():
+    cuda.syncthreads()                  # the simulator has no warps; callers keep it block-uniform
+
+
+def _staging_tile_gpu():
+    return cuda.shared.array(TILE_WORDS, uint32, alignment=16)
+
+
+def _staging_tile_sim():
+    return cuda.shared.array(TILE_WORDS, uint32)    # the simulator takes no alignment argument
+
+
+WARPS = 8                   # per block of THREADS = 256
+TILE_WORDS = WARPS * 1024   # 4 KB of staging per warp (float32 output needs all of it)
+prmt = device(_prmt_gpu, sim=_prmt_sim)
+pack16x2 = device(_pack16x2_gpu, sim=_pack16x2_sim)
+syncwarp = device(_syncwarp_gpu, sim=_syncwarp_sim)
+staging_tile = device(_staging_tile_gpu, sim=_staging_tile_sim)
+
+
 # E2M1 magnitude code (0..7) -> bfloat16 bit pattern, split into its high and low byte:
 #   code   0     1     2     3     4     5     6     7
 #   value  0    0.5    1    1.5    2     3     4     6
@@ -289,19 +363,20 @@ S0, S1, S2, S3 = SIGN_SEL
 def e2m1x8_sm90(w):
     """Eight E2M1 codes (one 32-bit word, element 0 in bits 3:0) -> eight float32, via prmt tables."""
     idx = w & uint32(0x77777777)
-    hi_a = ops.prmt(uint32(HI_TAB_A), uint32(HI_TAB_B), idx)          # elements 0..3, high bytes
-    lo_a = ops.prmt(uint32(LO_TAB_A), uint32(LO_TAB_B), idx)          # elements 0..3, low bytes
-    hi_b = ops.prmt(uint32(HI_TAB_A), uint32(HI_TAB_B), idx >> 16)    # elements 4..7
-    lo_b = ops.prmt(uint32(LO_TAB_A), uint32(LO_TAB_B), idx >> 16)
-    u = w << 4
+    hi_a = prmt(uint32(HI_TAB_A), uint32(HI_TAB_B), idx)          # elements 0..3, high bytes
+    lo_a = prmt(uint32(LO_TAB_A), uint32(LO_TAB_B), idx)          # elements 0..3, low bytes
+    hi_b = prmt(uint32(HI_TAB_A), uint32(HI_TAB_B), idx >> uint32(16))    # elements 4..7
+    lo_b = prmt(uint32(LO_TAB_A), uint32(LO_TAB_B), idx >> uint32(16))
+    u = w << uint32(4)
     sm = uint32(0x80008000)
-    p0 = ops.prmt(lo_a, hi_a, uint32(0x5140)) | (ops.prmt(u, w, uint32(S0)) & sm)   # bf16 x2
-    p1 = ops.prmt(lo_a, hi_a, uint32(0x7362)) | (ops.prmt(u, w, uint32(S1)) & sm)
-    p2 = ops.prmt(lo_b, hi_b, uint32(0x5140)) | (ops.prmt(u, w, uint32(S2)) & sm)
-    p3 = ops.prmt(lo_b, hi_b, uint32(0x7362)) | (ops.prmt(u, w, uint32(S3)) & sm)
+    p0 = prmt(lo_a, hi_a, uint32(0x5140)) | (prmt(u, w, uint32(S0)) & sm)   # bf16 x2
+    p1 = prmt(lo_a, hi_a, uint32(0x7362)) | (prmt(u, w, uint32(S1)) & sm)
+    p2 = prmt(lo_b, hi_b, uint32(0x5140)) | (prmt(u, w, uint32(S2)) & sm)
+    p3 = prmt(lo_b, hi_b, uint32(0x7362)) | (prmt(u, w, uint32(S3)) & sm)
     hm = uint32(0xFFFF0000)
-    return (bits_f32(p0 << 16), bits_f32(p0 & hm), bits_f32(p1 << 16), bits_f32(p1 & hm),
-            bits_f32(p2 << 16), bits_f32(p2 & hm), bits_f32(p3 << 16), bits_f32(p3 & hm))
+    sh = uint32(16)
+    return (bits_f32(p0 << sh), bits_f32(p0 & hm), bits_f32(p1 << sh), bits_f32(p1 & hm),
+            bits_f32(p2 << sh), bits_f32(p2 & hm), bits_f32(p3 << sh), bits_f32(p3 & hm))
 
 
 @device
@@ -326,17 +401,30 @@ def ue8m0_value_sm100(code, skind):
 
 
 @device
-def pack2(lo, hi, okind):
-    """Two float32 -> one 32-bit word of two 16-bit outputs (lo in bits 15:0), RNE."""
-    if okind == BF16:
-        return ops.pack_bf16x2(hi, lo)
-    return ops.pack_f16x2(hi, lo)
+def e2m1x8(w, SM100):
+    """Eight E2M1 codes -> eight float32 with the arch's decoder (SM100: a compile-time constant)."""
+    if SM100:
+        return e2m1x8_sm100(w)
+    return e2m1x8_sm90(w)
+
+
+@device
+def block_scale_value(code, skind, SM100):
+    """Block scale value with the arch's decoder (SM100: a compile-time constant)."""
+    if SM100:
+        return ue8m0_value_sm100(code, skind)
+    return scale_value(code, skind)
 
 
 @device
 def scaled8(vals, s, g, has_g, okind):
     """Eight decoded values scaled (e2m1 * s [* g], the spec's order) and packed to output words:
-    8 float32 words, or 4 words of two 16-bit values (then the last 4 are 0)."""
+    8 float32 words, or 4 words of two 16-bit values (then the last 4 are 0).
+
+    e2m1 * s is exact (<= 2 x 4 significant bits), so for nvfp4 the second multiply is the only
+    rounding, as in the spec. Folding g into s (one multiply by f32(s * g)) is NOT bitwise: for
+    e2m1 = 1.5 it rounds twice (e.g. s = 0.017578125, g = 0.6369617: 0.016794888 vs 0.01679489).
+    """
     v0, v1, v2, v3, v4, v5, v6, v7 = vals
     v0, v1, v2, v3 = v0 * s, v1 * s, v2 * s, v3 * s
     v4, v5, v6, v7 = v4 * s, v5 * s, v6 * s, v7 * s
@@ -347,7 +435,8 @@ def scaled8(vals, s, g, has_g, okind):
         return (f32_bits(v0), f32_bits(v1), f32_bits(v2), f32_bits(v3),
                 f32_bits(v4), f32_bits(v5), f32_bits(v6), f32_bits(v7))
     z = uint32(0)
-    return pack2(v0, v1, okind), pack2(v2, v3, okind), pack2(v4, v5, okind), pack2(v6, v7, okind), z, z, z, z
+    return (pack16x2(v1, v0, okind), pack16x2(v3, v2, okind), pack16x2(v5, v4, okind),
+            pack16x2(v7, v6, okind), z, z, z, z)
 
 
 @device
@@ -356,84 +445,150 @@ def smem_slot(writer, k, S):
 
     Lane l's S slots are S*l .. S*l+S-1, rotated by l>>1 (S=4) or l (S=8) so that the 8 lanes of
     each quarter-warp phase hit 8 distinct 16-byte bank groups, both when a lane writes its own
-    slots and when lanes read the tile back in row order.
+    slots and when lanes read the tile back in row order. S is a compile-time constant (4 or 8):
+    every division here is a shift.
     """
     rot = (writer >> 1) if S == 4 else writer
     return S * writer + ((k + rot) & (S - 1))
 
 
-WARPS = 8                   # per block of THREADS = 256
-TILE_WORDS = WARPS * 1024   # 4 KB of staging per warp (float32 output needs all of it)
-
-
-def make_decode_kernel(e2m1x8, scale_fn, name):
+# Napkin math of one warp step (512 packed bytes -> 1024 outputs), bfloat16 output: 512 B read +
+# 2 KB written (+ 32 or 64 scale bytes); per lane 32 elements: 12 prmt + 4 sign prmt + 8 logic per
+# 8 elements, 32 fmul (64 for nvfp4: e2m1 * s, then * g), 16 cvt.bf16x2, 4 st.shared.v4 +
+# 4 ld.shared.v4 + 4 st.global.v4 + 1 ld.global.v4: ~200 instructions per lane, 57 K warp steps
+# for 7168 x 8192 -> ~11 M warp instructions = ~12 us of issue on 132 SMs x 4 schedulers at 1.75
+# GHz, below the ~50 us that the 149 MB take at the copy bandwidth: memory-bound.
+def make_decode_kernel(SM100, name, BLOCK, SKIND, HAS_G, OKIND):
     """Decode with 16-byte loads AND coalesced 16-byte stores, through a per-warp shared tile.
 
+    BLOCK / SKIND / HAS_G (the format), OKIND (the output dtype) and SM100 (decode with the
+    Blackwell cvt instructions) are compile-time constants of the returned kernel (closure
+    constants: Numba folds them, so no format branch, no runtime division survives in the loop).
+    Helpers are called by their global names (the simulator launcher swaps globals, not closure
+    cells, for their simulator twins).
     A warp step covers 512 packed bytes (1024 elements): each lane loads its 16 bytes with one
     ld.global.nc.v4 (512 B contiguous per warp instruction), decodes 32 elements and writes them
     to the warp's staging tile (4 or 8 st.shared.v4, bank-conflict-free by ``smem_slot``);
     after __syncwarp each lane reads back 16-byte rows in tile order and writes them with
-    st.global.v4 — 512 contiguous bytes per warp instruction. Bytes past the last whole 512-byte
-    tile are decoded by block 0 with the reference helper. Shared memory: 8 warps x 4 KB.
+    st.global.v4 — 512 contiguous bytes per warp instruction. The block strides over groups of
+    WARPS tiles (a block-uniform trip count, which the simulator's syncwarp twin needs). Bytes
+    past the last whole 512-byte tile are decoded by block 0 with the reference helper.
+    Shared memory: 8 warps x 4 KB.
     """
-    def kern(data, scales, gscale, block, skind, has_g, okind, out, ntiles):
-        tile = cuda.shared.array(TILE_WORDS, uint32, alignment=16)
+    S = 8 if OKIND == F32 else 4                    # 16-byte output slots per lane
+
+    def kern(data, scales, gscale, out, ntiles):
+        tile = staging_tile()
         lane = cuda.laneid
         wib = cuda.threadIdx.x >> 5
-        gw = (cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x) >> 5
-        nw = (cuda.gridDim.x * cuda.blockDim.x) >> 5
         src = ops.array_address(data)
         dst = ops.array_address(out)
-        S = 8 if okind == F32 else 4                # 16-byte output slots per lane
-        sbase = ops.shared_address(tile) + uint32(4096) * wib
-        for t in range(gw, ntiles, nw):
-            c = 32 * t + lane                       # this lane's 16-byte chunk
-            w0, w1, w2, w3 = ops.ld_global_nc_v4_u32(src + uint32(16) * c)
-            if block == 32:
-                s0 = scale_fn(scales[c], skind)
-                s1 = s0
-            else:
-                s0 = scale_fn(scales[2 * c], skind)
-                s1 = scale_fn(scales[2 * c + 1], skind)
-            for q in range(4):
-                wq = w0 if q == 0 else (w1 if q == 1 else (w2 if q == 2 else w3))
-                o0, o1, o2, o3, o4, o5, o6, o7 = scaled8(e2m1x8(wq), s0 if q < 2 else s1,
-                                                         gscale, has_g, okind)
-                if S == 4:
-                    ops.st_shared_v4_b32(sbase + 16 * smem_slot(lane, q, 4), o0, o1, o2, o3)
+        sbase = ops.shared_address(tile) + uint32(4096) * uint32(wib)
+        for t0 in range(cuda.blockIdx.x * WARPS, ntiles, cuda.gridDim.x * WARPS):
+            t = t0 + wib
+            if t < ntiles:
+                c = 32 * t + lane                   # this lane's 16-byte chunk
+                w0, w1, w2, w3 = ops.ld_global_nc_v4_u32(src + uint64(16) * uint64(c))
+                if BLOCK == 32:
+                    s0 = block_scale_value(scales[c], SKIND, SM100)
+                    s1 = s0
                 else:
-                    ops.st_shared_v4_b32(sbase + 16 * smem_slot(lane, 2 * q, 8), o0, o1, o2, o3)
-                    ops.st_shared_v4_b32(sbase + 16 * smem_slot(lane, 2 * q + 1, 8), o4, o5, o6, o7)
-            cuda.syncwarp()
-            obase = dst + uint32(512 * S) * t
-            for k in range(S):
-                L = 32 * k + lane                   # logical slot = row order of the output
-                r0, r1, r2, r3 = ops.ld_shared_v4_u32(sbase + 16 * smem_slot(L // S, L % S, S))
-                ops.st_global_v4_b32(obase + uint32(16) * L, r0, r1, r2, r3)
-            cuda.syncwarp()
+                    s0 = block_scale_value(scales[2 * c], SKIND, SM100)
+                    s1 = block_scale_value(scales[2 * c + 1], SKIND, SM100)
+                for q in range(4):
+                    wq = w0 if q == 0 else (w1 if q == 1 else (w2 if q == 2 else w3))
+                    o0, o1, o2, o3, o4, o5, o6, o7 = scaled8(e2m1x8(wq, SM100), s0 if q < 2 else s1,
+                                                             gscale, HAS_G, OKIND)
+                    if S == 4:
+                        ops.st_shared_v4_b32(sbase + 16 * smem_slot(lane, q, 4), o0, o1, o2, o3)
+                    else:
+                        ops.st_shared_v4_b32(sbase + 16 * smem_slot(lane, 2 * q, 8), o0, o1, o2, o3)
+                        ops.st_shared_v4_b32(sbase + 16 * smem_slot(lane, 2 * q + 1, 8),
+                                             o4, o5, o6, o7)
+            syncwarp()
+            if t < ntiles:
+                obase = dst + uint64(512 * S) * uint64(t)
+                for k in range(S):
+                    L = 32 * k + lane               # logical slot = row order of the output
+                    r0, r1, r2, r3 = ops.ld_shared_v4_u32(sbase + 16 * smem_slot(L // S, L % S, S))
+                    ops.st_global_v4_b32(obase + uint64(16) * uint64(L), r0, r1, r2, r3)
+            syncwarp()
         if cuda.blockIdx.x == 0:
             for i in range(512 * ntiles + cuda.threadIdx.x, data.size, cuda.blockDim.x):
-                decode_byte(data, scales, gscale, block, skind, has_g, okind, out, i)
+                decode_byte(data, scales, gscale, BLOCK, SKIND, HAS_G, OKIND, out, i)
     kern.__name__ = kern.__qualname__ = name
     k = kernel(kern)
     k.unit_bytes, k.units_per_block = 512, WARPS     # one 512-byte tile per warp per step
     return k
 
 
-decode_sm90_kernel = make_decode_kernel(e2m1x8_sm90, scale_value, "decode_fp4_sm90")
-decode_sm100_kernel = make_decode_kernel(e2m1x8_sm100, ue8m0_value_sm100, "decode_fp4_sm100")
+class KernelFamily:
+    """Kernels of one factory specialized on compile-time constants, built once per key.
+
+    ``family.get(*key)`` returns the ``Kernel`` for that key (e.g. block, scale kind, global scale,
+    output kind); ``family.name`` is the common name (benchmarks label rows with it).
+    """
+
+    def __init__(self, name, factory):
+        self.name, self.factory, self._built = name, factory, {}
+
+    def get(self, *key):
+        if key not in self._built:
+            tag = "_".join(str(int(k)) for k in key)
+            self._built[key] = self.factory(f"{self.name}_{tag}", *key)
+        return self._built[key]
+
+
+def _decode_key(fmt, okind):
+    spec = FORMATS[fmt]
+    return (spec.block, UE8M0 if spec.scale_kind == "ue8m0" else E4M3, spec.has_global_scale, okind)
+
+
+decode_sm90_kernel = KernelFamily(
+    "decode_fp4_sm90", lambda name, *key: make_decode_kernel(False, name, *key))
+decode_sm100_kernel = KernelFamily(
+    "decode_fp4_sm100", lambda name, *key: make_decode_kernel(True, name, *key))
+
+
+@device
+def e2m1_encode_bits(v):
+    """float32 -> E2M1 code by float32 bit arithmetic; bitwise ``e2m1_encode`` (RNE, saturating).
+
+    |v| < 1 (the E2M1 subnormal step 0.5): code = rint(2|v|), one exact-then-rounded fma:
+    2|v| + 2^23 lands in [2^23, 2^24) where float32's spacing is 1, so its low bits are the
+    round-to-nearest-even integer. |v| >= 1: round the float32 mantissa to 1 bit (RNE: add
+    0x1FFFFF plus the kept bit), then bits >> 22 = exponent field * 2 + mantissa bit, and
+    code = that - 252 (1.0 = 0x3F800000 -> 254 -> code 2), saturated at 7 (6.0, bits clamped
+    to 0x40FFFFFF first).
+    ~11 integer/float instructions instead of 7 compares, selects and adds.
+    """
+    u = f32_bits(v)
+    a = uint32(u & uint32(0x7FFFFFFF))            # uint32() after each step: Numba widens
+    if a < uint32(0x3F800000):                    # integer arithmetic to 64 bits otherwise
+        code = uint32(f32_bits(abs(v) * float32(2.0) + float32(8388608.0)) & uint32(7))
+    else:
+        t = uint32(a + uint32(0x1FFFFF) + ((a >> uint32(22)) & uint32(1)))
+        code = uint32((min(t, uint32(0x40FFFFFF)) >> uint32(22)) - uint32(252))
+    return uint32(code | ((u >> uint32(28)) & uint32(8)))
 
 
 @device
 def encode2_sw(a, b):
     """Two float32 (already on the E2M1 grid scale) -> one byte, a in the low nibble."""
-    return e2m1_encode(a) | (e2m1_encode(b) << 4)
+    return e2m1_encode_bits(a) | (e2m1_encode_bits(b) << uint32(4))
 
 
 @device
 def encode2_sm100(a, b):
     """The same with cvt.rn.satfinite.e2m1x2.f32 (its first operand goes to the high nibble)."""
     return ops.cvt_e2m1x2_f32(b, a)
+
+
+@device
+def encode2(a, b, SM100):
+    if SM100:
+        return encode2_sm100(a, b)
+    return encode2_sw(a, b)
 
 
 @device
@@ -446,15 +601,16 @@ def ceil_code_sm100(v):
 def load8(src, ikind, k):
     """Elements 8k..8k+7 of a 32-element chunk at address src, as float32 (one or two v4 loads)."""
     if ikind == F32:
-        a0, a1, a2, a3 = ops.ld_global_nc_v4_u32(src + 32 * k)
-        a4, a5, a6, a7 = ops.ld_global_nc_v4_u32(src + 32 * k + 16)
+        a0, a1, a2, a3 = ops.ld_global_nc_v4_u32(src + uint64(32 * k))
+        a4, a5, a6, a7 = ops.ld_global_nc_v4_u32(src + uint64(32 * k + 16))
         return (bits_f32(a0), bits_f32(a1), bits_f32(a2), bits_f32(a3),
                 bits_f32(a4), bits_f32(a5), bits_f32(a6), bits_f32(a7))
-    b0, b1, b2, b3 = ops.ld_global_nc_v4_u32(src + 16 * k)
+    b0, b1, b2, b3 = ops.ld_global_nc_v4_u32(src + uint64(16 * k))
     if ikind == BF16:
         hm = uint32(0xFFFF0000)
-        return (bits_f32(b0 << 16), bits_f32(b0 & hm), bits_f32(b1 << 16), bits_f32(b1 & hm),
-                bits_f32(b2 << 16), bits_f32(b2 & hm), bits_f32(b3 << 16), bits_f32(b3 & hm))
+        sh = uint32(16)
+        return (bits_f32(b0 << sh), bits_f32(b0 & hm), bits_f32(b1 << sh), bits_f32(b1 & hm),
+                bits_f32(b2 << sh), bits_f32(b2 & hm), bits_f32(b3 << sh), bits_f32(b3 & hm))
     return (f16_bits_to_f32(b0 & 0xFFFF), f16_bits_to_f32(b0 >> 16),
             f16_bits_to_f32(b1 & 0xFFFF), f16_bits_to_f32(b1 >> 16),
             f16_bits_to_f32(b2 & 0xFFFF), f16_bits_to_f32(b2 >> 16),
@@ -469,92 +625,133 @@ def amax8(v, m):
 
 
 @device
-def encode8(v, mult, encode2):
+def encode8(v, mult, SM100):
     """Eight float32 -> one word of eight E2M1 codes (element 0 in bits 3:0)."""
     v0, v1, v2, v3, v4, v5, v6, v7 = v
     if mult == 0:
         return uint32(0)
-    return (uint32(encode2(v0 * mult, v1 * mult)) | (uint32(encode2(v2 * mult, v3 * mult)) << 8)
-            | (uint32(encode2(v4 * mult, v5 * mult)) << 16)
-            | (uint32(encode2(v6 * mult, v7 * mult)) << 24))
+    return (uint32(encode2(v0 * mult, v1 * mult, SM100))
+            | (uint32(encode2(v2 * mult, v3 * mult, SM100)) << 8)
+            | (uint32(encode2(v4 * mult, v5 * mult, SM100)) << 16)
+            | (uint32(encode2(v6 * mult, v7 * mult, SM100)) << 24))
 
 
 @device
-def scale_for(amax, fmt, gs_enc, ceil_code):
+def scale_for(amax, fmt, gs_enc, SM100):
     """block_scale with the arch's dsv4 ceil-code instruction substituted where it has one."""
-    if fmt == FMT_DSV4 and amax != 0:
-        code = ceil_code(amax / float32(6.0))
-        return code, bits_f32(uint32(254 - code) << 23) if code < 254 else bits_f32(uint32(0x00400000))
+    if SM100 and fmt == FMT_DSV4 and amax != 0:
+        code = ceil_code_sm100(amax / float32(6.0))
+        return code, pow2_recip(code)
     return block_scale(amax, fmt, gs_enc)
 
 
-def make_quantize_kernel(encode2, ceil_code, name):
+# Napkin math (bfloat16 in, 32 elements per thread): 64 B read + 16 B codes + 1-2 B scales written;
+# per element ~2 (unpack, fmul) + ~11 (encode) + 1/2 (pack) instructions: 58.7 M elements ->
+# ~0.8 G thread instructions = 26 M warp instructions = ~28 us of issue on an H100 vs ~50 us of
+# memory time: memory-bound but with less slack than decode (the encode is most of it).
+def make_quantize_kernel(SM100, name, FMT, BLOCK, IKIND):
     """The production quantize kernel: one thread per 32-element chunk (1 or 2 blocks).
 
-    Loads the chunk with 16-byte loads (4 for 16-bit input, 8 for float32), reduces the block
-    amax in registers, computes the scale exactly as the spec, encodes, and writes one 16-byte
-    store of codes plus the scale byte(s). Non-finite input sets flag[0] (checked on return).
+    FMT / BLOCK / IKIND / SM100 are compile-time constants. Loads the chunk with 16-byte loads (4 for
+    16-bit input, 8 for float32), reduces the block amax in registers, computes the scale exactly
+    as the spec, encodes, and writes one 16-byte store of codes plus the scale byte(s).
+    Non-finite input sets flag[0] (checked on return).
     """
-    def kern(x, ikind, block, fmt, amax_bits, data, scales, flag, nchunks):
+    ebytes = 4 if IKIND == F32 else 2
+
+    def kern(x, amax_bits, data, scales, flag, nchunks):
         tid = cuda.grid(1)
         stride = cuda.gridsize(1)
         gs_enc = float32(1.0)
-        if fmt == FMT_NV:
+        if FMT == FMT_NV:
             amax_t = bits_f32(amax_bits[0])
             if amax_t > 0:
                 gs_enc = float32(2688.0) / amax_t
         src = ops.array_address(x)
         dst = ops.array_address(data)
-        ebytes = 4 if ikind == F32 else 2
         for c in range(tid, nchunks, stride):
-            base = src + uint32(32 * ebytes) * c
-            q0 = load8(base, ikind, 0)
-            q1 = load8(base, ikind, 1)
-            q2 = load8(base, ikind, 2)
-            q3 = load8(base, ikind, 3)
+            base = src + uint64(32 * ebytes) * uint64(c)
+            q0 = load8(base, IKIND, 0)
+            q1 = load8(base, IKIND, 1)
+            q2 = load8(base, IKIND, 2)
+            q3 = load8(base, IKIND, 3)
             m01 = amax8(q1, amax8(q0, float32(0.0)))
             m23 = amax8(q3, amax8(q2, float32(0.0)))
             if not (m01 <= float32(3.4028235e38) and m23 <= float32(3.4028235e38)):
                 flag[0] = 1                                  # NaN or inf in this chunk
-            if block == 32:
-                code0, mult0 = scale_for(max(m01, m23), fmt, gs_enc, ceil_code)
+            if BLOCK == 32:
+                code0, mult0 = scale_for(max(m01, m23), FMT, gs_enc, SM100)
                 code1, mult1 = code0, mult0
                 scales[c] = code0
             else:
-                code0, mult0 = scale_for(m01, fmt, gs_enc, ceil_code)
-                code1, mult1 = scale_for(m23, fmt, gs_enc, ceil_code)
+                code0, mult0 = scale_for(m01, FMT, gs_enc, SM100)
+                code1, mult1 = scale_for(m23, FMT, gs_enc, SM100)
                 scales[2 * c] = code0
                 scales[2 * c + 1] = code1
-            ops.st_global_v4_b32(dst + uint32(16) * c, encode8(q0, mult0, encode2),
-                                 encode8(q1, mult0, encode2), encode8(q2, mult1, encode2),
-                                 encode8(q3, mult1, encode2))
+            ops.st_global_v4_b32(dst + uint64(16) * uint64(c), encode8(q0, mult0, SM100),
+                                 encode8(q1, mult0, SM100), encode8(q2, mult1, SM100),
+                                 encode8(q3, mult1, SM100))
     kern.__name__ = kern.__qualname__ = name
     return kernel(kern)
 
 
-quantize_sm90_kernel = make_quantize_kernel(encode2_sw, ue8m0_ceil_code, "quantize_fp4_sm90")
-quantize_sm100_kernel = make_quantize_kernel(encode2_sm100, ceil_code_sm100, "quantize_fp4_sm100")
+quantize_sm90_kernel = KernelFamily(
+    "quantize_fp4_sm90", lambda name, *key: make_quantize_kernel(False, name, *key))
+quantize_sm100_kernel = KernelFamily(
+    "quantize_fp4_sm100", lambda name, *key: make_quantize_kernel(True, name, *key))
 
 
-def make_amax_kernel(name):
-    """Grid-stride |x| max: warp shuffles, then one atomicMax per warp on the float bits."""
-    def kern(x, ikind, amax_bits):
-        tid = cuda.grid(1)
-        m = float32(0.0)
-        for i in range(tid, x.size, cuda.gridsize(1)):
-            m = max(m, abs(load_as_f32(x, i, ikind)))
-        b = int32(f32_bits(m))                              # < 2^31 for non-negative floats
-        if not (m <= float32(3.4028235e38)):
-            b = int32(0x7F800000)                           # non-finite: surfaces as amax = inf
-        for off in (16, 8, 4, 2, 1):                        # (shfl_sync takes signed 32-bit ints)
-            b = max(b, cuda.shfl_xor_sync(0xFFFFFFFF, b, off))
+# Napkin math: reads the input once (117 MB of bfloat16 for 7168 x 8192) and writes 4 bytes:
+# ~40 us at the copy bandwidth's read half... i.e. a read-only stream at up to ~3 TB/s. Per 16-byte
+# vector 4 and + 4 integer max (16-bit kinds) — a tenth of the issue budget.
+def make_amax_kernel(name, IKIND):
+    """max |x| of the whole tensor as float32 bits, into amax_bits[0] (NaN / inf: >= 0x7F800000).
+
+    Grid-stride over 16-byte vectors (ld.global.nc.v4), |x| as integer magnitude bits (non-negative
+    floats order like their bits, NaN above inf, so unsigned max is the float max and keeps NaN),
+    a warp butterfly (shfl.sync.bfly), the 8 warp maxima through shared memory, and ONE atomicMax
+    per block. 16-bit kinds keep two accumulators (high and low halves) so each word costs
+    2 and + 2 max; float16 magnitudes convert to float32 once at the end.
+    """
+    def kern(x, amax_bits, nvec):
+        red = cuda.shared.array(WARPS, uint32)
+        src = ops.array_address(x)
+        m_hi = uint32(0)
+        m_lo = uint32(0)
+        for v in range(cuda.grid(1), nvec, cuda.gridsize(1)):
+            w0, w1, w2, w3 = ops.ld_global_nc_v4_u32(src + uint64(16) * uint64(v))
+            if IKIND == F32:
+                mk = uint32(0x7FFFFFFF)
+                m_hi = max(m_hi, max(w0 & mk, w1 & mk))
+                m_lo = max(m_lo, max(w2 & mk, w3 & mk))
+            else:
+                hk = uint32(0x7FFF0000)
+                lk = uint32(0x7FFF)
+                m_hi = max(m_hi, max(max(w0 & hk, w1 & hk), max(w2 & hk, w3 & hk)))
+                m_lo = max(m_lo, max(max(w0 & lk, w1 & lk), max(w2 & lk, w3 & lk)))
+        if IKIND == F32:
+            b = max(m_hi, m_lo)
+        elif IKIND == BF16:
+            b = max(m_hi, m_lo << uint32(16))
+        else:
+            b = f32_bits(f16_bits_to_f32(max(m_hi >> uint32(16), m_lo)))
+            b = b & uint32(0x7FFFFFFF)
+        r = int32(b)                                    # < 2^31: shfl takes 32-bit signed ints
+        for off in (16, 8, 4, 2, 1):
+            r = max(r, shfl_xor(r, off))
         if cuda.laneid == 0:
-            cuda.atomic.max(amax_bits, 0, uint32(b))
+            red[cuda.threadIdx.x >> 5] = uint32(r)
+        cuda.syncthreads()
+        if cuda.threadIdx.x == 0:
+            m = red[0]
+            for w in range(1, cuda.blockDim.x >> 5):
+                m = max(m, red[w])
+            cuda.atomic.max(amax_bits, 0, m)
     kern.__name__ = kern.__qualname__ = name
     return kernel(kern)
 
 
-amax_prod_kernel = make_amax_kernel("amax_fp4")
+amax_prod_kernel = KernelFamily("amax_fp4", make_amax_kernel)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -616,16 +813,16 @@ def decode_plan(q, out_dtype, kern, ref, out=None) -> _Plan:
         out = io.empty(n, store_dt)
     elif tuple(out.shape) != (n,) or np.dtype(out.dtype) != np.dtype(store_dt):
         raise ValueError(f"out must be a flat ({n},) {np.dtype(store_dt)} buffer")
-    args = (data, scales, np.float32(q.global_scale if spec.has_global_scale else 1.0),
-            spec.block, UE8M0 if spec.scale_kind == "ue8m0" else E4M3,
-            spec.has_global_scale, kind, out)
+    g = np.float32(q.global_scale if spec.has_global_scale else 1.0)
     launches = []
     if n and ref:
-        launches.append((kern, -(-(n // 2) // THREADS), args))
+        launches.append((kern, -(-(n // 2) // THREADS),
+                         (data, scales, g) + _decode_key(q.fmt, kind) + (out,)))
     elif n:
         _check_aligned(data, out)
-        units = (n // 2) // kern.unit_bytes
-        launches.append((kern, _grid(units + 1, kern.units_per_block), args + (units,)))
+        k = kern.get(*_decode_key(q.fmt, kind))
+        units = (n // 2) // k.unit_bytes
+        launches.append((k, _grid(units + 1, k.units_per_block), (data, scales, g, out, units)))
     return _Plan(launches, lambda: io.result(out, OUT_DTYPES[name] if kind == BF16 else None)
                  .reshape(q.shape))
 
@@ -641,6 +838,8 @@ def reset_kernel(amax_bits, flag):
 
 
 def quantize_plan(x, fmt, kern, ref) -> _Plan:
+    """Validate, place buffers and list the launches of one quantize call (``kern``: the reference
+    kernel or a production KernelFamily). nvfp4 plans launch the global-amax pass first."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown FP4 format {fmt!r}; use one of {sorted(FORMATS)}")
     spec = FORMATS[fmt]
@@ -668,16 +867,18 @@ def quantize_plan(x, fmt, kern, ref) -> _Plan:
     launches = []
     if n:
         launches.append((reset_kernel, 1, (amax, flag)))
-        if spec.has_global_scale:
-            launches.append((amax_ref_kernel if ref else amax_prod_kernel,
-                             -(-n // THREADS) if ref else _grid(n), (flat, ikind, amax)))
         if ref:
+            if spec.has_global_scale:
+                launches.append((amax_ref_kernel, -(-n // THREADS), (flat, ikind, amax)))
             launches.append((quantize_ref_kernel, -(-(n // spec.block) // THREADS),
                              (flat, ikind, spec.block, _FMT_ID[fmt], amax, data, scales)))
         else:
             _check_aligned(flat, data)
-            launches.append((kern, _grid(n // 32), (flat, ikind, spec.block, _FMT_ID[fmt], amax,
-                                                    data, scales, flag, n // 32)))
+            if spec.has_global_scale:
+                nvec = n * np.dtype(flat.dtype).itemsize // 16
+                launches.append((amax_prod_kernel.get(ikind), _grid(nvec), (flat, amax, nvec)))
+            launches.append((kern.get(_FMT_ID[fmt], spec.block, ikind), _grid(n // 32),
+                             (flat, amax, data, scales, flag, n // 32)))
 
     def finish():
         amax_host = amax.copy_to_host() if hasattr(amax, "copy_to_host") else amax
@@ -702,19 +903,28 @@ def _quantize(x, fmt, kern, ref):
     return quantize_plan(x, fmt, kern, ref).run().result()
 
 
-def _kernels_decode(k):
+def _kernels_decode(family, fmts=("dsv4_fp4", "nvfp4"), okinds=(F32, F16, BF16)):
+    """(kernel, signature) of every specialization (mxfp4 shares dsv4_fp4's: same block and
+    scale kind); the compile tests and the device warm-up walk this list."""
     from numba import types as t
-    sigs = []
-    for out in (t.float32, t.float16, t.uint16):
-        sigs.append((k, (t.uint8[::1], t.uint8[::1], t.float32, t.int64, t.int64, t.boolean,
-                         t.int64, out[::1], t.int64)))
-    return sigs
+    out_t = {F32: t.float32, F16: t.float16, BF16: t.uint16}
+    return [(family.get(*_decode_key(fmt, ok)),
+             (t.uint8[::1], t.uint8[::1], t.float32, out_t[ok][::1], t.int64))
+            for fmt in fmts for ok in okinds]
 
 
-def _kernels_quantize(k):
+def _kernels_quantize(family, fmts=("dsv4_fp4", "mxfp4", "nvfp4"), ikinds=(F32, F16, BF16)):
     from numba import types as t
-    return [(k, (inp[::1], t.int64, t.int64, t.int64, t.uint32[::1], t.uint8[::1], t.uint8[::1],
-                 t.int32[::1], t.int64)) for inp in (t.float32, t.float16, t.uint16)]
+    in_t = {F32: t.float32, F16: t.float16, BF16: t.uint16}
+    return [(family.get(_FMT_ID[fmt], FORMATS[fmt].block, ik),
+             (in_t[ik][::1], t.uint32[::1], t.uint8[::1], t.uint8[::1], t.int32[::1], t.int64))
+            for fmt in fmts for ik in ikinds]
+
+
+def _kernels_amax(ikinds=(F32, F16, BF16)):
+    from numba import types as t
+    in_t = {F32: t.float32, F16: t.float16, BF16: t.uint16}
+    return [(amax_prod_kernel.get(ik), (in_t[ik][::1], t.uint32[::1], t.int64)) for ik in ikinds]
 
 
 registry.register("decode_fp4", "reference")(
@@ -728,10 +938,10 @@ registry.register("decode_fp4", "production", arch="sm_100a",
 registry.register("quantize_fp4", "reference")(
     lambda x, fmt: _quantize(x, fmt, quantize_ref_kernel, ref=True))
 registry.register("quantize_fp4", "production", arch="sm_90a",
-                  kernels=lambda: _kernels_quantize(quantize_sm90_kernel))(
+                  kernels=lambda: _kernels_quantize(quantize_sm90_kernel) + _kernels_amax())(
     lambda x, fmt: _quantize(x, fmt, quantize_sm90_kernel, ref=False))
 registry.register("quantize_fp4", "production", arch="sm_100a",
-                  kernels=lambda: _kernels_quantize(quantize_sm100_kernel))(
+                  kernels=lambda: _kernels_quantize(quantize_sm100_kernel) + _kernels_amax())(
     lambda x, fmt: _quantize(x, fmt, quantize_sm100_kernel, ref=False))
 
 
@@ -784,12 +994,20 @@ def time_decode(q: QuantizedFP4, out_dtype="bfloat16", kern=None):
     return us, nbytes / us / 1e3, plan.result().copy_to_host()
 
 
-def time_quantize(x_device, fmt, kern=None):
-    """(median microseconds, GB/s of unique bytes) of the production quantize launches (for nvfp4
-    including its amax pass) on a device-resident input. Unique bytes = input + codes + scales."""
+def time_quantize(x_device, fmt, kern=None, with_amax=True):
+    """(median microseconds, GB/s of unique bytes) of the production quantize launches on a
+    device-resident input. nvfp4: ``with_amax=True`` times the global-amax pass + reset + quantize;
+    ``with_amax=False`` only the quantize kernel, the global amax already in its buffer (what a
+    caller with a calibrated / known tensor amax pays). Unique bytes = input + codes + scales."""
     from ..runtime.bench import time_gpu
     plan = quantize_plan(x_device, fmt, kern or quantize_sm90_kernel, ref=False)
-    us = time_gpu(plan.run)
+    if with_amax:
+        us = time_gpu(plan.run)
+    else:
+        plan.run()                                    # leaves the tensor amax in its buffer
+        k, grid, args = plan.launches[-1]
+        us = time_gpu(lambda: k.launch(grid, THREADS, *args))
+    plan.result()                                     # raises if the input was not finite
     n = int(np.prod(x_device.shape))
     nbytes = n * x_device.dtype.itemsize + n // 2 + n // FORMATS[fmt].block
     return us, nbytes / us / 1e3
