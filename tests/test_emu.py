@@ -124,7 +124,7 @@ def test_expect_tx_more_than_delivered_is_a_deadlock_with_barrier_state(spin):
     with pytest.raises(emu.EmulatorDeadlock) as ei:
         k_expect_too_much.launch(1, 32, emu.tensor_map(x, (64, 64), dtype="bfloat16"), 16, spin)
     msg = str(ei.value)
-    assert "mbarrier @smem 0x400" in msg and "phase 0" in msg
+    assert "mbarrier @smem 0x2400" in msg and "phase 0" in msg       # after the 8 KB tile at 0x400
     assert "pending arrivals 0 of 1" in msg and "tx-count 16 bytes" in msg
     assert "arrive.expect_tx +8208" in msg and "tma_load_2d complete_tx -8192" in msg
     assert "threads 0-31 wait for mbarrier" in msg

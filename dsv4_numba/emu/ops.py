@@ -164,6 +164,14 @@ def _complete_tx(st, addr, nbytes, op):
     with st.lock:
         b = st.barrier(addr, op)
         b.log(f"{op} complete_tx -{nbytes}")
+        if b.tx - nbytes < 0:
+            raise EmulatorError(
+                f"{op} by {thread_name(current_thread())}: its {nbytes} bytes land on the mbarrier @smem "
+                f"{int(addr):#x} in phase {b.phase}, which expects only {b.tx} more byte(s): the phase "
+                f"completes (or completed) before all of its data arrived, and the surplus is counted "
+                f"against the next phase. Check: expect_tx == the sum of the box bytes of every TMA of the "
+                f"stage (a box short?), and arm (arrive.expect_tx) before issuing the loads; "
+                f"{b.describe()}")
         _add_tx(st, b, -nbytes, op)
         st.complete_if_done(b)
         st.changed()
@@ -451,7 +459,7 @@ def _acc_map(n: int):
     return rc[..., 0], rc[..., 1]
 
 
-_WGMMA_RE = re.compile(r"^wgmma_m64n(\d+)k(\d+)_f32_(bf16|f16|e4m3|e5m2)_(ss|rs)$")
+_WGMMA_RE = re.compile(r"^wgmma_m64n(\d+)k(\d+)_f32_(bf16|f16|e4m3|e5m2)_(ss|rs)(?:_tb)?$")
 
 
 def _wgmma_imms(body: str) -> list:

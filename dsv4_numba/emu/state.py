@@ -267,6 +267,10 @@ class CTAState:
                         return True
                     if self.deadlock:
                         raise EmulatorDeadlock(self.deadlock)
+                    failed = getattr(self.manager, "_dsv4_failed", None)
+                    if failed is not None:      # another thread died: report its error, not a deadlock
+                        raise (type(failed) if isinstance(failed, EmulatorError) else EmulatorError)(
+                            f"(while waiting for {what}) another thread failed: {failed}")
                     live = self.live_threads()
                     stuck = all(t in self.waiting or t.syncthreads_blocked for t in live)
                     now = time.monotonic()
@@ -495,5 +499,50 @@ def _install_block_end_hook():
     wrapped._dsv4_emu = True
     simk.BlockManager.run = wrapped
 
+    trun = simk.BlockThread.run
+
+    def thread_run(self):
+        trun(self)
+        if getattr(self, "exception", None) and not getattr(self._manager, "_dsv4_failed", None):
+            self._manager._dsv4_failed = self.exception[0]   # waiters re-raise the first error
+    simk.BlockThread.run = thread_run
+
 
 _install_block_end_hook()
+
+
+def _install_shared_array_hook():
+    """Register every ``cuda.shared.array`` with the CTA state when the kernel creates it (not when it
+    first takes its address), so the async-proxy snapshot holds the array's bytes before any thread
+    writes them and unfenced generic stores are seen. Re-implements the simulator's per-call-site
+    allocation (its caller lookup must see the kernel's frame, not this wrapper's). Idempotent."""
+    import sys
+    import traceback
+
+    from numba.cuda.simulator import kernelapi as ka
+    orig = ka.FakeCUDAShared.array
+    if getattr(orig, "_dsv4_emu", False):
+        return
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:
+            res = orig(self, shape, dtype, alignment)
+        else:
+            from numba.core import types
+            from numba.np import numpy_support
+            if isinstance(dtype, types.Type):
+                dtype = numpy_support.as_dtype(dtype)
+            caller = traceback.extract_stack(sys._getframe())[-2][0:2]
+            res = self._allocations.get(caller)
+            if res is None:
+                res = np.empty(shape, dtype)
+                self._allocations[caller] = res
+        t = threading.current_thread()
+        if hasattr(t, "_manager") and hasattr(t, "thread_id"):
+            cta().shared_address(res)
+        return res
+    array._dsv4_emu = True
+    ka.FakeCUDAShared.array = array
+
+
+_install_shared_array_hook()
