@@ -105,6 +105,15 @@ def _desc_consts(swizzle: str, b_major: str):
     return d, 2, d, 2
 
 
+# The configurations the H100 check runs (tests/gpu/test_ptx_gpu.py) and CI compiles (a subset; all of
+# them with DSV4_COMPILE_ALL=1): (N, dtype, A from, shared layout, B major).
+VERIFY_WGMMA = ([(n, dt, af, sw, "K") for n in (64, 128, 256) for dt in ("bf16", "e4m3")
+                 for af in ("smem", "regs") for sw in ("none", "128B")]
+                + [(n, "bf16", af, "128B", "MN") for n in (64, 128, 256) for af in ("smem", "regs")]
+                + [(8, "bf16", "smem", "128B", "K"), (200, "e4m3", "regs", "none", "K"),
+                   (24, "bf16", "regs", "none", "K")])
+
+
 @functools.lru_cache(maxsize=None)
 def wgmma_kernel(n: int, dtype: str, a_from: str, swizzle: str, b_major: str):
     """The generated tile kernel for one configuration (a Kernel; N/2 accumulators are named

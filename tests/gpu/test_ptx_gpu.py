@@ -21,11 +21,7 @@ def hopper():
 
 
 # ---------------------------------------------------------------- (a) wgmma tiles
-WGMMA_CASES = [(n, dt, af, sw, "K") for n in (64, 128, 256) for dt in ("bf16", "e4m3")
-               for af in ("smem", "regs") for sw in ("none", "128B")]
-WGMMA_CASES += [(n, "bf16", af, "128B", "MN") for n in (64, 128, 256) for af in ("smem", "regs")]
-WGMMA_CASES += [(8, "bf16", "smem", "128B", "K"), (200, "e4m3", "regs", "none", "K"),
-                (24, "bf16", "regs", "none", "K")]
+WGMMA_CASES = mk.VERIFY_WGMMA
 
 
 def _ids(c):
