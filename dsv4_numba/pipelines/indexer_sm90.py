@@ -43,7 +43,7 @@ import math
 import numpy as np
 from numba import cuda, float32, int64, uint32, uint64
 
-from ..formats import FORMATS, QuantizedFP4
+from ..formats import FORMATS
 from ..hw import ops
 from ..hw.bits import bf16_bits, bits_f32, f32_bits
 from ..hw.descriptors import wgmma_smem_desc
@@ -274,10 +274,22 @@ def _sim_alignment(gpu: bool):
         SMEM_ALIGN = 1024
 
 
-def fused_scores(c, q, k_cache, weights, out=None):
-    """Launch the fused kernel on validated inputs; returns (io, scores kernel-side float32 [T*N],
-    valid_len kernel-side int32 [T]). ``out``: a kernel-side float32 [T*N] to write (tests poison
-    it with NaN: every position must be written)."""
+class FusedPlan:
+    """One fused launch with its kernel-side arguments placed (tools time ``run()`` alone)."""
+
+    def __init__(self, io, grid, args, scores, vl, gpu):
+        self.io, self.grid, self.args, self.scores, self.vl, self.gpu = io, grid, args, scores, vl, gpu
+
+    def run(self):
+        if self.grid is not None:
+            with _sim_alignment(self.gpu):
+                indexer_fused_kernel.launch(self.grid, THREADS, *self.args)
+        return self
+
+
+def fused_plan(c, q, k_cache, weights, out=None) -> FusedPlan:
+    """Place the validated inputs for the fused kernel. ``out``: a kernel-side float32 [T*N] to
+    write (tests poison it with NaN: every position must be written)."""
     T, N = c.T, c.N
     if c.fam == "fp4":
         arrays = [q.data, q.scales, k_cache.data, k_cache.scales]
@@ -302,13 +314,20 @@ def fused_scores(c, q, k_cache, weights, out=None):
     vl = c.valid_len
     vl = io.to_kernel(np.array(vl, np.int32) if isinstance(vl, np.ndarray) else vl).reshape(-1)
     scores = io.empty(T * N, np.float32) if out is None else out
+    grid, args = None, None
     if T and N:
         TQ = token_group(T, N)
         grid = (-(-N // BN), -(-T // TQ))
-        with _sim_alignment(io.gpu):
-            indexer_fused_kernel.launch(grid, THREADS, qsrc, qsc, ksrc, ksc, w, table, c.table_rows,
-                                        c.max_pages, c.page_size, vl, T, N, TQ, fmt, scores)
-    return io, scores, vl
+        args = (qsrc, qsc, ksrc, ksc, w, table, c.table_rows, c.max_pages, c.page_size, vl, T, N,
+                TQ, fmt, scores)
+    return FusedPlan(io, grid, args, scores, vl, io.gpu)
+
+
+def fused_scores(c, q, k_cache, weights, out=None):
+    """Launch the fused kernel on validated inputs; returns (io, scores kernel-side float32 [T*N],
+    valid_len kernel-side int32 [T])."""
+    p = fused_plan(c, q, k_cache, weights, out).run()
+    return p.io, p.scores, p.vl
 
 
 def fused_indexer(c, q, k_cache, weights, topk_impl=None, return_intermediates=False):
@@ -338,5 +357,5 @@ def fused_indexer(c, q, k_cache, weights, topk_impl=None, return_intermediates=F
     return out
 
 
-__all__ = ["indexer_fused_kernel", "fused_indexer", "fused_scores", "check_fusable", "token_group",
+__all__ = ["indexer_fused_kernel", "fused_indexer", "fused_scores", "fused_plan", "FusedPlan", "check_fusable", "token_group",
            "BN", "H_FUSED", "D_FUSED"]
