@@ -168,11 +168,55 @@ def k_tcgen05(adesc, out):
         ops.tcgen05_dealloc(tmem, uint32(64))
 
 
+@kernel
+def k_tcgen05_block_scaled(adesc, out):
+    """sm_100a: tcgen05.cp of scale factors (32x128b.warpx4) and tiles (128x256b, 4x256b), block-scaled
+    mma kind::mxf8f6f4 (1X) and kind::mxf4nvf4 (4X, 2X), A from smem and from TMEM."""
+    holder = cuda.shared.array(2, uint32)
+    bars = cuda.shared.array(1, uint64)
+    hold = ops.shared_address(holder)
+    bar = ops.shared_address(bars)
+    t = cuda.threadIdx.x
+    if t // 32 == 0:
+        ops.tcgen05_alloc(hold, uint32(256))
+    if t == 0:
+        ops.mbarrier_init(bar, uint32(1))
+    ops.tcgen05_fence_before_thread_sync()
+    cuda.syncthreads()
+    ops.tcgen05_fence_after_thread_sync()
+    tmem = holder[0]
+    sfa = tmem + uint32(128)
+    sfb = tmem + uint32(136)
+    ad = adesc[0]
+    bd = adesc[1]
+    idesc = uint32(adesc[2])
+    if t == 0:
+        ops.tcgen05_cp_32x128b_warpx4(sfa, adesc[3])
+        ops.tcgen05_cp_32x128b_warpx4(sfb, adesc[4])
+        ops.tcgen05_cp_128x256b(tmem + uint32(160), ad)
+        ops.tcgen05_cp_4x256b(tmem + uint32(168), bd)
+        ops.tcgen05_mma_mxf8f6f4_ss(tmem, ad, bd, idesc, sfa, sfb, uint32(0))
+        ops.tcgen05_mma_mxf8f6f4_ts(tmem, tmem + uint32(160), bd, idesc, sfa, sfb, uint32(1))
+        ops.tcgen05_mma_mxf4nvf4_4x_ss(tmem, ad, bd, idesc, sfa, sfb, uint32(1))
+        ops.tcgen05_mma_mxf4nvf4_4x_ts(tmem, tmem + uint32(160), bd, idesc, sfa, sfb, uint32(1))
+        ops.tcgen05_mma_mxf4nvf4_2x_ss(tmem, ad, bd, idesc, sfa, sfb, uint32(1))
+        ops.tcgen05_commit(bar)
+    ops.mbarrier_wait_parity(bar, uint32(0))
+    ops.tcgen05_fence_after_thread_sync()
+    out[t] = ops.tcgen05_ld_32x32b_x1(tmem + (uint32((t // 32) * 32) << 16))
+    ops.tcgen05_wait_ld()
+    ops.tcgen05_fence_before_thread_sync()
+    cuda.syncthreads()
+    if t // 32 == 0:
+        ops.tcgen05_dealloc(tmem, uint32(256))
+
+
 CASES = {  # name: (kernel, signature, arch, files it covers)
     "mbarrier_tma": (k_mbarrier_tma, (U64, U64), "sm_90a", ("mbarrier.ptx", "tma.ptx")),
     "sync_ldst": (k_sync_ldst, (U8, types.uint32[::1]), "sm_90a", ("sync.ptx", "ldst_matrix.ptx")),
     "wgmma_setmaxnreg": (k_wgmma_setmaxnreg, (types.int32[::1],), "sm_90a", ("sync.ptx", "wgmma.ptx")),
     "tcgen05": (k_tcgen05, (U64, types.uint32[::1]), "sm_100a", ("tcgen05.ptx",)),
+    "tcgen05_bs": (k_tcgen05_block_scaled, (U64, types.uint32[::1]), "sm_100a", ("tcgen05.ptx",)),
 }
 
 
@@ -230,6 +274,8 @@ SASS = {  # characteristic SASS mnemonics, per kernel
                   "ELECT"),
     "wgmma_setmaxnreg": ("WARPGROUP.ARRIVE", "WARPGROUP.DEPBAR", "USETMAXREG"),
     "tcgen05": ("UTCATOMSWS", "UTCHMMA", "UTCQMMA", "UTCBAR", "LDTM", "STTM"),
+    "tcgen05_bs": ("UTCCP.T.S.4x32dp128bit", "UTCCP.T.S.4dp256bit", "UTCOMMA.4X", "UTCOMMA", "UTCQMMA",
+                   "UTCBAR"),
 }
 
 
@@ -345,3 +391,65 @@ def test_microkernel_tma_and_ring_compile_for_sm90a(which):
     if res.sass is not None:
         for m in marks:
             assert m in res.sass, f"{m} missing from the {which} SASS"
+
+
+# ---------------------------------------------------------------- generated tcgen05.ld / st .x2 .. .x128
+def _tcgen05_ldst_kernel(shape):
+    """Every generated .xN of one shape: ld into registers, wait, st them back 256 columns further."""
+    names = sorted((n for n in ops.TCGEN05_LDST if f"_ld_{shape}_" in n), key=lambda n: int(n.split("_x")[1]))
+    lines = ["def k(out):",
+             "    holder = cuda.shared.array(1, uint32)",
+             "    t = cuda.threadIdx.x",
+             "    if t // 32 == 0:",
+             "        ops.tcgen05_alloc(ops.shared_address(holder), uint32(512))",
+             "    ops.tcgen05_fence_before_thread_sync()",
+             "    cuda.syncthreads()",
+             "    ops.tcgen05_fence_after_thread_sync()",
+             "    tm = holder[0] + (uint32((t // 32) * 32) << 16)",
+             "    acc = uint32(0)"]
+    for n in names:
+        lines += [f"    r = ops.{n}(tm)",
+                  "    ops.tcgen05_wait_ld()",
+                  f"    ops.{n.replace('_ld_', '_st_')}(tm + uint32(256), *r)",
+                  "    ops.tcgen05_wait_st()",
+                  "    acc ^= r[0] ^ r[len(r) - 1]"]
+    lines += ["    out[t] = acc",
+              "    ops.tcgen05_fence_before_thread_sync()",
+              "    cuda.syncthreads()",
+              "    if t // 32 == 0:",
+              "        ops.tcgen05_dealloc(holder[0], uint32(512))"]
+    ns = {"cuda": cuda, "ops": ops, "uint32": uint32}
+    exec("\n".join(lines), ns)  # noqa: S102
+    return kernel(ns["k"], launch_bounds=(128, 1)), names
+
+
+@pytest.mark.parametrize("shape", sorted(ops.TCGEN05_LDST_SHAPES))
+def test_generated_tcgen05_ld_st_assemble_for_sm100a(shape):
+    k, names = _tcgen05_ldst_kernel(shape)
+    per, top = ops.TCGEN05_LDST_SHAPES[shape]
+    assert [int(n.split("_x")[1]) for n in names] == [2 ** i for i in range(1, top.bit_length())]
+    for n in names:
+        sn = ops.TCGEN05_LDST[n]
+        assert sn.min_arch == "sm_100a" and sn.ptx_isa.startswith("PTX ISA") and sn.layout
+        assert "+" not in sn.constraints
+    res = k.compile((types.uint32[::1],), "sm_100a")
+    for n in names:
+        num = n.split("_x")[1]
+        assert f"tcgen05.ld.sync.aligned.{shape}.x{num}.b32" in res.ptx, n
+        assert f"tcgen05.st.sync.aligned.{shape}.x{num}.b32" in res.ptx, n
+    assert res.spill_stores == 0 and res.spill_loads == 0, res.summary()
+    assert "warning" not in res.ptxas_log.lower(), res.ptxas_log
+    if res.sass is not None:
+        assert "LDTM" in res.sass and "STTM" in res.sass
+    with pytest.raises(toolchain.ToolchainError, match="not supported on .target"):
+        toolchain.assemble(res.ptx.replace(".target sm_100a", ".target sm_100"), "sm_100a",
+                           want_sass=False)
+
+
+def test_tcgen05_ldst_generator_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="num a power of 2"):
+        ops.tcgen05_ldst_snippet("16x256b", 64, "ld")
+    with pytest.raises(ValueError):
+        ops.tcgen05_ldst_snippet("32x32b", 3, "st")
+    with pytest.raises(ValueError, match="imm-trans-b exists only"):
+        ops.wgmma_snippet(64, "e4m3", "smem", trans_b=True)

@@ -171,3 +171,52 @@ for _n in WGMMA_N:
                 WGMMA[_sn.name] = _sn
                 globals()[_sn.name] = bind(_sn)
                 __all__.append(_sn.name)
+
+
+# ---------------------------------------------------------------- generated: tcgen05.ld / tcgen05.st
+TCGEN05_LDST_SHAPES = {"32x32b": (1, 128), "16x256b": (4, 32)}   # shape -> (registers per .x1, max .num)
+
+
+def tcgen05_ldst_snippet(shape: str, num: int, op: str) -> Snippet:
+    """The contract of ``tcgen05.{ld|st}.sync.aligned.{shape}.x{num}.b32`` (sm_100a), generated because
+    the register count grows with ``num`` (32x32b: num registers; 16x256b: 4*num).
+
+    Binding ``tcgen05_{op}_{shape}_x{num}``: ld takes the TMEM address and returns the registers as a
+    tuple; st takes the TMEM address, then the registers. Cell mapping (ptx-facts §1.3, CUTLASS
+    copy_traits_sm100): 32x32b — lane t of the warp <-> TMEM lane (taddr lane + t), register j <->
+    column c0 + j; 16x256b — per 8-column block b = j/4 of register j: registers 4b, 4b+1 = lane t/4,
+    columns c0 + 8b + 2*(t%4) + {0,1}; 4b+2, 4b+3 = lane t/4 + 8, same columns. Both asynchronous:
+    tcgen05_wait_ld / tcgen05_wait_st before relying on the values / the cells. All 32 lanes execute it
+    with the same address; warp w reaches lanes 32*(w%4) .. +31 only.
+    """
+    per, top = TCGEN05_LDST_SHAPES.get(shape, (0, 0))
+    if not per or op not in ("ld", "st") or num not in (1, 2, 4, 8, 16, 32, 64, 128) or num > top:
+        raise ValueError(f"tcgen05 {op!r} {shape!r} .x{num}: shapes {sorted(TCGEN05_LDST_SHAPES)}, op "
+                         f"ld|st, num a power of 2 up to {top or 128}")
+    regs = per * num
+    instr = f"tcgen05.{op}.sync.aligned.{shape}.x{num}.b32"
+    if op == "ld":
+        body = f"{instr} {{{', '.join(f'${i}' for i in range(regs))}}}, [${regs}];"
+        sig = f"UniTuple(uint32, {regs})(uint32)" if regs > 1 else "uint32(uint32)"
+        cons = ",".join(["=r"] * regs + ["r", "~{memory}"])
+    else:
+        body = f"{instr} [$0], {{{', '.join(f'${i + 1}' for i in range(regs))}}};"
+        sig = f"void({', '.join(['uint32'] * (regs + 1))})"
+        cons = ",".join(["r"] * (regs + 1) + ["~{memory}"])
+    return Snippet(
+        name=f"tcgen05_{op}_{shape}_x{num}", file="<generated: dsv4_numba.hw.ops.tcgen05_ldst_snippet>",
+        instruction=instr, ptx_isa=f"PTX ISA 9.1 §9.7.16.8.{3 if op == 'ld' else 4} (tcgen05.{op})",
+        min_arch="sm_100a", signature=sig, constraints=cons, side_effect=True,
+        layout=(tcgen05_ldst_snippet.__doc__.split("Cell mapping")[1].strip()), body=body)
+
+
+TCGEN05_LDST = {}
+for _shape, (_per, _top) in TCGEN05_LDST_SHAPES.items():
+    _num = 2
+    while _num <= _top:                     # .x1 of both shapes are hand-written in ptx/tcgen05.ptx
+        for _op in ("ld", "st"):
+            _sn = tcgen05_ldst_snippet(_shape, _num, _op)
+            TCGEN05_LDST[_sn.name] = _sn
+            globals()[_sn.name] = bind(_sn)
+            __all__.append(_sn.name)
+        _num *= 2
