@@ -434,6 +434,12 @@ def _read_operand(st, desc, rows, kdim, dtype, major, which, op, kind, me):
     if f.get("lbo_mode", "relative") != "relative" or f["swizzle"] not in T.SPAN:
         raise NotEmulated(f"{op}: {which} descriptor swizzle={f['swizzle']!r} lbo_mode={f.get('lbo_mode')!r} "
                           f"(emulated: none, 32B, 64B, 128B with relative LBO)")
+    if dtype == "e2m1":                  # two per byte, lower k in the low nibble (mxf4 kinds, K-major)
+        if major != "K":
+            raise EmulatorError(f"{op}: packed E2M1 operands are K-major only (no transpose for mxf4 kinds)")
+        raw = _read_operand(st, desc, rows, kdim // 2, "u8", major, which, op, kind, me).astype(np.int64)
+        codes = np.stack([raw & 0xF, raw >> 4], axis=-1).reshape(rows, kdim)
+        return T.decode(codes, "e2m1")
     eb = T.ELEM_BITS[dtype] // 8
     try:
         addr = T.operand_addresses(f["start_addr"], f["lbo"], f["sbo"], f["swizzle"], rows, kdim, eb, major)
@@ -448,7 +454,7 @@ def _read_operand(st, desc, rows, kdim, dtype, major, which, op, kind, me):
     raw = view[idx].astype(np.uint32)
     for i in range(1, eb):
         raw |= view[idx + i].astype(np.uint32) << (8 * i)
-    return T.decode(raw, dtype)
+    return raw.astype(np.float64) if dtype == "u8" else T.decode(raw, dtype)
 
 
 # ------------------------------------------------------------------------------ wgmma
@@ -700,7 +706,7 @@ def _tmem_cells_check(st, lanes, cols, op, who, what, need_written=True):
                                 f"MMA, mbarrier wait on it, tcgen05_fence_after_thread_sync, then tcgen05.ld")
 
 
-def _tcgen05_mma(kind, bs, d, a, b_desc, idesc, accumulate, a_tmem, sfa=None, sfb=None, op=""):
+def _tcgen05_mma(kind, bs, d, a, b_desc, idesc, accumulate, a_tmem, sfa=None, sfb=None, op="", vec=None):
     st, me = _enter()
     who = thread_name(me)
     idesc = _u32(idesc)
@@ -715,8 +721,8 @@ def _tcgen05_mma(kind, bs, d, a, b_desc, idesc, accumulate, a_tmem, sfa=None, sf
         raise NotEmulated(f"{op}: sparse / .ws instruction descriptors are not emulated")
     at, bt = f["a_type"], f["b_type"]
     for nm, ty in (("A", at), ("B", bt)):
-        if ty not in T.ELEM_BITS:
-            raise NotEmulated(f"{op}: {nm} type {ty} (emulated: bf16, f16, e4m3, e5m2)")
+        if ty not in T.ELEM_BITS or (ty == "e2m1" and kind == "f8f6f4") or (ty == "e2m1") != kind.startswith("mxf4"):
+            raise NotEmulated(f"{op}: {nm} type {ty} (emulated: bf16, f16, e4m3, e5m2; e2m1 packed for mxf4 kinds)")
     if a_tmem and f["a_major"] != "K":
         raise EmulatorError(f"{op} by {who}: A from TMEM is always K-major, the descriptor says a_major=MN")
     tm = st.tmem
@@ -754,7 +760,7 @@ def _tcgen05_mma(kind, bs, d, a, b_desc, idesc, accumulate, a_tmem, sfa=None, sf
         if f.get("negate_b"):
             bmat = -bmat
         if bs:
-            amat, bmat = _apply_block_scales(st, kind, f, sfa, sfb, amat, bmat, M, N, K, op, who)
+            amat, bmat = _apply_block_scales(st, kind, f, sfa, sfb, amat, bmat, M, N, K, op, who, vec)
         prod = amat @ bmat.T
         dtag_desc = (f"the tcgen05.mma accumulator D @ TMEM lane {d_lane} column {d_col} (M={M}, N={N}"
                      + (f", region {reg}" if reg else "") + ")")
@@ -791,15 +797,51 @@ def _tcgen05_mma(kind, bs, d, a, b_desc, idesc, accumulate, a_tmem, sfa=None, sf
         st.changed()
 
 
-def _apply_block_scales(st, kind, f, sfa, sfb, amat, bmat, M, N, K, op, who):
-    raise NotEmulated(f"{op}: block-scaled MMA scale factors are not emulated yet")
+_SCALE_VEC = {"mxf8f6f4": {"1x": (1, 32)}, "mxf4nvf4": {"2x": (2, 32), "4x": (4, 16)},
+              "mxf4": {"2x": (2, 32)}}
 
 
-def _make_mma(kind, src, bs=False):
-    name = f"tcgen05_mma_{kind}_{src}"
+def _read_scales(st, taddr, rows, nsf, sf_id, scale_type, which, op, who):
+    """float64 [rows, nsf] scale factors from TMEM (ptx-facts §2.6, CUTLASS tmem_sf_frg): row
+    r = r0 + 32 r1 sits in lane r0 of every 32-lane quadrant (duplicated), column base + r1, bytes
+    sf_id .. sf_id + nsf - 1 of the word (1X: byte sf_id; 2X: half-word at sf_id; 4X: all 4)."""
+    lane0, col0 = _taddr(taddr)
+    r = np.arange(rows)
+    cols = col0 + r // 32
+    quads = np.arange(4)[:, None] * 32 + lane0 + (r % 32)[None, :]          # [4, rows]
+    _tmem_cells_check(st, quads, cols[None, :], op, who, f"the {which} scale factors")
+    words = st.tmem.data[quads, cols[None, :]]
+    if not (words == words[0]).all():
+        q, i = [int(x[0]) for x in np.nonzero(words != words[0])]
+        raise EmulatorError(f"{op} by {who}: {which} scale factors of row {i} differ between lane quadrant 0 and "
+                            f"{q} (TMEM lanes {int(quads[0, i])} / {int(quads[q, i])}, column {int(cols[i])}): they must "
+                            f"be duplicated to all four 32-lane partitions (tcgen05_cp_32x128b_warpx4 does that)")
+    byte = (words[0][:, None] >> (8 * (sf_id + np.arange(nsf))).astype(np.uint32)) & 0xFF
+    return T.ue8m0(byte) if scale_type == "ue8m0" else T.ue4m3(byte)
+
+
+def _apply_block_scales(st, kind, f, sfa, sfb, amat, bmat, M, N, K, op, who, vec):
+    nsf, block = vec
+    if nsf * block != K:
+        raise EmulatorError(f"{op}: scale_vec {nsf}X with K={K} (block {block}) does not tile K")
+    if kind == "mxf4nvf4" and f["scale_type"] == "ue4m3" and nsf != 4:
+        raise EmulatorError(f"{op} by {who}: UE4M3 scales need scale_vec::4X (block16) (PTX Table 57)")
+    if nsf == 4 and (f["a_sf_id"] or f["b_sf_id"]):
+        raise EmulatorError(f"{op} by {who}: scale_vec::4X needs both scale-factor ids 0, got A {f['a_sf_id']}, "
+                            f"B {f['b_sf_id']}")
+    sa = _read_scales(st, sfa, M, nsf, f["a_sf_id"], f["scale_type"], "A", op, who)
+    sb = _read_scales(st, sfb, N, nsf, f["b_sf_id"], f["scale_type"], "B", op, who)
+    k = np.arange(K) // block
+    return amat * sa[:, k], bmat * sb[:, k]
+
+
+def _make_mma(kind, src, bs=False, vec_name=None):
+    name = f"tcgen05_mma_{kind}_{vec_name + '_' if vec_name and kind != 'mxf8f6f4' else ''}{src}"
     if bs:
+        vec = _SCALE_VEC[kind][vec_name]
+
         def mma(d, a, b_desc, idesc, sfa, sfb, accumulate):
-            _tcgen05_mma(kind, True, d, a, b_desc, idesc, accumulate, src == "ts", sfa, sfb, op=name)
+            _tcgen05_mma(kind, True, d, a, b_desc, idesc, accumulate, src == "ts", sfa, sfb, op=name, vec=vec)
     else:
         def mma(d, a, b_desc, idesc, accumulate):
             _tcgen05_mma(kind, False, d, a, b_desc, idesc, accumulate, src == "ts", op=name)
@@ -813,6 +855,58 @@ def _make_mma(kind, src, bs=False):
 for _kind in ("f16", "f8f6f4"):
     for _src in ("ss", "ts"):
         globals()[f"tcgen05_mma_{_kind}_{_src}"] = _make_mma(_kind, _src)
+for _kind, _vecs in _SCALE_VEC.items():
+    for _v in _vecs:
+        for _src in ("ss", "ts"):
+            _f = _make_mma(_kind, _src, True, _v)
+            globals()[_f.__name__] = _f
+
+
+# tcgen05.cp shapes: (lanes, bytes per lane, broadcast to all 4 quadrants)
+_CP_SHAPES = {"128x256b": (128, 32, False), "4x256b": (4, 32, False), "128x128b": (128, 16, False),
+              "32x128b_warpx4": (32, 16, True)}
+
+
+def _make_cp(shape):
+    name = f"tcgen05_cp_{shape}"
+    nl, nb, bcast = _CP_SHAPES[shape]
+
+    def cp(taddr, sdesc):
+        """Emulated tcgen05.cp (PTX §9.7.16.9): one thread copies a lanes x bytes matrix from shared
+        memory (read through the descriptor as a K-major operand of 1-byte elements: row = TMEM lane,
+        16-byte chunks at LBO, 8-row groups at SBO - [inferred from the canonical layouts]) into TMEM
+        at taddr, 4 bytes per column; .warpx4 writes the 32 rows into all four lane quadrants."""
+        st, me = _enter()
+        who = thread_name(me)
+        lane0, col0 = _taddr(taddr)
+        raw = _read_operand(st, sdesc, nl, nb, "u8", "K", "source", name, "umma-smem", me)
+        words = raw.astype(np.uint32).reshape(nl, nb // 4, 4)
+        words = words[..., 0] | words[..., 1] << 8 | words[..., 2] << 16 | words[..., 3] << 24
+        lanes = lane0 + np.arange(nl)
+        if bcast:
+            lanes = (np.arange(4)[:, None] * 32 + lanes[None, :]).reshape(-1)
+            words = np.tile(words, (4, 1))
+        if lanes.max() >= 128:
+            raise EmulatorError(f"{name} by {who}: lanes {lane0}..{int(lanes.max())} run past lane 127")
+        cols = col0 + np.arange(nb // 4)
+        tm = st.tmem
+        with st.lock:
+            _tmem_cells_check(st, lanes[:, None], cols[None, :], name, who, "the copy", need_written=False)
+            try:
+                reg = T.region_of(col0, col0 + nb // 4, tm.region_base or 0, name)
+            except ValueError as e:
+                raise EmulatorError(f"{name} by {who}: {e}") from None
+            tag = tm.intern(f"{name} by {who} at TMEM lane {lane0} column {col0}" + (f" (region {reg})" if reg else ""))
+            tm.data[lanes[:, None], cols[None, :]] = words
+            tm.tag[lanes[:, None], cols[None, :]] = tag
+            tm.readby[lanes[:, None], cols[None, :]] = 0
+            st.changed()
+    cp.__name__ = cp.__qualname__ = name
+    return cp
+
+
+for _shape in _CP_SHAPES:
+    globals()[f"tcgen05_cp_{_shape}"] = _make_cp(_shape)
 
 
 def _tmem_access(shape, num, taddr, op):

@@ -40,7 +40,7 @@ def _minifloat_lut(ebits: int, mbits: int, bias: int, special: str) -> np.ndarra
 LUT = {"e4m3": _minifloat_lut(4, 3, 7, "fn"), "e5m2": _minifloat_lut(5, 2, 15, "ieee"),
        "e2m3": _minifloat_lut(2, 3, 1, "none"), "e3m2": _minifloat_lut(3, 2, 3, "none"),
        "e2m1": _minifloat_lut(2, 1, 1, "none")}
-ELEM_BITS = {"bf16": 16, "f16": 16, "e4m3": 8, "e5m2": 8}
+ELEM_BITS = {"bf16": 16, "f16": 16, "e4m3": 8, "e5m2": 8, "u8": 8, "e2m1": 4}
 
 
 def decode(raw: np.ndarray, dtype: str) -> np.ndarray:
