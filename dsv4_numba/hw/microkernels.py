@@ -127,6 +127,7 @@ def wgmma_kernel(n: int, dtype: str, a_from: str, swizzle: str, b_major: str):
     ss = a_from == "smem"
     tb = b_major == "MN"
     name = f"wgmma_m64n{n}k{K_STEP[dtype]}_f32_{dtype}_{'ss' if ss else 'rs'}{'_tb' if tb else ''}"
+    ops.wgmma_binding(n, dtype, a_from, tb)          # binds N outside ops.WGMMA_N on first use
     da, sa_step, db, sb_step = _desc_consts(swizzle, b_major)
     a_bytes = 64 * ROW_BYTES
     b_bytes = n * ROW_BYTES

@@ -173,6 +173,17 @@ for _n in WGMMA_N:
                 __all__.append(_sn.name)
 
 
+
+def wgmma_binding(n: int, dtype: str = "bf16", a_from: str = "smem", trans_b: bool = False):
+    """The ``ops.wgmma_m64n{n}...`` binding for any N (8..256 step 8), created on first use and kept as
+    a module attribute (only N in WGMMA_N are bound at import)."""
+    sn = wgmma_snippet(n, dtype, a_from, trans_b)
+    if sn.name not in WGMMA:
+        WGMMA[sn.name] = sn
+        globals()[sn.name] = bind(sn)
+        __all__.append(sn.name)
+    return globals()[sn.name]
+
 # ---------------------------------------------------------------- generated: tcgen05.ld / tcgen05.st
 TCGEN05_LDST_SHAPES = {"32x32b": (1, 128), "16x256b": (4, 32)}   # shape -> (registers per .x1, max .num)
 
