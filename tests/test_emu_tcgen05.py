@@ -435,3 +435,110 @@ def test_e2m1_is_not_decoded_as_an_integer():
     0, 0.5, 1, 1.5, 2, 3, 4, 6 -- not 0..7."""
     np.testing.assert_array_equal(T.decode(np.arange(8), "e2m1"), [0, 0.5, 1, 1.5, 2, 3, 4, 6])
     np.testing.assert_array_equal(T.decode(np.arange(8, 16), "e2m1"), -np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6]))
+
+
+# ------------------------------------------------------------------ block-scaled kinds, tcgen05.cp
+def kmajor_bytes_image(m):
+    """K-major no-swizzle image of a (rows x 32) byte matrix: core matrix (row group g, 16-byte chunk h)
+    of 8 rows x 16 B at (2g + h) * 128 -> LBO 128, SBO 256."""
+    rows = m.shape[0]
+    return np.ascontiguousarray(m.reshape(rows // 8, 8, 2, 16).transpose(0, 2, 1, 3)).reshape(-1)
+
+
+def sf_atom(sf):
+    """The 512-B "128x4" scale-factor atom (ptx-facts §2.6): byte 16 (m%32) + 4 (m//32) + k."""
+    img = np.zeros(512, np.uint8)
+    for m in range(sf.shape[0]):
+        for k in range(sf.shape[1]):
+            img[16 * (m % 32) + 4 * (m // 32) + k] = sf[m, k]
+    return img
+
+
+@kernel
+def k_block_scaled(a_img, b_img, sfa_img, sfb_img, out, idesc, which, dup):
+    sa = cuda.shared.array(4096, uint8)
+    sb = cuda.shared.array(2048, uint8)
+    ssa = cuda.shared.array(2048, uint8)     # 512 B used; 2 KB for the 128x128b copy of the dup=0 case
+    ssb = cuda.shared.array(512, uint8)
+    bars = cuda.shared.array(1, uint64)
+    slot = cuda.shared.array(1, uint32)
+    t = cuda.threadIdx.x
+    q, lane = (t // 32) % 4, t % 32
+    for i in range(t, 4096, 128):
+        sa[i] = a_img[i]
+    for i in range(t, 2048, 128):
+        sb[i] = b_img[i]
+    for i in range(t, 2048, 128):
+        ssa[i] = sfa_img[i] if i < 512 else 0
+    for i in range(t, 512, 128):
+        ssb[i] = sfb_img[i]
+    ops.fence_proxy_async_shared_cta()
+    bar = ops.shared_address(bars)
+    if t == 0:
+        ops.mbarrier_init(bar, uint32(1))
+    if t // 32 == 0:
+        ops.tcgen05_alloc(ops.shared_address(slot), uint32(128))
+    cuda.syncthreads()
+    taddr = slot[0]
+    if t == 0:
+        nd = uint64(umma_smem_desc(0, 128, 256, "none"))
+        sfd = uint64(umma_smem_desc(0, 128, 128, "none"))
+        if dup:
+            ops.tcgen05_cp_32x128b_warpx4(taddr + uint32(64), sfd | uint64(ops.shared_address(ssa) >> 4))
+        else:                       # the 128x128b copy does not duplicate across the lane quadrants
+            ops.tcgen05_cp_128x128b(taddr + uint32(64), sfd | uint64(ops.shared_address(ssa) >> 4))
+        ops.tcgen05_cp_32x128b_warpx4(taddr + uint32(68), sfd | uint64(ops.shared_address(ssb) >> 4))
+        a = nd | uint64(ops.shared_address(sa) >> 4)
+        b = nd | uint64(ops.shared_address(sb) >> 4)
+        if which == 0:
+            ops.tcgen05_mma_mxf8f6f4_ss(taddr, a, b, uint32(idesc), taddr + uint32(64), taddr + uint32(68), uint32(0))
+        else:
+            ops.tcgen05_mma_mxf4nvf4_4x_ss(taddr, a, b, uint32(idesc), taddr + uint32(64), taddr + uint32(68),
+                                           uint32(0))
+        ops.tcgen05_commit(bar)
+    ops.mbarrier_wait_parity(bar, uint32(0))
+    ops.tcgen05_fence_after_thread_sync()
+    r = ops.tcgen05_ld_32x32b_x64(taddr + uint32((32 * q) << 16))
+    for j in range(64):
+        out[32 * q + lane, j] = r[j]
+    cuda.syncthreads()
+    if t // 32 == 0:
+        ops.tcgen05_dealloc(taddr, uint32(128))
+
+
+def run_block_scaled(rng, which, dup=1):
+    from dsv4_numba.hw.descriptors import umma_idesc_block_scaled
+    if which == 0:      # mxf8f6f4: e4m3, K=32, one UE8M0 scale per row / column (byte sf_id = 0)
+        a, b = e4m3_bits(rng.standard_normal((128, 32))), e4m3_bits(rng.standard_normal((64, 32)))
+        fa, fb = e4m3_value(a), e4m3_value(b)
+        sfa, sfb = rng.integers(120, 135, (128, 1)), rng.integers(120, 135, (64, 1))
+        va, vb = 2.0 ** (sfa - 127.0), 2.0 ** (sfb - 127.0)
+        idesc = umma_idesc_block_scaled("mxf8f6f4", "e4m3", "e4m3", "ue8m0", 128, 64)
+        block = 32
+    else:               # mxf4nvf4 4X: packed E2M1, K=64, four UE4M3 scales per row (block 16)
+        ca, cb = rng.integers(0, 16, (128, 64)), rng.integers(0, 16, (64, 64))
+        a, b = (ca[:, 0::2] | ca[:, 1::2] << 4).astype(np.uint8), (cb[:, 0::2] | cb[:, 1::2] << 4).astype(np.uint8)
+        e2m1 = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6])
+        fa, fb = e2m1[ca], e2m1[cb]
+        sfa, sfb = rng.integers(0x30, 0x48, (128, 4)), rng.integers(0x30, 0x48, (64, 4))   # UE4M3 codes
+        va, vb = T.LUT["e4m3"][sfa], T.LUT["e4m3"][sfb]
+        idesc = umma_idesc_block_scaled("mxf4nvf4", "e2m1", "e2m1", "ue4m3", 128, 64)
+        block = 16
+    out = np.full((128, 64), 0x7FC00000, np.uint32)
+    k_block_scaled.launch(1, 128, kmajor_bytes_image(a), kmajor_bytes_image(b), sf_atom(sfa), sf_atom(sfb), out,
+                          idesc, which, dup)
+    k = np.arange(fa.shape[1]) // block
+    ref = (fa * va[:, k]) @ (fb * vb[:, k]).T
+    return out.view(np.float32), ref
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["mxf8f6f4_ue8m0", "mxf4nvf4_4x_ue4m3"])
+def test_block_scaled_mma_with_scales_copied_by_tcgen05_cp(rng, which):
+    got, ref = run_block_scaled(rng, which)
+    np.testing.assert_array_equal(got, ref.astype(np.float32))
+
+
+def test_scale_factors_not_duplicated_across_quadrants_is_reported(rng):
+    with pytest.raises(emu.EmulatorError, match="A scale factors of row 0 differ between lane quadrant 0 and 1.*"
+                                                "duplicated to all four 32-lane partitions"):
+        run_block_scaled(rng, 0, dup=0)
