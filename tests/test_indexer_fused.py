@@ -46,27 +46,16 @@ def check_scores(res, orc, k):
 
 
 # ---------------------------------------------------------------- compile for sm_90a
-SIGS = {}
-
-
-def _sig(src):
-    from numba import types as T
-    a8, f32, i32 = T.Array(T.uint8, 1, "C"), T.Array(T.float32, 1, "C"), T.Array(T.int32, 1, "C")
-    return (src, a8, src, a8, f32, i32, T.int64, T.int64, T.int64, i32, T.int64, T.int64, T.int64,
-            T.int64, f32)
-
-
-@pytest.mark.parametrize("fmt", ["bf16", "fp4"])
-def test_fused_kernel_compiles_for_sm90a(fmt):
-    from numba import types as T
-    src = T.Array(T.uint16 if fmt == "bf16" else T.uint8, 1, "C")
-    r = F.indexer_fused_kernel.compile(_sig(src), "sm_90a")
+@pytest.mark.parametrize("which", [0, 1], ids=["bf16", "fp4"])
+def test_fused_kernel_compiles_for_sm90a(which):
+    kern, sig = F.production_kernels()[which]
+    r = kern.compile(sig, "sm_90a")
     assert r.spill_stores == 0 and r.spill_loads == 0 and r.stack_bytes == 0, r.summary
     assert r.shared_bytes == F.SMEM_BYTES <= 48 * 1024
     assert r.sass.count("HGMMA.64x128x16.F32.BF16") == D // 16, "8 wgmma k16 steps expected"
     assert ".shared .align 1024" in r.ptx, "the 128B-swizzled tiles need a 1024-aligned base"
     assert "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16" in r.ptx
-    if fmt == "fp4":
+    if which:
         assert "prmt.b32" in r.ptx and "cvt.rn.bf16x2.f32" in r.ptx
 
 
@@ -93,6 +82,35 @@ def test_fused_fp4_emulated_paged_equals_contiguous(sim):
                    return_intermediates=True)
     np.testing.assert_array_equal(res2[2]["scores"].view(np.uint32), res[2]["scores"].view(np.uint32))
     np.testing.assert_array_equal(res2[0], res[0])
+
+
+def test_production_score_stage_emulated(sim):
+    """indexer_scores/production (the same kernel writing logits) against float64 q . k."""
+    from dsv4_numba.stages.indexer_stages import Paging
+    q, kc, w = problem(4, 2, 129, bf16=True)
+    vl = np.array([129, 70], np.int32)
+    lg = F.scores_production(q.view(np.uint16).reshape(-1), F.BF16, kc.view(np.uint16).reshape(-1),
+                             F.BF16, Paging(np.zeros(1, np.int32), 1, 1, 129), vl, 2, H, 129, D)
+    lg = lg.reshape(2, H, 129).astype(np.float64)
+    orc = oracle(q, kc, w, vl)
+    valid = ~np.isnan(orc["logits"])
+    assert (lg[~valid] == 0).all()
+    assert (np.abs(lg - np.nan_to_num(orc["logits"]))[valid] <= orc["logit_err"][valid]).all()
+
+
+def test_production_score_stage_falls_back_on_auto_and_refuses_when_asked(monkeypatch):
+    """Shapes it does not take: auto -> the reference GEMM; asked for by name -> ValueError."""
+    from dsv4_numba import registry
+    from test_indexer import small_fp4
+    impl = registry.REGISTRY["indexer_scores"].impls["production:sm_90a"]
+    monkeypatch.setattr(impl, "unavailable", lambda: None)
+    qf, kf, w, vl = small_fp4()
+    ref = indexer(qf, kf, w, 8, valid_len=vl, impls="reference")
+    got = indexer(qf, kf, w, 8, valid_len=vl, impls={s: "reference" for s in
+                                                     ("decode_fp4", "indexer_reduce", "topk")})
+    np.testing.assert_array_equal(got[0], ref[0])
+    with pytest.raises(ValueError, match="H = 64.*reference"):
+        indexer(qf, kf, w, 8, valid_len=vl, impls={"indexer_scores": "production"})
 
 
 # ---------------------------------------------------------------- errors before launch

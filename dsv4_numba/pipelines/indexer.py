@@ -58,16 +58,19 @@ the wgmma/TMA layer of ``hw/``; until then ``indexer`` is staged only.
 """
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 
 from .. import registry
 from ..formats import FORMATS, QuantizedFP4
-from ..runtime import F32, ArrayIO, is_device_array
+from ..runtime import BF16, F32, ArrayIO, is_device_array
 from ..runtime.arrays import float_kind, is_contiguous, typestr
 from ..stages import topk as _topk
 from ..formats.fp8 import QuantizedFP8
 from ..stages.indexer_stages import Paging
+from . import indexer_sm90 as _sm90          # registers indexer_scores/production (sm_90a wgmma)
 
+_BF16 = ml_dtypes.bfloat16
 STAGES = ("decode_fp4", "indexer_decode_fp8", "indexer_scores", "indexer_reduce", "topk")
 K_MAX = _topk.K_MAX                                          # 4096
 _STAGES_OF = {"fp4": ("decode_fp4", "indexer_scores", "indexer_reduce", "topk"),
@@ -325,6 +328,20 @@ def indexer(q, k_cache, weights, k, valid_len=None, block_table=None, impls=None
         return fused_indexer(c, q, k_cache, weights, topk_impl, return_intermediates)
     plan = _resolve(c.fam, impls)
     T, H, D, N = c.T, c.H, c.D, c.N
+    prod_gemm = plan["indexer_scores"].name == "production"
+    if prod_gemm:
+        # the wgmma score GEMM reads bfloat16: exact for FP4 (decoded to bfloat16) and bf16 inputs
+        kinds = (BF16, BF16) if c.fam == "fp4" else (c.qkind, c.kkind) if c.fam == "float" \
+            else (F32, F32)
+        why = _sm90.scores_fits(*kinds, H, D)
+        if why is not None:
+            asked = impls if isinstance(impls, str) else (impls or {}).get("indexer_scores") \
+                if isinstance(impls, dict) else None
+            if asked and asked.startswith("production"):
+                raise ValueError(f"indexer_scores/production cannot take this call: {why}; use "
+                                 f"impls={{'indexer_scores': 'reference'}}")
+            plan["indexer_scores"] = registry.resolve("indexer_scores", "reference")
+            prod_gemm = False
     arrays = [weights]
     for x in (q, k_cache):
         arrays += ([x.data, x.scales] if c.fam == "fp4" else [x.codes, x.scales]
@@ -334,9 +351,10 @@ def indexer(q, k_cache, weights, k, valid_len=None, block_table=None, impls=None
     kscale = None
     # 1. decode
     if c.fam == "fp4":
-        qd = plan["decode_fp4"].fn(_placed(q, io), "float32")
-        kd = plan["decode_fp4"].fn(_placed(k_cache, io), "float32")
-        qkind = kkind = F32
+        dt = "bfloat16" if prod_gemm else "float32"        # E2M1 x 2^k is exact in either
+        qd = plan["decode_fp4"].fn(_placed(q, io), dt)
+        kd = plan["decode_fp4"].fn(_placed(k_cache, io), dt)
+        qkind = kkind = BF16 if prod_gemm else F32
     elif c.fam == "fp8":
         dec = plan["indexer_decode_fp8"].fn
         qd = dec(_placed(q, io), True)
@@ -356,8 +374,10 @@ def indexer(q, k_cache, weights, k, valid_len=None, block_table=None, impls=None
     vl = io.to_kernel(c.valid_len).reshape(-1)
     w = io.to_kernel(weights.view(np.uint16) if c.w_bf16 else weights).reshape(-1)
     # 2. score GEMM, 3. head reduction
-    logits = plan["indexer_scores"].fn(qd.reshape(-1), qkind, kd.reshape(-1), kkind, paging, vl,
-                                       T, H, N, D)
+    def gemm_input(x):       # host bfloat16 travels as its bits; the return keeps the dtype
+        return x.view(np.uint16) if isinstance(x, np.ndarray) and x.dtype == _BF16 else x
+    logits = plan["indexer_scores"].fn(gemm_input(qd).reshape(-1), qkind,
+                                       gemm_input(kd).reshape(-1), kkind, paging, vl, T, H, N, D)
     scores = plan["indexer_reduce"].fn(logits, w, c.wkind, kscale, paging, vl, T, H, N)
     # 4. top-k (lengths: positions beyond valid_len are never selected)
     call = _topk._prepare(scores.reshape(T, N), c.k, vl, check_nan=False)
@@ -368,8 +388,9 @@ def indexer(q, k_cache, weights, k, valid_len=None, block_table=None, impls=None
     qv, kv = qd, kd
     if c.fam == "float":       # give back what the GEMM read, in the caller's dtype
         qv, kv = q, k_cache
-    inter.update(q=io.result(qv) if not isinstance(qv, np.ndarray) else qv,
-                 k=io.result(kv) if not isinstance(kv, np.ndarray) else kv,
+    bits = _BF16 if prod_gemm and c.fam == "fp4" else None   # device bf16 decode: uint16 bits
+    inter.update(q=io.result(qv, bits) if not isinstance(qv, np.ndarray) else qv,
+                 k=io.result(kv, bits) if not isinstance(kv, np.ndarray) else kv,
                  logits=io.result(logits).reshape(T, H, N),
                  scores=io.result(scores).reshape(T, N))
     if inter["k_scale"] is not None:

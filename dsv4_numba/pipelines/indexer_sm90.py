@@ -43,6 +43,7 @@ import math
 import numpy as np
 from numba import cuda, float32, int64, uint32, uint64
 
+from .. import registry
 from ..formats import FORMATS
 from ..hw import ops
 from ..hw.bits import bf16_bits, bits_f32, f32_bits
@@ -67,6 +68,7 @@ SMEM_WORDS = SMEM_BYTES // 4
 SMEM_ALIGN = 1024
 GROUPS = 8 * (H_FUSED // 16)                # 32 row quads (4 warps x 8 lane quads) per key column
 FMT_BF16, FMT_FP4 = 0, 1
+EPI_SCORES, EPI_LOGITS = 0, 1          # head sum -> scores [T, N] | raw logits [T, 64, N]
 
 # 128B-swizzled K-major operand: 8-row x 128-byte repeat (SBO 1024), LBO unused (16), base 1024-aligned
 DESC_SW128 = wgmma_smem_desc(0, 16, 1024, "128B")
@@ -143,15 +145,28 @@ def mma_k16(acc, adesc, bdesc, accumulate):
     return ops.wgmma_m64n128k16_f32_bf16_ss(*acc, adesc, bdesc, accumulate)
 
 
+@device
+def write_logits(acc, logits, t, h0, lane, n0, N, L):
+    """The accumulator tile as logits[t, h, n] (0 for L <= n < N): the staged pipeline's score GEMM.
+    Register i of this thread: head h0 + 8*((i//2)%2), key n0 + 8*(i//4) + 2*(lane%4) + i%2."""
+    for i in range(64):
+        n = n0 + 8 * (i >> 2) + 2 * (lane & 3) + (i & 1)
+        if n < N:
+            h = h0 + 8 * ((i >> 1) & 1)
+            logits[(int64(t) * H_FUSED + h) * N + n] = acc[i] if n < L else float32(0.0)
+
+
 # Napkin math: see the module docstring (per CTA 32 KB of keys once, 16 KB of q + 8 wgmma per token).
 @kernel(launch_bounds=(THREADS,))
 def indexer_fused_kernel(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, page_size,
-                         valid_len, T, N, TQ, fmt, scores):
+                         valid_len, T, N, TQ, fmt, epi, scores):
     """scores[t, n] = sum_h w[t, h] ReLU(q[t, h] . k(t, n)) for n < valid_len[t], -inf for
     valid_len[t] <= n < N. Grid (ceil(N / 128), ceil(T / TQ)), 128 threads (one warpgroup).
 
     qsrc / ksrc: bf16 bits (uint16) [T*64*128] / [rows*128], or FP4 bytes [T*64*64] / [rows*64]
     with UE8M0 codes qsc / ksc [.. * 4] (``fmt``); w float32 [T*64]; scores float32 [T*N].
+    ``epi`` = EPI_LOGITS (the staged pipeline's production score stage): no head sum; ``scores``
+    receives the logits [T, 64, N] instead (0 for n >= valid_len[t]) and ``w`` is not read.
     """
     smem32 = cuda.shared.array(SMEM_WORDS, uint32, alignment=SMEM_ALIGN)
     tid = cuda.threadIdx.x
@@ -199,25 +214,28 @@ def indexer_fused_kernel(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, 
         ops.wgmma_commit_group()
         ops.wgmma_wait_group_0()
         cuda.syncthreads()                        # every warp is past its wgmma: q tile is free
-        wa = w[t * H_FUSED + h0]
-        wb = w[t * H_FUSED + h0 + 8]
-        # register i: row h0 + 8*((i//2)%2), column 8*(i//4) + 2*(lane%4) + i%2 (hw.layouts)
-        for jj in range(BN // 8):
-            for e in range(2):
-                a0 = acc[4 * jj + e]
-                a1 = acc[4 * jj + 2 + e]
-                p = (wa * a0 if a0 > float32(0.0) else float32(0.0)) + \
-                    (wb * a1 if a1 > float32(0.0) else float32(0.0))
-                col = (8 * jj + 2 * (lane & 3) + e) ^ xr
-                smem32[xw + grp * BN + col] = f32_bits(p)
-        cuda.syncthreads()
-        # thread tid owns key column tid: the 32 row-quad partials, summed in a fixed order
-        s = float32(0.0)
-        for g in range(GROUPS):
-            s += bits_f32(smem32[xw + g * BN + (tid ^ ((g & 7) << 3))])
-        n = n0 + tid
-        if n < N:
-            scores[int64(t) * N + n] = s if n < valid_len[t] else float32(-math.inf)
+        if epi == EPI_LOGITS:
+            write_logits(acc, scores, t, h0, lane, n0, N, valid_len[t])
+        else:
+            wa = w[t * H_FUSED + h0]
+            wb = w[t * H_FUSED + h0 + 8]
+            # register i: row h0 + 8*((i//2)%2), column 8*(i//4) + 2*(lane%4) + i%2 (hw.layouts)
+            for jj in range(BN // 8):
+                for e in range(2):
+                    a0 = acc[4 * jj + e]
+                    a1 = acc[4 * jj + 2 + e]
+                    p = (wa * a0 if a0 > float32(0.0) else float32(0.0)) + \
+                        (wb * a1 if a1 > float32(0.0) else float32(0.0))
+                    col = (8 * jj + 2 * (lane & 3) + e) ^ xr
+                    smem32[xw + grp * BN + col] = f32_bits(p)
+            cuda.syncthreads()
+            # thread tid owns key column tid: the 32 row-quad partials, summed in a fixed order
+            s = float32(0.0)
+            for g in range(GROUPS):
+                s += bits_f32(smem32[xw + g * BN + (tid ^ ((g & 7) << 3))])
+            n = n0 + tid
+            if n < N:
+                scores[int64(t) * N + n] = s if n < valid_len[t] else float32(-math.inf)
         cuda.syncthreads()                        # the exchange (q tile) is rewritten next token
 
 
@@ -319,7 +337,7 @@ def fused_plan(c, q, k_cache, weights, out=None) -> FusedPlan:
         TQ = token_group(T, N)
         grid = (-(-N // BN), -(-T // TQ))
         args = (qsrc, qsc, ksrc, ksc, w, table, c.table_rows, c.max_pages, c.page_size, vl, T, N,
-                TQ, fmt, scores)
+                TQ, fmt, EPI_SCORES, scores)
     return FusedPlan(io, grid, args, scores, vl, io.gpu)
 
 
@@ -357,5 +375,54 @@ def fused_indexer(c, q, k_cache, weights, topk_impl=None, return_intermediates=F
     return out
 
 
-__all__ = ["indexer_fused_kernel", "fused_indexer", "fused_scores", "fused_plan", "FusedPlan", "check_fusable", "token_group",
+# ----------------------------------------------------------------------------------------------
+# The staged pipeline's production score GEMM (same kernel, EPI_LOGITS)
+# ----------------------------------------------------------------------------------------------
+# Napkin math: the same wgmma work as the fused kernel, plus T*64*N*4 bytes of logits written
+# (256 B per key per token: 1.07 GB at T = 64, N = 65536, ~0.35 ms of HBM) -- the store-bound
+# stage the fused kernel avoids. It pays against the reference GEMM (thread per logit, float32 FMA).
+def scores_fits(qkind, kkind, H, D) -> str | None:
+    """None when the production score stage takes these inputs, else why not."""
+    if (H, D) != (H_FUSED, D_FUSED):
+        return f"it is built for H = {H_FUSED}, D = {D_FUSED} (got H = {H}, D = {D})"
+    if qkind != BF16 or kkind != BF16:
+        return ("it reads bfloat16 q and keys (the pipeline decodes FP4 to bfloat16 for it, "
+                "exactly; float32 and FP8-decoded values are not exact in bfloat16)")
+    return None
+
+
+def scores_production(q, qkind, k, kkind, paging, valid_len, T, H, N, D):
+    """Registered ``indexer_scores`` production (sm_90a): logits [T*H*N] float32 kernel-side, 0 where
+    n >= valid_len[t]; q / k bfloat16 bits (kernel-side uint16), keys through ``paging``."""
+    why = scores_fits(qkind, kkind, H, D)
+    if why is not None:
+        raise ValueError(f"indexer_scores/production: {why}; use impls={{'indexer_scores': "
+                         f"'reference'}}")
+    io = ArrayIO()
+    logits = io.empty(T * H * N, np.float32)
+    if T and N:
+        dummy = io.to_kernel(np.zeros(4, np.uint8))
+        w = io.to_kernel(np.zeros(1, np.float32))
+        TQ = token_group(T, N)
+        with _sim_alignment(io.gpu):
+            indexer_fused_kernel.launch((-(-N // BN), -(-T // TQ)), THREADS, q, dummy, k, dummy, w,
+                                        paging.table, paging.table_rows, paging.max_pages,
+                                        paging.page_size, valid_len, T, N, TQ, FMT_BF16,
+                                        EPI_LOGITS, logits)
+    return logits
+
+
+def production_kernels():
+    """(Kernel, signature) of the fused kernel's specialisations, for compile-only checks."""
+    from numba import types as ty
+    a8, f32, i32, i64 = ty.uint8[::1], ty.float32[::1], ty.int32[::1], ty.int64
+    return [(indexer_fused_kernel, (src, a8, src, a8, f32, i32, i64, i64, i64, i32, i64, i64, i64,
+                                    i64, i64, f32)) for src in (ty.uint16[::1], ty.uint8[::1])]
+
+
+registry.register("indexer_scores", "production", arch="sm_90a",
+                  kernels=production_kernels)(scores_production)
+
+__all__ = ["scores_production", "scores_fits", "production_kernels", "EPI_SCORES", "EPI_LOGITS",
+           "indexer_fused_kernel", "fused_indexer", "fused_scores", "fused_plan", "FusedPlan", "check_fusable", "token_group",
            "BN", "H_FUSED", "D_FUSED"]
