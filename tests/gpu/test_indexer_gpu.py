@@ -156,3 +156,23 @@ def test_fused_and_staged_agree_within_the_bound():
     both = ~np.isnan(orc["scores"])
     diff = np.abs(fused[2]["scores"].astype(np.float64) - staged[2]["scores"])[both]
     assert (diff <= 2 * orc["err"][both]).all()
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
+def test_staged_with_production_score_stage(fmt):
+    """indexer_scores/production (wgmma, logits epilogue) inside the staged pipeline: decoded inputs
+    bitwise the spec (FP4 decoded to bf16 for it), logits within gamma(D) sum|q k|, selection rule."""
+    T, N = 4, 1500
+    q, kc, w = problem(8, T, N, fmt)
+    vl = np.array([1500, 1499, 200, 0], np.int32)
+    orc = oracle(q, kc, w, vl)
+    idx, vals, inter = indexer(q, kc, w, 256, valid_len=vl, impls={"indexer_scores": "production"},
+                               return_intermediates=True)
+    np.testing.assert_array_equal(np.asarray(inter["q"]).astype(np.float32), orc["q"])
+    np.testing.assert_array_equal(np.asarray(inter["k"]).astype(np.float32), orc["k"])
+    lg = inter["logits"].astype(np.float64)
+    valid = ~np.isnan(orc["logits"])
+    assert (lg[~valid] == 0).all()
+    assert (np.abs(lg - np.nan_to_num(orc["logits"]))[valid] <= orc["logit_err"][valid]).all()
+    check_scores(inter["scores"], orc, "staged+production GEMM")
+    check_selection_fast(idx, vals, orc["scores"], orc["err"], 256, vl, "staged+production GEMM")
