@@ -160,11 +160,13 @@ def test_nan_rules():
 # ----------------------------------------------------------------------------------------------
 # the production pipeline (scalar variant: no PTX) under the simulator
 # ----------------------------------------------------------------------------------------------
-def run_production(x, k, lengths=None, S=3, capacity=None, vectorized=True, twice=False):
-    """The production pipeline with 32-thread blocks; returns (v, i, meta). The 16-byte loads,
+def run_production(x, k, lengths=None, S=3, capacity=None, vectorized=True, twice=False,
+                   variant="three_pass"):
+    """The production pipeline with 32-thread blocks; returns (v, i). The 16-byte loads,
     shuffles and ballots run as their simulator twins (see softmax._with_sim_twin)."""
     c = K._prepare(x, k, lengths, check_nan=False)
-    plan = K.TopkPlan(c.R, c.n, k, c.kind, threads=32, finish_threads=32, S=S, capacity=capacity)
+    plan = K.TopkPlan(c.R, c.n, k, c.kind, threads=32, finish_threads=32, S=S, capacity=capacity,
+                      variant=variant)
     v, i = K.topk_production(c, plan=plan, vectorized=vectorized)
     assert not plan.workspace(False)[0].any(), "each run must leave its workspace zeroed"
     if twice:
@@ -174,16 +176,33 @@ def run_production(x, k, lengths=None, S=3, capacity=None, vectorized=True, twic
 
 
 @pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
-def test_production_pipeline_simulated():
-    """Two blocks per row (histogram tickets, filter appends), lengths, ties at the threshold."""
-    x = scores((3, 40), seed=11, kind="ties")
+@pytest.mark.parametrize("variant", K.VARIANTS)
+def test_production_pipeline_simulated(variant):
+    """Two blocks per row (histogram tickets, filter appends / select tickets), lengths (one row
+    empty), ties at the threshold."""
+    x = scores((4, 40), seed=11, kind="ties")
     x[0, 5], x[0, 6] = -0.0, 0.0
     x[1, :3] = np.inf
     x[2, 8] = np.nan                  # unscanned input: NaN ranks above +inf
-    lengths = np.array([40, 3, 17])
-    v, i = run_production(x, 10, lengths, S=2)
+    lengths = np.array([40, 3, 17, 0])
+    v, i = run_production(x, 10, lengths, S=2, variant=variant, twice=variant == "fused")
     assert i[2, 0] == 8
-    assert_topk(v, i, x, 10, lengths, name="production (sim)")
+    assert_topk(v, i, x, 10, lengths, name=f"production {variant} (sim)")
+
+
+@pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
+def test_fused_paths_simulated():
+    """The fused finish's three paths on one input: candidates in registers (<= 8 x 32 with
+    32 threads), more than that (global radix passes), more than ``capacity`` (reference).
+    Distinct keys that share their top 12 bits force several 8-bit refine passes."""
+    g = np.random.default_rng(23)
+    x = (1.0 + g.random((2, 200)) / 16).astype(np.float32)     # one 12-bit bin: [1, 1.125)
+    x[1, ::7] = 3.0                                            # ties with lower-index rule
+    assert (K.order_keys(x[0]) >> K.HSHIFT == K.order_keys(x[0, :1]) >> K.HSHIFT).all()
+    for cap, name in ((None, "registers"), (None, "global passes"), (16, "reference")):
+        xx = x if name == "registers" else np.concatenate([x, x, x], 1)   # 600 > 8 x 32
+        v, i = run_production(xx, 37, S=3, capacity=cap, variant="fused")
+        assert_topk(v, i, xx, 37, name=f"fused {name} (sim)")
 
 
 @pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
@@ -271,4 +290,6 @@ def test_plan_geometry():
     p = K.TopkPlan(1, 65536, 2048, K.BF16)
     assert p.S >= 16 and p.chunk % 8 == 0
     p = K.TopkPlan(3, 127, 5, K.F32)
-    assert p.S == 1 and p.capacity == 127
+    assert p.S == 1 and p.capacity == 128          # a multiple of 16: no shared 128-byte lines
+    with pytest.raises(ValueError, match="variant"):
+        K.TopkPlan(3, 127, 5, K.F32, variant="fast")

@@ -307,7 +307,12 @@ NBINS = 1 << HBITS
 HSHIFT = 32 - HBITS
 SCAN_THREADS = 512              # histogram / filter blocks
 FINISH_THREADS = 1024
-META = 4                        # per-row ints: [b1, count above b1, sure count, candidate count]
+VARIANTS = ("three_pass", "fused")
+PRODUCTION_VARIANT = "three_pass"   # what impl="production" runs; the bench times both
+FUSED_THREADS = SCAN_THREADS              # the fused variant's select + finish blocks
+CPT = K_MAX // FUSED_THREADS    # candidates a fused-finish thread holds in registers (8)
+# per-row ints: [b1, count above b1, sure count, candidate count, select ticket (fused), 3 spare]
+META = 8
 
 
 @device
@@ -477,6 +482,33 @@ def hist_kernel(kind, vectorized):
     return k_
 
 
+@device
+def filter_slice(x, src, base, lo, hi, bin1, row, meta, sure, cand, capacity, keys, kind, VEC):
+    """Columns [lo, hi) of row ``row`` (scores at x[base + column]): keys in bins above bin1 are
+    appended to the row's sure list, keys in bin1 to its candidate list (counters meta[row, 2]
+    and meta[row, 3]; warp-aggregated: one global atomic per warp and list). The trip count is
+    the same for all lanes so the ballots see converged warps. Candidates past ``capacity`` are
+    counted, not stored. ``keys``: the caller's local uint32[VEC]."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    step = int64(nt * VEC)
+    trips = (hi - lo + step - 1) // step if hi > lo else 0
+    for t in range(trips):
+        c = lo + t * step + tid * VEC
+        if c < hi:
+            load_keys(x, src, base + c, keys, kind, VEC)
+        for q in range(VEC):
+            ok = c + q < hi
+            kq = keys[q] if ok else uint32(0)
+            bq = kq >> uint32(HSHIFT)
+            slot = warp_push(ok and bq > bin1, meta, row * META + 2)
+            if slot >= 0:
+                sure[int64(row) * K_MAX + slot] = composite(kq, c + q)
+            slot = warp_push(ok and bq == bin1, meta, row * META + 3)
+            if slot >= 0 and slot < capacity:
+                cand[int64(row) * capacity + slot] = composite(kq, c + q)
+
+
 def filter_kernel(kind, vectorized):
     """Pass 3: re-read the slice; keys above bin b1 -> the row's sure list, in b1 -> candidates.
 
@@ -493,34 +525,14 @@ def filter_kernel(kind, vectorized):
         b = cuda.blockIdx.x
         row = b // S
         s = b - row * S
-        tid = cuda.threadIdx.x
-        nt = cuda.blockDim.x
         b1 = meta[row * META + 0]
         if b1 < 0:
             return
-        bin1 = uint32(b1)
         L = row_length(row, n, lengths, has_len)
-        lo = int64(s) * chunk
-        hi = min(lo + chunk, L)
-        base = int64(row) * n
-        src = address_of(x, VEC)
         keys = cuda.local.array(VEC, uint32)
-        step = int64(nt * VEC)
-        trips = (hi - lo + step - 1) // step if hi > lo else 0
-        for t in range(trips):
-            c = lo + t * step + tid * VEC
-            if c < hi:
-                load_keys(x, src, base + c, keys, kind, VEC)
-            for q in range(VEC):
-                ok = c + q < hi
-                kq = keys[q] if ok else uint32(0)
-                bq = kq >> uint32(HSHIFT)
-                slot = warp_push(ok and bq > bin1, meta, row * META + 2)
-                if slot >= 0:
-                    sure[int64(row) * K_MAX + slot] = composite(kq, c + q)
-                slot = warp_push(ok and bq == bin1, meta, row * META + 3)
-                if slot >= 0 and slot < capacity:
-                    cand[int64(row) * capacity + slot] = composite(kq, c + q)
+        filter_slice(x, address_of(x, VEC), int64(row) * n, int64(s) * chunk,
+                     min(int64(s) * chunk + chunk, L), uint32(b1), row, meta, sure, cand,
+                     capacity, keys, kind, VEC)
 
     topk_filter.__name__ = topk_filter.__qualname__ = \
         f"topk_filter_{'bf16' if kind == BF16 else 'f32'}_v{VEC}"
@@ -551,42 +563,78 @@ def bitonic_sort_desc(buf, P):
         size *= 2
 
 
-@kernel(launch_bounds=(FINISH_THREADS,))
-def topk_finish_kernel(x, n, k, lengths, has_len, kind, ghist, meta, tickets, sure, cand,
-                       capacity, vals, idx):
-    """Pass 4, one block per row: select the missing ones among the candidates, sort, write.
+@device
+def warp_find_bucket256(hist, want, st32):
+    """Called by warp 0 only: with hist[0:256] a shared histogram and 1 <= want <= its total,
+    st32[0] = the bucket holding the want-th largest item, st32[1] = the items in higher buckets,
+    st32[2] = that bucket's count. 8 buckets a lane from the top, one warp scan."""
+    lane = cuda.threadIdx.x & 31
+    sacc = 0
+    for q in range(8):
+        sacc += hist[255 - 8 * lane - q]
+    incl = warp_inclusive_scan(sacc, lane)
+    excl = incl - sacc
+    if excl < want and incl >= want:
+        acc = excl
+        d = 255 - 8 * lane
+        while acc + hist[d] < want:
+            acc += hist[d]
+            d -= 1
+        st32[0] = d
+        st32[1] = acc
+        st32[2] = hist[d]
 
-    First it reads the row's meta and zeroes the row's histogram, meta and ticket, so the
-    workspace is clean for the next call (no zeroing launch). Then radix passes (8 bits) over the
-    candidates' composites below the 12 known key bits, stopping when the chosen bucket is wanted
-    whole; collect sure + selected (= K composites) in shared memory; bitonic sort; write indices
-    and the scores gathered at them.
-    """
-    row = cuda.blockIdx.x
+
+@device
+def clean_row(row, ghist, meta, tickets):
+    """Zero the row's histogram, meta and hist ticket: the workspace is clean for the next call
+    (no zeroing launch). Callers read what they need from meta before a barrier, then call this."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
-    hist = cuda.shared.array(256, int32)
-    buf = cuda.shared.array(K_MAX, uint64)
-    st = cuda.shared.array(4, int64)
-    st32 = cuda.shared.array(4, int32)
-    L = row_length(row, n, lengths, has_len)
-    base = int64(row) * n
-    obase = int64(row) * k
-    K = min(int64(k), L)
-    b1 = meta[row * META + 0]
-    n_sure = int64(meta[row * META + 1])
-    n_cand = int64(meta[row * META + 3])
-    cuda.syncthreads()                       # every thread has its meta before it is zeroed
     for i in range(tid, NBINS, nt):
         ghist[int64(row) * NBINS + i] = 0
     if tid < META:
         meta[row * META + tid] = 0
     if tid == 0:
         tickets[row] = 0
-    if K > 0 and n_cand > capacity:          # too many candidates were stored: reference routine
-        topk_row_reference(x, base, L, k, kind, vals, idx, obase, hist, buf, st)
-        return
-    cb = int64(row) * capacity
+
+
+@device
+def write_sorted(buf, K, k, x, base, obase, kind, vals, idx):
+    """buf[0:K] sorted composites -> indices and the scores gathered at them; -1/-inf after K."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    for s in range(tid, K, nt):
+        j = composite_index(buf[s])
+        idx[obase + s] = j
+        vals[obase + s] = x[base + j]
+    for s in range(K + tid, k, nt):
+        write_empty(vals, idx, obase + s, kind)
+
+
+@device
+def pad_pow2(buf, K):
+    """buf[K:P] = 0 (below every real composite: keys are >= 0x007F0000), P the power of two
+    >= K; returns P."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    P = 1
+    while P < K:
+        P *= 2
+    for i in range(K + tid, P, nt):
+        buf[i] = uint64(0)
+    return P
+
+
+@device
+def finish_from_lists(x, base, obase, K, k, kind, b1, n_sure, n_cand, sure, sb, cand, cb,
+                      vals, idx, hist, buf, st, st32):
+    """The three-pass variant's finish for one row, by the whole block: radix passes (8 bits)
+    over the candidates' composites in global memory below the 12 known key bits, stopping when
+    the chosen bucket is wanted whole; collect sure + selected (= K composites) into buf (one
+    shared 64-bit atomic per item); bitonic sort; write."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
     prefix = uint64(0)
     shift = 56
     if K > 0:
@@ -603,49 +651,173 @@ def topk_finish_kernel(x, n, k, lengths, has_len, kind, ghist, meta, tickets, su
             if (c >> uint64(shift + 8)) == (prefix >> uint64(shift + 8)):
                 cuda.atomic.add(hist, int32((c >> uint64(shift)) & uint64(255)), 1)
         cuda.syncthreads()
-        if tid < 32:                          # one warp walks the 256 buckets, 8 a lane
-            sacc = 0
-            for q in range(8):
-                sacc += hist[255 - 8 * tid - q]
-            incl = warp_inclusive_scan(sacc, tid)
-            excl = incl - sacc
-            if excl < want and incl >= want:
-                acc = excl
-                d = 255 - 8 * tid
-                while acc + hist[d] < want:
-                    acc += hist[d]
-                    d -= 1
-                st32[0] = d
-                st32[1] = acc
+        if tid < 32:
+            warp_find_bucket256(hist, want, st32)
         cuda.syncthreads()
         d = st32[0]
         want -= st32[1]
         prefix |= uint64(d) << uint64(shift)
-        done = hist[d] == want
+        done = st32[2] == want
         cuda.syncthreads()
     if tid == 0:
         st[2] = 0
     cuda.syncthreads()
     for i in range(tid, n_sure, nt):
-        buf[cuda.atomic.add(st, 2, 1)] = sure[int64(row) * K_MAX + i]
+        buf[cuda.atomic.add(st, 2, 1)] = sure[sb + i]
     if K > 0:
         for i in range(tid, n_cand, nt):
             c = cand[cb + i]
             if (c >> uint64(shift)) >= (prefix >> uint64(shift)):
                 buf[cuda.atomic.add(st, 2, 1)] = c
-    P = 1
-    while P < K:
-        P *= 2
-    for i in range(K + tid, P, nt):
-        buf[i] = uint64(0)                   # below every real composite (keys are >= 0x007FFFFF)
+    P = pad_pow2(buf, K)
     cuda.syncthreads()
     bitonic_sort_desc(buf, P)
-    for s in range(tid, K, nt):
-        j = composite_index(buf[s])
-        idx[obase + s] = j
-        vals[obase + s] = x[base + j]
-    for s in range(K + tid, k, nt):
-        write_empty(vals, idx, obase + s, kind)
+    write_sorted(buf, K, k, x, base, obase, kind, vals, idx)
+
+
+@kernel(launch_bounds=(FINISH_THREADS,))
+def topk_finish_kernel(x, n, k, lengths, has_len, kind, ghist, meta, tickets, sure, cand,
+                       capacity, vals, idx):
+    """Three-pass variant, pass 4, one block per row: select the missing ones among the
+    candidates, sort, write (``finish_from_lists``), after cleaning the row's workspace. A row
+    with more than ``capacity`` candidates takes the reference routine."""
+    row = cuda.blockIdx.x
+    hist = cuda.shared.array(256, int32)
+    buf = cuda.shared.array(K_MAX, uint64)
+    st = cuda.shared.array(4, int64)
+    st32 = cuda.shared.array(4, int32)
+    L = row_length(row, n, lengths, has_len)
+    base = int64(row) * n
+    obase = int64(row) * k
+    K = min(int64(k), L)
+    b1 = meta[row * META + 0]
+    n_sure = int64(meta[row * META + 1])
+    n_cand = int64(meta[row * META + 3])
+    cuda.syncthreads()                       # every thread has its meta before it is zeroed
+    clean_row(row, ghist, meta, tickets)
+    if K > 0 and n_cand > capacity:          # too many candidates were stored: reference routine
+        topk_row_reference(x, base, L, k, kind, vals, idx, obase, hist, buf, st)
+        return
+    finish_from_lists(x, base, obase, K, k, kind, b1, n_sure, n_cand, sure, int64(row) * K_MAX,
+                      cand, int64(row) * capacity, vals, idx, hist, buf, st, st32)
+
+
+# ----------------------------------------------------------------------------------------------
+# The fused variant: histogram launch + one select launch whose last block per row finishes it
+# ----------------------------------------------------------------------------------------------
+@device
+def finish_fused(x, L, base, obase, k, kind, row, ghist, meta, tickets, sure, cand, capacity,
+                 vals, idx, hist, buf, st, st32):
+    """The last select block of a row finishes it (every block's appends are fenced and counted
+    before this runs; the counters are read by atomics, coherent in L2).
+
+    Fast path (<= CPT * blockDim candidates, i.e. 4096 with 512 threads): each thread keeps up to
+    CPT candidate composites in registers; radix passes of 8 bits below the 12 known key bits
+    run on those registers with a 256-bin shared histogram (3 barriers a pass, no global
+    traffic), stopping when the chosen bucket is wanted whole; the sure list is copied to
+    buf[0:n_sure] and the selected candidates appended behind it by warp-aggregated 32-bit shared
+    atomics; bitonic sort of the K in shared memory; write. More candidates: the three-pass
+    finish (``finish_from_lists``, global passes); more than ``capacity``: the reference routine.
+    """
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    K = min(int64(k), L)
+    b1 = meta[row * META + 0]
+    n_sure = int64(cuda.atomic.add(meta, row * META + 2, 0))
+    n_cand = int64(cuda.atomic.add(meta, row * META + 3, 0))
+    cuda.syncthreads()                       # every thread has its meta before it is zeroed
+    clean_row(row, ghist, meta, tickets)
+    sb = int64(row) * K_MAX
+    cb = int64(row) * capacity
+    if K == 0:
+        write_sorted(buf, K, k, x, base, obase, kind, vals, idx)
+        return
+    if n_cand > capacity:
+        topk_row_reference(x, base, L, k, kind, vals, idx, obase, hist, buf, st)
+        return
+    if n_cand > CPT * nt:
+        finish_from_lists(x, base, obase, K, k, kind, b1, n_sure, n_cand, sure, sb, cand, cb,
+                          vals, idx, hist, buf, st, st32)
+        return
+    cr = cuda.local.array(CPT, uint64)
+    for q in range(CPT):
+        i = tid + q * nt
+        cr[q] = cand[cb + i] if i < n_cand else uint64(0)       # 0: no candidate
+    for i in range(tid, n_sure, nt):
+        buf[i] = sure[sb + i]
+    if tid == 0:
+        st32[3] = 0
+    want = K - n_sure                        # >= 1: bin b1 holds the K-th largest
+    prefix = uint64(b1) << uint64(64 - HBITS)
+    hi_sh = 64 - HBITS                       # composite bits >= hi_sh are resolved
+    done = False
+    while not done:
+        lo_sh = max(hi_sh - 8, 0)            # digit: bits [lo_sh, lo_sh + 8); those >= hi_sh
+        for i in range(tid, 256, nt):        # are equal for every counted composite
+            hist[i] = 0
+        cuda.syncthreads()
+        for q in range(CPT):
+            c = cr[q]
+            if c != 0 and (c >> uint64(hi_sh)) == (prefix >> uint64(hi_sh)):
+                cuda.atomic.add(hist, int32((c >> uint64(lo_sh)) & uint64(255)), 1)
+        cuda.syncthreads()
+        if tid < 32:
+            warp_find_bucket256(hist, want, st32)
+        cuda.syncthreads()
+        want -= st32[1]
+        prefix |= uint64(st32[0]) << uint64(lo_sh)
+        done = st32[2] == want or lo_sh == 0  # composites are distinct: lo_sh == 0 ends it
+        hi_sh = lo_sh
+    for q in range(CPT):
+        c = cr[q]
+        slot = warp_push(c != 0 and (c >> uint64(hi_sh)) >= (prefix >> uint64(hi_sh)), st32, 3)
+        if slot >= 0:
+            buf[n_sure + slot] = c
+    P = pad_pow2(buf, K)
+    cuda.syncthreads()
+    bitonic_sort_desc(buf, P)
+    write_sorted(buf, K, k, x, base, obase, kind, vals, idx)
+
+
+def select_kernel(kind, vectorized):
+    """The fused variant's second (last) launch: filter_slice on each block's slice (re-read,
+    mostly from L2), then fence + ticket; the row's last block runs ``finish_fused``."""
+    key = ("select", kind, vectorized)
+    if key in _PROD:
+        return _PROD[key]
+    VEC = _vec(kind, vectorized)
+
+    def topk_select(x, n, k, lengths, has_len, S, chunk, ghist, meta, tickets, sure, cand,
+                    capacity, vals, idx):
+        b = cuda.blockIdx.x
+        row = b // S
+        s = b - row * S
+        tid = cuda.threadIdx.x
+        hist = cuda.shared.array(256, int32)
+        buf = cuda.shared.array(K_MAX, uint64)
+        st = cuda.shared.array(4, int64)
+        st32 = cuda.shared.array(8, int32)
+        keys = cuda.local.array(VEC, uint32)
+        L = row_length(row, n, lengths, has_len)
+        b1 = meta[row * META + 0]                 # written by the histogram launch
+        if b1 >= 0:
+            filter_slice(x, address_of(x, VEC), int64(row) * n, int64(s) * chunk,
+                         min(int64(s) * chunk + chunk, L), uint32(b1), row, meta, sure, cand,
+                         capacity, keys, kind, VEC)
+        cuda.threadfence()                        # this block's appends, before its ticket
+        cuda.syncthreads()
+        if tid == 0:
+            st32[4] = cuda.atomic.add(meta, row * META + 4, 1)
+        cuda.syncthreads()
+        if st32[4] != S - 1:
+            return
+        finish_fused(x, L, int64(row) * n, int64(row) * k, k, kind, row, ghist, meta, tickets,
+                     sure, cand, capacity, vals, idx, hist, buf, st, st32)
+
+    topk_select.__name__ = topk_select.__qualname__ = \
+        f"topk_select_{'bf16' if kind == BF16 else 'f32'}_v{VEC}"
+    k_ = _PROD[key] = kernel(topk_select, launch_bounds=(FUSED_THREADS,))
+    return k_
 
 
 @kernel
@@ -658,17 +830,24 @@ def zero_kernel(a):
 class TopkPlan:
     """The production top-k for one (rows, n, k, dtype): workspace and launch geometry.
 
-    ``run(x_flat, lengths_or_None, vals, idx)`` launches the three passes on kernel-side arrays
-    (``vals``/``idx`` flat [rows * k]); no allocation after the first run, no synchronisation.
-    Workspace: int32 [rows * (4096 + 4 + 1)] (histograms, meta, tickets) and uint64
-    [rows * (4096 + capacity)] (sure + candidate composites).
+    ``run(x_flat, lengths_or_None, vals, idx)`` launches the variant's passes on kernel-side
+    arrays (``vals``/``idx`` flat [rows * k]); no allocation after the first run, no
+    synchronisation. ``variant``: "three_pass" (histogram, filter, finish: 3 launches) or "fused"
+    (histogram, select + last-block finish: 2 launches); both use the same S x ``threads`` grid.
+    Workspace: int32 [rows * (4096 + 8 + 1)] (histograms, meta, tickets) and uint64
+    [rows * (4096 + capacity)] (sure + candidate composites; capacity a multiple of 16, so rows'
+    lists never share a 128-byte line).
     Test hooks: ``threads``/``finish_threads``/``S``/``capacity`` override the geometry, ``run(...,
     vectorized=False)`` takes the scalar path (no PTX: it also runs under the simulator).
     """
 
     def __init__(self, rows: int, n: int, k: int, kind: int, *, threads: int = SCAN_THREADS,
                  finish_threads: int = FINISH_THREADS, S: int | None = None,
-                 capacity: int | None = None):
+                 capacity: int | None = None, variant: str | None = None):
+        variant = variant or PRODUCTION_VARIANT
+        if variant not in VARIANTS:
+            raise ValueError(f"top-k variant must be one of {VARIANTS}, got {variant!r}")
+        self.variant = variant
         self.rows, self.n, self.k, self.kind = rows, n, k, kind
         self.threads, self.finish_threads = threads, finish_threads
         gpu = detect_gpu()
@@ -678,7 +857,8 @@ class TopkPlan:
             S = max(1, min(-(-target // max(rows, 1)), -(-n // (threads * vec))))
         self.chunk = -(-(-(-n // S)) // vec) * vec     # a multiple of the vector width
         self.S = max(1, -(-n // self.chunk))
-        self.capacity = capacity or max(1, min(n, max(16384, n // 8)))
+        cap = capacity or max(1, min(n, max(16384, n // 8)))
+        self.capacity = -(-cap // 16) * 16
         self._ws = None
 
     def workspace(self, io_gpu: bool):
@@ -705,6 +885,11 @@ class TopkPlan:
         lk = lengths if has_len else (_dummy_i32() if gpu else np.zeros(1, np.int32))
         hist_kernel(kind, vectorized).launch(R * self.S, self.threads, x, n, k, lk, has_len,
                                              self.S, self.chunk, ghist, meta, tickets)
+        if self.variant == "fused":
+            select_kernel(kind, vectorized).launch(R * self.S, self.threads, x, n, k, lk, has_len,
+                                                   self.S, self.chunk, ghist, meta, tickets, sure,
+                                                   cand, self.capacity, vals, idx)
+            return
         filter_kernel(kind, vectorized).launch(R * self.S, self.threads, x, n, lk, has_len,
                                                self.S, self.chunk, meta, sure, cand, self.capacity)
         topk_finish_kernel.launch(R, self.finish_threads, x, n, k, lk, has_len, kind, ghist, meta,
@@ -819,27 +1004,29 @@ def _ref_dummy(io):
 _PLANS: dict = {}
 
 
-def plan_for(R: int, n: int, k: int, kind: int) -> TopkPlan:
-    """A cached TopkPlan per shape (its workspace is reused: calls on one stream only)."""
-    key = (R, n, k, kind)
+def plan_for(R: int, n: int, k: int, kind: int, variant: str | None = None) -> TopkPlan:
+    """A cached TopkPlan per shape and variant (its workspace is reused: calls on one stream
+    only)."""
+    key = (R, n, k, kind, variant or PRODUCTION_VARIANT)
     if key not in _PLANS:
         if len(_PLANS) > 16:
             _PLANS.clear()
-        _PLANS[key] = TopkPlan(R, n, k, kind)
+        _PLANS[key] = TopkPlan(R, n, k, kind, variant=key[-1])
     return _PLANS[key]
 
 
 def topk_production(c: TopkCall, vals=None, idx=None, *, plan: TopkPlan | None = None,
-                    vectorized=None):
+                    vectorized=None, variant: str | None = None):
     """The sm_90a implementation (module docstring). ``vals``/``idx``: optional preallocated flat
-    outputs; ``plan``/``vectorized``: test hooks (see TopkPlan)."""
+    outputs; ``plan``/``vectorized``: test hooks (see TopkPlan); ``variant``: "three_pass" |
+    "fused" (default ``PRODUCTION_VARIANT``; ignored when ``plan`` is given)."""
     vals, idx = _outputs(c, vals, idx)
     if c.R:
         if c.n == 0:
             topk_ref_kernel.launch(c.R, 32, c.x, c.n, c.k, _ref_dummy(c.io), False, c.kind, vals,
                                    idx)
         else:
-            plan = plan or plan_for(c.R, c.n, c.k, c.kind)
+            plan = plan or plan_for(c.R, c.n, c.k, c.kind, variant)
             plan.run(c.x, c.lengths, vals, idx, vectorized)
     return _finish(c, vals, idx)
 
@@ -855,6 +1042,9 @@ def production_kernels():
                          (arr[::1], i64, i64, i32, b, i64, i64, i32, i32, i32)))
             sigs.append((filter_kernel(kind, vectorized),
                          (arr[::1], i64, i32, b, i64, i64, i32, t.uint64[::1], t.uint64[::1], i64)))
+            sigs.append((select_kernel(kind, vectorized),
+                         (arr[::1], i64, i64, i32, b, i64, i64, i32, i32, i32, t.uint64[::1],
+                          t.uint64[::1], i64, arr[::1], i32)))
         sigs.append((topk_finish_kernel, (arr[::1], i64, i64, i32, b, i64, i32, i32, i32,
                                           t.uint64[::1], t.uint64[::1], i64, arr[::1], i32)))
     return sigs
@@ -890,4 +1080,5 @@ def topk(scores, k, lengths=None, impl: str | None = None):
 
 __all__ = ["topk", "topk_oracle", "assert_topk", "order_keys", "TopkCall", "TopkPlan",
            "topk_ref_kernel",
-           "topk_finish_kernel", "hist_kernel", "filter_kernel", "production_kernels", "K_MAX"]
+           "topk_finish_kernel", "hist_kernel", "filter_kernel", "select_kernel",
+           "production_kernels", "K_MAX", "VARIANTS", "PRODUCTION_VARIANT"]
