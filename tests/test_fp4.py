@@ -8,10 +8,14 @@ import ml_dtypes
 import numpy as np
 import pytest
 from conftest import outliers
+from numba import cuda
 
 import dsv4_numba as d
 from dsv4_numba import formats
 from dsv4_numba.formats import wrong
+from dsv4_numba.runtime import kernel
+from dsv4_numba.stages import fp4
+from dsv4_numba.stages.fp4 import e2m1_encode_bits
 from dsv4_numba.testing import assert_close
 
 FMTS = ("dsv4_fp4", "mxfp4", "nvfp4")
@@ -117,23 +121,113 @@ def test_bad_inputs_get_clear_errors():
 # ------------------------------------------------------------------ production: compile-only here
 PTX_MUST_HAVE = {
     ("decode_fp4", "sm_90a"): ["prmt.b32", "ld.global.nc.v4.u32", "st.global.v4.b32",
-                               "cvt.rn.bf16x2.f32"],
+                               "st.shared.v4.b32", "ld.shared.v4.u32"],
     ("decode_fp4", "sm_100a"): ["cvt.rn.f16x2.e2m1x2", "cvt.rn.bf16x2.ue8m0x2",
                                 "ld.global.nc.v4.u32"],
     ("quantize_fp4", "sm_90a"): ["ld.global.nc.v4.u32", "st.global.v4.b32"],
     ("quantize_fp4", "sm_100a"): ["cvt.rn.satfinite.e2m1x2.f32", "cvt.rp.satfinite.ue8m0x2.f32"],
+    ("amax_fp4", "sm_90a"): ["ld.global.nc.v4.u32", "shfl.sync.bfly", "atom.global.max.u32"],
+}
+F32, F16, BF16 = fp4.F32, fp4.F16, fp4.BF16
+# (stage, arch) -> the specializations compiled here (the GPU tests run every one of them)
+COMPILED = {
+    ("decode_fp4", "sm_90a"): [("nvfp4", BF16), ("dsv4_fp4", F32)],
+    ("decode_fp4", "sm_100a"): [("dsv4_fp4", BF16)],
+    ("quantize_fp4", "sm_90a"): [("nvfp4", BF16)],
+    ("quantize_fp4", "sm_100a"): [("dsv4_fp4", BF16)],
+    ("amax_fp4", "sm_90a"): [(None, BF16)],
 }
 
 
-@pytest.mark.parametrize("stage,arch", sorted(PTX_MUST_HAVE))
-def test_production_kernels_assemble(stage, arch):
-    impl = d.registry.REGISTRY[stage].impls[f"production:{arch}"]
-    kern, sig = impl.kernels()[2]                # the bfloat16 variant
+def _kernels(stage, arch, fmt, kind):
+    fam = {("decode_fp4", "sm_90a"): fp4.decode_sm90_kernel,
+           ("decode_fp4", "sm_100a"): fp4.decode_sm100_kernel,
+           ("quantize_fp4", "sm_90a"): fp4.quantize_sm90_kernel,
+           ("quantize_fp4", "sm_100a"): fp4.quantize_sm100_kernel}.get((stage, arch))
+    if stage == "decode_fp4":
+        return fp4._kernels_decode(fam, (fmt,), (kind,))
+    if stage == "quantize_fp4":
+        return fp4._kernels_quantize(fam, (fmt,), (kind,))
+    return fp4._kernels_amax((kind,))
+
+
+@pytest.mark.parametrize("stage,arch,fmt,kind", [k + v for k, vs in sorted(COMPILED.items())
+                                                  for v in vs])
+def test_production_kernels_assemble(stage, arch, fmt, kind):
+    (kern, sig), = _kernels(stage, arch, fmt, kind)
     res = kern.compile(sig, arch)
     for instr in PTX_MUST_HAVE[(stage, arch)]:
         assert instr in res.ptx, f"{instr} missing from the {arch} PTX"
     assert res.spill_stores == 0 and res.spill_loads == 0 and res.stack_bytes == 0, res.summary()
     if res.sass is not None:
-        assert "LDG.E.128" in res.sass and "STG.E.128" in res.sass   # the 16-byte vectors survived
+        assert "LDG.E.128" in res.sass                       # the 16-byte vectors survived
+        if stage != "amax_fp4":
+            assert "STG.E.128" in res.sass
         if stage == "decode_fp4" and arch == "sm_90a":
             assert "PRMT" in res.sass
+            hot = res.sass[res.sass.index("LDG.E.128"):res.sass.rindex("STG.E.128")]
+            assert "CALL" not in hot and "DMUL" not in hot, "slow path left in the decode loop"
+
+
+def test_registry_lists_every_specialization():
+    impl = d.registry.REGISTRY["decode_fp4"].impls["production:sm_90a"]
+    assert len(impl.kernels()) == 6                      # {dsv4/mx, nv} x {f32, f16, bf16}
+    impl = d.registry.REGISTRY["quantize_fp4"].impls["production:sm_90a"]
+    assert len(impl.kernels()) == 9 + 3                  # 3 formats x 3 inputs + 3 amax
+
+
+# ------------------------------------------- production kernels under the simulator (dsv4_numba.emu)
+# The production kernels' inline-PTX operations have simulator twins (stages/fp4.py) and the emulator
+# supplies the 16-byte global / shared accesses, so the very kernels the H100 runs are checked
+# bitwise here on small tensors (a few 512-byte warp tiles plus a tail for decode).
+def production(stage):
+    return d.registry.REGISTRY[stage].impls["production:sm_90a"].fn
+
+
+@pytest.fixture
+def sim_mode(monkeypatch):
+    monkeypatch.setenv("DSV4_MODE", "sim")
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+def test_production_decode_under_simulator(fmt, rng, sim_mode):
+    q = formats.quantize(outliers(rng, (5, 416)), fmt)      # 1040 bytes: 2 warp tiles + a tail
+    q.scales.reshape(-1)[:4] = [255, 0x7F, 0, 3]             # NaN (UE8M0 / E4M3) and tiny scales
+    for dt in DTYPES:
+        check_decode(production("decode_fp4"), q, dt)
+    for dt in DTYPES:                                        # every byte value, every scale code
+        check_decode(production("decode_fp4"), every_byte_tensor(fmt, rng), dt)
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("in_dtype", [np.float32, np.float16, ml_dtypes.bfloat16])
+def test_production_quantize_under_simulator(fmt, in_dtype, rng, sim_mode):
+    x = outliers(rng, (9, 96), scale_spread=2.0)
+    x.reshape(-1)[:8] = np.array([0.25, -0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.5], np.float32) * 4
+    x[2, 32:64] = 0                                          # an all-zero block
+    x[7, 95] = -x.max() * 3                                  # the tensor amax: last, negative
+    x = x.astype(in_dtype)
+    q = production("quantize_fp4")(x, fmt)
+    spec = formats.quantize(x, fmt)
+    assert_close(q.data, spec.data, bitwise=True, name="codes")
+    assert_close(q.scales, spec.scales, bitwise=True, name="scales")
+    assert q.global_scale == spec.global_scale
+
+
+@kernel
+def encode_probe(v, out):
+    i = cuda.grid(1)
+    for j in range(i, v.size, cuda.gridsize(1)):
+        out[j] = e2m1_encode_bits(v[j])
+
+
+def test_bit_arithmetic_e2m1_encode_matches_spec(sim_mode):
+    """The production encoder at, and one float32 ulp either side of, every rounding threshold."""
+    t = np.array([0.25, 0.75, 1.0, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, 0.5, 1.5, 2.0, 3.0, 4.0],
+                 np.float32)
+    near = np.concatenate([t, np.nextafter(t, np.float32(0)), np.nextafter(t, np.float32(9))])
+    v = np.concatenate([near, -near, [0.0, -0.0, 1e-30, 6.5, 7.99, 8.0, 100.0, 3e38],
+                        np.linspace(0, 7, 201, dtype=np.float32)]).astype(np.float32)
+    out = np.zeros(v.size, np.uint32)
+    encode_probe.launch(1, 32, v, out)
+    assert_close(out.astype(np.uint8), formats.e2m1_encode(v), bitwise=True, name="E2M1 codes")
