@@ -129,3 +129,59 @@ def test_generated_source_is_static():
     src = fmha_sm90._source(128)
     assert "s31 = " in src and "o63 = " in src and "p15 = " in src
     assert not re.search(r"\b[sop]\[", src)
+
+
+# ----------------------------------------------------------------------------------------------
+# The fused kernel itself, run under the simulator with the emulator (dsv4_numba.emu): one CTA of
+# 384 threads (producer warpgroup + 2 consumers), D = 64, Tq = 70 (the second consumer holds 6 real
+# rows), Tk = 100 (two key tiles, the second partly out of bounds: TMA zero fill), causal, a sink.
+# ----------------------------------------------------------------------------------------------
+def _emulated_run(monkeypatch, q, k, v, causal, sink):
+    from dsv4_numba import emu
+    from dsv4_numba.emu import ops as eops
+    monkeypatch.setenv("DSV4_MODE", "sim")
+    for n in fmha_sm90.SUPPORTED_D:              # the trans-b RS twins, from the same snippets
+        sn = fmha_sm90.trans_b_rs_snippet(n)
+        monkeypatch.setattr(fmha_sm90, f"wgmma_pv_n{n}", eops._make_wgmma(sn.name, sn.body))
+    B, Tq, Hq, D = q.shape
+    Tk, Hkv = k.shape[1], k.shape[2]
+    maps = [emu.tensor_map(np.ascontiguousarray(x).view(np.uint16), (1, 64, 1, 64), "128B",
+                           dtype="bfloat16") for x in (q, k, v)]
+    out = np.full(B * Tq * Hq * D // 2, 0x7FC17FC1, np.uint32)           # NaN-poisoned
+    lse = np.full(B * Hq * Tq, np.nan, np.float32)
+    g = fmha_sm90.geometry(D)
+    scale = D ** -0.5
+    fmha_sm90.fused_kernel(D).launch(
+        (-(-Tq // (fmha_sm90.BM * fmha_sm90.NC)), Hq, B), g["threads"], *maps, out, lse,
+        np.full(B, Tk, np.int32), np.asarray(sink, np.float32), np.int32(1), Tq, Tk, Hq, Hkv,
+        np.int32(causal), Tk - Tq, np.float32(scale * fmha_sm90.LOG2E), shared_bytes=g["dyn_smem"])
+    return out.view(BF16).reshape(B, Tq, Hq, D), lse.reshape(B, Hq, Tq), scale
+
+
+def test_fused_kernel_under_the_emulator(monkeypatch):
+    from dsv4_numba.emu import EmulatorDeadlock
+    g = np.random.default_rng(11)
+    Tq, Tk, D = 70, 100, 64
+    q = (g.standard_normal((1, Tq, 1, D)) * 3).astype(BF16)
+    k = g.standard_normal((1, Tk, 1, D)).astype(BF16)
+    v = (g.standard_normal((1, Tk, 1, D)) * 10.0 ** g.uniform(-1, 1, (1, Tk, 1, 1))).astype(BF16)
+    sink = np.array([1.5], np.float32)
+    try:
+        out, lse, scale = _emulated_run(monkeypatch, q, k, v, True, sink)
+    except EmulatorDeadlock:    # the emulator's 0.5 s stall detector can fire on a loaded CPU
+        out, lse, scale = _emulated_run(monkeypatch, q, k, v, True, sink)
+    # float64 oracle (tests/gpu/test_fmha_gpu.py derives the bound; bf16 P and output dominate)
+    q64, k64, v64 = (x.astype(np.float64)[0, :, 0] for x in (q, k, v))
+    z = float(np.float32(scale)) * (q64 @ k64.T)
+    z = np.where(np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + Tk - Tq, z, -np.inf)
+    m = np.maximum(z.max(axis=1), sink[0])[:, None]
+    e = np.exp(z - m)
+    den = e.sum(axis=1) + np.exp(sink[0] - m[:, 0])
+    p = e / den[:, None]
+    O = p @ v64
+    bound = 2.0 ** -8 * np.abs(O) + 1.01 * (2.0 ** -8 + 1e-5) * (p @ np.abs(v64)) + 1e-30
+    got = out[0, :, 0].astype(np.float64)
+    assert not np.isnan(got).any(), "unwritten (NaN-poisoned) outputs"
+    err = np.abs(got - O)
+    assert (err <= bound).all(), f"max err {err.max():.3g}, worst err/bound {(err / bound).max():.3g}"
+    np.testing.assert_allclose(lse[0, 0], m[:, 0] + np.log(den), rtol=0, atol=2e-5)

@@ -68,7 +68,8 @@ from numba.types import float32, int32, uint8, uint32, uint64  # noqa: F401
 
 from ..hw import ops
 from ..hw.descriptors import wgmma_smem_desc
-from ..runtime import kernel
+from ..hw.portable import pack_bf16x2  # noqa: F401  (cvt.rn.bf16x2.f32, with a simulator twin)
+from ..runtime import device, kernel
 
 SUPPORTED_D = (64, 128)
 BM = 64            # query rows per consumer warpgroup (the wgmma M)
@@ -90,7 +91,7 @@ DESC_KMAJOR = wgmma_smem_desc(0, 16, 1024, "128B")
 DESC_V = wgmma_smem_desc(0, BN * 128, 1024, "128B")
 
 
-def _trans_b_rs(n: int):
+def trans_b_rs_snippet(n: int):
     """``wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16`` with A from registers and
     imm-trans-b = 1 (B MN-major). PTX ISA 9.1 §9.7.15.5 (wgmma.mma_async), sm_90a. Generated from
     the project's generator (``hw.ops.wgmma_snippet``), only the last immediate changed."""
@@ -98,14 +99,33 @@ def _trans_b_rs(n: int):
     body = sn.body.replace(", 1, 1, 0;", ", 1, 1, 1;")
     if body == sn.body:
         raise AssertionError("wgmma_snippet changed: cannot set imm-trans-b")
-    sn = dataclasses.replace(sn, name=sn.name + "_tb", body=body,
-                             layout=sn.layout.replace("B = smem descriptor", "B = MN-major smem "
-                                                      "descriptor (imm-trans-b = 1)"))
-    return ops.bind(sn)
+    return dataclasses.replace(sn, name=sn.name + "_tb", body=body,
+                               layout=sn.layout.replace("B = smem descriptor", "B = MN-major smem "
+                                                        "descriptor (imm-trans-b = 1)"))
 
 
-wgmma_pv_n64 = _trans_b_rs(64)      # O += P V at D = 64 (module globals: the kernels call them)
-wgmma_pv_n128 = _trans_b_rs(128)    # ... at D = 128
+# O += P V (module globals: the generated kernels call them; the emulator run of the tests swaps
+# them for emulated twins built from the same snippets)
+wgmma_pv_n64 = ops.bind(trans_b_rs_snippet(64))
+wgmma_pv_n128 = ops.bind(trans_b_rs_snippet(128))
+
+
+def _shfl_xor_sim(v, off):
+    """Simulator twin of ``shfl_xor_f32``: a rendezvous of the 32 lanes of the calling warp through
+    the emulator's collective (portable.shfl_xor's twin needs every thread of the block, and the
+    producer warpgroup never shuffles)."""
+    from ..emu import ops as eops
+    st, me = eops._enter()
+    warp, lane = divmod(me.thread_id, 32)
+    return eops._collective(st, me, ("shfl", warp), 32, lane, int(off), v,
+                            lambda key, got: [got[i ^ key] for i in range(32)],
+                            "shfl_xor_f32", f"warp {warp}")
+
+
+@device(sim=_shfl_xor_sim)
+def shfl_xor_f32(v, off):
+    """``shfl.sync.bfly.b32`` over the full warp (the quad reductions of the softmax)."""
+    return cuda.shfl_xor_sync(0xFFFFFFFF, v, off)
 
 
 def geometry(D: int) -> dict:
@@ -240,7 +260,7 @@ def _source(D: int) -> str:
         a(f"        x{r} = s{i} if s{i} > x{r} else x{r}")
     for r in "AB":
         for sh in (1, 2):
-            a(f"        y = cuda.shfl_xor_sync(0xFFFFFFFF, x{r}, {sh})")
+            a(f"        y = shfl_xor_f32(x{r}, {sh})")
             a(f"        x{r} = y if y > x{r} else x{r}")
         a(f"        n{r} = x{r} if x{r} > m{r} else m{r}")
         a(f"        u{r} = float32(0) if n{r} == NEG_INF else n{r}")
@@ -257,7 +277,7 @@ def _source(D: int) -> str:
     # P: the S fragment of keys 16j..16j+15 as the A fragment of one k16 step (low half = lower key)
     for j in range(BN // 16):
         for q in range(4):
-            a(f"        p{4 * j + q} = ops.pack_bf16x2(s{8 * j + 2 * q + 1}, s{8 * j + 2 * q})")
+            a(f"        p{4 * j + q} = pack_bf16x2(s{8 * j + 2 * q + 1}, s{8 * j + 2 * q})")
     a(f"        ops.mbarrier_wait_parity(bar0 + uint32(8 * ({FULLV0} + st)), ph)")
     a(f"        vbase = v_sm + uint32(st * {g['kbytes']})")
     # V rows at keys >= kvlen (< Tk) hold whatever the cache holds: zero them (P is 0 there, but
@@ -289,7 +309,7 @@ def _source(D: int) -> str:
     a("        sk = float32(sink[hq]) * float32(LOG2E)")
     for r in "AB":
         for sh in (1, 2):
-            a(f"    l{r} += cuda.shfl_xor_sync(0xFFFFFFFF, l{r}, {sh})")
+            a(f"    l{r} += shfl_xor_f32(l{r}, {sh})")
         a(f"    f{r} = sk if sk > m{r} else m{r}")
         a(f"    g{r} = float32(0) if f{r} == NEG_INF else f{r}")
         a(f"    e{r} = math.exp2(m{r} - g{r})")
@@ -299,10 +319,10 @@ def _source(D: int) -> str:
     a(f"    step8 = Hq * {4 * D}")
     a("    if rA < Tq:")
     for gi in range(D // 8):
-        a(f"        out[ob + {4 * gi}] = ops.pack_bf16x2(o{4 * gi + 1} * wA, o{4 * gi} * wA)")
+        a(f"        out[ob + {4 * gi}] = pack_bf16x2(o{4 * gi + 1} * wA, o{4 * gi} * wA)")
     a("    if rB < Tq:")
     for gi in range(D // 8):
-        a(f"        out[ob + step8 + {4 * gi}] = ops.pack_bf16x2(o{4 * gi + 3} * wB, o{4 * gi + 2} * wB)")
+        a(f"        out[ob + step8 + {4 * gi}] = pack_bf16x2(o{4 * gi + 3} * wB, o{4 * gi + 2} * wB)")
     a("    if lane % 4 == 0:")
     a("        if rA < Tq:")
     a("            lse[(b * Hq + hq) * Tq + rA] = (gA + math.log2(lA)) * float32(LN2)")
@@ -381,8 +401,10 @@ class Plan:
         self.grid = (-(-Tq // (BM * NC)), Hq, B)
         self.k = fused_kernel(D)
         self.smem = g["dyn_smem"]
+        # the overload these arguments dispatch to (their exact types, e.g. an 'A'-layout view
+        # would select another one) gets the > 48 KB dynamic shared-memory attribute
         disp = self.k.gpu
-        sig = signature()
+        sig = tuple(disp.typeof_pyval(a) for a in self.args)
         if sig not in disp.overloads:
             disp.compile(sig)
         set_max_dynamic_shared(disp, sig, self.smem)
