@@ -992,3 +992,196 @@ def coverage() -> dict:
     names = list(getattr(hw_ops, "__all__", ()))
     g = globals()
     return {"emulated": sorted(n for n in names if n in g), "missing": sorted(n for n in names if n not in g)}
+
+
+# ------------------------------------------------------------------------------ conversions, cp.async, ldmatrix
+def _f32(x) -> np.float32:
+    return np.float32(x)
+
+
+def _rne16(x, kind):
+    """16-bit pattern of float32 x rounded to nearest even as bf16 or f16."""
+    if kind == "f16":
+        with np.errstate(over="ignore"):
+            return int(np.array([x], np.float32).astype(np.float16).view(np.uint16)[0])
+    u = int(np.array([x], np.float32).view(np.uint32)[0])
+    if (u & 0x7F800000) == 0x7F800000 and u & 0x7FFFFF:
+        return (u >> 16) | 0x40                                     # quiet NaN
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
+
+
+def prmt(a, b, c):
+    """prmt.b32 (default mode): byte i of d = byte nibble_i(c) & 7 of {b, a}; bit 3 of the nibble
+    replicates that byte's sign bit."""
+    src = _u32(a) | _u32(b) << 32
+    c = _u32(c)
+    d = 0
+    for i in range(4):
+        nib = (c >> (4 * i)) & 0xF
+        byte = (src >> (8 * (nib & 7))) & 0xFF
+        if nib & 8:
+            byte = 0xFF if byte & 0x80 else 0
+        d |= byte << (8 * i)
+    return np.uint32(d)
+
+
+def pack_bf16x2(a, b):
+    return np.uint32(_rne16(_f32(a), "bf16") << 16 | _rne16(_f32(b), "bf16"))
+
+
+def pack_f16x2(a, b):
+    return np.uint32(_rne16(_f32(a), "f16") << 16 | _rne16(_f32(b), "f16"))
+
+
+def cvt_f16x2_e2m1x2(a):
+    byte = _u32(a) & 0xFF
+    lo, hi = T.decode(np.array([byte & 0xF, byte >> 4]), "e2m1").astype(np.float16).view(np.uint16)
+    return np.uint32(int(hi) << 16 | int(lo))
+
+
+_E2M1_VALUES = T.LUT["e2m1"][:8]
+
+
+def _e2m1_code(x: float) -> int:
+    """Round-to-nearest-even E2M1 code of x, |x| > 6 saturating (satfinite), NaN -> +6? (undefined in
+    the PTX text; the emulator reports it)."""
+    if np.isnan(x):
+        raise EmulatorError("cvt_e2m1x2_f32: NaN input (its E2M1 code is not defined by the PTX text)")
+    s = 8 if np.signbit(x) else 0
+    m = min(abs(float(x)), 6.0)
+    d = np.abs(_E2M1_VALUES - m)
+    best = np.flatnonzero(d == d.min())
+    code = int(best[0]) if len(best) == 1 else int(best[0] if best[0] % 2 == 0 else best[1])  # ties: even
+    return s | code
+
+
+def cvt_e2m1x2_f32(a, b):
+    return np.uint32(_e2m1_code(_f32(a)) << 4 | _e2m1_code(_f32(b)))
+
+
+def _ue8m0_rp(x: float) -> int:
+    x = float(_f32(x))
+    if np.isnan(x):
+        return 0xFF
+    if x <= 0:
+        return 0                                                    # satfinite: smallest code
+    e = int(np.ceil(np.log2(x)))
+    while 2.0 ** e < x:
+        e += 1
+    while e - 1 >= -127 and 2.0 ** (e - 1) >= x:
+        e -= 1
+    return int(min(max(e + 127, 0), 254))
+
+
+def cvt_rp_ue8m0x2_f32(a, b):
+    return np.uint32(_ue8m0_rp(a) << 8 | _ue8m0_rp(b))
+
+
+def cvt_bf16x2_ue8m0x2(a):
+    v = _u32(a) & 0xFFFF
+    out = 0
+    for half, code in ((1, v >> 8), (0, v & 0xFF)):
+        f = T.ue8m0(code)
+        out |= _rne16(np.float32(f), "bf16") << (16 * half)
+    return np.uint32(out)
+
+
+def _cp_async(dst, src, n, op, src_bytes=None):
+    """cp.async (generic-proxy copy global -> shared): emulated as done at issue."""
+    st, me = _enter()
+    if int(dst) % n or int(src) % n:
+        raise EmulatorError(f"{op} by {thread_name(me)}: smem {int(dst):#x} / global {int(src):#x} not {n}-byte aligned")
+    k = n if src_bytes is None else int(src_bytes)
+    if not 0 <= k <= n:
+        raise EmulatorError(f"{op}: src-size {k} outside 0..{n}")
+    view = st.smem(dst, n, op)
+    view[:k] = GMEM.view(src, k, op) if k else view[:0]
+    view[k:] = 0
+
+
+def cp_async_ca_4(dst, src):
+    _cp_async(dst, src, 4, "cp_async_ca_4")
+
+
+def cp_async_ca_8(dst, src):
+    _cp_async(dst, src, 8, "cp_async_ca_8")
+
+
+def cp_async_ca_16(dst, src):
+    _cp_async(dst, src, 16, "cp_async_ca_16")
+
+
+def cp_async_cg_16(dst, src):
+    _cp_async(dst, src, 16, "cp_async_cg_16")
+
+
+def cp_async_cg_16_zfill(dst, src, nbytes):
+    _cp_async(dst, src, 16, "cp_async_cg_16_zfill", nbytes)
+
+
+cp_async_commit_group = cp_async_wait_group_0 = cp_async_wait_group_1 = cp_async_wait_group_2 = _noop
+
+
+def _ldst_matrix(nmat, trans, addr, regs, op):
+    """ldmatrix / stmatrix m8n8 b16, warp-collective: lanes 8i..8i+7 give the row addresses of matrix i;
+    lane l's register i holds matrix i's row l/4, columns 2(l%4), 2(l%4)+1 (low half = lower column);
+    .trans delivers the transpose."""
+    st, me = _enter()
+    lane = me.thread_id % 32
+    store = regs is not None
+
+    def compute(key, arrived):
+        out = [[0] * nmat for _ in range(32)]
+        for i in range(nmat):
+            rows = []
+            for r in range(8):
+                a = int(arrived[8 * i + r][0])
+                if a % 16:
+                    raise EmulatorError(f"{op}: row address {a:#x} of matrix {i} (lane {8 * i + r}) is not 16-byte aligned")
+                rows.append(st.smem(a, 16, op).view(np.uint16))
+            if store:
+                m = np.zeros((8, 8), np.uint16)
+                for l in range(32):
+                    w = int(arrived[l][1][i])
+                    m[l // 4, 2 * (l % 4)], m[l // 4, 2 * (l % 4) + 1] = w & 0xFFFF, w >> 16
+                if trans:
+                    m = m.T
+                for r in range(8):
+                    rows[r][:] = m[r]
+            else:
+                m = np.stack(rows)
+                if trans:
+                    m = m.T
+                for l in range(32):
+                    out[l][i] = np.uint32(int(m[l // 4, 2 * (l % 4)]) | int(m[l // 4, 2 * (l % 4) + 1]) << 16)
+        st.changed()
+        return None if store else out
+    warp = me.thread_id // 32
+    res = _collective(st, me, ("ldst_matrix", warp), 32, lane, op, (int(addr), regs), compute, op, f"warp {warp}")
+    if store:
+        return None
+    return res[0] if nmat == 1 else tuple(res)
+
+
+def _make_ldmatrix(nmat, trans):
+    name = f"ldmatrix_x{nmat}{'_trans' if trans else ''}"
+
+    def f(addr):
+        return _ldst_matrix(nmat, trans, addr, None, name)
+    f.__name__ = f.__qualname__ = name
+    return f
+
+
+def _make_stmatrix(nmat):
+    name = f"stmatrix_x{nmat}"
+
+    def f(addr, *regs):
+        return _ldst_matrix(nmat, False, addr, tuple(_u32(r) for r in regs), name)
+    f.__name__ = f.__qualname__ = name
+    return f
+
+
+for _m in (1, 2, 4):
+    globals()[f"ldmatrix_x{_m}"] = _make_ldmatrix(_m, False)
+    globals()[f"ldmatrix_x{_m}_trans"] = _make_ldmatrix(_m, True)
+    globals()[f"stmatrix_x{_m}"] = _make_stmatrix(_m)
