@@ -4,6 +4,8 @@ wgmma it exists for, a 1024-aligned tile), and run on CPU under the simulator + 
 its tie rule. Each emulated CTA is 128 Python threads: shapes stay at one or two key blocks."""
 from __future__ import annotations
 
+import sys
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -82,6 +84,27 @@ def test_fused_fp4_emulated_paged_equals_contiguous(sim):
                    return_intermediates=True)
     np.testing.assert_array_equal(res2[2]["scores"].view(np.uint32), res[2]["scores"].view(np.uint32))
     np.testing.assert_array_equal(res2[0], res[0])
+
+
+def test_wrong_fp4_decode_in_the_kernel_fails_the_index_check(sim, monkeypatch):
+    """The integer E2M1 bug (codes 0..7 as values) in the kernel's decode: the tie rule catches it."""
+    from numba.cuda.simulator.kernel import FakeCUDAKernel
+
+    K = sys.modules["dsv4_numba.runtime.kernel"]     # the module (the package exports the decorator)
+
+    def wrong8(word, scode):           # plain Python (a simulator twin), NumPy rounding to bf16
+        s = 2.0 ** (int(scode) - 127)
+        v = [(-1.0 if c & 8 else 1.0) * (c & 7) * s for c in ((int(word) >> (4 * i)) & 15
+                                                          for i in range(8))]
+        b = np.array(v, np.float32).astype(ml_dtypes.bfloat16).view(np.uint16).astype(np.uint32)
+        return tuple(np.uint32(b[2 * i] | (b[2 * i + 1] << 16)) for i in range(4))
+
+    monkeypatch.setitem(K._SIM_TWIN, id(F.decode8), FakeCUDAKernel(wrong8, device=True))
+    q, kc, w = problem(12, 1, 128, bf16=False)
+    orc = oracle(q, kc, w)
+    idx, vals = indexer(q, kc, w, 8, impls="fused:reference")
+    with pytest.raises(AssertionError, match="clearly"):
+        check_selection(idx, vals, orc["scores"], orc["err"], 8, orc["valid_len"], "integer decode")
 
 
 def test_production_score_stage_emulated(sim):
