@@ -52,9 +52,17 @@ Stages (registry names; each resolved through ``registry.resolve_pipeline``)
    n >= valid_len[t]).
 4. ``topk`` (``stages.topk``): k largest per row, ties to the lower index, -1 / -inf padded.
 
-Not built yet: the fused production sm_90a kernel (TMA / cp.async gather into an mbarrier ring,
-decode in shared memory, wgmma q.k, ReLU + head sum in registers, running top-k threshold). It needs
-the wgmma/TMA layer of ``hw/``; until then ``indexer`` is staged only.
+The fused path (``impls="fused"``, ``pipelines/indexer_sm90.py``)
+----------------------------------------------------------------
+One sm_90a kernel per (block of 128 keys, group of query tokens): keys -> shared memory once (FP4
+decoded on the way, exactly, to bfloat16), per token the q tile, 8 x wgmma.m64n128k16 (M = the 64
+heads, N = keys, K = D), ReLU and w[t, h] on the accumulator registers, the head sum through a
+shared-memory exchange, scores [T, N] written once (4 B per key per token instead of the staged
+256 + 4 + 4), then the registered top-k. bfloat16 and dsv4_fp4 / mxfp4 inputs, H = 64, D = 128;
+V3.2 FP8 is not fused yet (NotImplementedError naming the staged path). The same kernel with a
+logits epilogue is the staged ``indexer_scores`` production stage (bfloat16 inputs; FP4 is decoded
+to bfloat16 for it). Not built yet: TMA / cp.async into an mbarrier ring, the running top-k
+threshold that would keep most scores out of memory.
 """
 from __future__ import annotations
 
@@ -317,9 +325,12 @@ def indexer(q, k_cache, weights, k, valid_len=None, block_table=None, impls=None
         Paged and contiguous caches holding the same keys give bitwise identical results.
       * ``impls``: None / "auto" / "reference" / ... for every stage, or {stage: choice} over
         ``STAGES``; unknown names raise ValueError. Stages the call's format does not run are
-        ignored. Only ``decode_fp4`` and ``topk`` have production variants (GPU).
+        ignored. Production variants (GPU): ``decode_fp4``, ``indexer_scores`` (sm_90a wgmma; H = 64,
+        D = 128, bfloat16 / FP4 inputs -- on "auto" other calls use the reference GEMM), ``topk``.
+        ``impls="fused"`` (or ``"fused:<topk choice>"``): the fused sm_90a kernel + top-k (see
+        the module docstring); with ``return_intermediates`` the dict holds ``scores`` only.
       * NumPy in -> NumPy out; device inputs (GPU) -> device outputs (block_table / valid_len
-        values on the device are not checked). Staged only: the fused sm_90a kernel is not built.
+        values on the device are not checked).
     """
     c = _validate(q, k_cache, weights, k, valid_len, block_table)
     if isinstance(impls, str) and impls.split(":")[0] == "fused":
