@@ -62,3 +62,26 @@ def test_ldmatrix_x4_fragments_and_stmatrix_round_trip(rng, trans):
     back = out[32:].reshape(-1)[:256].astype(np.uint16)
     want = mats.transpose(0, 2, 1) if trans else mats        # stmatrix stores the fragments' matrices
     np.testing.assert_array_equal(back, want.reshape(-1))
+
+
+@kernel
+def k_named(out, count):
+    buf = cuda.shared.array(32, uint32)
+    t = cuda.threadIdx.x
+    if t >= 32:                                   # producer warp: write, then arrive (no wait)
+        buf[t - 32] = uint32(t * 3)
+        ops.named_barrier_arrive(1, count)
+    else:                                         # consumer warp: wait for the producer's arrival
+        ops.named_barrier_sync(1, count)
+        out[t] = buf[t]
+
+
+def test_named_barrier_producer_consumer():
+    out = np.zeros(32, np.uint32)
+    k_named.launch(1, 64, out, 64)
+    np.testing.assert_array_equal(out, 3 * np.arange(32, 64))
+
+
+def test_named_barrier_count_too_large_is_a_deadlock():
+    with pytest.raises(emu.EmulatorDeadlock, match="named barrier 1 \\(96 threads"):
+        k_named.launch(1, 64, np.zeros(32, np.uint32), 96)

@@ -1,16 +1,39 @@
 """Python twins of ``dsv4_numba.hw.ops``: same names, same argument order, acting on the emulated CTA
 state (``dsv4_numba.emu.state``). Under the simulator, ``Kernel.launch`` swaps a kernel module's
 global ``ops`` (when it is ``dsv4_numba.hw.ops``) for this module, so production kernels run unchanged.
+``emu.coverage()`` lists the hw.ops bindings with and without a twin; a missing one raises
+``NotEmulated`` when looked up.
 
-Covered in this slice (sm_90a): shared/global addresses, ld/st.shared.v4, ld.global.nc / st.global.v4,
-mbarrier (init, inval, arrive, arrive.expect_tx, expect_tx, try_wait.parity, wait_parity), TMA tile
-loads/stores 1D-5D (+ L2-hint forms) with no / 32B / 64B / 128B swizzle, bulk-group commit/wait,
-tensormap prefetch and fences, proxy fences, elect.sync, setmaxnreg, wgmma fence/commit/wait and
-``wgmma_m64n{N}k16_f32_bf16_ss``. Any other hw.ops name raises ``NotEmulated`` when looked up.
+Covered:
+- sm_90a: shared/global addresses, ld/st.shared.v4, ld.global.nc / st.global.v4, mbarrier (init,
+  inval, arrive, arrive.expect_tx, expect_tx, try_wait.parity, wait_parity), TMA tile loads/stores
+  1D-5D (+ L2-hint forms) with no / 32B / 64B / 128B swizzle, bulk-group commit/wait, tensormap
+  prefetch and fences, proxy fences, elect.sync, named barriers (sync/arrive with counts), setmaxnreg,
+  cp.async, ldmatrix/stmatrix, prmt / pack / cvt conversions, and every ``wgmma_m64n{N}k{K}`` binding:
+  bf16 / e4m3, A from smem (SS) or registers (RS), K-major or MN-major (imm-trans, ``_tb``) operands,
+  all swizzle modes, read through the descriptor per the PTX canonical layouts (``emu.tmem``).
+- sm_100a: tcgen05 alloc / dealloc / relinquish (whole warp, power of 2 in [32, 512], dealloc before
+  exit checked at block end), tcgen05.mma kind::f16 / f8f6f4 (SS, TS) and the block-scaled mxf8f6f4 /
+  mxf4nvf4 / mxf4 kinds (scale factors from TMEM), decoding the instruction and smem descriptors and
+  writing D per the data-path layout (M=128 layout D, M=64 layout F); tcgen05.ld/st 32x32b, 16x64b,
+  16x128b, 16x256b .x1-.x128 with the lane-quadrant rule; tcgen05.cp; commit -> mbarrier arrive.
+
+Compute model: an MMA instruction sums its products exactly (float64) and rounds D once to float32
+(f16 for an f16 D), so a K loop rounds once per instruction.
 
 Timing model: every asynchronous operation completes at issue. A TMA load applies complete_tx to its
-mbarrier when it is issued; a wgmma has its result when it returns (wait_group is a no-op). Orderings
-that hardware makes racy but that are correct under "completes at issue" are therefore not flagged.
+mbarrier when it is issued; a wgmma has its result when it returns (wait_group is a no-op); a
+tcgen05.mma writes TMEM at issue but its result counts as readable only after a thread waited on the
+mbarrier phase its tcgen05_commit arrived in. Other orderings that hardware makes racy but that are
+correct under "completes at issue" are not flagged.
+
+Diagnostics (EmulatorError / EmulatorDeadlock, naming the op, thread, address and what to check):
+deadlocks with barrier state; TMA bytes beyond a phase's expect_tx (a box short); async-proxy reads
+(wgmma, tcgen05.mma/cp, TMA store) of smem written by ordinary stores after the last
+fence.proxy.async; TMEM read never written / outside an allocation / before the MMA's commit was
+waited on; accumulate=1 into never-written D; accumulate into D whose cells another op overwrote
+(overlapping regions; a tcgen05.st by a warp that read those cells - a rescale - keeps ownership);
+writes straddling declared regions (``emu.tmem_region``); scale factors not duplicated across quadrants.
 """
 from __future__ import annotations
 
@@ -20,9 +43,9 @@ import re
 import numpy as np
 
 from ..hw.descriptors import explain
-from . import tmem as T
 from ..hw.layouts import wgmma_acc_coord
 from ..hw.tma import SWIZZLE_BYTES
+from . import tmem as T
 from .state import (GMEM, TX_LIMIT, EmulatorDeadlock, EmulatorError, MBarrier, cta, current_thread,
                     lookup_tensor_map, thread_name)
 
@@ -368,14 +391,41 @@ def elect_one_sync(mask):
     return np.uint32(1 if (mask & -mask) == 1 << lane else 0)
 
 
+def _named_barrier(bar_id, count, wait, op):
+    """bar.sync / bar.arrive with a thread count (PTX §9.7.13.1): ``count`` threads (a multiple of 32)
+    arrive per phase; sync waits for the phase to complete, arrive does not. The whole-CTA sync form
+    is the simulator's own syncthreads (the same hardware barrier as __syncthreads for id 0)."""
+    st, me = _enter()
+    bar_id, n = int(bar_id), int(count)
+    if not 0 <= bar_id < 16 or n <= 0 or n % 32:
+        raise EmulatorError(f"{op}({bar_id}, {n}) by {thread_name(me)}: barrier id 0..15 and a thread count "
+                            f"that is a positive multiple of 32")
+    if wait and n == _nthreads(me):
+        me.syncthreads()
+        return
+    with st.lock:
+        rec = st.wg.setdefault(("named", bar_id), {"gen": 0, "arrived": 0, "count": n})
+        if rec["arrived"] and rec["count"] != n:
+            raise EmulatorError(f"{op}({bar_id}, {n}) by {thread_name(me)}: this phase of named barrier {bar_id} "
+                                f"was opened with count {rec['count']}; every participant must pass the same count")
+        rec["count"] = n
+        gen = rec["gen"]
+        rec["arrived"] += 1
+        if rec["arrived"] == n:
+            rec["arrived"] = 0
+            rec["gen"] += 1
+        st.changed()
+    if wait:
+        st.wait_until(lambda: rec["gen"] != gen, f"named barrier {bar_id} ({n} threads; "
+                                                  f"{rec['arrived']} arrived so far)")
+
+
 def named_barrier_sync(bar_id, count):
-    _, me = _enter()
-    total = me._manager._block_dim
-    nthreads = int(np.prod(total))
-    if int(count) != nthreads:
-        raise NotEmulated(f"named_barrier_sync({int(bar_id)}, {int(count)}): only the whole-CTA form "
-                          f"(count == {nthreads}) is emulated")
-    me.syncthreads()
+    _named_barrier(bar_id, count, True, "named_barrier_sync")
+
+
+def named_barrier_arrive(bar_id, count):
+    _named_barrier(bar_id, count, False, "named_barrier_arrive")
 
 
 # ------------------------------------------------------------------------------ collectives
@@ -814,7 +864,8 @@ def _read_scales(st, taddr, rows, nsf, sf_id, scale_type, which, op, who):
     if not (words == words[0]).all():
         q, i = [int(x[0]) for x in np.nonzero(words != words[0])]
         raise EmulatorError(f"{op} by {who}: {which} scale factors of row {i} differ between lane quadrant 0 and "
-                            f"{q} (TMEM lanes {int(quads[0, i])} / {int(quads[q, i])}, column {int(cols[i])}): they must "
+                            f"{q} (TMEM lanes {int(quads[0, i])} / {int(quads[q, i])}, column {int(cols[i])}): "
+                            f"they must "
                             f"be duplicated to all four 32-lane partitions (tcgen05_cp_32x128b_warpx4 does that)")
     byte = (words[0][:, None] >> (8 * (sf_id + np.arange(nsf))).astype(np.uint32)) & 0xFF
     return T.ue8m0(byte) if scale_type == "ue8m0" else T.ue4m3(byte)
@@ -846,7 +897,8 @@ def _make_mma(kind, src, bs=False, vec_name=None):
         def mma(d, a, b_desc, idesc, accumulate):
             _tcgen05_mma(kind, False, d, a, b_desc, idesc, accumulate, src == "ts", op=name)
     mma.__name__ = mma.__qualname__ = name
-    mma.__doc__ = (f"Emulated tcgen05.mma.cta_group::1.kind::{kind} ({'A from TMEM' if src == 'ts' else 'A from smem'}):"
+    mma.__doc__ = (f"Emulated tcgen05.mma.cta_group::1.kind::{kind} "
+                   f"({'A from TMEM' if src == 'ts' else 'A from smem'}):"
                    f" decodes the instruction and smem descriptors, computes in float64 and rounds D once, "
                    f"writes D per the data-path layout (M=128: lane m; M=64: layout F). One thread issues.")
     return mma
@@ -1090,7 +1142,8 @@ def _cp_async(dst, src, n, op, src_bytes=None):
     """cp.async (generic-proxy copy global -> shared): emulated as done at issue."""
     st, me = _enter()
     if int(dst) % n or int(src) % n:
-        raise EmulatorError(f"{op} by {thread_name(me)}: smem {int(dst):#x} / global {int(src):#x} not {n}-byte aligned")
+        raise EmulatorError(f"{op} by {thread_name(me)}: smem {int(dst):#x} / global {int(src):#x} not "
+                            f"{n}-byte aligned")
     k = n if src_bytes is None else int(src_bytes)
     if not 0 <= k <= n:
         raise EmulatorError(f"{op}: src-size {k} outside 0..{n}")
@@ -1137,7 +1190,8 @@ def _ldst_matrix(nmat, trans, addr, regs, op):
             for r in range(8):
                 a = int(arrived[8 * i + r][0])
                 if a % 16:
-                    raise EmulatorError(f"{op}: row address {a:#x} of matrix {i} (lane {8 * i + r}) is not 16-byte aligned")
+                    raise EmulatorError(f"{op}: row address {a:#x} of matrix {i} (lane {8 * i + r}) is not "
+                                        f"16-byte aligned")
                 rows.append(st.smem(a, 16, op).view(np.uint16))
             if store:
                 m = np.zeros((8, 8), np.uint16)
