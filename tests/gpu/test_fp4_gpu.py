@@ -101,3 +101,39 @@ def test_device_nan_input_raises_after_launch(prod):
     x[1, 5] = np.inf
     with pytest.raises(ValueError, match="NaN or inf"):
         d.quantize_fp4(cuda.to_device(x), "dsv4_fp4", impl=prod)
+
+
+@pytest.mark.parametrize("in_dt", [np.float32, np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("where", ["first", "last", "middle"])
+def test_nvfp4_global_amax_pass(prod, in_dt, where):
+    """The amax pass (16-byte grid-stride loads, warp max, one atomicMax per block) finds the
+    tensor amax wherever it sits, negative, across many blocks; tiny-only inputs too."""
+    rng = np.random.default_rng(11)
+    x = rng.uniform(-1, 1, (700, 4096)).astype(np.float32)
+    pos = {"first": 0, "last": x.size - 1, "middle": x.size // 2 + 17}[where]
+    x.reshape(-1)[pos] = -3000.0
+    for xi in (x, x * np.float32(1e-3)):
+        xi = xi.astype(in_dt)
+        q = d.quantize_fp4(xi, "nvfp4", impl=prod)
+        s = formats.quantize(xi, "nvfp4")
+        assert q.global_scale == s.global_scale
+        assert_close(q.scales, s.scales, bitwise=True, name="scales")
+        assert_close(q.data, s.data, bitwise=True, name="codes")
+
+
+def test_timing_helpers_run(prod):
+    """tools/bench_fp4.py's helpers on a small tensor: decode output checked, both quantize timings."""
+    from numba import cuda
+    from dsv4_numba.stages import fp4
+    rng = np.random.default_rng(5)
+    x = _x(rng, (256, 1024)).astype(ml_dtypes.bfloat16)
+    for fmt in ("dsv4_fp4", "mxfp4", "nvfp4"):
+        q = formats.quantize(x, fmt)
+        us, gbs, res = fp4.time_decode(q, "bfloat16")
+        assert us > 0 and gbs > 0
+        want = formats.dequantize(q, ml_dtypes.bfloat16).reshape(-1).view(np.uint16)
+        assert_close(res.reshape(-1), want, bitwise=True, name="timed decode output")
+        dx = cuda.to_device(x.view(np.uint16))
+        for with_amax in (True, False):
+            us, gbs = fp4.time_quantize(dx, fmt, with_amax=with_amax)
+            assert us > 0 and gbs > 0
