@@ -85,3 +85,18 @@ def test_named_barrier_producer_consumer():
 def test_named_barrier_count_too_large_is_a_deadlock():
     with pytest.raises(emu.EmulatorDeadlock, match="named barrier 1 \\(96 threads"):
         k_named.launch(1, 64, np.zeros(32, np.uint32), 96)
+
+
+def test_tmem_plan_tool_flags_undeclared_overlap():
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "tools" / "tmem_plan.py"
+    spec = importlib.util.spec_from_file_location("tmem_plan", path)
+    tp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tp)
+    errs, alloc = tp.check(tp.parse(["S=0:128", "P=0:64@S", "O=128:64"]))
+    assert errs == [] and alloc == 256
+    errs, _ = tp.check(tp.parse(["O=0:64", "P=32:16"]))
+    assert errs == ["O (columns 0..63) overlaps P (columns 32..47) without a declared alias"]
+    errs, _ = tp.check(tp.parse(["O=0:64"]), alloc=48)
+    assert "power of 2" in errs[0]
