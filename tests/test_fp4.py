@@ -231,3 +231,31 @@ def test_bit_arithmetic_e2m1_encode_matches_spec(sim_mode):
     out = np.zeros(v.size, np.uint32)
     encode_probe.launch(1, 32, v, out)
     assert_close(out.astype(np.uint8), formats.e2m1_encode(v), bitwise=True, name="E2M1 codes")
+
+
+@pytest.mark.parametrize("factor", [1.0, 0.25, 8.0, 0.0])
+def test_nvfp4_given_global_amax(factor, rng, sim_mode):
+    """global_amax= skips the amax pass: reference and production (simulator) are bitwise the spec
+    given the same amax; the true amax reproduces the plain call; blocks above a small one saturate."""
+    x = outliers(rng, (4, 64), scale_spread=1.0)
+    amax = np.float32(np.abs(x).max() * factor)
+    spec = formats.quantize(x, "nvfp4", global_amax=amax)
+    if factor == 1.0:
+        plain = formats.quantize(x, "nvfp4")
+        assert_close(spec.data, plain.data, bitwise=True, name="codes")
+        assert spec.global_scale == plain.global_scale
+    for q in (d.quantize_fp4(x, "nvfp4", impl="reference", global_amax=amax),
+              production("quantize_fp4")(x, "nvfp4", global_amax=amax)):
+        assert_close(q.data, spec.data, bitwise=True, name="codes")
+        assert_close(q.scales, spec.scales, bitwise=True, name="scales")
+        assert q.global_scale == spec.global_scale
+
+
+def test_global_amax_bad_values_get_clear_errors():
+    x = np.ones((2, 32), np.float32)
+    for fn in (formats.quantize, lambda x, f, **k: d.quantize_fp4(x, f, impl="reference", **k)):
+        with pytest.raises(ValueError, match="nvfp4 only"):
+            fn(x, "dsv4_fp4", global_amax=1.0)
+        for bad in (np.inf, np.nan, -1.0):
+            with pytest.raises(ValueError, match="finite and >= 0"):
+                fn(x, "nvfp4", global_amax=bad)

@@ -138,7 +138,7 @@ def _ue8m0_block_scales(amax_b, fmt):
     return np.where(amax_b > 0, code, 0).astype(np.uint8)
 
 
-def quantize(x, fmt):
+def quantize(x, fmt, global_amax=None):
     """Quantize ``x`` [..., n] along its last axis to the block-scaled FP4 format ``fmt``.
 
     Constraints:
@@ -148,6 +148,9 @@ def quantize(x, fmt):
       * NaN or +-inf raise ValueError.
       * nvfp4: the tensor amax must satisfy 2688/amax < FLT_MAX (amax > ~7.9e-36), else
         ValueError.
+      * ``global_amax`` (nvfp4 only; None: computed): use this float32 value as the tensor amax
+        of step 1 (a calibrated or already known amax; it must be finite and >= 0, ValueError
+        otherwise). Blocks whose amax exceeds it get the largest scale and saturate at +-6.
 
     Every intermediate is float32 and the order below is the bitwise contract for GPU kernels
     (b indexes blocks, amax_b = max |x| over the block, computed exactly in float32):
@@ -163,7 +166,7 @@ def quantize(x, fmt):
          clamped to [-127, 127]; code = e + 127
       3. element code = e2m1_encode(f32(x / 2^e))  (|x / 2^e| < 8; the part above 6 saturates)
     nvfp4 (block 16, E4M3 block scale, float32 global scale):
-      1. amax = max |x| over the WHOLE tensor (all axes)
+      1. amax = max |x| over the WHOLE tensor (all axes), or f32(global_amax) when given
       2. amax == 0: gs_enc = 1.0f, global_scale = 1.0f;
          else gs_enc = f32(2688.0f / amax), global_scale = f32(amax / 2688.0f)
       3. sb = f32(f32(gs_enc * amax_b) / 6.0f);  code = e4m3_encode(min(sb, 448.0f))
@@ -184,13 +187,19 @@ def quantize(x, fmt):
     amax_b = np.max(np.abs(blocks), axis=-1, initial=np.float32(0))
 
     global_scale = None
+    if global_amax is not None:
+        if not spec.has_global_scale:
+            raise ValueError(f"{fmt} has no global scale; global_amax is for nvfp4 only")
+        global_amax = np.float32(global_amax)
+        if not (np.isfinite(global_amax) and global_amax >= 0):
+            raise ValueError(f"global_amax must be finite and >= 0, got {global_amax!r}")
     if spec.scale_kind == "ue8m0":
         scale_codes = _ue8m0_block_scales(amax_b, fmt)
         s = ue8m0_decode(scale_codes)
         y = blocks / s[..., None]
         keep = amax_b > 0
     else:
-        amax = np.max(amax_b, initial=np.float32(0))
+        amax = np.max(amax_b, initial=np.float32(0)) if global_amax is None else global_amax
         if amax == 0:
             gs_enc = global_scale = np.float32(1.0)
         else:

@@ -29,12 +29,22 @@ Implementations (stage registry names ``decode_fp4`` / ``quantize_fp4``)
 * ``production:sm_90a`` — decode: a warp takes 512 packed bytes per step, one 16-byte
   ``ld.global.nc`` per lane (512 contiguous bytes per warp instruction); the E2M1 -> bfloat16 bit
   patterns come from ``prmt`` on two 8-entry byte tables held in registers (no branches, no memory
-  table), signs merged with one more ``prmt``, the scale applied by one float multiply per element,
-  pairs packed by ``cvt.rn.bf16x2.f32``; the 4x larger output is staged through a bank-conflict-free
-  shared-memory tile so that every 16-byte ``st.global`` of the warp is contiguous too (writing
-  straight from registers puts 64 B between lanes, which halved the bandwidth on the H100).
-  Quantize: one thread per 32 elements, 16-byte loads, the amax / scale / RNE encode in registers,
-  one 16-byte store of codes. A grid-stride loop over a grid sized to fill the GPU.
+  table), signs merged with one more ``prmt``, the scale applied by one float multiply per element
+  (nvfp4: two — e2m1 x s is exact, x g is the spec's one rounding; folding g into s would round
+  twice for the 1.5 x 2^k codes), pairs packed by ``cvt.rn.bf16x2.f32``; the 4x larger output is
+  staged through a bank-conflict-free shared-memory tile so that every 16-byte ``st.global`` of
+  the warp is contiguous too (writing straight from registers puts 64 B between lanes, which
+  halved the bandwidth on the H100). Block scales decode by bit arithmetic: UE8M0 code << 23;
+  E4M3 ``(code & 0x7F) << 20`` read as float32 times 2^120 (exact for normals and subnormals).
+  Each (format, output dtype) pair is its own compiled kernel (closure constants), so the loop
+  has no format branch and no runtime division.
+  Quantize: one thread per 32 elements, 16-byte loads, the amax / scale in registers, the E2M1
+  encode by float32 bit arithmetic (RNE via one fma below 1.0, a mantissa round above), one
+  16-byte store of codes. nvfp4 first runs the global-amax pass: 16-byte grid-stride loads,
+  integer max of the magnitude bits, warp butterfly, one atomicMax per block. Grid-stride loops
+  over grids sized to fill the GPU.
+  The inline-PTX operations have simulator twins (and ``dsv4_numba.emu`` emulates the 16-byte
+  global / shared accesses), so these exact kernels are tested bitwise on the CPU too.
 * ``production:sm_100a`` — same data path, but decodes with the Blackwell conversion
   instructions (``cvt.rn.f16x2.e2m1x2``, ``cvt.rn.bf16x2.ue8m0x2``) and quantizes with
   ``cvt.rn.satfinite.e2m1x2.f32`` and ``cvt.rp.satfinite.ue8m0x2.f32``. It is compiled and assembled
@@ -43,14 +53,21 @@ Implementations (stage registry names ``decode_fp4`` / ``quantize_fp4``)
 Napkin math (decode of a 7168 x 8192 tensor to bfloat16)
 --------------------------------------------------------
 Per element: 0.5 B packed in + 2 B out + 1/32 B (dsv4_fp4, mxfp4) or 1/16 B (nvfp4) of scales:
-~2.53 B. 58.7 M elements -> 148.6 MB of unique traffic; at the ~3.0 TB/s an H100 copies
-(read + write), ~50 us. Arithmetic per element is ~5 integer/float instructions (2 prmt per 4
-elements, 1 sign merge, 1 shift/mask, 1 fmul, 1/2 cvt) plus 1/8 of a shared store and load:
-~0.3 G instr, ~10 us of issue on 132 SMs -> memory-bound. float32 output: 4.53 B/elem -> 266 MB
--> ~89 us. Quantize from bfloat16: 2 + 0.53 B/elem, the same bound; nvfp4 quantize reads the input
-twice (global amax pass first), so ~1.8x the time of the others.
-Measured on an H100 (tools/bench_fp4.py, CHANGELOG): 58.8 us = 2.53 TB/s (84% of copy) for
-dsv4_fp4 -> bfloat16; 63.8 us (78%) for nvfp4 -> bfloat16; 72 us (2.07 TB/s) for quantize.
+~2.53 B. 58.7 M elements -> 148.6 MB (nvfp4 150.4 MB) of unique traffic; at the ~3.0 TB/s an
+H100 copies (read + write), ~50 us. Arithmetic per 8 elements: 4 table prmt + 4 merge prmt +
+4 sign prmt + ~12 logic/shift, 8 fmul (16 for nvfp4), 4 cvt; per 32 elements 4 st.shared.v4 +
+4 ld.shared.v4 + 4 st.global.v4 + 1 ld.global.v4: ~200 instructions per lane per warp step,
+57 K warp steps -> ~11 M warp instructions, ~12 us of issue on 132 SMs -> memory-bound.
+float32 output: 4.53 B/elem -> 266 MB -> ~89 us.
+Quantize from bfloat16: 2 + 0.53 B/elem (149 MB, ~50 us at copy speed); ~15 instructions per
+element (encode ~11) -> ~28 us of issue: memory-bound with less slack. nvfp4 adds the amax
+pass: 117 MB read-only, ~40 us at ~3 TB/s, so ~1.8x the others' time unless the tensor amax is
+given: ``quantize_fp4(x, "nvfp4", global_amax=a)`` skips the pass (bitwise the spec with the
+same argument).
+Measured on an H100 before this version (CHANGELOG): 58.8 us = 2.53 TB/s (84% of copy) for
+dsv4_fp4 -> bfloat16; 63.8 us (78%) for nvfp4 -> bfloat16; 72 us (2.07 TB/s) quantize; nvfp4
+quantize 151 us (997 GB/s). This version (format-specialized kernels, bit-arithmetic E4M3 decode
+and E2M1 encode, 16-byte amax pass) has not been timed yet: tools/bench_fp4.py.
 """
 from __future__ import annotations
 
@@ -712,6 +729,8 @@ def make_amax_kernel(name, IKIND):
     a warp butterfly (shfl.sync.bfly), the 8 warp maxima through shared memory, and ONE atomicMax
     per block. 16-bit kinds keep two accumulators (high and low halves) so each word costs
     2 and + 2 max; float16 magnitudes convert to float32 once at the end.
+    The pass walks the tensor back to front: the quantize kernel that follows reads front to back,
+    so its first tens of MB are the ones this pass read last, still in the 50 MB L2.
     """
     def kern(x, amax_bits, nvec):
         red = cuda.shared.array(WARPS, uint32)
@@ -719,7 +738,8 @@ def make_amax_kernel(name, IKIND):
         m_hi = uint32(0)
         m_lo = uint32(0)
         for v in range(cuda.grid(1), nvec, cuda.gridsize(1)):
-            w0, w1, w2, w3 = ops.ld_global_nc_v4_u32(src + uint64(16) * uint64(v))
+            vr = nvec - 1 - v                   # back to front: see the docstring
+            w0, w1, w2, w3 = ops.ld_global_nc_v4_u32(src + uint64(16) * uint64(vr))
             if IKIND == F32:
                 mk = uint32(0x7FFFFFFF)
                 m_hi = max(m_hi, max(w0 & mk, w1 & mk))
@@ -832,17 +852,26 @@ def _decode(q, out_dtype, kern, ref, out=None):
 
 
 @kernel
-def reset_kernel(amax_bits, flag):
-    amax_bits[0] = 0
+def reset_kernel(amax_bits, flag, amax_init):
+    amax_bits[0] = amax_init
     flag[0] = 0
 
 
-def quantize_plan(x, fmt, kern, ref) -> _Plan:
+def quantize_plan(x, fmt, kern, ref, global_amax=None) -> _Plan:
     """Validate, place buffers and list the launches of one quantize call (``kern``: the reference
-    kernel or a production KernelFamily). nvfp4 plans launch the global-amax pass first."""
+    kernel or a production KernelFamily). nvfp4 plans launch the global-amax pass first, unless
+    ``global_amax`` is given (then its float32 bits seed the amax buffer)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown FP4 format {fmt!r}; use one of {sorted(FORMATS)}")
     spec = FORMATS[fmt]
+    amax_init = np.uint32(0)
+    if global_amax is not None:
+        if not spec.has_global_scale:
+            raise ValueError(f"{fmt} has no global scale; global_amax is for nvfp4 only")
+        ga = np.float32(global_amax)
+        if not (np.isfinite(ga) and ga >= 0):
+            raise ValueError(f"global_amax must be finite and >= 0, got {global_amax!r}")
+        amax_init = np.array(ga, np.float32).view(np.uint32)[()]
     shape = tuple(x.shape)
     ikind, _ = float_kind(x, "quantize_fp4 input", allow_f16=True)
     if not shape or shape[-1] % spec.block:
@@ -866,15 +895,16 @@ def quantize_plan(x, fmt, kern, ref) -> _Plan:
     flag = io.to_kernel(np.zeros(1, np.int32))
     launches = []
     if n:
-        launches.append((reset_kernel, 1, (amax, flag)))
+        launches.append((reset_kernel, 1, (amax, flag, amax_init)))
+        amax_pass = spec.has_global_scale and global_amax is None
         if ref:
-            if spec.has_global_scale:
+            if amax_pass:
                 launches.append((amax_ref_kernel, -(-n // THREADS), (flat, ikind, amax)))
             launches.append((quantize_ref_kernel, -(-(n // spec.block) // THREADS),
                              (flat, ikind, spec.block, _FMT_ID[fmt], amax, data, scales)))
         else:
             _check_aligned(flat, data)
-            if spec.has_global_scale:
+            if amax_pass:
                 nvec = n * np.dtype(flat.dtype).itemsize // 16
                 launches.append((amax_prod_kernel.get(ikind), _grid(nvec), (flat, amax, nvec)))
             launches.append((kern.get(_FMT_ID[fmt], spec.block, ikind), _grid(n // 32),
@@ -899,8 +929,8 @@ def quantize_plan(x, fmt, kern, ref) -> _Plan:
     return _Plan(launches, finish)
 
 
-def _quantize(x, fmt, kern, ref):
-    return quantize_plan(x, fmt, kern, ref).run().result()
+def _quantize(x, fmt, kern, ref, global_amax=None):
+    return quantize_plan(x, fmt, kern, ref, global_amax).run().result()
 
 
 def _kernels_decode(family, fmts=("dsv4_fp4", "nvfp4"), okinds=(F32, F16, BF16)):
@@ -936,13 +966,13 @@ registry.register("decode_fp4", "production", arch="sm_100a",
                   kernels=lambda: _kernels_decode(decode_sm100_kernel))(
     lambda q, out_dtype, out=None: _decode(q, out_dtype, decode_sm100_kernel, ref=False, out=out))
 registry.register("quantize_fp4", "reference")(
-    lambda x, fmt: _quantize(x, fmt, quantize_ref_kernel, ref=True))
+    lambda x, fmt, global_amax=None: _quantize(x, fmt, quantize_ref_kernel, True, global_amax))
 registry.register("quantize_fp4", "production", arch="sm_90a",
                   kernels=lambda: _kernels_quantize(quantize_sm90_kernel) + _kernels_amax())(
-    lambda x, fmt: _quantize(x, fmt, quantize_sm90_kernel, ref=False))
+    lambda x, fmt, global_amax=None: _quantize(x, fmt, quantize_sm90_kernel, False, global_amax))
 registry.register("quantize_fp4", "production", arch="sm_100a",
                   kernels=lambda: _kernels_quantize(quantize_sm100_kernel) + _kernels_amax())(
-    lambda x, fmt: _quantize(x, fmt, quantize_sm100_kernel, ref=False))
+    lambda x, fmt, global_amax=None: _quantize(x, fmt, quantize_sm100_kernel, False, global_amax))
 
 
 def decode_fp4(q: QuantizedFP4, out_dtype="bfloat16", impl: str | None = None, out=None):
@@ -963,7 +993,8 @@ def decode_fp4(q: QuantizedFP4, out_dtype="bfloat16", impl: str | None = None, o
     return registry.resolve("decode_fp4", impl).fn(q, out_dtype, out=out)
 
 
-def quantize_fp4(x, fmt: str = "dsv4_fp4", impl: str | None = None) -> QuantizedFP4:
+def quantize_fp4(x, fmt: str = "dsv4_fp4", impl: str | None = None,
+                 global_amax=None) -> QuantizedFP4:
     """Quantize ``x`` along its last axis: bitwise ``formats.quantize(x, fmt)`` (codes and scales).
 
     Constraints:
@@ -971,9 +1002,11 @@ def quantize_fp4(x, fmt: str = "dsv4_fp4", impl: str | None = None) -> Quantized
         finite (NaN/inf raise ValueError: before launch for NumPy input, after it for device input),
         last axis a multiple of the block (16 nvfp4, 32 mxfp4/dsv4_fp4).
       * production: total element count a multiple of 32; device buffers 16-byte aligned.
-      * nvfp4 runs an extra pass for the per-tensor amax (the global scale).
+      * nvfp4 runs an extra pass for the per-tensor amax (the global scale), unless
+        ``global_amax`` (nvfp4 only: a finite float >= 0, e.g. a calibrated amax) is given; the
+        result is then bitwise ``formats.quantize(x, "nvfp4", global_amax=global_amax)``.
     """
-    return registry.resolve("quantize_fp4", impl).fn(x, fmt)
+    return registry.resolve("quantize_fp4", impl).fn(x, fmt, global_amax=global_amax)
 
 
 def time_decode(q: QuantizedFP4, out_dtype="bfloat16", kern=None):
@@ -994,20 +1027,15 @@ def time_decode(q: QuantizedFP4, out_dtype="bfloat16", kern=None):
     return us, nbytes / us / 1e3, plan.result().copy_to_host()
 
 
-def time_quantize(x_device, fmt, kern=None, with_amax=True):
-    """(median microseconds, GB/s of unique bytes) of the production quantize launches on a
-    device-resident input. nvfp4: ``with_amax=True`` times the global-amax pass + reset + quantize;
-    ``with_amax=False`` only the quantize kernel, the global amax already in its buffer (what a
-    caller with a calibrated / known tensor amax pays). Unique bytes = input + codes + scales."""
+def time_quantize(x_device, fmt, kern=None, global_amax=None):
+    """(median microseconds, GB/s of unique bytes, the QuantizedFP4 the timed launches produced,
+    on the device) of the production quantize launches on a device-resident input. nvfp4: with
+    ``global_amax=None`` the launches include the global-amax pass; with a given amax they are
+    the reset and the quantize kernel only. Unique bytes = input + codes + scales."""
     from ..runtime.bench import time_gpu
-    plan = quantize_plan(x_device, fmt, kern or quantize_sm90_kernel, ref=False)
-    if with_amax:
-        us = time_gpu(plan.run)
-    else:
-        plan.run()                                    # leaves the tensor amax in its buffer
-        k, grid, args = plan.launches[-1]
-        us = time_gpu(lambda: k.launch(grid, THREADS, *args))
-    plan.result()                                     # raises if the input was not finite
+    plan = quantize_plan(x_device, fmt, kern or quantize_sm90_kernel, ref=False,
+                         global_amax=global_amax)
+    us = time_gpu(plan.run)
     n = int(np.prod(x_device.shape))
     nbytes = n * x_device.dtype.itemsize + n // 2 + n // FORMATS[fmt].block
-    return us, nbytes / us / 1e3
+    return us, nbytes / us / 1e3, plan.result()

@@ -134,6 +134,26 @@ def test_timing_helpers_run(prod):
         want = formats.dequantize(q, ml_dtypes.bfloat16).reshape(-1).view(np.uint16)
         assert_close(res.reshape(-1), want, bitwise=True, name="timed decode output")
         dx = cuda.to_device(x.view(np.uint16))
-        for with_amax in (True, False):
-            us, gbs = fp4.time_quantize(dx, fmt, with_amax=with_amax)
-            assert us > 0 and gbs > 0
+        us, gbs, got = fp4.time_quantize(dx, fmt)
+        assert us > 0 and gbs > 0
+        assert_close(got.data.copy_to_host(), q.data, bitwise=True, name="timed quantize codes")
+        if fmt == "nvfp4":
+            amax = np.abs(x.astype(np.float32)).max()
+            us, gbs, got = fp4.time_quantize(dx, fmt, global_amax=amax)
+            assert got.global_scale == q.global_scale
+            assert_close(got.scales.copy_to_host(), q.scales, bitwise=True, name="scales")
+
+
+@pytest.mark.parametrize("in_dt", [np.float32, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("factor", [1.0, 0.5, 4.0])
+def test_nvfp4_given_global_amax(prod, in_dt, factor):
+    """quantize_fp4(global_amax=) skips the amax pass; bitwise the spec with the same argument,
+    for the true amax, a larger one and a smaller one (blocks above it saturate)."""
+    rng = np.random.default_rng(13)
+    x = _x(rng, (300, 2048)).astype(in_dt)
+    amax = np.float32(np.abs(x.astype(np.float32)).max() * factor)
+    q = d.quantize_fp4(x, "nvfp4", impl=prod, global_amax=amax)
+    s = formats.quantize(x, "nvfp4", global_amax=amax)
+    assert q.global_scale == s.global_scale
+    assert_close(q.scales, s.scales, bitwise=True, name="scales")
+    assert_close(q.data, s.data, bitwise=True, name="codes")
