@@ -21,23 +21,23 @@ BF16 = ml_dtypes.bfloat16
 NO_GPU = detect_gpu() is None
 
 
-@pytest.fixture(scope="module", params=fmha_sm90.SUPPORTED_D, ids=lambda d: f"D{d}")
+@pytest.fixture(scope="module", params=[(64, 2), (128, 2), (128, 1)], ids=lambda p: f"D{p[0]}_nc{p[1]}")
 def compiled(request):
-    D = request.param
-    return D, fmha_sm90.fused_kernel(D).compile(fmha_sm90.signature(), "sm_90a")
+    D, nc = request.param
+    return D, nc, fmha_sm90.fused_kernel(D, nc).compile(fmha_sm90.signature(), "sm_90a")
 
 
 def test_compiles_without_spills_or_local_memory(compiled):
-    D, res = compiled
+    D, nc, res = compiled
     assert res.spill_stores == res.spill_loads == res.stack_bytes == 0, res.summary()
     assert ".local" not in res.ptx, "accumulators must stay in registers"
-    threads = fmha_sm90.geometry(D)["threads"]
+    threads = fmha_sm90.geometry(D, nc)["threads"]
     assert res.registers <= (65536 // threads) // 8 * 8, res.summary()
     assert "serialized" not in res.ptxas_log, res.ptxas_log     # no wgmma serialisation warning
 
 
 def test_ptx_and_sass_hold_the_pipeline(compiled):
-    D, res = compiled
+    D, nc, res = compiled
     ptx = res.ptx
     # S = Q K^T: D/16 SS wgmmas of N = BN per tile; O += P V: BN/16 RS wgmmas with imm-trans-b = 1
     ss = re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n{fmha_sm90.BN}k16\.f32\.bf16\.bf16 "
@@ -55,7 +55,7 @@ def test_ptx_and_sass_hold_the_pipeline(compiled):
 
 @pytest.mark.parametrize("D", fmha_sm90.SUPPORTED_D)
 def test_shared_memory_plan(D):
-    g = fmha_sm90.geometry(D)
+    g = fmha_sm90.geometry(D, 2)
     assert g["boxq"] % 1024 == 0 and g["boxk"] % 1024 == 0 and g["kbytes"] % 1024 == 0
     assert g["qbytes"] == fmha_sm90.NC * 64 * D * 2
     assert g["kbytes"] == fmha_sm90.BN * D * 2
@@ -77,7 +77,19 @@ def test_registered_as_attn_fused_production():
     st = registry.REGISTRY[FUSED]
     assert set(st.impls) == {"reference", "production:sm_90a"}
     kern = st.impls["production:sm_90a"].kernels()
-    assert [k for k, _ in kern] == [fmha_sm90.fused_kernel(D) for D in fmha_sm90.SUPPORTED_D]
+    assert [k for k, _ in kern] == [fmha_sm90.fused_kernel(D, nc) for D in fmha_sm90.SUPPORTED_D
+                                    for nc in (2, 1)]
+
+
+def test_launch_config_packs_gqa_heads():
+    c = fmha_sm90.launch_config(64, 1, 64, 8)                  # the decode benchmark shape
+    assert (c["G"], c["nc"], c["grid"], c["qbox"]) == (8, 1, (1, 8, 64), (1, 8, 8, 64))
+    c = fmha_sm90.launch_config(4, 4096, 16, 16)               # MHA prefill
+    assert (c["G"], c["nc"], c["grid"], c["qbox"]) == (1, 2, (32, 16, 4), (1, 64, 1, 64))
+    c = fmha_sm90.launch_config(1, 129, 6, 2)                  # group of 3 does not divide 64
+    assert (c["G"], c["nc"], c["grid"]) == (1, 2, (2, 6, 1))
+    c = fmha_sm90.launch_config(2, 1000, 8, 1)                 # MQA prefill: 8 heads x 16 positions
+    assert (c["G"], c["nc"], c["grid"]) == (8, 2, (63, 1, 2))
 
 
 @pytest.fixture
@@ -126,7 +138,7 @@ def test_auto_and_reference_run_staged_here():
 
 def test_generated_source_is_static():
     """Every accumulator is a named scalar: no subscripted register state in the kernel body."""
-    src = fmha_sm90._source(128)
+    src = fmha_sm90._source(128, 2)
     assert "s31 = " in src and "o63 = " in src and "p15 = " in src
     assert not re.search(r"\b[sop]\[", src)
 
@@ -137,6 +149,7 @@ def test_generated_source_is_static():
 # rows), Tk = 100 (two key tiles, the second partly out of bounds: TMA zero fill), causal, a sink.
 # ----------------------------------------------------------------------------------------------
 def _emulated_run(monkeypatch, q, k, v, causal, sink):
+    """fmha_sm90's kernel under the emulator with ``launch_config``'s grid, box and packing."""
     from dsv4_numba import emu
     from dsv4_numba.emu import ops as eops
     monkeypatch.setenv("DSV4_MODE", "sim")
@@ -145,43 +158,60 @@ def _emulated_run(monkeypatch, q, k, v, causal, sink):
         monkeypatch.setattr(fmha_sm90, f"wgmma_pv_n{n}", eops._make_wgmma(sn.name, sn.body))
     B, Tq, Hq, D = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
-    maps = [emu.tensor_map(np.ascontiguousarray(x).view(np.uint16), (1, 64, 1, 64), "128B",
-                           dtype="bfloat16") for x in (q, k, v)]
+    cfg = fmha_sm90.launch_config(B, Tq, Hq, Hkv)
+    boxes = (cfg["qbox"], (1, 64, 1, 64), (1, 64, 1, 64))
+    maps = [emu.tensor_map(np.ascontiguousarray(x).view(np.uint16), box, "128B", dtype="bfloat16")
+            for x, box in zip((q, k, v), boxes)]
     out = np.full(B * Tq * Hq * D // 2, 0x7FC17FC1, np.uint32)           # NaN-poisoned
     lse = np.full(B * Hq * Tq, np.nan, np.float32)
-    g = fmha_sm90.geometry(D)
+    g = fmha_sm90.geometry(D, cfg["nc"])
     scale = D ** -0.5
-    fmha_sm90.fused_kernel(D).launch(
-        (-(-Tq // (fmha_sm90.BM * fmha_sm90.NC)), Hq, B), g["threads"], *maps, out, lse,
-        np.full(B, Tk, np.int32), np.asarray(sink, np.float32), np.int32(1), Tq, Tk, Hq, Hkv,
-        np.int32(causal), Tk - Tq, np.float32(scale * fmha_sm90.LOG2E), shared_bytes=g["dyn_smem"])
-    return out.view(BF16).reshape(B, Tq, Hq, D), lse.reshape(B, Hq, Tq), scale
+    fmha_sm90.fused_kernel(D, cfg["nc"]).launch(
+        cfg["grid"], g["threads"], *maps, out, lse, np.full(B, Tk, np.int32),
+        np.asarray(sink, np.float32), np.int32(1), Tq, Tk, Hq, Hkv, cfg["G"], np.int32(causal),
+        Tk - Tq, np.float32(scale * fmha_sm90.LOG2E), shared_bytes=g["dyn_smem"])
+    return out.view(BF16).reshape(B, Tq, Hq, D), lse.reshape(B, Hq, Tq), scale, cfg
 
 
-def test_fused_kernel_under_the_emulator(monkeypatch):
+# (B, Tq, Tk, Hq, Hkv, D, causal): one CTA of 384 threads (2 consumers, the second holding 6 real
+# rows; two key tiles, the second partly out of bounds: TMA zero fill), and a decode of 3 tokens
+# with 4 query heads per KV head packed into the rows (2 CTAs of 256 threads, nc = 1, G = 4)
+EMU_CASES = {"prefill_causal": (1, 70, 100, 1, 1, 64, True),
+             "decode3_gqa4_packed": (1, 3, 100, 8, 2, 64, True)}
+
+
+@pytest.mark.parametrize("case", list(EMU_CASES))
+def test_fused_kernel_under_the_emulator(monkeypatch, case):
     from dsv4_numba.emu import EmulatorDeadlock
+    B, Tq, Tk, Hq, Hkv, D, causal = EMU_CASES[case]
     g = np.random.default_rng(11)
-    Tq, Tk, D = 70, 100, 64
-    q = (g.standard_normal((1, Tq, 1, D)) * 3).astype(BF16)
-    k = g.standard_normal((1, Tk, 1, D)).astype(BF16)
-    v = (g.standard_normal((1, Tk, 1, D)) * 10.0 ** g.uniform(-1, 1, (1, Tk, 1, 1))).astype(BF16)
-    sink = np.array([1.5], np.float32)
+    q = (g.standard_normal((B, Tq, Hq, D)) * 3).astype(BF16)
+    k = g.standard_normal((B, Tk, Hkv, D)).astype(BF16)
+    v = (g.standard_normal((B, Tk, Hkv, D)) * 10.0 ** g.uniform(-1, 1, (B, Tk, Hkv, 1))).astype(BF16)
+    sink = np.linspace(-1.0, 2.0, Hq).astype(np.float32)
     try:
-        out, lse, scale = _emulated_run(monkeypatch, q, k, v, True, sink)
+        out, lse, scale, cfg = _emulated_run(monkeypatch, q, k, v, causal, sink)
     except EmulatorDeadlock:    # the emulator's 0.5 s stall detector can fire on a loaded CPU
-        out, lse, scale = _emulated_run(monkeypatch, q, k, v, True, sink)
+        out, lse, scale, cfg = _emulated_run(monkeypatch, q, k, v, causal, sink)
+    if case.endswith("packed"):
+        assert cfg["G"] == Hq // Hkv and cfg["nc"] == 1
     # float64 oracle (tests/gpu/test_fmha_gpu.py derives the bound; bf16 P and output dominate)
-    q64, k64, v64 = (x.astype(np.float64)[0, :, 0] for x in (q, k, v))
-    z = float(np.float32(scale)) * (q64 @ k64.T)
-    z = np.where(np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + Tk - Tq, z, -np.inf)
-    m = np.maximum(z.max(axis=1), sink[0])[:, None]
-    e = np.exp(z - m)
-    den = e.sum(axis=1) + np.exp(sink[0] - m[:, 0])
-    p = e / den[:, None]
-    O = p @ v64
-    bound = 2.0 ** -8 * np.abs(O) + 1.01 * (2.0 ** -8 + 1e-5) * (p @ np.abs(v64)) + 1e-30
-    got = out[0, :, 0].astype(np.float64)
-    assert not np.isnan(got).any(), "unwritten (NaN-poisoned) outputs"
-    err = np.abs(got - O)
-    assert (err <= bound).all(), f"max err {err.max():.3g}, worst err/bound {(err / bound).max():.3g}"
-    np.testing.assert_allclose(lse[0, 0], m[:, 0] + np.log(den), rtol=0, atol=2e-5)
+    q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
+    for b in range(B):
+        for hq in range(Hq):
+            kk, vv = k64[b, :, hq // (Hq // Hkv)], v64[b, :, hq // (Hq // Hkv)]
+            z = float(np.float32(scale)) * (q64[b, :, hq] @ kk.T)
+            if causal:
+                z = np.where(np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + Tk - Tq, z, -np.inf)
+            m = np.maximum(z.max(axis=1), sink[hq])[:, None]
+            e = np.exp(z - m)
+            den = e.sum(axis=1) + np.exp(sink[hq] - m[:, 0])
+            p = e / den[:, None]
+            O = p @ vv
+            bound = 2.0 ** -8 * np.abs(O) + 1.01 * (2.0 ** -8 + 1e-5) * (p @ np.abs(vv)) + 1e-30
+            got = out[b, :, hq].astype(np.float64)
+            assert not np.isnan(got).any(), f"head {hq}: unwritten (NaN-poisoned) outputs"
+            err = np.abs(got - O)
+            assert (err <= bound).all(), (f"head {hq}: max err {err.max():.3g}, worst err/bound "
+                                          f"{(err / bound).max():.3g}")
+            np.testing.assert_allclose(lse[b, hq], m[:, 0] + np.log(den), rtol=0, atol=2e-5)

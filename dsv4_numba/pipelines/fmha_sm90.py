@@ -128,13 +128,14 @@ def shfl_xor_f32(v, off):
     return cuda.shfl_xor_sync(0xFFFFFFFF, v, off)
 
 
-def geometry(D: int) -> dict:
-    """Bytes and counts of the shared-memory plan for head dim D (see the module docstring)."""
+def geometry(D: int, nc: int = NC) -> dict:
+    """Bytes and counts of the shared-memory plan for head dim D and ``nc`` consumer warpgroups
+    (see the module docstring)."""
     nbox = D // 64
-    g = {"nbox": nbox, "boxq": BM * 128, "boxk": BN * 128, "qbytes": NC * nbox * BM * 128,
-         "kbytes": nbox * BN * 128}
+    g = {"nbox": nbox, "boxq": BM * 128, "boxk": BN * 128, "qbytes": nc * nbox * BM * 128,
+         "kbytes": nbox * BN * 128, "nc": nc}
     g["dyn_smem"] = 1024 + g["qbytes"] + 2 * STAGES * g["kbytes"]
-    g["threads"] = 128 * (NC + 1)
+    g["threads"] = 128 * (nc + 1)
     return g
 
 
@@ -147,23 +148,27 @@ def _regs(prefix, n):
     return ", ".join(f"{prefix}{i}" for i in range(n))
 
 
-def _source(D: int) -> str:
-    g = geometry(D)
+def _source(D: int, NC: int) -> str:
+    g = geometry(D, NC)
     ns, no = BN // 2, D // 2                 # S and O accumulator floats per thread
     S = _regs("s", ns)
     O = _regs("o", no)
     L = []
     a = L.append
-    a(f"def fmha_fwd_d{D}(tmq, tmk, tmv, out, lse, lens, sink, has_sink, Tq, Tk, Hq, Hkv, causal,")
+    a(f"def fmha_fwd_d{D}_c{NC}(tmq, tmk, tmv, out, lse, lens, sink, has_sink, Tq, Tk, Hq, Hkv, G,"
+      f" causal,")
     a("                 coff, scale_log2):")
     a("    dyn = cuda.shared.array(0, uint8)")
     a(f"    bars = cuda.shared.array({NBARS}, uint64)")
     a("    t = cuda.threadIdx.x")
     a("    wg = t // 128")
-    a("    hq = cuda.blockIdx.y")
+    # rows of the CTA: G heads (hq0 .. hq0+G-1, one KV head) x tpc query positions from t0; local
+    # row r is position t0 + r // G, head hq0 + r % G (G = 1: one head, BM*NC positions)
+    a("    hq0 = cuda.blockIdx.y * G")
     a("    b = cuda.blockIdx.z")
-    a(f"    q0 = cuda.blockIdx.x * {BM * NC}")
-    a("    hkv = hq // (Hq // Hkv)")
+    a(f"    tpc = {BM * NC} // G")
+    a("    t0 = cuda.blockIdx.x * tpc")
+    a("    hkv = hq0 // (Hq // Hkv)")
     a("    bar0 = ops.shared_address(bars)")
     a("    sbase = (ops.shared_address(dyn) + uint32(1023)) & uint32(0xFFFFFC00)")
     a("    q_sm = sbase")
@@ -172,7 +177,7 @@ def _source(D: int) -> str:
     a("    kvlen = min(max(int32(lens[b]), int32(0)), int32(Tk))")
     a("    hi = kvlen")
     a("    if causal:")
-    a(f"        q_last = min(q0 + {BM * NC}, Tq) - 1")
+    a("        q_last = min(t0 + tpc, Tq) - 1")
     a("        hi = min(kvlen, max(q_last + coff + 1, 0))")
     a(f"    nt = (hi + {BN - 1}) // {BN}")
     a("    if t == 0:")
@@ -196,7 +201,7 @@ def _source(D: int) -> str:
     a(f"            for w in range({NC}):")
     a(f"                for c in range({g['nbox']}):")
     a(f"                    ops.tma_load_4d(q_sm + uint32((w * {g['nbox']} + c) * {g['boxq']}), aq,"
-      f" int32(c * 64), int32(hq), int32(q0 + w * {BM}), int32(b), bar0)")
+      f" int32(c * 64), int32(hq0), int32(t0 + w * ({BM} // G)), int32(b), bar0)")
     a("            for kt in range(nt):")
     a(f"                st = kt % {STAGES}")
     a(f"                ph = uint32((kt // {STAGES}) & 1)")
@@ -216,8 +221,11 @@ def _source(D: int) -> str:
     a("    cw = wg - 1")
     a("    lt = t - 128 * wg")
     a("    lane = lt % 32")
-    a(f"    rA = q0 + cw * {BM} + 16 * (lt // 32) + lane // 4")
-    a("    rB = rA + 8")
+    a(f"    rl = cw * {BM} + 16 * (lt // 32) + lane // 4")
+    a("    rA = t0 + rl // G")
+    a("    hA = hq0 + rl % G")
+    a("    rB = t0 + (rl + 8) // G")
+    a("    hB = hq0 + (rl + 8) % G")
     a("    cq = 2 * (lane % 4)")
     a("    LA = kvlen")
     a("    LB = kvlen")
@@ -304,10 +312,10 @@ def _source(D: int) -> str:
     a("        ops.wgmma_wait_group_0()")
     a(f"        ops.mbarrier_arrive(bar0 + uint32(8 * ({EMPTY0} + st)))")
     # epilogue
-    a("    sk = NEG_INF")
-    a("    if has_sink:")
-    a("        sk = float32(sink[hq]) * float32(LOG2E)")
     for r in "AB":
+        a("    sk = NEG_INF")
+        a("    if has_sink:")
+        a(f"        sk = float32(sink[h{r}]) * float32(LOG2E)")
         for sh in (1, 2):
             a(f"    l{r} += shfl_xor_f32(l{r}, {sh})")
         a(f"    f{r} = sk if sk > m{r} else m{r}")
@@ -315,49 +323,67 @@ def _source(D: int) -> str:
         a(f"    e{r} = math.exp2(m{r} - g{r})")
         a(f"    l{r} = l{r} * e{r} + math.exp2(sk - g{r})")
         a(f"    w{r} = float32(0) if l{r} == float32(0) else e{r} / l{r}")
-    a(f"    ob = ((b * Tq + rA) * Hq + hq) * {D // 2} + lane % 4")
-    a(f"    step8 = Hq * {4 * D}")
+    a(f"    obA = ((b * Tq + rA) * Hq + hA) * {D // 2} + lane % 4")
+    a(f"    obB = ((b * Tq + rB) * Hq + hB) * {D // 2} + lane % 4")
     a("    if rA < Tq:")
     for gi in range(D // 8):
-        a(f"        out[ob + {4 * gi}] = pack_bf16x2(o{4 * gi + 1} * wA, o{4 * gi} * wA)")
+        a(f"        out[obA + {4 * gi}] = pack_bf16x2(o{4 * gi + 1} * wA, o{4 * gi} * wA)")
     a("    if rB < Tq:")
     for gi in range(D // 8):
-        a(f"        out[ob + step8 + {4 * gi}] = pack_bf16x2(o{4 * gi + 3} * wB, o{4 * gi + 2} * wB)")
+        a(f"        out[obB + {4 * gi}] = pack_bf16x2(o{4 * gi + 3} * wB, o{4 * gi + 2} * wB)")
     a("    if lane % 4 == 0:")
     a("        if rA < Tq:")
-    a("            lse[(b * Hq + hq) * Tq + rA] = (gA + math.log2(lA)) * float32(LN2)")
+    a("            lse[(b * Hq + hA) * Tq + rA] = (gA + math.log2(lA)) * float32(LN2)")
     a("        if rB < Tq:")
-    a("            lse[(b * Hq + hq) * Tq + rB] = (gB + math.log2(lB)) * float32(LN2)")
+    a("            lse[(b * Hq + hB) * Tq + rB] = (gB + math.log2(lB)) * float32(LN2)")
     return "\n".join(L) + "\n"
 
 
 _KERNELS: dict = {}
 
 
-def fused_kernel(D: int):
-    """The ``runtime.Kernel`` for head dim D (generated once per D)."""
+def fused_kernel(D: int, nc: int = NC):
+    """The ``runtime.Kernel`` for head dim D and ``nc`` consumer warpgroups (generated once each)."""
     if D not in SUPPORTED_D:
         raise ValueError(f"the fused sm_90a kernel supports D in {SUPPORTED_D}, not {D}")
-    if D not in _KERNELS:
-        src = _source(D)
+    if nc not in (1, 2):
+        raise ValueError(f"nc (consumer warpgroups) must be 1 or 2, not {nc}")
+    if (D, nc) not in _KERNELS:
+        src = _source(D, nc)
         ns = globals()
-        code = compile(src, f"<fmha_sm90 generated D={D}>", "exec")
+        code = compile(src, f"<fmha_sm90 generated D={D} NC={nc}>", "exec")
         exec(code, ns)                                   # noqa: S102 (our own generated source)
-        fn = ns.pop(f"fmha_fwd_d{D}")
-        _KERNELS[D] = kernel(fn, launch_bounds=(geometry(D)["threads"], 1))
-    return _KERNELS[D]
+        fn = ns.pop(f"fmha_fwd_d{D}_c{nc}")
+        _KERNELS[D, nc] = kernel(fn, launch_bounds=(geometry(D, nc)["threads"], 1))
+    return _KERNELS[D, nc]
 
 
 def signature():
-    """Argument types of the fused kernel (one signature for every D)."""
+    """Argument types of the fused kernel (one signature for every D and nc)."""
     from numba import types as t
     return (t.uint64[::1], t.uint64[::1], t.uint64[::1], t.uint32[::1], t.float32[::1],
-            t.int32[::1], t.float32[::1], t.int32, t.int64, t.int64, t.int64, t.int64, t.int32,
-            t.int64, t.float32)
+            t.int32[::1], t.float32[::1], t.int32, t.int64, t.int64, t.int64, t.int64, t.int64,
+            t.int32, t.int64, t.float32)
 
 
 def production_kernels():
-    return [(fused_kernel(D), signature()) for D in SUPPORTED_D]
+    return [(fused_kernel(D, nc), signature()) for D in SUPPORTED_D for nc in (2, 1)]
+
+
+def launch_config(B: int, Tq: int, Hq: int, Hkv: int) -> dict:
+    """How a call maps onto CTAs.
+
+    GQA / MQA heads are packed into the rows of a tile (``G`` = Hq / Hkv query heads of one KV
+    head per query position, when G divides 64): the CTA's K/V tiles then serve G heads, and decode
+    (Tq = 1..4) fills G * Tq rows instead of Tq. The Q box (NumPy order [B, Tq, Hq, D]) is
+    ``(1, 64 // G, G, 64)``: 64 rows ordered (position, head). ``nc`` = 1 consumer warpgroup when
+    the call has at most 64 rows per (batch, KV head), else 2.
+    """
+    grp = Hq // Hkv
+    G = grp if grp > 1 and 64 % grp == 0 else 1
+    nc = 1 if Tq * G <= BM else NC
+    tpc = BM * nc // G
+    return {"G": G, "nc": nc, "grid": (-(-Tq // tpc), Hq // G, B), "qbox": (1, BM // G, G, 64)}
 
 
 def unsupported(c, return_intermediates: bool) -> str | None:
@@ -385,9 +411,10 @@ class Plan:
         from ..runtime import set_max_dynamic_shared
         B, Tq, Tk, Hq, Hkv, D = c.B, c.Tq, c.Tk, c.Hq, c.Hkv, c.D
         self.c = c
-        g = geometry(D)
+        cfg = launch_config(B, Tq, Hq, Hkv)
+        g = geometry(D, cfg["nc"])
         q4, k4, v4 = (x.reshape(B, T, H, D) for x, T, H in ((qd, Tq, Hq), (kd, Tk, Hkv), (vd, Tk, Hkv)))
-        self.tq = tensor_map_on_device(q4, (1, BM, 1, 64), "128B", dtype="bfloat16")
+        self.tq = tensor_map_on_device(q4, cfg["qbox"], "128B", dtype="bfloat16")
         self.tk = tensor_map_on_device(k4, (1, BN, 1, 64), "128B", dtype="bfloat16")
         self.tv = tensor_map_on_device(v4, (1, BN, 1, 64), "128B", dtype="bfloat16")
         self.keep = (q4, k4, v4)                           # the maps point into these
@@ -396,10 +423,10 @@ class Plan:
         self.lens = lens
         self.sink = sink if sink is not None else cuda.to_device(np.zeros(1, np.float32))
         self.args = (self.tq, self.tk, self.tv, self.out, self.lse, self.lens, self.sink,
-                     np.int32(sink is not None), Tq, Tk, Hq, Hkv, np.int32(c.causal),
+                     np.int32(sink is not None), Tq, Tk, Hq, Hkv, cfg["G"], np.int32(c.causal),
                      int(Tk - Tq), np.float32(c.scale * LOG2E))
-        self.grid = (-(-Tq // (BM * NC)), Hq, B)
-        self.k = fused_kernel(D)
+        self.grid = cfg["grid"]
+        self.k = fused_kernel(D, cfg["nc"])
         self.smem = g["dyn_smem"]
         # the overload these arguments dispatch to (their exact types, e.g. an 'A'-layout view
         # would select another one) gets the > 48 KB dynamic shared-memory attribute
