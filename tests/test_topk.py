@@ -196,11 +196,11 @@ def test_fused_paths_simulated():
     32 threads), more than that (global radix passes), more than ``capacity`` (reference).
     Distinct keys that share their top 12 bits force several 8-bit refine passes."""
     g = np.random.default_rng(23)
-    x = (1.0 + g.random((2, 200)) / 16).astype(np.float32)     # one 12-bit bin: [1, 1.125)
+    x = (1.0 + g.random((2, 130)) / 16).astype(np.float32)     # one 12-bit bin: [1, 1.125)
     x[1, ::7] = 3.0                                            # ties with lower-index rule
     assert (K.order_keys(x[0]) >> K.HSHIFT == K.order_keys(x[0, :1]) >> K.HSHIFT).all()
     for cap, name in ((None, "registers"), (None, "global passes"), (16, "reference")):
-        xx = x if name == "registers" else np.concatenate([x, x, x], 1)   # 600 > 8 x 32
+        xx = x if name == "registers" else np.concatenate([x, x], 1)   # 260 > 8 x 32
         v, i = run_production(xx, 37, S=3, capacity=cap, variant="fused")
         assert_topk(v, i, xx, 37, name=f"fused {name} (sim)")
 
@@ -253,7 +253,10 @@ def test_empty_shapes():
 # production kernels: compile-only for sm_90a
 # ----------------------------------------------------------------------------------------------
 PROD = registry.REGISTRY["topk"].impls["production:sm_90a"]
-KERNELS = PROD.kernels()
+# the fused select kernels' scalar (v1) forms differ from the vectorized ones only in load_keys
+# (compiled with the v1 histogram / filter kernels): left out to keep this file's CI time down
+KERNELS = [(k, s) for k, s in PROD.kernels()
+           if not (k.__name__.startswith("topk_select") and k.__name__.endswith("_v1"))]
 
 
 @pytest.mark.parametrize("idx", range(len(KERNELS)),
@@ -271,6 +274,9 @@ def test_production_compiles_for_sm90a(idx):
         assert "atom.shared.add" in res.ptx and "shfl.sync.up" in res.ptx
     if name.startswith("topk_filter"):
         assert "vote.sync.ballot" in res.ptx, "warp-aggregated appends"
+    if name.startswith("topk_select"):
+        assert "vote.sync.ballot" in res.ptx and "membar.gl" in res.ptx, "appends, fence"
+        assert res.shared_bytes < 48 * 1024
     if name == "topk_finish_kernel":
         assert res.shared_bytes < 48 * 1024
 

@@ -2,6 +2,12 @@
 
     python tools/bench_softmax_topk.py            # all shapes
     python tools/bench_softmax_topk.py --quick    # fewer repetitions
+    python tools/bench_softmax_topk.py --only topk --variant both   # top-k, every variant
+
+Top-k variants (``--variant``, default ``both``): ``three_pass`` (histogram, filter, finish) and
+``fused`` (histogram, select + last-block finish), each checked and timed against the same torch
+number; the table says which one ``impl="production"`` runs now (``topk.PRODUCTION_VARIANT``).
+"% read-once" is the time to read the scores once at the measured copy bandwidth over ours.
 
 Method: inputs are torch tensors on the device, handed to dsv4_numba as zero-copy device arrays
 (bfloat16 as its int16 bits); dsv4_numba runs through a prepared call with preallocated outputs
@@ -51,7 +57,18 @@ class Cycle:
         return self.items[self.i]
 
 
-def host_us(fn, reps=50):
+def host_us(fn, reps=50, variant=None):
+    """Wall us of fn() in a loop; ``variant``: the top-k variant the public call runs meanwhile."""
+    from dsv4_numba.stages import topk as K
+    saved = K.PRODUCTION_VARIANT
+    K.PRODUCTION_VARIANT = variant or saved
+    try:
+        return _host_us(fn, reps)
+    finally:
+        K.PRODUCTION_VARIANT = saved
+
+
+def _host_us(fn, reps):
     from numba import cuda
     fn()
     cuda.synchronize()
@@ -105,7 +122,7 @@ def bench_softmax(torch, reps, repeats, copy_gbs, rows_out):
                   f"host {hus:.0f} us/call", flush=True)
 
 
-def bench_topk(torch, reps, repeats, copy_gbs, rows_out):
+def bench_topk(torch, reps, repeats, copy_gbs, rows_out, variants=("three_pass", "fused")):
     from numba import cuda
 
     from dsv4_numba.runtime.bench import time_gpu
@@ -119,29 +136,37 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out):
             calls = [K._prepare(d, k, None) for d in dev]
             vals = cuda.device_array(R * k, np.float32 if name == "fp32" else np.uint16)
             idx = cuda.device_array(R * k, np.int32)
-            plan = K.plan_for(R, N, k, calls[0].kind)
-            # check before timing: poisoned outputs, the tie-aware oracle
-            vals.copy_to_device(np.full(R * k, np.nan, np.float32) if name == "fp32"
-                                else np.full(R * k, 0x7FC0, np.uint16))       # NaN-poisoned
-            idx.copy_to_device(np.full(R * k, -7, np.int32))
-            K.topk_production(calls[0], vals, idx, plan=plan)
             host_scores = ts[0].float().cpu().numpy() if name == "fp32" else \
                 ts[0].view(torch.int16).cpu().numpy().view(np.uint16).view(_bf16())
-            K.assert_topk(vals.copy_to_host().reshape(R, k), idx.copy_to_host().reshape(R, k),
-                          host_scores, k, name=f"topk {R}x{N} k={k} {name}")
-            cyc_c, cyc_t = Cycle(calls), Cycle(ts)
-            ours = time_gpu(lambda: K.topk_production(cyc_c(), vals, idx, plan=plan),
-                            reps=reps, repeats=repeats)
+            cyc_t = Cycle(ts)
             theirs = time_gpu(lambda: torch.topk(cyc_t(), k, dim=-1), reps=reps, repeats=repeats)
-            hus = host_us(lambda: K.topk(dev[0], k, impl="production"))
             read_once = R * N * esz / (copy_gbs * 1e3)       # us to read the scores once
             tgt = TARGETS.get((R, N, k)) if name == "fp32" else None
-            note = f"target <= {tgt:g} us: {'met' if ours <= tgt else 'MISSED'}" if tgt else ""
-            rows_out.append(("topk", f"({R}, {N}, k={k})", name, ours, theirs, theirs / ours,
-                             f"{ours / read_once:.1f}x read-once ({read_once:.1f} us)", hus, note))
-            print(f"topk {R}x{N} k={k} {name}: {ours:.1f} us vs torch {theirs:.1f} us "
-                  f"({theirs / ours:.2f}x); read-once {read_once:.1f} us; host {hus:.0f} us/call "
-                  f"{note}", flush=True)
+            for variant in variants:
+                plan = K.plan_for(R, N, k, calls[0].kind, variant)
+                # check before timing: poisoned outputs, the tie-aware oracle; twice (the
+                # workspace must be left clean by a run)
+                for _ in range(2):
+                    vals.copy_to_device(np.full(R * k, np.nan, np.float32) if name == "fp32"
+                                        else np.full(R * k, 0x7FC0, np.uint16))   # NaN-poisoned
+                    idx.copy_to_device(np.full(R * k, -7, np.int32))
+                    K.topk_production(calls[0], vals, idx, plan=plan)
+                    K.assert_topk(vals.copy_to_host().reshape(R, k),
+                                  idx.copy_to_host().reshape(R, k), host_scores, k,
+                                  name=f"topk {variant} {R}x{N} k={k} {name}")
+                cyc_c = Cycle(calls)
+                ours = time_gpu(lambda: K.topk_production(cyc_c(), vals, idx, plan=plan),
+                                reps=reps, repeats=repeats)
+                hus = host_us(lambda: K.topk(dev[0], k, impl="production"), variant=variant)
+                note = f"target <= {tgt:g} us: {'met' if ours <= tgt else 'MISSED'}" if tgt else ""
+                if variant == K.PRODUCTION_VARIANT:
+                    note = ("production; " + note).rstrip("; ")
+                rows_out.append(("topk " + variant, f"({R}, {N}, k={k})", name, ours, theirs,
+                                 theirs / ours, f"{100 * read_once / ours:.0f}% read-once "
+                                 f"({read_once:.1f} us)", hus, note))
+                print(f"topk {variant} {R}x{N} k={k} {name}: {ours:.1f} us vs torch "
+                      f"{theirs:.1f} us ({theirs / ours:.2f}x); read-once {read_once:.1f} us = "
+                      f"{100 * read_once / ours:.0f}%; host {hus:.0f} us/call {note}", flush=True)
 
 
 def _bf16():
@@ -153,6 +178,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--only", choices=("softmax", "topk"), help="one stage only")
+    ap.add_argument("--variant", choices=("three_pass", "fused", "both"), default="both",
+                    help="top-k production variant(s) to time (default both)")
     args = ap.parse_args(argv)
     import torch  # noqa: lazily: present on the device image only
 
@@ -174,7 +201,8 @@ def main(argv=None):
     if args.only in (None, "softmax"):
         bench_softmax(torch, reps, repeats, copy_gbs, rows)
     if args.only in (None, "topk"):
-        bench_topk(torch, reps, repeats, copy_gbs, rows)
+        bench_topk(torch, reps, repeats, copy_gbs, rows,
+                   ("three_pass", "fused") if args.variant == "both" else (args.variant,))
     print()
     print(f"Softmax and top-k, {gpu.name}, {datetime.date.today()}; copy {copy_gbs:.0f} GB/s; "
           f"CUDA-event medians (tools/bench_softmax_topk.py)")

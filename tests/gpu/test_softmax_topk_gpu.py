@@ -155,6 +155,11 @@ def _scores(R, N, dtype, seed, kind="normal"):
     return x.astype(dtype)
 
 
+def _production(x, k, lengths, variant):
+    """The production top-k of NumPy scores through one variant (``topk.VARIANTS``)."""
+    return K.topk_production(K._prepare(x, k, lengths), variant=variant)
+
+
 @pytest.mark.parametrize("shape,dtype,with_len", TOPK_CASES,
                          ids=[f"{s}-{np.dtype(d).name}-{'len' if w else 'full'}"
                               for s, d, w in TOPK_CASES])
@@ -165,27 +170,30 @@ def test_topk_production_reference_oracle(shape, dtype, with_len):
     if with_len:
         lengths = np.random.default_rng(k).integers(0, N + 1, R)
         lengths[0] = min(N, k // 2)              # fewer valid than k: -1 indices
-    got = {}
-    for impl in ("production", "reference"):
-        v, i = K.topk(x, k, lengths=lengths, impl=impl)
-        K.assert_topk(v, i, x, k, lengths, name=impl)
-        got[impl] = (v, i)
-    assert_close(got["production"][1], got["reference"][1], bitwise=True, name="indices")
+    v, i = K.topk(x, k, lengths=lengths, impl="reference")
+    K.assert_topk(v, i, x, k, lengths, name="reference")
+    for variant in K.VARIANTS:
+        pv, pi = _production(x, k, lengths, variant)
+        K.assert_topk(pv, pi, x, k, lengths, name=variant)
+        assert_close(pi, i, bitwise=True, name=f"{variant} indices")
 
 
+@pytest.mark.parametrize("variant", K.VARIANTS)
 @pytest.mark.parametrize("kind", ["uniform", "ties"])
-def test_topk_hard_distributions(kind):
-    """Uniform [0, 1) (dense top bins) and 50 distinct values (huge ties at the threshold)."""
+def test_topk_hard_distributions(kind, variant):
+    """Uniform [0, 1) (dense top bins: > 4096 candidates, the fused variant's global-pass path)
+    and 50 distinct values (huge ties at the threshold)."""
     for (R, N, k) in ((4, 65536, 2048), (64, 131072, 512)):
         for dtype in (np.float32, ml_dtypes.bfloat16):
             x = _scores(R, N, dtype, seed=R + k, kind=kind)
-            v, i = K.topk(x, k, impl="production")
-            K.assert_topk(v, i, x, k, None, name=f"{kind} {dtype.__name__}")
+            v, i = _production(x, k, None, variant)
+            K.assert_topk(v, i, x, k, None, name=f"{variant} {kind} {dtype.__name__}")
 
 
-def test_topk_poisoned_outputs_and_repeatability():
+@pytest.mark.parametrize("variant", K.VARIANTS)
+def test_topk_poisoned_outputs_and_repeatability(variant):
     x = _scores(8, 131072, np.float32, seed=9)
-    plan = K.TopkPlan(8, 131072, 2048, K.F32)
+    plan = K.TopkPlan(8, 131072, 2048, K.F32, variant=variant)
     dx = cuda.to_device(x)
     vals = cuda.to_device(poison(8 * 2048, np.float32))
     idx = cuda.to_device(np.full(8 * 2048, -7, np.int32))      # not -1: that is a legal answer
@@ -200,25 +208,29 @@ def test_topk_poisoned_outputs_and_repeatability():
         assert_close(i, first[1], bitwise=True, name="repeat indices")
 
 
-def test_topk_nan_rule_on_device():
+@pytest.mark.parametrize("variant", K.VARIANTS)
+def test_topk_nan_rule_on_device(variant):
     """Device inputs are not scanned: NaN ranks above +inf (torch.topk's order), ties by index."""
     x = _scores(2, 5000, np.float32, seed=4)
     x[0, [10, 20]] = np.nan
     x[0, 30] = np.inf
-    v, i = K.topk(cuda.to_device(x), 4, impl="production")
+    c = K._prepare(cuda.to_device(x), 4, None, check_nan=False)
+    v, i = K.topk_production(c, variant=variant)
     i = i.copy_to_host()
     assert list(i[0, :3]) == [10, 20, 30]
 
 
-def test_topk_fallback_massive_ties_and_device_bf16():
+@pytest.mark.parametrize("variant", K.VARIANTS)
+def test_topk_fallback_massive_ties_and_device_bf16(variant):
     """A row of one repeated value overflows the candidate list (> N/8 in the threshold's bin):
     the finish pass runs the reference routine for it. Device bfloat16 in -> uint16 bits out."""
     x = np.full((2, 131072), 1.5, np.float32)
     x[1, ::1000] = 2.0                                   # 132 larger ones, then ties by index
-    v, i = K.topk(x, 2048, impl="production")
+    v, i = _production(x, 2048, None, variant)
     K.assert_topk(v, i, x, 2048, None, name="massive ties")
     assert i[0].tolist() == list(range(2048))
     xb = _scores(3, 4096, ml_dtypes.bfloat16, seed=5)
-    vb, ib = K.topk(cuda.to_device(xb.view(np.int16)), 64, impl="production")
+    vb, ib = K.topk_production(K._prepare(cuda.to_device(xb.view(np.int16)), 64, None),
+                               variant=variant)
     assert vb.dtype == np.uint16 and ib.dtype == np.int32
     K.assert_topk(vb.copy_to_host(), ib.copy_to_host(), xb, 64, None, name="device bf16")
