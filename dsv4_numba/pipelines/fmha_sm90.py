@@ -8,6 +8,16 @@ function of ``pipelines.fmha`` (see its docstring for every rule); the one diffe
 rounding: P is rounded to bfloat16 before the PV GEMM (the row sum uses the float32 P), as every
 fused attention kernel does -- tests/gpu/test_fmha_gpu.py derives the bound.
 
+Work decomposition (``launch_config``)
+-------------------------------------
+A CTA owns NC x 64 query rows of one batch and one KV head. With GQA / MQA the G = Hq / Hkv query
+heads of that KV head are packed into the rows when G divides 64 (row r = query position
+t0 + r // G, head hq0 + r % G; one TMA box ``(1, 64 // G, G, 64)`` of q [B, Tq, Hq, D] loads
+exactly that order), so each K/V tile serves G heads and a decode step (Tq = 1..4) fills G * Tq
+rows instead of Tq: the decode benchmark (G = 8, Tq = 1) runs B * Hkv = 512 CTAs that each read
+their K/V once. Otherwise (G = 1) a CTA owns one query head. NC = 1 when a (batch, KV head) has at
+most 64 rows (decode), else 2. Grid: (ceil(Tq / (64 NC / G)), Hq / G, B).
+
 Warp roles (one CTA = 1 producer warpgroup + NC consumer warpgroups, ``128 * (NC + 1)`` threads)
 ---------------------------------------------------------------------------------------------
 * warpgroup 0, thread 0 -- the producer: TMA-loads the CTA's Q rows once (NC x 64 rows), then for
@@ -53,9 +63,12 @@ Napkin math (B=4, H=16, S=4096, D=128, bf16, non-causal)
   traffic is Q+K+V+O = 67 MB (K/V re-read per q tile from L2). Bound: wgmma issue + softmax
   (exp2 of 128*64 elements per tile on the MUFU, 16/clk/SM: 512 clk vs 1024 clk of wgmma at
   D=128 -- overlapping them needs the ping-pong schedule, not built yet).
-  Decode (B=64, Tq=1, Hq=64, Hkv=8, Tk=8192, D=128): K/V = 537 MB -> 160 us at 3.35 TB/s if each
-  K/V byte is read from HBM once; this version runs one CTA per (q tile, q head), so the 8 q heads
-  of a group share K/V through L2 only.
+  Decode (B=64, Tq=1, Hq=64, Hkv=8, Tk=8192, D=128): K/V = 2 * 64*8192*8*128 * 2 B = 2.15 GB ->
+  ~640 us at 3.35 TB/s, each byte read once (the 8 q heads of a group are packed into one CTA's
+  rows). Compute: 512 CTAs x 4*64*8192*128 = 275 GFLOP (56 of 64 rows are padding) -> ~0.4 ms at
+  the tensor-core rate with GEMM and softmax serialised per warpgroup: close to the memory time,
+  so this first version is expected below the 70%-of-copy target; the split-K decode (several
+  CTAs per KV head over Tk, then a combine) is the known fix.
 """
 from __future__ import annotations
 
