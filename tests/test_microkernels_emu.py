@@ -45,9 +45,11 @@ def test_tma_round_trip_rejects_bad_box_before_launch():
 
 
 # ---------------------------------------------------------------- mbarrier ring
-@pytest.mark.parametrize("rows,stages,grid", [(77, 2, 2), (8, 1, 1), (1, 3, 1)])
-def test_ring_copy_bitwise(rng, rows, stages, grid):
-    x = rng.integers(0, 1 << 32, (rows, 64), dtype=np.uint32)   # 256 B rows, 8-row boxes of 2 KB
+@pytest.mark.parametrize("rows,cols,stages,grid", [(77, 64, 2, 2), (8, 64, 1, 1), (1, 64, 3, 1),
+                                                  (61, 36, 2, 1)])
+def test_ring_copy_bitwise(rng, rows, cols, stages, grid):
+    # 2 KB stages: 256 B rows -> 8-row boxes; 144 B rows -> 14-row boxes, the last one partial
+    x = rng.integers(0, 1 << 32, (rows, cols), dtype=np.uint32)
     y = mk.ring_copy(x, stages=stages, stage_bytes=2048, grid=grid)
     np.testing.assert_array_equal(y, x)
 

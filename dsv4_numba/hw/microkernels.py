@@ -453,7 +453,8 @@ def _k_ring_copy(tmap, y, rows, row_bytes, box_rows, stages, ntiles):
     sbase = base + _aligned(base)
     full = ops.shared_address(bars)                      # full[s] at +8s, empty[s] at +64+8s
     empty = full + uint32(8 * RING_MAX_STAGES)
-    stage_bytes = box_rows * row_bytes
+    stage_bytes = box_rows * row_bytes                   # bytes one box delivers (expect_tx)
+    stride = (stage_bytes + 127) // 128 * 128            # TMA destinations are 128-byte aligned
     if t == 0:
         for s in range(stages):
             ops.mbarrier_init(full + uint32(8 * s), uint32(1))
@@ -471,7 +472,7 @@ def _k_ring_copy(tmap, y, rows, row_bytes, box_rows, stages, ntiles):
                 if u > 0:                                # the consumers released this stage
                     ops.mbarrier_wait_parity(empty + uint32(8 * s), uint32((u - 1) & 1))
                 ops.mbarrier_arrive_expect_tx(full + uint32(8 * s), uint32(stage_bytes))
-                ops.tma_load_2d(sbase + uint32(s * stage_bytes), desc, int32(0),
+                ops.tma_load_2d(sbase + uint32(s * stride), desc, int32(0),
                                 int32(tile * box_rows), full + uint32(8 * s))
                 it += 1
     else:                                                # consumer warpgroup
@@ -483,7 +484,7 @@ def _k_ring_copy(tmap, y, rows, row_bytes, box_rows, stages, ntiles):
             ops.mbarrier_wait_parity(full + uint32(8 * s), uint32(u & 1))
             row0 = tile * box_rows
             nrows = min(box_rows, rows - row0)           # the box may run past the last row
-            src = sbase + uint32(s * stage_bytes)
+            src = sbase + uint32(s * stride)
             gdst = yaddr + uint64(row0) * uint64(row_bytes)
             for c in range(t, nrows * row_bytes // 16, 128):
                 v0, v1, v2, v3 = ops.ld_shared_v4_u32(src + uint32(16 * c))
@@ -499,6 +500,9 @@ def _ring_plan(shape, itemsize, stages, stage_bytes):
     if row_bytes % 16 or not 0 < shape[1] <= 256 or row_bytes > stage_bytes:
         raise ValueError(f"rows of {row_bytes} bytes / {shape[1]} elements: need a multiple of 16 "
                          f"bytes, 1..256 elements and <= the {stage_bytes}-byte stage")
+    if stage_bytes % 128:
+        raise ValueError(f"stage_bytes {stage_bytes}: stages start 128-byte aligned (TMA destinations), "
+                         "so it must be a multiple of 128")
     if not 1 <= stages <= RING_MAX_STAGES or stages * stage_bytes > RING_SMEM:
         raise ValueError(f"{stages} stages of {stage_bytes} B: 1..{RING_MAX_STAGES} stages, "
                          f"<= {RING_SMEM} B in all")
@@ -538,7 +542,7 @@ def ring_copy_bandwidth(nbytes=64 << 20, stages=4, stage_bytes=8192, grid=None):
     """(GB/s read+write of the ring, GB/s of a D2D copy of the same size, ring copy bitwise correct)
     on the GPU, by CUDA events (runtime.bench.time_gpu)."""
     from ..runtime.bench import time_gpu
-    xh = np.arange(nbytes // 4, dtype=np.uint32).reshape(-1, 256)
+    xh = np.arange(nbytes // 4, dtype=np.uint32).reshape(-1, 64)      # 256-byte rows, 32-row boxes
     x = cuda.to_device(xh)
     y = cuda.device_array_like(x)
     launch = ring_copier(x, y, stages, stage_bytes, grid)

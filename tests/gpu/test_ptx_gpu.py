@@ -87,16 +87,19 @@ def test_tma_round_trip_bitwise(shape, box, start, swizzle, dt):
 
 
 # ---------------------------------------------------------------- (c) mbarrier ring
-@pytest.mark.parametrize("rows,stages", [(1, 1), (129, 2), (1000, 3), (4097, 4)])
-def test_ring_copy_bitwise(rows, stages):
-    x = np.random.default_rng(rows).integers(0, 1 << 32, (rows, 256), dtype=np.uint32)
+@pytest.mark.parametrize("rows,cols,stages", [(1, 64, 1), (129, 64, 2), (1000, 64, 3), (4097, 64, 4),
+                                             (127, 256, 4), (333, 36, 2)])
+def test_ring_copy_bitwise(rows, cols, stages):
+    """Rows of 256 B (32-row boxes), 1 KB (8-row boxes: the widest inner box, 256 elements) and 144 B
+    (56-row boxes, last one partial)."""
+    x = np.random.default_rng(rows).integers(0, 1 << 32, (rows, cols), dtype=np.uint32)
     np.testing.assert_array_equal(mk.ring_copy(x, stages=stages), x)
 
 
 @pytest.mark.parametrize("stages", [2, 4])
 def test_ring_copy_64mib_bitwise_and_bandwidth(stages):
     gbs, copy_gbs, ok = mk.ring_copy_bandwidth(64 << 20, stages=stages)
-    print(f"\nring copy 64 MiB, {stages} stages x 8 KB, 160 threads: {gbs:.0f} GB/s read+write "
+    print(f"\nring copy 64 MiB (256 B rows), {stages} stages x 8 KB, 160 threads: {gbs:.0f} GB/s read+write "
           f"({gbs / copy_gbs:.0%} of the {copy_gbs:.0f} GB/s D2D copy)")
     assert ok, "the 64 MiB ring copy is not bitwise equal to its input"
 
