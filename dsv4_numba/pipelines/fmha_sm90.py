@@ -346,9 +346,11 @@ def _source(D: int, NC: int) -> str:
         a(f"        out[obB + {4 * gi}] = pack_bf16x2(o{4 * gi + 3} * wB, o{4 * gi + 2} * wB)")
     a("    if lane % 4 == 0:")
     a("        if rA < Tq:")
-    a("            lse[(b * Hq + hA) * Tq + rA] = (gA + math.log2(lA)) * float32(LN2)")
+    a("            lse[(b * Hq + hA) * Tq + rA] = NEG_INF if lA == float32(0) else "
+      "(gA + math.log2(lA)) * float32(LN2)")
     a("        if rB < Tq:")
-    a("            lse[(b * Hq + hB) * Tq + rB] = (gB + math.log2(lB)) * float32(LN2)")
+    a("            lse[(b * Hq + hB) * Tq + rB] = NEG_INF if lB == float32(0) else "
+      "(gB + math.log2(lB)) * float32(LN2)")
     return "\n".join(L) + "\n"
 
 
