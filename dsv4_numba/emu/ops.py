@@ -791,6 +791,9 @@ def _tcgen05_mma(kind, bs, d, a, b_desc, idesc, accumulate, a_tmem, sfa=None, sf
         _tmem_cells_check(st, lanes[:, None], cols[None, :], op, who, f"D (M={M}, N={N})", need_written=False)
         if a_tmem:
             a_lane, a_col = _taddr(a)
+            if a_lane != d_lane:
+                raise EmulatorError(f"{op} by {who}: A in TMEM at lane {a_lane}, D at lane {d_lane}: A and D must "
+                                    f"use the same lane alignment (PTX §9.7.16.10.5; M=64 half-datapath layouts)")
             try:
                 alanes = T.datapath_lanes(M, a_lane)
             except ValueError as e:
