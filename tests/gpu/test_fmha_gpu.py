@@ -102,7 +102,7 @@ def check(out, lse, orc, name):
     lse = np.asarray(lse).astype(np.float64)
     inf = np.isinf(L)
     assert (lse[inf] == L[inf]).all(), f"{name}: lse must be -inf exactly where no key is seen"
-    e = np.abs(np.where(inf, 0, lse - L))
+    e = np.abs(np.where(inf, 0, lse) - np.where(inf, 0, L))
     assert not np.isnan(e).any(), f"{name}: NaN lse"
     assert (e <= Lb + 1e-30).all(), f"{name}: lse error {e.max():.3g} > bound {Lb[e > Lb].min():.3g}"
 
