@@ -3,6 +3,7 @@
 # Usage (as the device tool's command, with carry [".whl"]):
 #   bash tools/device_check.sh [SECTION...]      SECTION: demo fp4 softmax_topk ptx fmha indexer
 #                                                (default: all)
+#   SECTION=path/to/test_file.py runs that file (pytest -s);
 #   SECTION=name:test   only the GPU tests,   name:bench   only the benchmark.
 # Each section runs tests/gpu/test_<name>_gpu.py then tools/bench_<name>.py (when they exist), each
 # under its own timeout (TEST_T / BENCH_T seconds, default 150 / 170) so one hang cannot eat the call.
@@ -26,6 +27,7 @@ run() {  # name, timeout, command...
 }
 for s in $sections; do
     name=${s%%:*}; part=${s#*:}; [ "$part" = "$s" ] && part=both
+    if [ -f "$s" ]; then run "$(basename "$s" .py)" "${TEST_T:-150}" python -m pytest -q -s "$s"; continue; fi
     if [ "$name" = demo ]; then run demo 150 python -m dsv4_numba demo; continue; fi
     t=tests/gpu/test_${name}_gpu.py; b=tools/bench_${name}.py
     if [ "$part" != bench ] && [ -f "$t" ]; then run "gpu_$name" "${TEST_T:-150}" python -m pytest -q -x "$t"; fi
