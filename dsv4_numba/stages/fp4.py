@@ -273,17 +273,23 @@ def amax_ref_kernel(x, ikind, amax_bits):
         cuda.atomic.max(amax_bits, 0, f32_bits(abs(load_as_f32(x, i, ikind))))
 
 
+@device
+def global_encode_scale(amax_bits, fmt):
+    """nvfp4's f32(2688 / amax) from the tensor amax bits (1.0 for amax 0 and other formats)."""
+    if fmt == FMT_NV:
+        amax = bits_f32(amax_bits[0])
+        if amax > 0:
+            return float32(2688.0) / amax
+    return float32(1.0)
+
+
 @kernel
 def quantize_ref_kernel(x, ikind, block, fmt, amax_bits, data, scales):
     """One thread per block: block amax -> scale code -> E2M1 codes, packed low nibble first."""
     b = cuda.grid(1)
     if b >= scales.size:
         return
-    gs_enc = float32(1.0)
-    if fmt == FMT_NV:
-        amax = bits_f32(amax_bits[0])
-        if amax > 0:
-            gs_enc = float32(2688.0) / amax
+    gs_enc = global_encode_scale(amax_bits, fmt)
     amax_b = float32(0.0)
     for j in range(block):
         amax_b = max(amax_b, abs(load_as_f32(x, b * block + j, ikind)))
@@ -679,11 +685,7 @@ def make_quantize_kernel(SM100, name, FMT, BLOCK, IKIND):
     def kern(x, amax_bits, data, scales, flag, nchunks):
         tid = cuda.grid(1)
         stride = cuda.gridsize(1)
-        gs_enc = float32(1.0)
-        if FMT == FMT_NV:
-            amax_t = bits_f32(amax_bits[0])
-            if amax_t > 0:
-                gs_enc = float32(2688.0) / amax_t
+        gs_enc = global_encode_scale(amax_bits, FMT)
         src = ops.array_address(x)
         dst = ops.array_address(data)
         for c in range(tid, nchunks, stride):
