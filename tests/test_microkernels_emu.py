@@ -102,3 +102,8 @@ def test_wgmma_tile_rejects_bad_inputs_before_launch():
     with pytest.raises(ValueError, match="no transpose"):
         mk.wgmma_tile(np.zeros((64, 128), np.uint8), np.zeros((128, 64), np.uint8), "e4m3",
                       b_major="MN")
+
+
+def test_self_check_passes_under_the_emulator():
+    res = mk.self_check()
+    assert len(res) == 5 and all(v == "ok" for v in res.values()), res

@@ -122,3 +122,8 @@ def test_tensor_map_encode_and_delivery():
         tensor_map_on_device(x[:, 1:], (8, 8))
     with pytest.raises(ValueError, match="wider than the 128B"):
         tensor_map_on_device(x, (64, 64), "128B")
+
+
+def test_self_check():
+    res = mk.self_check()
+    assert all(v == "ok" for v in res.values()), res
