@@ -13,7 +13,8 @@ CTA executes ``ops.fence_proxy_tensormap_acquire_sys`` (``fence.proxy.tensormap:
 128 bytes) on it once before its first TMA, because the descriptor was written through the generic
 proxy (a host copy) and is read through the tensormap proxy. The ``__grid_constant__`` route (a
 CUDA C++ entry shim linked with LTO) was verified to compile and link elsewhere but needs its own
-launcher; it is not used here.
+launcher; it is not used here. ``hw.microkernels`` (TMA round trip, ring copy, wgmma tiles) exercises
+this delivery end to end on the GPU (tests/gpu/test_ptx_gpu.py).
 
 Dimension order: the driver's dimension 0 is the innermost (contiguous) one — the reverse of
 NumPy's shape order. ``TensorMapSpec.from_array`` does the reversal so callers think in NumPy order.
