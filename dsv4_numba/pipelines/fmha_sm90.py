@@ -49,8 +49,10 @@ The binding is generated here from ``hw.ops.wgmma_snippet`` with the trans-b imm
 Shared-memory plan (dynamic, aligned up to 1024 B in the kernel; all tiles 128B-swizzled)
 ----------------------------------------------------------------------------------------
   Q   : NC x (D/64) boxes of 64 rows x 128 B = NC * D * 128 B   (D=128, NC=2: 32 KB)
-  K, V: STAGES slots each, (D/64) boxes of BN rows x 128 B = BN * D * 2 B per slot (16 KB at D=128)
-  total D=128, BN=64, STAGES=2, NC=2: 32 + 64 = 96 KB (+1 KB alignment slack); mbarriers static.
+  K, V: STAGES slots each (2 with NC = 2, 4 with NC = 1), (D/64) boxes of BN rows x 128 B
+        = BN * D * 2 B per slot (16 KB at D=128)
+  total D=128, BN=64, STAGES=2, NC=2: 32 + 64 = 96 KB (+1 KB alignment slack); NC=1 (decode):
+  16 + 128 = 144 KB; mbarriers static (1 + 3 STAGES of 8 B).
   Every box starts on a 1024-B boundary (the 128B swizzle repeat), so descriptor base offsets are 0.
 
 Register budget (no setmaxnreg in this first version: 384 threads x 168 regs fit the 64K file)
@@ -88,14 +90,16 @@ SUPPORTED_D = (64, 128)
 BM = 64            # query rows per consumer warpgroup (the wgmma M)
 BN = 64            # keys per tile
 NC = 2             # consumer warpgroups per CTA
-STAGES = 2         # K/V ring depth
+STAGES = {2: 2, 1: 4}   # K/V ring depth by NC (decode, NC = 1, streams K/V: a deeper ring)
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 NEG_INF = float32(-math.inf)
 
-# mbarrier slots: 0 = Q full, then full_k[STAGES], full_v[STAGES], empty[STAGES]
-FULLK0, FULLV0, EMPTY0 = 1, 1 + STAGES, 1 + 2 * STAGES
-NBARS = 1 + 3 * STAGES
+
+def _slots(stages: int):
+    """mbarrier slots: 0 = Q full, then full_k[stages], full_v[stages], empty[stages]."""
+    return 1, 1 + stages, 1 + 2 * stages, 1 + 3 * stages      # FULLK0, FULLV0, EMPTY0, NBARS
+
 
 #: K-major 128B-swizzled tile (Q as A, K as B): rows of 128 B, 8-row groups 1024 B apart (SBO);
 #: LBO unused for swizzled K-major (16 by convention). Start address ORed in by the kernel.
@@ -147,7 +151,8 @@ def geometry(D: int, nc: int = NC) -> dict:
     nbox = D // 64
     g = {"nbox": nbox, "boxq": BM * 128, "boxk": BN * 128, "qbytes": nc * nbox * BM * 128,
          "kbytes": nbox * BN * 128, "nc": nc}
-    g["dyn_smem"] = 1024 + g["qbytes"] + 2 * STAGES * g["kbytes"]
+    g["stages"] = STAGES[nc]
+    g["dyn_smem"] = 1024 + g["qbytes"] + 2 * g["stages"] * g["kbytes"]
     g["threads"] = 128 * (nc + 1)
     return g
 
@@ -163,6 +168,8 @@ def _regs(prefix, n):
 
 def _source(D: int, NC: int) -> str:
     g = geometry(D, NC)
+    STAGES = g["stages"]
+    FULLK0, FULLV0, EMPTY0, NBARS = _slots(STAGES)
     ns, no = BN // 2, D // 2                 # S and O accumulator floats per thread
     S = _regs("s", ns)
     O = _regs("o", no)
