@@ -13,10 +13,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from numba import cuda, uint64
+
 from dsv4_numba import registry
-from dsv4_numba.runtime import mode
+from dsv4_numba.runtime import kernel, mode
 from dsv4_numba.stages import topk as K
-from dsv4_numba.stages.topk import assert_topk, topk, topk_oracle
+from dsv4_numba.stages.topk import assert_topk, bitonic_sort_desc_fast, swz, topk, topk_oracle
 
 SIM = mode() == "sim"
 
@@ -196,11 +198,11 @@ def test_fused_paths_simulated():
     32 threads), more than that (global radix passes), more than ``capacity`` (reference).
     Distinct keys that share their top 12 bits force several 8-bit refine passes."""
     g = np.random.default_rng(23)
-    x = (1.0 + g.random((2, 130)) / 16).astype(np.float32)     # one 12-bit bin: [1, 1.125)
+    x = (1.0 + g.random((2, 128)) / 16).astype(np.float32)     # one 12-bit bin: [1, 1.125)
     x[1, ::7] = 3.0                                            # ties with lower-index rule
     assert (K.order_keys(x[0]) >> K.HSHIFT == K.order_keys(x[0, :1]) >> K.HSHIFT).all()
     for cap, name in ((None, "registers"), (None, "global passes"), (16, "reference")):
-        xx = x if name == "registers" else np.concatenate([x, x], 1)   # 260 > 8 x 32
+        xx = x if name == "registers" else np.concatenate([x, x, x], 1)   # 384 > 8 x 32
         v, i = run_production(xx, 37, S=3, capacity=cap, variant="fused")
         assert_topk(v, i, xx, 37, name=f"fused {name} (sim)")
 
@@ -219,6 +221,32 @@ def test_production_bf16_and_overflow_fallback_simulated():
     assert (same_bin > 4).all(), "both rows must overflow a 4-candidate list"
     v, i = run_production(x, 12, S=2, capacity=4, vectorized=False)
     assert_topk(v, i, x, 12, name="production fallback (sim)")
+
+
+@kernel
+def _sort_kernel(data, P):
+    buf = cuda.shared.array(512, uint64)
+    e = cuda.local.array(8, uint64)
+    for i in range(cuda.threadIdx.x, P, cuda.blockDim.x):
+        buf[swz(i)] = data[i]
+    cuda.syncthreads()
+    bitonic_sort_desc_fast(buf, P, e)
+    for i in range(cuda.threadIdx.x, P, cuda.blockDim.x):
+        data[i] = buf[swz(i)]
+
+
+@pytest.mark.skipif(not SIM, reason="simulator unit test (GPU: through tests/gpu)")
+def test_fast_bitonic_sort_simulated():
+    """Three stages a barrier, swizzled slots: P = 2 .. 512 (1, 2 and 3-stage passes, several
+    groups a thread), duplicates included; must equal NumPy's descending sort."""
+    assert sorted(int(K.swz.py_func(p)) for p in range(256)) == list(range(256))
+    g = np.random.default_rng(3)
+    for P in (2, 8, 64, 512):
+        d = g.integers(0, 2 ** 63, P, dtype=np.uint64)
+        d[: P // 4] = d[P // 2]                                  # ties
+        out = d.copy()
+        _sort_kernel.launch(1, 32, out, P)
+        assert np.array_equal(out, np.sort(d)[::-1]), P
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,10 +281,10 @@ def test_empty_shapes():
 # production kernels: compile-only for sm_90a
 # ----------------------------------------------------------------------------------------------
 PROD = registry.REGISTRY["topk"].impls["production:sm_90a"]
-# the fused select kernels' scalar (v1) forms differ from the vectorized ones only in load_keys
-# (compiled with the v1 histogram / filter kernels): left out to keep this file's CI time down
+# the fused select kernel is compiled in one form (float32, 16-byte loads): its other forms
+# differ only in load_keys, compiled with the histogram / filter kernels; ~30 s each otherwise
 KERNELS = [(k, s) for k, s in PROD.kernels()
-           if not (k.__name__.startswith("topk_select") and k.__name__.endswith("_v1"))]
+           if not k.__name__.startswith("topk_select") or k.__name__ == "topk_select_f32_v4"]
 
 
 @pytest.mark.parametrize("idx", range(len(KERNELS)),

@@ -3,6 +3,7 @@
     python tools/bench_softmax_topk.py            # all shapes
     python tools/bench_softmax_topk.py --quick    # fewer repetitions
     python tools/bench_softmax_topk.py --only topk --variant both   # top-k, every variant
+    python tools/bench_softmax_topk.py --quick --only topk --targets # issue 4's target shapes
 
 Top-k variants (``--variant``, default ``both``): ``three_pass`` (histogram, filter, finish) and
 ``fused`` (histogram, select + last-block finish), each checked and timed against the same torch
@@ -122,13 +123,16 @@ def bench_softmax(torch, reps, repeats, copy_gbs, rows_out):
                   f"host {hus:.0f} us/call", flush=True)
 
 
-def bench_topk(torch, reps, repeats, copy_gbs, rows_out, variants=("three_pass", "fused")):
+def bench_topk(torch, reps, repeats, copy_gbs, rows_out, variants=("three_pass", "fused"),
+               targets_only=False):
     from numba import cuda
 
     from dsv4_numba.runtime.bench import time_gpu
     from dsv4_numba.stages import topk as K
-    for (R, N, k) in TOPK_SHAPES:
+    for (R, N, k) in (list(TARGETS) if targets_only else TOPK_SHAPES):
         for tdt, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+            if targets_only and name != "fp32":
+                continue
             esz = 4 if name == "fp32" else 2
             nrot = rotation(R * N * esz)
             ts = [torch.randn(R, N, device="cuda", dtype=tdt) for _ in range(nrot)]
@@ -180,6 +184,8 @@ def main(argv=None):
     ap.add_argument("--only", choices=("softmax", "topk"), help="one stage only")
     ap.add_argument("--variant", choices=("three_pass", "fused", "both"), default="both",
                     help="top-k production variant(s) to time (default both)")
+    ap.add_argument("--targets", action="store_true",
+                    help="top-k: only issue 4's three target shapes (fp32)")
     args = ap.parse_args(argv)
     import torch  # noqa: lazily: present on the device image only
 
@@ -202,7 +208,8 @@ def main(argv=None):
         bench_softmax(torch, reps, repeats, copy_gbs, rows)
     if args.only in (None, "topk"):
         bench_topk(torch, reps, repeats, copy_gbs, rows,
-                   ("three_pass", "fused") if args.variant == "both" else (args.variant,))
+                   ("three_pass", "fused") if args.variant == "both" else (args.variant,),
+                   targets_only=args.targets)
     print()
     print(f"Softmax and top-k, {gpu.name}, {datetime.date.today()}; copy {copy_gbs:.0f} GB/s; "
           f"CUDA-event medians (tools/bench_softmax_topk.py)")

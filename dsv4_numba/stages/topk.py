@@ -29,30 +29,54 @@ Implementations (stage registry name ``topk``)
   from the top (a shared-memory histogram per pass, stopping once the chosen bucket is taken
   whole), collect everything at or above it into shared memory, order by counting (each selected
   composite's position = how many selected are larger). Runs under the CUDA simulator.
-* ``production:sm_90a`` -- three launches; a row is split over S blocks when the batch is small.
-  The workspace (histograms, counters) is zeroed once when allocated and left zero by every run.
-    1. histogram: each block reads its slice once (16-byte loads), counts the top 12 key bits in a
-       4096-bin shared histogram, adds it to the row's global histogram; the last block of the row
-       (threadfence + ticket) finds the bin b1 holding the K-th largest and the count above it;
+* ``production:sm_90a`` -- two variants, chosen by ``PRODUCTION_VARIANT`` (what
+  impl="production" runs; ``TopkPlan(variant=)`` / ``topk_production(variant=)`` pick one;
+  tools/bench_softmax_topk.py times both). A row is split over S blocks of 512 threads (S x rows
+  ~ 4 blocks per SM). The workspace (histograms, counters, tickets) is zeroed once when
+  allocated and left zero by every run (the row's finishing block cleans it).
+    1. histogram (both variants): each block reads its slice once (16-byte loads), counts the top
+       12 key bits in a 4096-bin shared histogram, adds it to the row's global histogram; the
+       last block of the row (threadfence + ticket) finds the bin b1 holding the K-th largest
+       and the count above it;
+  ``three_pass``:
     2. filter: each block re-reads its slice; keys in bins above b1 go to the row's "sure" list
        (< K of them), keys in b1 to its candidate list (warp-aggregated atomics, one per warp);
-    3. finish, one block per row: clean the row's workspace, radix-select the missing
-       ``K - sure`` among the candidates (composite passes over L2-resident data), bitonic-sort
-       the K selected composites in shared memory, write values (gathered from the scores) and
-       indices. A row whose b1 bin holds more than ``capacity`` candidates (> N/8, at least
-       16384: e.g. one value repeated over most of the row) is done by the reference routine
-       inside the same kernel: correct, but it reads the row ~5 more times with one block.
+    3. finish, one block of 1024 per row: radix-select the missing ``K - sure`` among the
+       candidates (8-bit passes over the global list), collect the K into shared memory (one
+       64-bit shared atomic per item: a CAS spin loop in SASS, ATOMS.CAST.SPIN.64), bitonic-sort
+       them one stage per barrier (66 barriers for K = 2048), write values and indices.
+  ``fused`` (one launch fewer, a cheaper finish):
+    2. select: the filter of (2), then fence + a second ticket; the row's LAST block finishes it
+       in the same launch: up to 8 candidates a thread (4096 a row) are held in registers, the
+       8-bit radix passes run on them with a 256-bin shared histogram (3 barriers a pass, no
+       global traffic), the sure list and the selected candidates go to shared memory with
+       coalesced copies and warp-aggregated 32-bit shared atomics, and a bitonic sort doing
+       three stages per barrier in registers (26 barriers for K = 2048, swizzled slots against
+       bank conflicts) orders them. More than 4096 candidates: the three-pass finish routine.
+  Both: a row whose b1 bin holds more than ``capacity`` candidates (> N/8, at least 16384: e.g.
+  one value repeated over most of the row) is done by the reference routine inside the same
+  kernel: correct, but it reads the row ~5 more times with one block.
 
-Napkin math (H100: ~3.0 TB/s, 50 MB L2)
----------------------------------------
-(64, 131072) fp32: 33.5 MB of scores. Pass 1 reads them once (~11 us at copy speed); pass 2 reads
-them again, largely from L2 (the set is below L2 size), ~5-11 us; pass 3 reads ~k + |b1| composites
-per row (~64 x 4 K x 8 B = 2 MB) and sorts 2048 composites per row in shared memory (66 bitonic
-stages of 1 compare-exchange per thread + barrier, ~5 us). Expect ~20-30 us; torch.topk ~208 us.
-(1, 65536) fp32 / k=2048: 256 KB; everything is latency: 3 launches x 2-3 us + the sort.
+Napkin math (H100: ~3.0 TB/s HBM, 50 MB L2, 132 SMs, ~1.7 GHz; fused variant)
+------------------------------------------------------------------------------
+(64, 131072) fp32, k=2048: 33.5 MB of scores. Histogram: read once, ~11.5 us at 2.9 TB/s; shared
+atomics ~8.4 M / 132 SMs = 64 K per SM, <= 4-way address conflicts on normal data (~8 K cycles,
+~4.5 us, hidden under the loads). Select: re-reads them (the set is below L2 size: mostly L2
+hits, ~5-8 us), appends ~k + |b1| ~ 3 K composites per row (~1.5 MB). Finish (per row, one SM,
+overlapping other rows' select blocks): 3 refine passes x 3 barriers; sort of P = 2048:
+26 barrier passes x ~200 cycles ~ 5 K cycles ~ 3 us; gather 2048 scores from L2 ~1 us.
+Expect ~20-25 us (target 25; torch.topk ~208).
+(1, 65536) fp32, k=2048: 256 KB, 32 blocks: everything is latency. Histogram launch ~3-4 us
+(load, atomics, ticket, last block's 4096-bin scan), select ~2 us + finish ~5-6 us (refine
+~1 us, sort ~3 us, write ~1 us), plus the gap between the two launches: ~11-14 us (target 15;
+the three-pass variant measured 84 us).
+(4, 65536) fp32, k=512: as above with P = 512 (sort 18 passes, ~1.5 us): ~8-10 us (target 12).
+The three-pass variant's finish adds a third launch, global-latency-bound refine passes and
+~3 K contended 64-bit shared CAS loops (the measured 84 us for B=1 suggests those dominate).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -308,7 +332,8 @@ HSHIFT = 32 - HBITS
 SCAN_THREADS = 512              # histogram / filter blocks
 FINISH_THREADS = 1024
 VARIANTS = ("three_pass", "fused")
-PRODUCTION_VARIANT = "three_pass"   # what impl="production" runs; the bench times both
+# what impl="production" runs (DSV4_TOPK_VARIANT overrides it); the bench times both
+PRODUCTION_VARIANT = os.environ.get("DSV4_TOPK_VARIANT", "three_pass")
 FUSED_THREADS = SCAN_THREADS              # the fused variant's select + finish blocks
 CPT = K_MAX // FUSED_THREADS    # candidates a fused-finish thread holds in registers (8)
 # per-row ints: [b1, count above b1, sure count, candidate count, select ticket (fused), 3 spare]
@@ -600,12 +625,26 @@ def clean_row(row, ghist, meta, tickets):
 
 
 @device
-def write_sorted(buf, K, k, x, base, obase, kind, vals, idx):
+def swz(p):
+    """Shared-memory slot of sort position p in the fused finish: bits 0-3 ^= bits 4-7, a
+    bijection on every aligned power-of-two range [0, P). It spreads a warp's 8-apart 64-bit
+    accesses (the sort's last passes) over all 16 bank pairs instead of 2 (16-way conflicts
+    -> 2 wavefronts); consecutive positions stay conflict-free."""
+    return p ^ ((p >> 4) & 15)
+
+
+@device
+def buf_slot(p, swizzled):
+    return swz(p) if swizzled else p
+
+
+@device
+def write_sorted(buf, K, k, x, base, obase, kind, vals, idx, swizzled):
     """buf[0:K] sorted composites -> indices and the scores gathered at them; -1/-inf after K."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     for s in range(tid, K, nt):
-        j = composite_index(buf[s])
+        j = composite_index(buf[buf_slot(s, swizzled)])
         idx[obase + s] = j
         vals[obase + s] = x[base + j]
     for s in range(K + tid, k, nt):
@@ -613,7 +652,7 @@ def write_sorted(buf, K, k, x, base, obase, kind, vals, idx):
 
 
 @device
-def pad_pow2(buf, K):
+def pad_pow2(buf, K, swizzled):
     """buf[K:P] = 0 (below every real composite: keys are >= 0x007F0000), P the power of two
     >= K; returns P."""
     tid = cuda.threadIdx.x
@@ -622,8 +661,73 @@ def pad_pow2(buf, K):
     while P < K:
         P *= 2
     for i in range(K + tid, P, nt):
-        buf[i] = uint64(0)
+        buf[buf_slot(i, swizzled)] = uint64(0)
     return P
+
+
+@device
+def cas_pair(e, a, b, desc):
+    """Compare-exchange e[a], e[b] (a < b, constant after unrolling: registers): the larger
+    first when ``desc``, else the smaller."""
+    x = e[a]
+    y = e[b]
+    if (x < y) == desc:
+        e[a] = y
+        e[b] = x
+
+
+@device
+def bitonic_sort_desc_fast(buf, P, e):
+    """Sort the P (a power of two) composites at swizzled slots buf[swz(0:P)] descending, by the
+    whole block, three bitonic stages per barrier: a thread loads a group of 8 elements (offsets
+    0, s, .., 7s, s the pass's smallest stride) into registers (``e``: the caller's local
+    uint64[8]), runs the stages 4s, 2s, s on them (12 compare-exchanges), stores them back.
+    The last passes of a merge do 2 or 1 stages (4 or 2 elements). Barriers: sum over merge sizes
+    2^m of ceil(m / 3): 26 for P = 2048 (vs 66 for one stage a barrier)."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    size = 2
+    while size <= P:
+        j = size // 2
+        while j > 0:
+            ns = 3 if j >= 4 else (2 if j == 2 else 1)
+            s = j >> (ns - 1)
+            ls = 0
+            while (1 << ls) < s:
+                ls += 1
+            for g in range(tid, P >> ns, nt):
+                base = ((g >> ls) << (ls + ns)) | (g & (s - 1))
+                desc = (base & size) == 0            # size > the group's offsets: one direction
+                if ns == 3:
+                    for a in range(8):
+                        e[a] = buf[swz(base + a * s)]
+                    for a in range(4):
+                        cas_pair(e, a, a + 4, desc)
+                    for a in range(2):
+                        cas_pair(e, a, a + 2, desc)
+                        cas_pair(e, a + 4, a + 6, desc)
+                    for a in range(4):
+                        cas_pair(e, 2 * a, 2 * a + 1, desc)
+                    for a in range(8):
+                        buf[swz(base + a * s)] = e[a]
+                elif ns == 2:
+                    for a in range(4):
+                        e[a] = buf[swz(base + a)]
+                    cas_pair(e, 0, 2, desc)
+                    cas_pair(e, 1, 3, desc)
+                    cas_pair(e, 0, 1, desc)
+                    cas_pair(e, 2, 3, desc)
+                    for a in range(4):
+                        buf[swz(base + a)] = e[a]
+                else:
+                    e[0] = buf[swz(base)]
+                    e[1] = buf[swz(base + 1)]
+                    cas_pair(e, 0, 1, desc)
+                    buf[swz(base)] = e[0]
+                    buf[swz(base + 1)] = e[1]
+            cuda.syncthreads()
+            j = s >> 1
+        size *= 2
 
 
 @device
@@ -669,10 +773,10 @@ def finish_from_lists(x, base, obase, K, k, kind, b1, n_sure, n_cand, sure, sb, 
             c = cand[cb + i]
             if (c >> uint64(shift)) >= (prefix >> uint64(shift)):
                 buf[cuda.atomic.add(st, 2, 1)] = c
-    P = pad_pow2(buf, K)
+    P = pad_pow2(buf, K, False)
     cuda.syncthreads()
     bitonic_sort_desc(buf, P)
-    write_sorted(buf, K, k, x, base, obase, kind, vals, idx)
+    write_sorted(buf, K, k, x, base, obase, kind, vals, idx, False)
 
 
 @kernel(launch_bounds=(FINISH_THREADS,))
@@ -730,7 +834,7 @@ def finish_fused(x, L, base, obase, k, kind, row, ghist, meta, tickets, sure, ca
     sb = int64(row) * K_MAX
     cb = int64(row) * capacity
     if K == 0:
-        write_sorted(buf, K, k, x, base, obase, kind, vals, idx)
+        write_sorted(buf, K, k, x, base, obase, kind, vals, idx, False)
         return
     if n_cand > capacity:
         topk_row_reference(x, base, L, k, kind, vals, idx, obase, hist, buf, st)
@@ -744,7 +848,7 @@ def finish_fused(x, L, base, obase, k, kind, row, ghist, meta, tickets, sure, ca
         i = tid + q * nt
         cr[q] = cand[cb + i] if i < n_cand else uint64(0)       # 0: no candidate
     for i in range(tid, n_sure, nt):
-        buf[i] = sure[sb + i]
+        buf[swz(i)] = sure[sb + i]
     if tid == 0:
         st32[3] = 0
     want = K - n_sure                        # >= 1: bin b1 holds the K-th largest
@@ -770,13 +874,13 @@ def finish_fused(x, L, base, obase, k, kind, row, ghist, meta, tickets, sure, ca
         hi_sh = lo_sh
     for q in range(CPT):
         c = cr[q]
-        slot = warp_push(c != 0 and (c >> uint64(hi_sh)) >= (prefix >> uint64(hi_sh)), st32, 3)
-        if slot >= 0:
-            buf[n_sure + slot] = c
-    P = pad_pow2(buf, K)
+        pos = warp_push(c != 0 and (c >> uint64(hi_sh)) >= (prefix >> uint64(hi_sh)), st32, 3)
+        if pos >= 0:
+            buf[swz(n_sure + pos)] = c
+    P = pad_pow2(buf, K, True)
     cuda.syncthreads()
-    bitonic_sort_desc(buf, P)
-    write_sorted(buf, K, k, x, base, obase, kind, vals, idx)
+    bitonic_sort_desc_fast(buf, P, cr)           # cr's registers are free again
+    write_sorted(buf, K, k, x, base, obase, kind, vals, idx, True)
 
 
 def select_kernel(kind, vectorized):
