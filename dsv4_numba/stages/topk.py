@@ -732,11 +732,12 @@ def bitonic_sort_desc_fast(buf, P, e):
 
 @device
 def finish_from_lists(x, base, obase, K, k, kind, b1, n_sure, n_cand, sure, sb, cand, cb,
-                      vals, idx, hist, buf, st, st32):
+                      vals, idx, hist, buf, st, st32, counter32):
     """The three-pass variant's finish for one row, by the whole block: radix passes (8 bits)
     over the candidates' composites in global memory below the 12 known key bits, stopping when
     the chosen bucket is wanted whole; collect sure + selected (= K composites) into buf (one
-    shared 64-bit atomic per item); bitonic sort; write."""
+    shared atomic per item: 64-bit, a CAS loop in SASS, as measured for the three-pass variant;
+    32-bit and warp-aggregated by the compiler with ``counter32``); bitonic sort; write."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     prefix = uint64(0)
@@ -765,14 +766,17 @@ def finish_from_lists(x, base, obase, K, k, kind, b1, n_sure, n_cand, sure, sb, 
         cuda.syncthreads()
     if tid == 0:
         st[2] = 0
+        st32[3] = 0
     cuda.syncthreads()
     for i in range(tid, n_sure, nt):
-        buf[cuda.atomic.add(st, 2, 1)] = sure[sb + i]
+        pos = int64(cuda.atomic.add(st32, 3, 1)) if counter32 else cuda.atomic.add(st, 2, 1)
+        buf[pos] = sure[sb + i]
     if K > 0:
         for i in range(tid, n_cand, nt):
             c = cand[cb + i]
             if (c >> uint64(shift)) >= (prefix >> uint64(shift)):
-                buf[cuda.atomic.add(st, 2, 1)] = c
+                pos = int64(cuda.atomic.add(st32, 3, 1)) if counter32 else cuda.atomic.add(st, 2, 1)
+                buf[pos] = c
     P = pad_pow2(buf, K, False)
     cuda.syncthreads()
     bitonic_sort_desc(buf, P)
@@ -803,7 +807,7 @@ def topk_finish_kernel(x, n, k, lengths, has_len, kind, ghist, meta, tickets, su
         topk_row_reference(x, base, L, k, kind, vals, idx, obase, hist, buf, st)
         return
     finish_from_lists(x, base, obase, K, k, kind, b1, n_sure, n_cand, sure, int64(row) * K_MAX,
-                      cand, int64(row) * capacity, vals, idx, hist, buf, st, st32)
+                      cand, int64(row) * capacity, vals, idx, hist, buf, st, st32, False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -841,7 +845,7 @@ def finish_fused(x, L, base, obase, k, kind, row, ghist, meta, tickets, sure, ca
         return
     if n_cand > CPT * nt:
         finish_from_lists(x, base, obase, K, k, kind, b1, n_sure, n_cand, sure, sb, cand, cb,
-                          vals, idx, hist, buf, st, st32)
+                          vals, idx, hist, buf, st, st32, True)
         return
     cr = cuda.local.array(CPT, uint64)
     for q in range(CPT):
