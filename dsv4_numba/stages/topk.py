@@ -883,7 +883,8 @@ def finish_fused(x, L, base, obase, k, kind, row, ghist, meta, tickets, sure, ca
             buf[swz(n_sure + pos)] = c
     P = pad_pow2(buf, K, True)
     cuda.syncthreads()
-    bitonic_sort_desc_fast(buf, P, cr)           # cr's registers are free again
+    e = cuda.local.array(8, uint64)          # the sort's registers (cr's are dead by now)
+    bitonic_sort_desc_fast(buf, P, e)
     write_sorted(buf, K, k, x, base, obase, kind, vals, idx, True)
 
 
