@@ -44,7 +44,9 @@ K (128B-swizzled boxes of BN keys x 64 columns, D contiguous) and described to w
 **MN-major** operand (imm-trans-b = 1, allowed for 16-bit types): LBO = the byte distance between
 the 64-column boxes (next 64 N-elements), SBO = 1024 (next 8 keys), CUTLASS's canonical
 ``Swizzle<3,4,3> o ((T,8,m),(8,k)) : ((1,T,LBO),(8T,SBO))``. No transpose pass through shared memory.
-The binding is generated here from ``hw.ops.wgmma_snippet`` with the trans-b immediate set to 1.
+The binding is ``hw.ops.wgmma_m64n{D}k16_f32_bf16_rs_tb`` (imm-trans-b = 1); the same descriptor
+constants (LBO 8192 = one 64-key box, SBO 1024) are what ``hw.microkernels``' MN-major wgmma check
+verifies on the H100.
 
 Shared-memory plan (dynamic, aligned up to 1024 B in the kernel; all tiles 128B-swizzled)
 ----------------------------------------------------------------------------------------
@@ -74,7 +76,6 @@ Napkin math (B=4, H=16, S=4096, D=128, bf16, non-causal)
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -108,23 +109,6 @@ DESC_KMAJOR = wgmma_smem_desc(0, 16, 1024, "128B")
 DESC_V = wgmma_smem_desc(0, BN * 128, 1024, "128B")
 
 
-def trans_b_rs_snippet(n: int):
-    """``wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16`` with A from registers and
-    imm-trans-b = 1 (B MN-major). PTX ISA 9.1 §9.7.15.5 (wgmma.mma_async), sm_90a. Generated from
-    the project's generator (``hw.ops.wgmma_snippet``), only the last immediate changed."""
-    sn = ops.wgmma_snippet(n, "bf16", "regs")
-    body = sn.body.replace(", 1, 1, 0;", ", 1, 1, 1;")
-    if body == sn.body:
-        raise AssertionError("wgmma_snippet changed: cannot set imm-trans-b")
-    return dataclasses.replace(sn, name=sn.name + "_tb", body=body,
-                               layout=sn.layout.replace("B = smem descriptor", "B = MN-major smem "
-                                                        "descriptor (imm-trans-b = 1)"))
-
-
-# O += P V (module globals: the generated kernels call them; the emulator run of the tests swaps
-# them for emulated twins built from the same snippets)
-wgmma_pv_n64 = ops.bind(trans_b_rs_snippet(64))
-wgmma_pv_n128 = ops.bind(trans_b_rs_snippet(128))
 
 
 def _shfl_xor_sim(v, off):
@@ -326,8 +310,8 @@ def _source(D: int, NC: int) -> str:
     a("        ops.wgmma_fence()")
     for kk in range(BN // 16):
         P = ", ".join(f"p{4 * kk + q}" for q in range(4))
-        a(f"        {O} = wgmma_pv_n{D}({O}, {P}, vdesc + uint64({(kk * 16 * 128) >> 4}),"
-          f" {'first' if kk == 0 else 'uint32(1)'})")
+        a(f"        {O} = ops.wgmma_m64n{D}k16_f32_bf16_rs_tb({O}, {P},"
+          f" vdesc + uint64({(kk * 16 * 128) >> 4}), {'first' if kk == 0 else 'uint32(1)'})")
     a("        ops.wgmma_commit_group()")
     a("        ops.wgmma_wait_group_0()")
     a(f"        ops.mbarrier_arrive(bar0 + uint32(8 * ({EMPTY0} + st)))")
