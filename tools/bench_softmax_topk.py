@@ -123,8 +123,24 @@ def bench_softmax(torch, reps, repeats, copy_gbs, rows_out):
                   f"host {hus:.0f} us/call", flush=True)
 
 
+def hist_only_us(K, plan, call, reps, repeats):
+    """GPU us of the histogram launch alone (the first pass of both variants): a lower bound,
+    since the row tickets are not reset between repetitions (the last block's bin search runs
+    once). Leaves a fresh, zeroed workspace behind."""
+    from dsv4_numba.runtime.bench import time_gpu
+    vec = K._vec(plan.kind, True)
+    ints, ghist, meta, tickets, sure, cand = plan.workspace(True)
+    kern = K.hist_kernel(plan.kind, plan.n % vec == 0)
+    lk = K._dummy_i32()
+    us = time_gpu(lambda: kern.launch(plan.rows * plan.S, plan.threads, call.x, plan.n, plan.k,
+                                      lk, False, plan.S, plan.chunk, ghist, meta, tickets),
+                  reps=reps, repeats=repeats)
+    plan._ws = None
+    return us
+
+
 def bench_topk(torch, reps, repeats, copy_gbs, rows_out, variants=("three_pass", "fused"),
-               targets_only=False):
+               targets_only=False, breakdown=False):
     from numba import cuda
 
     from dsv4_numba.runtime.bench import time_gpu
@@ -162,6 +178,10 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out, variants=("three_pass",
                 ours = time_gpu(lambda: K.topk_production(cyc_c(), vals, idx, plan=plan),
                                 reps=reps, repeats=repeats)
                 hus = host_us(lambda: K.topk(dev[0], k, impl="production"), variant=variant)
+                if breakdown:
+                    h = hist_only_us(K, plan, calls[0], reps, repeats)
+                    print(f"  {variant}: histogram launch alone ~{h:.1f} us (lower bound); the "
+                          f"rest ~{ours - h:.1f} us", flush=True)
                 note = f"target <= {tgt:g} us: {'met' if ours <= tgt else 'MISSED'}" if tgt else ""
                 if variant == K.PRODUCTION_VARIANT:
                     note = ("production; " + note).rstrip("; ")
@@ -186,6 +206,8 @@ def main(argv=None):
                     help="top-k production variant(s) to time (default both)")
     ap.add_argument("--targets", action="store_true",
                     help="top-k: only issue 4's three target shapes (fp32)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="top-k: also time the histogram launch alone")
     args = ap.parse_args(argv)
     import torch  # noqa: lazily: present on the device image only
 
@@ -209,7 +231,7 @@ def main(argv=None):
     if args.only in (None, "topk"):
         bench_topk(torch, reps, repeats, copy_gbs, rows,
                    ("three_pass", "fused") if args.variant == "both" else (args.variant,),
-                   targets_only=args.targets)
+                   targets_only=args.targets, breakdown=args.breakdown)
     print()
     print(f"Softmax and top-k, {gpu.name}, {datetime.date.today()}; copy {copy_gbs:.0f} GB/s; "
           f"CUDA-event medians (tools/bench_softmax_topk.py)")
