@@ -265,11 +265,19 @@ def _source(D: int, NC: int) -> str:
     a(f"        j0 = kt * {BN} + cq")
     a("        xA = NEG_INF")
     a("        xB = NEG_INF")
+    # interior tiles (every key visible to both of this thread's rows) skip the mask; only tiles on
+    # the causal diagonal or the key-length edge pay for it (per thread: rows differ by warp)
+    a(f"        if (kt + 1) * {BN} <= min(LA, LB):")
+    for i in range(ns):
+        r = "A" if (i // 2) % 2 == 0 else "B"
+        a(f"            s{i} = s{i} * scale_log2")
+        a(f"            x{r} = s{i} if s{i} > x{r} else x{r}")
+    a("        else:")
     for i in range(ns):
         col = 8 * (i // 4) + (i % 2)
         r = "A" if (i // 2) % 2 == 0 else "B"
-        a(f"        s{i} = s{i} * scale_log2 if j0 + {col} < L{r} else NEG_INF")
-        a(f"        x{r} = s{i} if s{i} > x{r} else x{r}")
+        a(f"            s{i} = s{i} * scale_log2 if j0 + {col} < L{r} else NEG_INF")
+        a(f"            x{r} = s{i} if s{i} > x{r} else x{r}")
     for r in "AB":
         for sh in (1, 2):
             a(f"        y = shfl_xor_f32(x{r}, {sh})")
