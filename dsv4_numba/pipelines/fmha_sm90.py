@@ -34,7 +34,11 @@ Warp roles (one CTA = 1 producer warpgroup + NC consumer warpgroups, ``128 * (NC
     O += P V                  wgmma m64n{D}k16 RS with imm-trans-b = 1 (V is MN-major in shared
                               memory, see below), BN/16 steps; the first PV of a row block
                               overwrites (scale-d = 0)
-  and then every consumer thread arrives on ``empty[s]`` (count 128 * NC). Epilogue: the row sum is
+  and then every consumer thread arrives on ``empty[s]`` (count 128 * NC). Causal: the key tiles
+  past the CTA's last visible key (its last row's diagonal, or the key length) are never loaded or
+  computed; tiles every row of a thread sees in full skip the mask, so only diagonal and
+  length-edge tiles are masked. V rows past the key length inside the last tile are zeroed in
+  shared memory before the PV GEMM (a cache may hold NaN there, and 0 * NaN = NaN). Epilogue: the row sum is
   reduced over the 4 lanes of a quad, the sink joins the denominator, O is normalised, rounded to
   bf16 (RNE) and stored straight from registers (a quad writes 16 contiguous bytes per row); lse
   (natural log, float32) by lane 0 of each quad.
@@ -64,7 +68,7 @@ Register budget (no setmaxnreg in this first version: 384 threads x 168 regs fit
 Napkin math (B=4, H=16, S=4096, D=128, bf16, non-causal)
   FLOPs 4*B*H*S*S*D = 550 GFLOP; per CTA tile (128 rows x 64 keys): 4*128*64*128 = 4.2 MFLOP for
   2 * 16 KB of K/V smem traffic -> 128 FLOP/B of smem, compute-bound on the tensor cores; HBM
-  traffic is Q+K+V+O = 67 MB (K/V re-read per q tile from L2). Bound: wgmma issue + softmax
+  traffic is Q+K+V+O = 4 x 67 MB (K/V re-read per q tile, from L2). Bound: wgmma issue + softmax
   (exp2 of 128*64 elements per tile on the MUFU, 16/clk/SM: 512 clk vs 1024 clk of wgmma at
   D=128 -- overlapping them needs the ping-pong schedule, not built yet).
   Decode (B=64, Tq=1, Hq=64, Hkv=8, Tk=8192, D=128): K/V = 2 * 64*8192*8*128 * 2 B = 2.15 GB ->
