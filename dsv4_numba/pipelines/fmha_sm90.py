@@ -6,7 +6,10 @@ Registered as the ``production`` (arch sm_90a) implementation of the registry st
 (an sm_90a GPU, bfloat16, D in ``SUPPORTED_D``, no ``return_intermediates``). It computes exactly the
 function of ``pipelines.fmha`` (see its docstring for every rule); the one difference is in the
 rounding: P is rounded to bfloat16 before the PV GEMM (the row sum uses the float32 P), as every
-fused attention kernel does -- tests/gpu/test_fmha_gpu.py derives the bound.
+fused attention kernel does -- tests/gpu/test_fmha_gpu.py derives the bound. One NaN rule differs:
+a NaN / inf in a v row that is causally hidden from query i but loaded in the same key tile (it is
+visible to a later query) reaches row i's output (P = 0 times NaN); v rows past the key length never
+do (they are zeroed).
 
 Work decomposition (``launch_config``)
 -------------------------------------
