@@ -50,7 +50,6 @@ from ..hw.bits import bf16_bits, bits_f32, f32_bits
 from ..hw.descriptors import wgmma_smem_desc
 from ..runtime import BF16, ArrayIO, device, is_device_array, kernel, mode
 from ..stages.fp4 import e2m1_value, e2m1x8_sm90, scale_value, scaled8, UE8M0
-from ..stages.indexer_stages import cache_row
 
 H_FUSED = 64               # wgmma M: all index heads of one token
 D_FUSED = 128              # K: the head dim (two 64-element = 128-byte swizzle chunks)
@@ -103,29 +102,104 @@ def _decode8_sim(word, scode):
 decode8 = device(_decode8_gpu, sim=_decode8_sim)
 
 
+# Loads are issued 8 per thread before any is stored (``load_q_tile``, ``load_key_tile``): the
+# st.shared asm is a memory clobber, so a load-then-store loop would wait out one global latency
+# per 16-byte vector (16 per thread for the key tile); batched, 8 are in flight.
 @device
-def load_vec(src, sc, fmt, row, j):
-    """Vector j of global row ``row`` as 4 words of bf16 pairs: bf16 rows (256 B) read with
-    ld.global.nc.v4; FP4 rows (64 B of codes + 4 UE8M0 codes) decoded from one ld.global.nc.u32."""
+def fetch(src, sc, fmt, row, j):
+    """Raw vector j of global row ``row``: bf16 rows (256 B): 4 words by ld.global.nc.v4; FP4 rows
+    (64 B of codes + 4 UE8M0 codes): (code word by ld.global.nc.u32, scale code, 0, 0)."""
+    z = uint32(0)
     if fmt == FMT_BF16:
         return ops.ld_global_nc_v4_u32(ops.array_address(src) + uint64(row * 256 + j * 16))
-    w = ops.ld_global_nc_u32(ops.array_address(src) + uint64(row * 64 + j * 4))
-    return decode8(w, sc[row * 4 + (j >> 2)])
+    wd = ops.ld_global_nc_u32(ops.array_address(src) + uint64(row * 64 + j * 4))
+    return wd, uint32(sc[row * 4 + (j >> 2)]), z, z
 
 
 @device
-def load_key_tile(smem32, kbase, ksrc, ksc, fmt, table, table_rows, max_pages, page_size, t, n0,
+def key_row(table, table_rows, max_pages, page_size, t, n):
+    """``indexer_stages.cache_row`` with 32-bit division (N < 2^31, checked on the host; the 64-bit
+    one is ~100 instructions) and no division at all for a contiguous cache (one page)."""
+    r = t if table_rows > 1 else 0
+    if max_pages == 1:
+        return int64(table[r]) * page_size + n
+    nn = uint32(n)
+    ps = uint32(page_size)
+    pg = nn // ps
+    return int64(table[r * max_pages + pg]) * page_size + int64(nn - pg * ps)
+
+
+@device
+def fetch_key(ksrc, ksc, fmt, table, table_rows, max_pages, page_size, t, n0, r, j, rows_here):
+    """Raw vector j of key n0 + r through token t's block table; zeros (and no table read) for
+    r >= rows_here."""
+    z = uint32(0)
+    if r >= rows_here:
+        return z, z, z, z
+    return fetch(ksrc, ksc, fmt, key_row(table, table_rows, max_pages, page_size, t, n0 + r), j)
+
+
+@device
+def put(dst, fmt, raw):
+    """One raw vector -> 8 bf16 at shared address dst (FP4: decoded here)."""
+    if fmt == FMT_BF16:
+        w0, w1, w2, w3 = raw
+    else:
+        w0, w1, w2, w3 = decode8(raw[0], raw[1])
+    ops.st_shared_v4_b32(dst, w0, w1, w2, w3)
+
+
+@device
+def store8(base, rows, r0, j, fmt, a):
+    """The 8 raw vectors of rows r0, r0 + 8, ..., r0 + 56 (column vector j) into a swizzled tile."""
+    put(swz(base, rows, r0, j), fmt, a[0])
+    put(swz(base, rows, r0 + 8, j), fmt, a[1])
+    put(swz(base, rows, r0 + 16, j), fmt, a[2])
+    put(swz(base, rows, r0 + 24, j), fmt, a[3])
+    put(swz(base, rows, r0 + 32, j), fmt, a[4])
+    put(swz(base, rows, r0 + 40, j), fmt, a[5])
+    put(swz(base, rows, r0 + 48, j), fmt, a[6])
+    put(swz(base, rows, r0 + 56, j), fmt, a[7])
+
+
+@device
+def load_q_tile(qbase, qsrc, qsc, fmt, t, tid):
+    """q[t] (64 heads x 128) -> the swizzled q tile: thread tid moves vector tid % 16 of 8 rows."""
+    j = tid & 15
+    r0 = tid >> 4
+    g = t * H_FUSED + r0
+    a = (fetch(qsrc, qsc, fmt, g, j), fetch(qsrc, qsc, fmt, g + 8, j),
+         fetch(qsrc, qsc, fmt, g + 16, j), fetch(qsrc, qsc, fmt, g + 24, j),
+         fetch(qsrc, qsc, fmt, g + 32, j), fetch(qsrc, qsc, fmt, g + 40, j),
+         fetch(qsrc, qsc, fmt, g + 48, j), fetch(qsrc, qsc, fmt, g + 56, j))
+    store8(qbase, H_FUSED, r0, j, fmt, a)
+
+
+@device
+def load_key_tile(kbase, ksrc, ksc, fmt, table, table_rows, max_pages, page_size, t, n0,
                   rows_here, tid):
-    """Keys n0 .. n0+127 (through token t's block table) -> the swizzled key tile; rows at or past
-    ``rows_here`` are written as zeros and their table entries are never read."""
-    for v in range(tid, BN * ROW_VECS, THREADS):
-        r = v >> 4
-        j = v & 15
-        w0 = w1 = w2 = w3 = uint32(0)
-        if r < rows_here:
-            row = cache_row(table, table_rows, max_pages, page_size, t, n0 + r)
-            w0, w1, w2, w3 = load_vec(ksrc, ksc, fmt, row, j)
-        ops.st_shared_v4_b32(swz(kbase, BN, r, j), w0, w1, w2, w3)
+    """Keys n0 .. n0+127 (through token t's block table) -> the swizzled key tile, in two batches
+    of 8 vectors per thread; rows at or past ``rows_here`` are zeros, their table entries unread."""
+    j = tid & 15
+    for half in range(2):
+        r = (tid >> 4) + 64 * half
+        a = (fetch_key(ksrc, ksc, fmt, table, table_rows, max_pages, page_size, t, n0, r, j,
+                       rows_here),
+             fetch_key(ksrc, ksc, fmt, table, table_rows, max_pages, page_size, t, n0, r + 8, j,
+                       rows_here),
+             fetch_key(ksrc, ksc, fmt, table, table_rows, max_pages, page_size, t, n0, r + 16, j,
+                       rows_here),
+             fetch_key(ksrc, ksc, fmt, table, table_rows, max_pages, page_size, t, n0, r + 24, j,
+                       rows_here),
+             fetch_key(ksrc, ksc, fmt, table, table_rows, max_pages, page_size, t, n0, r + 32, j,
+                       rows_here),
+             fetch_key(ksrc, ksc, fmt, table, table_rows, max_pages, page_size, t, n0, r + 40, j,
+                       rows_here),
+             fetch_key(ksrc, ksc, fmt, table, table_rows, max_pages, page_size, t, n0, r + 48, j,
+                       rows_here),
+             fetch_key(ksrc, ksc, fmt, table, table_rows, max_pages, page_size, t, n0, r + 56, j,
+                       rows_here))
+        store8(kbase, BN, r, j, fmt, a)
 
 
 @device
@@ -183,22 +257,18 @@ def indexer_fused_kernel(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, 
         lim = 0
         for t in range(t0, t1):
             lim = max(lim, min(int64(valid_len[t]), N))
-        load_key_tile(smem32, kbase, ksrc, ksc, fmt, table, table_rows, max_pages, page_size, 0,
-                      n0, min(BN, lim - n0), tid)
+        load_key_tile(kbase, ksrc, ksc, fmt, table, table_rows, max_pages, page_size, 0, n0,
+                      min(BN, lim - n0), tid)
     h0 = 16 * warp + (lane >> 2)                  # this thread's accumulator rows: h0 and h0 + 8
     grp = 8 * warp + (lane >> 2)                  # its row quad (0..31) in the partial exchange
     xr = (grp & 7) << 3                           # exchange column swizzle (bank spread)
     for t in range(t0, t1):
         if table_rows > 1:
             # per-token block tables: this token's keys (only its valid rows touch its table)
-            load_key_tile(smem32, kbase, ksrc, ksc, fmt, table, table_rows, max_pages, page_size,
-                          t, n0, min(BN, min(int64(valid_len[t]), N) - n0), tid)
+            load_key_tile(kbase, ksrc, ksc, fmt, table, table_rows, max_pages, page_size, t, n0,
+                          min(BN, min(int64(valid_len[t]), N) - n0), tid)
         # -- q tile of token t
-        for v in range(tid, H_FUSED * ROW_VECS, THREADS):
-            r = v >> 4
-            j = v & 15
-            w0, w1, w2, w3 = load_vec(qsrc, qsc, fmt, t * H_FUSED + r, j)
-            ops.st_shared_v4_b32(swz(qbase, H_FUSED, r, j), w0, w1, w2, w3)
+        load_q_tile(qbase, qsrc, qsc, fmt, t, tid)
         ops.fence_proxy_async_shared_cta()        # generic-proxy smem writes -> async proxy (wgmma)
         cuda.syncthreads()
         adesc = uint64(DESC_SW128) | uint64((qbase >> 4) & 0x3FFF)
@@ -255,6 +325,9 @@ def check_fusable(c, q, k_cache, weights):
     if (c.H, c.D) != (H_FUSED, D_FUSED):
         raise ValueError(f"the fused indexer is built for H = {H_FUSED} index heads of D = {D_FUSED} "
                          f"(DeepSeek); got H = {c.H}, D = {c.D}: {STAGED_HINT}")
+    if c.N >= 2 ** 31 or c.num_pages * c.page_size >= 2 ** 40:
+        raise ValueError(f"the fused indexer addresses keys with 32-bit positions: N = {c.N} must be "
+                         f"< 2^31; " + STAGED_HINT)
     if c.fam == "fp4":
         for name, x in (("q", q), ("k_cache", k_cache)):
             sp = FORMATS[x.fmt]
