@@ -112,8 +112,8 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows):
     cuda.synchronize()
     assert not torch.isnan(scores_t).any(), "fused: unwritten scores"
     s2 = scores.reshape(T, N)
-    vals = cuda.device_array((T, k), np.float32)
-    idx = cuda.device_array((T, k), np.int32)
+    vals = cuda.device_array(T * k, np.float32)          # flat, as topk_production takes them
+    idx = cuda.device_array(T * k, np.int32)
     try:
         call = TK._prepare(s2, k, vl, check_nan=False)
 
@@ -153,9 +153,9 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows):
     cuda.synchronize()
     torch.backends.cuda.matmul.allow_tf32 = False
     tv, ti = torch_path(keys[0], exact=True)
-    ours_idx = torch.as_tensor(idx.copy_to_host(), device="cuda").long()
-    agree = np.mean([np.intersect1d(ours_idx[t].cpu().numpy(), ti[t].cpu().numpy()).size / k
-                     for t in range(T)])
+    ours_idx = idx.copy_to_host().reshape(T, k)
+    theirs = ti.cpu().numpy()
+    agree = float(np.mean([np.intersect1d(ours_idx[t], theirs[t]).size / k for t in range(T)]))
     s_us = time_gpu(run_scores, reps, repeats)
     a_us = time_gpu(run_all, reps, repeats)
     t_us = time_gpu(lambda: torch_path(tcyc()), reps, repeats)
