@@ -19,10 +19,11 @@ derived bound gamma(D + H + 3) * sum_h |w| sum_d |q k| covers both).
 Paged caches: every key row goes through ``cache_row`` (the block table); a contiguous cache is the
 one-page case, so the two run the same instructions on the same values: identical scores.
 
-What is not here yet (round 2): TMA / cp.async into an mbarrier ring (loads here are synchronous
-``ld.global.nc.v4`` -> ``st.shared.v4``, latency hidden only by the 4 CTAs an SM holds), a q tile
-double buffer, BN = 256 with dynamic shared memory, and V3.2 FP8 (e4m3 wgmma k32) -- FP8 raises
-``NotImplementedError`` naming the staged path.
+What is not here yet (round 2): TMA / cp.async into an mbarrier ring (loads here are register-staged:
+8 ``ld.global.nc`` in flight per thread, then ``st.shared.v4``; latency hidden by that and the 4 CTAs
+an SM holds, never overlapped with this CTA's wgmma), a q tile double buffer, q decoded once instead
+of per CTA, BN = 256 with dynamic shared memory, a running top-k threshold, and V3.2 FP8 (e4m3
+wgmma k32) -- FP8 raises ``NotImplementedError`` naming the staged path.
 
 Napkin math (H = 64, D = 128; per key per token 2*H*D = 16384 FLOP)
 ----------------------------------------------------------------
