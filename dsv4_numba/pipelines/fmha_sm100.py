@@ -229,6 +229,90 @@ def descriptors(D: int) -> dict:
     }
 
 
+# Per-chunk helpers of the softmax / correction / epilogue (32 TMEM columns of one row at a time).
+# On the GPU each is inlined into the kernel (``runtime.device``: Numba-level inline); under the
+# simulator each has a NumPy twin computing the same float32 function on the whole chunk at once
+# (calling 32 scalar helpers per chunk from 256 simulated threads is what made the emulator run slow).
+CHUNK = 16        # words per helper call: a call of more than 30 arguments is a *args call in
+                  # CPython 3.11 bytecode, which Numba's inliner rejects
+
+
+def _ws(n):
+    return ", ".join(f"w{i}" for i in range(n))
+
+
+def _f32s(ws):
+    return np.array([int(w) & 0xFFFFFFFF for w in ws], np.uint32).view(np.float32)
+
+
+def _bf16_pairs(v):
+    """float32 array (even length) -> b32 words of bf16 pairs, RNE, NaN kept, lower index low."""
+    u = np.ascontiguousarray(v, np.float32).view(np.uint32).astype(np.uint64)
+    r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    r = np.where(nan, (u >> 16) | 0x40, r) & 0xFFFF
+    return tuple(np.uint32(x) for x in (r[0::2] | (r[1::2] << 16)))
+
+
+def _masked(scale, jc, lim, ws):
+    v = _f32s(ws) * np.float32(scale)
+    v[jc + np.arange(len(ws)) >= lim] = -np.inf
+    return v
+
+
+def _chunk_max_sim(x, scale, jc, lim, *ws):
+    v = _masked(scale, jc, lim, ws)
+    v = v[~np.isnan(v)]                      # the GPU chain (b if b > a else a) never picks a NaN
+    return np.float32(max(float(x), float(v.max()))) if v.size else np.float32(x)
+
+
+def _chunk_exp_sim(l, scale, jc, lim, u, *ws):
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = np.exp2(_masked(scale, jc, lim, ws) - np.float32(u)).astype(np.float32)
+    return (np.float32(np.float32(l) + p.sum(dtype=np.float32)),) + _bf16_pairs(p)
+
+
+def _rescale_sim(cf, *ws):
+    with np.errstate(invalid="ignore", over="ignore"):
+        return tuple(np.uint32(x) for x in (_f32s(ws) * np.float32(cf)).view(np.uint32))
+
+
+def _normalize_sim(wt, *ws):
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _bf16_pairs(_f32s(ws) * np.float32(wt))
+
+
+def _gen_helpers():
+    """The GPU bodies (explicit arity: Numba device functions take no *args)."""
+    n = CHUNK
+    src = [f"def chunk_max(x, scale, jc, lim, {_ws(n)}):",
+           '    """Running max of the masked scaled logits of 16 S columns."""']
+    for i in range(n):
+        src.append(f"    s = bits_f32(w{i}) * scale if jc + {i} < lim else NEG_INF")
+        src.append("    x = s if s > x else x")
+    src.append("    return x")
+    src += [f"def chunk_exp(l, scale, jc, lim, u, {_ws(n)}):",
+            '    """p = 2^(x - u) of 16 S columns: (l + sum p, 8 words of bf16 pairs of p)."""']
+    for i in range(n):
+        src.append(f"    p{i} = math.exp2((bits_f32(w{i}) * scale if jc + {i} < lim else NEG_INF) - u)")
+        src.append(f"    l += p{i}")
+    src.append("    return (l, " + ", ".join(f"pack_bf16x2(p{2 * i + 1}, p{2 * i})" for i in range(n // 2)) + ")")
+    src += [f"def rescale(cf, {_ws(n)}):", '    """16 O columns times the correction factor."""',
+            "    return (" + ", ".join(f"ops_bits(bits_f32(w{i}) * cf)" for i in range(n)) + ")"]
+    src += [f"def normalize(wt, {_ws(n)}):", '    """16 O columns times 1/l, as 8 words of bf16 pairs."""',
+            "    return (" + ", ".join(f"pack_bf16x2(bits_f32(w{2 * i + 1}) * wt, bits_f32(w{2 * i}) * wt)"
+                                     for i in range(n // 2)) + ")"]
+    ns = globals()
+    exec(compile("\n".join(src) + "\n", "<fmha_sm100 chunk helpers>", "exec"), ns)   # noqa: S102
+    twins = {"chunk_max": _chunk_max_sim, "chunk_exp": _chunk_exp_sim, "rescale": _rescale_sim,
+             "normalize": _normalize_sim}
+    for name, twin in twins.items():
+        ns[name] = device(ns[name], sim=twin)
+
+
+_gen_helpers()
+
+
 # ---------------------------------------------------------------------------- kernel source
 # Generated as Python source (as fmha_sm90): every S / O value of a thread is a named scalar, so
 # Numba keeps them in registers; tcgen05.ld returns them as a tuple of b32 words.
@@ -381,25 +465,29 @@ def _source(D: int) -> str:
     a(f"            ops.mbarrier_wait_parity(bar0 + uint32(8 * ({SFULL0} + bb)), uint32((kt // 2) & 1))")
     a("            ops.tcgen05_fence_after_thread_sync()")
     a(f"            sa = taddr + lrow + uint32({S0}) + uint32({S1 - S0}) * uint32(bb)")
-    a(f"            {_names('w', BN)} = ops.tcgen05_ld_32x32b_x{BN}(sa)")
-    a("            ops.tcgen05_wait_ld()")
+    # pass 1: row max over 32-column chunks of S; pass 2: re-read each chunk (TMEM reads are
+    # cheap), p = 2^(x - m), row sum, P chunk (16 columns of bf16 pairs) stored over S columns
+    # this thread has already read (P chunk ch lies in S chunk ch // 2 <= ch)
     a(f"            j0 = kt * {BN}")
     a("            x = NEG_INF")
-    for i in range(BN):
-        a(f"            s{i} = bits_f32(w{i}) * scale_log2 if j0 + {i} < Lr else NEG_INF")
-        a(f"            x = s{i} if s{i} > x else x")
+    a(f"            for ch in range({BN // 32}):")
+    a(f"                {_names('w', 32)} = ops.tcgen05_ld_32x32b_x32(sa + uint32(32 * ch))")
+    a("                ops.tcgen05_wait_ld()")
+    a(f"                x = chunk_max(x, scale_log2, j0 + 32 * ch, Lr, {_names('w', 16)})")
+    a(f"                x = chunk_max(x, scale_log2, j0 + 32 * ch + 16, Lr, {_names('w', 16, 16)})")
     a("            n = x if x > m else m")
     a("            u = float32(0) if n == NEG_INF else n")
     a("            cf = math.exp2(m - u)")
     a("            m = n")
     a(f"            corr[bb * {BM} + row] = cf")
     a("            l = l * cf")
-    for i in range(BN):
-        a(f"            s{i} = math.exp2(s{i} - u)")
-        a(f"            l += s{i}")
-    for i in range(BN // 2):
-        a(f"            w{i} = pack_bf16x2(s{2 * i + 1}, s{2 * i})")
-    a(f"            ops.tcgen05_st_32x32b_x{BN // 2}(sa, {_names('w', BN // 2)})")
+    a(f"            for ch in range({BN // 32}):")
+    a(f"                {_names('w', 32)} = ops.tcgen05_ld_32x32b_x32(sa + uint32(32 * ch))")
+    a("                ops.tcgen05_wait_ld()")
+    a(f"                l, {_names('w', 8)} = chunk_exp(l, scale_log2, j0 + 32 * ch, Lr, u, {_names('w', 16)})")
+    a(f"                l, {_names('w', 8, 8)} = chunk_exp(l, scale_log2, j0 + 32 * ch + 16, Lr, u,"
+      f" {_names('w', 16, 16)})")
+    a(f"                ops.tcgen05_st_32x32b_x16(sa + uint32(16 * ch), {_names('w', 16)})")
     # V rows at keys >= kvlen (< Tk) of the last tile hold whatever the cache holds: zero them
     # (P is 0 there, but 0 * NaN = NaN in the PV MMA)
     a(f"            z0 = kvlen - kt * {BN}")
@@ -431,12 +519,12 @@ def _source(D: int) -> str:
     a(f"            ops.mbarrier_wait_parity(bar0 + uint32({8 * ODONE}), uint32((kt - 1) & 1))")
     a("            ops.tcgen05_fence_after_thread_sync()")
     a(f"            cf = corr[bb * {BM} + row]")
-    for c in range(D // CH):
-        a(f"            {_names('w', CH)} = ops.tcgen05_ld_32x32b_x{CH}(oa + uint32({c * CH}))")
-        a("            ops.tcgen05_wait_ld()")
-        for i in range(CH):
-            a(f"            w{i} = ops_bits(bits_f32(w{i}) * cf)")
-        a(f"            ops.tcgen05_st_32x32b_x{CH}(oa + uint32({c * CH}), {_names('w', CH)})")
+    a(f"            for ch in range({D // CH}):")
+    a(f"                {_names('w', CH)} = ops.tcgen05_ld_32x32b_x{CH}(oa + uint32({CH} * ch))")
+    a("                ops.tcgen05_wait_ld()")
+    for h in range(CH // 16):
+        a(f"                {_names('w', 16, 16 * h)} = rescale(cf, {_names('w', 16, 16 * h)})")
+    a(f"                ops.tcgen05_st_32x32b_x{CH}(oa + uint32({CH} * ch), {_names('w', CH)})")
     a("            ops.tcgen05_wait_st()")
     a("            ops.tcgen05_fence_before_thread_sync()")
     a(f"            ops.mbarrier_arrive(bar0 + uint32({8 * OREADY}))")
@@ -456,17 +544,17 @@ def _source(D: int) -> str:
     a(f"            ops.mbarrier_wait_parity(bar0 + uint32({8 * ODONE}), uint32((nt - 1) & 1))")
     a("            ops.tcgen05_fence_after_thread_sync()")
     a(f"        ob = ((b * Tq + pos) * Hq + head) * {D // 2}")
-    for c in range(D // CH):
-        a("        if nt > 0:")
-        a(f"            {_names('w', CH)} = ops.tcgen05_ld_32x32b_x{CH}(oa + uint32({c * CH}))")
-        a("            ops.tcgen05_wait_ld()")
-        a("        else:")
-        for i in range(CH):
-            a(f"            w{i} = uint32(0)")
-        a("        if pos < Tq:")
-        for i in range(CH // 2):
-            a(f"            out[ob + {c * CH // 2 + i}] = pack_bf16x2(bits_f32(w{2 * i + 1}) * wt,"
-              f" bits_f32(w{2 * i}) * wt)")
+    a(f"        for ch in range({D // CH}):")
+    for i in range(CH):
+        a(f"            w{i} = uint32(0)")
+    a("            if nt > 0:")
+    a(f"                {_names('w', CH)} = ops.tcgen05_ld_32x32b_x{CH}(oa + uint32({CH} * ch))")
+    a("                ops.tcgen05_wait_ld()")
+    a("            if pos < Tq:")
+    for h in range(CH // 16):
+        a(f"                {_names('w', 8, 8 * h)} = normalize(wt, {_names('w', 16, 16 * h)})")
+    for i in range(CH // 2):
+        a(f"                out[ob + {CH // 2} * ch + {i}] = w{i}")
     a("        if pos < Tq:")
     a("            lse[(b * Hq + head) * Tq + pos] = NEG_INF if l == float32(0) else "
       "(gg + math.log2(l)) * float32(LN2)")
