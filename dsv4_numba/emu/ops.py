@@ -211,7 +211,9 @@ def _phase_done(st, addr, parity, op):
 def mbarrier_try_wait_parity(addr, parity):
     """1 once the phase of ``parity`` has completed (the current phase has the other parity), else 0
     after a short bounded wait; a poller that can never succeed is reported as EmulatorDeadlock."""
-    st, _ = _enter()
+    me = current_thread()
+    st = cta()
+    st.unspin(me, keep_count=True)        # consecutive polls count towards "this poller is blocked"
     addr = int(addr)
     what = f"mbarrier @smem {addr:#x} phase parity {int(parity) & 1} (try_wait loop)"
     with st.lock:

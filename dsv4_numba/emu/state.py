@@ -18,14 +18,25 @@ Global memory
     ``gmem(addr, n)`` can resolve it again (tensor maps, vector loads/stores).
 
 Deadlock
-    A thread that waits (mbarrier parity, warpgroup rendezvous) registers what it waits for. When
-    every live thread of the block is waiting (or parked in ``syncthreads``) and no emulated state has
-    changed for ``DEADLOCK_GRACE_S``, no thread can make progress: ``EmulatorDeadlock`` is raised in
-    the waiters, carrying what each thread waits for and the state (phase, pending arrivals,
-    tx-count, recent events) of every barrier involved.
+    A thread that waits (mbarrier parity, named barrier, warp/warpgroup rendezvous) registers what it
+    waits for and the condition that would release it, then sleeps on the CTA's condition variable
+    (every emulated state change notifies it). The CTA is deadlocked when, all at one instant under
+    the state lock: every thread of the block has started; every live thread is either parked in
+    ``syncthreads`` (which the simulator releases only when *all* threads are parked there) or
+    inside an emulator wait whose condition, re-evaluated now, is false; and at least one thread is
+    in an emulator wait. A ``try_wait`` poller counts as blocked only while it is inside its poll
+    after ``SPIN_POLLS`` consecutive failed polls with no other emulator op in between (a kernel may
+    poll and do other work). Nothing in this decision depends on wall time, so a loaded machine
+    cannot trigger it falsely; wall time only decides how often a sleeping waiter re-checks
+    (``CHECK_S``). ``EmulatorDeadlock`` is raised in the waiters, carrying what each thread waits for
+    and the state (phase, pending arrivals, tx-count, recent events) of every barrier involved.
+    Last resort for hangs the exact rule cannot see (a thread spinning in plain Python): a waiter
+    that sees no emulated state change for ``STALL_S`` seconds (env ``DSV4_EMU_STALL_S``, default
+    600) raises ``EmulatorDeadlock`` saying so.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -35,8 +46,9 @@ import numpy as np
 SMEM_BASE = 0x400          # first fake .shared address handed out (0 stays unused: catches a lost base)
 SMEM_ALIGN = 1024          # every shared array root starts on a 128B-swizzle repeat boundary
 SMEM_LIMIT = 1 << 18       # descriptor start addresses keep bits 4..17
-DEADLOCK_GRACE_S = 0.5     # all threads waiting and nothing changed for this long -> deadlock
-POLL_S = 0.0005
+CHECK_S = 0.05             # a sleeping waiter re-checks for deadlock this often (latency only, never a verdict)
+SPIN_POLLS = 8             # consecutive failed try_wait polls after which a poller counts as blocked
+STALL_S = float(os.environ.get("DSV4_EMU_STALL_S", "600"))   # last resort: no state change for this long
 TX_LIMIT = (1 << 20) - 1   # tx-count range is +-(2^20 - 1)
 
 
@@ -140,15 +152,16 @@ class CTAState:
     def __init__(self, manager):
         self.manager = manager
         self.lock = threading.RLock()
-        self.version = 0                      # bumped by every state change (deadlock detector)
+        self.cv = threading.Condition(self.lock)   # notified by every state change (waiters sleep on it)
+        self.version = 0                      # bumped by every state change
         self.smem_roots: list = []            # (base, nbytes, uint8 view, root id)
         self.smem_by_root: dict = {}          # id(root) -> base
         self.next_smem = SMEM_BASE
         self.barriers: dict[int, MBarrier] = {}
-        self.waiting: dict = {}               # BlockThread -> description of what it waits for
+        self.waiting: dict = {}               # BlockThread -> _Waiter (what it waits for, its condition)
+        self.spins: dict = {}                 # BlockThread -> consecutive failed try_wait polls
         self.deadlock: str | None = None
-        self.stuck_since = 0.0                # deadlock detector: since when all threads wait ...
-        self.stuck_version = -1               # ... with the state at this version
+        self.blocker = None                   # the thread that refuted the last deadlock check (checked first)
         self.wg: dict = {}                    # collective key -> rendezvous record
         self.async_snap: dict = {}            # smem base -> bytes as the async proxy last saw them
         self.tmem = TMem()
@@ -238,7 +251,9 @@ class CTAState:
         return b
 
     def changed(self):
-        self.version += 1
+        with self.lock:
+            self.version += 1
+            self.cv.notify_all()
 
     def complete_if_done(self, b: MBarrier):
         if b.pending == 0 and b.tx == 0:
@@ -248,22 +263,57 @@ class CTAState:
 
     # ------------------------------------------------------------------ waiting / deadlock
     def live_threads(self):
-        return [t for t in threading.enumerate()
-                if getattr(t, "_manager", None) is self.manager and t.is_alive()]
+        """The block's threads that have started and not finished (in thread-id order)."""
+        return [t for t in getattr(self.manager, "_dsv4_threads", ()) if t.is_alive()]
+
+    def all_started(self) -> bool:
+        return len(getattr(self.manager, "_dsv4_threads", ())) >= int(np.prod(self.manager._block_dim))
+
+    def _blocked(self, t) -> bool:
+        """Whether thread ``t`` provably cannot move now (called under the lock)."""
+        if t.syncthreads_blocked:
+            return True
+        w = self.waiting.get(t)
+        if w is None or not w.inside or (w.spin and self.spins.get(t, 0) < SPIN_POLLS):
+            return False
+        try:
+            return not w.cond()
+        except Exception:          # noqa: BLE001 - its own wait will raise it; not a deadlock
+            return False
+
+    def stuck(self):
+        """The live threads if the CTA is deadlocked (see the module docstring), else None. Exact and
+        instantaneous: evaluated under the state lock, which every emulated state change takes."""
+        if not self.all_started():
+            return None
+        b = self.blocker
+        if b is not None and b.is_alive() and not self._blocked(b):
+            return None
+        live = self.live_threads()
+        for t in live:
+            if not self._blocked(t):
+                self.blocker = t
+                return None
+        if not any(t in self.waiting for t in live):
+            return None            # all parked in syncthreads: the simulator releases them
+        return live
 
     def wait_until(self, cond, what: str, barrier_addrs=(), timeout=None, spin=False) -> bool:
         """Block the calling thread until ``cond()`` (evaluated under the lock) holds. Returns False
-        after ``timeout`` seconds (with ``spin``, the thread then stays marked as waiting until its next
-        op, as a try_wait poller does); raises EmulatorDeadlock when no thread can make progress."""
+        after ``timeout`` seconds (with ``spin``, the thread then stays registered, not inside, until
+        its next op, as a try_wait poller does); raises EmulatorDeadlock when no thread can make
+        progress (decided by ``stuck``, never by elapsed time)."""
         me = current_thread()
         start = time.monotonic()
         keep = False
         with self.lock:
-            self.waiting[me] = (what, tuple(barrier_addrs))
-        try:
-            while True:
-                with self.lock:
+            w = _Waiter(what, tuple(barrier_addrs), cond, spin)
+            self.waiting[me] = w
+            seen, seen_t = self.version, start
+            try:
+                while True:
                     if cond():
+                        self.spins.pop(me, None)
                         return True
                     if self.deadlock:
                         raise EmulatorDeadlock(self.deadlock)
@@ -271,29 +321,46 @@ class CTAState:
                     if failed is not None:      # another thread died: report its error, not a deadlock
                         raise (type(failed) if isinstance(failed, EmulatorError) else EmulatorError)(
                             f"(while waiting for {what}) another thread failed: {failed}")
-                    live = self.live_threads()
-                    stuck = all(t in self.waiting or t.syncthreads_blocked for t in live)
-                    now = time.monotonic()
-                    if not stuck or self.version != self.stuck_version:
-                        self.stuck_since, self.stuck_version = now, (self.version if stuck else -1)
-                    elif now - self.stuck_since > DEADLOCK_GRACE_S:
+                    if getattr(me, "abort", False):
+                        raise EmulatorError(f"{thread_name(me)}: aborted while waiting for {what}")
+                    live = self.stuck()
+                    if live is not None:
                         self.deadlock = self.report(live)
+                        self.cv.notify_all()
                         raise EmulatorDeadlock(self.deadlock)
-                if getattr(me, "abort", False):
-                    raise EmulatorError(f"{thread_name(me)}: aborted while waiting for {what}")
-                if timeout is not None and time.monotonic() - start > timeout:
-                    keep = spin
-                    return False
-                time.sleep(POLL_S)
-        finally:
-            if not keep:
-                with self.lock:
+                    now = time.monotonic()
+                    if self.version != seen:
+                        seen, seen_t = self.version, now
+                    elif now - seen_t > STALL_S:
+                        self.deadlock = (f"no emulated state changed for {STALL_S:.0f} s while waiting "
+                                         f"(last-resort timeout DSV4_EMU_STALL_S; the exact deadlock rule "
+                                         f"saw a thread not blocked in an emulator wait - a spin in plain "
+                                         f"Python?)\n" + self.report(self.live_threads(), exact=False))
+                        self.cv.notify_all()
+                        raise EmulatorDeadlock(self.deadlock)
+                    if timeout is not None:
+                        left = timeout - (now - start)
+                        if left <= 0:
+                            keep = spin
+                            if spin:
+                                self.spins[me] = self.spins.get(me, 0) + 1
+                            return False
+                        self.cv.wait(min(left, CHECK_S))
+                    else:
+                        self.cv.wait(CHECK_S)
+            finally:
+                w.inside = False
+                if not keep:
                     self.waiting.pop(me, None)
 
-    def unspin(self, me):
-        if me in self.waiting:
+    def unspin(self, me, keep_count=False):
+        """The thread runs another op: it no longer waits (and, unless ``keep_count`` - a try_wait
+        poll - its consecutive-poll count restarts)."""
+        if me in self.waiting or (not keep_count and me in self.spins):
             with self.lock:
                 self.waiting.pop(me, None)
+                if not keep_count:
+                    self.spins.pop(me, None)
 
     def finish(self):
         """Checks at kernel (block) end: every TMEM allocation released."""
@@ -304,16 +371,19 @@ class CTAState:
                                 f"Check: every tcgen05_alloc needs a tcgen05_dealloc (same warp, same "
                                 f"column count) before the CTA exits")
 
-    def report(self, live) -> str:
-        lines = ["deadlock: every live thread of the CTA waits and nothing can change the state."]
+    def report(self, live, exact=True) -> str:
+        lines = ["deadlock: every live thread of the CTA waits and nothing can change the state."
+                 if exact else "threads of the CTA:"]
         groups: dict = {}
         addrs = set()
         for t in sorted(live, key=lambda t: t.thread_id):
             if t in self.waiting:
-                what, ba = self.waiting[t]
+                what, ba = self.waiting[t].what, self.waiting[t].addrs
                 addrs.update(ba)
-            else:
+            elif t.syncthreads_blocked:
                 what = "syncthreads / bar.sync"
+            else:
+                what = "nothing the emulator knows of (running)"
             groups.setdefault(what, []).append(t.thread_id)
         for what, tids in groups.items():
             lines.append(f"  threads {_ranges(tids)} wait for {what}")
@@ -323,6 +393,15 @@ class CTAState:
         lines.append("  check: expect_tx bytes == bytes the TMAs deliver (box bytes each); arrival count "
                      "== arrive calls per phase; the waited parity is the phase the producer fills.")
         return "\n".join(lines)
+
+
+class _Waiter:
+    """What a waiting thread waits for: description, barriers involved, the releasing condition, and
+    whether it is inside the wait now (a try_wait poller stays registered between polls)."""
+    __slots__ = ("what", "addrs", "cond", "spin", "inside")
+
+    def __init__(self, what, addrs, cond, spin):
+        self.what, self.addrs, self.cond, self.spin, self.inside = what, addrs, cond, spin, True
 
 
 def _ranges(ids) -> str:
@@ -502,6 +581,11 @@ def _install_block_end_hook():
     trun = simk.BlockThread.run
 
     def thread_run(self):
+        with _STATE_LOCK:        # the block's started threads, in start order (deadlock rule: all started)
+            lst = getattr(self._manager, "_dsv4_threads", None)
+            if lst is None:
+                lst = self._manager._dsv4_threads = []
+            lst.append(self)
         trun(self)
         if getattr(self, "exception", None) and not getattr(self._manager, "_dsv4_failed", None):
             self._manager._dsv4_failed = self.exception[0]   # waiters re-raise the first error
