@@ -17,24 +17,27 @@ def sim_mode(monkeypatch):
 
 
 # ---------------------------------------------------------------- TMA load -> smem -> TMA store
-TMA_CASES = [  # shape, box, start (NumPy order), swizzle
-    ((128, 192), (64, 64), (64, 64), "none"),          # interior box
-    ((100, 64), (64, 64), (64, 0), "128B"),            # runs past the last row: zero fill, clipped
-    ((40, 64), (16, 64), (-8, 0), "128B"),             # starts before row 0
-    ((3, 20, 64), (2, 8, 64), (2, 16, 0), "128B"),     # 3D, past the end in two dimensions
-    ((3, 20, 32), (2, 8, 32), (1, 4, 0), "64B"),
+TMA_CASES = [  # shape, box, load start (NumPy order), swizzle, store start (None: the load start)
+    ((128, 192), (64, 64), (64, 64), "none", None),          # interior box
+    ((100, 64), (64, 64), (64, 0), "128B", None),            # past the last row: zero fill, clipped
+    ((40, 64), (16, 64), (-8, 0), "128B", (0, 0)),           # load before row 0 (stores may not)
+    ((40, 64), (16, 64), (8, 0), "none", (32, 0)),           # store elsewhere, clipped at the end
+    ((3, 20, 64), (2, 8, 64), (2, 16, 0), "128B", None),     # 3D, past the end in two dimensions
+    ((3, 20, 32), (2, 8, 32), (1, 4, 0), "64B", None),
 ]
 
 
-@pytest.mark.parametrize("shape,box,start,swizzle", TMA_CASES)
-def test_tma_round_trip_bitwise(rng, shape, box, start, swizzle):
+@pytest.mark.parametrize("shape,box,start,swizzle,store_start", TMA_CASES)
+def test_tma_round_trip_bitwise(rng, shape, box, start, swizzle, store_start):
     x = rng.integers(1, 1 << 16, shape, dtype=np.uint16)
-    img, y = mk.tma_round_trip(x, box, start, swizzle, dtype="bfloat16")
+    img, y = mk.tma_round_trip(x, box, start, swizzle, dtype="bfloat16", store_start=store_start)
     np.testing.assert_array_equal(img, mk.tma_box_image(x, box, start, swizzle))
-    want = np.full_like(x, 0xA5A5)
-    sl = tuple(slice(max(s, 0), s + b) for s, b in zip(start, box))
-    want[sl] = x[sl]
-    np.testing.assert_array_equal(y, want)               # the box only, clipped at the edges
+    np.testing.assert_array_equal(y, mk.tma_round_trip_oracle(x, box, start, store_start))
+    if store_start is None:      # the oracle against a hand-written one: the box only, clipped
+        want = np.full_like(x, 0xA5A5)
+        sl = tuple(slice(max(s, 0), s + b) for s, b in zip(start, box))
+        want[sl] = x[sl]
+        np.testing.assert_array_equal(y, want)
 
 
 def test_tma_round_trip_rejects_bad_box_before_launch():
@@ -42,6 +45,10 @@ def test_tma_round_trip_rejects_bad_box_before_launch():
         mk.tma_round_trip(np.zeros((8, 128), np.uint16), (8, 128), (0, 0), "128B")
     with pytest.raises(ValueError, match="exceeds this kernel"):
         mk.tma_round_trip(np.zeros((256, 256), np.uint16), (256, 128), (0, 0))
+    with pytest.raises(ValueError, match="non-negative"):      # traps on the H100
+        mk.tma_round_trip(np.zeros((40, 64), np.uint16), (16, 64), (-8, 0))
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        mk.tma_round_trip(np.zeros((40, 64), np.uint16), (16, 32), (0, 4))
 
 
 # ---------------------------------------------------------------- mbarrier ring

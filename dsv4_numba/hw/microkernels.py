@@ -12,7 +12,9 @@ What each one proves, and what the fused kernels take from it:
                     the threads) or "128B" (TMA-loaded 128B-swizzled tiles, the fused kernels' layout).
 ``tma_round_trip``  TMA load of a 1D-5D box -> shared memory -> TMA store of the same box, with the
                     shared image copied out too (the swizzle pattern is checked byte for byte); boxes
-                    may run past the tensor edge (zero fill on load, clipped store).
+                    may run past the tensor edge (zero fill on load, clipped store); a load may start
+                    at negative coordinates, a store may not (it traps: see hw/tma.py), so the store
+                    start can be given separately.
 ``ring_copy``       an mbarrier-driven S-stage ring: one producer warp (elect.sync picks the lane)
                     issues TMA loads with arrive.expect_tx on full[s]; a consumer warpgroup (128
                     threads) waits full[s], copies the stage to global memory with 16-byte stores and
@@ -348,6 +350,8 @@ def _k_tma_round_trip(tmap_in, tmap_out, img, coords, rank, nbytes):
     bar = ops.shared_address(bars)
     c0, c1, c2, c3, c4 = int32(coords[0]), int32(coords[1]), int32(coords[2]), int32(coords[3]), \
         int32(coords[4])
+    s0, s1, s2, s3, s4 = int32(coords[5]), int32(coords[6]), int32(coords[7]), int32(coords[8]), \
+        int32(coords[9])
     src = ops.array_address(tmap_in)
     if t == 0:
         ops.mbarrier_init(bar, uint32(1))
@@ -375,31 +379,39 @@ def _k_tma_round_trip(tmap_in, tmap_out, img, coords, rank, nbytes):
         ops.fence_proxy_tensormap_acquire_sys(d)
         ops.fence_proxy_async_shared_cta()
         if rank == 1:
-            ops.tma_store_1d(d, dst, c0)
+            ops.tma_store_1d(d, dst, s0)
         elif rank == 2:
-            ops.tma_store_2d(d, dst, c0, c1)
+            ops.tma_store_2d(d, dst, s0, s1)
         elif rank == 3:
-            ops.tma_store_3d(d, dst, c0, c1, c2)
+            ops.tma_store_3d(d, dst, s0, s1, s2)
         elif rank == 4:
-            ops.tma_store_4d(d, dst, c0, c1, c2, c3)
+            ops.tma_store_4d(d, dst, s0, s1, s2, s3)
         else:
-            ops.tma_store_5d(d, dst, c0, c1, c2, c3, c4)
+            ops.tma_store_5d(d, dst, s0, s1, s2, s3, s4)
         ops.tma_store_commit_group()
         ops.tma_store_wait_group_0()
         ops.mbarrier_inval(bar)
 
 
-def tma_round_trip(x, box, start, swizzle="none", dtype=None, fill=0xA5):
-    """TMA-load the box of ``x`` at ``start`` (NumPy order, may run past the edges) into shared memory,
-    copy the shared image out, TMA-store the box into a copy of ``x`` filled with byte ``fill``.
-    Returns (image: uint8[box bytes], y). ``dtype="bfloat16"`` for uint16-carried bf16."""
+def tma_round_trip(x, box, start, swizzle="none", dtype=None, fill=0xA5, store_start=None):
+    """TMA-load the box of ``x`` at ``start`` (NumPy order, may run past the edges, may be negative)
+    into shared memory, copy the shared image out, TMA-store the box at ``store_start`` (default:
+    ``start``; non-negative, may run past the far edges) into a copy of ``x`` filled with byte
+    ``fill``. Returns (image: uint8[box bytes], y). ``dtype="bfloat16"`` for uint16-carried bf16.
+    Coordinates a TMA cannot take raise ValueError before any launch (``tma.check_box_start``)."""
+    from .tma import check_box_start
     x = np.ascontiguousarray(x)
     box, start = tuple(int(b) for b in box), tuple(int(s) for s in start)
-    if not 1 <= x.ndim <= 5 or len(box) != x.ndim or len(start) != x.ndim:
-        raise ValueError(f"x has {x.ndim} dims; box {box} and start {start} need one entry each (1..5)")
+    store_start = start if store_start is None else tuple(int(s) for s in store_start)
+    if not 1 <= x.ndim <= 5 or len(box) != x.ndim or len(start) != x.ndim or \
+            len(store_start) != x.ndim:
+        raise ValueError(f"x has {x.ndim} dims; box {box}, start {start} and store_start "
+                         f"{store_start} need one entry each (1..5)")
     nbytes = int(np.prod(box)) * x.itemsize
     if nbytes > MAX_BOX_BYTES:
         raise ValueError(f"box of {nbytes} bytes exceeds this kernel's {MAX_BOX_BYTES}-byte tile")
+    check_box_start(start, x.itemsize, store=False)
+    check_box_start(store_start, x.itemsize, store=True)
     y = np.full_like(x, 0)
     y.view(np.uint8)[...] = fill
     xd, yd = _to_dev(x), _to_dev(y)
@@ -407,24 +419,48 @@ def tma_round_trip(x, box, start, swizzle="none", dtype=None, fill=0xA5):
     tout = _tmap(yd, y, box, swizzle, dtype)
     img = np.zeros(nbytes // 4, np.uint32)
     img_d = _to_dev(img)
-    coords = np.zeros(5, np.int32)
+    coords = np.zeros(10, np.int32)                # load start, then store start
     coords[:x.ndim] = start[::-1]                  # driver order: innermost first
+    coords[5:5 + x.ndim] = store_start[::-1]
     _k_tma_round_trip.launch(1, 128, _to_dev(tin), _to_dev(tout), img_d, _to_dev(coords), x.ndim,
                              nbytes)
     return _to_host(img_d, img).view(np.uint8), _to_host(yd, y)
+
+
+def _box_index(shape, box, start):
+    """(index arrays of the box's elements, in-bounds mask) for a box at ``start`` of a tensor."""
+    idx = np.meshgrid(*[np.arange(s, s + b) for s, b in zip(start, box)], indexing="ij")
+    inb = np.ones(idx[0].shape, bool)
+    for d, ix in enumerate(idx):
+        inb &= (ix >= 0) & (ix < shape[d])
+    return idx, inb
+
+
+def tma_box_values(x, box, start):
+    """The box of ``x`` at ``start`` as a TMA load delivers it: out-of-bounds elements zero."""
+    idx, inb = _box_index(x.shape, box, start)
+    vals = np.zeros(box, x.dtype)
+    vals[inb] = x[tuple(ix[inb] for ix in idx)]
+    return vals
+
+
+def tma_round_trip_oracle(x, box, start, store_start=None, fill=0xA5):
+    """The oracle for ``tma_round_trip``'s output: ``x``'s shape filled with byte ``fill``, with the
+    loaded box (``tma_box_values``) written at ``store_start`` (default ``start``), clipped at the
+    tensor's edges."""
+    store_start = start if store_start is None else store_start
+    y = np.zeros_like(x)
+    y.view(np.uint8)[...] = fill
+    idx, inb = _box_index(x.shape, box, store_start)
+    y[tuple(ix[inb] for ix in idx)] = tma_box_values(x, box, start)[inb]
+    return y
 
 
 def tma_box_image(x, box, start, swizzle="none"):
     """The oracle for ``tma_round_trip``'s image: the box in row-major order, out-of-bounds elements
     zero, then (with a swizzle of S bytes) each 16-byte chunk at byte offset o moved to
     o ^ (((o >> 7) & (S/16 - 1)) << 4) — the pattern of a tile at a 1024-byte-aligned address."""
-    idx = np.meshgrid(*[np.arange(s, s + b) for s, b in zip(start, box)], indexing="ij")
-    inb = np.ones(idx[0].shape, bool)
-    for d, ix in enumerate(idx):
-        inb &= (ix >= 0) & (ix < x.shape[d])
-    vals = np.zeros(box, x.dtype)
-    vals[inb] = x[tuple(ix[inb] for ix in idx)]
-    flat = vals.reshape(-1).view(np.uint8)
+    flat = tma_box_values(x, box, start).reshape(-1).view(np.uint8)
     span = {"none": 0, "32B": 32, "64B": 64, "128B": 128}[swizzle]
     if not span:
         return flat.copy()

@@ -26,6 +26,27 @@ stride (bytes, dims 1..rank-1) a multiple of 16 and < 2^40 · every box dimensio
 inner box row (box[0] * element bytes) a multiple of 16 bytes · with a swizzle, the inner box row
 no wider than the swizzle span (32 / 64 / 128 bytes) · element strides in 1..8.
 Encoding itself needs the CUDA driver (libcuda); validation does not.
+
+Rank 1: the global-stride array must not be NULL
+------------------------------------------------
+A rank-1 map has no global strides, and ``cuda.bindings`` turns the empty list into a NULL pointer —
+which the driver rejects with CUDA_ERROR_INVALID_VALUE although its documentation says the array has
+rank - 1 entries (NVIDIA cccl PR #1567/#1568, nvbug 4575531: "cuTensorMapEncodeTiled fails if the
+stride array is a nullptr even if it is never used in 1D copies"; seen here on the H100, 2026-11-25,
+for a legal (1000,) uint32 map with a 256-element box). ``encode`` therefore passes one unused stride
+for rank 1: the row's bytes rounded up to 16 (it satisfies every stride rule above).
+
+Box coordinates (checked on the host by ``check_box_start``; the kernels pass them as int32)
+--------------------------------------------------------------------------------------------
+* the innermost coordinate times the element size is a multiple of 16 bytes — PTX ISA §5.5.3.1:
+  "The address of the bounding box must also be aligned to 16 bytes";
+* loads (tile mode) may start anywhere, also at negative coordinates or past the end: PTX ISA
+  §5.5.3.3 fills the out-of-bound elements with zero (or OOB-NaN);
+* stores (shared -> global) must start at non-negative coordinates. The ISA is silent on stores;
+  on the H100 (2026-11-25) a store box running past the far edge was clipped (verified bitwise) but
+  a store at start (-8, 0) of a (40, 64) uint16 tensor killed the kernel with
+  CUDA_ERROR_ILLEGAL_INSTRUCTION (the same kernel's load at that start was not isolated in that
+  run — tests/gpu/test_ptx_gpu.py now tests it alone, in a subprocess).
 """
 from __future__ import annotations
 
@@ -127,13 +148,38 @@ def validate(s: TensorMapSpec) -> None:
             raise ValueError(f"element stride {e} of dimension {i} must be 1..8")
 
 
+def driver_strides(s: TensorMapSpec) -> tuple:
+    """The global strides handed to the driver: ``s.strides``, or for rank 1 one unused stride (the
+    row's bytes rounded up to 16) so that the array is not NULL (module docstring, "Rank 1")."""
+    if s.strides:
+        return tuple(s.strides)
+    return (max(16, -(-s.dims[0] * s.elem_bytes // 16) * 16),)
+
+
+def check_box_start(start, elem_bytes: int, *, store: bool) -> None:
+    """Raise ValueError for box coordinates (NumPy order, innermost last) a TMA load (``store=False``)
+    or store (``store=True``) cannot take — the rules in the module docstring, "Box coordinates"."""
+    start = tuple(int(c) for c in start)
+    for c in start:
+        if not -2**31 <= c < 2**31:
+            raise ValueError(f"box coordinate {c} does not fit the instruction's int32 operand")
+    if start and (start[-1] * elem_bytes) % 16:
+        raise ValueError(f"the innermost box coordinate {start[-1]} is {start[-1] * elem_bytes} bytes "
+                         "into the row; TMA boxes start 16-byte aligned (PTX ISA 5.5.3.1) — use a "
+                         f"multiple of {max(1, 16 // elem_bytes)} elements")
+    if store and any(c < 0 for c in start):
+        raise ValueError(f"TMA store at start {start}: a store box must start at non-negative "
+                         "coordinates (a negative start killed the H100 kernel with "
+                         "CUDA_ERROR_ILLEGAL_INSTRUCTION; boxes past the far edge are clipped)")
+
+
 def encode(s: TensorMapSpec) -> np.ndarray:
     """The 128-byte CUtensorMap as ``uint64[16]`` (needs the CUDA driver)."""
     from cuda.bindings import driver as drv
     rank = len(s.dims)
     res = drv.cuTensorMapEncodeTiled(
         drv.CUtensorMapDataType(s.dtype_enum), rank, s.address,
-        [drv.cuuint64_t(d) for d in s.dims], [drv.cuuint64_t(x) for x in s.strides],
+        [drv.cuuint64_t(d) for d in s.dims], [drv.cuuint64_t(x) for x in driver_strides(s)],
         [drv.cuuint32_t(b) for b in s.box], [drv.cuuint32_t(e) for e in s.elem_strides],
         drv.CUtensorMapInterleave(0), drv.CUtensorMapSwizzle(_SWIZZLE_ENUM[s.swizzle]),
         drv.CUtensorMapL2promotion(s.l2_promotion), drv.CUtensorMapFloatOOBfill(int(s.oob_nan)))

@@ -54,36 +54,81 @@ def test_wgmma_tile(case):
 
 
 # ---------------------------------------------------------------- (b) TMA round trips
-TMA_CASES = [  # shape, box, start (NumPy order), swizzle, element dtype
-    ((128, 192), (64, 64), (64, 64), "none", np.uint16),
-    ((128, 192), (64, 64), (64, 64), "128B", np.uint16),
-    ((100, 64), (64, 64), (64, 0), "128B", np.uint16),          # past the last row
-    ((100, 72), (64, 64), (48, 16), "128B", np.uint16),         # past the last row and column
-    ((40, 64), (16, 64), (-8, 0), "none", np.uint16),           # before row 0
-    ((129, 127 * 4), (32, 64), (120, 480), "none", np.float32),  # odd sizes, past both ends
-    ((3, 20, 64), (2, 8, 64), (2, 16, 0), "128B", np.uint16),   # 3D, past the end twice
-    ((5, 33, 48), (4, 16, 48), (0, 8, 0), "none", np.uint16),   # 3D interior
-    ((3, 20, 32), (2, 8, 32), (1, 4, 0), "64B", np.uint16),
-    ((3, 20, 16), (2, 8, 16), (1, 4, 0), "32B", np.uint16),
-    ((1000,), (256,), (900,), "none", np.uint32),               # 1D
-    ((2, 3, 4, 5, 64), (1, 2, 3, 4, 32), (1, 1, 1, 2, 16), "none", np.uint16),   # 5D
+# Every start here is non-negative: a TMA *store* at a negative start killed the kernel on the H100
+# (CUDA_ERROR_ILLEGAL_INSTRUCTION, 2026-11-25) and is now rejected before launch; a *load* at a
+# negative start is tested alone, in a subprocess, below (a trap there cannot take this process's
+# context with it).
+TMA_CASES = [  # shape, box, start (NumPy order), swizzle, element dtype, store start (None: = start)
+    ((128, 192), (64, 64), (64, 64), "none", np.uint16, None),
+    ((128, 192), (64, 64), (64, 64), "128B", np.uint16, None),
+    ((100, 64), (64, 64), (64, 0), "128B", np.uint16, None),          # past the last row
+    ((100, 72), (64, 64), (48, 16), "128B", np.uint16, None),         # past the last row and column
+    ((40, 64), (16, 64), (8, 0), "none", np.uint16, (32, 0)),         # store elsewhere, clipped
+    ((129, 127 * 4), (32, 64), (120, 480), "none", np.float32, None),  # odd sizes, past both ends
+    ((3, 20, 64), (2, 8, 64), (2, 16, 0), "128B", np.uint16, None),   # 3D, past the end twice
+    ((5, 33, 48), (4, 16, 48), (0, 8, 0), "none", np.uint16, None),   # 3D interior
+    ((3, 20, 32), (2, 8, 32), (1, 4, 0), "64B", np.uint16, None),
+    ((3, 20, 16), (2, 8, 16), (1, 4, 0), "32B", np.uint16, None),
+    ((1000,), (256,), (900,), "none", np.uint32, None),               # 1D (non-NULL stride array)
+    ((2, 3, 4, 5, 64), (1, 2, 3, 4, 32), (1, 1, 1, 2, 16), "none", np.uint16, None),   # 5D
 ]
 
 
-@pytest.mark.parametrize("shape,box,start,swizzle,dt", TMA_CASES,
-                         ids=[f"{len(c[0])}d-{c[3]}-{i}" for i, c in enumerate(TMA_CASES)])
-def test_tma_round_trip_bitwise(shape, box, start, swizzle, dt):
-    rng = np.random.default_rng(len(shape) * 100 + box[-1])
-    x = rng.integers(1, 1 << 16, shape).astype(dt)
-    img, y = mk.tma_round_trip(x, box, start, swizzle)
+def _check_round_trip(x, box, start, swizzle, store_start=None):
+    img, y = mk.tma_round_trip(x, box, start, swizzle, store_start=store_start)
     want_img = mk.tma_box_image(x, box, start, swizzle)
     diff = np.flatnonzero(img != want_img)
     assert diff.size == 0, f"smem image differs at {diff.size} bytes, first offsets {diff[:8].tolist()}"
-    want = np.full_like(x, 0)
-    want.view(np.uint8)[...] = 0xA5
-    sl = tuple(slice(max(s, 0), s + b) for s, b in zip(start, box))
-    want[sl] = x[sl]
-    np.testing.assert_array_equal(y, want)     # the box exactly, clipped at the tensor's edges
+    # the box exactly, at the store start, clipped at the tensor's edges; the rest keeps the fill
+    np.testing.assert_array_equal(y, mk.tma_round_trip_oracle(x, box, start, store_start))
+
+
+@pytest.mark.parametrize("shape,box,start,swizzle,dt,store_start", TMA_CASES,
+                         ids=[f"{len(c[0])}d-{c[3]}-{i}" for i, c in enumerate(TMA_CASES)])
+def test_tma_round_trip_bitwise(shape, box, start, swizzle, dt, store_start):
+    rng = np.random.default_rng(len(shape) * 100 + box[-1])
+    x = rng.integers(1, 1 << 16, shape).astype(dt)
+    _check_round_trip(x, box, start, swizzle, store_start)
+
+
+def test_tma_store_at_negative_start_is_rejected_before_launch():
+    x = np.zeros((40, 64), np.uint16)
+    with pytest.raises(ValueError, match="non-negative"):
+        mk.tma_round_trip(x, (16, 64), (-8, 0))
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        mk.tma_round_trip(x, (16, 32), (0, 4))
+
+
+_NEGATIVE_LOAD = """
+import numpy as np
+from dsv4_numba.hw import microkernels as mk
+x = np.random.default_rng(7).integers(1, 1 << 16, (40, 64)).astype(np.uint16)
+for swz in ("none", "128B"):
+    img, y = mk.tma_round_trip(x, (16, 64), (-8, 0), swz, store_start=(0, 0))
+    ok = (np.array_equal(img, mk.tma_box_image(x, (16, 64), (-8, 0), swz))
+          and np.array_equal(y, mk.tma_round_trip_oracle(x, (16, 64), (-8, 0), (0, 0))))
+    print("NEGATIVE-LOAD", swz, "bitwise" if ok else "WRONG", flush=True)
+"""
+
+
+def test_tma_load_at_negative_start_in_a_subprocess():
+    """PTX ISA 5.5.3.3: a load box may cross the tensor boundary in any dimension (zero fill). Run in
+    a child process: if the load traps too, the context loss stays there and the message says so."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), root) if p)
+    r = subprocess.run([sys.executable, "-c", _NEGATIVE_LOAD], env=env, capture_output=True,
+                       text=True, timeout=240, cwd=root)
+    print("\n" + r.stdout.strip())
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("NEGATIVE-LOAD")]
+    trapped = "ILLEGAL_INSTRUCTION" in r.stderr
+    assert r.returncode == 0 and lines == ["NEGATIVE-LOAD none bitwise", "NEGATIVE-LOAD 128B bitwise"], (
+        ("a TMA LOAD at a negative start traps too: hw/tma.check_box_start must reject negative load "
+         "starts as well. " if trapped else "") + f"rc {r.returncode}, stdout {r.stdout[-800:]!r}, "
+        f"stderr {r.stderr[-1500:]!r}")
 
 
 # ---------------------------------------------------------------- (c) mbarrier ring
