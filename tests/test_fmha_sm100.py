@@ -68,17 +68,10 @@ def test_tcgen05_pipeline_in_ptx_and_sass(compiled):
 
 
 # ---------------------------------------------------------------------------------------- plan
-def _tmem_plan_tool():
-    spec = importlib.util.spec_from_file_location("tmem_plan", ROOT / "tools" / "tmem_plan.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.parametrize("D", F.SUPPORTED_D)
 def test_tmem_plan_is_consistent(D):
     plan = F.tmem_plan(D)
-    tool = _tmem_plan_tool()
+    tool = _tool("tmem_plan")
     regions = {k: (c, n, F.TMEM_ALIASES.get(k)) for k, (c, n) in plan.items()}
     errs, alloc = tool.check(regions, F.TMEM_COLS)
     assert errs == [] and alloc == F.TMEM_COLS
@@ -86,6 +79,29 @@ def test_tmem_plan_is_consistent(D):
     assert plan["O"][1] == D and plan["S0"][1] == plan["S1"][1] == bn       # f32: one column per N
     assert plan["P0"][1] == bn // 2                                         # bf16 pairs
     assert set(F.tmem_regions(D)) == {"S0", "S1", "O"}
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("D", F.SUPPORTED_D)
+def test_tmem_walkthrough_follows_the_plan(D):
+    """tools/tmem_walkthrough.py replays the kernel's schedule over the plan: no live data overwritten."""
+    txt, errs = _tool("tmem_walkthrough").text_picture(D, 3)
+    assert errs == [], errs
+    assert f"O {F.tmem_plan(D)['O'][0]}.." in txt and "PV_2" in txt
+
+
+def test_tmem_walkthrough_catches_a_bad_plan(monkeypatch):
+    bad = dict(F.tmem_plan(128))
+    bad["O"] = (192, 128)                                   # O over the second half of S1
+    monkeypatch.setattr(F, "tmem_plan", lambda D: bad)
+    _, errs = _tool("tmem_walkthrough").text_picture(128, 3)
+    assert any("still live" in e for e in errs), errs
 
 
 @pytest.mark.parametrize("D", F.SUPPORTED_D)
