@@ -114,3 +114,43 @@ def test_wgmma_tile_rejects_bad_inputs_before_launch():
 def test_self_check_passes_under_the_emulator():
     res = mk.self_check()
     assert len(res) == 5 and all(v == "ok" for v in res.values()), res
+
+
+# ---------------------------------------------------------------- the register-A fragment map
+@pytest.mark.parametrize("bits", [16, 8])
+def test_wgmma_a_coord_is_a_bijection_and_matches_the_emulator(bits):
+    from dsv4_numba.emu.tmem import wgmma_a_map
+    from dsv4_numba.hw.layouts import wgmma_a_coord, wgmma_a_owner
+    kdim, epr = 256 // bits, 32 // bits
+    rows, ks = wgmma_a_map(kdim, bits)
+    seen = set()
+    for t in range(128):
+        for r in range(4):
+            for e in range(epr):
+                rc = wgmma_a_coord(t, r, e, bits)
+                assert rc == (rows[t, r, e], ks[t, r, e])
+                assert wgmma_a_owner(*rc, bits) == (t, r, e)
+                seen.add(rc)
+    assert seen == {(m, k) for m in range(64) for k in range(kdim)}
+    with pytest.raises(ValueError):
+        wgmma_a_coord(0, 0, 0, 32)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "e4m3"])
+def test_microkernel_rs_fragment_loads_are_wgmma_a_coord(dtype):
+    """The RS tile kernel H100-verified on 2026-11-25 loads register j of k-step s from the row-major
+    A words; those words hold exactly the elements layouts.wgmma_a_coord names."""
+    import re
+
+    from dsv4_numba.hw.layouts import wgmma_a_coord
+    src = mk.wgmma_kernel(64, dtype, "regs", "none", "K").__doc__
+    loads = re.findall(r"f(\d)_(\d) = uint32\(a_words\[\(row \+ (\d+)\) \* 32 \+ (\d+) \+ q\]\)", src)
+    assert len(loads) == 4 * mk.N_STEPS, src
+    bits = 16 if dtype == "bf16" else 8
+    eb, kdim, epr = bits // 8, mk.K_STEP[dtype], 32 // bits
+    for s, j, drow, dword in ((int(a), int(b), int(c), int(d)) for a, b, c, d in loads):
+        for t in range(128):
+            word = (16 * (t // 32) + (t % 32) // 4 + drow) * 32 + dword + t % 4
+            row, k0 = divmod(word * 4, mk.ROW_BYTES)
+            for e in range(epr):
+                assert (row, k0 // eb + e - s * kdim) == wgmma_a_coord(t, j, e, bits), (s, j, t, e)

@@ -5,9 +5,13 @@ Sources: PTX ISA 9.1 §9.7.15.5.1.1 (wgmma D fragments, given there as figures) 
 mapping of CUTLASS ``CLayout_64xN = ((4,8,4),(2,2,N/8)) : ((128,1,16),(64,8,512))``; PTX ISA
 §9.7.16.10.4 / 9.7.16.8 for TMEM data-path layouts D (M=128) and F (M=64) and the per-warp lane
 quadrants; CUTLASS ``copy_traits_sm100.hpp`` for the tcgen05.ld thread/register mapping. These are
-functions of the documents above, checked here for internal consistency (bijections, quadrants);
-the wgmma mapping is checked on hardware by the H100 wgmma GEMM test once it exists
-(tests/gpu), the TMEM ones by nothing but the documents yet (no Blackwell GPU is lent).
+functions of the documents above, checked here for internal consistency (bijections, quadrants).
+The two wgmma maps below are verified on hardware: tests/gpu/test_ptx_gpu.py (the ``hw.microkernels``
+wgmma tiles, bf16/e4m3, A from shared memory and from registers, N = 8..256) matched the float64
+oracle bit for bit on an H100 on 2026-11-25 — the accumulator through ``wgmma_acc_coord``, the
+register-A fragment through the same map as ``wgmma_a_coord`` (tests/test_microkernels_emu.py
+checks that the microkernel's fragment loads are this function). The TMEM ones are checked by
+nothing but the documents yet (no Blackwell GPU is lent).
 
 wgmma m64nNk*, f32 accumulators (N/2 registers per thread, 128 threads = 4 warps)::
 
@@ -17,6 +21,16 @@ wgmma m64nNk*, f32 accumulators (N/2 registers per thread, 128 threads = 4 warps
 
     rows 0-15 belong to warp 0, 16-31 to warp 1, ...; in every 8-column group a quad of lanes
     (l//4 fixed) holds two adjacent columns in two rows 8 apart — the mma.sync C-fragment pattern.
+
+wgmma A from registers (RS), one instruction = K of 32 bytes: k16 for bf16/f16, k32 for e4m3/e5m2;
+4 x 32-bit registers per thread, 32/bits elements per register (lowest bits = lowest k)::
+
+    thread t = 32*w + l, register r, element e:
+      row = 16*w + l//4 + 8*(r % 2)
+      k   = (K/2)*(r//2) + (32/bits)*(l % 4) + e
+
+    the mma.sync A pattern per warp: registers 0/1 cover k < K/2 (rows l//4 and +8), 2/3 the upper
+    half; a quad of lanes holds one row's K/2 contiguous elements of each half.
 
 tcgen05 accumulator D[m][n] (32-bit TMEM cells: 128 lanes x 512 columns, address = lane<<16 | col)::
 
@@ -45,6 +59,36 @@ def wgmma_acc_owner(row: int, col: int, n: int) -> tuple[int, int]:
     half, quad = divmod(r, 8)
     lane = 4 * quad + (col % 8) // 2
     return 32 * w + lane, 4 * (col // 8) + 2 * half + (col % 2)
+
+
+def _a_geometry(bits: int) -> tuple[int, int]:
+    if bits not in (8, 16):
+        raise ValueError(f"{bits}-bit A: wgmma takes A from registers for 16-bit (bf16/f16, k16) and "
+                         "8-bit (e4m3/e5m2, k32) types here")
+    return 256 // bits, 32 // bits          # K of one instruction, elements per 32-bit register
+
+
+def wgmma_a_coord(thread: int, r: int, e: int, bits: int) -> tuple[int, int]:
+    """(row, k) of element ``e`` of A register ``r`` (0..3) of ``thread`` (0..127) for a register-A
+    wgmma m64nNk{256/bits} — ``bits`` 16 (bf16/f16) or 8 (e4m3/e5m2); k is within the instruction."""
+    kdim, epr = _a_geometry(bits)
+    if not (0 <= thread < 128 and 0 <= r < 4 and 0 <= e < epr):
+        raise ValueError(f"thread {thread}, register {r}, element {e} out of range for {bits}-bit A "
+                         f"(128 threads, 4 registers, {epr} elements each)")
+    w, lane = divmod(thread, 32)
+    return 16 * w + lane // 4 + 8 * (r % 2), (kdim // 2) * (r // 2) + epr * (lane % 4) + e
+
+
+def wgmma_a_owner(row: int, k: int, bits: int) -> tuple[int, int, int]:
+    """Inverse of ``wgmma_a_coord``: (thread, register, element) holding A[row][k] of one instruction."""
+    kdim, epr = _a_geometry(bits)
+    if not (0 <= row < 64 and 0 <= k < kdim):
+        raise ValueError(f"({row}, {k}) is outside a 64 x {kdim} A operand")
+    w, rr = divmod(row, 16)
+    half, g = divmod(rr, 8)
+    khalf, kk = divmod(k, kdim // 2)
+    c, e = divmod(kk, epr)
+    return 32 * w + 4 * g + c, 2 * khalf + half, e
 
 
 def tmem_d_coord(m: int, n: int, M: int, lane_align: int = 0) -> tuple[int, int]:
