@@ -83,31 +83,35 @@ Shared-memory plan (dynamic, aligned to 1024 B; TMA boxes W = min(D, 64) columns
 V is loaded like K (D contiguous) and described to tcgen05.mma as an MN-major B operand: LBO = the
 bytes between W-column boxes (BN x 2W), SBO = 8 keys x 2W; no transpose pass.
 
-Napkin math (B200, published peak figures: ~2.25 PFLOP/s dense BF16 tensor core, 8 TB/s HBM3e,
-148 SMs at ~1.8 GHz, MUFU ex2 16 / clk / SM)
--------------------------------------------------------------------------------------------
-* Prefill B=4, H=16, S=4096, D=128, non-causal: 4 B H S^2 D = 550 GFLOP -> 0.24 ms at peak.
-  Per 128 x 128 tile: 2 x 128x128x128 x 2 = 8.4 MFLOP = 8192 tensor-core clk/SM... more usefully:
-  the SM does 2.25e15 / 148 / 1.8e9 ~ 8192 dense BF16 FLOP / clk, so the two GEMMs of a tile take
-  ~1024 clk; the tile's 16384 exp2 take 1024 clk on the MUFU (16 / clk): the FA4 observation that
-  exp and MMA are equal at D = 128, which is why FA4 emulates part of the exp2 with FMA
-  polynomials and keeps two Q tiles in flight. This kernel (one Q tile, S double-buffered,
-  correction always rescaling, softmax one thread per row) overlaps MMA with softmax at best;
-  expected bound ~max(MMA, exp) + correction ~ 50% of peak -> ~1.0-1.1 PFLOP/s if the pipeline
-  hides everything else, more realistically 0.6-0.9 PFLOP/s. Peers' published B200 forward numbers
-  (../shared/reference/dsv4-facts.md): FlashAttention-4 1613 TFLOP/s BF16 (71% of peak), FlashMLA
-  dense MHA prefill 1460 TFLOP/s.
-* D = 256: the GEMMs double per exp, MMA-bound: ~70-80% of peak is the ceiling, but BN = 64 and
-  one CTA per SM (192 KB smem) leave the ring shallow.
+Napkin math (B200 from published peak figures, not measured here: ~2.25 PFLOP/s dense BF16 tensor
+core, 8 TB/s HBM3e, 148 SMs at ~1.85 GHz -> ~8192 dense BF16 FLOP / clk / SM, i.e. one
+128x256x16 MMA per 128 clk; MUFU ex2 16 / clk / SM as the FA4 paper states)
+---------------------------------------------------------------------------------------------------
+* Prefill B=4, H=16, S=4096, D=128, non-causal: 4 B H S^2 D = 550 GFLOP -> 0.24 ms at peak
+  (causal: half). Per 128-row x 128-key tile: 2 GEMMs x 2*128*128*128 = 8.4 MFLOP = 1024 clk of
+  MMA, and 128*128 = 16384 exp2 = 1024 clk of MUFU: exp and MMA are equal at D = 128 (the FA4
+  observation; FA4 moves part of the exp2 to FMA polynomials and keeps two Q tiles in flight).
+  Here: one Q tile, S double-buffered so QK_{j+1} runs under softmax_j, the correction warpgroup
+  beside it; the softmax warpgroup also does the max pass, the masks, two TMEM reads of S and the
+  bf16 packing, ~1.5-2x its MUFU time. Expected bound ~1500-2000 clk per tile -> 50-70% of peak,
+  ~1.1-1.5 PFLOP/s, if the TMA ring (32 KB of K+V per tile, from L2) keeps up; a first version on
+  hardware will likely be lower. Peers' published B200 forward numbers
+  (../shared/reference/dsv4-facts.md): FlashAttention-4 1613 TFLOP/s BF16 (71% of peak),
+  FlashMLA dense MHA prefill 1460 TFLOP/s.
+* D = 256 (BN = 64): a tile is 8.4 MFLOP = 1024 clk of MMA for 8192 exp2 = 512 clk: MMA-bound,
+  ceiling ~70-80% of peak; one CTA per SM (192 KB smem, 512 TMEM columns) and a 2-deep ring are
+  the risk (FA4 uses 2-CTA MMA for hd256).
+* D = 16 / 64: exp-bound (16384 exp2 per tile against 128 / 512 clk of MMA): <= 1024 clk per tile
+  -> at most ~13% / 50% of the tensor-core peak; such head dims are memory- or MUFU-bound anywhere.
 * Decode (B=64, Tq=1, Hq=64, Hkv=8, Tk=8192, D=128): K/V 2.15 GB -> 0.27 ms at 8 TB/s; the 8
-  packed heads fill 8 of 128 rows, so the MMA does 16x useless work (275 GFLOP dense ~0.12 ms): still
-  memory-bound on paper, but 512 CTAs x one KV head each with a 2-deep ring will not reach copy
-  speed -- split-K over Tk is the known fix (not built).
+  packed heads fill 8 of 128 rows (275 GFLOP of dense MMA, ~0.12 ms): memory-bound on paper, but
+  512 CTAs with a 2-deep ring each will not reach copy speed -- split-K over Tk and M = 64 tiles
+  are the known fixes (not built).
 
 What to check first on a B200
 -----------------------------
-1. ``pytest tests/gpu`` style run of this kernel against the float64 oracle at the emulator shapes
-   (one CTA per head dim): it isolates layouts (idesc M/N fields, smem descriptor LBO/SBO for the
+1. ``pytest tests/gpu/test_fmha_sm100_gpu.py`` (skipped off sm_100): this kernel against the
+   float64 oracle at the emulator test shapes (one or two CTAs per head dim): it isolates layouts (idesc M/N fields, smem descriptor LBO/SBO for the
    MN-major V with 32B swizzle at D = 16 and 128B otherwise, the descriptor version bits) from
    races.
 2. The TMEM address arithmetic: the column returned by ``tcgen05.alloc`` (expected 0 with one CTA
@@ -119,7 +123,8 @@ What to check first on a B200
    wait -> fence::after_thread_sync chain before every tcgen05.ld, and the ring's empty barriers.
 5. Then throughput (tools/bench_fmha.py-style, with cudnn / FA4 measured in the same run).
 
-Not built yet: two Q tiles in flight, the conditional (skipped) rescale, exp2 emulation on the FMA
+Not built yet: two Q tiles in flight, one TMEM pass over S (the softmax reads S twice: max,
+then exp), the conditional (skipped) rescale, exp2 emulation on the FMA
 pipe, setmaxnreg per role, 2-CTA (cta_group::2) for D = 256, a TMA-store epilogue, M = 64 tiles for
 decode, split-K decode, float16 inputs.
 """
@@ -311,6 +316,17 @@ def _gen_helpers():
 
 
 _gen_helpers()
+
+
+def _syncwarp_gpu():
+    cuda.syncwarp(0xFFFFFFFF)
+
+
+def _syncwarp_sim():
+    return None                   # the simulator runs every thread to the next barrier anyway
+
+
+syncwarp = device(_syncwarp_gpu, sim=_syncwarp_sim)       # bar.warp.sync
 
 
 # ---------------------------------------------------------------------------- kernel source
@@ -559,6 +575,9 @@ def _source(D: int) -> str:
     a("            lse[(b * Hq + head) * Tq + pos] = NEG_INF if l == float32(0) else "
       "(gg + math.log2(l)) * float32(LN2)")
     # ---------------------------------------------------------------- teardown
+    # lanes 1-31 of the load / MMA warps reach here long before lane 0: reconverge every warp
+    # before the (.aligned) bar.sync
+    a("    syncwarp()")
     a("    ops.tcgen05_fence_before_thread_sync()")
     a("    cuda.syncthreads()")
     a(f"    if warp == {MMA_WARP}:")
