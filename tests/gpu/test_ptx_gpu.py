@@ -70,6 +70,7 @@ TMA_CASES = [  # shape, box, start (NumPy order), swizzle, element dtype, store 
     ((3, 20, 32), (2, 8, 32), (1, 4, 0), "64B", np.uint16, None),
     ((3, 20, 16), (2, 8, 16), (1, 4, 0), "32B", np.uint16, None),
     ((1000,), (256,), (900,), "none", np.uint32, None),               # 1D (non-NULL stride array)
+    ((1000,), (64,), (960,), "none", np.uint32, None),                # 1D, a 256-byte box
     ((2, 3, 4, 5, 64), (1, 2, 3, 4, 32), (1, 1, 1, 2, 16), "none", np.uint16, None),   # 5D
 ]
 
