@@ -163,12 +163,12 @@ def test_nan_rules():
 # the production pipeline (scalar variant: no PTX) under the simulator
 # ----------------------------------------------------------------------------------------------
 def run_production(x, k, lengths=None, S=3, capacity=None, vectorized=True, twice=False,
-                   variant="three_pass"):
+                   variant="three_pass", stage_cap=None):
     """The production pipeline with 32-thread blocks; returns (v, i). The 16-byte loads,
     shuffles and ballots run as their simulator twins (see softmax._with_sim_twin)."""
     c = K._prepare(x, k, lengths, check_nan=False)
     plan = K.TopkPlan(c.R, c.n, k, c.kind, threads=32, finish_threads=32, S=S, capacity=capacity,
-                      variant=variant)
+                      variant=variant, stage_cap=stage_cap)
     v, i = K.topk_production(c, plan=plan, vectorized=vectorized)
     assert not plan.workspace(False)[0].any(), "each run must leave its workspace zeroed"
     if twice:
@@ -187,13 +187,14 @@ def test_production_pipeline_simulated(variant):
     x[1, :3] = np.inf
     x[2, 8] = np.nan                  # unscanned input: NaN ranks above +inf
     lengths = np.array([40, 3, 17, 0])
-    v, i = run_production(x, 10, lengths, S=2, variant=variant, twice=variant == "fused")
+    v, i = run_production(x, 10, lengths, S=2, variant=variant, twice=variant != "three_pass")
     assert i[2, 0] == 8
     assert_topk(v, i, x, 10, lengths, name=f"production {variant} (sim)")
 
 
 @pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
-def test_fused_paths_simulated():
+@pytest.mark.parametrize("variant", ["fused", "staged"])
+def test_fused_paths_simulated(variant):
     """The fused finish's three paths on one input: candidates in registers (<= 8 x 32 with
     32 threads), more than that (global radix passes), more than ``capacity`` (reference).
     Distinct keys that share their top 12 bits force several 8-bit refine passes."""
@@ -203,8 +204,24 @@ def test_fused_paths_simulated():
     assert (K.order_keys(x[0]) >> K.HSHIFT == K.order_keys(x[0, :1]) >> K.HSHIFT).all()
     for cap, name in ((None, "registers"), (None, "global passes"), (16, "reference")):
         xx = x if name == "registers" else np.concatenate([x, x, x], 1)   # 384 > 8 x 32
-        v, i = run_production(xx, 37, S=3, capacity=cap, variant="fused")
-        assert_topk(v, i, xx, 37, name=f"fused {name} (sim)")
+        v, i = run_production(xx, 37, S=3, capacity=cap, variant=variant)
+        assert_topk(v, i, xx, 37, name=f"{variant} {name} (sim)")
+
+
+@pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
+def test_staged_overflow_simulated():
+    """The staged variant with 3 shared slots per list and block: most appends overflow to the
+    direct global path, the rest are flushed by range; both must land in the row's lists (and
+    the candidates past ``capacity`` only be counted: the reference fallback)."""
+    g = np.random.default_rng(29)
+    x = (1.0 + g.random((2, 96)) / 16).astype(np.float32)      # one 12-bit bin: all candidates
+    x[1, ::5] = 3.0                                           # 20 sure keys in row 1
+    for cap in (None, 16):
+        v, i = run_production(x, 25, S=2, capacity=cap, variant="staged", stage_cap=3,
+                              twice=cap is None)
+        assert_topk(v, i, x, 25, name=f"staged overflow cap={cap} (sim)")
+    with pytest.raises(ValueError, match="stage_cap"):
+        K.TopkPlan(2, 96, 25, K.F32, variant="staged", stage_cap=K.SCAP + 1)
 
 
 @pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
@@ -284,7 +301,8 @@ PROD = registry.REGISTRY["topk"].impls["production:sm_90a"]
 # the fused select kernel is compiled in one form (float32, 16-byte loads): its other forms
 # differ only in load_keys, compiled with the histogram / filter kernels; ~30 s each otherwise
 KERNELS = [(k, s) for k, s in PROD.kernels()
-           if not k.__name__.startswith("topk_select") or k.__name__ == "topk_select_f32_v4"]
+           if not k.__name__.startswith("topk_select")
+           or k.__name__ in ("topk_select_f32_v4", "topk_select_staged_f32_v4")]
 
 
 @pytest.mark.parametrize("idx", range(len(KERNELS)),
@@ -327,3 +345,13 @@ def test_plan_geometry():
     assert p.S == 1 and p.capacity == 128          # a multiple of 16: no shared 128-byte lines
     with pytest.raises(ValueError, match="variant"):
         K.TopkPlan(3, 127, 5, K.F32, variant="fast")
+    # staged: each launch one wave (132 SMs assumed without a GPU: 3 / 2 blocks an SM)
+    gpu = K.detect_gpu()
+    sms = gpu.sm_count if gpu else 132
+    p = K.TopkPlan(64, 131072, 2048, K.F32, variant="staged")
+    assert (p.S, p.sel_S) == (3 * sms // 64, 2 * sms // 64)
+    assert p.sel_S * p.sel_chunk >= 131072 and p.chunk % 4 == 0 and p.sel_chunk % 4 == 0
+    p = K.TopkPlan(1, 65536, 2048, K.F32, variant="staged")
+    assert p.S == p.sel_S == 32
+    p = K.TopkPlan(1000, 4096, 512, K.F32, variant="staged")
+    assert p.S == p.sel_S == 1

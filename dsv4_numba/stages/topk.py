@@ -29,9 +29,9 @@ Implementations (stage registry name ``topk``)
   from the top (a shared-memory histogram per pass, stopping once the chosen bucket is taken
   whole), collect everything at or above it into shared memory, order by counting (each selected
   composite's position = how many selected are larger). Runs under the CUDA simulator.
-* ``production:sm_90a`` -- two variants, chosen by ``PRODUCTION_VARIANT`` (what
-  impl="production" runs; ``TopkPlan(variant=)`` / ``topk_production(variant=)`` pick one;
-  tools/bench_softmax_topk.py times both). A row is split over S blocks of 512 threads (S x rows
+* ``production:sm_90a`` -- three variants, chosen by ``PRODUCTION_VARIANT`` (what
+  impl="production" runs: "fused"; ``DSV4_TOPK_VARIANT``, ``TopkPlan(variant=)`` /
+  ``topk_production(variant=)`` pick one; tools/bench_softmax_topk.py times all). A row is split over S blocks of 512 threads (S x rows
   ~ 4 blocks per SM). The workspace (histograms, counters, tickets) is zeroed once when
   allocated and left zero by every run (the row's finishing block cleans it).
     1. histogram (both variants): each block reads its slice once (16-byte loads), counts the top
@@ -53,7 +53,12 @@ Implementations (stage registry name ``topk``)
        coalesced copies and warp-aggregated 32-bit shared atomics, and a bitonic sort doing
        three stages per barrier in registers (26 barriers for K = 2048, swizzled slots against
        bank conflicts) orders them. More than 4096 candidates: the three-pass finish routine.
-  Both: a row whose b1 bin holds more than ``capacity`` candidates (> N/8, at least 16384: e.g.
+  ``staged`` (round 2, not yet measured on hardware): ``fused`` with the select's appends staged
+    in shared memory (one shared atomic per warp and list, then ONE global atomic per block and
+    list to reserve its range, coalesced copies) instead of one global atomic per warp on the
+    row's two counters; both launches sized to one wave (3 histogram / 2 select blocks per SM).
+    See the napkin math above ``stage_slice`` for why.
+  All: a row whose b1 bin holds more than ``capacity`` candidates (> N/8, at least 16384: e.g.
   one value repeated over most of the row) is done by the reference routine inside the same
   kernel: correct, but it reads the row ~5 more times with one block.
 
@@ -331,9 +336,16 @@ NBINS = 1 << HBITS
 HSHIFT = 32 - HBITS
 SCAN_THREADS = 512              # histogram / filter blocks
 FINISH_THREADS = 1024
-VARIANTS = ("three_pass", "fused")
-# what impl="production" runs (DSV4_TOPK_VARIANT overrides it); the bench times both
-PRODUCTION_VARIANT = os.environ.get("DSV4_TOPK_VARIANT", "three_pass")
+VARIANTS = ("three_pass", "fused", "staged")
+# what impl="production" runs (DSV4_TOPK_VARIANT overrides it); the bench times every variant.
+# "fused": passed every GPU test on the H100 and measured at least as fast as "three_pass" on all
+# three target shapes (2026-11-25); "staged" is not yet measured.
+PRODUCTION_VARIANT = os.environ.get("DSV4_TOPK_VARIANT", "fused")
+# "staged" geometry: blocks resident per SM (ptxas: histogram <= 40 regs x 512 threads -> 3;
+# select capped at 64 regs by launch_bounds(512, 2) -> 2), so that each launch is one full wave
+HIST_BLOCKS_PER_SM = 3
+SELECT_BLOCKS_PER_SM = 2
+SCAP = K_MAX // 2               # "staged": per-block shared staging slots of each list
 FUSED_THREADS = SCAN_THREADS              # the fused variant's select + finish blocks
 CPT = K_MAX // FUSED_THREADS    # candidates a fused-finish thread holds in registers (8)
 # per-row ints: [b1, count above b1, sure count, candidate count, select ticket (fused), 3 spare]
@@ -888,16 +900,98 @@ def finish_fused(x, L, base, obase, k, kind, row, ghist, meta, tickets, sure, ca
     write_sorted(buf, K, k, x, base, obase, kind, vals, idx, True)
 
 
-def select_kernel(kind, vectorized):
+# ----------------------------------------------------------------------------------------------
+# The staged variant: the fused one with block-staged appends and one-wave grids
+# ----------------------------------------------------------------------------------------------
+# Why (H100, 2026-11-25): the fused select took ~147 us at (64, 131072, k=2048) and ~35 us at
+# (1, 65536, 2048) where its napkin math said ~15 and ~8. filter_slice appends with one global
+# atomic per warp and list: on normal scores ~40% of a warp's 32-key groups hold a sure key and
+# ~30% a candidate, so a row takes ~2.8 K atomics-with-return on the SAME two counters (and four
+# rows' counters share a 128-byte line): they serialise in L2 (~10-30 ns each when contended) and
+# each one's round trip stalls its warp (~3 per trip, 8 trips a block, 3 waves). Staging the
+# appends in shared memory (one shared atomic per warp and list, ~100 cycles) and reserving the
+# block's global range with ONE atomic per list cuts that to 2 x S global atomics a row.
+# Napkin math, (64, 131072) fp32 k=2048, H100: histogram one wave of 384 blocks (6 a row), 33.5 MB
+# from HBM ~12 us; select one wave of 256 blocks (4 a row, ~400 sure + ~350 candidates staged per
+# block), re-read partly from L2 ~8-10 us; finish tail (64 rows in parallel, one block each:
+# refine ~2 us, sort of 2048 ~26 x 400 cycles ~6 us, gather ~1 us) ~10 us: ~30 us (target 25).
+# (1, 65536, 2048): histogram ~5.6 us (measured) + launch gap ~2 + select 32 blocks ~2 + finish
+# ~10: ~19 us (target 15: the single-block sort is what remains). (4, 65536, 512): ~14 us.
+@device
+def stage_slice(x, src, base, lo, hi, bin1, row, meta, sure, cand, capacity, keys, kind, VEC,
+                buf, scap, st32):
+    """filter_slice with the appends staged in shared memory: sure keys to buf[0:scap], candidates
+    to buf[scap:2 scap], slots from the block's counters st32[5] / st32[6] (warp-aggregated
+    shared atomics; the caller zeroes them before a barrier). A key past its list's ``scap``
+    staged slots takes a global slot directly (one atomic on the row counter: a rare path,
+    counted the same way). ``stage_flush`` then moves the staged lists to the row's lists."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    step = int64(nt * VEC)
+    trips = (hi - lo + step - 1) // step if hi > lo else 0
+    for t in range(trips):
+        c = lo + t * step + tid * VEC
+        if c < hi:
+            load_keys(x, src, base + c, keys, kind, VEC)
+        for q in range(VEC):
+            ok = c + q < hi
+            kq = keys[q] if ok else uint32(0)
+            bq = kq >> uint32(HSHIFT)
+            slot = warp_push(ok and bq > bin1, st32, 5)
+            if slot >= 0:
+                if slot < scap:
+                    buf[slot] = composite(kq, c + q)
+                else:
+                    g = cuda.atomic.add(meta, row * META + 2, 1)
+                    sure[int64(row) * K_MAX + g] = composite(kq, c + q)
+            slot = warp_push(ok and bq == bin1, st32, 6)
+            if slot >= 0:
+                if slot < scap:
+                    buf[scap + slot] = composite(kq, c + q)
+                else:
+                    g = cuda.atomic.add(meta, row * META + 3, 1)
+                    if g < capacity:
+                        cand[int64(row) * capacity + g] = composite(kq, c + q)
+
+
+@device
+def stage_flush(row, meta, sure, cand, capacity, buf, scap, st32):
+    """After ``stage_slice``: one global atomic per list reserves the block's range in the row's
+    list (meta[row, 2] / [row, 3] count every key, stored or not), then coalesced copies.
+    Candidates past ``capacity`` are counted, not stored (the finish then takes the fallback)."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    cuda.syncthreads()                        # every staged append is in buf
+    if tid == 0:
+        ns = min(st32[5], scap)
+        nc = min(st32[6], scap)
+        st32[0] = cuda.atomic.add(meta, row * META + 2, ns) if ns > 0 else 0
+        st32[1] = cuda.atomic.add(meta, row * META + 3, nc) if nc > 0 else 0
+        st32[2] = ns
+        st32[3] = nc
+    cuda.syncthreads()
+    gs = int64(st32[0])
+    gc = int64(st32[1])
+    for i in range(tid, st32[2], nt):
+        sure[int64(row) * K_MAX + gs + i] = buf[i]
+    for i in range(tid, st32[3], nt):
+        if gc + i < capacity:
+            cand[int64(row) * capacity + gc + i] = buf[scap + i]
+
+
+def select_kernel(kind, vectorized, staged=False):
     """The fused variant's second (last) launch: filter_slice on each block's slice (re-read,
-    mostly from L2), then fence + ticket; the row's last block runs ``finish_fused``."""
-    key = ("select", kind, vectorized)
+    mostly from L2), then fence + ticket; the row's last block runs ``finish_fused``.
+    ``staged``: the staged variant's form (``stage_slice`` + ``stage_flush`` instead of
+    filter_slice; at most 64 registers so that two blocks fit an SM)."""
+    key = ("select", kind, vectorized, staged)
     if key in _PROD:
         return _PROD[key]
     VEC = _vec(kind, vectorized)
+    STAGED = staged
 
     def topk_select(x, n, k, lengths, has_len, S, chunk, ghist, meta, tickets, sure, cand,
-                    capacity, vals, idx):
+                    capacity, vals, idx, scap):
         b = cuda.blockIdx.x
         row = b // S
         s = b - row * S
@@ -909,7 +1003,17 @@ def select_kernel(kind, vectorized):
         keys = cuda.local.array(VEC, uint32)
         L = row_length(row, n, lengths, has_len)
         b1 = meta[row * META + 0]                 # written by the histogram launch
-        if b1 >= 0:
+        if STAGED:
+            if tid == 0:
+                st32[5] = 0
+                st32[6] = 0
+            cuda.syncthreads()
+            if b1 >= 0:                           # block-uniform: the barriers inside are safe
+                stage_slice(x, address_of(x, VEC), int64(row) * n, int64(s) * chunk,
+                            min(int64(s) * chunk + chunk, L), uint32(b1), row, meta, sure, cand,
+                            capacity, keys, kind, VEC, buf, scap, st32)
+                stage_flush(row, meta, sure, cand, capacity, buf, scap, st32)
+        elif b1 >= 0:
             filter_slice(x, address_of(x, VEC), int64(row) * n, int64(s) * chunk,
                          min(int64(s) * chunk + chunk, L), uint32(b1), row, meta, sure, cand,
                          capacity, keys, kind, VEC)
@@ -924,8 +1028,9 @@ def select_kernel(kind, vectorized):
                      sure, cand, capacity, vals, idx, hist, buf, st, st32)
 
     topk_select.__name__ = topk_select.__qualname__ = \
-        f"topk_select_{'bf16' if kind == BF16 else 'f32'}_v{VEC}"
-    k_ = _PROD[key] = kernel(topk_select, launch_bounds=(FUSED_THREADS,))
+        f"topk_select{'_staged' if staged else ''}_{'bf16' if kind == BF16 else 'f32'}_v{VEC}"
+    bounds = (FUSED_THREADS, SELECT_BLOCKS_PER_SM) if staged else (FUSED_THREADS,)
+    k_ = _PROD[key] = kernel(topk_select, launch_bounds=bounds)
     return k_
 
 
@@ -934,6 +1039,17 @@ def zero_kernel(a):
     i = cuda.grid(1)
     if i < a.size:
         a[i] = 0
+
+
+def _slices(n, rows, threads, vec, S, target, round_up):
+    """(S, chunk): S blocks a row (``S`` if given, else ``target`` blocks over the rows, rounded
+    up or down, but no more than one 16-byte load per thread per block), chunk a multiple of the
+    vector width, S * chunk >= n."""
+    if S is None:
+        per_row = -(-target // max(rows, 1)) if round_up else target // max(rows, 1)
+        S = max(1, min(per_row, -(-n // (threads * vec))))
+    chunk = max(vec, -(-(-(-n // S)) // vec) * vec)
+    return max(1, -(-n // chunk)), chunk
 
 
 class TopkPlan:
@@ -946,13 +1062,17 @@ class TopkPlan:
     Workspace: int32 [rows * (4096 + 8 + 1)] (histograms, meta, tickets) and uint64
     [rows * (4096 + capacity)] (sure + candidate composites; capacity a multiple of 16, so rows'
     lists never share a 128-byte line).
-    Test hooks: ``threads``/``finish_threads``/``S``/``capacity`` override the geometry, ``run(...,
+    "staged" (as "fused", appends staged in shared memory; each launch sized to one wave: the
+    histogram's ``S``/``chunk`` and the select's ``sel_S``/``sel_chunk`` differ).
+    Test hooks: ``threads``/``finish_threads``/``S``/``capacity``/``stage_cap`` (the staged
+    variant's per-block shared slots per list, <= SCAP) override the geometry, ``run(...,
     vectorized=False)`` takes the scalar path (no PTX: it also runs under the simulator).
     """
 
     def __init__(self, rows: int, n: int, k: int, kind: int, *, threads: int = SCAN_THREADS,
                  finish_threads: int = FINISH_THREADS, S: int | None = None,
-                 capacity: int | None = None, variant: str | None = None):
+                 capacity: int | None = None, variant: str | None = None,
+                 stage_cap: int | None = None):
         variant = variant or PRODUCTION_VARIANT
         if variant not in VARIANTS:
             raise ValueError(f"top-k variant must be one of {VARIANTS}, got {variant!r}")
@@ -960,14 +1080,20 @@ class TopkPlan:
         self.rows, self.n, self.k, self.kind = rows, n, k, kind
         self.threads, self.finish_threads = threads, finish_threads
         gpu = detect_gpu()
-        target = 4 * (gpu.sm_count if gpu else 132)   # ~4 resident 512-thread blocks per SM
+        sms = gpu.sm_count if gpu else 132
         vec = _vec(kind, True)
-        if S is None:                                  # >= one 16-byte load per thread per block
-            S = max(1, min(-(-target // max(rows, 1)), -(-n // (threads * vec))))
-        self.chunk = -(-(-(-n // S)) // vec) * vec     # a multiple of the vector width
-        self.S = max(1, -(-n // self.chunk))
+        if variant == "staged":     # each launch one full wave: floor(resident blocks / rows)
+            self.S, self.chunk = _slices(n, rows, threads, vec, S, HIST_BLOCKS_PER_SM * sms, False)
+            self.sel_S, self.sel_chunk = _slices(n, rows, threads, vec, S,
+                                                 SELECT_BLOCKS_PER_SM * sms, False)
+        else:                       # ~4 resident 512-thread blocks per SM, rounded up
+            self.S, self.chunk = _slices(n, rows, threads, vec, S, 4 * sms, True)
+            self.sel_S, self.sel_chunk = self.S, self.chunk
         cap = capacity or max(1, min(n, max(16384, n // 8)))
         self.capacity = -(-cap // 16) * 16
+        self.stage_cap = SCAP if stage_cap is None else stage_cap
+        if not 1 <= self.stage_cap <= SCAP:
+            raise ValueError(f"stage_cap must be in 1..{SCAP}, got {stage_cap}")
         self._ws = None
 
     def workspace(self, io_gpu: bool):
@@ -994,10 +1120,10 @@ class TopkPlan:
         lk = lengths if has_len else (_dummy_i32() if gpu else np.zeros(1, np.int32))
         hist_kernel(kind, vectorized).launch(R * self.S, self.threads, x, n, k, lk, has_len,
                                              self.S, self.chunk, ghist, meta, tickets)
-        if self.variant == "fused":
-            select_kernel(kind, vectorized).launch(R * self.S, self.threads, x, n, k, lk, has_len,
-                                                   self.S, self.chunk, ghist, meta, tickets, sure,
-                                                   cand, self.capacity, vals, idx)
+        if self.variant in ("fused", "staged"):
+            select_kernel(kind, vectorized, self.variant == "staged").launch(
+                R * self.sel_S, self.threads, x, n, k, lk, has_len, self.sel_S, self.sel_chunk,
+                ghist, meta, tickets, sure, cand, self.capacity, vals, idx, self.stage_cap)
             return
         filter_kernel(kind, vectorized).launch(R * self.S, self.threads, x, n, lk, has_len,
                                                self.S, self.chunk, meta, sure, cand, self.capacity)
@@ -1151,9 +1277,10 @@ def production_kernels():
                          (arr[::1], i64, i64, i32, b, i64, i64, i32, i32, i32)))
             sigs.append((filter_kernel(kind, vectorized),
                          (arr[::1], i64, i32, b, i64, i64, i32, t.uint64[::1], t.uint64[::1], i64)))
-            sigs.append((select_kernel(kind, vectorized),
-                         (arr[::1], i64, i64, i32, b, i64, i64, i32, i32, i32, t.uint64[::1],
-                          t.uint64[::1], i64, arr[::1], i32)))
+            for staged in (False, True):
+                sigs.append((select_kernel(kind, vectorized, staged),
+                             (arr[::1], i64, i64, i32, b, i64, i64, i32, i32, i32, t.uint64[::1],
+                              t.uint64[::1], i64, arr[::1], i32, i64)))
         sigs.append((topk_finish_kernel, (arr[::1], i64, i64, i32, b, i64, i32, i32, i32,
                                           t.uint64[::1], t.uint64[::1], i64, arr[::1], i32)))
     return sigs
