@@ -2,12 +2,14 @@
 
     python tools/bench_softmax_topk.py            # all shapes
     python tools/bench_softmax_topk.py --quick    # fewer repetitions
-    python tools/bench_softmax_topk.py --only topk --variant both   # top-k, every variant
-    python tools/bench_softmax_topk.py --quick --only topk --targets # issue 4's target shapes
+    python tools/bench_softmax_topk.py --only topk --variant all    # top-k, every variant
+    python tools/bench_softmax_topk.py --quick --only topk --targets --variant fused,staged
 
-Top-k variants (``--variant``, default ``both``): ``three_pass`` (histogram, filter, finish) and
-``fused`` (histogram, select + last-block finish), each checked and timed against the same torch
-number; the table says which one ``impl="production"`` runs now (``topk.PRODUCTION_VARIANT``).
+Top-k variants (``--variant``: ``all`` (default) or a comma list of ``topk.VARIANTS``):
+``three_pass`` (histogram, filter, finish), ``fused`` (histogram, select + last-block finish) and
+``staged`` (``fused`` with block-staged appends and one-wave grids), each checked and timed
+against the same torch number; the table says which one ``impl="production"`` runs now
+(``topk.PRODUCTION_VARIANT``).
 "% read-once" is the time to read the scores once at the measured copy bandwidth over ours.
 
 Method: inputs are torch tensors on the device, handed to dsv4_numba as zero-copy device arrays
@@ -139,7 +141,7 @@ def hist_only_us(K, plan, call, reps, repeats):
     return us
 
 
-def bench_topk(torch, reps, repeats, copy_gbs, rows_out, variants=("three_pass", "fused"),
+def bench_topk(torch, reps, repeats, copy_gbs, rows_out, variants=("three_pass", "fused", "staged"),
                targets_only=False, breakdown=False):
     from numba import cuda
 
@@ -164,16 +166,24 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out, variants=("three_pass",
             tgt = TARGETS.get((R, N, k)) if name == "fp32" else None
             for variant in variants:
                 plan = K.plan_for(R, N, k, calls[0].kind, variant)
-                # check before timing: poisoned outputs, the tie-aware oracle; twice (the
-                # workspace must be left clean by a run)
+                # check before timing: poisoned outputs, the tie-aware oracle; a second run
+                # (the workspace must be left clean by a run) must repeat it bit for bit
+                first = None
                 for _ in range(2):
                     vals.copy_to_device(np.full(R * k, np.nan, np.float32) if name == "fp32"
                                         else np.full(R * k, 0x7FC0, np.uint16))   # NaN-poisoned
                     idx.copy_to_device(np.full(R * k, -7, np.int32))
                     K.topk_production(calls[0], vals, idx, plan=plan)
-                    K.assert_topk(vals.copy_to_host().reshape(R, k),
-                                  idx.copy_to_host().reshape(R, k), host_scores, k,
-                                  name=f"topk {variant} {R}x{N} k={k} {name}")
+                    got = (vals.copy_to_host().view(np.uint8), idx.copy_to_host())
+                    if first is None:
+                        K.assert_topk(got[0].view(vals.dtype).reshape(R, k),
+                                      got[1].reshape(R, k), host_scores, k,
+                                      name=f"topk {variant} {R}x{N} k={k} {name}")
+                        first = got
+                    elif not (np.array_equal(got[0], first[0])
+                              and np.array_equal(got[1], first[1])):
+                        raise AssertionError(f"topk {variant} {R}x{N} k={k} {name}: a second "
+                                             f"run differs from the first (workspace not clean?)")
                 cyc_c = Cycle(calls)
                 ours = time_gpu(lambda: K.topk_production(cyc_c(), vals, idx, plan=plan),
                                 reps=reps, repeats=repeats)
@@ -181,7 +191,8 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out, variants=("three_pass",
                 if breakdown:
                     h = hist_only_us(K, plan, calls[0], reps, repeats)
                     print(f"  {variant}: histogram launch alone ~{h:.1f} us (lower bound); the "
-                          f"rest ~{ours - h:.1f} us", flush=True)
+                          f"rest ~{ours - h:.1f} us; grids: histogram {R * plan.S} blocks, "
+                          f"select/filter {R * plan.sel_S}", flush=True)
                 note = f"target <= {tgt:g} us: {'met' if ours <= tgt else 'MISSED'}" if tgt else ""
                 if variant == K.PRODUCTION_VARIANT:
                     note = ("production; " + note).rstrip("; ")
@@ -202,13 +213,19 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--only", choices=("softmax", "topk"), help="one stage only")
-    ap.add_argument("--variant", choices=("three_pass", "fused", "both"), default="both",
-                    help="top-k production variant(s) to time (default both)")
+    ap.add_argument("--variant", default="all",
+                    help="top-k production variant(s) to time: 'all' (default) or a comma list "
+                         "of three_pass, fused, staged")
     ap.add_argument("--targets", action="store_true",
                     help="top-k: only issue 4's three target shapes (fp32)")
     ap.add_argument("--breakdown", action="store_true",
                     help="top-k: also time the histogram launch alone")
     args = ap.parse_args(argv)
+    from dsv4_numba.stages.topk import VARIANTS
+    variants = VARIANTS if args.variant in ("all", "both") else tuple(args.variant.split(","))
+    if not set(variants) <= set(VARIANTS):
+        ap.error(f"--variant: unknown {sorted(set(variants) - set(VARIANTS))}; "
+                 f"choose from {VARIANTS} or 'all'")
     import torch  # noqa: lazily: present on the device image only
 
     from dsv4_numba.runtime import detect_gpu
@@ -229,8 +246,7 @@ def main(argv=None):
     if args.only in (None, "softmax"):
         bench_softmax(torch, reps, repeats, copy_gbs, rows)
     if args.only in (None, "topk"):
-        bench_topk(torch, reps, repeats, copy_gbs, rows,
-                   ("three_pass", "fused") if args.variant == "both" else (args.variant,),
+        bench_topk(torch, reps, repeats, copy_gbs, rows, variants,
                    targets_only=args.targets, breakdown=args.breakdown)
     print()
     print(f"Softmax and top-k, {gpu.name}, {datetime.date.today()}; copy {copy_gbs:.0f} GB/s; "
