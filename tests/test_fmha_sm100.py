@@ -99,6 +99,15 @@ def test_tmem_walkthrough_follows_the_plan(D):
     assert f"O {F.tmem_plan(D)['O'][0]}.." in txt and "PV_2" in txt
 
 
+@pytest.mark.parametrize("D", [16, 64, 128])
+def test_two_q_tile_plan_follows_the_fa4_schedule(D):
+    """The planned (not built) two-Q-tile variant: its plan replayed over the FA4 schedule."""
+    txt, errs = _tool("tmem_walkthrough").text_picture(D, 3, qtiles=2)
+    assert errs == [] and "O1 384.." in txt
+    with pytest.raises(ValueError, match="D <= 128"):
+        F.tmem_plan_two_q(256)
+
+
 def test_tmem_walkthrough_catches_a_bad_plan(monkeypatch):
     bad = dict(F.tmem_plan(128))
     bad["O"] = (192, 128)                                   # O over the second half of S1

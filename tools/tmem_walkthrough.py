@@ -1,6 +1,6 @@
 """Follow one 128-row Q tile of the sm_100a attention kernel through Tensor Memory.
 
-    python tools/tmem_walkthrough.py [--D 128] [--tiles 3] [--svg out.svg]
+    python tools/tmem_walkthrough.py [--D 128] [--tiles 3] [--qtiles 1|2] [--svg out.svg]
 
 Draws, step by step, which TMEM columns hold what while one CTA's Q tile (128 query rows = 128
 TMEM lanes; every row of the picture below is the same for all 128 lanes) meets ``--tiles`` key
@@ -8,7 +8,8 @@ tiles: S = Q K^T written by the MMA warp, P written over S by the softmax warps,
 the PV MMA and rescaled by the correction warps, and finally read by the epilogue. The column plan
 is imported from ``dsv4_numba.pipelines.fmha_sm100`` (``tmem_plan``, ``block_n``, ``TMEM_COLS``):
 the picture is the kernel's plan, not a copy of it. The schedule is the kernel's issue order (the
-MMA warp issues QK_{j+1} before PV_j, so S is double-buffered).
+MMA warp issues QK_{j+1} before PV_j, so S is double-buffered). ``--qtiles 2`` replays the FA4
+schedule of the planned (not built) two-Q-tile variant over ``tmem_plan_two_q`` instead.
 
 While drawing, the tool tracks what each column holds and fails (exit 1) if a step writes over a
 column whose data a later step still needs -- the same property the emulator checks during the
@@ -71,15 +72,41 @@ def schedule(D: int, tiles: int):
     return steps
 
 
-def walk(D: int, tiles: int):
+def schedule_two_q(D: int, tiles: int):
+    """The FA4 / CUTLASS schedule of the NOT BUILT two-Q-tile variant (plan ``tmem_plan_two_q``): per
+    key tile j, S_i = Q_i K_j^T for both Q tiles, softmax i writes P_i over S_i, correction i rescales
+    O_i, PV_i accumulates; QK_i of tile j + 1 is issued after PV_i of tile j (the same MMA thread)."""
+    steps = [("MMA warp", "tcgen05.alloc 512 columns (whole warp)", {}, [], [])]
+    for j in range(tiles):
+        for i in range(2):
+            steps.append(("MMA warp", f"QK: S{i} = Q{i} K_{j}^T", {f"S{i}": "S"}, [], []))
+        for i in range(2):
+            steps.append((f"softmax{i}", f"ld S{i}; P{i} = exp2(S - m) -> st over S{i}", {f"P{i}": "P"},
+                          [f"S{i}"], [f"S{i}"]))
+        for i in range(2):
+            if j:
+                steps.append(("correction", f"O{i} *= 2^(m_old - m_new) (Q tile {i})", {f"O{i}": "O"},
+                              [f"O{i}"], []))
+            steps.append(("MMA warp", f"PV: O{i} {'+=' if j else '='} P{i} V_{j}", {f"O{i}": "O"},
+                          [f"P{i}", f"O{i}"] if j else [f"P{i}"], [f"P{i}"]))
+    steps.append(("correction", "epilogue: ld O0, O1, / l, store", {}, ["O0", "O1"], ["O0", "O1"]))
+    steps.append(("MMA warp", "tcgen05.dealloc 512 columns", {}, [], []))
+    return steps
+
+
+def _plan(D: int, qtiles: int) -> dict:
+    return F.tmem_plan(D) if qtiles == 1 else F.tmem_plan_two_q(D)
+
+
+def walk(D: int, tiles: int, qtiles: int = 1):
     """Run the schedule over the column plan: a list of (step, per-column state before drawing,
     written columns), and the list of violations (empty when the plan is sound)."""
-    plan = F.tmem_plan(D)
+    plan = _plan(D, qtiles)
     cols = F.TMEM_COLS
     state = ["."] * cols
     owner = [None] * cols                      # region whose live data is in the column
     rows, errs = [], []
-    for step in schedule(D, tiles):
+    for step in (schedule(D, tiles) if qtiles == 1 else schedule_two_q(D, tiles)):
         actor, text, writes, reads, frees = step
         for r in reads:
             c0, n = plan[r]
@@ -113,17 +140,19 @@ def walk(D: int, tiles: int):
     return rows, errs
 
 
-def text_picture(D: int, tiles: int, scale: int = 8) -> tuple[str, list]:
-    rows, errs = walk(D, tiles)
-    plan = F.tmem_plan(D)
+def text_picture(D: int, tiles: int, scale: int = 8, qtiles: int = 1) -> tuple[str, list]:
+    rows, errs = walk(D, tiles, qtiles)
+    plan = _plan(D, qtiles)
     cols = F.TMEM_COLS
     nch = cols // scale
-    out = [f"One 128-row Q tile through TMEM: fmha_sm100, D = {D}, BN = {F.block_n(D)} keys per tile, "
+    what = ("One 128-row Q tile through TMEM: fmha_sm100" if qtiles == 1 else
+            "Two 128-row Q tiles in flight (PLANNED variant, not built: tmem_plan_two_q)")
+    out = [f"{what}, D = {D}, BN = {F.block_n(D)} keys per tile, "
            f"{tiles} key tiles; 1 char = {scale} columns (all 128 lanes alike)",
            "plan: " + ", ".join(f"{k} {c}..{c + n - 1}" + (f" (in {F.TMEM_ALIASES[k]})" if k in F.TMEM_ALIASES
                                                           else "") for k, (c, n) in plan.items()),
-           f"emulator: with emu.tmem_regions(" + ", ".join(f"{k}=({c}, {n})" for k, (c, n) in
-                                                         F.tmem_regions(D).items()) + "): ..."]
+           f"emulator: with emu.tmem_regions(" + ", ".join(f"{k}=({c}, {n})" for k, (c, n) in plan.items()
+                                                         if k not in F.TMEM_ALIASES) + "): ..."]
     ruler = "".join("|" if (i * scale) % 64 == 0 else " " for i in range(nch))
     labels = "".join(f"{i * scale:<8d}" if (i * scale) % 64 == 0 else "" for i in range(nch))
     out += ["", f"{'':4}{'':11}{'':58}{labels}", f"{'':4}{'':11}{'':58}{ruler}"]
@@ -144,8 +173,8 @@ def text_picture(D: int, tiles: int, scale: int = 8) -> tuple[str, list]:
     return "\n".join(out), errs
 
 
-def svg_picture(D: int, tiles: int) -> str:
-    rows, _ = walk(D, tiles)
+def svg_picture(D: int, tiles: int, qtiles: int = 1) -> str:
+    rows, _ = walk(D, tiles, qtiles)
     cols = F.TMEM_COLS
     colour = {"s": "#f4a261", "-": "#f1dcc9", "p": "#2a9d8f", "o": "#264653", ".": "#eeeeee", " ": "#ffffff"}
     w, h, left, top = 1.2, 18, 420, 30
@@ -173,12 +202,14 @@ def main(argv=None) -> int:
     ap.add_argument("--D", type=int, default=128, choices=F.SUPPORTED_D)
     ap.add_argument("--tiles", type=int, default=3)
     ap.add_argument("--scale", type=int, default=8, help="columns per character")
+    ap.add_argument("--qtiles", type=int, default=1, choices=(1, 2),
+                    help="2: the planned two-Q-tile variant (D <= 128; not built)")
     ap.add_argument("--svg", type=pathlib.Path, default=None, help="also write an SVG picture here")
     args = ap.parse_args(argv)
-    txt, errs = text_picture(args.D, args.tiles, args.scale)
+    txt, errs = text_picture(args.D, args.tiles, args.scale, args.qtiles)
     print(txt)
     if args.svg:
-        args.svg.write_text(svg_picture(args.D, args.tiles))
+        args.svg.write_text(svg_picture(args.D, args.tiles, args.qtiles))
         print(f"wrote {args.svg}")
     return 1 if errs else 0
 

@@ -70,9 +70,10 @@ the last reader of P_b -- was issued by the same thread (tcgen05.mma from one th
 order), and after the softmax of kt-2 arrived ``p_full`` (it had read S_b); P_b lies inside S_b and
 is written by the softmax warps only after they read S_b; O is written only by PV (MMA warp) and by
 the correction warps between ``o_done`` of PV_{kt-1} and ``o_ready`` (the MMA warp waits for it
-before PV_kt). Two Q tiles in flight (the CUTLASS / FA4 plan S0@0, S1@128, O0@256, O1@384 with P
-inside S) fit only D <= 128 and are not built: this kernel has one Q tile and double-buffers S
-instead. The tests declare the regions to the emulator (``emu.tmem_regions(**tmem_regions(D))``),
+before PV_kt). Two Q tiles in flight (the CUTLASS / FA4 plan ``tmem_plan_two_q``: S0@0, S1@128,
+O0@256, O1@384 with P_i inside S_i) fit only D <= 128 and are not built: this kernel has one Q
+tile and double-buffers S instead; that plan is checked over the FA4 schedule by
+``tools/tmem_walkthrough.py --qtiles 2`` (not by the emulator: no kernel runs it). The tests declare the regions to the emulator (``emu.tmem_regions(**tmem_regions(D))``),
 which checks every MMA / tcgen05.st write against them; ``tools/tmem_walkthrough.py`` draws it.
 
 Shared-memory plan (dynamic, aligned to 1024 B; TMA boxes W = min(D, 64) columns, swizzle 2W bytes:
@@ -182,6 +183,15 @@ def tmem_plan(D: int) -> dict:
 
 #: aliases of the plan: P_b is written over S_b once the softmax warps have read S_b
 TMEM_ALIASES = {"P0": "S0", "P1": "S1"}
+
+
+def tmem_plan_two_q(D: int) -> dict:
+    """The column plan of the NOT BUILT two-Q-tiles-in-flight variant (CUTLASS / FA4, D <= 128):
+    Q tile i owns S_i (128 keys, P_i over its first 64 columns) and O_i. Checked over the FA4
+    schedule by ``tools/tmem_walkthrough.py --qtiles 2``; no kernel uses it yet."""
+    if D > 128:
+        raise ValueError(f"two Q tiles in flight need 2 x (128 + D) <= 512 TMEM columns: D <= 128, not {D}")
+    return {"S0": (0, 128), "S1": (128, 128), "O0": (256, D), "O1": (384, D), "P0": (0, 64), "P1": (128, 64)}
 
 
 def tmem_regions(D: int) -> dict:
@@ -683,5 +693,5 @@ def fused_production(c, qd, kd, vd, lens, sink):
 
 
 __all__ = ["SUPPORTED_D", "fused_kernel", "signature", "geometry", "tmem_plan", "tmem_regions",
-           "descriptors", "launch_config", "Plan", "fused_production", "unsupported",
+           "descriptors", "launch_config", "tmem_plan_two_q", "Plan", "fused_production", "unsupported",
            "production_kernels", "block_n"]
