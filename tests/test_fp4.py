@@ -127,6 +127,10 @@ PTX_MUST_HAVE = {
     ("quantize_fp4", "sm_90a"): ["ld.global.nc.v4.u32", "st.global.v4.b32"],
     ("quantize_fp4", "sm_100a"): ["cvt.rn.satfinite.e2m1x2.f32", "cvt.rp.satfinite.ue8m0x2.f32"],
     ("amax_fp4", "sm_90a"): ["ld.global.nc.v4.u32", "shfl.sync.bfly", "atom.global.max.u32"],
+    ("quantize_fused", "sm_90a"): ["ld.global.nc.v4.u32", "st.shared.v4.b32", "ld.shared.v4.u32",
+                                   "st.global.v4.b32", "atom.global.max.u32", "membar.gl",
+                                   "nanosleep", ".maxntid 512"],
+    ("quantize_fused", "sm_100a"): ["cvt.rn.satfinite.e2m1x2.f32", "st.shared.v4.b32"],
 }
 F32, F16, BF16 = fp4.F32, fp4.F16, fp4.BF16
 # (stage, arch) -> the specializations compiled here (the GPU tests run every one of them)
@@ -136,6 +140,7 @@ COMPILED = {
     ("quantize_fp4", "sm_90a"): [("nvfp4", BF16)],
     ("quantize_fp4", "sm_100a"): [("dsv4_fp4", BF16)],
     ("amax_fp4", "sm_90a"): [(None, BF16)],
+    ("quantize_fused", "sm_90a"): [("nvfp4", BF16)],
 }
 
 
@@ -148,6 +153,9 @@ def _kernels(stage, arch, fmt, kind):
         return fp4._kernels_decode(fam, (fmt,), (kind,))
     if stage == "quantize_fp4":
         return fp4._kernels_quantize(fam, (fmt,), (kind,))
+    if stage == "quantize_fused":
+        return fp4._kernels_fused({"sm_90a": fp4.quantize_fused_sm90_kernel,
+                                   "sm_100a": fp4.quantize_fused_sm100_kernel}[arch], (kind,))
     return fp4._kernels_amax((kind,))
 
 
@@ -173,7 +181,7 @@ def test_registry_lists_every_specialization():
     impl = d.registry.REGISTRY["decode_fp4"].impls["production:sm_90a"]
     assert len(impl.kernels()) == 6                      # {dsv4/mx, nv} x {f32, f16, bf16}
     impl = d.registry.REGISTRY["quantize_fp4"].impls["production:sm_90a"]
-    assert len(impl.kernels()) == 9 + 3                  # 3 formats x 3 inputs + 3 amax
+    assert len(impl.kernels()) == 9 + 3 + 3              # 3 formats x 3 inputs + 3 amax + 3 fused
 
 
 # ------------------------------------------- production kernels under the simulator (dsv4_numba.emu)
@@ -259,3 +267,57 @@ def test_global_amax_bad_values_get_clear_errors():
         for bad in (np.inf, np.nan, -1.0):
             with pytest.raises(ValueError, match="finite and >= 0"):
                 fn(x, "nvfp4", global_amax=bad)
+
+
+# ------------------------------------------- the fused nvfp4 quantize (one persistent kernel)
+def _fused_case(rng, in_dtype, rows, where):
+    x = outliers(rng, (rows, 32), scale_spread=2.0)
+    x[1] = 0                                                 # an all-zero chunk (two blocks)
+    pos = {"first": 0, "last": x.size - 1, "middle": x.size // 2 + 5}[where]
+    x.reshape(-1)[pos] = -np.abs(x).max() * 3                # the tensor amax, negative
+    return x.astype(in_dtype)
+
+
+@pytest.mark.parametrize("in_dtype,rows,keep,where", [
+    (ml_dtypes.bfloat16, 101, 2, "last"),     # 4 rounds of 32 chunks, the last partial: 2 kept
+    (np.float32, 101, 2, "first"),            # float32: 8 vectors per chunk
+    (np.float16, 40, 0, "middle"),            # nothing kept: everything re-read
+    (ml_dtypes.bfloat16, 40, 3, "middle"),    # everything kept
+])
+def test_fused_nvfp4_quantize_under_simulator(in_dtype, rows, keep, where, rng, sim_mode):
+    """The fused kernel (amax, grid barrier, kept + re-read rounds) is bitwise the spec; one CTA
+    of 32 threads (the simulator runs CTAs one after another, so a grid barrier needs one)."""
+    x = _fused_case(rng, in_dtype, rows, where)
+    nv = 8 if np.dtype(in_dtype) == np.float32 else 4
+    plan = fp4.quantize_plan(x, "nvfp4", fp4.quantize_sm90_kernel, ref=False, variant="fused",
+                             fused_config=(32, keep * 32 * nv * 16, 1))
+    k = plan.launches[-1][0]
+    assert k.threads == 32 and k.keep == keep
+    q = plan.run().result()
+    spec = formats.quantize(x, "nvfp4")
+    assert_close(q.scales, spec.scales, bitwise=True, name="scales")
+    assert_close(q.data, spec.data, bitwise=True, name="codes")
+    assert q.global_scale == spec.global_scale
+
+
+def test_fused_barrier_timeout_falls_back_to_two_pass(rng, sim_mode, monkeypatch):
+    """Two CTAs under the simulator (which runs them one after another): CTA 0's barrier gives
+    up after spin_limit naps, flags it, and the host re-runs the call with the two-pass variant:
+    a warning, never a hang or a wrong result."""
+    monkeypatch.setattr(fp4, "FUSED_SPIN_LIMIT", 3)
+    x = _fused_case(rng, ml_dtypes.bfloat16, 70, "last")
+    plan = fp4.quantize_plan(x, "nvfp4", fp4.quantize_sm90_kernel, ref=False, variant="fused",
+                             fused_config=(32, 2 * 32 * 4 * 16, 2))
+    with pytest.warns(RuntimeWarning, match="grid barrier timed out"):
+        q = plan.run().result()
+    spec = formats.quantize(x, "nvfp4")
+    assert_close(q.data, spec.data, bitwise=True, name="codes")
+    assert q.global_scale == spec.global_scale
+
+
+def test_nvfp4_variant_selection(monkeypatch):
+    assert fp4.nvfp4_variant() == fp4.NVFP4_DEFAULT_VARIANT == "twopass"
+    monkeypatch.setenv("DSV4_FP4_NVFP4_VARIANT", "fused")
+    assert fp4.nvfp4_variant() == "fused" and fp4.nvfp4_variant("twopass") == "twopass"
+    with pytest.raises(ValueError, match="variant"):
+        fp4.nvfp4_variant("bogus")

@@ -274,13 +274,20 @@ def amax_ref_kernel(x, ikind, amax_bits):
 
 
 @device
-def global_encode_scale(amax_bits, fmt):
-    """nvfp4's f32(2688 / amax) from the tensor amax bits (1.0 for amax 0 and other formats)."""
+def encode_scale_of_bits(bits, fmt):
+    """nvfp4's f32(2688 / amax) from the tensor amax's float32 bits (1.0 for amax 0 and for the
+    other formats)."""
     if fmt == FMT_NV:
-        amax = bits_f32(amax_bits[0])
+        amax = bits_f32(bits)
         if amax > 0:
             return float32(2688.0) / amax
     return float32(1.0)
+
+
+@device
+def global_encode_scale(amax_bits, fmt):
+    """nvfp4's f32(2688 / amax) from the tensor amax bits in amax_bits[0]."""
+    return encode_scale_of_bits(amax_bits[0], fmt)
 
 
 @kernel
@@ -621,23 +628,32 @@ def ceil_code_sm100(v):
 
 
 @device
+def unpack8(a0, a1, a2, a3, b0, b1, b2, b3, ikind):
+    """Eight float32 from 16-byte vectors of input words: float32 takes a and b (8 words),
+    the 16-bit kinds take a only (8 halves, element 0 in the low half of a0)."""
+    if ikind == F32:
+        return (bits_f32(a0), bits_f32(a1), bits_f32(a2), bits_f32(a3),
+                bits_f32(b0), bits_f32(b1), bits_f32(b2), bits_f32(b3))
+    if ikind == BF16:
+        hm = uint32(0xFFFF0000)
+        sh = uint32(16)
+        return (bits_f32(a0 << sh), bits_f32(a0 & hm), bits_f32(a1 << sh), bits_f32(a1 & hm),
+                bits_f32(a2 << sh), bits_f32(a2 & hm), bits_f32(a3 << sh), bits_f32(a3 & hm))
+    return (f16_bits_to_f32(a0 & 0xFFFF), f16_bits_to_f32(a0 >> 16),
+            f16_bits_to_f32(a1 & 0xFFFF), f16_bits_to_f32(a1 >> 16),
+            f16_bits_to_f32(a2 & 0xFFFF), f16_bits_to_f32(a2 >> 16),
+            f16_bits_to_f32(a3 & 0xFFFF), f16_bits_to_f32(a3 >> 16))
+
+
+@device
 def load8(src, ikind, k):
     """Elements 8k..8k+7 of a 32-element chunk at address src, as float32 (one or two v4 loads)."""
     if ikind == F32:
         a0, a1, a2, a3 = ops.ld_global_nc_v4_u32(src + uint64(32 * k))
-        a4, a5, a6, a7 = ops.ld_global_nc_v4_u32(src + uint64(32 * k + 16))
-        return (bits_f32(a0), bits_f32(a1), bits_f32(a2), bits_f32(a3),
-                bits_f32(a4), bits_f32(a5), bits_f32(a6), bits_f32(a7))
-    b0, b1, b2, b3 = ops.ld_global_nc_v4_u32(src + uint64(16 * k))
-    if ikind == BF16:
-        hm = uint32(0xFFFF0000)
-        sh = uint32(16)
-        return (bits_f32(b0 << sh), bits_f32(b0 & hm), bits_f32(b1 << sh), bits_f32(b1 & hm),
-                bits_f32(b2 << sh), bits_f32(b2 & hm), bits_f32(b3 << sh), bits_f32(b3 & hm))
-    return (f16_bits_to_f32(b0 & 0xFFFF), f16_bits_to_f32(b0 >> 16),
-            f16_bits_to_f32(b1 & 0xFFFF), f16_bits_to_f32(b1 >> 16),
-            f16_bits_to_f32(b2 & 0xFFFF), f16_bits_to_f32(b2 >> 16),
-            f16_bits_to_f32(b3 & 0xFFFF), f16_bits_to_f32(b3 >> 16))
+        b0, b1, b2, b3 = ops.ld_global_nc_v4_u32(src + uint64(32 * k + 16))
+        return unpack8(a0, a1, a2, a3, b0, b1, b2, b3, ikind)
+    a0, a1, a2, a3 = ops.ld_global_nc_v4_u32(src + uint64(16 * k))
+    return unpack8(a0, a1, a2, a3, a0, a1, a2, a3, ikind)
 
 
 @device
@@ -690,28 +706,33 @@ def make_quantize_kernel(SM100, name, FMT, BLOCK, IKIND):
         dst = ops.array_address(data)
         for c in range(tid, nchunks, stride):
             base = src + uint64(32 * ebytes) * uint64(c)
-            q0 = load8(base, IKIND, 0)
-            q1 = load8(base, IKIND, 1)
-            q2 = load8(base, IKIND, 2)
-            q3 = load8(base, IKIND, 3)
-            m01 = amax8(q1, amax8(q0, float32(0.0)))
-            m23 = amax8(q3, amax8(q2, float32(0.0)))
-            if not (m01 <= float32(3.4028235e38) and m23 <= float32(3.4028235e38)):
-                flag[0] = 1                                  # NaN or inf in this chunk
-            if BLOCK == 32:
-                code0, mult0 = scale_for(max(m01, m23), FMT, gs_enc, SM100)
-                code1, mult1 = code0, mult0
-                scales[c] = code0
-            else:
-                code0, mult0 = scale_for(m01, FMT, gs_enc, SM100)
-                code1, mult1 = scale_for(m23, FMT, gs_enc, SM100)
-                scales[2 * c] = code0
-                scales[2 * c + 1] = code1
-            ops.st_global_v4_b32(dst + uint64(16) * uint64(c), encode8(q0, mult0, SM100),
-                                 encode8(q1, mult0, SM100), encode8(q2, mult1, SM100),
-                                 encode8(q3, mult1, SM100))
+            quantize_chunk(load8(base, IKIND, 0), load8(base, IKIND, 1), load8(base, IKIND, 2),
+                           load8(base, IKIND, 3), c, gs_enc, dst, scales, flag, FMT, BLOCK, SM100)
     kern.__name__ = kern.__qualname__ = name
     return kernel(kern)
+
+
+@device
+def quantize_chunk(q0, q1, q2, q3, c, gs_enc, dst, scales, flag, FMT, BLOCK, SM100):
+    """Quantize 32-element chunk c given as four 8-float tuples: block amax(es), scale code(s)
+    (the spec's recipe), one 16-byte store of the 16 code bytes at dst + 16c, the scale byte(s).
+    NaN / inf in the chunk sets flag[0]."""
+    m01 = amax8(q1, amax8(q0, float32(0.0)))
+    m23 = amax8(q3, amax8(q2, float32(0.0)))
+    if not (m01 <= float32(3.4028235e38) and m23 <= float32(3.4028235e38)):
+        flag[0] = 1                                  # NaN or inf in this chunk
+    if BLOCK == 32:
+        code0, mult0 = scale_for(max(m01, m23), FMT, gs_enc, SM100)
+        code1, mult1 = code0, mult0
+        scales[c] = code0
+    else:
+        code0, mult0 = scale_for(m01, FMT, gs_enc, SM100)
+        code1, mult1 = scale_for(m23, FMT, gs_enc, SM100)
+        scales[2 * c] = code0
+        scales[2 * c + 1] = code1
+    ops.st_global_v4_b32(dst + uint64(16) * uint64(c), encode8(q0, mult0, SM100),
+                         encode8(q1, mult0, SM100), encode8(q2, mult1, SM100),
+                         encode8(q3, mult1, SM100))
 
 
 quantize_sm90_kernel = KernelFamily(
@@ -742,38 +763,222 @@ def make_amax_kernel(name, IKIND):
         for v in range(cuda.grid(1), nvec, cuda.gridsize(1)):
             vr = nvec - 1 - v                   # back to front: see the docstring
             w0, w1, w2, w3 = ops.ld_global_nc_v4_u32(src + uint64(16) * uint64(vr))
-            if IKIND == F32:
-                mk = uint32(0x7FFFFFFF)
-                m_hi = max(m_hi, max(w0 & mk, w1 & mk))
-                m_lo = max(m_lo, max(w2 & mk, w3 & mk))
-            else:
-                hk = uint32(0x7FFF0000)
-                lk = uint32(0x7FFF)
-                m_hi = max(m_hi, max(max(w0 & hk, w1 & hk), max(w2 & hk, w3 & hk)))
-                m_lo = max(m_lo, max(max(w0 & lk, w1 & lk), max(w2 & lk, w3 & lk)))
-        if IKIND == F32:
-            b = max(m_hi, m_lo)
-        elif IKIND == BF16:
-            b = max(m_hi, m_lo << uint32(16))
-        else:
-            b = f32_bits(f16_bits_to_f32(max(m_hi >> uint32(16), m_lo)))
-            b = b & uint32(0x7FFFFFFF)
-        r = int32(b)                                    # < 2^31: shfl takes 32-bit signed ints
-        for off in (16, 8, 4, 2, 1):
-            r = max(r, shfl_xor(r, off))
-        if cuda.laneid == 0:
-            red[cuda.threadIdx.x >> 5] = uint32(r)
-        cuda.syncthreads()
+            m_hi, m_lo = amax_words(w0, w1, w2, w3, m_hi, m_lo, IKIND)
+        m = block_max_u32(amax_of_accumulators(m_hi, m_lo, IKIND), red)
         if cuda.threadIdx.x == 0:
-            m = red[0]
-            for w in range(1, cuda.blockDim.x >> 5):
-                m = max(m, red[w])
             cuda.atomic.max(amax_bits, 0, m)
     kern.__name__ = kern.__qualname__ = name
     return kernel(kern)
 
 
+@device
+def amax_words(w0, w1, w2, w3, m_hi, m_lo, IKIND):
+    """Fold one 16-byte vector of input words into the two magnitude-bit accumulators."""
+    if IKIND == F32:
+        mk = uint32(0x7FFFFFFF)
+        m_hi = max(m_hi, max(w0 & mk, w1 & mk))
+        m_lo = max(m_lo, max(w2 & mk, w3 & mk))
+    else:
+        hk = uint32(0x7FFF0000)
+        lk = uint32(0x7FFF)
+        m_hi = max(m_hi, max(max(w0 & hk, w1 & hk), max(w2 & hk, w3 & hk)))
+        m_lo = max(m_lo, max(max(w0 & lk, w1 & lk), max(w2 & lk, w3 & lk)))
+    return m_hi, m_lo
+
+
+@device
+def amax_of_accumulators(m_hi, m_lo, IKIND):
+    """The float32 bits of max |x| from amax_words' two accumulators."""
+    if IKIND == F32:
+        b = max(m_hi, m_lo)
+    elif IKIND == BF16:
+        b = max(m_hi, m_lo << uint32(16))
+    else:
+        b = f32_bits(f16_bits_to_f32(max(m_hi >> uint32(16), m_lo)))
+        b = b & uint32(0x7FFFFFFF)
+    return b
+
+
+@device
+def block_max_u32(b, red):
+    """max of b (< 2^31) over the block, valid in thread 0: warp butterfly (shfl.sync.bfly), the
+    warp maxima through red (shared, one slot per warp), thread 0 folds them. Ends after a
+    __syncthreads, so red may be reused only after another one."""
+    r = int32(b)                                    # < 2^31: shfl takes 32-bit signed ints
+    for off in (16, 8, 4, 2, 1):
+        r = max(r, shfl_xor(r, off))
+    if cuda.laneid == 0:
+        red[cuda.threadIdx.x >> 5] = uint32(r)
+    cuda.syncthreads()
+    m = red[0]
+    if cuda.threadIdx.x == 0:
+        for w in range(1, cuda.blockDim.x >> 5):
+            m = max(m, red[w])
+    return m
+
+
 amax_prod_kernel = KernelFamily("amax_fp4", make_amax_kernel)
+
+
+# ----------------------------------------------------------------------------------------------
+# nvfp4 quantize in ONE persistent kernel (variant "fused"; the two-pass path above is the default)
+# ----------------------------------------------------------------------------------------------
+# Napkin math (7168 x 8192 bfloat16 -> nvfp4 on an H100: 132 SMs, 50 MB L2, ~3.0 TB/s copy):
+#   unique bytes 117.4 MB in + 29.4 MB codes + 3.7 MB scales = 150.5 MB; 1.5 TB/s <=> 100 us.
+#   Two passes (measured): amax 117 MB read (~44 us) + quantize 150 MB (67.6 us) = 111.3 us.
+#   Fused: phase 1 reads the 117 MB once (~40 us at ~2.9 TB/s read-only) and keeps each CTA's
+#   first KEEP rounds in shared memory (224 KB per SM -> 132 x 224 KB = 29.6 MB, 25% of the
+#   input; registers are not used for it); grid barrier (~2-5 us); phase 2 re-reads the other
+#   88 MB newest-first, so the ~30-40 MB read last come from L2 and ~50 MB from HBM, plus 33 MB
+#   of writes: ~83 MB of HBM traffic (~29 us) against the encode's ~37 us of issue (about 20
+#   instructions per element). Expected ~40 + 3 + ~40 = ~83 us (~1.8 TB/s); the lower bound
+#   with everything re-read from HBM is ~40 + 3 + 50 = ~93 us, still inside 100 us.
+#   A CTA is 512 threads (launch bound: 128 registers), one per SM (the shared memory takes
+#   more than half an SM), and the grid is the SM count, so every CTA is resident at once and
+#   the hand-rolled grid barrier below cannot wait for a CTA that never starts (numba's
+#   cooperative launch would need libcudadevrt at link time on the device). If it ever waited
+#   longer than ``spin_limit`` naps (~1 s) it records flag[1] and the host re-runs the call
+#   through the verified two-pass path (with a warning) instead of hanging or returning garbage.
+FUSED_THREADS = 512
+FUSED_SMEM_BUDGET = 224 * 1024      # dynamic shared memory for kept rounds (227 KB max per CTA)
+FUSED_SPIN_LIMIT = 1 << 22          # naps of ~256 ns before the barrier gives up (~1 s)
+
+
+def _keep_tile_gpu():
+    return cuda.shared.array(0, uint32, alignment=16)      # dynamic: the launch sizes it
+
+
+def _keep_tile_sim():
+    return cuda.shared.array(0, uint32)
+
+
+def _nap_gpu():
+    cuda.nanosleep(256)                 # nanosleep.u32 (PTX ISA "nanosleep", sm_70+)
+
+
+def _nap_sim():
+    pass
+
+
+keep_tile = device(_keep_tile_gpu, sim=_keep_tile_sim)
+nap = device(_nap_gpu, sim=_nap_sim)
+
+
+@device
+def kept8(kb, slot0, T, k, ikind):
+    """Elements 8k..8k+7 of a chunk kept in shared memory whose first vector is at slot0 (vector j
+    of the chunk sits T slots after vector j-1: each warp's lanes hit consecutive 16-byte slots)."""
+    if ikind == F32:
+        a0, a1, a2, a3 = ops.ld_shared_v4_u32(kb + uint32(16) * uint32(slot0 + 2 * k * T))
+        b0, b1, b2, b3 = ops.ld_shared_v4_u32(kb + uint32(16) * uint32(slot0 + (2 * k + 1) * T))
+        return unpack8(a0, a1, a2, a3, b0, b1, b2, b3, ikind)
+    a0, a1, a2, a3 = ops.ld_shared_v4_u32(kb + uint32(16) * uint32(slot0 + k * T))
+    return unpack8(a0, a1, a2, a3, a0, a1, a2, a3, ikind)
+
+
+@device
+def grid_barrier_amax(m, amax_bits, sync, flag, spin_limit):
+    """Thread 0 of each CTA: publish the CTA's amax m (atomicMax), arrive (fence + atomicAdd),
+    wait until all gridDim.x CTAs have arrived (or spin_limit naps: flag[1] = 1), then return the
+    tensor amax bits read with an atomic (L2, never a stale L1 line)."""
+    cuda.atomic.max(amax_bits, 0, m)
+    cuda.threadfence()                              # membar.gl: the max before the arrival
+    cuda.atomic.add(sync, 0, 1)
+    n = 0
+    while cuda.atomic.add(sync, 0, 0) < cuda.gridDim.x:
+        n += 1
+        if n >= spin_limit:
+            flag[1] = 1
+            break
+        nap()
+    cuda.threadfence()
+    return cuda.atomic.max(amax_bits, 0, uint32(0))
+
+
+def make_quantize_fused_kernel(SM100, name, FMT, BLOCK, IKIND, T, KEEP):
+    """Global amax + quantize in one launch; T threads per CTA, KEEP rounds kept in shared memory.
+
+    Work unit: a 32-element chunk (NV 16-byte vectors); a round is T consecutive chunks (thread t
+    takes chunk round * T + t: every warp load is 512 contiguous bytes); CTA b owns rounds
+    b, b + G, b + 2G, ... (G = gridDim.x), its i-th being round b + i * G.
+    Phase 1: for i = 0, 1, ...: load the round's chunk, fold it into the amax; rounds i < KEEP
+    also go to shared memory (vector j of thread t at slot (i * NV + j) * T + t: conflict-free
+    on both sides). The kept rounds are read FIRST, so the rounds re-read later are the ones read
+    last (most likely still in L2).
+    Barrier: block max -> grid_barrier_amax (all CTAs must be resident: grid <= SMs, 1 CTA/SM).
+    Phase 2: rounds i >= KEEP newest-first from global memory (L2 first), then the kept rounds
+    from shared memory; each chunk through quantize_chunk, the same code as the two-pass kernel.
+    """
+    NV = 8 if IKIND == F32 else 4                   # 16-byte vectors per 32-element chunk
+
+    def kern(x, amax_bits, sync, data, scales, flag, nchunks, spin_limit):
+        keep = keep_tile()
+        red = cuda.shared.array(33, uint32)         # warp maxima; [32]: the tensor amax bits
+        t = cuda.threadIdx.x
+        b = cuda.blockIdx.x
+        G = cuda.gridDim.x
+        nrounds = (nchunks + T - 1) // T
+        mine = (nrounds - b + G - 1) // G           # rounds of this CTA (b < G: never negative)
+        src = ops.array_address(x)
+        dst = ops.array_address(data)
+        kb = ops.shared_address(keep)
+        m_hi = uint32(0)
+        m_lo = uint32(0)
+        for i in range(mine):
+            c = (b + i * G) * T + t
+            if c < nchunks:
+                base = src + uint64(16 * NV) * uint64(c)
+                for h in range(NV // 4):            # 4 loads in flight, then their 4 stores
+                    a0, a1, a2, a3 = ops.ld_global_nc_v4_u32(base + uint64(64 * h))
+                    b0, b1, b2, b3 = ops.ld_global_nc_v4_u32(base + uint64(64 * h + 16))
+                    c0, c1, c2, c3 = ops.ld_global_nc_v4_u32(base + uint64(64 * h + 32))
+                    d0, d1, d2, d3 = ops.ld_global_nc_v4_u32(base + uint64(64 * h + 48))
+                    m_hi, m_lo = amax_words(a0, a1, a2, a3, m_hi, m_lo, IKIND)
+                    m_hi, m_lo = amax_words(b0, b1, b2, b3, m_hi, m_lo, IKIND)
+                    m_hi, m_lo = amax_words(c0, c1, c2, c3, m_hi, m_lo, IKIND)
+                    m_hi, m_lo = amax_words(d0, d1, d2, d3, m_hi, m_lo, IKIND)
+                    if i < KEEP:
+                        s0 = (i * NV + 4 * h) * T + t
+                        ops.st_shared_v4_b32(kb + uint32(16) * uint32(s0), a0, a1, a2, a3)
+                        ops.st_shared_v4_b32(kb + uint32(16) * uint32(s0 + T), b0, b1, b2, b3)
+                        ops.st_shared_v4_b32(kb + uint32(16) * uint32(s0 + 2 * T), c0, c1, c2, c3)
+                        ops.st_shared_v4_b32(kb + uint32(16) * uint32(s0 + 3 * T), d0, d1, d2, d3)
+        m = block_max_u32(amax_of_accumulators(m_hi, m_lo, IKIND), red)
+        if t == 0:
+            red[32] = grid_barrier_amax(m, amax_bits, sync, flag, spin_limit)
+        cuda.syncthreads()
+        gs_enc = encode_scale_of_bits(red[32], FMT)
+        for i in range(mine - 1, KEEP - 1, -1):     # re-read rounds, newest first (L2)
+            c = (b + i * G) * T + t
+            if c < nchunks:
+                base = src + uint64(16 * NV) * uint64(c)
+                quantize_chunk(load8(base, IKIND, 0), load8(base, IKIND, 1),
+                               load8(base, IKIND, 2), load8(base, IKIND, 3),
+                               c, gs_enc, dst, scales, flag, FMT, BLOCK, SM100)
+        for i in range(min(mine, KEEP)):            # kept rounds, from shared memory
+            c = (b + i * G) * T + t
+            if c < nchunks:
+                s0 = i * NV * T + t
+                quantize_chunk(kept8(kb, s0, T, 0, IKIND), kept8(kb, s0, T, 1, IKIND),
+                               kept8(kb, s0, T, 2, IKIND), kept8(kb, s0, T, 3, IKIND),
+                               c, gs_enc, dst, scales, flag, FMT, BLOCK, SM100)
+    kern.__name__ = kern.__qualname__ = name
+    k = kernel(kern, launch_bounds=(T, 1))
+    k.threads, k.keep, k.round_bytes = T, KEEP, T * NV * 16
+    return k
+
+
+def fused_key(fmt, ikind, threads=FUSED_THREADS, smem_budget=FUSED_SMEM_BUDGET):
+    """The KernelFamily key of the fused quantize for (format, input kind, CTA size, smem)."""
+    nv = 8 if ikind == F32 else 4
+    return (_FMT_ID[fmt], FORMATS[fmt].block, ikind, threads,
+            max(0, smem_budget // (threads * nv * 16)))
+
+
+quantize_fused_sm90_kernel = KernelFamily(
+    "quantize_fp4_fused_sm90", lambda name, *key: make_quantize_fused_kernel(False, name, *key))
+quantize_fused_sm100_kernel = KernelFamily(
+    "quantize_fp4_fused_sm100", lambda name, *key: make_quantize_fused_kernel(True, name, *key))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -813,8 +1018,10 @@ class _Plan:
         self.launches, self.finish = launches, finish
 
     def run(self):
-        for kern, grid, args in self.launches:
-            kern.launch(grid, THREADS, *args)
+        for launch in self.launches:            # (kernel, grid, args[, threads, shared bytes])
+            kern, grid, args = launch[:3]
+            threads, shared = launch[3:] if len(launch) > 3 else (THREADS, 0)
+            kern.launch(grid, threads, *args, shared_bytes=shared)
         return self
 
     def result(self):
@@ -859,10 +1066,59 @@ def reset_kernel(amax_bits, flag, amax_init):
     flag[0] = 0
 
 
-def quantize_plan(x, fmt, kern, ref, global_amax=None) -> _Plan:
+@kernel
+def reset_fused_kernel(amax_bits, flag, sync):
+    amax_bits[0] = 0
+    flag[0] = 0
+    flag[1] = 0
+    sync[0] = 0
+
+
+NVFP4_VARIANTS = ("twopass", "fused")
+NVFP4_DEFAULT_VARIANT = "twopass"   # H100-verified; "fused" is the one-launch kernel above
+_FUSED = {}                         # id(quantize family) -> its fused family (set below)
+_SMEM_RAISED = set()                # (kernel name, signature) whose > 48 KB limit is raised
+
+
+def nvfp4_variant(variant=None) -> str:
+    """The nvfp4 amax + quantize variant: the argument, else $DSV4_FP4_NVFP4_VARIANT, else the
+    default (``twopass``: amax pass + quantize kernel; ``fused``: one persistent kernel)."""
+    import os
+    v = variant or os.environ.get("DSV4_FP4_NVFP4_VARIANT") or NVFP4_DEFAULT_VARIANT
+    if v not in NVFP4_VARIANTS:
+        raise ValueError(f"nvfp4 quantize variant {v!r}: use one of {NVFP4_VARIANTS}")
+    return v
+
+
+def _fused_launch(k, flat, amax, sync, data, scales, flag, nchunks, grid=None):
+    """The fused kernel's launch tuple: grid = one CTA per SM (at most one per round; the
+    simulator runs CTAs one after another, so there: 1), the dynamic shared memory of KEEP rounds
+    (its > 48 KB limit raised once per compiled signature on the GPU)."""
+    from ..runtime import env
+    nrounds = -(-nchunks // k.threads)
+    gpu = detect_gpu() if env.mode() == "gpu" else None
+    if grid is None:
+        grid = max(1, min(nrounds, gpu.sm_count if gpu else 1))
+    smem = k.keep * k.round_bytes
+    args = (flat, amax, sync, data, scales, flag, np.int64(nchunks), np.int64(FUSED_SPIN_LIMIT))
+    if gpu is not None and smem > 48 * 1024:
+        from ..runtime import set_max_dynamic_shared
+        disp = k.gpu
+        sig = tuple(disp.typeof_pyval(a) for a in args)
+        if (k.__name__, sig) not in _SMEM_RAISED:
+            if sig not in disp.overloads:
+                disp.compile(sig)
+            set_max_dynamic_shared(disp, sig, smem)
+            _SMEM_RAISED.add((k.__name__, sig))
+    return (k, grid, args, k.threads, smem)
+
+
+def quantize_plan(x, fmt, kern, ref, global_amax=None, variant=None, fused_config=None) -> _Plan:
     """Validate, place buffers and list the launches of one quantize call (``kern``: the reference
     kernel or a production KernelFamily). nvfp4 plans launch the global-amax pass first, unless
-    ``global_amax`` is given (then its float32 bits seed the amax buffer)."""
+    ``global_amax`` is given (then its float32 bits seed the amax buffer), or, production with
+    ``variant="fused"`` (see ``nvfp4_variant``), one persistent kernel doing both.
+    ``fused_config``: (threads, smem budget, grid) overrides for the fused kernel (tests)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown FP4 format {fmt!r}; use one of {sorted(FORMATS)}")
     spec = FORMATS[fmt]
@@ -874,6 +1130,8 @@ def quantize_plan(x, fmt, kern, ref, global_amax=None) -> _Plan:
         if not (np.isfinite(ga) and ga >= 0):
             raise ValueError(f"global_amax must be finite and >= 0, got {global_amax!r}")
         amax_init = np.array(ga, np.float32).view(np.uint32)[()]
+    fused = (not ref and spec.has_global_scale and global_amax is None
+             and nvfp4_variant(variant) == "fused")
     shape = tuple(x.shape)
     ikind, _ = float_kind(x, "quantize_fp4 input", allow_f16=True)
     if not shape or shape[-1] % spec.block:
@@ -894,9 +1152,16 @@ def quantize_plan(x, fmt, kern, ref, global_amax=None) -> _Plan:
     data = io.empty(n // 2, np.uint8)
     scales = io.empty(n // spec.block, np.uint8)
     amax = io.to_kernel(np.zeros(1, np.uint32))
-    flag = io.to_kernel(np.zeros(1, np.int32))
+    flag = io.to_kernel(np.zeros(2, np.int32))     # [0]: NaN / inf seen, [1]: barrier gave up
     launches = []
-    if n:
+    if n and fused:
+        _check_aligned(flat, data)
+        threads, budget, grid = fused_config or (FUSED_THREADS, FUSED_SMEM_BUDGET, None)
+        k = _FUSED[id(kern)].get(*fused_key(fmt, ikind, threads, budget))
+        sync = io.to_kernel(np.zeros(1, np.int32))
+        launches.append((reset_fused_kernel, 1, (amax, flag, sync)))
+        launches.append(_fused_launch(k, flat, amax, sync, data, scales, flag, n // 32, grid))
+    elif n:
         launches.append((reset_kernel, 1, (amax, flag, amax_init)))
         amax_pass = spec.has_global_scale and global_amax is None
         if ref:
@@ -915,6 +1180,11 @@ def quantize_plan(x, fmt, kern, ref, global_amax=None) -> _Plan:
     def finish():
         amax_host = amax.copy_to_host() if hasattr(amax, "copy_to_host") else amax
         flag_host = flag.copy_to_host() if hasattr(flag, "copy_to_host") else flag
+        if flag_host[1]:                            # the fused kernel's barrier gave up
+            import warnings
+            warnings.warn("fused nvfp4 quantize: the grid barrier timed out (were all CTAs "
+                          "resident?); re-running with the two-pass variant", RuntimeWarning)
+            return quantize_plan(x, fmt, kern, ref, None, "twopass").run().result()
         if flag_host[0] or (spec.has_global_scale and amax_host[0] >= 0x7F800000):
             raise ValueError("x contains NaN or inf; FP4 cannot represent them: clean the input")
         a = amax_host.view(np.float32)[0]
@@ -931,8 +1201,8 @@ def quantize_plan(x, fmt, kern, ref, global_amax=None) -> _Plan:
     return _Plan(launches, finish)
 
 
-def _quantize(x, fmt, kern, ref, global_amax=None):
-    return quantize_plan(x, fmt, kern, ref, global_amax).run().result()
+def _quantize(x, fmt, kern, ref, global_amax=None, variant=None):
+    return quantize_plan(x, fmt, kern, ref, global_amax, variant).run().result()
 
 
 def _kernels_decode(family, fmts=("dsv4_fp4", "nvfp4"), okinds=(F32, F16, BF16)):
@@ -953,11 +1223,23 @@ def _kernels_quantize(family, fmts=("dsv4_fp4", "mxfp4", "nvfp4"), ikinds=(F32, 
             for fmt in fmts for ik in ikinds]
 
 
+def _kernels_fused(family, ikinds=(F32, F16, BF16)):
+    """(kernel, signature) of the fused nvfp4 quantize kernels (production CTA size and smem)."""
+    from numba import types as t
+    in_t = {F32: t.float32, F16: t.float16, BF16: t.uint16}
+    return [(family.get(*fused_key("nvfp4", ik)),
+             (in_t[ik][::1], t.uint32[::1], t.int32[::1], t.uint8[::1], t.uint8[::1],
+              t.int32[::1], t.int64, t.int64)) for ik in ikinds]
+
+
 def _kernels_amax(ikinds=(F32, F16, BF16)):
     from numba import types as t
     in_t = {F32: t.float32, F16: t.float16, BF16: t.uint16}
     return [(amax_prod_kernel.get(ik), (in_t[ik][::1], t.uint32[::1], t.int64)) for ik in ikinds]
 
+
+_FUSED[id(quantize_sm90_kernel)] = quantize_fused_sm90_kernel
+_FUSED[id(quantize_sm100_kernel)] = quantize_fused_sm100_kernel
 
 registry.register("decode_fp4", "reference")(
     lambda q, out_dtype, out=None: _decode(q, out_dtype, decode_ref_kernel, ref=True, out=out))
@@ -968,13 +1250,18 @@ registry.register("decode_fp4", "production", arch="sm_100a",
                   kernels=lambda: _kernels_decode(decode_sm100_kernel))(
     lambda q, out_dtype, out=None: _decode(q, out_dtype, decode_sm100_kernel, ref=False, out=out))
 registry.register("quantize_fp4", "reference")(
-    lambda x, fmt, global_amax=None: _quantize(x, fmt, quantize_ref_kernel, True, global_amax))
+    lambda x, fmt, global_amax=None, variant=None:
+    _quantize(x, fmt, quantize_ref_kernel, True, global_amax))
 registry.register("quantize_fp4", "production", arch="sm_90a",
-                  kernels=lambda: _kernels_quantize(quantize_sm90_kernel) + _kernels_amax())(
-    lambda x, fmt, global_amax=None: _quantize(x, fmt, quantize_sm90_kernel, False, global_amax))
+                  kernels=lambda: (_kernels_quantize(quantize_sm90_kernel) + _kernels_amax()
+                                   + _kernels_fused(quantize_fused_sm90_kernel)))(
+    lambda x, fmt, global_amax=None, variant=None:
+    _quantize(x, fmt, quantize_sm90_kernel, False, global_amax, variant))
 registry.register("quantize_fp4", "production", arch="sm_100a",
-                  kernels=lambda: _kernels_quantize(quantize_sm100_kernel) + _kernels_amax())(
-    lambda x, fmt, global_amax=None: _quantize(x, fmt, quantize_sm100_kernel, False, global_amax))
+                  kernels=lambda: (_kernels_quantize(quantize_sm100_kernel) + _kernels_amax()
+                                   + _kernels_fused(quantize_fused_sm100_kernel)))(
+    lambda x, fmt, global_amax=None, variant=None:
+    _quantize(x, fmt, quantize_sm100_kernel, False, global_amax, variant))
 
 
 def decode_fp4(q: QuantizedFP4, out_dtype="bfloat16", impl: str | None = None, out=None):
@@ -996,7 +1283,7 @@ def decode_fp4(q: QuantizedFP4, out_dtype="bfloat16", impl: str | None = None, o
 
 
 def quantize_fp4(x, fmt: str = "dsv4_fp4", impl: str | None = None,
-                 global_amax=None) -> QuantizedFP4:
+                 global_amax=None, variant: str | None = None) -> QuantizedFP4:
     """Quantize ``x`` along its last axis: bitwise ``formats.quantize(x, fmt)`` (codes and scales).
 
     Constraints:
@@ -1007,8 +1294,13 @@ def quantize_fp4(x, fmt: str = "dsv4_fp4", impl: str | None = None,
       * nvfp4 runs an extra pass for the per-tensor amax (the global scale), unless
         ``global_amax`` (nvfp4 only: a finite float >= 0, e.g. a calibrated amax) is given; the
         result is then bitwise ``formats.quantize(x, "nvfp4", global_amax=global_amax)``.
+      * ``variant`` (nvfp4 production without ``global_amax``): ``"twopass"`` (amax pass +
+        quantize kernel, the default) or ``"fused"`` (one persistent kernel that keeps part of
+        the input in shared memory across a grid barrier); also $DSV4_FP4_NVFP4_VARIANT.
+        Both are bitwise the spec.
     """
-    return registry.resolve("quantize_fp4", impl).fn(x, fmt, global_amax=global_amax)
+    return registry.resolve("quantize_fp4", impl).fn(x, fmt, global_amax=global_amax,
+                                                     variant=variant)
 
 
 def time_decode(q: QuantizedFP4, out_dtype="bfloat16", kern=None):
@@ -1029,14 +1321,15 @@ def time_decode(q: QuantizedFP4, out_dtype="bfloat16", kern=None):
     return us, nbytes / us / 1e3, plan.result().copy_to_host()
 
 
-def time_quantize(x_device, fmt, kern=None, global_amax=None):
+def time_quantize(x_device, fmt, kern=None, global_amax=None, variant=None):
     """(median microseconds, GB/s of unique bytes, the QuantizedFP4 the timed launches produced,
     on the device) of the production quantize launches on a device-resident input. nvfp4: with
-    ``global_amax=None`` the launches include the global-amax pass; with a given amax they are
-    the reset and the quantize kernel only. Unique bytes = input + codes + scales."""
+    ``global_amax=None`` the launches include the global-amax pass (``variant``: "twopass" or
+    "fused", see ``nvfp4_variant``); with a given amax they are the reset and the quantize kernel
+    only. Unique bytes = input + codes + scales."""
     from ..runtime.bench import time_gpu
     plan = quantize_plan(x_device, fmt, kern or quantize_sm90_kernel, ref=False,
-                         global_amax=global_amax)
+                         global_amax=global_amax, variant=variant)
     us = time_gpu(plan.run)
     n = int(np.prod(x_device.shape))
     nbytes = n * x_device.dtype.itemsize + n // 2 + n // FORMATS[fmt].block
