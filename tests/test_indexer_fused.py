@@ -107,6 +107,67 @@ def test_wrong_fp4_decode_in_the_kernel_fails_the_index_check(sim, monkeypatch):
         check_selection(idx, vals, orc["scores"], orc["err"], 8, orc["valid_len"], "integer decode")
 
 
+# ---------------------------------------------------------------- round 2 kernel (variant v2)
+def v2_scores(q, kc, w, vl, table=None, tq=None, k=8):
+    from dsv4_numba.pipelines.indexer import _validate
+    c = _validate(q, kc, w, k, vl, table)
+    p = F.fused_plan(c, q, kc, w, out=np.full(c.T * c.N, np.nan, np.float32), variant="v2",
+                     tq=tq).run()
+    return p.scores.reshape(c.T, c.N)
+
+
+def check_v2(sc, orc):
+    valid = ~np.isnan(orc["scores"])
+    assert not np.isnan(sc).any(), "v2: unwritten scores"
+    assert np.isneginf(sc[~valid]).all(), "v2: positions past valid_len must score -inf"
+    over = np.abs(sc.astype(np.float64) - np.nan_to_num(orc["scores"]))[valid] > orc["err"][valid]
+    assert not over.any(), f"v2: {int(over.sum())} scores outside the derived bound"
+
+
+def test_v2_bf16_emulated_three_tokens_per_cta(sim):
+    """One CTA column loops 3 tokens (q of the next token prefetched during the wgmma / epilogue,
+    the last one re-fetched); a 1-key tail block; a token with nothing to score."""
+    q, kc, w = problem(21, 3, 129, bf16=True)
+    vl = np.array([129, 70, 0], np.int32)
+    check_v2(v2_scores(q, kc, w, vl, tq=3), oracle(q, kc, w, vl))
+
+
+def test_v2_fp4_emulated_decoded_q_paged_equals_contiguous(sim):
+    """FP4 q decoded once by q_decode_kernel (T > 1), 2 tokens per CTA then 1; per-token paged
+    cache (garbage in unused pages) bitwise the contiguous result."""
+    q, kc, w = problem(22, 3, 128, bf16=False)
+    vl = np.array([128, 37, 100], np.int32)
+    sc = v2_scores(q, kc, w, vl, tq=2)
+    check_v2(sc, oracle(q, kc, w, vl))
+    (pd, ps), table = page([kc.data, kc.scales], 32, 3, True, 5, random_bytes)
+    table[1, 2:] = -1
+    kp = QuantizedFP4(pd, ps, None, "dsv4_fp4", pd.shape[:2] + (D,))
+    np.testing.assert_array_equal(v2_scores(q, kp, w, vl, table, tq=2).view(np.uint32),
+                                  sc.view(np.uint32))
+
+
+def test_variant_switch(monkeypatch):
+    assert F.pick_variant() == F.DEFAULT_VARIANT
+    monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v2")
+    assert F.pick_variant() == "v2" and F.pick_variant("v1") == "v1"
+    with pytest.raises(ValueError, match="v1"):
+        F.pick_variant("v3")
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["v2", "q_decode"])
+def test_v2_kernels_compile_for_sm90a(which):
+    kern, sig = F.v2_kernels()[which]
+    r = kern.compile(sig, "sm_90a")
+    assert r.spill_stores == 0 and r.spill_loads == 0 and r.stack_bytes == 0, r.summary()
+    if which == 0:
+        assert r.shared_bytes == F.SMEM_BYTES <= 48 * 1024
+        assert r.sass.count("HGMMA.64x128x16.F32.BF16") == D // 16
+        assert r.sass.count("SHFL.BFLY") == 16 + 8 + 4, "the transpose-reduce: 28 shuffles"
+        assert "cvt.rn.bf16x2.f32" in r.ptx                  # FP4 keys decoded in the kernel
+    else:
+        assert "st.global.v4.b32" in r.ptx
+
+
 def test_production_score_stage_emulated(sim):
     """indexer_scores/production (the same kernel writing logits) against float64 q . k."""
     from dsv4_numba.stages.indexer_stages import Paging

@@ -311,6 +311,148 @@ def indexer_fused_kernel(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, 
 
 
 # ----------------------------------------------------------------------------------------------
+# Round 2 (variant "v2"): q decoded once globally, the next token's q prefetched during the wgmma and
+# the epilogue, the head sum reduced by warp shuffles
+# ----------------------------------------------------------------------------------------------
+def _shfl_xor_sim(v, off):
+    """Simulator twin of ``shfl_xor_f32``: a rendezvous of the calling warp's 32 lanes through the
+    emulator's collective (as ``fmha_sm90.shfl_xor_f32``)."""
+    from ..emu import ops as eops
+    st, me = eops._enter()
+    warp, lane = divmod(me.thread_id, 32)
+    return eops._collective(st, me, ("shfl", warp), 32, lane, int(off), v,
+                            lambda key, got: [got[i ^ key] for i in range(32)],
+                            "shfl_xor_f32", f"warp {warp}")
+
+
+@device(sim=_shfl_xor_sim)
+def shfl_xor_f32(v, off):
+    """``shfl.sync.bfly.b32`` over the full warp (PTX ISA 9.7.9.6, sm_30+; via Numba)."""
+    return cuda.shfl_xor_sync(0xFFFFFFFF, v, off)
+
+
+# Napkin math (q decode): T*64 rows x 68 B in, 256 B out: T = 64 -> 0.3 MB in, 1 MB out, one
+# 16-byte vector per thread, < 3 us (launch-bound); it replaces the per-CTA decode of every q
+# (N/128 CTAs each decoding T*16 KB: 512x redundant work at N = 65536).
+@kernel(launch_bounds=(256,))
+def q_decode_kernel(qsrc, qsc, nvec, out):
+    """FP4 q (E2M1 codes [rows*64] + UE8M0 [rows*4]) -> bf16 bits, row-major [rows*128], written as
+    bytes ``out`` [rows*256] (vector i = row i // 16, 8 elements (i % 16) * 8 ..): the exact values
+    the fused kernel's own decode puts into shared memory."""
+    i = cuda.blockIdx.x * 256 + cuda.threadIdx.x
+    if i < nvec:
+        raw = fetch(qsrc, qsc, FMT_FP4, i >> 4, i & 15)
+        w0, w1, w2, w3 = decode8(raw[0], raw[1])
+        ops.st_global_v4_b32(ops.array_address(out) + uint64(int64(i) * 16), w0, w1, w2, w3)
+
+
+@device
+def fetch_q8(qsrc, qsc, fmt, t, tid):
+    """The 8 raw vectors thread tid moves of q[t] (``load_q_tile``'s loads, without the stores)."""
+    j = tid & 15
+    g = t * H_FUSED + (tid >> 4)
+    return (fetch(qsrc, qsc, fmt, g, j), fetch(qsrc, qsc, fmt, g + 8, j),
+            fetch(qsrc, qsc, fmt, g + 16, j), fetch(qsrc, qsc, fmt, g + 24, j),
+            fetch(qsrc, qsc, fmt, g + 32, j), fetch(qsrc, qsc, fmt, g + 40, j),
+            fetch(qsrc, qsc, fmt, g + 48, j), fetch(qsrc, qsc, fmt, g + 56, j))
+
+
+@device
+def halve(v, half, lane):
+    """One transpose-reduce step over lanes lane ^ half: v[0 .. half) <- the lane's kept half plus
+    the partner's copy of it (the partner sends the half it drops)."""
+    hi = (lane & half) != 0
+    for i in range(half):
+        keep = v[i + half] if hi else v[i]
+        send = v[i] if hi else v[i + half]
+        v[i] = keep + shfl_xor_f32(send, half)
+
+
+@device
+def relu_head_sum(acc, wa, wb, lane, xch, warp):
+    """w[h] ReLU(acc) summed over this warp's 16 heads by a transpose-reduce: 32 partials per thread
+    (its rows h0, h0 + 8 combined), halved by each of shfl.bfly 16, 8, 4 (16 + 8 + 4 shuffles; a lane
+    keeps the half its partner does not), leaving lane quad q = lane // 4 with the sums of partials
+    4q .. 4q + 3 = key columns 8 (2q + i // 2) + 2 (lane % 4) + i % 2; written to word
+    warp * BN + column of the exchange ``xch`` (uint32 view of shared memory)."""
+    v = cuda.local.array(32, float32)
+    for jj in range(BN // 8):
+        for e in range(2):
+            a0 = acc[4 * jj + e]
+            a1 = acc[4 * jj + 2 + e]
+            v[2 * jj + e] = (wa * a0 if a0 > float32(0.0) else float32(0.0)) + \
+                (wb * a1 if a1 > float32(0.0) else float32(0.0))
+    halve(v, 16, lane)
+    halve(v, 8, lane)
+    halve(v, 4, lane)
+    qd = lane >> 2
+    for i in range(4):
+        col = 8 * (2 * qd + (i >> 1)) + 2 * (lane & 3) + (i & 1)
+        xch[warp * BN + col] = f32_bits(v[i])
+
+
+# Napkin math: the module docstring's (same wgmma work). Per token per CTA this drops the q decode
+# (pre-decoded bf16: 8 ld.global.nc.v4 per thread, issued during the previous token's wgmma and
+# epilogue, so their L2 latency is hidden) and the 64 st.shared + 32 ld.shared partial exchange
+# (28 shuffles + 4 st.shared + 4 ld.shared). Shared memory as v1 (48 KB: keys 32 KB, q 16 KB; the
+# 2 KB exchange lives in the q tile once the wgmma waited). 3 syncs + 1 per token as v1.
+@kernel(launch_bounds=(THREADS,))
+def indexer_fused_v2_kernel(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, page_size,
+                            valid_len, T, N, TQ, qfmt, kfmt, scores):
+    """As ``indexer_fused_kernel`` with EPI_SCORES, q and keys in their own formats (``qfmt``,
+    ``kfmt``; all sources byte arrays: bf16 bits as uint8 views)."""
+    smem32 = cuda.shared.array(SMEM_WORDS, uint32, alignment=SMEM_ALIGN)
+    tid = cuda.threadIdx.x
+    warp = tid >> 5
+    lane = tid & 31
+    n0 = cuda.blockIdx.x * BN
+    t0 = cuda.blockIdx.y * TQ
+    t1 = min(T, t0 + TQ)
+    kbase = ops.shared_address(smem32)
+    qbase = kbase + uint32(K_BYTES)
+    xw = K_BYTES // 4
+    if table_rows == 1:
+        lim = 0
+        for t in range(t0, t1):
+            lim = max(lim, min(int64(valid_len[t]), N))
+        load_key_tile(kbase, ksrc, ksc, kfmt, table, table_rows, max_pages, page_size, 0, n0,
+                      min(BN, lim - n0), tid)
+    h0 = 16 * warp + (lane >> 2)
+    pre = fetch_q8(qsrc, qsc, qfmt, t0, tid)
+    for t in range(t0, t1):
+        if table_rows > 1:
+            load_key_tile(kbase, ksrc, ksc, kfmt, table, table_rows, max_pages, page_size, t, n0,
+                          min(BN, min(int64(valid_len[t]), N) - n0), tid)
+        store8(qbase, H_FUSED, tid >> 4, tid & 15, qfmt, pre)
+        ops.fence_proxy_async_shared_cta()
+        cuda.syncthreads()
+        adesc = uint64(DESC_SW128) | uint64((qbase >> 4) & 0x3FFF)
+        bdesc = uint64(DESC_SW128) | uint64((kbase >> 4) & 0x3FFF)
+        acc = zeros64()
+        ops.wgmma_fence()
+        for kk in range(D_FUSED // 16):
+            da = uint64((kk >> 2) * (H_FUSED * 128 >> 4) + (kk & 3) * 2)
+            db = uint64((kk >> 2) * (BN * 128 >> 4) + (kk & 3) * 2)
+            accumulate = uint32(min(kk, 1))
+            acc = mma_k16(acc, adesc + da, bdesc + db, accumulate)
+        ops.wgmma_commit_group()
+        # the next token's q (the last token re-reads its own: no branch around the loads)
+        pre = fetch_q8(qsrc, qsc, qfmt, min(t + 1, t1 - 1), tid)
+        wa = w[t * H_FUSED + h0]
+        wb = w[t * H_FUSED + h0 + 8]
+        ops.wgmma_wait_group_0()
+        cuda.syncthreads()                        # every warp is past its wgmma: q tile is free
+        relu_head_sum(acc, wa, wb, lane, smem32[xw:], warp)
+        cuda.syncthreads()
+        s = bits_f32(smem32[xw + tid]) + bits_f32(smem32[xw + BN + tid])
+        s += bits_f32(smem32[xw + 2 * BN + tid]) + bits_f32(smem32[xw + 3 * BN + tid])
+        n = n0 + tid
+        if n < N:
+            scores[int64(t) * N + n] = s if n < valid_len[t] else float32(-math.inf)
+        cuda.syncthreads()                        # the exchange (q tile) is rewritten next token
+
+
+# ----------------------------------------------------------------------------------------------
 # Host side
 # ----------------------------------------------------------------------------------------------
 STAGED_HINT = ("run the staged pipeline instead: indexer(..., impls=None) (or 'reference' / a "
@@ -366,22 +508,49 @@ def _sim_alignment(gpu: bool):
         SMEM_ALIGN = 1024
 
 
-class FusedPlan:
-    """One fused launch with its kernel-side arguments placed (tools time ``run()`` alone)."""
+VARIANTS = ("v1", "v2")
+#: The H100-verified round-1 kernel stays the default until v2 has passed tests/gpu on an H100;
+#: ``DSV4_INDEXER_VARIANT=v2`` (or ``variant=``) selects the round-2 kernel.
+DEFAULT_VARIANT = "v1"
 
-    def __init__(self, io, grid, args, scores, vl, gpu):
+
+def pick_variant(variant=None) -> str:
+    import os
+    v = variant or os.environ.get("DSV4_INDEXER_VARIANT") or DEFAULT_VARIANT
+    if v not in VARIANTS:
+        raise ValueError(f"fused indexer variant must be one of {VARIANTS}, not {v!r}")
+    return v
+
+
+def _u8(x):
+    """A byte view of a contiguous kernel-side array (v2 takes every source as bytes)."""
+    return x.view(np.uint8) if x.dtype != np.uint8 else x
+
+
+class FusedPlan:
+    """One fused launch with its kernel-side arguments placed (tools time ``run()`` alone).
+    ``pre``: (grid, args) of the q decode launched first (v2, FP4 q, T > 1), else None."""
+
+    def __init__(self, io, grid, args, scores, vl, gpu, variant="v1", pre=None):
         self.io, self.grid, self.args, self.scores, self.vl, self.gpu = io, grid, args, scores, vl, gpu
+        self.variant, self.pre = variant, pre
 
     def run(self):
         if self.grid is not None:
             with _sim_alignment(self.gpu):
-                indexer_fused_kernel.launch(self.grid, THREADS, *self.args)
+                if self.pre is not None:
+                    q_decode_kernel.launch(self.pre[0], 256, *self.pre[1])
+                k = indexer_fused_kernel if self.variant == "v1" else indexer_fused_v2_kernel
+                k.launch(self.grid, THREADS, *self.args)
         return self
 
 
-def fused_plan(c, q, k_cache, weights, out=None) -> FusedPlan:
+def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None) -> FusedPlan:
     """Place the validated inputs for the fused kernel. ``out``: a kernel-side float32 [T*N] to
-    write (tests poison it with NaN: every position must be written)."""
+    write (tests poison it with NaN: every position must be written). ``variant``: "v1" (round 1,
+    H100-verified) or "v2" (round 2); default ``DSV4_INDEXER_VARIANT`` or ``DEFAULT_VARIANT``.
+    ``tq``: tokens per CTA (tests: several tokens per CTA at emulator sizes), else ``token_group``."""
+    variant = pick_variant(variant)
     T, N = c.T, c.N
     if c.fam == "fp4":
         arrays = [q.data, q.scales, k_cache.data, k_cache.scales]
@@ -406,23 +575,35 @@ def fused_plan(c, q, k_cache, weights, out=None) -> FusedPlan:
     vl = c.valid_len
     vl = io.to_kernel(np.array(vl, np.int32) if isinstance(vl, np.ndarray) else vl).reshape(-1)
     scores = io.empty(T * N, np.float32) if out is None else out
-    grid, args = None, None
+    grid, args, pre = None, None, None
     if T and N:
-        TQ = token_group(T, N)
+        TQ = token_group(T, N) if tq is None else max(1, min(int(tq), T))
         grid = (-(-N // BN), -(-T // TQ))
-        args = (qsrc, qsc, ksrc, ksc, w, table, c.table_rows, c.max_pages, c.page_size, vl, T, N,
-                TQ, fmt, EPI_SCORES, scores)
-    return FusedPlan(io, grid, args, scores, vl, io.gpu)
+        if variant == "v1":
+            args = (qsrc, qsc, ksrc, ksc, w, table, c.table_rows, c.max_pages, c.page_size, vl, T,
+                    N, TQ, fmt, EPI_SCORES, scores)
+        else:
+            qfmt = fmt
+            qs = _u8(qsrc)
+            if fmt == FMT_FP4 and T > 1:          # decode q once (T = 1: in the CTA, no launch)
+                nvec = T * H_FUSED * ROW_VECS
+                qs = io.empty(nvec * 16, np.uint8)
+                pre = ((-(-nvec // 256),), (qsrc, qsc, nvec, qs))
+                qfmt = FMT_BF16
+            args = (qs, qsc, _u8(ksrc), ksc, w, table, c.table_rows, c.max_pages, c.page_size, vl,
+                    T, N, TQ, qfmt, fmt, scores)
+    return FusedPlan(io, grid, args, scores, vl, io.gpu, variant, pre)
 
 
-def fused_scores(c, q, k_cache, weights, out=None):
+def fused_scores(c, q, k_cache, weights, out=None, variant=None):
     """Launch the fused kernel on validated inputs; returns (io, scores kernel-side float32 [T*N],
     valid_len kernel-side int32 [T])."""
-    p = fused_plan(c, q, k_cache, weights, out).run()
+    p = fused_plan(c, q, k_cache, weights, out, variant).run()
     return p.io, p.scores, p.vl
 
 
-def fused_indexer(c, q, k_cache, weights, topk_impl=None, return_intermediates=False):
+def fused_indexer(c, q, k_cache, weights, topk_impl=None, return_intermediates=False,
+                  variant=None):
     """The fused path of ``pipelines.indexer.indexer`` (``impls="fused"``): scores [T, N] from the
     fused kernel, then the registered top-k stage (``stages.topk.topk``, ``topk_impl``)."""
     from ..registry import ImplUnavailable
@@ -433,7 +614,7 @@ def fused_indexer(c, q, k_cache, weights, topk_impl=None, return_intermediates=F
         raise ImplUnavailable(f"the fused indexer is an sm_90a kernel (wgmma); this GPU is "
                               f"{device_arch()}: {STAGED_HINT}")
     T, N, k = c.T, c.N, c.k
-    io, scores, vl = fused_scores(c, q, k_cache, weights)
+    io, scores, vl = fused_scores(c, q, k_cache, weights, variant=variant)
     if T == 0 or N == 0:
         idx = np.full((T, k), -1, np.int32)
         vals = np.full((T, k), -np.inf, np.float32)
@@ -494,9 +675,21 @@ def production_kernels():
                                     i64, i64, f32)) for src in (ty.uint16[::1], ty.uint8[::1])]
 
 
+def v2_kernels():
+    """(Kernel, signature) of the round-2 kernel (one specialisation: every source is bytes) and of
+    the q decode, for compile-only checks."""
+    from numba import types as ty
+    a8, f32, i32, i64 = ty.uint8[::1], ty.float32[::1], ty.int32[::1], ty.int64
+    return [(indexer_fused_v2_kernel, (a8, a8, a8, a8, f32, i32, i64, i64, i64, i32, i64, i64, i64,
+                                       i64, i64, f32)),
+            (q_decode_kernel, (a8, a8, i64, a8))]
+
+
 registry.register("indexer_scores", "production", arch="sm_90a",
                   kernels=production_kernels)(scores_production)
 
 __all__ = ["scores_production", "scores_fits", "production_kernels", "EPI_SCORES", "EPI_LOGITS",
-           "indexer_fused_kernel", "fused_indexer", "fused_scores", "fused_plan", "FusedPlan", "check_fusable", "token_group",
+           "indexer_fused_kernel", "indexer_fused_v2_kernel", "q_decode_kernel", "fused_indexer",
+           "fused_scores", "fused_plan", "FusedPlan", "check_fusable", "token_group", "VARIANTS",
+           "DEFAULT_VARIANT", "pick_variant", "v2_kernels",
            "BN", "H_FUSED", "D_FUSED"]
