@@ -47,6 +47,12 @@ TMEM lanes a full warpgroup)
   arrive ``o_ready`` (the MMA warp waits on it before PV_kt). Epilogue: wait the last ``o_done``
   and ``l_ready``, fold in the sink, O / l rounded to bf16 (RNE) and stored from registers, lse.
 
+The per-row work of the softmax, correction and epilogue runs over 32-column TMEM chunks
+(tcgen05.ld/st.32x32b.x32 / .x16) through small inlined helpers (``chunk_max``, ``chunk_exp``,
+``rescale``, ``normalize``, 16 words each) with NumPy simulator twins: unrolling a 128-column row into
+named scalars in the kernel body (the sm_90a style) cost minutes of Numba compile time (its
+liveness analysis is quadratic in blocks x variables) and made the emulator run slow.
+
 mbarriers (all in shared memory): bar_q; full_k[S], full_v[S], empty[S]; s_full[2], p_full[2]
 (count 128); o_done; o_ready (count 128); l_ready (count 128). Every wait is on a phase that can be
 at most one phase behind (the protocol above keeps each producer within one phase of its waiter),
