@@ -207,8 +207,13 @@ EMU_CASES = {
     "D128_causal_decode": (1, 20, 260, 1, 1, 128, True, None),
     "D256_gqa2_subtiled_pv": (1, 60, 100, 2, 1, 256, False, None),
     "D256_causal": (1, 70, 70, 1, 1, 256, True, None),
+    # causal with Tq > Tk: the first 20 queries see no key (out 0, lse = sink); MQA with a group of
+    # 3 (does not divide 128: one head per CTA, 3 CTAs)
+    "D64_causal_tq_gt_tk_mqa3": (1, 40, 20, 3, 1, 64, True, None),
+    "D16_decode_mha_tq1": (2, 1, 70, 2, 2, 16, False, (70, 33)),
 }
-SLOW = {"D64_causal_two_ctas", "D128_causal_decode", "D256_causal", "D64_decode3_gqa4_packed"}
+SLOW = {"D64_causal_two_ctas", "D128_causal_decode", "D256_causal", "D64_decode3_gqa4_packed",
+        "D64_causal_tq_gt_tk_mqa3", "D16_decode_mha_tq1"}
 
 
 @pytest.mark.filterwarnings("error")
@@ -240,9 +245,14 @@ def test_fused_sm100_under_the_emulator(monkeypatch, case):
     empty = ~np.isfinite(lse64)
     assert np.array_equal(np.isneginf(lse), empty)                            # no key, no sink: -inf
     np.testing.assert_allclose(lse[~empty], lse64[~empty], rtol=0, atol=2e-5)
-    for b in range(B):
-        if lens[b] == 0:                                                      # exact rules
+    for b in range(B):                                                        # exact rules
+        if lens[b] == 0:
             assert (out[b].astype(np.float32) == 0).all()
+    if causal and Tq > Tk:                                                    # rows that see nothing
+        assert (out[:, :Tq - Tk].astype(np.float32) == 0).all()
+        if sink is not None:
+            np.testing.assert_allclose(lse[:, :, :Tq - Tk], np.broadcast_to(sink[None, :, None],
+                                       (B, Hq, Tq - Tk)), rtol=2e-7, atol=0)
 
 
 def test_emulator_rejects_a_plan_the_kernel_does_not_follow(monkeypatch):
