@@ -43,6 +43,12 @@ Implementations (stage registry names ``decode_fp4`` / ``quantize_fp4``)
   16-byte store of codes. nvfp4 first runs the global-amax pass: 16-byte grid-stride loads,
   integer max of the magnitude bits, warp butterfly, one atomicMax per block. Grid-stride loops
   over grids sized to fill the GPU.
+  nvfp4 variant ``fused`` (``quantize_fp4(..., variant="fused")`` or
+  ``DSV4_FP4_NVFP4_VARIANT=fused``; the default stays ``twopass``): ONE persistent kernel, one
+  CTA of 512 threads per SM; phase 1 reads the input once for the amax and keeps each CTA's
+  first rounds in shared memory (224 KB per SM, 29.6 MB on an H100), a grid barrier (atomics,
+  with a time-out that falls back to the two-pass path), phase 2 quantizes the other rounds
+  newest-first (from L2 where they still are) and then the kept ones from shared memory.
   The inline-PTX operations have simulator twins (and ``dsv4_numba.emu`` emulates the 16-byte
   global / shared accesses), so these exact kernels are tested bitwise on the CPU too.
 * ``production:sm_100a`` — same data path, but decodes with the Blackwell conversion
@@ -64,10 +70,12 @@ element (encode ~11) -> ~28 us of issue: memory-bound with less slack. nvfp4 add
 pass: 117 MB read-only, ~40 us at ~3 TB/s, so ~1.8x the others' time unless the tensor amax is
 given: ``quantize_fp4(x, "nvfp4", global_amax=a)`` skips the pass (bitwise the spec with the
 same argument).
-Measured on an H100 before this version (CHANGELOG): 58.8 us = 2.53 TB/s (84% of copy) for
-dsv4_fp4 -> bfloat16; 63.8 us (78%) for nvfp4 -> bfloat16; 72 us (2.07 TB/s) quantize; nvfp4
-quantize 151 us (997 GB/s). This version (format-specialized kernels, bit-arithmetic E4M3 decode
-and E2M1 encode, 16-byte amax pass) has not been timed yet: tools/bench_fp4.py.
+The fused variant reads the input from HBM about 1.45 times instead of 2 (napkin math above
+``make_quantize_fused_kernel``): ~83 us expected, <= ~93 us if nothing is left in L2.
+Measured on an H100 (2026-11-25, copy 3014 GB/s, CHANGELOG) with the format-specialized kernels:
+decode -> bfloat16 56.2 us (dsv4_fp4, mxfp4) / 57.0 us (nvfp4), 88% of copy; -> float32 ~99 us
+(~90%); quantize dsv4_fp4 / mxfp4 61.8 us (2.4 TB/s); nvfp4 111.3 us incl. the amax pass
+(1.35 TB/s), 67.6 us with global_amax given. The fused nvfp4 variant has not been timed yet.
 """
 from __future__ import annotations
 
@@ -831,8 +839,9 @@ amax_prod_kernel = KernelFamily("amax_fp4", make_amax_kernel)
 #   input; registers are not used for it); grid barrier (~2-5 us); phase 2 re-reads the other
 #   88 MB newest-first, so the ~30-40 MB read last come from L2 and ~50 MB from HBM, plus 33 MB
 #   of writes: ~83 MB of HBM traffic (~29 us) against the encode's ~37 us of issue (about 20
-#   instructions per element). Expected ~40 + 3 + ~40 = ~83 us (~1.8 TB/s); the lower bound
-#   with everything re-read from HBM is ~40 + 3 + 50 = ~93 us, still inside 100 us.
+#   instructions per element). Expected ~40 + 3 + ~40 = ~83 us (~1.8 TB/s); if nothing were
+#   left in L2 (88 MB + 33 MB from / to HBM in phase 2): ~40 + 3 + ~42 = ~85-93 us, still
+#   inside 100 us. Hence: the target is reachable on paper, with ~10-15% margin.
 #   A CTA is 512 threads (launch bound: 128 registers), one per SM (the shared memory takes
 #   more than half an SM), and the grid is the SM count, so every CTA is resident at once and
 #   the hand-rolled grid barrier below cannot wait for a CTA that never starts (numba's
@@ -877,6 +886,19 @@ def kept8(kb, slot0, T, k, ikind):
 
 
 @device
+def load_chunk_4v(base):
+    """The four 16-byte vectors of a 16-bit 32-element chunk at global address base."""
+    return (ops.ld_global_nc_v4_u32(base), ops.ld_global_nc_v4_u32(base + uint64(16)),
+            ops.ld_global_nc_v4_u32(base + uint64(32)), ops.ld_global_nc_v4_u32(base + uint64(48)))
+
+
+@device
+def unpack8v(v, ikind):
+    """unpack8 of one 16-byte vector (a 4-tuple of words) of a 16-bit kind."""
+    return unpack8(v[0], v[1], v[2], v[3], v[0], v[1], v[2], v[3], ikind)
+
+
+@device
 def grid_barrier_amax(m, amax_bits, sync, flag, spin_limit):
     """Thread 0 of each CTA: publish the CTA's amax m (atomicMax), arrive (fence + atomicAdd),
     wait until all gridDim.x CTAs have arrived (or spin_limit naps: flag[1] = 1), then return the
@@ -906,8 +928,10 @@ def make_quantize_fused_kernel(SM100, name, FMT, BLOCK, IKIND, T, KEEP):
     on both sides). The kept rounds are read FIRST, so the rounds re-read later are the ones read
     last (most likely still in L2).
     Barrier: block max -> grid_barrier_amax (all CTAs must be resident: grid <= SMs, 1 CTA/SM).
-    Phase 2: rounds i >= KEEP newest-first from global memory (L2 first), then the kept rounds
-    from shared memory; each chunk through quantize_chunk, the same code as the two-pass kernel.
+    Phase 2: rounds i >= KEEP newest-first from global memory (L2 first; 16-bit input: the next
+    chunk's loads are issued before this one is encoded, since a CTA of 16 warps has little
+    else to hide their latency), then the kept rounds from shared memory; each chunk through
+    quantize_chunk, the same code as the two-pass kernel.
     """
     NV = 8 if IKIND == F32 else 4                   # 16-byte vectors per 32-element chunk
 
@@ -948,13 +972,32 @@ def make_quantize_fused_kernel(SM100, name, FMT, BLOCK, IKIND, T, KEEP):
             red[32] = grid_barrier_amax(m, amax_bits, sync, flag, spin_limit)
         cuda.syncthreads()
         gs_enc = encode_scale_of_bits(red[32], FMT)
-        for i in range(mine - 1, KEEP - 1, -1):     # re-read rounds, newest first (L2)
+        if NV == 4:     # re-read rounds, newest first (L2), the next chunk's 4 loads in flight
+            z = (uint32(0), uint32(0), uint32(0), uint32(0))   # while this one is encoded
+            va, vb, vc, vd = z, z, z, z
+            i = mine - 1
             c = (b + i * G) * T + t
-            if c < nchunks:
-                base = src + uint64(16 * NV) * uint64(c)
-                quantize_chunk(load8(base, IKIND, 0), load8(base, IKIND, 1),
-                               load8(base, IKIND, 2), load8(base, IKIND, 3),
-                               c, gs_enc, dst, scales, flag, FMT, BLOCK, SM100)
+            if i >= KEEP and c < nchunks:
+                va, vb, vc, vd = load_chunk_4v(src + uint64(64) * uint64(c))
+            while i >= KEEP:
+                ua, ub, uc, ud = va, vb, vc, vd
+                cc = c
+                i -= 1
+                c = (b + i * G) * T + t
+                if i >= KEEP and c < nchunks:
+                    va, vb, vc, vd = load_chunk_4v(src + uint64(64) * uint64(c))
+                if cc < nchunks:
+                    quantize_chunk(unpack8v(ua, IKIND), unpack8v(ub, IKIND),
+                                   unpack8v(uc, IKIND), unpack8v(ud, IKIND),
+                                   cc, gs_enc, dst, scales, flag, FMT, BLOCK, SM100)
+        else:           # float32 input: 8 loads per chunk, no prefetch
+            for i in range(mine - 1, KEEP - 1, -1):
+                c = (b + i * G) * T + t
+                if c < nchunks:
+                    base = src + uint64(16 * NV) * uint64(c)
+                    quantize_chunk(load8(base, IKIND, 0), load8(base, IKIND, 1),
+                                   load8(base, IKIND, 2), load8(base, IKIND, 3),
+                                   c, gs_enc, dst, scales, flag, FMT, BLOCK, SM100)
         for i in range(min(mine, KEEP)):            # kept rounds, from shared memory
             c = (b + i * G) * T + t
             if c < nchunks:

@@ -157,3 +157,93 @@ def test_nvfp4_given_global_amax(prod, in_dt, factor):
     assert q.global_scale == s.global_scale
     assert_close(q.scales, s.scales, bitwise=True, name="scales")
     assert_close(q.data, s.data, bitwise=True, name="codes")
+
+
+# ---------------------------------------------- the fused nvfp4 quantize (variant="fused")
+# One persistent kernel: amax phase (keeping 224 KB per SM of the input in shared memory), a grid
+# barrier, quantize phase. Select with -k fused (about a minute on an H100, compiles included).
+def _fused_on_device(x):
+    """Fused nvfp4 quantize of NumPy x through a plan whose outputs are poisoned first (0xAB in
+    every code byte and scale byte: anything left unwritten fails the bitwise check); a barrier
+    time-out warning is an error here."""
+    import warnings
+
+    from numba import cuda
+
+    from dsv4_numba.stages import fp4
+    xd = cuda.to_device(x.view(np.uint16) if x.dtype == ml_dtypes.bfloat16 else x)
+    plan = fp4.quantize_plan(xd, "nvfp4", fp4.quantize_sm90_kernel, ref=False, variant="fused")
+    k, grid, args, threads, smem = plan.launches[-1]
+    assert k.__name__.startswith("quantize_fp4_fused") and threads == fp4.FUSED_THREADS
+    for buf in (args[3], args[4]):
+        buf.copy_to_device(np.full(buf.shape, 0xAB, np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        q = plan.run().result()
+    return (q.data.copy_to_host().reshape(x.shape[:-1] + (-1,)),
+            q.scales.copy_to_host().reshape(x.shape[:-1] + (-1,)), q.global_scale)
+
+
+@pytest.mark.parametrize("in_dt,shape", [
+    (ml_dtypes.bfloat16, (4096, 8192)),   # ~15.5 rounds per CTA: 7 kept, the rest re-read
+    (ml_dtypes.bfloat16, (1, 32)),        # one chunk: one CTA, everything kept
+    (ml_dtypes.bfloat16, (129, 2048)),
+    (np.float32, (2048, 8192)),           # float32: 3 kept rounds of 8 vectors per chunk
+    (np.float16, (127, 4096)),
+])
+def test_fused_nvfp4_matches_spec(prod, in_dt, shape):
+    rng = np.random.default_rng(sum(shape) + 21)
+    x = _x(rng, shape)
+    if in_dt is np.float16:
+        x = np.clip(x, -6e4, 6e4)
+    x = x.astype(in_dt)
+    x[0, :32] = 0
+    data, scales, g = _fused_on_device(x)
+    s = formats.quantize(x, "nvfp4")
+    assert g == s.global_scale
+    assert_close(scales, s.scales, bitwise=True, name="scales")
+    assert_close(data, s.data, bitwise=True, name="codes")
+
+
+@pytest.mark.parametrize("where", ["first", "last", "middle", "kept_of_last_cta"])
+def test_fused_nvfp4_amax_anywhere(prod, where):
+    """The tensor amax (negative) in a kept round, a re-read round or the last CTA's: every CTA
+    must see the same global scale after the barrier."""
+    rng = np.random.default_rng(12)
+    x = rng.uniform(-1, 1, (2048, 8192)).astype(np.float32)    # 1024 rounds: 7-8 per CTA
+    n_sm = runtime.detect_gpu().sm_count
+    pos = {"first": 0, "last": x.size - 1, "middle": x.size // 2 + 17,
+           "kept_of_last_cta": (n_sm - 1) * 512 * 32 + 5}[where]
+    x.reshape(-1)[pos] = -3000.0
+    x = x.astype(ml_dtypes.bfloat16)
+    data, scales, g = _fused_on_device(x)
+    s = formats.quantize(x, "nvfp4")
+    assert g == s.global_scale
+    assert_close(scales, s.scales, bitwise=True, name="scales")
+    assert_close(data, s.data, bitwise=True, name="codes")
+
+
+def test_fused_nvfp4_public_api_and_errors(prod):
+    from numba import cuda
+    rng = np.random.default_rng(4)
+    x = _x(rng, (300, 4096)).astype(ml_dtypes.bfloat16)
+    q = d.quantize_fp4(x, "nvfp4", impl=prod, variant="fused")
+    s = formats.quantize(x, "nvfp4")
+    assert q.global_scale == s.global_scale
+    assert_close(q.data, s.data, bitwise=True, name="codes")
+    bad = np.ones((2, 64), np.float32)
+    bad[1, 5] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        d.quantize_fp4(cuda.to_device(bad), "nvfp4", impl=prod, variant="fused")
+
+
+def test_fused_timing_helper_runs(prod):
+    from numba import cuda
+    from dsv4_numba.stages import fp4
+    rng = np.random.default_rng(6)
+    x = _x(rng, (1024, 4096)).astype(ml_dtypes.bfloat16)
+    us, gbs, got = fp4.time_quantize(cuda.to_device(x.view(np.uint16)), "nvfp4", variant="fused")
+    assert us > 0 and gbs > 0
+    s = formats.quantize(x, "nvfp4")
+    assert got.global_scale == s.global_scale
+    assert_close(got.data.copy_to_host(), s.data, bitwise=True, name="timed fused codes")
