@@ -1,8 +1,12 @@
 """Benchmark the fused sm_90a lightning indexer against the torch path, measured in the same run.
 
-    python tools/bench_indexer.py            # all shapes, dsv4_fp4 and bf16 keys
-    python tools/bench_indexer.py --quick    # fewer repetitions
+    python tools/bench_indexer.py            # all shapes, dsv4_fp4 and bf16 keys, kernels v1 and v2
+    python tools/bench_indexer.py --quick    # the three target rows (FP4), fewer repetitions
     python tools/bench_indexer.py --fmt fp4  # one format
+    python tools/bench_indexer.py --variant v2   # one fused kernel (v1: round 1, H100-verified)
+
+Rows are not started once ``--max-seconds`` (default 40) have passed since the start (compiles
+included): the table of what ran is printed either way.
 
 The torch path is what users write today: dequantize (FP4: nibble unpack, E2M1 table, x 2^(s-127)
 per 32, to bf16), ``einsum('thd,nd->thn')`` in bf16, ReLU, times w[t, h], sum over heads (float32),
@@ -71,7 +75,7 @@ def make_inputs(torch, fmt, T, N, g):
     return dict(q=q, k=k, w=w)
 
 
-def bench_case(torch, fmt, T, N, k, reps, repeats, rows):
+def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2")):
     from numba import cuda
 
     from dsv4_numba.formats import QuantizedFP4
@@ -103,14 +107,14 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows):
     wd = cuda.as_cuda_array(w)
     scores_t = torch.full((T * N,), float("nan"), device="cuda")          # poisoned
     scores = cuda.as_cuda_array(scores_t)
-    plans = []
-    for kk in keys:
-        q, kc = ours_inputs(kk)
-        plans.append(F.fused_plan(_validate(q, kc, wd, k, None, None), q, kc, wd, out=scores))
-    vl = plans[0].vl
-    plans[0].run()
-    cuda.synchronize()
-    assert not torch.isnan(scores_t).any(), "fused: unwritten scores"
+    plans = {}
+    for v in variants:
+        plans[v] = []
+        for kk in keys:
+            q, kc = ours_inputs(kk)
+            plans[v].append(F.fused_plan(_validate(q, kc, wd, k, None, None), q, kc, wd,
+                                         out=scores, variant=v))
+    vl = plans[variants[0]][0].vl
     s2 = scores.reshape(T, N)
     vals = cuda.device_array(T * k, np.float32)          # flat, as topk_production takes them
     idx = cuda.device_array(T * k, np.int32)
@@ -126,15 +130,6 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows):
         def run_topk():
             TK.topk(s2, k, lengths=vl, impl="production")
         how = "public"
-    cyc = Cycle(plans)
-
-    def run_scores():
-        cyc().run()
-
-    def run_all():
-        run_scores()
-        run_topk()
-
     # correctness spot check against torch (same inputs)
     def torch_path(kk, exact=False):
         if fmt == "fp4":
@@ -148,31 +143,54 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows):
         sc = (torch.relu(logits).float() * w[:, :, None]).sum(1)
         return torch.topk(sc, k, dim=-1)
     tcyc = Cycle(keys)
-    plans[0].run()
-    run_topk()
-    cuda.synchronize()
     torch.backends.cuda.matmul.allow_tf32 = False
     tv, ti = torch_path(keys[0], exact=True)
-    ours_idx = idx.copy_to_host().reshape(T, k)
     theirs = ti.cpu().numpy()
-    agree = float(np.mean([np.intersect1d(ours_idx[t], theirs[t]).size / k for t in range(T)]))
-    s_us = time_gpu(run_scores, reps, repeats)
-    a_us = time_gpu(run_all, reps, repeats)
+    del tv, ti
     t_us = time_gpu(lambda: torch_path(tcyc()), reps, repeats)
     flops = 2.0 * T * H * N * D
-    rows.append((fmt, T, N, k, s_us, a_us, t_us, kbytes / s_us / 1e3, flops / s_us / 1e6, agree, how))
-    tgt = TARGETS.get((T, N, k)) if fmt == "fp4" else None
-    print(f"{fmt} T={T} N={N} k={k}: scores {s_us:.1f} us, total {a_us:.1f} us vs torch "
-          f"{t_us:.1f} us ({t_us / a_us:.2f}x); agree {agree:.4f}"
-          + (f"; target {tgt:.0f} us {'MET' if a_us <= tgt else 'missed'}" if tgt else ""),
-          flush=True)
+    for v in variants:
+        scores_t.fill_(float("nan"))
+        plans[v][0].run()
+        cuda.synchronize()
+        assert not torch.isnan(scores_t).any(), f"fused {v}: unwritten scores"
+        run_topk()
+        cuda.synchronize()
+        ours_idx = idx.copy_to_host().reshape(T, k)
+        agree = float(np.mean([np.intersect1d(ours_idx[t], theirs[t]).size / k for t in range(T)]))
+        cyc = Cycle(plans[v])
+
+        def run_scores():
+            cyc().run()
+
+        def run_all():
+            run_scores()
+            run_topk()
+        s_us = time_gpu(run_scores, reps, repeats)
+        a_us = time_gpu(run_all, reps, repeats)
+        rows.append((fmt, v, T, N, k, s_us, a_us, t_us, kbytes / s_us / 1e3, flops / s_us / 1e6,
+                     agree, how))
+        tgt = TARGETS.get((T, N, k)) if fmt == "fp4" else None
+        print(f"{fmt} {v} T={T} N={N} k={k}: scores {s_us:.1f} us, total {a_us:.1f} us vs torch "
+              f"{t_us:.1f} us ({t_us / a_us:.2f}x); {flops / s_us / 1e6:.0f} TFLOP/s; "
+              f"agree {agree:.4f}"
+              + (f"; target {tgt:.0f} us {'MET' if a_us <= tgt else 'missed'}" if tgt else ""),
+              flush=True)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--quick", action="store_true",
+                    help="the three target rows (FP4 unless --fmt), fewer repetitions")
     ap.add_argument("--fmt", choices=("fp4", "bf16"), help="one key format only")
+    ap.add_argument("--variant", choices=("v1", "v2", "both"), default="both",
+                    help="fused kernel(s) to time: v1 (round 1, H100-verified), v2 (round 2)")
+    ap.add_argument("--max-seconds", type=float, default=40.0,
+                    help="start no new row after this many seconds (compiles included)")
     args = ap.parse_args(argv)
+    import time
+    start = time.monotonic()
+    variants = ("v1", "v2") if args.variant == "both" else (args.variant,)
     import torch  # noqa: lazily: present on the device image only
 
     from dsv4_numba.runtime import detect_gpu
@@ -181,23 +199,29 @@ def main(argv=None):
         print("no GPU found: this benchmark runs on the device machine", file=sys.stderr)
         return 2
     import numba_cuda
-    reps, repeats = (10, 3) if args.quick else (20, 7)
+    reps, repeats = (5, 3) if args.quick else (10, 5)
     print(f"# {gpu.name} ({gpu.arch}, {gpu.sm_count} SMs), torch {torch.__version__}, "
           f"numba-cuda {numba_cuda.__version__}, {datetime.date.today()}", flush=True)
     rows = []
-    for fmt in ((args.fmt,) if args.fmt else ("fp4", "bf16")):
-        for (T, N, k) in SHAPES:
-            bench_case(torch, fmt, T, N, k, reps, repeats, rows)
+    fmts = (args.fmt,) if args.fmt else (("fp4",) if args.quick else ("fp4", "bf16"))
+    shapes = [s for s in SHAPES if s in TARGETS] if args.quick else SHAPES
+    for fmt in fmts:
+        for (T, N, k) in shapes:
+            if time.monotonic() - start > args.max_seconds:
+                print(f"# --max-seconds {args.max_seconds:.0f} passed: {fmt} T={T} N={N} k={k} "
+                      f"and later rows skipped", flush=True)
+                break
+            bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants)
     print()
     print(f"Fused indexer (H=64, D=128), {gpu.name}, {datetime.date.today()}; CUDA-event medians "
           f"(tools/bench_indexer.py)")
     print()
-    print("| keys | T | N | k | scores us | total us | torch us | speed-up | key GB/s | TFLOP/s "
-          "| top-k agree | target |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for fmt, T, N, k, s_us, a_us, t_us, gbs, tf, agree, how in rows:
+    print("| keys | kernel | T | N | k | scores us | total us | torch us | speed-up | key GB/s "
+          "| TFLOP/s | top-k agree | target |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for fmt, v, T, N, k, s_us, a_us, t_us, gbs, tf, agree, how in rows:
         tgt = TARGETS.get((T, N, k)) if fmt == "fp4" else None
-        print(f"| {fmt} | {T} | {N} | {k} | {s_us:.1f} | {a_us:.1f} | {t_us:.1f} | "
+        print(f"| {fmt} | {v} | {T} | {N} | {k} | {s_us:.1f} | {a_us:.1f} | {t_us:.1f} | "
               f"{t_us / a_us:.2f}x | {gbs:.0f} | {tf:.0f} | {agree:.4f} | "
               f"{'' if tgt is None else f'<= {tgt:.0f}'} |")
     return 0

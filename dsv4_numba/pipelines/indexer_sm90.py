@@ -357,38 +357,43 @@ def fetch_q8(qsrc, qsc, fmt, t, tid):
             fetch(qsrc, qsc, fmt, g + 48, j), fetch(qsrc, qsc, fmt, g + 56, j))
 
 
-@device
-def halve(v, half, lane):
-    """One transpose-reduce step over lanes lane ^ half: v[0 .. half) <- the lane's kept half plus
-    the partner's copy of it (the partner sends the half it drops)."""
-    hi = (lane & half) != 0
-    for i in range(half):
-        keep = v[i + half] if hi else v[i]
-        send = v[i] if hi else v[i + half]
-        v[i] = keep + shfl_xor_f32(send, half)
-
-
-@device
-def relu_head_sum(acc, wa, wb, lane, xch, warp):
-    """w[h] ReLU(acc) summed over this warp's 16 heads by a transpose-reduce: 32 partials per thread
-    (its rows h0, h0 + 8 combined), halved by each of shfl.bfly 16, 8, 4 (16 + 8 + 4 shuffles; a lane
-    keeps the half its partner does not), leaving lane quad q = lane // 4 with the sums of partials
-    4q .. 4q + 3 = key columns 8 (2q + i // 2) + 2 (lane % 4) + i % 2; written to word
-    warp * BN + column of the exchange ``xch`` (uint32 view of shared memory)."""
-    v = cuda.local.array(32, float32)
-    for jj in range(BN // 8):
-        for e in range(2):
-            a0 = acc[4 * jj + e]
-            a1 = acc[4 * jj + 2 + e]
-            v[2 * jj + e] = (wa * a0 if a0 > float32(0.0) else float32(0.0)) + \
-                (wb * a1 if a1 > float32(0.0) else float32(0.0))
-    halve(v, 16, lane)
-    halve(v, 8, lane)
-    halve(v, 4, lane)
-    qd = lane >> 2
+def _head_sum_source() -> str:
+    """Source of ``relu_head_sum``, generated so that every accumulator and partial is named by a
+    constant: a Python loop over ``acc[4 * jj + e]`` compiles to a 64-way compare-and-branch per
+    access (Numba's tuple getitem with a run-time index) -- what made round 1's epilogue ~16K
+    instructions per thread per token (1512 ISETP / 699 BRA in its SASS)."""
+    L = ["def relu_head_sum(acc, wa, wb, lane, xch, warp):",
+         "    z = float32(0.0)"]
+    for v in range(32):            # partial v: columns 8 (v // 2) + 2 (lane % 4) + v % 2, rows h0, h0+8
+        a0, a1 = 4 * (v >> 1) + (v & 1), 4 * (v >> 1) + 2 + (v & 1)
+        L += [f"    x0 = acc[{a0}]", f"    x1 = acc[{a1}]",
+              f"    p{v} = (wa * x0 if x0 > z else z) + (wb * x1 if x1 > z else z)"]
+    for half in (16, 8, 4):        # keep half, add the partner's copy of it
+        L.append(f"    hi = (lane & {half}) != 0")
+        for i in range(half):
+            L += [f"    kp = p{i + half} if hi else p{i}",
+                  f"    sp = p{i} if hi else p{i + half}",
+                  f"    p{i} = kp + shfl_xor_f32(sp, {half})"]
+    L.append("    qd = lane >> 2")
     for i in range(4):
-        col = 8 * (2 * qd + (i >> 1)) + 2 * (lane & 3) + (i & 1)
-        xch[warp * BN + col] = f32_bits(v[i])
+        L.append(f"    xch[warp * {BN} + 8 * (2 * qd + {i >> 1}) + 2 * (lane & 3) + {i & 1}] = "
+                 f"f32_bits(p{i})")
+    return "\n".join(L) + "\n"
+
+
+def _make_head_sum():
+    ns = dict(globals())
+    exec(compile(_head_sum_source(), "<indexer_sm90.relu_head_sum>", "exec"), ns)  # noqa: S102
+    fn = ns["relu_head_sum"]
+    fn.__doc__ = """w[h] ReLU(acc) summed over this warp's 16 heads by a transpose-reduce: 32 partials
+    per thread (its rows h0, h0 + 8 combined), halved by each of shfl.bfly 16, 8, 4 (16 + 8 + 4
+    shuffles; a lane keeps the half its partner does not), leaving lane quad q = lane // 4 with the
+    sums of partials 4q .. 4q + 3 = key columns 8 (2q + i // 2) + 2 (lane % 4) + i % 2, written to
+    word warp * BN + column of the exchange ``xch`` (a uint32 view of shared memory)."""
+    return fn
+
+
+relu_head_sum = device(_make_head_sum())
 
 
 # Napkin math: the module docstring's (same wgmma work). Per token per CTA this drops the q decode
