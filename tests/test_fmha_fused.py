@@ -2,8 +2,9 @@
 local memory, its PTX / SASS hold the instructions it exists for, its shared-memory plan is what the
 docstring says, and ``fmha`` routes to it (or says why not) before any launch.
 
-Numerics are checked on an H100 by tests/gpu/test_fmha_gpu.py (the emulator does not cover wgmma
-with A from registers and a transposed B yet).
+Numerics are checked on an H100 by tests/gpu/test_fmha_gpu.py, and here by running the kernel
+under the emulator (both schedules; the emulator executes wgmma synchronously and setmaxnreg as a
+no-op, so it checks the data flow, masks, barriers and the ring, not the async overlap).
 """
 import re
 
@@ -21,48 +22,74 @@ BF16 = ml_dtypes.bfloat16
 NO_GPU = detect_gpu() is None
 
 
-@pytest.fixture(scope="module", params=[(64, 2), (128, 2), (128, 1)], ids=lambda p: f"D{p[0]}_nc{p[1]}")
+@pytest.fixture(scope="module", params=[(64, 2, "v1"), (128, 2, "v1"), (128, 1, "v1"),
+                                        (128, 2, "v2")],
+                ids=lambda p: f"D{p[0]}_nc{p[1]}_{p[2]}")
 def compiled(request):
-    D, nc = request.param
-    return D, nc, fmha_sm90.fused_kernel(D, nc).compile(fmha_sm90.signature(), "sm_90a")
+    D, nc, sched = request.param
+    return D, nc, sched, fmha_sm90.fused_kernel(D, nc, sched).compile(fmha_sm90.signature(), "sm_90a")
 
 
 def test_compiles_without_spills_or_local_memory(compiled):
-    D, nc, res = compiled
+    D, nc, sched, res = compiled
     assert res.spill_stores == res.spill_loads == res.stack_bytes == 0, res.summary()
     assert ".local" not in res.ptx, "accumulators must stay in registers"
     threads = fmha_sm90.geometry(D, nc)["threads"]
     assert res.registers <= (65536 // threads) // 8 * 8, res.summary()
     assert "serialized" not in res.ptxas_log, res.ptxas_log     # no wgmma serialisation warning
+    assert "C7508" not in res.ptxas_log, res.ptxas_log          # setmaxnreg honoured (v2)
 
 
 def test_ptx_and_sass_hold_the_pipeline(compiled):
-    D, nc, res = compiled
+    D, nc, sched, res = compiled
     ptx = res.ptx
-    # S = Q K^T: D/16 SS wgmmas of N = BN per tile; O += P V: BN/16 RS wgmmas with imm-trans-b = 1
-    ss = re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n{fmha_sm90.BN}k16\.f32\.bf16\.bf16 "
+    bn = fmha_sm90.BN_OF[sched]
+    # S = Q K^T: D/16 SS wgmmas of N = bn per tile; O += P V: bn/16 RS wgmmas with imm-trans-b = 1;
+    # v2 generates each twice (first tile + loop for S, loop + last tile for P V)
+    copies = 1 if sched == "v1" else 2
+    ss = re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n{bn}k16\.f32\.bf16\.bf16 "
                     r"\{[^}]*\}, %rd\d+, %rd\d+, p, 1, 1, 0, 0;", ptx)
     rs = re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n{D}k16\.f32\.bf16\.bf16 "
                     r"\{[^}]*\}, \{[^}]*\}, %rd\d+, p, 1, 1, 1;", ptx)
-    assert len(ss) == D // 16 and len(rs) == fmha_sm90.BN // 16, (len(ss), len(rs))
+    assert len(ss) == copies * D // 16 and len(rs) == copies * bn // 16, (len(ss), len(rs))
+    if sched == "v2":
+        for instr in ("setmaxnreg.dec.sync.aligned.u32 24", "setmaxnreg.inc.sync.aligned.u32 240",
+                      "wgmma.wait_group.sync.aligned 1", "bar.arrive", "bar.sync"):
+            assert instr in ptx, instr
     for instr in ("cp.async.bulk.tensor.4d", "mbarrier.arrive.expect_tx", "mbarrier.try_wait.parity",
                   "cvt.rn.bf16x2.f32", "fence.proxy.tensormap::generic.acquire",
                   "wgmma.fence.sync.aligned", "wgmma.wait_group.sync.aligned 0", "shfl.sync.bfly"):
         assert instr in ptx, instr
-    assert res.sass.count("HGMMA") == D // 16 + fmha_sm90.BN // 16
+    assert res.sass.count("HGMMA") == copies * (D // 16 + bn // 16)
     assert "UTMALDG" in res.sass
 
 
 @pytest.mark.parametrize("D", fmha_sm90.SUPPORTED_D)
-@pytest.mark.parametrize("nc", [1, 2])
-def test_shared_memory_plan(D, nc):
-    g = fmha_sm90.geometry(D, nc)
+@pytest.mark.parametrize("nc,sched", [(1, "v1"), (2, "v1"), (2, "v2")])
+def test_shared_memory_plan(D, nc, sched):
+    g = fmha_sm90.geometry(D, nc, sched)
     assert g["stages"] >= 2
     assert g["boxq"] % 1024 == 0 and g["boxk"] % 1024 == 0 and g["kbytes"] % 1024 == 0
     assert g["qbytes"] == nc * 64 * D * 2
-    assert g["kbytes"] == fmha_sm90.BN * D * 2
-    assert g["dyn_smem"] <= 227 * 1024
+    assert g["kbytes"] == fmha_sm90.BN_OF[sched] * D * 2
+    assert g["dyn_smem"] + 8 * (1 + 3 * g["stages"]) <= 227 * 1024     # + static mbarriers
     assert g["threads"] == 128 * (nc + 1)
+    if sched == "v2":       # the ring as deep as fits: D = 128 -> 3 stages (225 KB), D = 64 -> 4
+        assert g["stages"] == {128: 3, 64: 4}[D]
+        assert fmha_sm90.REGS[0] * 128 + fmha_sm90.REGS[1] * 256 <= 65536   # setmaxnreg pool
+
+
+def test_schedule_selection(monkeypatch):
+    monkeypatch.delenv("DSV4_FMHA_SCHEDULE", raising=False)
+    assert fmha_sm90.schedule_for(2) == fmha_sm90.DEFAULT_SCHEDULE
+    assert fmha_sm90.schedule_for(2, "v2") == "v2" and fmha_sm90.schedule_for(1, "v2") == "v1"
+    monkeypatch.setenv("DSV4_FMHA_SCHEDULE", "v2")
+    assert fmha_sm90.schedule_for(2) == "v2" and fmha_sm90.schedule_for(2, "v1") == "v1"
+    monkeypatch.setenv("DSV4_FMHA_SCHEDULE", "v3")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        fmha_sm90.schedule_for(2)
+    with pytest.raises(ValueError, match="needs nc = 2"):
+        fmha_sm90.geometry(64, 1, "v2")
 
 
 def test_descriptors():
@@ -79,8 +106,8 @@ def test_registered_as_attn_fused_production():
     st = registry.REGISTRY[FUSED]
     assert set(st.impls) == {"reference", "production:sm_90a"}
     kern = st.impls["production:sm_90a"].kernels()
-    assert [k for k, _ in kern] == [fmha_sm90.fused_kernel(D, nc) for D in fmha_sm90.SUPPORTED_D
-                                    for nc in (2, 1)]
+    assert [k for k, _ in kern] == [fmha_sm90.fused_kernel(D, nc, s) for D in fmha_sm90.SUPPORTED_D
+                                    for nc, s in ((2, "v1"), (1, "v1"), (2, "v2"))]
 
 
 def test_launch_config_packs_gqa_heads():
@@ -143,6 +170,9 @@ def test_generated_source_is_static():
     src = fmha_sm90._source(128, 2)
     assert "s31 = " in src and "o63 = " in src and "p15 = " in src
     assert not re.search(r"\b[sop]\[", src)
+    src = fmha_sm90._source(128, 2, "v2")
+    assert "s63 = " in src and "o63 = " in src and "p31 = " in src
+    assert not re.search(r"\b[sop]\[", src)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,58 +180,64 @@ def test_generated_source_is_static():
 # 384 threads (producer warpgroup + 2 consumers), D = 64, Tq = 70 (the second consumer holds 6 real
 # rows), Tk = 100 (two key tiles, the second partly out of bounds: TMA zero fill), causal, a sink.
 # ----------------------------------------------------------------------------------------------
-def _emulated_run(monkeypatch, q, k, v, causal, sink):
+def _emulated_run(monkeypatch, q, k, v, causal, sink, schedule="v1", kvlen=None):
     """fmha_sm90's kernel under the emulator with ``launch_config``'s grid, box and packing."""
     from dsv4_numba import emu
     monkeypatch.setenv("DSV4_MODE", "sim")
     B, Tq, Hq, D = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
     cfg = fmha_sm90.launch_config(B, Tq, Hq, Hkv)
-    boxes = (cfg["qbox"], (1, 64, 1, 64), (1, 64, 1, 64))
+    g = fmha_sm90.geometry(D, cfg["nc"], schedule)
+    boxes = (cfg["qbox"], (1, g["bn"], 1, 64), (1, g["bn"], 1, 64))
     maps = [emu.tensor_map(np.ascontiguousarray(x).view(np.uint16), box, "128B", dtype="bfloat16")
             for x, box in zip((q, k, v), boxes)]
     out = np.full(B * Tq * Hq * D // 2, 0x7FC17FC1, np.uint32)           # NaN-poisoned
     lse = np.full(B * Hq * Tq, np.nan, np.float32)
-    g = fmha_sm90.geometry(D, cfg["nc"])
     scale = D ** -0.5
-    fmha_sm90.fused_kernel(D, cfg["nc"]).launch(
-        cfg["grid"], g["threads"], *maps, out, lse, np.full(B, Tk, np.int32),
+    fmha_sm90.fused_kernel(D, cfg["nc"], schedule).launch(
+        cfg["grid"], g["threads"], *maps, out, lse, np.full(B, Tk if kvlen is None else kvlen, np.int32),
         np.asarray(sink, np.float32), np.int32(1), Tq, Tk, Hq, Hkv, cfg["G"], np.int32(causal),
         Tk - Tq, np.float32(scale * fmha_sm90.LOG2E), shared_bytes=g["dyn_smem"])
     return out.view(BF16).reshape(B, Tq, Hq, D), lse.reshape(B, Hq, Tq), scale, cfg
 
 
-# (B, Tq, Tk, Hq, Hkv, D, causal): one CTA of 384 threads (2 consumers, the second holding 6 real
-# rows; two key tiles, the second partly out of bounds: TMA zero fill), and a decode of 3 tokens
+# (B, Tq, Tk, Hq, Hkv, D, causal, schedule, kvlen): one CTA of 384 threads (2 consumers, the second
+# holding 6 real rows; two key tiles, the second partly out of bounds: TMA zero fill), and a decode of 3 tokens
 # with 4 query heads per KV head packed into the rows (2 CTAs of 256 threads, nc = 1, G = 4; 5 key
-# tiles wrap the 4-stage ring)
-EMU_CASES = {"prefill_causal": (1, 70, 100, 1, 1, 64, True),
-             "decode3_gqa4_packed": (1, 3, 300, 8, 2, 64, True)}
+# tiles wrap the 4-stage ring); schedule v2: 3 tiles of 128 keys (the loop body with S(kt) before
+# P V(kt-1), both ping-pong barriers, the tail P V), a key length of 290 < Tk = 300 with NaN in
+# the cache past it (the tail tile zeroes V rows 290..299)
+EMU_CASES = {"prefill_causal": (1, 70, 100, 1, 1, 64, True, "v1", None),
+             "decode3_gqa4_packed": (1, 3, 300, 8, 2, 64, True, "v1", None),
+             "v2_prefill_causal_len": (1, 70, 300, 1, 1, 64, True, "v2", 290)}
 
 
 @pytest.mark.parametrize("case", list(EMU_CASES))
 def test_fused_kernel_under_the_emulator(monkeypatch, case):
     from dsv4_numba.emu import EmulatorDeadlock
-    B, Tq, Tk, Hq, Hkv, D, causal = EMU_CASES[case]
+    B, Tq, Tk, Hq, Hkv, D, causal, schedule, kvlen = EMU_CASES[case]
     g = np.random.default_rng(11)
     q = (g.standard_normal((B, Tq, Hq, D)) * 3).astype(BF16)
     k = g.standard_normal((B, Tk, Hkv, D)).astype(BF16)
     v = (g.standard_normal((B, Tk, Hkv, D)) * 10.0 ** g.uniform(-1, 1, (B, Tk, Hkv, 1))).astype(BF16)
     sink = np.linspace(-1.0, 2.0, Hq).astype(np.float32)
+    n = Tk if kvlen is None else kvlen
+    k[:, n:] = np.nan                      # garbage past the key length never reaches a result
+    v[:, n:] = np.nan
     try:
-        out, lse, scale, cfg = _emulated_run(monkeypatch, q, k, v, causal, sink)
+        out, lse, scale, cfg = _emulated_run(monkeypatch, q, k, v, causal, sink, schedule, kvlen)
     except EmulatorDeadlock:    # the emulator's 0.5 s stall detector can fire on a loaded CPU
-        out, lse, scale, cfg = _emulated_run(monkeypatch, q, k, v, causal, sink)
+        out, lse, scale, cfg = _emulated_run(monkeypatch, q, k, v, causal, sink, schedule, kvlen)
     if case.endswith("packed"):
         assert cfg["G"] == Hq // Hkv and cfg["nc"] == 1
     # float64 oracle (tests/gpu/test_fmha_gpu.py derives the bound; bf16 P and output dominate)
     q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
     for b in range(B):
         for hq in range(Hq):
-            kk, vv = k64[b, :, hq // (Hq // Hkv)], v64[b, :, hq // (Hq // Hkv)]
+            kk, vv = k64[b, :n, hq // (Hq // Hkv)], v64[b, :n, hq // (Hq // Hkv)]
             z = float(np.float32(scale)) * (q64[b, :, hq] @ kk.T)
             if causal:
-                z = np.where(np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + Tk - Tq, z, -np.inf)
+                z = np.where(np.arange(n)[None, :] <= np.arange(Tq)[:, None] + Tk - Tq, z, -np.inf)
             m = np.maximum(z.max(axis=1), sink[hq])[:, None]
             e = np.exp(z - m)
             den = e.sum(axis=1) + np.exp(sink[hq] - m[:, 0])

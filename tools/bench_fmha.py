@@ -3,6 +3,7 @@ in the same run on the same GPU.
 
     python tools/bench_fmha.py            # all shapes (~1 min on an H100, incl. two kernel compiles)
     python tools/bench_fmha.py --quick    # fewer repetitions
+    python tools/bench_fmha.py --quick --schedules v1,v2 --no-decode   # old vs new prefill schedule
 
 Shapes (issue 7): B=4, H=16, S=4096, D=128 non-causal and causal; B=4, H=32, S=4096, D=64
 non-causal; decode B=64, Tq=1, Tk=8192, Hq=64, Hkv=8, D=128.
@@ -34,7 +35,7 @@ DECODE = ("decode", 64, 1, 8192, 64, 8, 128)     # name, B, Tq, Tk, Hq, Hkv, D
 SDPA_REF = {"prefill D=128": 673, "prefill D=128 causal": 544, "prefill D=64 H=32": 478}  # issue 7
 
 
-def plan_for(torch, q, k, v, causal):
+def plan_for(torch, q, k, v, causal, schedule=None):
     from numba import cuda
 
     from dsv4_numba.pipelines import fmha_sm90
@@ -45,7 +46,7 @@ def plan_for(torch, q, k, v, causal):
     if why:
         raise SystemExit(why)
     return fmha_sm90.Plan(c, dq.reshape(-1), dk.reshape(-1), dv.reshape(-1),
-                          cuda.to_device(c.lens), None)
+                          cuda.to_device(c.lens), None, schedule=schedule)
 
 
 def out_of(torch, plan, shape):
@@ -57,7 +58,15 @@ def out_of(torch, plan, shape):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--schedules", default=None,
+                    help="comma-separated fmha_sm90 consumer schedules to time on the prefill "
+                         "shapes (default: the default schedule), e.g. v1,v2")
+    ap.add_argument("--no-decode", action="store_true", help="skip the decode shape")
+    ap.add_argument("--shapes", default=None,
+                    help="comma-separated prefill shape names to run (default: all)")
     args = ap.parse_args(argv)
+    scheds = args.schedules.split(",") if args.schedules else [None]
+    shapes = [p for p in PREFILL if args.shapes is None or p[0] in args.shapes.split(",")]
     import torch
     import torch.nn.functional as F
     from numba import cuda
@@ -71,24 +80,31 @@ def main(argv=None):
     print(f"# device-to-device copy: {copy_gbs:.0f} GB/s (read + write)")
     rows = []
     g = torch.Generator(device="cuda").manual_seed(0)
-    for name, B, T, H, D, causal in PREFILL:
+    for name, B, T, H, D, causal in shapes:
         q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16, generator=g)
                    for _ in range(3))
-        plan = plan_for(torch, q, k, v, causal)
-        plan.launch()
-        cuda.synchronize()
         ref = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
                                              v.transpose(1, 2), is_causal=causal).transpose(1, 2)
-        got = out_of(torch, plan, (B, T, H, D))
-        rel = float((got.float() - ref.float()).abs().max() / ref.float().abs().max())
-        us = time_gpu(plan.launch, reps=reps, repeats=repeats)
         us_t = time_gpu(lambda: F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal),
             reps=reps, repeats=repeats)
         flop = 4.0 * B * H * T * T * D * (0.5 if causal else 1.0)
-        tf, tft = flop / us / 1e6, flop / us_t / 1e6
-        rows.append((name, us, tf, us_t, tft, f"{tf / tft:.2f}x SDPA", f"maxdiff {rel:.1e}"))
-        del q, k, v, plan
+        tft = flop / us_t / 1e6
+        for sched in scheds:
+            plan = plan_for(torch, q, k, v, causal, sched)
+            plan.launch()
+            cuda.synchronize()
+            got = out_of(torch, plan, (B, T, H, D))
+            rel = float((got.float() - ref.float()).abs().max() / ref.float().abs().max())
+            us = time_gpu(plan.launch, reps=reps, repeats=repeats)
+            tf = flop / us / 1e6
+            rows.append((f"{name} [{plan.schedule}]", us, tf, us_t, tft, f"{tf / tft:.2f}x SDPA",
+                         f"maxdiff {rel:.1e}"))
+            del plan
+        del q, k, v
+    if args.no_decode:
+        _table(rows)
+        return
     name, B, Tq, Tk, Hq, Hkv, D = DECODE
     q = torch.randn(B, Tq, Hq, D, device="cuda", dtype=torch.bfloat16, generator=g)
     k, v = (torch.randn(B, Tk, Hkv, D, device="cuda", dtype=torch.bfloat16, generator=g)
@@ -108,10 +124,14 @@ def main(argv=None):
     gbs, gbs_t = kv_bytes / us / 1e3, kv_bytes / us_t / 1e3
     rows.append((name, us, gbs, us_t, gbs_t, f"{gbs / copy_gbs:.0%} of copy "
                  f"(SDPA {gbs_t / copy_gbs:.0%}); {us_t / us:.2f}x SDPA speed", f"maxdiff {rel:.1e}"))
-    print(f"\n{'shape':24s} {'fused us':>10s} {'TFLOP/s|GB/s':>13s} {'SDPA us':>10s} "
+    _table(rows)
+
+
+def _table(rows):
+    print(f"\n{'shape':30s} {'fused us':>10s} {'TFLOP/s|GB/s':>13s} {'SDPA us':>10s} "
           f"{'TFLOP/s|GB/s':>13s}  ratio")
     for r in rows:
-        print(f"{r[0]:24s} {r[1]:10.1f} {r[2]:13.1f} {r[3]:10.1f} {r[4]:13.1f}  {r[5]}  {r[6]}")
+        print(f"{r[0]:30s} {r[1]:10.1f} {r[2]:13.1f} {r[3]:10.1f} {r[4]:13.1f}  {r[5]}  {r[6]}")
     print("# targets (issue 7): >= 0.8x SDPA on the prefill shapes (H100 SDPA ~673 / 544 / 478 "
           "TFLOP/s); decode >= 70% of copy bandwidth on K/V bytes")
 

@@ -96,9 +96,20 @@ from ..runtime import device, kernel
 
 SUPPORTED_D = (64, 128)
 BM = 64            # query rows per consumer warpgroup (the wgmma M)
-BN = 64            # keys per tile
+BN = 64            # keys per tile (schedule v1)
 NC = 2             # consumer warpgroups per CTA
-STAGES = {2: 2, 1: 4}   # K/V ring depth by NC (decode, NC = 1, streams K/V: a deeper ring)
+STAGES = {2: 2, 1: 4}   # v1's K/V ring depth by NC (decode, NC = 1, streams K/V: a deeper ring)
+#: the consumer schedules (module docstring): "v1" serial per tile, H100-verified (round 1);
+#: "v2" setmaxnreg + 128-key tiles + S(kt) issued before P V(kt-1) + ping-pong warpgroups + a
+#: ring as deep as shared memory allows. v2 exists for NC = 2 (prefill); decode (NC = 1) runs v1.
+SCHEDULES = ("v1", "v2")
+#: the schedule prefill calls run unless asked otherwise (``DSV4_FMHA_SCHEDULE`` or ``schedule=``):
+#: v1 until v2 has passed tests/gpu/test_fmha_gpu.py on an H100
+DEFAULT_SCHEDULE = "v1"
+BN_OF = {"v1": 64, "v2": 128}
+REGS = (24, 240)   # v2: setmaxnreg of the producer / consumer warpgroups (24*128 + 240*256 <= 64K)
+PP_BAR = 2         # v2: named barriers PP_BAR + cw order the consumers' GEMM issue (1: V zeroing)
+SMEM_LIMIT = 227 * 1024        # opt-in dynamic shared memory per block on sm_90
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 NEG_INF = float32(-math.inf)
@@ -112,8 +123,14 @@ def _slots(stages: int):
 #: K-major 128B-swizzled tile (Q as A, K as B): rows of 128 B, 8-row groups 1024 B apart (SBO);
 #: LBO unused for swizzled K-major (16 by convention). Start address ORed in by the kernel.
 DESC_KMAJOR = wgmma_smem_desc(0, 16, 1024, "128B")
-#: V as an MN-major B operand: LBO = next 64-column box (BN rows x 128 B), SBO = next 8 keys.
-DESC_V = wgmma_smem_desc(0, BN * 128, 1024, "128B")
+
+
+def desc_v(bn: int) -> int:
+    """V as an MN-major B operand: LBO = next 64-column box (bn rows x 128 B), SBO = next 8 keys."""
+    return wgmma_smem_desc(0, bn * 128, 1024, "128B")
+
+
+DESC_V = desc_v(BN)
 
 
 
@@ -136,16 +153,28 @@ def shfl_xor_f32(v, off):
     return cuda.shfl_xor_sync(0xFFFFFFFF, v, off)
 
 
-def geometry(D: int, nc: int = NC) -> dict:
-    """Bytes and counts of the shared-memory plan for head dim D and ``nc`` consumer warpgroups
-    (see the module docstring)."""
+def geometry(D: int, nc: int = NC, schedule: str = "v1") -> dict:
+    """Bytes and counts of the shared-memory plan for head dim D, ``nc`` consumer warpgroups and
+    the consumer ``schedule`` (see the module docstring)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
+    if schedule == "v2" and nc != 2:
+        raise ValueError("schedule v2 (ping-pong consumers) needs nc = 2 consumer warpgroups")
+    bn = BN_OF[schedule]
     nbox = D // 64
-    g = {"nbox": nbox, "boxq": BM * 128, "boxk": BN * 128, "qbytes": nc * nbox * BM * 128,
-         "kbytes": nbox * BN * 128, "nc": nc}
-    g["stages"] = STAGES[nc]
+    g = {"nbox": nbox, "boxq": BM * 128, "boxk": bn * 128, "qbytes": nc * nbox * BM * 128,
+         "kbytes": nbox * bn * 128, "nc": nc, "bn": bn, "schedule": schedule}
+    if schedule == "v1":
+        g["stages"] = STAGES[nc]
+    else:                          # as deep as shared memory allows (mbarriers are static), <= 4
+        g["stages"] = min(4, (SMEM_LIMIT - 1024 - 128 - g["qbytes"]) // (2 * g["kbytes"]))
     g["dyn_smem"] = 1024 + g["qbytes"] + 2 * g["stages"] * g["kbytes"]
     g["threads"] = 128 * (nc + 1)
     return g
+
+
+def kernel_name(D: int, nc: int, schedule: str = "v1") -> str:
+    return f"fmha_fwd_d{D}_c{nc}" + ("" if schedule == "v1" else f"_{schedule}")
 
 
 # ---------------------------------------------------------------------------- kernel source
@@ -157,16 +186,16 @@ def _regs(prefix, n):
     return ", ".join(f"{prefix}{i}" for i in range(n))
 
 
-def _source(D: int, NC: int) -> str:
-    g = geometry(D, NC)
-    STAGES = g["stages"]
-    FULLK0, FULLV0, EMPTY0, NBARS = _slots(STAGES)
-    ns, no = BN // 2, D // 2                 # S and O accumulator floats per thread
-    S = _regs("s", ns)
-    O = _regs("o", no)
-    L = []
-    a = L.append
-    a(f"def fmha_fwd_d{D}_c{NC}(tmq, tmk, tmv, out, lse, lens, sink, has_sink, Tq, Tk, Hq, Hkv, G,"
+def _rowhalf(i):
+    """Accumulator register i of a thread belongs to its row A (lane/4) or row B (lane/4 + 8)."""
+    return "A" if (i // 2) % 2 == 0 else "B"
+
+
+def _prologue(a, D, NC, g, name):
+    """Kernel header, CTA coordinates, shared-memory carve-up, key-tile count, mbarrier init."""
+    FULLK0, FULLV0, EMPTY0, NBARS = _slots(g["stages"])
+    bn = g["bn"]
+    a(f"def {name}(tmq, tmk, tmv, out, lse, lens, sink, has_sink, Tq, Tk, Hq, Hkv, G,"
       f" causal,")
     a("                 coff, scale_log2):")
     a("    dyn = cuda.shared.array(0, uint8)")
@@ -184,23 +213,30 @@ def _source(D: int, NC: int) -> str:
     a("    sbase = (ops.shared_address(dyn) + uint32(1023)) & uint32(0xFFFFFC00)")
     a("    q_sm = sbase")
     a(f"    k_sm = sbase + uint32({g['qbytes']})")
-    a(f"    v_sm = k_sm + uint32({STAGES * g['kbytes']})")
+    a(f"    v_sm = k_sm + uint32({g['stages'] * g['kbytes']})")
     a("    kvlen = min(max(int32(lens[b]), int32(0)), int32(Tk))")
     a("    hi = kvlen")
     a("    if causal:")
     a("        q_last = min(t0 + tpc, Tq) - 1")
     a("        hi = min(kvlen, max(q_last + coff + 1, 0))")
-    a(f"    nt = (hi + {BN - 1}) // {BN}")
+    a(f"    nt = (hi + {bn - 1}) // {bn}")
     a("    if t == 0:")
     a("        ops.mbarrier_init(bar0, uint32(1))")
-    a(f"        for i in range({STAGES}):")
+    a(f"        for i in range({g['stages']}):")
     a(f"            ops.mbarrier_init(bar0 + uint32(8 * ({FULLK0} + i)), uint32(1))")
     a(f"            ops.mbarrier_init(bar0 + uint32(8 * ({FULLV0} + i)), uint32(1))")
     a(f"            ops.mbarrier_init(bar0 + uint32(8 * ({EMPTY0} + i)), uint32({128 * NC}))")
     a("        ops.fence_mbarrier_init()")
     a("    cuda.syncthreads()")
-    # ---------------------------------------------------------------- producer
+
+
+def _producer(a, NC, g, regs):
+    """Warpgroup 0: thread 0 loads Q once, then K and V of every key tile into the ring."""
+    STAGES, bn = g["stages"], g["bn"]
+    FULLK0, FULLV0, EMPTY0, _ = _slots(STAGES)
     a("    if wg == 0:")
+    if regs:
+        a(f"        ops.setmaxnreg_dec_{regs[0]}()")
     a("        if t == 0:")
     a("            aq = ops.array_address(tmq)")
     a("            ak = ops.array_address(tmk)")
@@ -222,13 +258,18 @@ def _source(D: int, NC: int) -> str:
     a(f"                ops.mbarrier_arrive_expect_tx(fk, uint32({g['kbytes']}))")
     a(f"                for c in range({g['nbox']}):")
     a(f"                    ops.tma_load_4d(k_sm + uint32(st * {g['kbytes']} + c * {g['boxk']}), ak,"
-      f" int32(c * 64), int32(hkv), int32(kt * {BN}), int32(b), fk)")
+      f" int32(c * 64), int32(hkv), int32(kt * {bn}), int32(b), fk)")
     a(f"                ops.mbarrier_arrive_expect_tx(fv, uint32({g['kbytes']}))")
     a(f"                for c in range({g['nbox']}):")
     a(f"                    ops.tma_load_4d(v_sm + uint32(st * {g['kbytes']} + c * {g['boxk']}), av,"
-      f" int32(c * 64), int32(hkv), int32(kt * {BN}), int32(b), fv)")
+      f" int32(c * 64), int32(hkv), int32(kt * {bn}), int32(b), fv)")
     a("        return")
-    # ---------------------------------------------------------------- consumers
+    if regs:
+        a(f"    ops.setmaxnreg_inc_{regs[1]}()")
+
+
+def _consumer_setup(a, D, g):
+    """A consumer thread's rows, their visible key counts, the Q descriptor, zeroed state."""
     a("    cw = wg - 1")
     a("    lt = t - 128 * wg")
     a("    lane = lt % 32")
@@ -245,92 +286,116 @@ def _source(D: int, NC: int) -> str:
     a("        LB = min(kvlen, max(rB + coff + 1, 0))")
     a(f"    qdesc = uint64({DESC_KMAJOR}) | uint64(((q_sm + uint32(cw * {g['nbox'] * g['boxq']})) >> 4)"
       f" & 0x3FFF)")
-    for i in range(no):
+    for i in range(D // 2):
         a(f"    o{i} = float32(0)")
-    for i in range(ns):
+    for i in range(g["bn"] // 2):
         a(f"    s{i} = float32(0)")
     a("    mA = NEG_INF")
     a("    mB = NEG_INF")
     a("    lA = float32(0)")
     a("    lB = float32(0)")
-    a("    ops.mbarrier_wait_parity(bar0, uint32(0))")
-    a("    for kt in range(nt):")
-    a(f"        st = kt % {STAGES}")
-    a(f"        ph = uint32((kt // {STAGES}) & 1)")
-    a(f"        ops.mbarrier_wait_parity(bar0 + uint32(8 * ({FULLK0} + st)), ph)")
-    a(f"        kdesc = uint64({DESC_KMAJOR}) | uint64(((k_sm + uint32(st * {g['kbytes']})) >> 4)"
+
+
+def _qk(a, D, g, ind):
+    """S = Q K^T of the tile in slot ``st``: D/16 SS wgmmas m64n{bn}k16, committed as one group."""
+    bn = g["bn"]
+    S = _regs("s", bn // 2)
+    a(f"{ind}kdesc = uint64({DESC_KMAJOR}) | uint64(((k_sm + uint32(st * {g['kbytes']})) >> 4)"
       f" & 0x3FFF)")
-    a("        ops.wgmma_fence()")
-    wg_s = f"ops.wgmma_m64n{BN}k16_f32_bf16_ss"
+    a(f"{ind}ops.wgmma_fence()")
+    wg_s = f"ops.wgmma_m64n{bn}k16_f32_bf16_ss"
     for kk in range(D // 16):
         c, j = divmod(kk, 4)
-        a(f"        {S} = {wg_s}({S}, qdesc + uint64({(c * g['boxq'] + 32 * j) >> 4}),"
+        a(f"{ind}{S} = {wg_s}({S}, qdesc + uint64({(c * g['boxq'] + 32 * j) >> 4}),"
           f" kdesc + uint64({(c * g['boxk'] + 32 * j) >> 4}), uint32({1 if kk else 0}))")
-    a("        ops.wgmma_commit_group()")
-    a("        ops.wgmma_wait_group_0()")
+    a(f"{ind}ops.wgmma_commit_group()")
+
+
+def _softmax(a, D, g, ind, rescale_o):
+    """Mask, row max (log2 domain), p = exp2(x - m) in place of S, row sums; the correction
+    factors cA / cB rescale l here and O here (``rescale_o``) or later, before O's next PV."""
+    ns = g["bn"] // 2
     # mask, scale (log2 domain), row max
-    a(f"        j0 = kt * {BN} + cq")
-    a("        xA = NEG_INF")
-    a("        xB = NEG_INF")
+    a(f"{ind}j0 = kt * {g['bn']} + cq")
+    a(f"{ind}xA = NEG_INF")
+    a(f"{ind}xB = NEG_INF")
     # interior tiles (every key visible to both of this thread's rows) skip the mask; only tiles on
     # the causal diagonal or the key-length edge pay for it (per thread: rows differ by warp)
-    a(f"        if (kt + 1) * {BN} <= min(LA, LB):")
+    a(f"{ind}if (kt + 1) * {g['bn']} <= min(LA, LB):")
     for i in range(ns):
-        r = "A" if (i // 2) % 2 == 0 else "B"
-        a(f"            s{i} = s{i} * scale_log2")
-        a(f"            x{r} = s{i} if s{i} > x{r} else x{r}")
-    a("        else:")
+        r = _rowhalf(i)
+        a(f"{ind}    s{i} = s{i} * scale_log2")
+        a(f"{ind}    x{r} = s{i} if s{i} > x{r} else x{r}")
+    a(f"{ind}else:")
     for i in range(ns):
         col = 8 * (i // 4) + (i % 2)
-        r = "A" if (i // 2) % 2 == 0 else "B"
-        a(f"            s{i} = s{i} * scale_log2 if j0 + {col} < L{r} else NEG_INF")
-        a(f"            x{r} = s{i} if s{i} > x{r} else x{r}")
+        r = _rowhalf(i)
+        a(f"{ind}    s{i} = s{i} * scale_log2 if j0 + {col} < L{r} else NEG_INF")
+        a(f"{ind}    x{r} = s{i} if s{i} > x{r} else x{r}")
     for r in "AB":
         for sh in (1, 2):
-            a(f"        y = shfl_xor_f32(x{r}, {sh})")
-            a(f"        x{r} = y if y > x{r} else x{r}")
-        a(f"        n{r} = x{r} if x{r} > m{r} else m{r}")
-        a(f"        u{r} = float32(0) if n{r} == NEG_INF else n{r}")
-        a(f"        c{r} = math.exp2(m{r} - u{r})")
-        a(f"        m{r} = n{r}")
-        a(f"        l{r} = l{r} * c{r}")
+            a(f"{ind}y = shfl_xor_f32(x{r}, {sh})")
+            a(f"{ind}x{r} = y if y > x{r} else x{r}")
+        a(f"{ind}n{r} = x{r} if x{r} > m{r} else m{r}")
+        a(f"{ind}u{r} = float32(0) if n{r} == NEG_INF else n{r}")
+        a(f"{ind}c{r} = math.exp2(m{r} - u{r})")
+        a(f"{ind}m{r} = n{r}")
+        a(f"{ind}l{r} = l{r} * c{r}")
     for i in range(ns):
-        r = "A" if (i // 2) % 2 == 0 else "B"
-        a(f"        s{i} = math.exp2(s{i} - u{r})")
-        a(f"        l{r} += s{i}")
-    for i in range(no):
-        r = "A" if (i // 2) % 2 == 0 else "B"
-        a(f"        o{i} = o{i} * c{r}")
+        r = _rowhalf(i)
+        a(f"{ind}s{i} = math.exp2(s{i} - u{r})")
+        a(f"{ind}l{r} += s{i}")
+    if rescale_o:
+        _rescale_o(a, D, ind)
+
+
+def _rescale_o(a, D, ind):
+    for i in range(D // 2):
+        a(f"{ind}o{i} = o{i} * c{_rowhalf(i)}")
+
+
+def _pack_p(a, g, ind):
     # P: the S fragment of keys 16j..16j+15 as the A fragment of one k16 step (low half = lower key)
-    for j in range(BN // 16):
+    for j in range(g["bn"] // 16):
         for q in range(4):
-            a(f"        p{4 * j + q} = pack_bf16x2(s{8 * j + 2 * q + 1}, s{8 * j + 2 * q})")
-    a(f"        ops.mbarrier_wait_parity(bar0 + uint32(8 * ({FULLV0} + st)), ph)")
-    a(f"        vbase = v_sm + uint32(st * {g['kbytes']})")
-    # V rows at keys >= kvlen (< Tk) hold whatever the cache holds: zero them (P is 0 there, but
-    # 0 * NaN would be NaN). Only the last tile can hold such rows; uniform over the consumers.
-    a(f"        z0 = kvlen - kt * {BN}")
-    a(f"        z1 = min({BN}, Tk - kt * {BN})")
-    a("        if z0 < z1:")
-    a(f"            for idx in range(lt + 128 * cw, (z1 - z0) * {8 * g['nbox']}, {128 * NC}):")
-    a("                zr = idx // 8")
-    a(f"                zb = zr % {g['nbox']}")
-    a(f"                zk = zr // {g['nbox']}")
-    a(f"                ops.st_shared_v4_b32(vbase + uint32(zb * {g['boxk']} + (z0 + zk) * 128"
+            a(f"{ind}p{4 * j + q} = pack_bf16x2(s{8 * j + 2 * q + 1}, s{8 * j + 2 * q})")
+
+
+def _zero_v_tail(a, NC, g, ind):
+    """V rows at keys >= kvlen (< Tk) of tile ``kt`` (slot base ``vbase``) hold whatever the cache
+    holds: zero them (P is 0 there, but 0 * NaN would be NaN). Only the last tile can hold such
+    rows; uniform over the consumers (a named barrier over the NC consumer warpgroups)."""
+    bn = g["bn"]
+    a(f"{ind}z0 = kvlen - kt * {bn}")
+    a(f"{ind}z1 = min({bn}, Tk - kt * {bn})")
+    a(f"{ind}if z0 < z1:")
+    a(f"{ind}    for idx in range(lt + 128 * cw, (z1 - z0) * {8 * g['nbox']}, {128 * NC}):")
+    a(f"{ind}        zr = idx // 8")
+    a(f"{ind}        zb = zr % {g['nbox']}")
+    a(f"{ind}        zk = zr // {g['nbox']}")
+    a(f"{ind}        ops.st_shared_v4_b32(vbase + uint32(zb * {g['boxk']} + (z0 + zk) * 128"
       f" + (idx % 8) * 16), uint32(0), uint32(0), uint32(0), uint32(0))")
-    a("            ops.fence_proxy_async_shared_cta()")
-    a(f"            ops.named_barrier_sync(uint32(1), uint32({128 * NC}))")
-    a(f"        vdesc = uint64({DESC_V}) | uint64((vbase >> 4) & 0x3FFF)")
-    a("        first = uint32(1 if kt > 0 else 0)")
-    a("        ops.wgmma_fence()")
-    for kk in range(BN // 16):
+    a(f"{ind}    ops.fence_proxy_async_shared_cta()")
+    a(f"{ind}    ops.named_barrier_sync(uint32(1), uint32({128 * NC}))")
+
+
+def _pv(a, D, g, ind, first):
+    """O += P V of the tile in slot base ``vbase``: bn/16 RS wgmmas m64n{D}k16, imm-trans-b = 1."""
+    O = _regs("o", D // 2)
+    a(f"{ind}vdesc = uint64({desc_v(g['bn'])}) | uint64((vbase >> 4) & 0x3FFF)")
+    if first:
+        a(f"{ind}first = uint32(1 if kt > 0 else 0)")
+    a(f"{ind}ops.wgmma_fence()")
+    for kk in range(g["bn"] // 16):
         P = ", ".join(f"p{4 * kk + q}" for q in range(4))
-        a(f"        {O} = ops.wgmma_m64n{D}k16_f32_bf16_rs_tb({O}, {P},"
-          f" vdesc + uint64({(kk * 16 * 128) >> 4}), {'first' if kk == 0 else 'uint32(1)'})")
-    a("        ops.wgmma_commit_group()")
-    a("        ops.wgmma_wait_group_0()")
-    a(f"        ops.mbarrier_arrive(bar0 + uint32(8 * ({EMPTY0} + st)))")
-    # epilogue
+        acc = "first" if (first and kk == 0) else "uint32(1)"
+        a(f"{ind}{O} = ops.wgmma_m64n{D}k16_f32_bf16_rs_tb({O}, {P},"
+          f" vdesc + uint64({(kk * 16 * 128) >> 4}), {acc})")
+    a(f"{ind}ops.wgmma_commit_group()")
+
+
+def _epilogue(a, D):
+    """Sink, quad-reduced row sums, normalise, bf16 stores straight from registers, lse."""
     for r in "AB":
         a("    sk = NEG_INF")
         a("    if has_sink:")
@@ -357,26 +422,120 @@ def _source(D: int, NC: int) -> str:
     a("        if rB < Tq:")
     a("            lse[(b * Hq + hB) * Tq + rB] = NEG_INF if lB == float32(0) else "
       "(gB + math.log2(lB)) * float32(LN2)")
-    return "\n".join(L) + "\n"
 
+
+def _source(D: int, NC: int, schedule: str = "v1") -> str:
+    """The kernel source of one (D, NC, schedule); see the module docstring for both schedules."""
+    g = geometry(D, NC, schedule)
+    FULLK0, FULLV0, EMPTY0, _ = _slots(g["stages"])
+    STAGES = g["stages"]
+    L = []
+    a = L.append
+    _prologue(a, D, NC, g, kernel_name(D, NC, schedule))
+    _producer(a, NC, g, REGS if schedule == "v2" else None)
+    _consumer_setup(a, D, g)
+    a("    ops.mbarrier_wait_parity(bar0, uint32(0))")
+    if schedule == "v1":
+        # per tile, serial: S GEMM, wait, softmax, PV GEMM, wait, release the slot
+        a("    for kt in range(nt):")
+        a(f"        st = kt % {STAGES}")
+        a(f"        ph = uint32((kt // {STAGES}) & 1)")
+        a(f"        ops.mbarrier_wait_parity(bar0 + uint32(8 * ({FULLK0} + st)), ph)")
+        _qk(a, D, g, "        ")
+        a("        ops.wgmma_wait_group_0()")
+        _softmax(a, D, g, "        ", rescale_o=True)
+        _pack_p(a, g, "        ")
+        a(f"        ops.mbarrier_wait_parity(bar0 + uint32(8 * ({FULLV0} + st)), ph)")
+        a(f"        vbase = v_sm + uint32(st * {g['kbytes']})")
+        _zero_v_tail(a, NC, g, "        ")
+        _pv(a, D, g, "        ", first=True)
+        a("        ops.wgmma_wait_group_0()")
+        a(f"        ops.mbarrier_arrive(bar0 + uint32(8 * ({EMPTY0} + st)))")
+    else:
+        # v2: S of tile kt is issued before P V of tile kt-1 and its softmax runs while that PV
+        # is in flight (wait_group 1); the two consumer warpgroups take turns issuing their GEMMs
+        # (named barriers 2 + cw, ping-pong), so one's softmax overlaps the other's GEMMs.
+        other = f"uint32({PP_BAR} + 1 - cw)"
+        mine = f"uint32({PP_BAR} + cw)"
+        a("    if cw == 0:")
+        a(f"        ops.named_barrier_arrive(uint32({PP_BAR}), uint32(256))")
+        a("    if nt > 0:")
+        a("        kt = 0")
+        a("        st = 0")
+        a(f"        ops.mbarrier_wait_parity(bar0 + uint32(8 * {FULLK0}), uint32(0))")
+        a(f"        ops.named_barrier_sync({mine}, uint32(256))")
+        _qk(a, D, g, "        ")
+        a(f"        ops.named_barrier_arrive({other}, uint32(256))")
+        a("        ops.wgmma_wait_group_0()")
+        _softmax(a, D, g, "        ", rescale_o=False)
+        _pack_p(a, g, "        ")
+        a("        for kt in range(1, nt):")
+        a(f"            st = kt % {STAGES}")
+        a(f"            ph = uint32((kt // {STAGES}) & 1)")
+        a(f"            sp = (kt - 1) % {STAGES}")
+        a(f"            php = uint32(((kt - 1) // {STAGES}) & 1)")
+        a(f"            ops.mbarrier_wait_parity(bar0 + uint32(8 * ({FULLK0} + st)), ph)")
+        a(f"            ops.mbarrier_wait_parity(bar0 + uint32(8 * ({FULLV0} + sp)), php)")
+        a(f"            ops.named_barrier_sync({mine}, uint32(256))")
+        _qk(a, D, g, "            ")
+        _rescale_o(a, D, "            ")
+        a(f"            vbase = v_sm + uint32(sp * {g['kbytes']})")
+        _pv(a, D, g, "            ", first=False)
+        a(f"            ops.named_barrier_arrive({other}, uint32(256))")
+        a("            ops.wgmma_wait_group_1()")
+        _softmax(a, D, g, "            ", rescale_o=False)
+        a("            ops.wgmma_wait_group_0()")
+        a(f"            ops.mbarrier_arrive(bar0 + uint32(8 * ({EMPTY0} + sp)))")
+        _pack_p(a, g, "            ")
+        # the last tile's P V (the only tile that can need V rows zeroed past the key length)
+        a("        kt = nt - 1")
+        a(f"        st = kt % {STAGES}")
+        a(f"        ops.mbarrier_wait_parity(bar0 + uint32(8 * ({FULLV0} + st)),"
+          f" uint32((kt // {STAGES}) & 1))")
+        a(f"        vbase = v_sm + uint32(st * {g['kbytes']})")
+        _zero_v_tail(a, NC, g, "        ")
+        _rescale_o(a, D, "        ")
+        _pv(a, D, g, "        ", first=False)
+        a("        ops.wgmma_wait_group_0()")
+        a(f"        ops.mbarrier_arrive(bar0 + uint32(8 * ({EMPTY0} + st)))")
+        # balance the opening arrive: warpgroup 1's last arrive on barrier PP_BAR is consumed here
+        a("    if cw == 0:")
+        a(f"        ops.named_barrier_sync(uint32({PP_BAR}), uint32(256))")
+    _epilogue(a, D)
+    return "\n".join(L) + "\n"
 
 _KERNELS: dict = {}
 
 
-def fused_kernel(D: int, nc: int = NC):
-    """The ``runtime.Kernel`` for head dim D and ``nc`` consumer warpgroups (generated once each)."""
+def fused_kernel(D: int, nc: int = NC, schedule: str = "v1"):
+    """The ``runtime.Kernel`` for head dim D, ``nc`` consumer warpgroups and the consumer
+    ``schedule`` (generated once each)."""
     if D not in SUPPORTED_D:
         raise ValueError(f"the fused sm_90a kernel supports D in {SUPPORTED_D}, not {D}")
     if nc not in (1, 2):
         raise ValueError(f"nc (consumer warpgroups) must be 1 or 2, not {nc}")
-    if (D, nc) not in _KERNELS:
-        src = _source(D, nc)
+    key = (D, nc, schedule)
+    if key not in _KERNELS:
+        g = geometry(D, nc, schedule)                    # validates the schedule
+        src = _source(D, nc, schedule)
         ns = globals()
-        code = compile(src, f"<fmha_sm90 generated D={D} NC={nc}>", "exec")
+        code = compile(src, f"<fmha_sm90 generated D={D} NC={nc} {schedule}>", "exec")
         exec(code, ns)                                   # noqa: S102 (our own generated source)
-        fn = ns.pop(f"fmha_fwd_d{D}_c{nc}")
-        _KERNELS[D, nc] = kernel(fn, launch_bounds=(geometry(D, nc)["threads"], 1))
-    return _KERNELS[D, nc]
+        fn = ns.pop(kernel_name(D, nc, schedule))
+        # launch bounds: setmaxnreg (v2) needs them, and they cap the entry register count
+        _KERNELS[key] = kernel(fn, launch_bounds=(g["threads"], 1))
+    return _KERNELS[key]
+
+
+def schedule_for(nc: int, schedule: str | None = None) -> str:
+    """The schedule a call with ``nc`` consumer warpgroups runs: ``schedule`` if given, else
+    ``DSV4_FMHA_SCHEDULE``, else ``DEFAULT_SCHEDULE``; v1 whenever nc = 1 (v2 needs two)."""
+    import os
+    s = schedule or os.environ.get("DSV4_FMHA_SCHEDULE") or DEFAULT_SCHEDULE
+    if s not in SCHEDULES:
+        raise ValueError(f"fmha_sm90 schedule must be one of {SCHEDULES}, not {s!r} "
+                         f"(DSV4_FMHA_SCHEDULE / schedule=)")
+    return "v1" if nc == 1 else s
 
 
 def signature():
@@ -388,7 +547,8 @@ def signature():
 
 
 def production_kernels():
-    return [(fused_kernel(D, nc), signature()) for D in SUPPORTED_D for nc in (2, 1)]
+    return [(fused_kernel(D, nc, s), signature()) for D in SUPPORTED_D for nc, s in
+            ((2, "v1"), (1, "v1"), (2, "v2"))]
 
 
 def launch_config(B: int, Tq: int, Hq: int, Hkv: int) -> dict:
@@ -425,7 +585,7 @@ class Plan:
     """A prepared fused call: device arrays, tensor maps and grid; ``launch()`` only launches
     (benchmarks time ``launch``). ``out`` is uint32 [B*Tq*Hq*D/2] (bf16 pairs), ``lse`` float32."""
 
-    def __init__(self, c, qd, kd, vd, lens, sink):
+    def __init__(self, c, qd, kd, vd, lens, sink, schedule=None):
         from numba import cuda  # noqa: F811
 
         from ..hw.tma import tensor_map_on_device
@@ -433,11 +593,12 @@ class Plan:
         B, Tq, Tk, Hq, Hkv, D = c.B, c.Tq, c.Tk, c.Hq, c.Hkv, c.D
         self.c = c
         cfg = launch_config(B, Tq, Hq, Hkv)
-        g = geometry(D, cfg["nc"])
+        self.schedule = schedule_for(cfg["nc"], schedule)
+        g = geometry(D, cfg["nc"], self.schedule)
         q4, k4, v4 = (x.reshape(B, T, H, D) for x, T, H in ((qd, Tq, Hq), (kd, Tk, Hkv), (vd, Tk, Hkv)))
         self.tq = tensor_map_on_device(q4, cfg["qbox"], "128B", dtype="bfloat16")
-        self.tk = tensor_map_on_device(k4, (1, BN, 1, 64), "128B", dtype="bfloat16")
-        self.tv = tensor_map_on_device(v4, (1, BN, 1, 64), "128B", dtype="bfloat16")
+        self.tk = tensor_map_on_device(k4, (1, g["bn"], 1, 64), "128B", dtype="bfloat16")
+        self.tv = tensor_map_on_device(v4, (1, g["bn"], 1, 64), "128B", dtype="bfloat16")
         self.keep = (q4, k4, v4)                           # the maps point into these
         self.out = cuda.device_array(B * Tq * Hq * D // 2, np.uint32)
         self.lse = cuda.device_array(B * Hq * Tq, np.float32)
@@ -447,7 +608,7 @@ class Plan:
                      np.int32(sink is not None), Tq, Tk, Hq, Hkv, cfg["G"], np.int32(c.causal),
                      int(Tk - Tq), np.float32(c.scale * LOG2E))
         self.grid = cfg["grid"]
-        self.k = fused_kernel(D, cfg["nc"])
+        self.k = fused_kernel(D, cfg["nc"], self.schedule)
         self.smem = g["dyn_smem"]
         # the overload these arguments dispatch to (their exact types, e.g. an 'A'-layout view
         # would select another one) gets the > 48 KB dynamic shared-memory attribute
@@ -469,5 +630,5 @@ def fused_production(c, qd, kd, vd, lens, sink):
     return p.out, p.lse
 
 
-__all__ = ["SUPPORTED_D", "fused_kernel", "signature", "geometry", "Plan", "fused_production",
+__all__ = ["SUPPORTED_D", "SCHEDULES", "fused_kernel", "schedule_for", "signature", "geometry", "Plan", "fused_production",
            "unsupported", "production_kernels"]

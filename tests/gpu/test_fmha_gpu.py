@@ -116,9 +116,9 @@ def problem(seed, B, Tq, Tk, Hq, Hkv, D, spread=3.0):
     return q.astype(BF16), k.astype(BF16), v.astype(BF16)
 
 
-def run_plan(q, k, v, causal=False, sink=None, kv_lengths=None, scale=None):
-    """Through fmha's validation and the fused Plan, with NaN-poisoned outputs; returns host arrays
-    (out as bfloat16 [B,Tq,Hq,D], lse [B,Hq,Tq])."""
+def run_plan(q, k, v, causal=False, sink=None, kv_lengths=None, scale=None, schedule="v1"):
+    """Through fmha's validation and the fused Plan (consumer ``schedule``, see fmha_sm90), with
+    NaN-poisoned outputs; returns host arrays (out as bfloat16 [B,Tq,Hq,D], lse [B,Hq,Tq])."""
     from numba import cuda
 
     from dsv4_numba.pipelines.fmha import _validate
@@ -126,7 +126,7 @@ def run_plan(q, k, v, causal=False, sink=None, kv_lengths=None, scale=None):
     assert fmha_sm90.unsupported(c, False) is None
     dev = [cuda.to_device(np.ascontiguousarray(x).view(np.uint16)) for x in (q, k, v)]
     plan = fmha_sm90.Plan(c, *(x.reshape(-1) for x in dev), cuda.to_device(c.lens),
-                          cuda.to_device(c.sink) if c.sink is not None else None)
+                          cuda.to_device(c.sink) if c.sink is not None else None, schedule=schedule)
     plan.out.copy_to_device(np.full(plan.out.shape, 0x7FC17FC1, np.uint32))   # NaN poison
     plan.lse.copy_to_device(np.full(plan.lse.shape, np.nan, np.float32))
     plan.launch()
@@ -157,9 +157,31 @@ def test_fused_vs_oracle(shape, causal, D):
     check(out, lse, oracle(q, k, v, causal=causal), f"{shape} causal={causal} D={D}")
 
 
+# schedule v2 (setmaxnreg, 128-key tiles, S(kt) before P V(kt-1), ping-pong consumers, deeper
+# ring) runs the calls with 2 consumer warpgroups; the decode shapes fall back to v1 (nc = 1).
+# "long" has 16 key tiles (wraps the 3- / 4-stage ring several times) and a causal diagonal
+# crossing tiles at an offset of Tk - Tq = 1000.
+V2_SHAPES = {k: SHAPES[k] for k in ("mha_127x129", "gqa_129x127", "mqa_1000", "gqa3_unpacked")}
+V2_SHAPES["long"] = (1, 1048, 2048, 2, 2)
+
+
 @pytest.mark.parametrize("D", fmha_sm90.SUPPORTED_D)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_lengths_sink_and_garbage_past_length(causal, D):
+@pytest.mark.parametrize("shape", list(V2_SHAPES), ids=list(V2_SHAPES))
+def test_v2_vs_oracle(shape, causal, D):
+    B, Tq, Tk, Hq, Hkv = V2_SHAPES[shape]
+    q, k, v = problem(zlib.crc32(f"v2{shape}{causal}{D}".encode()), B, Tq, Tk, Hq, Hkv, D)
+    out, lse = run_plan(q, k, v, causal=causal, schedule="v2")
+    check(out, lse, oracle(q, k, v, causal=causal), f"v2 {shape} causal={causal} D={D}")
+    out2, lse2 = run_plan(q, k, v, causal=causal, schedule="v2")
+    np.testing.assert_array_equal(out.view(np.uint16), out2.view(np.uint16))    # deterministic
+    np.testing.assert_array_equal(lse.view(np.uint32), lse2.view(np.uint32))
+
+
+@pytest.mark.parametrize("schedule", ["v1", "v2"])
+@pytest.mark.parametrize("D", fmha_sm90.SUPPORTED_D)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_lengths_sink_and_garbage_past_length(causal, D, schedule):
     """Per-batch key lengths incl. 0 (documented result: out 0, lse = sink / -inf), a sink, and a
     cache holding NaN past each length (must not reach any result)."""
     B, Tq, Tk, Hq, Hkv = 4, 129, 200, 4, 2
@@ -169,9 +191,9 @@ def test_lengths_sink_and_garbage_past_length(causal, D):
         k[b, n:] = np.nan
         v[b, n:] = np.nan
     for sink in (None, np.array([0.5, -2.0, 3.0, -np.inf], np.float32)):
-        out, lse = run_plan(q, k, v, causal=causal, sink=sink, kv_lengths=lens)
+        out, lse = run_plan(q, k, v, causal=causal, sink=sink, kv_lengths=lens, schedule=schedule)
         orc = oracle(q, k, v, causal=causal, sink=sink, kv_lengths=lens)
-        check(out, lse, orc, f"lengths causal={causal} sink={sink is not None} D={D}")
+        check(out, lse, orc, f"{schedule} lengths causal={causal} sink={sink is not None} D={D}")
         assert (out[0].astype(np.float32) == 0).all()
         if sink is None:
             assert np.isneginf(lse[0]).all()
@@ -179,22 +201,25 @@ def test_lengths_sink_and_garbage_past_length(causal, D):
             np.testing.assert_allclose(lse[0, :3], np.repeat(sink[:3, None], Tq, 1), rtol=1e-6)
 
 
+@pytest.mark.parametrize("schedule", ["v1", "v2"])
 @pytest.mark.parametrize("D", fmha_sm90.SUPPORTED_D)
-def test_causal_more_queries_than_keys(D):
-    """Tq > Tk causal: the first Tq - Tk queries see nothing (out 0, lse -inf)."""
+def test_causal_more_queries_than_keys(D, schedule):
+    """Tq > Tk causal: the first Tq - Tk queries see nothing (out 0, lse -inf); with v2 the first
+    CTA (queries 0..127) has a single, partly visible key tile."""
     q, k, v = problem(3, 1, 129, 100, 2, 1, D)
-    out, lse = run_plan(q, k, v, causal=True)
+    out, lse = run_plan(q, k, v, causal=True, schedule=schedule)
     check(out, lse, oracle(q, k, v, causal=True), "Tq > Tk causal")
     assert (out[0, :29].astype(np.float32) == 0).all() and np.isneginf(lse[0, :, :29]).all()
 
 
-def test_nan_rules():
+@pytest.mark.parametrize("schedule", ["v1", "v2"])
+def test_nan_rules(schedule):
     """NaN in a visible q / k element -> that row's out and lse are NaN (the staged rule)."""
-    q, k, v = problem(4, 1, 64, 64, 1, 1, 64)
+    q, k, v = problem(4, 1, 256, 256, 1, 1, 64)
     q[0, 5, 0, 3] = np.nan
-    out, lse = run_plan(q, k, v)
+    out, lse = run_plan(q, k, v, schedule=schedule)
     assert np.isnan(out[0, 5].astype(np.float32)).all() and np.isnan(lse[0, 0, 5])
-    ok = np.ones(64, bool)
+    ok = np.ones(256, bool)
     ok[5] = False
     assert np.isfinite(out[0, ok].astype(np.float32)).all()
 
@@ -230,3 +255,13 @@ def test_unsupported_is_a_clear_error():
     q16, k16, v16 = (x.astype(np.float16) for x in problem(8, 1, 4, 4, 1, 1, 64))
     with pytest.raises(d.registry.ImplUnavailable, match="bfloat16"):
         fmha(q16, k16, v16, impls="production")
+
+
+def test_public_api_runs_v2_by_environment(monkeypatch):
+    """DSV4_FMHA_SCHEDULE=v2 makes fmha()'s fused calls with 2 consumer warpgroups run v2."""
+    monkeypatch.setenv("DSV4_FMHA_SCHEDULE", "v2")
+    q, k, v = problem(9, 1, 300, 300, 4, 2, 128)
+    out, lse = fmha(q, k, v, causal=True, impls="production", return_lse=True)
+    check(out, lse, oracle(q, k, v, causal=True), "public api v2")
+    ref, _ = run_plan(q, k, v, causal=True, schedule="v2")
+    np.testing.assert_array_equal(out.view(np.uint16), ref.view(np.uint16))
