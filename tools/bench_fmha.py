@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 
 import numpy as np
 
@@ -93,6 +94,11 @@ def main(argv=None):
         for sched in scheds:
             plan = plan_for(torch, q, k, v, causal, sched)
             plan.launch()
+            if not plan.wait(15):
+                print(f"FATAL: {name} schedule {plan.schedule}: no finish in 15 s (deadlock?)",
+                      flush=True)
+                _table(rows)
+                os._exit(3)
             cuda.synchronize()
             got = out_of(torch, plan, (B, T, H, D))
             rel = float((got.float() - ref.float()).abs().max() / ref.float().abs().max())

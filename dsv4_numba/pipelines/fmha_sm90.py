@@ -622,6 +622,21 @@ class Plan:
     def launch(self):
         self.k.launch(self.grid, self.threads, *self.args, shared_bytes=self.smem)
 
+    def wait(self, timeout_s: float) -> bool:
+        """Wait at most ``timeout_s`` seconds for the work queued so far (an event polled, where
+        ``cuda.synchronize`` would hang on a deadlocked kernel): True when it finished."""
+        import time
+
+        from numba import cuda  # noqa: F811
+        ev = cuda.event()
+        ev.record()
+        end = time.monotonic() + timeout_s
+        while not ev.query():
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.001)
+        return True
+
 
 def fused_production(c, qd, kd, vd, lens, sink):
     """Run the fused kernel: (out uint32 device [B*Tq*Hq*D/2], lse float32 device [B*Hq*Tq])."""

@@ -10,10 +10,15 @@ The pipeline (``dsv4_numba.pipelines.fmha``) strings them together with the soft
     O                              --attn_epilogue--> out [B,Tq,Hq,D] in q's dtype (one rounding)
 
 Every intermediate lives in global memory (staged mode), so each stage can be swapped and checked on
-its own. Only ``reference`` implementations exist (one thread per output element, readable, they run
-under the CUDA simulator). The production path of attention is a fused sm_90a kernel (TMA ring,
-wgmma for both GEMMs, online softmax in registers) -- not built yet; no production variant of these
-three stages is registered, so asking for one raises ``registry.ImplUnavailable``.
+its own. These three stages have only ``reference`` implementations (one thread per output element,
+readable, they run under the CUDA simulator); asking for a production variant of one of them raises
+``registry.ImplUnavailable``. The production path of attention is not a set of faster stages but the
+whole attention fused into one kernel: registry stage ``attn_fused``, whose ``production`` is the
+sm_90a kernel of ``pipelines.fmha_sm90`` (TMA ring, wgmma for both GEMMs, online softmax in
+registers; H100-verified for bfloat16, D in {64, 128}) and whose ``reference`` is this staged
+pipeline. ``fmha`` picks it under ``auto`` where it can run, or by ``impls="production"`` /
+``impls={"attn_fused": ...}``; the staged stages run for everything else (float16 / float32,
+D = 16 / 256, ``return_intermediates``, no sm_90a GPU).
 
 Which keys a query sees (shared by every stage; the softmax stage gets the same rule through its
 ``lengths`` / ``causal_offset`` arguments)::

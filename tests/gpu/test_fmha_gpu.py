@@ -16,6 +16,8 @@ float32 rounding of sink * log2(e) * ln(2)); outputs are poisoned with NaN befor
 unwritten element fails; the same call twice is bitwise equal. The K/V cache past kv_lengths is
 filled with NaN (it must never reach a result).
 """
+import os
+import sys
 import zlib
 
 import ml_dtypes
@@ -130,6 +132,11 @@ def run_plan(q, k, v, causal=False, sink=None, kv_lengths=None, scale=None, sche
     plan.out.copy_to_device(np.full(plan.out.shape, 0x7FC17FC1, np.uint32))   # NaN poison
     plan.lse.copy_to_device(np.full(plan.lse.shape, np.nan, np.float32))
     plan.launch()
+    if not plan.wait(30):       # a hung kernel would hang every later test: stop the run, loudly
+        sys.stderr.write(f"\nFATAL: fmha_sm90 schedule {plan.schedule} did not finish in 30 s "
+                         f"(deadlock?) on q {q.shape}, k {k.shape}, causal={causal}\n")
+        sys.stderr.flush()
+        os._exit(3)
     cuda.synchronize()
     B, Tq, Hq, D = q.shape
     return (plan.out.copy_to_host().view(BF16).reshape(B, Tq, Hq, D),
