@@ -19,11 +19,25 @@ derived bound gamma(D + H + 3) * sum_h |w| sum_d |q k| covers both).
 Paged caches: every key row goes through ``cache_row`` (the block table); a contiguous cache is the
 one-page case, so the two run the same instructions on the same values: identical scores.
 
-What is not here yet (round 2): TMA / cp.async into an mbarrier ring (loads here are register-staged:
-8 ``ld.global.nc`` in flight per thread, then ``st.shared.v4``; latency hidden by that and the 4 CTAs
-an SM holds, never overlapped with this CTA's wgmma), a q tile double buffer, q decoded once instead
-of per CTA, BN = 256 with dynamic shared memory, a running top-k threshold, and V3.2 FP8 (e4m3
-wgmma k32) -- FP8 raises ``NotImplementedError`` naming the staged path.
+Two kernels, selected by ``variant=`` / ``DSV4_INDEXER_VARIANT`` (default ``DEFAULT_VARIANT``):
+
+* ``v1`` (round 1, ``indexer_fused_kernel``; verified on an H100, 2026-11-25): the loop above. Its
+  epilogue indexes the 64-register accumulator tuple with a loop variable, which Numba compiles to a
+  64-way compare-and-branch per access (its SASS: 1512 ISETP, 699 BRA, only 26 STS): ~16K
+  instructions per thread per token, i.e. the ~11.5 us per token per CTA the H100 bench measured
+  (T = 64, N = 65536: 744 us, ~92 TFLOP/s). It also serves the staged pipeline's logits stage.
+* ``v2`` (round 2, ``indexer_fused_v2_kernel``; emulated and compiled here, not yet run on an H100):
+  the same tiles and wgmmas; the epilogue is generated source with constant accumulator indices
+  (``relu_head_sum``: 64 ReLU-FMAs, a warp transpose-reduce of 16 + 8 + 4 ``shfl.bfly``, 4 words
+  per lane into a 2 KB exchange, 4 adds per key); FP4 q is decoded once globally by
+  ``q_decode_kernel`` (T > 1) instead of in each of the N/128 CTAs; the first q is fetched before
+  the key tile's loads, and token t+1's q is fetched right after token t's wgmmas are issued (in
+  flight during the wgmma and the epilogue, stored to the q tile after the exchange is read).
+  Every source is passed as bytes: one specialisation for bf16 and FP4.
+
+Not here yet: TMA / cp.async into an mbarrier ring for the keys, BN = 256 with dynamic shared
+memory, two consumer warpgroups per CTA, a running top-k threshold, and V3.2 FP8 (e4m3 wgmma k32) --
+FP8 raises ``NotImplementedError`` naming the staged path.
 
 Napkin math (H = 64, D = 128; per key per token 2*H*D = 16384 FLOP)
 ----------------------------------------------------------------
@@ -32,9 +46,11 @@ Napkin math (H = 64, D = 128; per key per token 2*H*D = 16384 FLOP)
   number of token groups (1-2 here, mostly L2 hits after the first).
 * T = 1, N = 65536: 512 CTAs, 16.8 MB of bf16 keys (~5.5 us at 3 TB/s) or 4.5 MB FP4 (~1.5 us);
   1.07 GFLOP (~1 us at peak) -> memory / latency bound; the top-k and launches dominate the rest.
-* T = 64, N = 65536: 68.7 GFLOP -> >= 69 us at the 990 TFLOP/s bf16 dense peak. This version issues
-  the wgmmas of one token, waits, then runs the epilogue (no overlap of load, MMA and epilogue within
-  a CTA; overlap only across the 4 co-resident CTAs), so expect well under peak.
+* T = 64, N = 65536: 68.7 GFLOP -> >= 69 us at the 990 TFLOP/s bf16 dense peak. Per token per CTA:
+  8 wgmma m64n128k16 = 2.1 MFLOP = ~512 tensor-core cycles of an SM; v2's epilogue + q store is
+  ~400 instructions per thread (4 warps: ~400 issue cycles), so with 3-4 CTAs per SM interleaving
+  the bound is the tensor cores: 32768 token-CTAs / 132 SMs x 512 cycles = ~70 us; expect
+  100-200 us (the wgmma of one token still waits before its epilogue within a CTA).
 """
 from __future__ import annotations
 
@@ -416,6 +432,7 @@ def indexer_fused_v2_kernel(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_page
     kbase = ops.shared_address(smem32)
     qbase = kbase + uint32(K_BYTES)
     xw = K_BYTES // 4
+    pre = fetch_q8(qsrc, qsc, qfmt, t0, tid)      # in flight during the key tile's loads
     if table_rows == 1:
         lim = 0
         for t in range(t0, t1):
@@ -423,7 +440,6 @@ def indexer_fused_v2_kernel(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_page
         load_key_tile(kbase, ksrc, ksc, kfmt, table, table_rows, max_pages, page_size, 0, n0,
                       min(BN, lim - n0), tid)
     h0 = 16 * warp + (lane >> 2)
-    pre = fetch_q8(qsrc, qsc, qfmt, t0, tid)
     for t in range(t0, t1):
         if table_rows > 1:
             load_key_tile(kbase, ksrc, ksc, kfmt, table, table_rows, max_pages, page_size, t, n0,

@@ -177,3 +177,68 @@ def test_staged_with_production_score_stage(fmt):
     assert (np.abs(lg - np.nan_to_num(orc["logits"]))[valid] <= orc["logit_err"][valid]).all()
     check_scores(inter["scores"], orc, "staged+production GEMM")
     check_selection_fast(idx, vals, orc["scores"], orc["err"], 256, vl, "staged+production GEMM")
+
+
+# ---------------------------------------------------------------- round 2 kernel (variant v2)
+# Run alone with ``-k v2`` (one compile of the v2 kernel, one of the q decode, ~30 s of oracles).
+@pytest.fixture
+def v2(monkeypatch):
+    monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v2")
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
+@pytest.mark.parametrize("T,N", [(1, 129), (4, 127), (16, 129), (1, 65536), (4, 65536)])
+def test_v2_matches_oracle(v2, fmt, T, N):
+    q, kc, w = problem(T * 7 + N + 1, T, N, fmt)
+    g = np.random.default_rng(N + T + 1)
+    vl = g.integers(0, N + 1, T).astype(np.int32)
+    vl[0] = N
+    if T > 2:
+        vl[1] = 0
+    k = 512
+    idx, vals, inter = indexer(q, kc, w, k, valid_len=vl, impls="fused", return_intermediates=True)
+    orc = oracle(q, kc, w, vl)
+    check_scores(inter["scores"], orc, "v2")
+    check_selection_fast(idx, vals, orc["scores"], orc["err"], k, vl, "v2")
+
+
+def _v2_plan_scores(q, kc, w, vl, tq, table=None):
+    from numba import cuda
+    c = _validate(q, kc, w, 16, vl, table)
+    out = cuda.to_device(np.full(c.T * c.N, np.nan, np.float32))       # poisoned
+    F.fused_plan(c, q, kc, w, out=out, variant="v2", tq=tq).run()
+    return out.copy_to_host().reshape(c.T, c.N)
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
+@pytest.mark.parametrize("tq", [7, 32])
+def test_v2_many_tokens_per_cta(fmt, tq):
+    """T = 33 tokens looped in one CTA column (tq = 32: a group of 32 and one of 1; tq = 7: a short
+    last group): the q prefetch pipeline across tokens, every position written (no v1 run here:
+    its compile alone is ~1 min)."""
+    T, N = 33, 1000
+    q, kc, w = problem(40 + tq, T, N, fmt)
+    vl = np.random.default_rng(tq).integers(0, N + 1, T).astype(np.int32)
+    vl[0] = N
+    orc = oracle(q, kc, w, vl)
+    sc = _v2_plan_scores(q, kc, w, vl, tq)
+    check_scores(sc, orc, "v2")
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
+def test_v2_paged_equals_contiguous(fmt):
+    T, N, ps = 4, 4096, 64
+    q, kc, w = problem(12, T, N, fmt)
+    vl = np.array([N, 1000, 64, 4095], np.int32)
+    ref = _v2_plan_scores(q, kc, w, vl, 4)
+    check_scores(ref, oracle(q, kc, w, vl), "v2")
+    for per_token in (False, True):
+        if fmt == "bf16":
+            (pk,), table = page([kc.view(np.uint16)], ps, T, per_token, 3,
+                                lambda shape, dt: np.full(shape, 0x7FC0, dt))
+            pk = pk.view(ml_dtypes.bfloat16)
+        else:
+            (pd, psc), table = page([kc.data, kc.scales], ps, T, per_token, 3, random_bytes)
+            pk = QuantizedFP4(pd, psc, None, "dsv4_fp4", pd.shape[:2] + (D,))
+        got = _v2_plan_scores(q, pk, w, vl, 4, table)
+        np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
