@@ -619,9 +619,12 @@ def fused_kernel(D: int):
 
 
 def signature():
-    """Argument types (the same as fmha_sm90's kernel: one signature for every D)."""
-    from .fmha_sm90 import signature as sm90_signature
-    return sm90_signature()
+    """Argument types of the kernel (one signature for every D; the same argument list as the
+    sm_90a kernel, written out here so that the two kernels can evolve apart)."""
+    from numba import types as t
+    return (t.uint64[::1], t.uint64[::1], t.uint64[::1], t.uint32[::1], t.float32[::1],
+            t.int32[::1], t.float32[::1], t.int32, t.int64, t.int64, t.int64, t.int64, t.int64,
+            t.int32, t.int64, t.float32)
 
 
 def production_kernels():
