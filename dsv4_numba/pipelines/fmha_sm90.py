@@ -58,22 +58,53 @@ verifies on the H100.
 Shared-memory plan (dynamic, aligned up to 1024 B in the kernel; all tiles 128B-swizzled)
 ----------------------------------------------------------------------------------------
   Q   : NC x (D/64) boxes of 64 rows x 128 B = NC * D * 128 B   (D=128, NC=2: 32 KB)
-  K, V: STAGES slots each (2 with NC = 2, 4 with NC = 1), (D/64) boxes of BN rows x 128 B
-        = BN * D * 2 B per slot (16 KB at D=128)
+  K, V: STAGES slots each (v1: 2 with NC = 2, 4 with NC = 1; v2: 3 at D=128, 4 at D=64), (D/64)
+        boxes of BN rows x 128 B = BN * D * 2 B per slot (v1 16 KB, v2 32 KB at D=128)
   total D=128, BN=64, STAGES=2, NC=2: 32 + 64 = 96 KB (+1 KB alignment slack); NC=1 (decode):
-  16 + 128 = 144 KB; mbarriers static (1 + 3 STAGES of 8 B).
+  16 + 128 = 144 KB; v2 D=128: 32 + 3 x 64 = 224 KB; mbarriers static (1 + 3 STAGES of 8 B).
   Every box starts on a 1024-B boundary (the 128B swizzle repeat), so descriptor base offsets are 0.
 
-Register budget (no setmaxnreg in this first version: 384 threads x 168 regs fit the 64K file)
-  consumer: O D/2 + S BN/2 + P BN/4 floats/words = 64 + 32 + 16 = 112 at D=128, plus addressing
-  and softmax state; the producer thread needs ~30. ``compile`` reports 0 spill bytes (tests).
+Register budget
+  v1 (no setmaxnreg: 384 threads x 168 regs fit the 64K file): O D/2 + S BN/2 + P BN/4 floats /
+  words = 64 + 32 + 16 = 112 at D=128, plus addressing and softmax state.
+  v2: the producer warpgroup drops to 24 registers (``setmaxnreg.dec``, all 4 warps, before its
+  127 idle threads exit) and the consumers rise to 240 (``setmaxnreg.inc``): 24*128 + 240*256 =
+  64512 <= 65536, exactly what 384 x 168 (the entry count ptxas gives under the launch bounds)
+  frees and takes. Consumer: O 64 + S 64 + P 32 = 160 at D=128 with 128-key tiles. ``compile``
+  reports 0 spill bytes for every kernel (tests).
+
+Schedules (``schedule=`` / ``DSV4_FMHA_SCHEDULE``; ``SCHEDULES``, ``DEFAULT_SCHEDULE``)
+--------------------------------------------------------------------------------------
+* ``v1`` (round 1, H100-verified; decode always runs it): per 64-key tile and warpgroup, serially,
+  S GEMM -> wait -> softmax -> PV GEMM -> wait -> release the ring slot (the sections above).
+* ``v2`` (prefill, NC = 2; FlashAttention-3's schedule): 128-key tiles (S = 64 floats, wgmma
+  m64n128k16 for S), a ring as deep as shared memory allows (``geometry``: 3 stages at D=128 =
+  225 KB, 4 at D=64), setmaxnreg as above, and per consumer warpgroup::
+
+      tile 0:   S = Q K0^T; wait; softmax -> m, l, c; P = bf16(S)
+      tile kt:  [ping-pong sync]  S = Q Kkt^T (async); O *= c; O += P V(kt-1) (async)
+                [ping-pong arrive]  wait_group 1 (S done, PV in flight) -> softmax of S -> m, l,
+                c; wait_group 0 -> release slot kt-1; P = bf16(S)
+      tail:     zero V past the key length if needed; O *= c; O += P V(nt-1); wait; release
+
+  so the exp2s of tile kt run while the tensor cores do P V of tile kt-1 (intra-warpgroup
+  overlap). Ping-pong: named barrier ``PP_BAR + cw`` gates warpgroup cw's GEMM issue; after
+  issuing, it arrives on the other's barrier (count 256 = both warpgroups), and warpgroup 0 opens
+  by arriving on its own barrier (one extra sync at the end balances it). So the two warpgroups
+  issue their GEMMs in turn and one's softmax overlaps the other's GEMMs. Named barrier 1 (the V
+  zeroing) is only used in the tail, outside the ping-pong section (no cross-wait cycle). The
+  emulator runs v2 (tests/test_fmha_fused.py); on an H100 it is unverified until
+  tests/gpu/test_fmha_gpu.py -k v2 passes there, so ``DEFAULT_SCHEDULE`` stays "v1".
 
 Napkin math (B=4, H=16, S=4096, D=128, bf16, non-causal)
   FLOPs 4*B*H*S*S*D = 550 GFLOP; per CTA tile (128 rows x 64 keys): 4*128*64*128 = 4.2 MFLOP for
   2 * 16 KB of K/V smem traffic -> 128 FLOP/B of smem, compute-bound on the tensor cores; HBM
   traffic is Q+K+V+O = 4 x 67 MB (K/V re-read per q tile, from L2). Bound: wgmma issue + softmax
   (exp2 of 128*64 elements per tile on the MUFU, 16/clk/SM: 512 clk vs 1024 clk of wgmma at
-  D=128 -- overlapping them needs the ping-pong schedule, not built yet).
+  D=128; v1 serialises them per warpgroup: the measured 421 TFLOP/s = 0.62x SDPA). v2 overlaps
+  them (above) and halves the per-tile fixed costs (barrier waits, max / sum shuffles) with
+  128-key tiles; its S GEMM (m64n128k16 SS) reads 6 KB of smem per 64 clk of tensor work, where
+  v1's m64n64k16 read 4 KB per 32 clk, at the 128 B/clk smem limit. Target >= 540 TFLOP/s.
   Decode (B=64, Tq=1, Hq=64, Hkv=8, Tk=8192, D=128): K/V = 2 * 64*8192*8*128 * 2 B = 2.15 GB ->
   ~640 us at 3.35 TB/s, each byte read once (the 8 q heads of a group are packed into one CTA's
   rows). Compute: 512 CTAs x 4*64*8192*128 = 275 GFLOP (56 of 64 rows are padding) -> ~0.4 ms at
