@@ -154,8 +154,11 @@ def test_variant_switch(monkeypatch):
         F.pick_variant("v3")
 
 
-@pytest.mark.parametrize("which", [0, 1], ids=["v2", "q_decode"])
+@pytest.mark.parametrize("which", [pytest.param(0, marks=pytest.mark.slow), 1],
+                         ids=["v2", "q_decode"])
 def test_v2_kernels_compile_for_sm90a(which):
+    """v2: 128 registers, no spills / stack (measured here: 4471 SASS lines vs v1's 6833); ~2 min of
+    CPU to compile (marked slow)."""
     kern, sig = F.v2_kernels()[which]
     r = kern.compile(sig, "sm_90a")
     assert r.spill_stores == 0 and r.spill_loads == 0 and r.stack_bytes == 0, r.summary()
