@@ -186,28 +186,41 @@ def v2(monkeypatch):
     monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v2")
 
 
-@pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
-@pytest.mark.parametrize("T,N", [(1, 129), (4, 127), (16, 129), (1, 65536), (4, 65536)])
-def test_v2_matches_oracle(v2, fmt, T, N):
-    q, kc, w = problem(T * 7 + N + 1, T, N, fmt)
-    g = np.random.default_rng(N + T + 1)
-    vl = g.integers(0, N + 1, T).astype(np.int32)
-    vl[0] = N
-    if T > 2:
-        vl[1] = 0
-    k = 512
-    idx, vals, inter = indexer(q, kc, w, k, valid_len=vl, impls="fused", return_intermediates=True)
-    orc = oracle(q, kc, w, vl)
-    check_scores(inter["scores"], orc, "v2")
-    check_selection_fast(idx, vals, orc["scores"], orc["err"], k, vl, "v2")
-
-
-def _v2_plan_scores(q, kc, w, vl, tq, table=None):
+def _v2_plan_scores(q, kc, w, vl, tq=None, table=None):
+    """v2 scores alone (no top-k: its compile stays out of the -k v2 run), NaN-poisoned output."""
     from numba import cuda
     c = _validate(q, kc, w, 16, vl, table)
     out = cuda.to_device(np.full(c.T * c.N, np.nan, np.float32))       # poisoned
     F.fused_plan(c, q, kc, w, out=out, variant="v2", tq=tq).run()
     return out.copy_to_host().reshape(c.T, c.N)
+
+
+def _vl(T, N, seed):
+    vl = np.random.default_rng(seed).integers(0, N + 1, T).astype(np.int32)
+    vl[0] = N
+    if T > 2:
+        vl[1] = 0                                      # a token with nothing to score
+    return vl
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
+@pytest.mark.parametrize("T,N", [(1, 129), (4, 127), (16, 129), (1, 65536), (4, 65536)])
+def test_v2_scores_match_oracle(fmt, T, N):
+    q, kc, w = problem(T * 7 + N + 1, T, N, fmt)
+    vl = _vl(T, N, N + T + 1)
+    check_scores(_v2_plan_scores(q, kc, w, vl), oracle(q, kc, w, vl), "v2")
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
+def test_v2_end_to_end_with_topk(v2, fmt):
+    """indexer(impls="fused") with DSV4_INDEXER_VARIANT=v2: scores and the selection rule."""
+    T, N, k = 4, 65536, 512
+    q, kc, w = problem(99, T, N, fmt)
+    vl = _vl(T, N, 5)
+    idx, vals, inter = indexer(q, kc, w, k, valid_len=vl, impls="fused", return_intermediates=True)
+    orc = oracle(q, kc, w, vl)
+    check_scores(inter["scores"], orc, "v2")
+    check_selection_fast(idx, vals, orc["scores"], orc["err"], k, vl, "v2")
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
