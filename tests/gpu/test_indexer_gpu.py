@@ -204,7 +204,7 @@ def _vl(T, N, seed):
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
-@pytest.mark.parametrize("T,N", [(1, 129), (4, 127), (16, 129), (1, 65536), (4, 65536)])
+@pytest.mark.parametrize("T,N", [(1, 129), (4, 127), (16, 129), (4, 65536)])
 def test_v2_scores_match_oracle(fmt, T, N):
     q, kc, w = problem(T * 7 + N + 1, T, N, fmt)
     vl = _vl(T, N, N + T + 1)
