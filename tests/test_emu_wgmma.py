@@ -223,3 +223,48 @@ def test_known_bug_expect_tx_short_by_one_box():
     with pytest.raises(emu.EmulatorError, match="tma_load_2d by thread 0 .*8192 bytes land on the mbarrier .* "
                                                 "expects only 0 more byte.*a box short"):
         k_two_boxes.launch(1, 32, emu.tensor_map(x, (64, 64), "128B", dtype="bfloat16"), 8192)
+
+
+# ------------------------------------------------------------------ wgmma fence / commit / wait protocol
+@kernel
+def k_protocol(out, mode):
+    sa = cuda.shared.array(2048, uint8)
+    t = cuda.threadIdx.x
+    for i in range(t, 2048, 128):
+        sa[i] = uint8(0)
+    ops.fence_proxy_async_shared_cta()
+    cuda.syncthreads()
+    d = uint64(wgmma_smem_desc(0, 128, 256, "none")) | uint64(ops.shared_address(sa) >> 4)
+    acc = (float32(0.0),) * 32
+    if mode != 1:                                   # 1: no wgmma_fence before the first wgmma
+        ops.wgmma_fence()
+    acc = ops.wgmma_m64n64k16_f32_bf16_ss(*acc, d, d, uint32(0))
+    if mode != 3:                                   # 3: never committed
+        ops.wgmma_commit_group()
+    acc = ops.wgmma_m64n64k16_f32_bf16_ss(*acc, d, d, uint32(1))
+    ops.wgmma_commit_group()
+    if mode == 0 or mode == 3:
+        ops.wgmma_wait_group_0()
+    elif mode == 4:                                 # 4: waits for all but the last group only
+        ops.wgmma_wait_group_1()
+    out[t] = acc[0]                                 # 2: no wait at all
+
+
+def test_wgmma_protocol_correct_kernel_passes():
+    out = np.full(128, np.nan, np.float32)
+    k_protocol.launch(1, 128, out, 0)
+    assert (out == 0).all()
+
+
+def test_wgmma_without_fence_is_reported():
+    with pytest.raises(emu.EmulatorError, match="no wgmma_fence before this thread's first wgmma"):
+        k_protocol.launch(1, 128, np.zeros(128, np.float32), 1)
+
+
+@pytest.mark.parametrize("mode,what", [(2, "0 wgmma\\(s\\) not committed, 2 committed group\\(s\\) holding 2"),
+                                       (4, "0 wgmma\\(s\\) not committed, 1 committed group\\(s\\) holding 1")],
+                         ids=["never_waited", "wait_group_1_leaves_the_last"])
+def test_wgmma_results_never_waited_are_reported_at_block_end(mode, what):
+    with pytest.raises(emu.EmulatorError, match=f"threads 0-127 exit with wgmma results never waited for "
+                                                f"\\(thread 0: {what}"):
+        k_protocol.launch(1, 128, np.zeros(128, np.float32), mode)

@@ -22,13 +22,15 @@ Compute model: an MMA instruction sums its products exactly (float64) and rounds
 (f16 for an f16 D), so a K loop rounds once per instruction.
 
 Timing model: every asynchronous operation completes at issue. A TMA load applies complete_tx to its
-mbarrier when it is issued; a wgmma has its result when it returns (wait_group is a no-op); a
+mbarrier when it is issued; a wgmma has its result when it returns (wait_group only keeps the
+bookkeeping of the fence / commit / wait protocol, checked below); a
 tcgen05.mma writes TMEM at issue but its result counts as readable only after a thread waited on the
 mbarrier phase its tcgen05_commit arrived in. Other orderings that hardware makes racy but that are
 correct under "completes at issue" are not flagged.
 
 Diagnostics (EmulatorError / EmulatorDeadlock, naming the op, thread, address and what to check):
-deadlocks with barrier state; TMA bytes beyond a phase's expect_tx (a box short); async-proxy reads
+deadlocks with barrier state (decided without wall time: emu.state); a wgmma with no wgmma_fence
+before it in its thread; wgmma results never covered by a wgmma_wait_group at thread exit; TMA bytes beyond a phase's expect_tx (a box short); async-proxy reads
 (wgmma, tcgen05.mma/cp, TMA store) of smem written by ordinary stores after the last
 fence.proxy.async; TMEM read never written / outside an allocation / before the MMA's commit was
 waited on; accumulate=1 into never-written D; accumulate into D whose cells another op overwrote
@@ -370,8 +372,43 @@ def fence_proxy_async():
 
 fence_proxy_async_shared_cta = fence_proxy_async
 setmaxnreg_inc_232 = setmaxnreg_inc_240 = setmaxnreg_dec_40 = setmaxnreg_dec_24 = _noop
-wgmma_fence = wgmma_commit_group = _noop                          # wgmma completes at issue
-wgmma_wait_group_0 = wgmma_wait_group_1 = wgmma_wait_group_2 = _noop
+# wgmma completes at issue; what is tracked (per thread: CTAState.wgmma_groups) is the protocol of
+# PTX ISA 9.1 §9.7.15.7-9 (wgmma.fence / commit_group / wait_group): a wgmma with no wgmma_fence
+# before it in the thread is flagged at issue; wgmmas never covered by a wait_group (uncommitted,
+# or committed and not waited) when the thread exits are flagged at block end - their accumulators
+# were read (or dropped) before the hardware had written them. Reads of accumulator registers
+# between commit and wait are NOT seen (registers are Python values here).
+def _wg_rec(st, me):
+    rec = st.wgmma_groups.get(me.thread_id)
+    if rec is None:
+        rec = st.wgmma_groups[me.thread_id] = [False, 0, []]    # fenced, open wgmmas, committed groups
+    return rec
+
+
+def wgmma_fence():
+    st, me = _enter()
+    _wg_rec(st, me)[0] = True
+
+
+def wgmma_commit_group():
+    st, me = _enter()
+    rec = _wg_rec(st, me)
+    rec[2].append(rec[1])
+    rec[1] = 0
+
+
+def _wgmma_wait(n):
+    def wait():
+        st, me = _enter()
+        rec = _wg_rec(st, me)
+        del rec[2][:max(0, len(rec[2]) - n)]
+    wait.__name__ = wait.__qualname__ = f"wgmma_wait_group_{n}"
+    wait.__doc__ = (f"wgmma.wait_group {n}: at most {n} of this thread's committed groups stay pending "
+                    f"(emulated: results exist already; the bookkeeping feeds the block-end check).")
+    return wait
+
+
+wgmma_wait_group_0, wgmma_wait_group_1, wgmma_wait_group_2 = (_wgmma_wait(n) for n in range(3))
 
 
 def l2_policy_evict_first():
@@ -538,6 +575,13 @@ def _wgmma(cfg, acc, a, b_desc, scale_d):
     key = (None if a_regs else f"a_desc {int(a):#x}", f"b_desc {int(b_desc):#x}",
            f"accumulate {1 if int(scale_d) else 0}")
     payload = (np.asarray(acc, np.float32), a if a_regs else None)
+    rec = _wg_rec(st, me)
+    if not rec[0]:
+        raise EmulatorError(f"{op} by {thread_name(me)}: no wgmma_fence before this thread's first wgmma "
+                            f"(PTX ISA 9.1 §9.7.15.7: wgmma.fence is required before the first "
+                            f"wgmma.mma_async and between a register access and a wgmma using those "
+                            f"registers). Check: ops.wgmma_fence() before the MMA loop")
+    rec[1] += 1
 
     def compute(key, arrived):
         if a_regs:

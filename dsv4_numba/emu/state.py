@@ -165,6 +165,7 @@ class CTAState:
         self.wg: dict = {}                    # collective key -> rendezvous record
         self.async_snap: dict = {}            # smem base -> bytes as the async proxy last saw them
         self.tmem = TMem()
+        self.wgmma_groups: dict = {}          # thread id -> [fenced, open wgmmas, committed groups' sizes]
         global LAST
         LAST = self
 
@@ -363,7 +364,19 @@ class CTAState:
                     self.spins.pop(me, None)
 
     def finish(self):
-        """Checks at kernel (block) end: every TMEM allocation released."""
+        """Checks at kernel (block) end: every TMEM allocation released; every wgmma covered by a
+        wgmma_wait_group."""
+        late = {tid: (rec[1], len(rec[2]), sum(rec[2])) for tid, rec in self.wgmma_groups.items()
+                if rec[1] or rec[2]}
+        if late:
+            tids = sorted(late)
+            o, g, n = late[tids[0]]
+            raise EmulatorError(
+                f"kernel end (block {self.block}): threads {_ranges(tids)} exit with wgmma results never "
+                f"waited for (thread {tids[0]}: {o} wgmma(s) not committed, {g} committed group(s) "
+                f"holding {n} wgmma(s) not waited): on hardware their accumulators are read (or dropped) "
+                f"before the async MMA wrote them. Check: wgmma_commit_group() after the MMAs, then "
+                f"wgmma_wait_group_0() before reading the accumulators")
         if self.tmem.allocs:
             lst = ", ".join(f"columns {c}..{c + n - 1} (alloc by warp {w})"
                             for c, (n, w) in sorted(self.tmem.allocs.items()))
