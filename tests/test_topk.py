@@ -220,6 +220,12 @@ def test_staged_overflow_simulated():
         v, i = run_production(x, 25, S=2, capacity=cap, variant="staged", stage_cap=3,
                               twice=cap is None)
         assert_topk(v, i, x, 25, name=f"staged overflow cap={cap} (sim)")
+    # one block a row: several trips (the next trip's load is issued before this one's appends),
+    # the last one partial; 16-byte and scalar loads
+    x = scores((2, 300), seed=31)
+    for vec in (True, False):
+        v, i = run_production(x, 20, S=1, variant="staged", stage_cap=8, vectorized=vec)
+        assert_topk(v, i, x, 20, name=f"staged trips vectorized={vec} (sim)")
     with pytest.raises(ValueError, match="stage_cap"):
         K.TopkPlan(2, 96, 25, K.F32, variant="staged", stage_cap=K.SCAP + 1)
 

@@ -918,21 +918,27 @@ def finish_fused(x, L, base, obase, k, kind, row, ghist, meta, tickets, sure, ca
 # (1, 65536, 2048): histogram ~5.6 us (measured) + launch gap ~2 + select 32 blocks ~2 + finish
 # ~10: ~19 us (target 15: the single-block sort is what remains). (4, 65536, 512): ~14 us.
 @device
-def stage_slice(x, src, base, lo, hi, bin1, row, meta, sure, cand, capacity, keys, kind, VEC,
-                buf, scap, st32):
+def stage_slice(x, src, base, lo, hi, bin1, row, meta, sure, cand, capacity, keys, nxt, kind,
+                VEC, buf, scap, st32):
     """filter_slice with the appends staged in shared memory: sure keys to buf[0:scap], candidates
     to buf[scap:2 scap], slots from the block's counters st32[5] / st32[6] (warp-aggregated
     shared atomics; the caller zeroes them before a barrier). A key past its list's ``scap``
     staged slots takes a global slot directly (one atomic on the row counter: a rare path,
-    counted the same way). ``stage_flush`` then moves the staged lists to the row's lists."""
+    counted the same way). ``stage_flush`` then moves the staged lists to the row's lists.
+    The next trip's 16 bytes are loaded (into ``nxt``) before this trip's keys are appended:
+    two loads in flight per thread (one wave of 2 x 512-thread blocks per SM needs them)."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     step = int64(nt * VEC)
     trips = (hi - lo + step - 1) // step if hi > lo else 0
+    if trips > 0 and lo + tid * VEC < hi:
+        load_keys(x, src, base + lo + tid * VEC, nxt, kind, VEC)
     for t in range(trips):
         c = lo + t * step + tid * VEC
-        if c < hi:
-            load_keys(x, src, base + c, keys, kind, VEC)
+        for q in range(VEC):
+            keys[q] = nxt[q]
+        if t + 1 < trips and c + step < hi:
+            load_keys(x, src, base + c + step, nxt, kind, VEC)
         for q in range(VEC):
             ok = c + q < hi
             kq = keys[q] if ok else uint32(0)
@@ -1001,6 +1007,7 @@ def select_kernel(kind, vectorized, staged=False):
         st = cuda.shared.array(4, int64)
         st32 = cuda.shared.array(8, int32)
         keys = cuda.local.array(VEC, uint32)
+        nxt = cuda.local.array(VEC, uint32)
         L = row_length(row, n, lengths, has_len)
         b1 = meta[row * META + 0]                 # written by the histogram launch
         if STAGED:
@@ -1011,7 +1018,7 @@ def select_kernel(kind, vectorized, staged=False):
             if b1 >= 0:                           # block-uniform: the barriers inside are safe
                 stage_slice(x, address_of(x, VEC), int64(row) * n, int64(s) * chunk,
                             min(int64(s) * chunk + chunk, L), uint32(b1), row, meta, sure, cand,
-                            capacity, keys, kind, VEC, buf, scap, st32)
+                            capacity, keys, nxt, kind, VEC, buf, scap, st32)
                 stage_flush(row, meta, sure, cand, capacity, buf, scap, st32)
         elif b1 >= 0:
             filter_slice(x, address_of(x, VEC), int64(row) * n, int64(s) * chunk,
