@@ -12,8 +12,8 @@ The torch path is what users write today: dequantize (FP4: nibble unpack, E2M1 t
 per 32, to bf16), ``einsum('thd,nd->thn')`` in bf16, ReLU, times w[t, h], sum over heads (float32),
 ``torch.topk``. dsv4_numba: the fused kernel (scores [T, N] written once) + the production top-k
 stage on prepared, preallocated outputs. Both on the same device-resident inputs (H = 64, D = 128,
-valid_len = N). Timing: CUDA events around 20 back-to-back calls queued behind a spin kernel
-(``dsv4_numba.runtime.bench.time_gpu``), median of 7 repeats, after a warm-up; key caches rotate
+valid_len = N). Timing: CUDA events around 10 (--quick: 5) back-to-back calls queued behind a spin kernel
+(``dsv4_numba.runtime.bench.time_gpu``), median of 5 (3) repeats, after a warm-up; key caches rotate
 among copies whenever one would fit in L2 (50 MB). Before timing, the fused top-k is compared with
 torch's: the share of torch's indices also selected (ties and bf16-vs-float32 rounding of the
 torch path make ~1.0, not exactly 1, the expected value).
