@@ -32,7 +32,8 @@ Two kernels, selected by ``variant=`` / ``DSV4_INDEXER_VARIANT`` (default ``DEFA
   per lane into a 2 KB exchange, 4 adds per key); FP4 q is decoded once globally by
   ``q_decode_kernel`` (T > 1) instead of in each of the N/128 CTAs; the first q is fetched before
   the key tile's loads, and token t+1's q is fetched right after token t's wgmmas are issued (in
-  flight during the wgmma and the epilogue, stored to the q tile after the exchange is read).
+  flight during the wgmma and the epilogue, stored to the q tile after the exchange is read); an
+  FP4 key tile is loaded in one batch of 16 loads per thread (v1: two batches of 8).
   Every source is passed as bytes: one specialisation for bf16 and FP4.
 
 Not here yet: TMA / cp.async into an mbarrier ring for the keys, BN = 256 with dynamic shared
