@@ -265,3 +265,58 @@ def test_emulator_rejects_a_plan_the_kernel_does_not_follow(monkeypatch):
     plan["S0"] = (plan["S0"][0], plan["S0"][1] - 16)
     with pytest.raises(emu.EmulatorError, match="tcgen05_mma_f16_ss.*S0"):
         _emulated(monkeypatch, q, k, v, False, None, [Tk], regions=plan)
+
+
+# ---------------------------------------------------------------------------------------- dispatch
+def _qkv(D, Tq=3, Tk=5):
+    g = np.random.default_rng(0)
+    return tuple(g.standard_normal(s).astype(BF16) for s in ((1, Tq, 2, D), (1, Tk, 1, D), (1, Tk, 1, D)))
+
+
+def test_registered_as_attn_fused_production_sm100a():
+    from dsv4_numba import registry
+    from dsv4_numba.pipelines.fmha import FUSED
+    im = registry.REGISTRY[FUSED].impls["production:sm_100a"]
+    assert im.fn is F.fused_production and im.arch == "sm_100a"
+    assert [k for k, _ in im.kernels()] == [F.fused_kernel(D) for D in F.SUPPORTED_D]
+
+
+def test_fused_variant_is_picked_by_device_arch(monkeypatch):
+    """fmha's ``_pick_fused`` with the device arch faked (no launch): 'production' / auto mean the
+    variant of this arch; an explicit arch is honoured; each variant's own limits apply."""
+    from dsv4_numba import registry
+    from dsv4_numba.pipelines import fmha as fm
+    monkeypatch.setattr(registry.Impl, "unavailable", lambda self: None)      # pretend it can run
+    q, k, v = _qkv(64)
+    c = fm._validate(q, k, v, False, None, None, False, None)
+    for arch in ("sm_90a", "sm_100a"):
+        monkeypatch.setattr(fm, "device_arch", lambda a=arch: a)
+        assert fm._pick_fused("production", c, False).key == f"production:{arch}"
+        assert fm._pick_fused(None, c, False).key == f"production:{arch}"            # auto
+        assert fm._pick_fused({fm.FUSED: "production"}, c, False).key == f"production:{arch}"
+    assert fm._pick_fused({fm.FUSED: "production:sm_90a"}, c, False).key == "production:sm_90a"
+    q, k, v = _qkv(16)                                   # D = 16: the sm_100a kernel only
+    c = fm._validate(q, k, v, False, None, None, False, None)
+    assert fm._pick_fused("production", c, False).key == "production:sm_100a"
+    monkeypatch.setattr(fm, "device_arch", lambda: "sm_90a")
+    assert fm._pick_fused(None, c, False) is None                           # auto: staged on Hopper
+    with pytest.raises(registry.ImplUnavailable, match=r"D in \(64, 128\), not D = 16"):
+        fm._pick_fused("production", c, False)
+    with pytest.raises(registry.ImplUnavailable, match="no fused production variant for sm_80"):
+        fm._pick_fused({fm.FUSED: "production:sm_80"}, c, False)
+
+
+def test_explicit_sm100a_without_a_gpu_says_so_before_any_launch(monkeypatch):
+    from dsv4_numba import registry
+    from dsv4_numba.pipelines.fmha import FUSED, fmha
+    from dsv4_numba.runtime import detect_gpu
+    from dsv4_numba.runtime.kernel import Kernel
+    if detect_gpu() is not None:
+        pytest.skip("checks the no-GPU error")
+
+    def boom(self, *a, **kw):
+        raise AssertionError(f"kernel {self.__name__} launched before the error")
+    monkeypatch.setattr(Kernel, "launch", boom)
+    q, k, v = _qkv(256)
+    with pytest.raises(registry.ImplUnavailable, match=r"production:sm_100a needs a GPU of arch sm_100a"):
+        fmha(q, k, v, impls={FUSED: "production:sm_100a"})

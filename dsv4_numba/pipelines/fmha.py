@@ -70,11 +70,11 @@ import ml_dtypes
 import numpy as np
 
 from .. import registry
-from ..runtime import ArrayIO, is_device_array
+from ..runtime import ArrayIO, device_arch, is_device_array
 from ..runtime.arrays import float_kind, is_contiguous, typestr
 from ..stages import attention_stages  # noqa: F401  (registers attn_qk / attn_pv / attn_epilogue)
 from ..stages import softmax as _softmax
-from . import fmha_sm90
+from . import fmha_sm90, fmha_sm100
 
 STAGES = ("attn_qk", "softmax", "attn_pv", "attn_epilogue")
 #: the registry stage of the whole attention: ``production`` (sm_90a) is the fused kernel of
@@ -90,6 +90,10 @@ def _staged_marker(*_a, **_k):
 registry.register(FUSED, "reference")(_staged_marker)
 registry.register(FUSED, "production", arch="sm_90a", kernels=fmha_sm90.production_kernels)(
     fmha_sm90.fused_production)
+registry.register(FUSED, "production", arch="sm_100a", kernels=fmha_sm100.production_kernels)(
+    fmha_sm100.fused_production)
+#: the fused kernel module of each arch (its ``unsupported`` says which calls it takes)
+_FUSED_BY_ARCH = {"sm_90a": fmha_sm90, "sm_100a": fmha_sm100}
 HEAD_DIMS = (16, 64, 128, 256)
 
 
@@ -205,8 +209,9 @@ def _pick_fused(impls, c, return_intermediates):
 
     * ``impls={"attn_fused": choice}``: that choice for the whole attention (the other keys then
       apply to the staged stages if the choice resolves to the reference);
-    * ``impls="production"`` / ``"production:sm_90a"``: the fused kernel, or ``ImplUnavailable``
-      naming why it cannot run (there is no staged production pipeline to fall back to);
+    * ``impls="production"`` (the variant of this device's arch) / ``"production:sm_90a"`` /
+      ``"production:sm_100a"``: that fused kernel, or ``ImplUnavailable`` naming why it cannot run
+      (there is no staged production pipeline to fall back to);
     * ``None`` / ``"auto"`` (and ``DSV4_IMPL`` naming ``attn_fused``): the fused kernel when it
       can run here and supports the call, silently (the staged stages warn for themselves);
     * ``"reference"`` or a dict without ``attn_fused``: the staged pipeline.
@@ -227,16 +232,18 @@ def _pick_fused(impls, c, return_intermediates):
         return None
     if base not in registry.CHOICES:
         registry.resolve(FUSED, choice)            # raises the registry's error for a bad choice
-    why = fmha_sm90.unsupported(c, return_intermediates)
+    # the variant named ("production:sm_100a"), else the one for this device's arch (sm_90a when
+    # there is no GPU to say: its reasons are the ones reported)
+    dev = device_arch()
+    arch = choice.partition(":")[2] or (dev if dev in _FUSED_BY_ARCH else "sm_90a")
+    if arch not in _FUSED_BY_ARCH:
+        why = f"no fused production variant for {arch} (only {', '.join(_FUSED_BY_ARCH)})"
+    else:
+        why = _FUSED_BY_ARCH[arch].unsupported(c, return_intermediates)
+        if why is None:
+            why = registry.REGISTRY[FUSED].impls[f"production:{arch}"].unavailable()
     if why is None:
-        im = registry.REGISTRY[FUSED].impls.get("production:sm_90a")
-        arch = choice.partition(":")[2]
-        if arch and arch != "sm_90a":
-            why = f"no fused production variant for {arch} (only sm_90a)"
-        else:
-            why = im.unavailable()
-    if why is None:
-        return registry.REGISTRY[FUSED].impls["production:sm_90a"]
+        return registry.REGISTRY[FUSED].impls[f"production:{arch}"]
     if explicit:
         raise registry.ImplUnavailable(f"{FUSED}: {choice!r} cannot run this call: {why}. Use "
                                        f"impls='reference' (staged pipeline).")
