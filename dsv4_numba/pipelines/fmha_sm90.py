@@ -144,6 +144,7 @@ SMEM_LIMIT = 227 * 1024        # opt-in dynamic shared memory per block on sm_90
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 NEG_INF = float32(-math.inf)
+POS_INF = float32(math.inf)
 
 
 def _slots(stages: int):
@@ -342,9 +343,17 @@ def _qk(a, D, g, ind):
     a(f"{ind}ops.wgmma_commit_group()")
 
 
-def _softmax(a, D, g, ind, rescale_o):
+def _softmax(a, D, g, ind, rescale_o, branchless=False):
     """Mask, row max (log2 domain), p = exp2(x - m) in place of S, row sums; the correction
-    factors cA / cB rescale l here and O here (``rescale_o``) or later, before O's next PV."""
+    factors cA / cB rescale l here and O here (``rescale_o``) or later, before O's next PV.
+
+    ``branchless`` (v2) writes the per-element mask and max as ``min`` / ``max`` calls (one
+    select each after LLVM) instead of conditional expressions: each of those is three Numba IR
+    blocks, and Numba's liveness / SSA passes grow with blocks x variables -- with 128-key tiles
+    and two softmax copies the conditional form took minutes to compile. Same values: ``max(x, s)``
+    is ``s if s > x else x``; a masked element is ``min(lim, s)`` with lim = -inf (invisible:
+    -inf whatever s is, NaN included) or +inf (visible: s; a NaN logit becomes +inf, which still
+    makes the row's output and lse NaN: exp2(inf - inf))."""
     ns = g["bn"] // 2
     # mask, scale (log2 domain), row max
     a(f"{ind}j0 = kt * {g['bn']} + cq")
@@ -356,13 +365,19 @@ def _softmax(a, D, g, ind, rescale_o):
     for i in range(ns):
         r = _rowhalf(i)
         a(f"{ind}    s{i} = s{i} * scale_log2")
-        a(f"{ind}    x{r} = s{i} if s{i} > x{r} else x{r}")
+        a(f"{ind}    x{r} = max(x{r}, s{i})" if branchless else
+          f"{ind}    x{r} = s{i} if s{i} > x{r} else x{r}")
     a(f"{ind}else:")
     for i in range(ns):
         col = 8 * (i // 4) + (i % 2)
         r = _rowhalf(i)
-        a(f"{ind}    s{i} = s{i} * scale_log2 if j0 + {col} < L{r} else NEG_INF")
-        a(f"{ind}    x{r} = s{i} if s{i} > x{r} else x{r}")
+        if branchless:
+            a(f"{ind}    s{i} = min(math.copysign(POS_INF, float32(L{r} - j0 - {col}) - float32(0.5)),"
+              f" s{i} * scale_log2)")
+            a(f"{ind}    x{r} = max(x{r}, s{i})")
+        else:
+            a(f"{ind}    s{i} = s{i} * scale_log2 if j0 + {col} < L{r} else NEG_INF")
+            a(f"{ind}    x{r} = s{i} if s{i} > x{r} else x{r}")
     for r in "AB":
         for sh in (1, 2):
             a(f"{ind}y = shfl_xor_f32(x{r}, {sh})")
@@ -498,7 +513,7 @@ def _source(D: int, NC: int, schedule: str = "v1") -> str:
         _qk(a, D, g, "        ")
         a(f"        ops.named_barrier_arrive({other}, uint32(256))")
         a("        ops.wgmma_wait_group_0()")
-        _softmax(a, D, g, "        ", rescale_o=False)
+        _softmax(a, D, g, "        ", rescale_o=False, branchless=True)
         _pack_p(a, g, "        ")
         a("        for kt in range(1, nt):")
         a(f"            st = kt % {STAGES}")
@@ -514,7 +529,7 @@ def _source(D: int, NC: int, schedule: str = "v1") -> str:
         _pv(a, D, g, "            ", first=False)
         a(f"            ops.named_barrier_arrive({other}, uint32(256))")
         a("            ops.wgmma_wait_group_1()")
-        _softmax(a, D, g, "            ", rescale_o=False)
+        _softmax(a, D, g, "            ", rescale_o=False, branchless=True)
         a("            ops.wgmma_wait_group_0()")
         a(f"            ops.mbarrier_arrive(bar0 + uint32(8 * ({EMPTY0} + sp)))")
         _pack_p(a, g, "            ")
