@@ -320,3 +320,11 @@ def test_explicit_sm100a_without_a_gpu_says_so_before_any_launch(monkeypatch):
     q, k, v = _qkv(256)
     with pytest.raises(registry.ImplUnavailable, match=r"production:sm_100a needs a GPU of arch sm_100a"):
         fmha(q, k, v, impls={FUSED: "production:sm_100a"})
+
+
+def test_walkthrough_page_matches_the_tool():
+    """docs/tmem_walkthrough.md embeds the tool's D = 128 picture: regenerate it when the plan changes
+    (python tools/tmem_walkthrough.py --D 128 --tiles 3)."""
+    page = (ROOT / "docs" / "tmem_walkthrough.md").read_text()
+    txt, errs = _tool("tmem_walkthrough").text_picture(128, 3)
+    assert errs == [] and txt in page, "docs/tmem_walkthrough.md is stale: regenerate its picture"
