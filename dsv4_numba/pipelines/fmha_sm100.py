@@ -150,6 +150,7 @@ from ..hw.descriptors import umma_idesc, umma_smem_desc
 from ..hw.portable import pack_bf16x2  # noqa: F401  (cvt.rn.bf16x2.f32, with a simulator twin)
 from ..runtime import device, kernel  # noqa: F401
 from .fmha_sm90 import LN2, LOG2E, NEG_INF  # noqa: F401  (one set of constants for both archs)
+from .fmha_sm90 import Plan as _Sm90Plan
 
 SUPPORTED_D = (16, 64, 128, 256)
 BM = 128                  # query rows per CTA = tcgen05 M = TMEM lanes
@@ -692,6 +693,10 @@ class Plan:
 
     def launch(self):
         self.k.launch(self.grid, THREADS, *self.args, shared_bytes=self.smem)
+
+    #: wait at most ``timeout_s`` for the queued work (an event polled, where ``cuda.synchronize``
+    #: would hang on a deadlocked kernel): True when it finished. Shared with fmha_sm90.Plan.
+    wait = _Sm90Plan.wait
 
 
 def fused_production(c, qd, kd, vd, lens, sink):

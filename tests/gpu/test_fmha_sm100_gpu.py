@@ -38,6 +38,9 @@ def run_plan(q, k, v, causal=False, sink=None, kv_lengths=None):
     plan.out.copy_to_device(np.full(plan.out.shape, 0x7FC17FC1, np.uint32))   # NaN poison
     plan.lse.copy_to_device(np.full(plan.lse.shape, np.nan, np.float32))
     plan.launch()
+    if not plan.wait(30.0):            # a deadlocked kernel: stop the run loudly instead of hanging
+        pytest.exit("fmha_sm100 kernel did not finish within 30 s (deadlock? first suspects: the "
+                    "mbarrier parities of the MMA / softmax / correction hand-offs)", returncode=3)
     cuda.synchronize()
     B, Tq, Hq, D = q.shape
     return (plan.out.copy_to_host().view(BF16).reshape(B, Tq, Hq, D),
