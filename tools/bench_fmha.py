@@ -68,6 +68,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     scheds = args.schedules.split(",") if args.schedules else [None]
     shapes = [p for p in PREFILL if args.shapes is None or p[0] in args.shapes.split(",")]
+    if args.shapes is not None and len(shapes) != len(args.shapes.split(",")):
+        raise SystemExit(f"--shapes: names are {[p[0] for p in PREFILL]}, got {args.shapes!r}")
     import torch
     import torch.nn.functional as F
     from numba import cuda
