@@ -151,7 +151,7 @@ def text_picture(D: int, tiles: int, scale: int = 8, qtiles: int = 1) -> tuple[s
            f"{tiles} key tiles; 1 char = {scale} columns (all 128 lanes alike)",
            "plan: " + ", ".join(f"{k} {c}..{c + n - 1}" + (f" (in {F.TMEM_ALIASES[k]})" if k in F.TMEM_ALIASES
                                                           else "") for k, (c, n) in plan.items()),
-           f"emulator: with emu.tmem_regions(" + ", ".join(f"{k}=({c}, {n})" for k, (c, n) in plan.items()
+           "emulator: with emu.tmem_regions(" + ", ".join(f"{k}=({c}, {n})" for k, (c, n) in plan.items()
                                                          if k not in F.TMEM_ALIASES) + "): ..."]
     ruler = "".join("|" if (i * scale) % 64 == 0 else " " for i in range(nch))
     labels = "".join(f"{i * scale:<8d}" if (i * scale) % 64 == 0 else "" for i in range(nch))

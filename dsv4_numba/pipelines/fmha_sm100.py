@@ -137,13 +137,13 @@ decode, split-K decode, float16 inputs.
 """
 from __future__ import annotations
 
-import math
+import math  # noqa: F401  (math.exp2 / log2 in the generated kernel source)
 
 import numpy as np
 from numba import cuda  # noqa: F401  (the generated kernel source uses these names)
 from numba.types import float32, int32, uint8, uint32, uint64  # noqa: F401
 
-from ..hw import ops
+from ..hw import ops  # noqa: F401  (the generated kernel source)
 from ..hw.bits import bits_f32  # noqa: F401  (tcgen05.ld returns b32 words)
 from ..hw.bits import f32_bits as ops_bits  # noqa: F401  (float32 -> b32 words for tcgen05.st)
 from ..hw.descriptors import umma_idesc, umma_smem_desc
