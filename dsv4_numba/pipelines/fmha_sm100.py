@@ -36,10 +36,11 @@ TMEM lanes a full warpgroup)
             commit ``o_done`` and ``empty[slot]`` (K and V of the slot are free).
   Order: QK_0, then per kt: QK_{kt+1} (if any) before PV_kt, so the next S is computed while the
   softmax works on this one (S is double-buffered).
-* warps 0-3 -- **softmax** (thread = row): wait ``s_full``, tcgen05.ld.32x32b.x{BN} of its S row,
-  mask + scale (log2 domain), running max m, correction factor c = 2^(m_old - m_new) to shared
+* warps 0-3 -- **softmax** (thread = row): wait ``s_full``, read its S row with
+  tcgen05.ld.32x32b.x32 in 32-column chunks (twice: a max pass, then an exp pass), mask + scale
+  (log2 domain), running max m, correction factor c = 2^(m_old - m_new) to shared
   memory ``corr[kt%2][row]``, p = 2^(x - m), running sum l = l c + sum p, P packed to bf16 pairs
-  and tcgen05.st over the first BN/2 columns of the same S buffer (S is dead once read: the FA4
+  and tcgen05.st (.x16 per chunk) over the first BN/2 columns of the same S buffer (S is dead once read: the FA4
   aliasing), zero the V rows past the key length in the last tile, then arrive ``p_full``. At the
   end m and l go to shared memory (``l_ready``).
 * warps 4-7 -- **correction / epilogue** (thread = row): for kt >= 1 wait ``p_full`` (c of tile kt)
