@@ -32,9 +32,10 @@ Two kernels, selected by ``variant=`` / ``DSV4_INDEXER_VARIANT`` (default ``DEFA
   per lane into a 2 KB exchange, 4 adds per key); FP4 q is decoded once globally by
   ``q_decode_kernel`` (T > 1) instead of in each of the N/128 CTAs; the first q is fetched before
   the key tile's loads, and token t+1's q is fetched right after token t's wgmmas are issued (in
-  flight during the wgmma and the epilogue, stored to the q tile after the exchange is read); an
-  FP4 key tile is loaded in one batch of 16 loads per thread (v1: two batches of 8).
-  Every source is passed as bytes: one specialisation for bf16 and FP4.
+  flight during the wgmma and the epilogue, stored to the q tile after the exchange is read).
+  Every source is passed as bytes: one specialisation for bf16 and FP4. (Tried: the FP4 key tile
+  in one batch of 16 loads instead of two of 8 -- 168 registers, 3 CTAs per SM instead of 4 at
+  128; not kept.)
 
 Not here yet: TMA / cp.async into an mbarrier ring for the keys, BN = 256 with dynamic shared
 memory, two consumer warpgroups per CTA, a running top-k threshold, and V3.2 FP8 (e4m3 wgmma k32) --
@@ -364,62 +365,6 @@ def q_decode_kernel(qsrc, qsc, nvec, out):
 
 
 @device
-def load_key_tile_fp4(kbase, ksrc, ksc, table, table_rows, max_pages, page_size, t, n0, rows_here,
-                      tid):
-    """``load_key_tile`` for FP4 keys in one batch: a raw FP4 vector is 2 registers (code word, scale
-    code), so all 16 of a thread's loads are issued before the first store (one global latency per
-    tile instead of two)."""
-    j = tid & 15
-    r = tid >> 4
-    a = (fetch_key(ksrc, ksc, FMT_FP4, table, table_rows, max_pages, page_size, t, n0, r, j,
-                   rows_here),
-         fetch_key(ksrc, ksc, FMT_FP4, table, table_rows, max_pages, page_size, t, n0, r + 8, j,
-                   rows_here),
-         fetch_key(ksrc, ksc, FMT_FP4, table, table_rows, max_pages, page_size, t, n0, r + 16, j,
-                   rows_here),
-         fetch_key(ksrc, ksc, FMT_FP4, table, table_rows, max_pages, page_size, t, n0, r + 24, j,
-                   rows_here),
-         fetch_key(ksrc, ksc, FMT_FP4, table, table_rows, max_pages, page_size, t, n0, r + 32, j,
-                   rows_here),
-         fetch_key(ksrc, ksc, FMT_FP4, table, table_rows, max_pages, page_size, t, n0, r + 40, j,
-                   rows_here),
-         fetch_key(ksrc, ksc, FMT_FP4, table, table_rows, max_pages, page_size, t, n0, r + 48, j,
-                   rows_here),
-         fetch_key(ksrc, ksc, FMT_FP4, table, table_rows, max_pages, page_size, t, n0, r + 56, j,
-                   rows_here))
-    b = (fetch_key(ksrc, ksc, FMT_FP4, table, table_rows, max_pages, page_size, t, n0, r + 64, j,
-                   rows_here),
-         fetch_key(ksrc, ksc, FMT_FP4, table, table_rows, max_pages, page_size, t, n0, r + 72, j,
-                   rows_here),
-         fetch_key(ksrc, ksc, FMT_FP4, table, table_rows, max_pages, page_size, t, n0, r + 80, j,
-                   rows_here),
-         fetch_key(ksrc, ksc, FMT_FP4, table, table_rows, max_pages, page_size, t, n0, r + 88, j,
-                   rows_here),
-         fetch_key(ksrc, ksc, FMT_FP4, table, table_rows, max_pages, page_size, t, n0, r + 96, j,
-                   rows_here),
-         fetch_key(ksrc, ksc, FMT_FP4, table, table_rows, max_pages, page_size, t, n0, r + 104, j,
-                   rows_here),
-         fetch_key(ksrc, ksc, FMT_FP4, table, table_rows, max_pages, page_size, t, n0, r + 112, j,
-                   rows_here),
-         fetch_key(ksrc, ksc, FMT_FP4, table, table_rows, max_pages, page_size, t, n0, r + 120, j,
-                   rows_here))
-    store8(kbase, BN, r, j, FMT_FP4, a)
-    store8(kbase, BN, r + 64, j, FMT_FP4, b)
-
-
-@device
-def load_keys(kbase, ksrc, ksc, kfmt, table, table_rows, max_pages, page_size, t, n0, rows_here,
-              tid):
-    """The key tile of v2: FP4 in one batch of 16 loads, bf16 in two of 8 (``load_key_tile``)."""
-    if kfmt == FMT_FP4:
-        load_key_tile_fp4(kbase, ksrc, ksc, table, table_rows, max_pages, page_size, t, n0,
-                          rows_here, tid)
-    else:
-        load_key_tile(kbase, ksrc, ksc, kfmt, table, table_rows, max_pages, page_size, t, n0,
-                      rows_here, tid)
-
-
-@device
 def fetch_q8(qsrc, qsc, fmt, t, tid):
     """The 8 raw vectors thread tid moves of q[t] (``load_q_tile``'s loads, without the stores)."""
     j = tid & 15
@@ -494,13 +439,13 @@ def indexer_fused_v2_kernel(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_page
         lim = 0
         for t in range(t0, t1):
             lim = max(lim, min(int64(valid_len[t]), N))
-        load_keys(kbase, ksrc, ksc, kfmt, table, table_rows, max_pages, page_size, 0, n0,
-                  min(BN, lim - n0), tid)
+        load_key_tile(kbase, ksrc, ksc, kfmt, table, table_rows, max_pages, page_size, 0, n0,
+                      min(BN, lim - n0), tid)
     h0 = 16 * warp + (lane >> 2)
     for t in range(t0, t1):
         if table_rows > 1:
-            load_keys(kbase, ksrc, ksc, kfmt, table, table_rows, max_pages, page_size, t, n0,
-                      min(BN, min(int64(valid_len[t]), N) - n0), tid)
+            load_key_tile(kbase, ksrc, ksc, kfmt, table, table_rows, max_pages, page_size, t, n0,
+                          min(BN, min(int64(valid_len[t]), N) - n0), tid)
         store8(qbase, H_FUSED, tid >> 4, tid & 15, qfmt, pre)
         ops.fence_proxy_async_shared_cta()
         cuda.syncthreads()
