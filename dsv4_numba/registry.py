@@ -120,7 +120,8 @@ def resolve(stage: str, impl: str | None = None) -> Impl:
     runnable = [p for p in prods if p.unavailable() is None]
     if runnable:
         return runnable[0]
-    reasons = "; ".join(p.unavailable() for p in prods) or f"no production variant {choice!r} exists"
+    reasons = "; ".join(p.unavailable() for p in prods) or (
+        f"no production implementation{' for ' + arch if arch else ''} of {stage!r} is registered")
     if base == "auto":
         warnings.warn(f"{stage}: production path unavailable ({reasons}); running the reference "
                       f"implementation", ProductionUnavailableWarning, stacklevel=3)

@@ -59,8 +59,9 @@ The fused sm_90a kernel (issue 7) lives in ``pipelines.fmha_sm90``: registry sta
 (``production`` = the fused kernel, ``reference`` = this staged pipeline). ``fmha`` runs it for
 ``impls="production"`` or ``impls={"attn_fused": "production"}``, and under ``auto`` whenever it can
 run here (sm_90a GPU, bfloat16, D in {64, 128}, no ``return_intermediates``, Tk >= 1); otherwise
-the staged pipeline runs. Not built yet: setmaxnreg, the ping-pong schedule, a TMA-store epilogue,
-D = 16 / 256 and float16 in the fused kernel (they run staged).
+the staged pipeline runs. Not built yet on sm_90a: a TMA-store epilogue, split-K decode, D = 16 / 256
+and float16 in the fused kernel (they run staged); setmaxnreg and the ping-pong schedule are
+fmha_sm90's schedule v2 (the default).
 """
 from __future__ import annotations
 
