@@ -215,8 +215,8 @@ EMU_CASES = {"prefill_causal": (1, 70, 100, 1, 1, 64, True, "v1", None),
              "v2_prefill_causal_len": (1, 70, 300, 1, 1, 64, True, "v2", 290)}
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.startswith("v2")
-                                  else c for c in EMU_CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c != "prefill_causal"
+                                  else c for c in EMU_CASES])       # ~100 s each on 2 CPU cores
 def test_fused_kernel_under_the_emulator(monkeypatch, case):
     from dsv4_numba.emu import EmulatorDeadlock
     B, Tq, Tk, Hq, Hkv, D, causal, schedule, kvlen = EMU_CASES[case]

@@ -48,6 +48,7 @@ def check_scores(res, orc, k):
 
 
 # ---------------------------------------------------------------- compile for sm_90a
+@pytest.mark.slow        # ~145 s each on 2 CPU cores (v1: the selectable round-1 kernel)
 @pytest.mark.parametrize("which", [0, 1], ids=["bf16", "fp4"])
 def test_fused_kernel_compiles_for_sm90a(which):
     kern, sig = F.production_kernels()[which]

@@ -97,7 +97,8 @@ def test_toolchain_uses_matching_ptxas_only():
 
 def test_wrong_arch_instruction_is_rejected_by_ptxas():
     """The check is real: an sm_100a-only conversion does not assemble for sm_90a."""
-    ptx = fp4.decode_sm100_kernel.ptx(fp4._kernels_decode(fp4.decode_sm100_kernel)[2][1], "sm_100a")
+    kern, sig = fp4._kernels_decode(fp4.decode_sm100_kernel)[2]
+    ptx = kern.ptx(sig, "sm_100a")
     with pytest.raises(toolchain.ToolchainError, match="not supported on .target"):
         toolchain.assemble(ptx.replace(".target sm_100a", ".target sm_90a"), "sm_90a",
                            want_sass=False)

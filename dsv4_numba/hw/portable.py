@@ -108,6 +108,23 @@ def _pack_bf16x2_sim(hi, lo):
 
 
 shfl_xor = _twin(_shfl_xor_gpu, _shfl_xor_sim)        # shfl.sync.bfly
+
+
+def _warp_shfl_xor_sim(v, off):
+    """Simulator twin of ``warp_shfl_xor``: a rendezvous of the calling warp's 32 lanes only, through
+    the emulator's collective (``shfl_xor``'s twin needs every thread of the block, which kernels
+    with warp roles -- a producer warp that never shuffles -- do not give)."""
+    from ..emu import ops as eops
+    st, me = eops._enter()
+    warp, lane = divmod(me.thread_id, 32)
+    return eops._collective(st, me, ("shfl", warp), 32, lane, int(off), v,
+                            lambda key, got: [got[i ^ key] for i in range(32)],
+                            "warp_shfl_xor", f"warp {warp}")
+
+
+#: ``shfl.sync.bfly.b32`` over the full warp (PTX ISA 9.7.9.6, sm_30+; via Numba) for warp-specialised
+#: kernels run under the emulator (fused attention / indexer)
+warp_shfl_xor = _twin(_shfl_xor_gpu, _warp_shfl_xor_sim)
 shfl_up = _twin(_shfl_up_gpu, _shfl_up_sim)           # shfl.sync.up
 shfl_idx = _twin(_shfl_idx_gpu, _shfl_idx_sim)        # shfl.sync.idx
 ballot = _twin(_ballot_gpu, _ballot_sim)              # vote.sync.ballot

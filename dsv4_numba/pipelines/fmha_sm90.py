@@ -125,6 +125,7 @@ from numba.types import float32, int32, uint8, uint32, uint64  # noqa: F401
 from ..hw import ops
 from ..hw.descriptors import wgmma_smem_desc
 from ..hw.portable import pack_bf16x2  # noqa: F401  (cvt.rn.bf16x2.f32, with a simulator twin)
+from ..hw.portable import warp_shfl_xor as shfl_xor_f32  # noqa: F401  (used by generated source)
 from ..runtime import device, kernel
 
 SUPPORTED_D = (64, 128)
@@ -170,22 +171,6 @@ DESC_V = desc_v(BN)
 
 
 
-def _shfl_xor_sim(v, off):
-    """Simulator twin of ``shfl_xor_f32``: a rendezvous of the 32 lanes of the calling warp through
-    the emulator's collective (portable.shfl_xor's twin needs every thread of the block, and the
-    producer warpgroup never shuffles)."""
-    from ..emu import ops as eops
-    st, me = eops._enter()
-    warp, lane = divmod(me.thread_id, 32)
-    return eops._collective(st, me, ("shfl", warp), 32, lane, int(off), v,
-                            lambda key, got: [got[i ^ key] for i in range(32)],
-                            "shfl_xor_f32", f"warp {warp}")
-
-
-@device(sim=_shfl_xor_sim)
-def shfl_xor_f32(v, off):
-    """``shfl.sync.bfly.b32`` over the full warp (the quad reductions of the softmax)."""
-    return cuda.shfl_xor_sync(0xFFFFFFFF, v, off)
 
 
 def geometry(D: int, nc: int = NC, schedule: str = "v1") -> dict:

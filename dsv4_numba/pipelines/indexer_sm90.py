@@ -70,6 +70,7 @@ from ..formats import FORMATS
 from ..hw import ops
 from ..hw.bits import bf16_bits, bits_f32, f32_bits
 from ..hw.descriptors import wgmma_smem_desc
+from ..hw.portable import warp_shfl_xor as shfl_xor_f32  # noqa: F401  (used by generated source)
 from ..runtime import BF16, ArrayIO, device, is_device_array, kernel, mode
 from ..stages.fp4 import e2m1_value, e2m1x8_sm90, scale_value, scaled8, UE8M0
 
@@ -335,21 +336,6 @@ def indexer_fused_kernel(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, 
 # Round 2 (variant "v2"): q decoded once globally, the next token's q prefetched during the wgmma and
 # the epilogue, the head sum reduced by warp shuffles
 # ----------------------------------------------------------------------------------------------
-def _shfl_xor_sim(v, off):
-    """Simulator twin of ``shfl_xor_f32``: a rendezvous of the calling warp's 32 lanes through the
-    emulator's collective (as ``fmha_sm90.shfl_xor_f32``)."""
-    from ..emu import ops as eops
-    st, me = eops._enter()
-    warp, lane = divmod(me.thread_id, 32)
-    return eops._collective(st, me, ("shfl", warp), 32, lane, int(off), v,
-                            lambda key, got: [got[i ^ key] for i in range(32)],
-                            "shfl_xor_f32", f"warp {warp}")
-
-
-@device(sim=_shfl_xor_sim)
-def shfl_xor_f32(v, off):
-    """``shfl.sync.bfly.b32`` over the full warp (PTX ISA 9.7.9.6, sm_30+; via Numba)."""
-    return cuda.shfl_xor_sync(0xFFFFFFFF, v, off)
 
 
 # Napkin math (q decode): T*64 rows x 68 B in, 256 B out: T = 64 -> 0.3 MB in, 1 MB out, one
