@@ -152,6 +152,9 @@ from ..hw.portable import pack_bf16x2  # noqa: F401  (cvt.rn.bf16x2.f32, with a 
 from ..runtime import device, kernel  # noqa: F401
 from .fmha_sm90 import LN2, LOG2E, NEG_INF  # noqa: F401  (one set of constants for both archs)
 from .fmha_sm90 import Plan as _Sm90Plan
+from .fmha_sm90 import kernel_args as _kernel_args
+from .fmha_sm90 import signature  # noqa: F401  (the same argument list as the sm_90a kernel)
+from .fmha_sm90 import unsupported_by
 
 SUPPORTED_D = (16, 64, 128, 256)
 BM = 128                  # query rows per CTA = tcgen05 M = TMEM lanes
@@ -620,15 +623,6 @@ def fused_kernel(D: int):
     return _KERNELS[D]
 
 
-def signature():
-    """Argument types of the kernel (one signature for every D; the same argument list as the
-    sm_90a kernel, written out here so that the two kernels can evolve apart)."""
-    from numba import types as t
-    return (t.uint64[::1], t.uint64[::1], t.uint64[::1], t.uint32[::1], t.float32[::1],
-            t.int32[::1], t.float32[::1], t.int32, t.int64, t.int64, t.int64, t.int64, t.int64,
-            t.int32, t.int64, t.float32)
-
-
 def production_kernels():
     return [(fused_kernel(D), signature()) for D in SUPPORTED_D]
 
@@ -645,22 +639,12 @@ def launch_config(B: int, Tq: int, Hq: int, Hkv: int, D: int = 128) -> dict:
 
 def unsupported(c, return_intermediates: bool) -> str | None:
     """Why the fused sm_100a kernel cannot run this (validated) call, or None."""
-    from ..runtime import BF16
-    if c.kind != BF16:
-        return "the fused kernel takes bfloat16 q/k/v only (float16 / float32: staged pipeline)"
-    if c.D not in SUPPORTED_D:
-        return f"the fused sm_100a kernel supports D in {SUPPORTED_D}, not D = {c.D}"
-    if return_intermediates:
-        return "return_intermediates needs the staged pipeline (the fused kernel keeps S/P in TMEM)"
-    if c.Tk == 0:
-        return "Tk = 0 (no keys): the staged pipeline handles it"
-    return None
+    return unsupported_by(c, return_intermediates, SUPPORTED_D, "sm_100a ", "TMEM")
 
 
 def kernel_args(c, maps, out, lse, lens, sink, G):
-    """The kernel's argument tuple after the three tensor maps (shared by Plan and the tests)."""
-    return (*maps, out, lse, lens, sink, np.int32(c.sink is not None), c.Tq, c.Tk, c.Hq, c.Hkv, G,
-            np.int32(c.causal), int(c.Tk - c.Tq), np.float32(c.scale * LOG2E))
+    """The kernel's argument tuple (``fmha_sm90.kernel_args``; shared by Plan and the tests)."""
+    return _kernel_args(c, maps, out, lse, lens, sink, G, c.sink is not None)
 
 
 class Plan:
@@ -670,7 +654,6 @@ class Plan:
         from numba import cuda  # noqa: F811
 
         from ..hw.tma import tensor_map_on_device
-        from ..runtime import set_max_dynamic_shared
         B, Tq, Tk, Hq, Hkv, D = c.B, c.Tq, c.Tk, c.Hq, c.Hkv, c.D
         cfg = launch_config(B, Tq, Hq, Hkv, D)
         g = geometry(D)
@@ -686,11 +669,7 @@ class Plan:
         self.grid = cfg["grid"]
         self.k = fused_kernel(D)
         self.smem = g["dyn_smem"]
-        disp = self.k.gpu
-        sig = tuple(disp.typeof_pyval(x) for x in self.args)
-        if sig not in disp.overloads:
-            disp.compile(sig)
-        set_max_dynamic_shared(disp, sig, self.smem)
+        self.k.reserve_dynamic_shared(self.args, self.smem)
 
     def launch(self):
         self.k.launch(self.grid, THREADS, *self.args, shared_bytes=self.smem)

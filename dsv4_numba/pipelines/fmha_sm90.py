@@ -601,18 +601,33 @@ def launch_config(B: int, Tq: int, Hq: int, Hkv: int) -> dict:
     return {"G": G, "nc": nc, "grid": (-(-Tq // tpc), Hq // G, B), "qbox": (1, BM // G, G, 64)}
 
 
-def unsupported(c, return_intermediates: bool) -> str | None:
-    """Why the fused kernel cannot run this (validated) call, or None."""
+def unsupported_by(c, return_intermediates: bool, supported_d, arch: str, sp_home: str,
+                   d_note: str = "") -> str | None:
+    """Why a fused attention kernel cannot run this (validated) call, or None: ``supported_d`` its
+    head dims, ``arch`` how its D message names it, ``sp_home`` where it keeps S/P."""
     from ..runtime import BF16
     if c.kind != BF16:
         return "the fused kernel takes bfloat16 q/k/v only (float16 / float32: staged pipeline)"
-    if c.D not in SUPPORTED_D:
-        return f"the fused kernel supports D in {SUPPORTED_D}, not D = {c.D} (staged pipeline does)"
+    if c.D not in supported_d:
+        return f"the fused {arch}kernel supports D in {supported_d}, not D = {c.D}{d_note}"
     if return_intermediates:
-        return "return_intermediates needs the staged pipeline (the fused kernel keeps S/P in registers)"
+        return f"return_intermediates needs the staged pipeline (the fused kernel keeps S/P in {sp_home})"
     if c.Tk == 0:
         return "Tk = 0 (no keys): the staged pipeline handles it"
     return None
+
+
+def unsupported(c, return_intermediates: bool) -> str | None:
+    """Why the fused kernel cannot run this (validated) call, or None."""
+    return unsupported_by(c, return_intermediates, SUPPORTED_D, "", "registers",
+                          " (staged pipeline does)")
+
+
+def kernel_args(c, maps, out, lse, lens, sink, G, has_sink):
+    """The kernel's argument tuple (both archs' kernels take the same list, ``signature()``):
+    the three tensor maps, outputs, key lengths, sink (a 1-element dummy when ``has_sink`` is 0)."""
+    return (*maps, out, lse, lens, sink, np.int32(has_sink), c.Tq, c.Tk, c.Hq, c.Hkv, G,
+            np.int32(c.causal), int(c.Tk - c.Tq), np.float32(c.scale * LOG2E))
 
 
 class Plan:
@@ -623,7 +638,6 @@ class Plan:
         from numba import cuda  # noqa: F811
 
         from ..hw.tma import tensor_map_on_device
-        from ..runtime import set_max_dynamic_shared
         B, Tq, Tk, Hq, Hkv, D = c.B, c.Tq, c.Tk, c.Hq, c.Hkv, c.D
         self.c = c
         cfg = launch_config(B, Tq, Hq, Hkv)
@@ -638,19 +652,12 @@ class Plan:
         self.lse = cuda.device_array(B * Hq * Tq, np.float32)
         self.lens = lens
         self.sink = sink if sink is not None else cuda.to_device(np.zeros(1, np.float32))
-        self.args = (self.tq, self.tk, self.tv, self.out, self.lse, self.lens, self.sink,
-                     np.int32(sink is not None), Tq, Tk, Hq, Hkv, cfg["G"], np.int32(c.causal),
-                     int(Tk - Tq), np.float32(c.scale * LOG2E))
+        self.args = kernel_args(c, (self.tq, self.tk, self.tv), self.out, self.lse, self.lens,
+                                self.sink, cfg["G"], sink is not None)
         self.grid = cfg["grid"]
         self.k = fused_kernel(D, cfg["nc"], self.schedule)
         self.smem = g["dyn_smem"]
-        # the overload these arguments dispatch to (their exact types, e.g. an 'A'-layout view
-        # would select another one) gets the > 48 KB dynamic shared-memory attribute
-        disp = self.k.gpu
-        sig = tuple(disp.typeof_pyval(a) for a in self.args)
-        if sig not in disp.overloads:
-            disp.compile(sig)
-        set_max_dynamic_shared(disp, sig, self.smem)
+        self.k.reserve_dynamic_shared(self.args, self.smem)
         self.threads = g["threads"]
 
     def launch(self):
@@ -680,4 +687,4 @@ def fused_production(c, qd, kd, vd, lens, sink):
 
 
 __all__ = ["SUPPORTED_D", "SCHEDULES", "fused_kernel", "schedule_for", "signature", "geometry", "Plan", "fused_production",
-           "unsupported", "production_kernels"]
+           "unsupported", "unsupported_by", "kernel_args", "production_kernels"]

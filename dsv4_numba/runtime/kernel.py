@@ -79,6 +79,7 @@ class Kernel:
         self.py_func = fn
         self.launch_bounds = launch_bounds
         self._gpu = None
+        self._smem_raised = set()          # (signature, bytes) whose dynamic-smem limit is raised
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
 
@@ -101,6 +102,19 @@ class Kernel:
         sim = FakeCUDAKernel(self.py_func, device=False)
         with _simulator_globals(self.py_func):
             sim[grid, block, 0, shared_bytes](*args)
+
+    def reserve_dynamic_shared(self, args, nbytes: int) -> None:
+        """GPU only: raise the dynamic shared-memory limit (above 48 KB) of the overload these launch
+        arguments select (their exact types: an 'A'-layout view selects another overload than a
+        'C' one), compiling it first if needed; once per (overload, size)."""
+        disp = self.gpu
+        sig = tuple(disp.typeof_pyval(a) for a in args)
+        if (sig, nbytes) in self._smem_raised:
+            return
+        if sig not in disp.overloads:
+            disp.compile(sig)
+        set_max_dynamic_shared(disp, sig, nbytes)
+        self._smem_raised.add((sig, nbytes))
 
     def compile(self, sig, arch: str, want_sass: bool = True) -> toolchain.CompileResult:
         return toolchain.compile_kernel(self.py_func, sig, arch, self.launch_bounds, want_sass)

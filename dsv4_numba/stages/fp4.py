@@ -1120,7 +1120,6 @@ def reset_fused_kernel(amax_bits, flag, sync):
 NVFP4_VARIANTS = ("twopass", "fused")
 NVFP4_DEFAULT_VARIANT = "twopass"   # H100-verified; "fused" is the one-launch kernel above
 _FUSED = {}                         # id(quantize family) -> its fused family (set below)
-_SMEM_RAISED = set()                # (kernel name, signature) whose > 48 KB limit is raised
 
 
 def nvfp4_variant(variant=None) -> str:
@@ -1145,14 +1144,7 @@ def _fused_launch(k, flat, amax, sync, data, scales, flag, nchunks, grid=None):
     smem = k.keep * k.round_bytes
     args = (flat, amax, sync, data, scales, flag, np.int64(nchunks), np.int64(FUSED_SPIN_LIMIT))
     if gpu is not None and smem > 48 * 1024:
-        from ..runtime import set_max_dynamic_shared
-        disp = k.gpu
-        sig = tuple(disp.typeof_pyval(a) for a in args)
-        if (k.__name__, sig) not in _SMEM_RAISED:
-            if sig not in disp.overloads:
-                disp.compile(sig)
-            set_max_dynamic_shared(disp, sig, smem)
-            _SMEM_RAISED.add((k.__name__, sig))
+        k.reserve_dynamic_shared(args, smem)
     return (k, grid, args, k.threads, smem)
 
 
