@@ -33,10 +33,11 @@ def device(fn=None, *, sim=None):
     if fn is None:
         return lambda f: device(f, sim=sim)
     from numba import cuda
+    if env.simulator_forced():      # numba's own simulator mode: cuda.jit makes simulator functions
+        return cuda.jit(device=True)(sim or fn)
     real = cuda.jit(device=True, inline="always")(fn)
-    if not env.simulator_forced():
-        from numba.cuda.simulator.kernel import FakeCUDAKernel
-        _SIM_TWIN[id(real)] = FakeCUDAKernel(sim or fn, device=True)
+    from numba.cuda.simulator.kernel import FakeCUDAKernel
+    _SIM_TWIN[id(real)] = FakeCUDAKernel(sim or fn, device=True)
     return real
 
 
