@@ -340,7 +340,7 @@ NBINS = 1 << HBITS
 HSHIFT = 32 - HBITS
 SCAN_THREADS = 512              # histogram / filter blocks
 FINISH_THREADS = 1024
-VARIANTS = ("three_pass", "fused", "staged")
+VARIANTS = ("three_pass", "fused", "staged", "rowblock")
 # what impl="production" runs (DSV4_TOPK_VARIANT overrides it); the bench times every variant.
 # "fused": passed every GPU test on the H100 and measured at least as fast as "three_pass" on all
 # three target shapes (2026-11-25); "staged" is not yet measured.
@@ -1045,6 +1045,231 @@ def select_kernel(kind, vectorized, staged=False):
     return k_
 
 
+# ----------------------------------------------------------------------------------------------
+# The rowblock variant: one CTA per row, one launch, no global atomics, fences or tickets
+# ----------------------------------------------------------------------------------------------
+# Why (H100, 2026-11-25): the multi-block variants pay, per row, cross-block traffic on the
+# critical path -- the histogram's global bin adds + fence + ticket, the select's appends on the
+# row's counters (~2.8 K global atomics-with-return a row in ``fused``, each stalling its warp:
+# ~8 round trips a trip, ~64 a block at B=64), a second fence + ticket and a second launch -- and
+# measured 153 / 40 / 33 us at the three target shapes where their napkin math said ~20 / 12 / 9.
+# Here a row never leaves its CTA: the histogram, the threshold, the appends and the finish are
+# shared-memory operations separated by barriers (~0.1 us each), the row is read twice (HBM, then
+# L2), and the launch count is one.
+# Napkin math (H100, 1024 threads a CTA, 1 CTA per SM; ~1.7 GHz):
+#  * issue: pass 1 ~8 instructions a score (key, shift, shared atomic), pass 2 ~10 (key, compare,
+#    ballot): 65536 scores = 2048 warp-items x ~9 / 4 schedulers ~ 4.6 K cycles ~ 2.7 us a pass.
+#  * memory: 4 x 16-byte loads in flight a thread (64 KB a CTA): ~64-90 GB/s a CTA from HBM,
+#    ~2x that from L2; 64 CTAs together exceed HBM, so B=64 x 131072 fp32 (33.5 MB) is
+#    HBM-bound: ~12 us for pass 1, ~6-8 us for pass 2 (L2 hits).
+#  * finish: refine <= ~3 K composites in shared memory (1-2 passes, ~0.5 us), sort P composites
+#    (``bitonic_sort_desc_fast``: 26 barrier passes for P = 2048, ~400 cycles each ~6 us; 18 for
+#    P = 512 ~2.5 us), gather the K scores from L2 (~1 us).
+#  => (64, 131072, 2048): ~12 + 7 + 8 ~ 27 us (target 25); (1, 65536, 2048): launch ~2 + 3 + 2.5
+#     + 8 ~ 15 us (target 15); (4, 65536, 512): ~2 + 3 + 2.5 + 4 ~ 11 us (target 12). One SM per
+#     row caps long rows: (1, 1048576) reads 4 MB through one SM (~50-60 us per pass): there the
+#     multi-block variants are the better choice (``auto_variant``).
+ROW_THREADS = 1024
+RB_LEVEL_BITS = 12                  # radix digit of the passes over the row (4096-bin histogram)
+RB_CCAP = 4096                      # composites of the threshold bucket kept in shared memory
+RB_LIST = K_MAX + RB_CCAP           # list slots: < K above the bucket + <= RB_CCAP in it
+RB_SMEM = 8 * (K_MAX + RB_LIST)     # dynamic shared bytes: sort buffer (histogram aliased) + list
+# rows at most this long go to "rowblock" when impl="production" runs "auto" (2 passes through
+# one SM: ~4 MB rows take ~100 us there, the multi-block "fused" is better)
+RB_AUTO_MAX_N = 262144
+
+
+@device
+def load_words_at(x, src, i, w, o, kind, VEC):
+    """w[o:o + 4] = the 16 bytes at element i (one ld.global.nc.v4); VEC == 1: w[o] = the key
+    of element i (scalar load)."""
+    if VEC == 1:
+        w[o] = score_key(x, i, kind)
+    else:
+        w0, w1, w2, w3 = ldg_v4(x, src, i, 2 if kind == BF16 else 4)
+        w[o] = w0
+        w[o + 1] = w1
+        w[o + 2] = w2
+        w[o + 3] = w3
+
+
+@device
+def word_key(w, o, q, kind, VEC):
+    """Key of element q of the vector loaded by ``load_words_at`` at w[o]."""
+    if VEC == 1:
+        return w[o]
+    if VEC == 4:
+        return key_f32_bits(w[o + q])
+    return key_bf16_bits(w[o + (q >> 1)] >> uint32(16 * (q & 1)))
+
+
+@device
+def above_prefix(key, j, hi, pfx):
+    """composite(key, j) >> hi >= pfx >> hi, on the key alone while hi >= 32."""
+    if hi >= 32:
+        return (key >> uint32(hi - 32)) >= uint32(pfx >> uint64(hi))
+    return (composite(key, j) >> uint64(hi)) >= (pfx >> uint64(hi))
+
+
+@device
+def rb_visit(mode, ok, key, j, hi, pfx, lo, mask, dyn32, dyn64, st):
+    """One score of a ``rb_pass``. mode 0: dyn32[key >> 20] += 1; mode 1: the composites
+    sharing pfx's bits >= hi count their digit (c >> lo) & mask; mode 2: every composite with
+    bits >= hi at or above pfx's is appended to the list dyn64[K_MAX:] (warp-aggregated shared
+    atomic on st[4]: all lanes call it)."""
+    if mode == 0:
+        if ok:
+            cuda.atomic.add(dyn32, key >> uint32(HSHIFT), 1)
+    elif mode == 1:
+        if ok:
+            c = composite(key, j)
+            if (c >> uint64(hi)) == (pfx >> uint64(hi)):
+                cuda.atomic.add(dyn32, int32((c >> uint64(lo)) & uint64(mask)), 1)
+    else:
+        slot = warp_push(ok and above_prefix(key, j, hi, pfx), st, 4)
+        if slot >= 0:
+            dyn64[K_MAX + slot] = composite(key, j)
+
+
+@device
+def rb_pass(x, src, base, L, kind, VEC, mode, hi, pfx, lo, mask, dyn32, dyn64, st):
+    """One pass of the whole CTA over the row x[base : base + L] (``rb_visit`` per score).
+    U vectors a thread are loaded before any is used (64 bytes in flight a thread for float32);
+    the trip count is the same for every thread (the appends' ballots see converged warps)."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    U = (4 if VEC != 8 else 2) >> (1 if mode == 1 else 0)     # mode 1 (rare) holds composites
+    w = cuda.local.array(16, uint32)
+    Lv = L - L % VEC                              # vector part; the < VEC rest is the tail
+    vstep = int64(nt * VEC)
+    step = vstep * U
+    trips = (Lv + step - 1) // step
+    for t in range(trips):
+        c0 = t * step + tid * VEC
+        for u in range(U):
+            if c0 + u * vstep < Lv:
+                load_words_at(x, src, base + c0 + u * vstep, w, 4 * u, kind, VEC)
+        for u in range(U):
+            c = c0 + u * vstep
+            for q in range(VEC):
+                rb_visit(mode, c < Lv, word_key(w, 4 * u, q, kind, VEC), c + q, hi, pfx, lo,
+                         mask, dyn32, dyn64, st)
+    c = Lv + tid                                  # the tail: one trip for every thread
+    ok = c < L
+    kt = score_key(x, base + c, kind) if ok else uint32(0)
+    rb_visit(mode, ok, kt, c, hi, pfx, lo, mask, dyn32, dyn64, st)
+
+
+def rowblock_kernel(kind, vectorized):
+    """The rowblock variant's only launch: CTA r does row r (``ROW_THREADS`` threads; dynamic
+    shared memory ``RB_SMEM``: dyn64[0:K_MAX] the sort buffer, whose first 16 KB hold the
+    4096-bin histogram while the row is scanned, dyn64[K_MAX:] the list).
+    1. pass 1 (HBM): histogram of the top 12 key bits; block scan -> the bucket d holding the
+       K-th largest, ``want`` = how many of K it must give. While d holds more than ``ccap``
+       scores (RB_CCAP; smaller: a test hook; e.g. uniform data, or a value repeated over the
+       row), one more pass (L2) histograms the next 12 bits of the composites in d
+       (composites are distinct: it ends).
+    2. pass 2 (L2): every composite at or above d's prefix -> the list (< K above + <= ccap).
+    3. in shared memory: 8-bit radix passes over the list until the chosen bucket is wanted
+       whole, the K selected -> the sort buffer (swizzled), bitonic sort, write values/indices.
+    """
+    key = ("rowblock", kind, vectorized)
+    if key in _PROD:
+        return _PROD[key]
+    VEC = _vec(kind, vectorized)
+
+    def topk_rowblock(x, n, k, lengths, has_len, vals, idx, ccap):
+        row = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        dyn64 = cuda.shared.array(0, uint64)
+        dyn32 = cuda.shared.array(0, int32)       # aliases dyn64[0:NBINS // 2]
+        h256 = cuda.shared.array(256, int32)
+        wsum = cuda.shared.array(32, int32)
+        st = cuda.shared.array(8, int32)
+        e = cuda.local.array(8, uint64)
+        L = row_length(row, n, lengths, has_len)
+        base = int64(row) * n
+        K = min(int64(k), L)
+        if K == 0:                                # block-uniform
+            write_sorted(dyn64, K, k, x, base, int64(row) * k, kind, vals, idx, False)
+            return
+        src = address_of(x, VEC)
+        # 1. level passes: 12 bits of the composite each, from the top
+        for i in range(tid, NBINS, nt):
+            dyn32[i] = 0
+        if tid == 0:
+            st[4] = 0
+            st[5] = 0
+        cuda.syncthreads()
+        rb_pass(x, src, base, L, kind, VEC, 0, 64, uint64(0), 0, 0, dyn32, dyn64, st)
+        cuda.syncthreads()
+        block_find_bucket(dyn32, NBINS, K, st, wsum)
+        want = K - st[1]
+        pfx = uint64(st[0]) << uint64(64 - RB_LEVEL_BITS)
+        hi = 64 - RB_LEVEL_BITS                   # composite bits >= hi are resolved
+        cnt = dyn32[st[0]]
+        while cnt > ccap:                         # block-uniform (rare: dense or tied data)
+            lo = max(hi - RB_LEVEL_BITS, 0)
+            cuda.syncthreads()                    # every thread has read cnt and st
+            for i in range(tid, NBINS, nt):
+                dyn32[i] = 0
+            cuda.syncthreads()
+            rb_pass(x, src, base, L, kind, VEC, 1, hi, pfx, lo, (1 << (hi - lo)) - 1, dyn32,
+                    dyn64, st)
+            cuda.syncthreads()
+            block_find_bucket(dyn32, NBINS, want, st, wsum)
+            want -= st[1]
+            pfx |= uint64(st[0]) << uint64(lo)
+            cnt = dyn32[st[0]]
+            hi = lo
+        # 2. the list: every composite above the bucket, and the bucket's
+        done = cnt == want                        # the bucket is wanted whole
+        if tid == 0:                              # kept in shared memory over the pass
+            st[6] = want                          # (fewer registers live: no spill)
+            st[7] = K
+        rb_pass(x, src, base, L, kind, VEC, 2, hi, pfx, 0, 0, dyn32, dyn64, st)
+        cuda.syncthreads()
+        n_list = st[4]
+        want = int64(st[6])
+        K = int64(st[7])
+        # 3. refine the bucket in shared memory, 8 bits a pass
+        while not done:
+            lo = max(hi - 8, 0)
+            for i in range(tid, 256, nt):
+                h256[i] = 0
+            cuda.syncthreads()
+            for i in range(tid, n_list, nt):
+                c = dyn64[K_MAX + i]
+                if (c >> uint64(hi)) == (pfx >> uint64(hi)):
+                    cuda.atomic.add(h256, int32((c >> uint64(lo)) & uint64(255)), 1)
+            cuda.syncthreads()
+            if tid < 32:
+                warp_find_bucket256(h256, want, st)
+            cuda.syncthreads()
+            want -= st[1]
+            pfx |= uint64(st[0]) << uint64(lo)
+            done = st[2] == want or lo == 0      # composites are distinct: lo == 0 ends it
+            hi = lo                               # (warp 0 rewrites st two barriers later)
+        # the K selected -> the sort buffer (the histogram there is dead), sort, write
+        trips = (n_list + nt - 1) // nt
+        for t in range(trips):
+            i = t * nt + tid
+            c = dyn64[K_MAX + i] if i < n_list else uint64(0)
+            slot = warp_push(i < n_list and (c >> uint64(hi)) >= (pfx >> uint64(hi)), st, 5)
+            if slot >= 0:
+                dyn64[swz(slot)] = c
+        P = pad_pow2(dyn64, K, True)
+        cuda.syncthreads()
+        bitonic_sort_desc_fast(dyn64, P, e)
+        write_sorted(dyn64, K, k, x, base, int64(row) * k, kind, vals, idx, True)
+
+    topk_rowblock.__name__ = topk_rowblock.__qualname__ = \
+        f"topk_rowblock_{'bf16' if kind == BF16 else 'f32'}_v{VEC}"
+    k_ = _PROD[key] = kernel(topk_rowblock, launch_bounds=(ROW_THREADS,))
+    return k_
+
+
 @kernel
 def zero_kernel(a):
     i = cuda.grid(1)
@@ -1102,6 +1327,7 @@ class TopkPlan:
             self.sel_S, self.sel_chunk = self.S, self.chunk
         cap = capacity or max(1, min(n, max(16384, n // 8)))
         self.capacity = -(-cap // 16) * 16
+        self.rb_ccap = RB_CCAP if capacity is None else max(1, min(capacity, RB_CCAP))
         self.stage_cap = SCAP if stage_cap is None else stage_cap
         if not 1 <= self.stage_cap <= SCAP:
             raise ValueError(f"stage_cap must be in 1..{SCAP}, got {stage_cap}")
@@ -1123,12 +1349,19 @@ class TopkPlan:
     def run(self, x, lengths, vals, idx, vectorized=None):
         R, n, k, kind = self.rows, self.n, self.k, self.kind
         gpu = is_device_array(x)
-        ints, ghist, meta, tickets, sure, cand = self.workspace(gpu)
         vec = _vec(kind, True)
         if vectorized is None:
             vectorized = gpu and n % vec == 0 and x.__cuda_array_interface__["data"][0] % 16 == 0
         has_len = lengths is not None
         lk = lengths if has_len else (_dummy_i32() if gpu else np.zeros(1, np.int32))
+        if self.variant == "rowblock":
+            kern = rowblock_kernel(kind, vectorized)
+            args = (x, n, k, lk, has_len, vals, idx, self.rb_ccap)
+            if mode() == "gpu":                  # > 48 KB: raise the limit once
+                kern.reserve_dynamic_shared(args, RB_SMEM)
+            kern.launch(R, self.finish_threads, *args, shared_bytes=RB_SMEM)
+            return
+        ints, ghist, meta, tickets, sure, cand = self.workspace(gpu)
         hist_kernel(kind, vectorized).launch(R * self.S, self.threads, x, n, k, lk, has_len,
                                              self.S, self.chunk, ghist, meta, tickets)
         if self.variant in ("fused", "staged"):
@@ -1292,6 +1525,8 @@ def production_kernels():
                 sigs.append((select_kernel(kind, vectorized, staged),
                              (arr[::1], i64, i64, i32, b, i64, i64, i32, i32, i32, t.uint64[::1],
                               t.uint64[::1], i64, arr[::1], i32, i64)))
+            sigs.append((rowblock_kernel(kind, vectorized),
+                         (arr[::1], i64, i64, i32, b, arr[::1], i32, i64)))
         sigs.append((topk_finish_kernel, (arr[::1], i64, i64, i32, b, i64, i32, i32, i32,
                                           t.uint64[::1], t.uint64[::1], i64, arr[::1], i32)))
     return sigs
