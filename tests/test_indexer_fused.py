@@ -151,8 +151,9 @@ def test_variant_switch(monkeypatch):
     assert F.pick_variant() == F.DEFAULT_VARIANT
     monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v2")
     assert F.pick_variant() == "v2" and F.pick_variant("v1") == "v1"
+    assert F.pick_variant("v3") == "v3"
     with pytest.raises(ValueError, match="v1"):
-        F.pick_variant("v3")
+        F.pick_variant("v4")
 
 
 @pytest.mark.parametrize("which", [pytest.param(0, marks=pytest.mark.slow), 1],
@@ -207,7 +208,7 @@ def _fp4(shape, fmt="dsv4_fp4"):
 
 
 @pytest.mark.parametrize("case,err,match", [
-    ("fp8", NotImplementedError, "FP8.*staged"),
+    ("fp8", NotImplementedError, "FP8 with one scale per row.*4 scales a row.*staged"),
     ("heads", ValueError, "H = 64.*staged"),
     ("float32", NotImplementedError, "bfloat16.*staged"),
     ("nvfp4", NotImplementedError, "UE8M0.*staged"),
@@ -215,7 +216,8 @@ def _fp4(shape, fmt="dsv4_fp4"):
 def test_unfused_inputs_name_the_staged_path(sim, case, err, match):
     w = np.ones((1, H), np.float32)
     if case == "fp8":
-        q, kc = quantize_fp8(np.ones((1, H, D), np.float32)), quantize_fp8(np.ones((4, D), np.float32))
+        q = quantize_fp8(np.ones((1, H, D), np.float32), 32)       # a scale per 32: not V3.2
+        kc = quantize_fp8(np.ones((4, D), np.float32), 32)
     elif case == "heads":
         q, kc, w = np.ones((1, 4, D), ml_dtypes.bfloat16), np.ones((4, D), ml_dtypes.bfloat16), \
             np.ones((1, 4), np.float32)
@@ -242,3 +244,111 @@ def test_token_groups_cover_every_token():
             tq = F.token_group(T, N)
             assert 1 <= tq <= T and -(-T // tq) * tq >= T
             assert -(-N // F.BN) * -(-T // tq) <= max(F.TARGET_CTAS, -(-N // F.BN)) + -(-N // F.BN)
+
+
+# ---------------------------------------------------------------- V3.2 FP8 keys (e4m3 wgmma)
+def fp8_problem(seed, T, N):
+    q, kc, w = problem(seed, T, N, bf16=True)
+    return quantize_fp8(q.astype(np.float32)), quantize_fp8(kc.astype(np.float32)), w
+
+
+def test_fp8_emulated_against_oracle_paged_equals_contiguous(sim):
+    """E4M3 q and keys straight into wgmma e4m3 (k32), s_q folded into w, s_k on the head sum:
+    scores within the float32 bound of the float64 oracle (the emulator accumulates exactly;
+    the GPU test uses FP8_ACC_REL), the selection by the tie rule; a per-token paged cache
+    (NaN scales and random codes in unused pages, -1 past valid_len) bitwise the contiguous
+    result."""
+    from dsv4_numba.formats import QuantizedFP8
+    q, kc, w = fp8_problem(31, 2, 128)
+    vl = np.array([128, 37], np.int32)
+    res = indexer(q, kc, w, 8, valid_len=vl, impls="fused:reference", return_intermediates=True)
+    check_scores(res, oracle(q, kc, w, vl), 8)
+    (codes, scales), table = page([kc.codes, kc.scales], 32, 2, True, 5, random_bytes)
+    table[1, 2:] = -1
+    res2 = indexer(q, QuantizedFP8(codes, scales), w, 8, valid_len=vl, block_table=table,
+                   impls="fused:reference", return_intermediates=True)
+    np.testing.assert_array_equal(res2[2]["scores"].view(np.uint32),
+                                  res[2]["scores"].view(np.uint32))
+    np.testing.assert_array_equal(res2[0], res[0])
+
+
+def test_fp8_scales_matter(sim):
+    """A test that can fail: the same E4M3 codes with the key scales permuted must change the
+    scores (s_k is applied per key row, through the table) and still match their own oracle."""
+    from dsv4_numba.formats import QuantizedFP8
+    q, kc, w = fp8_problem(32, 1, 128)
+    ks = kc.scales.copy()
+    ks[:, 0] = np.linspace(0.5, 8.0, ks.shape[0], dtype=np.float32)
+    kc2 = QuantizedFP8(kc.codes, ks)
+    a = indexer(q, kc, w, 8, impls="fused:reference", return_intermediates=True)
+    b = indexer(q, kc2, w, 8, impls="fused:reference", return_intermediates=True)
+    assert not np.array_equal(a[2]["scores"], b[2]["scores"])
+    check_scores(b, oracle(q, kc2, w), 8)
+
+
+# ---------------------------------------------------------------- variant v3: histogram top-k
+def test_v3_histogram_counts_every_valid_score(sim):
+    """The v3 kernel's histogram is the top-k's: bin key >> 20 of every score < valid_len, each
+    counted once (NumPy order_keys on the kernel's own scores), nothing for tokens with none."""
+    from dsv4_numba.pipelines.indexer import _validate
+    from dsv4_numba.stages.topk import order_keys
+    q, kc, w = problem(41, 3, 129, bf16=False)
+    vl = np.array([129, 70, 0], np.int32)
+    c = _validate(q, kc, w, 8, vl, None)
+    gh = np.zeros(3 * 4096, np.int32)
+    p = F.fused_plan(c, q, kc, w, out=np.full(3 * 129, np.nan, np.float32), variant="v3", tq=2,
+                     ghist=gh).run()
+    sc = p.scores.reshape(3, 129)
+    check_v2(sc, oracle(q, kc, w, vl))
+    want = np.zeros((3, 4096), np.int64)
+    for t in range(3):
+        np.add.at(want[t], (order_keys(sc[t, :vl[t]]) >> 20).astype(np.int64), 1)
+    np.testing.assert_array_equal(gh.reshape(3, 4096), want)
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp8"])
+def test_v3_end_to_end_equals_v2_with_the_registered_topk(sim, monkeypatch, fmt):
+    """v3 (histogram in the score kernel + indexer_topk.HistTopk) returns bitwise what v2 + the
+    reference top-k return (the top-k order is total), leaves its workspace zero, and a second
+    call on the same workspace gives the same answer. FP8: the histogram in the FP8 kernel."""
+    from dsv4_numba.pipelines import indexer_topk as IT
+    if fmt == "bf16":
+        q, kc, w = problem(42, 2, 129, bf16=True)
+    else:
+        q, kc, w = fp8_problem(43, 2, 129)
+    vl = np.array([129, 37], np.int32)
+    ref = indexer(q, kc, w, 40, valid_len=vl, impls="fused:reference", return_intermediates=True)
+    monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v3")
+    for _ in range(2):
+        got = indexer(q, kc, w, 40, valid_len=vl, impls="fused", return_intermediates=True)
+        np.testing.assert_array_equal(got[2]["scores"].view(np.uint32),
+                                      ref[2]["scores"].view(np.uint32))
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1].view(np.uint32), ref[1].view(np.uint32))
+        assert not IT.hist_topk_for(2, 129, 40).plan.workspace(False)[0].any(), \
+            "v3 must leave the top-k workspace zero"
+    with pytest.raises(ValueError, match="v3.*v2"):
+        indexer(q, kc, w, 8, valid_len=vl, impls="fused:reference")
+    with pytest.raises(ValueError, match="ghist"):
+        from dsv4_numba.pipelines.indexer import _validate
+        F.fused_plan(_validate(q, kc, w, 8, vl, None), q, kc, w, variant="v3")
+
+
+@pytest.mark.slow        # ~1-2 min of CPU
+def test_fp8_kernel_compiles_for_sm90a():
+    kern, sig = F.fp8_kernels()[0]
+    r = kern.compile(sig, "sm_90a")
+    assert r.spill_stores == 0 and r.spill_loads == 0 and r.stack_bytes == 0, r.summary()
+    assert r.shared_bytes == F.SMEM8_WORDS * 4 == 24 * 1024
+    assert r.sass.count("HGMMA.64x128x32.F32.E4M3.E4M3") == D // 32, "4 wgmma k32 steps expected"
+    assert "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3" in r.ptx
+    assert r.sass.count("SHFL.BFLY") == 16 + 8 + 4
+    assert "red.global.add" in r.ptx or "atom.global.add" in r.ptx     # the v3 histogram
+
+
+@pytest.mark.slow
+def test_v3_select_compiles_for_sm90a():
+    from dsv4_numba.pipelines import indexer_topk as IT
+    for kern, sig in IT.kernels():
+        r = kern.compile(sig, "sm_90a")
+        assert r.spill_stores == 0 and r.spill_loads == 0, r.summary()

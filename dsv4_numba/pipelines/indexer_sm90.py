@@ -72,6 +72,7 @@ from ..hw.bits import bf16_bits, bits_f32, f32_bits
 from ..hw.descriptors import wgmma_smem_desc
 from ..hw.portable import warp_shfl_xor as shfl_xor_f32  # noqa: F401  (used by generated source)
 from ..runtime import BF16, ArrayIO, device, is_device_array, kernel, mode
+from .indexer_topk import NBINS, hist_add
 from ..stages.fp4 import e2m1_value, e2m1x8_sm90, scale_value, scaled8, UE8M0
 
 H_FUSED = 64               # wgmma M: all index heads of one token
@@ -410,9 +411,11 @@ relu_head_sum = device(_make_head_sum())
 # 2 KB exchange lives in the q tile once the wgmma waited). 3 syncs + 1 per token as v1.
 @kernel(launch_bounds=(THREADS,))
 def indexer_fused_v2_kernel(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, page_size,
-                            valid_len, T, N, TQ, qfmt, kfmt, scores):
+                            valid_len, T, N, TQ, qfmt, kfmt, scores, ghist, hist):
     """As ``indexer_fused_kernel`` with EPI_SCORES, q and keys in their own formats (``qfmt``,
-    ``kfmt``; all sources byte arrays: bf16 bits as uint8 views)."""
+    ``kfmt``; all sources byte arrays: bf16 bits as uint8 views). ``hist`` != 0 (variant v3):
+    every valid score is also counted in ``ghist`` int32 [T * 4096] (``indexer_topk.hist_add``:
+    the top-k's first-level histogram, so its histogram pass is skipped)."""
     smem32 = cuda.shared.array(SMEM_WORDS, uint32, alignment=SMEM_ALIGN)
     tid = cuda.threadIdx.x
     warp = tid >> 5
@@ -460,9 +463,173 @@ def indexer_fused_v2_kernel(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_page
         s += bits_f32(smem32[xw + 2 * BN + tid]) + bits_f32(smem32[xw + 3 * BN + tid])
         n = n0 + tid
         if n < N:
-            scores[int64(t) * N + n] = s if n < valid_len[t] else float32(-math.inf)
+            ok = n < valid_len[t]
+            scores[int64(t) * N + n] = s if ok else float32(-math.inf)
+            if hist != 0 and ok:
+                hist_add(ghist, t, s)
         cuda.syncthreads()                        # the exchange (q tile) is rewritten next token
 
+
+# ----------------------------------------------------------------------------------------------
+# V3.2 FP8 keys: E4M3 q and k straight into wgmma (e4m3, K = 32 per instruction)
+# ----------------------------------------------------------------------------------------------
+# A row of D = 128 E4M3 codes is 128 bytes: exactly one 128B-swizzle row, so each tile is ONE
+# K-chunk (rows x 128 B, the same descriptor as the bf16 tiles: SBO 1024, base 1024-aligned) and
+# K step kk (32 codes = 32 bytes) advances the descriptor by 2 (16-byte units).
+# The scales (V3.2: one float32 per 128 = per row at D = 128) never enter the MMA:
+#     score[t, n] = s_k[n] * sum_h (w[t, h] s_q[t, h]) ReLU(sum_d e(q[t, h, d]) e(k[n, d]))
+# (s_q, s_k > 0 commute with ReLU), i.e. s_q is folded into w in the epilogue and s_k multiplies
+# the head sum, as the staged pipeline does with s_k (it decodes q with s_q). Products of two
+# E4M3 values (4 significant bits each) are exact; only the tensor core's accumulation rounds --
+# on Hopper the FP8 wgmma accumulates with fewer than float32's bits (the DeepSeek-V3 report:
+# ~14 bits kept), so the GPU test's bound for this kernel is FP8_ACC_REL * sum_d |q k| per logit
+# instead of gamma(D) (the emulator accumulates in float32/float64 and meets the tighter one).
+#
+# Napkin math (H = 64, D = 128): keys 128 x 128 B = 16 KB per CTA once (HBM: N x 132 B with the
+# scale, 8.7 MB at N = 65536: ~3 us); per token 8 KB of q (L2) and 4 x wgmma m64n128k32 =
+# 2.1 MFLOP at the FP8 rate (~2x bf16): ~256 tensor cycles per token-CTA, so at large T the
+# epilogue (the same ~400 instructions a thread as v2) and the barriers are the bound, not the
+# MMA: expect ~0.6-0.8x v2's time at T = 64. Shared memory 24 KB (keys 16 KB + q 8 KB, the 2 KB
+# head-sum exchange inside the q tile): registers (128 a thread) limit residency to 4 CTAs/SM.
+FP8_ROW = D_FUSED                       # bytes of one E4M3 row
+K8_BYTES = BN * FP8_ROW                 # 16384
+Q8_BYTES = H_FUSED * FP8_ROW            # 8192
+SMEM8_WORDS = (K8_BYTES + Q8_BYTES) // 4
+FP8_ACC_REL = 2.0 ** -11                # GPU-test bound of the FP8 wgmma accumulation (see above)
+assert 4 * BN * 4 <= Q8_BYTES            # the head-sum exchange fits the q tile
+
+
+@device
+def mma_k32(acc, adesc, bdesc, accumulate):
+    """One wgmma.mma_async.m64n128k32.f32.e4m3.e4m3 (A, B K-major in smem; 64 accumulators)."""
+    return ops.wgmma_m64n128k32_f32_e4m3_ss(*acc, adesc, bdesc, accumulate)
+
+
+@device
+def fetch_e4m3(src, row, j):
+    """16-byte vector j (0..7) of the 128-byte E4M3 row ``row`` (ld.global.nc.v4)."""
+    return ops.ld_global_nc_v4_u32(ops.array_address(src) + uint64(int64(row) * FP8_ROW + j * 16))
+
+
+@device
+def put_raw(dst, raw):
+    w0, w1, w2, w3 = raw
+    ops.st_shared_v4_b32(dst, w0, w1, w2, w3)
+
+
+@device
+def fetch_q_e4m3(qsrc, t, tid):
+    """The 4 vectors thread tid moves of q[t] (64 rows x 8 vectors: rows tid // 8 + 16 i)."""
+    j = tid & 7
+    g = t * H_FUSED + (tid >> 3)
+    return (fetch_e4m3(qsrc, g, j), fetch_e4m3(qsrc, g + 16, j), fetch_e4m3(qsrc, g + 32, j),
+            fetch_e4m3(qsrc, g + 48, j))
+
+
+@device
+def store_q_e4m3(qbase, tid, a):
+    j = tid & 7
+    r = tid >> 3
+    put_raw(swz(qbase, H_FUSED, r, j), a[0])
+    put_raw(swz(qbase, H_FUSED, r + 16, j), a[1])
+    put_raw(swz(qbase, H_FUSED, r + 32, j), a[2])
+    put_raw(swz(qbase, H_FUSED, r + 48, j), a[3])
+
+
+@device
+def fetch_key_e4m3(ksrc, table, table_rows, max_pages, page_size, t, n0, r, j, rows_here):
+    z = uint32(0)
+    if r >= rows_here:
+        return z, z, z, z
+    return fetch_e4m3(ksrc, key_row(table, table_rows, max_pages, page_size, t, n0 + r), j)
+
+
+@device
+def load_key_tile_e4m3(kbase, ksrc, table, table_rows, max_pages, page_size, t, n0, rows_here,
+                       tid):
+    """Keys n0 .. n0+127 (E4M3 rows through token t's table) -> the swizzled key tile: 8 loads a
+    thread (rows tid // 8 + 16 i, vector tid % 8) issued before the 8 stores; zeros past
+    ``rows_here``."""
+    j = tid & 7
+    r = tid >> 3
+    a0 = fetch_key_e4m3(ksrc, table, table_rows, max_pages, page_size, t, n0, r, j, rows_here)
+    a1 = fetch_key_e4m3(ksrc, table, table_rows, max_pages, page_size, t, n0, r + 16, j, rows_here)
+    a2 = fetch_key_e4m3(ksrc, table, table_rows, max_pages, page_size, t, n0, r + 32, j, rows_here)
+    a3 = fetch_key_e4m3(ksrc, table, table_rows, max_pages, page_size, t, n0, r + 48, j, rows_here)
+    a4 = fetch_key_e4m3(ksrc, table, table_rows, max_pages, page_size, t, n0, r + 64, j, rows_here)
+    a5 = fetch_key_e4m3(ksrc, table, table_rows, max_pages, page_size, t, n0, r + 80, j, rows_here)
+    a6 = fetch_key_e4m3(ksrc, table, table_rows, max_pages, page_size, t, n0, r + 96, j, rows_here)
+    a7 = fetch_key_e4m3(ksrc, table, table_rows, max_pages, page_size, t, n0, r + 112, j,
+                        rows_here)
+    put_raw(swz(kbase, BN, r, j), a0)
+    put_raw(swz(kbase, BN, r + 16, j), a1)
+    put_raw(swz(kbase, BN, r + 32, j), a2)
+    put_raw(swz(kbase, BN, r + 48, j), a3)
+    put_raw(swz(kbase, BN, r + 64, j), a4)
+    put_raw(swz(kbase, BN, r + 80, j), a5)
+    put_raw(swz(kbase, BN, r + 96, j), a6)
+    put_raw(swz(kbase, BN, r + 112, j), a7)
+
+
+# Napkin math: the block comment above.
+@kernel(launch_bounds=(THREADS,))
+def indexer_fused_fp8_kernel(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, page_size,
+                             valid_len, T, N, TQ, scores, ghist, hist):
+    """V3.2 FP8 scores: qsrc / ksrc E4M3 codes (uint8 [T*64*128] / [rows*128]), qsc / ksc their
+    float32 scales (one per row: [T*64] / [rows]), w float32 [T*64]; scores float32 [T*N] (-inf
+    for valid_len[t] <= n < N); ``hist`` != 0: valid scores counted in ``ghist`` as v2 does.
+    Grid (ceil(N / 128), ceil(T / TQ)), 128 threads. The loop of v2 (q of token t+1 fetched
+    while token t's wgmmas run; the head sum by ``relu_head_sum``)."""
+    smem32 = cuda.shared.array(SMEM8_WORDS, uint32, alignment=SMEM_ALIGN)
+    tid = cuda.threadIdx.x
+    warp = tid >> 5
+    lane = tid & 31
+    n0 = cuda.blockIdx.x * BN
+    t0 = cuda.blockIdx.y * TQ
+    t1 = min(T, t0 + TQ)
+    kbase = ops.shared_address(smem32)
+    qbase = kbase + uint32(K8_BYTES)
+    xw = K8_BYTES // 4
+    pre = fetch_q_e4m3(qsrc, t0, tid)
+    if table_rows == 1:
+        lim = 0
+        for t in range(t0, t1):
+            lim = max(lim, min(int64(valid_len[t]), N))
+        load_key_tile_e4m3(kbase, ksrc, table, table_rows, max_pages, page_size, 0, n0,
+                           min(BN, lim - n0), tid)
+    h0 = 16 * warp + (lane >> 2)
+    n = n0 + tid
+    for t in range(t0, t1):
+        if table_rows > 1:
+            load_key_tile_e4m3(kbase, ksrc, table, table_rows, max_pages, page_size, t, n0,
+                               min(BN, min(int64(valid_len[t]), N) - n0), tid)
+        store_q_e4m3(qbase, tid, pre)
+        ops.fence_proxy_async_shared_cta()
+        cuda.syncthreads()
+        adesc = uint64(DESC_SW128) | uint64((qbase >> 4) & 0x3FFF)
+        bdesc = uint64(DESC_SW128) | uint64((kbase >> 4) & 0x3FFF)
+        acc = zeros64()
+        ops.wgmma_fence()
+        for kk in range(D_FUSED // 32):
+            acc = mma_k32(acc, adesc + uint64(2 * kk), bdesc + uint64(2 * kk), uint32(min(kk, 1)))
+        ops.wgmma_commit_group()
+        pre = fetch_q_e4m3(qsrc, min(t + 1, t1 - 1), tid)
+        wa = w[t * H_FUSED + h0] * qsc[t * H_FUSED + h0]          # s_q folded into w
+        wb = w[t * H_FUSED + h0 + 8] * qsc[t * H_FUSED + h0 + 8]
+        ops.wgmma_wait_group_0()
+        cuda.syncthreads()                        # every warp is past its wgmma: q tile is free
+        relu_head_sum(acc, wa, wb, lane, smem32[xw:], warp)
+        cuda.syncthreads()
+        s = bits_f32(smem32[xw + tid]) + bits_f32(smem32[xw + BN + tid])
+        s += bits_f32(smem32[xw + 2 * BN + tid]) + bits_f32(smem32[xw + 3 * BN + tid])
+        if n < N:
+            ok = n < valid_len[t]
+            if ok:                                # s_k multiplies the head sum
+                s = s * ksc[key_row(table, table_rows, max_pages, page_size, t, n)]
+            scores[int64(t) * N + n] = s if ok else float32(-math.inf)
+            if hist != 0 and ok:
+                hist_add(ghist, t, s)
+        cuda.syncthreads()                        # the exchange (q tile) is rewritten next token
 
 # ----------------------------------------------------------------------------------------------
 # Host side
@@ -474,15 +641,23 @@ TARGET_CTAS = 1024          # ~8 CTAs per SM of an H100 (132 SMs) before token g
 
 def check_fusable(c, q, k_cache, weights):
     """Raise (before any launch) for inputs the fused kernel does not take, naming the staged path."""
-    if c.fam == "fp8":
-        raise NotImplementedError("the fused indexer does not take V3.2 FP8 (E4M3) inputs yet; "
-                                  + STAGED_HINT)
     if (c.H, c.D) != (H_FUSED, D_FUSED):
         raise ValueError(f"the fused indexer is built for H = {H_FUSED} index heads of D = {D_FUSED} "
                          f"(DeepSeek); got H = {c.H}, D = {c.D}: {STAGED_HINT}")
     if c.N >= 2 ** 31 or c.num_pages * c.page_size >= 2 ** 40:
         raise ValueError(f"the fused indexer addresses keys with 32-bit positions: N = {c.N} must be "
                          f"< 2^31; " + STAGED_HINT)
+    if c.fam == "fp8":
+        for name, x in (("q", q), ("k_cache", k_cache)):
+            if x.blocks_per_row != 1:
+                raise NotImplementedError(f"the fused indexer takes V3.2 FP8 with one scale per "
+                                          f"row (block >= D = {D_FUSED}); {name} has "
+                                          f"{x.blocks_per_row} scales a row (block {x.block}): "
+                                          + STAGED_HINT)
+        if is_device_array(weights) and c.wkind == BF16:
+            raise NotImplementedError("device bfloat16 weights: pass float32 weights to the fused "
+                                      "indexer (NumPy weights of either type are converted)")
+        return
     if c.fam == "fp4":
         for name, x in (("q", q), ("k_cache", k_cache)):
             sp = FORMATS[x.fmt]
@@ -520,13 +695,18 @@ def _sim_alignment(gpu: bool):
         SMEM_ALIGN = 1024
 
 
-VARIANTS = ("v1", "v2")
+VARIANTS = ("v1", "v2", "v3")
 #: v2 is the default since 2026-11-25: on an H200 (sm_90a) its scores matched the float64 oracle in
 #: all 8 tests/gpu ``test_v2_scores_match_oracle`` cases (T 1/4/16, N 127/129/65536, bf16 and FP4,
 #: NaN-poisoned outputs) and its top-k agreed with torch's at the three benchmark shapes; its
 #: paged / many-tokens-per-CTA / end-to-end GPU tests did not get device time (the emulator runs
 #: them). ``DSV4_INDEXER_VARIANT=v1`` (or ``variant=``) selects the H100-verified round-1 kernel.
 DEFAULT_VARIANT = "v2"
+#: v3 (round 3, not yet run on a GPU): v2's kernel counting every valid score in the top-k's
+#: first-level histogram as it writes it, then ``indexer_topk.HistTopk`` -- the top-k's select +
+#: finish without its histogram launch (napkin math in ``pipelines/indexer_topk.py``). V3.2 FP8
+#: inputs take ``indexer_fused_fp8_kernel`` under every variant (with the histogram under v3).
+HIST_VARIANTS = ("v3",)
 
 
 def pick_variant(variant=None) -> str:
@@ -544,15 +724,17 @@ def _u8(x):
 
 class FusedPlan:
     """One fused launch with its kernel-side arguments placed (tools time ``run()`` alone).
-    ``pre``: (grid, args) of the q decode launched first (v2, FP4 q, T > 1), else None."""
+    ``pre``: (grid, args) of the q decode launched first (v2/v3, FP4 q, T > 1), else None.
+    ``kern``: the score kernel (v1, v2 or the FP8 kernel)."""
 
-    def __init__(self, io, grid, args, scores, vl, gpu, variant="v1", pre=None):
+    def __init__(self, io, grid, args, scores, vl, gpu, variant="v1", pre=None, kern=None):
         self.io, self.grid, self.args, self.scores, self.vl, self.gpu = io, grid, args, scores, vl, gpu
         self.variant, self.pre = variant, pre
+        self.kern = kern or (indexer_fused_kernel if variant == "v1" else indexer_fused_v2_kernel)
 
     def run(self):
         if self.grid is not None:
-            k = indexer_fused_kernel if self.variant == "v1" else indexer_fused_v2_kernel
+            k = self.kern
             if self.gpu:
                 if self.pre is not None:
                     cached_gpu(q_decode_kernel)[self.pre[0], 256](*self.pre[1])
@@ -592,19 +774,32 @@ def cached_gpu(k):
     return d
 
 
-def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None) -> FusedPlan:
+def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=None) -> FusedPlan:
     """Place the validated inputs for the fused kernel. ``out``: a kernel-side float32 [T*N] to
     write (tests poison it with NaN: every position must be written). ``variant``: "v1" (round 1,
-    H100-verified) or "v2" (round 2); default ``DSV4_INDEXER_VARIANT`` or ``DEFAULT_VARIANT``.
-    ``tq``: tokens per CTA (tests: several tokens per CTA at emulator sizes), else ``token_group``."""
+    H100-verified), "v2" (round 2) or "v3" (v2 + the top-k histogram); default
+    ``DSV4_INDEXER_VARIANT`` or ``DEFAULT_VARIANT``. ``tq``: tokens per CTA (tests: several tokens
+    per CTA at emulator sizes), else ``token_group``. ``ghist``: kernel-side int32 [>= T * 4096],
+    zero, counted into (v3 and the FP8 kernel; required by v3)."""
     variant = pick_variant(variant)
     T, N = c.T, c.N
+    if variant in HIST_VARIANTS and ghist is None and T and N:
+        raise ValueError(f"fused indexer variant {variant}: pass ghist (the top-k histogram, "
+                         f"int32 [T * {NBINS}], zero) -- fused_indexer does")
     if c.fam == "fp4":
         arrays = [q.data, q.scales, k_cache.data, k_cache.scales]
+    elif c.fam == "fp8":
+        arrays = [q.codes, q.scales, k_cache.codes, k_cache.scales]
     else:
         arrays = [q, k_cache]
     io = ArrayIO(weights, *arrays)
-    if c.fam == "fp4":
+    hist = int(variant in HIST_VARIANTS)
+    if ghist is None:
+        ghist = io.to_kernel(np.zeros(1, np.int32))
+    if c.fam == "fp8":
+        qsrc, qsc, ksrc, ksc = (io.to_kernel(a).reshape(-1) for a in arrays)
+        fmt = None
+    elif c.fam == "fp4":
         qsrc, qsc, ksrc, ksc = (io.to_kernel(a).reshape(-1) for a in arrays)
         fmt = FMT_FP4
     else:
@@ -622,11 +817,15 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None) -> Fused
     vl = c.valid_len
     vl = io.to_kernel(np.array(vl, np.int32) if isinstance(vl, np.ndarray) else vl).reshape(-1)
     scores = io.empty(T * N, np.float32) if out is None else out
-    grid, args, pre = None, None, None
+    grid, args, pre, kern = None, None, None, None
     if T and N:
         TQ = token_group(T, N) if tq is None else max(1, min(int(tq), T))
         grid = (-(-N // BN), -(-T // TQ))
-        if variant == "v1":
+        if c.fam == "fp8":
+            kern = indexer_fused_fp8_kernel
+            args = (qsrc, qsc, ksrc, ksc, w, table, c.table_rows, c.max_pages, c.page_size, vl, T,
+                    N, TQ, scores, ghist, hist)
+        elif variant == "v1":
             args = (qsrc, qsc, ksrc, ksc, w, table, c.table_rows, c.max_pages, c.page_size, vl, T,
                     N, TQ, fmt, EPI_SCORES, scores)
         else:
@@ -638,14 +837,14 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None) -> Fused
                 pre = ((-(-nvec // 256),), (qsrc, qsc, nvec, qs))
                 qfmt = FMT_BF16
             args = (qs, qsc, _u8(ksrc), ksc, w, table, c.table_rows, c.max_pages, c.page_size, vl,
-                    T, N, TQ, qfmt, fmt, scores)
-    return FusedPlan(io, grid, args, scores, vl, io.gpu, variant, pre)
+                    T, N, TQ, qfmt, fmt, scores, ghist, hist)
+    return FusedPlan(io, grid, args, scores, vl, io.gpu, variant, pre, kern)
 
 
-def fused_scores(c, q, k_cache, weights, out=None, variant=None):
+def fused_scores(c, q, k_cache, weights, out=None, variant=None, ghist=None):
     """Launch the fused kernel on validated inputs; returns (io, scores kernel-side float32 [T*N],
     valid_len kernel-side int32 [T])."""
-    p = fused_plan(c, q, k_cache, weights, out, variant).run()
+    p = fused_plan(c, q, k_cache, weights, out, variant, ghist=ghist).run()
     return p.io, p.scores, p.vl
 
 
@@ -661,13 +860,27 @@ def fused_indexer(c, q, k_cache, weights, topk_impl=None, return_intermediates=F
         raise ImplUnavailable(f"the fused indexer is an sm_90a kernel (wgmma); this GPU is "
                               f"{device_arch()}: {STAGED_HINT}")
     T, N, k = c.T, c.N, c.k
-    io, scores, vl = fused_scores(c, q, k_cache, weights, variant=variant)
+    variant = pick_variant(variant)
+    sel = None
+    if variant in HIST_VARIANTS and T and N:
+        if topk_impl not in (None, "auto", "production", "production:sm_90a"):
+            raise ValueError(f"fused indexer variant {variant} runs its own histogram top-k "
+                             f"(indexer_topk.HistTopk); topk choice {topk_impl!r}: use variant "
+                             f"v2 for another top-k")
+        from .indexer_topk import hist_topk_for
+        sel = hist_topk_for(T, N, k)
+    io, scores, vl = fused_scores(c, q, k_cache, weights, variant=variant,
+                                  ghist=None if sel is None else sel.ghist(mode() == "gpu"))
     if T == 0 or N == 0:
         idx = np.full((T, k), -1, np.int32)
         vals = np.full((T, k), -np.inf, np.float32)
         if io.gpu:
             from numba import cuda as _cuda
             idx, vals = _cuda.to_device(idx), _cuda.to_device(vals)
+    elif sel is not None:
+        vals, idx = io.empty(T * k, np.float32), io.empty(T * k, np.int32)
+        sel.run(scores, vl, vals, idx)
+        vals, idx = vals.reshape(T, k), idx.reshape(T, k)
     else:
         vals, idx = _topk.topk(scores.reshape(T, N), k, lengths=vl, impl=topk_impl)
         vals, idx = vals.reshape(T, k), idx.reshape(T, k)
@@ -728,8 +941,16 @@ def v2_kernels():
     from numba import types as ty
     a8, f32, i32, i64 = ty.uint8[::1], ty.float32[::1], ty.int32[::1], ty.int64
     return [(indexer_fused_v2_kernel, (a8, a8, a8, a8, f32, i32, i64, i64, i64, i32, i64, i64, i64,
-                                       i64, i64, f32)),
+                                       i64, i64, f32, i32, i64)),
             (q_decode_kernel, (a8, a8, i64, a8))]
+
+
+def fp8_kernels():
+    """(Kernel, signature) of the V3.2 FP8 kernel, for compile-only checks."""
+    from numba import types as ty
+    a8, f32, i32, i64 = ty.uint8[::1], ty.float32[::1], ty.int32[::1], ty.int64
+    return [(indexer_fused_fp8_kernel, (a8, f32, a8, f32, f32, i32, i64, i64, i64, i32, i64, i64,
+                                        i64, f32, i32, i64))]
 
 
 registry.register("indexer_scores", "production", arch="sm_90a",
@@ -738,5 +959,6 @@ registry.register("indexer_scores", "production", arch="sm_90a",
 __all__ = ["scores_production", "scores_fits", "production_kernels", "EPI_SCORES", "EPI_LOGITS",
            "indexer_fused_kernel", "indexer_fused_v2_kernel", "q_decode_kernel", "fused_indexer",
            "fused_scores", "fused_plan", "FusedPlan", "check_fusable", "token_group", "VARIANTS",
-           "DEFAULT_VARIANT", "pick_variant", "v2_kernels", "cached_gpu",
+           "DEFAULT_VARIANT", "pick_variant", "v2_kernels", "cached_gpu", "fp8_kernels",
+           "indexer_fused_fp8_kernel", "HIST_VARIANTS", "FP8_ACC_REL",
            "BN", "H_FUSED", "D_FUSED"]
