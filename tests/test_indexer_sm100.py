@@ -1,11 +1,33 @@
-"""The sm_100a FP4 indexer, started (pipelines/indexer_sm100.py): the plans of the pipelined kernel
-(TMEM columns through tools/tmem_plan.py's checker, shared memory within the sm_100a limit), and the
-built score-tile kernel on block-scaled tcgen05.mma: ptxas for sm_100a, and the emulator against
-float64. The registry variant is not built and says so."""
+"""The sm_100a FP4 indexer (pipelines/indexer_sm100.py) without a Blackwell GPU.
+
+1. Plans: the TMEM column plan through tools/tmem_plan.py's checker, shared memory within the
+   sm_100a limit, the launch decomposition.
+2. ptxas for sm_100a: the pipelined kernel with no spills / local memory and the tcgen05
+   instructions it exists for (block-scaled mma, cp, ld, alloc, relinquish, dealloc, commit) in
+   the PTX and the SASS; the step-1 tile kernel likewise.
+3. The pipelined kernel under the CUDA simulator with the semantic emulator (TMA, mbarriers,
+   tcgen05, the TMEM plan declared as regions: warnings are errors, any EmulatorError fails):
+   several CTAs, token pairs with one token, valid_len < N / = 0 / < k, a key tail, tiles skipped
+   past valid_len, a ring that wraps and accumulators reused; scores NaN-poisoned beforehand;
+   against the float64 oracle of tests/test_indexer.py (bound gamma(D + H + 3) sum_h |w| sum_d |q k|:
+   the emulator's MMA sums exactly and rounds once per instruction, the head sum is 64 float32
+   adds) and then the top-k selection under its tie rule.
+4. Known-wrong variants fail: the integer E2M1 decode (formats.wrong) in the MMA, scale factors
+   not duplicated into the four lane quadrants, a TMEM plan the kernel does not follow.
+5. Dispatch: ``indexer(..., impls="fused")`` picks the kernel by device arch (faked, no launch);
+   an explicit ``fused:sm_100a`` without a GPU raises before any launch; calls the kernel does not
+   take (paged, bfloat16) say so before any launch.
+
+Cost: the compiles take ~2 s each; an emulator case 3-10 s (1-4 CTAs of 192 Python threads).
+"""
 import importlib.util
 import pathlib
+import re
 
+import numpy as np
 import pytest
+from conftest import outliers
+from test_indexer import check_selection, fp4, oracle
 
 from dsv4_numba.pipelines import indexer_sm100 as I
 
@@ -19,12 +41,14 @@ def _tmem_plan_tool():
     return mod
 
 
+# ---------------------------------------------------------------------------------------- plans
 def test_tmem_plan_fits_and_does_not_overlap():
     plan = I.tmem_plan()
     errs, alloc = _tmem_plan_tool().check({k: (c, n, None) for k, (c, n) in plan.items()}, I.TMEM_COLS)
     assert errs == [] and alloc == 512
     assert plan["ACC0"][1] == plan["ACC1"][1] == I.BN                 # f32 accumulators: N columns
-    assert plan["SFA"][1] == I.ROWS // 32 * (I.D // I.K_MMA)          # 1 column per 32 rows per K block
+    assert plan["SFA"][1] == I.ROWS // 32                             # one column per 32 rows (4 SFs)
+    assert plan["SFB0"][1] == plan["SFB1"][1] == 4 * -(-I.BN // 128)  # one warpx4 cp per 128x4 atom
     assert I.BN % 32 == 0 and I.BN <= 256 and I.ROWS == 2 * I.H
 
 
@@ -32,16 +56,58 @@ def test_smem_plan_fits_sm100a():
     s = I.smem_plan()
     assert s["q"] == I.ROWS * I.D // 2 and s["k_slot"] == I.BN * I.D // 2
     assert s["total"] <= 227 * 1024, s
+    assert I.K_OFF % 512 == 0 and I.K_BYTES % 512 == 0          # 64B swizzle repeat
 
 
-def test_registry_variant_is_not_built_yet():
-    with pytest.raises(NotImplementedError, match="not wired into the stage registry"):
-        I.fused_production()
+def test_launch_config():
+    c = I.launch_config(1, 65536)                   # decode: 342 tiles over the 148 SMs
+    assert c["ntiles"] == 342 and c["tiles_per_cta"] == 3 and c["grid"] == (114, 1)
+    c = I.launch_config(4096, 65536)                # prefill: one chunk per token pair
+    assert c["grid"] == (1, 2048) and c["tiles_per_cta"] == 342
+    assert I.launch_config(3, 400, 2)["grid"] == (2, 2)
 
 
-# ---------------------------------------------------------------- step 1: the score tile kernel
-def test_score_kernel_compiles_for_sm100a():
-    import re
+def test_descriptors():
+    from dsv4_numba.hw.descriptors import explain
+    for kb, idesc in enumerate((I.IDESC_K0, I.IDESC_K1)):
+        f = explain(idesc, "umma-idesc-bs", mma_kind="mxf4nvf4", cta_group=1).fields
+        assert (f["M"], f["N"], f["a_type"], f["b_type"], f["scale_type"]) == (128, I.BN, "e2m1", "e2m1", "ue8m0")
+        assert f["a_sf_id"] == f["b_sf_id"] == 2 * kb
+    assert "64B" in str(explain(I.DESC_SW64, "umma-smem"))
+
+
+# ---------------------------------------------------------------------------------------- ptxas
+@pytest.fixture(scope="module")
+def compiled():
+    return I.indexer_fused_sm100.compile(I.fused_signature(), "sm_100a")
+
+
+def test_fused_kernel_compiles_for_sm100a_without_spills(compiled):
+    r = compiled
+    assert r.spill_stores == r.spill_loads == r.stack_bytes == 0, r.summary()
+    assert ".local" not in r.ptx
+    assert r.registers <= 65536 // I.THREADS, r.summary()
+
+
+def test_fused_kernel_tcgen05_in_ptx_and_sass(compiled):
+    ptx, sass = compiled.ptx, compiled.sass
+    mma = re.findall(r"tcgen05\.mma\.cta_group::1\.kind::mxf4nvf4\.block_scale\.scale_vec::2X "
+                     r"\[%r\d+\], %rd\d+, %rd\d+, %r\d+, \[%r\d+\], \[%r\d+\], p;", ptx)
+    n = I.D // I.K_MMA                                # 2 MMAs per key tile; LLVM may peel copies
+    assert len(mma) >= n and len(mma) % n == 0, len(mma)
+    for instr in ("tcgen05.cp.cta_group::1.32x128b.warpx4", "tcgen05.ld.sync.aligned.32x32b.x32",
+                  "tcgen05.alloc.cta_group::1.sync.aligned.shared::cta.b32",
+                  "tcgen05.relinquish_alloc_permit.cta_group::1", "tcgen05.dealloc.cta_group::1",
+                  "tcgen05.commit.cta_group::1.mbarrier::arrive::one", "tcgen05.wait::ld",
+                  "tcgen05.fence::before_thread_sync", "tcgen05.fence::after_thread_sync",
+                  "cp.async.bulk.tensor.2d", "mbarrier.try_wait.parity", "fence.proxy.async.shared::cta",
+                  "fence.proxy.tensormap::generic.acquire", "st.shared.v4.b32", "bar.sync"):
+        assert instr in ptx, instr
+    for op in ("UTCOMMA", "UTCCP", "LDTM", "UTCBAR", "UTMALDG"):
+        assert op in sass, op
+
+
+def test_score_tile_kernel_compiles_for_sm100a():
     r = I.indexer_scores_sm100.compile(I.scores_signature(), "sm_100a")
     assert r.spill_stores == r.spill_loads == r.stack_bytes == 0, r.summary()
     mma = re.findall(r"tcgen05\.mma\.cta_group::1\.kind::mxf4nvf4\.block_scale\.scale_vec::2X "
@@ -52,14 +118,114 @@ def test_score_kernel_compiles_for_sm100a():
         assert op in r.sass, op
 
 
-@pytest.mark.filterwarnings("error")
-def test_score_kernel_under_the_emulator(monkeypatch):
-    """2 x 2 CTAs (T = 3 tokens: the second CTA holds one; N = 150 keys: the second block 22) against
-    float64 on the decoded values. The MMA products of E2M1 x UE8M0 values are exact; the error is
-    the float32 rounding of the MMA sum (once), of ReLU x w and of the 64-term head sum:
-    gamma(D + H + 3) * sum_h |w| sum_d |q k| (the Hopper kernel's bound)."""
-    import numpy as np
+# ---------------------------------------------------------------------------------------- emulator
+def problem(seed, T, N):
+    g = np.random.default_rng(seed)
+    q = outliers(g, (T, I.H, I.D), scale_spread=1.0)
+    kc = outliers(g, (N, I.D), scale_spread=1.0)
+    w = (g.standard_normal((T, I.H)) * 0.5).astype(np.float32)
+    w[:, 0] = np.abs(w[:, 0]) + 0.5
+    q4, k4 = fp4(q, kc)
+    return q4, k4, w
 
+
+def run_emulated(monkeypatch, q4, k4, w, k, vl, tiles_per_cta=None, regions=None):
+    """fused_indexer on the emulator (scores NaN-poisoned first): (idx, vals, scores [T, N])."""
+    from dsv4_numba import emu
+    from dsv4_numba.emu import state
+    from dsv4_numba.pipelines.indexer import _validate
+    monkeypatch.setenv("DSV4_MODE", "sim")
+    monkeypatch.setattr(state, "DEADLOCK_GRACE_S", max(getattr(state, "DEADLOCK_GRACE_S", 0), 5.0),
+                        raising=False)
+    c = _validate(q4, k4, w, k, vl, None)
+    out = np.full(c.T * c.N, np.nan, np.float32)
+    with emu.tmem_regions(**(regions or I.tmem_plan())):
+        idx, vals, inter = I.fused_indexer(c, q4, k4, w, "reference", True, emulate=True,
+                                           tiles_per_cta=tiles_per_cta, out=out)
+    return idx, vals, inter["scores"]
+
+
+def check_against_oracle(idx, vals, scores, orc, k, name="fused sm_100a"):
+    sc = scores.astype(np.float64)
+    assert not np.isnan(sc).any(), f"{name}: unwritten (NaN-poisoned) scores"
+    valid = ~np.isnan(orc["scores"])
+    assert np.isneginf(sc[~valid]).all(), f"{name}: positions past valid_len must score -inf"
+    err = np.abs(sc - np.nan_to_num(orc["scores"]))[valid]
+    bound = orc["err"][valid]
+    assert (err <= bound).all(), \
+        f"{name}: {int((err > bound).sum())} scores outside the bound, worst err/bound {(err / bound).max():.3g}"
+    check_selection(idx, vals, orc["scores"], orc["err"], k, orc["valid_len"], name)
+
+
+# (T, N, valid_len, k, tiles_per_cta)
+EMU_CASES = {
+    # 2 token pairs (the second holds one token) x 2 key chunks (3 tiles: 192 + 192 + a 16-key tail):
+    # token 2's valid_len 5 < k leaves its second chunk without a valid key (no load, no MMA: -inf)
+    "two_pairs_tail_skip": (3, 400, (400, 150, 5), 16, 2),
+    # one CTA, 5 tiles (the last 40 keys): the 4-slot ring wraps and both accumulators are reused;
+    # token 1 has valid_len 0
+    "ring_wraps_one_cta": (2, 808, (808, 0), 8, 5),
+    # decode: T = 1 (half the MMA rows are zero-filled), the default launch (1 tile per CTA)
+    "decode_default_grid": (1, 300, (290,), 8, None),
+}
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("case", list(EMU_CASES))
+def test_fused_sm100_under_the_emulator(monkeypatch, case):
+    from dsv4_numba.emu import EmulatorDeadlock
+    T, N, vl, k, tpc = EMU_CASES[case]
+    q4, k4, w = problem(list(EMU_CASES).index(case), T, N)
+    vl = np.asarray(vl, np.int32)
+    try:
+        idx, vals, scores = run_emulated(monkeypatch, q4, k4, w, k, vl, tpc)
+    except EmulatorDeadlock:          # the stall detector can fire on a loaded CPU: one retry
+        idx, vals, scores = run_emulated(monkeypatch, q4, k4, w, k, vl, tpc)
+    check_against_oracle(idx, vals, scores, oracle(q4, k4, w, vl), k)
+
+
+def test_wrong_fp4_decode_in_the_mma_fails_the_check(monkeypatch):
+    """The emulated MMA decoding E2M1 as sign * (code & 7) (formats.wrong, the bug that selected
+    wrong blocks): the scores leave the bound and the check says so."""
+    from dsv4_numba.emu import tmem as T
+    from dsv4_numba.formats import wrong
+    monkeypatch.setitem(T.LUT, "e2m1", wrong.e2m1_decode_integer_wrong(np.arange(16, dtype=np.uint8))
+                        .astype(np.float64))
+    T_, N, vl, k, tpc = EMU_CASES["decode_default_grid"]
+    q4, k4, w = problem(11, T_, N)
+    vl = np.asarray(vl, np.int32)
+    idx, vals, scores = run_emulated(monkeypatch, q4, k4, w, k, vl, tpc)
+    with pytest.raises(AssertionError, match="outside the bound|not selected|below the"):
+        check_against_oracle(idx, vals, scores, oracle(q4, k4, w, vl), k)
+
+
+def test_scales_not_duplicated_to_the_lane_quadrants_are_reported(monkeypatch):
+    """tcgen05.cp without the .warpx4 broadcast (scale factors only in lanes 0-31): the emulated MMA
+    reports the scale-factor cells of lanes 32-127 as never written instead of computing with
+    garbage (hardware would read whatever TMEM held)."""
+    from dsv4_numba import emu
+    from dsv4_numba.emu import ops as E
+    monkeypatch.setitem(E._CP_SHAPES, "32x128b_warpx4", (32, 16, False))
+    monkeypatch.setattr(E, "tcgen05_cp_32x128b_warpx4", E._make_cp("32x128b_warpx4"))
+    q4, k4, w = problem(12, 1, 100)
+    with pytest.raises(emu.EmulatorError, match=r"scale factors reads TMEM lane (3[2-9]|[4-9]\d|1[0-2]\d) "):
+        run_emulated(monkeypatch, q4, k4, w, 4, np.array([100], np.int32))
+
+
+def test_emulator_rejects_a_plan_the_kernel_does_not_follow(monkeypatch):
+    """Declare ACC0 16 columns short: the first MMA writes past it and the emulator names it."""
+    from dsv4_numba import emu
+    plan = I.tmem_plan()
+    plan["ACC0"] = (plan["ACC0"][0], plan["ACC0"][1] - 16)
+    q4, k4, w = problem(13, 1, 100)
+    with pytest.raises(emu.EmulatorError, match=r"tcgen05_mma_mxf4nvf4.*ACC0"):
+        run_emulated(monkeypatch, q4, k4, w, 4, np.array([100], np.int32), regions=plan)
+
+
+@pytest.mark.filterwarnings("error")
+def test_score_tile_kernel_under_the_emulator(monkeypatch):
+    """Step 1 (one warpgroup, one tile): 2 x 2 CTAs (T = 3 tokens: the second CTA holds one; N = 150
+    keys: the second block 22) against float64 on the decoded values, the bound above."""
     from dsv4_numba import formats
     monkeypatch.setenv("DSV4_MODE", "sim")
     g = np.random.default_rng(7)
@@ -82,3 +248,73 @@ def test_score_kernel_under_the_emulator(monkeypatch):
     bound = n * u / (1 - n * u) * (np.abs(w)[:, :, None] * np.abs(logit)).sum(1)
     err = np.abs(got - ref)
     assert (err <= bound).all(), f"worst err/bound {(err / np.maximum(bound, 1e-300)).max():.3g}"
+
+
+# ---------------------------------------------------------------------------------------- dispatch
+def _fake_device(monkeypatch, arch):
+    from dsv4_numba import runtime
+    monkeypatch.setattr(runtime, "device_arch", lambda: arch)
+    monkeypatch.setattr(runtime, "mode", lambda: "gpu" if arch else "sim")
+
+
+def test_fused_is_picked_by_device_arch(monkeypatch):
+    """pick_fused (what indexer(..., impls="fused...") calls) with the device faked, no launch."""
+    from dsv4_numba import registry
+    from dsv4_numba.pipelines import indexer_sm90
+    _fake_device(monkeypatch, "sm_100a")
+    assert I.pick_fused("fused") == (I.fused_indexer, None)
+    assert I.pick_fused("fused:reference") == (I.fused_indexer, "reference")
+    assert I.pick_fused("fused:sm_100a:production") == (I.fused_indexer, "production")
+    assert I.pick_fused("fused:sm_90a") == (indexer_sm90.fused_indexer, None)
+    _fake_device(monkeypatch, "sm_90a")
+    assert I.pick_fused("fused") == (indexer_sm90.fused_indexer, None)
+    assert I.pick_fused("fused:production:sm_90a") == (indexer_sm90.fused_indexer, "production:sm_90a")
+    with pytest.raises(registry.ImplUnavailable, match="built for sm_100a, but this device is sm_90a"):
+        I.pick_fused("fused:sm_100a")
+    with pytest.raises(registry.ImplUnavailable, match="no fused indexer for sm_80"):
+        I.pick_fused("fused:sm_80")
+    _fake_device(monkeypatch, None)                   # no GPU: the sm_90a kernel on the emulator
+    assert I.pick_fused("fused") == (indexer_sm90.fused_indexer, None)
+
+
+def _no_launch(monkeypatch):
+    from dsv4_numba.runtime.kernel import Kernel
+
+    def boom(self, *a, **kw):
+        raise AssertionError(f"kernel {self.__name__} launched before the error")
+    monkeypatch.setattr(Kernel, "launch", boom)
+
+
+def test_explicit_sm100a_without_a_gpu_says_so_before_any_launch(monkeypatch):
+    from dsv4_numba import registry
+    from dsv4_numba.pipelines.indexer import indexer
+    from dsv4_numba.runtime import detect_gpu
+    if detect_gpu() is not None:
+        pytest.skip("checks the no-GPU error")
+    _no_launch(monkeypatch)
+    q4, k4, w = problem(1, 2, 50)
+    with pytest.raises(registry.ImplUnavailable, match="needs a GPU of arch sm_100a"):
+        indexer(q4, k4, w, 4, impls="fused:sm_100a")
+    with pytest.raises(registry.ImplUnavailable, match="needs a GPU of arch sm_100a"):
+        indexer(q4, k4, w, 4, impls="fused:sm_100a:reference")
+
+
+@pytest.mark.parametrize("case", ["paged", "bf16"])
+def test_calls_the_kernel_does_not_take_say_so_before_any_launch(monkeypatch, case):
+    import ml_dtypes
+
+    from dsv4_numba.pipelines.indexer import indexer
+    _fake_device(monkeypatch, "sm_100a")
+    _no_launch(monkeypatch)
+    q4, k4, w = problem(2, 2, 64)
+    if case == "paged":
+        from dsv4_numba.formats import QuantizedFP4
+        kp = QuantizedFP4(k4.data.reshape(4, 16, 64), k4.scales.reshape(4, 16, 4), None, k4.fmt, (4, 16, 128))
+        with pytest.raises(NotImplementedError, match="paged caches"):
+            indexer(q4, kp, w, 4, block_table=np.arange(4, dtype=np.int32)[None], impls="fused")
+    else:
+        g = np.random.default_rng(0)
+        q = g.standard_normal((2, I.H, I.D)).astype(ml_dtypes.bfloat16)
+        kc = g.standard_normal((64, I.D)).astype(ml_dtypes.bfloat16)
+        with pytest.raises(NotImplementedError, match="FP4"):
+            indexer(q, kc, w, 4, impls="fused")

@@ -334,8 +334,10 @@ def indexer(q, k_cache, weights, k, valid_len=None, block_table=None, impls=None
     """
     c = _validate(q, k_cache, weights, k, valid_len, block_table)
     if isinstance(impls, str) and impls.split(":")[0] == "fused":
-        from .indexer_sm90 import fused_indexer
-        topk_impl = impls.split(":", 1)[1] if ":" in impls else None
+        # "fused[:sm_90a|:sm_100a][:<top-k choice>]": the fused kernel of the arch named, else of
+        # this device's (sm_100a GPU: indexer_sm100; otherwise indexer_sm90, as before)
+        from .indexer_sm100 import pick_fused
+        fused_indexer, topk_impl = pick_fused(impls)
         return fused_indexer(c, q, k_cache, weights, topk_impl, return_intermediates)
     plan = _resolve(c.fam, impls)
     T, H, D, N = c.T, c.H, c.D, c.N

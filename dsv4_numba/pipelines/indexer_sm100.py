@@ -1,117 +1,415 @@
-"""The FP4 lightning indexer on sm_100a (issue 9 item 2) -- STARTED: the score tile is built, the
-pipelined kernel is planned.
+"""The FP4 lightning indexer on sm_100a (issue 9 item 2): block-scaled tcgen05.mma into Tensor Memory.
 
-Status: **built and checked here** (ptxas for sm_100a, the emulator against float64 in
-tests/test_indexer_sm100.py) is step 1, ``indexer_scores_sm100``: the score tile on block-scaled
-``tcgen05.mma.kind::mxf4nvf4.block_scale.scale_vec::2X`` with the dsv4_fp4 scales moved to TMEM by
-``tcgen05.cp.32x128b.warpx4`` from the 128x4 atom (its comment block below). **Not built**: the
-pipelined kernel this module plans (TMA ring, warp roles, double-buffered accumulators: the
-``tmem_plan`` / ``smem_plan`` below), the registry variant ``indexer``/``production:sm_100a``
-(``fused_production`` raises ``NotImplementedError``), paged caches, and the top-k after the scores
-(it would be the existing top-k stage, as on Hopper). **Nothing here has run on Blackwell
-hardware.** First check on a B200: ``indexer_scores_sm100`` against the float64 oracle of the test
-(layouts of the packed codes, the scale atom and the SF ids), then the pipelined kernel.
-
-What it will compute (as ``pipelines.indexer`` / the Hopper kernel ``indexer_sm90``)::
-
-    score[t, n] = sum_h w[t, h] * ReLU(q[t, h, :] . k[n, :])      (H = 64 heads, D = 128)
-
-with q and k in ``dsv4_fp4`` (E2M1 codes, two per byte, + one UE8M0 scale per 32 values), then
-top-k per token as on Hopper (the existing top-k stage).
-
-Design
+Status
 ------
-* MMA: ``tcgen05.mma.cta_group::1.kind::mxf4nvf4.block_scale.scale_vec::2X`` (UE8M0 scales, one per
-  32 K values = the dsv4_fp4 block; binding ``tcgen05_mma_mxf4nvf4_2x_ss``), M = 128 rows = 2 tokens x
-  64 heads (row r = token 2 i + r // 64, head r % 64), N = 256 keys, K = 64 per instruction: a key tile
-  is D / 64 = 2 instructions. A (q) and B (k) K-major in shared memory, packed E2M1 straight from the
-  cache layout (no decode: the point of block-scaled MMA), 64 B of codes per row (D = 128): ``64B``
-  swizzle, one swizzle row per operand row.
-* Scale factors: UE8M0 bytes re-laid out by the load warp into the 128x4 smem atom (byte
-  16 (m % 32) + 4 (m // 32) + k) and moved to TMEM by ``tcgen05.cp.32x128b.warpx4`` (duplicated into
-  the four lane quadrants, as the MMA requires); SFA once per CTA, SFB per key tile.
-* Warp roles (as fmha_sm100): a TMA warp (k codes and scales of a key tile into a 3-deep ring; q of
-  the CTA's tokens once), an MMA warp (alloc, tcgen05.cp of the scales, the 2 MMAs per tile, commit),
-  and an epilogue warpgroup: thread = TMEM lane = (token, head) row, tcgen05.ld of 32 columns at a
-  time, ReLU x w[t, h], then the head sum over the 64 lanes of a token (2 warps) through shared
-  memory, score stored once per (token, key). The accumulator is double-buffered so the MMA of tile
-  j + 1 runs under the epilogue of tile j.
+**Built**: ``indexer_fused_sm100``, the pipelined score kernel (TMA ring of key codes, UE8M0 scales
+moved to TMEM by ``tcgen05.cp``, one MMA thread issuing
+``tcgen05.mma.kind::mxf4nvf4.block_scale.scale_vec::2X`` into double-buffered TMEM accumulators, an
+epilogue warpgroup doing ReLU x w[t, h], the 64-head sum, valid_len masking and one store per
+score), followed by the registered top-k stage (``fused_indexer``), and the arch dispatch:
+``pipelines.indexer.indexer(..., impls="fused")`` runs this kernel on an sm_100a GPU,
+``impls="fused:sm_100a"`` asks for it explicitly (``ImplUnavailable`` before any launch where it
+cannot run, e.g. without a GPU). Also still here: step 1, ``indexer_scores_sm100`` (one warpgroup,
+one tile, no ring), which pinned the layouts first.
 
-Tensor Memory plan (``tmem_plan``): ACC0 / ACC1 = 256 columns each would fill all 512 columns and
-leave none for the scale factors, so N = 256 comes with a single accumulator, or N = 224 with two;
-the plan below takes N = 192 (two accumulators of 192 columns) + scale factors:
+**Checked here** (tests/test_indexer_sm100.py): ptxas for sm_100a (no spills, no local memory; the
+tcgen05 mma block_scale / cp / ld / alloc / dealloc / commit in the PTX and UTCQMMA-family / UTCCP /
+LDTM / UTCBAR in the SASS), and the kernel itself under the CUDA simulator with the semantic emulator
+(``dsv4_numba.emu``: TMA, mbarriers, tcgen05 alloc / cp / mma block-scaled / ld / commit, the TMEM
+column plan declared as regions) against the float64 oracle: several CTAs, two tokens per CTA and a
+token pair with one token, valid_len < N and = 0, a key tail (N not a multiple of BN), tiles skipped
+past valid_len, NaN-poisoned scores; then top-k against the oracle's selection with the tie rule of
+tests/test_indexer.py; the known-wrong integer E2M1 decode fails that check.
 
-    ACC0  =   0..191   f32 [128 x 192]
-    ACC1  = 192..383
-    SFA   = 384..391   4 columns per K = 64 block x 2 blocks (M = 128 rows: column = m // 32)
-    SFB0  = 392..403   N = 192 keys: 6 columns per block x 2 blocks (ring slot 0)
-    SFB1  = 404..415   (slot 1)
-    alloc 512
+**NOT run on Blackwell hardware** (no sm_100a GPU is lent). **Not built**: paged caches (a
+``block_table`` raises ``NotImplementedError`` naming the staged / sm_90a paths: TMA boxes of
+BN = 192 rows need contiguous keys; a page-aware ring with one box per page, or ``cp.async`` row
+gathers, is the next step), bfloat16 / FP8 inputs on sm_100a, M = 64 tiles for T = 1 (half of the
+128 MMA rows idle), 2-CTA MMA, a running top-k threshold in the epilogue, setmaxnreg per role.
 
-Napkin math (B200 from published peak figures, not measured: ~9 PFLOP/s dense FP4 tensor core,
-8 TB/s HBM3e, 148 SMs at ~1.85 GHz -> ~32768 dense FP4 FLOP / clk / SM; ~128 f32 FMA / clk / SM)
----------------------------------------------------------------------------------------------
-* Per (token, key): 2 H D = 16384 FLOP of MMA and 64 ReLU-multiply-adds of epilogue.
-* Decode (T = 1, N = 65536): keys = 65536 x 68 B = 4.5 MB -> 0.56 us at 8 TB/s; 1.07 GFLOP -> 0.12
-  us of MMA (with 64 of 128 rows idle): launch- and memory-bound (a few us), the top-k dominates.
-* Prefill (T = 4096, N = 65536, no causal skip): 4.4 TFLOP -> 0.49 ms at the FP4 peak. Per 128-row x
-  192-key tile: 2 x 128 x 192 x 128 = 6.3 MFLOP = 192 clk of MMA, but the epilogue reads 24576 TMEM
-  values and does 24576 FMA + the head reduction: >= 192 clk of FMA alone, ~2-3x that with the
-  reduction and loads -> epilogue-bound, expected ~30-50% of the FP4 peak (2.7-4.5 PFLOP/s,
-  1-1.6 ms), unless the head sum moves into the MMA (a second MMA with w as a [1 x 64] operand
-  after the ReLU -- needs the ReLU'd logits back in smem/TMEM as FP8/BF16: the next design step).
-  Peers: DeepGEMM's ``fp8_fp4_mqa_logits`` is the SM100 FP4 indexer (no published B200 number in
-  ../shared/reference/dsv4-facts.md).
+What it computes (as ``pipelines.indexer`` and the Hopper kernel ``indexer_sm90``)::
+
+    score[t, n] = sum_h w[t, h] * ReLU(q[t, h, :] . k[n, :])   for n < valid_len[t], else -inf
+    (H = 64 heads, D = 128), then out[t] = top-k of score[t, :valid_len[t]] (stages.topk)
+
+with q and k in ``dsv4_fp4`` (or ``mxfp4``: E2M1 codes, two per byte, + one UE8M0 scale per 32).
+
+Where the FP4 scales enter: the MMA itself applies them. With 32-element blocks b,
+``q . k = sum_b 2^(a_b + c_b) sum_{d in b} e(q_d) e(k_d)``; scale_vec::2X gives each row two scale
+factors per K = 64 instruction (the two 32-blocks it covers), read from the TMEM word of the row at
+half-word ``sf_id`` (0 for d < 64, 2 for d >= 64). No decode pass: the packed cache bytes are the
+MMA operand.
+
+Work decomposition
+------------------
+One CTA = a token pair (M = 128 MMA rows: row r = token 2 p + r // 64, head r % 64) x a chunk of
+``tiles_per_cta`` consecutive key tiles of BN = 192 keys. Grid (key chunks, ceil(T / 2));
+``launch_config`` fills the 148 SMs of a B200 once (decode: T = 1, N = 65536 -> 342 tiles in 114
+chunks of 3; prefill: one chunk of all tiles per token pair). Tiles at or past the larger valid_len
+of the pair are not loaded or multiplied; their scores are written as -inf.
+
+Warp roles (192 threads; the epilogue touches all 128 TMEM lanes, so it is a full warpgroup)
+----------------------------------------------------------------------------------------------
+* warp 5 -- **load** (all 32 lanes): the q scales of the pair once, then per key tile j into ring
+  slot j % STAGES (after ``empty[slot]``): the key scales re-laid out into 128x4 atoms (lane l
+  writes the 16 bytes of atom row l: keys l, l + 32, l + 64, l + 96 -- one st.shared.v4), fence.proxy.async,
+  a one-warp named barrier (``bar.sync 2, 32``: __syncwarp's ordering, and the simulator, whose
+  threads are not in lockstep, honours it), then lane 0 arrives with expect_tx and TMA-loads the key codes (2D box 192 rows x 64 B,
+  64B swizzle; rows past N are zero-filled). q codes: one TMA box (128 rows x 64 B) on ``bar_q``.
+  The scales are not TMA-loaded: the atom interleaves rows with a 4-byte stride (16 B at least).
+* warp 4 -- **MMA**: the whole warp allocates TMEM (512 columns), relinquishes the permit and frees
+  it at the end; lane 0 moves SFA to TMEM once (``tcgen05.cp.32x128b.warpx4``), then per tile:
+  wait ``full[slot]`` and (j >= 2) ``acc_empty[j % 2]``; cp of the tile's SFB (two atoms: 8
+  columns); 2 MMAs (K = 64 each, A / B descriptors advanced by 32 bytes inside the 64B swizzle
+  row, sf_id 0 / 2), first one overwrites; commit ``acc_full[j % 2]`` and ``empty[slot]``.
+* warps 0-3 -- **epilogue** (thread = TMEM lane = (token, head) row): wait ``acc_full``, per
+  32-column chunk ``tcgen05.ld.32x32b.x32``, ReLU x w[t, h] into a padded shared exchange, the 64
+  heads of each token summed by 64 threads (one per (token, key): coalesced 128-byte stores),
+  ``acc_empty`` arrived after the tile's last TMEM load (so the MMA of tile j + 2 overlaps the
+  reduction of tile j). Two named barriers (id 1, 128 threads) per chunk.
+
+Tensor Memory plan (``tmem_plan``; 128 lanes, 32-bit columns; declared to the emulator)
+--------------------------------------------------------------------------------------
+    ACC0 =   0..191   f32 [128 x 192] accumulator of even tiles
+    ACC1 = 192..383   odd tiles
+    SFA  = 384..387   q scales: row m in lane m % 32 of every quadrant, column m // 32, bytes k = 0..3
+    SFB0 = 392..399   key scales of even tiles: key n at column n // 32 (6 used, 2 atoms = 8 copied)
+    SFB1 = 400..407   odd tiles
+    alloc 512 (the power of two >= 408)
+Nothing overlaps live data: ACC_b and SFB_b are written (cp, MMA of tile j) only after
+``acc_empty[b]`` of tile j - 2 -- the epilogue's last TMEM read of ACC_b, and that MMA (the last
+reader of SFB_b) had completed before ``acc_full`` let the epilogue read; SFA is written once,
+before any MMA. cp and MMA issue from the same thread and execute in order.
+
+Shared memory (dynamic, 1024-aligned; ``smem_plan``): q codes 8 KB (64B swizzle, 512-aligned), the
+q scale atom 512 B, STAGES = 4 slots of key codes (12 KB each) and key-scale atoms (1 KB each) =
+~61 KB, + 16.5 KB static exchange (128 x 33 float32).
+
+Napkin math (B200 from published peak figures, not measured: ~9 PFLOP/s dense FP4 tensor core (18
+with sparsity), 8 TB/s HBM3e, 148 SMs at ~1.85 GHz -> ~32768 dense FP4 FLOP / clk / SM; 128 B / clk
+of shared memory per SM)
+-------------------------------------------------------------------------------------------------
+* Per (token, key): 2 H D = 16384 FLOP of MMA; per key 68 B of cache (64 B codes + 4 B scales),
+  read once per token pair chunk; 4 B of score written per (token, key).
+* Per tile (128 rows x 192 keys): 2 x 128 x 192 x 128 = 6.3 MFLOP = ~192 clk of MMA. The epilogue
+  moves 24576 float32 through shared memory twice (store, then the head-sum loads): 2 x 96 KB at
+  128 B / clk = ~1536 clk, plus ~600 issue slots per epilogue warp. **The epilogue bounds this
+  kernel at ~1500-2000 clk per tile, ~10-13% of the FP4 peak (~0.9-1.2 PFLOP/s).**
+* Decode (T = 1, N = 65536): 4.5 MB of keys -> 0.56 us at 8 TB/s; 342 tiles over 114 CTAs = 3
+  tiles per CTA ~ 3 x 2000 clk = ~3.3 us + launch and TMEM alloc: **~5 us for the scores**, then
+  the top-k (tens of us at N = 65536 with the reference-grade stage; FlashInfer's B200 top-k is ~34 us
+  at k = 2048, dsv4-facts). Half the MMA rows are idle at T = 1 (M = 64 would halve the epilogue).
+* Prefill-like T = 64, N = 65536 (32 token pairs, 342 tiles each = 10944 tiles over 148 SMs = 74
+  tiles per SM x ~2000 clk = ~80 us; 68.7 GFLOP -> ~0.9 PFLOP/s effective); T = 4096: 4.4 TFLOP, ~4.6 ms
+  at that rate (0.49 ms at the FP4 peak). Key traffic at T = 4096: 2048 pairs x 4.5 MB = 9.2 GB,
+  mostly L2 hits -- also ~0.5 ms: a second reason to take more tokens per CTA (2-CTA MMA, M = 256).
+* What lifts the bound: the head sum in registers (``shfl.bfly`` transpose-reduce, as indexer_sm90
+  v2: ~31 SHFL + 31 FADD per 32 keys per thread, no shared-memory round trip) -> ~600-800 clk per
+  tile (~25-30% of peak), or the head sum as a second MMA (ReLU'd logits as FP8 back to TMEM, times w
+  as a [64 x 1] B operand) -> MMA-bound. Peers: DeepGEMM's ``fp8_fp4_mqa_logits`` is the SM100 FP4
+  indexer (no published B200 figure in ../shared/reference/dsv4-facts.md); TensorRT-LLM's fused
+  MXFP4 indexer scan + top-k (PR #18844) reports only speed-ups (1.36-3.21x).
+
+What to check first on a B200
+-----------------------------
+1. ``pytest tests/gpu/test_indexer_sm100_gpu.py`` (skips off sm_100a): the step-1 tile kernel, then
+   ``fused_scores_sm100`` against the float64 oracle at the emulator shapes -- it isolates the
+   layouts: the packed-E2M1 K-major operand with 64B swizzle and the +32-byte K advance inside the
+   swizzle row, the SF TMEM layout for N = 192 (key n at lane n % 32, column n // 32 -- inferred from
+   CUTLASS, ptx-facts 2.6), sf_id 0 / 2 for the two K halves, the idesc N = 192 field.
+2. The TMEM address arithmetic: the column ``tcgen05.alloc`` returns (0 expected: one CTA per SM
+   can hold 512 columns; a second co-resident CTA waits in alloc) and the lane field
+   ``(32 * warp) << 16`` of the epilogue loads.
+3. Races the emulator cannot see (it completes async work at issue): the load warp's generic-proxy
+   scale stores -> fence.proxy.async -> bar.sync 2, 32 -> arrive; ``acc_empty`` before the next MMA into
+   the same accumulator; ``empty[slot]`` committed after the MMAs that read the slot.
+4. Then throughput: scores-only time at T = 1 / 4 / 64 x N = 65536 / 131072 against the estimates
+   above, and end-to-end ``indexer(..., impls="fused")`` (tools/bench_indexer.py-style, peers in the
+   same run).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import cuda  # noqa: F401
-from numba.types import float32, int32, uint32, uint64  # noqa: F401
+from numba.types import float32, int32, uint8, uint32, uint64  # noqa: F401
 
 from ..hw import ops
 from ..hw.bits import bits_f32
 from ..hw.descriptors import umma_idesc_block_scaled, umma_smem_desc
-from ..runtime import kernel
+from ..runtime import ArrayIO, kernel
+from .fmha_sm100 import syncwarp  # noqa: F401  (bar.warp.sync with a simulator twin)
+from .fmha_sm90 import NEG_INF  # noqa: F401
 
 H = 64                  # index heads
 D = 128                 # index head dim
 ROWS = 128              # MMA M: 2 tokens x 64 heads
 TOKENS_PER_TILE = ROWS // H
-BN = 192                # keys per tile (MMA N) of the planned pipelined kernel
+BN = 192                # keys per tile (MMA N)
 K_MMA = 64              # K per kind::mxf4nvf4 instruction
 SF_BLOCK = 32           # UE8M0 scale block (dsv4_fp4), scale_vec::2X
-STAGES = 3              # key ring depth
+STAGES = 4              # key ring depth
 TMEM_COLS = 512
+THREADS = 192           # epilogue warpgroup (warps 0-3), MMA warp 4, load warp 5
+MMA_WARP, LOAD_WARP = 4, 5
+NCH = BN // 32          # 32-column chunks per accumulator
+SF_ATOMS_B = -(-BN // 128)                 # 128x4 scale atoms per key tile
+ROW_BYTES = D // 2                         # 64 B of packed codes per row
+Q_BYTES = ROWS * ROW_BYTES                 # 8 KB
+K_BYTES = BN * ROW_BYTES                   # 12 KB
+RED_STRIDE = 33                            # padded exchange row (float32 words)
+RED_WORDS = ROWS * RED_STRIDE
+
+# TMEM columns (module docstring)
+ACC0, ACC1 = 0, BN
+SFA_COL = 2 * BN
+SFB0_COL = SFA_COL + 8
+SFB_COLS = 4 * SF_ATOMS_B                  # one warpx4 cp = 4 columns per atom
+SFB1_COL = SFB0_COL + SFB_COLS
+
+# shared memory (bytes from the 1024-aligned base)
+Q_OFF = 0
+SFA_OFF = Q_OFF + Q_BYTES
+K_OFF = SFA_OFF + 512
+SFB_OFF = K_OFF + STAGES * K_BYTES
+SFB_SLOT = 512 * SF_ATOMS_B
+DYN_SMEM = 1024 + SFB_OFF + STAGES * SFB_SLOT
+assert K_OFF % 512 == 0 and K_BYTES % 512 == 0     # 64B swizzle: the pattern repeats every 512 B
+
+# named barriers: 1 = the epilogue warpgroup, 2 = the load warp (a one-warp bar.sync: __syncwarp with
+# memory ordering, and one the simulator honours -- its threads are not in lockstep)
+EPI_BAR, LOAD_BAR = 1, 2
+
+# mbarriers
+BAR_Q = 0
+FULL0 = 1
+EMPTY0 = FULL0 + STAGES
+ACCF0 = EMPTY0 + STAGES
+ACCE0 = ACCF0 + 2
+NBARS = ACCE0 + 2
+
+# descriptors: packed E2M1 rows of 64 B, K-major, 64B swizzle (8-row groups 512 B apart; LBO unused)
+DESC_SW64 = umma_smem_desc(0, 16, 8 * ROW_BYTES, "64B")
+# a 32-row x 16-byte quarter of a 128x4 scale atom (tcgen05.cp source: rows 16 B apart, 8-row groups 128 B)
+DESC_SF = umma_smem_desc(0, 128, 128, "none")
+IDESC_K0, IDESC_K1 = (umma_idesc_block_scaled("mxf4nvf4", "e2m1", "e2m1", "ue8m0", ROWS, BN,
+                                              a_sf_id=2 * kb, b_sf_id=2 * kb) for kb in range(D // K_MMA))
 
 
 def tmem_plan() -> dict:
-    """name -> (first column, columns) of the planned TMEM layout (module docstring)."""
-    kblocks = D // K_MMA
-    sfa = (ROWS // 32) * kblocks                  # one column per 32 rows per K block
-    sfb = (BN // 32) * kblocks
-    plan = {"ACC0": (0, BN), "ACC1": (BN, BN)}
-    c = 2 * BN
-    plan["SFA"] = (c, sfa)
-    c += sfa
-    for s in range(2):
-        plan[f"SFB{s}"] = (c, sfb)
-        c += sfb
-    return plan
+    """name -> (first column, columns) of the kernel's TMEM layout (module docstring); the tests
+    declare it to the emulator (``emu.tmem_regions(**tmem_plan())``)."""
+    return {"ACC0": (ACC0, BN), "ACC1": (ACC1, BN), "SFA": (SFA_COL, 4),
+            "SFB0": (SFB0_COL, SFB_COLS), "SFB1": (SFB1_COL, SFB_COLS)}
 
 
 def smem_plan() -> dict:
-    """Bytes of the planned shared-memory tiles: packed E2M1 codes (D / 2 bytes per row) and the
-    128x4 scale atoms (512 B per 128 rows x 4 scales)."""
-    row = D // 2
-    sf_per_row = D // SF_BLOCK
-    q = ROWS * row
-    k = BN * row
-    sfa = -(-ROWS // 128) * 512 * (sf_per_row // 4)
-    sfb = -(-BN // 128) * 512 * (sf_per_row // 4)
-    reduce = TOKENS_PER_TILE * 8 * BN * 4          # head-sum partials: 8 per token per key (f32)
-    total = q + sfa + STAGES * (k + sfb) + reduce
-    return {"q": q, "k_slot": k, "sfa": sfa, "sfb_slot": sfb, "reduce": reduce, "total": total}
+    """Bytes of the shared-memory plan (module docstring)."""
+    red = ROWS * RED_STRIDE * 4
+    return {"q": Q_BYTES, "sfa": 512, "k_slot": K_BYTES, "sfb_slot": SFB_SLOT, "stages": STAGES,
+            "dynamic": DYN_SMEM, "reduce": red, "total": DYN_SMEM + red + 8 * NBARS + 4}
+
+
+def _check_plans():
+    p = tmem_plan()
+    items = sorted(p.values())
+    for (c0, n0), (c1, _n1) in zip(items, items[1:]):
+        assert c0 + n0 <= c1, p
+    assert max(c + n for c, n in p.values()) <= TMEM_COLS
+    assert smem_plan()["total"] <= 227 * 1024
+
+
+_check_plans()
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipelined kernel (module docstring: roles, barriers, TMEM and smem plans, napkin math)
+# ----------------------------------------------------------------------------------------------
+def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta):
+    """scores[t * N + n] (float32) for the CTA's token pair and key chunk. tmq / tmk: tensor maps of
+    the packed codes (q [T * 64, 64] and k [N, 64] uint8); qs / ks: UE8M0 scales uint8 [T * 64 * 4] /
+    [N * 4]; w float32 [T * 64]; vl int32 [T]."""
+    dyn = cuda.shared.array(0, uint8)
+    bars = cuda.shared.array(NBARS, uint64)
+    slot = cuda.shared.array(1, uint32)
+    red = cuda.shared.array(RED_WORDS, float32)
+    t = cuda.threadIdx.x
+    warp = t // 32
+    lane = t % 32
+    tok0 = cuda.blockIdx.y * 2
+    ntiles = (N + BN - 1) // BN
+    kt0 = cuda.blockIdx.x * tiles_per_cta
+    nt_all = max(min(kt0 + tiles_per_cta, ntiles) - kt0, 0)
+    vmax = 0
+    for i in range(2):
+        if tok0 + i < T:
+            vmax = max(vmax, min(max(int(vl[tok0 + i]), 0), N))
+    nt = min(max((vmax + BN - 1) // BN - kt0, 0), nt_all)     # tiles that hold a valid key
+    bar0 = ops.shared_address(bars)
+    sb = (ops.shared_address(dyn) + uint32(1023)) & uint32(0xFFFFFC00)
+    if t == 0:
+        ops.mbarrier_init(bar0, uint32(1))
+        for i in range(STAGES):
+            ops.mbarrier_init(bar0 + uint32(8 * (FULL0 + i)), uint32(1))
+            ops.mbarrier_init(bar0 + uint32(8 * (EMPTY0 + i)), uint32(1))
+        for i in range(2):
+            ops.mbarrier_init(bar0 + uint32(8 * (ACCF0 + i)), uint32(1))
+            ops.mbarrier_init(bar0 + uint32(8 * (ACCE0 + i)), uint32(ROWS))
+        ops.fence_mbarrier_init()
+    if warp == MMA_WARP:
+        ops.tcgen05_alloc(ops.shared_address(slot), uint32(TMEM_COLS))
+        ops.tcgen05_relinquish_alloc_permit()
+    ops.tcgen05_fence_before_thread_sync()
+    cuda.syncthreads()
+    ops.tcgen05_fence_after_thread_sync()
+    taddr = slot[0]
+    # ------------------------------------------------------------------ load warp (all lanes)
+    if warp == LOAD_WARP and nt > 0:
+        qa = ops.array_address(qs)
+        ka = ops.array_address(ks)
+        # q scales: atom row `lane` = (token, head) rows lane, lane + 32, lane + 64, lane + 96
+        r0 = tok0 * H + lane
+        s0 = ops.ld_global_nc_u32(qa + uint64(4 * r0)) if r0 < T * H else uint32(0)
+        s1 = ops.ld_global_nc_u32(qa + uint64(4 * (r0 + 32))) if r0 + 32 < T * H else uint32(0)
+        s2 = ops.ld_global_nc_u32(qa + uint64(4 * (r0 + 64))) if r0 + 64 < T * H else uint32(0)
+        s3 = ops.ld_global_nc_u32(qa + uint64(4 * (r0 + 96))) if r0 + 96 < T * H else uint32(0)
+        ops.st_shared_v4_b32(sb + uint32(SFA_OFF + 16 * lane), s0, s1, s2, s3)
+        ops.fence_proxy_async_shared_cta()
+        ops.named_barrier_sync(LOAD_BAR, 32)         # every lane's scales before lane 0 arrives
+        if lane == 0:
+            aq = ops.array_address(tmq)
+            ak = ops.array_address(tmk)
+            ops.fence_proxy_tensormap_acquire_sys(aq)
+            ops.fence_proxy_tensormap_acquire_sys(ak)
+            ops.mbarrier_arrive_expect_tx(bar0, uint32(Q_BYTES))
+            ops.tma_load_2d(sb + uint32(Q_OFF), aq, int32(0), int32(tok0 * H), bar0)
+        for j in range(nt):
+            st = j % STAGES
+            ops.mbarrier_wait_parity(bar0 + uint32(8 * (EMPTY0 + st)), uint32(((j // STAGES) & 1) ^ 1))
+            n0 = (kt0 + j) * BN
+            sfb = sb + uint32(SFB_OFF + st * SFB_SLOT)
+            for a in range(SF_ATOMS_B):
+                i0 = 128 * a + lane                   # key of the tile in atom row `lane`, + 32 i
+                k0 = n0 + i0
+                s0 = ops.ld_global_nc_u32(ka + uint64(4 * k0)) if i0 < BN and k0 < N else uint32(0)
+                s1 = ops.ld_global_nc_u32(ka + uint64(4 * (k0 + 32))) \
+                    if i0 + 32 < BN and k0 + 32 < N else uint32(0)
+                s2 = ops.ld_global_nc_u32(ka + uint64(4 * (k0 + 64))) \
+                    if i0 + 64 < BN and k0 + 64 < N else uint32(0)
+                s3 = ops.ld_global_nc_u32(ka + uint64(4 * (k0 + 96))) \
+                    if i0 + 96 < BN and k0 + 96 < N else uint32(0)
+                ops.st_shared_v4_b32(sfb + uint32(512 * a + 16 * lane), s0, s1, s2, s3)
+            ops.fence_proxy_async_shared_cta()
+            ops.named_barrier_sync(LOAD_BAR, 32)
+            if lane == 0:
+                full = bar0 + uint32(8 * (FULL0 + st))
+                ops.mbarrier_arrive_expect_tx(full, uint32(K_BYTES))
+                ops.tma_load_2d(sb + uint32(K_OFF + st * K_BYTES), ops.array_address(tmk), int32(0),
+                                int32(n0), full)
+    # ------------------------------------------------------------------ MMA warp (lane 0 issues)
+    if warp == MMA_WARP and lane == 0 and nt > 0:
+        ops.mbarrier_wait_parity(bar0, uint32(0))
+        ops.tcgen05_fence_after_thread_sync()
+        ops.tcgen05_cp_32x128b_warpx4(taddr + uint32(SFA_COL),
+                                      uint64(DESC_SF) | uint64(((sb + uint32(SFA_OFF)) >> 4) & 0x3FFF))
+        qdesc = uint64(DESC_SW64) | uint64(((sb + uint32(Q_OFF)) >> 4) & 0x3FFF)
+        for j in range(nt):
+            st = j % STAGES
+            b = j % 2
+            ops.mbarrier_wait_parity(bar0 + uint32(8 * (FULL0 + st)), uint32((j // STAGES) & 1))
+            if j >= 2:
+                ops.mbarrier_wait_parity(bar0 + uint32(8 * (ACCE0 + b)), uint32(((j // 2) - 1) & 1))
+            ops.tcgen05_fence_after_thread_sync()
+            sft = taddr + uint32(SFB0_COL + SFB_COLS * b)
+            sfs = sb + uint32(SFB_OFF + st * SFB_SLOT)
+            for a in range(SF_ATOMS_B):
+                ops.tcgen05_cp_32x128b_warpx4(sft + uint32(4 * a),
+                                              uint64(DESC_SF) | uint64(((sfs + uint32(512 * a)) >> 4) & 0x3FFF))
+            kdesc = uint64(DESC_SW64) | uint64(((sb + uint32(K_OFF + st * K_BYTES)) >> 4) & 0x3FFF)
+            acc = taddr + uint32(ACC0 + BN * b)
+            # K = 0..63 then 64..127: +32 bytes (= 2 in the >> 4 address field) inside the 64-byte row
+            ops.tcgen05_mma_mxf4nvf4_2x_ss(acc, qdesc, kdesc, uint32(IDESC_K0), taddr + uint32(SFA_COL),
+                                           sft, uint32(0))
+            ops.tcgen05_mma_mxf4nvf4_2x_ss(acc, qdesc + uint64(2), kdesc + uint64(2), uint32(IDESC_K1),
+                                           taddr + uint32(SFA_COL), sft, uint32(1))
+            ops.tcgen05_commit(bar0 + uint32(8 * (ACCF0 + b)))
+            ops.tcgen05_commit(bar0 + uint32(8 * (EMPTY0 + st)))
+    # ------------------------------------------------------------------ epilogue warpgroup
+    if warp < 4:
+        tok = tok0 + t // H
+        wt = float32(0)
+        if tok < T:
+            wt = w[tok * H + t % H]
+        lrow = uint32((32 * warp) << 16)
+        rtok = tok0 + t // 32                        # reducer threads t < 64: (token, key lane)
+        rvl = 0
+        if t < 64 and rtok < T:
+            rvl = min(max(int(vl[rtok]), 0), N)
+        for j in range(nt_all):
+            n0 = (kt0 + j) * BN
+            if j < nt:
+                b = j % 2
+                ops.mbarrier_wait_parity(bar0 + uint32(8 * (ACCF0 + b)), uint32((j // 2) & 1))
+                ops.tcgen05_fence_after_thread_sync()
+                for ch in range(NCH):
+                    v = ops.tcgen05_ld_32x32b_x32(taddr + lrow + uint32(ACC0 + BN * b + 32 * ch))
+                    ops.tcgen05_wait_ld()
+                    if ch == NCH - 1:                # the accumulator is free for tile j + 2
+                        ops.tcgen05_fence_before_thread_sync()
+                        ops.mbarrier_arrive(bar0 + uint32(8 * (ACCE0 + b)))
+                    for jj in range(32):
+                        x = bits_f32(v[jj])
+                        red[t * RED_STRIDE + jj] = (x if x > float32(0) else float32(0)) * wt
+                    ops.named_barrier_sync(EPI_BAR, ROWS)
+                    if t < 64:
+                        s = float32(0)
+                        for h in range(H):
+                            s += red[((t // 32) * H + h) * RED_STRIDE + lane]
+                        n = n0 + 32 * ch + lane
+                        if rtok < T and n < N:
+                            scores[rtok * N + n] = s if n < rvl else NEG_INF
+                    ops.named_barrier_sync(EPI_BAR, ROWS)
+            else:                                    # past both tokens' valid_len: no MMA
+                for i in range(t, 2 * BN, ROWS):
+                    n = n0 + i % BN
+                    if tok0 + i // BN < T and n < N:
+                        scores[(tok0 + i // BN) * N + n] = NEG_INF
+    # ------------------------------------------------------------------ teardown
+    syncwarp()
+    ops.tcgen05_fence_before_thread_sync()
+    cuda.syncthreads()
+    if warp == MMA_WARP:
+        ops.tcgen05_fence_after_thread_sync()
+        ops.tcgen05_dealloc(taddr, uint32(TMEM_COLS))
+
+
+indexer_fused_sm100 = kernel(_indexer_fused_sm100, launch_bounds=(THREADS, 1))
+
+
+def fused_signature():
+    from numba import types as ty
+    return (ty.uint64[::1], ty.uint64[::1], ty.uint8[::1], ty.uint8[::1], ty.float32[::1], ty.int32[::1],
+            ty.float32[::1], ty.int64, ty.int64, ty.int64)
+
+
+def production_kernels():
+    """(Kernel, signature) pairs for compile-only checks (``python -m dsv4_numba info``, tests)."""
+    return [(indexer_fused_sm100, fused_signature())]
+
+
+SMS = 148            # B200
+
+
+def launch_config(T: int, N: int, tiles_per_cta: int | None = None, sms: int = SMS) -> dict:
+    """CTAs of a call: a token pair x a chunk of ``tiles_per_cta`` key tiles; by default the key
+    tiles are split so that the pairs x chunks fill the SMs once."""
+    ntiles = -(-N // BN)
+    pairs = -(-T // TOKENS_PER_TILE)
+    if tiles_per_cta is None:
+        chunks = max(1, min(ntiles, -(-sms // max(pairs, 1))))
+        tiles_per_cta = -(-ntiles // chunks)
+    tiles_per_cta = max(1, int(tiles_per_cta))
+    return {"grid": (max(1, -(-ntiles // tiles_per_cta)), pairs), "tiles_per_cta": tiles_per_cta,
+            "ntiles": ntiles, "threads": THREADS, "dyn_smem": DYN_SMEM}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,7 +428,6 @@ def smem_plan() -> dict:
 V1_BN = 128
 V1_TMEM = 256                                     # ACC 0..127, SFA 128..131, SFB 132..135
 V1_ACC, V1_SFA, V1_SFB = 0, 128, 132
-ROW_BYTES = D // 2                                # 64 B of codes per row
 CHUNKS = ROW_BYTES // 16                          # 16-byte chunks per row
 TILE_BYTES = ROWS * ROW_BYTES                     # 8 KB (q tile, and the key tile: V1_BN = 128)
 DESC_CODES = umma_smem_desc(0, 128, 128 * CHUNKS, "none")     # LBO next chunk, SBO next 8 rows
@@ -251,11 +548,144 @@ def scores_launch(q, k, w):
     return (-(-T // 2), -(-N // V1_BN)), 128, args, V1_DYN
 
 
-def fused_production(*_a, **_k):
-    raise NotImplementedError("the sm_100a FP4 indexer is not wired into the stage registry yet: only the "
-                              "score tile kernel (indexer_scores_sm100) is built; use the staged indexer "
-                              "or the sm_90a fused one")
+
+# ----------------------------------------------------------------------------------------------
+# Host side: checks, placement, launch, top-k
+# ----------------------------------------------------------------------------------------------
+ARCH = "sm_100a"
+STAGED_HINT = ("use the staged pipeline (indexer(..., impls=None) / 'reference' / a {stage: choice} "
+               "dict), or the sm_90a fused kernel (impls='fused:sm_90a')")
 
 
-__all__ = ["tmem_plan", "smem_plan", "fused_production", "indexer_scores_sm100", "scores_launch",
-           "scores_signature", "H", "D", "BN", "ROWS"]
+def check_fusable(c, q, k_cache, weights):
+    """Raise (before any launch) for calls this kernel does not take, naming what to use instead:
+    the sm_90a kernel's checks (FP8, H / D, 32-bit positions, FP4 formats with UE8M0 per 32, device
+    bf16 weights), plus: FP4 only (no bfloat16 path here) and a contiguous cache."""
+    from .indexer_sm90 import check_fusable as _common
+    _common(c, q, k_cache, weights)
+    if c.fam != "fp4":
+        raise NotImplementedError("the sm_100a fused indexer takes FP4 (dsv4_fp4 / mxfp4) q and keys "
+                                  "only (block-scaled tcgen05.mma); bfloat16 inputs: " + STAGED_HINT)
+    if len(k_cache.shape) != 2:
+        raise NotImplementedError("the sm_100a fused indexer takes a contiguous key cache [N, 128] only; "
+                                  "paged caches (block_table) are not built for it yet (TMA boxes of "
+                                  f"{BN} contiguous rows): " + STAGED_HINT)
+
+
+class Plan:
+    """A prepared call (validated ``pipelines.indexer`` call ``c``, FP4 inputs): arrays placed,
+    tensor maps encoded (driver on a GPU, ``emu.tensor_map`` under the simulator); ``run()``
+    launches. ``out``: a kernel-side float32 [T * N] to write (tests poison it with NaN)."""
+
+    def __init__(self, c, q, k_cache, weights, tiles_per_cta=None, out=None):
+        T, N = c.T, c.N
+        io = ArrayIO(weights, q.data, q.scales, k_cache.data, k_cache.scales)
+        self.io, self.T, self.N = io, T, N
+        qd = io.to_kernel(q.data).reshape(T * H, ROW_BYTES)
+        kd = io.to_kernel(k_cache.data).reshape(N, ROW_BYTES)
+        qs = io.to_kernel(q.scales).reshape(-1)
+        ks = io.to_kernel(k_cache.scales).reshape(-1)
+        if isinstance(weights, np.ndarray):
+            w = io.to_kernel(np.ascontiguousarray(weights, dtype=np.float32).reshape(-1))
+        else:
+            w = io.to_kernel(weights).reshape(-1)
+        vl = c.valid_len
+        self.vl = io.to_kernel(np.array(vl, np.int32) if isinstance(vl, np.ndarray) else vl).reshape(-1)
+        self.scores = io.empty(T * N, np.float32) if out is None else out
+        self.cfg = launch_config(T, N, tiles_per_cta)
+        self.args = None
+        if T and N:
+            if io.gpu:
+                from ..hw.tma import tensor_map_on_device as tmap
+            else:
+                from ..emu import tensor_map as tmap
+            maps = (tmap(qd, (ROWS, ROW_BYTES), "64B"), tmap(kd, (BN, ROW_BYTES), "64B"))
+            self.keep = (qd, kd)
+            self.args = (maps[0], maps[1], qs, ks, w, self.vl, self.scores, T, N,
+                         self.cfg["tiles_per_cta"])
+            if io.gpu:
+                indexer_fused_sm100.reserve_dynamic_shared(self.args, DYN_SMEM)
+
+    def run(self):
+        if self.args is not None:
+            indexer_fused_sm100.launch(self.cfg["grid"], THREADS, *self.args, shared_bytes=DYN_SMEM)
+        return self
+
+
+def unavailable() -> str | None:
+    """None when the kernel can run here (an sm_100a GPU), else why not."""
+    from ..runtime import device_arch, mode
+    if mode() != "gpu":
+        return f"the fused indexer for {ARCH} needs a GPU of arch {ARCH}, but the run mode is 'sim'"
+    if device_arch() != ARCH:
+        return f"the fused indexer for {ARCH} is built for {ARCH}, but this device is {device_arch()}"
+    return None
+
+
+def fused_scores_sm100(c, q, k_cache, weights, tiles_per_cta=None, out=None):
+    """Scores [T * N] float32 (kernel-side) of a validated, fusable call (no availability check:
+    under the simulator this runs on the emulator -- the tests' entry)."""
+    check_fusable(c, q, k_cache, weights)
+    return Plan(c, q, k_cache, weights, tiles_per_cta, out).run()
+
+
+def fused_indexer(c, q, k_cache, weights, topk_impl=None, return_intermediates=False, emulate=False,
+                  tiles_per_cta=None, out=None):
+    """The sm_100a fused path of ``pipelines.indexer.indexer``: scores [T, N] from
+    ``indexer_fused_sm100``, then the registered top-k stage (``stages.topk.topk``, ``topk_impl``).
+    Raises ``ImplUnavailable`` before any launch off an sm_100a GPU unless ``emulate`` (the tests:
+    the kernel under the simulator + emulator; ``out``: a NaN-poisoned kernel-side scores buffer)."""
+    from ..registry import ImplUnavailable
+    from ..stages import topk as _topk
+    check_fusable(c, q, k_cache, weights)
+    why = unavailable()
+    if why is not None and not (emulate and why.endswith("'sim'")):
+        raise ImplUnavailable(f"indexer fused:{ARCH}: {why}; {STAGED_HINT}")
+    T, N, k = c.T, c.N, c.k
+    p = Plan(c, q, k_cache, weights, tiles_per_cta, out).run()
+    io, scores, vl = p.io, p.scores, p.vl
+    if T == 0 or N == 0:
+        idx = np.full((T, k), -1, np.int32)
+        vals = np.full((T, k), -np.inf, np.float32)
+        if io.gpu:
+            idx, vals = cuda.to_device(idx), cuda.to_device(vals)
+    else:
+        vals, idx = _topk.topk(scores.reshape(T, N), k, lengths=vl, impl=topk_impl)
+        vals, idx = vals.reshape(T, k), idx.reshape(T, k)
+    out = (io.result(idx), io.result(vals))
+    if return_intermediates:
+        return out + ({"scores": io.result(scores).reshape(T, N)},)
+    return out
+
+
+FUSED_ARCHS = ("sm_90a", ARCH)
+
+
+def pick_fused(impls: str):
+    """``impls`` = ``"fused"`` [``":sm_90a"`` | ``":sm_100a"``] [``":<top-k choice>"``] -> (the fused
+    path to call, top-k choice). Without an arch: this device's (sm_100a GPU -> this kernel; anything
+    else -> the sm_90a kernel, which runs on Hopper and under the simulator as before). An explicit
+    ``sm_100a`` that cannot run raises ``ImplUnavailable`` here, before any launch."""
+    from ..registry import ImplUnavailable
+    from ..runtime import device_arch
+    from .indexer_sm90 import fused_indexer as sm90
+    rest = impls.split(":", 1)[1] if ":" in impls else ""
+    arch = None
+    if rest.startswith("sm_"):
+        arch, _, rest = rest.partition(":")
+        if arch not in FUSED_ARCHS:
+            raise ImplUnavailable(f"impls={impls!r}: no fused indexer for {arch} (only "
+                                  f"{', '.join(FUSED_ARCHS)}); {STAGED_HINT}")
+    topk_impl = rest or None
+    if arch is None:
+        arch = ARCH if device_arch() == ARCH else "sm_90a"
+    elif arch == ARCH:
+        why = unavailable()
+        if why is not None:
+            raise ImplUnavailable(f"impls={impls!r}: {why}; {STAGED_HINT}")
+    return (fused_indexer if arch == ARCH else sm90), topk_impl
+
+
+__all__ = ["tmem_plan", "smem_plan", "indexer_fused_sm100", "fused_signature", "production_kernels",
+           "launch_config", "Plan", "check_fusable", "unavailable", "fused_scores_sm100", "fused_indexer",
+           "pick_fused", "indexer_scores_sm100", "scores_launch", "scores_signature", "H", "D", "BN", "ROWS"]
