@@ -184,6 +184,21 @@ def test_fused_sm100_under_the_emulator(monkeypatch, case):
     check_against_oracle(idx, vals, scores, oracle(q4, k4, w, vl), k)
 
 
+@pytest.mark.filterwarnings("error")
+def test_empty_calls_and_no_valid_key(monkeypatch):
+    """T = 0 or N = 0: no launch, -1 / -inf; valid_len 0 for every token: the kernel runs (2 CTAs, no
+    load and no MMA: the TMEM allocation is still made and freed) and writes -inf everywhere."""
+    from dsv4_numba.pipelines.indexer import _validate
+    monkeypatch.setenv("DSV4_MODE", "sim")
+    for T, N in ((0, 50), (2, 0)):
+        q4, k4, w = problem(5, T, N)
+        idx, vals = I.fused_indexer(_validate(q4, k4, w, 4, None, None), q4, k4, w, "reference", emulate=True)
+        assert idx.shape == vals.shape == (T, 4) and (idx == -1).all() and np.isneginf(vals).all()
+    q4, k4, w = problem(5, 3, 100)
+    idx, vals, scores = run_emulated(monkeypatch, q4, k4, w, 4, np.zeros(3, np.int32))
+    assert (idx == -1).all() and np.isneginf(vals).all() and np.isneginf(scores).all()
+
+
 def test_wrong_fp4_decode_in_the_mma_fails_the_check(monkeypatch):
     """The emulated MMA decoding E2M1 as sign * (code & 7) (formats.wrong, the bug that selected
     wrong blocks): the scores leave the bound and the check says so."""
