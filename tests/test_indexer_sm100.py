@@ -227,6 +227,17 @@ def test_scales_not_duplicated_to_the_lane_quadrants_are_reported(monkeypatch):
         run_emulated(monkeypatch, q4, k4, w, 4, np.array([100], np.int32))
 
 
+def test_missing_proxy_fence_before_the_scale_copy_is_reported(monkeypatch):
+    """The load warp's scale stores are generic-proxy writes read by tcgen05.cp (async proxy): without
+    fence.proxy.async the emulator names the unfenced bytes."""
+    from dsv4_numba import emu
+    from dsv4_numba.emu import ops as E
+    monkeypatch.setattr(E, "fence_proxy_async_shared_cta", lambda: E._enter() and None)
+    q4, k4, w = problem(14, 1, 100)
+    with pytest.raises(emu.EmulatorError, match="tcgen05_cp_32x128b_warpx4.*after the last fence.proxy.async"):
+        run_emulated(monkeypatch, q4, k4, w, 4, np.array([100], np.int32))
+
+
 def test_emulator_rejects_a_plan_the_kernel_does_not_follow(monkeypatch):
     """Declare ACC0 16 columns short: the first MMA writes past it and the emulator names it."""
     from dsv4_numba import emu
