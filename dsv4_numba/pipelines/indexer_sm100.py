@@ -137,7 +137,7 @@ from ..hw import ops
 from ..hw.bits import bits_f32
 from ..hw.descriptors import umma_idesc_block_scaled, umma_smem_desc
 from ..runtime import ArrayIO, kernel
-from .fmha_sm100 import syncwarp  # noqa: F401  (bar.warp.sync with a simulator twin)
+from .fmha_sm100 import syncwarp  # bar.warp.sync with a simulator twin
 from .fmha_sm90 import NEG_INF  # noqa: F401
 
 H = 64                  # index heads
@@ -176,7 +176,9 @@ DYN_SMEM = 1024 + SFB_OFF + STAGES * SFB_SLOT
 assert K_OFF % 512 == 0 and K_BYTES % 512 == 0     # 64B swizzle: the pattern repeats every 512 B
 
 # named barriers: 1 = the epilogue warpgroup, 2 = the load warp (a one-warp bar.sync: __syncwarp with
-# memory ordering, and one the simulator honours -- its threads are not in lockstep)
+# memory ordering, and one the simulator honours -- its threads are not in lockstep). bar.sync is
+# .aligned: each is preceded by a __syncwarp (bar.warp.sync) that reconverges the warp after the
+# per-lane mbarrier spin loops and divergent stores.
 EPI_BAR, LOAD_BAR = 1, 2
 
 # mbarriers
@@ -274,6 +276,7 @@ def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta):
         s3 = ops.ld_global_nc_u32(qa + uint64(4 * (r0 + 96))) if r0 + 96 < T * H else uint32(0)
         ops.st_shared_v4_b32(sb + uint32(SFA_OFF + 16 * lane), s0, s1, s2, s3)
         ops.fence_proxy_async_shared_cta()
+        syncwarp()                                   # reconverge for the .aligned bar.sync
         ops.named_barrier_sync(LOAD_BAR, 32)         # every lane's scales before lane 0 arrives
         if lane == 0:
             aq = ops.array_address(tmq)
@@ -299,6 +302,7 @@ def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta):
                     if i0 + 96 < BN and k0 + 96 < N else uint32(0)
                 ops.st_shared_v4_b32(sfb + uint32(512 * a + 16 * lane), s0, s1, s2, s3)
             ops.fence_proxy_async_shared_cta()
+            syncwarp()
             ops.named_barrier_sync(LOAD_BAR, 32)
             if lane == 0:
                 full = bar0 + uint32(8 * (FULL0 + st))
@@ -359,6 +363,7 @@ def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta):
                     for jj in range(32):
                         x = bits_f32(v[jj])
                         red[t * RED_STRIDE + jj] = (x if x > float32(0) else float32(0)) * wt
+                    syncwarp()
                     ops.named_barrier_sync(EPI_BAR, ROWS)
                     if t < 64:
                         s = float32(0)
@@ -367,6 +372,7 @@ def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta):
                         n = n0 + 32 * ch + lane
                         if rtok < T and n < N:
                             scores[rtok * N + n] = s if n < rvl else NEG_INF
+                    syncwarp()
                     ops.named_barrier_sync(EPI_BAR, ROWS)
             else:                                    # past both tokens' valid_len: no MMA
                 for i in range(t, 2 * BN, ROWS):
