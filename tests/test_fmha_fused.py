@@ -22,61 +22,89 @@ BF16 = ml_dtypes.bfloat16
 NO_GPU = detect_gpu() is None
 
 
-@pytest.fixture(scope="module", params=[(64, 2, "v1"), (128, 2, "v1"), (128, 1, "v1"),
-                                        (128, 2, "v2")],
-                ids=lambda p: f"D{p[0]}_nc{p[1]}_{p[2]}")
+# every (D, nc, schedule, dtype) the kernel has; the four of round 1 run in CI, the rest (20-70 s of
+# CPU each) are slow
+_FAST = {(64, 2, "v1", "bf16"), (128, 2, "v1", "bf16"), (128, 1, "v1", "bf16"), (128, 2, "v2", "bf16")}
+_ALL = [(D, nc, s, dt) for dt in fmha_sm90.DTYPES for D in fmha_sm90.SUPPORTED_D
+        for nc, s in fmha_sm90.variants(D)]
+
+
+@pytest.fixture(scope="module", params=[p if p in _FAST else pytest.param(p, marks=pytest.mark.slow)
+                                        for p in _ALL],
+                ids=lambda p: f"D{p[0]}_nc{p[1]}_{p[2]}_{p[3]}")
 def compiled(request):
-    D, nc, sched = request.param
-    return D, nc, sched, fmha_sm90.fused_kernel(D, nc, sched).compile(fmha_sm90.signature(), "sm_90a")
+    D, nc, sched, dt = request.param
+    return D, nc, sched, dt, fmha_sm90.fused_kernel(D, nc, sched, dt).compile(fmha_sm90.signature(),
+                                                                             "sm_90a")
+
+
+def test_every_variant_is_listed():
+    assert len(_ALL) == 2 * (4 * 3 - 1)              # no v1 prefill (nc = 2) at D = 256
+    assert (256, 2, "v1", "bf16") not in _ALL and (256, 2, "v2", "f16") in _ALL
+    assert {p[:3] for p in _FAST} <= {p[:3] for p in _ALL}
 
 
 def test_compiles_without_spills_or_local_memory(compiled):
-    D, nc, sched, res = compiled
+    D, nc, sched, dt, res = compiled
     assert res.spill_stores == res.spill_loads == res.stack_bytes == 0, res.summary()
     assert ".local" not in res.ptx, "accumulators must stay in registers"
-    threads = fmha_sm90.geometry(D, nc)["threads"]
+    threads = fmha_sm90.geometry(D, nc, sched)["threads"]
     assert res.registers <= (65536 // threads) // 8 * 8, res.summary()
     assert "serialized" not in res.ptxas_log, res.ptxas_log     # no wgmma serialisation warning
     assert "C7508" not in res.ptxas_log, res.ptxas_log          # setmaxnreg honoured (v2)
 
 
 def test_ptx_and_sass_hold_the_pipeline(compiled):
-    D, nc, sched, res = compiled
+    D, nc, sched, dt, res = compiled
     ptx = res.ptx
-    bn = fmha_sm90.BN_OF[sched]
+    bn = fmha_sm90.block_n(D, sched)
+    dp = fmha_sm90.padded_d(D)          # D = 16: O and the P V GEMM are 64 wide (zero-filled V)
     # S = Q K^T: D/16 SS wgmmas of N = bn per tile; O += P V: bn/16 RS wgmmas with imm-trans-b = 1;
-    # v2 generates each twice (first tile + loop for S, loop + last tile for P V)
-    copies = 1 if sched == "v1" else 2
-    ss = re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n{bn}k16\.f32\.bf16\.bf16 "
+    # v2 generates each twice (first tile + loop for S, loop + last tile for P V) except at D = 256
+    # (the serial body with setmaxnreg)
+    copies = 1 if sched == "v1" or D == 256 else 2
+    ss = re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n{bn}k16\.f32\.{dt}\.{dt} "
                     r"\{[^}]*\}, %rd\d+, %rd\d+, p, 1, 1, 0, 0;", ptx)
-    rs = re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n{D}k16\.f32\.bf16\.bf16 "
+    rs = re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n{dp}k16\.f32\.{dt}\.{dt} "
                     r"\{[^}]*\}, \{[^}]*\}, %rd\d+, p, 1, 1, 1;", ptx)
     assert len(ss) == copies * D // 16 and len(rs) == copies * bn // 16, (len(ss), len(rs))
     if sched == "v2":
-        for instr in ("setmaxnreg.dec.sync.aligned.u32 24", "setmaxnreg.inc.sync.aligned.u32 240",
-                      "wgmma.wait_group.sync.aligned 1", "bar.arrive", "bar.sync"):
+        for instr in ("setmaxnreg.dec.sync.aligned.u32 24", "setmaxnreg.inc.sync.aligned.u32 240"):
+            assert instr in ptx, instr
+    if sched == "v2" and D != 256:
+        for instr in ("wgmma.wait_group.sync.aligned 1", "bar.arrive", "bar.sync"):
             assert instr in ptx, instr
     for instr in ("cp.async.bulk.tensor.4d", "mbarrier.arrive.expect_tx", "mbarrier.try_wait.parity",
-                  "cvt.rn.bf16x2.f32", "fence.proxy.tensormap::generic.acquire",
+                  f"cvt.rn.{dt}x2.f32", "fence.proxy.tensormap::generic.acquire",
                   "wgmma.fence.sync.aligned", "wgmma.wait_group.sync.aligned 0", "shfl.sync.bfly"):
         assert instr in ptx, instr
     assert res.sass.count("HGMMA") == copies * (D // 16 + bn // 16)
+    assert (".bf16" in ptx) == (dt == "bf16")        # no mixed-type wgmma / conversion
     assert "UTMALDG" in res.sass
 
 
 @pytest.mark.parametrize("D", fmha_sm90.SUPPORTED_D)
 @pytest.mark.parametrize("nc,sched", [(1, "v1"), (2, "v1"), (2, "v2")])
 def test_shared_memory_plan(D, nc, sched):
+    if (nc, sched) not in fmha_sm90.variants(D):
+        with pytest.raises(ValueError, match="does not fit D = 256"):
+            fmha_sm90.geometry(D, nc, sched)
+        return
     g = fmha_sm90.geometry(D, nc, sched)
-    assert g["stages"] >= 2
+    dp = max(D, 64)                            # D = 16 lives in 64-wide (128-B) zero-filled boxes
+    bn = 64 if sched == "v1" or D == 256 else 128
+    assert g["stages"] >= 2 and g["bn"] == bn == fmha_sm90.block_n(D, sched) and g["dp"] == dp
     assert g["boxq"] % 1024 == 0 and g["boxk"] % 1024 == 0 and g["kbytes"] % 1024 == 0
-    assert g["qbytes"] == nc * 64 * D * 2
-    assert g["kbytes"] == fmha_sm90.BN_OF[sched] * D * 2
+    assert g["qbytes"] == nc * 64 * dp * 2
+    assert g["kbytes"] == bn * dp * 2
     assert g["dyn_smem"] + 8 * (1 + 3 * g["stages"]) <= 227 * 1024     # + static mbarriers
     assert g["threads"] == 128 * (nc + 1)
-    if sched == "v2":       # the ring as deep as fits: D = 128 -> 3 stages (225 KB), D = 64 -> 4
-        assert g["stages"] == {128: 3, 64: 4}[D]
+    if sched == "v2":       # the ring as deep as fits: D = 128 -> 3 stages (225 KB), D <= 64 -> 4,
+        # D = 256 -> 2 (Q 64 KB + 2 x (K 32 KB + V 32 KB) = 192 KB)
+        assert g["stages"] == {16: 4, 64: 4, 128: 3, 256: 2}[D]
         assert fmha_sm90.REGS[0] * 128 + fmha_sm90.REGS[1] * 256 <= 65536   # setmaxnreg pool
+    if D == 256 and nc == 1:                   # decode: Q 32 KB + 3 x 64 KB (v1 wants 4: no room)
+        assert g["stages"] == 3 and g["dyn_smem"] == 1024 + 32768 + 3 * 2 * 32768
 
 
 def test_schedule_selection(monkeypatch):
@@ -90,6 +118,13 @@ def test_schedule_selection(monkeypatch):
         fmha_sm90.schedule_for(2)
     with pytest.raises(ValueError, match="needs nc = 2"):
         fmha_sm90.geometry(64, 1, "v2")
+    # D = 256: prefill runs v2 whatever the environment says; v1 asked for by name is an error
+    monkeypatch.setenv("DSV4_FMHA_SCHEDULE", "v1")
+    assert fmha_sm90.schedule_for(2, None, 256) == "v2" and fmha_sm90.schedule_for(1, None, 256) == "v1"
+    with pytest.raises(ValueError, match="does not fit D = 256"):
+        fmha_sm90.schedule_for(2, "v1", 256)
+    with pytest.raises(ValueError, match="supports D in"):
+        fmha_sm90.geometry(32, 2, "v1")
 
 
 def test_descriptors():
@@ -107,8 +142,9 @@ def test_registered_as_attn_fused_production():
     # production:sm_100a (pipelines.fmha_sm100) is registered beside it; fmha picks by arch
     assert {"reference", "production:sm_90a"} <= set(st.impls)
     kern = st.impls["production:sm_90a"].kernels()
-    assert [k for k, _ in kern] == [fmha_sm90.fused_kernel(D, nc, s) for D in fmha_sm90.SUPPORTED_D
-                                    for nc, s in ((2, "v1"), (1, "v1"), (2, "v2"))]
+    assert [k for k, _ in kern] == [fmha_sm90.fused_kernel(D, nc, s, dt) for dt in ("bf16", "f16")
+                                    for D in (16, 64, 128, 256) for nc, s in fmha_sm90.variants(D)]
+    assert len(kern) == 22
 
 
 def test_launch_config_packs_gqa_heads():
@@ -148,11 +184,12 @@ def test_selection_errors_before_launch(no_launch):
         fmha(q, k, v, impls={FUSED: "production:sm_80"})
     with pytest.raises(ValueError, match="impl 'fast'"):
         fmha(q, k, v, impls={FUSED: "fast"})
-    q, k, v = _qkv(16)
-    with pytest.raises(registry.ImplUnavailable, match=r"D in \(64, 128\), not D = 16"):
-        fmha(q, k, v, impls={FUSED: "production"})
-    q, k, v = _qkv(64, np.float16)
-    with pytest.raises(registry.ImplUnavailable, match="bfloat16 q/k/v only"):
+    for D, dt in ((16, BF16), (256, np.float16)):       # supported: only the missing GPU stops them
+        q, k, v = _qkv(D, dt)
+        with pytest.raises(registry.ImplUnavailable, match="attn_fused.*needs a GPU"):
+            fmha(q, k, v, impls={FUSED: "production"})
+    q, k, v = _qkv(64, np.float32)
+    with pytest.raises(registry.ImplUnavailable, match="bfloat16 or float16 q/k/v"):
         fmha(q, k, v, impls="production")
     q, k, v = _qkv(64)
     with pytest.raises(registry.ImplUnavailable, match="return_intermediates"):
@@ -184,24 +221,28 @@ def test_generated_source_is_static():
 # rows), Tk = 100 (two key tiles, the second partly out of bounds: TMA zero fill), causal, a sink.
 # ----------------------------------------------------------------------------------------------
 def _emulated_run(monkeypatch, q, k, v, causal, sink, schedule="v1", kvlen=None):
-    """fmha_sm90's kernel under the emulator with ``launch_config``'s grid, box and packing."""
+    """fmha_sm90's kernel under the emulator with ``launch_config``'s grid, box and packing
+    (q/k/v bfloat16 or float16: the kernel of that dtype; boxes 64 wide whatever D, as Plan)."""
     from dsv4_numba import emu
     monkeypatch.setenv("DSV4_MODE", "sim")
     B, Tq, Hq, D = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
+    dt = "f16" if q.dtype == np.float16 else "bf16"
     cfg = fmha_sm90.launch_config(B, Tq, Hq, Hkv)
     g = fmha_sm90.geometry(D, cfg["nc"], schedule)
     boxes = (cfg["qbox"], (1, g["bn"], 1, 64), (1, g["bn"], 1, 64))
     maps = [emu.tensor_map(np.ascontiguousarray(x).view(np.uint16), box, "128B", dtype="bfloat16")
+            if dt == "bf16" else emu.tensor_map(np.ascontiguousarray(x), box, "128B")
             for x, box in zip((q, k, v), boxes)]
     out = np.full(B * Tq * Hq * D // 2, 0x7FC17FC1, np.uint32)           # NaN-poisoned
     lse = np.full(B * Hq * Tq, np.nan, np.float32)
     scale = D ** -0.5
-    fmha_sm90.fused_kernel(D, cfg["nc"], schedule).launch(
+    fmha_sm90.fused_kernel(D, cfg["nc"], schedule, dt).launch(
         cfg["grid"], g["threads"], *maps, out, lse, np.full(B, Tk if kvlen is None else kvlen, np.int32),
         np.asarray(sink, np.float32), np.int32(1), Tq, Tk, Hq, Hkv, cfg["G"], np.int32(causal),
         Tk - Tq, np.float32(scale * fmha_sm90.LOG2E), shared_bytes=g["dyn_smem"])
-    return out.view(BF16).reshape(B, Tq, Hq, D), lse.reshape(B, Hq, Tq), scale, cfg
+    return (out.view(BF16 if dt == "bf16" else np.float16).reshape(B, Tq, Hq, D),
+            lse.reshape(B, Hq, Tq), scale, cfg)
 
 
 # (B, Tq, Tk, Hq, Hkv, D, causal, schedule, kvlen): one CTA of 384 threads (2 consumers, the second
@@ -210,20 +251,31 @@ def _emulated_run(monkeypatch, q, k, v, causal, sink, schedule="v1", kvlen=None)
 # tiles wrap the 4-stage ring); schedule v2: 3 tiles of 128 keys (the loop body with S(kt) before
 # P V(kt-1), both ping-pong barriers, the tail P V), a key length of 290 < Tk = 300 with NaN in
 # the cache past it (the tail tile zeroes V rows 290..299)
-EMU_CASES = {"prefill_causal": (1, 70, 100, 1, 1, 64, True, "v1", None),
-             "decode3_gqa4_packed": (1, 3, 300, 8, 2, 64, True, "v1", None),
-             "v2_prefill_causal_len": (1, 70, 300, 1, 1, 64, True, "v2", 290)}
+# New head dims / dtype (issue 7 round 2): float16 at D = 16 as a decode (one CTA of 256 threads,
+# one real row, 2 key tiles, the second partly out of bounds; the 64-wide boxes over 16-wide rows:
+# zero fill in the columns too); float16 D = 64 prefill (v1); D = 16 prefill with v2 (128-key tiles,
+# key length edge); D = 256 with v2 (the serial body + setmaxnreg, 64-key tiles, 2-stage ring
+# wrapped by 3 tiles, NaN past the key length)
+EMU_CASES = {"prefill_causal": (1, 70, 100, 1, 1, 64, True, "v1", None, "bf16"),
+             "decode3_gqa4_packed": (1, 3, 300, 8, 2, 64, True, "v1", None, "bf16"),
+             "v2_prefill_causal_len": (1, 70, 300, 1, 1, 64, True, "v2", 290, "bf16"),
+             "f16_d16_decode": (1, 1, 100, 1, 1, 16, False, "v1", None, "f16"),
+             "f16_prefill_causal": (1, 70, 100, 1, 1, 64, True, "v1", None, "f16"),
+             "d16_v2_prefill_len": (1, 70, 200, 1, 1, 16, False, "v2", 190, "bf16"),
+             "d256_v2_prefill_causal_len": (1, 70, 190, 1, 1, 256, True, "v2", 185, "bf16")}
+_EMU_FAST = ("prefill_causal", "f16_d16_decode")
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c != "prefill_causal"
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c not in _EMU_FAST
                                   else c for c in EMU_CASES])       # ~100 s each on 2 CPU cores
 def test_fused_kernel_under_the_emulator(monkeypatch, case):
     from dsv4_numba.emu import EmulatorDeadlock
-    B, Tq, Tk, Hq, Hkv, D, causal, schedule, kvlen = EMU_CASES[case]
+    B, Tq, Tk, Hq, Hkv, D, causal, schedule, kvlen, dt = EMU_CASES[case]
+    ty, u = (BF16, 2.0 ** -8) if dt == "bf16" else (np.float16, 2.0 ** -11)   # unit roundoff
     g = np.random.default_rng(11)
-    q = (g.standard_normal((B, Tq, Hq, D)) * 3).astype(BF16)
-    k = g.standard_normal((B, Tk, Hkv, D)).astype(BF16)
-    v = (g.standard_normal((B, Tk, Hkv, D)) * 10.0 ** g.uniform(-1, 1, (B, Tk, Hkv, 1))).astype(BF16)
+    q = (g.standard_normal((B, Tq, Hq, D)) * 3).astype(ty)
+    k = g.standard_normal((B, Tk, Hkv, D)).astype(ty)
+    v = (g.standard_normal((B, Tk, Hkv, D)) * 10.0 ** g.uniform(-1, 1, (B, Tk, Hkv, 1))).astype(ty)
     sink = np.linspace(-1.0, 2.0, Hq).astype(np.float32)
     n = Tk if kvlen is None else kvlen
     k[:, n:] = np.nan                      # garbage past the key length never reaches a result
@@ -234,7 +286,7 @@ def test_fused_kernel_under_the_emulator(monkeypatch, case):
         out, lse, scale, cfg = _emulated_run(monkeypatch, q, k, v, causal, sink, schedule, kvlen)
     if case.endswith("packed"):
         assert cfg["G"] == Hq // Hkv and cfg["nc"] == 1
-    # float64 oracle (tests/gpu/test_fmha_gpu.py derives the bound; bf16 P and output dominate)
+    # float64 oracle (tests/gpu/test_fmha_gpu.py derives the bound; 16-bit P and output dominate)
     q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
     for b in range(B):
         for hq in range(Hq):
@@ -247,7 +299,7 @@ def test_fused_kernel_under_the_emulator(monkeypatch, case):
             den = e.sum(axis=1) + np.exp(sink[hq] - m[:, 0])
             p = e / den[:, None]
             O = p @ vv
-            bound = 2.0 ** -8 * np.abs(O) + 1.01 * (2.0 ** -8 + 1e-5) * (p @ np.abs(vv)) + 1e-30
+            bound = u * np.abs(O) + 1.01 * (u + 1e-5) * (p @ np.abs(vv)) + 1e-30
             got = out[b, :, hq].astype(np.float64)
             assert not np.isnan(got).any(), f"head {hq}: unwritten (NaN-poisoned) outputs"
             err = np.abs(got - O)

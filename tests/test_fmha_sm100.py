@@ -295,13 +295,13 @@ def test_fused_variant_is_picked_by_device_arch(monkeypatch):
         assert fm._pick_fused(None, c, False).key == f"production:{arch}"            # auto
         assert fm._pick_fused({fm.FUSED: "production"}, c, False).key == f"production:{arch}"
     assert fm._pick_fused({fm.FUSED: "production:sm_90a"}, c, False).key == "production:sm_90a"
-    q, k, v = _qkv(16)                                   # D = 16: the sm_100a kernel only
+    q, k, v = (x.astype(np.float16) for x in _qkv(64))  # float16: the sm_90a kernel only
     c = fm._validate(q, k, v, False, None, None, False, None)
-    assert fm._pick_fused("production", c, False).key == "production:sm_100a"
-    monkeypatch.setattr(fm, "device_arch", lambda: "sm_90a")
-    assert fm._pick_fused(None, c, False) is None                           # auto: staged on Hopper
-    with pytest.raises(registry.ImplUnavailable, match=r"D in \(64, 128\), not D = 16"):
+    assert fm._pick_fused(None, c, False) is None                     # auto: staged on Blackwell
+    with pytest.raises(registry.ImplUnavailable, match="bfloat16 q/k/v only"):
         fm._pick_fused("production", c, False)
+    monkeypatch.setattr(fm, "device_arch", lambda: "sm_90a")
+    assert fm._pick_fused("production", c, False).key == "production:sm_90a"
     with pytest.raises(registry.ImplUnavailable, match="no fused production variant for sm_80"):
         fm._pick_fused({fm.FUSED: "production:sm_80"}, c, False)
 

@@ -4,9 +4,12 @@ in the same run on the same GPU.
     python tools/bench_fmha.py            # all shapes (~1 min on an H100, incl. two kernel compiles)
     python tools/bench_fmha.py --quick    # fewer repetitions
     python tools/bench_fmha.py --quick --schedules v1,v2 --no-decode   # old vs new prefill schedule
+    python tools/bench_fmha.py --extra --schedules v2   # + D=256, D=16 and float16 rows (round 2)
 
 Shapes (issue 7): B=4, H=16, S=4096, D=128 non-causal and causal; B=4, H=32, S=4096, D=64
-non-causal; decode B=64, Tq=1, Tk=8192, Hq=64, Hkv=8, D=128.
+non-causal; decode B=64, Tq=1, Tk=8192, Hq=64, Hkv=8, D=128. ``--extra`` adds B=4, H=8, S=4096,
+D=256 non-causal and causal (the same FLOPs as the D=128 rows), D=128 non-causal in float16, and
+B=4, H=64, S=4096, D=16 non-causal (softmax-bound; the kernel pads it to 64 columns).
 
 Method: bfloat16 torch tensors in the project's layout [B, T, H, D]; torch gets the same tensors as
 [B, H, T, D] views (``transpose(1, 2)``, no copy; ``enable_gqa`` for decode). The fused kernel runs
@@ -27,10 +30,16 @@ import os
 
 import numpy as np
 
-PREFILL = [  # (name, B, T, H, D, causal)
-    ("prefill D=128", 4, 4096, 16, 128, False),
-    ("prefill D=128 causal", 4, 4096, 16, 128, True),
-    ("prefill D=64 H=32", 4, 4096, 32, 64, False),
+PREFILL = [  # (name, B, T, H, D, causal, dtype)
+    ("prefill D=128", 4, 4096, 16, 128, False, "bf16"),
+    ("prefill D=128 causal", 4, 4096, 16, 128, True, "bf16"),
+    ("prefill D=64 H=32", 4, 4096, 32, 64, False, "bf16"),
+]
+EXTRA = [   # --extra: the head dims and dtype of round 2
+    ("prefill D=256 H=8", 4, 4096, 8, 256, False, "bf16"),
+    ("prefill D=256 H=8 causal", 4, 4096, 8, 256, True, "bf16"),
+    ("prefill D=128 f16", 4, 4096, 16, 128, False, "f16"),
+    ("prefill D=16 H=64", 4, 4096, 64, 16, False, "bf16"),
 ]
 DECODE = ("decode", 64, 1, 8192, 64, 8, 128)     # name, B, Tq, Tk, Hq, Hkv, D
 SDPA_REF = {"prefill D=128": 673, "prefill D=128 causal": 544, "prefill D=64 H=32": 478}  # issue 7
@@ -41,7 +50,10 @@ def plan_for(torch, q, k, v, causal, schedule=None):
 
     from dsv4_numba.pipelines import fmha_sm90
     from dsv4_numba.pipelines.fmha import _validate
-    dq, dk, dv = (cuda.as_cuda_array(x.view(torch.int16)).view(np.uint16) for x in (q, k, v))
+    if q.dtype == torch.float16:
+        dq, dk, dv = (cuda.as_cuda_array(x) for x in (q, k, v))
+    else:
+        dq, dk, dv = (cuda.as_cuda_array(x.view(torch.int16)).view(np.uint16) for x in (q, k, v))
     c = _validate(dq, dk, dv, causal, None, None, False, None)
     why = fmha_sm90.unsupported(c, False)
     if why:
@@ -51,9 +63,9 @@ def plan_for(torch, q, k, v, causal, schedule=None):
 
 
 def out_of(torch, plan, shape):
-    """The plan's output as a torch bfloat16 tensor [B, T, H, D] (a copy)."""
+    """The plan's output as a torch tensor of q's dtype [B, T, H, D] (a copy)."""
     host = plan.out.copy_to_host().view(np.int16).reshape(shape)
-    return torch.from_numpy(host).view(torch.bfloat16).cuda()
+    return torch.from_numpy(host).view(torch.float16 if plan.dtype == "f16" else torch.bfloat16).cuda()
 
 
 def main(argv=None):
@@ -63,13 +75,16 @@ def main(argv=None):
                     help="comma-separated fmha_sm90 consumer schedules to time on the prefill "
                          "shapes (default: the default schedule), e.g. v1,v2")
     ap.add_argument("--no-decode", action="store_true", help="skip the decode shape")
+    ap.add_argument("--extra", action="store_true",
+                    help="also time the D=256, D=16 and float16 prefill rows (EXTRA)")
     ap.add_argument("--shapes", default=None,
                     help="comma-separated prefill shape names to run (default: all)")
     args = ap.parse_args(argv)
     scheds = args.schedules.split(",") if args.schedules else [None]
-    shapes = [p for p in PREFILL if args.shapes is None or p[0] in args.shapes.split(",")]
+    table = PREFILL + (EXTRA if args.extra else [])
+    shapes = [p for p in table if args.shapes is None or p[0] in args.shapes.split(",")]
     if args.shapes is not None and len(shapes) != len(args.shapes.split(",")):
-        raise SystemExit(f"--shapes: names are {[p[0] for p in PREFILL]}, got {args.shapes!r}")
+        raise SystemExit(f"--shapes: names are {[p[0] for p in table]}, got {args.shapes!r}")
     import torch
     import torch.nn.functional as F
     from numba import cuda
@@ -83,8 +98,9 @@ def main(argv=None):
     print(f"# device-to-device copy: {copy_gbs:.0f} GB/s (read + write)")
     rows = []
     g = torch.Generator(device="cuda").manual_seed(0)
-    for name, B, T, H, D, causal in shapes:
-        q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    for name, B, T, H, D, causal, dt in shapes:
+        tdt = torch.float16 if dt == "f16" else torch.bfloat16
+        q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=tdt, generator=g)
                    for _ in range(3))
         ref = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
                                              v.transpose(1, 2), is_causal=causal).transpose(1, 2)

@@ -71,7 +71,7 @@ import ml_dtypes
 import numpy as np
 
 from .. import registry
-from ..runtime import ArrayIO, device_arch, is_device_array
+from ..runtime import F16, ArrayIO, device_arch, is_device_array
 from ..runtime.arrays import float_kind, is_contiguous, typestr
 from ..stages import attention_stages  # noqa: F401  (registers attn_qk / attn_pv / attn_epilogue)
 from ..stages import softmax as _softmax
@@ -344,8 +344,9 @@ def _run_fused(impl, q, k, v, c, return_lse):
     """The fused sm_90a kernel (``pipelines.fmha_sm90``) on one validated call."""
     B, Tq, Hq, D = c.B, c.Tq, c.Hq, c.D
     io = ArrayIO(q, k, v)
+    odt = np.float16 if c.kind == F16 else np.uint16      # the kernel writes q's 16-bit type
     if B * Tq * Hq == 0:                       # nothing to compute: empty results, no launch
-        out = io.empty((B, Tq, Hq, D), np.uint16)
+        out = io.empty((B, Tq, Hq, D), odt)
         lse = io.empty((B, Hq, Tq), np.float32)
     else:
         def placed(x):
@@ -355,7 +356,7 @@ def _run_fused(impl, q, k, v, c, return_lse):
             return x.reshape(-1)
         sink = io.to_kernel(c.sink) if c.sink is not None else None
         o, lse = impl.fn(c, placed(q), placed(k), placed(v), io.to_kernel(c.lens), sink)
-        out = o.view(np.uint16).reshape(B, Tq, Hq, D)
+        out = o.view(odt).reshape(B, Tq, Hq, D)
         lse = lse.reshape(B, Hq, Tq)
     out = io.result(out, ml_dtypes.bfloat16 if c.host_bf16 else None)
     if return_lse:

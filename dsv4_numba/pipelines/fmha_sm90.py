@@ -128,7 +128,9 @@ from ..hw.portable import pack_bf16x2  # noqa: F401  (cvt.rn.bf16x2.f32, with a 
 from ..hw.portable import warp_shfl_xor as shfl_xor_f32  # noqa: F401  (used by generated source)
 from ..runtime import device, kernel
 
-SUPPORTED_D = (64, 128)
+SUPPORTED_D = (16, 64, 128, 256)
+#: q/k/v element types of the fused kernel (wgmma .bf16 / .f16 inputs, float32 accumulation)
+DTYPES = ("bf16", "f16")
 BM = 64            # query rows per consumer warpgroup (the wgmma M)
 BN = 64            # keys per tile (schedule v1)
 NC = 2             # consumer warpgroups per CTA
@@ -141,7 +143,7 @@ SCHEDULES = ("v1", "v2")
 #: v2 since it passed tests/gpu/test_fmha_gpu.py -k v2 (28 tests) on an H200 (sm_90a, the H100's SM)
 #: on 2026-11-25 and ran 0.83x / 0.82x SDPA there (v1: 0.61x); v1 stays selectable
 DEFAULT_SCHEDULE = "v2"
-BN_OF = {"v1": 64, "v2": 128}
+BN_OF = {"v1": 64, "v2": 128}   # keys per tile; v2 at D = 256 uses 64 (``block_n``)
 REGS = (24, 240)   # v2: setmaxnreg of the producer / consumer warpgroups (24*128 + 240*256 <= 64K)
 PP_BAR = 2         # v2: named barriers PP_BAR + cw order the consumers' GEMM issue (1: V zeroing)
 SMEM_LIMIT = 227 * 1024        # opt-in dynamic shared memory per block on sm_90
@@ -168,6 +170,14 @@ def desc_v(bn: int) -> int:
 
 DESC_V = desc_v(BN)
 
+# The float16 wgmmas this kernel issues (hw.ops binds only bf16 / e4m3 at import): bound here, at
+# import of this module (``dsv4_numba`` imports it), so that they exist before ``dsv4_numba.emu.ops``
+# -- imported lazily, on the first emulated launch -- copies hw.ops' wgmma table.
+for _n in (64, 128):
+    ops.wgmma_binding(_n, "f16", "smem")                 # S = Q K^T (SS), N = keys per tile
+for _n in (64, 128, 256):
+    ops.wgmma_binding(_n, "f16", "regs", True)           # O += P V (RS, MN-major V), N = padded D
+
 
 
 
@@ -180,21 +190,41 @@ def geometry(D: int, nc: int = NC, schedule: str = "v1") -> dict:
         raise ValueError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
     if schedule == "v2" and nc != 2:
         raise ValueError("schedule v2 (ping-pong consumers) needs nc = 2 consumer warpgroups")
-    bn = BN_OF[schedule]
-    nbox = D // 64
+    if D not in SUPPORTED_D:
+        raise ValueError(f"the fused sm_90a kernel supports D in {SUPPORTED_D}, not {D}")
+    if schedule == "v1" and nc == 2 and D == 256:
+        raise ValueError("schedule v1 with nc = 2 does not fit D = 256 (O alone is 128 registers "
+                         "of the 168 a thread gets without setmaxnreg): use schedule v2")
+    bn = block_n(D, schedule)
+    dp = padded_d(D)
+    nbox = dp // 64
     g = {"nbox": nbox, "boxq": BM * 128, "boxk": bn * 128, "qbytes": nc * nbox * BM * 128,
-         "kbytes": nbox * bn * 128, "nc": nc, "bn": bn, "schedule": schedule}
+         "kbytes": nbox * bn * 128, "nc": nc, "bn": bn, "schedule": schedule, "dp": dp}
+    fit = (SMEM_LIMIT - 1024 - 128 - g["qbytes"]) // (2 * g["kbytes"])
     if schedule == "v1":
-        g["stages"] = STAGES[nc]
+        g["stages"] = min(STAGES[nc], fit)
     else:                          # as deep as shared memory allows (mbarriers are static), <= 4
-        g["stages"] = min(4, (SMEM_LIMIT - 1024 - 128 - g["qbytes"]) // (2 * g["kbytes"]))
+        g["stages"] = min(4, fit)
     g["dyn_smem"] = 1024 + g["qbytes"] + 2 * g["stages"] * g["kbytes"]
     g["threads"] = 128 * (nc + 1)
     return g
 
 
-def kernel_name(D: int, nc: int, schedule: str = "v1") -> str:
-    return f"fmha_fwd_d{D}_c{nc}" + ("" if schedule == "v1" else f"_{schedule}")
+def block_n(D: int, schedule: str) -> int:
+    """Keys per tile: 64 (v1), 128 (v2), but 64 for v2 at D = 256 (O is 128 registers there; S of
+    128 keys would be 64 more, past the consumers' 240 -- FlashAttention-3 also narrows hdim 256)."""
+    return 64 if D == 256 else BN_OF[schedule]
+
+
+def padded_d(D: int) -> int:
+    """The head dim the shared-memory tiles and O hold: D, but 64 for D = 16 (TMA boxes 64 wide over
+    the 16-wide rows: the engine zero-fills columns 16..63; module docstring, "D = 16")."""
+    return max(D, 64)
+
+
+def kernel_name(D: int, nc: int, schedule: str = "v1", dtype: str = "bf16") -> str:
+    return (f"fmha_fwd_d{D}_c{nc}" + ("" if schedule == "v1" else f"_{schedule}")
+            + ("" if dtype == "bf16" else f"_{dtype}"))
 
 
 # ---------------------------------------------------------------------------- kernel source
@@ -306,7 +336,7 @@ def _consumer_setup(a, D, g):
     a("        LB = min(kvlen, max(rB + coff + 1, 0))")
     a(f"    qdesc = uint64({DESC_KMAJOR}) | uint64(((q_sm + uint32(cw * {g['nbox'] * g['boxq']})) >> 4)"
       f" & 0x3FFF)")
-    for i in range(D // 2):
+    for i in range(g["dp"] // 2):
         a(f"    o{i} = float32(0)")
     for i in range(g["bn"] // 2):
         a(f"    s{i} = float32(0)")
@@ -323,7 +353,8 @@ def _qk(a, D, g, ind):
     a(f"{ind}kdesc = uint64({DESC_KMAJOR}) | uint64(((k_sm + uint32(st * {g['kbytes']})) >> 4)"
       f" & 0x3FFF)")
     a(f"{ind}ops.wgmma_fence()")
-    wg_s = f"ops.wgmma_m64n{bn}k16_f32_bf16_ss"
+    wg_s = f"ops.wgmma_m64n{bn}k16_f32_{g['dtype']}_ss"
+    # D = 16: one k step (columns 16..63 of the 64-wide boxes are TMA zero fill: nothing to add)
     for kk in range(D // 16):
         c, j = divmod(kk, 4)
         a(f"{ind}{S} = {wg_s}({S}, qdesc + uint64({(c * g['boxq'] + 32 * j) >> 4}),"
@@ -380,7 +411,7 @@ def _softmax(a, D, g, ind, rescale_o, branchless=False):
         a(f"{ind}s{i} = math.exp2(s{i} - u{r})")
         a(f"{ind}l{r} += s{i}")
     if rescale_o:
-        _rescale_o(a, D, ind)
+        _rescale_o(a, g["dp"], ind)
 
 
 def _rescale_o(a, D, ind):
@@ -388,11 +419,18 @@ def _rescale_o(a, D, ind):
         a(f"{ind}o{i} = o{i} * c{_rowhalf(i)}")
 
 
+def _pack(dtype):
+    """The f32 pair -> 16-bit pair conversion of ``dtype``: cvt.rn.bf16x2.f32 / cvt.rn.f16x2.f32
+    (PTX ISA 9.1 §9.7.9.21, sm_80+; ``hw.portable.pack_bf16x2`` / ``hw.ops.pack_f16x2``)."""
+    return "pack_bf16x2" if dtype == "bf16" else "ops.pack_f16x2"
+
+
 def _pack_p(a, g, ind):
     # P: the S fragment of keys 16j..16j+15 as the A fragment of one k16 step (low half = lower key)
+    pk = _pack(g["dtype"])
     for j in range(g["bn"] // 16):
         for q in range(4):
-            a(f"{ind}p{4 * j + q} = pack_bf16x2(s{8 * j + 2 * q + 1}, s{8 * j + 2 * q})")
+            a(f"{ind}p{4 * j + q} = {pk}(s{8 * j + 2 * q + 1}, s{8 * j + 2 * q})")
 
 
 def _zero_v_tail(a, NC, g, ind):
@@ -415,7 +453,7 @@ def _zero_v_tail(a, NC, g, ind):
 
 def _pv(a, D, g, ind, first):
     """O += P V of the tile in slot base ``vbase``: bn/16 RS wgmmas m64n{D}k16, imm-trans-b = 1."""
-    O = _regs("o", D // 2)
+    O = _regs("o", g["dp"] // 2)
     a(f"{ind}vdesc = uint64({desc_v(g['bn'])}) | uint64((vbase >> 4) & 0x3FFF)")
     if first:
         a(f"{ind}first = uint32(1 if kt > 0 else 0)")
@@ -423,13 +461,15 @@ def _pv(a, D, g, ind, first):
     for kk in range(g["bn"] // 16):
         P = ", ".join(f"p{4 * kk + q}" for q in range(4))
         acc = "first" if (first and kk == 0) else "uint32(1)"
-        a(f"{ind}{O} = ops.wgmma_m64n{D}k16_f32_bf16_rs_tb({O}, {P},"
+        a(f"{ind}{O} = ops.wgmma_m64n{g['dp']}k16_f32_{g['dtype']}_rs_tb({O}, {P},"
           f" vdesc + uint64({(kk * 16 * 128) >> 4}), {acc})")
     a(f"{ind}ops.wgmma_commit_group()")
 
 
-def _epilogue(a, D):
-    """Sink, quad-reduced row sums, normalise, bf16 stores straight from registers, lse."""
+def _epilogue(a, D, dtype="bf16"):
+    """Sink, quad-reduced row sums, normalise, 16-bit stores straight from registers (the D real
+    columns: D = 16 stores o0..o7 of the 32 it holds), lse."""
+    pk = _pack(dtype)
     for r in "AB":
         a("    sk = NEG_INF")
         a("    if has_sink:")
@@ -445,10 +485,10 @@ def _epilogue(a, D):
     a(f"    obB = ((b * Tq + rB) * Hq + hB) * {D // 2} + lane % 4")
     a("    if rA < Tq:")
     for gi in range(D // 8):
-        a(f"        out[obA + {4 * gi}] = pack_bf16x2(o{4 * gi + 1} * wA, o{4 * gi} * wA)")
+        a(f"        out[obA + {4 * gi}] = {pk}(o{4 * gi + 1} * wA, o{4 * gi} * wA)")
     a("    if rB < Tq:")
     for gi in range(D // 8):
-        a(f"        out[obB + {4 * gi}] = pack_bf16x2(o{4 * gi + 3} * wB, o{4 * gi + 2} * wB)")
+        a(f"        out[obB + {4 * gi}] = {pk}(o{4 * gi + 3} * wB, o{4 * gi + 2} * wB)")
     a("    if lane % 4 == 0:")
     a("        if rA < Tq:")
     a("            lse[(b * Hq + hA) * Tq + rA] = NEG_INF if lA == float32(0) else "
@@ -458,19 +498,24 @@ def _epilogue(a, D):
       "(gB + math.log2(lB)) * float32(LN2)")
 
 
-def _source(D: int, NC: int, schedule: str = "v1") -> str:
-    """The kernel source of one (D, NC, schedule); see the module docstring for both schedules."""
-    g = geometry(D, NC, schedule)
+def _source(D: int, NC: int, schedule: str = "v1", dtype: str = "bf16") -> str:
+    """The kernel source of one (D, NC, schedule, dtype); see the module docstring."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
+    g = dict(geometry(D, NC, schedule), dtype=dtype)
     FULLK0, FULLV0, EMPTY0, _ = _slots(g["stages"])
     STAGES = g["stages"]
     L = []
     a = L.append
-    _prologue(a, D, NC, g, kernel_name(D, NC, schedule))
+    _prologue(a, D, NC, g, kernel_name(D, NC, schedule, dtype))
     _producer(a, NC, g, REGS if schedule == "v2" else None)
     _consumer_setup(a, D, g)
     a("    ops.mbarrier_wait_parity(bar0, uint32(0))")
-    if schedule == "v1":
-        # per tile, serial: S GEMM, wait, softmax, PV GEMM, wait, release the slot
+    if schedule == "v1" or D == 256:
+        # per tile, serial: S GEMM, wait, softmax, PV GEMM, wait, release the slot. v2 at D = 256
+        # runs this body too (with setmaxnreg, 64-key tiles, a 2-stage ring): the overlapped body
+        # keeps P(kt-1) live beside S(kt) and O -- 128 + 32 + 16 registers -- and ptxas spilled
+        # (module docstring, "D = 256")
         a("    for kt in range(nt):")
         a(f"        st = kt % {STAGES}")
         a(f"        ph = uint32((kt // {STAGES}) & 1)")
@@ -512,7 +557,7 @@ def _source(D: int, NC: int, schedule: str = "v1") -> str:
         a(f"            ops.mbarrier_wait_parity(bar0 + uint32(8 * ({FULLV0} + sp)), php)")
         a(f"            ops.named_barrier_sync({mine}, uint32(256))")
         _qk(a, D, g, "            ")
-        _rescale_o(a, D, "            ")
+        _rescale_o(a, g["dp"], "            ")
         a(f"            vbase = v_sm + uint32(sp * {g['kbytes']})")
         _pv(a, D, g, "            ", first=False)
         a(f"            ops.named_barrier_arrive({other}, uint32(256))")
@@ -528,48 +573,63 @@ def _source(D: int, NC: int, schedule: str = "v1") -> str:
           f" uint32((kt // {STAGES}) & 1))")
         a(f"        vbase = v_sm + uint32(st * {g['kbytes']})")
         _zero_v_tail(a, NC, g, "        ")
-        _rescale_o(a, D, "        ")
+        _rescale_o(a, g["dp"], "        ")
         _pv(a, D, g, "        ", first=False)
         a("        ops.wgmma_wait_group_0()")
         a(f"        ops.mbarrier_arrive(bar0 + uint32(8 * ({EMPTY0} + st)))")
         # balance the opening arrive: warpgroup 1's last arrive on barrier PP_BAR is consumed here
         a("    if cw == 0:")
         a(f"        ops.named_barrier_sync(uint32({PP_BAR}), uint32(256))")
-    _epilogue(a, D)
+    _epilogue(a, D, dtype)
     return "\n".join(L) + "\n"
 
 _KERNELS: dict = {}
 
 
-def fused_kernel(D: int, nc: int = NC, schedule: str = "v1"):
-    """The ``runtime.Kernel`` for head dim D, ``nc`` consumer warpgroups and the consumer
-    ``schedule`` (generated once each)."""
+def fused_kernel(D: int, nc: int = NC, schedule: str = "v1", dtype: str = "bf16"):
+    """The ``runtime.Kernel`` for head dim D, ``nc`` consumer warpgroups, the consumer
+    ``schedule`` and the q/k/v element type ``dtype`` ("bf16" / "f16"; generated once each)."""
     if D not in SUPPORTED_D:
         raise ValueError(f"the fused sm_90a kernel supports D in {SUPPORTED_D}, not {D}")
     if nc not in (1, 2):
         raise ValueError(f"nc (consumer warpgroups) must be 1 or 2, not {nc}")
-    key = (D, nc, schedule)
+    key = (D, nc, schedule, dtype)
     if key not in _KERNELS:
         g = geometry(D, nc, schedule)                    # validates the schedule
-        src = _source(D, nc, schedule)
+        src = _source(D, nc, schedule, dtype)
         ns = globals()
-        code = compile(src, f"<fmha_sm90 generated D={D} NC={nc} {schedule}>", "exec")
+        code = compile(src, f"<fmha_sm90 generated D={D} NC={nc} {schedule} {dtype}>", "exec")
         exec(code, ns)                                   # noqa: S102 (our own generated source)
-        fn = ns.pop(kernel_name(D, nc, schedule))
+        fn = ns.pop(kernel_name(D, nc, schedule, dtype))
         # launch bounds: setmaxnreg (v2) needs them, and they cap the entry register count
         _KERNELS[key] = kernel(fn, launch_bounds=(g["threads"], 1))
     return _KERNELS[key]
 
 
-def schedule_for(nc: int, schedule: str | None = None) -> str:
+def schedule_for(nc: int, schedule: str | None = None, D: int | None = None) -> str:
     """The schedule a call with ``nc`` consumer warpgroups runs: ``schedule`` if given, else
-    ``DSV4_FMHA_SCHEDULE``, else ``DEFAULT_SCHEDULE``; v1 whenever nc = 1 (v2 needs two)."""
+    ``DSV4_FMHA_SCHEDULE``, else ``DEFAULT_SCHEDULE``; v1 whenever nc = 1 (v2 needs two). D = 256
+    with nc = 2 runs v2 whatever the environment says (v1 does not fit its registers); asking for
+    it by ``schedule="v1"`` is a ValueError."""
     import os
     s = schedule or os.environ.get("DSV4_FMHA_SCHEDULE") or DEFAULT_SCHEDULE
     if s not in SCHEDULES:
         raise ValueError(f"fmha_sm90 schedule must be one of {SCHEDULES}, not {s!r} "
                          f"(DSV4_FMHA_SCHEDULE / schedule=)")
-    return "v1" if nc == 1 else s
+    if nc == 1:
+        return "v1"
+    if D == 256 and s == "v1":
+        if schedule == "v1":
+            raise ValueError("fmha_sm90 schedule v1 does not fit D = 256 with two consumer "
+                             "warpgroups (registers); D = 256 prefill runs v2")
+        return "v2"
+    return s
+
+
+#: the (nc, schedule) kernels each head dim has: decode (nc = 1, v1) and prefill (nc = 2) v1 / v2,
+#: but no v1 prefill at D = 256
+def variants(D: int):
+    return [(nc, s) for nc, s in ((2, "v1"), (1, "v1"), (2, "v2")) if not (D == 256 and nc == 2 and s == "v1")]
 
 
 def signature():
@@ -581,8 +641,8 @@ def signature():
 
 
 def production_kernels():
-    return [(fused_kernel(D, nc, s), signature()) for D in SUPPORTED_D for nc, s in
-            ((2, "v1"), (1, "v1"), (2, "v2"))]
+    return [(fused_kernel(D, nc, s, dt), signature()) for dt in DTYPES for D in SUPPORTED_D
+            for nc, s in variants(D)]
 
 
 def launch_config(B: int, Tq: int, Hq: int, Hkv: int) -> dict:
@@ -602,11 +662,14 @@ def launch_config(B: int, Tq: int, Hq: int, Hkv: int) -> dict:
 
 
 def unsupported_by(c, return_intermediates: bool, supported_d, arch: str, sp_home: str,
-                   d_note: str = "") -> str | None:
+                   d_note: str = "", with_f16: bool = False) -> str | None:
     """Why a fused attention kernel cannot run this (validated) call, or None: ``supported_d`` its
-    head dims, ``arch`` how its D message names it, ``sp_home`` where it keeps S/P."""
-    from ..runtime import BF16
-    if c.kind != BF16:
+    head dims, ``arch`` how its D message names it, ``sp_home`` where it keeps S/P, ``with_f16``
+    whether it takes float16 as well as bfloat16."""
+    from ..runtime import BF16, F16
+    if with_f16 and c.kind not in (BF16, F16):
+        return "the fused kernel takes bfloat16 or float16 q/k/v (float32: staged pipeline)"
+    if not with_f16 and c.kind != BF16:
         return "the fused kernel takes bfloat16 q/k/v only (float16 / float32: staged pipeline)"
     if c.D not in supported_d:
         return f"the fused {arch}kernel supports D in {supported_d}, not D = {c.D}{d_note}"
@@ -619,8 +682,7 @@ def unsupported_by(c, return_intermediates: bool, supported_d, arch: str, sp_hom
 
 def unsupported(c, return_intermediates: bool) -> str | None:
     """Why the fused kernel cannot run this (validated) call, or None."""
-    return unsupported_by(c, return_intermediates, SUPPORTED_D, "", "registers",
-                          " (staged pipeline does)")
+    return unsupported_by(c, return_intermediates, SUPPORTED_D, "", "registers", with_f16=True)
 
 
 def kernel_args(c, maps, out, lse, lens, sink, G, has_sink):
@@ -630,9 +692,16 @@ def kernel_args(c, maps, out, lse, lens, sink, G, has_sink):
             np.int32(c.causal), int(c.Tk - c.Tq), np.float32(c.scale * LOG2E))
 
 
+def dtype_of(c) -> str:
+    """The kernel dtype of a validated call: "f16" for float16 q/k/v, else "bf16"."""
+    from ..runtime import F16
+    return "f16" if c.kind == F16 else "bf16"
+
+
 class Plan:
     """A prepared fused call: device arrays, tensor maps and grid; ``launch()`` only launches
-    (benchmarks time ``launch``). ``out`` is uint32 [B*Tq*Hq*D/2] (bf16 pairs), ``lse`` float32."""
+    (benchmarks time ``launch``). ``out`` is uint32 [B*Tq*Hq*D/2] (bf16 or f16 pairs, q's type),
+    ``lse`` float32. q/k/v: bfloat16 as uint16 bits, or float16."""
 
     def __init__(self, c, qd, kd, vd, lens, sink, schedule=None):
         from numba import cuda  # noqa: F811
@@ -641,12 +710,15 @@ class Plan:
         B, Tq, Tk, Hq, Hkv, D = c.B, c.Tq, c.Tk, c.Hq, c.Hkv, c.D
         self.c = c
         cfg = launch_config(B, Tq, Hq, Hkv)
-        self.schedule = schedule_for(cfg["nc"], schedule)
+        self.schedule = schedule_for(cfg["nc"], schedule, D)
+        self.dtype = dtype_of(c)
         g = geometry(D, cfg["nc"], self.schedule)
         q4, k4, v4 = (x.reshape(B, T, H, D) for x, T, H in ((qd, Tq, Hq), (kd, Tk, Hkv), (vd, Tk, Hkv)))
-        self.tq = tensor_map_on_device(q4, cfg["qbox"], "128B", dtype="bfloat16")
-        self.tk = tensor_map_on_device(k4, (1, g["bn"], 1, 64), "128B", dtype="bfloat16")
-        self.tv = tensor_map_on_device(v4, (1, g["bn"], 1, 64), "128B", dtype="bfloat16")
+        # boxes 64 wide (128 B, the swizzle span) whatever D: at D = 16 the engine zero-fills 16..63
+        tdt = "bfloat16" if self.dtype == "bf16" else None       # float16 arrays carry their type
+        self.tq = tensor_map_on_device(q4, cfg["qbox"], "128B", dtype=tdt)
+        self.tk = tensor_map_on_device(k4, (1, g["bn"], 1, 64), "128B", dtype=tdt)
+        self.tv = tensor_map_on_device(v4, (1, g["bn"], 1, 64), "128B", dtype=tdt)
         self.keep = (q4, k4, v4)                           # the maps point into these
         self.out = cuda.device_array(B * Tq * Hq * D // 2, np.uint32)
         self.lse = cuda.device_array(B * Hq * Tq, np.float32)
@@ -655,7 +727,7 @@ class Plan:
         self.args = kernel_args(c, (self.tq, self.tk, self.tv), self.out, self.lse, self.lens,
                                 self.sink, cfg["G"], sink is not None)
         self.grid = cfg["grid"]
-        self.k = fused_kernel(D, cfg["nc"], self.schedule)
+        self.k = fused_kernel(D, cfg["nc"], self.schedule, self.dtype)
         self.smem = g["dyn_smem"]
         self.k.reserve_dynamic_shared(self.args, self.smem)
         self.threads = g["threads"]
@@ -686,5 +758,5 @@ def fused_production(c, qd, kd, vd, lens, sink):
     return p.out, p.lse
 
 
-__all__ = ["SUPPORTED_D", "SCHEDULES", "fused_kernel", "schedule_for", "signature", "geometry", "Plan", "fused_production",
+__all__ = ["SUPPORTED_D", "DTYPES", "SCHEDULES", "block_n", "padded_d", "variants", "dtype_of", "fused_kernel", "schedule_for", "signature", "geometry", "Plan", "fused_production",
            "unsupported", "unsupported_by", "kernel_args", "production_kernels"]

@@ -11,6 +11,9 @@ float32 P)::
     |out - O64| <= u_bf |O64| + (1 + u_bf) E + 2^-134                (one rounding to bf16)
     |lse - lse64| <= Delta + 16 u (Z + Delta + |lse64|) + gamma(Tk + 8)
 
+float16 inputs: the same bound with u_bf replaced by the float16 unit roundoff 2^-11 (P and the
+output are rounded to float16; every value here is far inside float16's range).
+
 Exact rules: rows that see no key give out = 0 and lse = -inf (no sink) / the sink (within the
 float32 rounding of sink * log2(e) * ln(2)); outputs are poisoned with NaN before the launch, so an
 unwritten element fails; the same call twice is bitwise equal. The K/V cache past kv_lengths is
@@ -45,7 +48,9 @@ def need_sm90a():
 
 
 def oracle(q, k, v, causal=False, scale=None, sink=None, kv_lengths=None):
-    """float64 out [B,Tq,Hq,D], lse [B,Hq,Tq] and their bounds (module docstring), vectorized."""
+    """float64 out [B,Tq,Hq,D], lse [B,Hq,Tq] and their bounds (module docstring), vectorized; the
+    16-bit unit roundoff from q's dtype (bfloat16 2^-8, float16 2^-11)."""
+    UBF = 2.0 ** -11 if np.asarray(q).dtype == np.float16 else 2.0 ** -8
     q64, k64, v64 = (np.asarray(x).astype(np.float64) for x in (q, k, v))
     B, Tq, Hq, D = q64.shape
     Tk, Hkv = k64.shape[1], k64.shape[2]
@@ -109,24 +114,27 @@ def check(out, lse, orc, name):
     assert (e <= Lb + 1e-30).all(), f"{name}: lse error {e.max():.3g} > bound {Lb[e > Lb].min():.3g}"
 
 
-def problem(seed, B, Tq, Tk, Hq, Hkv, D, spread=3.0):
+def problem(seed, B, Tq, Tk, Hq, Hkv, D, spread=3.0, dtype=BF16):
     g = np.random.default_rng(seed)
     q = g.standard_normal((B, Tq, Hq, D)) * spread
     k = g.standard_normal((B, Tk, Hkv, D))
     v = g.standard_normal((B, Tk, Hkv, D)) * 10.0 ** g.uniform(-1, 1, (B, Tk, Hkv, 1))
     v.reshape(-1)[g.integers(0, v.size, max(1, v.size // 64))] *= 50          # outliers
-    return q.astype(BF16), k.astype(BF16), v.astype(BF16)
+    return q.astype(dtype), k.astype(dtype), v.astype(dtype)
 
 
 def run_plan(q, k, v, causal=False, sink=None, kv_lengths=None, scale=None, schedule="v1"):
-    """Through fmha's validation and the fused Plan (consumer ``schedule``, see fmha_sm90), with
-    NaN-poisoned outputs; returns host arrays (out as bfloat16 [B,Tq,Hq,D], lse [B,Hq,Tq])."""
+    """Through fmha's validation and the fused Plan (consumer ``schedule``, see fmha_sm90; None:
+    the default), with NaN-poisoned outputs; returns host arrays (out as q's dtype [B,Tq,Hq,D],
+    lse [B,Hq,Tq])."""
     from numba import cuda
 
     from dsv4_numba.pipelines.fmha import _validate
     c = _validate(q, k, v, causal, scale, sink, True, kv_lengths)
     assert fmha_sm90.unsupported(c, False) is None
-    dev = [cuda.to_device(np.ascontiguousarray(x).view(np.uint16)) for x in (q, k, v)]
+    f16 = q.dtype == np.float16
+    dev = [cuda.to_device(np.ascontiguousarray(x) if f16 else np.ascontiguousarray(x).view(np.uint16))
+           for x in (q, k, v)]
     plan = fmha_sm90.Plan(c, *(x.reshape(-1) for x in dev), cuda.to_device(c.lens),
                           cuda.to_device(c.sink) if c.sink is not None else None, schedule=schedule)
     plan.out.copy_to_device(np.full(plan.out.shape, 0x7FC17FC1, np.uint32))   # NaN poison
@@ -139,9 +147,13 @@ def run_plan(q, k, v, causal=False, sink=None, kv_lengths=None, scale=None, sche
         os._exit(3)
     cuda.synchronize()
     B, Tq, Hq, D = q.shape
-    return (plan.out.copy_to_host().view(BF16).reshape(B, Tq, Hq, D),
+    return (plan.out.copy_to_host().view(np.float16 if f16 else BF16).reshape(B, Tq, Hq, D),
             plan.lse.copy_to_host().reshape(B, Hq, Tq))
 
+
+#: the head dims of round 1 (bfloat16, schedules v1 and v2 each); every D x dtype runs in
+#: test_every_dim_and_dtype_vs_oracle (the default schedule)
+ROUND1_D = (64, 128)
 
 SHAPES = {   # (B, Tq, Tk, Hq, Hkv)
     "mha_127x129": (2, 127, 129, 2, 2),
@@ -154,7 +166,7 @@ SHAPES = {   # (B, Tq, Tk, Hq, Hkv)
 }
 
 
-@pytest.mark.parametrize("D", fmha_sm90.SUPPORTED_D)
+@pytest.mark.parametrize("D", ROUND1_D)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
 def test_fused_vs_oracle(shape, causal, D):
@@ -172,7 +184,7 @@ V2_SHAPES = {k: SHAPES[k] for k in ("mha_127x129", "gqa_129x127", "mqa_1000", "g
 V2_SHAPES["long"] = (1, 1048, 2048, 2, 2)
 
 
-@pytest.mark.parametrize("D", fmha_sm90.SUPPORTED_D)
+@pytest.mark.parametrize("D", ROUND1_D)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("shape", list(V2_SHAPES), ids=list(V2_SHAPES))
 def test_v2_vs_oracle(shape, causal, D):
@@ -186,7 +198,7 @@ def test_v2_vs_oracle(shape, causal, D):
 
 
 @pytest.mark.parametrize("schedule", ["v1", "v2"])
-@pytest.mark.parametrize("D", fmha_sm90.SUPPORTED_D)
+@pytest.mark.parametrize("D", ROUND1_D)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_lengths_sink_and_garbage_past_length(causal, D, schedule):
     """Per-batch key lengths incl. 0 (documented result: out 0, lse = sink / -inf), a sink, and a
@@ -209,7 +221,7 @@ def test_lengths_sink_and_garbage_past_length(causal, D, schedule):
 
 
 @pytest.mark.parametrize("schedule", ["v1", "v2"])
-@pytest.mark.parametrize("D", fmha_sm90.SUPPORTED_D)
+@pytest.mark.parametrize("D", ROUND1_D)
 def test_causal_more_queries_than_keys(D, schedule):
     """Tq > Tk causal: the first Tq - Tk queries see nothing (out 0, lse -inf); with v2 the first
     CTA (queries 0..127) has a single, partly visible key tile."""
@@ -231,7 +243,7 @@ def test_nan_rules(schedule):
     assert np.isfinite(out[0, ok].astype(np.float32)).all()
 
 
-@pytest.mark.parametrize("D", fmha_sm90.SUPPORTED_D)
+@pytest.mark.parametrize("D", ROUND1_D)
 def test_public_api_selects_fused_repeatable_and_device_arrays(D):
     from numba import cuda
     q, k, v = problem(5, 2, 300, 300, 4, 2, D)
@@ -256,12 +268,64 @@ def test_fused_vs_staged():
 
 
 def test_unsupported_is_a_clear_error():
-    q, k, v = problem(8, 1, 4, 4, 1, 1, 16)
-    with pytest.raises(d.registry.ImplUnavailable, match=r"D in \(64, 128\)"):
+    q, k, v = (x.astype(np.float32) for x in problem(8, 1, 4, 4, 1, 1, 64))
+    with pytest.raises(d.registry.ImplUnavailable, match="bfloat16 or float16"):
         fmha(q, k, v, impls="production")
-    q16, k16, v16 = (x.astype(np.float16) for x in problem(8, 1, 4, 4, 1, 1, 64))
-    with pytest.raises(d.registry.ImplUnavailable, match="bfloat16"):
-        fmha(q16, k16, v16, impls="production")
+    q, k, v = problem(8, 1, 4, 4, 1, 1, 16)
+    with pytest.raises(d.registry.ImplUnavailable, match="return_intermediates"):
+        fmha(q, k, v, impls="production", return_intermediates=True)
+    with pytest.raises(ValueError, match="does not fit D = 256"):
+        run_plan(*problem(8, 1, 200, 200, 1, 1, 256), schedule="v1")
+
+
+# ---------------------------------------------------------------- every D x dtype (round 2)
+# Each (D, dtype) compiles 2 kernels (decode nc = 1 v1, prefill v2): run one process per pair in
+# parallel to spread the compiles: -k "every and D16 and f16" etc. (tools' device command).
+DTYPES = {"bf16": BF16, "f16": np.float16}
+
+
+@pytest.mark.parametrize("dt", list(DTYPES))
+@pytest.mark.parametrize("D", fmha_sm90.SUPPORTED_D, ids=[f"D{x}" for x in fmha_sm90.SUPPORTED_D])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape", list(V2_SHAPES) + ["decode1_gqa", "decode4_mqa", "one"])
+def test_every_dim_and_dtype_vs_oracle(shape, causal, D, dt):
+    B, Tq, Tk, Hq, Hkv = {**SHAPES, **V2_SHAPES}[shape]
+    q, k, v = problem(zlib.crc32(f"all{shape}{causal}{D}{dt}".encode()), B, Tq, Tk, Hq, Hkv, D,
+                      dtype=DTYPES[dt])
+    out, lse = run_plan(q, k, v, causal=causal, schedule=None)
+    assert out.dtype == DTYPES[dt]
+    check(out, lse, oracle(q, k, v, causal=causal), f"{shape} causal={causal} D={D} {dt}")
+
+
+@pytest.mark.parametrize("dt", list(DTYPES))
+@pytest.mark.parametrize("D", fmha_sm90.SUPPORTED_D, ids=[f"D{x}" for x in fmha_sm90.SUPPORTED_D])
+def test_every_dim_and_dtype_lengths_sink_api(D, dt):
+    """Key lengths incl. 0 with NaN past them and a sink (default schedule, causal), then the public
+    API on NumPy and device arrays: bitwise equal to the Plan, repeatable."""
+    from numba import cuda
+    B, Tq, Tk, Hq, Hkv = 4, 129, 200, 4, 2
+    q, k, v = problem(17 + D, B, Tq, Tk, Hq, Hkv, D, dtype=DTYPES[dt])
+    lens = np.array([0, 1, 130, 200], np.int32)
+    for b, n in enumerate(lens):
+        k[b, n:] = np.nan
+        v[b, n:] = np.nan
+    sink = np.array([0.5, -2.0, 3.0, -np.inf], np.float32)
+    out, lse = run_plan(q, k, v, causal=True, sink=sink, kv_lengths=lens, schedule=None)
+    check(out, lse, oracle(q, k, v, causal=True, sink=sink, kv_lengths=lens), f"lengths D={D} {dt}")
+    assert (out[0].astype(np.float32) == 0).all()
+    q, k, v = problem(5, 2, 300, 300, 4, 2, D, dtype=DTYPES[dt])
+    a = fmha(q, k, v, causal=True, impls="production", return_lse=True)
+    b = fmha(q, k, v, causal=True, return_lse=True)                     # auto picks the fused kernel
+    assert a[0].dtype == DTYPES[dt]
+    np.testing.assert_array_equal(a[0].view(np.uint16), b[0].view(np.uint16))
+    np.testing.assert_array_equal(a[1].view(np.uint32), b[1].view(np.uint32))
+    check(a[0], a[1], oracle(q, k, v, causal=True), f"public api D={D} {dt}")
+    ref, _ = run_plan(q, k, v, causal=True, schedule=None)
+    np.testing.assert_array_equal(a[0].view(np.uint16), ref.view(np.uint16))
+    dev = [cuda.to_device(np.ascontiguousarray(x) if dt == "f16" else np.ascontiguousarray(x).view(np.uint16))
+           for x in (q, k, v)]
+    do = fmha(*dev, causal=True, impls="production")
+    np.testing.assert_array_equal(do.copy_to_host().view(np.uint16), a[0].view(np.uint16))
 
 
 def test_public_api_runs_v2_by_environment(monkeypatch):
