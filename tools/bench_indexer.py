@@ -4,13 +4,20 @@
     python tools/bench_indexer.py --quick    # the three target rows (FP4), fewer repetitions
     python tools/bench_indexer.py --fmt fp4  # one format
     python tools/bench_indexer.py --variant v2   # one fused kernel (v1: round 1, H100-verified)
+    python tools/bench_indexer.py --variant v2,v3 --fmt fp4,fp8 --shapes 1x65536x512,16x262144x2048
+    python tools/bench_indexer.py --precompile --variant v2,v3 --fmt fp4,fp8   # fill Numba's
+        # disk cache with the fused kernels, one process per kernel in parallel (~1.5 min of
+        # compiles on 16 cores instead of ~4 in series), then exit
 
 Rows are not started once ``--max-seconds`` (default 40) have passed since the start (compiles
 included): the table of what ran is printed either way.
 
 The torch path is what users write today: dequantize (FP4: nibble unpack, E2M1 table, x 2^(s-127)
-per 32, to bf16), ``einsum('thd,nd->thn')`` in bf16, ReLU, times w[t, h], sum over heads (float32),
-``torch.topk``. dsv4_numba: the fused kernel (scores [T, N] written once) + the production top-k
+per 32, to bf16; FP8: E4M3 -> bf16 by torch.float8_e4m3fn, q's scale folded into w, the key's
+scale on the head sum), ``einsum('thd,nd->thn')`` in bf16, ReLU, times w[t, h], sum over heads
+(float32), ``torch.topk``. Variant ``v3``: the v2 kernel counting the top-k histogram + the
+select of ``pipelines/indexer_topk.py`` (no histogram launch); its "scores us" is the kernel
+with the histogram, "total us" kernel + select. dsv4_numba: the fused kernel (scores [T, N] written once) + the production top-k
 stage on prepared, preallocated outputs. Both on the same device-resident inputs (H = 64, D = 128,
 valid_len = N). Timing: CUDA events around 10 (--quick: 5) back-to-back calls queued behind a spin kernel
 (``dsv4_numba.runtime.bench.time_gpu``), median of 5 (3) repeats, after a warm-up; key caches rotate
@@ -60,10 +67,21 @@ def torch_dequant_fp4(torch, data, scales, lut):
     return (v * s).to(torch.bfloat16)
 
 
+def e4m3_codes(torch, shape):
+    """Random E4M3 bytes without the NaN codes (0x7F / 0xFF)."""
+    c = torch.randint(0, 256, shape, device="cuda", dtype=torch.uint8)
+    return torch.where((c & 0x7F) == 0x7F, c ^ 1, c)
+
+
 def make_inputs(torch, fmt, T, N, g):
-    """Device tensors: q and keys (FP4 codes + scales, or bf16), weights."""
+    """Device tensors: q and keys (FP4 codes + scales, FP8 codes + float32 scale per row, or
+    bf16), weights."""
     dev = "cuda"
     w = torch.randn(T, H, device=dev) * 0.5
+    if fmt == "fp8":
+        qs = torch.rand(T, H, 1, device=dev) * 0.01 + 0.001
+        ks = torch.rand(N, 1, device=dev) * 0.01 + 0.001
+        return dict(q=(e4m3_codes(torch, (T, H, D)), qs), k=(e4m3_codes(torch, (N, D)), ks), w=w)
     if fmt == "fp4":
         qd = torch.randint(0, 256, (T, H, D // 2), device=dev, dtype=torch.uint8)
         qs = torch.randint(120, 131, (T, H, D // 32), device=dev, dtype=torch.uint8)
@@ -78,13 +96,16 @@ def make_inputs(torch, fmt, T, N, g):
 def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), with_topk=True):
     from numba import cuda
 
-    from dsv4_numba.formats import QuantizedFP4
+    from dsv4_numba.formats import QuantizedFP4, QuantizedFP8
     from dsv4_numba.pipelines import indexer_sm90 as F
+    from dsv4_numba.pipelines import indexer_topk as IT
     from dsv4_numba.pipelines.indexer import _validate
     from dsv4_numba.runtime.bench import time_gpu
     from dsv4_numba.stages import topk as TK
 
-    kbytes = N * (D // 2 + D // 32) if fmt == "fp4" else N * D * 2
+    if fmt == "fp8":
+        variants = tuple(v for v in variants if v != "v1")   # v1 / v2: the same FP8 kernel
+    kbytes = {"fp4": N * (D // 2 + D // 32), "fp8": N * (D + 4)}.get(fmt, N * D * 2)
     nrot = rotation(kbytes)
     g = np.random.default_rng(T * N)
     base = make_inputs(torch, fmt, T, N, g)
@@ -94,7 +115,10 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
 
     # --- dsv4_numba: fused scores + production top-k, prepared
     def ours_inputs(kk):
-        if fmt == "fp4":
+        if fmt == "fp8":
+            q = QuantizedFP8(cuda.as_cuda_array(base["q"][0]), cuda.as_cuda_array(base["q"][1]))
+            kc = QuantizedFP8(cuda.as_cuda_array(kk[0]), cuda.as_cuda_array(kk[1]))
+        elif fmt == "fp4":
             qd, qs = base["q"]
             q = QuantizedFP4(cuda.as_cuda_array(qd), cuda.as_cuda_array(qs), None, "dsv4_fp4", (T, H, D))
             kc = QuantizedFP4(cuda.as_cuda_array(kk[0]), cuda.as_cuda_array(kk[1]), None, "dsv4_fp4",
@@ -108,12 +132,14 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
     scores_t = torch.full((T * N,), float("nan"), device="cuda")          # poisoned
     scores = cuda.as_cuda_array(scores_t)
     plans = {}
+    hsel = IT.hist_topk_for(T, N, k) if "v3" in variants else None
     for v in variants:
         plans[v] = []
         for kk in keys:
             q, kc = ours_inputs(kk)
             plans[v].append(F.fused_plan(_validate(q, kc, wd, k, None, None), q, kc, wd,
-                                         out=scores, variant=v))
+                                         out=scores, variant=v,
+                                         ghist=hsel.ghist(True) if v == "v3" else None))
     vl = plans[variants[0]][0].vl
     s2 = scores.reshape(T, N)
     vals = cuda.device_array(T * k, np.float32)          # flat, as topk_production takes them
@@ -138,7 +164,12 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
         how = "public"
     # correctness spot check against torch (same inputs)
     def torch_path(kk, exact=False):
-        if fmt == "fp4":
+        wt, ksc = w, None
+        if fmt == "fp8":
+            f8 = torch.float8_e4m3fn
+            qb, kb = base["q"][0].view(f8).to(torch.bfloat16), kk[0].view(f8).to(torch.bfloat16)
+            wt, ksc = w * base["q"][1][:, :, 0], kk[1][:, 0]
+        elif fmt == "fp4":
             qb = torch_dequant_fp4(torch, base["q"][0], base["q"][1], lut)
             kb = torch_dequant_fp4(torch, kk[0], kk[1], lut)
         else:
@@ -146,7 +177,9 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
         if exact:                                  # the check: float32 logits (bf16 ones round)
             qb, kb = qb.float(), kb.float()
         logits = torch.einsum("thd,nd->thn", qb, kb)
-        sc = (torch.relu(logits).float() * w[:, :, None]).sum(1)
+        sc = (torch.relu(logits).float() * wt[:, :, None]).sum(1)
+        if ksc is not None:
+            sc = sc * ksc[None, :]
         return torch.topk(sc, k, dim=-1)
     tcyc = Cycle(keys)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -155,17 +188,29 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
     del tv, ti
     t_us = time_gpu(lambda: torch_path(tcyc()), reps, repeats)
     flops = 2.0 * T * H * N * D
+    ref_idx = None
     for v in variants:
         scores_t.fill_(float("nan"))
+        if v == "v3":
+            def sel():
+                hsel.run(scores, vl, vals, idx)
+        else:
+            sel = run_topk
         plans[v][0].run()
         cuda.synchronize()
         assert not torch.isnan(scores_t).any(), f"fused {v}: unwritten scores"
-        if with_topk:
-            run_topk()
+        if with_topk or v == "v3":
+            sel()
             cuda.synchronize()
             ours_idx = idx.copy_to_host().reshape(T, k)
         else:                                   # the selection by torch.topk on our scores
             ours_idx = torch.topk(scores_t.view(T, N), k, dim=-1).indices.cpu().numpy()
+        if v in ("v2", "v3") and with_topk:     # the same kernel, the same total order
+            if ref_idx is None:
+                ref_idx = ours_idx
+            elif not np.array_equal(ref_idx, ours_idx):
+                print(f"# WARNING {fmt} T={T} N={N} k={k}: v3's indices differ from v2 + top-k's",
+                      flush=True)
         agree = float(np.mean([np.intersect1d(ours_idx[t], theirs[t]).size / k for t in range(T)]))
         cyc = Cycle(plans[v])
 
@@ -174,12 +219,17 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
 
         def run_all():
             run_scores()
-            run_topk()
+            sel()
+        a_us = time_gpu(run_all, reps, repeats) if (with_topk or v == "v3") else None
         s_us = time_gpu(run_scores, reps, repeats)
-        a_us = time_gpu(run_all, reps, repeats) if with_topk else s_us
+        if v == "v3":                           # the scores-only runs left counts behind
+            hsel.plan.workspace(True)[0].copy_to_device(
+                np.zeros(hsel.plan.workspace(True)[0].size, np.int32))
+            cuda.synchronize()
+        a_us = s_us if a_us is None else a_us
         rows.append((fmt, v, T, N, k, s_us, a_us, t_us, kbytes / s_us / 1e3, flops / s_us / 1e6,
                      agree, how))
-        tgt = TARGETS.get((T, N, k)) if fmt == "fp4" else None
+        tgt = TARGETS.get((T, N, k)) if fmt != "bf16" else None
         print(f"{fmt} {v} T={T} N={N} k={k}: scores {s_us:.1f} us, total {a_us:.1f} us vs torch "
               f"{t_us:.1f} us ({t_us / a_us:.2f}x); {flops / s_us / 1e6:.0f} TFLOP/s; "
               f"agree {agree:.4f}"
@@ -187,22 +237,89 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
               flush=True)
 
 
+def _list(arg, allowed, what):
+    items = tuple(x for x in arg.split(",") if x)
+    bad = [x for x in items if x not in allowed]
+    if bad or not items:
+        raise SystemExit(f"--{what}: {bad or arg!r} not in {allowed}")
+    return items
+
+
+def _shapes(arg):
+    out = []
+    for item in arg.split(","):
+        try:
+            T, N, k = (int(x) for x in item.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"--shapes: {item!r} is not TxNxk (e.g. 1x65536x512)") from None
+        out.append((T, N, k))
+    return out
+
+
+def precompile_jobs(variants, fmts):
+    """(label, python source) per kernel the run will launch: each compiles one overload into
+    Numba's disk cache (``indexer_sm90.cached_gpu`` / the select's ``HistTopk.run`` use it)."""
+    head = ("from dsv4_numba.pipelines import indexer_sm90 as F, indexer_topk as IT\n"
+            "from dsv4_numba.stages import topk as TK\n")
+    jobs = []
+    if "v1" in variants and set(fmts) - {"fp8"}:
+        for i, f in enumerate(("bf16", "fp4")):
+            if f in fmts:
+                jobs.append((f"v1 {f}", head + f"k, s = F.production_kernels()[{i}]\n"
+                                                "F.cached_gpu(k).compile(s)\n"))
+    if {"v2", "v3"} & set(variants) and set(fmts) - {"fp8"}:
+        jobs.append(("v2/v3", head + "k, s = F.v2_kernels()[0]\nF.cached_gpu(k).compile(s)\n"))
+        jobs.append(("q decode", head + "k, s = F.v2_kernels()[1]\nF.cached_gpu(k).compile(s)\n"))
+    if "fp8" in fmts:
+        jobs.append(("fp8", head + "k, s = F.fp8_kernels()[0]\nF.cached_gpu(k).compile(s)\n"))
+    if "v3" in variants:
+        jobs.append(("v3 select", head + "staged = TK.PRODUCTION_VARIANT == 'staged'\n"
+                     "k, s = IT.kernels()[int(staged)]\nF.cached_gpu(k).compile(s)\n"))
+    return jobs
+
+
+def precompile(variants, fmts) -> int:
+    import os
+    import subprocess
+    import time
+    t0 = time.monotonic()
+    procs = [(label, subprocess.Popen([sys.executable, "-c", src], env=dict(os.environ)))
+             for label, src in precompile_jobs(variants, fmts)]
+    rc = 0
+    for label, p in procs:
+        r = p.wait()
+        print(f"# precompile {label}: rc {r} at {time.monotonic() - t0:.0f} s", flush=True)
+        rc = rc or r
+    return rc
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
                     help="the three target rows (FP4 unless --fmt), fewer repetitions")
-    ap.add_argument("--fmt", choices=("fp4", "bf16"), help="one key format only")
-    ap.add_argument("--variant", choices=("v1", "v2", "both"), default="both",
-                    help="fused kernel(s) to time: v1 (round 1, H100-verified), v2 (round 2)")
+    ap.add_argument("--fmt", help="key formats, comma-separated: fp4, fp8, bf16")
+    ap.add_argument("--variant", default="both",
+                    help="fused kernel(s) to time, comma-separated: v1 (round 1, H100-verified), "
+                         "v2 (round 2), v3 (v2 + histogram top-k); 'both' = v1,v2, 'all'")
+    ap.add_argument("--shapes", help="TxNxk list, e.g. 1x65536x512,16x262144x2048 (default: all "
+                                     "of SHAPES, or the target rows with --quick)")
     ap.add_argument("--no-topk", action="store_true",
                     help="time the scores kernel only (no top-k compile; total = scores, the "
                          "selection check uses torch.topk on the fused scores)")
+    ap.add_argument("--precompile", action="store_true",
+                    help="compile the kernels the other options name into Numba's disk cache, "
+                         "in parallel processes, and exit")
     ap.add_argument("--max-seconds", type=float, default=40.0,
                     help="start no new row after this many seconds (compiles included)")
     args = ap.parse_args(argv)
     import time
     start = time.monotonic()
-    variants = ("v1", "v2") if args.variant == "both" else (args.variant,)
+    variants = {"both": ("v1", "v2"), "all": ("v1", "v2", "v3")}.get(args.variant) or \
+        _list(args.variant, ("v1", "v2", "v3"), "variant")
+    fmts = _list(args.fmt, ("fp4", "fp8", "bf16"), "fmt") if args.fmt else \
+        (("fp4",) if args.quick else ("fp4", "bf16"))
+    if args.precompile:
+        return precompile(variants, fmts)
     import torch  # noqa: lazily: present on the device image only
 
     from dsv4_numba.runtime import detect_gpu
@@ -215,8 +332,8 @@ def main(argv=None):
     print(f"# {gpu.name} ({gpu.arch}, {gpu.sm_count} SMs), torch {torch.__version__}, "
           f"numba-cuda {numba_cuda.__version__}, {datetime.date.today()}", flush=True)
     rows = []
-    fmts = (args.fmt,) if args.fmt else (("fp4",) if args.quick else ("fp4", "bf16"))
-    shapes = [s for s in SHAPES if s in TARGETS] if args.quick else SHAPES
+    shapes = _shapes(args.shapes) if args.shapes else \
+        [s for s in SHAPES if s in TARGETS] if args.quick else SHAPES
     for fmt in fmts:
         for (T, N, k) in shapes:
             if time.monotonic() - start > args.max_seconds:
@@ -232,7 +349,7 @@ def main(argv=None):
           "| TFLOP/s | top-k agree | target |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for fmt, v, T, N, k, s_us, a_us, t_us, gbs, tf, agree, how in rows:
-        tgt = TARGETS.get((T, N, k)) if fmt == "fp4" else None
+        tgt = TARGETS.get((T, N, k)) if fmt != "bf16" else None
         print(f"| {fmt} | {v} | {T} | {N} | {k} | {s_us:.1f} | {a_us:.1f} | {t_us:.1f} | "
               f"{t_us / a_us:.2f}x | {gbs:.0f} | {tf:.0f} | {agree:.4f} | "
               f"{'' if tgt is None else f'<= {tgt:.0f}'} |")

@@ -164,9 +164,14 @@ class HistTopk:
         ints, ghist, meta, tickets, sure, cand = p.workspace(gpu)
         if vectorized is None:
             vectorized = gpu and self.n % 4 == 0 and x.__cuda_array_interface__["data"][0] % 16 == 0
-        select_hist_kernel(bool(vectorized), self.variant == "staged").launch(
-            self.rows * p.sel_S, p.threads, x, self.n, self.k, lengths, p.sel_S, p.sel_chunk,
-            ghist, meta, tickets, sure, cand, p.capacity, vals, idx, p.stage_cap)
+        kern = select_hist_kernel(bool(vectorized), self.variant == "staged")
+        args = (x, self.n, self.k, lengths, p.sel_S, p.sel_chunk, ghist, meta, tickets, sure, cand,
+                p.capacity, vals, idx, p.stage_cap)
+        if gpu:                     # Numba's disk cache, as the score kernels (``cached_gpu``)
+            from .indexer_sm90 import cached_gpu
+            cached_gpu(kern)[self.rows * p.sel_S, p.threads](*args)
+        else:
+            kern.launch(self.rows * p.sel_S, p.threads, *args)
 
 
 _PLANS: dict = {}

@@ -258,3 +258,87 @@ def test_v2_paged_equals_contiguous(fmt):
             pk = QuantizedFP4(pd, psc, None, "dsv4_fp4", pd.shape[:2] + (D,))
         got = _v2_plan_scores(q, pk, w, vl, 4, table)
         np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
+# ---------------------------------------------------------------- round 3: V3.2 FP8 and variant v3
+# Run alone with ``-k "fp8 or v3"`` (compiles: the FP8 kernel, the v2 kernel, the histogram select).
+def fp8_problem(seed, T, N):
+    q, kc, w = problem(seed, T, N, "bf16")
+    return (formats.quantize_fp8(q.astype(np.float32)), formats.quantize_fp8(kc.astype(np.float32)),
+            w)
+
+
+def fp8_bound(orc, w, kscale_rows):
+    """The oracle's float32 bound plus the FP8 wgmma's accumulation: FP8_ACC_REL * sum|q k| per
+    logit (the Hopper tensor core keeps fewer than float32's bits while accumulating E4M3
+    products), times |w| and the key scale. Also returns that extra term alone (for reporting)."""
+    from test_indexer import gamma
+    A = orc["logit_err"] / gamma(D)                      # sum_d |q k| per (t, h, n)
+    extra = F.FP8_ACC_REL * (np.abs(np.asarray(w, np.float64))[:, :, None] * A).sum(1)
+    extra = extra * kscale_rows[None, :]
+    return orc["err"] + extra, extra
+
+
+@pytest.mark.parametrize("T,N", [(1, 129), (4, 65536), (16, 1000)])
+def test_fp8_scores_match_oracle(T, N):
+    """E4M3 wgmma (k32) scores vs the float64 oracle: within the float32 bound + the FP8
+    accumulation term; prints the largest error seen as a share of that term (the evidence
+    for FP8_ACC_REL); every position written (NaN-poisoned output)."""
+    q, kc, w = fp8_problem(T * 5 + N, T, N)
+    vl = _vl(T, N, N + T + 2)
+    orc = oracle(q, kc, w, vl)
+    err, extra = fp8_bound(orc, w, kc.scales[:, 0].astype(np.float64))
+    from numba import cuda
+    c = _validate(q, kc, w, 16, vl, None)
+    out = cuda.to_device(np.full(T * N, np.nan, np.float32))
+    F.fused_plan(c, q, kc, w, out=out).run()
+    sc = out.copy_to_host().reshape(T, N).astype(np.float64)
+    valid = ~np.isnan(orc["scores"])
+    assert not np.isnan(sc).any(), "fp8: unwritten scores"
+    assert np.isneginf(sc[~valid]).all()
+    d = np.abs(sc - np.nan_to_num(orc["scores"]))[valid]
+    print(f"\nFP8 T={T} N={N}: max |err| / float32 bound {np.max(d / orc['err'][valid]):.3g}, "
+          f"/ FP8 term {np.max(d / np.maximum(extra[valid], 1e-300)):.3g}")
+    assert (d <= err[valid]).all(), f"fp8: {int((d > err[valid]).sum())} scores outside the bound"
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_fp8_end_to_end_paged_equals_contiguous(per_token):
+    """indexer(impls="fused") on V3.2 FP8: the selection rule (FP8 bound) and a paged cache
+    (NaN scales / random codes in unused pages) bitwise the contiguous result."""
+    from dsv4_numba.formats import QuantizedFP8
+    T, N, ps, k = 4, 4096, 64, 1024
+    q, kc, w = fp8_problem(13, T, N)
+    vl = np.array([N, 1000, 64, 4095], np.int32)
+    ref = indexer(q, kc, w, k, valid_len=vl, impls="fused", return_intermediates=True)
+    orc = oracle(q, kc, w, vl)
+    err, _ = fp8_bound(orc, w, kc.scales[:, 0].astype(np.float64))
+    check_selection_fast(ref[0], ref[1], orc["scores"], err, k, vl, "fp8")
+    (codes, scales), table = page([kc.codes, kc.scales], ps, T, per_token, 3, random_bytes)
+    got = indexer(q, QuantizedFP8(codes, scales), w, k, valid_len=vl, block_table=table,
+                  impls="fused", return_intermediates=True)
+    np.testing.assert_array_equal(got[2]["scores"].view(np.uint32), ref[2]["scores"].view(np.uint32))
+    np.testing.assert_array_equal(got[0], ref[0])
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4", "fp8"])
+@pytest.mark.parametrize("T,N,k", [(1, 65536, 2048), (4, 65536, 512), (5, 3000, 1024)])
+def test_v3_equals_v2_with_the_production_topk(monkeypatch, fmt, T, N, k):
+    """v3 (histogram counted in the score kernel, select without the histogram launch) returns
+    bitwise what v2 + the registered production top-k return (the top-k order is total: value
+    descending, ties to the lower index), leaves its workspace zero, and repeats bitwise.
+    (5, 3000, 1024): short rows, valid_len < k and 0."""
+    from dsv4_numba.pipelines import indexer_topk as IT
+    q, kc, w = fp8_problem(77 + T, T, N) if fmt == "fp8" else problem(77 + T, T, N, fmt)
+    vl = _vl(T, N, 9 + T)
+    monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v2")
+    ref = indexer(q, kc, w, k, valid_len=vl, impls="fused:production", return_intermediates=True)
+    monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v3")
+    for _ in range(2):
+        got = indexer(q, kc, w, k, valid_len=vl, impls="fused", return_intermediates=True)
+        np.testing.assert_array_equal(got[2]["scores"].view(np.uint32),
+                                      ref[2]["scores"].view(np.uint32))
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1].view(np.uint32), ref[1].view(np.uint32))
+        ws = IT.hist_topk_for(T, N, k).plan.workspace(True)[0].copy_to_host()
+        assert not ws.any(), "v3 must leave the top-k workspace zero"
