@@ -27,9 +27,11 @@ import re
 import numpy as np
 import pytest
 from conftest import outliers
+from numba import cuda, float32
 from test_indexer import check_selection, fp4, oracle
 
 from dsv4_numba.pipelines import indexer_sm100 as I
+from dsv4_numba.runtime import device, kernel
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -95,16 +97,27 @@ def test_fused_kernel_tcgen05_in_ptx_and_sass(compiled):
                      r"\[%r\d+\], %rd\d+, %rd\d+, %r\d+, \[%r\d+\], \[%r\d+\], p;", ptx)
     n = I.D // I.K_MMA                                # 2 MMAs per key tile; LLVM may peel copies
     assert len(mma) >= n and len(mma) % n == 0, len(mma)
-    for instr in ("tcgen05.cp.cta_group::1.32x128b.warpx4", "tcgen05.ld.sync.aligned.32x32b.x32",
+    for instr in ("tcgen05.cp.cta_group::1.32x128b.warpx4", "tcgen05.ld.sync.aligned.16x256b.x4",
                   "tcgen05.alloc.cta_group::1.sync.aligned.shared::cta.b32",
                   "tcgen05.relinquish_alloc_permit.cta_group::1", "tcgen05.dealloc.cta_group::1",
                   "tcgen05.commit.cta_group::1.mbarrier::arrive::one", "tcgen05.wait::ld",
                   "tcgen05.fence::before_thread_sync", "tcgen05.fence::after_thread_sync",
                   "cp.async.bulk.tensor.2d", "mbarrier.try_wait.parity", "fence.proxy.async.shared::cta",
-                  "fence.proxy.tensormap::generic.acquire", "st.shared.v4.b32", "bar.sync"):
+                  "fence.proxy.tensormap::generic.acquire", "st.shared.v4.b32", "bar.sync",
+                  "shfl.sync.bfly.b32"):
         assert instr in ptx, instr
-    for op in ("UTCOMMA", "UTCCP", "LDTM", "UTCBAR", "UTMALDG"):
+    for op in ("UTCOMMA", "UTCCP", "LDTM", "UTCBAR", "UTMALDG", "SHFL.BFLY"):
         assert op in sass, op
+    assert sass.count("SHFL.BFLY") == 7, "the head sum: 4 + 2 + 1 shuffles per 32-key chunk"
+
+
+def test_epilogue_column_map():
+    """head_sum8 leaves each of the 32 columns of a chunk in exactly one lane; lanes with the same
+    lane % 4 hold the columns of the 16x256b fragment (8 (j // 4) + 2 (t % 4) + j % 2) of that lane."""
+    cols = [I.epilogue_column(ln) for ln in range(32)]
+    assert sorted(cols) == list(range(32))
+    for ln in range(32):
+        assert (cols[ln] % 8) // 2 == ln % 4
 
 
 def test_score_tile_kernel_compiles_for_sm100a():
@@ -116,6 +129,31 @@ def test_score_tile_kernel_compiles_for_sm100a():
     assert r.ptx.count("tcgen05.cp.cta_group::1.32x128b.warpx4") >= 2
     for op in ("UTCOMMA", "UTCCP", "LDTM", "UTCBAR"):
         assert op in r.sass, op
+
+
+_HS_BODY = device(I._head_sum8_gpu)                   # no twin: the shuffles themselves
+
+
+def _hs_probe(out):
+    ln = cuda.threadIdx.x
+    f = float32(ln * 8)
+    out[ln] = _HS_BODY(ln, f, f + float32(1), f + float32(2), f + float32(3), f + float32(4),
+                       f + float32(5), f + float32(6), f + float32(7))
+
+
+def test_head_sum_shuffles_match_the_column_map(monkeypatch):
+    """The GPU body of ``head_sum8`` (the 7 shfl.bfly; the emulator runs the kernel with its NumPy
+    twin) run by the simulator on one warp: lane l must end with the sum over the 8 lanes sharing
+    l % 4 of their partial for column ``epilogue_column(l)``."""
+    monkeypatch.setenv("DSV4_MODE", "sim")
+    out = np.full(32, np.nan, np.float32)
+    kernel(_hs_probe).launch(1, 32, out)
+    k_of = {}
+    for ln in range(32):
+        c = I.epilogue_column(ln)
+        k_of[ln] = 2 * (c // 8) + c % 2                 # the partial index of that column
+    want = [sum(8 * src + k_of[ln] for src in range(ln % 4, 32, 4)) for ln in range(32)]
+    assert out.tolist() == want
 
 
 # ---------------------------------------------------------------------------------------- emulator

@@ -13,7 +13,8 @@ dequantize, einsum (bf16), ReLU, x w, head sum, ``torch.topk``. Before timing, t
 indices are compared with torch's (share of torch's indices selected; ~1.0 expected, ties and the
 bf16 rounding of the torch path make it not exactly 1). TFLOP/s counts 2 T H N D; "% FP4 peak" is of
 the published ~9000 TFLOP/s dense FP4 of a B200 (a published figure, not measured). "estimate us"
-is the module docstring's epilogue-bound figure (~2000 clk per 128 x 192 tile at 1.85 GHz).
+is the module docstring's epilogue-bound figure (~900 clk per 128 x 192 tile at 1.85 GHz, the
+tiles of one CTA in sequence, CTAs in waves of one per SM).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import numpy as np
 
 PEAK_FP4_TFLOPS = 9000.0          # B200 dense FP4, published
 CLK_GHZ = 1.85
-EST_CLK_PER_TILE = 2000
+EST_CLK_PER_TILE = 900
 HERE = pathlib.Path(__file__).resolve().parent
 
 
@@ -41,8 +42,9 @@ def _bench_indexer():
 
 def estimate_us(T: int, N: int, sms: int) -> float:
     from dsv4_numba.pipelines import indexer_sm100 as I
-    tiles = -(-T // 2) * -(-N // I.BN)
-    return -(-tiles // sms) * EST_CLK_PER_TILE / (CLK_GHZ * 1e3)
+    cfg = I.launch_config(T, N)
+    waves = -(-cfg["grid"][0] * cfg["grid"][1] // sms)
+    return cfg["tiles_per_cta"] * waves * EST_CLK_PER_TILE / (CLK_GHZ * 1e3)
 
 
 def bench_case(torch, B, T, N, k, reps, repeats, sms, rows):

@@ -13,13 +13,17 @@ cannot run, e.g. without a GPU). Also still here: step 1, ``indexer_scores_sm100
 one tile, no ring), which pinned the layouts first.
 
 **Checked here** (tests/test_indexer_sm100.py): ptxas for sm_100a (no spills, no local memory; the
-tcgen05 mma block_scale / cp / ld / alloc / dealloc / commit in the PTX and UTCQMMA-family / UTCCP /
-LDTM / UTCBAR in the SASS), and the kernel itself under the CUDA simulator with the semantic emulator
-(``dsv4_numba.emu``: TMA, mbarriers, tcgen05 alloc / cp / mma block-scaled / ld / commit, the TMEM
-column plan declared as regions) against the float64 oracle: several CTAs, two tokens per CTA and a
-token pair with one token, valid_len < N and = 0, a key tail (N not a multiple of BN), tiles skipped
-past valid_len, NaN-poisoned scores; then top-k against the oracle's selection with the tie rule of
-tests/test_indexer.py; the known-wrong integer E2M1 decode fails that check.
+tcgen05 mma block_scale / cp / ld / alloc / dealloc / commit in the PTX and UTCOMMA / UTCCP / LDTM /
+UTCBAR / UTMALDG / 7 SHFL.BFLY in the SASS; 89 registers), and the kernel itself under the CUDA
+simulator with the semantic emulator (``dsv4_numba.emu``: TMA, mbarriers, tcgen05 alloc / cp / mma
+block-scaled / ld / commit, the TMEM column plan declared as regions) against the float64 oracle:
+several CTAs, two tokens per CTA and a token pair with one token, valid_len < N and = 0, a key tail
+(N not a multiple of BN), tiles skipped past valid_len, NaN-poisoned scores; then top-k against the
+oracle's selection with the tie rule of tests/test_indexer.py; the known-wrong integer E2M1 decode
+fails that check, scale factors not duplicated into the four lane quadrants, a missing
+fence.proxy.async and a TMEM plan the kernel does not follow are reported by the emulator; the GPU
+body of the head-sum shuffles is run by the simulator on one warp (the emulator runs its NumPy
+twin).
 
 **NOT run on Blackwell hardware** (no sm_100a GPU is lent). **Not built**: paged caches (a
 ``block_table`` raises ``NotImplementedError`` naming the staged / sm_90a paths: TMA boxes of
@@ -52,21 +56,26 @@ Warp roles (192 threads; the epilogue touches all 128 TMEM lanes, so it is a ful
 ----------------------------------------------------------------------------------------------
 * warp 5 -- **load** (all 32 lanes): the q scales of the pair once, then per key tile j into ring
   slot j % STAGES (after ``empty[slot]``): the key scales re-laid out into 128x4 atoms (lane l
-  writes the 16 bytes of atom row l: keys l, l + 32, l + 64, l + 96 -- one st.shared.v4), fence.proxy.async,
-  a one-warp named barrier (``bar.sync 2, 32``: __syncwarp's ordering, and the simulator, whose
-  threads are not in lockstep, honours it), then lane 0 arrives with expect_tx and TMA-loads the key codes (2D box 192 rows x 64 B,
-  64B swizzle; rows past N are zero-filled). q codes: one TMA box (128 rows x 64 B) on ``bar_q``.
-  The scales are not TMA-loaded: the atom interleaves rows with a 4-byte stride (16 B at least).
+  writes the 16 bytes of atom row l: keys l, l + 32, l + 64, l + 96 -- one st.shared.v4),
+  fence.proxy.async, a one-warp named barrier (``bar.sync 2, 32``: __syncwarp's ordering, and the
+  simulator, whose threads are not in lockstep, honours it), then lane 0 arrives with expect_tx and
+  TMA-loads the key codes (2D box 192 rows x 64 B, 64B swizzle; rows past N are zero-filled). q
+  codes: one TMA box (128 rows x 64 B) on ``bar_q``. The scales are not TMA-loaded: the atom
+  interleaves rows with a 4-byte stride (16 B at least).
 * warp 4 -- **MMA**: the whole warp allocates TMEM (512 columns), relinquishes the permit and frees
   it at the end; lane 0 moves SFA to TMEM once (``tcgen05.cp.32x128b.warpx4``), then per tile:
   wait ``full[slot]`` and (j >= 2) ``acc_empty[j % 2]``; cp of the tile's SFB (two atoms: 8
   columns); 2 MMAs (K = 64 each, A / B descriptors advanced by 32 bytes inside the 64B swizzle
   row, sf_id 0 / 2), first one overwrites; commit ``acc_full[j % 2]`` and ``empty[slot]``.
-* warps 0-3 -- **epilogue** (thread = TMEM lane = (token, head) row): wait ``acc_full``, per
-  32-column chunk ``tcgen05.ld.32x32b.x32``, ReLU x w[t, h] into a padded shared exchange, the 64
-  heads of each token summed by 64 threads (one per (token, key): coalesced 128-byte stores),
-  ``acc_empty`` arrived after the tile's last TMEM load (so the MMA of tile j + 2 overlaps the
-  reduction of tile j). Two named barriers (id 1, 128 threads) per chunk.
+* warps 0-3 -- **epilogue** (warp w = TMEM lanes 32 w.. = token w // 2, heads 32 (w % 2)..): wait
+  ``acc_full``; per 32-column chunk two ``tcgen05.ld.16x256b.x4`` (lanes +0 / +16 of the quadrant:
+  each thread gets 4 rows x 8 columns), ReLU x w[t, h] summed over the thread's 4 rows in
+  registers (``partial8``), then over the 8 lanes that share lane % 4 by a transpose-reduce of
+  4 + 2 + 1 ``shfl.bfly`` (``head_sum8``: lane l ends with column ``epilogue_column(l)``); the two
+  warps of a token add their halves through 1 KB of shared memory (double-buffered by chunk: one
+  named barrier, id 1 x 128 threads, per chunk) and the even warp stores 32 scores (one 128-byte
+  segment). ``acc_empty`` is arrived after the tile's last TMEM load, so the MMA of tile j + 2
+  overlaps the reduction of tile j.
 
 Tensor Memory plan (``tmem_plan``; 128 lanes, 32-bit columns; declared to the emulator)
 --------------------------------------------------------------------------------------
@@ -83,7 +92,7 @@ before any MMA. cp and MMA issue from the same thread and execute in order.
 
 Shared memory (dynamic, 1024-aligned; ``smem_plan``): q codes 8 KB (64B swizzle, 512-aligned), the
 q scale atom 512 B, STAGES = 4 slots of key codes (12 KB each) and key-scale atoms (1 KB each) =
-~61 KB, + 16.5 KB static exchange (128 x 33 float32).
+~61 KB, + 1 KB static head-sum exchange and the mbarriers.
 
 Napkin math (B200 from published peak figures, not measured: ~9 PFLOP/s dense FP4 tensor core (18
 with sparsity), 8 TB/s HBM3e, 148 SMs at ~1.85 GHz -> ~32768 dense FP4 FLOP / clk / SM; 128 B / clk
@@ -91,24 +100,31 @@ of shared memory per SM)
 -------------------------------------------------------------------------------------------------
 * Per (token, key): 2 H D = 16384 FLOP of MMA; per key 68 B of cache (64 B codes + 4 B scales),
   read once per token pair chunk; 4 B of score written per (token, key).
-* Per tile (128 rows x 192 keys): 2 x 128 x 192 x 128 = 6.3 MFLOP = ~192 clk of MMA. The epilogue
-  moves 24576 float32 through shared memory twice (store, then the head-sum loads): 2 x 96 KB at
-  128 B / clk = ~1536 clk, plus ~600 issue slots per epilogue warp. **The epilogue bounds this
-  kernel at ~1500-2000 clk per tile, ~10-13% of the FP4 peak (~0.9-1.2 PFLOP/s).**
+* Per tile (128 rows x 192 keys): 2 x 128 x 192 x 128 = 6.3 MFLOP = ~192 clk of MMA. The epilogue,
+  per 32-key chunk and thread (from the SASS: 32 FMNMX, 16 FMUL + 16 FFMA + 16 FADD, 7 SHFL, ~14
+  SEL, 2 LDTM, 1 STS + bar, the even warps 2 LDS + 1 STG): ~110-130 issue slots; 6 chunks = ~700-800
+  per warp per tile, the 4 epilogue warps on the 4 SM sub-partitions in parallel. **The epilogue
+  bounds this kernel at ~800-900 clk per tile: ~21-24% of the FP4 peak (~1.9-2.2 PFLOP/s).** (The
+  first version summed the heads through shared memory: 2 x 96 KB per tile at 128 B / clk = ~1536
+  clk, ~12% of peak.)
 * Decode (T = 1, N = 65536): 4.5 MB of keys -> 0.56 us at 8 TB/s; 342 tiles over 114 CTAs = 3
-  tiles per CTA ~ 3 x 2000 clk = ~3.3 us + launch and TMEM alloc: **~5 us for the scores**, then
-  the top-k (tens of us at N = 65536 with the reference-grade stage; FlashInfer's B200 top-k is ~34 us
-  at k = 2048, dsv4-facts). Half the MMA rows are idle at T = 1 (M = 64 would halve the epilogue).
-* Prefill-like T = 64, N = 65536 (32 token pairs, 342 tiles each = 10944 tiles over 148 SMs = 74
-  tiles per SM x ~2000 clk = ~80 us; 68.7 GFLOP -> ~0.9 PFLOP/s effective); T = 4096: 4.4 TFLOP, ~4.6 ms
-  at that rate (0.49 ms at the FP4 peak). Key traffic at T = 4096: 2048 pairs x 4.5 MB = 9.2 GB,
-  mostly L2 hits -- also ~0.5 ms: a second reason to take more tokens per CTA (2-CTA MMA, M = 256).
-* What lifts the bound: the head sum in registers (``shfl.bfly`` transpose-reduce, as indexer_sm90
-  v2: ~31 SHFL + 31 FADD per 32 keys per thread, no shared-memory round trip) -> ~600-800 clk per
-  tile (~25-30% of peak), or the head sum as a second MMA (ReLU'd logits as FP8 back to TMEM, times w
-  as a [64 x 1] B operand) -> MMA-bound. Peers: DeepGEMM's ``fp8_fp4_mqa_logits`` is the SM100 FP4
-  indexer (no published B200 figure in ../shared/reference/dsv4-facts.md); TensorRT-LLM's fused
-  MXFP4 indexer scan + top-k (PR #18844) reports only speed-ups (1.36-3.21x).
+  tiles per CTA ~ 3 x 900 clk = ~1.5 us + ring fill (TMA latency) + launch and TMEM alloc:
+  **~3-4 us for the scores**, then the top-k (FlashInfer's B200 top-k is ~34 us at N = 65536, k =
+  2048, dsv4-facts; the registered top-k stage has not run on a B200). Half the MMA rows are idle
+  at T = 1 (M = 64 tiles would halve the epilogue).
+* Prefill-like T = 64, N = 65536: 32 token pairs x 4 chunks = 128 CTAs (one wave on 148 SMs; TMEM
+  512 columns = one CTA per SM) x 86 tiles x ~900 clk = ~42 us (68.7 GFLOP -> ~1.6 PFLOP/s
+  effective; the issue-6 H100 target for this shape is 200 us). T = 4096, N = 65536: 4.4 TFLOP,
+  ~700K tiles / 148 SMs x ~900 clk = ~2.3 ms (~1.9 PFLOP/s; 0.49 ms at the FP4 peak). Key traffic
+  at T = 4096: 2048 pairs x 4.5 MB = 9.2 GB, mostly L2 hits -- ~0.5 ms at L2 rates, hidden under
+  the epilogue bound, but the next reason to take more tokens per CTA (2-CTA MMA, M = 256).
+* What lifts the bound further: the FMNMX + FMUL/FFMA per accumulator value is the floor of this
+  epilogue (64 of the ~120 slots per chunk); packed f16x2 / bf16x2 ReLU-FMA (HMNMX2 + HFMA2) would
+  halve it at a documented precision cost; the head sum as a second MMA (ReLU'd logits as FP8 back
+  to TMEM, times w as a [64 x 1] B operand) would make the kernel MMA-bound. Peers: DeepGEMM's
+  ``fp8_fp4_mqa_logits`` is the SM100 FP4 indexer (no published B200 figure in
+  ../shared/reference/dsv4-facts.md); TensorRT-LLM's fused MXFP4 indexer scan + top-k (PR #18844)
+  reports only speed-ups (1.36-3.21x).
 
 What to check first on a B200
 -----------------------------
@@ -117,15 +133,18 @@ What to check first on a B200
    layouts: the packed-E2M1 K-major operand with 64B swizzle and the +32-byte K advance inside the
    swizzle row, the SF TMEM layout for N = 192 (key n at lane n % 32, column n // 32 -- inferred from
    CUTLASS, ptx-facts 2.6), sf_id 0 / 2 for the two K halves, the idesc N = 192 field.
-2. The TMEM address arithmetic: the column ``tcgen05.alloc`` returns (0 expected: one CTA per SM
+2. The epilogue's register layout: ``tcgen05.ld.16x256b`` (the m16n8 C-fragment pattern, from
+   CUTLASS; the emulator implements the same map) and the column each lane holds after the
+   shuffles (``epilogue_column``; the shuffle code itself is checked under the simulator).
+3. The TMEM address arithmetic: the column ``tcgen05.alloc`` returns (0 expected: one CTA per SM
    can hold 512 columns; a second co-resident CTA waits in alloc) and the lane field
    ``(32 * warp) << 16`` of the epilogue loads.
-3. Races the emulator cannot see (it completes async work at issue): the load warp's generic-proxy
-   scale stores -> fence.proxy.async -> bar.sync 2, 32 -> arrive; ``acc_empty`` before the next MMA into
-   the same accumulator; ``empty[slot]`` committed after the MMAs that read the slot.
-4. Then throughput: scores-only time at T = 1 / 4 / 64 x N = 65536 / 131072 against the estimates
-   above, and end-to-end ``indexer(..., impls="fused")`` (tools/bench_indexer.py-style, peers in the
-   same run).
+4. Races the emulator cannot see (it completes async work at issue): the load warp's generic-proxy
+   scale stores -> fence.proxy.async -> bar.sync 2, 32 -> arrive; ``acc_empty`` before the next MMA
+   into the same accumulator; ``empty[slot]`` committed after the MMAs that read the slot.
+5. Then throughput, ``python tools/bench_indexer_sm100.py``: scores-only time at T = 1 / 4 / 64 x
+   N = 65536 / 131072 against the estimates above, end-to-end ``indexer(..., impls="fused")``, and
+   the torch path in the same run.
 """
 from __future__ import annotations
 
@@ -136,7 +155,8 @@ from numba.types import float32, int32, uint8, uint32, uint64  # noqa: F401
 from ..hw import ops
 from ..hw.bits import bits_f32
 from ..hw.descriptors import umma_idesc_block_scaled, umma_smem_desc
-from ..runtime import ArrayIO, kernel
+from ..hw.portable import warp_shfl_xor  # noqa: F401  (head_sum8)
+from ..runtime import ArrayIO, device, kernel
 from .fmha_sm100 import syncwarp  # bar.warp.sync with a simulator twin
 from .fmha_sm90 import NEG_INF  # noqa: F401
 
@@ -156,8 +176,7 @@ SF_ATOMS_B = -(-BN // 128)                 # 128x4 scale atoms per key tile
 ROW_BYTES = D // 2                         # 64 B of packed codes per row
 Q_BYTES = ROWS * ROW_BYTES                 # 8 KB
 K_BYTES = BN * ROW_BYTES                   # 12 KB
-RED_STRIDE = 33                            # padded exchange row (float32 words)
-RED_WORDS = ROWS * RED_STRIDE
+PART_WORDS = 2 * ROWS                       # per-warp head sums, double-buffered by chunk
 
 # TMEM columns (module docstring)
 ACC0, ACC1 = 0, BN
@@ -206,7 +225,7 @@ def tmem_plan() -> dict:
 
 def smem_plan() -> dict:
     """Bytes of the shared-memory plan (module docstring)."""
-    red = ROWS * RED_STRIDE * 4
+    red = PART_WORDS * 4
     return {"q": Q_BYTES, "sfa": 512, "k_slot": K_BYTES, "sfb_slot": SFB_SLOT, "stages": STAGES,
             "dynamic": DYN_SMEM, "reduce": red, "total": DYN_SMEM + red + 8 * NBARS + 4}
 
@@ -226,6 +245,91 @@ _check_plans()
 # ----------------------------------------------------------------------------------------------
 # The pipelined kernel (module docstring: roles, barriers, TMEM and smem plans, napkin math)
 # ----------------------------------------------------------------------------------------------
+# Epilogue helpers. One warp reads its 32 rows (heads) x 32 columns (keys) of the accumulator with two
+# tcgen05.ld.16x256b.x4 (lanes +0 and +16 of its quadrant): register j of thread t holds row
+# t//4 + 8 ((j % 4) // 2) (+ 16 for the second load), column 8 (j // 4) + 2 (t % 4) + j % 2 (the
+# mma.sync m16n8 C-fragment pattern, ptx-facts 1.3). So a thread holds 4 rows x 8 columns: ``partial8``
+# sums its 4 rows (ReLU x w of each row's head) per column in registers, ``head_sum8`` finishes the
+# 32-row sum over the 8 lanes that share t % 4 with a 3-step transpose-reduce (4 + 2 + 1
+# shfl.bfly), leaving lane t with column ``epilogue_column(t)``. On the simulator each has a NumPy
+# twin (``head_sum8``: one warp rendezvous instead of 7 shuffles).
+def _partial8_source():
+    L = ["def partial8(a, c, w0, w1, w2, w3):",
+         '    """Per column k of the thread (8): sum over its 4 rows of ReLU(acc) x w_row (float32)."""']
+    for k in range(8):
+        b, e = divmod(k, 2)
+        i0, i1 = 4 * b + e, 4 * b + 2 + e
+        L.append(f"    p{k} = (relu_f(a[{i0}]) * w0 + relu_f(a[{i1}]) * w1) + (relu_f(c[{i0}]) * w2 + "
+                 f"relu_f(c[{i1}]) * w3)")
+    L.append("    return " + ", ".join(f"p{k}" for k in range(8)))
+    return "\n".join(L) + "\n"
+
+
+def _relu_f(u):
+    x = bits_f32(u)
+    return x if x > float32(0) else float32(0)
+
+
+relu_f = device(_relu_f)
+
+
+def _partial8_sim(a, c, w0, w1, w2, w3):
+    A = np.array([int(x) & 0xFFFFFFFF for x in a], np.uint32).view(np.float32)
+    C = np.array([int(x) & 0xFFFFFFFF for x in c], np.uint32).view(np.float32)
+    A, C = np.maximum(A, np.float32(0)), np.maximum(C, np.float32(0))
+    k = np.arange(8)
+    i0, i1 = 4 * (k // 2) + k % 2, 4 * (k // 2) + 2 + k % 2
+    p = (A[i0] * np.float32(w0) + A[i1] * np.float32(w1)) + (C[i0] * np.float32(w2) + C[i1] * np.float32(w3))
+    return tuple(np.float32(x) for x in p)
+
+
+_ns: dict = {"relu_f": relu_f}
+exec(compile(_partial8_source(), "<indexer_sm100.partial8>", "exec"), _ns)     # noqa: S102
+partial8 = device(_ns["partial8"], sim=_partial8_sim)
+
+
+def _head_sum8_gpu(lane, p0, p1, p2, p3, p4, p5, p6, p7):
+    """Sum over the 8 lanes sharing lane % 4 of the partial of column k(lane) = 4 b4 + 2 b3 + b2
+    (b_i = bit i of the lane): keep one half, send the other, add (xor 16, 8, 4)."""
+    up = (lane >> 4) & 1
+    q0 = (p4 if up else p0) + warp_shfl_xor(p0 if up else p4, 16)
+    q1 = (p5 if up else p1) + warp_shfl_xor(p1 if up else p5, 16)
+    q2 = (p6 if up else p2) + warp_shfl_xor(p2 if up else p6, 16)
+    q3 = (p7 if up else p3) + warp_shfl_xor(p3 if up else p7, 16)
+    up = (lane >> 3) & 1
+    r0 = (q2 if up else q0) + warp_shfl_xor(q0 if up else q2, 8)
+    r1 = (q3 if up else q1) + warp_shfl_xor(q1 if up else q3, 8)
+    up = (lane >> 2) & 1
+    return (r1 if up else r0) + warp_shfl_xor(r0 if up else r1, 4)
+
+
+def _head_sum8_sim(lane, *p):
+    from ..emu import ops as eops
+    st, me = eops._enter()
+    warp = me.thread_id // 32
+
+    def compute(_key, got):
+        out = []
+        for ln in range(32):
+            k = 4 * ((ln >> 4) & 1) + 2 * ((ln >> 3) & 1) + ((ln >> 2) & 1)
+            acc = np.float32(0)
+            for src in range(ln % 4, 32, 4):
+                acc = np.float32(acc + np.float32(got[src][k]))
+            out.append(acc)
+        return out
+    return eops._collective(st, me, ("head_sum8", warp), 32, int(lane), 0, tuple(p), compute,
+                            "head_sum8", f"warp {warp}")
+
+
+head_sum8 = device(_head_sum8_gpu, sim=_head_sum8_sim)
+
+
+def epilogue_column(lane: int) -> int:
+    """The accumulator column (of 32) whose 32-row sum ``head_sum8`` leaves in ``lane``."""
+    k = 4 * ((lane >> 4) & 1) + 2 * ((lane >> 3) & 1) + ((lane >> 2) & 1)
+    return 8 * (k // 2) + 2 * (lane % 4) + k % 2
+
+
 def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta):
     """scores[t * N + n] (float32) for the CTA's token pair and key chunk. tmq / tmk: tensor maps of
     the packed codes (q [T * 64, 64] and k [N, 64] uint8); qs / ks: UE8M0 scales uint8 [T * 64 * 4] /
@@ -233,7 +337,7 @@ def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta):
     dyn = cuda.shared.array(0, uint8)
     bars = cuda.shared.array(NBARS, uint64)
     slot = cuda.shared.array(1, uint32)
-    red = cuda.shared.array(RED_WORDS, float32)
+    part = cuda.shared.array(PART_WORDS, float32)
     t = cuda.threadIdx.x
     warp = t // 32
     lane = t % 32
@@ -339,15 +443,22 @@ def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta):
             ops.tcgen05_commit(bar0 + uint32(8 * (EMPTY0 + st)))
     # ------------------------------------------------------------------ epilogue warpgroup
     if warp < 4:
-        tok = tok0 + t // H
-        wt = float32(0)
+        tok = tok0 + warp // 2                       # warp w: token w // 2, heads 32 (w % 2) + 0..31
+        hb = tok * H + 32 * (warp % 2) + lane // 4
+        w0 = float32(0)
+        w1 = float32(0)
+        w2 = float32(0)
+        w3 = float32(0)
+        tvl = 0
         if tok < T:
-            wt = w[tok * H + t % H]
+            w0 = w[hb]
+            w1 = w[hb + 8]
+            w2 = w[hb + 16]
+            w3 = w[hb + 24]
+            tvl = min(max(int(vl[tok]), 0), N)
+        kk = 4 * ((lane >> 4) & 1) + 2 * ((lane >> 3) & 1) + ((lane >> 2) & 1)
+        col = 8 * (kk // 2) + 2 * (lane % 4) + kk % 2      # epilogue_column(lane)
         lrow = uint32((32 * warp) << 16)
-        rtok = tok0 + t // 32                        # reducer threads t < 64: (token, key lane)
-        rvl = 0
-        if t < 64 and rtok < T:
-            rvl = min(max(int(vl[rtok]), 0), N)
         for j in range(nt_all):
             n0 = (kt0 + j) * BN
             if j < nt:
@@ -355,25 +466,23 @@ def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta):
                 ops.mbarrier_wait_parity(bar0 + uint32(8 * (ACCF0 + b)), uint32((j // 2) & 1))
                 ops.tcgen05_fence_after_thread_sync()
                 for ch in range(NCH):
-                    v = ops.tcgen05_ld_32x32b_x32(taddr + lrow + uint32(ACC0 + BN * b + 32 * ch))
+                    c0 = uint32(ACC0 + BN * b + 32 * ch)
+                    a = ops.tcgen05_ld_16x256b_x4(taddr + lrow + c0)
+                    c = ops.tcgen05_ld_16x256b_x4(taddr + lrow + uint32(16 << 16) + c0)
                     ops.tcgen05_wait_ld()
                     if ch == NCH - 1:                # the accumulator is free for tile j + 2
                         ops.tcgen05_fence_before_thread_sync()
                         ops.mbarrier_arrive(bar0 + uint32(8 * (ACCE0 + b)))
-                    for jj in range(32):
-                        x = bits_f32(v[jj])
-                        red[t * RED_STRIDE + jj] = (x if x > float32(0) else float32(0)) * wt
+                    p0, p1, p2, p3, p4, p5, p6, p7 = partial8(a, c, w0, w1, w2, w3)
+                    hs = head_sum8(lane, p0, p1, p2, p3, p4, p5, p6, p7)
+                    pb = (ch % 2) * ROWS                 # double-buffered: one barrier per chunk
+                    part[pb + t] = hs
                     syncwarp()
                     ops.named_barrier_sync(EPI_BAR, ROWS)
-                    if t < 64:
-                        s = float32(0)
-                        for h in range(H):
-                            s += red[((t // 32) * H + h) * RED_STRIDE + lane]
-                        n = n0 + 32 * ch + lane
-                        if rtok < T and n < N:
-                            scores[rtok * N + n] = s if n < rvl else NEG_INF
-                    syncwarp()
-                    ops.named_barrier_sync(EPI_BAR, ROWS)
+                    if warp % 2 == 0:                    # heads 0-31 + heads 32-63 of the token
+                        n = n0 + 32 * ch + col
+                        if tok < T and n < N:
+                            scores[tok * N + n] = (part[pb + t] + part[pb + t + 32]) if n < tvl else NEG_INF
             else:                                    # past both tokens' valid_len: no MMA
                 for i in range(t, 2 * BN, ROWS):
                     n = n0 + i % BN
@@ -407,11 +516,12 @@ SMS = 148            # B200
 
 def launch_config(T: int, N: int, tiles_per_cta: int | None = None, sms: int = SMS) -> dict:
     """CTAs of a call: a token pair x a chunk of ``tiles_per_cta`` key tiles; by default the key
-    tiles are split so that the pairs x chunks fill the SMs once."""
+    tiles are split so that the pairs x chunks fill the SMs in one wave (at most ``sms`` CTAs: with
+    512 TMEM columns one CTA runs per SM, and a second wave of a few CTAs would double the time)."""
     ntiles = -(-N // BN)
     pairs = -(-T // TOKENS_PER_TILE)
     if tiles_per_cta is None:
-        chunks = max(1, min(ntiles, -(-sms // max(pairs, 1))))
+        chunks = max(1, min(ntiles, sms // max(pairs, 1)))
         tiles_per_cta = -(-ntiles // chunks)
     tiles_per_cta = max(1, int(tiles_per_cta))
     return {"grid": (max(1, -(-ntiles // tiles_per_cta)), pairs), "tiles_per_cta": tiles_per_cta,
