@@ -382,3 +382,16 @@ def test_calls_the_kernel_does_not_take_say_so_before_any_launch(monkeypatch, ca
         kc = g.standard_normal((64, I.D)).astype(ml_dtypes.bfloat16)
         with pytest.raises(NotImplementedError, match="FP4"):
             indexer(q, kc, w, 4, impls="fused")
+
+
+def test_misaligned_scales_say_so_before_any_launch(monkeypatch):
+    from dsv4_numba.formats import QuantizedFP4
+    from dsv4_numba.pipelines.indexer import _validate
+    monkeypatch.setenv("DSV4_MODE", "sim")
+    _no_launch(monkeypatch)
+    q4, k4, w = problem(3, 2, 64)
+    buf = np.zeros(k4.scales.size + 1, np.uint8)
+    buf[1:] = k4.scales.reshape(-1)
+    kx = QuantizedFP4(k4.data, buf[1:].reshape(k4.scales.shape), None, k4.fmt, k4.shape)
+    with pytest.raises(ValueError, match="k_cache.scales .* not 4-byte aligned"):
+        I.fused_indexer(_validate(q4, kx, w, 4, None, None), q4, kx, w, "reference", emulate=True)

@@ -701,6 +701,11 @@ class Plan:
         kd = io.to_kernel(k_cache.data).reshape(N, ROW_BYTES)
         qs = io.to_kernel(q.scales).reshape(-1)
         ks = io.to_kernel(k_cache.scales).reshape(-1)
+        for name, a in (("q.scales", qs), ("k_cache.scales", ks)):      # read 4 scales per 32-bit load
+            ptr = a.__cuda_array_interface__["data"][0] if io.gpu else a.ctypes.data
+            if ptr % 4:
+                raise ValueError(f"{name} starts at an address that is not 4-byte aligned ({ptr:#x}): the "
+                                 f"kernel loads a row's 4 UE8M0 scales as one 32-bit word; pass a fresh array")
         if isinstance(weights, np.ndarray):
             w = io.to_kernel(np.ascontiguousarray(weights, dtype=np.float32).reshape(-1))
         else:
