@@ -1025,6 +1025,314 @@ quantize_fused_sm100_kernel = KernelFamily(
 
 
 # ----------------------------------------------------------------------------------------------
+# nvfp4 variants "stream" / "stream_l2": a leaner quantize pass, a lockstep amax pass (L2 reuse)
+# ----------------------------------------------------------------------------------------------
+# Why: on the H100 the two-pass nvfp4 quantize took 111.3 us = amax pass (~44 us) + quantize pass
+# (67.6 us). The quantize kernel's loop was ~760 SASS instructions per 32-element chunk (two IEEE
+# divisions with slow-path branches per 16-block, a branchy E4M3 encode, both paths of the E2M1
+# encode issued under predicates): 1.84 M chunks x 760 / 32 lanes = 44 M warp instructions =
+# ~47 us of issue on 132 SMs x 4 schedulers at ~1.75 GHz, as long as the ~50 us of memory time,
+# so the two did not overlap into 50 us. The stream variants cut the per-chunk work (below) to
+# ~450 instructions (~28 us of issue: memory-bound again), and order both passes so the quantize
+# pass starts on what the amax pass read last.
+#
+# Per 16-element block (float32, all bitwise the spec, each checked exhaustively in the tests):
+#   * sb = f32(f32(gs * amax_b) / 6): gs * amax_b clamped to 2688 first (= min(sb, 448) of the
+#     spec, the division being monotonic), then the division as one multiply by RN(1/6) and two
+#     fma (Markstein's correction: the residual p - 6q is exact and q + r/6 rounds once);
+#   * the E4M3 code by bit arithmetic (mantissa rounded to 3 bits, or rint(sb * 512) below 2^-6);
+#   * r = f32(gs / s) read from a 128-entry shared table filled once per CTA with the spec's
+#     division (0 for code 0: that block's codes are all 0);
+#   * the two scale codes of a chunk stored as one 16-bit word.
+# Per element: y = x * r (the spec's rounding), then ``e2m1_mag_step``: 7 instructions, no
+# predicated second path; the sign from y's bit 31 under a per-block mask (so a zero scale gives
+# +0 codes, as the spec). Blocks whose gs * amax_b exceeded 2688 (only with a global_amax below
+# the block's amax; y then unbounded) take the two-pass kernel's encoder instead.
+#
+# L2 order: an H100 has 50 MB of L2; the tensor is 117 MB. The amax pass runs on a grid of exactly
+# the resident CTAs, each thread 4 independent 16-byte loads per sweep, the whole grid sweeping the
+# tensor BACK TO FRONT in lockstep (a sweep = 4 x 16 B x resident threads, ~17 MB on an H100); the
+# quantize pass (also one resident wave, grid-stride) reads FRONT TO BACK, so its first ~tens of
+# MB were the amax pass's last reads. (The two-pass kernels' grids are 16 waves of CTAs: a later
+# wave of CTAs re-walks the whole tensor, so "what was read last" is spread over all of it.)
+# "stream_l2" adds L2 eviction priorities (createpolicy + ld.global.nc.L2::cache_hint): the amax
+# pass's sweeps over the first L2_KEEP_BYTES of the tensor are evict_last, the rest evict_first;
+# the quantize pass's loads are evict_first (read once more, never again).
+# Expected on an H100 (copy ~3.0 TB/s): amax ~117 MB / ~2.9 TB/s read = ~40 us; quantize 150 MB at
+# ~2.7 TB/s = ~56 us, minus what L2 serves (up to ~20-30 MB: ~8 us): ~88-96 us (1.57-1.7 TB/s).
+NV_P_MAX = np.float32(2688.0)         # 6 x 448: gs * amax_b above it saturates the E4M3 scale
+SIXTH = np.float32(1.0) / np.float32(6.0)     # RN(1/6) in float32
+L2_KEEP_BYTES = 24 << 20            # stream_l2: the front of the tensor the amax pass marks evict_last
+AMAX_UNROLL = 4                     # 16-byte loads in flight per thread in the stream amax pass
+
+
+def _fma32_gpu(a, b, c):
+    return cuda.fma(a, b, c)            # fma.rn.f32: a * b + c rounded once
+
+
+def _fma32_sim(a, b, c):
+    """float32 a * b + c rounded ONCE (the simulator's cuda.fma rounds twice): the product is exact
+    in float64, the float64 sum's error is recovered exactly (TwoSum) and decides the one case
+    where rounding the float64 sum to float32 differs (the sum landing on a float32 midpoint)."""
+    p = float(a) * float(b)
+    cc = float(c)
+    s = p + cc
+    bb = s - p
+    e = (p - (s - bb)) + (cc - bb)
+    r = np.float32(s)
+    if e != 0 and float(r) != s:
+        other = np.nextafter(r, np.float32(np.inf if float(r) < s else -np.inf))
+        if (float(r) + float(other)) / 2 == s:
+            r = np.float32(np.nextafter(s, np.inf if e > 0 else -np.inf))
+    return float32(r)
+
+
+def _ld_hint_gpu(addr, policy):
+    return ops.ld_global_nc_v4_u32_hint(addr, policy)   # ld.global.nc...L2::cache_hint (sm_80+)
+
+
+def _ld_hint_sim(addr, policy):
+    return ops.ld_global_nc_v4_u32(addr)                # cache hints do not change the data
+
+
+fma32 = device(_fma32_gpu, sim=_fma32_sim)
+ld_hint = device(_ld_hint_gpu, sim=_ld_hint_sim)
+
+
+@device
+def ld16(addr, policy, HINT):
+    """One 16-byte read-only load; with HINT (a compile-time constant) tagged with an L2 policy."""
+    if HINT:
+        return ld_hint(addr, policy)
+    return ops.ld_global_nc_v4_u32(addr)
+
+
+@device
+def l2_policy(last, HINT):
+    """An L2 policy register (evict_last if ``last`` else evict_first); 0 without HINT."""
+    if HINT:
+        if last:
+            return ops.l2_policy_evict_last()       # createpolicy.fractional (sm_80+), tma.ptx
+        return ops.l2_policy_evict_first()
+    return uint64(0)
+
+
+@device
+def div6_rn(p):
+    """f32(p / 6) for finite 0 <= p <= 2688: q = p * RN(1/6) is within an ulp of p/6, r = p - 6q is
+    exact (fma), and q + r * RN(1/6) (fma) is the correctly rounded quotient (Markstein). Checked
+    against the IEEE division for every float32 significand in several binades (tests); quotients
+    below 2^-126 may differ by an ulp, which no E4M3 code can see (they all encode to 0)."""
+    q = p * SIXTH
+    r = fma32(-q, float32(6.0), p)
+    return fma32(r, SIXTH, q)
+
+
+@device
+def e4m3_code_bits(sb):
+    """E4M3 code (round to nearest even) of 0 <= sb <= 448, bitwise ``e4m3_code``, branch-light:
+    below 2^-6 (the E4M3 subnormal step 2^-9) rint(sb * 512) by one exact-then-rounded fma onto
+    2^23; above, the float32 mantissa rounded to 3 bits (+0x7FFFF plus the kept lsb; a carry moves
+    into the exponent, as it should) and rebiased by (127 - 7) << 3 = 960."""
+    u = f32_bits(sb)
+    if u < uint32(0x3C800000):
+        return uint32(f32_bits(sb * float32(512.0) + float32(8388608.0)) & uint32(15))
+    t = uint32(u + uint32(0x7FFFF) + ((u >> uint32(20)) & uint32(1)))
+    return uint32((t >> uint32(20)) - uint32(960))
+
+
+@device
+def e2m1_mag_step(y):
+    """E2M1 magnitude code (0..7) of float32 y, |y| < 2^100: round to nearest even, saturating at 6.
+
+    C = 2^22 * 2^max(e, 0) (e = floor(log2 |y|)) has an ulp equal to the E2M1 step at |y| (0.5 below
+    2, 1 in [2, 4), 2 in [4, 8)), so the float add |y| + C rounds |y| to the E2M1 grid (ties to the
+    even step, which is the even code) and bits(|y| + C) - bits(C) counts steps:
+    code = steps + 2 * max(e, 0), saturated at 7; with bits(C) = max(bits & 0x7F800000, 1.0's
+    bits) + (22 << 23), 2 * max(e, 0) = (bits(C) >> 22) - 298. Six SASS instructions (and,
+    add-max, fadd, sub, lea.hi, add-min); ``e2m1_encode_bits`` issues both of its paths under
+    predicates (~10). |y| + C must stay an add of the ROUNDED y: y = x * r is computed before
+    (no fma contraction: the abs sits between them; the SASS shows FMUL then FADD)."""
+    a = uint32(f32_bits(y) & uint32(0x7F800000))
+    cb = max(uint32(a + uint32(0x0B000000)), uint32(0x4A800000))
+    v = f32_bits(abs(y) + bits_f32(cb))
+    return min(uint32(v - cb + ((cb >> uint32(22)) - uint32(298))), uint32(7))
+
+
+@device
+def e2m1_step(y, smask):
+    """E2M1 code of y with its sign bit kept where smask = 8 (0: the block's scale is 0)."""
+    return e2m1_mag_step(y) | ((f32_bits(y) >> uint32(28)) & smask)
+
+
+@device
+def encode8_step(v, mult, smask):
+    """Eight float32 x -> one word of eight E2M1 codes of x * mult (element 0 in bits 3:0)."""
+    v0, v1, v2, v3, v4, v5, v6, v7 = v
+    return (e2m1_step(v0 * mult, smask) | (e2m1_step(v1 * mult, smask) << uint32(4))
+            | (e2m1_step(v2 * mult, smask) << uint32(8))
+            | (e2m1_step(v3 * mult, smask) << uint32(12))
+            | (e2m1_step(v4 * mult, smask) << uint32(16))
+            | (e2m1_step(v5 * mult, smask) << uint32(20))
+            | (e2m1_step(v6 * mult, smask) << uint32(24))
+            | (e2m1_step(v7 * mult, smask) << uint32(28)))
+
+
+@device
+def fill_mult_table(rtab, gs_enc):
+    """rtab[code] = f32(gs_enc / e4m3(code)) (the spec's r) for the E4M3 codes 1..126, 0 for code
+    0 (a zero scale: all codes 0) and 127 (NaN; never produced: sb <= 448). Ends with a barrier."""
+    for c in range(cuda.threadIdx.x, 128, cuda.blockDim.x):
+        r = float32(0.0)
+        if c != 0 and c != 127:
+            r = gs_enc / e4m3_value(c)
+        rtab[c] = r
+    cuda.syncthreads()
+
+
+@device
+def quantize_chunk_nv(q0, q1, q2, q3, c, gs_enc, rtab, dst, scales16, flag):
+    """nvfp4 chunk c (two 16-blocks, four 8-float tuples) -> 16 code bytes at dst + 16c (one
+    16-byte store) and its two E4M3 scale codes as one 16-bit word scales16[c]. Bitwise
+    ``quantize_chunk`` for FMT_NV; NaN / inf set flag[0]."""
+    m01 = amax8(q1, amax8(q0, float32(0.0)))
+    m23 = amax8(q3, amax8(q2, float32(0.0)))
+    if not (m01 <= float32(3.4028235e38) and m23 <= float32(3.4028235e38)):
+        flag[0] = 1                                  # NaN or inf in this chunk
+    p0 = gs_enc * m01
+    p1 = gs_enc * m23
+    sat = not (p0 <= NV_P_MAX and p1 <= NV_P_MAX)    # a saturated block (or NaN): y unbounded
+    code0 = e4m3_code_bits(div6_rn(min(p0, NV_P_MAX))) & uint32(127)   # the mask keeps a NaN
+    code1 = e4m3_code_bits(div6_rn(min(p1, NV_P_MAX))) & uint32(127)   # chunk's index in range
+    mult0 = rtab[code0]
+    mult1 = rtab[code1]
+    scales16[c] = code0 | (code1 << uint32(8))
+    if sat:
+        w0 = encode8(q0, mult0, False)
+        w1 = encode8(q1, mult0, False)
+        w2 = encode8(q2, mult1, False)
+        w3 = encode8(q3, mult1, False)
+    else:
+        s0 = uint32(8) if mult0 > float32(0.0) else uint32(0)
+        s1 = uint32(8) if mult1 > float32(0.0) else uint32(0)
+        w0 = encode8_step(q0, mult0, s0)
+        w1 = encode8_step(q1, mult0, s0)
+        w2 = encode8_step(q2, mult1, s1)
+        w3 = encode8_step(q3, mult1, s1)
+    ops.st_global_v4_b32(dst + uint64(16) * uint64(c), w0, w1, w2, w3)
+
+
+@device
+def load8h(src, ikind, k, policy, HINT):
+    """``load8`` with the loads optionally tagged with an L2 policy."""
+    if ikind == F32:
+        a0, a1, a2, a3 = ld16(src + uint64(32 * k), policy, HINT)
+        b0, b1, b2, b3 = ld16(src + uint64(32 * k + 16), policy, HINT)
+        return unpack8(a0, a1, a2, a3, b0, b1, b2, b3, ikind)
+    a0, a1, a2, a3 = ld16(src + uint64(16 * k), policy, HINT)
+    return unpack8(a0, a1, a2, a3, a0, a1, a2, a3, ikind)
+
+
+# Napkin math (7168 x 8192 bfloat16): 117.4 MB read + 29.4 MB codes + 3.7 MB scales written,
+# ~50 us at the ~3.0 TB/s copy bandwidth; ~450 SASS instructions per chunk (13 per element + ~30
+# per chunk) -> 1.84 M x 450 / 32 = 26 M warp instructions, ~28 us of issue: memory-bound.
+def make_quantize_stream_kernel(name, IKIND, HINT):
+    """The nvfp4 quantize pass of the stream variants: one thread per 32-element chunk, a grid of
+    exactly the resident CTAs striding front to back (see the section comment); the per-CTA table
+    of r = gs / s; ``quantize_chunk_nv``. IKIND / HINT are compile-time constants."""
+    ebytes = 4 if IKIND == F32 else 2
+
+    def kern(x, amax_bits, data, scales16, flag, nchunks):
+        rtab = cuda.shared.array(128, float32)
+        gs_enc = global_encode_scale(amax_bits, FMT_NV)
+        fill_mult_table(rtab, gs_enc)
+        policy = l2_policy(False, HINT)
+        src = ops.array_address(x)
+        dst = ops.array_address(data)
+        for c in range(cuda.grid(1), nchunks, cuda.gridsize(1)):
+            base = src + uint64(32 * ebytes) * uint64(c)
+            quantize_chunk_nv(load8h(base, IKIND, 0, policy, HINT),
+                              load8h(base, IKIND, 1, policy, HINT),
+                              load8h(base, IKIND, 2, policy, HINT),
+                              load8h(base, IKIND, 3, policy, HINT),
+                              c, gs_enc, rtab, dst, scales16, flag)
+    kern.__name__ = kern.__qualname__ = name
+    return kernel(kern)
+
+
+# Napkin math: 117.4 MB read once (bfloat16 7168 x 8192), 4 bytes written: ~38-40 us at a ~3 TB/s
+# read stream; per 16-byte vector 4 and + 4 max (16-bit kinds): ~8% of the issue budget.
+def make_amax_stream_kernel(name, IKIND, HINT):
+    """max |x| as float32 bits into amax_bits[0], like ``make_amax_kernel``, but for a grid of
+    exactly the resident CTAs sweeping the tensor back to front in lockstep: sweep k covers the
+    window of AMAX_UNROLL x (grid threads) vectors ending k windows before the end, each thread
+    issuing its AMAX_UNROLL 16-byte loads (each one coalesced across the warp) before folding
+    any; the front remainder last. With HINT, sweeps that start inside the first ``keep_vecs``
+    vectors load with an evict_last L2 policy, the others evict_first. One atomicMax per CTA."""
+    def kern(x, amax_bits, nvec, keep_vecs):
+        red = cuda.shared.array(WARPS, uint32)
+        src = ops.array_address(x)
+        tid = cuda.grid(1)
+        S = cuda.gridsize(1)
+        W = AMAX_UNROLL * S
+        keep = l2_policy(True, HINT)
+        first = l2_policy(False, HINT)
+        m_hi = uint32(0)
+        m_lo = uint32(0)
+        end = nvec
+        while end >= W:                             # full windows [end - W, end), back to front
+            lo = end - W
+            policy = keep if lo < keep_vecs else first
+            a = src + uint64(16) * uint64(lo + tid)
+            step = uint64(16) * uint64(S)
+            a0, a1, a2, a3 = ld16(a, policy, HINT)
+            b0, b1, b2, b3 = ld16(a + step, policy, HINT)
+            c0, c1, c2, c3 = ld16(a + uint64(2) * step, policy, HINT)
+            d0, d1, d2, d3 = ld16(a + uint64(3) * step, policy, HINT)
+            m_hi, m_lo = amax_words(a0, a1, a2, a3, m_hi, m_lo, IKIND)
+            m_hi, m_lo = amax_words(b0, b1, b2, b3, m_hi, m_lo, IKIND)
+            m_hi, m_lo = amax_words(c0, c1, c2, c3, m_hi, m_lo, IKIND)
+            m_hi, m_lo = amax_words(d0, d1, d2, d3, m_hi, m_lo, IKIND)
+            end = lo
+        for v in range(tid, end, S):                # the front remainder (< one window)
+            w0, w1, w2, w3 = ld16(src + uint64(16) * uint64(v), keep, HINT)
+            m_hi, m_lo = amax_words(w0, w1, w2, w3, m_hi, m_lo, IKIND)
+        m = block_max_u32(amax_of_accumulators(m_hi, m_lo, IKIND), red)
+        if cuda.threadIdx.x == 0:
+            cuda.atomic.max(amax_bits, 0, m)
+    kern.__name__ = kern.__qualname__ = name
+    return kernel(kern)
+
+
+quantize_stream_kernel = KernelFamily("quantize_fp4_nv_stream", make_quantize_stream_kernel)
+amax_stream_kernel = KernelFamily("amax_fp4_stream", make_amax_stream_kernel)
+_RESIDENT = {}                      # (kernel name, argument types, threads) -> resident CTAs
+
+
+def _one_wave(k, args, work_items):
+    """The launch tuple of a one-wave (persistent) grid: THREADS per CTA and as many CTAs as fit on
+    the GPU at once for this compiled kernel (occupancy API), at most one per THREADS work items.
+    Simulator: CTAs of 32 threads, at most 2, so that tiny tests cover several CTAs and several
+    lockstep sweeps."""
+    from ..runtime import env
+    if env.mode() != "gpu":
+        return (k, min(2, max(1, -(-work_items // 32))), args, 32, 0)
+    return (k, _resident_grid(k, args, work_items, THREADS), args, THREADS, 0)
+
+
+def _resident_grid(k, args, work_items, threads):
+    need = max(1, -(-work_items // threads))
+    disp = k.gpu
+    sig = tuple(disp.typeof_pyval(a) for a in args)
+    key = (k.__name__, sig, threads)
+    if key not in _RESIDENT:
+        if sig not in disp.overloads:
+            disp.compile(sig)
+        _RESIDENT[key] = max(1, disp.overloads[sig].max_cooperative_grid_blocks(threads))
+    return min(_RESIDENT[key], need)
+
+
+# ----------------------------------------------------------------------------------------------
 # host side: validation, launch, registration
 # ----------------------------------------------------------------------------------------------
 def _grid(work_items: int, per_block: int = THREADS, waves_per_sm: int = 16) -> int:
@@ -1117,14 +1425,16 @@ def reset_fused_kernel(amax_bits, flag, sync):
     sync[0] = 0
 
 
-NVFP4_VARIANTS = ("twopass", "fused")
-NVFP4_DEFAULT_VARIANT = "twopass"   # H100-verified; "fused" is the one-launch kernel above
+NVFP4_VARIANTS = ("twopass", "fused", "stream", "stream_l2")
+NVFP4_DEFAULT_VARIANT = "twopass"   # H100-verified; the others: see their kernels above
 _FUSED = {}                         # id(quantize family) -> its fused family (set below)
 
 
 def nvfp4_variant(variant=None) -> str:
     """The nvfp4 amax + quantize variant: the argument, else $DSV4_FP4_NVFP4_VARIANT, else the
-    default (``twopass``: amax pass + quantize kernel; ``fused``: one persistent kernel)."""
+    default (``twopass``: amax pass + quantize kernel; ``fused``: one persistent kernel;
+    ``stream``: lockstep amax pass + the lean quantize pass; ``stream_l2``: the same with L2
+    eviction priorities)."""
     import os
     v = variant or os.environ.get("DSV4_FP4_NVFP4_VARIANT") or NVFP4_DEFAULT_VARIANT
     if v not in NVFP4_VARIANTS:
@@ -1152,7 +1462,8 @@ def quantize_plan(x, fmt, kern, ref, global_amax=None, variant=None, fused_confi
     """Validate, place buffers and list the launches of one quantize call (``kern``: the reference
     kernel or a production KernelFamily). nvfp4 plans launch the global-amax pass first, unless
     ``global_amax`` is given (then its float32 bits seed the amax buffer), or, production with
-    ``variant="fused"`` (see ``nvfp4_variant``), one persistent kernel doing both.
+    ``variant="fused"`` (see ``nvfp4_variant``), one persistent kernel doing both; ``"stream"`` /
+    ``"stream_l2"`` use the lockstep amax pass and the lean quantize pass (also with a given amax).
     ``fused_config``: (threads, smem budget, grid) overrides for the fused kernel (tests)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown FP4 format {fmt!r}; use one of {sorted(FORMATS)}")
@@ -1165,8 +1476,9 @@ def quantize_plan(x, fmt, kern, ref, global_amax=None, variant=None, fused_confi
         if not (np.isfinite(ga) and ga >= 0):
             raise ValueError(f"global_amax must be finite and >= 0, got {global_amax!r}")
         amax_init = np.array(ga, np.float32).view(np.uint32)[()]
-    fused = (not ref and spec.has_global_scale and global_amax is None
-             and nvfp4_variant(variant) == "fused")
+    v = nvfp4_variant(variant) if (not ref and spec.has_global_scale) else "twopass"
+    fused = v == "fused" and global_amax is None
+    stream = v in ("stream", "stream_l2")          # with or without a given global_amax
     shape = tuple(x.shape)
     ikind, _ = float_kind(x, "quantize_fp4 input", allow_f16=True)
     if not shape or shape[-1] % spec.block:
@@ -1206,11 +1518,21 @@ def quantize_plan(x, fmt, kern, ref, global_amax=None, variant=None, fused_confi
                              (flat, ikind, spec.block, _FMT_ID[fmt], amax, data, scales)))
         else:
             _check_aligned(flat, data)
-            if amax_pass:
-                nvec = n * np.dtype(flat.dtype).itemsize // 16
-                launches.append((amax_prod_kernel.get(ikind), _grid(nvec), (flat, amax, nvec)))
-            launches.append((kern.get(_FMT_ID[fmt], spec.block, ikind), _grid(n // 32),
-                             (flat, amax, data, scales, flag, n // 32)))
+            nvec = n * np.dtype(flat.dtype).itemsize // 16
+            if stream:
+                hint = v == "stream_l2"
+                if amax_pass:
+                    ka = amax_stream_kernel.get(ikind, hint)
+                    args = (flat, amax, nvec, L2_KEEP_BYTES // 16)
+                    launches.append(_one_wave(ka, args, -(-nvec // AMAX_UNROLL)))
+                kq = quantize_stream_kernel.get(ikind, hint)
+                args = (flat, amax, data, scales.view(np.uint16), flag, n // 32)
+                launches.append(_one_wave(kq, args, n // 32))
+            else:
+                if amax_pass:
+                    launches.append((amax_prod_kernel.get(ikind), _grid(nvec), (flat, amax, nvec)))
+                launches.append((kern.get(_FMT_ID[fmt], spec.block, ikind), _grid(n // 32),
+                                 (flat, amax, data, scales, flag, n // 32)))
 
     def finish():
         amax_host = amax.copy_to_host() if hasattr(amax, "copy_to_host") else amax
@@ -1267,6 +1589,21 @@ def _kernels_fused(family, ikinds=(F32, F16, BF16)):
               t.int32[::1], t.int64, t.int64)) for ik in ikinds]
 
 
+def _kernels_stream(ikinds=(F32, F16, BF16), hints=(False, True)):
+    """(kernel, signature) of the stream variants' amax and quantize kernels."""
+    from numba import types as t
+    in_t = {F32: t.float32, F16: t.float16, BF16: t.uint16}
+    out = []
+    for ik in ikinds:
+        for h in hints:
+            out.append((amax_stream_kernel.get(ik, h),
+                        (in_t[ik][::1], t.uint32[::1], t.int64, t.int64)))
+            out.append((quantize_stream_kernel.get(ik, h),
+                        (in_t[ik][::1], t.uint32[::1], t.uint8[::1], t.uint16[::1],
+                         t.int32[::1], t.int64)))
+    return out
+
+
 def _kernels_amax(ikinds=(F32, F16, BF16)):
     from numba import types as t
     in_t = {F32: t.float32, F16: t.float16, BF16: t.uint16}
@@ -1289,12 +1626,14 @@ registry.register("quantize_fp4", "reference")(
     _quantize(x, fmt, quantize_ref_kernel, True, global_amax))
 registry.register("quantize_fp4", "production", arch="sm_90a",
                   kernels=lambda: (_kernels_quantize(quantize_sm90_kernel) + _kernels_amax()
-                                   + _kernels_fused(quantize_fused_sm90_kernel)))(
+                                   + _kernels_fused(quantize_fused_sm90_kernel)
+                                   + _kernels_stream()))(
     lambda x, fmt, global_amax=None, variant=None:
     _quantize(x, fmt, quantize_sm90_kernel, False, global_amax, variant))
 registry.register("quantize_fp4", "production", arch="sm_100a",
                   kernels=lambda: (_kernels_quantize(quantize_sm100_kernel) + _kernels_amax()
-                                   + _kernels_fused(quantize_fused_sm100_kernel)))(
+                                   + _kernels_fused(quantize_fused_sm100_kernel)
+                                   + _kernels_stream()))(
     lambda x, fmt, global_amax=None, variant=None:
     _quantize(x, fmt, quantize_sm100_kernel, False, global_amax, variant))
 
@@ -1329,10 +1668,12 @@ def quantize_fp4(x, fmt: str = "dsv4_fp4", impl: str | None = None,
       * nvfp4 runs an extra pass for the per-tensor amax (the global scale), unless
         ``global_amax`` (nvfp4 only: a finite float >= 0, e.g. a calibrated amax) is given; the
         result is then bitwise ``formats.quantize(x, "nvfp4", global_amax=global_amax)``.
-      * ``variant`` (nvfp4 production without ``global_amax``): ``"twopass"`` (amax pass +
-        quantize kernel, the default) or ``"fused"`` (one persistent kernel that keeps part of
-        the input in shared memory across a grid barrier); also $DSV4_FP4_NVFP4_VARIANT.
-        Both are bitwise the spec.
+      * ``variant`` (nvfp4 production): ``"twopass"`` (amax pass + quantize kernel, the
+        default), ``"fused"`` (one persistent kernel that keeps part of the input in shared
+        memory across a grid barrier; without ``global_amax`` only), ``"stream"`` (one-wave
+        lockstep amax pass back to front, then the lean quantize pass front to back) or
+        ``"stream_l2"`` (the same with L2 evict_last / evict_first priorities); also
+        $DSV4_FP4_NVFP4_VARIANT. All are bitwise the spec.
     """
     return registry.resolve("quantize_fp4", impl).fn(x, fmt, global_amax=global_amax,
                                                      variant=variant)
