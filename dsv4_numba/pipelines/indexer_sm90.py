@@ -40,9 +40,33 @@ Two kernels, selected by ``variant=`` / ``DSV4_INDEXER_VARIANT`` (default ``DEFA
   in one batch of 16 loads instead of two of 8 -- 168 registers, 3 CTAs per SM instead of 4 at
   128; not kept.)
 
+* ``v3`` (round 3, 2026-11-26, emulator-verified only; not the default until a GPU has timed
+  it): v2's kernel with ``hist`` = 1 -- each valid score is also counted, in the register that
+  holds it, into the top-k's first-level histogram (``indexer_topk.hist_add``: key >> 20 of the
+  order-preserving key, one ``red.global.add``), and the top-k runs as
+  ``indexer_topk.HistTopk``: the registered top-k's select + finish without its histogram launch
+  (each select block finds b1 from the histogram itself). Same scores, same selection bitwise as
+  v2 + the production top-k. Why this design (napkin math, H100 measured 2026-11-26 by
+  tools/bench_softmax_topk.py --breakdown): the top-k's histogram launch alone is ~5.7 us at
+  (1, 65536) and (4, 65536) and ~18-24 us at (64, 131072) -- the part of the top-k that only
+  re-reads what the score kernel had in registers. The alternatives: (a) a per-CTA top-k
+  candidate set -- prunes nothing, since k (512-2048) >= the 128 keys of a CTA; (b) writing only
+  scores above a threshold from a cheap first pass -- an exact threshold needs k exact scores
+  first, i.e. a second launch over the keys; (c) a last-CTA-per-token b1 in the score kernel --
+  a fence + ticket per token per CTA on the critical path and a serial tail of TQ rows. The
+  histogram in the epilogue costs T*N fire-and-forget reductions (``indexer_topk``'s napkin math).
+  What stays is the top-k's select + finish (~26-35 us at the small shapes, the top-k stage's
+  own work).
+* V3.2 FP8 (``indexer_fused_fp8_kernel``, any variant; the histogram under v3): E4M3 q and keys
+  copied as bytes into 128B-swizzled tiles (a 128-code row is one swizzle row), 4 x
+  ``wgmma.m64n128k32.f32.e4m3.e4m3``, q's per-row scale folded into w, the key's per-row scale
+  multiplying the head sum (see the block comment above the kernel). One scale per row
+  (block >= D = 128) only; a scale per 32 raises NotImplementedError naming the staged path.
+
 Not here yet: TMA / cp.async into an mbarrier ring for the keys, BN = 256 with dynamic shared
-memory, two consumer warpgroups per CTA, a running top-k threshold, and V3.2 FP8 (e4m3 wgmma k32) --
-FP8 raises ``NotImplementedError`` naming the staged path.
+memory, two consumer warpgroups per CTA (the T = 4 / T = 64 score kernel is still 1-3x its
+target alone), scores kept out of memory entirely (a threshold known before the scores are
+final).
 
 Napkin math (H = 64, D = 128; per key per token 2*H*D = 16384 FLOP)
 ----------------------------------------------------------------

@@ -188,6 +188,24 @@ def hist_topk_for(rows: int, n: int, k: int) -> HistTopk:
     return _PLANS[key]
 
 
+def cache_registered_topk() -> list:
+    """GPU tools / tests: route the registered top-k's float32 vectorized kernels (those
+    ``impls="fused"`` with v1 / v2 launches) through Numba's disk cache (``cached_gpu``), so a
+    second process on the machine loads them instead of compiling again. Returns their
+    (Kernel, signature) pairs (``--precompile`` compiles them). A no-op for any kernel already
+    compiled in this process."""
+    from numba import types as t
+
+    from .indexer_sm90 import cached_gpu
+    out = []
+    for k, sig in TK.production_kernels():
+        if sig[0] == t.float32[::1] and k.__name__.endswith(f"_v{TK._vec(F32, True)}"):
+            if mode() == "gpu" and k._gpu is None:
+                k._gpu = cached_gpu(k)
+            out.append((k, sig))
+    return out
+
+
 def kernels():
     """(Kernel, signature) of the select launches, for compile-only checks."""
     from numba import types as t
@@ -197,4 +215,5 @@ def kernels():
               t.float32[::1], i32, i64)) for staged in (False, True)]
 
 
-__all__ = ["hist_add", "select_hist_kernel", "HistTopk", "hist_topk_for", "kernels", "NBINS"]
+__all__ = ["hist_add", "select_hist_kernel", "HistTopk", "hist_topk_for", "kernels", "NBINS",
+           "cache_registered_topk"]
