@@ -58,11 +58,12 @@ One sm_90a kernel per (block of 128 keys, group of query tokens): keys -> shared
 decoded on the way, exactly, to bfloat16), per token the q tile, 8 x wgmma.m64n128k16 (M = the 64
 heads, N = keys, K = D), ReLU and w[t, h] on the accumulator registers, the head sum through a
 shared-memory exchange, scores [T, N] written once (4 B per key per token instead of the staged
-256 + 4 + 4), then the registered top-k. bfloat16 and dsv4_fp4 / mxfp4 inputs, H = 64, D = 128;
-V3.2 FP8 is not fused yet (NotImplementedError naming the staged path). The same kernel with a
-logits epilogue is the staged ``indexer_scores`` production stage (bfloat16 inputs; FP4 is decoded
-to bfloat16 for it). Not built yet: TMA / cp.async into an mbarrier ring, the running top-k
-threshold that would keep most scores out of memory.
+256 + 4 + 4), then the registered top-k. bfloat16, dsv4_fp4 / mxfp4 and V3.2 FP8 (E4M3 wgmma, one
+scale per row) inputs, H = 64, D = 128; variant v3 also counts the top-k's histogram in the kernel
+(the top-k then skips its histogram launch). The same kernel with a logits epilogue is the staged
+``indexer_scores`` production stage (bfloat16 inputs; FP4 is decoded to bfloat16 for it). Not
+built yet: TMA / cp.async into an mbarrier ring, a threshold that would keep most scores out of
+memory.
 """
 from __future__ import annotations
 
