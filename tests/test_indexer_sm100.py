@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from conftest import outliers
 from numba import cuda, float32
-from test_indexer import check_selection, fp4, oracle
+from test_indexer import check_selection, fp4, oracle, page
 
 from dsv4_numba.pipelines import indexer_sm100 as I
 from dsv4_numba.runtime import device, kernel
@@ -167,7 +167,7 @@ def problem(seed, T, N):
     return q4, k4, w
 
 
-def run_emulated(monkeypatch, q4, k4, w, k, vl, tiles_per_cta=None, regions=None):
+def run_emulated(monkeypatch, q4, k4, w, k, vl, tiles_per_cta=None, regions=None, block_table=None):
     """fused_indexer on the emulator (scores NaN-poisoned first): (idx, vals, scores [T, N])."""
     from dsv4_numba import emu
     from dsv4_numba.emu import state
@@ -175,7 +175,7 @@ def run_emulated(monkeypatch, q4, k4, w, k, vl, tiles_per_cta=None, regions=None
     monkeypatch.setenv("DSV4_MODE", "sim")
     monkeypatch.setattr(state, "DEADLOCK_GRACE_S", max(getattr(state, "DEADLOCK_GRACE_S", 0), 5.0),
                         raising=False)
-    c = _validate(q4, k4, w, k, vl, None)
+    c = _validate(q4, k4, w, k, vl, block_table)
     out = np.full(c.T * c.N, np.nan, np.float32)
     with emu.tmem_regions(**(regions or I.tmem_plan())):
         idx, vals, inter = I.fused_indexer(c, q4, k4, w, "reference", True, emulate=True,
@@ -220,6 +220,24 @@ def test_fused_sm100_under_the_emulator(monkeypatch, case):
     except EmulatorDeadlock:          # the stall detector can fire on a loaded CPU: one retry
         idx, vals, scores = run_emulated(monkeypatch, q4, k4, w, k, vl, tpc)
     check_against_oracle(idx, vals, scores, oracle(q4, k4, w, vl), k)
+
+
+@pytest.mark.filterwarnings("error")
+def test_paged_cache_equals_contiguous(monkeypatch):
+    """The same keys scattered over pages of 64 rows behind one shared block table (unused pages hold
+    NaN scale codes 0xFF, never read): scores bitwise equal to the contiguous cache's, and right. One
+    CTA, 2 tiles: the first 3 runs of 64 rows from 3 pages, then 2 runs and one past the pair's
+    valid_len (a zero-filled box at a negative row, no page read)."""
+    from dsv4_numba.formats import QuantizedFP4
+    T, N, vl, k = 2, 320, np.array([300, 100], np.int32), 8
+    q4, k4, w = problem(21, T, N)
+    (pd, ps), table = page([k4.data, k4.scales], 64, T, False, 4, lambda sh, dt: np.full(sh, 255, dt))
+    kp = QuantizedFP4(pd, ps, None, k4.fmt, (pd.shape[0], 64, I.D))
+    idx, vals, sp = run_emulated(monkeypatch, q4, kp, w, k, vl, 2, block_table=table)
+    idx2, vals2, sc = run_emulated(monkeypatch, q4, k4, w, k, vl, 2)
+    assert np.array_equal(sp.view(np.uint32), sc.view(np.uint32)), "paged != contiguous"
+    assert np.array_equal(idx, idx2) and np.array_equal(vals.view(np.uint32), vals2.view(np.uint32))
+    check_against_oracle(idx, vals, sp, oracle(q4, k4, w, vl), k)
 
 
 @pytest.mark.filterwarnings("error")
@@ -363,7 +381,7 @@ def test_explicit_sm100a_without_a_gpu_says_so_before_any_launch(monkeypatch):
         indexer(q4, k4, w, 4, impls="fused:sm_100a:reference")
 
 
-@pytest.mark.parametrize("case", ["paged", "bf16"])
+@pytest.mark.parametrize("case", ["per_token_tables", "page_size_12", "bf16"])
 def test_calls_the_kernel_does_not_take_say_so_before_any_launch(monkeypatch, case):
     import ml_dtypes
 
@@ -371,11 +389,19 @@ def test_calls_the_kernel_does_not_take_say_so_before_any_launch(monkeypatch, ca
     _fake_device(monkeypatch, "sm_100a")
     _no_launch(monkeypatch)
     q4, k4, w = problem(2, 2, 64)
-    if case == "paged":
+    if case in ("per_token_tables", "page_size_12"):
         from dsv4_numba.formats import QuantizedFP4
-        kp = QuantizedFP4(k4.data.reshape(4, 16, 64), k4.scales.reshape(4, 16, 4), None, k4.fmt, (4, 16, 128))
-        with pytest.raises(NotImplementedError, match="paged caches"):
-            indexer(q4, kp, w, 4, block_table=np.arange(4, dtype=np.int32)[None], impls="fused")
+        ps = 16 if case == "per_token_tables" else 12
+        P = -(-64 // ps)
+        data = np.zeros((P * ps, 64), np.uint8)
+        scales = np.zeros((P * ps, 4), np.uint8)
+        data[:64], scales[:64] = k4.data, k4.scales
+        kp = QuantizedFP4(data.reshape(P, ps, 64), scales.reshape(P, ps, 4), None, k4.fmt, (P, ps, 128))
+        table = np.arange(P, dtype=np.int32)[None]
+        if case == "per_token_tables":
+            table = np.repeat(table, 2, axis=0)
+        with pytest.raises(NotImplementedError, match="per-token tables" if ps == 16 else "multiple of 8"):
+            indexer(q4, kp, w, 4, block_table=table, impls="fused")
     else:
         g = np.random.default_rng(0)
         q = g.standard_normal((2, I.H, I.D)).astype(ml_dtypes.bfloat16)

@@ -25,11 +25,17 @@ fence.proxy.async and a TMEM plan the kernel does not follow are reported by the
 body of the head-sum shuffles is run by the simulator on one warp (the emulator runs its NumPy
 twin).
 
-**NOT run on Blackwell hardware** (no sm_100a GPU is lent). **Not built**: paged caches (a
-``block_table`` raises ``NotImplementedError`` naming the staged / sm_90a paths: TMA boxes of
-BN = 192 rows need contiguous keys; a page-aware ring with one box per page, or ``cp.async`` row
-gathers, is the next step), bfloat16 / FP8 inputs on sm_100a, M = 64 tiles for T = 1 (half of the
-128 MMA rows idle), 2-CTA MMA, a running top-k threshold in the epilogue, setmaxnreg per role.
+**Paged caches**: one block table shared by all tokens (``[1, max_pages]``, the prefill case: the
+two tokens of a CTA share the key tile), pages of a multiple of 8 rows; the load warp issues one TMA
+box of gcd(page_size, 192) rows per run of a page (a box past the pair's valid keys starts at a
+negative row: zero-filled, no page read), the scales through the table. Paged and contiguous
+caches give bitwise identical scores (tested). Per-token tables raise ``NotImplementedError``
+naming the staged / sm_90a paths (M = 64 tiles of one token would lift that).
+
+**NOT run on Blackwell hardware** (no sm_100a GPU is lent). **Not built**: per-token block tables,
+bfloat16 / FP8 inputs on sm_100a, M = 64 tiles for T = 1 (half of the 128 MMA rows idle), 2-CTA
+MMA, a running top-k threshold in the epilogue, setmaxnreg per role, a registry stage entry (the
+dispatch is ``pick_fused``, called by ``pipelines.indexer.indexer``).
 
 What it computes (as ``pipelines.indexer`` and the Hopper kernel ``indexer_sm90``)::
 
@@ -59,7 +65,8 @@ Warp roles (192 threads; the epilogue touches all 128 TMEM lanes, so it is a ful
   writes the 16 bytes of atom row l: keys l, l + 32, l + 64, l + 96 -- one st.shared.v4),
   fence.proxy.async, a one-warp named barrier (``bar.sync 2, 32``: __syncwarp's ordering, and the
   simulator, whose threads are not in lockstep, honours it), then lane 0 arrives with expect_tx and
-  TMA-loads the key codes (2D box 192 rows x 64 B, 64B swizzle; rows past N are zero-filled). q
+  TMA-loads the key codes (2D box 192 rows x 64 B, 64B swizzle; rows past N are zero-filled; paged:
+  192 / R boxes of R = gcd(page_size, 192) rows through the block table). q
   codes: one TMA box (128 rows x 64 B) on ``bar_q``. The scales are not TMA-loaded: the atom
   interleaves rows with a 4-byte stride (16 B at least).
 * warp 4 -- **MMA**: the whole warp allocates TMEM (512 columns), relinquishes the permit and frees
@@ -139,18 +146,23 @@ What to check first on a B200
 3. The TMEM address arithmetic: the column ``tcgen05.alloc`` returns (0 expected: one CTA per SM
    can hold 512 columns; a second co-resident CTA waits in alloc) and the lane field
    ``(32 * warp) << 16`` of the epilogue loads.
-4. Races the emulator cannot see (it completes async work at issue): the load warp's generic-proxy
+4. Paged caches: the R-row boxes land 512-byte aligned in the swizzled tile (the swizzle is a
+   function of the shared-memory address, as the emulator models it), and a box at a negative row
+   is zero-filled on sm_100a as on the H100 (``hw/tma.py``).
+5. Races the emulator cannot see (it completes async work at issue): the load warp's generic-proxy
    scale stores -> fence.proxy.async -> bar.sync 2, 32 -> arrive; ``acc_empty`` before the next MMA
    into the same accumulator; ``empty[slot]`` committed after the MMAs that read the slot.
-5. Then throughput, ``python tools/bench_indexer_sm100.py``: scores-only time at T = 1 / 4 / 64 x
+6. Then throughput, ``python tools/bench_indexer_sm100.py``: scores-only time at T = 1 / 4 / 64 x
    N = 65536 / 131072 against the estimates above, end-to-end ``indexer(..., impls="fused")``, and
    the torch path in the same run.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import cuda  # noqa: F401
-from numba.types import float32, int32, uint8, uint32, uint64  # noqa: F401
+from numba.types import float32, int32, int64, uint8, uint32, uint64  # noqa: F401
 
 from ..hw import ops
 from ..hw.bits import bits_f32
@@ -324,16 +336,30 @@ def _head_sum8_sim(lane, *p):
 head_sum8 = device(_head_sum8_gpu, sim=_head_sum8_sim)
 
 
+@device
+def key_scale_word(ka, table, P, n, lim):
+    """The 4 UE8M0 scales (one word) of logical key n: through the block table when P > 0; 0 for
+    n >= lim (the larger valid_len of the pair: pages past it may not exist)."""
+    if n >= lim:
+        return uint32(0)
+    row = int64(n)
+    if P > 0:
+        row = int64(table[n // P]) * P + n % P
+    return ops.ld_global_nc_u32(ka + uint64(4 * row))
+
+
 def epilogue_column(lane: int) -> int:
     """The accumulator column (of 32) whose 32-row sum ``head_sum8`` leaves in ``lane``."""
     k = 4 * ((lane >> 4) & 1) + 2 * ((lane >> 3) & 1) + ((lane >> 2) & 1)
     return 8 * (k // 2) + 2 * (lane % 4) + k % 2
 
 
-def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta):
+def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta, table, P, R):
     """scores[t * N + n] (float32) for the CTA's token pair and key chunk. tmq / tmk: tensor maps of
-    the packed codes (q [T * 64, 64] and k [N, 64] uint8); qs / ks: UE8M0 scales uint8 [T * 64 * 4] /
-    [N * 4]; w float32 [T * 64]; vl int32 [T]."""
+    the packed codes (q [T * 64, 64] and the cache's physical rows [rows, 64] uint8, box R rows);
+    qs / ks: UE8M0 scales uint8 [T * 64 * 4] / [rows * 4]; w float32 [T * 64]; vl int32 [T].
+    Contiguous cache: P = 0, R = BN (one box per tile); paged: P = page_size, logical key n at row
+    table[n // P] * P + n % P (one table shared by all tokens), R = gcd(P, BN) rows per box."""
     dyn = cuda.shared.array(0, uint8)
     bars = cuda.shared.array(NBARS, uint64)
     slot = cuda.shared.array(1, uint32)
@@ -397,13 +423,10 @@ def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta):
             for a in range(SF_ATOMS_B):
                 i0 = 128 * a + lane                   # key of the tile in atom row `lane`, + 32 i
                 k0 = n0 + i0
-                s0 = ops.ld_global_nc_u32(ka + uint64(4 * k0)) if i0 < BN and k0 < N else uint32(0)
-                s1 = ops.ld_global_nc_u32(ka + uint64(4 * (k0 + 32))) \
-                    if i0 + 32 < BN and k0 + 32 < N else uint32(0)
-                s2 = ops.ld_global_nc_u32(ka + uint64(4 * (k0 + 64))) \
-                    if i0 + 64 < BN and k0 + 64 < N else uint32(0)
-                s3 = ops.ld_global_nc_u32(ka + uint64(4 * (k0 + 96))) \
-                    if i0 + 96 < BN and k0 + 96 < N else uint32(0)
+                s0 = key_scale_word(ka, table, P, k0, vmax) if i0 < BN else uint32(0)
+                s1 = key_scale_word(ka, table, P, k0 + 32, vmax) if i0 + 32 < BN else uint32(0)
+                s2 = key_scale_word(ka, table, P, k0 + 64, vmax) if i0 + 64 < BN else uint32(0)
+                s3 = key_scale_word(ka, table, P, k0 + 96, vmax) if i0 + 96 < BN else uint32(0)
                 ops.st_shared_v4_b32(sfb + uint32(512 * a + 16 * lane), s0, s1, s2, s3)
             ops.fence_proxy_async_shared_cta()
             syncwarp()
@@ -411,8 +434,13 @@ def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta):
             if lane == 0:
                 full = bar0 + uint32(8 * (FULL0 + st))
                 ops.mbarrier_arrive_expect_tx(full, uint32(K_BYTES))
-                ops.tma_load_2d(sb + uint32(K_OFF + st * K_BYTES), ops.array_address(tmk), int32(0),
-                                int32(n0), full)
+                for r in range(BN // R):              # contiguous: one box; paged: one per run of R rows
+                    n = n0 + r * R
+                    row = int64(n)
+                    if P > 0:                         # past the pair's valid keys: a zero-filled box
+                        row = int64(table[n // P]) * P + n % P if n < vmax else int64(-R)
+                    ops.tma_load_2d(sb + uint32(K_OFF + st * K_BYTES + r * R * ROW_BYTES),
+                                    ops.array_address(tmk), int32(0), int32(row), full)
     # ------------------------------------------------------------------ MMA warp (lane 0 issues)
     if warp == MMA_WARP and lane == 0 and nt > 0:
         ops.mbarrier_wait_parity(bar0, uint32(0))
@@ -503,7 +531,7 @@ indexer_fused_sm100 = kernel(_indexer_fused_sm100, launch_bounds=(THREADS, 1))
 def fused_signature():
     from numba import types as ty
     return (ty.uint64[::1], ty.uint64[::1], ty.uint8[::1], ty.uint8[::1], ty.float32[::1], ty.int32[::1],
-            ty.float32[::1], ty.int64, ty.int64, ty.int64)
+            ty.float32[::1], ty.int64, ty.int64, ty.int64, ty.int32[::1], ty.int64, ty.int64)
 
 
 def production_kernels():
@@ -676,16 +704,26 @@ STAGED_HINT = ("use the staged pipeline (indexer(..., impls=None) / 'reference' 
 def check_fusable(c, q, k_cache, weights):
     """Raise (before any launch) for calls this kernel does not take, naming what to use instead:
     the sm_90a kernel's checks (FP8, H / D, 32-bit positions, FP4 formats with UE8M0 per 32, device
-    bf16 weights), plus: FP4 only (no bfloat16 path here) and a contiguous cache."""
+    bf16 weights), plus: FP4 only (no bfloat16 path here); a paged cache with one block table for all
+    tokens ([1, max_pages]: the two tokens of a CTA share the key tile), pages of a multiple of 8
+    rows (each TMA box of a run starts 512-byte aligned in the 64B-swizzled tile) and < 2^31 rows."""
     from .indexer_sm90 import check_fusable as _common
     _common(c, q, k_cache, weights)
     if c.fam != "fp4":
         raise NotImplementedError("the sm_100a fused indexer takes FP4 (dsv4_fp4 / mxfp4) q and keys "
                                   "only (block-scaled tcgen05.mma); bfloat16 inputs: " + STAGED_HINT)
-    if len(k_cache.shape) != 2:
-        raise NotImplementedError("the sm_100a fused indexer takes a contiguous key cache [N, 128] only; "
-                                  "paged caches (block_table) are not built for it yet (TMA boxes of "
-                                  f"{BN} contiguous rows): " + STAGED_HINT)
+    if len(k_cache.shape) == 3:
+        if c.table_rows != 1:
+            raise NotImplementedError(f"the sm_100a fused indexer takes one block table for all tokens "
+                                      f"([1, max_pages]); per-token tables ([T, max_pages], T = {c.T}) would "
+                                      f"give the two tokens of a CTA different keys: " + STAGED_HINT)
+        if c.page_size % 8:
+            raise NotImplementedError(f"the sm_100a fused indexer loads pages in TMA boxes of gcd(page_size, "
+                                      f"{BN}) rows, which must be a multiple of 8 (512-byte aligned in the "
+                                      f"64B-swizzled tile); page_size = {c.page_size}: " + STAGED_HINT)
+        if c.num_pages * c.page_size >= 2 ** 31:
+            raise ValueError(f"the sm_100a fused indexer addresses cache rows with 32-bit TMA coordinates: "
+                             f"num_pages * page_size = {c.num_pages * c.page_size} must be < 2^31")
 
 
 class Plan:
@@ -697,8 +735,14 @@ class Plan:
         T, N = c.T, c.N
         io = ArrayIO(weights, q.data, q.scales, k_cache.data, k_cache.scales)
         self.io, self.T, self.N = io, T, N
+        paged = len(k_cache.shape) == 3
+        rows = c.num_pages * c.page_size if paged else N
+        self.P = c.page_size if paged else 0
+        self.R = math.gcd(self.P, BN) if paged else BN
+        table = c.table if paged else np.zeros(1, np.int32)
+        table = io.to_kernel(np.ascontiguousarray(table, np.int32) if isinstance(table, np.ndarray) else table)
         qd = io.to_kernel(q.data).reshape(T * H, ROW_BYTES)
-        kd = io.to_kernel(k_cache.data).reshape(N, ROW_BYTES)
+        kd = io.to_kernel(k_cache.data).reshape(rows, ROW_BYTES)
         qs = io.to_kernel(q.scales).reshape(-1)
         ks = io.to_kernel(k_cache.scales).reshape(-1)
         for name, a in (("q.scales", qs), ("k_cache.scales", ks)):      # read 4 scales per 32-bit load
@@ -720,10 +764,10 @@ class Plan:
                 from ..hw.tma import tensor_map_on_device as tmap
             else:
                 from ..emu import tensor_map as tmap
-            maps = (tmap(qd, (ROWS, ROW_BYTES), "64B"), tmap(kd, (BN, ROW_BYTES), "64B"))
+            maps = (tmap(qd, (ROWS, ROW_BYTES), "64B"), tmap(kd, (self.R, ROW_BYTES), "64B"))
             self.keep = (qd, kd)
             self.args = (maps[0], maps[1], qs, ks, w, self.vl, self.scores, T, N,
-                         self.cfg["tiles_per_cta"])
+                         self.cfg["tiles_per_cta"], table.reshape(-1), self.P, self.R)
             if io.gpu:
                 indexer_fused_sm100.reserve_dynamic_shared(self.args, DYN_SMEM)
 

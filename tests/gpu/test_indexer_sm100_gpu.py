@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from test_indexer import check_selection, oracle  # noqa: E402
+from test_indexer import check_selection, oracle, page  # noqa: E402
 from test_indexer_sm100 import EMU_CASES, check_against_oracle, problem  # noqa: E402
 
 from dsv4_numba import formats, runtime  # noqa: E402
@@ -92,6 +92,26 @@ def test_fused_kernel_matches_oracle(name):
     idx, vals, inter = I.fused_indexer(c, q4, k4, w, None, True, tiles_per_cta=tpc, out=out)
     finish(f"indexer_fused_sm100 ({name})")
     check_against_oracle(idx, vals, inter["scores"], oracle(q4, k4, w, vl), k, f"sm_100a {name}")
+
+
+@pytest.mark.parametrize("page_size", [64, 16, 256])
+def test_paged_equals_contiguous(page_size):
+    """One shared block table, unused pages holding NaN scale codes (never read): bitwise equal
+    scores to the contiguous cache (R = gcd(page_size, 192) = 64 / 16 / 64 rows per TMA box)."""
+    from dsv4_numba.formats import QuantizedFP4
+    T, N, k = 6, 1536, 64
+    vl = np.array([1536, 1500, 700, 1, 0, 1024], np.int32)
+    q4, k4, w = problem(50 + page_size, T, N)
+    (pd, ps), table = page([k4.data, k4.scales], page_size, T, False, 4, lambda sh, dt: np.full(sh, 255, dt))
+    kp = QuantizedFP4(pd, ps, None, k4.fmt, (pd.shape[0], page_size, I.D))
+    res = []
+    for kc, bt in ((kp, table), (k4, None)):
+        c = _validate(q4, kc, w, k, vl, bt)
+        res.append(I.fused_indexer(c, q4, kc, w, None, True, tiles_per_cta=3))
+        finish(f"indexer_fused_sm100 paged={bt is not None}")
+    (i1, v1, s1), (i2, v2, s2) = res
+    assert np.array_equal(s1["scores"].view(np.uint32), s2["scores"].view(np.uint32)), "paged != contiguous"
+    check_against_oracle(i1, v1, s1["scores"], oracle(q4, k4, w, vl), k, f"paged {page_size}")
 
 
 @pytest.mark.parametrize("impls", ["fused", "fused:sm_100a", "fused:sm_100a:production"])
