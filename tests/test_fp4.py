@@ -4,6 +4,8 @@ Decode and quantize are exact functions of their inputs (see stages/fp4.py), so 
 is bitwise — except NaN outputs (from NaN scale codes), whose payload is unspecified: their masks
 must match exactly.
 """
+import re
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from dsv4_numba import formats
 from dsv4_numba.formats import wrong
 from dsv4_numba.runtime import kernel
 from dsv4_numba.stages import fp4
-from dsv4_numba.stages.fp4 import e2m1_encode_bits
+from dsv4_numba.stages.fp4 import div6_rn, e2m1_encode_bits, e2m1_step, e4m3_code_bits, f32_bits
 from dsv4_numba.testing import assert_close
 
 FMTS = ("dsv4_fp4", "mxfp4", "nvfp4")
@@ -131,6 +133,12 @@ PTX_MUST_HAVE = {
                                    "st.global.v4.b32", "atom.global.max.u32", "membar.gl",
                                    "nanosleep", ".maxntid 512"],
     ("quantize_fused", "sm_100a"): ["cvt.rn.satfinite.e2m1x2.f32", "st.shared.v4.b32"],
+    ("quantize_stream", "sm_90a"): ["ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32",
+                                    "createpolicy.fractional.L2::evict_first", "fma.rn.f32",
+                                    "st.global.v4.b32", "st.global.u16"],
+    ("amax_stream", "sm_90a"): ["ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32",
+                                "createpolicy.fractional.L2::evict_last",
+                                "createpolicy.fractional.L2::evict_first", "atom.global.max.u32"],
 }
 F32, F16, BF16 = fp4.F32, fp4.F16, fp4.BF16
 # (stage, arch) -> the specializations compiled here (the GPU tests run every one of them)
@@ -141,7 +149,12 @@ COMPILED = {
     ("quantize_fp4", "sm_100a"): [("dsv4_fp4", BF16)],
     ("amax_fp4", "sm_90a"): [(None, BF16)],
     ("quantize_fused", "sm_90a"): [("nvfp4", BF16)],
+    ("quantize_stream", "sm_90a"): [("nvfp4", BF16)],      # the stream_l2 kernels (hints on)
+    ("amax_stream", "sm_90a"): [(None, BF16)],
 }
+
+
+SLOW_COMPILE = {("quantize_fused", "sm_90a"), ("quantize_stream", "sm_90a")}   # ~75-80 s each
 
 
 def _kernels(stage, arch, fmt, kind):
@@ -153,6 +166,9 @@ def _kernels(stage, arch, fmt, kind):
         return fp4._kernels_decode(fam, (fmt,), (kind,))
     if stage == "quantize_fp4":
         return fp4._kernels_quantize(fam, (fmt,), (kind,))
+    if stage in ("quantize_stream", "amax_stream"):
+        ks = fp4._kernels_stream((kind,), (True,))
+        return ks[1:] if stage == "quantize_stream" else ks[:1]
     if stage == "quantize_fused":
         return fp4._kernels_fused({"sm_90a": fp4.quantize_fused_sm90_kernel,
                                    "sm_100a": fp4.quantize_fused_sm100_kernel}[arch], (kind,))
@@ -160,8 +176,8 @@ def _kernels(stage, arch, fmt, kind):
 
 
 @pytest.mark.parametrize("stage,arch,fmt,kind", [
-    pytest.param(*(k + v), marks=pytest.mark.slow) if k[0] == "quantize_fused" and k[1] == "sm_90a"
-    else k + v for k, vs in sorted(COMPILED.items()) for v in vs])   # the fused sm_90a one: ~75 s
+    pytest.param(*(k + v), marks=pytest.mark.slow) if k in SLOW_COMPILE
+    else k + v for k, vs in sorted(COMPILED.items()) for v in vs])
 def test_production_kernels_assemble(stage, arch, fmt, kind):
     (kern, sig), = _kernels(stage, arch, fmt, kind)
     res = kern.compile(sig, arch)
@@ -169,9 +185,14 @@ def test_production_kernels_assemble(stage, arch, fmt, kind):
         assert instr in res.ptx, f"{instr} missing from the {arch} PTX"
     assert res.spill_stores == 0 and res.spill_loads == 0 and res.stack_bytes == 0, res.summary()
     if res.sass is not None:
-        assert "LDG.E.128" in res.sass                       # the 16-byte vectors survived
-        if stage != "amax_fp4":
+        assert re.search(r"LDG\.E(\.NA)?\.128", res.sass)    # the 16-byte vectors survived
+        if stage not in ("amax_fp4", "amax_stream"):
             assert "STG.E.128" in res.sass
+        if stage == "quantize_stream":      # y = x * r rounded BEFORE the E2M1 step add:
+            assert len(re.findall(r"FADD R\d+, \|R\d+\|", res.sass)) >= 32, "fma contraction?"
+            lo = res.sass.index("LDG.E.NA.128")
+            hot = res.sass[lo:res.sass.index("STG.E.128", lo)]
+            assert "CALL" not in hot and "DMUL" not in hot, "slow path left in the loop"
         if stage == "decode_fp4" and arch == "sm_90a":
             assert "PRMT" in res.sass
             hot = res.sass[res.sass.index("LDG.E.128"):res.sass.rindex("STG.E.128")]
@@ -182,7 +203,8 @@ def test_registry_lists_every_specialization():
     impl = d.registry.REGISTRY["decode_fp4"].impls["production:sm_90a"]
     assert len(impl.kernels()) == 6                      # {dsv4/mx, nv} x {f32, f16, bf16}
     impl = d.registry.REGISTRY["quantize_fp4"].impls["production:sm_90a"]
-    assert len(impl.kernels()) == 9 + 3 + 3              # 3 formats x 3 inputs + 3 amax + 3 fused
+    assert len(impl.kernels()) == 9 + 3 + 3 + 12   # 3 formats x 3 inputs + 3 amax + 3 fused
+    #                                                 + stream: 3 inputs x 2 hints x (amax, quantize)
 
 
 # ------------------------------------------- production kernels under the simulator (dsv4_numba.emu)
@@ -320,5 +342,87 @@ def test_nvfp4_variant_selection(monkeypatch):
     assert fp4.nvfp4_variant() == fp4.NVFP4_DEFAULT_VARIANT == "twopass"
     monkeypatch.setenv("DSV4_FP4_NVFP4_VARIANT", "fused")
     assert fp4.nvfp4_variant() == "fused" and fp4.nvfp4_variant("twopass") == "twopass"
+    monkeypatch.setenv("DSV4_FP4_NVFP4_VARIANT", "stream_l2")
+    assert fp4.nvfp4_variant() == "stream_l2"
     with pytest.raises(ValueError, match="variant"):
         fp4.nvfp4_variant("bogus")
+
+
+# ------------------------------------------- the stream nvfp4 variants (lean quantize, lockstep amax)
+@kernel
+def stream_helper_probe(y, sb, p, out):
+    """out[:, 0] = e2m1_step(y, 8), out[:, 1] = e4m3_code_bits(sb), out[:, 2] = bits(div6_rn(p))."""
+    i = cuda.grid(1)
+    for j in range(i, y.size, cuda.gridsize(1)):
+        out[j, 0] = e2m1_step(y[j], np.uint32(8))
+        out[j, 1] = e4m3_code_bits(sb[j])
+        out[j, 2] = f32_bits(div6_rn(p[j]))
+
+
+def _around(t):
+    t = np.asarray(t, np.float32)
+    return np.concatenate([t, np.nextafter(t, np.float32(0)), np.nextafter(t, np.float32(1e9))])
+
+
+def test_stream_helpers_match_spec(rng, sim_mode):
+    """The lean helpers (the production kernel's own code, simulator twins for fma) at and one ulp
+    either side of every E2M1 / E4M3 rounding threshold and binade edge, plus random values: E2M1
+    codes against formats.e2m1_encode (signs, -0, saturation), E4M3 codes against
+    formats.e4m3_encode, the division against IEEE float32 p / 6. (On the GPU the same helpers
+    are checked for every float32 in range: tests/gpu/test_fp4_gpu.py.)"""
+    e2 = _around([0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0,
+                  8.0, 12.0, 1e-30, 2.0 ** -126, 1e20])
+    y = np.concatenate([e2, -e2, [0.0, -0.0], rng.uniform(-9, 9, 200)]).astype(np.float32)
+    e4 = formats.e4m3_decode(np.arange(127, dtype=np.uint8)).astype(np.float64)
+    mids = (e4[1:] + e4[:-1]) / 2                       # every E4M3 rounding midpoint (exact in f32)
+    sb = np.concatenate([_around(mids), _around(e4), [448.0, 2.0 ** -6, 2.0 ** -10, 0.0]])
+    sb = np.clip(sb, 0, 448).astype(np.float32)
+    p = np.concatenate([sb * 6, rng.uniform(0, 2688, 300), 2.0 ** rng.uniform(-100, 11, 300),
+                        [2688.0, 6.0, 3.0, 1.0, 0.0]]).astype(np.float32)
+    m = max(y.size, sb.size, p.size)
+    y, sb, p = (np.resize(a, m) for a in (y, sb, p))
+    out = np.zeros((m, 3), np.uint32)
+    stream_helper_probe.launch(2, 32, y, sb, p, out)
+    assert_close(out[:, 0].astype(np.uint8), formats.e2m1_encode(y), bitwise=True, name="E2M1")
+    assert_close(out[:, 1].astype(np.uint8), formats.e4m3_encode(sb), bitwise=True, name="E4M3")
+    assert_close(out[:, 2], (p / np.float32(6)).view(np.uint32), bitwise=True, name="p / 6")
+
+
+@pytest.mark.parametrize("variant,in_dtype,shape,where", [
+    ("stream", ml_dtypes.bfloat16, (9, 96), "last"),        # one partial window
+    ("stream_l2", ml_dtypes.bfloat16, (40, 256), "last"),   # 5 lockstep windows + a remainder
+    ("stream", np.float32, (40, 256), "first"),
+    ("stream_l2", np.float16, (20, 128), "middle"),
+])
+def test_stream_nvfp4_under_simulator(variant, in_dtype, shape, where, rng, sim_mode):
+    """The stream variants (the amax pass over 2 CTAs of 32 threads sweeping back to front, the
+    lean quantize pass) bitwise the spec: all-zero and -0 blocks, the tensor amax (negative) at
+    either end or in the middle, every threshold value on the E2M1 grid."""
+    x = outliers(rng, shape, scale_spread=2.0)
+    x.reshape(-1)[:8] = np.array([0.25, -0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.5], np.float32) * 4
+    x[1, :32] = 0
+    x[2, :16] = -0.0
+    pos = {"first": 0, "last": x.size - 1, "middle": x.size // 2 + 5}[where]
+    x.reshape(-1)[pos] = -np.abs(x).max() * 3
+    x = x.astype(in_dtype)
+    plan = fp4.quantize_plan(x, "nvfp4", fp4.quantize_sm90_kernel, ref=False, variant=variant)
+    names = [launch[0].__name__ for launch in plan.launches]
+    assert names[1].startswith("amax_fp4_stream") and names[2].startswith("quantize_fp4_nv_stream")
+    q = plan.run().result()
+    spec = formats.quantize(x, "nvfp4")
+    assert_close(q.data, spec.data, bitwise=True, name="codes")
+    assert_close(q.scales, spec.scales, bitwise=True, name="scales")
+    assert q.global_scale == spec.global_scale
+
+
+@pytest.mark.parametrize("factor", [0.25, 1.0])
+def test_stream_nvfp4_given_global_amax(factor, rng, sim_mode):
+    """global_amax= with the stream variant: the lean quantize pass alone; a small amax saturates
+    blocks (gs * amax_b > 2688: those chunks take the unbounded-y encoder), bitwise the spec."""
+    x = outliers(rng, (6, 64), scale_spread=1.0)
+    amax = np.float32(np.abs(x).max() * factor)
+    q = production("quantize_fp4")(x, "nvfp4", global_amax=amax, variant="stream")
+    spec = formats.quantize(x, "nvfp4", global_amax=amax)
+    assert_close(q.data, spec.data, bitwise=True, name="codes")
+    assert_close(q.scales, spec.scales, bitwise=True, name="scales")
+    assert q.global_scale == spec.global_scale

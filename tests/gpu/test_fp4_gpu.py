@@ -3,8 +3,13 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from numba import cuda, float32, uint32
+
 import dsv4_numba as d
 from dsv4_numba import formats, runtime
+from dsv4_numba.runtime import kernel
+from dsv4_numba.stages.fp4 import (bits_f32, div6_rn, e2m1_encode_bits, e2m1_step, e4m3_code,
+                                   e4m3_code_bits)
 from dsv4_numba.testing import assert_close
 
 pytestmark = pytest.mark.gpu
@@ -251,3 +256,122 @@ def test_fused_timing_helper_runs(prod):
     s = formats.quantize(x, "nvfp4")
     assert got.global_scale == s.global_scale
     assert_close(got.data.copy_to_host(), s.data, bitwise=True, name="timed fused codes")
+
+
+# ---------------------------------------------- the stream nvfp4 variants ("stream", "stream_l2")
+# A one-wave lockstep amax pass (back to front) and the lean quantize pass (front to back).
+# Select with -k stream (compiles: 2 variants x 3 input kinds x 2 kernels, plus one probe).
+STREAM = ("stream", "stream_l2")
+
+
+def _stream_on_device(x, variant, global_amax=None):
+    """nvfp4 quantize of NumPy x through a stream plan whose outputs are poisoned first (0xAB in
+    every code and scale byte: anything left unwritten fails the bitwise check)."""
+    from dsv4_numba.stages import fp4
+    xd = cuda.to_device(x.view(np.uint16) if x.dtype == ml_dtypes.bfloat16 else x)
+    plan = fp4.quantize_plan(xd, "nvfp4", fp4.quantize_sm90_kernel, ref=False, variant=variant,
+                             global_amax=global_amax)
+    k, grid, args = plan.launches[-1][:3]
+    assert k.__name__.startswith("quantize_fp4_nv_stream")
+    for buf, dt in ((args[2], np.uint8), (args[3], np.uint16)):
+        if hasattr(buf, "copy_to_device"):
+            buf.copy_to_device(np.full(buf.shape, 0xABAB, np.uint32).astype(dt))
+        else:                               # NumPy buffers (a simulator dry run of this helper)
+            buf[:] = np.full(buf.shape, 0xABAB, np.uint32).astype(dt)
+    q = plan.run().result()
+    host = (lambda a: a.copy_to_host()) if hasattr(q.data, "copy_to_host") else np.asarray
+    return (host(q.data).reshape(x.shape[:-1] + (-1,)),
+            host(q.scales).reshape(x.shape[:-1] + (-1,)), q.global_scale)
+
+
+def _check_stream(x, variant, global_amax=None):
+    data, scales, g = _stream_on_device(x, variant, global_amax)
+    s = formats.quantize(x, "nvfp4", global_amax=global_amax)
+    assert g == s.global_scale
+    assert_close(scales, s.scales, bitwise=True, name="scales")
+    assert_close(data, s.data, bitwise=True, name="codes")
+
+
+@pytest.mark.parametrize("variant", STREAM)
+@pytest.mark.parametrize("in_dt,shape", [
+    (ml_dtypes.bfloat16, (4096, 8192)),   # several lockstep windows of the whole GPU
+    (ml_dtypes.bfloat16, (1, 32)),        # one chunk, the remainder loop only
+    (ml_dtypes.bfloat16, (129, 2048)),
+    (np.float32, (2048, 8192)),
+    (np.float16, (127, 4096)),
+])
+def test_stream_nvfp4_matches_spec(prod, variant, in_dt, shape):
+    rng = np.random.default_rng(sum(shape) + 31)
+    x = _x(rng, shape)
+    if in_dt is np.float16:
+        x = np.clip(x, -6e4, 6e4)
+    x = x.astype(in_dt)
+    x[0, :32] = 0
+    if shape[0] > 2:
+        x[1, :16] = -0.0
+    _check_stream(x, variant)
+
+
+@pytest.mark.parametrize("variant", STREAM)
+@pytest.mark.parametrize("where", ["first", "last", "middle", "window_edge"])
+def test_stream_nvfp4_amax_anywhere(prod, variant, where):
+    """The tensor amax (negative) in the front remainder, the first (back) window, the middle, or
+    just before a window boundary: the one atomicMax per CTA must see it."""
+    rng = np.random.default_rng(14)
+    x = rng.uniform(-1, 1, (2048, 8192)).astype(np.float32)
+    pos = {"first": 0, "last": x.size - 1, "middle": x.size // 2 + 17,
+           "window_edge": x.size - 8 * 4 * 256 * runtime.detect_gpu().sm_count - 1}[where]
+    x.reshape(-1)[pos] = -3000.0
+    _check_stream(x.astype(ml_dtypes.bfloat16), variant)
+
+
+@pytest.mark.parametrize("in_dt", [np.float32, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("factor", [1.0, 0.01, 4.0])
+def test_stream_nvfp4_given_global_amax(prod, in_dt, factor):
+    """global_amax= with the stream quantize pass; 0.01 saturates most blocks (the unbounded-y
+    encoder path)."""
+    rng = np.random.default_rng(15)
+    x = _x(rng, (300, 2048)).astype(in_dt)
+    _check_stream(x, "stream", np.float32(np.abs(x.astype(np.float32)).max() * factor))
+
+
+def test_stream_nvfp4_public_api_and_errors(prod):
+    rng = np.random.default_rng(4)
+    x = _x(rng, (300, 4096)).astype(ml_dtypes.bfloat16)
+    for v in STREAM:
+        q = d.quantize_fp4(x, "nvfp4", impl=prod, variant=v)
+        s = formats.quantize(x, "nvfp4")
+        assert q.global_scale == s.global_scale
+        assert_close(q.data, s.data, bitwise=True, name="codes")
+        bad = np.ones((2, 64), np.float32)
+        bad[1, 5] = np.inf
+        with pytest.raises(ValueError, match="NaN or inf"):
+            d.quantize_fp4(cuda.to_device(bad), "nvfp4", impl=prod, variant=v)
+
+
+@kernel
+def _helper_sweep(lo_bits, n, bad):
+    """bad[0..2] += mismatches of e2m1_step / e4m3_code_bits / div6_rn over float32 bits
+    lo_bits .. lo_bits + n - 1 (see test_stream_helpers_every_float32)."""
+    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+        v = bits_f32(uint32(lo_bits + i))
+        if v <= float32(16.0):
+            if e2m1_step(v, uint32(8)) != e2m1_encode_bits(v):
+                cuda.atomic.add(bad, 0, 1)
+            if e2m1_step(-v, uint32(8)) != e2m1_encode_bits(-v):
+                cuda.atomic.add(bad, 0, 1)
+        if v <= float32(448.0) and e4m3_code_bits(v) != e4m3_code(v):
+            cuda.atomic.add(bad, 1, 1)
+        if v >= float32(2.0 ** -120) and v <= float32(2688.0) and div6_rn(v) != v / float32(6.0):
+            cuda.atomic.add(bad, 2, 1)
+
+
+def test_stream_helpers_every_float32(prod):
+    """The lean helpers on the GPU for EVERY float32 in their range, against helpers verified
+    before (e2m1_encode_bits, e4m3_code) and the IEEE float32 division: e2m1_step on all y in
+    [-16, 16] (sign kept), e4m3_code_bits on all sb in [0, 448], div6_rn on all p in
+    [2^-120, 2688] (below, quotients are < 2^-122: E4M3 code 0 either way). Counts mismatches."""
+    bad = cuda.to_device(np.zeros(3, np.int64))
+    top = int(np.float32(2688.0).view(np.uint32))
+    _helper_sweep.launch(4096, 256, np.uint32(0), np.int64(top + 1), bad)
+    assert bad.copy_to_host().tolist() == [0, 0, 0]
