@@ -67,6 +67,7 @@ def test_launch_config():
     c = I.launch_config(4096, 65536)                # prefill: one chunk per token pair
     assert c["grid"] == (1, 2048) and c["tiles_per_cta"] == 342
     assert I.launch_config(3, 400, 2)["grid"] == (2, 2)
+    assert I.launch_config(3, 400, 2, tokens_per_cta=1)["grid"] == (2, 3)      # per-token block tables
 
 
 def test_descriptors():
@@ -223,21 +224,24 @@ def test_fused_sm100_under_the_emulator(monkeypatch, case):
 
 
 @pytest.mark.filterwarnings("error")
-def test_paged_cache_equals_contiguous(monkeypatch):
-    """The same keys scattered over pages of 64 rows behind one shared block table (unused pages hold
-    NaN scale codes 0xFF, never read): scores bitwise equal to the contiguous cache's, and right. One
-    CTA, 2 tiles: the first 3 runs of 64 rows from 3 pages, then 2 runs and one past the pair's
-    valid_len (a zero-filled box at a negative row, no page read)."""
+def test_paged_caches_equal_contiguous(monkeypatch):
+    """The same keys scattered over pages of 64 rows (unused pages hold NaN scale codes 0xFF, never
+    read), behind one shared block table (2 tokens per CTA) and behind per-token tables (one token
+    per CTA, its own table row): scores bitwise equal to the contiguous cache's, and right. Tile 0 =
+    3 runs of 64 rows from 3 pages; tile 1 = 1 run, then 2 past the valid keys (zero-filled boxes at
+    a negative row, no page read)."""
     from dsv4_numba.formats import QuantizedFP4
-    T, N, vl, k = 2, 320, np.array([300, 100], np.int32), 8
+    T, N, vl, k = 2, 256, np.array([250, 100], np.int32), 8
     q4, k4, w = problem(21, T, N)
-    (pd, ps), table = page([k4.data, k4.scales], 64, T, False, 4, lambda sh, dt: np.full(sh, 255, dt))
-    kp = QuantizedFP4(pd, ps, None, k4.fmt, (pd.shape[0], 64, I.D))
-    idx, vals, sp = run_emulated(monkeypatch, q4, kp, w, k, vl, 2, block_table=table)
-    idx2, vals2, sc = run_emulated(monkeypatch, q4, k4, w, k, vl, 2)
-    assert np.array_equal(sp.view(np.uint32), sc.view(np.uint32)), "paged != contiguous"
-    assert np.array_equal(idx, idx2) and np.array_equal(vals.view(np.uint32), vals2.view(np.uint32))
-    check_against_oracle(idx, vals, sp, oracle(q4, k4, w, vl), k)
+    idx, vals, sc = run_emulated(monkeypatch, q4, k4, w, k, vl, 2)
+    check_against_oracle(idx, vals, sc, oracle(q4, k4, w, vl), k)
+    for per_token in (False, True):
+        (pd, ps), table = page([k4.data, k4.scales], 64, T, per_token, 4, lambda sh, dt: np.full(sh, 255, dt))
+        kp = QuantizedFP4(pd, ps, None, k4.fmt, (pd.shape[0], 64, I.D))
+        idx2, vals2, sp = run_emulated(monkeypatch, q4, kp, w, k, vl, 2, block_table=table)
+        what = "per-token" if per_token else "shared"
+        assert np.array_equal(sp.view(np.uint32), sc.view(np.uint32)), f"paged ({what} table) != contiguous"
+        assert np.array_equal(idx, idx2) and np.array_equal(vals.view(np.uint32), vals2.view(np.uint32))
 
 
 @pytest.mark.filterwarnings("error")
@@ -381,7 +385,7 @@ def test_explicit_sm100a_without_a_gpu_says_so_before_any_launch(monkeypatch):
         indexer(q4, k4, w, 4, impls="fused:sm_100a:reference")
 
 
-@pytest.mark.parametrize("case", ["per_token_tables", "page_size_12", "bf16"])
+@pytest.mark.parametrize("case", ["page_size_12", "bf16"])
 def test_calls_the_kernel_does_not_take_say_so_before_any_launch(monkeypatch, case):
     import ml_dtypes
 
@@ -389,18 +393,16 @@ def test_calls_the_kernel_does_not_take_say_so_before_any_launch(monkeypatch, ca
     _fake_device(monkeypatch, "sm_100a")
     _no_launch(monkeypatch)
     q4, k4, w = problem(2, 2, 64)
-    if case in ("per_token_tables", "page_size_12"):
+    if case == "page_size_12":
         from dsv4_numba.formats import QuantizedFP4
-        ps = 16 if case == "per_token_tables" else 12
+        ps = 12
         P = -(-64 // ps)
         data = np.zeros((P * ps, 64), np.uint8)
         scales = np.zeros((P * ps, 4), np.uint8)
         data[:64], scales[:64] = k4.data, k4.scales
         kp = QuantizedFP4(data.reshape(P, ps, 64), scales.reshape(P, ps, 4), None, k4.fmt, (P, ps, 128))
         table = np.arange(P, dtype=np.int32)[None]
-        if case == "per_token_tables":
-            table = np.repeat(table, 2, axis=0)
-        with pytest.raises(NotImplementedError, match="per-token tables" if ps == 16 else "multiple of 8"):
+        with pytest.raises(NotImplementedError, match="multiple of 8"):
             indexer(q4, kp, w, 4, block_table=table, impls="fused")
     else:
         g = np.random.default_rng(0)

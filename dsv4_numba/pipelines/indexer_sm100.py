@@ -25,15 +25,16 @@ fence.proxy.async and a TMEM plan the kernel does not follow are reported by the
 body of the head-sum shuffles is run by the simulator on one warp (the emulator runs its NumPy
 twin).
 
-**Paged caches**: one block table shared by all tokens (``[1, max_pages]``, the prefill case: the
-two tokens of a CTA share the key tile), pages of a multiple of 8 rows; the load warp issues one TMA
-box of gcd(page_size, 192) rows per run of a page (a box past the pair's valid keys starts at a
-negative row: zero-filled, no page read), the scales through the table. Paged and contiguous
-caches give bitwise identical scores (tested). Per-token tables raise ``NotImplementedError``
-naming the staged / sm_90a paths (M = 64 tiles of one token would lift that).
+**Paged caches** (the ``Paging`` / ``block_table`` contract of the sm_90a path), pages of a multiple
+of 8 rows: the load warp issues one TMA box of gcd(page_size, 192) rows per run of a page (a box past
+the CTA's valid keys starts at a negative row: zero-filled, no page read) and reads the scales
+through the table. One table for all tokens (``[1, max_pages]``): two tokens per CTA as above.
+Per-token tables (``[T, max_pages]``): one token per CTA (``TP = 1``; MMA rows 64-127 are computed
+and discarded, twice the MMA and epilogue work per token). Paged and contiguous caches give bitwise
+identical scores (tested, both table kinds).
 
-**NOT run on Blackwell hardware** (no sm_100a GPU is lent). **Not built**: per-token block tables,
-bfloat16 / FP8 inputs on sm_100a, M = 64 tiles for T = 1 (half of the 128 MMA rows idle), 2-CTA
+**NOT run on Blackwell hardware** (no sm_100a GPU is lent). **Not built**: bfloat16 / FP8 inputs
+on sm_100a, M = 64 tiles (T = 1 and per-token tables leave half of the 128 MMA rows idle), 2-CTA
 MMA, a running top-k threshold in the epilogue, setmaxnreg per role, a registry stage entry (the
 dispatch is ``pick_fused``, called by ``pipelines.indexer.indexer``).
 
@@ -337,14 +338,14 @@ head_sum8 = device(_head_sum8_gpu, sim=_head_sum8_sim)
 
 
 @device
-def key_scale_word(ka, table, P, n, lim):
-    """The 4 UE8M0 scales (one word) of logical key n: through the block table when P > 0; 0 for
-    n >= lim (the larger valid_len of the pair: pages past it may not exist)."""
+def key_scale_word(ka, table, toff, P, n, lim):
+    """The 4 UE8M0 scales (one word) of logical key n: through the block table (row at toff) when
+    P > 0; 0 for n >= lim (the larger valid_len of the CTA's tokens: pages past it may not exist)."""
     if n >= lim:
         return uint32(0)
     row = int64(n)
     if P > 0:
-        row = int64(table[n // P]) * P + n % P
+        row = int64(table[toff + n // P]) * P + n % P
     return ops.ld_global_nc_u32(ka + uint64(4 * row))
 
 
@@ -354,12 +355,14 @@ def epilogue_column(lane: int) -> int:
     return 8 * (k // 2) + 2 * (lane % 4) + k % 2
 
 
-def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta, table, P, R):
+def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta, table, P, R, TP, tstride):
     """scores[t * N + n] (float32) for the CTA's token pair and key chunk. tmq / tmk: tensor maps of
     the packed codes (q [T * 64, 64] and the cache's physical rows [rows, 64] uint8, box R rows);
     qs / ks: UE8M0 scales uint8 [T * 64 * 4] / [rows * 4]; w float32 [T * 64]; vl int32 [T].
     Contiguous cache: P = 0, R = BN (one box per tile); paged: P = page_size, logical key n at row
-    table[n // P] * P + n % P (one table shared by all tokens), R = gcd(P, BN) rows per box."""
+    table[toff + n // P] * P + n % P, R = gcd(P, BN) rows per box. TP: tokens per CTA (2; 1 with
+    per-token block tables, whose row toff = tok0 * tstride the CTA's one token reads; tstride = 0:
+    one shared table)."""
     dyn = cuda.shared.array(0, uint8)
     bars = cuda.shared.array(NBARS, uint64)
     slot = cuda.shared.array(1, uint32)
@@ -367,13 +370,14 @@ def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta, t
     t = cuda.threadIdx.x
     warp = t // 32
     lane = t % 32
-    tok0 = cuda.blockIdx.y * 2
+    tok0 = cuda.blockIdx.y * TP
+    toff = tok0 * tstride
     ntiles = (N + BN - 1) // BN
     kt0 = cuda.blockIdx.x * tiles_per_cta
     nt_all = max(min(kt0 + tiles_per_cta, ntiles) - kt0, 0)
     vmax = 0
     for i in range(2):
-        if tok0 + i < T:
+        if i < TP and tok0 + i < T:
             vmax = max(vmax, min(max(int(vl[tok0 + i]), 0), N))
     nt = min(max((vmax + BN - 1) // BN - kt0, 0), nt_all)     # tiles that hold a valid key
     bar0 = ops.shared_address(bars)
@@ -423,10 +427,10 @@ def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta, t
             for a in range(SF_ATOMS_B):
                 i0 = 128 * a + lane                   # key of the tile in atom row `lane`, + 32 i
                 k0 = n0 + i0
-                s0 = key_scale_word(ka, table, P, k0, vmax) if i0 < BN else uint32(0)
-                s1 = key_scale_word(ka, table, P, k0 + 32, vmax) if i0 + 32 < BN else uint32(0)
-                s2 = key_scale_word(ka, table, P, k0 + 64, vmax) if i0 + 64 < BN else uint32(0)
-                s3 = key_scale_word(ka, table, P, k0 + 96, vmax) if i0 + 96 < BN else uint32(0)
+                s0 = key_scale_word(ka, table, toff, P, k0, vmax) if i0 < BN else uint32(0)
+                s1 = key_scale_word(ka, table, toff, P, k0 + 32, vmax) if i0 + 32 < BN else uint32(0)
+                s2 = key_scale_word(ka, table, toff, P, k0 + 64, vmax) if i0 + 64 < BN else uint32(0)
+                s3 = key_scale_word(ka, table, toff, P, k0 + 96, vmax) if i0 + 96 < BN else uint32(0)
                 ops.st_shared_v4_b32(sfb + uint32(512 * a + 16 * lane), s0, s1, s2, s3)
             ops.fence_proxy_async_shared_cta()
             syncwarp()
@@ -438,7 +442,7 @@ def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta, t
                     n = n0 + r * R
                     row = int64(n)
                     if P > 0:                         # past the pair's valid keys: a zero-filled box
-                        row = int64(table[n // P]) * P + n % P if n < vmax else int64(-R)
+                        row = int64(table[toff + n // P]) * P + n % P if n < vmax else int64(-R)
                     ops.tma_load_2d(sb + uint32(K_OFF + st * K_BYTES + r * R * ROW_BYTES),
                                     ops.array_address(tmk), int32(0), int32(row), full)
     # ------------------------------------------------------------------ MMA warp (lane 0 issues)
@@ -478,7 +482,8 @@ def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta, t
         w2 = float32(0)
         w3 = float32(0)
         tvl = 0
-        if tok < T:
+        tokv = warp // 2 < TP and tok < T           # TP = 1: warps 2-3 hold no token of this CTA
+        if tokv:
             w0 = w[hb]
             w1 = w[hb + 8]
             w2 = w[hb + 16]
@@ -509,12 +514,12 @@ def _indexer_fused_sm100(tmq, tmk, qs, ks, w, vl, scores, T, N, tiles_per_cta, t
                     ops.named_barrier_sync(EPI_BAR, ROWS)
                     if warp % 2 == 0:                    # heads 0-31 + heads 32-63 of the token
                         n = n0 + 32 * ch + col
-                        if tok < T and n < N:
+                        if tokv and n < N:
                             scores[tok * N + n] = (part[pb + t] + part[pb + t + 32]) if n < tvl else NEG_INF
             else:                                    # past both tokens' valid_len: no MMA
                 for i in range(t, 2 * BN, ROWS):
                     n = n0 + i % BN
-                    if tok0 + i // BN < T and n < N:
+                    if i // BN < TP and tok0 + i // BN < T and n < N:
                         scores[(tok0 + i // BN) * N + n] = NEG_INF
     # ------------------------------------------------------------------ teardown
     syncwarp()
@@ -531,7 +536,8 @@ indexer_fused_sm100 = kernel(_indexer_fused_sm100, launch_bounds=(THREADS, 1))
 def fused_signature():
     from numba import types as ty
     return (ty.uint64[::1], ty.uint64[::1], ty.uint8[::1], ty.uint8[::1], ty.float32[::1], ty.int32[::1],
-            ty.float32[::1], ty.int64, ty.int64, ty.int64, ty.int32[::1], ty.int64, ty.int64)
+            ty.float32[::1], ty.int64, ty.int64, ty.int64, ty.int32[::1], ty.int64, ty.int64, ty.int64,
+            ty.int64)
 
 
 def production_kernels():
@@ -542,18 +548,19 @@ def production_kernels():
 SMS = 148            # B200
 
 
-def launch_config(T: int, N: int, tiles_per_cta: int | None = None, sms: int = SMS) -> dict:
+def launch_config(T: int, N: int, tiles_per_cta: int | None = None, sms: int = SMS,
+                  tokens_per_cta: int = TOKENS_PER_TILE) -> dict:
     """CTAs of a call: a token pair x a chunk of ``tiles_per_cta`` key tiles; by default the key
     tiles are split so that the pairs x chunks fill the SMs in one wave (at most ``sms`` CTAs: with
     512 TMEM columns one CTA runs per SM, and a second wave of a few CTAs would double the time)."""
     ntiles = -(-N // BN)
-    pairs = -(-T // TOKENS_PER_TILE)
+    pairs = -(-T // tokens_per_cta)
     if tiles_per_cta is None:
         chunks = max(1, min(ntiles, sms // max(pairs, 1)))
         tiles_per_cta = -(-ntiles // chunks)
     tiles_per_cta = max(1, int(tiles_per_cta))
     return {"grid": (max(1, -(-ntiles // tiles_per_cta)), pairs), "tiles_per_cta": tiles_per_cta,
-            "ntiles": ntiles, "threads": THREADS, "dyn_smem": DYN_SMEM}
+            "ntiles": ntiles, "threads": THREADS, "dyn_smem": DYN_SMEM, "tokens_per_cta": tokens_per_cta}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -704,8 +711,7 @@ STAGED_HINT = ("use the staged pipeline (indexer(..., impls=None) / 'reference' 
 def check_fusable(c, q, k_cache, weights):
     """Raise (before any launch) for calls this kernel does not take, naming what to use instead:
     the sm_90a kernel's checks (FP8, H / D, 32-bit positions, FP4 formats with UE8M0 per 32, device
-    bf16 weights), plus: FP4 only (no bfloat16 path here); a paged cache with one block table for all
-    tokens ([1, max_pages]: the two tokens of a CTA share the key tile), pages of a multiple of 8
+    bf16 weights), plus: FP4 only (no bfloat16 path here); paged caches with pages of a multiple of 8
     rows (each TMA box of a run starts 512-byte aligned in the 64B-swizzled tile) and < 2^31 rows."""
     from .indexer_sm90 import check_fusable as _common
     _common(c, q, k_cache, weights)
@@ -713,10 +719,6 @@ def check_fusable(c, q, k_cache, weights):
         raise NotImplementedError("the sm_100a fused indexer takes FP4 (dsv4_fp4 / mxfp4) q and keys "
                                   "only (block-scaled tcgen05.mma); bfloat16 inputs: " + STAGED_HINT)
     if len(k_cache.shape) == 3:
-        if c.table_rows != 1:
-            raise NotImplementedError(f"the sm_100a fused indexer takes one block table for all tokens "
-                                      f"([1, max_pages]); per-token tables ([T, max_pages], T = {c.T}) would "
-                                      f"give the two tokens of a CTA different keys: " + STAGED_HINT)
         if c.page_size % 8:
             raise NotImplementedError(f"the sm_100a fused indexer loads pages in TMA boxes of gcd(page_size, "
                                       f"{BN}) rows, which must be a multiple of 8 (512-byte aligned in the "
@@ -739,6 +741,9 @@ class Plan:
         rows = c.num_pages * c.page_size if paged else N
         self.P = c.page_size if paged else 0
         self.R = math.gcd(self.P, BN) if paged else BN
+        per_token = paged and c.table_rows > 1
+        self.TP = 1 if per_token else TOKENS_PER_TILE      # per-token tables: one token per CTA
+        self.tstride = c.max_pages if per_token else 0
         table = c.table if paged else np.zeros(1, np.int32)
         table = io.to_kernel(np.ascontiguousarray(table, np.int32) if isinstance(table, np.ndarray) else table)
         qd = io.to_kernel(q.data).reshape(T * H, ROW_BYTES)
@@ -757,7 +762,7 @@ class Plan:
         vl = c.valid_len
         self.vl = io.to_kernel(np.array(vl, np.int32) if isinstance(vl, np.ndarray) else vl).reshape(-1)
         self.scores = io.empty(T * N, np.float32) if out is None else out
-        self.cfg = launch_config(T, N, tiles_per_cta)
+        self.cfg = launch_config(T, N, tiles_per_cta, tokens_per_cta=self.TP)
         self.args = None
         if T and N:
             if io.gpu:
@@ -767,7 +772,7 @@ class Plan:
             maps = (tmap(qd, (ROWS, ROW_BYTES), "64B"), tmap(kd, (self.R, ROW_BYTES), "64B"))
             self.keep = (qd, kd)
             self.args = (maps[0], maps[1], qs, ks, w, self.vl, self.scores, T, N,
-                         self.cfg["tiles_per_cta"], table.reshape(-1), self.P, self.R)
+                         self.cfg["tiles_per_cta"], table.reshape(-1), self.P, self.R, self.TP, self.tstride)
             if io.gpu:
                 indexer_fused_sm100.reserve_dynamic_shared(self.args, DYN_SMEM)
 

@@ -94,15 +94,17 @@ def test_fused_kernel_matches_oracle(name):
     check_against_oracle(idx, vals, inter["scores"], oracle(q4, k4, w, vl), k, f"sm_100a {name}")
 
 
-@pytest.mark.parametrize("page_size", [64, 16, 256])
-def test_paged_equals_contiguous(page_size):
-    """One shared block table, unused pages holding NaN scale codes (never read): bitwise equal
-    scores to the contiguous cache (R = gcd(page_size, 192) = 64 / 16 / 64 rows per TMA box)."""
+@pytest.mark.parametrize("page_size,per_token", [(64, False), (16, False), (256, False), (64, True)])
+def test_paged_equals_contiguous(page_size, per_token):
+    """A shared block table (2 tokens per CTA) or per-token tables (1 token per CTA), unused pages
+    holding NaN scale codes (never read): bitwise equal scores to the contiguous cache (R =
+    gcd(page_size, 192) = 64 / 16 / 64 rows per TMA box)."""
     from dsv4_numba.formats import QuantizedFP4
     T, N, k = 6, 1536, 64
     vl = np.array([1536, 1500, 700, 1, 0, 1024], np.int32)
     q4, k4, w = problem(50 + page_size, T, N)
-    (pd, ps), table = page([k4.data, k4.scales], page_size, T, False, 4, lambda sh, dt: np.full(sh, 255, dt))
+    (pd, ps), table = page([k4.data, k4.scales], page_size, T, per_token, 4,
+                           lambda sh, dt: np.full(sh, 255, dt))
     kp = QuantizedFP4(pd, ps, None, k4.fmt, (pd.shape[0], page_size, I.D))
     res = []
     for kc, bt in ((kp, table), (k4, None)):
@@ -111,7 +113,7 @@ def test_paged_equals_contiguous(page_size):
         finish(f"indexer_fused_sm100 paged={bt is not None}")
     (i1, v1, s1), (i2, v2, s2) = res
     assert np.array_equal(s1["scores"].view(np.uint32), s2["scores"].view(np.uint32)), "paged != contiguous"
-    check_against_oracle(i1, v1, s1["scores"], oracle(q4, k4, w, vl), k, f"paged {page_size}")
+    check_against_oracle(i1, v1, s1["scores"], oracle(q4, k4, w, vl), k, f"paged {page_size} {per_token}")
 
 
 @pytest.mark.parametrize("impls", ["fused", "fused:sm_100a", "fused:sm_100a:production"])
