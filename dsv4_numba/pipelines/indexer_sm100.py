@@ -14,7 +14,7 @@ one tile, no ring), which pinned the layouts first.
 
 **Checked here** (tests/test_indexer_sm100.py): ptxas for sm_100a (no spills, no local memory; the
 tcgen05 mma block_scale / cp / ld / alloc / dealloc / commit in the PTX and UTCOMMA / UTCCP / LDTM /
-UTCBAR / UTMALDG / 7 SHFL.BFLY in the SASS; 89 registers), and the kernel itself under the CUDA
+UTCBAR / UTMALDG / 7 SHFL.BFLY in the SASS; ~90 registers), and the kernel itself under the CUDA
 simulator with the semantic emulator (``dsv4_numba.emu``: TMA, mbarriers, tcgen05 alloc / cp / mma
 block-scaled / ld / commit, the TMEM column plan declared as regions) against the float64 oracle:
 several CTAs, two tokens per CTA and a token pair with one token, valid_len < N and = 0, a key tail
@@ -54,10 +54,11 @@ MMA operand.
 Work decomposition
 ------------------
 One CTA = a token pair (M = 128 MMA rows: row r = token 2 p + r // 64, head r % 64) x a chunk of
-``tiles_per_cta`` consecutive key tiles of BN = 192 keys. Grid (key chunks, ceil(T / 2));
-``launch_config`` fills the 148 SMs of a B200 once (decode: T = 1, N = 65536 -> 342 tiles in 114
-chunks of 3; prefill: one chunk of all tiles per token pair). Tiles at or past the larger valid_len
-of the pair are not loaded or multiplied; their scores are written as -inf.
+``tiles_per_cta`` consecutive key tiles of BN = 192 keys. Grid (key chunks, ceil(T / 2)) (per-token
+block tables: one token per CTA, ceil(T / 1)); ``launch_config`` fills the 148 SMs of a B200 in one
+wave (decode: T = 1, N = 65536 -> 342 tiles in 114 chunks of 3; T = 64: 4 chunks of 86 per pair;
+T = 4096: one chunk of all tiles per pair). Tiles at or past the larger valid_len of the pair are
+not loaded or multiplied; their scores are written as -inf.
 
 Warp roles (192 threads; the epilogue touches all 128 TMEM lanes, so it is a full warpgroup)
 ----------------------------------------------------------------------------------------------
@@ -67,9 +68,9 @@ Warp roles (192 threads; the epilogue touches all 128 TMEM lanes, so it is a ful
   fence.proxy.async, a one-warp named barrier (``bar.sync 2, 32``: __syncwarp's ordering, and the
   simulator, whose threads are not in lockstep, honours it), then lane 0 arrives with expect_tx and
   TMA-loads the key codes (2D box 192 rows x 64 B, 64B swizzle; rows past N are zero-filled; paged:
-  192 / R boxes of R = gcd(page_size, 192) rows through the block table). q
-  codes: one TMA box (128 rows x 64 B) on ``bar_q``. The scales are not TMA-loaded: the atom
-  interleaves rows with a 4-byte stride (16 B at least).
+  192 / R boxes of R = gcd(page_size, 192) rows through the block table). q codes: one TMA box (128
+  rows x 64 B) on ``bar_q``. The scales are not TMA-loaded: the atom interleaves rows with a 4-byte
+  stride (16 B at least).
 * warp 4 -- **MMA**: the whole warp allocates TMEM (512 columns), relinquishes the permit and frees
   it at the end; lane 0 moves SFA to TMEM once (``tcgen05.cp.32x128b.warpx4``), then per tile:
   wait ``full[slot]`` and (j >= 2) ``acc_empty[j % 2]``; cp of the tile's SFB (two atoms: 8
