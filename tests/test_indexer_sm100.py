@@ -1,24 +1,28 @@
 """The sm_100a FP4 indexer (pipelines/indexer_sm100.py) without a Blackwell GPU.
 
 1. Plans: the TMEM column plan through tools/tmem_plan.py's checker, shared memory within the
-   sm_100a limit, the launch decomposition.
-2. ptxas for sm_100a: the pipelined kernel with no spills / local memory and the tcgen05
-   instructions it exists for (block-scaled mma, cp, ld, alloc, relinquish, dealloc, commit) in
-   the PTX and the SASS; the step-1 tile kernel likewise.
+   sm_100a limit, the launch decomposition, the instruction descriptors.
+2. ptxas for sm_100a: the pipelined kernel with no spills / local memory and the instructions it
+   exists for (block-scaled tcgen05.mma, cp, ld.16x256b, alloc, relinquish, dealloc, commit, TMA,
+   7 shfl.bfly) in the PTX and the SASS; the step-1 tile kernel likewise.
 3. The pipelined kernel under the CUDA simulator with the semantic emulator (TMA, mbarriers,
    tcgen05, the TMEM plan declared as regions: warnings are errors, any EmulatorError fails):
    several CTAs, token pairs with one token, valid_len < N / = 0 / < k, a key tail, tiles skipped
-   past valid_len, a ring that wraps and accumulators reused; scores NaN-poisoned beforehand;
+   past valid_len, a ring that wraps and accumulators reused, paged caches (shared and per-token
+   block tables: bitwise equal to contiguous), empty calls; scores NaN-poisoned beforehand;
    against the float64 oracle of tests/test_indexer.py (bound gamma(D + H + 3) sum_h |w| sum_d |q k|:
    the emulator's MMA sums exactly and rounds once per instruction, the head sum is 64 float32
-   adds) and then the top-k selection under its tie rule.
+   adds) and then the top-k selection under its tie rule. The GPU body of the epilogue's shuffle
+   reduction (the emulator runs its NumPy twin) runs under the simulator against its column map.
 4. Known-wrong variants fail: the integer E2M1 decode (formats.wrong) in the MMA, scale factors
-   not duplicated into the four lane quadrants, a TMEM plan the kernel does not follow.
+   not duplicated into the four lane quadrants, a missing fence.proxy.async, a TMEM plan the kernel
+   does not follow.
 5. Dispatch: ``indexer(..., impls="fused")`` picks the kernel by device arch (faked, no launch);
    an explicit ``fused:sm_100a`` without a GPU raises before any launch; calls the kernel does not
-   take (paged, bfloat16) say so before any launch.
+   take (bfloat16, pages not a multiple of 8 rows, misaligned scales) say so before any launch.
 
-Cost: the compiles take ~2 s each; an emulator case 3-10 s (1-4 CTAs of 192 Python threads).
+Cost: the compiles take ~2-8 s each (more on a loaded machine); an emulator case 3-12 s (1-4 CTAs of
+192 Python threads).
 """
 import importlib.util
 import pathlib
