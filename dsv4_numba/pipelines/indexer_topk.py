@@ -52,6 +52,7 @@ from ..stages.topk import (block_find_bucket, filter_slice, finish_fused, key_f3
 NBINS = TK.NBINS                 # 4096 bins: the top 12 bits of the order-preserving float key
 HSHIFT = TK.HSHIFT
 META = TK.META
+K_MAX = TK.K_MAX                 # module globals: Numba freezes them as compile-time constants
 HIST_VARIANTS = ("fused", "staged")
 
 
@@ -85,7 +86,7 @@ def select_hist_kernel(vectorized: bool, staged: bool):
         s = b - row * S
         tid = cuda.threadIdx.x
         hist = cuda.shared.array(256, int32)
-        buf = cuda.shared.array(TK.K_MAX, uint64)
+        buf = cuda.shared.array(K_MAX, uint64)
         st = cuda.shared.array(4, int64)
         st32 = cuda.shared.array(8, int32)
         wsum = cuda.shared.array(32, int32)
