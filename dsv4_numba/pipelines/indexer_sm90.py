@@ -508,6 +508,9 @@ def indexer_fused_v2_kernel(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_page
 # on Hopper the FP8 wgmma accumulates with fewer than float32's bits (the DeepSeek-V3 report:
 # ~14 bits kept), so the GPU test's bound for this kernel is FP8_ACC_REL * sum_d |q k| per logit
 # instead of gamma(D) (the emulator accumulates in float32/float64 and meets the tighter one).
+# 2^-10: four k32 steps, each truncating to ~13-14 bits relative to the largest addend
+# (4 x 2^-13 = 2^-11), with a factor of 2 of margin -- an assumption until the GPU test prints
+# the largest error seen as a share of it (tests/gpu: test_fp8_scores_match_oracle).
 #
 # Napkin math (H = 64, D = 128): keys 128 x 128 B = 16 KB per CTA once (HBM: N x 132 B with the
 # scale, 8.7 MB at N = 65536: ~3 us); per token 8 KB of q (L2) and 4 x wgmma m64n128k32 =
@@ -519,7 +522,7 @@ FP8_ROW = D_FUSED                       # bytes of one E4M3 row
 K8_BYTES = BN * FP8_ROW                 # 16384
 Q8_BYTES = H_FUSED * FP8_ROW            # 8192
 SMEM8_WORDS = (K8_BYTES + Q8_BYTES) // 4
-FP8_ACC_REL = 2.0 ** -11                # GPU-test bound of the FP8 wgmma accumulation (see above)
+FP8_ACC_REL = 2.0 ** -10                # GPU-test bound of the FP8 wgmma accumulation (see above)
 assert 4 * BN * 4 <= Q8_BYTES            # the head-sum exchange fits the q tile
 
 
