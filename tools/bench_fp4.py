@@ -1,9 +1,14 @@
 """Benchmark the FP4 decode / quantize stages on a GPU against the torch code users write today.
 
     python tools/bench_fp4.py [--rows 7168 --cols 8192] [--out results.md] [--only nvfp4]
+                              [--variants all | twopass,stream,...]
 
-``--only nvfp4`` times only the nvfp4 quantize rows (two-pass, fused, global_amax given; no
-decode; torch's result is checked against the spec but not timed) in ~30 s.
+``--only nvfp4`` times only the nvfp4 quantize rows (every variant in ``--variants``, default all:
+twopass, fused, stream, stream_l2; then the quantize pass alone with global_amax given; no decode;
+torch's result is checked against the spec but not timed), then a second table that explains
+them: each variant warm (back-to-back calls, the method of every row) and cold (an L2 flush
+before each call, its own time subtracted), the amax pass and the quantize pass alone, and
+stream_l2 with other evict_last sizes. ~30-60 s plus the compiles (the fused kernel's is long).
 
 One table: decode dsv4_fp4 / nvfp4 / mxfp4 -> bfloat16 and -> float32, quantize bfloat16 -> each
 format (nvfp4 twice: including its global-amax pass, and with ``global_amax=`` given, i.e. the
@@ -100,14 +105,112 @@ def torch_quantize_fn(xt, fmt):
     return run
 
 
+def _same_q(got, spec) -> bool:
+    """A timed quantize result (device arrays) bitwise equal to the spec (codes, scales, g)."""
+    def host(a):
+        return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
+    return bool(np.array_equal(host(got.data), spec.data)
+                and np.array_equal(host(got.scales), spec.scales)
+                and got.global_scale == spec.global_scale)
+
+
+def nvfp4_breakdown(dx, xb, spec, variants, copy):
+    """Lines of the nvfp4 explanation table (all on the device input dx, bitwise-checked):
+
+    * each variant warm (back-to-back calls: the L2 holds what the previous call touched last)
+      and cold: an L2 flush (a read-only pass over 256 MB) before each call, the flush alone
+      timed in the same way and subtracted;
+    * its launches split: reset + amax pass alone, and the quantize pass alone (the amax
+      buffer already holds the tensor amax, so its output is the real one);
+    * stream_l2 with other evict_last sizes (fp4.L2_KEEP_BYTES, a launch argument).
+    """
+    from numba import cuda
+    n = int(np.prod(xb.shape))
+    nbytes = n * 2 + n // 2 + n // 16
+    flush_buf = cuda.device_array(128 << 20, np.uint16)         # 256 MB, only read (any bits)
+    flush_amax = cuda.to_device(np.zeros(1, np.uint32))
+    fk = fp4.amax_prod_kernel.get(fp4.BF16)
+    nflush = flush_buf.size * 2 // 16
+    fgrid = fp4._grid(nflush)
+
+    def flush():
+        fk.launch(fgrid, fp4.THREADS, flush_buf, flush_amax, nflush)
+    t_flush = time_gpu(flush, reps=10, repeats=5)
+
+    def one(label, plan, launches=None):
+        run = plan.run if launches is None else (lambda: [k.launch(g, *rest) for k, g, *rest in
+                                                          launches])
+        warm = time_gpu(run, reps=10, repeats=5)
+        cold = time_gpu(lambda: (flush(), run()), reps=10, repeats=5) - t_flush
+        ok = _same_q(plan.result(), spec) if launches is None else "-"
+        return (f"| {label} | {warm:.1f} | {nbytes / warm / 1e3:.0f} | "
+                f"{100 * nbytes / warm / 1e3 / copy:.0f}% | {cold:.1f} | "
+                f"{nbytes / cold / 1e3:.0f} | {ok} |"), warm, cold, ok
+
+    def launch_args(launch):         # (kernel, grid, args[, threads, smem]) -> launch() arguments
+        k, grid, args = launch[:3]
+        threads, smem = launch[3:] if len(launch) > 3 else (fp4.THREADS, 0)
+        return (k, grid, threads, *args)
+
+    def split_runs(plan):
+        L = plan.launches
+        return [launch_args(L[0]), launch_args(L[1])], [launch_args(L[-1])]
+
+    lines = []
+
+    def emit(line):
+        print(line, flush=True)
+        lines.append(line)
+    emit(f"nvfp4 breakdown (GB/s of the whole call's {nbytes / 1e6:.1f} MB unique bytes for "
+         f"every row; cold = an L2 flush before each call, flush {t_flush:.1f} us subtracted)")
+    emit("")
+    emit("| variant / pass | us warm | GB/s | % of copy | us cold L2 | GB/s cold | "
+         "bitwise == spec |")
+    emit("|---|---:|---:|---:|---:|---:|---|")
+    best = []
+    for v in variants:
+        plan = fp4.quantize_plan(dx, "nvfp4", fp4.quantize_sm90_kernel, ref=False, variant=v)
+        row, warm, cold, ok = one(v, plan)
+        emit(row)
+        if ok is True:
+            best.append((warm, cold, v))
+        if v != "fused":
+            amax_pass, quant_pass = split_runs(plan)
+            emit(one(f"{v}: reset + amax pass only", plan, amax_pass)[0])
+            emit(one(f"{v}: quantize pass only", plan, quant_pass)[0])
+    if "stream_l2" in variants:
+        keep0 = fp4.L2_KEEP_BYTES
+        try:
+            for mb in (8, 16, 32, 40):
+                fp4.L2_KEEP_BYTES = mb << 20
+                plan = fp4.quantize_plan(dx, "nvfp4", fp4.quantize_sm90_kernel, ref=False,
+                                         variant="stream_l2")
+                emit(one(f"stream_l2, evict_last on the first {mb} MB", plan)[0])
+        finally:
+            fp4.L2_KEEP_BYTES = keep0
+    if best:
+        emit("")
+        w = min(best)
+        c = min(best, key=lambda b: b[1])
+        emit(f"fastest bitwise-correct variant: warm {w[2]} ({w[0]:.1f} us, "
+             f"{nbytes / w[0] / 1e3:.0f} GB/s); cold L2 {c[2]} ({c[1]:.1f} us, "
+             f"{nbytes / c[1] / 1e3:.0f} GB/s); target <= {nbytes / 1.5e6:.1f} us (1.5 TB/s)")
+    return lines
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, default=7168)
     p.add_argument("--cols", type=int, default=8192)
     p.add_argument("--out", default=None)
     p.add_argument("--only", choices=["nvfp4"], default=None,
-                   help="nvfp4: only the nvfp4 quantize rows (two-pass vs fused), torch not timed")
+                   help="nvfp4: only the nvfp4 quantize rows (every variant), torch not timed")
+    p.add_argument("--variants", default="all",
+                   help=f"nvfp4 quantize variants to time: all or a comma list of {fp4.NVFP4_VARIANTS}")
     a = p.parse_args(argv)
+    variants = fp4.NVFP4_VARIANTS if a.variants == "all" else tuple(a.variants.split(","))
+    for v in variants:
+        fp4.nvfp4_variant(v)                        # unknown names: a clear error before any work
     from numba import cuda
     gpu = runtime.detect_gpu()
     if gpu is None:
@@ -147,30 +250,23 @@ def main(argv=None):
             t_us = float("nan") if only else time_gpu(tfn, reps=3, repeats=5)   # --only: not timed
         except Exception as e:      # pragma: no cover - the baseline must not hide our numbers
             t_us, t_ok = float("nan"), f"torch failed: {type(e).__name__}: {e}"[:100]
-        us, gbs, got = fp4.time_quantize(dx, fmt, variant="twopass")
-        ok = (np.array_equal(got.data.copy_to_host(), spec.data)
-              and np.array_equal(got.scales.copy_to_host(), spec.scales)
-              and got.global_scale == spec.global_scale)
-        label = f"quantize {fmt} <- bfloat16" + (" (incl. global amax pass)" if fmt == "nvfp4" else "")
-        rows.append((label, us, gbs, t_us, ok, t_ok))
-        if fmt == "nvfp4":          # the fused variant: amax + quantize in one persistent kernel
-            import warnings
+        if fmt != "nvfp4":
+            us, gbs, got = fp4.time_quantize(dx, fmt)
+            rows.append((f"quantize {fmt} <- bfloat16", us, gbs, t_us, _same_q(got, spec), t_ok))
+            continue
+        import warnings
+        for v in variants:         # every nvfp4 variant, the global-amax pass included
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", RuntimeWarning)
-                us, gbs, got = fp4.time_quantize(dx, fmt, variant="fused")
-            ok = (np.array_equal(got.data.copy_to_host(), spec.data)
-                  and np.array_equal(got.scales.copy_to_host(), spec.scales)
-                  and got.global_scale == spec.global_scale
-                  and not [w for w in caught if "grid barrier" in str(w.message)])
-            rows.append(("quantize nvfp4 <- bfloat16 (incl. global amax, FUSED one kernel)",
-                         us, gbs, t_us, ok, t_ok))
-        if fmt == "nvfp4":          # global_amax= given (calibrated): no amax pass
-            amax = np.abs(xb.astype(np.float32)).max()
-            us, gbs, got = fp4.time_quantize(dx, fmt, global_amax=amax)
-            ok = (np.array_equal(got.data.copy_to_host(), spec.data)
-                  and np.array_equal(got.scales.copy_to_host(), spec.scales)
-                  and got.global_scale == spec.global_scale)
-            rows.append(("quantize nvfp4 <- bfloat16 (global_amax given)", us, gbs, t_us, ok, t_ok))
+                us, gbs, got = fp4.time_quantize(dx, fmt, variant=v)
+            ok = _same_q(got, spec) and not [w for w in caught if "grid barrier" in str(w.message)]
+            rows.append((f"quantize nvfp4 <- bfloat16 (incl. global amax pass, {v})", us, gbs,
+                         t_us, ok, t_ok))
+        amax = np.abs(xb.astype(np.float32)).max()
+        for v in [v for v in variants if v in ("twopass", "stream")]:   # the quantize pass alone
+            us, gbs, got = fp4.time_quantize(dx, fmt, global_amax=amax, variant=v)
+            rows.append((f"quantize nvfp4 <- bfloat16 (global_amax given, {v} kernel)", us, gbs,
+                         t_us, _same_q(got, spec), t_ok))
     tk = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout.strip().splitlines()
     head = (f"GPU {gpu.name} ({gpu.arch}), driver CUDA {gpu.driver_version}, "
             f"{tk[-1] if tk else 'nvcc ?'}, torch {torch.__version__}, {datetime.date.today()}, "
@@ -183,10 +279,11 @@ def main(argv=None):
     if only:
         lines.append("")
         lines.append("nvfp4 quantize incl. the global amax: target >= 1500 GB/s unique (<= 100 us "
-                     "at this shape); the FUSED row is the new variant, the row above it the "
-                     "H100-verified two-pass one")
+                     "at this shape); twopass is the H100-verified default")
+    print("\n".join(lines), flush=True)         # kept even if the breakdown below fails
+    if only:
+        lines += [""] + nvfp4_breakdown(dx, xb, specs["nvfp4"], variants, copy)
     text = "\n".join(lines)
-    print(text)
     if a.out:
         open(a.out, "w").write(text + "\n")
     return 0 if all(r[4] for r in rows) else 1
