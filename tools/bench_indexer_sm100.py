@@ -8,7 +8,8 @@ prints why and exits 2.
 Shapes and method as tools/bench_indexer.py (whose input builders, torch path and key rotation it
 imports): dsv4_fp4 q and keys with random codes and scales, device-resident; H = 64, D = 128,
 valid_len = N. "scores us": ``indexer_sm100.Plan.run`` (the kernel launch alone, NaN-poisoned
-output checked once); "total us": + the production top-k (public ``stages.topk.topk``); torch:
+output checked once); "total us": + the top-k stage this device resolves (printed; the production
+top-k is registered for sm_90a only, so on a B200 this is likely the reference kernel); torch:
 dequantize, einsum (bf16), ReLU, x w, head sum, ``torch.topk``. Before timing, the top-k
 indices are compared with torch's (share of torch's indices selected; ~1.0 expected, ties and the
 bf16 rounding of the torch path make it not exactly 1). TFLOP/s counts 2 T H N D; "% FP4 peak" is of
@@ -31,6 +32,7 @@ PEAK_FP4_TFLOPS = 9000.0          # B200 dense FP4, published
 CLK_GHZ = 1.85
 EST_CLK_PER_TILE = 900
 HERE = pathlib.Path(__file__).resolve().parent
+TOPK = None               # the top-k implementation key this device resolves ("auto"), set in main
 
 
 def _bench_indexer():
@@ -92,7 +94,7 @@ def bench_case(torch, B, T, N, k, reps, repeats, sms, rows):
     cuda.synchronize()
     if torch.isnan(scores_t).any():
         raise SystemExit(f"T={T} N={N}: unwritten (NaN-poisoned) scores: run tests/gpu/test_indexer_sm100_gpu.py")
-    _, idx = TK.topk(s2, k, lengths=vl, impl="production")
+    _, idx = TK.topk(s2, k, lengths=vl, impl=TOPK)
     ours = idx.copy_to_host().reshape(T, k)
     agree = float(np.mean([np.intersect1d(ours[t], theirs[t]).size / k for t in range(T)]))
     tcyc, pcyc = B.Cycle(keys), B.Cycle(plans)
@@ -101,7 +103,7 @@ def bench_case(torch, B, T, N, k, reps, repeats, sms, rows):
 
     def run_all():
         pcyc().run()
-        TK.topk(s2, k, lengths=vl, impl="production")
+        TK.topk(s2, k, lengths=vl, impl=TOPK)
     a_us = time_gpu(run_all, reps, repeats)
     tf = 2.0 * T * H * N * D / s_us / 1e6
     est = estimate_us(T, N, sms)
@@ -125,6 +127,14 @@ def main(argv=None):
     import numba_cuda
     import torch  # noqa: lazily: present on the device image only
     B = _bench_indexer()
+    import warnings
+
+    from dsv4_numba import registry
+    global TOPK
+    with warnings.catch_warnings():            # the production top-k is registered for sm_90a only
+        warnings.simplefilter("ignore")
+        TOPK = registry.resolve("topk", None).key
+    print(f"# top-k stage that runs here: topk/{TOPK}", flush=True)
     start = time.monotonic()
     reps, repeats = (5, 3) if args.quick else (10, 5)
     print(f"# {gpu.name} ({gpu.arch}, {gpu.sm_count} SMs), torch {torch.__version__}, "
