@@ -119,7 +119,8 @@ of shared memory per SM)
 * Decode (T = 1, N = 65536): 4.5 MB of keys -> 0.56 us at 8 TB/s; 342 tiles over 114 CTAs = 3
   tiles per CTA ~ 3 x 900 clk = ~1.5 us + ring fill (TMA latency) + launch and TMEM alloc:
   **~3-4 us for the scores**, then the top-k (FlashInfer's B200 top-k is ~34 us at N = 65536, k =
-  2048, dsv4-facts; the registered top-k stage has not run on a B200). Half the MMA rows are idle
+  2048, dsv4-facts; the production top-k stage is registered for sm_90a only, so on a B200 ``auto``
+  runs the reference top-k, with a ``ProductionUnavailableWarning``). Half the MMA rows are idle
   at T = 1 (M = 64 tiles would halve the epilogue).
 * Prefill-like T = 64, N = 65536: 32 token pairs x 4 chunks = 128 CTAs (one wave on 148 SMs; TMEM
   512 columns = one CTA per SM) x 86 tiles x ~900 clk = ~42 us (68.7 GFLOP -> ~1.6 PFLOP/s
