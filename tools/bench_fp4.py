@@ -188,6 +188,10 @@ def nvfp4_breakdown(dx, xb, spec, variants, copy):
                 emit(one(f"stream_l2, evict_last on the first {mb} MB", plan)[0])
         finally:
             fp4.L2_KEEP_BYTES = keep0
+    if fp4.RESIDENT_SOURCE:
+        emit("")
+        emit("one-wave grids (256 threads per CTA): " + "; ".join(
+            f"{k}: {v}" for k, v in sorted(fp4.RESIDENT_SOURCE.items())))
     if best:
         emit("")
         w = min(best)

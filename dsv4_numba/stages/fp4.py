@@ -1257,7 +1257,9 @@ def make_quantize_stream_kernel(name, IKIND, HINT):
                               load8h(base, IKIND, 3, policy, HINT),
                               c, gs_enc, rtab, dst, scales16, flag)
     kern.__name__ = kern.__qualname__ = name
-    return kernel(kern)
+    k = kernel(kern)
+    k.blocks_per_sm = 5             # 48 registers (sm_90a, bfloat16): 65536 / (48 x 256)
+    return k
 
 
 # Napkin math: 117.4 MB read once (bfloat16 7168 x 8192), 4 bytes written: ~38-40 us at a ~3 TB/s
@@ -1301,12 +1303,15 @@ def make_amax_stream_kernel(name, IKIND, HINT):
         if cuda.threadIdx.x == 0:
             cuda.atomic.max(amax_bits, 0, m)
     kern.__name__ = kern.__qualname__ = name
-    return kernel(kern)
+    k = kernel(kern)
+    k.blocks_per_sm = 8             # 32 registers: 2048 threads per SM
+    return k
 
 
 quantize_stream_kernel = KernelFamily("quantize_fp4_nv_stream", make_quantize_stream_kernel)
 amax_stream_kernel = KernelFamily("amax_fp4_stream", make_amax_stream_kernel)
 _RESIDENT = {}                      # (kernel name, argument types, threads) -> resident CTAs
+RESIDENT_SOURCE = {}                # kernel name -> how its one-wave grid was sized
 
 
 def _one_wave(k, args, work_items):
@@ -1321,6 +1326,10 @@ def _one_wave(k, args, work_items):
 
 
 def _resident_grid(k, args, work_items, threads):
+    """Resident CTAs of k for these arguments: numba's occupancy query (cuOccupancy...), cached;
+    if that query fails on this numba / driver, ``k.blocks_per_sm`` (what ptxas's register count
+    gave for sm_90a here: 32 registers -> 8 CTAs of 256, 48 -> 5) times the SM count. Which one
+    was used is recorded in ``RESIDENT_SOURCE`` (the benchmark prints it)."""
     need = max(1, -(-work_items // threads))
     disp = k.gpu
     sig = tuple(disp.typeof_pyval(a) for a in args)
@@ -1328,7 +1337,13 @@ def _resident_grid(k, args, work_items, threads):
     if key not in _RESIDENT:
         if sig not in disp.overloads:
             disp.compile(sig)
-        _RESIDENT[key] = max(1, disp.overloads[sig].max_cooperative_grid_blocks(threads))
+        try:
+            _RESIDENT[key] = max(1, int(disp.overloads[sig].max_cooperative_grid_blocks(threads)))
+            RESIDENT_SOURCE[k.__name__] = f"{_RESIDENT[key]} CTAs (occupancy API)"
+        except Exception as e:          # a performance parameter only: the kernels are correct
+            _RESIDENT[key] = detect_gpu().sm_count * k.blocks_per_sm   # for any grid size
+            RESIDENT_SOURCE[k.__name__] = (f"{_RESIDENT[key]} CTAs (fallback: occupancy query "
+                                           f"failed: {type(e).__name__}: {e})"[:200])
     return min(_RESIDENT[key], need)
 
 

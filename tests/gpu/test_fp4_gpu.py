@@ -300,11 +300,11 @@ def _check_stream(x, variant, global_amax=None, key=None):
 
 @pytest.mark.parametrize("variant", STREAM)
 @pytest.mark.parametrize("in_dt,shape", [
-    (ml_dtypes.bfloat16, (4096, 8192)),   # several lockstep windows of the whole GPU
-    (ml_dtypes.bfloat16, (1, 32)),        # one chunk, the remainder loop only
-    (ml_dtypes.bfloat16, (129, 2048)),
-    (np.float32, (2048, 8192)),
-    (np.float16, (127, 4096)),
+    pytest.param(ml_dtypes.bfloat16, (4096, 8192), id="bf16-4096x8192"),  # 3 lockstep windows
+    pytest.param(ml_dtypes.bfloat16, (1, 32), id="bf16-1x32"),   # one chunk, the remainder loop
+    pytest.param(ml_dtypes.bfloat16, (129, 2048), id="bf16-129x2048"),
+    pytest.param(np.float32, (2048, 8192), id="fp32-2048x8192"),
+    pytest.param(np.float16, (127, 4096), id="fp16-127x4096"),
 ])
 def test_stream_nvfp4_matches_spec(prod, variant, in_dt, shape):
     rng = np.random.default_rng(sum(shape) + 31)
@@ -343,7 +343,8 @@ def test_stream_nvfp4_amax_anywhere(prod, variant, where):
     _check_stream(x.astype(ml_dtypes.bfloat16), variant, key=("amax", pos))
 
 
-@pytest.mark.parametrize("in_dt", [np.float32, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("in_dt", [pytest.param(np.float32, id="fp32"),
+                                   pytest.param(ml_dtypes.bfloat16, id="bf16")])
 @pytest.mark.parametrize("factor", [1.0, 0.01, 4.0])
 def test_stream_nvfp4_given_global_amax(prod, in_dt, factor):
     """global_amax= with the stream quantize pass; 0.01 saturates most blocks (the unbounded-y
