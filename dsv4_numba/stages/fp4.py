@@ -49,6 +49,17 @@ Implementations (stage registry names ``decode_fp4`` / ``quantize_fp4``)
   first rounds in shared memory (224 KB per SM, 29.6 MB on an H100), a grid barrier (atomics,
   with a time-out that falls back to the two-pass path), phase 2 quantizes the other rounds
   newest-first (from L2 where they still are) and then the kept ones from shared memory.
+  nvfp4 variants ``stream`` and ``stream_l2`` (same switch): the amax pass on a grid of exactly
+  the resident CTAs, 4 independent 16-byte loads per thread per sweep, the whole grid sweeping
+  the tensor back to front in lockstep; then a leaner quantize pass (also one wave) front to
+  back, so it starts on what the amax pass read last (in L2). Its nvfp4 scale costs ~20
+  instructions per 16-block instead of ~75 (division by 6 as a multiply + two fma, E4M3 code by
+  bit arithmetic, r = gs / s from a per-CTA table, both scale codes in one 16-bit store) and its
+  E2M1 encode 6 instead of ~10 (``e2m1_mag_step``: one float add onto a power of two whose ulp is
+  the E2M1 step): ~476 SASS instructions per 32-element chunk instead of ~760 (sm_90a, bfloat16
+  in). ``stream_l2`` also tags the loads with L2 eviction priorities (evict_last on the amax
+  pass's last-read ~24 MB, evict_first elsewhere). Bitwise the spec; the helpers are checked for
+  every float32 of their range on the GPU. Napkin math above ``make_quantize_stream_kernel``.
   The inline-PTX operations have simulator twins (and ``dsv4_numba.emu`` emulates the 16-byte
   global / shared accesses), so these exact kernels are tested bitwise on the CPU too.
 * ``production:sm_100a`` — same data path, but decodes with the Blackwell conversion
@@ -75,7 +86,9 @@ The fused variant reads the input from HBM about 1.45 times instead of 2 (napkin
 Measured on an H100 (2026-11-25, copy 3014 GB/s, CHANGELOG) with the format-specialized kernels:
 decode -> bfloat16 56.2 us (dsv4_fp4, mxfp4) / 57.0 us (nvfp4), 88% of copy; -> float32 ~99 us
 (~90%); quantize dsv4_fp4 / mxfp4 61.8 us (2.4 TB/s); nvfp4 111.3 us incl. the amax pass
-(1.35 TB/s), 67.6 us with global_amax given. The fused nvfp4 variant has not been timed yet.
+(1.35 TB/s), 67.6 us with global_amax given. The fused nvfp4 variant did not pay on an H200
+(101.9 vs 99.2 us two-pass); the stream variants (expected ~88-96 us on an H100, ~1.6 TB/s) have
+not been timed yet: ``tools/bench_fp4.py --only nvfp4 --variants all`` times every variant.
 """
 from __future__ import annotations
 
