@@ -273,7 +273,7 @@ def precompile_jobs(variants, fmts):
     if "fp8" in fmts:
         jobs.append(("fp8", head + "k, s = F.fp8_kernels()[0]\nF.cached_gpu(k).compile(s)\n"))
     if "v3" in variants:
-        jobs.append(("v3 select", head + "staged = TK.PRODUCTION_VARIANT == 'staged'\n"
+        jobs.append(("v3 select", head + "staged = IT.DEFAULT_SELECT == 'staged'\n"
                      "k, s = IT.kernels()[int(staged)]\nF.cached_gpu(k).compile(s)\n"))
     if {"v1", "v2"} & set(variants):     # the registered top-k after them (disk-cached here)
         for i, (k, _) in enumerate(IT_cache_list()):

@@ -54,6 +54,11 @@ HSHIFT = TK.HSHIFT
 META = TK.META
 K_MAX = TK.K_MAX                 # module globals: Numba freezes them as compile-time constants
 HIST_VARIANTS = ("fused", "staged")
+#: The select form HistTopk runs: "staged" (appends staged in shared memory, one-wave grid). The
+#: H100 breakdown of 2026-11-26 (tools/bench_softmax_topk.py --breakdown) measured the part after
+#: the histogram launch at 35.0 / 26.2 / 100.0 us for staged vs 35.1 / 26.6 / 128.5 us for fused
+#: at (1, 65536, 2048) / (4, 65536, 512) / (64, 131072, 2048).
+DEFAULT_SELECT = "staged"
 
 
 @device
@@ -139,13 +144,13 @@ class HistTopk:
 
     ``ghist``: the int32 [rows * NBINS] histogram to hand to the score kernel (zero before it
     runs; every ``run`` leaves it, and the rest of the workspace, zero again). Geometry and
-    workspace are a ``stages.topk.TopkPlan``'s ("staged" when that is the top-k's production
-    variant, else "fused"). Test hooks: ``threads``, ``S``, ``capacity``.
+    workspace are a ``stages.topk.TopkPlan``'s of ``variant`` (default ``DEFAULT_SELECT``).
+    Test hooks: ``threads``, ``S``, ``capacity``.
     """
 
     def __init__(self, rows: int, n: int, k: int, *, threads: int | None = None,
                  S: int | None = None, capacity: int | None = None, variant: str | None = None):
-        v = variant or ("staged" if TK.PRODUCTION_VARIANT == "staged" else "fused")
+        v = variant or DEFAULT_SELECT
         if v not in HIST_VARIANTS:
             raise ValueError(f"histogram top-k variant must be one of {HIST_VARIANTS}, not {v!r}")
         kw = {} if threads is None else {"threads": threads, "finish_threads": threads}
@@ -180,7 +185,7 @@ _PLANS: dict = {}
 
 def hist_topk_for(rows: int, n: int, k: int) -> HistTopk:
     """A cached HistTopk per shape (its workspace is reused: calls on one stream only)."""
-    key = (rows, n, k, TK.PRODUCTION_VARIANT, mode())
+    key = (rows, n, k, DEFAULT_SELECT, mode())
     if key not in _PLANS:
         if len(_PLANS) > 16:
             _PLANS.clear()
@@ -217,4 +222,5 @@ def kernels():
 
 
 __all__ = ["hist_add", "select_hist_kernel", "HistTopk", "hist_topk_for", "kernels", "NBINS",
+           "DEFAULT_SELECT",
            "cache_registered_topk"]
