@@ -246,6 +246,64 @@ def test_production_bf16_and_overflow_fallback_simulated():
     assert_topk(v, i, x, 12, name="production fallback (sim)")
 
 
+@pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
+def test_rowblock_levels_simulated():
+    """rowblock with a 3-slot bucket capacity: the threshold bucket (one 12-bit bin holds the
+    whole row) is narrowed by 12-bit level passes over the row, then the list is refined in
+    shared memory; ties (3.0 repeated) resolved by index; the generic (composite) append."""
+    g = np.random.default_rng(41)
+    x = (1.0 + g.random((2, 64)) / 16).astype(np.float32)      # one 12-bit bin: [1, 1.125)
+    x[1, ::7] = 3.0
+    v, i = run_production(x, 37, capacity=3, variant="rowblock", twice=True)
+    assert_topk(v, i, x, 37, name="rowblock levels (sim)")
+
+
+@pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
+def test_rowblock_special_rows_simulated():
+    """The level-1 append compares floats against the threshold's float (rb_threshold_f32):
+    rows whose threshold is -inf (all -inf: every score selected), +inf, NaN (unscanned
+    input: only NaNs above it), -0/+0; one row's tail (N % 4 != 0) goes through the scalar
+    trip after the 16-byte loads."""
+    x = scores((4, 23), seed=43)
+    x[0] = -np.inf
+    x[1, [2, 5, 7, 11, 13, 17]] = np.inf
+    x[2, [1, 4, 9, 22]] = np.nan
+    x[3, ::2] = -0.0
+    x[3, 1::2] = 0.0
+    x[3, [3, 20]] = -1.0
+    v, i = run_production(x, 6, variant="rowblock")
+    assert i[0].tolist() == list(range(6)) and i[2, :4].tolist() == [1, 4, 9, 22]
+    assert_topk(v, i, x, 6, name="rowblock special rows (sim)")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
+def test_rowblock_more_simulated():
+    """rowblock (~100 s here): bfloat16 with k > N and a tail after the 8-wide loads, scalar and
+    vector loads, level passes down to the index bits (one value repeated over the row), several
+    trips a thread with a partial last one."""
+    xb = scores((2, 43), seed=13, dtype=ml_dtypes.bfloat16)
+    for vec in (True, False):
+        v, i = run_production(xb, 48, variant="rowblock", vectorized=vec)
+        assert_topk(v, i, xb, 48, name=f"rowblock bf16 k > N vectorized={vec} (sim)")
+        v, i = run_production(xb, 5, variant="rowblock", vectorized=vec, capacity=2)
+        assert_topk(v, i, xb, 5, name=f"rowblock bf16 levels vectorized={vec} (sim)")
+    x = np.full((2, 70), 1.5, np.float32)
+    x[1, ::9] = 2.0
+    v, i = run_production(x, 20, capacity=4, variant="rowblock")
+    assert_topk(v, i, x, 20, name="rowblock all ties (sim)")
+    assert i[0].tolist() == list(range(20))
+    x = scores((2, 300), seed=31)
+    for vec in (True, False):
+        v, i = run_production(x, 20, variant="rowblock", vectorized=vec)
+        assert_topk(v, i, x, 20, name=f"rowblock trips vectorized={vec} (sim)")
+    x = scores((2, 23), seed=47)
+    x[0] = -np.inf
+    x[1, [1, 4, 9, 22]] = np.nan
+    v, i = run_production(x, 21, variant="rowblock", vectorized=False)
+    assert_topk(v, i, x, 21, name="rowblock special rows, scalar loads (sim)")
+
+
 @kernel
 def _sort_kernel(data, P):
     buf = cuda.shared.array(512, uint64)
@@ -306,17 +364,44 @@ def test_empty_shapes():
 PROD = registry.REGISTRY["topk"].impls["production:sm_90a"]
 # the fused select kernel is compiled in one form (float32, 16-byte loads): its other forms
 # differ only in load_keys, compiled with the histogram / filter kernels; ~30 s each otherwise
+# the rowblock kernel likewise: float32 with 16-byte loads (its bfloat16 form: a slow case)
 KERNELS = [(k, s) for k, s in PROD.kernels()
-           if not k.__name__.startswith("topk_select")
-           or k.__name__ in ("topk_select_f32_v4", "topk_select_staged_f32_v4")]
+           if not k.__name__.startswith(("topk_select", "topk_rowblock"))
+           or k.__name__ in ("topk_select_f32_v4", "topk_select_staged_f32_v4",
+                             "topk_rowblock_f32_v4_t1024")]
+ROWBLOCK_BF16 = [(k, s) for k, s in PROD.kernels() if k.__name__ == "topk_rowblock_bf16_v8_t1024"]
+
+
+def check_rowblock_compiled(res):
+    """The rowblock kernel: 1024 threads fit (<= 64 registers); ptxas may spill a few registers
+    in the shared-memory finish (a handful of bytes, outside the streaming loops), never
+    inside the passes over the row (between the first and the last 16-byte load); no global
+    atomics, fences or grid-wide tickets; the >48 KB dynamic shared memory is not static."""
+    import re
+    assert res.registers <= 64 and res.spill_stores <= 32, res.summary()
+    assert res.shared_bytes < 4096, "the big buffers are dynamic shared memory"
+    assert "atom.global" not in res.ptx and "membar" not in res.ptx and "fence" not in res.ptx
+    if res.sass is None:
+        pytest.skip("no nvdisasm in this toolkit: SASS checks skipped")
+    lines = res.sass.splitlines()
+    ldg = [n for n, ln in enumerate(lines) if "LDG.E.128" in ln]
+    local = [n for n, ln in enumerate(lines) if re.search(r"\b(LDL|STL)\b", ln)]
+    assert ldg, "16-byte loads"
+    inside = [lines[n].strip() for n in local if ldg[0] <= n <= ldg[-1]]
+    assert not inside, f"local memory inside the passes over the row: {inside[:3]}"
+    assert "FSETP.GE" in res.sass, "the level-1 append compares floats"
 
 
 @pytest.mark.parametrize("idx", range(len(KERNELS)),
                          ids=[f"{k.__name__}-{i}" for i, (k, _) in enumerate(KERNELS)])
 def test_production_compiles_for_sm90a(idx):
     k, sig = KERNELS[idx]
-    res = k.compile(sig, "sm_90a", want_sass=False)
-    assert res.spill_stores == 0 and res.spill_loads == 0, res.summary()
+    rowblock = k.__name__.startswith("topk_rowblock")
+    res = k.compile(sig, "sm_90a", want_sass=rowblock)
+    if rowblock:
+        check_rowblock_compiled(res)
+    else:
+        assert res.spill_stores == 0 and res.spill_loads == 0, res.summary()
     assert "ld.local" not in res.ptx and "st.local" not in res.ptx
     assert res.registers * k.launch_bounds[0] <= 65536, "a full block must fit the register file"
     name = k.__name__
@@ -331,6 +416,14 @@ def test_production_compiles_for_sm90a(idx):
         assert res.shared_bytes < 48 * 1024
     if name == "topk_finish_kernel":
         assert res.shared_bytes < 48 * 1024
+
+
+@pytest.mark.slow
+def test_rowblock_bf16_compiles_for_sm90a():
+    (k, sig), = ROWBLOCK_BF16
+    res = k.compile(sig, "sm_90a", want_sass=True)
+    check_rowblock_compiled(res)
+    assert "ld.global.nc.v4.u32" in res.ptx
 
 
 def test_reference_compiles_for_sm90a():

@@ -29,10 +29,17 @@ Implementations (stage registry name ``topk``)
   from the top (a shared-memory histogram per pass, stopping once the chosen bucket is taken
   whole), collect everything at or above it into shared memory, order by counting (each selected
   composite's position = how many selected are larger). Runs under the CUDA simulator.
-* ``production:sm_90a`` -- three variants, chosen by ``PRODUCTION_VARIANT`` (what
+* ``production:sm_90a`` -- four variants, chosen by ``PRODUCTION_VARIANT`` (what
   impl="production" runs: "fused"; ``DSV4_TOPK_VARIANT``, ``TopkPlan(variant=)`` /
-  ``topk_production(variant=)`` pick one; tools/bench_softmax_topk.py times all). A row is split over S blocks of 512 threads (S x rows
-  ~ 4 blocks per SM). The workspace (histograms, counters, tickets) is zeroed once when
+  ``topk_production(variant=)`` pick one, "auto" picks "rowblock" for rows up to 262144 scores
+  and "fused" above; tools/bench_softmax_topk.py times all).
+  ``rowblock`` (round 3, not yet measured on hardware): ONE launch, one CTA of 1024 threads per
+    row, nothing global but the row and the outputs: a 4096-bin shared histogram of the top 12
+    key bits (pass 1, HBM), a block scan for the threshold bin, the scores at or above it
+    appended to a shared list (pass 2, L2; a float compare a score and one warp scan per 16
+    scores), 8-bit radix refinement and the bitonic sort in shared memory. No global atomics,
+    fences or tickets. Napkin math above ``rowblock_kernel``: ~27 / ~15 / ~11 us.
+  The other three split a row over S blocks of 512 threads (S x rows ~ 4 blocks per SM). The workspace (histograms, counters, tickets) is zeroed once when
   allocated and left zero by every run (the row's finishing block cleans it).
     1. histogram (both variants): each block reads its slice once (16-byte loads), counts the top
        12 key bits in a 4096-bin shared histogram, adds it to the row's global histogram; the
@@ -90,10 +97,10 @@ from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
-from numba import cuda, int32, int64, uint32, uint64
+from numba import cuda, float32, int32, int64, uint32, uint64
 
 from .. import registry
-from ..hw.bits import f32_bits
+from ..hw.bits import bits_f32, f32_bits
 from ..hw.portable import address_of, ballot, ldg_v4, shfl_idx, shfl_up
 from ..runtime import BF16, F32, ArrayIO, detect_gpu, device, is_device_array, kernel, mode
 from ..runtime.arrays import check_lengths
@@ -193,28 +200,21 @@ def order_keys(scores) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 @device
 def key_f32_bits(u):
-    """Order-preserving uint32 key of float32 bits u (NaN -> top, -0 -> +0)."""
+    """Order-preserving uint32 key of float32 bits u (NaN -> top, -0 -> +0). Branch-free (two
+    selects): positive -> u ^ 0x80000000, negative -> ~u."""
     u = uint32(u)
-    if (u & uint32(0x7FFFFFFF)) > uint32(0x7F800000):
-        return uint32(0xFFFFFFFF)
-    if u == uint32(0x80000000):
-        u = uint32(0)
-    if u & uint32(0x80000000):
-        return u ^ uint32(0xFFFFFFFF)
-    return u ^ uint32(0x80000000)
+    u = uint32(0) if u == uint32(0x80000000) else u
+    k = u ^ (((u >> uint32(31)) * uint32(0x7FFFFFFF)) | uint32(0x80000000))
+    return uint32(0xFFFFFFFF) if (u & uint32(0x7FFFFFFF)) > uint32(0x7F800000) else k
 
 
 @device
 def key_bf16_bits(h):
     """The same order on 16-bit bfloat16 bits, in the top half of a uint32 key."""
     h = uint32(h) & uint32(0xFFFF)
-    if (h & uint32(0x7FFF)) > uint32(0x7F80):
-        return uint32(0xFFFF0000)
-    if h == uint32(0x8000):
-        h = uint32(0)
-    if h & uint32(0x8000):
-        return (h ^ uint32(0xFFFF)) << uint32(16)
-    return (h ^ uint32(0x8000)) << uint32(16)
+    h = uint32(0) if h == uint32(0x8000) else h
+    k = (h ^ (((h >> uint32(15)) * uint32(0x7FFF)) | uint32(0x8000))) << uint32(16)
+    return uint32(0xFFFF0000) if (h & uint32(0x7FFF)) > uint32(0x7F80) else k
 
 
 @device
@@ -343,7 +343,9 @@ FINISH_THREADS = 1024
 VARIANTS = ("three_pass", "fused", "staged", "rowblock")
 # what impl="production" runs (DSV4_TOPK_VARIANT overrides it); the bench times every variant.
 # "fused": passed every GPU test on the H100 and measured at least as fast as "three_pass" on all
-# three target shapes (2026-11-25); "staged" is not yet measured.
+# three target shapes (2026-11-25); "staged" (H200: 117 / 40 / 32 us) and "rowblock" are not yet
+# measured on the H100. "auto" (``resolve_variant``): "rowblock" for rows up to RB_AUTO_MAX_N
+# scores, else "fused".
 PRODUCTION_VARIANT = os.environ.get("DSV4_TOPK_VARIANT", "fused")
 # "staged" geometry: blocks resident per SM (ptxas: histogram <= 40 regs x 512 threads -> 3;
 # select capped at 64 regs by launch_bounds(512, 2) -> 2), so that each launch is one full wave
@@ -358,11 +360,12 @@ META = 8
 
 @device
 def warp_inclusive_scan(v, lane):
+    v = int32(v)                  # counts: 32-bit shuffles (Numba would widen the sum to int64)
     d = 1
     while d < 32:
         t = shfl_up(v, d)
         if lane >= d:
-            v += t
+            v = int32(v + t)
         d *= 2
     return v
 
@@ -1080,11 +1083,29 @@ RB_AUTO_MAX_N = 262144
 
 
 @device
+def raw_bits(x, i, kind):
+    """The bits of element i: float32 bits, or bfloat16 bits in the low half."""
+    if kind == BF16:
+        return uint32(x[i])
+    return f32_bits(x[i])
+
+
+@device
+def raw_key(r, kind):
+    return key_bf16_bits(r) if kind == BF16 else key_f32_bits(r)
+
+
+@device
+def raw_f32(r, kind):
+    return bits_f32(r << uint32(16)) if kind == BF16 else bits_f32(r)
+
+
+@device
 def load_words_at(x, src, i, w, o, kind, VEC):
-    """w[o:o + 4] = the 16 bytes at element i (one ld.global.nc.v4); VEC == 1: w[o] = the key
+    """w[o:o + 4] = the 16 bytes at element i (one ld.global.nc.v4); VEC == 1: w[o] = the bits
     of element i (scalar load)."""
     if VEC == 1:
-        w[o] = score_key(x, i, kind)
+        w[o] = raw_bits(x, i, kind)
     else:
         w0, w1, w2, w3 = ldg_v4(x, src, i, 2 if kind == BF16 else 4)
         w[o] = w0
@@ -1094,13 +1115,13 @@ def load_words_at(x, src, i, w, o, kind, VEC):
 
 
 @device
-def word_key(w, o, q, kind, VEC):
-    """Key of element q of the vector loaded by ``load_words_at`` at w[o]."""
+def word_raw(w, o, q, kind, VEC):
+    """The bits (``raw_bits``) of element q of the vector loaded by ``load_words_at`` at w[o]."""
     if VEC == 1:
         return w[o]
     if VEC == 4:
-        return key_f32_bits(w[o + q])
-    return key_bf16_bits(w[o + (q >> 1)] >> uint32(16 * (q & 1)))
+        return w[o + q]
+    return (w[o + (q >> 1)] >> uint32(16 * (q & 1))) & uint32(0xFFFF)
 
 
 @device
@@ -1112,55 +1133,100 @@ def above_prefix(key, j, hi, pfx):
 
 
 @device
-def rb_visit(mode, ok, key, j, hi, pfx, lo, mask, dyn32, dyn64, st):
-    """One score of a ``rb_pass``. mode 0: dyn32[key >> 20] += 1; mode 1: the composites
-    sharing pfx's bits >= hi count their digit (c >> lo) & mask; mode 2: every composite with
-    bits >= hi at or above pfx's is appended to the list dyn64[K_MAX:] (warp-aggregated shared
-    atomic on st[4]: all lanes call it)."""
-    if mode == 0:
-        if ok:
-            cuda.atomic.add(dyn32, key >> uint32(HSHIFT), 1)
-    elif mode == 1:
-        if ok:
-            c = composite(key, j)
-            if (c >> uint64(hi)) == (pfx >> uint64(hi)):
-                cuda.atomic.add(dyn32, int32((c >> uint64(lo)) & uint64(mask)), 1)
-    else:
-        slot = warp_push(ok and above_prefix(key, j, hi, pfx), st, 4)
-        if slot >= 0:
-            dyn64[K_MAX + slot] = composite(key, j)
+def rb_threshold_f32(tkey):
+    """The float32 f with key(f) == tkey for a level-1 threshold key (low 20 bits zero): then
+    for every score x (bf16 as float32), key(x) >= tkey  <=>  x >= f or x is NaN. Below the
+    key of -inf every score is selected: f = -inf; above +inf's, only NaNs (f is a NaN)."""
+    t = max(tkey, uint32(0x007FFFFF))
+    u = t ^ uint32(0x80000000) if t & uint32(0x80000000) else ~t
+    return bits_f32(u)
 
 
 @device
-def rb_pass(x, src, base, L, kind, VEC, mode, hi, pfx, lo, mask, dyn32, dyn64, st):
-    """One pass of the whole CTA over the row x[base : base + L] (``rb_visit`` per score).
-    U vectors a thread are loaded before any is used (64 bytes in flight a thread for float32);
-    the trip count is the same for every thread (the appends' ballots see converged warps)."""
+def rb_append(msk, w, c0, vstep, kind, VEC, U, dyn64, st):
+    """Append the thread's selected scores (bit u * VEC + q of ``msk``: element q of vector u of
+    the trip) to the list dyn64[K_MAX:] as (bits << 32 | index): one warp scan of the counts,
+    one shared atomic per warp on st[4]; every lane calls it."""
+    lane = cuda.threadIdx.x & 31
+    cnt = int32(cuda.popc(msk))
+    incl = warp_inclusive_scan(cnt, lane)
+    tot = shfl_idx(incl, 31)
+    b = 0
+    if lane == 31 and tot > 0:
+        b = cuda.atomic.add(st, 4, tot)
+    pos = int64(shfl_idx(b, 31)) + incl - cnt
+    if msk != 0:
+        for u in range(U):
+            for q in range(VEC):
+                if msk & (uint32(1) << uint32(u * VEC + q)):
+                    dyn64[K_MAX + pos] = (uint64(word_raw(w, 4 * u, q, kind, VEC)) << uint64(32)) \
+                        | uint64(c0 + u * vstep + q)
+                    pos += 1
+
+
+@device
+def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, lo, mask, fT,
+            dyn32, dyn64, st, w):
+    """One trip of ``rb_pass``: U vectors of VEC scores at c0 + u * vstep (all loaded before any
+    is used); ``checked``: some may lie at or past Lv. mode 0: dyn32[key >> 20] += 1; mode 1:
+    the composites sharing pfx's bits >= hi count their digit (c >> lo) & mask in dyn32; mode
+    2: scores with x >= fT or NaN (the level-1 threshold, ``rb_threshold_f32``) are appended
+    (``rb_append``); mode 3: those whose composite is at or above pfx in its bits >= hi."""
+    for u in range(U):
+        if (not checked) or c0 + u * vstep < Lv:
+            load_words_at(x, src, base + c0 + u * vstep, w, 4 * u, kind, VEC)
+    msk = uint32(0)
+    for u in range(U):
+        c = c0 + u * vstep
+        ok = (not checked) or c < Lv
+        for q in range(VEC):
+            r = word_raw(w, 4 * u, q, kind, VEC)
+            if mode == 0:
+                if ok:
+                    cuda.atomic.add(dyn32, raw_key(r, kind) >> uint32(HSHIFT), 1)
+            elif mode == 1:
+                if ok:
+                    cc = composite(raw_key(r, kind), c + q)
+                    if (cc >> uint64(hi)) == (pfx >> uint64(hi)):
+                        cuda.atomic.add(dyn32, int32((cc >> uint64(lo)) & uint64(mask)), 1)
+            else:
+                if mode == 2:
+                    f = raw_f32(r, kind)
+                    sel = f >= fT or f != f
+                else:
+                    sel = above_prefix(raw_key(r, kind), c + q, hi, pfx)
+                if ok and sel:
+                    msk |= uint32(1) << uint32(u * VEC + q)
+    if mode >= 2:
+        rb_append(msk, w, c0, vstep, kind, VEC, U, dyn64, st)
+
+
+@device
+def rb_pass(x, src, base, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st):
+    """One pass of the whole CTA (NT threads: a compile-time constant, so that the trips'
+    offsets are immediates) over the row x[base : base + L] (``rb_trip``s): full trips without
+    bounds checks, one checked trip, the < VEC scores past the last vector as one scalar trip.
+    Every thread runs the same trips (the appends' warp scans see converged warps)."""
     tid = cuda.threadIdx.x
-    nt = cuda.blockDim.x
-    U = (4 if VEC != 8 else 2) >> (1 if mode == 1 else 0)     # mode 1 (rare) holds composites
+    nt = NT
+    U = (4 if VEC != 8 else 2) >> (1 if mode % 2 == 1 else 0)   # modes 1, 3 (rare): composites
     w = cuda.local.array(16, uint32)
     Lv = L - L % VEC                              # vector part; the < VEC rest is the tail
     vstep = int64(nt * VEC)
     step = vstep * U
-    trips = (Lv + step - 1) // step
-    for t in range(trips):
-        c0 = t * step + tid * VEC
-        for u in range(U):
-            if c0 + u * vstep < Lv:
-                load_words_at(x, src, base + c0 + u * vstep, w, 4 * u, kind, VEC)
-        for u in range(U):
-            c = c0 + u * vstep
-            for q in range(VEC):
-                rb_visit(mode, c < Lv, word_key(w, 4 * u, q, kind, VEC), c + q, hi, pfx, lo,
-                         mask, dyn32, dyn64, st)
-    c = Lv + tid                                  # the tail: one trip for every thread
-    ok = c < L
-    kt = score_key(x, base + c, kind) if ok else uint32(0)
-    rb_visit(mode, ok, kt, c, hi, pfx, lo, mask, dyn32, dyn64, st)
+    full = Lv // step
+    for t in range(full):
+        rb_trip(x, src, base, t * step + tid * VEC, Lv, vstep, False, kind, VEC, U, mode, hi,
+                pfx, lo, mask, fT, dyn32, dyn64, st, w)
+    if full * step < Lv:
+        rb_trip(x, src, base, full * step + tid * VEC, Lv, vstep, True, kind, VEC, U, mode, hi,
+                pfx, lo, mask, fT, dyn32, dyn64, st, w)
+    if VEC > 1 and Lv < L:
+        rb_trip(x, src, base, Lv + tid, L, int64(nt), True, kind, 1, 1, mode, hi, pfx, lo,
+                mask, fT, dyn32, dyn64, st, w)
 
 
-def rowblock_kernel(kind, vectorized):
+def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
     """The rowblock variant's only launch: CTA r does row r (``ROW_THREADS`` threads; dynamic
     shared memory ``RB_SMEM``: dyn64[0:K_MAX] the sort buffer, whose first 16 KB hold the
     4096-bin histogram while the row is scanned, dyn64[K_MAX:] the list).
@@ -1173,15 +1239,16 @@ def rowblock_kernel(kind, vectorized):
     3. in shared memory: 8-bit radix passes over the list until the chosen bucket is wanted
        whole, the K selected -> the sort buffer (swizzled), bitonic sort, write values/indices.
     """
-    key = ("rowblock", kind, vectorized)
+    key = ("rowblock", kind, vectorized, threads)
     if key in _PROD:
         return _PROD[key]
     VEC = _vec(kind, vectorized)
+    NT = threads
 
     def topk_rowblock(x, n, k, lengths, has_len, vals, idx, ccap):
         row = cuda.blockIdx.x
         tid = cuda.threadIdx.x
-        nt = cuda.blockDim.x
+        nt = NT
         dyn64 = cuda.shared.array(0, uint64)
         dyn32 = cuda.shared.array(0, int32)       # aliases dyn64[0:NBINS // 2]
         h256 = cuda.shared.array(256, int32)
@@ -1202,7 +1269,8 @@ def rowblock_kernel(kind, vectorized):
             st[4] = 0
             st[5] = 0
         cuda.syncthreads()
-        rb_pass(x, src, base, L, kind, VEC, 0, 64, uint64(0), 0, 0, dyn32, dyn64, st)
+        rb_pass(x, src, base, L, kind, VEC, NT, 0, 64, uint64(0), 0, 0, float32(0), dyn32, dyn64,
+                st)
         cuda.syncthreads()
         block_find_bucket(dyn32, NBINS, K, st, wsum)
         want = K - st[1]
@@ -1215,8 +1283,8 @@ def rowblock_kernel(kind, vectorized):
             for i in range(tid, NBINS, nt):
                 dyn32[i] = 0
             cuda.syncthreads()
-            rb_pass(x, src, base, L, kind, VEC, 1, hi, pfx, lo, (1 << (hi - lo)) - 1, dyn32,
-                    dyn64, st)
+            rb_pass(x, src, base, L, kind, VEC, NT, 1, hi, pfx, lo, (1 << (hi - lo)) - 1,
+                    float32(0), dyn32, dyn64, st)
             cuda.syncthreads()
             block_find_bucket(dyn32, NBINS, want, st, wsum)
             want -= st[1]
@@ -1228,9 +1296,18 @@ def rowblock_kernel(kind, vectorized):
         if tid == 0:                              # kept in shared memory over the pass
             st[6] = want                          # (fewer registers live: no spill)
             st[7] = K
-        rb_pass(x, src, base, L, kind, VEC, 2, hi, pfx, 0, 0, dyn32, dyn64, st)
+        if hi == 64 - RB_LEVEL_BITS:              # level 1: a float compare a score
+            rb_pass(x, src, base, L, kind, VEC, NT, 2, hi, pfx, 0, 0,
+                    rb_threshold_f32(uint32(pfx >> uint64(32))), dyn32, dyn64, st)
+        else:
+            rb_pass(x, src, base, L, kind, VEC, NT, 3, hi, pfx, 0, 0, float32(0), dyn32, dyn64, st)
         cuda.syncthreads()
         n_list = st[4]
+        for i in range(tid, n_list, nt):          # (bits, index) -> composite
+            r = dyn64[K_MAX + i]
+            dyn64[K_MAX + i] = composite(raw_key(uint32(r >> uint64(32)), kind),
+                                         uint32(r & uint64(0xFFFFFFFF)))
+        cuda.syncthreads()
         want = int64(st[6])
         K = int64(st[7])
         # 3. refine the bucket in shared memory, 8 bits a pass
@@ -1265,8 +1342,8 @@ def rowblock_kernel(kind, vectorized):
         write_sorted(dyn64, K, k, x, base, int64(row) * k, kind, vals, idx, True)
 
     topk_rowblock.__name__ = topk_rowblock.__qualname__ = \
-        f"topk_rowblock_{'bf16' if kind == BF16 else 'f32'}_v{VEC}"
-    k_ = _PROD[key] = kernel(topk_rowblock, launch_bounds=(ROW_THREADS,))
+        f"topk_rowblock_{'bf16' if kind == BF16 else 'f32'}_v{VEC}_t{NT}"
+    k_ = _PROD[key] = kernel(topk_rowblock, launch_bounds=(NT,))
     return k_
 
 
@@ -1309,9 +1386,7 @@ class TopkPlan:
                  finish_threads: int = FINISH_THREADS, S: int | None = None,
                  capacity: int | None = None, variant: str | None = None,
                  stage_cap: int | None = None):
-        variant = variant or PRODUCTION_VARIANT
-        if variant not in VARIANTS:
-            raise ValueError(f"top-k variant must be one of {VARIANTS}, got {variant!r}")
+        variant = resolve_variant(variant, n)
         self.variant = variant
         self.rows, self.n, self.k, self.kind = rows, n, k, kind
         self.threads, self.finish_threads = threads, finish_threads
@@ -1355,7 +1430,7 @@ class TopkPlan:
         has_len = lengths is not None
         lk = lengths if has_len else (_dummy_i32() if gpu else np.zeros(1, np.int32))
         if self.variant == "rowblock":
-            kern = rowblock_kernel(kind, vectorized)
+            kern = rowblock_kernel(kind, vectorized, self.finish_threads)
             args = (x, n, k, lk, has_len, vals, idx, self.rb_ccap)
             if mode() == "gpu":                  # > 48 KB: raise the limit once
                 kern.reserve_dynamic_shared(args, RB_SMEM)
@@ -1483,10 +1558,22 @@ def _ref_dummy(io):
 _PLANS: dict = {}
 
 
+def resolve_variant(variant: str | None, n: int) -> str:
+    """The concrete variant (one of VARIANTS) for rows of n scores: ``variant`` (default
+    ``PRODUCTION_VARIANT``); "auto" = "rowblock" for n <= RB_AUTO_MAX_N (one SM a row reads it
+    in a few us), else "fused" (long rows need several SMs each)."""
+    variant = variant or PRODUCTION_VARIANT
+    if variant == "auto":
+        return "rowblock" if n <= RB_AUTO_MAX_N else "fused"
+    if variant not in VARIANTS:
+        raise ValueError(f"top-k variant must be one of {VARIANTS} or 'auto', got {variant!r}")
+    return variant
+
+
 def plan_for(R: int, n: int, k: int, kind: int, variant: str | None = None) -> TopkPlan:
     """A cached TopkPlan per shape and variant (its workspace is reused: calls on one stream
     only)."""
-    key = (R, n, k, kind, variant or PRODUCTION_VARIANT)
+    key = (R, n, k, kind, resolve_variant(variant, n))
     if key not in _PLANS:
         if len(_PLANS) > 16:
             _PLANS.clear()
@@ -1563,4 +1650,5 @@ def topk(scores, k, lengths=None, impl: str | None = None):
 __all__ = ["topk", "topk_oracle", "assert_topk", "order_keys", "TopkCall", "TopkPlan",
            "topk_ref_kernel",
            "topk_finish_kernel", "hist_kernel", "filter_kernel", "select_kernel",
-           "production_kernels", "K_MAX", "VARIANTS", "PRODUCTION_VARIANT"]
+           "rowblock_kernel", "resolve_variant", "production_kernels", "K_MAX", "VARIANTS",
+           "PRODUCTION_VARIANT"]
