@@ -351,3 +351,25 @@ def test_v3_select_compiles_for_sm90a():
     for kern, sig in IT.kernels():
         r = kern.compile(sig, "sm_90a")
         assert r.spill_stores == 0 and r.spill_loads == 0, r.summary()
+
+
+@pytest.mark.parametrize("variant", ["fused", "staged"])
+def test_hist_topk_select_from_a_given_histogram(sim, variant):
+    """indexer_topk.HistTopk alone: a histogram counted on the host (the spec of hist_add), rows
+    with ties, a short row (valid length < k) and an empty one; the top-k contract bitwise
+    (stages.topk.assert_topk) and the workspace left zero; several select blocks per row (S = 2)."""
+    from dsv4_numba.pipelines import indexer_topk as IT
+    from dsv4_numba.stages import topk as TK
+    g = np.random.default_rng(5)
+    R, n, k = 3, 200, 24
+    x = g.standard_normal((R, n)).astype(np.float32)
+    x[0, 50:80] = x[0, 3]                                # ties across the k-th value
+    vl = np.array([200, 17, 0], np.int32)
+    sel = IT.HistTopk(R, n, k, threads=32, S=2, variant=variant)
+    gh = sel.ghist(False)
+    for r in range(R):
+        np.add.at(gh, r * IT.NBINS + (TK.order_keys(x[r, :vl[r]]) >> 20).astype(np.int64), 1)
+    vals, idx = np.empty(R * k, np.float32), np.empty(R * k, np.int32)
+    sel.run(x.reshape(-1), vl, vals, idx)
+    TK.assert_topk(vals.reshape(R, k), idx.reshape(R, k), x, k, vl, name=f"HistTopk {variant}")
+    assert not sel.plan.workspace(False)[0].any(), "the workspace must be left zero"
