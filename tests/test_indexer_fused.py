@@ -1,7 +1,9 @@
 """The fused sm_90a indexer (pipelines/indexer_sm90.py): compiled for sm_90a here (no spills, the
 wgmma it exists for, a 1024-aligned tile), and run on CPU under the simulator + the sm_90a emulator
-(``dsv4_numba.emu``: ld/st, fences, wgmma bf16 SS) against the float64 oracle of test_indexer with
-its tie rule. Each emulated CTA is 128 Python threads: shapes stay at one or two key blocks."""
+(``dsv4_numba.emu``: ld/st, fences, wgmma bf16 / e4m3 SS) against the float64 oracle of test_indexer
+with its tie rule; variant v3's histogram and its select (pipelines/indexer_topk.py) against NumPy
+and the registered top-k's contract. Each emulated CTA is 128 Python threads: shapes stay at one or
+two key blocks."""
 from __future__ import annotations
 
 import sys

@@ -1,6 +1,8 @@
 """The fused sm_90a indexer on an H100: against the float64 oracle with test_indexer's tie rule (an
 O(L log L) form of it, for N = 65536), paged == contiguous bitwise, valid_len < k and 0, every score
-position written (NaN-poisoned output), device arrays in -> device arrays out, fused vs staged."""
+position written (NaN-poisoned output), device arrays in -> device arrays out, fused vs staged;
+V3.2 FP8 (e4m3 wgmma; the bound adds the FP8 accumulation term) and variant v3 (bitwise v2 + the
+production top-k): ``-k "fp8 or v3"``."""
 from __future__ import annotations
 
 import os
