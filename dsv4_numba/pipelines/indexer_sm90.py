@@ -94,7 +94,7 @@ from ..formats import FORMATS
 from ..hw import ops
 from ..hw.bits import bf16_bits, bits_f32, f32_bits
 from ..hw.descriptors import wgmma_smem_desc
-from ..hw.portable import warp_shfl_xor as shfl_xor_f32  # noqa: F401  (used by generated source)
+from ..hw.portable import warp_shfl_xor as shfl_xor_f32     # used by the generated head sum
 from ..runtime import BF16, ArrayIO, device, is_device_array, kernel, mode
 from .indexer_topk import NBINS, hist_add
 from ..stages.fp4 import e2m1_value, e2m1x8_sm90, scale_value, scaled8, UE8M0
@@ -414,7 +414,7 @@ def _head_sum_source() -> str:
 
 
 def _make_head_sum():
-    ns = dict(globals())
+    ns = dict(globals(), shfl_xor_f32=shfl_xor_f32)     # (named: the generated source uses it)
     exec(compile(_head_sum_source(), "<indexer_sm90.relu_head_sum>", "exec"), ns)  # noqa: S102
     fn = ns["relu_head_sum"]
     fn.__doc__ = """w[h] ReLU(acc) summed over this warp's 16 heads by a transpose-reduce: 32 partials
