@@ -58,10 +58,9 @@ Napkin math of the STAGED pipeline (B=4, Hq=16, T=4096, D=128, bf16; H100 ~990 T
 The fused sm_90a kernel (issue 7) lives in ``pipelines.fmha_sm90``: registry stage ``attn_fused``
 (``production`` = the fused kernel, ``reference`` = this staged pipeline). ``fmha`` runs it for
 ``impls="production"`` or ``impls={"attn_fused": "production"}``, and under ``auto`` whenever it can
-run here (sm_90a GPU, bfloat16, D in {64, 128}, no ``return_intermediates``, Tk >= 1); otherwise
-the staged pipeline runs. Not built yet on sm_90a: a TMA-store epilogue, split-K decode, D = 16 / 256
-and float16 in the fused kernel (they run staged); setmaxnreg and the ping-pong schedule are
-fmha_sm90's schedule v2 (the default).
+run here (sm_90a GPU, bfloat16 or float16, D in {16, 64, 128, 256}, no ``return_intermediates``,
+Tk >= 1); otherwise the staged pipeline runs. Not built yet on sm_90a: a TMA-store epilogue and
+split-K decode; setmaxnreg and the ping-pong schedule are fmha_sm90's schedule v2 (the default).
 """
 from __future__ import annotations
 
@@ -279,7 +278,7 @@ def fmha(q, k, v, causal=False, scale=None, sink=None, return_lse=False, kv_leng
         ``STAGES`` = ("attn_qk", "softmax", "attn_pv", "attn_epilogue"); unknown stage names raise
         ValueError, unknown choices ValueError, production where none can run ImplUnavailable.
         The key ``"attn_fused"`` selects the whole attention: ``"production"`` = the fused sm_90a
-        kernel (bfloat16, D in {64, 128}); ``impls="production"`` means the fused kernel too
+        kernel (bfloat16 or float16, every D); ``impls="production"`` means the fused kernel too
         (ImplUnavailable naming why when it cannot run the call). With ``None`` / ``"auto"`` the
         fused kernel runs where it can, else the staged stages (only ``softmax`` has a staged
         production variant; "auto" on the others runs the reference with a

@@ -3,10 +3,11 @@
 Registered as the ``production`` (arch sm_90a) implementation of the registry stage ``attn_fused``
 (its ``reference`` is the staged pipeline of ``pipelines.fmha``). ``dsv4_numba.fmha`` picks it by
 ``impls="production"``, ``impls={"attn_fused": "production"}``, or ``auto`` when it can run here
-(an sm_90a GPU, bfloat16, D in ``SUPPORTED_D``, no ``return_intermediates``). It computes exactly the
-function of ``pipelines.fmha`` (see its docstring for every rule); the one difference is in the
-rounding: P is rounded to bfloat16 before the PV GEMM (the row sum uses the float32 P), as every
-fused attention kernel does -- tests/gpu/test_fmha_gpu.py derives the bound. One NaN rule differs:
+(an sm_90a GPU, bfloat16 or float16 q/k/v (``DTYPES``), D in ``SUPPORTED_D`` = 16, 64, 128, 256,
+no ``return_intermediates``). It computes exactly the function of ``pipelines.fmha`` (see its
+docstring for every rule); the one difference is in the rounding: P is rounded to q's 16-bit type
+before the PV GEMM (the row sum uses the float32 P), as every fused attention kernel does --
+tests/gpu/test_fmha_gpu.py derives the bound. One NaN rule differs:
 a NaN / inf in a v row that is causally hidden from query i but loaded in the same key tile (it is
 visible to a later query) reaches row i's output (P = 0 times NaN); v rows past the key length never
 do (they are zeroed).
@@ -31,9 +32,9 @@ Warp roles (one CTA = 1 producer warpgroup + NC consumer warpgroups, ``128 * (NC
     S = Q K^T                 wgmma m64n{BN}k16 SS (Q and K tiles from shared memory), D/16 steps
     mask, online softmax      in registers: x = S * scale*log2(e); m = max; p = exp2(x - m); the
                               running O and l are rescaled by exp2(m_old - m_new)
-    P -> bf16 A fragments     the S accumulator fragment of columns 16j..16j+15 IS the m64k16
-                              A-operand fragment (same thread/row/column pattern), so P never
-                              touches shared memory: 4 cvt.rn.bf16x2 per 16 keys
+    P -> 16-bit A fragments   (q's type) the S accumulator fragment of columns 16j..16j+15 IS
+                              the m64k16 A-operand fragment (same thread/row/column pattern), so
+                              P never touches shared memory: 4 cvt.rn.{bf16|f16}x2 per 16 keys
     O += P V                  wgmma m64n{D}k16 RS with imm-trans-b = 1 (V is MN-major in shared
                               memory, see below), BN/16 steps; the first PV of a row block
                               overwrites (scale-d = 0)
@@ -43,8 +44,17 @@ Warp roles (one CTA = 1 producer warpgroup + NC consumer warpgroups, ``128 * (NC
   length-edge tiles are masked. V rows past the key length inside the last tile are zeroed in
   shared memory before the PV GEMM (a cache may hold NaN there, and 0 * NaN = NaN). Epilogue: the row sum is
   reduced over the 4 lanes of a quad, the sink joins the denominator, O is normalised, rounded to
-  bf16 (RNE) and stored straight from registers (a quad writes 16 contiguous bytes per row); lse
-  (natural log, float32) by lane 0 of each quad.
+  q's type (RNE) and stored straight from registers (a quad writes 16 contiguous bytes per row);
+  lse (natural log, float32) by lane 0 of each quad.
+
+Why the epilogue has no TMA store (the issue: "TMA store where it pays"): it does not pay here. O
+is written once per row block -- B*T*H*D*2 B = 67 MB for the D = 128 prefill benchmark (~1 ms of
+kernel: ~67 GB/s, 2% of HBM) and 1 MB against 2.15 GB of K/V for decode -- and each quad's
+16-B register stores of a row fill whole 32-B sectors in L2 pairwise, so the stores neither cost
+bandwidth nor stall (they retire into L2 while the CTA exits). A TMA store would stage O in smem
+(the warpgroup's own Q tile is free after its last S GEMM: 16 KB at D = 128), then need a
+fence.proxy.async, a warpgroup barrier and a bulk-group wait before exit, for no measurable
+gain. Not built; the numbers above are the reason (not measured on a GPU).
 
 V's layout for the B operand (the choice the issue asks to document): V is TMA-loaded exactly like
 K (128B-swizzled boxes of BN keys x 64 columns, D contiguous) and described to wgmma as an
@@ -55,6 +65,35 @@ The binding is ``hw.ops.wgmma_m64n{D}k16_f32_bf16_rs_tb`` (imm-trans-b = 1); the
 constants (LBO 8192 = one 64-key box, SBO 1024) are what ``hw.microkernels``' MN-major wgmma check
 verifies on the H100.
 
+Head dims and dtypes (``SUPPORTED_D``, ``DTYPES``; one generated kernel per (D, nc, schedule, dtype))
+----------------------------------------------------------------------------------------------
+* float16: the same kernel with ``wgmma ... .f32.f16.f16`` (f32 accumulation, the same fragment
+  layouts and descriptors as bf16) and ``cvt.rn.f16x2.f32`` (PTX ISA 9.1 §9.7.9.21, sm_80+) for P
+  and the output; tensor maps of type FLOAT16. float16 has 3 more mantissa bits than bf16 and a
+  range of 65504: P <= 1 and the normalised output (a convex combination of v rows) cannot
+  overflow where v does not; P below 2^-14 is subnormal (absolute error <= 2^-25: the extra term
+  of the tests' bound).
+* D = 16 -- the choice the issue leaves open: the **64-wide box** plan, not a 32B-swizzle plan.
+  Q / K / V are TMA-loaded with the same 64-element (128 B) boxes as D = 64 over the 16-element
+  rows; the tensor engine zero-fills columns 16..63 (out of bounds in the innermost dimension),
+  so every descriptor, swizzle and the MN-major V operand stay those of D = 64 (H100-verified).
+  S = Q K^T issues ONE k16 step (columns 0..15: exact, no wasted MMA); O += P V runs N = 64
+  (the zero columns make O[:, 16:] = 0, never stored): 4x the PV tensor work and 4x the shared
+  memory per tile of a 16-wide plan, but no extra HBM bytes (the engine reads 32 B a row). Cost
+  in time: none at the bound -- D = 16 is exp-bound on the MUFU (napkin math below). A 32B-swizzle
+  plan (32-B rows, SBO = 256) would cut the smem to a quarter and the PV to N = 16, at the price
+  of new, unverified descriptor constants for the MN-major V -- not worth it for an exp-bound case.
+* D = 256: O is 64 x 256 float32 per consumer warpgroup = 128 registers a thread. Prefill runs
+  schedule v2's frame (setmaxnreg 24 / 240, two consumer warpgroups) with **64-key tiles** (S 32
+  floats, P 16 words; FlashAttention-3 also narrows the key tile for hdim 256) and the serial
+  per-tile body of v1 (S GEMM, softmax, P V, release): the overlapped v2 body keeps P(kt-1) live
+  beside S(kt) and O (176 registers of state) and ptxas spilled 16 B there; the serial body
+  compiles with 0 spills. No ping-pong either (its barriers pay off when one warpgroup's softmax
+  hides the other's GEMMs; at D = 256 the GEMMs are 4x the exp time). v1 with two consumers
+  (168 registers a thread, no setmaxnreg) cannot hold O + S: ``geometry`` / ``schedule_for``
+  refuse it with a ValueError, and DSV4_FMHA_SCHEDULE=v1 still runs v2 at D = 256. Decode
+  (nc = 1, 256 threads, up to 255 registers) runs v1 as for the other D.
+
 Shared-memory plan (dynamic, aligned up to 1024 B in the kernel; all tiles 128B-swizzled)
 ----------------------------------------------------------------------------------------
   Q   : NC x (D/64) boxes of 64 rows x 128 B = NC * D * 128 B   (D=128, NC=2: 32 KB)
@@ -62,6 +101,9 @@ Shared-memory plan (dynamic, aligned up to 1024 B in the kernel; all tiles 128B-
         boxes of BN rows x 128 B = BN * D * 2 B per slot (v1 16 KB, v2 32 KB at D=128)
   total D=128, BN=64, STAGES=2, NC=2: 32 + 64 = 96 KB (+1 KB alignment slack); NC=1 (decode):
   16 + 128 = 144 KB; v2 D=128: 32 + 3 x 64 = 224 KB; mbarriers static (1 + 3 STAGES of 8 B).
+  D = 16 takes exactly D = 64's plan (the boxes are 64 wide; ``padded_d``). D = 256, v2: Q 2 x 4
+  boxes = 64 KB + 2 stages x (K 32 KB + V 32 KB) = 192 KB (3 stages would be 256 KB); decode
+  (nc = 1): Q 32 KB + 3 stages x 64 KB = 224 KB.
   Every box starts on a 1024-B boundary (the 128B swizzle repeat), so descriptor base offsets are 0.
 
 Register budget
@@ -70,8 +112,10 @@ Register budget
   v2: the producer warpgroup drops to 24 registers (``setmaxnreg.dec``, all 4 warps, before its
   127 idle threads exit) and the consumers rise to 240 (``setmaxnreg.inc``): 24*128 + 240*256 =
   64512 <= 65536, exactly what 384 x 168 (the entry count ptxas gives under the launch bounds)
-  frees and takes. Consumer: O 64 + S 64 + P 32 = 160 at D=128 with 128-key tiles. ``compile``
-  reports 0 spill bytes for every kernel (tests).
+  frees and takes. Consumer: O 64 + S 64 + P 32 = 160 at D=128 with 128-key tiles; D = 256
+  (64-key tiles, serial body): O 128 + S 32 (P 16 replaces S) = 160 + addressing; D = 16: O is
+  32 floats (64 columns, 48 of them zero). ``compile`` reports 0 spill bytes for every one of the
+  22 kernels (2 dtypes x (3 variants at D = 16, 64, 128 + 2 at D = 256); tests, slow).
 
 Schedules (``schedule=`` / ``DSV4_FMHA_SCHEDULE``; ``SCHEDULES``, ``DEFAULT_SCHEDULE``)
 --------------------------------------------------------------------------------------
@@ -107,6 +151,17 @@ Napkin math (B=4, H=16, S=4096, D=128, bf16, non-causal)
   them (above) and halves the per-tile fixed costs (barrier waits, max / sum shuffles) with
   128-key tiles; its S GEMM (m64n128k16 SS) reads 6 KB of smem per 64 clk of tensor work, where
   v1's m64n64k16 read 4 KB per 32 clk, at the 128 B/clk smem limit. Target >= 540 TFLOP/s.
+  D = 16 (B=4, H=64, S=4096: 275 GFLOP of attention): per 128 x 128 tile (v2) the MUFU does
+  128*128 exp2 = 1024 clk at 16/clk/SM while the tensor cores do S (2*128*128*16) + the padded
+  P V (2*128*128*64) = 2.6 MFLOP = 640 clk at ~4096 dense FLOP/clk/SM: exp-bound, useful rate
+  1.05 MFLOP per 1024 clk = 1/4 of the tensor peak at best (~250 TFLOP/s on an H100); the padding
+  is hidden under the exps. HBM: 32 B per K / V row.
+  D = 256 (B=4, H=8, S=4096: the same 550 GFLOP as D = 128, H = 16): per 128-row x 64-key tile
+  4*128*64*256 = 8.4 MFLOP = 2048 clk of wgmma vs 512 clk of exp2 -- tensor-bound; the serial
+  body leaves a warpgroup's softmax exposed (~25% of its GEMM time) unless the other warpgroup's
+  GEMMs fill it (the scheduler interleaves the two; no barrier orders them). The S GEMM
+  (m64n64k16 SS) reads 4 KB of smem per 32 clk of tensor work: the 128 B/clk limit, as v1.
+  Not measured on a GPU yet.
   Decode (B=64, Tq=1, Hq=64, Hkv=8, Tk=8192, D=128): K/V = 2 * 64*8192*8*128 * 2 B = 2.15 GB ->
   ~640 us at 3.35 TB/s, each byte read once (the 8 q heads of a group are packed into one CTA's
   rows). Compute: 512 CTAs x 4*64*8192*128 = 275 GFLOP (56 of 64 rows are padding) -> ~0.4 ms at

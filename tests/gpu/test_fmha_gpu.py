@@ -12,7 +12,10 @@ float32 P)::
     |lse - lse64| <= Delta + 16 u (Z + Delta + |lse64|) + gamma(Tk + 8)
 
 float16 inputs: the same bound with u_bf replaced by the float16 unit roundoff 2^-11 (P and the
-output are rounded to float16; every value here is far inside float16's range).
+output are rounded to float16; every value here is far inside float16's range), plus one term for
+P's float16 subnormals: the kernel's unnormalised p_j = exp2(x_j - m) <= 1 below 2^-14 rounds with
+an absolute error <= 2^-25 (half the subnormal spacing), and the output divides by the row sum
+den >= 1 of the oracle's scaling: E += 2^-25 * sum_{j visible} |v_j| / den.
 
 Exact rules: rows that see no key give out = 0 and lse = -inf (no sink) / the sink (within the
 float32 rounding of sink * log2(e) * ln(2)); outputs are poisoned with NaN before the launch, so an
@@ -50,7 +53,8 @@ def need_sm90a():
 def oracle(q, k, v, causal=False, scale=None, sink=None, kv_lengths=None):
     """float64 out [B,Tq,Hq,D], lse [B,Hq,Tq] and their bounds (module docstring), vectorized; the
     16-bit unit roundoff from q's dtype (bfloat16 2^-8, float16 2^-11)."""
-    UBF = 2.0 ** -11 if np.asarray(q).dtype == np.float16 else 2.0 ** -8
+    f16 = np.asarray(q).dtype == np.float16
+    UBF = 2.0 ** -11 if f16 else 2.0 ** -8
     q64, k64, v64 = (np.asarray(x).astype(np.float64) for x in (q, k, v))
     B, Tq, Hq, D = q64.shape
     Tk, Hkv = k64.shape[1], k64.shape[2]
@@ -88,6 +92,9 @@ def oracle(q, k, v, causal=False, scale=None, sink=None, kv_lengths=None):
             eps = np.expm1(2 * Delta) + 8 * U * (Z + Delta) + gamma(Tk + 8)
             O[b, :, hq] = p @ vv
             E = (eps + UBF * (1 + eps) + gamma(Tk))[:, None] * (p @ np.abs(vv))
+            if f16:                        # float16 subnormal P (module docstring)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    E += np.where(den > 0, 2.0 ** -25 * (vis @ np.abs(vv)) / den, 0)[:, None]
             Ob[b, :, hq] = UBF * np.abs(O[b, :, hq]) + (1 + UBF) * E + 2.0 ** -134
             fin = np.isfinite(lse[b, hq])
             lse_b[b, hq] = np.where(fin, Delta + 16 * U * (Z + Delta + np.abs(np.where(fin, lse[b, hq], 0)))
