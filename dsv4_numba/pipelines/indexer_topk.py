@@ -205,7 +205,8 @@ def cache_registered_topk() -> list:
     from .indexer_sm90 import cached_gpu
     out = []
     for k, sig in TK.production_kernels():
-        if sig[0] == t.float32[::1] and k.__name__.endswith(f"_v{TK._vec(F32, True)}"):
+        vec = f"_v{TK._vec(F32, True)}"           # the vectorized forms: ..._v4 or ..._v4_t1024
+        if sig[0] == t.float32[::1] and (k.__name__.endswith(vec) or f"{vec}_" in k.__name__):
             if mode() == "gpu" and k._gpu is None:
                 k._gpu = cached_gpu(k)
             out.append((k, sig))
