@@ -5,7 +5,7 @@ pass (read every score once, count the top 12 bits of its order-preserving key i
 histogram per row, the row's last block finds the bin b1 holding the k-th largest) and a select
 pass (re-read the row, keep the keys in bins above b1 ("sure") and in b1 ("candidates"), the row's
 last block radix-selects and sorts). The fused indexer kernel holds every score in a register the
-moment it is final, so it can count it there (``indexer_sm90.hist_add``: one ``red.global.add``
+moment it is final, so it can count it there (``hist_add`` below: one ``red.global.add``
 into ``ghist[t, key >> 20]`` per valid score) and the histogram pass disappears. What is left is
 the select pass, which needs b1 first: every select block finds it itself from the row's 16 KB
 global histogram (``stages.topk.block_find_bucket`` on the global row: 8 loads a thread, one block
@@ -17,11 +17,11 @@ the same b1, the same lists, the same finish.
 
 Napkin math (H100, 132 SMs; FP4 keys; per call)
 -----------------------------------------------
-* Saved: the histogram launch. At T = 1, N = 65536 it is ~3-5 us of GPU time (a launch of 32
-  blocks: 256 KB read, a 4096-bin shared histogram zeroed and flushed per block, a fence + ticket,
-  the last block's scan) plus the gap between the score kernel and it; at T = 64, N = 65536 it
-  reads 16.8 MB of scores (~6-7 us at ~2.8 TB/s) and does 4.2 M shared atomics; at T = 16,
-  N = 262144 the same 16.8 MB.
+* Saved: the histogram launch. Measured alone on an H100 (2026-11-26, bench_softmax_topk.py
+  --breakdown): ~5.7 us at (1, 65536), ~5.9 us at (4, 65536), 18.5-24.3 us at (64, 131072) (a
+  launch of 32 / 128 / 384-576 blocks: the scores read once, a 4096-bin shared histogram zeroed
+  and flushed per block, a fence + ticket, the last block's scan). At T = 64, N = 65536 expect
+  ~10 us (half the scores of (64, 131072)); at T = 16, N = 262144 the same 16.8 MB.
 * Added to the score kernel: one fire-and-forget global reduction per valid score (T*N of them:
   65536 at T = 1, 4.2 M at T = 64), spread over ~50 hot bins a row. L2 serves roughly one atomic
   per clock per slice (~80 slices): 4.2 M / 80 ~ 52 K cycles ~ 30 us of L2 atomic work spread over
@@ -34,7 +34,9 @@ Napkin math (H100, 132 SMs; FP4 keys; per call)
   block scan: ~1-2 us of latency, in parallel across blocks.
 Not done: warp-aggregated reductions (``match.any`` is not in the PTX layer or the simulator);
 a threshold that keeps sub-b1 scores out of memory (the score kernel would need b1 before its
-scores are final: a grid-wide dependency).
+scores are final: a grid-wide dependency); the top-k's one-launch ``rowblock`` variant seeded with
+this histogram (its first 12-bit level pass is exactly this histogram: a ``ghist`` argument there
+would drop one of its two passes over the row -- a change in ``stages/topk.py``).
 """
 from __future__ import annotations
 
