@@ -4,12 +4,16 @@
     python tools/bench_softmax_topk.py --quick    # fewer repetitions
     python tools/bench_softmax_topk.py --only topk --variant all    # top-k, every variant
     python tools/bench_softmax_topk.py --quick --only topk --targets --variant fused,staged
+    python tools/bench_softmax_topk.py --quick --only topk --targets --variant rowblock,fused \
+        --breakdown                    # + the time of each stage prefix of rowblock
 
 Top-k variants (``--variant``: ``all`` (default) or a comma list of ``topk.VARIANTS``):
-``three_pass`` (histogram, filter, finish), ``fused`` (histogram, select + last-block finish) and
-``staged`` (``fused`` with block-staged appends and one-wave grids), each checked and timed
-against the same torch number; the table says which one ``impl="production"`` runs now
-(``topk.PRODUCTION_VARIANT``).
+``three_pass`` (histogram, filter, finish), ``fused`` (histogram, select + last-block finish),
+``staged`` (``fused`` with block-staged appends and one-wave grids) and ``rowblock`` (one CTA per
+row, one launch), each checked and timed against the same torch number; the table says which one
+``impl="production"`` runs now for that shape (``topk.resolve_variant``: ``PRODUCTION_VARIANT``,
+"auto" resolved). ``--breakdown``: the histogram launch alone (multi-block variants), or the
+rowblock kernel stopped after each stage (pass 1, pass 2, refine, sort; cumulative).
 "% read-once" is the time to read the scores once at the measured copy bandwidth over ours.
 
 Method: inputs are torch tensors on the device, handed to dsv4_numba as zero-copy device arrays
@@ -141,8 +145,25 @@ def hist_only_us(K, plan, call, reps, repeats):
     return us
 
 
-def bench_topk(torch, reps, repeats, copy_gbs, rows_out, variants=("three_pass", "fused", "staged"),
-               targets_only=False, breakdown=False):
+def rowblock_stages_us(plan, call, vals, idx, reps, repeats):
+    """GPU us of the rowblock kernel ended after pass 1, pass 2, the refine, the sort (the
+    ``stop`` timing hook; cumulative). Leaves the plan running the whole kernel."""
+    from dsv4_numba.runtime.bench import time_gpu
+    from dsv4_numba.stages import topk as K
+    out = []
+    try:
+        for stop in (1, 2, 3, 4):
+            plan.rb_stop = stop
+            out.append(time_gpu(lambda: K.topk_production(call, vals, idx, plan=plan),
+                                reps=reps, repeats=repeats))
+    finally:
+        plan.rb_stop = 0
+    return out
+
+
+def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
+               variants=("three_pass", "fused", "staged", "rowblock"), targets_only=False,
+               breakdown=False):
     from numba import cuda
 
     from dsv4_numba.runtime.bench import time_gpu
@@ -188,13 +209,19 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out, variants=("three_pass",
                 ours = time_gpu(lambda: K.topk_production(cyc_c(), vals, idx, plan=plan),
                                 reps=reps, repeats=repeats)
                 hus = host_us(lambda: K.topk(dev[0], k, impl="production"), variant=variant)
-                if breakdown:
+                if breakdown and variant == "rowblock":
+                    p1, p2, p3, p4 = rowblock_stages_us(plan, calls[0], vals, idx, reps, repeats)
+                    print(f"  rowblock stages (cumulative us): pass 1 + threshold {p1:.1f}, "
+                          f"+ pass 2 (list) {p2:.1f}, + refine/collect {p3:.1f}, + sort {p4:.1f}, "
+                          f"+ write {ours:.1f}; grid {R} CTAs x {plan.finish_threads}",
+                          flush=True)
+                elif breakdown:
                     h = hist_only_us(K, plan, calls[0], reps, repeats)
                     print(f"  {variant}: histogram launch alone ~{h:.1f} us (lower bound); the "
                           f"rest ~{ours - h:.1f} us; grids: histogram {R * plan.S} blocks, "
                           f"select/filter {R * plan.sel_S}", flush=True)
                 note = f"target <= {tgt:g} us: {'met' if ours <= tgt else 'MISSED'}" if tgt else ""
-                if variant == K.PRODUCTION_VARIANT:
+                if variant == K.resolve_variant(None, N):
                     note = ("production; " + note).rstrip("; ")
                 rows_out.append(("topk " + variant, f"({R}, {N}, k={k})", name, ours, theirs,
                                  theirs / ours, f"{100 * read_once / ours:.0f}% read-once "
@@ -215,11 +242,11 @@ def main(argv=None):
     ap.add_argument("--only", choices=("softmax", "topk"), help="one stage only")
     ap.add_argument("--variant", default="all",
                     help="top-k production variant(s) to time: 'all' (default) or a comma list "
-                         "of three_pass, fused, staged")
+                         "of three_pass, fused, staged, rowblock")
     ap.add_argument("--targets", action="store_true",
                     help="top-k: only issue 4's three target shapes (fp32)")
     ap.add_argument("--breakdown", action="store_true",
-                    help="top-k: also time the histogram launch alone")
+                    help="top-k: also time the histogram launch alone (rowblock: each stage)")
     args = ap.parse_args(argv)
     from dsv4_numba.stages.topk import VARIANTS
     variants = VARIANTS if args.variant in ("all", "both") else tuple(args.variant.split(","))

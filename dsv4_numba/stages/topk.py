@@ -1238,6 +1238,8 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
     2. pass 2 (L2): every composite at or above d's prefix -> the list (< K above + <= ccap).
     3. in shared memory: 8-bit radix passes over the list until the chosen bucket is wanted
        whole, the K selected -> the sort buffer (swizzled), bitonic sort, write values/indices.
+    ``stop`` (timing hook, 0 in use): 1-4 end the kernel after pass 1 / pass 2 / the refine /
+    the sort (outputs unwritten): tools/bench_softmax_topk.py --breakdown times each prefix.
     """
     key = ("rowblock", kind, vectorized, threads)
     if key in _PROD:
@@ -1245,7 +1247,7 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
     VEC = _vec(kind, vectorized)
     NT = threads
 
-    def topk_rowblock(x, n, k, lengths, has_len, vals, idx, ccap):
+    def topk_rowblock(x, n, k, lengths, has_len, vals, idx, ccap, stop):
         row = cuda.blockIdx.x
         tid = cuda.threadIdx.x
         nt = NT
@@ -1273,6 +1275,8 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
                 st)
         cuda.syncthreads()
         block_find_bucket(dyn32, NBINS, K, st, wsum)
+        if stop == 1:                             # (timing hook: stop after this stage)
+            return
         want = K - st[1]
         pfx = uint64(st[0]) << uint64(64 - RB_LEVEL_BITS)
         hi = 64 - RB_LEVEL_BITS                   # composite bits >= hi are resolved
@@ -1310,6 +1314,8 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
         cuda.syncthreads()
         want = int64(st[6])
         K = int64(st[7])
+        if stop == 2:
+            return
         # 3. refine the bucket in shared memory, 8 bits a pass
         while not done:
             lo = max(hi - 8, 0)
@@ -1338,7 +1344,11 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
                 dyn64[swz(slot)] = c
         P = pad_pow2(dyn64, K, True)
         cuda.syncthreads()
+        if stop == 3:
+            return
         bitonic_sort_desc_fast(dyn64, P, e)
+        if stop == 4:
+            return
         write_sorted(dyn64, K, k, x, base, int64(row) * k, kind, vals, idx, True)
 
     topk_rowblock.__name__ = topk_rowblock.__qualname__ = \
@@ -1403,6 +1413,7 @@ class TopkPlan:
         cap = capacity or max(1, min(n, max(16384, n // 8)))
         self.capacity = -(-cap // 16) * 16
         self.rb_ccap = RB_CCAP if capacity is None else max(1, min(capacity, RB_CCAP))
+        self.rb_stop = 0        # rowblock timing hook: 1-4 end the kernel after that stage
         self.stage_cap = SCAP if stage_cap is None else stage_cap
         if not 1 <= self.stage_cap <= SCAP:
             raise ValueError(f"stage_cap must be in 1..{SCAP}, got {stage_cap}")
@@ -1431,7 +1442,7 @@ class TopkPlan:
         lk = lengths if has_len else (_dummy_i32() if gpu else np.zeros(1, np.int32))
         if self.variant == "rowblock":
             kern = rowblock_kernel(kind, vectorized, self.finish_threads)
-            args = (x, n, k, lk, has_len, vals, idx, self.rb_ccap)
+            args = (x, n, k, lk, has_len, vals, idx, self.rb_ccap, self.rb_stop)
             if mode() == "gpu":                  # > 48 KB: raise the limit once
                 kern.reserve_dynamic_shared(args, RB_SMEM)
             kern.launch(R, self.finish_threads, *args, shared_bytes=RB_SMEM)
@@ -1613,7 +1624,7 @@ def production_kernels():
                              (arr[::1], i64, i64, i32, b, i64, i64, i32, i32, i32, t.uint64[::1],
                               t.uint64[::1], i64, arr[::1], i32, i64)))
             sigs.append((rowblock_kernel(kind, vectorized),
-                         (arr[::1], i64, i64, i32, b, arr[::1], i32, i64)))
+                         (arr[::1], i64, i64, i32, b, arr[::1], i32, i64, i64)))
         sigs.append((topk_finish_kernel, (arr[::1], i64, i64, i32, b, i64, i32, i32, i32,
                                           t.uint64[::1], t.uint64[::1], i64, arr[::1], i32)))
     return sigs

@@ -261,3 +261,46 @@ def test_topk_staged_overflow(kind):
             plan.run(dx.reshape(-1), None, vals, idx)
             K.assert_topk(vals.copy_to_host().reshape(R, k), idx.copy_to_host().reshape(R, k),
                           x, k, None, name=f"staged overflow {kind} {R}x{N}")
+
+
+@pytest.mark.skipif("rowblock" not in TOPK_VARIANTS, reason="rowblock variant not under test")
+@pytest.mark.parametrize("kind", ["normal", "uniform", "ties"])
+def test_topk_rowblock_level_passes(kind):
+    """rowblock with a bucket capacity of 64 (a TopkPlan test hook): nearly every row's
+    threshold bucket is narrowed by 12-bit level passes over the row before its list is built
+    (the generic composite append); N = 70001 takes the scalar loads. Twice (bitwise repeat)."""
+    for (R, N, k), dtype in (((4, 65536, 2048), np.float32), ((3, 70001, 512), np.float32),
+                             ((2, 65536, 1024), ml_dtypes.bfloat16)):
+        x = _scores(R, N, dtype, seed=R + N + k, kind=kind)
+        c = K._prepare(x, k, None)
+        plan = K.TopkPlan(R, N, k, c.kind, variant="rowblock", capacity=64)
+        first = None
+        for _ in range(2):
+            v, i = K.topk_production(c, plan=plan)
+            K.assert_topk(v, i, x, k, None, name=f"rowblock levels {kind} {R}x{N} {dtype}")
+            if first is None:
+                first = (v, i)
+            assert_close(i, first[1], bitwise=True, name="repeat indices")
+
+
+@pytest.mark.skipif("rowblock" not in TOPK_VARIANTS, reason="rowblock variant not under test")
+def test_topk_rowblock_special_rows_on_device():
+    """The level-1 append compares floats with the threshold's float: rows whose threshold is
+    -inf (all -inf), +inf, NaN (device input, unscanned: NaN ranks above +inf), -0/+0; and
+    "auto" resolves to rowblock for these rows, to fused for 1M-score rows."""
+    N, k = 65536, 1024
+    x = _scores(6, N, np.float32, seed=61)
+    x[0] = -np.inf
+    x[1, ::40] = np.inf                                   # 1639 +inf: the threshold is +inf
+    x[2, ::50] = np.nan                                   # 1311 NaN: the threshold is NaN
+    x[3] = np.where(np.arange(N) % 2 == 0, -0.0, 0.0)
+    x[3, ::97] = -1.0
+    x[4, 7:] = -np.inf                                    # 7 real values, then -inf
+    c = K._prepare(cuda.to_device(x), k, None, check_nan=False)
+    v, i = K.topk_production(c, variant="rowblock")
+    v, i = v.copy_to_host(), i.copy_to_host()
+    assert i[0].tolist() == list(range(k))
+    assert i[2, :1311].tolist() == list(range(0, N, 50)) and np.isnan(v[2, :1311]).all()
+    K.assert_topk(v, i, x, k, None, name="rowblock special rows")
+    assert K.resolve_variant("auto", N) == "rowblock"
+    assert K.resolve_variant("auto", 1 << 20) == "fused"
