@@ -255,14 +255,16 @@ def _emulated_run(monkeypatch, q, k, v, causal, sink, schedule="v1", kvlen=None)
 # one real row, 2 key tiles, the second partly out of bounds; the 64-wide boxes over 16-wide rows:
 # zero fill in the columns too); float16 D = 64 prefill (v1); D = 16 prefill with v2 (128-key tiles,
 # key length edge); D = 256 with v2 (the serial body + setmaxnreg, 64-key tiles, 2-stage ring
-# wrapped by 3 tiles, NaN past the key length)
+# wrapped by 3 tiles, NaN past the key length); a float16 D = 256 decode (nc = 1: the 3-stage
+# ring wrapped by 5 tiles, G = 2 heads packed, key length 290 of 300)
 EMU_CASES = {"prefill_causal": (1, 70, 100, 1, 1, 64, True, "v1", None, "bf16"),
              "decode3_gqa4_packed": (1, 3, 300, 8, 2, 64, True, "v1", None, "bf16"),
              "v2_prefill_causal_len": (1, 70, 300, 1, 1, 64, True, "v2", 290, "bf16"),
              "f16_d16_decode": (1, 1, 100, 1, 1, 16, False, "v1", None, "f16"),
              "f16_prefill_causal": (1, 70, 100, 1, 1, 64, True, "v1", None, "f16"),
              "d16_v2_prefill_len": (1, 70, 200, 1, 1, 16, False, "v2", 190, "bf16"),
-             "d256_v2_prefill_causal_len": (1, 70, 190, 1, 1, 256, True, "v2", 185, "bf16")}
+             "d256_v2_prefill_causal_len": (1, 70, 190, 1, 1, 256, True, "v2", 185, "bf16"),
+             "f16_d256_decode2_gqa2_len": (1, 2, 300, 4, 2, 256, True, "v1", 290, "f16")}
 _EMU_FAST = ("prefill_causal", "f16_d16_decode")
 
 
