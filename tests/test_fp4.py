@@ -135,7 +135,7 @@ PTX_MUST_HAVE = {
     ("quantize_fused", "sm_100a"): ["cvt.rn.satfinite.e2m1x2.f32", "st.shared.v4.b32"],
     ("quantize_stream", "sm_90a"): ["ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32",
                                     "createpolicy.fractional.L2::evict_first", "fma.rn.f32",
-                                    "st.global.v4.b32", "st.global.u16"],
+                                    "st.global.v4.b32", "st.global.u16", ".minnctapersm 5"],
     ("amax_stream", "sm_90a"): ["ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32",
                                 "createpolicy.fractional.L2::evict_last",
                                 "createpolicy.fractional.L2::evict_first", "atom.global.max.u32"],
@@ -154,7 +154,7 @@ COMPILED = {
 }
 
 
-SLOW_COMPILE = {("quantize_fused", "sm_90a"), ("quantize_stream", "sm_90a")}   # ~75-80 s each
+SLOW_COMPILE = {("quantize_fused", "sm_90a")}       # ~75 s (the stream quantize kernel: ~25 s)
 
 
 def _kernels(stage, arch, fmt, kind):
@@ -204,7 +204,7 @@ def test_registry_lists_every_specialization():
     assert len(impl.kernels()) == 6                      # {dsv4/mx, nv} x {f32, f16, bf16}
     impl = d.registry.REGISTRY["quantize_fp4"].impls["production:sm_90a"]
     assert len(impl.kernels()) == 9 + 3 + 3 + 12   # 3 formats x 3 inputs + 3 amax + 3 fused
-    #                                                 + stream: 3 inputs x 2 hints x (amax, quantize)
+    #                                            + stream: 3 inputs x 2 hints x (amax, quantize)
 
 
 # ------------------------------------------- production kernels under the simulator (dsv4_numba.emu)
@@ -364,14 +364,15 @@ def _around(t):
     return np.concatenate([t, np.nextafter(t, np.float32(0)), np.nextafter(t, np.float32(1e9))])
 
 
-def test_stream_helpers_match_spec(rng, sim_mode):
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the intended uint32
+def test_stream_helpers_match_spec(rng, sim_mode):                       # wrap (huge y) in NumPy
     """The lean helpers (the production kernel's own code, simulator twins for fma) at and one ulp
     either side of every E2M1 / E4M3 rounding threshold and binade edge, plus random values: E2M1
     codes against formats.e2m1_encode (signs, -0, saturation), E4M3 codes against
     formats.e4m3_encode, the division against IEEE float32 p / 6. (On the GPU the same helpers
     are checked for every float32 in range: tests/gpu/test_fp4_gpu.py.)"""
     e2 = _around([0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0,
-                  8.0, 12.0, 1e-30, 2.0 ** -126, 1e20])
+                  8.0, 12.0, 1e-30, 2.0 ** -126, 1e20, 2.0 ** 106, 2.0 ** 127, 3.4e38])
     y = np.concatenate([e2, -e2, [0.0, -0.0], rng.uniform(-9, 9, 200)]).astype(np.float32)
     e4 = formats.e4m3_decode(np.arange(127, dtype=np.uint8)).astype(np.float64)
     mids = (e4[1:] + e4[:-1]) / 2                       # every E4M3 rounding midpoint (exact in f32)
@@ -418,7 +419,7 @@ def test_stream_nvfp4_under_simulator(variant, in_dtype, shape, where, rng, sim_
 @pytest.mark.parametrize("factor", [0.25, 1.0])
 def test_stream_nvfp4_given_global_amax(factor, rng, sim_mode):
     """global_amax= with the stream variant: the lean quantize pass alone; a small amax saturates
-    blocks (gs * amax_b > 2688: those chunks take the unbounded-y encoder), bitwise the spec."""
+    blocks (gs * amax_b > 2688: y unbounded, codes +-6), bitwise the spec."""
     x = outliers(rng, (6, 64), scale_spread=1.0)
     amax = np.float32(np.abs(x).max() * factor)
     q = production("quantize_fp4")(x, "nvfp4", global_amax=amax, variant="stream")

@@ -56,7 +56,7 @@ Implementations (stage registry names ``decode_fp4`` / ``quantize_fp4``)
   instructions per 16-block instead of ~75 (division by 6 as a multiply + two fma, E4M3 code by
   bit arithmetic, r = gs / s from a per-CTA table, both scale codes in one 16-bit store) and its
   E2M1 encode 6 instead of ~10 (``e2m1_mag_step``: one float add onto a power of two whose ulp is
-  the E2M1 step): ~476 SASS instructions per 32-element chunk instead of ~760 (sm_90a, bfloat16
+  the E2M1 step): ~470 SASS instructions per 32-element chunk instead of ~760 (sm_90a, bfloat16
   in). ``stream_l2`` also tags the loads with L2 eviction priorities (evict_last on the amax
   pass's last-read ~24 MB, evict_first elsewhere). Bitwise the spec; the helpers are checked for
   every float32 of their range on the GPU. Napkin math above ``make_quantize_stream_kernel``.
@@ -1046,7 +1046,7 @@ quantize_fused_sm100_kernel = KernelFamily(
 # encode issued under predicates): 1.84 M chunks x 760 / 32 lanes = 44 M warp instructions =
 # ~47 us of issue on 132 SMs x 4 schedulers at ~1.75 GHz, as long as the ~50 us of memory time,
 # so the two did not overlap into 50 us. The stream variants cut the per-chunk work (below) to
-# ~450 instructions (~28 us of issue: memory-bound again), and order both passes so the quantize
+# ~470 instructions (~29 us of issue: memory-bound again), and order both passes so the quantize
 # pass starts on what the amax pass read last.
 #
 # Per 16-element block (float32, all bitwise the spec, each checked exhaustively in the tests):
@@ -1059,8 +1059,8 @@ quantize_fused_sm100_kernel = KernelFamily(
 #   * the two scale codes of a chunk stored as one 16-bit word.
 # Per element: y = x * r (the spec's rounding), then ``e2m1_mag_step``: 7 instructions, no
 # predicated second path; the sign from y's bit 31 under a per-block mask (so a zero scale gives
-# +0 codes, as the spec). Blocks whose gs * amax_b exceeded 2688 (only with a global_amax below
-# the block's amax; y then unbounded) take the two-pass kernel's encoder instead.
+# +0 codes, as the spec). Blocks whose gs * amax_b exceeds 2688 (only with a global_amax below
+# the block's amax; y is then unbounded) saturate through the same encoder (see its docstring).
 #
 # L2 order: an H100 has 50 MB of L2; the tensor is 117 MB. The amax pass runs on a grid of exactly
 # the resident CTAs, each thread 4 independent 16-byte loads per sweep, the whole grid sweeping the
@@ -1075,7 +1075,7 @@ quantize_fused_sm100_kernel = KernelFamily(
 # ~2.7 TB/s = ~56 us, minus what L2 serves (up to ~20-30 MB: ~8 us): ~88-96 us (1.57-1.7 TB/s).
 NV_P_MAX = np.float32(2688.0)         # 6 x 448: gs * amax_b above it saturates the E4M3 scale
 SIXTH = np.float32(1.0) / np.float32(6.0)     # RN(1/6) in float32
-L2_KEEP_BYTES = 24 << 20            # stream_l2: the front of the tensor the amax pass marks evict_last
+L2_KEEP_BYTES = 24 << 20            # stream_l2: front bytes the amax pass marks evict_last
 AMAX_UNROLL = 4                     # 16-byte loads in flight per thread in the stream amax pass
 
 
@@ -1156,7 +1156,7 @@ def e4m3_code_bits(sb):
 
 @device
 def e2m1_mag_step(y):
-    """E2M1 magnitude code (0..7) of float32 y, |y| < 2^100: round to nearest even, saturating at 6.
+    """E2M1 magnitude code (0..7) of any float32 y: round to nearest even, saturating at 6.
 
     C = 2^22 * 2^max(e, 0) (e = floor(log2 |y|)) has an ulp equal to the E2M1 step at |y| (0.5 below
     2, 1 in [2, 4), 2 in [4, 8)), so the float add |y| + C rounds |y| to the E2M1 grid (ties to the
@@ -1165,7 +1165,10 @@ def e2m1_mag_step(y):
     bits) + (22 << 23), 2 * max(e, 0) = (bits(C) >> 22) - 298. Six SASS instructions (and,
     add-max, fadd, sub, lea.hi, add-min); ``e2m1_encode_bits`` issues both of its paths under
     predicates (~10). |y| + C must stay an add of the ROUNDED y: y = x * r is computed before
-    (no fma contraction: the abs sits between them; the SASS shows FMUL then FADD)."""
+    (no fma contraction: the abs sits between them; the SASS shows FMUL then FADD).
+    |y| >= 2^106 (a saturated block with a small given global_amax), inf or NaN: bits(C)
+    overflows to +inf or a negative float, |y| + C is then inf or |y| itself, and the wrapped
+    unsigned difference stays >= 7, so the code saturates at 7 (checked for every float32)."""
     a = uint32(f32_bits(y) & uint32(0x7F800000))
     cb = max(uint32(a + uint32(0x0B000000)), uint32(0x4A800000))
     v = f32_bits(abs(y) + bits_f32(cb))
@@ -1212,27 +1215,18 @@ def quantize_chunk_nv(q0, q1, q2, q3, c, gs_enc, rtab, dst, scales16, flag):
     m23 = amax8(q3, amax8(q2, float32(0.0)))
     if not (m01 <= float32(3.4028235e38) and m23 <= float32(3.4028235e38)):
         flag[0] = 1                                  # NaN or inf in this chunk
-    p0 = gs_enc * m01
-    p1 = gs_enc * m23
-    sat = not (p0 <= NV_P_MAX and p1 <= NV_P_MAX)    # a saturated block (or NaN): y unbounded
-    code0 = e4m3_code_bits(div6_rn(min(p0, NV_P_MAX))) & uint32(127)   # the mask keeps a NaN
-    code1 = e4m3_code_bits(div6_rn(min(p1, NV_P_MAX))) & uint32(127)   # chunk's index in range
+    # min(gs * amax_b, 2688) / 6 == min(sb, 448) of the spec (the division is monotonic); the mask
+    # keeps a NaN chunk's (flagged, discarded) table index in range
+    code0 = e4m3_code_bits(div6_rn(min(gs_enc * m01, NV_P_MAX))) & uint32(127)
+    code1 = e4m3_code_bits(div6_rn(min(gs_enc * m23, NV_P_MAX))) & uint32(127)
     mult0 = rtab[code0]
     mult1 = rtab[code1]
     scales16[c] = code0 | (code1 << uint32(8))
-    if sat:
-        w0 = encode8(q0, mult0, False)
-        w1 = encode8(q1, mult0, False)
-        w2 = encode8(q2, mult1, False)
-        w3 = encode8(q3, mult1, False)
-    else:
-        s0 = uint32(8) if mult0 > float32(0.0) else uint32(0)
-        s1 = uint32(8) if mult1 > float32(0.0) else uint32(0)
-        w0 = encode8_step(q0, mult0, s0)
-        w1 = encode8_step(q1, mult0, s0)
-        w2 = encode8_step(q2, mult1, s1)
-        w3 = encode8_step(q3, mult1, s1)
-    ops.st_global_v4_b32(dst + uint64(16) * uint64(c), w0, w1, w2, w3)
+    s0 = uint32(8) if mult0 > float32(0.0) else uint32(0)
+    s1 = uint32(8) if mult1 > float32(0.0) else uint32(0)
+    ops.st_global_v4_b32(dst + uint64(16) * uint64(c), encode8_step(q0, mult0, s0),
+                         encode8_step(q1, mult0, s0), encode8_step(q2, mult1, s1),
+                         encode8_step(q3, mult1, s1))
 
 
 @device
@@ -1247,8 +1241,9 @@ def load8h(src, ikind, k, policy, HINT):
 
 
 # Napkin math (7168 x 8192 bfloat16): 117.4 MB read + 29.4 MB codes + 3.7 MB scales written,
-# ~50 us at the ~3.0 TB/s copy bandwidth; ~450 SASS instructions per chunk (13 per element + ~30
-# per chunk) -> 1.84 M x 450 / 32 = 26 M warp instructions, ~28 us of issue: memory-bound.
+# ~50 us at the ~3.0 TB/s copy bandwidth; ~470 SASS instructions per chunk (~10.5 per element + ~130
+# per chunk for loads, amax and scales; measured sm_90a) -> 1.84 M x 470 / 32 = 27 M warp
+# instructions, ~29 us of issue at ~1.75 GHz on 132 x 4 schedulers: memory-bound.
 def make_quantize_stream_kernel(name, IKIND, HINT):
     """The nvfp4 quantize pass of the stream variants: one thread per 32-element chunk, a grid of
     exactly the resident CTAs striding front to back (see the section comment); the per-CTA table
@@ -1270,8 +1265,12 @@ def make_quantize_stream_kernel(name, IKIND, HINT):
                               load8h(base, IKIND, 3, policy, HINT),
                               c, gs_enc, rtab, dst, scales16, flag)
     kern.__name__ = kern.__qualname__ = name
-    k = kernel(kern)
-    k.blocks_per_sm = 5             # 48 registers (sm_90a, bfloat16): 65536 / (48 x 256)
+    if IKIND == F32:                # 8 loads per chunk: left to ptxas (56+ registers)
+        k = kernel(kern)
+        k.blocks_per_sm = 4
+    else:                           # 5 CTAs of 256 per SM: <= 48 registers (56 unbounded), no
+        k = kernel(kern, launch_bounds=(THREADS, 5))    # spill, same instruction count (sm_90a)
+        k.blocks_per_sm = 5
     return k
 
 
