@@ -339,7 +339,8 @@ def test_fused_barrier_timeout_falls_back_to_two_pass(rng, sim_mode, monkeypatch
 
 
 def test_nvfp4_variant_selection(monkeypatch):
-    assert fp4.nvfp4_variant() == fp4.NVFP4_DEFAULT_VARIANT == "twopass"
+    monkeypatch.delenv("DSV4_FP4_NVFP4_VARIANT", raising=False)
+    assert fp4.nvfp4_variant() == fp4.NVFP4_DEFAULT_VARIANT in fp4.NVFP4_VARIANTS
     monkeypatch.setenv("DSV4_FP4_NVFP4_VARIANT", "fused")
     assert fp4.nvfp4_variant() == "fused" and fp4.nvfp4_variant("twopass") == "twopass"
     monkeypatch.setenv("DSV4_FP4_NVFP4_VARIANT", "stream_l2")
