@@ -330,6 +330,32 @@ def test_fast_bitonic_sort_simulated():
         assert np.array_equal(out, np.sort(d)[::-1]), P
 
 
+@kernel
+def _warp_sort_kernel(data, P):
+    buf = cuda.shared.array(512, uint64)
+    e = cuda.local.array(8, uint64)
+    for i in range(cuda.threadIdx.x, P, cuda.blockDim.x):
+        buf[swz(i)] = data[i]
+    cuda.syncthreads()
+    K.bitonic_sort_desc_warp(buf, P, e)
+    for i in range(cuda.threadIdx.x, P, cuda.blockDim.x):
+        data[i] = buf[swz(i)]
+
+
+@pytest.mark.skipif(not SIM, reason="simulator unit test (GPU: through tests/gpu)")
+def test_warp_bitonic_sort_simulated():
+    """Strides < 64 in registers (lane shuffles), >= 64 in shared memory: P = 32 (the shared-
+    memory sort), 64 (one chunk), 128 with 2 warps, 512 with 1 warp (several chunks a warp,
+    merges with 1-3 shared stages), duplicates and 64-bit values with the top bit set."""
+    g = np.random.default_rng(5)
+    for P, threads in ((32, 32), (64, 32), (128, 64), (512, 32)):
+        d = g.integers(0, 2 ** 64 - 1, P, dtype=np.uint64)
+        d[: P // 4] = d[P // 2]                                  # ties
+        out = d.copy()
+        _warp_sort_kernel.launch(1, threads, out, P)
+        assert np.array_equal(out, np.sort(d)[::-1]), (P, threads)
+
+
 # ----------------------------------------------------------------------------------------------
 # validation
 # ----------------------------------------------------------------------------------------------
