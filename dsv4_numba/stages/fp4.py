@@ -1281,8 +1281,8 @@ def make_amax_stream_kernel(name, IKIND, HINT):
     exactly the resident CTAs sweeping the tensor back to front in lockstep: sweep k covers the
     window of AMAX_UNROLL x (grid threads) vectors ending k windows before the end, each thread
     issuing its AMAX_UNROLL 16-byte loads (each one coalesced across the warp) before folding
-    any; the front remainder last. With HINT, sweeps that start inside the first ``keep_vecs``
-    vectors load with an evict_last L2 policy, the others evict_first. One atomicMax per CTA."""
+    any; the front remainder last. With HINT, loads of the first ``keep_vecs`` vectors carry an
+    evict_last L2 policy, the others evict_first. One atomicMax per CTA."""
     def kern(x, amax_bits, nvec, keep_vecs):
         red = cuda.shared.array(WARPS, uint32)
         src = ops.array_address(x)
@@ -1296,20 +1296,23 @@ def make_amax_stream_kernel(name, IKIND, HINT):
         end = nvec
         while end >= W:                             # full windows [end - W, end), back to front
             lo = end - W
-            policy = keep if lo < keep_vecs else first
-            a = src + uint64(16) * uint64(lo + tid)
+            v = lo + tid                            # this thread's vectors: v, v + S, v + 2S, v + 3S
+            a = src + uint64(16) * uint64(v)
             step = uint64(16) * uint64(S)
-            a0, a1, a2, a3 = ld16(a, policy, HINT)
-            b0, b1, b2, b3 = ld16(a + step, policy, HINT)
-            c0, c1, c2, c3 = ld16(a + uint64(2) * step, policy, HINT)
-            d0, d1, d2, d3 = ld16(a + uint64(3) * step, policy, HINT)
+            a0, a1, a2, a3 = ld16(a, keep if v < keep_vecs else first, HINT)
+            b0, b1, b2, b3 = ld16(a + step, keep if v + S < keep_vecs else first, HINT)
+            c0, c1, c2, c3 = ld16(a + uint64(2) * step, keep if v + 2 * S < keep_vecs else first,
+                                  HINT)
+            d0, d1, d2, d3 = ld16(a + uint64(3) * step, keep if v + 3 * S < keep_vecs else first,
+                                  HINT)
             m_hi, m_lo = amax_words(a0, a1, a2, a3, m_hi, m_lo, IKIND)
             m_hi, m_lo = amax_words(b0, b1, b2, b3, m_hi, m_lo, IKIND)
             m_hi, m_lo = amax_words(c0, c1, c2, c3, m_hi, m_lo, IKIND)
             m_hi, m_lo = amax_words(d0, d1, d2, d3, m_hi, m_lo, IKIND)
             end = lo
         for v in range(tid, end, S):                # the front remainder (< one window)
-            w0, w1, w2, w3 = ld16(src + uint64(16) * uint64(v), keep, HINT)
+            w0, w1, w2, w3 = ld16(src + uint64(16) * uint64(v), keep if v < keep_vecs else first,
+                                  HINT)
             m_hi, m_lo = amax_words(w0, w1, w2, w3, m_hi, m_lo, IKIND)
         m = block_max_u32(amax_of_accumulators(m_hi, m_lo, IKIND), red)
         if cuda.threadIdx.x == 0:
