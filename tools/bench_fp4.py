@@ -2,6 +2,7 @@
 
     python tools/bench_fp4.py [--rows 7168 --cols 8192] [--out results.md] [--only nvfp4]
                               [--variants all | twopass,stream,...]
+    python tools/bench_fp4.py --sass        # SASS instructions of the nvfp4 quantize loops, no GPU
 
 ``--only nvfp4`` times only the nvfp4 quantize rows (every variant in ``--variants``, default all:
 twopass, fused, stream, stream_l2; then the quantize pass alone with global_amax given; no decode;
@@ -202,6 +203,26 @@ def nvfp4_breakdown(dx, xb, spec, variants, copy):
     return lines
 
 
+def sass_loop_counts():
+    """Lines: SASS instructions (sm_90a, bfloat16 in) from the first 16-byte load to the first
+    16-byte store after it -- the quantize loop body of one 32-element chunk (the two-pass
+    kernel's count includes its rarely-taken zero-scale skips) -- compiled here, no GPU needed."""
+    import re
+    rows = [("quantize nvfp4, twopass kernel",
+             fp4._kernels_quantize(fp4.quantize_sm90_kernel, ("nvfp4",), (fp4.BF16,))[0]),
+            ("quantize nvfp4, stream kernel", fp4._kernels_stream((fp4.BF16,), (False,))[1]),
+            ("quantize nvfp4, stream_l2 kernel", fp4._kernels_stream((fp4.BF16,), (True,))[1])]
+    out = ["| kernel (sm_90a, bfloat16 in) | SASS instructions per chunk | registers |",
+           "|---|---:|---:|"]
+    for label, (k, sig) in rows:
+        res = k.compile(sig, "sm_90a")
+        ins = [ln for ln in (res.sass or "").splitlines() if re.match(r"\s*/\*[0-9a-f]{4,}\*/", ln)]
+        lo = next(i for i, ln in enumerate(ins) if re.search(r"LDG\.E(\.NA)?\.128", ln))
+        hi = next(i for i, ln in enumerate(ins) if i > lo and "STG.E.128" in ln)
+        out.append(f"| {label} | {hi - lo + 1} | {res.registers} |")
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, default=7168)
@@ -209,9 +230,14 @@ def main(argv=None):
     p.add_argument("--out", default=None)
     p.add_argument("--only", choices=["nvfp4"], default=None,
                    help="nvfp4: only the nvfp4 quantize rows (every variant), torch not timed")
+    p.add_argument("--sass", action="store_true",
+                   help="print the SASS instruction count of the nvfp4 quantize loops (no GPU) and exit")
     p.add_argument("--variants", default="all",
                    help=f"nvfp4 quantize variants to time: all or a comma list of {fp4.NVFP4_VARIANTS}")
     a = p.parse_args(argv)
+    if a.sass:
+        print("\n".join(sass_loop_counts()))
+        return 0
     variants = fp4.NVFP4_VARIANTS if a.variants == "all" else tuple(a.variants.split(","))
     for v in variants:
         fp4.nvfp4_variant(v)                        # unknown names: a clear error before any work

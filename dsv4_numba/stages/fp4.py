@@ -56,7 +56,7 @@ Implementations (stage registry names ``decode_fp4`` / ``quantize_fp4``)
   instructions per 16-block instead of ~75 (division by 6 as a multiply + two fma, E4M3 code by
   bit arithmetic, r = gs / s from a per-CTA table, both scale codes in one 16-bit store) and its
   E2M1 encode 6 instead of ~10 (``e2m1_mag_step``: one float add onto a power of two whose ulp is
-  the E2M1 step): ~470 SASS instructions per 32-element chunk instead of ~760 (sm_90a, bfloat16
+  the E2M1 step): 465 SASS instructions per 32-element chunk instead of 725 (sm_90a, bfloat16
   in). ``stream_l2`` also tags the loads with L2 eviction priorities (evict_last on the amax
   pass's last-read ~24 MB, evict_first elsewhere). Bitwise the spec; the helpers are checked for
   every float32 of their range on the GPU. Napkin math above ``make_quantize_stream_kernel``.
@@ -1041,12 +1041,12 @@ quantize_fused_sm100_kernel = KernelFamily(
 # nvfp4 variants "stream" / "stream_l2": a leaner quantize pass, a lockstep amax pass (L2 reuse)
 # ----------------------------------------------------------------------------------------------
 # Why: on the H100 the two-pass nvfp4 quantize took 111.3 us = amax pass (~44 us) + quantize pass
-# (67.6 us). The quantize kernel's loop was ~760 SASS instructions per 32-element chunk (two IEEE
+# (67.6 us). The quantize kernel's loop was ~725 SASS instructions per 32-element chunk (two IEEE
 # divisions with slow-path branches per 16-block, a branchy E4M3 encode, both paths of the E2M1
-# encode issued under predicates): 1.84 M chunks x 760 / 32 lanes = 44 M warp instructions =
-# ~47 us of issue on 132 SMs x 4 schedulers at ~1.75 GHz, as long as the ~50 us of memory time,
+# encode issued under predicates): 1.84 M chunks x 725 / 32 lanes = 42 M warp instructions =
+# ~45 us of issue on 132 SMs x 4 schedulers at ~1.75 GHz, as long as the ~50 us of memory time,
 # so the two did not overlap into 50 us. The stream variants cut the per-chunk work (below) to
-# ~470 instructions (~29 us of issue: memory-bound again), and order both passes so the quantize
+# 465 instructions (~29 us of issue: memory-bound again), and order both passes so the quantize
 # pass starts on what the amax pass read last.
 #
 # Per 16-element block (float32, all bitwise the spec, each checked exhaustively in the tests):
@@ -1241,8 +1241,8 @@ def load8h(src, ikind, k, policy, HINT):
 
 
 # Napkin math (7168 x 8192 bfloat16): 117.4 MB read + 29.4 MB codes + 3.7 MB scales written,
-# ~50 us at the ~3.0 TB/s copy bandwidth; ~470 SASS instructions per chunk (~10.5 per element + ~130
-# per chunk for loads, amax and scales; measured sm_90a) -> 1.84 M x 470 / 32 = 27 M warp
+# ~50 us at the ~3.0 TB/s copy bandwidth; 465 SASS instructions per chunk (~10.5 per element + ~130
+# per chunk for loads, amax and scales; measured sm_90a) -> 1.84 M x 465 / 32 = 27 M warp
 # instructions, ~29 us of issue at ~1.75 GHz on 132 x 4 schedulers: memory-bound.
 def make_quantize_stream_kernel(name, IKIND, HINT):
     """The nvfp4 quantize pass of the stream variants: one thread per 32-element chunk, a grid of
