@@ -94,7 +94,7 @@ def oracle(q, k, v, causal=False, scale=None, sink=None, kv_lengths=None):
             E = (eps + UBF * (1 + eps) + gamma(Tk))[:, None] * (p @ np.abs(vv))
             if f16:                        # float16 subnormal P (module docstring)
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    E += np.where(den > 0, 2.0 ** -25 * (vis @ np.abs(vv)) / den, 0)[:, None]
+                    E += np.where(den[:, None] > 0, 2.0 ** -25 * (vis @ np.abs(vv)) / den[:, None], 0)
             Ob[b, :, hq] = UBF * np.abs(O[b, :, hq]) + (1 + UBF) * E + 2.0 ** -134
             fin = np.isfinite(lse[b, hq])
             lse_b[b, hq] = np.where(fin, Delta + 16 * U * (Z + Delta + np.abs(np.where(fin, lse[b, hq], 0)))
