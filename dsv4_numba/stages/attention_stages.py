@@ -15,10 +15,10 @@ readable, they run under the CUDA simulator); asking for a production variant of
 ``registry.ImplUnavailable``. The production path of attention is not a set of faster stages but the
 whole attention fused into one kernel: registry stage ``attn_fused``, whose ``production`` is the
 sm_90a kernel of ``pipelines.fmha_sm90`` (TMA ring, wgmma for both GEMMs, online softmax in
-registers; H100-verified for bfloat16, D in {64, 128}) and whose ``reference`` is this staged
-pipeline. ``fmha`` picks it under ``auto`` where it can run, or by ``impls="production"`` /
-``impls={"attn_fused": ...}``; the staged stages run for everything else (float16 / float32,
-D = 16 / 256, ``return_intermediates``, no sm_90a GPU).
+registers; bfloat16 / float16, D in {16, 64, 128, 256}, H100-verified) and whose ``reference`` is
+this staged pipeline. ``fmha`` picks it under ``auto`` where it can run, or by
+``impls="production"`` / ``impls={"attn_fused": ...}``; the staged stages run for everything else
+(float32, ``return_intermediates``, Tk = 0, no sm_90a / sm_100a GPU).
 
 Which keys a query sees (shared by every stage; the softmax stage gets the same rule through its
 ``lengths`` / ``causal_offset`` arguments)::
