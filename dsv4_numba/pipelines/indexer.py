@@ -328,8 +328,11 @@ def indexer(q, k_cache, weights, k, valid_len=None, block_table=None, impls=None
         ``STAGES``; unknown names raise ValueError. Stages the call's format does not run are
         ignored. Production variants (GPU): ``decode_fp4``, ``indexer_scores`` (sm_90a wgmma; H = 64,
         D = 128, bfloat16 / FP4 inputs -- on "auto" other calls use the reference GEMM), ``topk``.
-        ``impls="fused"`` (or ``"fused:<topk choice>"``): the fused sm_90a kernel + top-k (see
-        the module docstring); with ``return_intermediates`` the dict holds ``scores`` only.
+        ``impls="fused[:sm_90a|:sm_100a][:<topk choice>]"``: the fused kernel of the arch named,
+        else of this device's (sm_90a wgmma: bf16 / FP4 / V3.2 FP8; sm_100a block-scaled tcgen05:
+        dsv4_fp4 only, emulator-verified, never run on Blackwell) + top-k (see the module
+        docstring); a fused kernel that cannot run the call raises ``ImplUnavailable`` before any
+        launch; with ``return_intermediates`` the dict holds ``scores`` only.
       * NumPy in -> NumPy out; device inputs (GPU) -> device outputs (block_table / valid_len
         values on the device are not checked).
     """
