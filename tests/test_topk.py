@@ -480,3 +480,11 @@ def test_plan_geometry():
     assert p.S == p.sel_S == 32
     p = K.TopkPlan(1000, 4096, 512, K.F32, variant="staged")
     assert p.S == p.sel_S == 1
+    # "auto": rowblock (one CTA a row) up to RB_AUTO_MAX_N scores a row, fused above
+    assert K.TopkPlan(1, 65536, 2048, K.F32, variant="auto").variant == "rowblock"
+    assert K.resolve_variant("auto", K.RB_AUTO_MAX_N + 1) == "fused"
+    assert K.TopkPlan(4, 1 << 20, 1024, K.F32, variant="auto").variant == "fused"
+    with pytest.raises(ValueError, match="auto"):
+        K.resolve_variant("fast", 10)
+    assert K.TopkPlan(2, 100, 5, K.F32, variant="rowblock", capacity=7).rb_ccap == 7
+    assert K.TopkPlan(2, 100, 5, K.F32, variant="rowblock").rb_ccap == K.RB_CCAP
