@@ -1478,6 +1478,10 @@ class TopkPlan:
     lists never share a 128-byte line).
     "staged" (as "fused", appends staged in shared memory; each launch sized to one wave: the
     histogram's ``S``/``chunk`` and the select's ``sel_S``/``sel_chunk`` differ).
+    "rowblock": one launch of ``rows`` CTAs of ``finish_threads`` threads (the one-block-per-row
+    kernels' size, 1024), no workspace; ``capacity`` (test hook) lowers its in-shared-memory
+    bucket capacity RB_CCAP, ``rb_stop`` (timing hook) ends its kernel after a stage.
+    "auto" resolves per shape (``resolve_variant``).
     Test hooks: ``threads``/``finish_threads``/``S``/``capacity``/``stage_cap`` (the staged
     variant's per-block shared slots per list, <= SCAP) override the geometry, ``run(...,
     vectorized=False)`` takes the scalar path (no PTX: it also runs under the simulator).
