@@ -8,7 +8,9 @@ float32 P)::
     Delta = gamma(D + 1) * scale * max_j sum_d |q_d k_jd|          (float32 logits)
     eps   = expm1(2 Delta) + 8 u (Z + Delta) + gamma(Tk + 8)         (softmax in float32, exp2)
     E     = (eps + u_bf (1 + eps) + gamma(Tk)) * sum_j p_j |v_j|     (P rounded to bf16, f32 sums)
-    |out - O64| <= u_bf |O64| + (1 + u_bf) E + 2^-134                (one rounding to bf16)
+    |out - O64| <= u_bf |O64| + (1 + u_bf) E + 2^-134                (one rounding to bf16;
+                                                                   float16: + 2^-25, half its
+                                                                   subnormal spacing)
     |lse - lse64| <= Delta + 16 u (Z + Delta + |lse64|) + gamma(Tk + 8)
 
 float16 inputs: the same bound with u_bf replaced by the float16 unit roundoff 2^-11 (P and the
@@ -95,7 +97,7 @@ def oracle(q, k, v, causal=False, scale=None, sink=None, kv_lengths=None):
             if f16:                        # float16 subnormal P (module docstring)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     E += np.where(den[:, None] > 0, 2.0 ** -25 * (vis @ np.abs(vv)) / den[:, None], 0)
-            Ob[b, :, hq] = UBF * np.abs(O[b, :, hq]) + (1 + UBF) * E + 2.0 ** -134
+            Ob[b, :, hq] = UBF * np.abs(O[b, :, hq]) + (1 + UBF) * E + (2.0 ** -25 if f16 else 2.0 ** -134)
             fin = np.isfinite(lse[b, hq])
             lse_b[b, hq] = np.where(fin, Delta + 16 * U * (Z + Delta + np.abs(np.where(fin, lse[b, hq], 0)))
                                     + gamma(Tk + 8), 0)
