@@ -113,7 +113,7 @@ def test_schedule_selection(monkeypatch):
     assert fmha_sm90.schedule_for(2, "v2") == "v2" and fmha_sm90.schedule_for(1, "v2") == "v1"
     monkeypatch.setenv("DSV4_FMHA_SCHEDULE", "v2")
     assert fmha_sm90.schedule_for(2) == "v2" and fmha_sm90.schedule_for(2, "v1") == "v1"
-    monkeypatch.setenv("DSV4_FMHA_SCHEDULE", "v3")
+    monkeypatch.setenv("DSV4_FMHA_SCHEDULE", "v9")
     with pytest.raises(ValueError, match="schedule must be one of"):
         fmha_sm90.schedule_for(2)
     with pytest.raises(ValueError, match="needs nc = 2"):
@@ -135,6 +135,62 @@ def test_descriptors():
     assert (fmha_sm90.DESC_V >> 16) & 0x3FFF == fmha_sm90.BN * 128 >> 4      # LBO: next 64 columns
     assert (fmha_sm90.DESC_V >> 32) & 0x3FFF == 1024 >> 4                    # SBO: next 8 keys
     assert fmha_sm90.DESC_V & 0x3FFF == fmha_sm90.DESC_KMAJOR & 0x3FFF == 0  # address ORed in later
+
+
+# the D = 64 candidates (issue 7): not production kernels (``variants``), selectable by schedule
+CANDIDATES = [(64, fmha_sm90.NC_OF[s], s, "bf16") for s in fmha_sm90.SMALL_D_SCHEDULES] + [
+    (128, 2, "v2f", "bf16")]
+
+
+@pytest.mark.slow           # 15-30 s of CPU per kernel
+@pytest.mark.parametrize("p", CANDIDATES, ids=[f"{p[2]}_D{p[0]}" for p in CANDIDATES])
+def test_d64_candidates_compile_without_spills(p):
+    D, nc, sched, dt = p
+    res = fmha_sm90.fused_kernel(D, nc, sched, dt).compile(fmha_sm90.signature(), "sm_90a")
+    assert res.spill_stores == res.spill_loads == res.stack_bytes == 0, res.summary()
+    assert ".local" not in res.ptx
+    assert "C7508" not in res.ptxas_log and "serialized" not in res.ptxas_log, res.ptxas_log
+    lo, hi = fmha_sm90.REGS_OF[sched]
+    assert lo * 128 + hi * 128 * nc <= 65536
+    for instr in (f"setmaxnreg.dec.sync.aligned.u32 {lo}", f"setmaxnreg.inc.sync.aligned.u32 {hi}"):
+        assert instr in res.ptx, instr
+    bn = fmha_sm90.block_n(D, sched)
+    copies = 1 if nc == 3 else 2             # v3 / v3f: the serial body; v2w / v2f: overlapped
+    assert res.sass.count("HGMMA") == copies * (D // 16 + bn // 16)
+    assert f"m64n{bn}k16.f32.bf16.bf16" in res.ptx
+    if sched in fmha_sm90.FAST_SOFTMAX:      # one MUFU.EX2 per score, no libdevice range fix-up
+        # bn/2 scores + 2 correction factors per softmax copy; the epilogue's 4 exp2 stay libdevice
+        assert res.ptx.count("ex2.approx.ftz.f32") == copies * (bn // 2 + 2)
+        assert res.sass.count("MUFU.EX2") == copies * (bn // 2 + 2) + 4
+    if nc == 3:
+        assert "bar.sync" in res.ptx     # the V-zeroing barrier over the 3 consumers
+
+
+@pytest.mark.parametrize("sched", fmha_sm90.SMALL_D_SCHEDULES)
+def test_d64_candidate_plans(sched, monkeypatch):
+    nc = fmha_sm90.NC_OF[sched]
+    g = fmha_sm90.geometry(64, nc, sched)
+    assert g["threads"] == 128 * (nc + 1) and g["bn"] == fmha_sm90.block_n(64, sched)
+    assert g["stages"] == 4 and g["dyn_smem"] + 8 * 13 <= 227 * 1024
+    assert g["qbytes"] == nc * 64 * 128
+    assert fmha_sm90.geometry(16, nc, sched)["dp"] == 64
+    for D in (128, 256):                     # D = 64 candidates (v2f also D = 128)
+        if D in fmha_sm90.CANDIDATE_D[sched]:
+            assert fmha_sm90.schedule_for(2, sched, D) == sched
+            continue
+        with pytest.raises(ValueError, match="D = 64 candidate"):
+            fmha_sm90.geometry(D, nc, sched)
+        with pytest.raises(ValueError, match="D = 64 candidate"):
+            fmha_sm90.schedule_for(2, sched, D)
+    with pytest.raises(ValueError, match=f"needs nc = {nc}"):
+        fmha_sm90.geometry(64, 5 - nc, sched)
+    monkeypatch.setenv("DSV4_FMHA_SCHEDULE", sched)      # by environment: v2 where they do not exist
+    assert fmha_sm90.schedule_for(2, None, 256) == "v2" and fmha_sm90.schedule_for(2, None, 64) == sched
+    assert fmha_sm90.schedule_for(1, None, 64) == "v1"
+    c = fmha_sm90.launch_config(4, 4096, 32, 32, nc)
+    assert c["nc"] == nc and c["grid"] == (-(-4096 // (64 * nc)), 32, 4)
+    assert fmha_sm90.launch_config(1, 3, 8, 2, nc)["nc"] == 1          # decode stays nc = 1
+    assert fmha_sm90.kernel_name(64, nc, sched).endswith(sched)
 
 
 def test_registered_as_attn_fused_production():
@@ -228,7 +284,7 @@ def _emulated_run(monkeypatch, q, k, v, causal, sink, schedule="v1", kvlen=None)
     B, Tq, Hq, D = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
     dt = "f16" if q.dtype == np.float16 else "bf16"
-    cfg = fmha_sm90.launch_config(B, Tq, Hq, Hkv)
+    cfg = fmha_sm90.launch_config(B, Tq, Hq, Hkv, fmha_sm90.NC_OF[schedule])
     g = fmha_sm90.geometry(D, cfg["nc"], schedule)
     boxes = (cfg["qbox"], (1, g["bn"], 1, 64), (1, g["bn"], 1, 64))
     maps = [emu.tensor_map(np.ascontiguousarray(x).view(np.uint16), box, "128B", dtype="bfloat16")
@@ -264,7 +320,15 @@ EMU_CASES = {"prefill_causal": (1, 70, 100, 1, 1, 64, True, "v1", None, "bf16"),
              "f16_prefill_causal": (1, 70, 100, 1, 1, 64, True, "v1", None, "f16"),
              "d16_v2_prefill_len": (1, 70, 200, 1, 1, 16, False, "v2", 190, "bf16"),
              "d256_v2_prefill_causal_len": (1, 70, 190, 1, 1, 256, True, "v2", 185, "bf16"),
-             "f16_d256_decode2_gqa2_len": (1, 2, 300, 4, 2, 256, True, "v1", 290, "f16")}
+             "f16_d256_decode2_gqa2_len": (1, 2, 300, 4, 2, 256, True, "v1", 290, "f16"),
+             # the D = 64 candidates (issue 7): v3 / v3f 3 consumers (192 rows; the third holds
+             # 6 real rows), 3 tiles of 128 keys, key length 290 of 300 (V zeroing by 3 warpgroups)
+             # and causal; v2w 192-key tiles (2 tiles, the second partly out of bounds), a key
+             # length edge; v2f the overlapped v2 body with the short softmax, causal
+             "v3_prefill_causal_len": (1, 134, 300, 1, 1, 64, True, "v3", 290, "bf16"),
+             "v3f_prefill_len": (1, 134, 300, 1, 1, 64, False, "v3f", 290, "bf16"),
+             "v2w_prefill_len": (1, 70, 300, 1, 1, 64, False, "v2w", 290, "bf16"),
+             "v2f_prefill_causal": (1, 70, 300, 1, 1, 64, True, "v2f", None, "bf16")}
 _EMU_FAST = ("prefill_causal", "f16_d16_decode")
 
 

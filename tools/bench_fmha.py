@@ -5,6 +5,9 @@ in the same run on the same GPU.
     python tools/bench_fmha.py --quick    # fewer repetitions
     python tools/bench_fmha.py --quick --schedules v1,v2 --no-decode   # old vs new prefill schedule
     python tools/bench_fmha.py --extra --schedules v2   # + D=256, D=16 and float16 rows (round 2)
+    # the D = 64 candidates beside v2 (all but v2f skip the D=128 row, where v2 shows no regression):
+    python tools/bench_fmha.py --quick --no-decode --schedules v2,v3,v3f,v2w,v2f \
+        --shapes "prefill D=64 H=32,prefill D=128"
 
 Shapes (issue 7): B=4, H=16, S=4096, D=128 non-causal and causal; B=4, H=32, S=4096, D=64
 non-causal; decode B=64, Tq=1, Tk=8192, Hq=64, Hkv=8, D=128. ``--extra`` adds B=4, H=8, S=4096,
@@ -87,6 +90,8 @@ def main(argv=None):
         raise SystemExit(f"--shapes: names are {[p[0] for p in table]}, got {args.shapes!r}")
     import torch
     import torch.nn.functional as F
+
+    from dsv4_numba.pipelines.fmha_sm90 import CANDIDATE_D as CAND_D
     from numba import cuda
 
     from dsv4_numba.runtime.bench import copy_bandwidth, time_gpu
@@ -112,6 +117,10 @@ def main(argv=None):
         for sched in scheds:
             if sched == "v1" and D == 256:
                 print(f"# {name}: no v1 at D=256 (fmha_sm90: registers); skipped", flush=True)
+                continue
+            if sched in CAND_D and D not in CAND_D[sched]:
+                print(f"# {name}: {sched} is a D = 64 candidate (fmha_sm90.CANDIDATE_D: "
+                      f"{CAND_D[sched]}); skipped", flush=True)
                 continue
             plan = plan_for(torch, q, k, v, causal, sched)
             plan.launch()

@@ -181,6 +181,7 @@ from ..hw import ops
 from ..hw.descriptors import wgmma_smem_desc
 from ..hw.portable import pack_bf16x2  # noqa: F401  (cvt.rn.bf16x2.f32, with a simulator twin)
 from ..hw.portable import warp_shfl_xor as shfl_xor_f32  # noqa: F401  (used by generated source)
+from ..hw.snippets import Snippet
 from ..runtime import device, kernel
 
 SUPPORTED_D = (16, 64, 128, 256)
@@ -193,13 +194,26 @@ STAGES = {2: 2, 1: 4}   # v1's K/V ring depth by NC (decode, NC = 1, streams K/V
 #: the consumer schedules (module docstring): "v1" serial per tile, H100-verified (round 1);
 #: "v2" setmaxnreg + 128-key tiles + S(kt) issued before P V(kt-1) + ping-pong warpgroups + a
 #: ring as deep as shared memory allows. v2 exists for NC = 2 (prefill); decode (NC = 1) runs v1.
-SCHEDULES = ("v1", "v2")
+SCHEDULES = ("v1", "v2", "v3", "v3f", "v2w", "v2f")
 #: the schedule prefill calls run unless asked otherwise (``DSV4_FMHA_SCHEDULE`` or ``schedule=``):
 #: v2 since it passed tests/gpu/test_fmha_gpu.py -k v2 (28 tests) on an H200 (sm_90a, the H100's SM)
 #: on 2026-11-25 and ran 0.83x / 0.82x SDPA there (v1: 0.61x); v1 stays selectable
 DEFAULT_SCHEDULE = "v2"
-BN_OF = {"v1": 64, "v2": 128}   # keys per tile; v2 at D = 256 uses 64 (``block_n``)
+BN_OF = {"v1": 64, "v2": 128, "v3": 128, "v3f": 128, "v2w": 192, "v2f": 128}  # keys per tile (``block_n``)
 REGS = (24, 240)   # v2: setmaxnreg of the producer / consumer warpgroups (24*128 + 240*256 <= 64K)
+#: consumer warpgroups of a prefill CTA per schedule (decode, nc = 1, always runs v1)
+NC_OF = {"v1": 2, "v2": 2, "v3": 3, "v3f": 3, "v2w": 2, "v2f": 2}
+#: setmaxnreg (producer, consumers) per overlapped schedule: 2 consumers 24*128 + 240*256 = 64512,
+#: 3 consumers 24*128 + 160*384 = 64512 (FlashAttention-3's hdim-64 split) <= 65536
+REGS_OF = {"v2": REGS, "v2w": REGS, "v2f": REGS, "v3": (24, 160), "v3f": (24, 160)}
+#: the D = 64 candidates (issue 7: D = 64 at 0.75x SDPA with v2) and the head dims each exists
+#: for: v3 / v3f / v2w D <= 64 (registers: 160 a thread with 3 consumers; S of 192 keys), v2f
+#: (v2 with the short softmax, the same registers as v2) also D = 128 (0 spills)
+CANDIDATE_D = {"v3": (16, 64), "v3f": (16, 64), "v2w": (16, 64), "v2f": (16, 64, 128)}
+SMALL_D_SCHEDULES = tuple(CANDIDATE_D)
+#: schedules whose softmax takes the short form (``_softmax(fast=True)``): max over the raw scores,
+#: one FFMA (scale, minus the max) per score before the exp2, tree reductions for max and sum
+FAST_SOFTMAX = ("v3f", "v2f")
 PP_BAR = 2         # v2: named barriers PP_BAR + cw order the consumers' GEMM issue (1: V zeroing)
 SMEM_LIMIT = 227 * 1024        # opt-in dynamic shared memory per block on sm_90
 LOG2E = 1.4426950408889634
@@ -225,6 +239,47 @@ def desc_v(bn: int) -> int:
 
 DESC_V = desc_v(BN)
 
+# Two instructions the candidates need that hw.ops does not bind, bound here with simulator twins
+# (``runtime.device(sim=)``, as hw.portable does), so the emulator runs the kernels unchanged:
+#   ex2.approx.ftz.f32      PTX ISA 9.1 §9.7.4.10 (ex2), sm_20+ (.ftz); one MUFU.EX2, where
+#                           math.exp2 (libdevice exp2f, no ftz) adds a range test and two
+#                           predicated FMULs around it for subnormal results
+#   setmaxnreg.inc 160      PTX ISA 9.1 §9.7.19.5 (setmaxnreg), sm_90a; the three-consumer split
+_EX2_FTZ = ops.bind(Snippet(
+    name="ex2_approx_ftz_f32", file="<dsv4_numba.pipelines.fmha_sm90>",
+    instruction="ex2.approx.ftz.f32", ptx_isa="PTX ISA 9.1 §9.7.4.10 (ex2)", min_arch="sm_20",
+    signature="float32(float32)", constraints="=f,f", side_effect=False,
+    layout="2^x, max relative error 2^-22.5 (x in normal range); subnormal results flush to 0 "
+           "(2^x < 2^-126: P that small is 0 in every 16-bit P anyway but bf16 subnormals)",
+    body="ex2.approx.ftz.f32 $0, $1;"))
+_SETMAXNREG_INC_160 = ops.bind(Snippet(
+    name="setmaxnreg_inc_160", file="<dsv4_numba.pipelines.fmha_sm90>",
+    instruction="setmaxnreg.inc.sync.aligned.u32 160", ptx_isa="PTX ISA 9.1 §9.7.19.5 (setmaxnreg)",
+    min_arch="sm_90a", signature="void()", constraints="~{memory}", side_effect=True,
+    layout="raise this warp's register limit to 160 (every warp of the warpgroup executes it)",
+    body="setmaxnreg.inc.sync.aligned.u32 160;"))
+
+
+def _ex2_gpu(x):
+    return _EX2_FTZ(x)
+
+
+def _ex2_sim(x):
+    r = np.float32(2.0 ** float(x)) if x == x else np.float32(x)
+    return np.float32(0) if abs(r) < np.float32(2.0 ** -126) else r
+
+
+def _smr160_gpu():
+    _SETMAXNREG_INC_160()
+
+
+def _smr160_sim():
+    return None
+
+
+ex2_ftz = device(_ex2_gpu, sim=_ex2_sim)
+setmaxnreg_inc_160 = device(_smr160_gpu, sim=_smr160_sim)
+
 # The float16 wgmmas this kernel issues (hw.ops binds only bf16 / e4m3 at import): bound here, at
 # import of this module (``dsv4_numba`` imports it), so that they exist before ``dsv4_numba.emu.ops``
 # -- imported lazily, on the first emulated launch -- copies hw.ops' wgmma table.
@@ -232,6 +287,8 @@ for _n in (64, 128):
     ops.wgmma_binding(_n, "f16", "smem")                 # S = Q K^T (SS), N = keys per tile
 for _n in (64, 128, 256):
     ops.wgmma_binding(_n, "f16", "regs", True)           # O += P V (RS, MN-major V), N = padded D
+for _dt in DTYPES:
+    ops.wgmma_binding(192, _dt, "smem")                  # S = Q K^T of schedule v2w (192-key tiles)
 
 
 
@@ -243,8 +300,12 @@ def geometry(D: int, nc: int = NC, schedule: str = "v1") -> dict:
     the consumer ``schedule`` (see the module docstring)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
-    if schedule == "v2" and nc != 2:
-        raise ValueError("schedule v2 (ping-pong consumers) needs nc = 2 consumer warpgroups")
+    if schedule != "v1" and nc != NC_OF[schedule]:
+        raise ValueError(f"schedule {schedule} (ping-pong consumers) needs nc = {NC_OF[schedule]} "
+                         f"consumer warpgroups")
+    if schedule in CANDIDATE_D and D not in CANDIDATE_D[schedule]:
+        raise ValueError(f"schedule {schedule} is a D = 64 candidate: D in "
+                         f"{CANDIDATE_D[schedule]}, not {D}")
     if D not in SUPPORTED_D:
         raise ValueError(f"the fused sm_90a kernel supports D in {SUPPORTED_D}, not {D}")
     if schedule == "v1" and nc == 2 and D == 256:
@@ -266,8 +327,9 @@ def geometry(D: int, nc: int = NC, schedule: str = "v1") -> dict:
 
 
 def block_n(D: int, schedule: str) -> int:
-    """Keys per tile: 64 (v1), 128 (v2), but 64 for v2 at D = 256 (O is 128 registers there; S of
-    128 keys would be 64 more, past the consumers' 240 -- FlashAttention-3 also narrows hdim 256)."""
+    """Keys per tile: 64 (v1), 128 (v2, v3, v3f, v2f), 192 (v2w), but 64 for v2 at D = 256 (O is 128
+    registers there; S of 128 keys would be 64 more, past the consumers' 240 -- FlashAttention-3
+    also narrows hdim 256)."""
     return 64 if D == 256 else BN_OF[schedule]
 
 
@@ -370,7 +432,7 @@ def _producer(a, NC, g, regs):
       f" int32(c * 64), int32(hkv), int32(kt * {bn}), int32(b), fv)")
     a("        return")
     if regs:
-        a(f"    ops.setmaxnreg_inc_{regs[1]}()")
+        a("    setmaxnreg_inc_160()" if regs[1] == 160 else f"    ops.setmaxnreg_inc_{regs[1]}()")
 
 
 def _consumer_setup(a, D, g):
@@ -469,6 +531,57 @@ def _softmax(a, D, g, ind, rescale_o, branchless=False):
         _rescale_o(a, g["dp"], ind)
 
 
+def _tree(a, ind, op, names, out):
+    """``out`` = op-reduction of ``names`` as a balanced tree (log2 depth instead of a chain of
+    len(names) dependent instructions); ``op`` "max" or "+"."""
+    lvl, k = list(names), 0
+    while len(lvl) > 1:
+        nxt = []
+        for i in range(0, len(lvl) - 1, 2):
+            t = f"{out}_{k}"
+            k += 1
+            a(f"{ind}{t} = max({lvl[i]}, {lvl[i + 1]})" if op == "max" else
+              f"{ind}{t} = {lvl[i]} + {lvl[i + 1]}")
+            nxt.append(t)
+        if len(lvl) % 2:
+            nxt.append(lvl[-1])
+        lvl = nxt
+    a(f"{ind}{out} = {lvl[0]}")
+
+
+def _softmax_fast(a, g, ind):
+    """The softmax of the FAST_SOFTMAX schedules: the same function as ``_softmax(branchless=True)``
+    in fewer instructions per score. S stays unscaled until the exp: the row max is taken over the
+    raw scores (scale > 0, ``fmha._validate``, so the max commutes with the scaling) by a tree of
+    FMNMX; m (log2 domain) = max * scale_log2; p = ex2.approx.ftz(s * scale_log2 - m): one FFMA and
+    one MUFU.EX2 per score (v2: FMUL, FMNMX, FADD, FSETP, 2 predicated FMULs, MUFU); the tile's row
+    sum is a tree of FADDs added to l * c. Masked scores are -inf raw (min with the copysign
+    limit, as in ``_softmax``)."""
+    ns = g["bn"] // 2
+    rows = {r: [f"s{i}" for i in range(ns) if _rowhalf(i) == r] for r in "AB"}
+    a(f"{ind}j0 = kt * {g['bn']} + cq")
+    a(f"{ind}if (kt + 1) * {g['bn']} > min(LA, LB):")
+    for i in range(ns):
+        col = 8 * (i // 4) + (i % 2)
+        r = _rowhalf(i)
+        a(f"{ind}    s{i} = min(math.copysign(POS_INF, float32(L{r} - j0 - {col}) - float32(0.5)),"
+          f" s{i})")
+    for r in "AB":
+        _tree(a, ind, "max", rows[r], f"x{r}")
+        for sh in (1, 2):
+            a(f"{ind}y = shfl_xor_f32(x{r}, {sh})")
+            a(f"{ind}x{r} = max(x{r}, y)")
+        a(f"{ind}n{r} = max(x{r} * scale_log2, m{r})")
+        a(f"{ind}u{r} = float32(0) if n{r} == NEG_INF else n{r}")
+        a(f"{ind}c{r} = ex2_ftz(m{r} - u{r})")
+        a(f"{ind}m{r} = n{r}")
+    for i in range(ns):
+        a(f"{ind}s{i} = ex2_ftz(s{i} * scale_log2 - u{_rowhalf(i)})")
+    for r in "AB":
+        _tree(a, ind, "+", rows[r], f"t{r}")
+        a(f"{ind}l{r} = l{r} * c{r} + t{r}")
+
+
 def _rescale_o(a, D, ind):
     for i in range(D // 2):
         a(f"{ind}o{i} = o{i} * c{_rowhalf(i)}")
@@ -563,10 +676,10 @@ def _source(D: int, NC: int, schedule: str = "v1", dtype: str = "bf16") -> str:
     L = []
     a = L.append
     _prologue(a, D, NC, g, kernel_name(D, NC, schedule, dtype))
-    _producer(a, NC, g, REGS if schedule == "v2" else None)
+    _producer(a, NC, g, REGS_OF.get(schedule))
     _consumer_setup(a, D, g)
     a("    ops.mbarrier_wait_parity(bar0, uint32(0))")
-    if schedule == "v1" or D == 256:
+    if schedule == "v1" or D == 256 or NC == 3:
         # per tile, serial: S GEMM, wait, softmax, PV GEMM, wait, release the slot. v2 at D = 256
         # runs this body too (with setmaxnreg, 64-key tiles, a 2-stage ring): the overlapped body
         # keeps P(kt-1) live beside S(kt) and O -- 128 + 32 + 16 registers -- and ptxas spilled
@@ -577,7 +690,11 @@ def _source(D: int, NC: int, schedule: str = "v1", dtype: str = "bf16") -> str:
         a(f"        ops.mbarrier_wait_parity(bar0 + uint32(8 * ({FULLK0} + st)), ph)")
         _qk(a, D, g, "        ")
         a("        ops.wgmma_wait_group_0()")
-        _softmax(a, D, g, "        ", rescale_o=True)
+        if schedule in FAST_SOFTMAX:
+            _softmax_fast(a, g, "        ")
+            _rescale_o(a, g["dp"], "        ")
+        else:   # branchless beside 128-key tiles (compile time, ``_softmax``)
+            _softmax(a, D, g, "        ", rescale_o=True, branchless=schedule in SMALL_D_SCHEDULES)
         _pack_p(a, g, "        ")
         a(f"        ops.mbarrier_wait_parity(bar0 + uint32(8 * ({FULLV0} + st)), ph)")
         a(f"        vbase = v_sm + uint32(st * {g['kbytes']})")
@@ -589,7 +706,15 @@ def _source(D: int, NC: int, schedule: str = "v1", dtype: str = "bf16") -> str:
         # v2: S of tile kt is issued before P V of tile kt-1 and its softmax runs while that PV
         # is in flight (wait_group 1); the two consumer warpgroups take turns issuing their GEMMs
         # (named barriers 2 + cw, ping-pong), so one's softmax overlaps the other's GEMMs.
-        other = f"uint32({PP_BAR} + 1 - cw)"
+        # NC = 3 (v3, v3f): round robin, warpgroup cw hands the turn to cw + 1 mod 3
+        other = f"uint32({PP_BAR} + 1 - cw)" if NC == 2 else f"uint32({PP_BAR} + (cw + 1) % {NC})"
+        fast = schedule in FAST_SOFTMAX
+
+        def smax(ind):
+            if fast:
+                _softmax_fast(a, g, ind)
+            else:
+                _softmax(a, D, g, ind, rescale_o=False, branchless=True)
         mine = f"uint32({PP_BAR} + cw)"
         a("    if cw == 0:")
         a(f"        ops.named_barrier_arrive(uint32({PP_BAR}), uint32(256))")
@@ -601,7 +726,7 @@ def _source(D: int, NC: int, schedule: str = "v1", dtype: str = "bf16") -> str:
         _qk(a, D, g, "        ")
         a(f"        ops.named_barrier_arrive({other}, uint32(256))")
         a("        ops.wgmma_wait_group_0()")
-        _softmax(a, D, g, "        ", rescale_o=False, branchless=True)
+        smax("        ")
         _pack_p(a, g, "        ")
         a("        for kt in range(1, nt):")
         a(f"            st = kt % {STAGES}")
@@ -617,7 +742,7 @@ def _source(D: int, NC: int, schedule: str = "v1", dtype: str = "bf16") -> str:
         _pv(a, D, g, "            ", first=False)
         a(f"            ops.named_barrier_arrive({other}, uint32(256))")
         a("            ops.wgmma_wait_group_1()")
-        _softmax(a, D, g, "            ", rescale_o=False, branchless=True)
+        smax("            ")
         a("            ops.wgmma_wait_group_0()")
         a(f"            ops.mbarrier_arrive(bar0 + uint32(8 * ({EMPTY0} + sp)))")
         _pack_p(a, g, "            ")
@@ -646,8 +771,8 @@ def fused_kernel(D: int, nc: int = NC, schedule: str = "v1", dtype: str = "bf16"
     ``schedule`` and the q/k/v element type ``dtype`` ("bf16" / "f16"; generated once each)."""
     if D not in SUPPORTED_D:
         raise ValueError(f"the fused sm_90a kernel supports D in {SUPPORTED_D}, not {D}")
-    if nc not in (1, 2):
-        raise ValueError(f"nc (consumer warpgroups) must be 1 or 2, not {nc}")
+    if nc not in (1, 2, 3):
+        raise ValueError(f"nc (consumer warpgroups) must be 1, 2 or 3, not {nc}")
     key = (D, nc, schedule, dtype)
     if key not in _KERNELS:
         g = geometry(D, nc, schedule)                    # validates the schedule
@@ -665,7 +790,9 @@ def schedule_for(nc: int, schedule: str | None = None, D: int | None = None) -> 
     """The schedule a call with ``nc`` consumer warpgroups runs: ``schedule`` if given, else
     ``DSV4_FMHA_SCHEDULE``, else ``DEFAULT_SCHEDULE``; v1 whenever nc = 1 (v2 needs two). D = 256
     with nc = 2 runs v2 whatever the environment says (v1 does not fit its registers); asking for
-    it by ``schedule="v1"`` is a ValueError."""
+    it by ``schedule="v1"`` is a ValueError. Likewise the D = 64 candidates (``SMALL_D_SCHEDULES``)
+    named by the environment run v2 at D = 128 / 256 (the variable can then be set for a whole
+    benchmark), and by ``schedule=`` are a ValueError there."""
     import os
     s = schedule or os.environ.get("DSV4_FMHA_SCHEDULE") or DEFAULT_SCHEDULE
     if s not in SCHEDULES:
@@ -673,6 +800,11 @@ def schedule_for(nc: int, schedule: str | None = None, D: int | None = None) -> 
                          f"(DSV4_FMHA_SCHEDULE / schedule=)")
     if nc == 1:
         return "v1"
+    if s in CANDIDATE_D and D is not None and D not in CANDIDATE_D[s]:
+        if schedule == s:
+            raise ValueError(f"fmha_sm90 schedule {s} is a D = 64 candidate (D in "
+                             f"{CANDIDATE_D[s]}), not D = {D}")
+        return "v2"
     if D == 256 and s == "v1":
         if schedule == "v1":
             raise ValueError("fmha_sm90 schedule v1 does not fit D = 256 with two consumer "
@@ -700,18 +832,19 @@ def production_kernels():
             for nc, s in variants(D)]
 
 
-def launch_config(B: int, Tq: int, Hq: int, Hkv: int) -> dict:
+def launch_config(B: int, Tq: int, Hq: int, Hkv: int, nc_prefill: int = NC) -> dict:
     """How a call maps onto CTAs.
 
     GQA / MQA heads are packed into the rows of a tile (``G`` = Hq / Hkv query heads of one KV
     head per query position, when G divides 64): the CTA's K/V tiles then serve G heads, and decode
     (Tq = 1..4) fills G * Tq rows instead of Tq. The Q box (NumPy order [B, Tq, Hq, D]) is
     ``(1, 64 // G, G, 64)``: 64 rows ordered (position, head). ``nc`` = 1 consumer warpgroup when
-    the call has at most 64 rows per (batch, KV head), else 2.
+    the call has at most 64 rows per (batch, KV head), else ``nc_prefill`` (2; 3 for the
+    schedules v3 / v3f, ``NC_OF``).
     """
     grp = Hq // Hkv
     G = grp if grp > 1 and 64 % grp == 0 else 1
-    nc = 1 if Tq * G <= BM else NC
+    nc = 1 if Tq * G <= BM else nc_prefill
     tpc = BM * nc // G
     return {"G": G, "nc": nc, "grid": (-(-Tq // tpc), Hq // G, B), "qbox": (1, BM // G, G, 64)}
 
@@ -766,6 +899,8 @@ class Plan:
         self.c = c
         cfg = launch_config(B, Tq, Hq, Hkv)
         self.schedule = schedule_for(cfg["nc"], schedule, D)
+        if cfg["nc"] > 1 and NC_OF[self.schedule] != cfg["nc"]:       # v3 / v3f: 3 consumers
+            cfg = launch_config(B, Tq, Hq, Hkv, NC_OF[self.schedule])
         self.dtype = dtype_of(c)
         g = geometry(D, cfg["nc"], self.schedule)
         q4, k4, v4 = (x.reshape(B, T, H, D) for x, T, H in ((qd, Tq, Hq), (kd, Tk, Hkv), (vd, Tk, Hkv)))

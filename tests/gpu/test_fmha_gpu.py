@@ -345,3 +345,57 @@ def test_public_api_runs_v2_by_environment(monkeypatch):
     check(out, lse, oracle(q, k, v, causal=True), "public api v2")
     ref, _ = run_plan(q, k, v, causal=True, schedule="v2")
     np.testing.assert_array_equal(out.view(np.uint16), ref.view(np.uint16))
+
+
+# ----------------------------------------------------------------------------------------------
+# The D = 64 candidates of issue 7 (fmha_sm90.SMALL_D_SCHEDULES; not the default): v3 / v3f three
+# consumer warpgroups (192 rows a CTA, serial body; v3f the short softmax), v2w 192-key tiles,
+# v2f v2 with the short softmax. The same shapes as v2 (edges: 127 / 129 rows against 192-row
+# CTAs, 127 / 129 keys against 192-key tiles, a 16-tile causal diagonal at an offset), key
+# lengths with NaN past them and a sink, Tq > Tk causal, the NaN rule, and D = 16 (same plan);
+# v2f also at D = 128 (``CANDIDATE_D``).
+# ----------------------------------------------------------------------------------------------
+CANDIDATES = list(fmha_sm90.SMALL_D_SCHEDULES)
+
+
+@pytest.mark.parametrize("schedule,D", [(s, 64) for s in CANDIDATES] + [("v2f", 128)])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape", list(V2_SHAPES), ids=list(V2_SHAPES))
+def test_d64_candidates_vs_oracle(shape, causal, schedule, D):
+    B, Tq, Tk, Hq, Hkv = V2_SHAPES[shape]
+    q, k, v = problem(zlib.crc32(f"{schedule}{shape}{causal}{D}".encode()), B, Tq, Tk, Hq, Hkv, D)
+    out, lse = run_plan(q, k, v, causal=causal, schedule=schedule)
+    check(out, lse, oracle(q, k, v, causal=causal), f"{schedule} {shape} causal={causal}")
+    out2, lse2 = run_plan(q, k, v, causal=causal, schedule=schedule)
+    np.testing.assert_array_equal(out.view(np.uint16), out2.view(np.uint16))    # deterministic
+    np.testing.assert_array_equal(lse.view(np.uint32), lse2.view(np.uint32))
+
+
+@pytest.mark.parametrize("schedule", CANDIDATES)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_d64_candidates_lengths_sink_edges(causal, schedule):
+    B, Tq, Tk, Hq, Hkv = 4, 129, 200, 4, 2
+    q, k, v = problem(17, B, Tq, Tk, Hq, Hkv, 64)
+    lens = np.array([0, 1, 130, 200], np.int32)
+    for b, n in enumerate(lens):
+        k[b, n:] = np.nan
+        v[b, n:] = np.nan
+    sink = np.array([0.5, -2.0, 3.0, -np.inf], np.float32)
+    out, lse = run_plan(q, k, v, causal=causal, sink=sink, kv_lengths=lens, schedule=schedule)
+    check(out, lse, oracle(q, k, v, causal=causal, sink=sink, kv_lengths=lens),
+          f"{schedule} lengths causal={causal}")
+    assert (out[0].astype(np.float32) == 0).all()
+    q, k, v = problem(3, 1, 129, 100, 2, 1, 64)                       # Tq > Tk causal
+    out, lse = run_plan(q, k, v, causal=True, schedule=schedule)
+    check(out, lse, oracle(q, k, v, causal=True), f"{schedule} Tq > Tk causal")
+    assert (out[0, :29].astype(np.float32) == 0).all() and np.isneginf(lse[0, :, :29]).all()
+    q, k, v = problem(4, 1, 256, 256, 1, 1, 64)                       # NaN rule
+    q[0, 5, 0, 3] = np.nan
+    out, lse = run_plan(q, k, v, schedule=schedule)
+    assert np.isnan(out[0, 5].astype(np.float32)).all() and np.isnan(lse[0, 0, 5])
+    ok = np.ones(256, bool)
+    ok[5] = False
+    assert np.isfinite(out[0, ok].astype(np.float32)).all()
+    q, k, v = problem(6, 1, 300, 333, 2, 1, 16)                       # D = 16: the same plan
+    out, lse = run_plan(q, k, v, causal=causal, schedule=schedule)
+    check(out, lse, oracle(q, k, v, causal=causal), f"{schedule} D=16 causal={causal}")
