@@ -155,7 +155,7 @@ def test_d64_candidates_compile_without_spills(p):
     for instr in (f"setmaxnreg.dec.sync.aligned.u32 {lo}", f"setmaxnreg.inc.sync.aligned.u32 {hi}"):
         assert instr in res.ptx, instr
     bn = fmha_sm90.block_n(D, sched)
-    copies = 1 if nc == 3 else 2             # v3 / v3f: the serial body; v2w / v2f: overlapped
+    copies = 1 if nc == 3 else 2             # v3 / v3f: the serial body; v2w(f) / v2f: overlapped
     assert res.sass.count("HGMMA") == copies * (D // 16 + bn // 16)
     assert f"m64n{bn}k16.f32.bf16.bf16" in res.ptx
     if sched in fmha_sm90.FAST_SOFTMAX:      # one MUFU.EX2 per score, no libdevice range fix-up
@@ -173,8 +173,7 @@ def test_d64_candidate_plans(sched, monkeypatch):
     assert g["threads"] == 128 * (nc + 1) and g["bn"] == fmha_sm90.block_n(64, sched)
     assert g["stages"] == 4 and g["dyn_smem"] + 8 * 13 <= 227 * 1024
     assert g["qbytes"] == nc * 64 * 128
-    assert fmha_sm90.geometry(16, nc, sched)["dp"] == 64
-    for D in (128, 256):                     # D = 64 candidates (v2f also D = 128)
+    for D in (16, 128, 256):                     # D = 64 candidates (v2f also D = 128)
         if D in fmha_sm90.CANDIDATE_D[sched]:
             assert fmha_sm90.schedule_for(2, sched, D) == sched
             continue
@@ -328,7 +327,8 @@ EMU_CASES = {"prefill_causal": (1, 70, 100, 1, 1, 64, True, "v1", None, "bf16"),
              "v3_prefill_causal_len": (1, 134, 300, 1, 1, 64, True, "v3", 290, "bf16"),
              "v3f_prefill_len": (1, 134, 300, 1, 1, 64, False, "v3f", 290, "bf16"),
              "v2w_prefill_len": (1, 70, 300, 1, 1, 64, False, "v2w", 290, "bf16"),
-             "v2f_prefill_causal": (1, 70, 300, 1, 1, 64, True, "v2f", None, "bf16")}
+             "v2f_prefill_causal": (1, 70, 300, 1, 1, 64, True, "v2f", None, "bf16"),
+             "v2wf_prefill_causal_len": (1, 70, 400, 1, 1, 64, True, "v2wf", 390, "bf16")}
 _EMU_FAST = ("prefill_causal", "f16_d16_decode")
 
 

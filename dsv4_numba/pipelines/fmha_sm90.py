@@ -142,6 +142,38 @@ Schedules (``schedule=`` / ``DSV4_FMHA_SCHEDULE``; ``SCHEDULES``, ``DEFAULT_SCHE
   563 / 474 TFLOP/s on B=4,H=16,S=4096,D=128 non-causal / causal = 0.83x / 0.82x the SDPA of the
   same run (v1: 0.61x / 0.62x), so ``DEFAULT_SCHEDULE`` is "v2". Not re-timed on an H100.
 
+* D = 64 candidates (issue 7: v2 ran B=4, H=32, S=4096, D=64 at 365.8 TFLOP/s = 0.75x SDPA on
+  the H100, the one prefill target missed), selectable by ``schedule=`` / DSV4_FMHA_SCHEDULE /
+  ``bench_fmha --schedules``, not the default until timed (``CANDIDATE_D``: the head dims each has;
+  named by the environment at another D they run v2, by ``schedule=`` they are a ValueError):
+
+  - ``v3``: FlashAttention-3's hdim-64 split -- THREE consumer warpgroups (192 rows a CTA, 512
+    threads, ``launch_config(nc_prefill=3)``), setmaxnreg 24 / 160 (24*128 + 160*384 = 64512),
+    128-key tiles, a 4-stage ring (Q 24 KB + 4 x 32 KB = 152 KB), and v1's serial per-tile body
+    (branchless softmax): the overlapped v2 body keeps P(kt-1) beside S(kt) and O (32 + 64 + 32
+    registers) and spilled 60 B at 160 registers; serial compiles with 0 spills. The overlap is
+    between warpgroups only (while one runs its softmax the other two keep the tensor cores fed),
+    no ping-pong barriers (v2's pair of barriers would need a round-robin of three, untried).
+  - ``v2w``: v2 with 192-key tiles (S 96 floats, P 48 words, O 32: fits 240): a third fewer
+    iterations, barriers, max / sum shuffles and O rescales per key; 4-stage ring of 48 KB.
+  - ``v2f`` / ``v3f`` / ``v2wf``: v2 / v3 / v2w with the short softmax (``_softmax_fast``): the
+    row max over the RAW scores (scale > 0) by a tree of FMNMX, m = max * scale*log2(e), then
+    p = ex2.approx.ftz(s * scale_log2 - m) -- one FFMA and one MUFU.EX2 per score, where v2 issues
+    FMUL (scale), FADD (- m), and libdevice exp2f's subnormal fix-up (FSETP + 2 predicated FMULs)
+    around the MUFU -- and the tile's row sum by a tree of FADDs. SASS of the whole kernel (sm_90a,
+    D = 64, bf16; predicated forms included): v2 634 FMUL / 166 FSETP / 402 FADD, v2f 118 / 24 /
+    274 (the same 136 MUFU.EX2); v3 342 / 94 / 208, v3f 84 / 22 / 144.
+    ex2.approx.ftz flushes p < 2^-126 to 0 (below every bound of the tests). v2f also exists for
+    D = 128 (0 spills).
+
+  Why the softmax form matters at D = 64: per 128-row x 128-key tile a CTA does 4*128*128*64 =
+  4.2 MFLOP = ~1024 clk of wgmma (~4096 dense FLOP/clk/SM) and 16384 exp2 = 1024 clk of MUFU
+  (16/clk/SM) -- and v2 issues ~8 warp instructions per score (FMUL, FMNMX, FADD, FSETP, 2 FMUL,
+  MUFU, FADD, 1/2 F2FP) = 16384 * 8 / 128 per clk = ~1024 clk of issue slots on the 4 schedulers,
+  shared with the wgmma / barrier / shuffle issue: the issue slots bind before the MUFU or the
+  tensor cores. The short form issues ~4.5 per score (~580 clk). At D = 128 the tensor time per
+  tile doubles and the same softmax hides (v2 0.83x there). Not measured on a GPU yet.
+
 Napkin math (B=4, H=16, S=4096, D=128, bf16, non-causal)
   FLOPs 4*B*H*S*S*D = 550 GFLOP; per CTA tile (128 rows x 64 keys): 4*128*64*128 = 4.2 MFLOP for
   2 * 16 KB of K/V smem traffic -> 128 FLOP/B of smem, compute-bound on the tensor cores; HBM
@@ -194,26 +226,27 @@ STAGES = {2: 2, 1: 4}   # v1's K/V ring depth by NC (decode, NC = 1, streams K/V
 #: the consumer schedules (module docstring): "v1" serial per tile, H100-verified (round 1);
 #: "v2" setmaxnreg + 128-key tiles + S(kt) issued before P V(kt-1) + ping-pong warpgroups + a
 #: ring as deep as shared memory allows. v2 exists for NC = 2 (prefill); decode (NC = 1) runs v1.
-SCHEDULES = ("v1", "v2", "v3", "v3f", "v2w", "v2f")
+SCHEDULES = ("v1", "v2", "v3", "v3f", "v2w", "v2wf", "v2f")
 #: the schedule prefill calls run unless asked otherwise (``DSV4_FMHA_SCHEDULE`` or ``schedule=``):
 #: v2 since it passed tests/gpu/test_fmha_gpu.py -k v2 (28 tests) on an H200 (sm_90a, the H100's SM)
 #: on 2026-11-25 and ran 0.83x / 0.82x SDPA there (v1: 0.61x); v1 stays selectable
 DEFAULT_SCHEDULE = "v2"
-BN_OF = {"v1": 64, "v2": 128, "v3": 128, "v3f": 128, "v2w": 192, "v2f": 128}  # keys per tile (``block_n``)
+BN_OF = {"v1": 64, "v2": 128, "v3": 128, "v3f": 128, "v2w": 192, "v2wf": 192, "v2f": 128}  # keys per tile (``block_n``)
 REGS = (24, 240)   # v2: setmaxnreg of the producer / consumer warpgroups (24*128 + 240*256 <= 64K)
 #: consumer warpgroups of a prefill CTA per schedule (decode, nc = 1, always runs v1)
-NC_OF = {"v1": 2, "v2": 2, "v3": 3, "v3f": 3, "v2w": 2, "v2f": 2}
+NC_OF = {"v1": 2, "v2": 2, "v3": 3, "v3f": 3, "v2w": 2, "v2wf": 2, "v2f": 2}
 #: setmaxnreg (producer, consumers) per overlapped schedule: 2 consumers 24*128 + 240*256 = 64512,
 #: 3 consumers 24*128 + 160*384 = 64512 (FlashAttention-3's hdim-64 split) <= 65536
-REGS_OF = {"v2": REGS, "v2w": REGS, "v2f": REGS, "v3": (24, 160), "v3f": (24, 160)}
+REGS_OF = {"v2": REGS, "v2w": REGS, "v2wf": REGS, "v2f": REGS, "v3": (24, 160), "v3f": (24, 160)}
 #: the D = 64 candidates (issue 7: D = 64 at 0.75x SDPA with v2) and the head dims each exists
-#: for: v3 / v3f / v2w D <= 64 (registers: 160 a thread with 3 consumers; S of 192 keys), v2f
-#: (v2 with the short softmax, the same registers as v2) also D = 128 (0 spills)
-CANDIDATE_D = {"v3": (16, 64), "v3f": (16, 64), "v2w": (16, 64), "v2f": (16, 64, 128)}
+#: for: D = 64 (v3 / v3f: 160 registers a thread with 3 consumers; v2w / v2wf: S of 192 keys),
+#: v2f (v2 with the short softmax, the same registers as v2) also D = 128 (0 spills). D = 16
+#: would take D = 64's plan but is not tested with them: not offered.
+CANDIDATE_D = {"v3": (64,), "v3f": (64,), "v2w": (64,), "v2wf": (64,), "v2f": (64, 128)}
 SMALL_D_SCHEDULES = tuple(CANDIDATE_D)
 #: schedules whose softmax takes the short form (``_softmax(fast=True)``): max over the raw scores,
 #: one FFMA (scale, minus the max) per score before the exp2, tree reductions for max and sum
-FAST_SOFTMAX = ("v3f", "v2f")
+FAST_SOFTMAX = ("v3f", "v2wf", "v2f")
 PP_BAR = 2         # v2: named barriers PP_BAR + cw order the consumers' GEMM issue (1: V zeroing)
 SMEM_LIMIT = 227 * 1024        # opt-in dynamic shared memory per block on sm_90
 LOG2E = 1.4426950408889634
@@ -327,7 +360,7 @@ def geometry(D: int, nc: int = NC, schedule: str = "v1") -> dict:
 
 
 def block_n(D: int, schedule: str) -> int:
-    """Keys per tile: 64 (v1), 128 (v2, v3, v3f, v2f), 192 (v2w), but 64 for v2 at D = 256 (O is 128
+    """Keys per tile: 64 (v1), 128 (v2, v3, v3f, v2f), 192 (v2w, v2wf), but 64 for v2 at D = 256 (O is 128
     registers there; S of 128 keys would be 64 more, past the consumers' 240 -- FlashAttention-3
     also narrows hdim 256)."""
     return 64 if D == 256 else BN_OF[schedule]
@@ -679,7 +712,7 @@ def _source(D: int, NC: int, schedule: str = "v1", dtype: str = "bf16") -> str:
     _producer(a, NC, g, REGS_OF.get(schedule))
     _consumer_setup(a, D, g)
     a("    ops.mbarrier_wait_parity(bar0, uint32(0))")
-    if schedule == "v1" or D == 256 or NC == 3:
+    if schedule == "v1" or D == 256 or NC == 3:      # NC = 3: v3 / v3f (registers, docstring)
         # per tile, serial: S GEMM, wait, softmax, PV GEMM, wait, release the slot. v2 at D = 256
         # runs this body too (with setmaxnreg, 64-key tiles, a 2-stage ring): the overlapped body
         # keeps P(kt-1) live beside S(kt) and O -- 128 + 32 + 16 registers -- and ptxas spilled
@@ -706,8 +739,7 @@ def _source(D: int, NC: int, schedule: str = "v1", dtype: str = "bf16") -> str:
         # v2: S of tile kt is issued before P V of tile kt-1 and its softmax runs while that PV
         # is in flight (wait_group 1); the two consumer warpgroups take turns issuing their GEMMs
         # (named barriers 2 + cw, ping-pong), so one's softmax overlaps the other's GEMMs.
-        # NC = 3 (v3, v3f): round robin, warpgroup cw hands the turn to cw + 1 mod 3
-        other = f"uint32({PP_BAR} + 1 - cw)" if NC == 2 else f"uint32({PP_BAR} + (cw + 1) % {NC})"
+        other = f"uint32({PP_BAR} + 1 - cw)"
         fast = schedule in FAST_SOFTMAX
 
         def smax(ind):

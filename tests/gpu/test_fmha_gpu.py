@@ -352,13 +352,20 @@ def test_public_api_runs_v2_by_environment(monkeypatch):
 # consumer warpgroups (192 rows a CTA, serial body; v3f the short softmax), v2w 192-key tiles,
 # v2f v2 with the short softmax. The same shapes as v2 (edges: 127 / 129 rows against 192-row
 # CTAs, 127 / 129 keys against 192-key tiles, a 16-tile causal diagonal at an offset), key
-# lengths with NaN past them and a sink, Tq > Tk causal, the NaN rule, and D = 16 (same plan);
-# v2f also at D = 128 (``CANDIDATE_D``).
+# lengths with NaN past them and a sink, Tq > Tk causal, the NaN rule; v2f also at D = 128
+# (``CANDIDATE_D``). Each schedule is an xdist group: ``-n 6 --dist loadgroup`` compiles each
+# kernel in one worker only (~15-50 s of CPU each).
 # ----------------------------------------------------------------------------------------------
 CANDIDATES = list(fmha_sm90.SMALL_D_SCHEDULES)
 
 
-@pytest.mark.parametrize("schedule,D", [(s, 64) for s in CANDIDATES] + [("v2f", 128)])
+def _grouped(s, D=None):
+    """One xdist group per kernel (schedule, D): the lengths test (D = 64) joins the D = 64 one."""
+    return pytest.param(*((s,) if D is None else (s, D)),
+                        marks=pytest.mark.xdist_group(f"fmha_{s}_{D or 64}"))
+
+
+@pytest.mark.parametrize("schedule,D", [_grouped(s, 64) for s in CANDIDATES] + [_grouped("v2f", 128)])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("shape", list(V2_SHAPES), ids=list(V2_SHAPES))
 def test_d64_candidates_vs_oracle(shape, causal, schedule, D):
@@ -371,7 +378,7 @@ def test_d64_candidates_vs_oracle(shape, causal, schedule, D):
     np.testing.assert_array_equal(lse.view(np.uint32), lse2.view(np.uint32))
 
 
-@pytest.mark.parametrize("schedule", CANDIDATES)
+@pytest.mark.parametrize("schedule", [_grouped(s) for s in CANDIDATES])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_d64_candidates_lengths_sink_edges(causal, schedule):
     B, Tq, Tk, Hq, Hkv = 4, 129, 200, 4, 2
@@ -396,6 +403,3 @@ def test_d64_candidates_lengths_sink_edges(causal, schedule):
     ok = np.ones(256, bool)
     ok[5] = False
     assert np.isfinite(out[0, ok].astype(np.float32)).all()
-    q, k, v = problem(6, 1, 300, 333, 2, 1, 16)                       # D = 16: the same plan
-    out, lse = run_plan(q, k, v, causal=causal, schedule=schedule)
-    check(out, lse, oracle(q, k, v, causal=causal), f"{schedule} D=16 causal={causal}")
