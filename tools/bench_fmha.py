@@ -6,7 +6,7 @@ in the same run on the same GPU.
     python tools/bench_fmha.py --quick --schedules v1,v2 --no-decode   # old vs new prefill schedule
     python tools/bench_fmha.py --extra --schedules v2   # + D=256, D=16 and float16 rows (round 2)
     # the D = 64 candidates beside v2 (all but v2f skip the D=128 row, where v2 shows no regression):
-    python tools/bench_fmha.py --quick --no-decode --schedules v2,v3,v3f,v2w,v2wf,v2f \
+    python tools/bench_fmha.py --quick --no-decode --schedules v2,v2f,v3f,v2wf,v3,v2w \
         --shapes "prefill D=64 H=32,prefill D=128"
 
 Shapes (issue 7): B=4, H=16, S=4096, D=128 non-causal and causal; B=4, H=32, S=4096, D=64
