@@ -480,9 +480,13 @@ def test_plan_geometry():
     assert p.S == p.sel_S == 32
     p = K.TopkPlan(1000, 4096, 512, K.F32, variant="staged")
     assert p.S == p.sel_S == 1
-    # "auto": rowblock (one CTA a row) up to RB_AUTO_MAX_N scores a row, fused above
-    assert K.TopkPlan(1, 65536, 2048, K.F32, variant="auto").variant == "rowblock"
-    assert K.resolve_variant("auto", K.RB_AUTO_MAX_N + 1) == "fused"
+    # "auto": rowblock (one CTA a row) up to RB_AUTO_MAX_N scores a row for batches of at least
+    # RB_AUTO_MIN_ROWS rows, fused otherwise
+    assert K.TopkPlan(64, 65536, 2048, K.F32, variant="auto").variant == "rowblock"
+    assert K.TopkPlan(1, 65536, 2048, K.F32, variant="auto").variant == "fused"
+    assert K.resolve_variant("auto", 131072, K.RB_AUTO_MIN_ROWS) == "rowblock"
+    assert K.resolve_variant("auto", 131072, K.RB_AUTO_MIN_ROWS - 1) == "fused"
+    assert K.resolve_variant("auto", K.RB_AUTO_MAX_N + 1, 64) == "fused"
     assert K.TopkPlan(4, 1 << 20, 1024, K.F32, variant="auto").variant == "fused"
     with pytest.raises(ValueError, match="auto"):
         K.resolve_variant("fast", 10)

@@ -221,7 +221,7 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
                           f"rest ~{ours - h:.1f} us; grids: histogram {R * plan.S} blocks, "
                           f"select/filter {R * plan.sel_S}", flush=True)
                 note = f"target <= {tgt:g} us: {'met' if ours <= tgt else 'MISSED'}" if tgt else ""
-                if variant == K.resolve_variant(None, N):
+                if variant == K.resolve_variant(None, N, R):
                     note = ("production; " + note).rstrip("; ")
                 rows_out.append(("topk " + variant, f"({R}, {N}, k={k})", name, ours, theirs,
                                  theirs / ours, f"{100 * read_once / ours:.0f}% read-once "

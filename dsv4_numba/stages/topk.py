@@ -30,10 +30,11 @@ Implementations (stage registry name ``topk``)
   whole), collect everything at or above it into shared memory, order by counting (each selected
   composite's position = how many selected are larger). Runs under the CUDA simulator.
 * ``production:sm_90a`` -- four variants, chosen by ``PRODUCTION_VARIANT`` (what
-  impl="production" runs: "fused"; ``DSV4_TOPK_VARIANT``, ``TopkPlan(variant=)`` /
-  ``topk_production(variant=)`` pick one, "auto" picks "rowblock" for rows up to 262144 scores
-  and "fused" above; tools/bench_softmax_topk.py times all).
-  ``rowblock`` (round 3, not yet measured on hardware): ONE launch, one CTA of 1024 threads per
+  impl="production" runs: "auto" = "rowblock" for >= 16 rows of up to 262144 scores, else
+  "fused"; ``DSV4_TOPK_VARIANT``, ``TopkPlan(variant=)`` / ``topk_production(variant=)`` pick
+  one; tools/bench_softmax_topk.py times all).
+  ``rowblock`` (round 3; H100: 62.6 / 45.7 / 33.5 us on the three target shapes, see
+    ``PRODUCTION_VARIANT``): ONE launch, one CTA of 1024 threads per
     row, nothing global but the row and the outputs: a 4096-bin shared histogram of the top 12
     key bits (pass 1, HBM), a block scan for the threshold bin, the scores at or above it
     appended to a shared list (pass 2, L2; a float compare a score and one warp scan per 16
@@ -342,11 +343,12 @@ SCAN_THREADS = 512              # histogram / filter blocks
 FINISH_THREADS = 1024
 VARIANTS = ("three_pass", "fused", "staged", "rowblock")
 # what impl="production" runs (DSV4_TOPK_VARIANT overrides it); the bench times every variant.
-# "fused": passed every GPU test on the H100 and measured at least as fast as "three_pass" on all
-# three target shapes (2026-11-25); "staged" (H200: 117 / 40 / 32 us) and "rowblock" are not yet
-# measured on the H100. "auto" (``resolve_variant``): "rowblock" for rows up to RB_AUTO_MAX_N
-# scores, else "fused".
-PRODUCTION_VARIANT = os.environ.get("DSV4_TOPK_VARIANT", "fused")
+# "auto" (``resolve_variant``): "rowblock" for batches of >= RB_AUTO_MIN_ROWS rows of at most
+# RB_AUTO_MAX_N scores, else "fused". H100, 2026-11-26, fp32 us (fused / rowblock; torch):
+# (64, 131072, k=2048) 152.8 / 62.6 (194.9); (1, 65536, 2048) 40.8 / 45.7 (79.5);
+# (4, 65536, 512) 32.5 / 33.5 (83.0): one CTA a row wins once the rows fill the SMs, the
+# multi-block "fused" wins for a few rows. Both passed the GPU tests there.
+PRODUCTION_VARIANT = os.environ.get("DSV4_TOPK_VARIANT", "auto")
 # "staged" geometry: blocks resident per SM (ptxas: histogram <= 40 regs x 512 threads -> 3;
 # select capped at 64 regs by launch_bounds(512, 2) -> 2), so that each launch is one full wave
 HIST_BLOCKS_PER_SM = 3
@@ -1170,6 +1172,7 @@ RB_SMEM = 8 * (K_MAX + RB_LIST)     # dynamic shared bytes: sort buffer (histogr
 # rows at most this long go to "rowblock" when impl="production" runs "auto" (2 passes through
 # one SM: ~4 MB rows take ~100 us there, the multi-block "fused" is better)
 RB_AUTO_MAX_N = 262144
+RB_AUTO_MIN_ROWS = 16           # H100: 1 and 4 rows ran faster in "fused", 64 rows 2.4x faster here
 
 
 @device
@@ -1491,7 +1494,7 @@ class TopkPlan:
                  finish_threads: int = FINISH_THREADS, S: int | None = None,
                  capacity: int | None = None, variant: str | None = None,
                  stage_cap: int | None = None):
-        variant = resolve_variant(variant, n)
+        variant = resolve_variant(variant, n, rows)
         self.variant = variant
         self.rows, self.n, self.k, self.kind = rows, n, k, kind
         self.threads, self.finish_threads = threads, finish_threads
@@ -1664,13 +1667,14 @@ def _ref_dummy(io):
 _PLANS: dict = {}
 
 
-def resolve_variant(variant: str | None, n: int) -> str:
-    """The concrete variant (one of VARIANTS) for rows of n scores: ``variant`` (default
+def resolve_variant(variant: str | None, n: int, rows: int = RB_AUTO_MIN_ROWS) -> str:
+    """The concrete variant (one of VARIANTS) for ``rows`` rows of n scores: ``variant`` (default
     ``PRODUCTION_VARIANT``); "auto" = "rowblock" for n <= RB_AUTO_MAX_N (one SM a row reads it
-    in a few us), else "fused" (long rows need several SMs each)."""
+    in a few us) and rows >= RB_AUTO_MIN_ROWS (fewer rows leave most SMs idle: the multi-block
+    variant is faster there), else "fused" (long rows need several SMs each)."""
     variant = variant or PRODUCTION_VARIANT
     if variant == "auto":
-        return "rowblock" if n <= RB_AUTO_MAX_N else "fused"
+        return "rowblock" if n <= RB_AUTO_MAX_N and rows >= RB_AUTO_MIN_ROWS else "fused"
     if variant not in VARIANTS:
         raise ValueError(f"top-k variant must be one of {VARIANTS} or 'auto', got {variant!r}")
     return variant
@@ -1679,7 +1683,7 @@ def resolve_variant(variant: str | None, n: int) -> str:
 def plan_for(R: int, n: int, k: int, kind: int, variant: str | None = None) -> TopkPlan:
     """A cached TopkPlan per shape and variant (its workspace is reused: calls on one stream
     only)."""
-    key = (R, n, k, kind, resolve_variant(variant, n))
+    key = (R, n, k, kind, resolve_variant(variant, n, R))
     if key not in _PLANS:
         if len(_PLANS) > 16:
             _PLANS.clear()
@@ -1691,7 +1695,8 @@ def topk_production(c: TopkCall, vals=None, idx=None, *, plan: TopkPlan | None =
                     vectorized=None, variant: str | None = None):
     """The sm_90a implementation (module docstring). ``vals``/``idx``: optional preallocated flat
     outputs; ``plan``/``vectorized``: test hooks (see TopkPlan); ``variant``: "three_pass" |
-    "fused" (default ``PRODUCTION_VARIANT``; ignored when ``plan`` is given)."""
+    "fused" | "staged" | "rowblock" | "auto" (default ``PRODUCTION_VARIANT``; ignored when
+    ``plan`` is given)."""
     vals, idx = _outputs(c, vals, idx)
     if c.R:
         if c.n == 0:
