@@ -328,9 +328,7 @@ EMU_CASES = {"prefill_causal": (1, 70, 100, 1, 1, 64, True, "v1", None, "bf16"),
              "v3f_prefill_len": (1, 134, 300, 1, 1, 64, False, "v3f", 290, "bf16"),
              "v2w_prefill_len": (1, 70, 300, 1, 1, 64, False, "v2w", 290, "bf16"),
              "v2f_prefill_causal": (1, 70, 300, 1, 1, 64, True, "v2f", None, "bf16"),
-             "v2wf_prefill_causal_len": (1, 70, 400, 1, 1, 64, True, "v2wf", 390, "bf16"),
-             # 3 consumers with G = 2 heads packed (96 positions a CTA, 2 CTAs), causal
-             "v3f_gqa2_packed_causal": (1, 90, 200, 4, 2, 64, True, "v3f", None, "bf16")}
+             "v2wf_prefill_causal_len": (1, 70, 400, 1, 1, 64, True, "v2wf", 390, "bf16")}
 _EMU_FAST = ("prefill_causal", "f16_d16_decode")
 
 
