@@ -115,9 +115,11 @@ Register budget
   frees and takes. Consumer: O 64 + S 64 + P 32 = 160 at D=128 with 128-key tiles; D = 256
   (64-key tiles, serial body): O 128 + S 32 (P 16 replaces S) = 160 + addressing; D = 16: O is
   32 floats (64 columns, 48 of them zero). ``compile`` reports 0 spill bytes for every one of the
-  22 kernels (2 dtypes x (3 variants at D = 16, 64, 128 + 2 at D = 256); tests, slow).
+  22 kernels (2 dtypes x (3 variants at D = 16, 64, 128 + 2 at D = 256); tests, slow), plus the
+  D = 64 bfloat16 default v3f.
 
-Schedules (``schedule=`` / ``DSV4_FMHA_SCHEDULE``; ``SCHEDULES``, ``DEFAULT_SCHEDULE``)
+Schedules (``schedule=`` / ``DSV4_FMHA_SCHEDULE``; ``SCHEDULES``, ``DEFAULT_SCHEDULE``,
+``DEFAULT_SCHEDULE_OF``)
 --------------------------------------------------------------------------------------
 * ``v1`` (round 1, H100-verified; decode always runs it): per 64-key tile and warpgroup, serially,
   S GEMM -> wait -> softmax -> PV GEMM -> wait -> release the ring slot (the sections above).
@@ -144,8 +146,11 @@ Schedules (``schedule=`` / ``DSV4_FMHA_SCHEDULE``; ``SCHEDULES``, ``DEFAULT_SCHE
 
 * D = 64 candidates (issue 7: v2 ran B=4, H=32, S=4096, D=64 at 365.8 TFLOP/s = 0.75x SDPA on
   the H100, the one prefill target missed), selectable by ``schedule=`` / DSV4_FMHA_SCHEDULE /
-  ``bench_fmha --schedules``, not the default until timed (``CANDIDATE_D``: the head dims each has;
-  named by the environment at another D they run v2, by ``schedule=`` they are a ValueError):
+  ``bench_fmha --schedules`` (``CANDIDATE_D``: the head dims each has; named by the environment at
+  another D they run v2, by ``schedule=`` they are a ValueError). Measured on the H100
+  (2026-11-26, same run, SDPA 485.6 TFLOP/s): v2 361.1 (0.74x), v2f 399.5 (0.82x), **v3f 442.4
+  (0.91x)**; the candidates passed their 70 GPU tests (bfloat16). So D = 64 bfloat16 prefill
+  now runs v3f by default (``DEFAULT_SCHEDULE_OF``); float16 keeps v2 until tested:
 
   - ``v3``: FlashAttention-3's hdim-64 split -- THREE consumer warpgroups (192 rows a CTA, 512
     threads, ``launch_config(nc_prefill=3)``), setmaxnreg 24 / 160 (24*128 + 160*384 = 64512),
@@ -172,7 +177,8 @@ Schedules (``schedule=`` / ``DSV4_FMHA_SCHEDULE``; ``SCHEDULES``, ``DEFAULT_SCHE
   MUFU, FADD, 1/2 F2FP) = 16384 * 8 / 128 per clk = ~1024 clk of issue slots on the 4 schedulers,
   shared with the wgmma / barrier / shuffle issue: the issue slots bind before the MUFU or the
   tensor cores. The short form issues ~4.5 per score (~580 clk). At D = 128 the tensor time per
-  tile doubles and the same softmax hides (v2 0.83x there). Not measured on a GPU yet.
+  tile doubles and the same softmax hides (v2 0.83x there). v2f at D = 128, v3, v2w, v2wf: GPU
+  tests passed, not timed.
 
 Napkin math (B=4, H=16, S=4096, D=128, bf16, non-causal)
   FLOPs 4*B*H*S*S*D = 550 GFLOP; per CTA tile (128 rows x 64 keys): 4*128*64*128 = 4.2 MFLOP for
@@ -231,6 +237,11 @@ SCHEDULES = ("v1", "v2", "v3", "v3f", "v2w", "v2wf", "v2f")
 #: v2 since it passed tests/gpu/test_fmha_gpu.py -k v2 (28 tests) on an H200 (sm_90a, the H100's SM)
 #: on 2026-11-25 and ran 0.83x / 0.82x SDPA there (v1: 0.61x); v1 stays selectable
 DEFAULT_SCHEDULE = "v2"
+#: per (D, dtype) defaults that beat DEFAULT_SCHEDULE on the H100 (2026-11-26, tools/bench_fmha.py,
+#: SDPA in the same run, B4 H32 S4096 D64 bf16): v2 361.1 TFLOP/s = 0.74x, v2f 399.5 = 0.82x,
+#: v3f 442.4 = 0.91x; all D = 64 candidates passed their 70 GPU tests there (bfloat16; float16 at
+#: D = 64 keeps v2 until its candidates are tested on a GPU)
+DEFAULT_SCHEDULE_OF = {(64, "bf16"): "v3f"}
 BN_OF = {"v1": 64, "v2": 128, "v3": 128, "v3f": 128, "v2w": 192, "v2wf": 192, "v2f": 128}  # keys per tile (``block_n``)
 REGS = (24, 240)   # v2: setmaxnreg of the producer / consumer warpgroups (24*128 + 240*256 <= 64K)
 #: consumer warpgroups of a prefill CTA per schedule (decode, nc = 1, always runs v1)
@@ -818,15 +829,18 @@ def fused_kernel(D: int, nc: int = NC, schedule: str = "v1", dtype: str = "bf16"
     return _KERNELS[key]
 
 
-def schedule_for(nc: int, schedule: str | None = None, D: int | None = None) -> str:
+def schedule_for(nc: int, schedule: str | None = None, D: int | None = None,
+                 dtype: str | None = None) -> str:
     """The schedule a call with ``nc`` consumer warpgroups runs: ``schedule`` if given, else
-    ``DSV4_FMHA_SCHEDULE``, else ``DEFAULT_SCHEDULE``; v1 whenever nc = 1 (v2 needs two). D = 256
+    ``DSV4_FMHA_SCHEDULE``, else ``DEFAULT_SCHEDULE_OF[(D, dtype)]`` / ``DEFAULT_SCHEDULE``; v1
+    whenever nc = 1 (v2 needs two). D = 256
     with nc = 2 runs v2 whatever the environment says (v1 does not fit its registers); asking for
     it by ``schedule="v1"`` is a ValueError. Likewise the D = 64 candidates (``SMALL_D_SCHEDULES``)
     named by the environment run v2 at D = 128 / 256 (the variable can then be set for a whole
     benchmark), and by ``schedule=`` are a ValueError there."""
     import os
-    s = schedule or os.environ.get("DSV4_FMHA_SCHEDULE") or DEFAULT_SCHEDULE
+    s = (schedule or os.environ.get("DSV4_FMHA_SCHEDULE")
+         or DEFAULT_SCHEDULE_OF.get((D, dtype), DEFAULT_SCHEDULE))
     if s not in SCHEDULES:
         raise ValueError(f"fmha_sm90 schedule must be one of {SCHEDULES}, not {s!r} "
                          f"(DSV4_FMHA_SCHEDULE / schedule=)")
@@ -851,6 +865,11 @@ def variants(D: int):
     return [(nc, s) for nc, s in ((2, "v1"), (1, "v1"), (2, "v2")) if not (D == 256 and nc == 2 and s == "v1")]
 
 
+def default_variants():
+    """The (D, dtype, nc, schedule) kernels the defaults add to ``variants``: D = 64 bfloat16 v3f."""
+    return [(D, dt, NC_OF[s], s) for (D, dt), s in DEFAULT_SCHEDULE_OF.items()]
+
+
 def signature():
     """Argument types of the fused kernel (one signature for every D and nc)."""
     from numba import types as t
@@ -861,7 +880,8 @@ def signature():
 
 def production_kernels():
     return [(fused_kernel(D, nc, s, dt), signature()) for dt in DTYPES for D in SUPPORTED_D
-            for nc, s in variants(D)]
+            for nc, s in variants(D)] + [(fused_kernel(D, nc, s, dt), signature())
+                                         for D, dt, nc, s in default_variants()]
 
 
 def launch_config(B: int, Tq: int, Hq: int, Hkv: int, nc_prefill: int = NC) -> dict:
@@ -930,10 +950,10 @@ class Plan:
         B, Tq, Tk, Hq, Hkv, D = c.B, c.Tq, c.Tk, c.Hq, c.Hkv, c.D
         self.c = c
         cfg = launch_config(B, Tq, Hq, Hkv)
-        self.schedule = schedule_for(cfg["nc"], schedule, D)
+        self.dtype = dtype_of(c)
+        self.schedule = schedule_for(cfg["nc"], schedule, D, self.dtype)
         if cfg["nc"] > 1 and NC_OF[self.schedule] != cfg["nc"]:       # v3 / v3f: 3 consumers
             cfg = launch_config(B, Tq, Hq, Hkv, NC_OF[self.schedule])
-        self.dtype = dtype_of(c)
         g = geometry(D, cfg["nc"], self.schedule)
         q4, k4, v4 = (x.reshape(B, T, H, D) for x, T, H in ((qd, Tq, Hq), (kd, Tk, Hkv), (vd, Tk, Hkv)))
         # boxes 64 wide (128 B, the swizzle span) whatever D: at D = 16 the engine zero-fills 16..63
