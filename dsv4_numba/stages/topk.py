@@ -1732,6 +1732,9 @@ def production_kernels():
 
 registry.register("topk", "reference")(topk_reference)
 registry.register("topk", "production", arch="sm_90a", kernels=production_kernels)(topk_production)
+# the same kernels on Blackwell (no sm_90a-only instruction in them): assembled for sm_100a in
+# tests/test_topk.py (slow), never run on Blackwell hardware; the sm_100a indexer's top-k
+registry.register("topk", "production", arch="sm_100a", kernels=production_kernels)(topk_production)
 
 
 def topk(scores, k, lengths=None, impl: str | None = None):
