@@ -176,7 +176,10 @@ def problem(seed, T, N):
 # run on 2026-11-26 hung in test_paged_caches_equal_contiguous (the epilogue warps split between
 # the EPI_BAR named barrier and the head-sum collective of the next chunk, the load and MMA warps
 # in the teardown syncthreads; the emulator reported no deadlock) while every other run passed.
-# Not understood yet: a kernel hazard hardware would hide, or an emulator defect. `-m slow` runs them.
+# Reproduced alone (>2 min instead of ~22 s): the load warp's lanes were then split between its two
+# named_barrier_sync(LOAD_BAR, 32) sites while the epilogue waited on its accumulator mbarrier: a
+# 32-thread barrier generation completed by a mix of arrivals, which the emulator does not report.
+# Not fixed yet (kernel or emulator). `-m slow` runs them.
 PIPELINED_EMU = pytest.mark.slow
 
 
