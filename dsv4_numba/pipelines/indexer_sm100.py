@@ -808,26 +808,13 @@ def fused_indexer(c, q, k_cache, weights, topk_impl=None, return_intermediates=F
     Raises ``ImplUnavailable`` before any launch off an sm_100a GPU unless ``emulate`` (the tests:
     the kernel under the simulator + emulator; ``out``: a NaN-poisoned kernel-side scores buffer)."""
     from ..registry import ImplUnavailable
-    from ..stages import topk as _topk
+    from .indexer_sm90 import topk_of_scores
     check_fusable(c, q, k_cache, weights)
     why = unavailable()
     if why is not None and not (emulate and why.endswith("'sim'")):
         raise ImplUnavailable(f"indexer fused:{ARCH}: {why}; {STAGED_HINT}")
-    T, N, k = c.T, c.N, c.k
     p = Plan(c, q, k_cache, weights, tiles_per_cta, out).run()
-    io, scores, vl = p.io, p.scores, p.vl
-    if T == 0 or N == 0:
-        idx = np.full((T, k), -1, np.int32)
-        vals = np.full((T, k), -np.inf, np.float32)
-        if io.gpu:
-            idx, vals = cuda.to_device(idx), cuda.to_device(vals)
-    else:
-        vals, idx = _topk.topk(scores.reshape(T, N), k, lengths=vl, impl=topk_impl)
-        vals, idx = vals.reshape(T, k), idx.reshape(T, k)
-    out = (io.result(idx), io.result(vals))
-    if return_intermediates:
-        return out + ({"scores": io.result(scores).reshape(T, N)},)
-    return out
+    return topk_of_scores(p.io, p.scores, p.vl, c.T, c.N, c.k, topk_impl, return_intermediates)
 
 
 FUSED_ARCHS = ("sm_90a", ARCH)

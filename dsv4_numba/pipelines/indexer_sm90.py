@@ -881,7 +881,6 @@ def fused_indexer(c, q, k_cache, weights, topk_impl=None, return_intermediates=F
     fused kernel, then the registered top-k stage (``stages.topk.topk``, ``topk_impl``)."""
     from ..registry import ImplUnavailable
     from ..runtime import device_arch
-    from ..stages import topk as _topk
     check_fusable(c, q, k_cache, weights)
     if mode() == "gpu" and device_arch() != "sm_90a":
         raise ImplUnavailable(f"the fused indexer is an sm_90a kernel (wgmma); this GPU is "
@@ -898,6 +897,14 @@ def fused_indexer(c, q, k_cache, weights, topk_impl=None, return_intermediates=F
         sel = hist_topk_for(T, N, k)
     io, scores, vl = fused_scores(c, q, k_cache, weights, variant=variant,
                                   ghist=None if sel is None else sel.ghist(mode() == "gpu"))
+    return topk_of_scores(io, scores, vl, T, N, k, topk_impl, return_intermediates, sel)
+
+
+def topk_of_scores(io, scores, vl, T, N, k, topk_impl, return_intermediates, sel=None):
+    """The end of every fused indexer (sm_90a and sm_100a): (indices, values[, {"scores"}]) of the
+    kernel's scores [T * N] by the registered top-k stage (``topk_impl``), or by ``sel`` (a
+    ``indexer_topk.HistTopk`` whose histogram the score kernel counted); T or N = 0 gives -1 / -inf."""
+    from ..stages import topk as _topk
     if T == 0 or N == 0:
         idx = np.full((T, k), -1, np.int32)
         vals = np.full((T, k), -np.inf, np.float32)
