@@ -93,12 +93,13 @@ stages them in shared memory (its napkin math is above ``stage_slice``: ~30 / ~1
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
-from numba import cuda, float32, int32, int64, uint32, uint64
+from numba import cuda, float32, float64, int32, int64, uint32, uint64
 
 from .. import registry
 from ..hw.bits import bits_f32, f32_bits
@@ -841,6 +842,123 @@ def bitonic_sort_desc_warp(buf, P, e):
         size *= 2
 
 
+RB_BMAX = 64          # largest 12-bit bucket counting_sort_desc ranks by comparison (else bitonic)
+
+
+@device
+def block_scan_desc(h, nbins, out, wsum):
+    """out[b] = h[b + 1] + .. + h[nbins - 1] (the items in higher bins) for every bin, by the
+    whole block (nbins % blockDim.x == 0, the same split as ``block_find_bucket``); returns the
+    largest h[b] this thread read. Starts and ends with the caller's barriers (none at the end:
+    out is complete after the caller's next one)."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    lane = tid & 31
+    warp = tid >> 5
+    per = nbins // nt
+    top = nbins - 1 - tid * per
+    s = int32(0)
+    mx = int32(0)
+    for i in range(per):
+        v = h[top - i]
+        s += v
+        mx = max(mx, v)
+    incl = warp_inclusive_scan(s, lane)
+    if lane == 31:
+        wsum[warp] = incl
+    cuda.syncthreads()
+    if warp == 0:
+        w = wsum[lane] if lane < (nt >> 5) else 0
+        wi = warp_inclusive_scan(w, lane)
+        wsum[lane] = wi - w
+    cuda.syncthreads()
+    acc = int32(incl - s + wsum[warp])
+    for i in range(per):
+        out[top - i] = acc
+        acc += h[top - i]
+    return mx
+
+
+@device
+def sort_bin(c, shift):
+    return int32((c >> uint64(shift)) & uint64(NBINS - 1))
+
+
+@device
+def counting_sort_desc(buf, K, tmp, cnt, cur, bmax, red, st, wsum, e):
+    """Sort the K distinct composites at swizzled slots buf[swz(0:K)] descending, in place, by
+    the whole block, in ~7 barriers and a few dozen instructions an item:
+      1. the bits where they differ: the highest set bit hb of max ^ min (every item shares the
+         bits above it), a 12-bit window below it (bits hb-11..hb): sort_bin, whose order is
+         the composites' order;
+      2. a 4096-bin histogram of the window (cnt), a descending block scan -> each bin's first
+         output position (cur);
+      3. scatter: each item to tmp[cur[bin]++] (unordered inside its bin);
+      4. rank: an item's position = its bin's start + the number of larger items in its bin
+         (a loop over the bin: composites are distinct, so positions are too).
+    A bin of more than ``bmax`` items (clustered keys: the loop would cost bin^2) sends the whole
+    sort to ``bitonic_sort_desc_warp`` instead (buf untouched until then). Scratch: tmp (K
+    uint64), cnt and cur (NBINS int32 each), red (2 uint64), st[3].
+    Napkin math (K = 2048, 1024 threads, ~random keys: bins of ~1-5): ~150 instructions a
+    thread -> ~5 K warp-instructions, vs ~98 K measured (ncu, H100) for the bitonic network of
+    64-bit composites: 19 us of the 62.6 us (64 x 131072, k = 2048)."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    lane = tid & 31
+    K32 = int32(K)
+    if tid == 0:
+        red[0] = uint64(0)
+        red[1] = ~uint64(0)
+        st[3] = 0
+    for i in range(tid, NBINS, nt):
+        cnt[i] = 0
+    hi_c = uint64(0)
+    lo_c = ~uint64(0)
+    for i in range(tid, K32, nt):
+        c = buf[swz(i)]
+        hi_c = max(hi_c, c)
+        lo_c = min(lo_c, c)
+    for d in (16, 8, 4, 2, 1):
+        hi_c = max(hi_c, uint64(shfl_xor(int64(hi_c), d)))
+        lo_c = min(lo_c, uint64(shfl_xor(int64(lo_c), d)))
+    cuda.syncthreads()
+    if lane == 0:
+        cuda.atomic.max(red, 0, hi_c)
+        cuda.atomic.min(red, 1, lo_c)
+    cuda.syncthreads()
+    diff = red[0] ^ red[1]
+    if diff == 0:                                 # K == 1: sorted
+        return
+    shift = max(63 - int32(cuda.clz(diff)) - (HBITS - 1), 0)
+    for i in range(tid, K32, nt):
+        cuda.atomic.add(cnt, sort_bin(buf[swz(i)], shift), 1)
+    cuda.syncthreads()
+    mx = block_scan_desc(cnt, NBINS, cur, wsum)
+    if mx > bmax:
+        st[3] = 1
+    cuda.syncthreads()
+    if st[3] != 0:                                # block-uniform: clustered keys
+        P = pad_pow2(buf, K, True)
+        cuda.syncthreads()
+        bitonic_sort_desc_warp(buf, P, e)
+        return
+    for i in range(tid, K32, nt):
+        c = buf[swz(i)]
+        tmp[cuda.atomic.add(cur, sort_bin(c, shift), 1)] = c
+    cuda.syncthreads()
+    for i in range(tid, K32, nt):
+        c = tmp[i]
+        b = sort_bin(c, shift)
+        end = cur[b]
+        lo = end - cnt[b]
+        r = lo
+        for j in range(lo, end):
+            if tmp[j] > c:
+                r += 1
+        buf[swz(r)] = c
+    cuda.syncthreads()
+
+
 @device
 def finish_from_lists(x, base, obase, K, k, kind, b1, n_sure, n_cand, sure, sb, cand, cb,
                       vals, idx, hist, buf, st, st32, counter32):
@@ -1236,10 +1354,11 @@ def rb_threshold_f32(tkey):
 
 
 @device
-def rb_append(msk, w, c0, vstep, kind, VEC, U, dyn64, st):
+def rb_append(msk, w, c0, vstep, kind, VEC, U, dyn64, st, lcap):
     """Append the thread's selected scores (bit u * VEC + q of ``msk``: element q of vector u of
     the trip) to the list dyn64[K_MAX:] as (bits << 32 | index): one warp scan of the counts,
-    one shared atomic per warp on st[4]; every lane calls it."""
+    one shared atomic per warp on st[4]; every lane calls it. Slots at or past ``lcap`` are
+    counted, not stored (a sampled threshold that let too many through: the caller checks)."""
     lane = cuda.threadIdx.x & 31
     cnt = int32(cuda.popc(msk))
     incl = warp_inclusive_scan(cnt, lane)
@@ -1252,14 +1371,15 @@ def rb_append(msk, w, c0, vstep, kind, VEC, U, dyn64, st):
         for u in range(U):
             for q in range(VEC):
                 if msk & (uint32(1) << uint32(u * VEC + q)):
-                    dyn64[K_MAX + pos] = (uint64(word_raw(w, 4 * u, q, kind, VEC)) << uint64(32)) \
-                        | uint64(c0 + u * vstep + q)
+                    if pos < lcap:
+                        dyn64[K_MAX + pos] = (uint64(word_raw(w, 4 * u, q, kind, VEC)) << uint64(32)) \
+                            | uint64(c0 + u * vstep + q)
                     pos += 1
 
 
 @device
 def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, lo, mask, fT,
-            dyn32, dyn64, st, w):
+            dyn32, dyn64, st, w, lcap):
     """One trip of ``rb_pass``: U vectors of VEC scores at c0 + u * vstep (all loaded before any
     is used); ``checked``: some may lie at or past Lv. mode 0: dyn32[key >> 20] += 1; mode 1:
     the composites sharing pfx's bits >= hi count their digit (c >> lo) & mask in dyn32; mode
@@ -1291,11 +1411,11 @@ def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, l
                 if ok and sel:
                     msk |= uint32(1) << uint32(u * VEC + q)
     if mode >= 2:
-        rb_append(msk, w, c0, vstep, kind, VEC, U, dyn64, st)
+        rb_append(msk, w, c0, vstep, kind, VEC, U, dyn64, st, lcap)
 
 
 @device
-def rb_pass(x, src, base, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st):
+def rb_pass(x, src, base, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st, lcap):
     """One pass of the whole CTA (NT threads: a compile-time constant, so that the trips'
     offsets are immediates) over the row x[base : base + L] (``rb_trip``s): full trips without
     bounds checks, one checked trip, the < VEC scores past the last vector as one scalar trip.
@@ -1310,13 +1430,63 @@ def rb_pass(x, src, base, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, dyn32, 
     full = Lv // step
     for t in range(full):
         rb_trip(x, src, base, t * step + tid * VEC, Lv, vstep, False, kind, VEC, U, mode, hi,
-                pfx, lo, mask, fT, dyn32, dyn64, st, w)
+                pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap)
     if full * step < Lv:
         rb_trip(x, src, base, full * step + tid * VEC, Lv, vstep, True, kind, VEC, U, mode, hi,
-                pfx, lo, mask, fT, dyn32, dyn64, st, w)
+                pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap)
     if VEC > 1 and Lv < L:
         rb_trip(x, src, base, Lv + tid, L, int64(nt), True, kind, 1, 1, mode, hi, pfx, lo,
-                mask, fT, dyn32, dyn64, st, w)
+                mask, fT, dyn32, dyn64, st, w, lcap)
+
+
+RB_SAMPLE_MIN = 16384       # rows at least this long take their threshold from a 1/8 sample
+RB_SAMPLE_GROUP = 16        # vectors a sample group; the sample is the first two of each
+
+
+def rb_sample_rule(row_keys: np.ndarray, k: int, vec: int) -> tuple:
+    """NumPy mirror of the rowblock sampled threshold for one row of order keys (``order_keys``;
+    uint32): (the sample's bucket b (top 12 key bits), how many keys of the row are in buckets
+    >= b). The kernel keeps it when that count is in [K, K + ccap], else it runs the exact
+    passes. For tests that must steer a row down one path or the other."""
+    L = row_keys.size
+    K = min(k, L)
+    v = np.arange((L // vec) // RB_SAMPLE_GROUP * 2)
+    first = ((v >> 1) * RB_SAMPLE_GROUP + (v & 1)) * vec
+    pos = (first[:, None] + np.arange(vec)[None, :]).ravel()
+    hist = np.bincount(row_keys[pos] >> HSHIFT, minlength=NBINS)
+    ns = pos.size
+    m = -(-K * ns // L)
+    m = min(m + 3 * int(np.sqrt(m)) + 8, ns)
+    above = np.cumsum(hist[::-1])[::-1]           # sampled keys in buckets >= b
+    b = int(np.nonzero(above >= m)[0].max())
+    return b, int(((row_keys >> HSHIFT) >= b).sum())
+
+
+@device
+def rb_sample(x, src, base, L, kind, VEC, NT, dyn32):
+    """dyn32 (zeroed) += the histogram of the top 12 key bits of a 1/8 sample of x[base : base
+    + L]: the first 2 of every ``RB_SAMPLE_GROUP`` vectors of VEC scores (with 16-byte loads: 32
+    contiguous bytes, one sector, of every 256; spread over the whole row, so a sorted or
+    trending row is sampled evenly). Each thread loads up to 4 vectors before it counts them.
+    Returns the number of scores sampled (the same in every thread)."""
+    tid = cuda.threadIdx.x
+    U = 4
+    w = cuda.local.array(16, uint32)
+    nq = 2 * ((L // VEC) // RB_SAMPLE_GROUP)     # sampled vectors
+    step = NT * U
+    for t in range((nq + step - 1) // step):
+        for u in range(U):
+            q = t * step + u * NT + tid
+            if q < nq:
+                load_words_at(x, src, base + ((q >> 1) * RB_SAMPLE_GROUP + (q & 1)) * VEC, w,
+                              4 * u, kind, VEC)
+        for u in range(U):
+            q = t * step + u * NT + tid
+            if q < nq:
+                for qq in range(VEC):
+                    cuda.atomic.add(dyn32, raw_key(word_raw(w, 4 * u, qq, kind, VEC), kind)
+                                    >> uint32(HSHIFT), 1)
+    return nq * VEC
 
 
 def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
@@ -1341,7 +1511,7 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
     VEC = _vec(kind, vectorized)
     NT = threads
 
-    def topk_rowblock(x, n, k, lengths, has_len, vals, idx, ccap, stop):
+    def topk_rowblock(x, n, k, lengths, has_len, vals, idx, ccap, stop, smin, bmax):
         row = cuda.blockIdx.x
         tid = cuda.threadIdx.x
         nt = NT
@@ -1350,6 +1520,7 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
         h256 = cuda.shared.array(256, int32)
         wsum = cuda.shared.array(32, int32)
         st = cuda.shared.array(8, int32)
+        red = cuda.shared.array(2, uint64)
         e = cuda.local.array(8, uint64)
         L = row_length(row, n, lengths, has_len)
         base = int64(row) * n
@@ -1358,56 +1529,95 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
             write_sorted(dyn64, K, k, x, base, int64(row) * k, kind, vals, idx, False)
             return
         src = address_of(x, VEC)
-        # 1. level passes: 12 bits of the composite each, from the top
+        lcap = K + ccap                           # list slots (<= RB_LIST)
         for i in range(tid, NBINS, nt):
             dyn32[i] = 0
         if tid == 0:
             st[4] = 0
             st[5] = 0
         cuda.syncthreads()
-        rb_pass(x, src, base, L, kind, VEC, NT, 0, 64, uint64(0), 0, 0, float32(0), dyn32, dyn64,
-                st)
-        cuda.syncthreads()
-        block_find_bucket(dyn32, NBINS, K, st, wsum)
-        if stop == 1:                             # (timing hook: stop after this stage)
-            return
-        want = K - st[1]
-        pfx = uint64(st[0]) << uint64(64 - RB_LEVEL_BITS)
-        hi = 64 - RB_LEVEL_BITS                   # composite bits >= hi are resolved
-        cnt = dyn32[st[0]]
-        while cnt > ccap:                         # block-uniform (rare: dense or tied data)
-            lo = max(hi - RB_LEVEL_BITS, 0)
-            cuda.syncthreads()                    # every thread has read cnt and st
+        # 1s. long rows: a threshold from a 1/8 sample, then ONE pass over the row (pass 2)
+        sampled = False
+        if L >= smin:                             # block-uniform
+            ns = rb_sample(x, src, base, L, kind, VEC, NT, dyn32)
+            cuda.syncthreads()
+            m = (K * ns + L - 1) // L             # sampled scores above the K-th, expected
+            m = min(m + 3 * int64(math.sqrt(float64(m))) + 8, ns)   # + 3 sigma and a little
+            block_find_bucket(dyn32, NBINS, m, st, wsum)
+            if stop == 1:
+                return
+            rb_pass(x, src, base, L, kind, VEC, NT, 2, 64 - RB_LEVEL_BITS, uint64(0), 0, 0,
+                    rb_threshold_f32(uint32(st[0]) << uint32(32 - RB_LEVEL_BITS)), dyn32, dyn64,
+                    st, lcap)
+            cuda.syncthreads()
+            sampled = st[4] >= K and st[4] <= lcap    # else: the exact passes below
+            cuda.syncthreads()                    # every thread has read st[4]
             for i in range(tid, NBINS, nt):
                 dyn32[i] = 0
+            if tid == 0 and not sampled:
+                st[4] = 0
             cuda.syncthreads()
-            rb_pass(x, src, base, L, kind, VEC, NT, 1, hi, pfx, lo, (1 << (hi - lo)) - 1,
-                    float32(0), dyn32, dyn64, st)
+        if sampled:
+            # the list holds every score at or above the sample's bucket, >= K of them:
+            # composites, then its own top-12-bit histogram finds the bucket of the K-th
+            n_list = st[4]
+            for i in range(tid, n_list, nt):
+                r = dyn64[K_MAX + i]
+                c = composite(raw_key(uint32(r >> uint64(32)), kind), uint32(r & uint64(0xFFFFFFFF)))
+                dyn64[K_MAX + i] = c
+                cuda.atomic.add(dyn32, int32(c >> uint64(64 - RB_LEVEL_BITS)), 1)
             cuda.syncthreads()
-            block_find_bucket(dyn32, NBINS, want, st, wsum)
-            want -= st[1]
-            pfx |= uint64(st[0]) << uint64(lo)
-            cnt = dyn32[st[0]]
-            hi = lo
-        # 2. the list: every composite above the bucket, and the bucket's
-        done = cnt == want                        # the bucket is wanted whole
-        if tid == 0:                              # kept in shared memory over the pass
-            st[6] = want                          # (fewer registers live: no spill)
-            st[7] = K
-        if hi == 64 - RB_LEVEL_BITS:              # level 1: a float compare a score
-            rb_pass(x, src, base, L, kind, VEC, NT, 2, hi, pfx, 0, 0,
-                    rb_threshold_f32(uint32(pfx >> uint64(32))), dyn32, dyn64, st)
+            block_find_bucket(dyn32, NBINS, K, st, wsum)
+            want = K - st[1]
+            pfx = uint64(st[0]) << uint64(64 - RB_LEVEL_BITS)
+            hi = 64 - RB_LEVEL_BITS
+            done = dyn32[st[0]] == want
         else:
-            rb_pass(x, src, base, L, kind, VEC, NT, 3, hi, pfx, 0, 0, float32(0), dyn32, dyn64, st)
-        cuda.syncthreads()
-        n_list = st[4]
-        for i in range(tid, n_list, nt):          # (bits, index) -> composite
-            r = dyn64[K_MAX + i]
-            dyn64[K_MAX + i] = composite(raw_key(uint32(r >> uint64(32)), kind),
-                                         uint32(r & uint64(0xFFFFFFFF)))
-        cuda.syncthreads()
-        want = int64(st[6])
-        K = int64(st[7])
+            # 1. level passes over the row: 12 bits of the composite each, from the top
+            rb_pass(x, src, base, L, kind, VEC, NT, 0, 64, uint64(0), 0, 0, float32(0), dyn32,
+                    dyn64, st, lcap)
+            cuda.syncthreads()
+            block_find_bucket(dyn32, NBINS, K, st, wsum)
+            if stop == 1:                         # (timing hook: stop after this stage)
+                return
+            want = K - st[1]
+            pfx = uint64(st[0]) << uint64(64 - RB_LEVEL_BITS)
+            hi = 64 - RB_LEVEL_BITS               # composite bits >= hi are resolved
+            cnt = dyn32[st[0]]
+            while cnt > ccap:                     # block-uniform (rare: dense or tied data)
+                lo = max(hi - RB_LEVEL_BITS, 0)
+                cuda.syncthreads()                # every thread has read cnt and st
+                for i in range(tid, NBINS, nt):
+                    dyn32[i] = 0
+                cuda.syncthreads()
+                rb_pass(x, src, base, L, kind, VEC, NT, 1, hi, pfx, lo, (1 << (hi - lo)) - 1,
+                        float32(0), dyn32, dyn64, st, lcap)
+                cuda.syncthreads()
+                block_find_bucket(dyn32, NBINS, want, st, wsum)
+                want -= st[1]
+                pfx |= uint64(st[0]) << uint64(lo)
+                cnt = dyn32[st[0]]
+                hi = lo
+            # 2. the list: every composite above the bucket, and the bucket's
+            done = cnt == want                    # the bucket is wanted whole
+            if tid == 0:                          # kept in shared memory over the pass
+                st[6] = want                      # (fewer registers live: no spill)
+                st[7] = K
+            if hi == 64 - RB_LEVEL_BITS:          # level 1: a float compare a score
+                rb_pass(x, src, base, L, kind, VEC, NT, 2, hi, pfx, 0, 0,
+                        rb_threshold_f32(uint32(pfx >> uint64(32))), dyn32, dyn64, st, lcap)
+            else:
+                rb_pass(x, src, base, L, kind, VEC, NT, 3, hi, pfx, 0, 0, float32(0), dyn32,
+                        dyn64, st, lcap)
+            cuda.syncthreads()
+            n_list = st[4]
+            for i in range(tid, n_list, nt):      # (bits, index) -> composite
+                r = dyn64[K_MAX + i]
+                dyn64[K_MAX + i] = composite(raw_key(uint32(r >> uint64(32)), kind),
+                                             uint32(r & uint64(0xFFFFFFFF)))
+            cuda.syncthreads()
+            want = int64(st[6])
+            K = int64(st[7])
         if stop == 2:
             return
         # 3. refine the bucket in shared memory, 8 bits a pass
@@ -1436,11 +1646,11 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
             slot = warp_push(i < n_list and (c >> uint64(hi)) >= (pfx >> uint64(hi)), st, 5)
             if slot >= 0:
                 dyn64[swz(slot)] = c
-        P = pad_pow2(dyn64, K, True)
         cuda.syncthreads()
         if stop == 3:
             return
-        bitonic_sort_desc_warp(dyn64, P, e)
+        counting_sort_desc(dyn64, K, dyn64[K_MAX:2 * K_MAX], dyn32[4 * K_MAX:4 * K_MAX + NBINS],
+                           dyn32[4 * K_MAX + NBINS:4 * K_MAX + 2 * NBINS], bmax, red, st, wsum, e)
         if stop == 4:
             return
         write_sorted(dyn64, K, k, x, base, int64(row) * k, kind, vals, idx, True)
@@ -1512,6 +1722,8 @@ class TopkPlan:
         self.capacity = -(-cap // 16) * 16
         self.rb_ccap = RB_CCAP if capacity is None else max(1, min(capacity, RB_CCAP))
         self.rb_stop = 0        # rowblock timing hook: 1-4 end the kernel after that stage
+        self.rb_smin = RB_SAMPLE_MIN   # rowblock: rows this long take a sampled threshold
+        self.rb_bmax = RB_BMAX         # rowblock: counting sort's largest bin (else bitonic)
         self.stage_cap = SCAP if stage_cap is None else stage_cap
         if not 1 <= self.stage_cap <= SCAP:
             raise ValueError(f"stage_cap must be in 1..{SCAP}, got {stage_cap}")
@@ -1540,7 +1752,8 @@ class TopkPlan:
         lk = lengths if has_len else (_dummy_i32() if gpu else np.zeros(1, np.int32))
         if self.variant == "rowblock":
             kern = rowblock_kernel(kind, vectorized, self.finish_threads)
-            args = (x, n, k, lk, has_len, vals, idx, self.rb_ccap, self.rb_stop)
+            args = (x, n, k, lk, has_len, vals, idx, self.rb_ccap, self.rb_stop, self.rb_smin,
+                    self.rb_bmax)
             if mode() == "gpu":                  # > 48 KB: raise the limit once
                 kern.reserve_dynamic_shared(args, RB_SMEM)
             kern.launch(R, self.finish_threads, *args, shared_bytes=RB_SMEM)
@@ -1724,7 +1937,7 @@ def production_kernels():
                              (arr[::1], i64, i64, i32, b, i64, i64, i32, i32, i32, t.uint64[::1],
                               t.uint64[::1], i64, arr[::1], i32, i64)))
             sigs.append((rowblock_kernel(kind, vectorized),
-                         (arr[::1], i64, i64, i32, b, arr[::1], i32, i64, i64)))
+                         (arr[::1], i64, i64, i32, b, arr[::1], i32, i64, i64, i64, i64)))
         sigs.append((topk_finish_kernel, (arr[::1], i64, i64, i32, b, i64, i32, i32, i32,
                                           t.uint64[::1], t.uint64[::1], i64, arr[::1], i32)))
     return sigs
