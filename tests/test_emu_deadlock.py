@@ -131,3 +131,36 @@ def test_rule_has_no_wall_clock_grace():
     from dsv4_numba.emu import state
     assert not hasattr(state, "DEADLOCK_GRACE_S")
     assert state.STALL_S >= 300          # the last-resort timeout is generous
+
+
+@kernel
+def k_syncthreads_vs_mbarrier(out):
+    bars = cuda.shared.array(1, uint64)
+    t = cuda.threadIdx.x
+    bar = ops.shared_address(bars)
+    if t == 0:
+        ops.mbarrier_init(bar, uint32(1))
+        ops.fence_mbarrier_init()
+    cuda.syncthreads()
+    if t >= 32:
+        ops.mbarrier_wait_parity(bar, uint32(0))  # warp 1: waits for warp 0's arrive...
+    else:
+        stall()
+    cuda.syncthreads()                            # ...which warp 0 only makes after this syncthreads
+    if t == 0:
+        ops.mbarrier_arrive(bar)
+    out[t] = uint32(t + 1)
+
+
+def test_syncthreads_against_an_mbarrier_wait_is_a_deadlock():
+    """Warp 0 parked in the simulator's syncthreads (which releases only when every live thread is
+    there), warp 1 in an emulator mbarrier wait that only warp 0 could complete after it: reported
+    (the shape of the sm_100a indexer hang's snapshot, there not a deadlock: its lanes had been
+    released), with the syncthreads threads named, after warp 0's slow work, not before."""
+    t0 = time.monotonic()
+    with pytest.raises(emu.EmulatorDeadlock) as ei:
+        k_syncthreads_vs_mbarrier.launch(1, 64, np.zeros(64, np.uint32))
+    assert time.monotonic() - t0 >= STALL
+    msg = str(ei.value)
+    assert "threads 0-31 wait for syncthreads / bar.sync" in msg
+    assert "threads 32-63 wait for mbarrier" in msg and "pending arrivals 1 of 1" in msg

@@ -87,6 +87,27 @@ def test_named_barrier_count_too_large_is_a_deadlock():
         k_named.launch(1, 64, np.zeros(32, np.uint32), 96)
 
 
+@kernel
+def k_split_warp(out, split):
+    t = cuda.threadIdx.x
+    if t < split:
+        ops.named_barrier_sync(2, 32)             # warp 0's lanes below `split`: one bar.sync...
+    elif t < 32:
+        ops.named_barrier_sync(2, 32)             # ...the others: another one (UB: .aligned)
+    out[t] = uint32(t + 1)                        # warp 1 takes no part
+
+
+def test_named_barrier_phase_from_two_sites_of_one_warp_is_reported():
+    """bar.sync is .aligned: one phase completed by lanes of a warp at two different bar.sync
+    instructions (the suspicion in the sm_100a indexer hang) is reported, naming both lines."""
+    with pytest.raises(emu.EmulatorError, match=r"other lanes of warp 0 arrived in this phase of named "
+                                                r"barrier 2 by named_barrier_sync at .*test_emu_misc.py:\d+"):
+        k_split_warp.launch(1, 64, np.zeros(64, np.uint32), 16)
+    out = np.zeros(64, np.uint32)
+    k_split_warp.launch(1, 64, out, 32)              # the whole warp at one site: fine
+    np.testing.assert_array_equal(out, np.arange(1, 65))
+
+
 def test_tmem_plan_tool_flags_undeclared_overlap():
     import importlib.util
     import pathlib

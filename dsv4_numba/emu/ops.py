@@ -35,12 +35,15 @@ before it in its thread; wgmma results never covered by a wgmma_wait_group at th
 fence.proxy.async; TMEM read never written / outside an allocation / before the MMA's commit was
 waited on; accumulate=1 into never-written D; accumulate into D whose cells another op overwrote
 (overlapping regions; a tcgen05.st by a warp that read those cells - a rescale - keeps ownership);
-writes straddling declared regions (``emu.tmem_region``); scale factors not duplicated across quadrants.
+writes straddling declared regions (``emu.tmem_region``); scale factors not duplicated across quadrants;
+one phase of a named barrier reached by the lanes of a warp from two different bar.sync / bar.arrive
+instructions (they are .aligned).
 """
 from __future__ import annotations
 
 import functools
 import re
+import sys
 
 import numpy as np
 
@@ -153,8 +156,7 @@ def _arrive(st, me, b, op):
                             f"{b.describe()}")
     state = np.uint64(b.phase)
     b.pending -= 1
-    st.complete_if_done(b)
-    st.changed()
+    st.settle(st.complete_if_done(b))
     return state
 
 
@@ -181,8 +183,7 @@ def mbarrier_expect_tx(addr, tx):
         b = st.barrier(addr, "mbarrier_expect_tx")
         b.log(f"expect_tx +{int(tx)} by t{me.thread_id}")
         _add_tx(st, b, int(tx), "mbarrier_expect_tx")
-        st.complete_if_done(b)
-        st.changed()
+        st.settle(st.complete_if_done(b))
 
 
 def _complete_tx(st, addr, nbytes, op):
@@ -198,8 +199,7 @@ def _complete_tx(st, addr, nbytes, op):
                 f"stage (a box short?), and arm (arrive.expect_tx) before issuing the loads; "
                 f"{b.describe()}")
         _add_tx(st, b, -nbytes, op)
-        st.complete_if_done(b)
-        st.changed()
+        st.settle(st.complete_if_done(b))
 
 
 def _phase_done(st, addr, parity, op):
@@ -442,18 +442,30 @@ def _named_barrier(bar_id, count, wait, op):
     if wait and n == _nthreads(me):
         me.syncthreads()
         return
+    f = sys._getframe(2)                  # the kernel line of this bar.sync / bar.arrive
+    site = (f.f_code.co_filename, f.f_lineno)
+    warp = me.thread_id // 32
     with st.lock:
-        rec = st.wg.setdefault(("named", bar_id), {"gen": 0, "arrived": 0, "count": n})
+        rec = st.wg.setdefault(("named", bar_id), {"gen": 0, "arrived": 0, "count": n, "sites": {}})
         if rec["arrived"] and rec["count"] != n:
             raise EmulatorError(f"{op}({bar_id}, {n}) by {thread_name(me)}: this phase of named barrier {bar_id} "
                                 f"was opened with count {rec['count']}; every participant must pass the same count")
+        other = rec["sites"].setdefault(warp, (site, op))
+        if other != (site, op):
+            raise EmulatorError(
+                f"{op}({bar_id}, {n}) by {thread_name(me)} at {site[0]}:{site[1]}: other lanes of warp {warp} "
+                f"arrived in this phase of named barrier {bar_id} by {other[1]} at {other[0][0]}:{other[0][1]}. "
+                f"bar.sync / bar.arrive are .aligned: every lane of a warp must "
+                f"execute the same barrier instruction (reconverge the warp before it)")
         rec["count"] = n
         gen = rec["gen"]
         rec["arrived"] += 1
-        if rec["arrived"] == n:
+        done = rec["arrived"] == n
+        if done:
             rec["arrived"] = 0
             rec["gen"] += 1
-        st.changed()
+            rec["sites"] = {}
+        st.settle(done)
     if wait:
         st.wait_until(lambda: rec["gen"] != gen, f"named barrier {bar_id} ({n} threads; "
                                                   f"{rec['arrived']} arrived so far)")
@@ -477,8 +489,8 @@ def _collective(st, me, group, size, index, key, payload, compute, op, who):
         rec = st.wg.setdefault(group, {"gen": 0, "arrived": {}, "results": {}})
         gen = rec["gen"]
         rec["arrived"][index] = (key, payload)
-        st.changed()
-        if len(rec["arrived"]) == size:
+        done = len(rec["arrived"]) == size
+        if done:
             arrived, rec["arrived"] = rec["arrived"], {}
             rec["gen"] += 1
             try:
@@ -492,6 +504,7 @@ def _collective(st, me, group, size, index, key, payload, compute, op, who):
                 rec["results"][gen] = [res, size]
             except Exception as e:        # noqa: BLE001 - hand the error to every participant
                 rec["results"][gen] = [e, size]
+        st.settle(done)
     st.wait_until(lambda: gen in rec["results"], f"the other threads of {who} at {op} (collective)")
     with st.lock:
         slot = rec["results"][gen]

@@ -20,8 +20,9 @@ Global memory
 Deadlock
     A thread that waits (mbarrier parity, named barrier, warp/warpgroup rendezvous) registers what it
     waits for and the condition that would release it, then sleeps on the CTA's condition variable
-    (every emulated state change notifies it). The CTA is deadlocked when, all at one instant under
-    the state lock: every thread of the block has started; every live thread is either parked in
+    (notified by every change that can release a wait: a completed mbarrier phase, named-barrier
+    generation or rendezvous; a mere arrival wakes nobody). The CTA is deadlocked when, all at one
+    instant under the state lock: every thread of the block has started; every live thread is either parked in
     ``syncthreads`` (which the simulator releases only when *all* threads are parked there) or
     inside an emulator wait whose condition, re-evaluated now, is false; and at least one thread is
     in an emulator wait. A ``try_wait`` poller counts as blocked only while it is inside its poll
@@ -252,15 +253,35 @@ class CTAState:
         return b
 
     def changed(self):
+        """A state change a waiter's condition may depend on: wake every waiter to re-check."""
         with self.lock:
             self.version += 1
             self.cv.notify_all()
 
-    def complete_if_done(self, b: MBarrier):
+    def bump(self):
+        """A state change no waiter's condition depends on (an arrival that completes no phase, no
+        rendezvous): progress for the last-resort stall detector, but nobody is woken. Waking all
+        ~150 waiters of a CTA on each of the 32..128 arrivals of every phase made the run quadratic
+        in the thread count; the deadlock rule needs no wake-up here (the arriving thread checks
+        it when it starts to wait; the sleeping waiters re-check every CHECK_S)."""
+        with self.lock:
+            self.version += 1
+
+    def settle(self, done: bool):
+        """``changed()`` if ``done`` (a phase / generation / rendezvous completed), else ``bump()``."""
+        if done:
+            self.changed()
+        else:
+            self.bump()
+
+    def complete_if_done(self, b: MBarrier) -> bool:
+        """Complete the barrier's current phase if nothing is pending; whether it did."""
         if b.pending == 0 and b.tx == 0:
             b.log(f"phase {b.phase} completed")
             b.phase += 1
             b.pending = b.expected
+            return True
+        return False
 
     # ------------------------------------------------------------------ waiting / deadlock
     def live_threads(self):
@@ -575,46 +596,132 @@ def last_cta() -> CTAState | None:
     return LAST
 
 
+MANAGER_POLL_S = 0.01     # the block manager's fallback re-scan period (it is woken by each event)
+
+
 def _install_block_end_hook():
-    """Wrap the simulator's BlockManager.run so that after a block's threads finish without error the
-    emulator checks what must hold at kernel exit (TMEM deallocated). Idempotent."""
+    """Replace the simulator's ``BlockManager.run`` (and ``BlockThread.syncthreads`` / ``run``) by an
+    event-driven version of the same rules, plus the emulator's block-end checks. Idempotent.
+
+    The simulator's manager runs the block's threads and, in the launching thread, polls them in a
+    tight pure-Python loop: release ``syncthreads`` when every live thread is parked there, abort
+    all on a thread's error. That loop never gives up the GIL by itself, so every other thread
+    waits up to the interpreter's switch interval (5 ms) each time it needs the GIL back, e.g.
+    after acquiring a lock. With ~190 threads taking the emulator's state lock, this turned into a
+    lock convoy: a holder of the state lock waiting for the GIL, everyone else waiting for the lock,
+    each hand-over costing a switch interval. The sm_100a indexer's tests, normally ~3-8 s each,
+    then ran for more than 10 minutes (a solo run on an idle machine, py-spy showing progress: the
+    "hang" of issue #8/#9). Here the manager sleeps on an event that each syncthreads arrival and
+    each thread end sets (with a ``MANAGER_POLL_S`` fallback), so it holds the GIL only to decide.
+
+    Same rules otherwise, with one fix: a thread that failed is noticed even when it has already
+    ended by the time the manager looks (the simulator only looked at live threads' errors, so
+    the others' ``syncthreads`` could be released after a failure); the error raised is the first
+    thread's to fail. After the threads end without error, the emulator checks what must hold at
+    kernel exit (``CTAState.finish``: TMEM deallocated, wgmma results waited for)."""
     from numba.cuda.simulator import kernel as simk
-    run = simk.BlockManager.run
-    if getattr(run, "_dsv4_emu", False):
+    if getattr(simk.BlockManager.run, "_dsv4_emu", False):
         return
 
-    def wrapped(self, grid_point, *args):
-        run(self, grid_point, *args)
+    def syncthreads(self):
+        if self.abort:
+            raise RuntimeError("abort flag set on syncthreads call")
+        self.syncthreads_blocked = True
+        wake = getattr(self._manager, "_dsv4_wake", None)
+        if wake is not None:
+            wake.set()
+        self.syncthreads_event.wait()
+        self.syncthreads_event.clear()
+        if self.abort:
+            raise RuntimeError("abort flag set on syncthreads clear")
+
+    def thread_run(self):
+        mgr = self._manager
+        with _STATE_LOCK:        # the block's started threads, in start order (deadlock rule: all started)
+            lst = getattr(mgr, "_dsv4_threads", None)
+            if lst is None:
+                lst = mgr._dsv4_threads = []
+            lst.append(self)
+        try:
+            trun(self)           # BlockThread.run: the kernel; an error is kept in self.exception
+        finally:
+            if getattr(self, "exception", None):
+                with _STATE_LOCK:
+                    if getattr(mgr, "_dsv4_failed", None) is None:
+                        mgr._dsv4_failed = self.exception[0]   # waiters re-raise the first error
+                        mgr._dsv4_failed_thread = self
+            self._dsv4_done = True
+            wake = getattr(mgr, "_dsv4_wake", None)
+            if wake is not None:
+                wake.set()
+
+    def run(self, grid_point, *args):
+        self._dsv4_wake = wake = threading.Event()
+        threads = []
+        for block_point in np.ndindex(*self._block_dim):
+            def target():
+                self._f(*args)
+            t = simk.BlockThread(target, self, grid_point, block_point, self._debug)
+            t.start()
+            threads.append(t)
+        live = list(threads)
+        while live:
+            wake.wait(MANAGER_POLL_S)
+            wake.clear()                 # everything that set it before this is seen by the scan below
+            failed = getattr(self, "_dsv4_failed_thread", None)
+            if failed is None:
+                failed = next((t for t in threads if t.exception), None)
+            if failed is not None:
+                for t in threads:        # as the simulator does: abort the others, do not join them
+                    t.abort = True
+                    t.syncthreads_blocked = False
+                    t.syncthreads_event.set()
+                raise failed.exception[0].with_traceback(failed.exception[1])
+            live = [t for t in live if not getattr(t, "_dsv4_done", False) and t.is_alive()]
+            if live and all(t.syncthreads_blocked for t in live):
+                for t in live:           # every live thread is parked in syncthreads: release them
+                    t.syncthreads_blocked = False
+                    t.syncthreads_event.set()
+        failed = getattr(self, "_dsv4_failed_thread", None) or next((t for t in threads if t.exception), None)
+        if failed is not None:
+            raise failed.exception[0].with_traceback(failed.exception[1])
         st = getattr(self, "_dsv4_emu_state", None)
         if st is not None:
             st.finish()
-    wrapped._dsv4_emu = True
-    simk.BlockManager.run = wrapped
 
     trun = simk.BlockThread.run
-
-    def thread_run(self):
-        with _STATE_LOCK:        # the block's started threads, in start order (deadlock rule: all started)
-            lst = getattr(self._manager, "_dsv4_threads", None)
-            if lst is None:
-                lst = self._manager._dsv4_threads = []
-            lst.append(self)
-        trun(self)
-        if getattr(self, "exception", None) and not getattr(self._manager, "_dsv4_failed", None):
-            self._manager._dsv4_failed = self.exception[0]   # waiters re-raise the first error
+    run._dsv4_emu = True
+    simk.BlockThread.syncthreads = syncthreads
     simk.BlockThread.run = thread_run
+    simk.BlockManager.run = run
 
 
 _install_block_end_hook()
+
+
+_SHARED_LOCK = threading.Lock()     # cuda.shared.array: lookup + create + store of one call site
+
+
+def _new_shared(shape, dtype) -> np.ndarray:
+    """The NumPy array behind a new static ``cuda.shared.array`` (a seam for the race test)."""
+    return np.empty(shape, dtype)
 
 
 def _install_shared_array_hook():
     """Register every ``cuda.shared.array`` with the CTA state when the kernel creates it (not when it
     first takes its address), so the async-proxy snapshot holds the array's bytes before any thread
     writes them and unfenced generic stores are seen. Re-implements the simulator's per-call-site
-    allocation (its caller lookup must see the kernel's frame, not this wrapper's). Idempotent."""
+    allocation (its caller lookup must see the kernel's frame, not this wrapper's). Idempotent.
+
+    The simulator's own ``FakeCUDAShared.array`` looks the call site up and stores a new array with
+    no lock: two threads of a block reaching the same line together could both find nothing and
+    create two arrays, one thread then working on a private copy of a "shared" array (numba-cuda
+    0.30).
+    Here lookup, creation and store happen under one lock, so every thread of the launch gets the
+    same array. ``alignment`` (which the simulator rejects) is checked and accepted: every
+    shared root gets a 1024-byte aligned emulated address anyway. Shape 0 is the dynamic shared
+    memory: one buffer per launch, made when the launch starts (views of it need no lock)."""
     import sys
-    import traceback
 
     from numba.cuda.simulator import kernelapi as ka
     orig = ka.FakeCUDAShared.array
@@ -622,18 +729,27 @@ def _install_shared_array_hook():
         return
 
     def array(self, shape, dtype, alignment=None):
-        if shape == 0 or alignment is not None:
-            res = orig(self, shape, dtype, alignment)
+        from numba.core import types
+        from numba.np import numpy_support
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        dtype = np.dtype(dtype)
+        if alignment is not None:
+            al = int(alignment)
+            if al <= 0 or al & (al - 1) or al > SMEM_ALIGN:
+                raise EmulatorError(f"cuda.shared.array: alignment {alignment} must be a power of 2 up to "
+                                    f"{SMEM_ALIGN}")
+        if shape == 0:          # dynamic shared memory: every call views the launch's one buffer
+            res = np.frombuffer(self._dynshared.data, dtype=dtype,
+                                count=self._dynshared_size // dtype.itemsize)
         else:
-            from numba.core import types
-            from numba.np import numpy_support
-            if isinstance(dtype, types.Type):
-                dtype = numpy_support.as_dtype(dtype)
-            caller = traceback.extract_stack(sys._getframe())[-2][0:2]
-            res = self._allocations.get(caller)
-            if res is None:
-                res = np.empty(shape, dtype)
-                self._allocations[caller] = res
+            f = sys._getframe(1)                 # the kernel line (the simulator keys on file + line)
+            caller = (f.f_code.co_filename, f.f_lineno)
+            with _SHARED_LOCK:
+                res = self._allocations.get(caller)
+                if res is None:
+                    res = _new_shared(shape, dtype)
+                    self._allocations[caller] = res
         t = threading.current_thread()
         if hasattr(t, "_manager") and hasattr(t, "thread_id"):
             cta().shared_address(res)
