@@ -108,6 +108,21 @@ def test_named_barrier_phase_from_two_sites_of_one_warp_is_reported():
     np.testing.assert_array_equal(out, np.arange(1, 65))
 
 
+@kernel
+def k_arrive_then_sync(out):
+    t = cuda.threadIdx.x
+    if t < 32:                                    # the ping-pong opening: warp 0 arrives, then syncs on
+        ops.named_barrier_arrive(3, 64)           # the same barrier - two arrivals of one warp complete
+        ops.named_barrier_sync(3, 64)             # the 64-thread phase (legal: each is a whole warp)
+    out[t] = uint32(t + 1)
+
+
+def test_a_warp_arriving_twice_in_one_phase_is_not_a_split():
+    out = np.zeros(64, np.uint32)
+    k_arrive_then_sync.launch(1, 64, out)
+    np.testing.assert_array_equal(out, np.arange(1, 65))
+
+
 def test_tmem_plan_tool_flags_undeclared_overlap():
     import importlib.util
     import pathlib

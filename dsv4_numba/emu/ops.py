@@ -446,17 +446,25 @@ def _named_barrier(bar_id, count, wait, op):
     site = (f.f_code.co_filename, f.f_lineno)
     warp = me.thread_id // 32
     with st.lock:
-        rec = st.wg.setdefault(("named", bar_id), {"gen": 0, "arrived": 0, "count": n, "sites": {}})
+        rec = st.wg.setdefault(("named", bar_id), {"gen": 0, "arrived": 0, "count": n, "sites": {}, "seq": {}})
         if rec["arrived"] and rec["count"] != n:
             raise EmulatorError(f"{op}({bar_id}, {n}) by {thread_name(me)}: this phase of named barrier {bar_id} "
                                 f"was opened with count {rec['count']}; every participant must pass the same count")
-        other = rec["sites"].setdefault(warp, (site, op))
-        if other != (site, op):
+        # .aligned: a warp arrives as a whole, at one instruction. A warp may arrive more than once in
+        # a phase (bar.arrive then bar.sync: the ping-pong opening), so the k-th arrival of each lane
+        # in this phase must be at the instruction of the k-th arrival of the warp's other lanes.
+        k = rec["seq"].get(me.thread_id, 0)
+        sites = rec["sites"].setdefault(warp, [])
+        if k < len(sites) and sites[k] != (site, op):
+            other = sites[k]
             raise EmulatorError(
                 f"{op}({bar_id}, {n}) by {thread_name(me)} at {site[0]}:{site[1]}: other lanes of warp {warp} "
-                f"arrived in this phase of named barrier {bar_id} by {other[1]} at {other[0][0]}:{other[0][1]}. "
-                f"bar.sync / bar.arrive are .aligned: every lane of a warp must "
-                f"execute the same barrier instruction (reconverge the warp before it)")
+                f"arrived in this phase of named barrier {bar_id} by {other[1]} at {other[0][0]}:{other[0][1]} "
+                f"(arrival {k + 1} of each lane in this phase). bar.sync / bar.arrive are .aligned: every lane "
+                f"of a warp must execute the same barrier instruction (reconverge the warp before it)")
+        if k == len(sites):
+            sites.append((site, op))
+        rec["seq"][me.thread_id] = k + 1
         rec["count"] = n
         gen = rec["gen"]
         rec["arrived"] += 1
@@ -464,7 +472,7 @@ def _named_barrier(bar_id, count, wait, op):
         if done:
             rec["arrived"] = 0
             rec["gen"] += 1
-            rec["sites"] = {}
+            rec["sites"], rec["seq"] = {}, {}
         st.settle(done)
     if wait:
         st.wait_until(lambda: rec["gen"] != gen, f"named barrier {bar_id} ({n} threads; "
