@@ -93,13 +93,12 @@ stages them in shared memory (its napkin math is above ``stage_slice``: ~30 / ~1
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
-from numba import cuda, float32, float64, int32, int64, uint32, uint64
+from numba import cuda, float32, int32, int64, uint32, uint64
 
 from .. import registry
 from ..hw.bits import bits_f32, f32_bits
@@ -1385,7 +1384,7 @@ def rb_append(msk, w, c0, vstep, kind, VEC, U, dyn64, st, lcap):
     per thread with a selected score (the list's order is free: it is a set), 32-bit unsigned
     slot arithmetic (no 64-bit wrap-around checks: ncu showed ~20 instructions a stored score
     and a 5-step warp scan per trip in the earlier form). Slots at or past ``lcap`` are
-    counted, not stored (a sampled threshold that let too many through: the caller checks)."""
+    counted, not stored (defensive: the exact passes bound the list by K - 1 + ccap)."""
     if msk != 0:
         pos = int32(cuda.atomic.add(st, 4, int32(cuda.popc(msk))))
         for u in range(U):
@@ -1460,56 +1459,6 @@ def rb_pass(x, src, base, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, dyn32, 
                 mask, fT, dyn32, dyn64, st, w, lcap)
 
 
-RB_SAMPLE_MIN = 16384       # rows at least this long take their threshold from a 1/8 sample
-RB_SAMPLE_GROUP = 16        # vectors a sample group; the sample is the first two of each
-
-
-def rb_sample_rule(row_keys: np.ndarray, k: int, vec: int) -> tuple:
-    """NumPy mirror of the rowblock sampled threshold for one row of order keys (``order_keys``;
-    uint32): (the sample's bucket b (top 12 key bits), how many keys of the row are in buckets
-    >= b). The kernel keeps it when that count is in [K, K + ccap], else it runs the exact
-    passes. For tests that must steer a row down one path or the other."""
-    L = row_keys.size
-    K = min(k, L)
-    v = np.arange((L // vec) // RB_SAMPLE_GROUP * 2)
-    first = ((v >> 1) * RB_SAMPLE_GROUP + (v & 1)) * vec
-    pos = (first[:, None] + np.arange(vec)[None, :]).ravel()
-    hist = np.bincount(row_keys[pos] >> HSHIFT, minlength=NBINS)
-    ns = pos.size
-    m = -(-K * ns // L)
-    m = min(m + 3 * int(np.sqrt(m)) + 8, ns)
-    above = np.cumsum(hist[::-1])[::-1]           # sampled keys in buckets >= b
-    b = int(np.nonzero(above >= m)[0].max())
-    return b, int(((row_keys >> HSHIFT) >= b).sum())
-
-
-@device
-def rb_sample(x, src, base, L, kind, VEC, NT, dyn32):
-    """dyn32 (zeroed) += the histogram of the top 12 key bits of a 1/8 sample of x[base : base
-    + L]: the first 2 of every ``RB_SAMPLE_GROUP`` vectors of VEC scores (with 16-byte loads: 32
-    contiguous bytes, one sector, of every 256; spread over the whole row, so a sorted or
-    trending row is sampled evenly). Each thread loads up to 4 vectors before it counts them.
-    Returns the number of scores sampled (the same in every thread)."""
-    tid = cuda.threadIdx.x
-    U = 4
-    w = cuda.local.array(16, uint32)
-    nq = 2 * ((L // VEC) // RB_SAMPLE_GROUP)     # sampled vectors
-    step = NT * U
-    for t in range((nq + step - 1) // step):
-        for u in range(U):
-            q = t * step + u * NT + tid
-            if q < nq:
-                load_words_at(x, src, base + ((q >> 1) * RB_SAMPLE_GROUP + (q & 1)) * VEC, w,
-                              4 * u, kind, VEC)
-        for u in range(U):
-            q = t * step + u * NT + tid
-            if q < nq:
-                for qq in range(VEC):
-                    cuda.atomic.add(dyn32, raw_key(word_raw(w, 4 * u, qq, kind, VEC), kind)
-                                    >> uint32(HSHIFT), 1)
-    return nq * VEC
-
-
 def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
     """The rowblock variant's only launch: CTA r does row r (``ROW_THREADS`` threads; dynamic
     shared memory ``RB_SMEM``: dyn64[0:K_MAX] the sort buffer, whose first 16 KB hold the
@@ -1532,7 +1481,7 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
     VEC = _vec(kind, vectorized)
     NT = threads
 
-    def topk_rowblock(x, n, k, lengths, has_len, vals, idx, ccap, stop, smin, bmax):
+    def topk_rowblock(x, n, k, lengths, has_len, vals, idx, ccap, stop, bmax):
         row = cuda.blockIdx.x
         tid = cuda.threadIdx.x
         nt = NT
@@ -1557,88 +1506,51 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
             st[4] = 0
             st[5] = 0
         cuda.syncthreads()
-        # 1s. long rows: a threshold from a 1/8 sample, then ONE pass over the row (pass 2)
-        sampled = False
-        if L >= smin:                             # block-uniform
-            ns = rb_sample(x, src, base, L, kind, VEC, NT, dyn32)
-            cuda.syncthreads()
-            m = (K * ns + L - 1) // L             # sampled scores above the K-th, expected
-            m = min(m + 3 * int64(math.sqrt(float64(m))) + 8, ns)   # + 3 sigma and a little
-            block_find_bucket(dyn32, NBINS, m, st, wsum)
-            if stop == 1:
-                return
-            rb_pass(x, src, base, L, kind, VEC, NT, 2, 64 - RB_LEVEL_BITS, uint64(0), 0, 0,
-                    rb_threshold_f32(uint32(st[0]) << uint32(32 - RB_LEVEL_BITS)), dyn32, dyn64,
-                    st, lcap)
-            cuda.syncthreads()
-            sampled = st[4] >= K and st[4] <= lcap    # else: the exact passes below
-            cuda.syncthreads()                    # every thread has read st[4]
+        # 1. level passes: 12 bits of the composite each, from the top
+        rb_pass(x, src, base, L, kind, VEC, NT, 0, 64, uint64(0), 0, 0, float32(0), dyn32,
+                dyn64, st, lcap)
+        cuda.syncthreads()
+        block_find_bucket(dyn32, NBINS, K, st, wsum)
+        if stop == 1:                             # (timing hook: stop after this stage)
+            return
+        want = K - st[1]
+        pfx = uint64(st[0]) << uint64(64 - RB_LEVEL_BITS)
+        hi = 64 - RB_LEVEL_BITS                   # composite bits >= hi are resolved
+        cnt = dyn32[st[0]]
+        while cnt > ccap:                         # block-uniform (rare: dense or tied data)
+            lo = max(hi - RB_LEVEL_BITS, 0)
+            cuda.syncthreads()                    # every thread has read cnt and st
             for i in range(tid, NBINS, nt):
                 dyn32[i] = 0
-            if tid == 0 and not sampled:
-                st[4] = 0
             cuda.syncthreads()
-        if sampled:
-            # the list holds every score at or above the sample's bucket, >= K of them:
-            # composites, then its own top-12-bit histogram finds the bucket of the K-th
-            n_list = st[4]
-            for i in range(tid, n_list, nt):
-                r = dyn64[K_MAX + i]
-                c = composite(raw_key(uint32(r >> uint64(32)), kind), uint32(r & uint64(0xFFFFFFFF)))
-                dyn64[K_MAX + i] = c
-                cuda.atomic.add(dyn32, int32(c >> uint64(64 - RB_LEVEL_BITS)), 1)
+            rb_pass(x, src, base, L, kind, VEC, NT, 1, hi, pfx, lo, (1 << (hi - lo)) - 1,
+                    float32(0), dyn32, dyn64, st, lcap)
             cuda.syncthreads()
-            block_find_bucket(dyn32, NBINS, K, st, wsum)
-            want = K - st[1]
-            pfx = uint64(st[0]) << uint64(64 - RB_LEVEL_BITS)
-            hi = 64 - RB_LEVEL_BITS
-            done = dyn32[st[0]] == want
-        else:
-            # 1. level passes over the row: 12 bits of the composite each, from the top
-            rb_pass(x, src, base, L, kind, VEC, NT, 0, 64, uint64(0), 0, 0, float32(0), dyn32,
-                    dyn64, st, lcap)
-            cuda.syncthreads()
-            block_find_bucket(dyn32, NBINS, K, st, wsum)
-            if stop == 1:                         # (timing hook: stop after this stage)
-                return
-            want = K - st[1]
-            pfx = uint64(st[0]) << uint64(64 - RB_LEVEL_BITS)
-            hi = 64 - RB_LEVEL_BITS               # composite bits >= hi are resolved
+            block_find_bucket(dyn32, NBINS, want, st, wsum)
+            want -= st[1]
+            pfx |= uint64(st[0]) << uint64(lo)
             cnt = dyn32[st[0]]
-            while cnt > ccap:                     # block-uniform (rare: dense or tied data)
-                lo = max(hi - RB_LEVEL_BITS, 0)
-                cuda.syncthreads()                # every thread has read cnt and st
-                for i in range(tid, NBINS, nt):
-                    dyn32[i] = 0
-                cuda.syncthreads()
-                rb_pass(x, src, base, L, kind, VEC, NT, 1, hi, pfx, lo, (1 << (hi - lo)) - 1,
-                        float32(0), dyn32, dyn64, st, lcap)
-                cuda.syncthreads()
-                block_find_bucket(dyn32, NBINS, want, st, wsum)
-                want -= st[1]
-                pfx |= uint64(st[0]) << uint64(lo)
-                cnt = dyn32[st[0]]
-                hi = lo
-            # 2. the list: every composite above the bucket, and the bucket's
-            done = cnt == want                    # the bucket is wanted whole
-            if tid == 0:                          # kept in shared memory over the pass
-                st[6] = want                      # (fewer registers live: no spill)
-                st[7] = K
-            if hi == 64 - RB_LEVEL_BITS:          # level 1: a float compare a score
-                rb_pass(x, src, base, L, kind, VEC, NT, 2, hi, pfx, 0, 0,
-                        rb_threshold_f32(uint32(pfx >> uint64(32))), dyn32, dyn64, st, lcap)
-            else:
-                rb_pass(x, src, base, L, kind, VEC, NT, 3, hi, pfx, 0, 0, float32(0), dyn32,
-                        dyn64, st, lcap)
-            cuda.syncthreads()
-            n_list = st[4]
-            for i in range(tid, n_list, nt):      # (bits, index) -> composite
-                r = dyn64[K_MAX + i]
-                dyn64[K_MAX + i] = composite(raw_key(uint32(r >> uint64(32)), kind),
-                                             uint32(r & uint64(0xFFFFFFFF)))
-            cuda.syncthreads()
-            want = int64(st[6])
-            K = int64(st[7])
+            hi = lo
+        # 2. the list: every composite above the bucket, and the bucket's
+        done = cnt == want                        # the bucket is wanted whole
+        if tid == 0:                              # kept in shared memory over the pass
+            st[6] = want                          # (fewer registers live: no spill)
+            st[7] = K
+        if hi == 64 - RB_LEVEL_BITS:              # level 1: a float compare a score
+            rb_pass(x, src, base, L, kind, VEC, NT, 2, hi, pfx, 0, 0,
+                    rb_threshold_f32(uint32(pfx >> uint64(32))), dyn32, dyn64, st, lcap)
+        else:
+            rb_pass(x, src, base, L, kind, VEC, NT, 3, hi, pfx, 0, 0, float32(0), dyn32,
+                    dyn64, st, lcap)
+        cuda.syncthreads()
+        n_list = st[4]
+        for i in range(tid, n_list, nt):          # (bits, index) -> composite
+            r = dyn64[K_MAX + i]
+            dyn64[K_MAX + i] = composite(raw_key(uint32(r >> uint64(32)), kind),
+                                         uint32(r & uint64(0xFFFFFFFF)))
+        cuda.syncthreads()
+        want = int64(st[6])
+        K = int64(st[7])
         if stop == 2:
             return
         # 3. refine the bucket in shared memory, 8 bits a pass
@@ -1743,7 +1655,6 @@ class TopkPlan:
         self.capacity = -(-cap // 16) * 16
         self.rb_ccap = RB_CCAP if capacity is None else max(1, min(capacity, RB_CCAP))
         self.rb_stop = 0        # rowblock timing hook: 1-4 end the kernel after that stage
-        self.rb_smin = RB_SAMPLE_MIN   # rowblock: rows this long take a sampled threshold
         self.rb_bmax = RB_BMAX         # rowblock: counting sort's largest bin (else bitonic)
         self.stage_cap = SCAP if stage_cap is None else stage_cap
         if not 1 <= self.stage_cap <= SCAP:
@@ -1773,8 +1684,7 @@ class TopkPlan:
         lk = lengths if has_len else (_dummy_i32() if gpu else np.zeros(1, np.int32))
         if self.variant == "rowblock":
             kern = rowblock_kernel(kind, vectorized, self.finish_threads)
-            args = (x, n, k, lk, has_len, vals, idx, self.rb_ccap, self.rb_stop, self.rb_smin,
-                    self.rb_bmax)
+            args = (x, n, k, lk, has_len, vals, idx, self.rb_ccap, self.rb_stop, self.rb_bmax)
             if mode() == "gpu":                  # > 48 KB: raise the limit once
                 kern.reserve_dynamic_shared(args, RB_SMEM)
             kern.launch(R, self.finish_threads, *args, shared_bytes=RB_SMEM)
@@ -1958,7 +1868,7 @@ def production_kernels():
                              (arr[::1], i64, i64, i32, b, i64, i64, i32, i32, i32, t.uint64[::1],
                               t.uint64[::1], i64, arr[::1], i32, i64)))
             sigs.append((rowblock_kernel(kind, vectorized),
-                         (arr[::1], i64, i64, i32, b, arr[::1], i32, i64, i64, i64, i64)))
+                         (arr[::1], i64, i64, i32, b, arr[::1], i32, i64, i64, i64)))
         sigs.append((topk_finish_kernel, (arr[::1], i64, i64, i32, b, i64, i32, i32, i32,
                                           t.uint64[::1], t.uint64[::1], i64, arr[::1], i32)))
     return sigs
