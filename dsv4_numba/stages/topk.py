@@ -34,12 +34,15 @@ Implementations (stage registry name ``topk``)
   "fused"; ``DSV4_TOPK_VARIANT``, ``TopkPlan(variant=)`` / ``topk_production(variant=)`` pick
   one; tools/bench_softmax_topk.py times all).
   ``rowblock`` (round 3; H100: 62.6 / 45.7 / 33.5 us on the three target shapes, see
-    ``PRODUCTION_VARIANT``): ONE launch, one CTA of 1024 threads per
-    row, nothing global but the row and the outputs: a 4096-bin shared histogram of the top 12
-    key bits (pass 1, HBM), a block scan for the threshold bin, the scores at or above it
-    appended to a shared list (pass 2, L2; a float compare a score and one warp scan per 16
-    scores), 8-bit radix refinement and the bitonic sort in shared memory. No global atomics,
-    fences or tickets. Napkin math above ``rowblock_kernel``: ~27 / ~15 / ~11 us.
+    ``PRODUCTION_VARIANT``; round 4, with a sampled threshold since taken out again: 45.9 /
+    32.1 / 27.1 us -- the landed round-4 kernel is untimed, CHANGELOG 0.4.0): ONE launch, one CTA
+    of 1024 threads per row, nothing global but the row and the outputs: a 4096-bin shared
+    histogram of the top 12 key bits (pass 1, HBM), a block scan for the threshold bin, the
+    scores at or above it appended to a shared list (pass 2, L2; a float compare a score, one
+    shared atomic per thread with a selected score), 8-bit radix refinement, a counting sort
+    (``counting_sort_desc``; the bitonic network for clustered keys) in shared memory, scores
+    written from their keys. No global atomics, fences or tickets. Napkin math above
+    ``rowblock_kernel``: ~27 / ~15 / ~11 us (ncu found it issue-bound, not memory-bound).
   The other three split a row over S blocks of 512 threads (S x rows ~ 4 blocks per SM). The workspace (histograms, counters, tickets) is zeroed once when
   allocated and left zero by every run (the row's finishing block cleans it).
     1. histogram (both variants): each block reads its slice once (16-byte loads), counts the top
@@ -1470,10 +1473,13 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
        (composites are distinct: it ends).
     2. pass 2 (L2): every composite at or above d's prefix -> the list (< K above + <= ccap).
     3. in shared memory: 8-bit radix passes over the list until the chosen bucket is wanted
-       whole, the K selected -> the sort buffer (swizzled), bitonic sort (strides < 64 in
-       registers: ``bitonic_sort_desc_warp``), write values/indices.
+       whole, the K selected -> the sort buffer (swizzled), ``counting_sort_desc`` (scratch: the
+       dead list; bins of more than ``bmax`` items: the bitonic sort, strides < 64 in registers,
+       ``bitonic_sort_desc_warp``), write indices and the scores (from their keys, ``bits_of_key``).
     ``stop`` (timing hook, 0 in use): 1-4 end the kernel after pass 1 / pass 2 / the refine /
     the sort (outputs unwritten): tools/bench_softmax_topk.py --breakdown times each prefix.
+    ``bmax`` (``TopkPlan.rb_bmax``, default ``RB_BMAX``; a test hook): the counting sort's
+    largest bin. The list slots are bounded by K + ccap (``lcap``; RB_LIST).
     """
     key = ("rowblock", kind, vectorized, threads)
     if key in _PROD:
