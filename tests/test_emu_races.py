@@ -5,6 +5,7 @@ one) had no lock, so two threads of a block reaching the line together could eac
 one would work on a private copy of a "shared" array. The emulator's hook (emu.state) now does the
 lookup, creation and store under one lock. The race is forced here: array creation is made slow (a
 sleep, which lets the other threads run), so without the lock every thread would make its own."""
+import threading
 import time
 
 import numpy as np
@@ -183,3 +184,45 @@ def test_error_of_an_ended_thread_aborts_the_parked_ones():
         k_fail_while_others_parked.launch(1, 64, emu.to_device(out))     # no copy: stores seen
     time.sleep(0.1)                              # let the aborted threads end
     assert not out.any()
+
+
+@pytest.fixture
+def slow_release(monkeypatch):
+    """The block manager's release of a syncthreads takes 5 ms per thread (a preempted release loop,
+    what a loaded machine does): the threads released first run while the others are still parked."""
+    from numba.cuda.simulator import kernel as simk
+
+    class SlowEvent(threading.Event):
+        def set(self):
+            super().set()
+            if threading.current_thread() is threading.main_thread():
+                time.sleep(0.005)            # the released thread runs on meanwhile
+    start = simk.BlockThread.start
+
+    def start_slow(self):
+        self.syncthreads_event = SlowEvent()
+        start(self)
+    monkeypatch.setattr(simk.BlockThread, "start", start_slow)
+
+
+@kernel
+def k_wait_on_the_later_released(out):
+    bars = cuda.shared.array(1, uint64)
+    t = cuda.threadIdx.x
+    bar = ops.shared_address(bars)
+    if t == 0:
+        ops.mbarrier_init(bar, uint32(1))
+    cuda.syncthreads()
+    if t < 32:
+        ops.mbarrier_wait_parity(bar, uint32(0))     # released first: waits on warp 1...
+    elif t == 32:
+        ops.mbarrier_arrive(bar)                     # ...released later
+    out[t] = int32(t + 1)
+
+
+def test_a_half_done_syncthreads_release_is_not_a_deadlock(slow_release):
+    """The sm_100a indexer case that failed once after the hang fix (threads 0-127 and 128 waiting
+    on mbarriers, 129-191 'in syncthreads'): the release is made under the state lock now."""
+    out = np.zeros(64, np.int32)
+    k_wait_on_the_later_released.launch(1, 64, out)
+    np.testing.assert_array_equal(out, np.arange(1, 65))

@@ -37,7 +37,9 @@ Deadlock
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 import time
 import weakref
@@ -410,6 +412,7 @@ class CTAState:
                  if exact else "threads of the CTA:"]
         groups: dict = {}
         addrs = set()
+        frames = sys._current_frames()
         for t in sorted(live, key=lambda t: t.thread_id):
             if t in self.waiting:
                 what, ba = self.waiting[t].what, self.waiting[t].addrs
@@ -418,6 +421,7 @@ class CTAState:
                 what = "syncthreads / bar.sync"
             else:
                 what = "nothing the emulator knows of (running)"
+            what += _kernel_line(frames.get(t.ident))
             groups.setdefault(what, []).append(t.thread_id)
         for what, tids in groups.items():
             lines.append(f"  threads {_ranges(tids)} wait for {what}")
@@ -427,6 +431,20 @@ class CTAState:
         lines.append("  check: expect_tx bytes == bytes the TMAs deliver (box bytes each); arrival count "
                      "== arrive calls per phase; the waited parity is the phase the producer fills.")
         return "\n".join(lines)
+
+
+_NOT_KERNEL = (os.sep + "threading.py", os.sep + "simulator" + os.sep, os.path.dirname(os.path.abspath(__file__)))
+
+
+def _kernel_line(frame) -> str:
+    """' at FILE:LINE' of the innermost frame of a thread that is kernel code (not the simulator, the
+    emulator or threading), '' if none."""
+    while frame is not None:
+        f = frame.f_code.co_filename
+        if not any(x in f for x in _NOT_KERNEL):
+            return f" at {os.path.basename(f)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return ""
 
 
 class _Waiter:
@@ -614,10 +632,13 @@ def _install_block_end_hook():
     "hang" of issue #8/#9). Here the manager sleeps on an event that each syncthreads arrival and
     each thread end sets (with a ``MANAGER_POLL_S`` fallback), so it holds the GIL only to decide.
 
-    Same rules otherwise, with one fix: a thread that failed is noticed even when it has already
-    ended by the time the manager looks (the simulator only looked at live threads' errors, so
-    the others' ``syncthreads`` could be released after a failure); the error raised is the first
-    thread's to fail. After the threads end without error, the emulator checks what must hold at
+    Same rules otherwise, with two fixes: a syncthreads release happens under the CTA state lock
+    (the deadlock rule, evaluated under that lock, saw threads released first waiting on threads
+    not yet released, and reported a deadlock that was none: the simulator's release loop has the
+    same window); a thread that failed is noticed even when it has already ended by the time the
+    manager looks (the simulator only looked at live threads' errors, so the others'
+    ``syncthreads`` could be released after a failure); the error raised is the first thread's to
+    fail. After the threads end without error, the emulator checks what must hold at
     kernel exit (``CTAState.finish``: TMEM deallocated, wgmma results waited for)."""
     from numba.cuda.simulator import kernel as simk
     if getattr(simk.BlockManager.run, "_dsv4_emu", False):
@@ -679,9 +700,14 @@ def _install_block_end_hook():
                 raise failed.exception[0].with_traceback(failed.exception[1])
             live = [t for t in live if not getattr(t, "_dsv4_done", False) and t.is_alive()]
             if live and all(t.syncthreads_blocked for t in live):
-                for t in live:           # every live thread is parked in syncthreads: release them
-                    t.syncthreads_blocked = False
-                    t.syncthreads_event.set()
+                # every live thread is parked in syncthreads: release them, all under the CTA's state
+                # lock, so the deadlock rule never sees half of them released and the others still
+                # parked (the threads released first could wait on those: a false deadlock)
+                st = getattr(self, "_dsv4_emu_state", None)
+                with st.lock if st is not None else contextlib.nullcontext():
+                    for t in live:
+                        t.syncthreads_blocked = False
+                        t.syncthreads_event.set()
         failed = getattr(self, "_dsv4_failed_thread", None) or next((t for t in threads if t.exception), None)
         if failed is not None:
             raise failed.exception[0].with_traceback(failed.exception[1])
@@ -721,7 +747,6 @@ def _install_shared_array_hook():
     same array. ``alignment`` (which the simulator rejects) is checked and accepted: every
     shared root gets a 1024-byte aligned emulated address anyway. Shape 0 is the dynamic shared
     memory: one buffer per launch, made when the launch starts (views of it need no lock)."""
-    import sys
 
     from numba.cuda.simulator import kernelapi as ka
     orig = ka.FakeCUDAShared.array
