@@ -184,8 +184,9 @@ def problem(seed, T, N):
 # first site's phase completed); the emulator now reports a named-barrier phase reached by one
 # warp's lanes from two sites (bar.sync is .aligned), and gives every thread the same
 # cuda.shared.array (the simulator's allocation could race). Back in the default selection:
-# 45 runs of these tests since (3 processes in parallel on 2 cores) took 10-18 s each, and a
-# full-suite -n 2 run with them in 4 min 20 s (~13 s of it theirs).
+# with the fix, runs of these tests (3 processes in parallel on 2 cores) took 10-23 s each; one
+# of 63 reported a false deadlock (a syncthreads release seen half done, fixed in emu as well),
+# none of 72 since; a full-suite -n 2 run with them in took 4 min 53 s (~12 s of it theirs).
 # STALL_GUARD_S: a wait that sees no emulated progress that long raises EmulatorDeadlock with every
 # thread's state instead of running into the CI timeout.
 def PIPELINED_EMU(test):          # in the default selection; `= pytest.mark.slow` moves them out
