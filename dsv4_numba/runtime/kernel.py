@@ -17,6 +17,7 @@ kernels and run on hardware only.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sys
 
 from . import env, toolchain
@@ -100,6 +101,11 @@ class Kernel:
             self.gpu[grid, block, stream, shared_bytes](*args)
             return
         from numba.cuda.simulator.kernel import FakeCUDAKernel
+
+        # importing emu.state installs the emulator's block manager (event-driven, no GIL-holding
+        # poll loop) and its locked cuda.shared.array: one rule for every simulated kernel,
+        # whether or not it uses the emulated PTX ops
+        importlib.import_module("dsv4_numba.emu.state")
         sim = FakeCUDAKernel(self.py_func, device=False)
         with _simulator_globals(self.py_func):
             sim[grid, block, 0, shared_bytes](*args)
