@@ -102,7 +102,7 @@ def test_wrong_fp4_decode_in_the_kernel_fails_the_index_check(sim, monkeypatch):
         b = np.array(v, np.float32).astype(ml_dtypes.bfloat16).view(np.uint16).astype(np.uint32)
         return tuple(np.uint32(b[2 * i] | (b[2 * i + 1] << 16)) for i in range(4))
 
-    monkeypatch.setitem(K._SIM_TWIN, id(F.decode8), FakeCUDAKernel(wrong8, device=True))
+    monkeypatch.setitem(K._SIM_TWIN, id(F.decode8), (F.decode8, FakeCUDAKernel(wrong8, device=True)))
     q, kc, w = problem(12, 1, 128, bf16=False)
     orc = oracle(q, kc, w)
     idx, vals = indexer(q, kc, w, 8, impls="fused:reference")

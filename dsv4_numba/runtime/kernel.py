@@ -22,7 +22,15 @@ import sys
 
 from . import env, toolchain
 
-_SIM_TWIN: dict[int, object] = {}  # id(real device dispatcher) -> simulator device function
+# id(real device dispatcher) -> (the dispatcher, its simulator device function). The dispatcher is
+# kept (alive, so its id is never reused by another object) and compared by identity (_twin_of).
+_SIM_TWIN: dict[int, tuple] = {}
+
+
+def _twin_of(v):
+    """The simulator twin of ``v`` if ``v`` is a @device dispatcher, else None."""
+    entry = _SIM_TWIN.get(id(v))
+    return entry[1] if entry is not None and entry[0] is v else None
 
 
 def device(fn=None, *, sim=None):
@@ -38,7 +46,7 @@ def device(fn=None, *, sim=None):
         return cuda.jit(device=True)(sim or fn)
     real = cuda.jit(device=True, inline="always")(fn)
     from numba.cuda.simulator.kernel import FakeCUDAKernel
-    _SIM_TWIN[id(real)] = FakeCUDAKernel(sim or fn, device=True)
+    _SIM_TWIN[id(real)] = (real, FakeCUDAKernel(sim or fn, device=True))
     return real
 
 
@@ -48,7 +56,7 @@ def _functions_reachable(fn, seen):
         return
     seen[id(fn)] = fn
     for v in list(fn.__globals__.values()):
-        if id(v) in _SIM_TWIN:
+        if _twin_of(v) is not None:
             _functions_reachable(v.py_func, seen)
 
 
@@ -60,8 +68,8 @@ def _simulator_globals(fn):
     hw_ops = sys.modules.get("dsv4_numba.hw.ops")
     for f in seen.values():
         g = f.__globals__
-        orig = {k: v for k, v in g.items() if id(v) in _SIM_TWIN}
-        sub = {k: _SIM_TWIN[id(v)] for k, v in orig.items()}
+        orig = {k: v for k, v in g.items() if _twin_of(v) is not None}
+        sub = {k: _twin_of(v) for k, v in orig.items()}
         if hw_ops is not None and g.get("ops") is hw_ops:   # production kernels: the emulator's ops
             from ..emu import ops as emu_ops
             orig["ops"], sub["ops"] = hw_ops, emu_ops
