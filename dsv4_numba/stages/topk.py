@@ -376,21 +376,18 @@ def warp_inclusive_scan(v, lane):
 
 
 @device
-def block_find_bucket(h, nbins, want, st, wsum):
-    """With h[0:nbins] a histogram (shared), find the bucket holding the want-th largest item.
-
-    st[0] = that bucket, st[1] = items in higher buckets. Thread t sums the nbins / blockDim bins
-    counted down from the top, a block scan (warp shuffles + one shared word per warp) turns the
-    sums into running counts, and the thread whose range crosses ``want`` walks its bins.
-    Needs nbins % blockDim.x == 0, blockDim.x % 32 == 0, 1 <= want <= total.
-    """
+def block_scan_from_top(h, nbins, wsum):
+    """The block scan both bucket searches share: thread t takes the nbins / blockDim bins counted
+    down from the top (h[top], h[top - 1], .., h[top - per + 1]) and gets (top, per, s, incl):
+    s = its bins' sum, incl = the items in its bins and every higher one (warp shuffles + one
+    shared word per warp, two barriers). Needs nbins % blockDim.x == 0, blockDim.x % 32 == 0."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     lane = tid & 31
     warp = tid >> 5
     per = nbins // nt
     top = nbins - 1 - tid * per
-    s = 0
+    s = int32(0)
     for i in range(per):
         s += h[top - i]
     incl = warp_inclusive_scan(s, lane)
@@ -402,7 +399,19 @@ def block_find_bucket(h, nbins, want, st, wsum):
         wi = warp_inclusive_scan(w, lane)
         wsum[lane] = wi - w
     cuda.syncthreads()
-    incl += wsum[warp]
+    return top, per, s, int32(incl + wsum[warp])
+
+
+@device
+def block_find_bucket(h, nbins, want, st, wsum):
+    """With h[0:nbins] a histogram (shared), find the bucket holding the want-th largest item.
+
+    st[0] = that bucket, st[1] = items in higher buckets. A block scan of the bins counted from
+    the top (``block_scan_from_top``) gives each thread the running counts of its range; the
+    thread whose range crosses ``want`` walks its bins.
+    Needs nbins % blockDim.x == 0, blockDim.x % 32 == 0, 1 <= want <= total.
+    """
+    top, per, s, incl = block_scan_from_top(h, nbins, wsum)
     excl = incl - s
     if excl < want and incl >= want:
         acc = excl
@@ -686,13 +695,15 @@ def write_sorted(buf, K, k, x, base, obase, kind, vals, idx, swizzled, from_key=
         c = buf[buf_slot(s, swizzled)]
         j = composite_index(c)
         idx[obase + s] = j
-        u, unique = bits_of_key(uint32(c >> uint64(32)), kind)
-        if from_key and unique:
-            if kind == BF16:
-                vals[obase + s] = u
-            else:
-                vals[obase + s] = bits_f32(u)
-        else:
+        unique = False
+        if from_key:
+            u, unique = bits_of_key(uint32(c >> uint64(32)), kind)
+            if unique:
+                if kind == BF16:
+                    vals[obase + s] = u
+                else:
+                    vals[obase + s] = bits_f32(u)
+        if not unique:
             vals[obase + s] = x[base + j]
     for s in range(K + tid, k, nt):
         write_empty(vals, idx, obase + s, kind)
@@ -873,34 +884,16 @@ RB_BMAX = 64          # largest 12-bit bucket counting_sort_desc ranks by compar
 @device
 def block_scan_desc(h, nbins, out, wsum):
     """out[b] = h[b + 1] + .. + h[nbins - 1] (the items in higher bins) for every bin, by the
-    whole block (nbins % blockDim.x == 0, the same split as ``block_find_bucket``); returns the
-    largest h[b] this thread read. Starts and ends with the caller's barriers (none at the end:
-    out is complete after the caller's next one)."""
-    tid = cuda.threadIdx.x
-    nt = cuda.blockDim.x
-    lane = tid & 31
-    warp = tid >> 5
-    per = nbins // nt
-    top = nbins - 1 - tid * per
-    s = int32(0)
+    whole block (``block_scan_from_top``); returns the largest h[b] this thread read. No barrier
+    at the end: out is complete after the caller's next one."""
+    top, per, s, incl = block_scan_from_top(h, nbins, wsum)
+    acc = incl - s
     mx = int32(0)
     for i in range(per):
         v = h[top - i]
-        s += v
-        mx = max(mx, v)
-    incl = warp_inclusive_scan(s, lane)
-    if lane == 31:
-        wsum[warp] = incl
-    cuda.syncthreads()
-    if warp == 0:
-        w = wsum[lane] if lane < (nt >> 5) else 0
-        wi = warp_inclusive_scan(w, lane)
-        wsum[lane] = wi - w
-    cuda.syncthreads()
-    acc = int32(incl - s + wsum[warp])
-    for i in range(per):
         out[top - i] = acc
-        acc += h[top - i]
+        acc += v
+        mx = max(mx, v)
     return mx
 
 
