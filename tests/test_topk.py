@@ -262,21 +262,85 @@ def test_rowblock_levels_simulated():
 
 
 @pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
+def test_split_rounds_slices_and_replay_simulated():
+    """split (S CTAs a row; here as replay launches, the simulator's form): uneven slices with a
+    scalar tail (N = 72 over 3 CTAs, one row's length 70), a bucket capacity of 3 so that the
+    rows need level rounds (one 12-bit bin holds each row: [1, 1.125)), ties by index, a CTA
+    whose slice lies past its row's length, k > N in bfloat16, empty and one-score rows. The
+    replay takes exactly rounds + 2 launches: counted."""
+    g = np.random.default_rng(47)
+    x = (1.0 + g.random((3, 72)) / 16).astype(np.float32)
+    x[1, ::7] = 3.0
+    lengths = np.array([72, 70, 20])
+    v, i = run_production(x, 37, lengths, S=3, capacity=3, variant="split", twice=True)
+    assert_topk(v, i, x, 37, lengths, name="split levels (sim)")
+    v, i = run_production(x, 30, lengths, S=3, variant="split", vectorized=False)
+    assert_topk(v, i, x, 30, lengths, name="split scalar loads (sim)")
+    xb = scores((2, 40), seed=13, dtype=ml_dtypes.bfloat16)
+    v, i = run_production(xb, 48, np.array([40, 1]), S=2, variant="split")
+    assert_topk(v, i, xb, 48, np.array([40, 1]), name="split bf16 k > N (sim)")
+
+
+@pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
+def test_split_larger_blocks_simulated():
+    """split with 128-thread CTAs (the block scans, the unrolled 16-byte histogram read-back
+    and list load, the rank's pairs at more than one warp), level rounds, lengths."""
+    x = scores((2, 1024), seed=53)
+    lengths = np.array([1024, 300])
+    c = K._prepare(x, 100, lengths, check_nan=False)
+    plan = K.TopkPlan(2, 1024, 100, c.kind, threads=128, S=2, capacity=16, variant="split")
+    v, i = K.topk_production(c, plan=plan, vectorized=True)
+    assert_topk(v, i, x, 100, lengths, name="split 128 threads (sim)")
+
+
+@pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
+def test_split_replay_launch_count_simulated(monkeypatch):
+    """One replay launch per segment: round 0 + the publish + the rank (3) without level
+    rounds; a capacity of 3 on a one-bin row adds level rounds (each a launch)."""
+    x = scores((2, 64), seed=5)
+    count = []
+    real = K.split_kernel
+
+    def counting(*a):
+        kern = real(*a)
+
+        class Wrap:
+            def launch(self, *la, **kw):
+                count.append(la[-2])
+                return kern.launch(*la, **kw)
+
+            def reserve_dynamic_shared(self, *ra):
+                pass
+        return Wrap()
+    monkeypatch.setattr(K, "split_kernel", counting)
+    v, i = run_production(x, 9, S=2, variant="split")
+    assert_topk(v, i, x, 9, name="split (sim)")
+    assert count == [0, 1, 2]
+    count.clear()
+    y = (1.0 + np.random.default_rng(3).random((1, 64)) / 16).astype(np.float32)
+    v, i = run_production(y, 9, S=2, capacity=3, variant="split")
+    assert_topk(v, i, y, 9, name="split levels (sim)")
+    assert count[:3] == [0, 1, 2] and len(count) >= 4
+
+
+@pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
 def test_rowblock_special_rows_simulated():
     """The level-1 append compares floats against the threshold's float (rb_threshold_f32):
     rows whose threshold is -inf (all -inf: every score selected), +inf, NaN (unscanned
-    input: only NaNs above it), -0/+0; one row's tail (N % 4 != 0) goes through the scalar
-    trip after the 16-byte loads."""
-    x = scores((4, 23), seed=43)
+    input: only NaNs above it), -0/+0; each row's valid tail (length 23 of 24: rows stay 16-byte
+    aligned, as the GPU path needs) goes through the scalar trip after the 16-byte loads."""
+    x = scores((4, 24), seed=43)
     x[0] = -np.inf
     x[1, [2, 5, 7, 11, 13, 17]] = np.inf
     x[2, [1, 4, 9, 22]] = np.nan
     x[3, ::2] = -0.0
     x[3, 1::2] = 0.0
     x[3, [3, 20]] = -1.0
-    v, i = run_production(x, 6, variant="rowblock")
+    x[:, 23] = np.inf                          # beyond every row's length: never selected
+    lengths = np.full(4, 23)
+    v, i = run_production(x, 6, lengths, variant="rowblock")
     assert i[0].tolist() == list(range(6)) and i[2, :4].tolist() == [1, 4, 9, 22]
-    assert_topk(v, i, x, 6, name="rowblock special rows (sim)")
+    assert_topk(v, i, x, 6, lengths, name="rowblock special rows (sim)")
 
 
 @pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
@@ -301,16 +365,18 @@ def test_rowblock_more_simulated():
     """rowblock (~100 s here): bfloat16 with k > N and a tail after the 8-wide loads, scalar and
     vector loads, level passes down to the index bits (one value repeated over the row), several
     trips a thread with a partial last one."""
-    xb = scores((2, 43), seed=13, dtype=ml_dtypes.bfloat16)
+    xb = scores((2, 48), seed=13, dtype=ml_dtypes.bfloat16)      # rows 16-byte aligned, as on
+    lb = np.array([43, 43])                                        # the GPU; 43 valid: a tail
     for vec in (True, False):
-        v, i = run_production(xb, 48, variant="rowblock", vectorized=vec)
-        assert_topk(v, i, xb, 48, name=f"rowblock bf16 k > N vectorized={vec} (sim)")
-        v, i = run_production(xb, 5, variant="rowblock", vectorized=vec, capacity=2)
-        assert_topk(v, i, xb, 5, name=f"rowblock bf16 levels vectorized={vec} (sim)")
-    x = np.full((2, 70), 1.5, np.float32)
+        v, i = run_production(xb, 48, lb, variant="rowblock", vectorized=vec)
+        assert_topk(v, i, xb, 48, lb, name=f"rowblock bf16 k > N vectorized={vec} (sim)")
+        v, i = run_production(xb, 5, lb, variant="rowblock", vectorized=vec, capacity=2)
+        assert_topk(v, i, xb, 5, lb, name=f"rowblock bf16 levels vectorized={vec} (sim)")
+    x = np.full((2, 72), 1.5, np.float32)
     x[1, ::9] = 2.0
-    v, i = run_production(x, 20, capacity=4, variant="rowblock")
-    assert_topk(v, i, x, 20, name="rowblock all ties (sim)")
+    lx = np.array([70, 70])
+    v, i = run_production(x, 20, lx, capacity=4, variant="rowblock")
+    assert_topk(v, i, x, 20, lx, name="rowblock all ties (sim)")
     assert i[0].tolist() == list(range(20))
     x = scores((2, 300), seed=31)
     for vec in (True, False):
@@ -410,14 +476,18 @@ PROD = registry.REGISTRY["topk"].impls["production:sm_90a"]
 # the fused select kernel is compiled in one form (float32, 16-byte loads): its other forms
 # differ only in load_keys, compiled with the histogram / filter kernels; ~30 s each otherwise
 # the rowblock kernel likewise: float32 with 16-byte loads (its bfloat16 form: a slow case)
+# the split kernel: float32 16-byte loads at 256 threads in CI (~60 s), bfloat16 at 512 in the
+# slow set (the 1024-thread form spills ~210 B under its 64-register cap: ptxas, not a test)
 KERNELS = [(k, s) for k, s in PROD.kernels()
-           if not k.__name__.startswith(("topk_select", "topk_rowblock"))
+           if not k.__name__.startswith(("topk_select", "topk_rowblock", "topk_split"))
            or k.__name__ in ("topk_select_f32_v4", "topk_select_staged_f32_v4",
-                             "topk_rowblock_f32_v4_t1024")]
+                             "topk_rowblock_f32_v4_t1024", "topk_split_f32_v4_t256",
+                             "topk_split_bf16_v8_t512")]
 ROWBLOCK = [(k, s) for k, s in PROD.kernels()
             if k.__name__ in ("topk_rowblock_f32_v4_t1024", "topk_rowblock_bf16_v8_t1024")]
 # CI compiles all but the rowblock kernel (~70 s alone on 2 cores): it is in the slow set below
-KERNELS_CI = [(k, s) for k, s in KERNELS if not k.__name__.startswith("topk_rowblock")]
+KERNELS_CI = [(k, s) for k, s in KERNELS if not k.__name__.startswith("topk_rowblock")
+              and k.__name__ != "topk_split_bf16_v8_t512"]
 
 
 def _hot_windows(lines):
@@ -497,6 +567,13 @@ def check_production_compiled(k, sig, arch):
         assert res.shared_bytes < 48 * 1024
     if name == "topk_finish_kernel":
         assert res.shared_bytes < 48 * 1024
+    if name.startswith("topk_split"):
+        # the per-row barrier (atomic arrival, acquire polling with back-off), the histogram
+        # read-back from L2 (16-byte .cg loads), the release fence; big buffers dynamic
+        for ins in ("atom.global.add.u64", "ld.acquire.gpu.global.u64", "nanosleep.u32",
+                    "ld.global.cg.v4.u32", "ld.relaxed.gpu.global.u32", "membar.gl"):
+            assert ins in res.ptx, f"{ins} missing from the split kernel"
+        assert res.shared_bytes < 16 * 1024, "the big buffers are dynamic shared memory"
 
 
 @pytest.mark.slow
@@ -537,6 +614,19 @@ def test_plan_geometry():
     # RB_AUTO_MIN_ROWS rows, fused otherwise
     assert K.TopkPlan(64, 65536, 2048, K.F32, variant="auto").variant == "rowblock"
     assert K.TopkPlan(1, 65536, 2048, K.F32, variant="auto").variant == "fused"
+    # split: S CTAs a row, every CTA resident (rows x S <= SMs), >= 256 x vec scores a CTA,
+    # the smallest CTA giving <= 4 vectors a thread
+    p = K.TopkPlan(1, 65536, 2048, K.F32, variant="split")
+    assert (p.S, p.chunk, p.split_threads) == (min(sms, 64), 65536 // min(sms, 64), 256)
+    p = K.TopkPlan(4, 65536, 512, K.F32, variant="split")
+    assert p.S == min(sms // 4, 64) and p.S * p.chunk >= 65536 and p.chunk % 4 == 0
+    p = K.TopkPlan(2, 1 << 20, 1024, K.BF16, variant="split")
+    per = -(-p.chunk // 8)                                    # 16-byte vectors a CTA
+    assert p.S == sms // 2 and p.chunk % 8 == 0
+    assert p.split_threads == min(t for t in K.SP_THREADS if per <= 4 * t)
+    assert K.TopkPlan(500, 4096, 64, K.F32, variant="split").S == 1   # no cross-CTA wait
+    with pytest.raises(ValueError, match="resident"):
+        K.TopkPlan(4, 65536, 512, K.F32, variant="split", S=sms)
     assert K.resolve_variant("auto", 131072, K.RB_AUTO_MIN_ROWS) == "rowblock"
     assert K.resolve_variant("auto", 131072, K.RB_AUTO_MIN_ROWS - 1) == "fused"
     assert K.resolve_variant("auto", K.RB_AUTO_MAX_N + 1, 64) == "fused"

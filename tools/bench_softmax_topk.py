@@ -9,11 +9,13 @@
 
 Top-k variants (``--variant``: ``all`` (default) or a comma list of ``topk.VARIANTS``):
 ``three_pass`` (histogram, filter, finish), ``fused`` (histogram, select + last-block finish),
-``staged`` (``fused`` with block-staged appends and one-wave grids) and ``rowblock`` (one CTA per
-row, one launch), each checked and timed against the same torch number; the table says which one
+``staged`` (``fused`` with block-staged appends and one-wave grids), ``rowblock`` (one CTA per
+row, one launch) and ``split`` (S CTAs a row, one launch, per-row barriers in global memory),
+each checked and timed against the same torch number; the table says which one
 ``impl="production"`` runs now for that shape (``topk.resolve_variant``: ``PRODUCTION_VARIANT``,
 "auto" resolved). ``--breakdown``: the histogram launch alone (multi-block variants), or the
-rowblock kernel stopped after each stage (pass 1, pass 2, refine, sort; cumulative).
+rowblock kernel stopped after each stage (pass 1, pass 2, refine, sort; cumulative), or the
+split kernel stopped after round 0, the publish, the rank (cumulative).
 "% read-once" is the time to read the scores once at the measured copy bandwidth over ours.
 
 Method: inputs are torch tensors on the device, handed to dsv4_numba as zero-copy device arrays
@@ -161,8 +163,25 @@ def rowblock_stages_us(plan, call, vals, idx, reps, repeats):
     return out
 
 
+def split_stages_us(plan, call, vals, idx, reps, repeats):
+    """GPU us of the split kernel ended after round 0, the publish, the rank (the ``stop``
+    timing hook; cumulative). Leaves the plan running the whole kernel on a fresh workspace."""
+    from dsv4_numba.runtime.bench import time_gpu
+    from dsv4_numba.stages import topk as K
+    out = []
+    try:
+        for stop in (1, 2, 3):
+            plan.rb_stop = stop
+            out.append(time_gpu(lambda: K.topk_production(call, vals, idx, plan=plan),
+                                reps=reps, repeats=repeats))
+    finally:
+        plan.rb_stop = 0
+        plan.split_reset()
+    return out
+
+
 def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
-               variants=("three_pass", "fused", "staged", "rowblock"), targets_only=False,
+               variants=("three_pass", "fused", "staged", "rowblock", "split"), targets_only=False,
                breakdown=False):
     from numba import cuda
 
@@ -215,6 +234,13 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
                           f"+ pass 2 (list) {p2:.1f}, + refine/collect {p3:.1f}, + sort {p4:.1f}, "
                           f"+ write {ours:.1f}; grid {R} CTAs x {plan.finish_threads}",
                           flush=True)
+                elif breakdown and variant == "split":
+                    p1, p2, p3 = split_stages_us(plan, calls[0], vals, idx, reps, repeats)
+                    print(f"  split stages (cumulative us): round 0 (pass 1, histogram barrier, "
+                          f"read-back, bucket) {p1:.1f}, + pass 2 / publish barrier {p2:.1f}, "
+                          f"+ list load / rank {p3:.1f}, + write {ours:.1f}; one launch of {R} x "
+                          f"{plan.S} CTAs x {plan.split_threads} threads, {plan.chunk} scores a "
+                          f"CTA", flush=True)
                 elif breakdown:
                     h = hist_only_us(K, plan, calls[0], reps, repeats)
                     print(f"  {variant}: histogram launch alone ~{h:.1f} us (lower bound); the "

@@ -7,7 +7,7 @@ that call them from every thread of blocks of whole warps. The memory operations
 beside its address so the twin can act on the array.
 """
 import numpy as np
-from numba import cuda, uint32, uint64
+from numba import cuda, int32, uint32, uint64
 
 from ..runtime import device
 from . import ops
@@ -81,6 +81,8 @@ def _ldg_v4_gpu(x, src, i, esz):
 
 
 def _ldg_v4_sim(x, src, i, esz):
+    if (int(i) * esz) % 16:                   # (relative to the array's start: 16-byte aligned)
+        raise AssertionError(f"ldg_v4: element {int(i)} is not at a 16-byte boundary")
     if esz == 4:
         return tuple(np.uint32(np.float32(x[i + q]).view(np.uint32)) for q in range(4))
     return tuple(np.uint32(int(x[i + 2 * q]) | (int(x[i + 2 * q + 1]) << 16)) for q in range(4))
@@ -143,3 +145,60 @@ def _address_of_sim(x, VEC):
 
 
 address_of = _twin(_address_of_gpu, _address_of_sim)
+
+
+# Cross-CTA communication (the top-k split variant's per-row barriers): strong loads that read the
+# L2's value, and the spin-wait's back-off. The simulator runs one block at a time: nothing there
+# ever waits on another block, so the twins are plain reads and a no-op.
+def _gaddr_gpu(a):
+    return ops.array_address(a)
+
+
+def _gaddr_sim(a):
+    return uint64(0)
+
+
+def _ld_relaxed_i32_gpu(a, addr, i):
+    """a[i] of an int32 global array at address ``addr`` (``gaddr(a)``), read at .gpu scope."""
+    return int32(ops.ld_relaxed_gpu_u32(addr + uint64(4) * uint64(i)))
+
+
+def _ld_relaxed_i32_sim(a, addr, i):
+    return int32(a[i])
+
+
+def _ld_acquire_u64_gpu(a, addr, i):
+    """a[i] of a uint64 global array at address ``addr``, an acquire load at .gpu scope."""
+    return ops.ld_acquire_gpu_u64(addr + uint64(8) * uint64(i))
+
+
+def _ld_acquire_u64_sim(a, addr, i):
+    return uint64(a[i])
+
+
+def _ld_cg_v4_i32_gpu(a, addr, i):
+    """a[i:i + 4] of an int32 global array at address ``addr`` (16-byte aligned), cached in L2
+    only (ld.global.cg.v4.u32): 4 int32."""
+    w0, w1, w2, w3 = ops.ld_global_cg_v4_u32(addr + uint64(4) * uint64(i))
+    return int32(w0), int32(w1), int32(w2), int32(w3)
+
+
+def _ld_cg_v4_i32_sim(a, addr, i):
+    if int(i) % 4:
+        raise AssertionError(f"ld_cg_v4_i32: element {int(i)} is not at a 16-byte boundary")
+    return int32(a[i]), int32(a[i + 1]), int32(a[i + 2]), int32(a[i + 3])
+
+
+def _nanosleep_gpu(ns):
+    ops.nanosleep_u32(uint32(ns))
+
+
+def _nanosleep_sim(ns):
+    pass
+
+
+gaddr = _twin(_gaddr_gpu, _gaddr_sim)                        # the array's generic address
+ld_relaxed_i32 = _twin(_ld_relaxed_i32_gpu, _ld_relaxed_i32_sim)   # ld.relaxed.gpu.global.u32
+ld_acquire_u64 = _twin(_ld_acquire_u64_gpu, _ld_acquire_u64_sim)   # ld.acquire.gpu.global.u64
+ld_cg_v4_i32 = _twin(_ld_cg_v4_i32_gpu, _ld_cg_v4_i32_sim)     # ld.global.cg.v4.u32
+nanosleep = _twin(_nanosleep_gpu, _nanosleep_sim)            # nanosleep.u32

@@ -29,7 +29,7 @@ Implementations (stage registry name ``topk``)
   from the top (a shared-memory histogram per pass, stopping once the chosen bucket is taken
   whole), collect everything at or above it into shared memory, order by counting (each selected
   composite's position = how many selected are larger). Runs under the CUDA simulator.
-* ``production:sm_90a`` -- four variants, chosen by ``PRODUCTION_VARIANT`` (what
+* ``production:sm_90a`` -- five variants, chosen by ``PRODUCTION_VARIANT`` (what
   impl="production" runs: "auto" = "rowblock" for >= 16 rows of up to 262144 scores, else
   "fused"; ``DSV4_TOPK_VARIANT``, ``TopkPlan(variant=)`` / ``topk_production(variant=)`` pick
   one; tools/bench_softmax_topk.py times all).
@@ -43,6 +43,15 @@ Implementations (stage registry name ``topk``)
     (``counting_sort_desc``; the bitonic network for clustered keys) in shared memory, scores
     written from their keys. No global atomics, fences or tickets. Napkin math above
     ``rowblock_kernel``: ~27 / ~15 / ~11 us (ncu found it issue-bound, not memory-bound).
+  ``split`` (round 5; opt-in: ``variant="split"``; H100: 72.3 / 27.8 / 22.5 us on the three
+    target shapes, see ``PRODUCTION_VARIANT``): ONE launch of S CTAs a row (rows x S <= SMs, all
+    resident), each scanning a slice of ~N / S scores; they meet at per-row barriers in global
+    memory (an atomic arrival counter, acquire polling): the row's histogram is the sum of the
+    CTAs' (4096 bins, read back from L2), each CTA sorts the scores of its slice at or above the
+    threshold bucket and publishes that run to the row's list, and each ranks its own run
+    against the others (binary search) and writes its items to their output slots. Under the
+    simulator (one CTA at a time: no barrier could ever be met) it runs as replay launches, one
+    per barrier, with the same device code. Napkin math and measurements above ``split_kernel``.
   The other three split a row over S blocks of 512 threads (S x rows ~ 4 blocks per SM). The workspace (histograms, counters, tickets) is zeroed once when
   allocated and left zero by every run (the row's finishing block cleans it).
     1. histogram (both variants): each block reads its slice once (16-byte loads), counts the top
@@ -105,7 +114,8 @@ from numba import cuda, float32, int32, int64, uint32, uint64
 
 from .. import registry
 from ..hw.bits import bits_f32, f32_bits
-from ..hw.portable import address_of, ballot, ldg_v4, shfl_idx, shfl_up, shfl_xor
+from ..hw.portable import (address_of, ballot, gaddr, ld_acquire_u64, ld_cg_v4_i32,
+                           ld_relaxed_i32, ldg_v4, nanosleep, shfl_idx, shfl_up, shfl_xor)
 from ..runtime import BF16, F32, ArrayIO, detect_gpu, device, is_device_array, kernel, mode
 from ..runtime.arrays import check_lengths
 from ..runtime.arrays import float_kind as _input_kind
@@ -344,13 +354,18 @@ NBINS = 1 << HBITS
 HSHIFT = 32 - HBITS
 SCAN_THREADS = 512              # histogram / filter blocks
 FINISH_THREADS = 1024
-VARIANTS = ("three_pass", "fused", "staged", "rowblock")
+VARIANTS = ("three_pass", "fused", "staged", "rowblock", "split")
 # what impl="production" runs (DSV4_TOPK_VARIANT overrides it); the bench times every variant.
 # "auto" (``resolve_variant``): "rowblock" for batches of >= RB_AUTO_MIN_ROWS rows of at most
 # RB_AUTO_MAX_N scores, else "fused". H100, 2026-11-26, fp32 us (fused / rowblock; torch):
 # (64, 131072, k=2048) 152.8 / 62.6 (194.9); (1, 65536, 2048) 40.8 / 45.7 (79.5);
 # (4, 65536, 512) 32.5 / 33.5 (83.0): one CTA a row wins once the rows fill the SMs, the
 # multi-block "fused" wins for a few rows. Both passed the GPU tests there.
+# H100, 2026-11-26 (fifth session; fused / rowblock / split; torch): (64, 131072, 2048) 150.5 /
+# 50.0 / 72.3 (192-200); (1, 65536, 2048) 40.8 / 33.8 / 27.8 (78-83); (4, 65536, 512) 32.2 /
+# 27.3 / 22.5 (81-86) -- fused is now the slowest at 1 and 4 rows, but "auto" still picks it
+# there: the landed rowblock and split builds have not yet passed the GPU test file end to end
+# (CHANGELOG 0.5.0); switching "auto" to split for a few rows is the next step once they have.
 PRODUCTION_VARIANT = os.environ.get("DSV4_TOPK_VARIANT", "auto")
 # "staged" geometry: blocks resident per SM (ptxas: histogram <= 40 regs x 512 threads -> 3;
 # select capped at 64 regs by launch_bounds(512, 2) -> 2), so that each launch is one full wave
@@ -380,7 +395,8 @@ def block_scan_from_top(h, nbins, wsum):
     """The block scan both bucket searches share: thread t takes the nbins / blockDim bins counted
     down from the top (h[top], h[top - 1], .., h[top - per + 1]) and gets (top, per, s, incl):
     s = its bins' sum, incl = the items in its bins and every higher one (warp shuffles + one
-    shared word per warp, two barriers). Needs nbins % blockDim.x == 0, blockDim.x % 32 == 0."""
+    shared word per warp, two barriers; every warp scans the per-warp sums, so it also runs
+    under the simulator at any block size). Needs nbins % blockDim.x == 0, blockDim.x % 32 == 0."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     lane = tid & 31
@@ -394,12 +410,13 @@ def block_scan_from_top(h, nbins, wsum):
     if lane == 31:
         wsum[warp] = incl
     cuda.syncthreads()
-    if warp == 0:
-        w = wsum[lane] if lane < (nt >> 5) else 0
-        wi = warp_inclusive_scan(w, lane)
-        wsum[lane] = wi - w
-    cuda.syncthreads()
-    return top, per, s, int32(incl + wsum[warp])
+    # every warp scans the per-warp sums (no warp-0-only shuffles: the simulator's shuffle
+    # twins need the whole block) and takes its own warp's exclusive prefix
+    w = wsum[lane] if lane < (nt >> 5) else 0
+    wi = warp_inclusive_scan(w, lane)
+    excl_w = shfl_idx(int32(wi - w), warp)
+    cuda.syncthreads()                            # wsum is free again on return
+    return top, per, s, int32(incl + excl_w)
 
 
 @device
@@ -692,21 +709,27 @@ def write_sorted(buf, K, k, x, base, obase, kind, vals, idx, swizzled, from_key=
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     for s in range(tid, K, nt):
-        c = buf[buf_slot(s, swizzled)]
-        j = composite_index(c)
-        idx[obase + s] = j
-        unique = False
-        if from_key:
-            u, unique = bits_of_key(uint32(c >> uint64(32)), kind)
-            if unique:
-                if kind == BF16:
-                    vals[obase + s] = u
-                else:
-                    vals[obase + s] = bits_f32(u)
-        if not unique:
-            vals[obase + s] = x[base + j]
+        write_at(buf[buf_slot(s, swizzled)], obase + s, x, base, kind, vals, idx, from_key)
     for s in range(K + tid, k, nt):
         write_empty(vals, idx, obase + s, kind)
+
+
+@device
+def write_at(c, o, x, base, kind, vals, idx, from_key):
+    """Output slot o <- composite c: its index, and its score (from the key when ``from_key``
+    and the key is unique, else gathered from the row at x[base:])."""
+    j = composite_index(c)
+    idx[o] = j
+    unique = False
+    if from_key:
+        u, unique = bits_of_key(uint32(c >> uint64(32)), kind)
+        if unique:
+            if kind == BF16:
+                vals[o] = u
+            else:
+                vals[o] = bits_f32(u)
+    if not unique:
+        vals[o] = x[base + j]
 
 
 @device
@@ -903,7 +926,7 @@ def sort_bin(c, cmin, shift):
 
 
 @device
-def counting_sort_desc(buf, K, tmp, cnt, cur, bmax, red, st, wsum, e):
+def counting_sort_desc(buf, K, tmp, cnt, cur, bmax, st, wsum, e):
     """Sort the K distinct composites at swizzled slots buf[swz(0:K)] descending, in place, by
     the whole block, in ~7 barriers and a few dozen instructions an item:
       1. their range: bin = (c - min) >> shift, shift such that max - min fits 12 bits
@@ -916,8 +939,9 @@ def counting_sort_desc(buf, K, tmp, cnt, cur, bmax, red, st, wsum, e):
       4. rank: an item's position = its bin's start + the number of larger items in its bin
          (a loop over the bin: composites are distinct, so positions are too).
     A bin of more than ``bmax`` items (clustered keys: the loop would cost bin^2) sends the whole
-    sort to ``bitonic_sort_desc_warp`` instead (buf untouched until then). Scratch: tmp (K
-    uint64), cnt and cur (NBINS int32 each), red (2 uint64), st[3].
+    sort to ``bitonic_sort_desc_warp`` instead (buf untouched until then). Scratch: tmp (K >= 64
+    uint64; its first 64 hold the per-warp max/min first: no 64-bit shared atomics, which are
+    CAS loops in SASS), cnt and cur (NBINS int32 each), st[3].
     Napkin math (K = 2048, 1024 threads, ~random keys: bins of ~1-5): ~150 instructions a
     thread -> ~5 K warp-instructions, vs ~98 K measured (ncu, H100) for the bitonic network of
     64-bit composites: 19 us of the 62.6 us (64 x 131072, k = 2048)."""
@@ -926,8 +950,6 @@ def counting_sort_desc(buf, K, tmp, cnt, cur, bmax, red, st, wsum, e):
     lane = tid & 31
     K32 = int32(K)
     if tid == 0:
-        red[0] = uint64(0)
-        red[1] = ~uint64(0)
         st[3] = 0
     for i in range(tid, NBINS, nt):
         cnt[i] = 0
@@ -940,13 +962,18 @@ def counting_sort_desc(buf, K, tmp, cnt, cur, bmax, red, st, wsum, e):
     for d in (16, 8, 4, 2, 1):
         hi_c = max(hi_c, uint64(shfl_xor(int64(hi_c), d)))
         lo_c = min(lo_c, uint64(shfl_xor(int64(lo_c), d)))
+    if lane == 0:                                 # per-warp results -> tmp[0:64] (scratch; no
+        tmp[tid >> 5] = hi_c                      # 64-bit shared atomics: CAS loops in SASS)
+        tmp[32 + (tid >> 5)] = lo_c
     cuda.syncthreads()
-    if lane == 0:
-        cuda.atomic.max(red, 0, hi_c)
-        cuda.atomic.min(red, 1, lo_c)
-    cuda.syncthreads()
-    cmin = red[1]
-    diff = red[0] - cmin
+    nw = nt >> 5                                  # every warp reduces the per-warp results
+    hi_c = tmp[lane] if lane < nw else uint64(0)
+    lo_c = tmp[32 + lane] if lane < nw else ~uint64(0)
+    for d in (16, 8, 4, 2, 1):
+        hi_c = max(hi_c, uint64(shfl_xor(int64(hi_c), d)))
+        lo_c = min(lo_c, uint64(shfl_xor(int64(lo_c), d)))
+    cmin = lo_c
+    diff = hi_c - cmin
     if diff == 0:                                 # K == 1: sorted
         return
     shift = max(64 - int32(cuda.clz(diff)) - HBITS, 0)
@@ -1431,28 +1458,81 @@ def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, l
 
 
 @device
-def rb_pass(x, src, base, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st, lcap):
+def rb_pass(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st,
+            lcap):
     """One pass of the whole CTA (NT threads: a compile-time constant, so that the trips'
-    offsets are immediates) over the row x[base : base + L] (``rb_trip``s): full trips without
+    offsets are immediates) over the columns [c_lo, L) of the row at x[base:] (``rb_trip``s;
+    c_lo a multiple of VEC: 0 for rowblock, the CTA's slice for split): full trips without
     bounds checks, one checked trip, the < VEC scores past the last vector as one scalar trip.
     Every thread runs the same trips (the appends' warp scans see converged warps)."""
     tid = cuda.threadIdx.x
     nt = NT
     U = (4 if VEC != 8 else 2) >> (1 if mode % 2 == 1 else 0)   # modes 1, 3 (rare): composites
     w = cuda.local.array(16, uint32)
-    Lv = L - L % VEC                              # vector part; the < VEC rest is the tail
+    Lv = L - (L - c_lo) % VEC                     # vector part; the < VEC rest is the tail
     vstep = int64(nt * VEC)
     step = vstep * U
-    full = Lv // step
+    full = (Lv - c_lo) // step
     for t in range(full):
-        rb_trip(x, src, base, t * step + tid * VEC, Lv, vstep, False, kind, VEC, U, mode, hi,
-                pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap)
-    if full * step < Lv:
-        rb_trip(x, src, base, full * step + tid * VEC, Lv, vstep, True, kind, VEC, U, mode, hi,
-                pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap)
+        rb_trip(x, src, base, c_lo + t * step + tid * VEC, Lv, vstep, False, kind, VEC, U, mode,
+                hi, pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap)
+    if c_lo + full * step < Lv:
+        rb_trip(x, src, base, c_lo + full * step + tid * VEC, Lv, vstep, True, kind, VEC, U,
+                mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap)
     if VEC > 1 and Lv < L:
         rb_trip(x, src, base, Lv + tid, L, int64(nt), True, kind, 1, 1, mode, hi, pfx, lo,
                 mask, fT, dyn32, dyn64, st, w, lcap)
+
+
+@device
+def rb_threshold_bucket(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum,
+                        lcap, stop, split, ghist, hrow, gbar, row, S, s, phase, nbuf):
+    """The bucket holding the K-th largest of the row, by the whole CTA (rowblock: the row;
+    split: its slice [c_lo, c_hi), the histograms summed over the row's CTAs by
+    ``split_hist_round``): pass 1 counts the top 12 key bits (dyn32), a block scan finds the
+    bucket d and ``want`` (how many of K it must give); while d holds more than ``ccap`` scores,
+    a level pass (L2) counts the next 12 bits of the composites in d. Returns (want, pfx, hi,
+    cnt, seg, halted): the composites sharing pfx's bits >= hi are the bucket, cnt of them;
+    seg: split's barriers passed; halted: a replay launch or the ``stop == 1`` timing hook ended
+    here (the caller returns). ``split``: a compile-time constant of the caller."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 0, 64, uint64(0), 0, 0, float32(0), dyn32,
+            dyn64, st, lcap)
+    seg = 0
+    if split:
+        if split_hist_round(dyn32, ghist, hrow, gbar, row, S, s, seg, phase, hrow, nbuf):
+            return int64(0), uint64(0), 0, int32(0), seg, True
+    else:
+        cuda.syncthreads()
+    block_find_bucket(dyn32, NBINS, K, st, wsum)
+    want = K - st[1]
+    pfx = uint64(st[0]) << uint64(64 - RB_LEVEL_BITS)
+    hi = 64 - RB_LEVEL_BITS                       # composite bits >= hi are resolved
+    cnt = dyn32[st[0]]
+    if stop == 1:                                 # (timing hook: CTA- / row-uniform)
+        return want, pfx, hi, cnt, seg, True
+    while cnt > ccap:                             # uniform (rare: dense or tied data)
+        lo = max(hi - RB_LEVEL_BITS, 0)
+        cuda.syncthreads()                        # every thread has read cnt and st
+        for i in range(tid, NBINS, nt):
+            dyn32[i] = 0
+        cuda.syncthreads()
+        rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 1, hi, pfx, lo, (1 << (hi - lo)) - 1,
+                float32(0), dyn32, dyn64, st, lcap)
+        if split:
+            seg += 1
+            if split_hist_round(dyn32, ghist, hrow + int64(seg % nbuf) * NBINS, gbar, row, S, s,
+                                seg, phase, hrow, nbuf):
+                return want, pfx, hi, cnt, seg, True
+        else:
+            cuda.syncthreads()
+        block_find_bucket(dyn32, NBINS, want, st, wsum)
+        want -= st[1]
+        pfx |= uint64(st[0]) << uint64(lo)
+        cnt = dyn32[st[0]]
+        hi = lo
+    return want, pfx, hi, cnt, seg, False
 
 
 def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
@@ -1489,7 +1569,6 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
         h256 = cuda.shared.array(256, int32)
         wsum = cuda.shared.array(32, int32)
         st = cuda.shared.array(8, int32)
-        red = cuda.shared.array(2, uint64)
         e = cuda.local.array(8, uint64)
         L = row_length(row, n, lengths, has_len)
         base = int64(row) * n
@@ -1506,40 +1585,21 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
             st[5] = 0
         cuda.syncthreads()
         # 1. level passes: 12 bits of the composite each, from the top
-        rb_pass(x, src, base, L, kind, VEC, NT, 0, 64, uint64(0), 0, 0, float32(0), dyn32,
-                dyn64, st, lcap)
-        cuda.syncthreads()
-        block_find_bucket(dyn32, NBINS, K, st, wsum)
-        if stop == 1:                             # (timing hook: stop after this stage)
+        want, pfx, hi, cnt, _, halted = rb_threshold_bucket(
+            x, src, base, int64(0), L, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum, lcap, stop,
+            False, dyn32, 0, dyn64, row, 1, 0, -1, 1)
+        if halted:                                # (timing hook: stop after this stage)
             return
-        want = K - st[1]
-        pfx = uint64(st[0]) << uint64(64 - RB_LEVEL_BITS)
-        hi = 64 - RB_LEVEL_BITS                   # composite bits >= hi are resolved
-        cnt = dyn32[st[0]]
-        while cnt > ccap:                         # block-uniform (rare: dense or tied data)
-            lo = max(hi - RB_LEVEL_BITS, 0)
-            cuda.syncthreads()                    # every thread has read cnt and st
-            for i in range(tid, NBINS, nt):
-                dyn32[i] = 0
-            cuda.syncthreads()
-            rb_pass(x, src, base, L, kind, VEC, NT, 1, hi, pfx, lo, (1 << (hi - lo)) - 1,
-                    float32(0), dyn32, dyn64, st, lcap)
-            cuda.syncthreads()
-            block_find_bucket(dyn32, NBINS, want, st, wsum)
-            want -= st[1]
-            pfx |= uint64(st[0]) << uint64(lo)
-            cnt = dyn32[st[0]]
-            hi = lo
         # 2. the list: every composite above the bucket, and the bucket's
         done = cnt == want                        # the bucket is wanted whole
         if tid == 0:                              # kept in shared memory over the pass
             st[6] = want                          # (fewer registers live: no spill)
             st[7] = K
         if hi == 64 - RB_LEVEL_BITS:              # level 1: a float compare a score
-            rb_pass(x, src, base, L, kind, VEC, NT, 2, hi, pfx, 0, 0,
+            rb_pass(x, src, base, int64(0), L, kind, VEC, NT, 2, hi, pfx, 0, 0,
                     rb_threshold_f32(uint32(pfx >> uint64(32))), dyn32, dyn64, st, lcap)
         else:
-            rb_pass(x, src, base, L, kind, VEC, NT, 3, hi, pfx, 0, 0, float32(0), dyn32,
+            rb_pass(x, src, base, int64(0), L, kind, VEC, NT, 3, hi, pfx, 0, 0, float32(0), dyn32,
                     dyn64, st, lcap)
         cuda.syncthreads()
         n_list = st[4]
@@ -1582,7 +1642,7 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
         if stop == 3:
             return
         counting_sort_desc(dyn64, K, dyn64[K_MAX:2 * K_MAX], dyn32[4 * K_MAX:4 * K_MAX + NBINS],
-                           dyn32[4 * K_MAX + NBINS:4 * K_MAX + 2 * NBINS], bmax, red, st, wsum, e)
+                           dyn32[4 * K_MAX + NBINS:4 * K_MAX + 2 * NBINS], bmax, st, wsum, e)
         if stop == 4:
             return
         write_sorted(dyn64, K, k, x, base, int64(row) * k, kind, vals, idx, True, True)
@@ -1590,6 +1650,283 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
     topk_rowblock.__name__ = topk_rowblock.__qualname__ = \
         f"topk_rowblock_{'bf16' if kind == BF16 else 'f32'}_v{VEC}_t{NT}"
     k_ = _PROD[key] = kernel(topk_rowblock, launch_bounds=(NT,))
+    return k_
+
+
+# ----------------------------------------------------------------------------------------------
+# The split variant: S CTAs a row in ONE launch, joined by per-row barriers in global memory
+# ----------------------------------------------------------------------------------------------
+# Why (H100, 2026-11-26): one CTA a row is latency-bound on small batches. rowblock measured
+# 33.8 us at (1, 65536, k = 2048): pass 1 + threshold 9.9 (64 scores a thread through one SM),
+# pass 2 9.3, refine 3.6, sort 9.0, write 2.0 -- with 131 of 132 SMs idle; the multi-block
+# "fused" (40.8 us) pays two launches, ~2.8 K contended global appends a row and a one-block
+# finish. Here S CTAs share a row (rows x S <= SMs: all resident at once), each scans a slice of
+# ~N / S scores (one or two 16-byte loads a thread), and they meet at barriers in global memory:
+#   round 0 (and one more per level pass: a bucket over ``ccap``, rare): each CTA adds its
+#     nonzero histogram bins to the row's global histogram; barrier; each reads the 4096 bins
+#     back (ld.global.cg, 16 bytes: never a stale L1 line) and finds the bucket holding the K-th
+#     largest;
+#   publish: each CTA sorts its composites at or above that bucket's prefix (< K above it +
+#     the bucket: <= K - 1 + ccap <= K_MAX a row, ccap capped so) -- a sorted run -- and appends
+#     it to the row's list in global memory (one atomic for its offset); barrier;
+#   rank: each CTA loads the row's list into shared memory; an own item's rank = its position in
+#     its run + the items larger than it in each other run (a binary search a run); those ranked
+#     below K go to their output slots. No refine passes, no single-CTA tail.
+# Napkin math (H100, 1 x 65536 fp32, k = 2048; S = 64 CTAs of 256 threads, 1024 scores each):
+# load ~1 us, histogram + ~600 global adds a CTA ~0.5 us, barrier ~1 us, read back 16 KB + scan
+# ~1 us, pass 2 (L2) ~0.7 us; the list is K + the bucket (~2.7 K for normal scores: the bucket
+# [1.75, 1.875) holds ~1 % of them), ~41 items a CTA: sort (one warp) ~0.5 us, publish + barrier
+# ~1.5 us, list load ~1 us, rank 41 x 63 binary searches of ~6 steps / 256 threads ~0.3 us,
+# write ~0.5 us: ~9 us + launch (target 15). (4, 65536, k = 512): S = 33, ~8 us (target 12).
+# Measured (H100, 2026-11-26, tools/bench_softmax_topk.py --breakdown; cumulative us): with the
+# rank by counting against the whole list (its first form), (1, 65536, 2048) 39.8: round 0 9.4,
+# publish 12.6, rank 38.6 (a dependent load a step: latency, not work); with the sorted runs
+# and binary search: 27.8 (round 0 9.7, publish 16.3, list load + rank 27.7), (4, 65536, 512)
+# 22.5 (9.8 / 17.8 / 21.8), (64, 131072, 2048) 69.4 at S = 2 (rowblock 50.6: two CTAs a row
+# halve the passes but add a 1 K-item sort and a barrier). Each stage is still ~3-10x its napkin
+# figure: the loops of a global load then its shared store wait a full L2 round trip per item;
+# the histogram read-back and the list load now issue 4 loads before their stores (not yet
+# timed), the rest is the next step (see CHANGELOG 0.5.0).
+# Barriers: a per-row uint64 counter, only ever incremented. Every CTA of a row arrives at the
+# same barriers, so between barriers the counter is a multiple of S: the arrival that read ``old``
+# waits for (old // S + 1) * S. Histograms: SP_NBUF = 3 rotating buffers a row; after barrier j
+# each CTA zeroes its share of buffer (j + 2) % 3, whose last reads came before barrier j and
+# whose next adds come after barrier j + 1: the workspace is zero again when the launch ends.
+# All rows x S CTAs must be resident together (one an SM, checked at plan time): a kernel holding
+# SMs on another stream only delays them; a grid larger than the GPU would never meet.
+# Replay (the CUDA simulator runs one CTA at a time, so no barrier could be met there; on the GPU
+# a debug mode): launch p = 0, 1, .. runs every CTA up to barrier p with side effects (global adds,
+# the publish, the outputs) only in its segment p (between barriers p - 1 and p), recomputing the
+# rest from what earlier launches left in global memory (one histogram buffer a round, zeroed by
+# the host); the host repeats until every row has flagged its outputs done. Same device code,
+# minus the waits.
+SP_NBUF = 3                     # rotating histogram buffers a row (GPU)
+SP_ROUNDS = 6                   # histogram rounds a row at most: 1 + ceil((64 - 12) / 12)
+SP_LMAX = K_MAX                 # composites published a row at most: K - 1 + ccap, ccap <= K_MAX + 1 - k
+SP_SMEM = 16 * K_MAX            # dynamic shared bytes: sort area (histogram aliased) + the row's list
+SP_MAX_S = 1024                 # CTAs a row at most (the run table in shared memory)
+SP_THREADS = (256, 512, 1024)   # CTA sizes: the smallest giving <= 4 vectors a thread. ptxas,
+# sm_90a, launch bounds (threads, 1): 256 -> 144 registers, no spill (the CI compile test; with
+# bounds (256,) alone ptxas chose 128 and spilled); 1024 is capped at 64 registers and spilled
+# ~210 B in an earlier build (not a test)
+
+
+@device
+def split_barrier(gbar, row, S, s, seg, phase, ghist, hrow, nbuf):
+    """Barrier ``seg`` of the row's S CTAs (above); then this CTA zeroes its share of histogram
+    buffer (seg + 2) % nbuf. Replay (phase >= 0): no wait; True when the launch ends here."""
+    cuda.syncthreads()
+    if phase >= 0:
+        return seg == phase
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    if tid == 0:
+        cuda.threadfence()                        # this CTA's global writes before its arrival
+        old = cuda.atomic.add(gbar, row, uint64(1))
+        target = (old // uint64(S) + uint64(1)) * uint64(S)
+        a = gaddr(gbar)
+        while ld_acquire_u64(gbar, a, row) < target:
+            nanosleep(32)
+        cuda.threadfence()
+    cuda.syncthreads()
+    zb = hrow + int64((seg + 2) % nbuf) * NBINS
+    for i in range(s * nt + tid, NBINS, S * nt):
+        ghist[zb + i] = 0
+    return False
+
+
+@device
+def split_hist_round(h, ghist, hb, gbar, row, S, s, seg, phase, hrow, nbuf):
+    """One histogram round: the CTA's nonzero bins of h (shared, NBINS) are added to the row's
+    buffer ghist[hb:hb + NBINS], barrier ``seg``, the row's sums are read back into h.
+    True: a replay launch ends here."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    cuda.syncthreads()                            # h is complete
+    if phase < 0 or phase == seg:
+        for i in range(tid, NBINS, nt):
+            v = h[i]
+            if v != 0:
+                cuda.atomic.add(ghist, hb + i, v)
+    if split_barrier(gbar, row, S, s, seg, phase, ghist, hrow, nbuf):
+        return True
+    a = gaddr(ghist)
+    d = 4 * nt                                    # 16-byte L2 loads, up to 4 in flight before
+    for i in range(4 * tid, NBINS, 4 * d):        # their stores (one at a time: ~4 x 1 us)
+        a0, a1, a2, a3 = ld_cg_v4_i32(ghist, a, hb + i)
+        b0, b1, b2, b3 = ld_cg_v4_i32(ghist, a, hb + i + d) if i + d < NBINS else (0, 0, 0, 0)
+        c0, c1, c2, c3 = ld_cg_v4_i32(ghist, a, hb + i + 2 * d) if i + 2 * d < NBINS \
+            else (0, 0, 0, 0)
+        d0, d1, d2, d3 = ld_cg_v4_i32(ghist, a, hb + i + 3 * d) if i + 3 * d < NBINS \
+            else (0, 0, 0, 0)
+        h[i], h[i + 1], h[i + 2], h[i + 3] = a0, a1, a2, a3
+        if i + d < NBINS:
+            h[i + d], h[i + d + 1], h[i + d + 2], h[i + d + 3] = b0, b1, b2, b3
+        if i + 2 * d < NBINS:
+            h[i + 2 * d], h[i + 2 * d + 1], h[i + 2 * d + 2], h[i + 2 * d + 3] = c0, c1, c2, c3
+        if i + 3 * d < NBINS:
+            h[i + 3 * d], h[i + 3 * d + 1], h[i + 3 * d + 2], h[i + 3 * d + 3] = d0, d1, d2, d3
+    cuda.syncthreads()
+    return False
+
+
+def split_kernel(kind, vectorized, threads):
+    """The split variant's only launch: CTA b does slice s = b % S of row b // S (``threads``
+    threads; dynamic shared memory SP_SMEM: dyn64[0:K_MAX] the sort area, whose first 16 KB hold
+    the histogram first and the rank counts last, dyn64[K_MAX:2 K_MAX] the slice's list, then the
+    row's). Arguments after the outputs: S, chunk (the slice: columns [s chunk, (s + 1) chunk)
+    of the valid prefix, a multiple of the vector width), ghist (int32 [rows nbuf NBINS], zero),
+    nbuf (SP_NBUF; SP_ROUNDS to replay), gbar (uint64 [rows]), gcnt (int32 [2 rows]: the publish
+    counter, the replay's done flag), goff (int32 [rows S 2]: each CTA's run, offset and
+    length), glist (uint64 [rows SP_LMAX]), ccap (<= K_MAX + 1 - k), phase (-1; replay: p),
+    stop (timing hook, 0 in use: 1-3 end the kernel after round 0 / the publish / the rank; a
+    stop at 1 leaves the histogram dirty: ``TopkPlan.split_reset``).
+    1. pass 1 (HBM): histogram of the slice's top 12 key bits; round 0 -> the bucket d holding
+       the K-th largest and ``want``; while d holds more than ``ccap`` scores, a level pass (L2)
+       and a round on the next 12 bits of the composites in d (as rowblock).
+    2. pass 2 (L2): the slice's composites at or above d's prefix -> shared list -> sorted
+       (``bitonic_sort_desc_warp``) -> the row's list as one run (one global atomic a CTA for
+       its offset); barrier.
+    3. rank each own item: its position in the run + a binary search in every other run; write
+       those ranked < K (scores from their keys), and this CTA's share of the -1 / -inf tail.
+    """
+    key = ("split", kind, vectorized, threads)
+    if key in _PROD:
+        return _PROD[key]
+    VEC = _vec(kind, vectorized)
+    NT = threads
+
+    def topk_split(x, n, k, lengths, has_len, vals, idx, S, chunk, ghist, nbuf, gbar, gcnt, goff,
+                   glist, ccap, phase, stop):
+        b = cuda.blockIdx.x
+        row = b // S
+        s = b - row * S
+        tid = cuda.threadIdx.x
+        nt = NT
+        dyn64 = cuda.shared.array(0, uint64)
+        dyn32 = cuda.shared.array(0, int32)       # aliases dyn64[0:NBINS // 2]
+        wsum = cuda.shared.array(32, int32)
+        st = cuda.shared.array(8, int32)
+        roff = cuda.shared.array(SP_MAX_S, int32)
+        rcnt = cuda.shared.array(SP_MAX_S, int32)
+        e = cuda.local.array(8, uint64)
+        L = row_length(row, n, lengths, has_len)
+        K = min(int64(k), L)
+        obase = int64(row) * k
+        if K == 0:                                # row-uniform: no barrier in this row
+            if phase <= 0:
+                for i in range(s * nt + tid, k, S * nt):
+                    write_empty(vals, idx, obase + i, kind)
+                if s == 0 and tid == 0:
+                    gcnt[2 * row + 1] = 1
+            return
+        base = int64(row) * n
+        c_lo = min(int64(s) * chunk, L)
+        c_hi = min(c_lo + chunk, L)
+        src = address_of(x, VEC)
+        lcap = min(K + ccap, int64(SP_LMAX))
+        hrow = int64(row) * nbuf * NBINS
+        for i in range(tid, NBINS, nt):
+            dyn32[i] = 0
+        if tid == 0:
+            st[4] = 0
+            if s == 0 and phase <= 0:
+                gcnt[2 * row] = 0                 # read last by the previous launch
+        cuda.syncthreads()
+        # 1. pass 1 and the rounds: 12 bits of the composite each, from the top
+        want, pfx, hi, cnt, seg, halted = rb_threshold_bucket(
+            x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum, lcap, stop,
+            True, ghist, hrow, gbar, row, S, s, phase, nbuf)
+        if halted:                                # a replay launch or the stop == 1 hook
+            return
+        # 2. pass 2: the slice's composites at or above the bucket's prefix -> dyn64[K_MAX:]
+        if hi == 64 - RB_LEVEL_BITS:              # level 1: a float compare a score
+            rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 2, hi, pfx, 0, 0,
+                    rb_threshold_f32(uint32(pfx >> uint64(32))), dyn32, dyn64, st, lcap)
+        else:
+            rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 3, hi, pfx, 0, 0, float32(0),
+                    dyn32, dyn64, st, lcap)
+        cuda.syncthreads()
+        n_own = min(st[4], int32(lcap))
+        # the own composites, sorted (the histogram in dyn64[0:K_MAX] is dead): a sorted run
+        for i in range(tid, n_own, nt):           # (bits, index) -> composite
+            r = dyn64[K_MAX + i]
+            dyn64[swz(i)] = composite(raw_key(uint32(r >> uint64(32)), kind),
+                                      uint32(r & uint64(0xFFFFFFFF)))
+        P = pad_pow2(dyn64, n_own, True)
+        cuda.syncthreads()
+        bitonic_sort_desc_warp(dyn64, P, e)
+        cuda.syncthreads()
+        seg += 1
+        live = phase < 0 or phase == seg
+        if tid == 0 and live:                     # the run's place in the row's list
+            off = cuda.atomic.add(gcnt, 2 * row, n_own)
+            st[5] = off
+            goff[2 * b] = off
+            goff[2 * b + 1] = n_own
+        cuda.syncthreads()
+        lb = int64(row) * SP_LMAX
+        if live:
+            for i in range(tid, n_own, nt):
+                glist[lb + st[5] + i] = dyn64[swz(i)]
+        if split_barrier(gbar, row, S, s, seg, phase, ghist, hrow, nbuf):
+            return
+        if not (phase < 0 or phase == seg + 1) or stop == 2:   # replay: this row is done
+            return
+        # 3. rank: own position in the run + the larger ones in each other run (binary search)
+        off = st[5] if phase < 0 else goff[2 * b]
+        n_all = ld_relaxed_i32(gcnt, gaddr(gcnt), 2 * row)
+        for i in range(tid, n_all, 4 * nt):       # 4 loads in flight before their stores
+            v0 = glist[lb + i]
+            v1 = glist[lb + i + nt] if i + nt < n_all else uint64(0)
+            v2 = glist[lb + i + 2 * nt] if i + 2 * nt < n_all else uint64(0)
+            v3 = glist[lb + i + 3 * nt] if i + 3 * nt < n_all else uint64(0)
+            dyn64[K_MAX + i] = v0
+            if i + nt < n_all:
+                dyn64[K_MAX + i + nt] = v1
+            if i + 2 * nt < n_all:
+                dyn64[K_MAX + i + 2 * nt] = v2
+            if i + 3 * nt < n_all:
+                dyn64[K_MAX + i + 3 * nt] = v3
+        g0 = 2 * (b - s)                          # the row's run table in goff
+        for r in range(tid, S, nt):
+            roff[r] = goff[g0 + 2 * r]
+            rcnt[r] = goff[g0 + 2 * r + 1]
+        for i in range(tid, n_own, nt):
+            dyn32[i] = 0                          # larger ones in the other runs
+        cuda.syncthreads()
+        n_own32 = int32(n_own)
+        for p in range(tid, n_own32 * int32(S), nt):
+            r = p // n_own32
+            i = p - r * n_own32
+            if r != s and rcnt[r] > 0:
+                c = dyn64[K_MAX + off + i]
+                lo = roff[r]                      # first of run r not larger than c
+                hi = lo + rcnt[r]
+                r0 = lo
+                while lo < hi:
+                    mid = (lo + hi) >> 1
+                    if dyn64[K_MAX + mid] > c:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                if lo > r0:
+                    cuda.atomic.add(dyn32, i, lo - r0)
+        cuda.syncthreads()
+        if stop == 3:
+            return
+        for i in range(tid, n_own, nt):
+            rk = i + dyn32[i]
+            if rk < K:
+                write_at(dyn64[K_MAX + off + i], obase + rk, x, base, kind, vals, idx, True)
+        for i in range(K + s * nt + tid, k, S * nt):
+            write_empty(vals, idx, obase + i, kind)
+        if phase >= 0 and s == 0 and tid == 0:
+            gcnt[2 * row + 1] = 1
+
+    topk_split.__name__ = topk_split.__qualname__ = \
+        f"topk_split_{'bf16' if kind == BF16 else 'f32'}_v{VEC}_t{NT}"
+    k_ = _PROD[key] = kernel(topk_split, launch_bounds=(NT, 1))
     return k_
 
 
@@ -1609,6 +1946,19 @@ def _slices(n, rows, threads, vec, S, target, round_up):
         S = max(1, min(per_row, -(-n // (threads * vec))))
     chunk = max(vec, -(-(-(-n // S)) // vec) * vec)
     return max(1, -(-n // chunk)), chunk
+
+
+def split_geometry(rows, n, vec, sms, S=None):
+    """(S, chunk, threads) of the split variant: S CTAs a row (``sms // rows``, but at least
+    256 x vec scores each; ``S`` if given), chunk a multiple of the vector width, threads the
+    smallest of SP_THREADS giving <= 4 vectors a thread."""
+    if S is None:
+        S = max(1, min(sms // max(rows, 1), -(-n // (SP_THREADS[0] * vec))))
+    chunk = max(vec, -(-(-(-n // S)) // vec) * vec)
+    S = max(1, -(-n // chunk))
+    per = -(-chunk // vec)
+    threads = next((t for t in SP_THREADS if per <= 4 * t), SP_THREADS[-1])
+    return S, chunk, threads
 
 
 class TopkPlan:
@@ -1647,18 +1997,81 @@ class TopkPlan:
             self.S, self.chunk = _slices(n, rows, threads, vec, S, HIST_BLOCKS_PER_SM * sms, False)
             self.sel_S, self.sel_chunk = _slices(n, rows, threads, vec, S,
                                                  SELECT_BLOCKS_PER_SM * sms, False)
+        elif variant == "split":    # S CTAs a row, all resident: rows x S <= SMs
+            self.S, self.chunk, self.split_threads = split_geometry(rows, n, vec, sms, S)
+            if threads != SCAN_THREADS:     # test hook: the CTA size (the simulator: 32)
+                self.split_threads = threads
+            if self.S > SP_MAX_S or (self.S > 1 and rows * self.S > sms):
+                raise ValueError(f"split top-k: {rows} rows x S = {self.S} CTAs exceed the GPU's "
+                                 f"{sms} SMs (every CTA of a row must be resident to meet its "
+                                 f"barriers): pass a smaller S, or use variant='rowblock'")
+            self.sel_S, self.sel_chunk = self.S, self.chunk
         else:                       # ~4 resident 512-thread blocks per SM, rounded up
             self.S, self.chunk = _slices(n, rows, threads, vec, S, 4 * sms, True)
             self.sel_S, self.sel_chunk = self.S, self.chunk
         cap = capacity or max(1, min(n, max(16384, n // 8)))
         self.capacity = -(-cap // 16) * 16
         self.rb_ccap = RB_CCAP if capacity is None else max(1, min(capacity, RB_CCAP))
-        self.rb_stop = 0        # rowblock timing hook: 1-4 end the kernel after that stage
+        self.rb_stop = 0        # timing hook: rowblock 1-4, split 1-3 end the kernel after a stage
         self.rb_bmax = RB_BMAX         # rowblock: counting sort's largest bin (else bitonic)
+        self.replay = False     # split: run as replay launches (the simulator always does)
         self.stage_cap = SCAP if stage_cap is None else stage_cap
         if not 1 <= self.stage_cap <= SCAP:
             raise ValueError(f"stage_cap must be in 1..{SCAP}, got {stage_cap}")
         self._ws = None
+        self._split_ws = {}
+
+    def split_workspace(self, io_gpu: bool, nbuf: int):
+        """(ghist, gcnt, goff, gbar, glist) of the split variant, zeroed once here (a GPU run
+        leaves them so; replay zeroes ghist and gcnt before each call)."""
+        if nbuf not in self._split_ws:
+            R, S = self.rows, self.S
+            alloc = cuda.device_array if io_gpu else np.empty
+            ints = alloc(R * nbuf * NBINS + 2 * R + 2 * R * S, np.int32)
+            gbar = alloc(R, np.uint64)
+            for a in (ints, gbar):
+                if io_gpu:
+                    zero_kernel.launch(-(-a.size // 256), 256, a)
+                else:
+                    a[:] = 0
+            glist = alloc(R * SP_LMAX, np.uint64)
+            nh = R * nbuf * NBINS
+            self._split_ws[nbuf] = (ints[:nh], ints[nh:nh + 2 * R], ints[nh + 2 * R:], gbar,
+                                    glist)
+        return self._split_ws[nbuf]
+
+    def split_reset(self):
+        """Forget the split workspace (a fresh, zeroed one is made at the next run): after
+        timing with ``rb_stop``, which may end a launch before its histograms are zeroed."""
+        self._split_ws = {}
+
+    def _run_split(self, x, lk, has_len, vals, idx, vectorized, gpu):
+        replay = self.replay or mode() != "gpu"
+        nbuf = SP_ROUNDS if replay else SP_NBUF
+        ghist, gcnt, goff, gbar, glist = self.split_workspace(gpu, nbuf)
+        kern = split_kernel(self.kind, vectorized, self.split_threads)
+        ccap = min(self.rb_ccap, K_MAX + 1 - self.k)     # the row's list: <= K_MAX composites
+        args = [x, self.n, self.k, lk, has_len, vals, idx, self.S, self.chunk, ghist, nbuf, gbar,
+                gcnt, goff, glist, ccap, -1, self.rb_stop]
+        if mode() == "gpu":                      # > 48 KB: raise the limit once
+            kern.reserve_dynamic_shared(args, SP_SMEM)
+        grid = self.rows * self.S
+        if not replay:
+            kern.launch(grid, self.split_threads, *args, shared_bytes=SP_SMEM)
+            return
+        for a in (ghist, gcnt):
+            if gpu:
+                zero_kernel.launch(-(-a.size // 256), 256, a)
+            else:
+                a[:] = 0
+        for p in range(SP_ROUNDS + 2):           # barriers: <= SP_ROUNDS rounds + the publish
+            args[-2] = p
+            kern.launch(grid, self.split_threads, *args, shared_bytes=SP_SMEM)
+            flags = gcnt.copy_to_host() if gpu else gcnt
+            if np.all(flags[1::2] == 1):
+                return
+        raise RuntimeError("split top-k replay: rows still unfinished after every barrier "
+                           "(a bug: please report it)")
 
     def workspace(self, io_gpu: bool):
         """(ints, ghist, meta, tickets, sure, cand). The int part is zeroed once here; each run
@@ -1681,6 +2094,9 @@ class TopkPlan:
             vectorized = gpu and n % vec == 0 and x.__cuda_array_interface__["data"][0] % 16 == 0
         has_len = lengths is not None
         lk = lengths if has_len else (_dummy_i32() if gpu else np.zeros(1, np.int32))
+        if self.variant == "split":
+            self._run_split(x, lk, has_len, vals, idx, vectorized, gpu)
+            return
         if self.variant == "rowblock":
             kern = rowblock_kernel(kind, vectorized, self.finish_threads)
             args = (x, n, k, lk, has_len, vals, idx, self.rb_ccap, self.rb_stop, self.rb_bmax)
@@ -1868,6 +2284,10 @@ def production_kernels():
                               t.uint64[::1], i64, arr[::1], i32, i64)))
             sigs.append((rowblock_kernel(kind, vectorized),
                          (arr[::1], i64, i64, i32, b, arr[::1], i32, i64, i64, i64)))
+            for threads in SP_THREADS:
+                sigs.append((split_kernel(kind, vectorized, threads),
+                             (arr[::1], i64, i64, i32, b, arr[::1], i32, i64, i64, i32, i64,
+                              t.uint64[::1], i32, i32, t.uint64[::1], i64, i64, i64)))
         sigs.append((topk_finish_kernel, (arr[::1], i64, i64, i32, b, i64, i32, i32, i32,
                                           t.uint64[::1], t.uint64[::1], i64, arr[::1], i32)))
     return sigs

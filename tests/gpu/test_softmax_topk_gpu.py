@@ -304,3 +304,51 @@ def test_topk_rowblock_special_rows_on_device():
     K.assert_topk(v, i, x, k, None, name="rowblock special rows")
     assert K.resolve_variant("auto", N, 64) == "rowblock"
     assert K.resolve_variant("auto", 1 << 20, 64) == "fused"
+
+
+@pytest.mark.skipif("split" not in TOPK_VARIANTS, reason="split variant not under test")
+@pytest.mark.parametrize("R,N,k,S", [(1, 65536, 2048, "all"), (4, 65536, 512, "all"),
+                                     (1, 1 << 20, 4096, None)])
+def test_topk_split_every_sm_repeated(R, N, k, S):
+    """split (S CTAs a row meeting at barriers in global memory) with as many CTAs as SMs, 10
+    calls on one plan: the barrier counters keep growing, the histogram buffers must be zero
+    after every call, the answer must repeat bit for bit."""
+    from dsv4_numba.runtime import detect_gpu
+    if S == "all":
+        S = detect_gpu().sm_count // R
+    x = _scores(R, N, np.float32, seed=R + N, kind="normal")
+    c = K._prepare(x, k, None)
+    plan = K.TopkPlan(R, N, k, c.kind, variant="split", S=S)
+    first = None
+    for _ in range(10):
+        v, i = K.topk_production(c, plan=plan)
+        ghist = plan.split_workspace(True, K.SP_NBUF)[0].copy_to_host()
+        assert not ghist.any(), "every split run must leave its histograms zero"
+        if first is None:
+            K.assert_topk(v, i, x, k, None, name=f"split {R}x{N} S={plan.S}")
+            first = (v, i)
+        assert_close(i, first[1], bitwise=True, name="split repeat indices")
+        assert_close(v, first[0], bitwise=True, name="split repeat values")
+
+
+@pytest.mark.skipif("split" not in TOPK_VARIANTS, reason="split variant not under test")
+@pytest.mark.parametrize("kind", ["normal", "uniform", "ties"])
+@pytest.mark.parametrize("R,N,k,dtype", [(4, 65536, 2048, np.float32), (3, 70001, 512, np.float32),
+                                         (2, 65536, 1024, ml_dtypes.bfloat16),
+                                         (5, 127, 64, np.float32),
+                                         (3, 129, 100, ml_dtypes.bfloat16)])
+def test_topk_split_level_rounds_and_replay(R, N, k, dtype, kind):
+    """split with a bucket capacity of 64 (level rounds on most rows), lengths (one row full),
+    N = 70001 / 127 / 129 (scalar loads); then its replay form (the simulator's: one launch a
+    barrier) on the GPU: the same bits."""
+    x = _scores(R, N, dtype, seed=R + N + k, kind=kind)
+    lengths = np.random.default_rng(N).integers(0, N + 1, R)
+    lengths[0] = N
+    c = K._prepare(x, k, lengths)
+    plan = K.TopkPlan(R, N, k, c.kind, variant="split", capacity=64)
+    v, i = K.topk_production(c, plan=plan)
+    K.assert_topk(v, i, x, k, lengths, name=f"split levels {kind} {R}x{N} {dtype}")
+    plan.replay = True
+    rv, ri = K.topk_production(c, plan=plan)
+    assert_close(ri, i, bitwise=True, name="split replay indices")
+    assert_close(rv.view(np.uint8), v.view(np.uint8), bitwise=True, name="split replay values")
