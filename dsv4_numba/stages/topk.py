@@ -1976,6 +1976,12 @@ class TopkPlan:
     "rowblock": one launch of ``rows`` CTAs of ``finish_threads`` threads (the one-block-per-row
     kernels' size, 1024), no workspace; ``capacity`` (test hook) lowers its in-shared-memory
     bucket capacity RB_CCAP, ``rb_stop`` (timing hook) ends its kernel after a stage.
+    "split": one launch of rows x ``S`` CTAs of ``split_threads`` threads (``split_geometry``;
+    rows x S must not exceed the SMs: every CTA of a row must be resident), workspace
+    ``split_workspace`` (histograms, counters, runs; zeroed once, left zero by every run);
+    ``capacity`` and ``rb_stop`` as for rowblock (``split_reset`` after a stop at 1), ``threads``
+    (test hook) sets the CTA size, ``replay`` runs it as one launch per barrier (always under the
+    simulator).
     "auto" resolves per shape (``resolve_variant``).
     Test hooks: ``threads``/``finish_threads``/``S``/``capacity``/``stage_cap`` (the staged
     variant's per-block shared slots per list, <= SCAP) override the geometry, ``run(...,
