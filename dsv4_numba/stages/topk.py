@@ -1337,7 +1337,9 @@ RB_SMEM = 8 * (K_MAX + RB_LIST)     # dynamic shared bytes: sort buffer (histogr
 # rows at most this long go to "rowblock" when impl="production" runs "auto" (2 passes through
 # one SM: ~4 MB rows take ~100 us there, the multi-block "fused" is better)
 RB_AUTO_MAX_N = 262144
-RB_AUTO_MIN_ROWS = 16           # H100: 1 and 4 rows ran faster in "fused", 64 rows 2.4x faster here
+RB_AUTO_MIN_ROWS = 16           # H100 (2026-11-25): 1 and 4 rows ran faster in "fused", 64 rows
+# 2.4x faster here; since 0.4.0 rowblock is faster at 1 and 4 rows too, and split faster still
+# (PRODUCTION_VARIANT's figures): "auto" waits for their GPU tests (CHANGELOG 0.5.0)
 
 
 @device
