@@ -12,6 +12,7 @@ from dsv4_numba.hw import ops
 from dsv4_numba.hw.descriptors import wgmma_smem_desc
 from dsv4_numba.hw.layouts import wgmma_acc_coord
 from dsv4_numba.runtime import kernel
+from emu_helpers import one_mbarrier
 
 
 @pytest.fixture(autouse=True)
@@ -46,12 +47,8 @@ def k_tma_roundtrip(tmap_in, tmap_out, img, c0, c1):
     tile = cuda.shared.array(8192, uint8)
     bars = cuda.shared.array(1, uint64)
     t = cuda.threadIdx.x
-    bar = ops.shared_address(bars)
     dst = ops.shared_address(tile)
-    if t == 0:
-        ops.mbarrier_init(bar, uint32(1))
-        ops.fence_mbarrier_init()
-    cuda.syncthreads()
+    bar = one_mbarrier(bars, True)
     if t == 0:
         ops.fence_proxy_tensormap_acquire_sys(ops.array_address(tmap_in))
         ops.mbarrier_arrive_expect_tx(bar, uint32(8192))
@@ -104,10 +101,7 @@ def k_expect_too_much(tmap, extra, spin):
     tile = cuda.shared.array(8192, uint8)
     bars = cuda.shared.array(1, uint64)
     t = cuda.threadIdx.x
-    bar = ops.shared_address(bars)
-    if t == 0:
-        ops.mbarrier_init(bar, uint32(1))
-    cuda.syncthreads()
+    bar = one_mbarrier(bars, False)
     if t == 0:
         ops.mbarrier_arrive_expect_tx(bar, uint32(8192 + extra))
         ops.tma_load_2d(ops.shared_address(tile), ops.array_address(tmap), int32(0), int32(0), bar)
@@ -240,10 +234,7 @@ def k_tma_wgmma_sw128(tmap_a, tmap_b, out):
     sb = cuda.shared.array(1024, uint8)
     bars = cuda.shared.array(1, uint64)
     t = cuda.threadIdx.x
-    bar = ops.shared_address(bars)
-    if t == 0:
-        ops.mbarrier_init(bar, uint32(1))
-    cuda.syncthreads()
+    bar = one_mbarrier(bars, False)
     if t == 0:
         ops.mbarrier_arrive_expect_tx(bar, uint32(8192 + 1024))
         ops.tma_load_2d(ops.shared_address(sa), ops.array_address(tmap_a), int32(0), int32(0), bar)

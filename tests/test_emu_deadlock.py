@@ -14,6 +14,7 @@ from numba.types import uint32, uint64
 from dsv4_numba import emu
 from dsv4_numba.hw import ops
 from dsv4_numba.runtime import kernel
+from emu_helpers import one_mbarrier
 
 STALL = 0.8          # seconds a thread is held up: well past the old 0.5 s grace
 
@@ -107,11 +108,7 @@ def test_poller_doing_slow_work_between_polls_is_not_a_deadlock(polls):
 def k_slow_producer(out):
     bars = cuda.shared.array(1, uint64)
     t = cuda.threadIdx.x
-    bar = ops.shared_address(bars)
-    if t == 0:
-        ops.mbarrier_init(bar, uint32(1))
-        ops.fence_mbarrier_init()
-    cuda.syncthreads()
+    bar = one_mbarrier(bars, True)
     if t == 0:
         stall()
         ops.mbarrier_arrive(bar)
@@ -137,11 +134,7 @@ def test_rule_has_no_wall_clock_grace():
 def k_syncthreads_vs_mbarrier(out):
     bars = cuda.shared.array(1, uint64)
     t = cuda.threadIdx.x
-    bar = ops.shared_address(bars)
-    if t == 0:
-        ops.mbarrier_init(bar, uint32(1))
-        ops.fence_mbarrier_init()
-    cuda.syncthreads()
+    bar = one_mbarrier(bars, True)
     if t >= 32:
         ops.mbarrier_wait_parity(bar, uint32(0))  # warp 1: waits for warp 0's arrive...
     else:

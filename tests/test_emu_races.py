@@ -17,6 +17,7 @@ from dsv4_numba import emu
 from dsv4_numba.emu import state
 from dsv4_numba.hw import ops
 from dsv4_numba.runtime import device, kernel
+from emu_helpers import one_mbarrier
 
 
 @pytest.fixture(autouse=True)
@@ -209,10 +210,7 @@ def slow_release(monkeypatch):
 def k_wait_on_the_later_released(out):
     bars = cuda.shared.array(1, uint64)
     t = cuda.threadIdx.x
-    bar = ops.shared_address(bars)
-    if t == 0:
-        ops.mbarrier_init(bar, uint32(1))
-    cuda.syncthreads()
+    bar = one_mbarrier(bars, False)
     if t < 32:
         ops.mbarrier_wait_parity(bar, uint32(0))     # released first: waits on warp 1...
     elif t == 32:

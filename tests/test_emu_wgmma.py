@@ -16,6 +16,7 @@ from dsv4_numba.hw import ops
 from dsv4_numba.hw.descriptors import wgmma_smem_desc
 from dsv4_numba.hw.layouts import wgmma_acc_coord
 from dsv4_numba.runtime import kernel
+from emu_helpers import one_mbarrier
 
 
 @pytest.fixture(autouse=True)
@@ -206,10 +207,7 @@ def k_two_boxes(tmap, expect):
     tile = cuda.shared.array(16384, uint8)
     bars = cuda.shared.array(1, uint64)
     t = cuda.threadIdx.x
-    bar = ops.shared_address(bars)
-    if t == 0:
-        ops.mbarrier_init(bar, uint32(1))
-    cuda.syncthreads()
+    bar = one_mbarrier(bars, False)
     if t == 0:
         ops.mbarrier_arrive_expect_tx(bar, uint32(expect))
         ops.tma_load_2d(ops.shared_address(tile), ops.array_address(tmap), int32(0), int32(0), bar)

@@ -1939,6 +1939,14 @@ def zero_kernel(a):
         a[i] = 0
 
 
+def _zero(a):
+    """a[:] = 0: a launch on a device array, in place on a NumPy one (the simulator's)."""
+    if is_device_array(a):
+        zero_kernel.launch(-(-a.size // 256), 256, a)
+    else:
+        a[:] = 0
+
+
 def _slices(n, rows, threads, vec, S, target, round_up):
     """(S, chunk): S blocks a row (``S`` if given, else ``target`` blocks over the rows, rounded
     up or down, but no more than one 16-byte load per thread per block), chunk a multiple of the
@@ -2037,11 +2045,8 @@ class TopkPlan:
             alloc = cuda.device_array if io_gpu else np.empty
             ints = alloc(R * nbuf * NBINS + 2 * R + 2 * R * S, np.int32)
             gbar = alloc(R, np.uint64)
-            for a in (ints, gbar):
-                if io_gpu:
-                    zero_kernel.launch(-(-a.size // 256), 256, a)
-                else:
-                    a[:] = 0
+            _zero(ints)
+            _zero(gbar)
             glist = alloc(R * SP_LMAX, np.uint64)
             nh = R * nbuf * NBINS
             self._split_ws[nbuf] = (ints[:nh], ints[nh:nh + 2 * R], ints[nh + 2 * R:], gbar,
@@ -2067,11 +2072,8 @@ class TopkPlan:
         if not replay:
             kern.launch(grid, self.split_threads, *args, shared_bytes=SP_SMEM)
             return
-        for a in (ghist, gcnt):
-            if gpu:
-                zero_kernel.launch(-(-a.size // 256), 256, a)
-            else:
-                a[:] = 0
+        _zero(ghist)
+        _zero(gcnt)
         for p in range(SP_ROUNDS + 2):           # barriers: <= SP_ROUNDS rounds + the publish
             args[-2] = p
             kern.launch(grid, self.split_threads, *args, shared_bytes=SP_SMEM)
@@ -2088,7 +2090,7 @@ class TopkPlan:
             R = self.rows
             alloc = cuda.device_array if io_gpu else np.empty
             ints = alloc(R * (NBINS + META + 1), np.int32)
-            zero_kernel.launch(-(-ints.size // 256), 256, ints)
+            _zero(ints)
             comps = alloc(R * (K_MAX + self.capacity), np.uint64)
             self._ws = (ints, ints[:R * NBINS], ints[R * NBINS:R * (NBINS + META)],
                         ints[R * (NBINS + META):], comps[:R * K_MAX], comps[R * K_MAX:])
