@@ -266,6 +266,17 @@ def test_every_layer_snippet_is_exercised_and_documented():
                 assert int(sn.min_arch[3:]) <= int(arch[3:-1]), (sn.name, arch)
 
 
+def test_every_snippet_touching_memory_is_side_effecting():
+    """ptx/README.md: a snippet that reads or writes memory or synchronises is ``side-effect: yes``
+    (volatile asm). A pure asm load is one LLVM may execute outside the branch that guards it: on
+    the H100 a bf16 top-k tail load did, and faulted (misaligned address)."""
+    assert snippets.SNIPPETS
+    for sn in snippets.SNIPPETS.values():
+        op = sn.instruction.split(".")[0].split()[0]
+        if re.fullmatch(r"ld|st|cp|red|atom|mbarrier|fence|bar|barrier|tcgen05|wgmma|nanosleep", op):
+            assert sn.side_effect, f"{sn.file}: {sn.name} ({sn.instruction}) must be side-effect: yes"
+
+
 # ---------------------------------------------------------------- compile, assemble, inspect
 SASS = {  # characteristic SASS mnemonics, per kernel
     "mbarrier_tma": ("SYNCS.EXCH.64", "SYNCS.ARRIVE", "SYNCS.PHASECHK", "UTMALDG.1D", "UTMALDG.5D",

@@ -610,10 +610,10 @@ def test_plan_geometry():
     assert p.S == p.sel_S == 32
     p = K.TopkPlan(1000, 4096, 512, K.F32, variant="staged")
     assert p.S == p.sel_S == 1
-    # "auto": rowblock (one CTA a row) up to RB_AUTO_MAX_N scores a row for batches of at least
-    # RB_AUTO_MIN_ROWS rows, fused otherwise
+    # "auto", up to RB_AUTO_MAX_N scores a row: rowblock (one CTA a row) for batches of at least
+    # RB_AUTO_MIN_ROWS rows, split (S CTAs a row) for fewer; fused for longer rows
     assert K.TopkPlan(64, 65536, 2048, K.F32, variant="auto").variant == "rowblock"
-    assert K.TopkPlan(1, 65536, 2048, K.F32, variant="auto").variant == "fused"
+    assert K.TopkPlan(1, 65536, 2048, K.F32, variant="auto").variant == "split"
     # split: S CTAs a row, every CTA resident (rows x S <= SMs), >= 256 x vec scores a CTA,
     # the smallest CTA giving <= 4 vectors a thread
     p = K.TopkPlan(1, 65536, 2048, K.F32, variant="split")
@@ -628,7 +628,8 @@ def test_plan_geometry():
     with pytest.raises(ValueError, match="resident"):
         K.TopkPlan(4, 65536, 512, K.F32, variant="split", S=sms)
     assert K.resolve_variant("auto", 131072, K.RB_AUTO_MIN_ROWS) == "rowblock"
-    assert K.resolve_variant("auto", 131072, K.RB_AUTO_MIN_ROWS - 1) == "fused"
+    assert K.resolve_variant("auto", 131072, K.RB_AUTO_MIN_ROWS - 1) == "split"
+    assert K.resolve_variant("auto", K.RB_AUTO_MAX_N + 1, 1) == "fused"
     assert K.resolve_variant("auto", K.RB_AUTO_MAX_N + 1, 64) == "fused"
     assert K.TopkPlan(4, 1 << 20, 1024, K.F32, variant="auto").variant == "fused"
     with pytest.raises(ValueError, match="auto"):

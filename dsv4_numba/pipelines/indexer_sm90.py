@@ -774,31 +774,18 @@ class FusedPlan:
         return self
 
 
-_CACHED: dict = {}
-
-
 def cached_gpu(k):
-    """The GPU dispatcher of Kernel ``k`` with Numba's on-disk cache (``cache=True``): the fused
-    kernels take ~1 min to compile, so a second process on the same machine (the benchmark after
-    the GPU tests) loads them from ``__pycache__`` instead. ``DSV4_INDEXER_CACHE=0``: no disk cache
-    (``k.gpu``, the plain dispatcher)."""
+    """The GPU dispatcher of Kernel ``k`` with Numba's on-disk cache (``Kernel.disk_cached``): the
+    fused kernels take ~1 min to compile, so a second process on the same machine (the benchmark
+    after the GPU tests) loads them instead of compiling again. ``DSV4_INDEXER_CACHE=0``: no disk
+    cache (``k.gpu``). Numba checks only the stamp of the kernel's own file: on a machine where
+    the helpers change between runs, stamp the sources first (``tools/stamp_sources.py``)."""
     import os
+    from numba.cuda import config
+    config.CUDA_LOW_OCCUPANCY_WARNINGS = 0           # as Kernel.launch: small grids by design
     if os.environ.get("DSV4_INDEXER_CACHE", "1") == "0":
         return k.gpu
-    d = _CACHED.get(id(k))
-    if d is None:
-        from numba import cuda
-        from numba.cuda import config
-        config.CUDA_LOW_OCCUPANCY_WARNINGS = 0       # as Kernel.launch: small grids by design
-        kw = {"launch_bounds": k.launch_bounds} if k.launch_bounds else {}
-        try:
-            d = cuda.jit(cache=True, **kw)(k.py_func)
-        except Exception as e:  # noqa: BLE001 - no cache location: the uncached dispatcher
-            import warnings
-            warnings.warn(f"{k.__name__}: Numba's disk cache unavailable ({e}); compiling uncached")
-            d = k.gpu
-        _CACHED[id(k)] = d
-    return d
+    return k.disk_cached()
 
 
 def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=None) -> FusedPlan:

@@ -209,8 +209,8 @@ def cache_registered_topk() -> list:
     for k, sig in TK.production_kernels():
         vec = f"_v{TK._vec(F32, True)}"           # the vectorized forms: ..._v4 or ..._v4_t1024
         if sig[0] == t.float32[::1] and (k.__name__.endswith(vec) or f"{vec}_" in k.__name__):
-            if mode() == "gpu" and k._gpu is None:
-                k._gpu = cached_gpu(k)
+            if mode() == "gpu":
+                cached_gpu(k)
             out.append((k, sig))
     return out
 

@@ -69,6 +69,16 @@ def simulator_forced() -> bool:
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 
+def kernel_cache() -> bool:
+    """True when ``DSV4_NUMBA_CACHE=1``: GPU kernels are compiled with ``cache=True`` (Numba's on-disk
+    cache, in ``NUMBA_CACHE_DIR`` or ``__pycache__``), so another process on the same machine loads
+    them instead of compiling again. Numba checks only the stamp (mtime, size) of the file that
+    defines the kernel, not of the helpers it inlines from other modules: use it where every
+    source's stamp follows its content and its imports' (``tools/stamp_sources.py`` sets that).
+    Off by default."""
+    return os.environ.get("DSV4_NUMBA_CACHE", "0") not in ("", "0")
+
+
 def mode() -> str:
     """The run mode in force: "gpu" or "sim".
 

@@ -95,12 +95,31 @@ class Kernel:
 
     @property
     def gpu(self):
-        """The numba.cuda dispatcher (compiled lazily at first launch)."""
+        """The numba.cuda dispatcher (compiled lazily at first launch); with Numba's disk cache
+        when ``DSV4_NUMBA_CACHE=1`` (``env.kernel_cache``)."""
         if self._gpu is None:
-            from numba import cuda
-            kw = {"launch_bounds": self.launch_bounds} if self.launch_bounds else {}
-            self._gpu = cuda.jit(**kw)(self.py_func)
+            self._gpu = self._jit(env.kernel_cache())
         return self._gpu
+
+    def disk_cached(self):
+        """The dispatcher, made with Numba's disk cache if it does not exist yet: for kernels
+        that take minutes to compile (the fused indexer's), so that a second process on the
+        machine (the benchmark after the tests) loads them instead."""
+        if self._gpu is None:
+            self._gpu = self._jit(True)
+        return self._gpu
+
+    def _jit(self, cache: bool):
+        from numba import cuda
+        kw = {"launch_bounds": self.launch_bounds} if self.launch_bounds else {}
+        if cache:
+            try:
+                return cuda.jit(cache=True, **kw)(self.py_func)
+            except RuntimeError as e:     # no source file to key the cache on (generated kernels)
+                import warnings
+                warnings.warn(f"{self.__name__}: Numba's disk cache unavailable ({e}); "
+                              "compiling uncached")
+        return cuda.jit(**kw)(self.py_func)
 
     def launch(self, grid, block, *args, shared_bytes=0, stream=0):
         if env.mode() == "gpu":

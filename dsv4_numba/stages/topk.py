@@ -356,16 +356,11 @@ SCAN_THREADS = 512              # histogram / filter blocks
 FINISH_THREADS = 1024
 VARIANTS = ("three_pass", "fused", "staged", "rowblock", "split")
 # what impl="production" runs (DSV4_TOPK_VARIANT overrides it); the bench times every variant.
-# "auto" (``resolve_variant``): "rowblock" for batches of >= RB_AUTO_MIN_ROWS rows of at most
-# RB_AUTO_MAX_N scores, else "fused". H100, 2026-11-26, fp32 us (fused / rowblock; torch):
-# (64, 131072, k=2048) 152.8 / 62.6 (194.9); (1, 65536, 2048) 40.8 / 45.7 (79.5);
-# (4, 65536, 512) 32.5 / 33.5 (83.0): one CTA a row wins once the rows fill the SMs, the
-# multi-block "fused" wins for a few rows. Both passed the GPU tests there.
-# H100, 2026-11-26 (fifth session; fused / rowblock / split; torch): (64, 131072, 2048) 150.5 /
-# 50.0 / 72.3 (192-200); (1, 65536, 2048) 40.8 / 33.8 / 27.8 (78-83); (4, 65536, 512) 32.2 /
-# 27.3 / 22.5 (81-86) -- fused is now the slowest at 1 and 4 rows, but "auto" still picks it
-# there: the landed rowblock and split builds have not yet passed the GPU test file end to end
-# (CHANGELOG 0.5.0); switching "auto" to split for a few rows is the next step once they have.
+# "auto" (``resolve_variant``), rows of at most RB_AUTO_MAX_N scores: "rowblock" for batches of
+# >= RB_AUTO_MIN_ROWS rows, "split" for fewer; longer rows "fused". H100, 2026-11-26, fp32 us
+# (fused / rowblock / split; torch): (64, 131072, 2048) 150.5 / 50.5 / 71.4 (196);
+# (1, 65536, 2048) 40.8 / 34.7 / 27.0 (79); (4, 65536, 512) 32.2 / 27.8 / 21.8 (83): one CTA a
+# row wins once the rows fill the SMs, one row over many SMs wins for a few rows.
 PRODUCTION_VARIANT = os.environ.get("DSV4_TOPK_VARIANT", "auto")
 # "staged" geometry: blocks resident per SM (ptxas: histogram <= 40 regs x 512 threads -> 3;
 # select capped at 64 regs by launch_bounds(512, 2) -> 2), so that each launch is one full wave
@@ -1337,9 +1332,7 @@ RB_SMEM = 8 * (K_MAX + RB_LIST)     # dynamic shared bytes: sort buffer (histogr
 # rows at most this long go to "rowblock" when impl="production" runs "auto" (2 passes through
 # one SM: ~4 MB rows take ~100 us there, the multi-block "fused" is better)
 RB_AUTO_MAX_N = 262144
-RB_AUTO_MIN_ROWS = 16           # H100 (2026-11-25): 1 and 4 rows ran faster in "fused", 64 rows
-# 2.4x faster here; since 0.4.0 rowblock is faster at 1 and 4 rows too, and split faster still
-# (PRODUCTION_VARIANT's figures): "auto" waits for their GPU tests (CHANGELOG 0.5.0)
+RB_AUTO_MIN_ROWS = 16           # fewer rows: "split" (PRODUCTION_VARIANT's figures)
 
 
 @device
@@ -2238,12 +2231,14 @@ _PLANS: dict = {}
 
 def resolve_variant(variant: str | None, n: int, rows: int = RB_AUTO_MIN_ROWS) -> str:
     """The concrete variant (one of VARIANTS) for ``rows`` rows of n scores: ``variant`` (default
-    ``PRODUCTION_VARIANT``); "auto" = "rowblock" for n <= RB_AUTO_MAX_N (one SM a row reads it
-    in a few us) and rows >= RB_AUTO_MIN_ROWS (fewer rows leave most SMs idle: the multi-block
-    variant is faster there), else "fused" (long rows need several SMs each)."""
+    ``PRODUCTION_VARIANT``); "auto", for n <= RB_AUTO_MAX_N: "rowblock" for rows >=
+    RB_AUTO_MIN_ROWS (one SM a row reads it in a few us), "split" for fewer rows (one row over
+    many SMs, one launch); longer rows: "fused" (the range the H100 has not timed split in)."""
     variant = variant or PRODUCTION_VARIANT
     if variant == "auto":
-        return "rowblock" if n <= RB_AUTO_MAX_N and rows >= RB_AUTO_MIN_ROWS else "fused"
+        if n > RB_AUTO_MAX_N:
+            return "fused"
+        return "rowblock" if rows >= RB_AUTO_MIN_ROWS else "split"
     if variant not in VARIANTS:
         raise ValueError(f"top-k variant must be one of {VARIANTS} or 'auto', got {variant!r}")
     return variant

@@ -1,0 +1,55 @@
+"""Compile production kernels into Numba's disk cache, one process per kernel, in parallel.
+
+On the device machine each kernel takes ~1-2 min to compile in every process that launches it
+(each pytest-xdist worker, then the benchmark). Compiling them once, in parallel, into the disk
+cache lets those processes load them instead::
+
+    python3 tools/stamp_sources.py            # stamps that follow content (see that tool)
+    export DSV4_NUMBA_CACHE=1 NUMBA_CACHE_DIR=/tmp/ncache
+    python3 tools/precompile.py topk_split topk_rowblock -j 8
+
+Arguments: substrings of kernel names (``topk_split_bf16``), all if none; the kernels are those
+``dsv4_numba.stages.topk.production_kernels`` lists (``--module`` / ``--function`` for others).
+A cache hit needs the launch's argument types to equal the listed signature.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", help="kernel-name substrings (default: every kernel)")
+    ap.add_argument("--module", default="dsv4_numba.stages.topk")
+    ap.add_argument("--function", default="production_kernels")
+    ap.add_argument("-j", type=int, default=os.cpu_count() or 1, help="processes at a time")
+    args = ap.parse_args(argv)
+    if os.environ.get("DSV4_NUMBA_CACHE", "0") in ("", "0"):
+        ap.error("set DSV4_NUMBA_CACHE=1 (else nothing is kept)")
+    import importlib
+    kernels = getattr(importlib.import_module(args.module), args.function)()
+    todo = [(i, k.__name__) for i, (k, _) in enumerate(kernels)
+            if not args.names or any(n in k.__name__ for n in args.names)]
+    src = ("import sys, importlib\n"
+           f"k, s = getattr(importlib.import_module({args.module!r}), {args.function!r})()"
+           "[int(sys.argv[1])]\n"
+           "k.disk_cached().compile(s)\n")
+    t0, running, failed = time.monotonic(), [], 0
+    while todo or running:
+        while todo and len(running) < args.j:
+            i, name = todo.pop(0)
+            running.append((name, subprocess.Popen([sys.executable, "-c", src, str(i)])))
+        name, p = running.pop(0)
+        rc = p.wait()
+        failed += rc != 0
+        print(f"# precompile {name}: {'ok' if rc == 0 else f'FAILED (rc {rc})'} at "
+              f"{time.monotonic() - t0:.0f} s", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
