@@ -31,6 +31,70 @@ def test_forcing_gpu_mode_without_gpu_is_an_error(monkeypatch):
         runtime.mode()
 
 
+def _tool(name):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_stamp_sources_follow_content_and_imports(tmp_path):
+    """tools/stamp_sources.py: a source's mtime changes exactly when it or a package module it
+    imports (transitively) or a PTX snippet file changes -- Numba's disk cache checks only the
+    kernel's own file."""
+    import os
+    import shutil
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "dsv4_numba", tmp_path / "dsv4_numba",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(root / "ptx", tmp_path / "ptx")
+    st = _tool("stamp_sources")
+    files = ("dsv4_numba/stages/topk.py", "dsv4_numba/hw/portable.py", "dsv4_numba/formats/e2m1.py")
+
+    def stamps():
+        assert st.stamp(str(tmp_path)) > 20
+        return {f: os.stat(tmp_path / f).st_mtime for f in files}
+
+    first = stamps()
+    assert len(set(first.values())) == 3 and stamps() == first          # distinct, repeatable
+    with open(tmp_path / "dsv4_numba/hw/portable.py", "a") as fh:       # a helper topk inlines
+        fh.write("\n# changed\n")
+    second = stamps()
+    assert second["dsv4_numba/stages/topk.py"] != first["dsv4_numba/stages/topk.py"]
+    assert second["dsv4_numba/hw/portable.py"] != first["dsv4_numba/hw/portable.py"]
+    assert second["dsv4_numba/formats/e2m1.py"] == first["dsv4_numba/formats/e2m1.py"]  # no import
+    with open(tmp_path / "ptx/memory.ptx", "a") as fh:                  # every module's
+        fh.write("\n")
+    third = stamps()
+    assert all(third[f] != second[f] for f in files)
+
+
+def test_kernel_dispatcher_cache_and_lineinfo(monkeypatch):
+    """DSV4_NUMBA_CACHE=1: dispatchers with Numba's disk cache; DSV4_LINEINFO=1: line tables and
+    never the cache (its entries do not record the option). Making a dispatcher compiles
+    nothing, so this runs without a GPU."""
+    from dsv4_numba.runtime.kernel import Kernel
+
+    def k(x):
+        x[0] = 1
+
+    monkeypatch.delenv("DSV4_LINEINFO", raising=False)
+    monkeypatch.setenv("DSV4_NUMBA_CACHE", "1")
+    d = Kernel(k, launch_bounds=(32,)).gpu
+    assert type(d._cache).__name__ == "CUDACache" and not d.targetoptions["lineinfo"]
+    assert d.targetoptions["launch_bounds"] == (32,)
+    monkeypatch.setenv("DSV4_NUMBA_CACHE", "0")
+    assert type(Kernel(k).gpu._cache).__name__ == "NullCache"
+    assert type(Kernel(k).disk_cached()._cache).__name__ == "CUDACache"
+    monkeypatch.setenv("DSV4_LINEINFO", "1")
+    d = Kernel(k).disk_cached()
+    assert type(d._cache).__name__ == "NullCache" and d.targetoptions["lineinfo"]
+
+
 # ---------------------------------------------------------------- registry
 def test_registry_reference_and_env(monkeypatch):
     monkeypatch.delenv("DSV4_IMPL", raising=False)

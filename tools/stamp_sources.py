@@ -15,21 +15,20 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PKG = os.path.join(ROOT, "dsv4_numba")
 EPOCH = 1_000_000_000          # stamps fall in [EPOCH, EPOCH + 2**28): 2001-2009, in the past
 
 
-def _module_file(mod: str) -> str | None:
-    base = os.path.join(ROOT, *mod.split("."))
+def _module_file(mod: str, root: str) -> str | None:
+    base = os.path.join(root, *mod.split("."))
     for cand in (base + ".py", os.path.join(base, "__init__.py")):
         if os.path.isfile(cand):
             return cand
     return None
 
 
-def _imports(path: str) -> set[str]:
+def _imports(path: str, root: str) -> set[str]:
     """Package files that ``path`` imports (absolute ``dsv4_numba...`` or relative)."""
-    rel = os.path.relpath(path, ROOT)[:-3].split(os.sep)
+    rel = os.path.relpath(path, root)[:-3].split(os.sep)
     pkg = rel[:-1]                       # the package a relative import of level 1 names
     out = set()
     for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
@@ -39,19 +38,21 @@ def _imports(path: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):       # `from m import a`: module m.a, else m itself
             base = pkg[:len(pkg) - node.level + 1] if node.level else []
             mod = ".".join(base + ([node.module] if node.module else []))
-            names = [f"{mod}.{a.name}" if _module_file(f"{mod}.{a.name}") else mod
+            names = [f"{mod}.{a.name}" if _module_file(f"{mod}.{a.name}", root) else mod
                      for a in node.names]
         for n in names:
-            if n.split(".")[0] == "dsv4_numba" and (f := _module_file(n)):
+            if n.split(".")[0] == "dsv4_numba" and (f := _module_file(n, root)):
                 out.add(f)
     return out
 
 
-def main() -> int:
-    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(PKG) for f in fs if f.endswith(".py"))
-    ptx_dir = os.path.join(ROOT, "ptx")
+def stamp(root: str = ROOT) -> int:
+    """Stamp every .py under root/dsv4_numba; returns how many."""
+    pkg = os.path.join(root, "dsv4_numba")
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(pkg) for f in fs if f.endswith(".py"))
+    ptx_dir = os.path.join(root, "ptx")
     ptx = sorted(os.path.join(ptx_dir, f) for f in os.listdir(ptx_dir) if f.endswith(".ptx"))
-    deps = {f: _imports(f) for f in files}
+    deps = {f: _imports(f, root) for f in files}
     for f in deps:
         seen, todo = set(), [f]
         while todo:
@@ -61,10 +62,14 @@ def main() -> int:
                 todo.extend(deps.get(g, ()))
         h = hashlib.sha256()
         for g in sorted(seen) + ptx:
-            h.update(g.encode() + b"\0" + open(g, "rb").read())
+            h.update(os.path.relpath(g, root).encode() + b"\0" + open(g, "rb").read())
         t = EPOCH + int.from_bytes(h.digest()[:4], "little") % (1 << 28)
         os.utime(f, (t, t))
-    print(f"stamped {len(deps)} sources", file=sys.stderr)
+    return len(deps)
+
+
+def main() -> int:
+    print(f"stamped {stamp()} sources", file=sys.stderr)
     return 0
 
 

@@ -40,10 +40,11 @@ Two kernels, selected by ``variant=`` / ``DSV4_INDEXER_VARIANT`` (default ``DEFA
   in one batch of 16 loads instead of two of 8 -- 168 registers, 3 CTAs per SM instead of 4 at
   128; not kept.)
 
-* ``v3`` (round 3, 2026-11-26, emulator-verified only; not the default until a GPU has timed
-  it): v2's kernel with ``hist`` = 1 -- each valid score is also counted, in the register that
-  holds it, into the top-k's first-level histogram (``indexer_topk.hist_add``: key >> 20 of the
-  order-preserving key, one ``red.global.add``), and the top-k runs as
+* ``v3`` (round 3, 2026-11-26; opt-in: on an H100 it is bitwise v2 + the production top-k but
+  slower than v2 end to end, see ``HIST_VARIANTS``): v2's kernel with ``hist`` = 1 -- each
+  valid score is also counted, in the register that holds it, into the top-k's first-level
+  histogram (``indexer_topk.hist_add``: key >> 20 of the order-preserving key, one
+  ``red.global.add``), and the top-k runs as
   ``indexer_topk.HistTopk``: the registered top-k's select + finish without its histogram launch
   (each select block finds b1 from the histogram itself). Same scores, same selection bitwise as
   v2 + the production top-k. Why this design (napkin math, H100 measured 2026-11-26 by
@@ -725,14 +726,21 @@ def _sim_alignment(gpu: bool):
 VARIANTS = ("v1", "v2", "v3")
 #: v2 is the default since 2026-11-25: on an H200 (sm_90a) its scores matched the float64 oracle in
 #: all 8 tests/gpu ``test_v2_scores_match_oracle`` cases (T 1/4/16, N 127/129/65536, bf16 and FP4,
-#: NaN-poisoned outputs) and its top-k agreed with torch's at the three benchmark shapes; its
-#: paged / many-tokens-per-CTA / end-to-end GPU tests did not get device time (the emulator runs
-#: them). ``DSV4_INDEXER_VARIANT=v1`` (or ``variant=``) selects the H100-verified round-1 kernel.
+#: NaN-poisoned outputs) and its top-k agreed with torch's at the three benchmark shapes. H100,
+#: 2026-11-26: those 8 again, its 4 many-tokens-per-CTA and 2 paged-equals-contiguous GPU tests
+#: passed (the end-to-end one did not finish inside the call). ``DSV4_INDEXER_VARIANT=v1`` (or
+#: ``variant=``) selects the H100-verified round-1 kernel.
 DEFAULT_VARIANT = "v2"
-#: v3 (round 3, not yet run on a GPU): v2's kernel counting every valid score in the top-k's
-#: first-level histogram as it writes it, then ``indexer_topk.HistTopk`` -- the top-k's select +
-#: finish without its histogram launch (napkin math in ``pipelines/indexer_topk.py``). V3.2 FP8
-#: inputs take ``indexer_fused_fp8_kernel`` under every variant (with the histogram under v3).
+#: v3 (round 3): v2's kernel counting every valid score in the top-k's first-level histogram as
+#: it writes it, then ``indexer_topk.HistTopk`` -- the "fused" top-k's select + finish without its
+#: histogram launch (napkin math in ``pipelines/indexer_topk.py``). V3.2 FP8 inputs take
+#: ``indexer_fused_fp8_kernel`` under every variant (with the histogram under v3). H100,
+#: 2026-11-26: bitwise equal to v2 + the registered production top-k in the 9
+#: ``test_v3_equals_v2_with_the_production_topk`` cases (bf16 / FP4 / FP8), but SLOWER than v2
+#: now that the registered top-k's "auto" is split / rowblock: FP4 totals 41.2 / 86.4 / 276.5 us
+#: vs v2's 35.5 / 68.3 / 235.4 at T=1,N=65536,k=512 / T=4,N=131072,k=1024 / T=64,N=65536,k=512
+#: (the histogram adds 4-11 us to the score kernel; its select is the slower "fused" one).
+#: Kept opt-in (``DSV4_INDEXER_VARIANT=v3``) as the measured alternative.
 HIST_VARIANTS = ("v3",)
 
 

@@ -30,6 +30,11 @@ Napkin math (H100, 132 SMs; FP4 keys; per call)
   serialised reductions at ~1 per clock ~ 40 us worst case per row, rows in parallel). Expect
   T = 1: -3 to -5 us end to end; T = 64: -5 to -10 us, or a loss if the same-address reductions
   serialise (that is what the device run decides; ``v2`` stays the default until it has).
+  Measured (H100, 2026-11-26, tools/bench_indexer.py --quick --variant v2,v3, FP4): the score
+  kernel with the histogram took +3.8 / +4.3 / +11.0 us (13.6 -> 17.4, 42.5 -> 46.8, 206.1 ->
+  217.1 at T = 1 / 4 / 64), and the select + finish here (23.8 / 39.6 / 59.4 us) lost to the
+  registered top-k's split / rowblock variants after v2 (21.9 / 25.8 / 29.3): v3 totals 41.2 /
+  86.4 / 276.5 us vs v2's 35.5 / 68.3 / 235.4. v2 stays the default.
 * Added to each select block: 8 global loads a thread (the row's histogram, L2-resident) and a
   block scan: ~1-2 us of latency, in parallel across blocks.
 Not done: warp-aggregated reductions (``match.any`` is not in the PTX layer or the simulator);

@@ -79,6 +79,13 @@ def kernel_cache() -> bool:
     return os.environ.get("DSV4_NUMBA_CACHE", "0") not in ("", "0")
 
 
+def lineinfo() -> bool:
+    """True when ``DSV4_LINEINFO=1``: GPU kernels are compiled with ``lineinfo=True`` (source-line
+    tables in the cubin, so ``ncu --import-source yes`` / compute-sanitizer attribute SASS to
+    Python lines) and without the disk cache (its entries do not record the option)."""
+    return os.environ.get("DSV4_LINEINFO", "0") not in ("", "0")
+
+
 def mode() -> str:
     """The run mode in force: "gpu" or "sim".
 

@@ -112,6 +112,8 @@ class Kernel:
     def _jit(self, cache: bool):
         from numba import cuda
         kw = {"launch_bounds": self.launch_bounds} if self.launch_bounds else {}
+        if env.lineinfo():                # profiling build (env.lineinfo): never from the cache
+            kw["lineinfo"], cache = True, False
         if cache:
             try:
                 return cuda.jit(cache=True, **kw)(self.py_func)

@@ -30,8 +30,8 @@ Implementations (stage registry name ``topk``)
   whole), collect everything at or above it into shared memory, order by counting (each selected
   composite's position = how many selected are larger). Runs under the CUDA simulator.
 * ``production:sm_90a`` -- five variants, chosen by ``PRODUCTION_VARIANT`` (what
-  impl="production" runs: "auto" = "rowblock" for >= 16 rows of up to 262144 scores, else
-  "fused"; ``DSV4_TOPK_VARIANT``, ``TopkPlan(variant=)`` / ``topk_production(variant=)`` pick
+  impl="production" runs: "auto" = rows of up to 262144 scores: "rowblock" for >= 16 rows,
+  "split" for fewer; longer rows "fused"; ``DSV4_TOPK_VARIANT``, ``TopkPlan(variant=)`` / ``topk_production(variant=)`` pick
   one; tools/bench_softmax_topk.py times all).
   ``rowblock`` (round 3; H100: 62.6 / 45.7 / 33.5 us on the three target shapes, see
     ``PRODUCTION_VARIANT``; round 4, with a sampled threshold since taken out again: 45.9 /
@@ -43,8 +43,8 @@ Implementations (stage registry name ``topk``)
     (``counting_sort_desc``; the bitonic network for clustered keys) in shared memory, scores
     written from their keys. No global atomics, fences or tickets. Napkin math above
     ``rowblock_kernel``: ~27 / ~15 / ~11 us (ncu found it issue-bound, not memory-bound).
-  ``split`` (round 5; opt-in: ``variant="split"``; H100: 72.3 / 27.8 / 22.5 us on the three
-    target shapes, see ``PRODUCTION_VARIANT``): ONE launch of S CTAs a row (rows x S <= SMs, all
+  ``split`` (round 5; "auto" below 16 rows since 0.6.0; H100: 71.6 / 27.7 / 21.9 us on the
+    three target shapes, see ``PRODUCTION_VARIANT``): ONE launch of S CTAs a row (rows x S <= SMs, all
     resident), each scanning a slice of ~N / S scores; they meet at per-row barriers in global
     memory (an atomic arrival counter, acquire polling): the row's histogram is the sum of the
     CTAs' (4096 bins, read back from L2), each CTA sorts the scores of its slice at or above the
@@ -358,9 +358,9 @@ VARIANTS = ("three_pass", "fused", "staged", "rowblock", "split")
 # what impl="production" runs (DSV4_TOPK_VARIANT overrides it); the bench times every variant.
 # "auto" (``resolve_variant``), rows of at most RB_AUTO_MAX_N scores: "rowblock" for batches of
 # >= RB_AUTO_MIN_ROWS rows, "split" for fewer; longer rows "fused". H100, 2026-11-26, fp32 us
-# (fused / rowblock / split; torch): (64, 131072, 2048) 150.5 / 50.5 / 71.4 (196);
-# (1, 65536, 2048) 40.8 / 34.7 / 27.0 (79); (4, 65536, 512) 32.2 / 27.8 / 21.8 (83): one CTA a
-# row wins once the rows fill the SMs, one row over many SMs wins for a few rows.
+# (fused / rowblock / split; torch; CHANGELOG 0.6.0): (64, 131072, 2048) 150.5 / 51.0 / 71.6
+# (195); (1, 65536, 2048) 40.8 / 34.6 / 27.7 (80); (4, 65536, 512) 32.2 / 28.1 / 21.9 (83): one
+# CTA a row wins once the rows fill the SMs, one row over many SMs wins for a few rows.
 PRODUCTION_VARIANT = os.environ.get("DSV4_TOPK_VARIANT", "auto")
 # "staged" geometry: blocks resident per SM (ptxas: histogram <= 40 regs x 512 threads -> 3;
 # select capped at 64 regs by launch_bounds(512, 2) -> 2), so that each launch is one full wave
@@ -1323,14 +1323,14 @@ def select_kernel(kind, vectorized, staged=False):
 #  => (64, 131072, 2048): ~12 + 7 + 8 ~ 27 us (target 25); (1, 65536, 2048): launch ~2 + 3 + 2.5
 #     + 8 ~ 15 us (target 15); (4, 65536, 512): ~2 + 3 + 2.5 + 4 ~ 11 us (target 12). One SM per
 #     row caps long rows: (1, 1048576) reads 4 MB through one SM (~50-60 us per pass): there the
-#     multi-block variants are the better choice (``auto_variant``).
+#     multi-block variants are the better choice (``resolve_variant``).
 ROW_THREADS = 1024
 RB_LEVEL_BITS = 12                  # radix digit of the passes over the row (4096-bin histogram)
 RB_CCAP = 4096                      # composites of the threshold bucket kept in shared memory
 RB_LIST = K_MAX + RB_CCAP           # list slots: < K above the bucket + <= RB_CCAP in it
 RB_SMEM = 8 * (K_MAX + RB_LIST)     # dynamic shared bytes: sort buffer (histogram aliased) + list
-# rows at most this long go to "rowblock" when impl="production" runs "auto" (2 passes through
-# one SM: ~4 MB rows take ~100 us there, the multi-block "fused" is better)
+# rows at most this long go to "rowblock" / "split" when impl="production" runs "auto" (rowblock:
+# 2 passes through one SM: ~4 MB rows take ~100 us there, the multi-block "fused" is better)
 RB_AUTO_MAX_N = 262144
 RB_AUTO_MIN_ROWS = 16           # fewer rows: "split" (PRODUCTION_VARIANT's figures)
 
@@ -1680,8 +1680,12 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
 # 22.5 (9.8 / 17.8 / 21.8), (64, 131072, 2048) 69.4 at S = 2 (rowblock 50.6: two CTAs a row
 # halve the passes but add a 1 K-item sort and a barrier). Each stage is still ~3-10x its napkin
 # figure: the loops of a global load then its shared store wait a full L2 round trip per item;
-# the histogram read-back and the list load now issue 4 loads before their stores (not yet
-# timed), the rest is the next step (see CHANGELOG 0.5.0).
+# the histogram read-back and the list load now issue 4 loads before their stores. The landed
+# form (0.6.0, after the load-snippet fix): 27.7 (9.6 / 16.5 / 27.1 cumulative), 21.9, 71.6 --
+# the list load + rank stage (~10.6 us at (1, 65536)) is 3x its napkin figure for reasons not yet
+# profiled. Even at napkin speed this design has a floor near 16 us at (1, 65536, 2048): launch
+# + load ~3.5, two barriers ~2 each, read-back + scan ~1.5, publish ~1.5, list load + rank ~3:
+# the 15 us target needs one barrier fewer (CHANGELOG 0.6.0, "Not done").
 # Barriers: a per-row uint64 counter, only ever incremented. Every CTA of a row arrives at the
 # same barriers, so between barriers the counter is a multiple of S: the arrival that read ``old``
 # waits for (old // S + 1) * S. Histograms: SP_NBUF = 3 rotating buffers a row; after barrier j
@@ -2259,7 +2263,7 @@ def topk_production(c: TopkCall, vals=None, idx=None, *, plan: TopkPlan | None =
                     vectorized=None, variant: str | None = None):
     """The sm_90a implementation (module docstring). ``vals``/``idx``: optional preallocated flat
     outputs; ``plan``/``vectorized``: test hooks (see TopkPlan); ``variant``: "three_pass" |
-    "fused" | "staged" | "rowblock" | "auto" (default ``PRODUCTION_VARIANT``; ignored when
+    "fused" | "staged" | "rowblock" | "split" | "auto" (default ``PRODUCTION_VARIANT``; ignored when
     ``plan`` is given)."""
     vals, idx = _outputs(c, vals, idx)
     if c.R:
