@@ -273,7 +273,7 @@ def test_every_snippet_touching_memory_is_side_effecting():
     assert snippets.SNIPPETS
     for sn in snippets.SNIPPETS.values():
         op = sn.instruction.split(".")[0].split()[0]
-        if re.fullmatch(r"ld|st|cp|red|atom|mbarrier|fence|bar|barrier|tcgen05|wgmma|nanosleep", op):
+        if re.match(r"ld|st|cp|red|atom|mbarrier|fence|bar|tcgen05|wgmma|nanosleep|prefetch", op):
             assert sn.side_effect, f"{sn.file}: {sn.name} ({sn.instruction}) must be side-effect: yes"
 
 

@@ -73,6 +73,16 @@ def test_stamp_sources_follow_content_and_imports(tmp_path):
     assert all(third[f] != second[f] for f in files)
 
 
+def test_precompile_runner_reports_failures(capsys):
+    """tools/precompile.py's runner: every job runs (two at a time), each end is printed, a failed
+    one makes the result 1."""
+    run = _tool("precompile").run_jobs
+    assert run([("a", ["print('A')"]), ("b", ["import sys; print(sys.argv[1])", "B"])], 2) == 0
+    assert run([("ok", ["pass"]), ("bad", ["raise SystemExit(3)"])], 2) == 1
+    out = capsys.readouterr().out
+    assert "precompile bad: FAILED (rc 3)" in out and "precompile ok: ok" in out
+
+
 def test_kernel_dispatcher_cache_and_lineinfo(monkeypatch):
     """DSV4_NUMBA_CACHE=1: dispatchers with Numba's disk cache; DSV4_LINEINFO=1: line tables and
     never the cache (its entries do not record the option). Making a dispatcher compiles
@@ -87,12 +97,12 @@ def test_kernel_dispatcher_cache_and_lineinfo(monkeypatch):
     d = Kernel(k, launch_bounds=(32,)).gpu
     assert type(d._cache).__name__ == "CUDACache" and not d.targetoptions["lineinfo"]
     assert d.targetoptions["launch_bounds"] == (32,)
-    monkeypatch.setenv("DSV4_NUMBA_CACHE", "0")
-    assert type(Kernel(k).gpu._cache).__name__ == "NullCache"
-    assert type(Kernel(k).disk_cached()._cache).__name__ == "CUDACache"
     monkeypatch.setenv("DSV4_LINEINFO", "1")
-    d = Kernel(k).disk_cached()
+    d = Kernel(k).gpu
     assert type(d._cache).__name__ == "NullCache" and d.targetoptions["lineinfo"]
+    monkeypatch.setenv("DSV4_LINEINFO", "0")
+    monkeypatch.setenv("DSV4_NUMBA_CACHE", "0")                         # the default: no cache
+    assert type(Kernel(k).gpu._cache).__name__ == "NullCache"
 
 
 # ---------------------------------------------------------------- registry

@@ -5,9 +5,10 @@
     python tools/bench_indexer.py --fmt fp4  # one format
     python tools/bench_indexer.py --variant v2   # one fused kernel (v1: round 1, H100-verified)
     python tools/bench_indexer.py --variant v2,v3 --fmt fp4,fp8 --shapes 1x65536x512,16x262144x2048
-    python tools/bench_indexer.py --precompile --variant v2,v3 --fmt fp4,fp8   # fill Numba's
-        # disk cache with the fused kernels, one process per kernel in parallel (~1.5 min of
-        # compiles on 16 cores instead of ~4 in series), then exit
+    python tools/stamp_sources.py; export DSV4_NUMBA_CACHE=1    # Numba's disk cache, then
+    python tools/bench_indexer.py --precompile --variant v2,v3 --fmt fp4,fp8   # fill it with
+        # the fused kernels, one process per kernel in parallel (~2.5 min of compiles on 16
+        # cores instead of ~1.5 min each in every process), then exit; later runs load them
 
 Rows are not started once ``--max-seconds`` (default 40) have passed since the start (compiles
 included): the table of what ran is printed either way.
@@ -258,47 +259,44 @@ def _shapes(arg):
 
 def precompile_jobs(variants, fmts):
     """(label, python source) per kernel the run will launch: each compiles one overload into
-    Numba's disk cache (``indexer_sm90.cached_gpu`` / the select's ``HistTopk.run`` use it)."""
+    Numba's disk cache (``DSV4_NUMBA_CACHE=1``; ``Kernel.gpu``)."""
     head = ("from dsv4_numba.pipelines import indexer_sm90 as F, indexer_topk as IT\n"
             "from dsv4_numba.stages import topk as TK\n")
+    compile_ = "k.gpu.compile(s)\n"
     jobs = []
     if "v1" in variants and set(fmts) - {"fp8"}:
         for i, f in enumerate(("bf16", "fp4")):
             if f in fmts:
-                jobs.append((f"v1 {f}", head + f"k, s = F.production_kernels()[{i}]\n"
-                                                "F.cached_gpu(k).compile(s)\n"))
+                jobs.append((f"v1 {f}", head + f"k, s = F.production_kernels()[{i}]\n" + compile_))
     if {"v2", "v3"} & set(variants) and set(fmts) - {"fp8"}:
-        jobs.append(("v2/v3", head + "k, s = F.v2_kernels()[0]\nF.cached_gpu(k).compile(s)\n"))
-        jobs.append(("q decode", head + "k, s = F.v2_kernels()[1]\nF.cached_gpu(k).compile(s)\n"))
+        jobs.append(("v2/v3", head + "k, s = F.v2_kernels()[0]\n" + compile_))
+        jobs.append(("q decode", head + "k, s = F.v2_kernels()[1]\n" + compile_))
     if "fp8" in fmts:
-        jobs.append(("fp8", head + "k, s = F.fp8_kernels()[0]\nF.cached_gpu(k).compile(s)\n"))
+        jobs.append(("fp8", head + "k, s = F.fp8_kernels()[0]\n" + compile_))
     if "v3" in variants:
         jobs.append(("v3 select", head + "staged = IT.DEFAULT_SELECT == 'staged'\n"
-                     "k, s = IT.kernels()[int(staged)]\nF.cached_gpu(k).compile(s)\n"))
-    if {"v1", "v2"} & set(variants):     # the registered top-k after them (disk-cached here)
-        for i, (k, _) in enumerate(IT_cache_list()):
-            jobs.append((k.__name__, head + f"k, s = IT.cache_registered_topk()[{i}]\n"
-                                            "F.cached_gpu(k).compile(s)\n"))
+                     "k, s = IT.kernels()[int(staged)]\n" + compile_))
+    if {"v1", "v2"} & set(variants):     # the registered top-k after them
+        from dsv4_numba.pipelines import indexer_topk as IT
+        for i, (k, _) in enumerate(IT.registered_topk_kernels()):
+            jobs.append((k.__name__, head + f"k, s = IT.registered_topk_kernels()[{i}]\n"
+                         + compile_))
     return jobs
 
 
-def IT_cache_list():
-    from dsv4_numba.pipelines import indexer_topk as IT
-    return IT.cache_registered_topk()
-
-
 def precompile(variants, fmts) -> int:
+    """Compile ``precompile_jobs`` in parallel processes (``tools/precompile.py``'s runner)."""
+    import importlib.util
     import os
-    import subprocess
-    import time
-    t0 = time.monotonic()
-    procs = [(label, subprocess.Popen([sys.executable, "-c", src], env=dict(os.environ)))
-             for label, src in precompile_jobs(variants, fmts)]
-    for label, p in procs:          # a failed job only means that kernel compiles at first use
-        r = p.wait()
-        print(f"# precompile {label}: {'ok' if r == 0 else f'FAILED (rc {r})'} at "
-              f"{time.monotonic() - t0:.0f} s", flush=True)
-    return 0
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "precompile.py")
+    spec = importlib.util.spec_from_file_location("precompile", path)
+    pre = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pre)
+    if os.environ.get("DSV4_NUMBA_CACHE", "0") in ("", "0"):
+        print("--precompile: set DSV4_NUMBA_CACHE=1 (after tools/stamp_sources.py), else nothing "
+              "is kept", file=sys.stderr)
+        return 2
+    return pre.run_jobs([(label, [src]) for label, src in precompile_jobs(variants, fmts)])
 
 
 def main(argv=None):
@@ -336,8 +334,6 @@ def main(argv=None):
         print("no GPU found: this benchmark runs on the device machine", file=sys.stderr)
         return 2
     import numba_cuda
-    from dsv4_numba.pipelines.indexer_topk import cache_registered_topk
-    cache_registered_topk()            # the top-k kernels from Numba's disk cache (--precompile)
     reps, repeats = (5, 3) if args.quick else (10, 5)
     print(f"# {gpu.name} ({gpu.arch}, {gpu.sm_count} SMs), torch {torch.__version__}, "
           f"numba-cuda {numba_cuda.__version__}, {datetime.date.today()}", flush=True)

@@ -6,6 +6,8 @@
     python tools/bench_softmax_topk.py --quick --only topk --targets --variant fused,staged
     python tools/bench_softmax_topk.py --quick --only topk --targets --variant rowblock,fused \
         --breakdown                    # + the time of each stage prefix of rowblock
+    python tools/bench_softmax_topk.py --quick --only topk --variant split,fused \
+        --shapes 1x1048576x2048,2x262144x2048    # chosen top-k shapes (fp32 and bf16)
 
 Top-k variants (``--variant``: ``all`` (default) or a comma list of ``topk.VARIANTS``):
 ``three_pass`` (histogram, filter, finish), ``fused`` (histogram, select + last-block finish),
@@ -182,12 +184,12 @@ def split_stages_us(plan, call, vals, idx, reps, repeats):
 
 def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
                variants=("three_pass", "fused", "staged", "rowblock", "split"), targets_only=False,
-               breakdown=False):
+               breakdown=False, shapes=None):
     from numba import cuda
 
     from dsv4_numba.runtime.bench import time_gpu
     from dsv4_numba.stages import topk as K
-    for (R, N, k) in (list(TARGETS) if targets_only else TOPK_SHAPES):
+    for (R, N, k) in (list(TARGETS) if targets_only else shapes or TOPK_SHAPES):
         for tdt, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
             if targets_only and name != "fp32":
                 continue
@@ -271,6 +273,8 @@ def main(argv=None):
                          "of three_pass, fused, staged, rowblock")
     ap.add_argument("--targets", action="store_true",
                     help="top-k: only issue 4's three target shapes (fp32)")
+    ap.add_argument("--shapes", help="top-k shapes RxNxk, comma-separated (e.g. 1x1048576x2048,"
+                                     "2x262144x2048), instead of the default list")
     ap.add_argument("--breakdown", action="store_true",
                     help="top-k: also time the histogram launch alone (rowblock: each stage)")
     args = ap.parse_args(argv)
@@ -279,6 +283,13 @@ def main(argv=None):
     if not set(variants) <= set(VARIANTS):
         ap.error(f"--variant: unknown {sorted(set(variants) - set(VARIANTS))}; "
                  f"choose from {VARIANTS} or 'all'")
+    try:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] \
+            if args.shapes else None
+    except ValueError:
+        shapes = None
+    if args.shapes and (not shapes or any(len(t) != 3 for t in shapes)):
+        ap.error(f"--shapes: RxNxk, comma-separated, got {args.shapes!r}")
     import torch  # noqa: lazily: present on the device image only
 
     from dsv4_numba.runtime import detect_gpu
@@ -300,7 +311,7 @@ def main(argv=None):
         bench_softmax(torch, reps, repeats, copy_gbs, rows)
     if args.only in (None, "topk"):
         bench_topk(torch, reps, repeats, copy_gbs, rows, variants,
-                   targets_only=args.targets, breakdown=args.breakdown)
+                   targets_only=args.targets, breakdown=args.breakdown, shapes=shapes)
     print()
     print(f"Softmax and top-k, {gpu.name}, {datetime.date.today()}; copy {copy_gbs:.0f} GB/s; "
           f"CUDA-event medians (tools/bench_softmax_topk.py)")

@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     ap.add_argument("names", nargs="*", help="kernel-name substrings (default: every kernel)")
     ap.add_argument("--module", default="dsv4_numba.stages.topk")
     ap.add_argument("--function", default="production_kernels")
-    ap.add_argument("-j", type=int, default=os.cpu_count() or 1, help="processes at a time")
+    ap.add_argument("-j", type=int, default=None, help="processes at a time (default: CPUs)")
     args = ap.parse_args(argv)
     if os.environ.get("DSV4_NUMBA_CACHE", "0") in ("", "0"):
         ap.error("set DSV4_NUMBA_CACHE=1 (else nothing is kept)")
@@ -37,16 +37,24 @@ def main(argv=None) -> int:
     src = ("import sys, importlib\n"
            f"k, s = getattr(importlib.import_module({args.module!r}), {args.function!r})()"
            "[int(sys.argv[1])]\n"
-           "k.disk_cached().compile(s)\n")
-    t0, running, failed = time.monotonic(), [], 0
+           "k.gpu.compile(s)\n")
+    return run_jobs([(name, [src, str(i)]) for i, name in todo], args.j)
+
+
+def run_jobs(jobs, j: int | None = None) -> int:
+    """Run ``python -c SRC ARGS...`` for each (label, [SRC, ARGS...]) of ``jobs``, ``j`` at a time
+    (default: the CPU count); print each one's end. Returns 1 if any failed (a failed compile
+    only means that kernel compiles at its first launch instead)."""
+    j = j or os.cpu_count() or 1
+    t0, running, failed, todo = time.monotonic(), [], 0, list(jobs)
     while todo or running:
-        while todo and len(running) < args.j:
-            i, name = todo.pop(0)
-            running.append((name, subprocess.Popen([sys.executable, "-c", src, str(i)])))
-        name, p = running.pop(0)
+        while todo and len(running) < j:
+            label, argv = todo.pop(0)
+            running.append((label, subprocess.Popen([sys.executable, "-c", *argv])))
+        label, p = running.pop(0)
         rc = p.wait()
         failed += rc != 0
-        print(f"# precompile {name}: {'ok' if rc == 0 else f'FAILED (rc {rc})'} at "
+        print(f"# precompile {label}: {'ok' if rc == 0 else f'FAILED (rc {rc})'} at "
               f"{time.monotonic() - t0:.0f} s", flush=True)
     return 1 if failed else 0
 

@@ -772,8 +772,8 @@ class FusedPlan:
             k = self.kern
             if self.gpu:
                 if self.pre is not None:
-                    cached_gpu(q_decode_kernel)[self.pre[0], 256](*self.pre[1])
-                cached_gpu(k)[self.grid, THREADS](*self.args)
+                    gpu_dispatcher(q_decode_kernel)[self.pre[0], 256](*self.pre[1])
+                gpu_dispatcher(k)[self.grid, THREADS](*self.args)
                 return self
             with _sim_alignment(self.gpu):
                 if self.pre is not None:
@@ -782,18 +782,14 @@ class FusedPlan:
         return self
 
 
-def cached_gpu(k):
-    """The GPU dispatcher of Kernel ``k`` with Numba's on-disk cache (``Kernel.disk_cached``): the
-    fused kernels take ~1 min to compile, so a second process on the same machine (the benchmark
-    after the GPU tests) loads them instead of compiling again. ``DSV4_INDEXER_CACHE=0``: no disk
-    cache (``k.gpu``). Numba checks only the stamp of the kernel's own file: on a machine where
-    the helpers change between runs, stamp the sources first (``tools/stamp_sources.py``)."""
-    import os
+def gpu_dispatcher(k):
+    """The GPU dispatcher of Kernel ``k`` (``Kernel.gpu``: from Numba's disk cache when
+    ``DSV4_NUMBA_CACHE=1``), low-occupancy warnings off as in ``Kernel.launch`` (small grids by
+    design). The fused kernels take ~1 min to compile: ``tools/device_check.sh`` turns the cache
+    on (after ``tools/stamp_sources.py``) so that a second process loads them."""
     from numba.cuda import config
-    config.CUDA_LOW_OCCUPANCY_WARNINGS = 0           # as Kernel.launch: small grids by design
-    if os.environ.get("DSV4_INDEXER_CACHE", "1") == "0":
-        return k.gpu
-    return k.disk_cached()
+    config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+    return k.gpu
 
 
 def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=None) -> FusedPlan:
@@ -988,6 +984,6 @@ registry.register("indexer_scores", "production", arch="sm_90a",
 __all__ = ["scores_production", "scores_fits", "production_kernels", "EPI_SCORES", "EPI_LOGITS",
            "indexer_fused_kernel", "indexer_fused_v2_kernel", "q_decode_kernel", "fused_indexer",
            "fused_scores", "fused_plan", "FusedPlan", "check_fusable", "token_group", "VARIANTS",
-           "DEFAULT_VARIANT", "pick_variant", "v2_kernels", "cached_gpu", "fp8_kernels",
+           "DEFAULT_VARIANT", "pick_variant", "v2_kernels", "gpu_dispatcher", "fp8_kernels",
            "indexer_fused_fp8_kernel", "HIST_VARIANTS", "FP8_ACC_REL",
            "BN", "H_FUSED", "D_FUSED"]

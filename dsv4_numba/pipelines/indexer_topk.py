@@ -180,9 +180,9 @@ class HistTopk:
         kern = select_hist_kernel(bool(vectorized), self.variant == "staged")
         args = (x, self.n, self.k, lengths, p.sel_S, p.sel_chunk, ghist, meta, tickets, sure, cand,
                 p.capacity, vals, idx, p.stage_cap)
-        if gpu:                     # Numba's disk cache, as the score kernels (``cached_gpu``)
-            from .indexer_sm90 import cached_gpu
-            cached_gpu(kern)[self.rows * p.sel_S, p.threads](*args)
+        if gpu:                     # as the score kernels (``indexer_sm90.gpu_dispatcher``)
+            from .indexer_sm90 import gpu_dispatcher
+            gpu_dispatcher(kern)[self.rows * p.sel_S, p.threads](*args)
         else:
             kern.launch(self.rows * p.sel_S, p.threads, *args)
 
@@ -201,21 +201,15 @@ def hist_topk_for(rows: int, n: int, k: int) -> HistTopk:
     return _PLANS[key]
 
 
-def cache_registered_topk() -> list:
-    """GPU tools / tests: route the registered top-k's float32 vectorized kernels (those
-    ``impls="fused"`` with v1 / v2 launches) through Numba's disk cache (``cached_gpu``), so a
-    second process on the machine loads them instead of compiling again. Returns their
-    (Kernel, signature) pairs (``--precompile`` compiles them). A no-op for any kernel already
-    compiled in this process."""
+def registered_topk_kernels() -> list:
+    """(Kernel, signature) of the registered top-k's float32 vectorized kernels: those
+    ``impls="fused"`` with v1 / v2 may launch (``tools/bench_indexer.py --precompile`` compiles
+    them into Numba's disk cache)."""
     from numba import types as t
-
-    from .indexer_sm90 import cached_gpu
     out = []
     for k, sig in TK.production_kernels():
         vec = f"_v{TK._vec(F32, True)}"           # the vectorized forms: ..._v4 or ..._v4_t1024
         if sig[0] == t.float32[::1] and (k.__name__.endswith(vec) or f"{vec}_" in k.__name__):
-            if mode() == "gpu":
-                cached_gpu(k)
             out.append((k, sig))
     return out
 
@@ -231,4 +225,4 @@ def kernels():
 
 __all__ = ["hist_add", "select_hist_kernel", "HistTopk", "hist_topk_for", "kernels", "NBINS",
            "DEFAULT_SELECT",
-           "cache_registered_topk"]
+           "registered_topk_kernels"]

@@ -101,14 +101,6 @@ class Kernel:
             self._gpu = self._jit(env.kernel_cache())
         return self._gpu
 
-    def disk_cached(self):
-        """The dispatcher, made with Numba's disk cache if it does not exist yet: for kernels
-        that take minutes to compile (the fused indexer's), so that a second process on the
-        machine (the benchmark after the tests) loads them instead."""
-        if self._gpu is None:
-            self._gpu = self._jit(True)
-        return self._gpu
-
     def _jit(self, cache: bool):
         from numba import cuda
         kw = {"launch_bounds": self.launch_bounds} if self.launch_bounds else {}

@@ -29,8 +29,6 @@ H, D = F.H_FUSED, F.D_FUSED
 def sm90():
     if runtime.device_arch() != "sm_90a":
         pytest.skip(f"the fused indexer is sm_90a only (this GPU: {runtime.device_arch()})")
-    from dsv4_numba.pipelines.indexer_topk import cache_registered_topk
-    cache_registered_topk()        # the top-k kernels from Numba's disk cache when precompiled
 
 
 def problem(seed, T, N, fmt):
