@@ -69,14 +69,16 @@ class Cycle:
 
 
 def host_us(fn, reps=50, variant=None):
-    """Wall us of fn() in a loop; ``variant``: the top-k variant the public call runs meanwhile."""
+    """Wall us of fn() in a loop; ``variant``: the top-k variant the public call runs meanwhile
+    (``split_bins``: split with its "bins" ending)."""
     from dsv4_numba.stages import topk as K
-    saved = K.PRODUCTION_VARIANT
-    K.PRODUCTION_VARIANT = variant or saved
+    saved = K.PRODUCTION_VARIANT, K.SPLIT_BINS
+    K.PRODUCTION_VARIANT = "split" if variant == "split_bins" else variant or saved[0]
+    K.SPLIT_BINS = variant == "split_bins" or saved[1]        # (a key of plan_for's cache)
     try:
         return _host_us(fn, reps)
     finally:
-        K.PRODUCTION_VARIANT = saved
+        K.PRODUCTION_VARIANT, K.SPLIT_BINS = saved
 
 
 def _host_us(fn, reps):
@@ -207,7 +209,11 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
             read_once = R * N * esz / (copy_gbs * 1e3)       # us to read the scores once
             tgt = TARGETS.get((R, N, k)) if name == "fp32" else None
             for variant in variants:
-                plan = K.plan_for(R, N, k, calls[0].kind, variant)
+                if variant == "split_bins":      # split with the "bins" ending (opt-in)
+                    plan = K.TopkPlan(R, N, k, calls[0].kind, variant="split")
+                    plan.split_bins = True
+                else:
+                    plan = K.plan_for(R, N, k, calls[0].kind, variant)
                 # check before timing: poisoned outputs, the tie-aware oracle; a second run
                 # (the workspace must be left clean by a run) must repeat it bit for bit
                 first = None
@@ -236,6 +242,11 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
                           f"+ pass 2 (list) {p2:.1f}, + refine/collect {p3:.1f}, + sort {p4:.1f}, "
                           f"+ write {ours:.1f}; grid {R} CTAs x {plan.finish_threads}",
                           flush=True)
+                elif breakdown and variant == "split_bins":
+                    p1, p2, _ = split_stages_us(plan, calls[0], vals, idx, reps, repeats)
+                    print(f"  split_bins stages (cumulative us): round 0 {p1:.1f}, + pass 2 / "
+                          f"sort {p2:.1f}, + the bins ending {ours:.1f}; {R} x {plan.S} CTAs x "
+                          f"{plan.split_threads} threads", flush=True)
                 elif breakdown and variant == "split":
                     p1, p2, p3 = split_stages_us(plan, calls[0], vals, idx, reps, repeats)
                     print(f"  split stages (cumulative us): round 0 (pass 1, histogram barrier, "
@@ -270,7 +281,8 @@ def main(argv=None):
     ap.add_argument("--only", choices=("softmax", "topk"), help="one stage only")
     ap.add_argument("--variant", default="all",
                     help="top-k production variant(s) to time: 'all' (default) or a comma list "
-                         "of three_pass, fused, staged, rowblock")
+                         "of three_pass, fused, staged, rowblock, split, split_bins (split with "
+                         "its opt-in 'bins' ending)")
     ap.add_argument("--targets", action="store_true",
                     help="top-k: only issue 4's three target shapes (fp32)")
     ap.add_argument("--shapes", help="top-k shapes RxNxk, comma-separated (e.g. 1x1048576x2048,"
@@ -279,10 +291,11 @@ def main(argv=None):
                     help="top-k: also time the histogram launch alone (rowblock: each stage)")
     args = ap.parse_args(argv)
     from dsv4_numba.stages.topk import VARIANTS
+    known = VARIANTS + ("split_bins",)
     variants = VARIANTS if args.variant in ("all", "both") else tuple(args.variant.split(","))
-    if not set(variants) <= set(VARIANTS):
-        ap.error(f"--variant: unknown {sorted(set(variants) - set(VARIANTS))}; "
-                 f"choose from {VARIANTS} or 'all'")
+    if not set(variants) <= set(known):
+        ap.error(f"--variant: unknown {sorted(set(variants) - set(known))}; "
+                 f"choose from {known} or 'all'")
     try:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] \
             if args.shapes else None

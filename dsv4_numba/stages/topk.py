@@ -52,6 +52,9 @@ Implementations (stage registry name ``topk``)
     against the others (binary search) and writes its items to their output slots. Under the
     simulator (one CTA at a time: no barrier could ever be met) it runs as replay launches, one
     per barrier, with the same device code. Napkin math and measurements above ``split_kernel``.
+    Opt-in "bins" ending (``DSV4_TOPK_SPLIT_BINS=1``; simulator-verified, not yet run on a GPU):
+    no publish barrier -- the level-1 histogram places each bin's items, the CTA completing a
+    bin sorts and writes it (``split_bins_finish``).
   The other three split a row over S blocks of 512 threads (S x rows ~ 4 blocks per SM). The workspace (histograms, counters, tickets) is zeroed once when
   allocated and left zero by every run (the row's finishing block cleans it).
     1. histogram (both variants): each block reads its slice once (16-byte loads), counts the top
@@ -115,7 +118,8 @@ from numba import cuda, float32, int32, int64, uint32, uint64
 from .. import registry
 from ..hw.bits import bits_f32, f32_bits
 from ..hw.portable import (address_of, ballot, gaddr, ld_acquire_u64, ld_cg_v4_i32,
-                           ld_relaxed_i32, ldg_v4, nanosleep, shfl_idx, shfl_up, shfl_xor)
+                           ld_relaxed_i32, ld_relaxed_u64, ldg_v4, nanosleep, shfl_idx, shfl_up,
+                           shfl_xor)
 from ..runtime import BF16, F32, ArrayIO, detect_gpu, device, is_device_array, kernel, mode
 from ..runtime.arrays import check_lengths
 from ..runtime.arrays import float_kind as _input_kind
@@ -362,6 +366,9 @@ VARIANTS = ("three_pass", "fused", "staged", "rowblock", "split")
 # (195); (1, 65536, 2048) 40.8 / 34.6 / 27.7 (80); (4, 65536, 512) 32.2 / 28.1 / 21.9 (83): one
 # CTA a row wins once the rows fill the SMs, one row over many SMs wins for a few rows.
 PRODUCTION_VARIANT = os.environ.get("DSV4_TOPK_VARIANT", "auto")
+# split's "bins" ending (``split_bins_finish``: no publish barrier; ``TopkPlan.split_bins``):
+# opt-in, DSV4_TOPK_SPLIT_BINS=1, until a GPU has timed it (simulator-verified only)
+SPLIT_BINS = os.environ.get("DSV4_TOPK_SPLIT_BINS", "0") not in ("", "0")
 # "staged" geometry: blocks resident per SM (ptxas: histogram <= 40 regs x 512 threads -> 3;
 # select capped at 64 regs by launch_bounds(512, 2) -> 2), so that each launch is one full wave
 HIST_BLOCKS_PER_SM = 3
@@ -1686,6 +1693,18 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
 # profiled. Even at napkin speed this design has a floor near 16 us at (1, 65536, 2048): launch
 # + load ~3.5, two barriers ~2 each, read-back + scan ~1.5, publish ~1.5, list load + rank ~3:
 # the 15 us target needs one barrier fewer (CHANGELOG 0.6.0, "Not done").
+# The "bins" ending (``bins``: opt-in, DSV4_TOPK_SPLIT_BINS=1; simulator-verified, untimed):
+# when the threshold bucket is level 1 (no level rounds), the row's level-1 histogram already
+# places every bin at or above it: bin b owns glist[ebuf[b] : ebuf[b] + H[b]] (ebuf[b] = items
+# in higher bins), and its items' output slots are ebuf[b] + their rank inside b. After its own
+# sort a CTA claims room in each bin its run touches (one atomic a bin run), stores, fences and
+# counts them done; the CTA whose count completes a bin sorts that bin alone (strong loads) and
+# writes it. No publish barrier, no whole-list load, no cross-run search; the cost moves to the
+# sort of the largest bins near the threshold (a few hundred normal scores: ~1-3 us for one CTA)
+# and ~3 global atomic round trips. Napkin at (1, 65536, 2048): ~9.6 (round 0, measured) + ~3
+# (pass 2, own sort) + ~2 (claims, stores, fence, done counts) + ~3 (bin sorts) ~ 18 us, vs
+# 27.7 measured for the publish ending. Buffer 0 of the histograms, which the missing barrier
+# would have zeroed, is zeroed by the last CTA past round 0 (a per-row ticket in gbin).
 # Barriers: a per-row uint64 counter, only ever incremented. Every CTA of a row arrives at the
 # same barriers, so between barriers the counter is a multiple of S: the arrival that read ``old``
 # waits for (old // S + 1) * S. Histograms: SP_NBUF = 3 rotating buffers a row; after barrier j
@@ -1704,6 +1723,8 @@ SP_ROUNDS = 6                   # histogram rounds a row at most: 1 + ceil((64 -
 SP_LMAX = K_MAX                 # composites published a row at most: K - 1 + ccap, ccap <= K_MAX + 1 - k
 SP_SMEM = 16 * K_MAX            # dynamic shared bytes: sort area (histogram aliased) + the row's list
 SP_MAX_S = 1024                 # CTAs a row at most (the run table in shared memory)
+SP_GBIN = 2 * NBINS + 4         # "bins" ending, a row: claimed / done counts a bin, the round-0 ticket
+SP_SMEM_BINS = SP_SMEM + 8 * NBINS   # + the level-1 histogram and its suffix sums
 SP_THREADS = (256, 512, 1024)   # CTA sizes: the smallest giving <= 4 vectors a thread. ptxas,
 # sm_90a, launch bounds (threads, 1): 256 -> 144 registers, no spill (the CI compile test; with
 # bounds (256,) alone ptxas chose 128 and spilled); 1024 is capped at 64 registers and spilled
@@ -1769,7 +1790,87 @@ def split_hist_round(h, ghist, hb, gbar, row, S, s, seg, phase, hrow, nbuf):
     return False
 
 
-def split_kernel(kind, vectorized, threads):
+@device
+def run_bounds(buf, i, n, b):
+    """In the descending composites buf[swz(0:n)], the run of level-1 bin b (composite >> 52)
+    holding position i: (first, end) by two binary searches (bins fall as positions rise)."""
+    lo, hi = int64(0), int64(i)
+    while lo < hi:                                # first position whose bin is <= b
+        mid = (lo + hi) >> 1
+        if int32(buf[swz(mid)] >> uint64(52)) > b:
+            lo = mid + 1
+        else:
+            hi = mid
+    first = lo
+    lo, hi = int64(i) + 1, int64(n)
+    while lo < hi:                                # first position whose bin is < b
+        mid = (lo + hi) >> 1
+        if int32(buf[swz(mid)] >> uint64(52)) >= b:
+            lo = mid + 1
+        else:
+            hi = mid
+    return first, lo
+
+
+@device
+def split_bins_finish(dyn64, dyn32, n_own, ebuf, hbuf, gbin, gb, glist, lb, K, x, base, obase,
+                      kind, vals, idx, st, e):
+    """The split variant's "bins" ending (level-1 threshold only): no publish barrier. The row's
+    level-1 histogram (hbuf; ebuf[b] = items in higher bins) gives every bin at or above the
+    threshold bucket its region of the row's list, glist[lb + ebuf[b] : + hbuf[b]]. Each CTA
+    claims room in each bin its sorted run touches (gbin[gb + b]: one atomic a bin run), stores
+    its items there, fences, and counts them done (gbin[gb + NBINS + b]); the CTA whose count
+    completes a bin loads it (strong loads: other CTAs wrote it), sorts it and writes the items
+    ranked below K to ebuf[b] + their place, then zeroes the bin's two counters."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    rslot = dyn32[2 * K_MAX:4 * K_MAX]            # free: the own list's raw form is dead
+    for i in range(tid, n_own, nt):               # one claim a bin run
+        b = int32(dyn64[swz(i)] >> uint64(52))
+        first, end = run_bounds(dyn64, i, n_own, b)
+        if first == i:
+            rslot[i] = cuda.atomic.add(gbin, gb + b, int32(end - i))
+    cuda.syncthreads()
+    ga = gaddr(glist)
+    for i in range(tid, n_own, nt):
+        c = dyn64[swz(i)]
+        b = int32(c >> uint64(52))
+        first, end = run_bounds(dyn64, i, n_own, b)
+        glist[lb + ebuf[b] + rslot[first] + (i - first)] = c
+    cuda.threadfence()                            # the stores before the done counts
+    if tid == 0:
+        st[6] = 0
+    cuda.syncthreads()
+    owned = rslot                                 # (the claims are spent)
+    for i in range(tid, n_own, nt):
+        b = int32(dyn64[swz(i)] >> uint64(52))
+        first, end = run_bounds(dyn64, i, n_own, b)
+        if first == i:
+            done = cuda.atomic.add(gbin, gb + NBINS + b, int32(end - i)) + int32(end - i)
+            if done == hbuf[b]:                   # this CTA completed bin b
+                cuda.threadfence()                # acquire: the other CTAs' stores are visible
+                owned[cuda.atomic.add(st, 6, 1)] = b
+    cuda.syncthreads()
+    for q in range(st[6]):                        # CTA-uniform
+        b = owned[q]
+        nb = hbuf[b]
+        e0 = int64(ebuf[b])
+        for j in range(tid, nb, nt):
+            dyn64[swz(j)] = ld_relaxed_u64(glist, ga, lb + e0 + j)
+        P = pad_pow2(dyn64, nb, True)
+        cuda.syncthreads()
+        bitonic_sort_desc_warp(dyn64, P, e)
+        cuda.syncthreads()
+        for j in range(tid, nb, nt):
+            if e0 + j < K:
+                write_at(dyn64[swz(j)], obase + e0 + j, x, base, kind, vals, idx, True)
+        if tid == 0:
+            gbin[gb + b] = 0
+            gbin[gb + NBINS + b] = 0
+        cuda.syncthreads()
+
+
+def split_kernel(kind, vectorized, threads, bins=False):
     """The split variant's only launch: CTA b does slice s = b % S of row b // S (``threads``
     threads; dynamic shared memory SP_SMEM: dyn64[0:K_MAX] the sort area, whose first 16 KB hold
     the histogram first and the rank counts last, dyn64[K_MAX:2 K_MAX] the slice's list, then the
@@ -1777,9 +1878,13 @@ def split_kernel(kind, vectorized, threads):
     of the valid prefix, a multiple of the vector width), ghist (int32 [rows nbuf NBINS], zero),
     nbuf (SP_NBUF; SP_ROUNDS to replay), gbar (uint64 [rows]), gcnt (int32 [2 rows]: the publish
     counter, the replay's done flag), goff (int32 [rows S 2]: each CTA's run, offset and
-    length), glist (uint64 [rows SP_LMAX]), ccap (<= K_MAX + 1 - k), phase (-1; replay: p),
-    stop (timing hook, 0 in use: 1-3 end the kernel after round 0 / the publish / the rank; a
-    stop at 1 leaves the histogram dirty: ``TopkPlan.split_reset``).
+    length), glist (uint64 [rows SP_LMAX]), gbin (int32 [rows SP_GBIN], zero: the "bins"
+    ending's counters), ccap (<= K_MAX + 1 - k), phase (-1; replay: p), stop (timing hook, 0
+    in use: 1-3 end the kernel after round 0 / the publish / the rank -- with the bins ending,
+    2 and 3 after the own sort; a stop at 1 leaves the histogram dirty:
+    ``TopkPlan.split_reset``). ``bins`` (compile time; dynamic shared memory SP_SMEM_BINS):
+    rows whose threshold bucket is level 1 (no level rounds) skip 2.'s publish barrier and 3.
+    for ``split_bins_finish`` (opt-in, ``TopkPlan.split_bins``, not yet run on a GPU).
     1. pass 1 (HBM): histogram of the slice's top 12 key bits; round 0 -> the bucket d holding
        the K-th largest and ``want``; while d holds more than ``ccap`` scores, a level pass (L2)
        and a round on the next 12 bits of the composites in d (as rowblock).
@@ -1789,14 +1894,15 @@ def split_kernel(kind, vectorized, threads):
     3. rank each own item: its position in the run + a binary search in every other run; write
        those ranked < K (scores from their keys), and this CTA's share of the -1 / -inf tail.
     """
-    key = ("split", kind, vectorized, threads)
+    key = ("split", kind, vectorized, threads, bins)
     if key in _PROD:
         return _PROD[key]
     VEC = _vec(kind, vectorized)
     NT = threads
+    BINS = bins
 
     def topk_split(x, n, k, lengths, has_len, vals, idx, S, chunk, ghist, nbuf, gbar, gcnt, goff,
-                   glist, ccap, phase, stop):
+                   glist, gbin, ccap, phase, stop):
         b = cuda.blockIdx.x
         row = b // S
         s = b - row * S
@@ -1838,6 +1944,23 @@ def split_kernel(kind, vectorized, threads):
             True, ghist, hrow, gbar, row, S, s, phase, nbuf)
         if halted:                                # a replay launch or the stop == 1 hook
             return
+        bins_end = BINS and hi == 64 - RB_LEVEL_BITS      # row-uniform
+        gb = int64(row) * SP_GBIN
+        if bins_end:
+            if not (phase < 0 or phase == seg + 1):
+                return                            # replay: the bins ending runs in launch 1
+            # the row's level-1 histogram (dyn32[0:NBINS]) outlives the sort: bins' regions
+            block_scan_desc(dyn32, NBINS, dyn32[4 * K_MAX:4 * K_MAX + NBINS], wsum)
+            for i in range(tid, NBINS, nt):
+                dyn32[4 * K_MAX + NBINS + i] = dyn32[i]
+            if tid == 0:                          # the last CTA past round 0 zeroes its buffer
+                st[7] = cuda.atomic.add(gbin, gb + 2 * NBINS, 1) == S - 1   # (no 2nd barrier)
+            cuda.syncthreads()
+            if st[7]:
+                for i in range(tid, NBINS, nt):
+                    ghist[hrow + i] = 0
+                if tid == 0:
+                    gbin[gb + 2 * NBINS] = 0
         # 2. pass 2: the slice's composites at or above the bucket's prefix -> dyn64[K_MAX:]
         if hi == 64 - RB_LEVEL_BITS:              # level 1: a float compare a score
             rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 2, hi, pfx, 0, 0,
@@ -1856,6 +1979,17 @@ def split_kernel(kind, vectorized, threads):
         cuda.syncthreads()
         bitonic_sort_desc_warp(dyn64, P, e)
         cuda.syncthreads()
+        if bins_end:
+            if stop == 2 or stop == 3:            # (timing hooks: nothing claimed yet)
+                return
+            split_bins_finish(dyn64, dyn32, n_own, dyn32[4 * K_MAX:4 * K_MAX + NBINS],
+                              dyn32[4 * K_MAX + NBINS:4 * K_MAX + 2 * NBINS], gbin, gb, glist,
+                              int64(row) * SP_LMAX, K, x, base, obase, kind, vals, idx, st, e)
+            for i in range(K + s * nt + tid, k, S * nt):
+                write_empty(vals, idx, obase + i, kind)
+            if phase >= 0 and s == 0 and tid == 0:
+                gcnt[2 * row + 1] = 1
+            return
         seg += 1
         live = phase < 0 or phase == seg
         if tid == 0 and live:                     # the run's place in the row's list
@@ -1924,7 +2058,7 @@ def split_kernel(kind, vectorized, threads):
             gcnt[2 * row + 1] = 1
 
     topk_split.__name__ = topk_split.__qualname__ = \
-        f"topk_split_{'bf16' if kind == BF16 else 'f32'}_v{VEC}_t{NT}"
+        f"topk_split_{'bf16' if kind == BF16 else 'f32'}_v{VEC}_t{NT}{'_bins' if BINS else ''}"
     k_ = _PROD[key] = kernel(topk_split, launch_bounds=(NT, 1))
     return k_
 
@@ -1988,7 +2122,8 @@ class TopkPlan:
     ``split_workspace`` (histograms, counters, runs; zeroed once, left zero by every run);
     ``capacity`` and ``rb_stop`` as for rowblock (``split_reset`` after a stop at 1), ``threads``
     (test hook) sets the CTA size, ``replay`` runs it as one launch per barrier (always under the
-    simulator).
+    simulator), ``split_bins`` (default ``SPLIT_BINS``) selects the "bins" ending
+    (``split_bins_finish``: one barrier fewer; simulator-verified only).
     "auto" resolves per shape (``resolve_variant``).
     Test hooks: ``threads``/``finish_threads``/``S``/``capacity``/``stage_cap`` (the staged
     variant's per-block shared slots per list, <= SCAP) override the geometry, ``run(...,
@@ -2028,6 +2163,7 @@ class TopkPlan:
         self.rb_stop = 0        # timing hook: rowblock 1-4, split 1-3 end the kernel after a stage
         self.rb_bmax = RB_BMAX         # rowblock: counting sort's largest bin (else bitonic)
         self.replay = False     # split: run as replay launches (the simulator always does)
+        self.split_bins = SPLIT_BINS    # split: the "bins" ending (no publish barrier), opt-in
         self.stage_cap = SCAP if stage_cap is None else stage_cap
         if not 1 <= self.stage_cap <= SCAP:
             raise ValueError(f"stage_cap must be in 1..{SCAP}, got {stage_cap}")
@@ -2035,19 +2171,19 @@ class TopkPlan:
         self._split_ws = {}
 
     def split_workspace(self, io_gpu: bool, nbuf: int):
-        """(ghist, gcnt, goff, gbar, glist) of the split variant, zeroed once here (a GPU run
-        leaves them so; replay zeroes ghist and gcnt before each call)."""
+        """(ghist, gcnt, goff, gbar, glist, gbin) of the split variant, zeroed once here (a GPU
+        run leaves them so; replay zeroes ghist and gcnt before each call)."""
         if nbuf not in self._split_ws:
             R, S = self.rows, self.S
             alloc = cuda.device_array if io_gpu else np.empty
-            ints = alloc(R * nbuf * NBINS + 2 * R + 2 * R * S, np.int32)
+            nh, nb = R * nbuf * NBINS, R * SP_GBIN
+            ints = alloc(nh + nb + 2 * R + 2 * R * S, np.int32)
             gbar = alloc(R, np.uint64)
             _zero(ints)
             _zero(gbar)
             glist = alloc(R * SP_LMAX, np.uint64)
-            nh = R * nbuf * NBINS
-            self._split_ws[nbuf] = (ints[:nh], ints[nh:nh + 2 * R], ints[nh + 2 * R:], gbar,
-                                    glist)
+            self._split_ws[nbuf] = (ints[:nh], ints[nh + nb:nh + nb + 2 * R],
+                                    ints[nh + nb + 2 * R:], gbar, glist, ints[nh:nh + nb])
         return self._split_ws[nbuf]
 
     def split_reset(self):
@@ -2058,22 +2194,23 @@ class TopkPlan:
     def _run_split(self, x, lk, has_len, vals, idx, vectorized, gpu):
         replay = self.replay or mode() != "gpu"
         nbuf = SP_ROUNDS if replay else SP_NBUF
-        ghist, gcnt, goff, gbar, glist = self.split_workspace(gpu, nbuf)
-        kern = split_kernel(self.kind, vectorized, self.split_threads)
+        ghist, gcnt, goff, gbar, glist, gbin = self.split_workspace(gpu, nbuf)
+        kern = split_kernel(self.kind, vectorized, self.split_threads, self.split_bins)
+        smem = SP_SMEM_BINS if self.split_bins else SP_SMEM
         ccap = min(self.rb_ccap, K_MAX + 1 - self.k)     # the row's list: <= K_MAX composites
         args = [x, self.n, self.k, lk, has_len, vals, idx, self.S, self.chunk, ghist, nbuf, gbar,
-                gcnt, goff, glist, ccap, -1, self.rb_stop]
+                gcnt, goff, glist, gbin, ccap, -1, self.rb_stop]
         if mode() == "gpu":                      # > 48 KB: raise the limit once
-            kern.reserve_dynamic_shared(args, SP_SMEM)
+            kern.reserve_dynamic_shared(args, smem)
         grid = self.rows * self.S
         if not replay:
-            kern.launch(grid, self.split_threads, *args, shared_bytes=SP_SMEM)
+            kern.launch(grid, self.split_threads, *args, shared_bytes=smem)
             return
         _zero(ghist)
         _zero(gcnt)
         for p in range(SP_ROUNDS + 2):           # barriers: <= SP_ROUNDS rounds + the publish
             args[-2] = p
-            kern.launch(grid, self.split_threads, *args, shared_bytes=SP_SMEM)
+            kern.launch(grid, self.split_threads, *args, shared_bytes=smem)
             flags = gcnt.copy_to_host() if gpu else gcnt
             if np.all(flags[1::2] == 1):
                 return
@@ -2251,11 +2388,11 @@ def resolve_variant(variant: str | None, n: int, rows: int = RB_AUTO_MIN_ROWS) -
 def plan_for(R: int, n: int, k: int, kind: int, variant: str | None = None) -> TopkPlan:
     """A cached TopkPlan per shape and variant (its workspace is reused: calls on one stream
     only)."""
-    key = (R, n, k, kind, resolve_variant(variant, n, R))
+    key = (R, n, k, kind, resolve_variant(variant, n, R), SPLIT_BINS)
     if key not in _PLANS:
         if len(_PLANS) > 16:
             _PLANS.clear()
-        _PLANS[key] = TopkPlan(R, n, k, kind, variant=key[-1])
+        _PLANS[key] = TopkPlan(R, n, k, kind, variant=key[-2])
     return _PLANS[key]
 
 
@@ -2294,9 +2431,10 @@ def production_kernels():
             sigs.append((rowblock_kernel(kind, vectorized),
                          (arr[::1], i64, i64, i32, b, arr[::1], i32, i64, i64, i64)))
             for threads in SP_THREADS:
-                sigs.append((split_kernel(kind, vectorized, threads),
-                             (arr[::1], i64, i64, i32, b, arr[::1], i32, i64, i64, i32, i64,
-                              t.uint64[::1], i32, i32, t.uint64[::1], i64, i64, i64)))
+                for bins in (False, True):
+                    sigs.append((split_kernel(kind, vectorized, threads, bins),
+                                 (arr[::1], i64, i64, i32, b, arr[::1], i32, i64, i64, i32, i64,
+                                  t.uint64[::1], i32, i32, t.uint64[::1], i32, i64, i64, i64)))
         sigs.append((topk_finish_kernel, (arr[::1], i64, i64, i32, b, i64, i32, i32, i32,
                                           t.uint64[::1], t.uint64[::1], i64, arr[::1], i32)))
     return sigs
