@@ -589,7 +589,12 @@ def check_production_compiled(k, sig, arch):
         check_rowblock_compiled(res, local_in_passes_ok=arch == "sm_100a")
     else:
         assert res.spill_stores == 0 and res.spill_loads == 0, res.summary()
-    if not (rowblock and arch == "sm_100a"):         # the known sm_100a gap (check_rowblock_compiled)
+    if arch == "sm_100a" and k.__name__.startswith("topk_split"):
+        # the same known sm_100a gap (found 2026-11-26 in the slow set, present since split
+        # landed in 0.5.0): NVVM of CUDA 13.0 keeps rb_pass's 16-word load array and the sort's
+        # 8-word register array in local memory for sm_100a (128 B of stack; none on sm_90a)
+        assert res.stack_bytes <= 128, res.summary()
+    elif not (rowblock and arch == "sm_100a"):       # the known sm_100a gap (check_rowblock_compiled)
         assert "ld.local" not in res.ptx and "st.local" not in res.ptx
     assert res.registers * k.launch_bounds[0] <= 65536, "a full block must fit the register file"
     name = k.__name__
@@ -608,9 +613,11 @@ def check_production_compiled(k, sig, arch):
     if name.startswith("topk_split"):
         # the per-row barrier (atomic arrival, acquire polling with back-off), the histogram
         # read-back from L2 (16-byte .cg loads), the release fence; big buffers dynamic
-        for ins in ("atom.global.add.u64", "ld.acquire.gpu.global.u64", "nanosleep.u32",
-                    "ld.global.cg.v4.u32", "ld.relaxed.gpu.global.u32", "membar.gl"):
-            assert ins in res.ptx, f"{ins} missing from the split kernel"
+        # (sm_100a's NVVM writes scoped atomics and fences: atom.relaxed.sys..., fence.sc.sys)
+        for ins in (r"atom(\.\w+)*\.global\.add\.u64", r"ld\.acquire\.gpu\.global\.u64",
+                    r"nanosleep\.u32", r"ld\.global\.cg\.v4\.u32", r"ld\.relaxed\.gpu\.global\.u32",
+                    r"membar\.gl|fence\.sc\.\w+"):
+            assert re.search(ins, res.ptx), f"{ins} missing from the split kernel"
         # the "bins" ending reads the bins other CTAs completed with strong .gpu loads
         assert ("ld.relaxed.gpu.global.u64" in res.ptx) == name.endswith("_bins"), name
         assert res.shared_bytes < 16 * 1024, "the big buffers are dynamic shared memory"
