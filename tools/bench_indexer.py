@@ -246,17 +246,6 @@ def _list(arg, allowed, what):
     return items
 
 
-def _shapes(arg):
-    out = []
-    for item in arg.split(","):
-        try:
-            T, N, k = (int(x) for x in item.lower().split("x"))
-        except ValueError:
-            raise SystemExit(f"--shapes: {item!r} is not TxNxk (e.g. 1x65536x512)") from None
-        out.append((T, N, k))
-    return out
-
-
 def precompile_jobs(variants, fmts):
     """(label, python source) per kernel the run will launch: each compiles one overload into
     Numba's disk cache (``DSV4_NUMBA_CACHE=1``; ``Kernel.gpu``)."""
@@ -292,7 +281,8 @@ def precompile(variants, fmts) -> int:
     spec = importlib.util.spec_from_file_location("precompile", path)
     pre = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pre)
-    if os.environ.get("DSV4_NUMBA_CACHE", "0") in ("", "0"):
+    from dsv4_numba.runtime.env import kernel_cache
+    if not kernel_cache():
         print("--precompile: set DSV4_NUMBA_CACHE=1 (after tools/stamp_sources.py), else nothing "
               "is kept", file=sys.stderr)
         return 2
@@ -329,6 +319,7 @@ def main(argv=None):
     import torch  # noqa: lazily: present on the device image only
 
     from dsv4_numba.runtime import detect_gpu
+    from dsv4_numba.runtime.bench import parse_shapes
     gpu = detect_gpu()
     if gpu is None:
         print("no GPU found: this benchmark runs on the device machine", file=sys.stderr)
@@ -338,7 +329,7 @@ def main(argv=None):
     print(f"# {gpu.name} ({gpu.arch}, {gpu.sm_count} SMs), torch {torch.__version__}, "
           f"numba-cuda {numba_cuda.__version__}, {datetime.date.today()}", flush=True)
     rows = []
-    shapes = _shapes(args.shapes) if args.shapes else \
+    shapes = parse_shapes(args.shapes) if args.shapes else \
         [s for s in SHAPES if s in TARGETS] if args.quick else SHAPES
     for fmt in fmts:
         for (T, N, k) in shapes:

@@ -296,13 +296,8 @@ def main(argv=None):
     if not set(variants) <= set(known):
         ap.error(f"--variant: unknown {sorted(set(variants) - set(known))}; "
                  f"choose from {known} or 'all'")
-    try:
-        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] \
-            if args.shapes else None
-    except ValueError:
-        shapes = None
-    if args.shapes and (not shapes or any(len(t) != 3 for t in shapes)):
-        ap.error(f"--shapes: RxNxk, comma-separated, got {args.shapes!r}")
+    from dsv4_numba.runtime.bench import parse_shapes
+    shapes = parse_shapes(args.shapes, "RxNxk") if args.shapes else None
     import torch  # noqa: lazily: present on the device image only
 
     from dsv4_numba.runtime import detect_gpu

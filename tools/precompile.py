@@ -28,7 +28,8 @@ def main(argv=None) -> int:
     ap.add_argument("--function", default="production_kernels")
     ap.add_argument("-j", type=int, default=None, help="processes at a time (default: CPUs)")
     args = ap.parse_args(argv)
-    if os.environ.get("DSV4_NUMBA_CACHE", "0") in ("", "0"):
+    from dsv4_numba.runtime.env import kernel_cache
+    if not kernel_cache():
         ap.error("set DSV4_NUMBA_CACHE=1 (else nothing is kept)")
     import importlib
     kernels = getattr(importlib.import_module(args.module), args.function)()

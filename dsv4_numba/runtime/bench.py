@@ -44,3 +44,15 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
     dst = cuda.device_array(nbytes, np.uint8)
     us = time_gpu(lambda: dst.copy_to_device(src), reps=5, repeats=5)
     return 2 * nbytes / us / 1e3
+
+
+def parse_shapes(arg: str, form: str = "TxNxk") -> list[tuple[int, int, int]]:
+    """A benchmark's ``--shapes`` option: comma-separated triples ``AxBxC`` of integers."""
+    out = []
+    for item in arg.split(","):
+        try:
+            a, b, c = (int(x) for x in item.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"--shapes: {item!r} is not {form} (e.g. 1x65536x512)") from None
+        out.append((a, b, c))
+    return out

@@ -64,9 +64,14 @@ def detect_gpu() -> GpuInfo | None:
     return GpuInfo(name.value.decode(), (attr(75), attr(76)), attr(16), drv.value)
 
 
+def flag(name: str) -> bool:
+    """An on/off environment switch: on unless unset, empty or "0"."""
+    return os.environ.get(name, "0") not in ("", "0")
+
+
 def simulator_forced() -> bool:
     """True when numba itself was put in simulator mode (NUMBA_ENABLE_CUDASIM=1)."""
-    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+    return flag("NUMBA_ENABLE_CUDASIM")
 
 
 def kernel_cache() -> bool:
@@ -76,14 +81,14 @@ def kernel_cache() -> bool:
     defines the kernel, not of the helpers it inlines from other modules: use it where every
     source's stamp follows its content and its imports' (``tools/stamp_sources.py`` sets that).
     Off by default."""
-    return os.environ.get("DSV4_NUMBA_CACHE", "0") not in ("", "0")
+    return flag("DSV4_NUMBA_CACHE")
 
 
 def lineinfo() -> bool:
     """True when ``DSV4_LINEINFO=1``: GPU kernels are compiled with ``lineinfo=True`` (source-line
     tables in the cubin, so ``ncu --import-source yes`` / compute-sanitizer attribute SASS to
     Python lines) and without the disk cache (its entries do not record the option)."""
-    return os.environ.get("DSV4_LINEINFO", "0") not in ("", "0")
+    return flag("DSV4_LINEINFO")
 
 
 def mode() -> str:

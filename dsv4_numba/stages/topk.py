@@ -122,6 +122,7 @@ from ..hw.portable import (address_of, ballot, gaddr, ld_acquire_u64, ld_cg_v4_i
                            shfl_xor)
 from ..runtime import BF16, F32, ArrayIO, detect_gpu, device, is_device_array, kernel, mode
 from ..runtime.arrays import check_lengths
+from ..runtime.env import flag as env_flag
 from ..runtime.arrays import float_kind as _input_kind
 from ..runtime.arrays import is_contiguous as _is_contiguous
 from ..runtime.arrays import typestr as _typestr
@@ -368,7 +369,7 @@ VARIANTS = ("three_pass", "fused", "staged", "rowblock", "split")
 PRODUCTION_VARIANT = os.environ.get("DSV4_TOPK_VARIANT", "auto")
 # split's "bins" ending (``split_bins_finish``: no publish barrier; ``TopkPlan.split_bins``):
 # opt-in, DSV4_TOPK_SPLIT_BINS=1, until a GPU has timed it (simulator-verified only)
-SPLIT_BINS = os.environ.get("DSV4_TOPK_SPLIT_BINS", "0") not in ("", "0")
+SPLIT_BINS = env_flag("DSV4_TOPK_SPLIT_BINS")
 # "staged" geometry: blocks resident per SM (ptxas: histogram <= 40 regs x 512 threads -> 3;
 # select capped at 64 regs by launch_bounds(512, 2) -> 2), so that each launch is one full wave
 HIST_BLOCKS_PER_SM = 3
@@ -1870,6 +1871,18 @@ def split_bins_finish(dyn64, dyn32, n_own, ebuf, hbuf, gbin, gb, glist, lb, K, x
         cuda.syncthreads()
 
 
+@device
+def split_tail(vals, idx, obase, K, k, kind, s, S, gcnt, row, phase):
+    """Both endings of split: this CTA's share of the row's -1 / -inf slots [K, k); replay
+    (phase >= 0): CTA 0 flags the row done."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    for i in range(K + s * nt + tid, k, S * nt):
+        write_empty(vals, idx, obase + i, kind)
+    if phase >= 0 and s == 0 and tid == 0:
+        gcnt[2 * row + 1] = 1
+
+
 def split_kernel(kind, vectorized, threads, bins=False):
     """The split variant's only launch: CTA b does slice s = b % S of row b // S (``threads``
     threads; dynamic shared memory SP_SMEM: dyn64[0:K_MAX] the sort area, whose first 16 KB hold
@@ -1985,10 +1998,7 @@ def split_kernel(kind, vectorized, threads, bins=False):
             split_bins_finish(dyn64, dyn32, n_own, dyn32[4 * K_MAX:4 * K_MAX + NBINS],
                               dyn32[4 * K_MAX + NBINS:4 * K_MAX + 2 * NBINS], gbin, gb, glist,
                               int64(row) * SP_LMAX, K, x, base, obase, kind, vals, idx, st, e)
-            for i in range(K + s * nt + tid, k, S * nt):
-                write_empty(vals, idx, obase + i, kind)
-            if phase >= 0 and s == 0 and tid == 0:
-                gcnt[2 * row + 1] = 1
+            split_tail(vals, idx, obase, K, k, kind, s, S, gcnt, row, phase)
             return
         seg += 1
         live = phase < 0 or phase == seg
@@ -2052,10 +2062,7 @@ def split_kernel(kind, vectorized, threads, bins=False):
             rk = i + dyn32[i]
             if rk < K:
                 write_at(dyn64[K_MAX + off + i], obase + rk, x, base, kind, vals, idx, True)
-        for i in range(K + s * nt + tid, k, S * nt):
-            write_empty(vals, idx, obase + i, kind)
-        if phase >= 0 and s == 0 and tid == 0:
-            gcnt[2 * row + 1] = 1
+        split_tail(vals, idx, obase, K, k, kind, s, S, gcnt, row, phase)
 
     topk_split.__name__ = topk_split.__qualname__ = \
         f"topk_split_{'bf16' if kind == BF16 else 'f32'}_v{VEC}_t{NT}{'_bins' if BINS else ''}"
