@@ -165,14 +165,13 @@ def test_nan_rules():
 # the production pipeline (scalar variant: no PTX) under the simulator
 # ----------------------------------------------------------------------------------------------
 def run_production(x, k, lengths=None, S=3, capacity=None, vectorized=True, twice=False,
-                   variant="three_pass", stage_cap=None, bmax=None, bins=False):
+                   variant="three_pass", stage_cap=None, bmax=None):
     """The production pipeline with 32-thread blocks; returns (v, i). The 16-byte loads,
     shuffles and ballots run as their simulator twins (see softmax._with_sim_twin)."""
     c = K._prepare(x, k, lengths, check_nan=False)
     plan = K.TopkPlan(c.R, c.n, k, c.kind, threads=32, finish_threads=32, S=S, capacity=capacity,
                       variant=variant, stage_cap=stage_cap)
     plan.rb_bmax = plan.rb_bmax if bmax is None else bmax      # rowblock test hook
-    plan.split_bins = bins                                     # split: the "bins" ending
     v, i = K.topk_production(c, plan=plan, vectorized=vectorized)
     assert not plan.workspace(False)[0].any(), "each run must leave its workspace zeroed"
     if twice:
@@ -297,8 +296,7 @@ def test_split_larger_blocks_simulated():
 @pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
 def test_split_replay_launch_count_simulated(monkeypatch):
     """One replay launch per segment: round 0 + the publish + the rank (3) without level
-    rounds; a capacity of 3 on a one-bin row adds level rounds (each a launch); the "bins"
-    ending: round 0 + the ending (2)."""
+    rounds; a capacity of 3 on a one-bin row adds level rounds (each a launch)."""
     x = scores((2, 64), seed=5)
     count = []
     real = K.split_kernel
@@ -323,42 +321,6 @@ def test_split_replay_launch_count_simulated(monkeypatch):
     v, i = run_production(y, 9, S=2, capacity=3, variant="split")
     assert_topk(v, i, y, 9, name="split levels (sim)")
     assert count[:3] == [0, 1, 2] and len(count) >= 4
-    count.clear()                                 # the "bins" ending: no publish barrier
-    v, i = run_production(x, 9, S=2, variant="split", bins=True)
-    assert_topk(v, i, x, 9, name="split bins (sim)")
-    assert count == [0, 1]
-
-
-@pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
-def test_split_bins_ending_simulated(monkeypatch):
-    """split's "bins" ending (no publish barrier: each bin at or above the level-1 threshold gets
-    its region of the row's list from the histogram; the CTA completing a bin sorts and writes
-    it): spread scores (many bins, several CTAs a bin), ties across CTAs, lengths (a CTA past
-    its row's length, a row shorter than k), bf16, 128-thread CTAs; it leaves its counters
-    zero and repeats bitwise (its 2 replay launches: test_split_replay_launch_count_simulated). A one-bin row with
-    a small capacity takes level rounds and the publish path instead (same answers)."""
-    monkeypatch.setattr(K, "SPLIT_BINS", True)
-    g = np.random.default_rng(71)
-    x = (g.standard_normal((3, 256)) * 4).astype(np.float32)
-    x[0, 100:110] = x[0, 3]                       # ties across CTAs
-    lengths = np.array([256, 200, 40])
-    for k, threads in ((50, 32), (64, 128)):
-        c = K._prepare(x, k, lengths, check_nan=False)
-        plan = K.TopkPlan(3, 256, k, c.kind, threads=threads, finish_threads=threads, S=4,
-                          variant="split")
-        assert plan.split_bins
-        v, i = K.topk_production(c, plan=plan, vectorized=True)
-        assert_topk(v, i, x, k, lengths, name=f"split bins k={k} t={threads} (sim)")
-        ghist, gcnt, goff, gbar, glist, gbin = plan.split_workspace(False, K.SP_ROUNDS)
-        assert not gbin.any(), "the bins ending must leave its counters zero"
-        v2, i2 = K.topk_production(c, plan=plan, vectorized=True)
-        assert np.array_equal(i, i2) and np.array_equal(v.view(np.uint8), v2.view(np.uint8))
-    xb = (g.standard_normal((2, 96)) * 3).astype(ml_dtypes.bfloat16)     # bf16: many ties
-    v, i = run_production(xb, 40, np.array([96, 50]), S=3, variant="split", bins=True)
-    assert_topk(v, i, xb, 40, np.array([96, 50]), name="split bins bf16 (sim)")
-    y = (1.0 + g.random((1, 64)) / 16).astype(np.float32)      # one bin: level rounds
-    v, i = run_production(y, 9, S=2, capacity=3, variant="split", bins=True)
-    assert_topk(v, i, y, 9, name="split bins -> levels (sim)")
 
 
 @pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
@@ -514,13 +476,13 @@ PROD = registry.REGISTRY["topk"].impls["production:sm_90a"]
 # the fused select kernel is compiled in one form (float32, 16-byte loads): its other forms
 # differ only in load_keys, compiled with the histogram / filter kernels; ~30 s each otherwise
 # the rowblock kernel likewise: float32 with 16-byte loads (its bfloat16 form: a slow case)
-# the split kernel: float32 16-byte loads at 256 threads in CI (~60 s; with the "bins" ending
-# too, ~100 s), bfloat16 at 512 in the slow set (the 1024-thread form spills ~210 B under its 64-register cap: ptxas, not a test)
+# the split kernel: float32 16-byte loads at 256 threads in CI (~60 s), bfloat16 at 512 in the
+# slow set (the 1024-thread form spills ~210 B under its 64-register cap: ptxas, not a test)
 KERNELS = [(k, s) for k, s in PROD.kernels()
            if not k.__name__.startswith(("topk_select", "topk_rowblock", "topk_split"))
            or k.__name__ in ("topk_select_f32_v4", "topk_select_staged_f32_v4",
                              "topk_rowblock_f32_v4_t1024", "topk_split_f32_v4_t256",
-                             "topk_split_f32_v4_t256_bins", "topk_split_bf16_v8_t512")]
+                             "topk_split_bf16_v8_t512")]
 ROWBLOCK = [(k, s) for k, s in PROD.kernels()
             if k.__name__ in ("topk_rowblock_f32_v4_t1024", "topk_rowblock_bf16_v8_t1024")]
 # CI compiles all but the rowblock kernel (~70 s alone on 2 cores): it is in the slow set below
@@ -615,11 +577,9 @@ def check_production_compiled(k, sig, arch):
         # read-back from L2 (16-byte .cg loads), the release fence; big buffers dynamic
         # (sm_100a's NVVM writes scoped atomics and fences: atom.relaxed.sys..., fence.sc.sys)
         for ins in (r"atom(\.\w+)*\.global\.add\.u64", r"ld\.acquire\.gpu\.global\.u64",
-                    r"nanosleep\.u32", r"ld\.global\.cg\.v4\.u32", r"ld\.relaxed\.gpu\.global\.u32",
+                    r"nanosleep\.u32", r"ld\.global\.cg\.v4\.u32",
                     r"membar\.gl|fence\.sc\.\w+"):
             assert re.search(ins, res.ptx), f"{ins} missing from the split kernel"
-        # the "bins" ending reads the bins other CTAs completed with strong .gpu loads
-        assert ("ld.relaxed.gpu.global.u64" in res.ptx) == name.endswith("_bins"), name
         assert res.shared_bytes < 16 * 1024, "the big buffers are dynamic shared memory"
 
 
@@ -676,9 +636,10 @@ def test_plan_geometry():
         K.TopkPlan(4, 65536, 512, K.F32, variant="split", S=sms)
     assert K.resolve_variant("auto", 131072, K.RB_AUTO_MIN_ROWS) == "rowblock"
     assert K.resolve_variant("auto", 131072, K.RB_AUTO_MIN_ROWS - 1) == "split"
-    assert K.resolve_variant("auto", K.RB_AUTO_MAX_N + 1, 1) == "fused"
-    assert K.resolve_variant("auto", K.RB_AUTO_MAX_N + 1, 64) == "fused"
-    assert K.TopkPlan(4, 1 << 20, 1024, K.F32, variant="auto").variant == "fused"
+    assert K.resolve_variant("auto", K.RB_AUTO_MAX_N + 1, 1) == "split"     # any length
+    assert K.resolve_variant("auto", K.RB_AUTO_MAX_N + 1, K.RB_AUTO_MIN_ROWS) == "fused"
+    assert K.TopkPlan(4, 1 << 20, 1024, K.F32, variant="auto").variant == "split"
+    assert K.TopkPlan(16, 1 << 20, 1024, K.F32, variant="auto").variant == "fused"
     with pytest.raises(ValueError, match="auto"):
         K.resolve_variant("fast", 10)
     assert K.TopkPlan(2, 100, 5, K.F32, variant="rowblock", capacity=7).rb_ccap == 7

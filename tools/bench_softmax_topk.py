@@ -6,8 +6,8 @@
     python tools/bench_softmax_topk.py --quick --only topk --targets --variant fused,staged
     python tools/bench_softmax_topk.py --quick --only topk --targets --variant rowblock,fused \
         --breakdown                    # + the time of each stage prefix of rowblock
-    python tools/bench_softmax_topk.py --quick --only topk --variant split,fused \
-        --shapes 1x1048576x2048,2x262144x2048    # chosen top-k shapes (fp32 and bf16)
+    python tools/bench_softmax_topk.py --quick --only topk --variant split,split@32,fused \
+        --shapes 1x1048576x2048,2x262144x2048 --dtypes fp32   # chosen shapes, split at S = 32
 
 Top-k variants (``--variant``: ``all`` (default) or a comma list of ``topk.VARIANTS``):
 ``three_pass`` (histogram, filter, finish), ``fused`` (histogram, select + last-block finish),
@@ -17,7 +17,8 @@ each checked and timed against the same torch number; the table says which one
 ``impl="production"`` runs now for that shape (``topk.resolve_variant``: ``PRODUCTION_VARIANT``,
 "auto" resolved). ``--breakdown``: the histogram launch alone (multi-block variants), or the
 rowblock kernel stopped after each stage (pass 1, pass 2, refine, sort; cumulative), or the
-split kernel stopped after round 0, the publish, the rank (cumulative).
+split kernel ended at its start (the launch alone), after pass 1, round 0, the publish, the rank
+(cumulative).
 "% read-once" is the time to read the scores once at the measured copy bandwidth over ours.
 
 Method: inputs are torch tensors on the device, handed to dsv4_numba as zero-copy device arrays
@@ -70,15 +71,14 @@ class Cycle:
 
 def host_us(fn, reps=50, variant=None):
     """Wall us of fn() in a loop; ``variant``: the top-k variant the public call runs meanwhile
-    (``split_bins``: split with its "bins" ending)."""
+    (``split@S``: split, at its default S)."""
     from dsv4_numba.stages import topk as K
-    saved = K.PRODUCTION_VARIANT, K.SPLIT_BINS
-    K.PRODUCTION_VARIANT = "split" if variant == "split_bins" else variant or saved[0]
-    K.SPLIT_BINS = variant == "split_bins" or saved[1]        # (a key of plan_for's cache)
+    saved = K.PRODUCTION_VARIANT
+    K.PRODUCTION_VARIANT = (variant or saved).split("@")[0]
     try:
         return _host_us(fn, reps)
     finally:
-        K.PRODUCTION_VARIANT, K.SPLIT_BINS = saved
+        K.PRODUCTION_VARIANT = saved
 
 
 def _host_us(fn, reps):
@@ -168,13 +168,14 @@ def rowblock_stages_us(plan, call, vals, idx, reps, repeats):
 
 
 def split_stages_us(plan, call, vals, idx, reps, repeats):
-    """GPU us of the split kernel ended after round 0, the publish, the rank (the ``stop``
-    timing hook; cumulative). Leaves the plan running the whole kernel on a fresh workspace."""
+    """GPU us of the split kernel ended at its start (the launch alone), after pass 1's shared
+    histogram, round 0, the publish, the list load, the rank (the ``stop`` timing hook;
+    cumulative). Leaves the plan running the whole kernel on a fresh workspace."""
     from dsv4_numba.runtime.bench import time_gpu
     from dsv4_numba.stages import topk as K
     out = []
     try:
-        for stop in (1, 2, 3):
+        for stop in (6, 5, 1, 2, 7, 3):
             plan.rb_stop = stop
             out.append(time_gpu(lambda: K.topk_production(call, vals, idx, plan=plan),
                                 reps=reps, repeats=repeats))
@@ -186,14 +187,14 @@ def split_stages_us(plan, call, vals, idx, reps, repeats):
 
 def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
                variants=("three_pass", "fused", "staged", "rowblock", "split"), targets_only=False,
-               breakdown=False, shapes=None):
+               breakdown=False, shapes=None, dtypes=("fp32", "bf16")):
     from numba import cuda
 
     from dsv4_numba.runtime.bench import time_gpu
     from dsv4_numba.stages import topk as K
     for (R, N, k) in (list(TARGETS) if targets_only else shapes or TOPK_SHAPES):
         for tdt, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
-            if targets_only and name != "fp32":
+            if (targets_only and name != "fp32") or name not in dtypes:
                 continue
             esz = 4 if name == "fp32" else 2
             nrot = rotation(R * N * esz)
@@ -209,9 +210,13 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
             read_once = R * N * esz / (copy_gbs * 1e3)       # us to read the scores once
             tgt = TARGETS.get((R, N, k)) if name == "fp32" else None
             for variant in variants:
-                if variant == "split_bins":      # split with the "bins" ending (opt-in)
-                    plan = K.TopkPlan(R, N, k, calls[0].kind, variant="split")
-                    plan.split_bins = True
+                if variant.startswith("split@"):     # split with S CTAs a row
+                    try:
+                        plan = K.TopkPlan(R, N, k, calls[0].kind, variant="split",
+                                          S=int(variant[6:]))
+                    except ValueError as e:           # rows x S over the SMs
+                        print(f"topk {variant} {R}x{N} k={k}: skipped ({e})", flush=True)
+                        continue
                 else:
                     plan = K.plan_for(R, N, k, calls[0].kind, variant)
                 # check before timing: poisoned outputs, the tie-aware oracle; a second run
@@ -242,16 +247,13 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
                           f"+ pass 2 (list) {p2:.1f}, + refine/collect {p3:.1f}, + sort {p4:.1f}, "
                           f"+ write {ours:.1f}; grid {R} CTAs x {plan.finish_threads}",
                           flush=True)
-                elif breakdown and variant == "split_bins":
-                    p1, p2, _ = split_stages_us(plan, calls[0], vals, idx, reps, repeats)
-                    print(f"  split_bins stages (cumulative us): round 0 {p1:.1f}, + pass 2 / "
-                          f"sort {p2:.1f}, + the bins ending {ours:.1f}; {R} x {plan.S} CTAs x "
-                          f"{plan.split_threads} threads", flush=True)
-                elif breakdown and variant == "split":
-                    p1, p2, p3 = split_stages_us(plan, calls[0], vals, idx, reps, repeats)
-                    print(f"  split stages (cumulative us): round 0 (pass 1, histogram barrier, "
-                          f"read-back, bucket) {p1:.1f}, + pass 2 / publish barrier {p2:.1f}, "
-                          f"+ list load / rank {p3:.1f}, + write {ours:.1f}; one launch of {R} x "
+                elif breakdown and variant.startswith("split"):
+                    p6, p5, p1, p2, p7, p3 = split_stages_us(plan, calls[0], vals, idx, reps,
+                                                             repeats)
+                    print(f"  {variant} stages (cumulative us): launch alone {p6:.1f}, + pass 1 "
+                          f"{p5:.1f}, + histogram barrier, read-back, bucket (round 0) {p1:.1f}, "
+                          f"+ pass 2 / publish barrier {p2:.1f}, + list load {p7:.1f}, "
+                          f"+ rank {p3:.1f}, + write {ours:.1f}; one launch of {R} x "
                           f"{plan.S} CTAs x {plan.split_threads} threads, {plan.chunk} scores a "
                           f"CTA", flush=True)
                 elif breakdown:
@@ -281,21 +283,25 @@ def main(argv=None):
     ap.add_argument("--only", choices=("softmax", "topk"), help="one stage only")
     ap.add_argument("--variant", default="all",
                     help="top-k production variant(s) to time: 'all' (default) or a comma list "
-                         "of three_pass, fused, staged, rowblock, split, split_bins (split with "
-                         "its opt-in 'bins' ending)")
+                         "of three_pass, fused, staged, rowblock, split, split@S (split with S "
+                         "CTAs a row)")
     ap.add_argument("--targets", action="store_true",
                     help="top-k: only issue 4's three target shapes (fp32)")
     ap.add_argument("--shapes", help="top-k shapes RxNxk, comma-separated (e.g. 1x1048576x2048,"
                                      "2x262144x2048), instead of the default list")
+    ap.add_argument("--dtypes", default="fp32,bf16", help="top-k score dtypes (fp32, bf16)")
     ap.add_argument("--breakdown", action="store_true",
                     help="top-k: also time the histogram launch alone (rowblock: each stage)")
     args = ap.parse_args(argv)
     from dsv4_numba.stages.topk import VARIANTS
-    known = VARIANTS + ("split_bins",)
     variants = VARIANTS if args.variant in ("all", "both") else tuple(args.variant.split(","))
-    if not set(variants) <= set(known):
-        ap.error(f"--variant: unknown {sorted(set(variants) - set(known))}; "
-                 f"choose from {known} or 'all'")
+    bad = [v for v in variants if v not in VARIANTS
+           and not (v.startswith("split@") and v[6:].isdigit() and int(v[6:]) > 0)]
+    if bad:
+        ap.error(f"--variant: unknown {bad}; choose from {VARIANTS}, split@S or 'all'")
+    dtypes = tuple(args.dtypes.split(","))
+    if not set(dtypes) <= {"fp32", "bf16"}:
+        ap.error(f"--dtypes: fp32 and / or bf16, got {args.dtypes!r}")
     from dsv4_numba.runtime.bench import parse_shapes
     shapes = parse_shapes(args.shapes, "RxNxk") if args.shapes else None
     import torch  # noqa: lazily: present on the device image only
@@ -319,7 +325,8 @@ def main(argv=None):
         bench_softmax(torch, reps, repeats, copy_gbs, rows)
     if args.only in (None, "topk"):
         bench_topk(torch, reps, repeats, copy_gbs, rows, variants,
-                   targets_only=args.targets, breakdown=args.breakdown, shapes=shapes)
+                   targets_only=args.targets, breakdown=args.breakdown, shapes=shapes,
+                   dtypes=dtypes)
     print()
     print(f"Softmax and top-k, {gpu.name}, {datetime.date.today()}; copy {copy_gbs:.0f} GB/s; "
           f"CUDA-event medians (tools/bench_softmax_topk.py)")

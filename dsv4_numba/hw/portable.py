@@ -158,24 +158,6 @@ def _gaddr_sim(a):
     return uint64(0)
 
 
-def _ld_relaxed_i32_gpu(a, addr, i):
-    """a[i] of an int32 global array at address ``addr`` (``gaddr(a)``), read at .gpu scope."""
-    return int32(ops.ld_relaxed_gpu_u32(addr + uint64(4) * uint64(i)))
-
-
-def _ld_relaxed_i32_sim(a, addr, i):
-    return int32(a[i])
-
-
-def _ld_relaxed_u64_gpu(a, addr, i):
-    """a[i] of a uint64 global array at address ``addr``, read at .gpu scope (the L2's value)."""
-    return ops.ld_relaxed_gpu_u64(addr + uint64(8) * uint64(i))
-
-
-def _ld_relaxed_u64_sim(a, addr, i):
-    return uint64(a[i])
-
-
 def _ld_acquire_u64_gpu(a, addr, i):
     """a[i] of a uint64 global array at address ``addr``, an acquire load at .gpu scope."""
     return ops.ld_acquire_gpu_u64(addr + uint64(8) * uint64(i))
@@ -207,8 +189,6 @@ def _nanosleep_sim(ns):
 
 
 gaddr = _twin(_gaddr_gpu, _gaddr_sim)                        # the array's generic address
-ld_relaxed_i32 = _twin(_ld_relaxed_i32_gpu, _ld_relaxed_i32_sim)   # ld.relaxed.gpu.global.u32
-ld_relaxed_u64 = _twin(_ld_relaxed_u64_gpu, _ld_relaxed_u64_sim)   # ld.relaxed.gpu.global.u64
 ld_acquire_u64 = _twin(_ld_acquire_u64_gpu, _ld_acquire_u64_sim)   # ld.acquire.gpu.global.u64
 ld_cg_v4_i32 = _twin(_ld_cg_v4_i32_gpu, _ld_cg_v4_i32_sim)     # ld.global.cg.v4.u32
 nanosleep = _twin(_nanosleep_gpu, _nanosleep_sim)            # nanosleep.u32

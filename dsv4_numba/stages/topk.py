@@ -30,8 +30,8 @@ Implementations (stage registry name ``topk``)
   whole), collect everything at or above it into shared memory, order by counting (each selected
   composite's position = how many selected are larger). Runs under the CUDA simulator.
 * ``production:sm_90a`` -- five variants, chosen by ``PRODUCTION_VARIANT`` (what
-  impl="production" runs: "auto" = rows of up to 262144 scores: "rowblock" for >= 16 rows,
-  "split" for fewer; longer rows "fused"; ``DSV4_TOPK_VARIANT``, ``TopkPlan(variant=)`` / ``topk_production(variant=)`` pick
+  impl="production" runs: "auto" = "split" below 16 rows (any length); from 16 rows "rowblock"
+  for rows of up to 262144 scores, "fused" for longer ones; ``DSV4_TOPK_VARIANT``, ``TopkPlan(variant=)`` / ``topk_production(variant=)`` pick
   one; tools/bench_softmax_topk.py times all).
   ``rowblock`` (round 3; H100: 62.6 / 45.7 / 33.5 us on the three target shapes, see
     ``PRODUCTION_VARIANT``; round 4, with a sampled threshold since taken out again: 45.9 /
@@ -52,9 +52,8 @@ Implementations (stage registry name ``topk``)
     against the others (binary search) and writes its items to their output slots. Under the
     simulator (one CTA at a time: no barrier could ever be met) it runs as replay launches, one
     per barrier, with the same device code. Napkin math and measurements above ``split_kernel``.
-    Opt-in "bins" ending (``DSV4_TOPK_SPLIT_BINS=1``; simulator-verified, not yet run on a GPU):
-    no publish barrier -- the level-1 histogram places each bin's items, the CTA completing a
-    bin sorts and writes it (``split_bins_finish``).
+    (A "bins" ending without the publish barrier was tried in 0.6.0 and taken out in 0.7.0: 2.5x
+    slower on the H100; the note above ``split_kernel`` says why.)
   The other three split a row over S blocks of 512 threads (S x rows ~ 4 blocks per SM). The workspace (histograms, counters, tickets) is zeroed once when
   allocated and left zero by every run (the row's finishing block cleans it).
     1. histogram (both variants): each block reads its slice once (16-byte loads), counts the top
@@ -118,11 +117,10 @@ from numba import cuda, float32, int32, int64, uint32, uint64
 from .. import registry
 from ..hw.bits import bits_f32, f32_bits
 from ..hw.portable import (address_of, ballot, gaddr, ld_acquire_u64, ld_cg_v4_i32,
-                           ld_relaxed_i32, ld_relaxed_u64, ldg_v4, nanosleep, shfl_idx, shfl_up,
+                           ldg_v4, nanosleep, shfl_idx, shfl_up,
                            shfl_xor)
 from ..runtime import BF16, F32, ArrayIO, detect_gpu, device, is_device_array, kernel, mode
 from ..runtime.arrays import check_lengths
-from ..runtime.env import flag as env_flag
 from ..runtime.arrays import float_kind as _input_kind
 from ..runtime.arrays import is_contiguous as _is_contiguous
 from ..runtime.arrays import typestr as _typestr
@@ -361,15 +359,15 @@ SCAN_THREADS = 512              # histogram / filter blocks
 FINISH_THREADS = 1024
 VARIANTS = ("three_pass", "fused", "staged", "rowblock", "split")
 # what impl="production" runs (DSV4_TOPK_VARIANT overrides it); the bench times every variant.
-# "auto" (``resolve_variant``), rows of at most RB_AUTO_MAX_N scores: "rowblock" for batches of
-# >= RB_AUTO_MIN_ROWS rows, "split" for fewer; longer rows "fused". H100, 2026-11-26, fp32 us
-# (fused / rowblock / split; torch; CHANGELOG 0.6.0): (64, 131072, 2048) 150.5 / 51.0 / 71.6
-# (195); (1, 65536, 2048) 40.8 / 34.6 / 27.7 (80); (4, 65536, 512) 32.2 / 28.1 / 21.9 (83): one
-# CTA a row wins once the rows fill the SMs, one row over many SMs wins for a few rows.
+# "auto" (``resolve_variant``): "split" below RB_AUTO_MIN_ROWS rows, whatever their length; from
+# RB_AUTO_MIN_ROWS rows, "rowblock" for rows of at most RB_AUTO_MAX_N scores, "fused" beyond.
+# H100, 2026-11-26, fp32 us (fused / rowblock / split; torch; CHANGELOG 0.6.0, 0.7.0):
+# (64, 131072, 2048) 150.5 / 51.0 / 71.6 (195); (1, 65536, 2048) 40.8 / 34.6 / 27.7 (80);
+# (4, 65536, 512) 32.2 / 28.1 / 21.9 (83); k = 2048: (1, 262144) 43.0 / 65.0 / 31.6 (100);
+# (8, 262144) 91.3 / 68.7 / 39.2 (119); (1, 1048576) 51.4 / 173.4 / 27.0 (147); (8, 1048576)
+# 107.7 / 184.6 / 59.3 (197): one CTA a row wins once the rows fill the SMs, one row over many
+# SMs wins for a few rows, at every length timed.
 PRODUCTION_VARIANT = os.environ.get("DSV4_TOPK_VARIANT", "auto")
-# split's "bins" ending (``split_bins_finish``: no publish barrier; ``TopkPlan.split_bins``):
-# opt-in, DSV4_TOPK_SPLIT_BINS=1, until a GPU has timed it (simulator-verified only)
-SPLIT_BINS = env_flag("DSV4_TOPK_SPLIT_BINS")
 # "staged" geometry: blocks resident per SM (ptxas: histogram <= 40 regs x 512 threads -> 3;
 # select capped at 64 regs by launch_bounds(512, 2) -> 2), so that each launch is one full wave
 HIST_BLOCKS_PER_SM = 3
@@ -1337,10 +1335,10 @@ RB_LEVEL_BITS = 12                  # radix digit of the passes over the row (40
 RB_CCAP = 4096                      # composites of the threshold bucket kept in shared memory
 RB_LIST = K_MAX + RB_CCAP           # list slots: < K above the bucket + <= RB_CCAP in it
 RB_SMEM = 8 * (K_MAX + RB_LIST)     # dynamic shared bytes: sort buffer (histogram aliased) + list
-# rows at most this long go to "rowblock" / "split" when impl="production" runs "auto" (rowblock:
-# 2 passes through one SM: ~4 MB rows take ~100 us there, the multi-block "fused" is better)
+# from RB_AUTO_MIN_ROWS rows, rows at most this long go to "rowblock" when impl="production" runs
+# "auto" (2 passes through one SM: 4 MB rows took ~180 us there; the multi-block "fused" is better)
 RB_AUTO_MAX_N = 262144
-RB_AUTO_MIN_ROWS = 16           # fewer rows: "split" (PRODUCTION_VARIANT's figures)
+RB_AUTO_MIN_ROWS = 16           # fewer rows: "split", any length (PRODUCTION_VARIANT's figures)
 
 
 @device
@@ -1496,13 +1494,15 @@ def rb_threshold_bucket(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32,
     bucket d and ``want`` (how many of K it must give); while d holds more than ``ccap`` scores,
     a level pass (L2) counts the next 12 bits of the composites in d. Returns (want, pfx, hi,
     cnt, seg, halted): the composites sharing pfx's bits >= hi are the bucket, cnt of them;
-    seg: split's barriers passed; halted: a replay launch or the ``stop == 1`` timing hook ended
+    seg: split's barriers passed; halted: a replay launch or the ``stop`` 1 / 5 timing hook ended
     here (the caller returns). ``split``: a compile-time constant of the caller."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 0, 64, uint64(0), 0, 0, float32(0), dyn32,
             dyn64, st, lcap)
     seg = 0
+    if stop == 5:                                 # (timing hook: pass 1 alone)
+        return int64(0), uint64(0), 0, int32(0), seg, True
     if split:
         if split_hist_round(dyn32, ghist, hrow, gbar, row, S, s, seg, phase, hrow, nbuf):
             return int64(0), uint64(0), 0, int32(0), seg, True
@@ -1690,22 +1690,26 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
 # figure: the loops of a global load then its shared store wait a full L2 round trip per item;
 # the histogram read-back and the list load now issue 4 loads before their stores. The landed
 # form (0.6.0, after the load-snippet fix): 27.7 (9.6 / 16.5 / 27.1 cumulative), 21.9, 71.6 --
-# the list load + rank stage (~10.6 us at (1, 65536)) is 3x its napkin figure for reasons not yet
-# profiled. Even at napkin speed this design has a floor near 16 us at (1, 65536, 2048): launch
-# + load ~3.5, two barriers ~2 each, read-back + scan ~1.5, publish ~1.5, list load + rank ~3:
-# the 15 us target needs one barrier fewer (CHANGELOG 0.6.0, "Not done").
-# The "bins" ending (``bins``: opt-in, DSV4_TOPK_SPLIT_BINS=1; simulator-verified, untimed):
-# when the threshold bucket is level 1 (no level rounds), the row's level-1 histogram already
-# places every bin at or above it: bin b owns glist[ebuf[b] : ebuf[b] + H[b]] (ebuf[b] = items
-# in higher bins), and its items' output slots are ebuf[b] + their rank inside b. After its own
-# sort a CTA claims room in each bin its run touches (one atomic a bin run), stores, fences and
-# counts them done; the CTA whose count completes a bin sorts that bin alone (strong loads) and
-# writes it. No publish barrier, no whole-list load, no cross-run search; the cost moves to the
-# sort of the largest bins near the threshold (a few hundred normal scores: ~1-3 us for one CTA)
-# and ~3 global atomic round trips. Napkin at (1, 65536, 2048): ~9.6 (round 0, measured) + ~3
-# (pass 2, own sort) + ~2 (claims, stores, fence, done counts) + ~3 (bin sorts) ~ 18 us, vs
-# 27.7 measured for the publish ending. Buffer 0 of the histograms, which the missing barrier
-# would have zeroed, is zeroed by the last CTA past round 0 (a per-row ticket in gbin).
+# the list load + rank stage (~10.6 us at (1, 65536)) is 3x its napkin figure. Even at napkin
+# speed this design has a floor near 16 us at (1, 65536, 2048): launch + load ~3.5, two barriers
+# ~2 each, read-back + scan ~1.5, publish ~1.5, list load + rank ~3.
+# 0.7.0 (H100, 2026-11-26), finer stops at (1, 65536, 2048), cumulative us: launch alone 2.0,
+# pass 1 3.5, round 0 9.5, publish 16.3, list load 18.1, rank 25.0-26.6, write 27.1: the rank
+# loop (~42 own items x 63 runs, ~6-step searches, 8 warps) is the largest stage. Where the time
+# goes (ncu, same shape): the top stall is "no instruction" (33 % of samples), then "wait"
+# (24 %), "short scoreboard" (11 %), "barrier" (8 %); most samples sit on straight-line code
+# each warp runs ONCE (~190 KB of SASS; one CTA of 8 warps an SM): the kernel is bound by
+# instruction fetch and dependent latency, not by memory or issue. Two rank forms that search
+# several pairs a thread at once with fixed step counts (more independent loads in flight) were
+# SLOWER (rank 10.7 / 12.1 us vs 8.4), so the next step is a smaller executed path (loops for
+# the unrolled trips and sort networks), not more ILP.
+# Tried and taken out (0.6.0 -> 0.7.0): a "bins" ending without the publish barrier -- the
+# level-1 histogram gave each bin at or above the threshold its region of the row's list, each CTA
+# claimed room in the bins its run touched and counted its items done, and the CTA completing a
+# bin sorted and wrote it. Correct (simulator and H100 tests) but 2.5x slower on the H100
+# (2026-11-26: 68.9 vs 27.0 us at (1, 65536, 2048), 48.6 vs 21.8 at (4, 65536, 512)): the CTA
+# arriving last completes nearly every bin and sorts them one after another (~2.7 K items for
+# k = 2048), which the publish ending spreads over all CTAs. The code is in git (70aa5d9).
 # Barriers: a per-row uint64 counter, only ever incremented. Every CTA of a row arrives at the
 # same barriers, so between barriers the counter is a multiple of S: the arrival that read ``old``
 # waits for (old // S + 1) * S. Histograms: SP_NBUF = 3 rotating buffers a row; after barrier j
@@ -1724,8 +1728,7 @@ SP_ROUNDS = 6                   # histogram rounds a row at most: 1 + ceil((64 -
 SP_LMAX = K_MAX                 # composites published a row at most: K - 1 + ccap, ccap <= K_MAX + 1 - k
 SP_SMEM = 16 * K_MAX            # dynamic shared bytes: sort area (histogram aliased) + the row's list
 SP_MAX_S = 1024                 # CTAs a row at most (the run table in shared memory)
-SP_GBIN = 2 * NBINS + 4         # "bins" ending, a row: claimed / done counts a bin, the round-0 ticket
-SP_SMEM_BINS = SP_SMEM + 8 * NBINS   # + the level-1 histogram and its suffix sums
+SP_LOADS = 8                    # list items a thread loads before storing them (rank stage)
 SP_THREADS = (256, 512, 1024)   # CTA sizes: the smallest giving <= 4 vectors a thread. ptxas,
 # sm_90a, launch bounds (threads, 1): 256 -> 144 registers, no spill (the CI compile test; with
 # bounds (256,) alone ptxas chose 128 and spilled); 1024 is capped at 64 registers and spilled
@@ -1792,86 +1795,6 @@ def split_hist_round(h, ghist, hb, gbar, row, S, s, seg, phase, hrow, nbuf):
 
 
 @device
-def run_bounds(buf, i, n, b):
-    """In the descending composites buf[swz(0:n)], the run of level-1 bin b (composite >> 52)
-    holding position i: (first, end) by two binary searches (bins fall as positions rise)."""
-    lo, hi = int64(0), int64(i)
-    while lo < hi:                                # first position whose bin is <= b
-        mid = (lo + hi) >> 1
-        if int32(buf[swz(mid)] >> uint64(52)) > b:
-            lo = mid + 1
-        else:
-            hi = mid
-    first = lo
-    lo, hi = int64(i) + 1, int64(n)
-    while lo < hi:                                # first position whose bin is < b
-        mid = (lo + hi) >> 1
-        if int32(buf[swz(mid)] >> uint64(52)) >= b:
-            lo = mid + 1
-        else:
-            hi = mid
-    return first, lo
-
-
-@device
-def split_bins_finish(dyn64, dyn32, n_own, ebuf, hbuf, gbin, gb, glist, lb, K, x, base, obase,
-                      kind, vals, idx, st, e):
-    """The split variant's "bins" ending (level-1 threshold only): no publish barrier. The row's
-    level-1 histogram (hbuf; ebuf[b] = items in higher bins) gives every bin at or above the
-    threshold bucket its region of the row's list, glist[lb + ebuf[b] : + hbuf[b]]. Each CTA
-    claims room in each bin its sorted run touches (gbin[gb + b]: one atomic a bin run), stores
-    its items there, fences, and counts them done (gbin[gb + NBINS + b]); the CTA whose count
-    completes a bin loads it (strong loads: other CTAs wrote it), sorts it and writes the items
-    ranked below K to ebuf[b] + their place, then zeroes the bin's two counters."""
-    tid = cuda.threadIdx.x
-    nt = cuda.blockDim.x
-    rslot = dyn32[2 * K_MAX:4 * K_MAX]            # free: the own list's raw form is dead
-    for i in range(tid, n_own, nt):               # one claim a bin run
-        b = int32(dyn64[swz(i)] >> uint64(52))
-        first, end = run_bounds(dyn64, i, n_own, b)
-        if first == i:
-            rslot[i] = cuda.atomic.add(gbin, gb + b, int32(end - i))
-    cuda.syncthreads()
-    ga = gaddr(glist)
-    for i in range(tid, n_own, nt):
-        c = dyn64[swz(i)]
-        b = int32(c >> uint64(52))
-        first, end = run_bounds(dyn64, i, n_own, b)
-        glist[lb + ebuf[b] + rslot[first] + (i - first)] = c
-    cuda.threadfence()                            # the stores before the done counts
-    if tid == 0:
-        st[6] = 0
-    cuda.syncthreads()
-    owned = rslot                                 # (the claims are spent)
-    for i in range(tid, n_own, nt):
-        b = int32(dyn64[swz(i)] >> uint64(52))
-        first, end = run_bounds(dyn64, i, n_own, b)
-        if first == i:
-            done = cuda.atomic.add(gbin, gb + NBINS + b, int32(end - i)) + int32(end - i)
-            if done == hbuf[b]:                   # this CTA completed bin b
-                cuda.threadfence()                # acquire: the other CTAs' stores are visible
-                owned[cuda.atomic.add(st, 6, 1)] = b
-    cuda.syncthreads()
-    for q in range(st[6]):                        # CTA-uniform
-        b = owned[q]
-        nb = hbuf[b]
-        e0 = int64(ebuf[b])
-        for j in range(tid, nb, nt):
-            dyn64[swz(j)] = ld_relaxed_u64(glist, ga, lb + e0 + j)
-        P = pad_pow2(dyn64, nb, True)
-        cuda.syncthreads()
-        bitonic_sort_desc_warp(dyn64, P, e)
-        cuda.syncthreads()
-        for j in range(tid, nb, nt):
-            if e0 + j < K:
-                write_at(dyn64[swz(j)], obase + e0 + j, x, base, kind, vals, idx, True)
-        if tid == 0:
-            gbin[gb + b] = 0
-            gbin[gb + NBINS + b] = 0
-        cuda.syncthreads()
-
-
-@device
 def split_tail(vals, idx, obase, K, k, kind, s, S, gcnt, row, phase):
     """Both endings of split: this CTA's share of the row's -1 / -inf slots [K, k); replay
     (phase >= 0): CTA 0 flags the row done."""
@@ -1883,7 +1806,7 @@ def split_tail(vals, idx, obase, K, k, kind, s, S, gcnt, row, phase):
         gcnt[2 * row + 1] = 1
 
 
-def split_kernel(kind, vectorized, threads, bins=False):
+def split_kernel(kind, vectorized, threads):
     """The split variant's only launch: CTA b does slice s = b % S of row b // S (``threads``
     threads; dynamic shared memory SP_SMEM: dyn64[0:K_MAX] the sort area, whose first 16 KB hold
     the histogram first and the rank counts last, dyn64[K_MAX:2 K_MAX] the slice's list, then the
@@ -1891,13 +1814,11 @@ def split_kernel(kind, vectorized, threads, bins=False):
     of the valid prefix, a multiple of the vector width), ghist (int32 [rows nbuf NBINS], zero),
     nbuf (SP_NBUF; SP_ROUNDS to replay), gbar (uint64 [rows]), gcnt (int32 [2 rows]: the publish
     counter, the replay's done flag), goff (int32 [rows S 2]: each CTA's run, offset and
-    length), glist (uint64 [rows SP_LMAX]), gbin (int32 [rows SP_GBIN], zero: the "bins"
-    ending's counters), ccap (<= K_MAX + 1 - k), phase (-1; replay: p), stop (timing hook, 0
-    in use: 1-3 end the kernel after round 0 / the publish / the rank -- with the bins ending,
-    2 and 3 after the own sort; a stop at 1 leaves the histogram dirty:
-    ``TopkPlan.split_reset``). ``bins`` (compile time; dynamic shared memory SP_SMEM_BINS):
-    rows whose threshold bucket is level 1 (no level rounds) skip 2.'s publish barrier and 3.
-    for ``split_bins_finish`` (opt-in, ``TopkPlan.split_bins``, not yet run on a GPU).
+    length), glist (uint64 [rows SP_LMAX]), ccap (<= K_MAX + 1 - k), phase (-1; replay: p),
+    stop (timing hook, 0 in use: 6 ends the kernel at its start (the launch alone), 5 after
+    pass 1's shared histogram, 1-3 after round 0 / the publish / the rank, 7 after the list
+    load; 5 and 1 leave the histograms or barrier counters off their invariants:
+    ``TopkPlan.split_reset``).
     1. pass 1 (HBM): histogram of the slice's top 12 key bits; round 0 -> the bucket d holding
        the K-th largest and ``want``; while d holds more than ``ccap`` scores, a level pass (L2)
        and a round on the next 12 bits of the composites in d (as rowblock).
@@ -1907,15 +1828,16 @@ def split_kernel(kind, vectorized, threads, bins=False):
     3. rank each own item: its position in the run + a binary search in every other run; write
        those ranked < K (scores from their keys), and this CTA's share of the -1 / -inf tail.
     """
-    key = ("split", kind, vectorized, threads, bins)
+    key = ("split", kind, vectorized, threads)
     if key in _PROD:
         return _PROD[key]
     VEC = _vec(kind, vectorized)
     NT = threads
-    BINS = bins
 
     def topk_split(x, n, k, lengths, has_len, vals, idx, S, chunk, ghist, nbuf, gbar, gcnt, goff,
-                   glist, gbin, ccap, phase, stop):
+                   glist, ccap, phase, stop):
+        if stop == 6:                             # (timing hook: the launch alone)
+            return
         b = cuda.blockIdx.x
         row = b // S
         s = b - row * S
@@ -1928,6 +1850,7 @@ def split_kernel(kind, vectorized, threads, bins=False):
         roff = cuda.shared.array(SP_MAX_S, int32)
         rcnt = cuda.shared.array(SP_MAX_S, int32)
         e = cuda.local.array(8, uint64)
+        lv = cuda.local.array(SP_LOADS, uint64)
         L = row_length(row, n, lengths, has_len)
         K = min(int64(k), L)
         obase = int64(row) * k
@@ -1947,9 +1870,9 @@ def split_kernel(kind, vectorized, threads, bins=False):
         for i in range(tid, NBINS, nt):
             dyn32[i] = 0
         if tid == 0:
-            st[4] = 0
+            st[4] = 0                             # the slice's list length
             if s == 0 and phase <= 0:
-                gcnt[2 * row] = 0                 # read last by the previous launch
+                gcnt[2 * row] = 0                 # the publish offsets of the previous launch
         cuda.syncthreads()
         # 1. pass 1 and the rounds: 12 bits of the composite each, from the top
         want, pfx, hi, cnt, seg, halted = rb_threshold_bucket(
@@ -1957,23 +1880,6 @@ def split_kernel(kind, vectorized, threads, bins=False):
             True, ghist, hrow, gbar, row, S, s, phase, nbuf)
         if halted:                                # a replay launch or the stop == 1 hook
             return
-        bins_end = BINS and hi == 64 - RB_LEVEL_BITS      # row-uniform
-        gb = int64(row) * SP_GBIN
-        if bins_end:
-            if not (phase < 0 or phase == seg + 1):
-                return                            # replay: the bins ending runs in launch 1
-            # the row's level-1 histogram (dyn32[0:NBINS]) outlives the sort: bins' regions
-            block_scan_desc(dyn32, NBINS, dyn32[4 * K_MAX:4 * K_MAX + NBINS], wsum)
-            for i in range(tid, NBINS, nt):
-                dyn32[4 * K_MAX + NBINS + i] = dyn32[i]
-            if tid == 0:                          # the last CTA past round 0 zeroes its buffer
-                st[7] = cuda.atomic.add(gbin, gb + 2 * NBINS, 1) == S - 1   # (no 2nd barrier)
-            cuda.syncthreads()
-            if st[7]:
-                for i in range(tid, NBINS, nt):
-                    ghist[hrow + i] = 0
-                if tid == 0:
-                    gbin[gb + 2 * NBINS] = 0
         # 2. pass 2: the slice's composites at or above the bucket's prefix -> dyn64[K_MAX:]
         if hi == 64 - RB_LEVEL_BITS:              # level 1: a float compare a score
             rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 2, hi, pfx, 0, 0,
@@ -1992,14 +1898,6 @@ def split_kernel(kind, vectorized, threads, bins=False):
         cuda.syncthreads()
         bitonic_sort_desc_warp(dyn64, P, e)
         cuda.syncthreads()
-        if bins_end:
-            if stop == 2 or stop == 3:            # (timing hooks: nothing claimed yet)
-                return
-            split_bins_finish(dyn64, dyn32, n_own, dyn32[4 * K_MAX:4 * K_MAX + NBINS],
-                              dyn32[4 * K_MAX + NBINS:4 * K_MAX + 2 * NBINS], gbin, gb, glist,
-                              int64(row) * SP_LMAX, K, x, base, obase, kind, vals, idx, st, e)
-            split_tail(vals, idx, obase, K, k, kind, s, S, gcnt, row, phase)
-            return
         seg += 1
         live = phase < 0 or phase == seg
         if tid == 0 and live:                     # the run's place in the row's list
@@ -2018,26 +1916,33 @@ def split_kernel(kind, vectorized, threads, bins=False):
             return
         # 3. rank: own position in the run + the larger ones in each other run (binary search)
         off = st[5] if phase < 0 else goff[2 * b]
-        n_all = ld_relaxed_i32(gcnt, gaddr(gcnt), 2 * row)
-        for i in range(tid, n_all, 4 * nt):       # 4 loads in flight before their stores
-            v0 = glist[lb + i]
-            v1 = glist[lb + i + nt] if i + nt < n_all else uint64(0)
-            v2 = glist[lb + i + 2 * nt] if i + 2 * nt < n_all else uint64(0)
-            v3 = glist[lb + i + 3 * nt] if i + 3 * nt < n_all else uint64(0)
-            dyn64[K_MAX + i] = v0
-            if i + nt < n_all:
-                dyn64[K_MAX + i + nt] = v1
-            if i + 2 * nt < n_all:
-                dyn64[K_MAX + i + 2 * nt] = v2
-            if i + 3 * nt < n_all:
-                dyn64[K_MAX + i + 3 * nt] = v3
+        # the row's list holds every composite at or above the bucket: its length is known here
+        # (the K - want above it + the cnt in it), no read of the publish counter; the run table
+        # and the first SP_LOADS x nt items are loaded before any is stored (one L2 round trip)
+        n_all = min(K - want + int64(cnt), int64(SP_LMAX))
         g0 = 2 * (b - s)                          # the row's run table in goff
-        for r in range(tid, S, nt):
+        ro = goff[g0 + 2 * tid] if tid < S else 0
+        rc = goff[g0 + 2 * tid + 1] if tid < S else 0
+        for i in range(tid, n_all, SP_LOADS * nt):
+            for u in range(SP_LOADS):
+                if i + u * nt < n_all:
+                    lv[u] = glist[lb + i + u * nt]
+            for u in range(SP_LOADS):
+                if i + u * nt < n_all:
+                    dyn64[K_MAX + i + u * nt] = lv[u]
+        if tid < S:
+            roff[tid] = ro
+            rcnt[tid] = rc
+        for r in range(tid + nt, S, nt):          # (S > nt: not with SP_THREADS and <= 132 SMs)
             roff[r] = goff[g0 + 2 * r]
             rcnt[r] = goff[g0 + 2 * r + 1]
         for i in range(tid, n_own, nt):
             dyn32[i] = 0                          # larger ones in the other runs
         cuda.syncthreads()
+        if stop == 7:                             # (timing hook: the list load alone)
+            return
+        # a binary search a (own item, other run) pair (two forms that searched several pairs a
+        # thread at once, with fixed step counts, were slower on the H100: CHANGELOG 0.7.0)
         n_own32 = int32(n_own)
         for p in range(tid, n_own32 * int32(S), nt):
             r = p // n_own32
@@ -2065,7 +1970,7 @@ def split_kernel(kind, vectorized, threads, bins=False):
         split_tail(vals, idx, obase, K, k, kind, s, S, gcnt, row, phase)
 
     topk_split.__name__ = topk_split.__qualname__ = \
-        f"topk_split_{'bf16' if kind == BF16 else 'f32'}_v{VEC}_t{NT}{'_bins' if BINS else ''}"
+        f"topk_split_{'bf16' if kind == BF16 else 'f32'}_v{VEC}_t{NT}"
     k_ = _PROD[key] = kernel(topk_split, launch_bounds=(NT, 1))
     return k_
 
@@ -2127,10 +2032,9 @@ class TopkPlan:
     "split": one launch of rows x ``S`` CTAs of ``split_threads`` threads (``split_geometry``;
     rows x S must not exceed the SMs: every CTA of a row must be resident), workspace
     ``split_workspace`` (histograms, counters, runs; zeroed once, left zero by every run);
-    ``capacity`` and ``rb_stop`` as for rowblock (``split_reset`` after a stop at 1), ``threads``
+    ``capacity`` and ``rb_stop`` as for rowblock (``split_reset`` after a stop), ``threads``
     (test hook) sets the CTA size, ``replay`` runs it as one launch per barrier (always under the
-    simulator), ``split_bins`` (default ``SPLIT_BINS``) selects the "bins" ending
-    (``split_bins_finish``: one barrier fewer; simulator-verified only).
+    simulator).
     "auto" resolves per shape (``resolve_variant``).
     Test hooks: ``threads``/``finish_threads``/``S``/``capacity``/``stage_cap`` (the staged
     variant's per-block shared slots per list, <= SCAP) override the geometry, ``run(...,
@@ -2167,10 +2071,9 @@ class TopkPlan:
         cap = capacity or max(1, min(n, max(16384, n // 8)))
         self.capacity = -(-cap // 16) * 16
         self.rb_ccap = RB_CCAP if capacity is None else max(1, min(capacity, RB_CCAP))
-        self.rb_stop = 0        # timing hook: rowblock 1-4, split 1-3 end the kernel after a stage
+        self.rb_stop = 0        # timing hook: rowblock 1-4, split 1-3, 5-7 end the kernel early
         self.rb_bmax = RB_BMAX         # rowblock: counting sort's largest bin (else bitonic)
         self.replay = False     # split: run as replay launches (the simulator always does)
-        self.split_bins = SPLIT_BINS    # split: the "bins" ending (no publish barrier), opt-in
         self.stage_cap = SCAP if stage_cap is None else stage_cap
         if not 1 <= self.stage_cap <= SCAP:
             raise ValueError(f"stage_cap must be in 1..{SCAP}, got {stage_cap}")
@@ -2178,19 +2081,19 @@ class TopkPlan:
         self._split_ws = {}
 
     def split_workspace(self, io_gpu: bool, nbuf: int):
-        """(ghist, gcnt, goff, gbar, glist, gbin) of the split variant, zeroed once here (a GPU
-        run leaves them so; replay zeroes ghist and gcnt before each call)."""
+        """(ghist, gcnt, goff, gbar, glist) of the split variant, zeroed once here (a GPU run
+        leaves them so; replay zeroes ghist and gcnt before each call)."""
         if nbuf not in self._split_ws:
             R, S = self.rows, self.S
             alloc = cuda.device_array if io_gpu else np.empty
-            nh, nb = R * nbuf * NBINS, R * SP_GBIN
-            ints = alloc(nh + nb + 2 * R + 2 * R * S, np.int32)
+            nh = R * nbuf * NBINS
+            ints = alloc(nh + 2 * R + 2 * R * S, np.int32)
             gbar = alloc(R, np.uint64)
             _zero(ints)
             _zero(gbar)
             glist = alloc(R * SP_LMAX, np.uint64)
-            self._split_ws[nbuf] = (ints[:nh], ints[nh + nb:nh + nb + 2 * R],
-                                    ints[nh + nb + 2 * R:], gbar, glist, ints[nh:nh + nb])
+            self._split_ws[nbuf] = (ints[:nh], ints[nh:nh + 2 * R], ints[nh + 2 * R:], gbar,
+                                    glist)
         return self._split_ws[nbuf]
 
     def split_reset(self):
@@ -2201,12 +2104,12 @@ class TopkPlan:
     def _run_split(self, x, lk, has_len, vals, idx, vectorized, gpu):
         replay = self.replay or mode() != "gpu"
         nbuf = SP_ROUNDS if replay else SP_NBUF
-        ghist, gcnt, goff, gbar, glist, gbin = self.split_workspace(gpu, nbuf)
-        kern = split_kernel(self.kind, vectorized, self.split_threads, self.split_bins)
-        smem = SP_SMEM_BINS if self.split_bins else SP_SMEM
+        ghist, gcnt, goff, gbar, glist = self.split_workspace(gpu, nbuf)
+        kern = split_kernel(self.kind, vectorized, self.split_threads)
+        smem = SP_SMEM
         ccap = min(self.rb_ccap, K_MAX + 1 - self.k)     # the row's list: <= K_MAX composites
         args = [x, self.n, self.k, lk, has_len, vals, idx, self.S, self.chunk, ghist, nbuf, gbar,
-                gcnt, goff, glist, gbin, ccap, -1, self.rb_stop]
+                gcnt, goff, glist, ccap, -1, self.rb_stop]
         if mode() == "gpu":                      # > 48 KB: raise the limit once
             kern.reserve_dynamic_shared(args, smem)
         grid = self.rows * self.S
@@ -2379,14 +2282,15 @@ _PLANS: dict = {}
 
 def resolve_variant(variant: str | None, n: int, rows: int = RB_AUTO_MIN_ROWS) -> str:
     """The concrete variant (one of VARIANTS) for ``rows`` rows of n scores: ``variant`` (default
-    ``PRODUCTION_VARIANT``); "auto", for n <= RB_AUTO_MAX_N: "rowblock" for rows >=
-    RB_AUTO_MIN_ROWS (one SM a row reads it in a few us), "split" for fewer rows (one row over
-    many SMs, one launch); longer rows: "fused" (the range the H100 has not timed split in)."""
+    ``PRODUCTION_VARIANT``); "auto": "split" for fewer than RB_AUTO_MIN_ROWS rows (one row over
+    many SMs, one launch; timed up to 8 x 1048576), else "rowblock" for n <= RB_AUTO_MAX_N (one
+    SM a row reads it in a few us) and "fused" for longer rows (split with 16 or more such rows
+    has not been timed)."""
     variant = variant or PRODUCTION_VARIANT
     if variant == "auto":
-        if n > RB_AUTO_MAX_N:
-            return "fused"
-        return "rowblock" if rows >= RB_AUTO_MIN_ROWS else "split"
+        if rows < RB_AUTO_MIN_ROWS:
+            return "split"
+        return "fused" if n > RB_AUTO_MAX_N else "rowblock"
     if variant not in VARIANTS:
         raise ValueError(f"top-k variant must be one of {VARIANTS} or 'auto', got {variant!r}")
     return variant
@@ -2395,11 +2299,11 @@ def resolve_variant(variant: str | None, n: int, rows: int = RB_AUTO_MIN_ROWS) -
 def plan_for(R: int, n: int, k: int, kind: int, variant: str | None = None) -> TopkPlan:
     """A cached TopkPlan per shape and variant (its workspace is reused: calls on one stream
     only)."""
-    key = (R, n, k, kind, resolve_variant(variant, n, R), SPLIT_BINS)
+    key = (R, n, k, kind, resolve_variant(variant, n, R))
     if key not in _PLANS:
         if len(_PLANS) > 16:
             _PLANS.clear()
-        _PLANS[key] = TopkPlan(R, n, k, kind, variant=key[-2])
+        _PLANS[key] = TopkPlan(R, n, k, kind, variant=key[-1])
     return _PLANS[key]
 
 
@@ -2438,10 +2342,9 @@ def production_kernels():
             sigs.append((rowblock_kernel(kind, vectorized),
                          (arr[::1], i64, i64, i32, b, arr[::1], i32, i64, i64, i64)))
             for threads in SP_THREADS:
-                for bins in (False, True):
-                    sigs.append((split_kernel(kind, vectorized, threads, bins),
-                                 (arr[::1], i64, i64, i32, b, arr[::1], i32, i64, i64, i32, i64,
-                                  t.uint64[::1], i32, i32, t.uint64[::1], i32, i64, i64, i64)))
+                sigs.append((split_kernel(kind, vectorized, threads),
+                             (arr[::1], i64, i64, i32, b, arr[::1], i32, i64, i64, i32, i64,
+                              t.uint64[::1], i32, i32, t.uint64[::1], i64, i64, i64)))
         sigs.append((topk_finish_kernel, (arr[::1], i64, i64, i32, b, i64, i32, i32, i32,
                                           t.uint64[::1], t.uint64[::1], i64, arr[::1], i32)))
     return sigs
