@@ -639,7 +639,7 @@ def test_plan_geometry():
     assert K.resolve_variant("auto", K.RB_AUTO_MAX_N + 1, 1) == "split"     # any length
     assert K.resolve_variant("auto", K.RB_AUTO_MAX_N + 1, K.RB_AUTO_MIN_ROWS) == "fused"
     assert K.TopkPlan(4, 1 << 20, 1024, K.F32, variant="auto").variant == "split"
-    assert K.TopkPlan(16, 1 << 20, 1024, K.F32, variant="auto").variant == "fused"
+    assert K.TopkPlan(K.RB_AUTO_MIN_ROWS, 1 << 20, 1024, K.F32, variant="auto").variant == "fused"
     with pytest.raises(ValueError, match="auto"):
         K.resolve_variant("fast", 10)
     assert K.TopkPlan(2, 100, 5, K.F32, variant="rowblock", capacity=7).rb_ccap == 7

@@ -30,7 +30,7 @@ Implementations (stage registry name ``topk``)
   whole), collect everything at or above it into shared memory, order by counting (each selected
   composite's position = how many selected are larger). Runs under the CUDA simulator.
 * ``production:sm_90a`` -- five variants, chosen by ``PRODUCTION_VARIANT`` (what
-  impl="production" runs: "auto" = "split" below 16 rows (any length); from 16 rows "rowblock"
+  impl="production" runs: "auto" = "split" below 32 rows (any length); from 32 rows "rowblock"
   for rows of up to 262144 scores, "fused" for longer ones; ``DSV4_TOPK_VARIANT``, ``TopkPlan(variant=)`` / ``topk_production(variant=)`` pick
   one; tools/bench_softmax_topk.py times all).
   ``rowblock`` (round 3; H100: 62.6 / 45.7 / 33.5 us on the three target shapes, see
@@ -43,7 +43,7 @@ Implementations (stage registry name ``topk``)
     (``counting_sort_desc``; the bitonic network for clustered keys) in shared memory, scores
     written from their keys. No global atomics, fences or tickets. Napkin math above
     ``rowblock_kernel``: ~27 / ~15 / ~11 us (ncu found it issue-bound, not memory-bound).
-  ``split`` (round 5; "auto" below 16 rows since 0.6.0; H100: 71.6 / 27.7 / 21.9 us on the
+  ``split`` (round 5; "auto" below 16 rows since 0.6.0, 32 since 0.7.0; H100: 71.6 / 27.7 / 21.9 us on the
     three target shapes, see ``PRODUCTION_VARIANT``): ONE launch of S CTAs a row (rows x S <= SMs, all
     resident), each scanning a slice of ~N / S scores; they meet at per-row barriers in global
     memory (an atomic arrival counter, acquire polling): the row's histogram is the sum of the
@@ -365,8 +365,10 @@ VARIANTS = ("three_pass", "fused", "staged", "rowblock", "split")
 # (64, 131072, 2048) 150.5 / 51.0 / 71.6 (195); (1, 65536, 2048) 40.8 / 34.6 / 27.7 (80);
 # (4, 65536, 512) 32.2 / 28.1 / 21.9 (83); k = 2048: (1, 262144) 43.0 / 65.0 / 31.6 (100);
 # (8, 262144) 91.3 / 68.7 / 39.2 (119); (1, 1048576) 51.4 / 173.4 / 27.0 (147); (8, 1048576)
-# 107.7 / 184.6 / 59.3 (197): one CTA a row wins once the rows fill the SMs, one row over many
-# SMs wins for a few rows, at every length timed.
+# 107.7 / 184.6 / 59.3 (197); rowblock / split: (16, 131072, 2048) 47.6 / 42.1, (16, 262144,
+# 2048) 68.1 / 47.9, (16, 65536, 512) 28.1 / 23.5, (32, 131072, 2048) 47.8 / 52.2: one CTA a row
+# wins once the rows fill the SMs, one row over several SMs wins below ~32 rows, at every length
+# timed (24 rows: not timed).
 PRODUCTION_VARIANT = os.environ.get("DSV4_TOPK_VARIANT", "auto")
 # "staged" geometry: blocks resident per SM (ptxas: histogram <= 40 regs x 512 threads -> 3;
 # select capped at 64 regs by launch_bounds(512, 2) -> 2), so that each launch is one full wave
@@ -1338,7 +1340,7 @@ RB_SMEM = 8 * (K_MAX + RB_LIST)     # dynamic shared bytes: sort buffer (histogr
 # from RB_AUTO_MIN_ROWS rows, rows at most this long go to "rowblock" when impl="production" runs
 # "auto" (2 passes through one SM: 4 MB rows took ~180 us there; the multi-block "fused" is better)
 RB_AUTO_MAX_N = 262144
-RB_AUTO_MIN_ROWS = 16           # fewer rows: "split", any length (PRODUCTION_VARIANT's figures)
+RB_AUTO_MIN_ROWS = 32           # fewer rows: "split", any length (PRODUCTION_VARIANT's figures)
 
 
 @device
@@ -1693,10 +1695,10 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
 # the list load + rank stage (~10.6 us at (1, 65536)) is 3x its napkin figure. Even at napkin
 # speed this design has a floor near 16 us at (1, 65536, 2048): launch + load ~3.5, two barriers
 # ~2 each, read-back + scan ~1.5, publish ~1.5, list load + rank ~3.
-# 0.7.0 (H100, 2026-11-26), finer stops at (1, 65536, 2048), cumulative us: launch alone 2.0,
-# pass 1 3.5, round 0 9.5, publish 16.3, list load 18.1, rank 25.0-26.6, write 27.1: the rank
+# 0.7.0 (H100, 2026-11-26), finer stops at (1, 65536, 2048), cumulative us: launch alone 1.8,
+# pass 1 3.4, round 0 9.5, publish 16.4, list load 18.1, rank 25.0, write 27.1: the rank
 # loop (~42 own items x 63 runs, ~6-step searches, 8 warps) is the largest stage. Where the time
-# goes (ncu, same shape): the top stall is "no instruction" (33 % of samples), then "wait"
+# goes (ncu, same shape, a build with a 3 us slower rank form): the top stall is "no instruction" (33 % of samples), then "wait"
 # (24 %), "short scoreboard" (11 %), "barrier" (8 %); most samples sit on straight-line code
 # each warp runs ONCE (~190 KB of SASS; one CTA of 8 warps an SM): the kernel is bound by
 # instruction fetch and dependent latency, not by memory or issue. Two rank forms that search
