@@ -17,8 +17,8 @@ each checked and timed against the same torch number; the table says which one
 ``impl="production"`` runs now for that shape (``topk.resolve_variant``: ``PRODUCTION_VARIANT``,
 "auto" resolved). ``--breakdown``: the histogram launch alone (multi-block variants), or the
 rowblock kernel stopped after each stage (pass 1, pass 2, refine, sort; cumulative), or the
-split kernel ended at its start (the launch alone), after pass 1, round 0, the publish, the rank
-(cumulative).
+split kernel ended at its start (the launch alone), after pass 1, round 0, the publish, the
+list load, the rank (cumulative).
 "% read-once" is the time to read the scores once at the measured copy bandwidth over ours.
 
 Method: inputs are torch tensors on the device, handed to dsv4_numba as zero-copy device arrays

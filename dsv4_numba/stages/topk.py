@@ -31,8 +31,9 @@ Implementations (stage registry name ``topk``)
   composite's position = how many selected are larger). Runs under the CUDA simulator.
 * ``production:sm_90a`` -- five variants, chosen by ``PRODUCTION_VARIANT`` (what
   impl="production" runs: "auto" = "split" below 32 rows (any length); from 32 rows "rowblock"
-  for rows of up to 262144 scores, "fused" for longer ones; ``DSV4_TOPK_VARIANT``, ``TopkPlan(variant=)`` / ``topk_production(variant=)`` pick
-  one; tools/bench_softmax_topk.py times all).
+  for rows of up to 262144 scores, "fused" for longer ones; ``DSV4_TOPK_VARIANT``,
+  ``TopkPlan(variant=)`` / ``topk_production(variant=)`` pick one; tools/bench_softmax_topk.py
+  times all).
   ``rowblock`` (round 3; H100: 62.6 / 45.7 / 33.5 us on the three target shapes, see
     ``PRODUCTION_VARIANT``; round 4, with a sampled threshold since taken out again: 45.9 /
     32.1 / 27.1 us -- the landed round-4 kernel is untimed, CHANGELOG 0.4.0): ONE launch, one CTA
@@ -43,15 +44,16 @@ Implementations (stage registry name ``topk``)
     (``counting_sort_desc``; the bitonic network for clustered keys) in shared memory, scores
     written from their keys. No global atomics, fences or tickets. Napkin math above
     ``rowblock_kernel``: ~27 / ~15 / ~11 us (ncu found it issue-bound, not memory-bound).
-  ``split`` (round 5; "auto" below 16 rows since 0.6.0, 32 since 0.7.0; H100: 71.6 / 27.7 / 21.9 us on the
-    three target shapes, see ``PRODUCTION_VARIANT``): ONE launch of S CTAs a row (rows x S <= SMs, all
-    resident), each scanning a slice of ~N / S scores; they meet at per-row barriers in global
-    memory (an atomic arrival counter, acquire polling): the row's histogram is the sum of the
-    CTAs' (4096 bins, read back from L2), each CTA sorts the scores of its slice at or above the
-    threshold bucket and publishes that run to the row's list, and each ranks its own run
-    against the others (binary search) and writes its items to their output slots. Under the
-    simulator (one CTA at a time: no barrier could ever be met) it runs as replay launches, one
-    per barrier, with the same device code. Napkin math and measurements above ``split_kernel``.
+  ``split`` (round 5; "auto" below 16 rows since 0.6.0, 32 since 0.7.0; H100: 71.6 / 27.7 /
+    21.9 us on the three target shapes, see ``PRODUCTION_VARIANT``): ONE launch of S CTAs a
+    row (rows x S <= SMs, all resident), each scanning a slice of ~N / S scores; they meet at
+    per-row barriers in global memory (an atomic arrival counter, acquire polling): the row's
+    histogram is the sum of the CTAs' (4096 bins, read back from L2), each CTA sorts the scores
+    of its slice at or above the threshold bucket and publishes that run to the row's list, and
+    each ranks its own run against the others (binary search) and writes its items to their
+    output slots. Under the simulator (one CTA at a time: no barrier could ever be met) it runs
+    as replay launches, one per barrier, with the same device code. Napkin math and
+    measurements above ``split_kernel``.
     (A "bins" ending without the publish barrier was tried in 0.6.0 and taken out in 0.7.0: 2.5x
     slower on the H100; the note above ``split_kernel`` says why.)
   The other three split a row over S blocks of 512 threads (S x rows ~ 4 blocks per SM). The workspace (histograms, counters, tickets) is zeroed once when
@@ -1698,10 +1700,11 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
 # 0.7.0 (H100, 2026-11-26), finer stops at (1, 65536, 2048), cumulative us: launch alone 1.8,
 # pass 1 3.4, round 0 9.5, publish 16.4, list load 18.1, rank 25.0, write 27.1: the rank
 # loop (~42 own items x 63 runs, ~6-step searches, 8 warps) is the largest stage. Where the time
-# goes (ncu, same shape, a build with a 3 us slower rank form): the top stall is "no instruction" (33 % of samples), then "wait"
-# (24 %), "short scoreboard" (11 %), "barrier" (8 %); most samples sit on straight-line code
-# each warp runs ONCE (~190 KB of SASS; one CTA of 8 warps an SM): the kernel is bound by
-# instruction fetch and dependent latency, not by memory or issue. Two rank forms that search
+# goes (ncu, same shape, a build with a 3 us slower rank form): the top stall is "no
+# instruction" (33 % of samples), then "wait" (24 %), "short scoreboard" (11 %), "barrier"
+# (8 %); most samples sit on straight-line code each warp runs ONCE (~190 KB of SASS; one CTA
+# of 8 warps an SM): the kernel is bound by instruction fetch and dependent latency, not by
+# memory or issue. Two rank forms that search
 # several pairs a thread at once with fixed step counts (more independent loads in flight) were
 # SLOWER (rank 10.7 / 12.1 us vs 8.4), so the next step is a smaller executed path (loops for
 # the unrolled trips and sort networks), not more ILP.
@@ -2286,8 +2289,8 @@ def resolve_variant(variant: str | None, n: int, rows: int = RB_AUTO_MIN_ROWS) -
     """The concrete variant (one of VARIANTS) for ``rows`` rows of n scores: ``variant`` (default
     ``PRODUCTION_VARIANT``); "auto": "split" for fewer than RB_AUTO_MIN_ROWS rows (one row over
     many SMs, one launch; timed up to 8 x 1048576), else "rowblock" for n <= RB_AUTO_MAX_N (one
-    SM a row reads it in a few us) and "fused" for longer rows (split with 16 or more such rows
-    has not been timed)."""
+    SM a row reads it in a few us) and "fused" for longer rows (split with RB_AUTO_MIN_ROWS or
+    more such rows has not been timed)."""
     variant = variant or PRODUCTION_VARIANT
     if variant == "auto":
         if rows < RB_AUTO_MIN_ROWS:
