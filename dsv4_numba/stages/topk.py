@@ -119,8 +119,7 @@ from numba import cuda, float32, int32, int64, uint32, uint64
 from .. import registry
 from ..hw.bits import bits_f32, f32_bits
 from ..hw.portable import (address_of, ballot, gaddr, ld_acquire_u64, ld_cg_v4_i32,
-                           ldg_v4, nanosleep, shfl_idx, shfl_up,
-                           shfl_xor)
+                           ldg_v4, nanosleep, shfl_idx, shfl_up, shfl_xor)
 from ..runtime import BF16, F32, ArrayIO, detect_gpu, device, is_device_array, kernel, mode
 from ..runtime.arrays import check_lengths
 from ..runtime.arrays import float_kind as _input_kind
@@ -1704,10 +1703,10 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
 # instruction" (33 % of samples), then "wait" (24 %), "short scoreboard" (11 %), "barrier"
 # (8 %); most samples sit on straight-line code each warp runs ONCE (~190 KB of SASS; one CTA
 # of 8 warps an SM): the kernel is bound by instruction fetch and dependent latency, not by
-# memory or issue. Two rank forms that search
-# several pairs a thread at once with fixed step counts (more independent loads in flight) were
-# SLOWER (rank 10.7 / 12.1 us vs 8.4), so the next step is a smaller executed path (loops for
-# the unrolled trips and sort networks), not more ILP.
+# memory or issue. Two rank forms that search several pairs a thread at once with fixed step
+# counts (more independent loads in flight) were SLOWER (rank 10.7 / 12.1 us vs 8.4), so the
+# next step is a smaller executed path (loops for the unrolled trips and sort networks), not
+# more ILP.
 # Tried and taken out (0.6.0 -> 0.7.0): a "bins" ending without the publish barrier -- the
 # level-1 histogram gave each bin at or above the threshold its region of the row's list, each CTA
 # claimed room in the bins its run touched and counted its items done, and the CTA completing a
@@ -2111,21 +2110,20 @@ class TopkPlan:
         nbuf = SP_ROUNDS if replay else SP_NBUF
         ghist, gcnt, goff, gbar, glist = self.split_workspace(gpu, nbuf)
         kern = split_kernel(self.kind, vectorized, self.split_threads)
-        smem = SP_SMEM
         ccap = min(self.rb_ccap, K_MAX + 1 - self.k)     # the row's list: <= K_MAX composites
         args = [x, self.n, self.k, lk, has_len, vals, idx, self.S, self.chunk, ghist, nbuf, gbar,
                 gcnt, goff, glist, ccap, -1, self.rb_stop]
         if mode() == "gpu":                      # > 48 KB: raise the limit once
-            kern.reserve_dynamic_shared(args, smem)
+            kern.reserve_dynamic_shared(args, SP_SMEM)
         grid = self.rows * self.S
         if not replay:
-            kern.launch(grid, self.split_threads, *args, shared_bytes=smem)
+            kern.launch(grid, self.split_threads, *args, shared_bytes=SP_SMEM)
             return
         _zero(ghist)
         _zero(gcnt)
         for p in range(SP_ROUNDS + 2):           # barriers: <= SP_ROUNDS rounds + the publish
             args[-2] = p
-            kern.launch(grid, self.split_threads, *args, shared_bytes=smem)
+            kern.launch(grid, self.split_threads, *args, shared_bytes=SP_SMEM)
             flags = gcnt.copy_to_host() if gpu else gcnt
             if np.all(flags[1::2] == 1):
                 return
