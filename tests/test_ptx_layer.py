@@ -8,14 +8,16 @@ import os
 import inspect
 import re
 
+import numpy as np
 import pytest
 from numba import cuda, types
 from numba.types import int32, uint8, uint32, uint64
 
 from dsv4_numba.hw import ops, snippets
-from dsv4_numba.runtime import kernel, toolchain
+from dsv4_numba.runtime import env, kernel, toolchain
 
-FILES = ("mbarrier.ptx", "tma.ptx", "sync.ptx", "wgmma.ptx", "ldst_matrix.ptx", "tcgen05.ptx")
+FILES = ("mbarrier.ptx", "tma.ptx", "sync.ptx", "wgmma.ptx", "ldst_matrix.ptx", "tcgen05.ptx",
+         "cluster.ptx")
 U8 = types.uint8[::1]
 U64 = types.uint64[::1]
 U32 = types.uint32[::1]
@@ -105,6 +107,28 @@ def k_sync_ldst(src, out):
     ops.fence_proxy_async()
     ops.fence_proxy_async_shared_cta()
     out[t] = ops.elect_one_sync(uint32(0xFFFFFFFF))
+
+
+@kernel(cluster=2)
+def k_cluster(out):
+    """sm_90: a cluster kernel (runtime.kernel(cluster=2): NVVM's cluster_dim annotations) meeting
+    at barrier.cluster, reading and writing its peer's shared memory (mapa, ld / st
+    .shared::cluster)."""
+    sm = cuda.shared.array(256, uint32)
+    t = cuda.threadIdx.x
+    peer = uint32((cuda.blockIdx.x + 1) % 2)
+    sm[t] = t
+    ops.cluster_arrive_release()
+    ops.cluster_wait_acquire()
+    a = ops.mapa_shared_cluster(ops.shared_address(sm) + uint32(4 * t), peer)
+    v = ops.ld_shared_cluster_u32(a)
+    w0, w1, w2, w3 = ops.ld_shared_cluster_v4_u32(a & uint32(0xFFFFFFF0))
+    ops.cluster_arrive_release()
+    ops.cluster_wait_acquire()
+    ops.st_shared_cluster_u32(a, v + w0 + w1 + w2 + w3)
+    ops.cluster_arrive_release()
+    ops.cluster_wait_acquire()
+    out[cuda.blockIdx.x * cuda.blockDim.x + t] = sm[t]
 
 
 @kernel(launch_bounds=(384, 1))
@@ -215,6 +239,7 @@ CASES = {  # name: (kernel, signature, arch, files it covers)
     "mbarrier_tma": (k_mbarrier_tma, (U64, U64), "sm_90a", ("mbarrier.ptx", "tma.ptx")),
     "sync_ldst": (k_sync_ldst, (U8, types.uint32[::1]), "sm_90a", ("sync.ptx", "ldst_matrix.ptx")),
     "wgmma_setmaxnreg": (k_wgmma_setmaxnreg, (types.int32[::1],), "sm_90a", ("sync.ptx", "wgmma.ptx")),
+    "cluster": (k_cluster, (types.uint32[::1],), "sm_90a", ("cluster.ptx",)),
     "tcgen05": (k_tcgen05, (U64, types.uint32[::1]), "sm_100a", ("tcgen05.ptx",)),
     "tcgen05_bs": (k_tcgen05_block_scaled, (U64, types.uint32[::1]), "sm_100a", ("tcgen05.ptx",)),
 }
@@ -284,6 +309,7 @@ SASS = {  # characteristic SASS mnemonics, per kernel
     "sync_ldst": ("LDSM.16.M88.4", "LDSM.16.MT88", "STSM.16.M88.4", "LDGSTS", "LDGDEPBAR", "BAR.ARV",
                   "ELECT"),
     "wgmma_setmaxnreg": ("WARPGROUP.ARRIVE", "WARPGROUP.DEPBAR", "USETMAXREG"),
+    "cluster": ("UCGABAR_ARV", "UCGABAR_WAIT", "LD.E", "ST.E"),
     "tcgen05": ("UTCATOMSWS", "UTCHMMA", "UTCQMMA", "UTCBAR", "LDTM", "STTM"),
     "tcgen05_bs": ("UTCCP.T.S.4x32dp128bit", "UTCCP.T.S.4dp256bit", "UTCOMMA.4X", "UTCOMMA", "UTCQMMA",
                    "UTCBAR"),
@@ -321,6 +347,20 @@ def test_target_controls(case):
             toolchain.assemble(plain, arch, want_sass=False)
     else:
         toolchain.assemble(plain, arch, want_sass=False)
+
+
+def test_cluster_kernel_has_its_shape():
+    """Kernel(cluster=2) reaches the PTX as ``.reqnctapercluster 2, 1, 1`` (a plain launch then
+    runs clusters); a kernel without it has none; cluster kernels refuse the simulator."""
+    ptx = _compiled("cluster").ptx
+    assert re.search(r"\.reqnctapercluster\s+2,\s*1,\s*1", ptx) and ".explicitcluster" in ptx
+    assert ".reqnctapercluster" not in _compiled("sync_ldst").ptx
+    assert k_cluster.cluster == (2, 1, 1) and k_sync_ldst.cluster is None
+    with pytest.raises(ValueError, match="cluster"):
+        kernel(cluster=(0,))(lambda out: None)
+    if env.mode() != "gpu":
+        with pytest.raises(RuntimeError, match="cluster kernel"):
+            k_cluster.launch(2, 32, np.zeros(64, np.uint32))
 
 
 # ---------------------------------------------------------------- generated wgmma.mma_async

@@ -181,7 +181,7 @@ def run_production(x, k, lengths=None, S=3, capacity=None, vectorized=True, twic
 
 
 @pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
-@pytest.mark.parametrize("variant", K.VARIANTS)
+@pytest.mark.parametrize("variant", [v for v in K.VARIANTS if v != "cluster"])   # GPU only
 def test_production_pipeline_simulated(variant):
     """Two blocks per row (histogram tickets, filter appends / select tickets), lengths (one row
     empty), ties at the threshold."""
@@ -282,6 +282,21 @@ def test_split_rounds_slices_and_replay_simulated():
 
 
 @pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
+def test_split_rank_runs_simulated():
+    """The rank: each own item's position in every other run (binary search). Slice 1's scores
+    all lie between two of slice 0's, slice 2's interleave with slice 0's, a tie across slices
+    (by index)."""
+    x = np.empty((1, 96), np.float32)
+    x[0, :32] = 100 - 10 * np.arange(32)                     # 100, 90, ..., -210
+    x[0, 32:64] = 85 + np.linspace(0.1, 4.9, 32)             # all in (85, 90)
+    x[0, 64:] = 95 - 10 * np.arange(32)                      # 95, 85, ...: between slice 0's
+    x[0, 70] = x[0, 5]                                       # a tie across slices
+    for k in (60, 96):
+        v, i = run_production(x, k, S=3, variant="split")
+        assert_topk(v, i, x, k, name=f"split rank k={k} (sim)")
+
+
+@pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
 def test_split_larger_blocks_simulated():
     """split with 128-thread CTAs (the block scans, the unrolled 16-byte histogram read-back
     and list load, the rank's pairs at more than one warp), level rounds, lengths."""
@@ -321,6 +336,29 @@ def test_split_replay_launch_count_simulated(monkeypatch):
     v, i = run_production(y, 9, S=2, capacity=3, variant="split")
     assert_topk(v, i, y, 9, name="split levels (sim)")
     assert count[:3] == [0, 1, 2] and len(count) >= 4
+
+
+def test_cluster_geometry_and_refusals():
+    """"cluster": a row is one cluster of S CTAs, S one of SP_CLUSTERS (the largest with rows x
+    S <= SMs by default, at least 2; beyond the SMs the hardware runs clusters in waves), S
+    slices covering the row even when it is short; any other S is refused; the simulator (no
+    clusters) gets a clear error naming the GPU-only requirement and the variant to use."""
+    for rows, want in ((1, 16), (8, 16), (9, 8), (16, 8), (17, 4), (33, 4), (34, 2), (66, 2), (500, 2)):
+        S, chunk, threads = K.split_geometry(rows, 65536, 4, 132, cluster=True)
+        assert S == want and S * chunk >= 65536 and chunk % 4 == 0, (rows, S, chunk)
+        assert threads in K.SP_THREADS and -(-chunk // 4) <= 4 * threads or threads == 1024
+    assert K.split_geometry(1, 10, 4, 132, cluster=True)[:2] == (16, 4)   # trailing CTAs idle
+    assert K.split_geometry(1, 65536, 4, 132, S=8, cluster=True)[:2] == (8, 8192)
+    with pytest.raises(ValueError, match="S must be one of"):
+        K.split_geometry(1, 65536, 4, 132, S=3, cluster=True)
+    with pytest.raises(ValueError, match="S must be one of"):
+        K.TopkPlan(1, 4096, 16, K.F32, variant="cluster", S=32)
+    plan = K.TopkPlan(200, 4096, 16, K.F32, variant="cluster")    # 400 CTAs: no residency limit
+    assert plan.S == 2 and K.resolve_variant("cluster", 4096, 200) == "cluster"
+    if SIM:
+        x = scores((1, 256), seed=9)
+        with pytest.raises(RuntimeError, match="GPU only.*variant='split'"):
+            run_production(x, 8, S=16, variant="cluster")
 
 
 @pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
@@ -482,7 +520,7 @@ KERNELS = [(k, s) for k, s in PROD.kernels()
            if not k.__name__.startswith(("topk_select", "topk_rowblock", "topk_split"))
            or k.__name__ in ("topk_select_f32_v4", "topk_select_staged_f32_v4",
                              "topk_rowblock_f32_v4_t1024", "topk_split_f32_v4_t256",
-                             "topk_split_bf16_v8_t512")]
+                             "topk_split_bf16_v8_t512", "topk_split_f32_v4_t256_c16")]
 ROWBLOCK = [(k, s) for k, s in PROD.kernels()
             if k.__name__ in ("topk_rowblock_f32_v4_t1024", "topk_rowblock_bf16_v8_t1024")]
 # CI compiles all but the rowblock kernel (~70 s alone on 2 cores): it is in the slow set below
@@ -572,7 +610,17 @@ def check_production_compiled(k, sig, arch):
         assert res.shared_bytes < 48 * 1024
     if name == "topk_finish_kernel":
         assert res.shared_bytes < 48 * 1024
-    if name.startswith("topk_split"):
+    if name.startswith("topk_split") and "_c" in name:
+        # "cluster": barrier.cluster in the kernel's required cluster shape, no global barrier
+        # (no 64-bit arrival atomics, no acquire polling); the histogram read-back as split's
+        cl = int(name.rsplit("_c", 1)[1])
+        assert re.search(rf"\.reqnctapercluster\s+{cl},\s*1,\s*1", res.ptx)
+        assert "barrier.cluster.arrive.release" in res.ptx
+        assert "barrier.cluster.wait.acquire" in res.ptx
+        assert not re.search(r"atom(\.\w+)*\.global\.add\.u64|ld\.acquire|nanosleep", res.ptx)
+        assert re.search(r"ld\.global\.cg\.v4\.u32", res.ptx)
+        assert res.shared_bytes < 16 * 1024, "the big buffers are dynamic shared memory"
+    elif name.startswith("topk_split"):
         # the per-row barrier (atomic arrival, acquire polling with back-off), the histogram
         # read-back from L2 (16-byte .cg loads), the release fence; big buffers dynamic
         # (sm_100a's NVVM writes scoped atomics and fences: atom.relaxed.sys..., fence.sc.sys)

@@ -71,7 +71,7 @@ class Cycle:
 
 def host_us(fn, reps=50, variant=None):
     """Wall us of fn() in a loop; ``variant``: the top-k variant the public call runs meanwhile
-    (``split@S``: split, at its default S)."""
+    (``split@S`` / ``cluster@S``: that variant at its default S)."""
     from dsv4_numba.stages import topk as K
     saved = K.PRODUCTION_VARIANT
     K.PRODUCTION_VARIANT = (variant or saved).split("@")[0]
@@ -210,11 +210,11 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
             read_once = R * N * esz / (copy_gbs * 1e3)       # us to read the scores once
             tgt = TARGETS.get((R, N, k)) if name == "fp32" else None
             for variant in variants:
-                if variant.startswith("split@"):     # split with S CTAs a row
+                if "@" in variant:                   # split / cluster with S CTAs a row
+                    base, S = variant.split("@")
                     try:
-                        plan = K.TopkPlan(R, N, k, calls[0].kind, variant="split",
-                                          S=int(variant[6:]))
-                    except ValueError as e:           # rows x S over the SMs
+                        plan = K.TopkPlan(R, N, k, calls[0].kind, variant=base, S=int(S))
+                    except ValueError as e:           # rows x S over the SMs, S no cluster size
                         print(f"topk {variant} {R}x{N} k={k}: skipped ({e})", flush=True)
                         continue
                 else:
@@ -247,7 +247,7 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
                           f"+ pass 2 (list) {p2:.1f}, + refine/collect {p3:.1f}, + sort {p4:.1f}, "
                           f"+ write {ours:.1f}; grid {R} CTAs x {plan.finish_threads}",
                           flush=True)
-                elif breakdown and variant.startswith("split"):
+                elif breakdown and variant.startswith(("split", "cluster")):
                     p6, p5, p1, p2, p7, p3 = split_stages_us(plan, calls[0], vals, idx, reps,
                                                              repeats)
                     print(f"  {variant} stages (cumulative us): launch alone {p6:.1f}, + pass 1 "
@@ -283,8 +283,8 @@ def main(argv=None):
     ap.add_argument("--only", choices=("softmax", "topk"), help="one stage only")
     ap.add_argument("--variant", default="all",
                     help="top-k production variant(s) to time: 'all' (default) or a comma list "
-                         "of three_pass, fused, staged, rowblock, split, split@S (split with S "
-                         "CTAs a row)")
+                         "of three_pass, fused, staged, rowblock, split, cluster, split@S, "
+                         "cluster@S (split / cluster with S CTAs a row)")
     ap.add_argument("--targets", action="store_true",
                     help="top-k: only issue 4's three target shapes (fp32)")
     ap.add_argument("--shapes", help="top-k shapes RxNxk, comma-separated (e.g. 1x1048576x2048,"
@@ -296,9 +296,10 @@ def main(argv=None):
     from dsv4_numba.stages.topk import VARIANTS
     variants = VARIANTS if args.variant in ("all", "both") else tuple(args.variant.split(","))
     bad = [v for v in variants if v not in VARIANTS
-           and not (v.startswith("split@") and v[6:].isdigit() and int(v[6:]) > 0)]
+           and not (v.split("@")[0] in ("split", "cluster") and v.split("@")[-1].isdigit()
+                    and int(v.split("@")[-1]) > 0)]
     if bad:
-        ap.error(f"--variant: unknown {bad}; choose from {VARIANTS}, split@S or 'all'")
+        ap.error(f"--variant: unknown {bad}; choose from {VARIANTS}, split@S, cluster@S or 'all'")
     dtypes = tuple(args.dtypes.split(","))
     if not set(dtypes) <= {"fp32", "bf16"}:
         ap.error(f"--dtypes: fp32 and / or bf16, got {args.dtypes!r}")

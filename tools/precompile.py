@@ -8,7 +8,8 @@ cache lets those processes load them instead::
     export DSV4_NUMBA_CACHE=1 NUMBA_CACHE_DIR=/tmp/ncache
     python3 tools/precompile.py topk_split topk_rowblock -j 8
 
-Arguments: substrings of kernel names (``topk_split_bf16``), all if none; the kernels are those
+Arguments: substrings of kernel names (``topk_split_bf16``), all if none; a name ending in ``$``
+matches that whole name only (``topk_split_f32_v4_t256$``, not its cluster forms); the kernels are those
 ``dsv4_numba.stages.topk.production_kernels`` lists (``--module`` / ``--function`` for others).
 A cache hit needs the launch's argument types to equal the listed signature.
 """
@@ -23,7 +24,8 @@ import time
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("names", nargs="*", help="kernel-name substrings (default: every kernel)")
+    ap.add_argument("names", nargs="*", help="kernel-name substrings, or whole names ending in $ "
+                                              "(default: every kernel)")
     ap.add_argument("--module", default="dsv4_numba.stages.topk")
     ap.add_argument("--function", default="production_kernels")
     ap.add_argument("-j", type=int, default=None, help="processes at a time (default: CPUs)")
@@ -34,7 +36,8 @@ def main(argv=None) -> int:
     import importlib
     kernels = getattr(importlib.import_module(args.module), args.function)()
     todo = [(i, k.__name__) for i, (k, _) in enumerate(kernels)
-            if not args.names or any(n in k.__name__ for n in args.names)]
+            if not args.names or any(k.__name__ == n[:-1] if n.endswith("$") else n in k.__name__
+                                     for n in args.names)]
     src = ("import sys, importlib\n"
            f"k, s = getattr(importlib.import_module({args.module!r}), {args.function!r})()"
            "[int(sys.argv[1])]\n"

@@ -22,6 +22,10 @@ import sys
 
 from . import env, toolchain
 
+# kernel __qualname__ -> its compile-time cluster shape (Kernel(cluster=...)); read when Numba sets the
+# launch bounds of a kernel it compiles (_install_cluster_annotation)
+_CLUSTER: dict[str, tuple] = {}
+
 # id(real device dispatcher) -> (the dispatcher, its simulator device function). The dispatcher is
 # kept (alive, so its id is never reused by another object) and compared by identity (_twin_of).
 _SIM_TWIN: dict[int, tuple] = {}
@@ -82,12 +86,52 @@ def _simulator_globals(fn):
             g.update(orig)
 
 
-class Kernel:
-    """A kernel usable in every run mode. ``launch_bounds`` is passed to the GPU compile."""
+def _install_cluster_annotation():
+    """Numba has no cluster-shape option (only ``launch_bounds``' max blocks a cluster). NVVM takes
+    the shape as the kernel annotations ``cluster_dim_x/y/z`` (NVVM IR spec, "Global property
+    annotation"), which become PTX's ``.reqnctapercluster`` (sm_90+): a plain launch then runs the
+    grid as clusters of that shape, so the CTAs of one cluster are co-scheduled and share
+    ``barrier.cluster``. Added here, in the one place Numba annotates a kernel it compiles
+    (``nvvm.set_launch_bounds``, called for every kernel), for kernels registered in _CLUSTER;
+    matched by the length-prefixed qualname Numba mangles into the kernel's name."""
+    from llvmlite import ir
+    from numba.cuda.cudadrv import nvvm
+    if getattr(nvvm.set_launch_bounds, "_dsv4_cluster", False):
+        return
+    orig = nvvm.set_launch_bounds
 
-    def __init__(self, fn, launch_bounds=None):
+    def set_launch_bounds(kern, launch_bounds):
+        orig(kern, launch_bounds)
+        dims = next((d for q, d in _CLUSTER.items() if f"{len(q)}{q}" in kern.name), None)
+        if dims is None:
+            return
+        module = kern.module
+        ann = module.add_named_metadata("nvvm.annotations")
+        for axis, v in zip("xyz", dims):
+            ann.add(module.add_metadata((kern, ir.MetaDataString(module, f"cluster_dim_{axis}"),
+                                         ir.Constant(ir.IntType(32), v))))
+
+    set_launch_bounds._dsv4_cluster = True
+    nvvm.set_launch_bounds = set_launch_bounds
+
+
+class Kernel:
+    """A kernel usable in every run mode. ``launch_bounds`` is passed to the GPU compile;
+    ``cluster`` (an int or up to 3 ints, sm_90+) makes it a cluster kernel: compiled with that
+    cluster shape, launched as clusters (the grid a multiple of it). Cluster kernels run on the GPU
+    only (the simulator has no clusters) and are compiled under a name unique to their shape."""
+
+    def __init__(self, fn, launch_bounds=None, cluster=None):
         self.py_func = fn
         self.launch_bounds = launch_bounds
+        self.cluster = None
+        if cluster is not None:
+            dims = (cluster,) if isinstance(cluster, int) else tuple(cluster)
+            self.cluster = dims + (1,) * (3 - len(dims))
+            if len(self.cluster) != 3 or min(self.cluster) < 1:
+                raise ValueError(f"cluster: 1-3 positive ints, got {cluster!r}")
+            _CLUSTER[fn.__qualname__] = self.cluster
+            _install_cluster_annotation()
         self._gpu = None
         self._smem_raised = set()          # (signature, bytes) whose dynamic-smem limit is raised
         self.__name__ = fn.__name__
@@ -121,6 +165,9 @@ class Kernel:
             config.CUDA_LOW_OCCUPANCY_WARNINGS = 0   # small problems get small grids, by design
             self.gpu[grid, block, stream, shared_bytes](*args)
             return
+        if self.cluster is not None:
+            raise RuntimeError(f"{self.__name__} is a cluster kernel (cluster {self.cluster}): it "
+                               "runs on an sm_90+ GPU only, not under the CUDA simulator")
         from numba.cuda.simulator.kernel import FakeCUDAKernel
 
         # importing emu.state installs the emulator's block manager (event-driven, no GIL-holding
@@ -134,14 +181,17 @@ class Kernel:
     def reserve_dynamic_shared(self, args, nbytes: int) -> None:
         """GPU only: raise the dynamic shared-memory limit (above 48 KB) of the overload these launch
         arguments select (their exact types: an 'A'-layout view selects another overload than a
-        'C' one), compiling it first if needed; once per (overload, size)."""
+        'C' one), compiling it first if needed; once per (overload, size). A cluster kernel of
+        more than 8 CTAs a cluster (H100: up to 16, "non-portable") is also allowed that size."""
         disp = self.gpu
         sig = tuple(disp.typeof_pyval(a) for a in args)
         if (sig, nbytes) in self._smem_raised:
             return
         if sig not in disp.overloads:
             disp.compile(sig)
-        set_max_dynamic_shared(disp, sig, nbytes)
+        set_kernel_attribute(disp, sig, "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES", nbytes)
+        if self.cluster is not None and self.cluster[0] * self.cluster[1] * self.cluster[2] > 8:
+            set_kernel_attribute(disp, sig, "CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED", 1)
         self._smem_raised.add((sig, nbytes))
 
     def compile(self, sig, arch: str, want_sass: bool = True) -> toolchain.CompileResult:
@@ -151,15 +201,16 @@ class Kernel:
         return toolchain.compile_ptx(self.py_func, sig, arch, self.launch_bounds)
 
 
-def kernel(fn=None, *, launch_bounds=None):
+def kernel(fn=None, *, launch_bounds=None, cluster=None):
     """Decorator: wrap a plain Python kernel function as a ``Kernel``."""
     if fn is None:
-        return lambda f: Kernel(f, launch_bounds)
-    return Kernel(fn, launch_bounds)
+        return lambda f: Kernel(f, launch_bounds, cluster)
+    return Kernel(fn, launch_bounds, cluster)
 
 
-def set_max_dynamic_shared(dispatcher, sig, nbytes: int) -> None:
-    """Raise a compiled kernel's dynamic shared-memory limit above 48 KB (GPU only).
+def set_kernel_attribute(dispatcher, sig, attribute: str, value: int) -> None:
+    """Set a ``CUfunction_attribute`` of a compiled overload (GPU only): the dynamic shared-memory
+    limit above 48 KB, a non-portable cluster size.
 
     numba-cuda 0.30 holds a ``CUkernel`` (library loading); ``cuKernelSetAttribute`` is what works
     on it (seen on an H100). The private attribute chain is wrapped here, in one place.
@@ -167,7 +218,12 @@ def set_max_dynamic_shared(dispatcher, sig, nbytes: int) -> None:
     from cuda.bindings import driver
     handle = dispatcher.overloads[sig]._codelibrary.get_cufunc().handle
     dev = 0
-    (err,) = driver.cuKernelSetAttribute(
-        driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes, handle, dev)
+    (err,) = driver.cuKernelSetAttribute(getattr(driver.CUfunction_attribute, attribute), value,
+                                         handle, dev)
     if err != driver.CUresult.CUDA_SUCCESS:
-        raise RuntimeError(f"cuKernelSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES={nbytes}) failed: {err}")
+        raise RuntimeError(f"cuKernelSetAttribute({attribute}={value}) failed: {err}")
+
+
+def set_max_dynamic_shared(dispatcher, sig, nbytes: int) -> None:
+    """Raise a compiled kernel's dynamic shared-memory limit above 48 KB (GPU only)."""
+    set_kernel_attribute(dispatcher, sig, "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES", nbytes)

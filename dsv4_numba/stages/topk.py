@@ -358,7 +358,7 @@ NBINS = 1 << HBITS
 HSHIFT = 32 - HBITS
 SCAN_THREADS = 512              # histogram / filter blocks
 FINISH_THREADS = 1024
-VARIANTS = ("three_pass", "fused", "staged", "rowblock", "split")
+VARIANTS = ("three_pass", "fused", "staged", "rowblock", "split", "cluster")
 # what impl="production" runs (DSV4_TOPK_VARIANT overrides it); the bench times every variant.
 # "auto" (``resolve_variant``): "split" below RB_AUTO_MIN_ROWS rows, whatever their length; from
 # RB_AUTO_MIN_ROWS rows, "rowblock" for rows of at most RB_AUTO_MAX_N scores, "fused" beyond.
@@ -643,19 +643,21 @@ def bitonic_sort_desc(buf, P):
 
 
 @device
-def warp_find_bucket256(hist, want, st32):
-    """Called by warp 0 only: with hist[0:256] a shared histogram and 1 <= want <= its total,
-    st32[0] = the bucket holding the want-th largest item, st32[1] = the items in higher buckets,
-    st32[2] = that bucket's count. 8 buckets a lane from the top, one warp scan."""
+def warp_find_bucket(hist, nb, want, st32):
+    """Called by one warp: with hist[0:nb] a shared histogram (nb a multiple of 32) and 1 <= want
+    <= its total, st32[0] = the bucket holding the want-th largest item, st32[1] = the items in
+    higher buckets, st32[2] = that bucket's count. nb / 32 buckets a lane from the top, one warp
+    scan."""
     lane = cuda.threadIdx.x & 31
+    per = nb // 32
     sacc = 0
-    for q in range(8):
-        sacc += hist[255 - 8 * lane - q]
+    for q in range(per):
+        sacc += hist[nb - 1 - per * lane - q]
     incl = warp_inclusive_scan(sacc, lane)
     excl = incl - sacc
     if excl < want and incl >= want:
         acc = excl
-        d = 255 - 8 * lane
+        d = nb - 1 - per * lane
         while acc + hist[d] < want:
             acc += hist[d]
             d -= 1
@@ -1037,7 +1039,7 @@ def finish_from_lists(x, base, obase, K, k, kind, b1, n_sure, n_cand, sure, sb, 
                 cuda.atomic.add(hist, int32((c >> uint64(shift)) & uint64(255)), 1)
         cuda.syncthreads()
         if tid < 32:
-            warp_find_bucket256(hist, want, st32)
+            warp_find_bucket(hist, 256, want, st32)
         cuda.syncthreads()
         d = st32[0]
         want -= st32[1]
@@ -1150,7 +1152,7 @@ def finish_fused(x, L, base, obase, k, kind, row, ghist, meta, tickets, sure, ca
                 cuda.atomic.add(hist, int32((c >> uint64(lo_sh)) & uint64(255)), 1)
         cuda.syncthreads()
         if tid < 32:
-            warp_find_bucket256(hist, want, st32)
+            warp_find_bucket(hist, 256, want, st32)
         cuda.syncthreads()
         want -= st32[1]
         prefix |= uint64(st32[0]) << uint64(lo_sh)
@@ -1490,7 +1492,7 @@ def rb_pass(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, d
 
 @device
 def rb_threshold_bucket(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum,
-                        lcap, stop, split, ghist, hrow, gbar, row, S, s, phase, nbuf):
+                        lcap, stop, split, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, ctot):
     """The bucket holding the K-th largest of the row, by the whole CTA (rowblock: the row;
     split: its slice [c_lo, c_hi), the histograms summed over the row's CTAs by
     ``split_hist_round``): pass 1 counts the top 12 key bits (dyn32), a block scan finds the
@@ -1506,17 +1508,23 @@ def rb_threshold_bucket(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32,
     seg = 0
     if stop == 5:                                 # (timing hook: pass 1 alone)
         return int64(0), uint64(0), 0, int32(0), seg, True
-    if split:
-        if split_hist_round(dyn32, ghist, hrow, gbar, row, S, s, seg, phase, hrow, nbuf):
-            return int64(0), uint64(0), 0, int32(0), seg, True
+    if CL:
+        d, above, cnt = cluster_find_bucket(dyn32, ctot, K, CL, s, st)
     else:
-        cuda.syncthreads()
-    block_find_bucket(dyn32, NBINS, K, st, wsum)
-    want = K - st[1]
-    pfx = uint64(st[0]) << uint64(64 - RB_LEVEL_BITS)
+        if split:
+            if split_hist_round(dyn32, ghist, hrow, gbar, row, S, s, seg, phase, hrow, nbuf):
+                return int64(0), uint64(0), 0, int32(0), seg, True
+        else:
+            cuda.syncthreads()
+        block_find_bucket(dyn32, NBINS, K, st, wsum)
+        d, above, cnt = st[0], st[1], dyn32[st[0]]
+    want = K - above
+    pfx = uint64(d) << uint64(64 - RB_LEVEL_BITS)
     hi = 64 - RB_LEVEL_BITS                       # composite bits >= hi are resolved
-    cnt = dyn32[st[0]]
     if stop == 1:                                 # (timing hook: CTA- / row-uniform)
+        if CL:                                    # no CTA leaves while its slice may be read
+            ops.cluster_arrive_release()
+            ops.cluster_wait_acquire()
         return want, pfx, hi, cnt, seg, True
     while cnt > ccap:                             # uniform (rare: dense or tied data)
         lo = max(hi - RB_LEVEL_BITS, 0)
@@ -1528,15 +1536,19 @@ def rb_threshold_bucket(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32,
                 float32(0), dyn32, dyn64, st, lcap)
         if split:
             seg += 1
-            if split_hist_round(dyn32, ghist, hrow + int64(seg % nbuf) * NBINS, gbar, row, S, s,
-                                seg, phase, hrow, nbuf):
-                return want, pfx, hi, cnt, seg, True
+        if CL:
+            d, above, cnt = cluster_find_bucket(dyn32, ctot, want, CL, s, st)
         else:
-            cuda.syncthreads()
-        block_find_bucket(dyn32, NBINS, want, st, wsum)
-        want -= st[1]
-        pfx |= uint64(st[0]) << uint64(lo)
-        cnt = dyn32[st[0]]
+            if split:
+                if split_hist_round(dyn32, ghist, hrow + int64(seg % nbuf) * NBINS, gbar, row,
+                                    S, s, seg, phase, hrow, nbuf):
+                    return want, pfx, hi, cnt, seg, True
+            else:
+                cuda.syncthreads()
+            block_find_bucket(dyn32, NBINS, want, st, wsum)
+            d, above, cnt = st[0], st[1], dyn32[st[0]]
+        want -= above
+        pfx |= uint64(d) << uint64(lo)
         hi = lo
     return want, pfx, hi, cnt, seg, False
 
@@ -1593,7 +1605,7 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
         # 1. level passes: 12 bits of the composite each, from the top
         want, pfx, hi, cnt, _, halted = rb_threshold_bucket(
             x, src, base, int64(0), L, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum, lcap, stop,
-            False, dyn32, 0, dyn64, row, 1, 0, -1, 1)
+            False, dyn32, 0, dyn64, row, 1, 0, -1, 1, 0, dyn32)
         if halted:                                # (timing hook: stop after this stage)
             return
         # 2. the list: every composite above the bucket, and the bucket's
@@ -1630,7 +1642,7 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
                     cuda.atomic.add(h256, int32((c >> uint64(lo)) & uint64(255)), 1)
             cuda.syncthreads()
             if tid < 32:
-                warp_find_bucket256(h256, want, st)
+                warp_find_bucket(h256, 256, want, st)
             cuda.syncthreads()
             want -= st[1]
             pfx |= uint64(st[0]) << uint64(lo)
@@ -1731,8 +1743,11 @@ SP_NBUF = 3                     # rotating histogram buffers a row (GPU)
 SP_ROUNDS = 6                   # histogram rounds a row at most: 1 + ceil((64 - 12) / 12)
 SP_LMAX = K_MAX                 # composites published a row at most: K - 1 + ccap, ccap <= K_MAX + 1 - k
 SP_SMEM = 16 * K_MAX            # dynamic shared bytes: sort area (histogram aliased) + the row's list
+SP_HS = SP_SMEM // 4            # "cluster": dyn32[SP_HS:] holds the CTA's summed histogram slice
 SP_MAX_S = 1024                 # CTAs a row at most (the run table in shared memory)
 SP_LOADS = 8                    # list items a thread loads before storing them (rank stage)
+SP_CLUSTERS = (2, 4, 8, 16)     # "cluster": CTAs a row = the cluster size (16: non-portable)
+SP_SMEM_CLUSTER = SP_SMEM + 4 * (NBINS // SP_CLUSTERS[0])   # + the largest slice (2 CTAs: 8 KB)
 SP_THREADS = (256, 512, 1024)   # CTA sizes: the smallest giving <= 4 vectors a thread. ptxas,
 # sm_90a, launch bounds (threads, 1): 256 -> 144 registers, no spill (the CI compile test; with
 # bounds (256,) alone ptxas chose 128 and spilled); 1024 is capped at 64 registers and spilled
@@ -1740,9 +1755,16 @@ SP_THREADS = (256, 512, 1024)   # CTA sizes: the smallest giving <= 4 vectors a 
 
 
 @device
-def split_barrier(gbar, row, S, s, seg, phase, ghist, hrow, nbuf):
+def split_barrier(gbar, row, S, s, seg, phase, ghist, hrow, nbuf, CL):
     """Barrier ``seg`` of the row's S CTAs (above); then this CTA zeroes its share of histogram
-    buffer (seg + 2) % nbuf. Replay (phase >= 0): no wait; True when the launch ends here."""
+    buffer (seg + 2) % nbuf. Replay (phase >= 0): no wait; True when the launch ends here.
+    CL (compile-time): the row is one cluster of S CTAs ("cluster" variant): barrier.cluster,
+    whose release / acquire at cluster scope orders the global stores before it (the cluster
+    form exchanges histograms in shared memory, ``cluster_find_bucket``: nothing to zero)."""
+    if CL:
+        ops.cluster_arrive_release()
+        ops.cluster_wait_acquire()
+        return False
     cuda.syncthreads()
     if phase >= 0:
         return seg == phase
@@ -1776,7 +1798,7 @@ def split_hist_round(h, ghist, hb, gbar, row, S, s, seg, phase, hrow, nbuf):
             v = h[i]
             if v != 0:
                 cuda.atomic.add(ghist, hb + i, v)
-    if split_barrier(gbar, row, S, s, seg, phase, ghist, hrow, nbuf):
+    if split_barrier(gbar, row, S, s, seg, phase, ghist, hrow, nbuf, 0):
         return True
     a = gaddr(ghist)
     d = 4 * nt                                    # 16-byte L2 loads, up to 4 in flight before
@@ -1799,6 +1821,57 @@ def split_hist_round(h, ghist, hb, gbar, row, S, s, seg, phase, hrow, nbuf):
 
 
 @device
+def cluster_find_bucket(h, ctot, want, CL, s, st):
+    """The "cluster" variant's histogram round and bucket search (CL = S, compile-time), through
+    distributed shared memory, no global memory: h[0:NBINS] is this CTA's histogram (complete),
+    the row's the sum over the cluster's CTAs (h: the dynamic shared array, whose words from
+    SP_HS on hold hs, the summed slice). Cluster barrier; CTA s sums bins [s W, (s + 1) W)
+    (W = NBINS / CL) of every CTA's h into hs[0:W] (CL independent DSMEM loads a bin) and sends
+    their total to every CTA's ctot[s]; cluster barrier; the slice holding the want-th largest
+    (the totals counted from the top) is read from its owner into h[0:W] and one warp finds the
+    bucket. Returns (bucket, the row's items above it, the bucket's count). hs and ctot are
+    rewritten only after the next round's first barrier, which every reader of them has passed
+    by then; h may be reused once this returns."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    W = NBINS // CL
+    ops.cluster_arrive_release()                  # every CTA's h is complete
+    ops.cluster_wait_acquire()
+    ha = ops.shared_address(h)
+    for j in range(tid, W, nt):
+        a = ha + uint32(4 * (s * W + j))
+        acc = uint32(0)
+        for r in range(CL):
+            acc += ops.ld_shared_cluster_u32(ops.mapa_shared_cluster(a, uint32(r)))
+        h[SP_HS + j] = int32(acc)
+    cuda.syncthreads()
+    if tid < 32:                                  # the slice total -> ctot[s] of every CTA
+        v = int32(0)
+        for j in range(tid, W, 32):
+            v = int32(v + h[SP_HS + j])
+        tot = shfl_idx(warp_inclusive_scan(v, tid), 31)
+        if tid < CL:
+            ops.st_shared_cluster_u32(ops.mapa_shared_cluster(
+                ops.shared_address(ctot) + uint32(4 * s), uint32(tid)), uint32(tot))
+    ops.cluster_arrive_release()                  # every slice sum and total is in place
+    ops.cluster_wait_acquire()
+    above = int32(0)
+    sl = CL - 1
+    while sl > 0 and above + ctot[sl] < want:
+        above = int32(above + ctot[sl])
+        sl -= 1
+    hsa = ha + uint32(4 * SP_HS)
+    for j in range(tid, W, nt):
+        h[j] = int32(ops.ld_shared_cluster_u32(ops.mapa_shared_cluster(hsa + uint32(4 * j),
+                                                                       uint32(sl))))
+    cuda.syncthreads()
+    if tid < 32:
+        warp_find_bucket(h, W, want - above, st)
+    cuda.syncthreads()
+    return sl * W + st[0], above + st[1], st[2]
+
+
+@device
 def split_tail(vals, idx, obase, K, k, kind, s, S, gcnt, row, phase):
     """Both endings of split: this CTA's share of the row's -1 / -inf slots [K, k); replay
     (phase >= 0): CTA 0 flags the row done."""
@@ -1810,7 +1883,7 @@ def split_tail(vals, idx, obase, K, k, kind, s, S, gcnt, row, phase):
         gcnt[2 * row + 1] = 1
 
 
-def split_kernel(kind, vectorized, threads):
+def split_kernel(kind, vectorized, threads, cluster=0):
     """The split variant's only launch: CTA b does slice s = b % S of row b // S (``threads``
     threads; dynamic shared memory SP_SMEM: dyn64[0:K_MAX] the sort area, whose first 16 KB hold
     the histogram first and the rank counts last, dyn64[K_MAX:2 K_MAX] the slice's list, then the
@@ -1831,12 +1904,15 @@ def split_kernel(kind, vectorized, threads):
        its offset); barrier.
     3. rank each own item: its position in the run + a binary search in every other run; write
        those ranked < K (scores from their keys), and this CTA's share of the -1 / -inf tail.
+    ``cluster`` > 0 (the "cluster" variant): S == cluster, each row one cluster of S CTAs whose
+    barriers are ``barrier.cluster`` (``split_barrier``), sm_90+, GPU only.
     """
-    key = ("split", kind, vectorized, threads)
+    key = ("split", kind, vectorized, threads, cluster)
     if key in _PROD:
         return _PROD[key]
     VEC = _vec(kind, vectorized)
     NT = threads
+    CL = cluster
 
     def topk_split(x, n, k, lengths, has_len, vals, idx, S, chunk, ghist, nbuf, gbar, gcnt, goff,
                    glist, ccap, phase, stop):
@@ -1853,6 +1929,7 @@ def split_kernel(kind, vectorized, threads):
         st = cuda.shared.array(8, int32)
         roff = cuda.shared.array(SP_MAX_S, int32)
         rcnt = cuda.shared.array(SP_MAX_S, int32)
+        ctot = cuda.shared.array(16, int32)       # "cluster": the slice totals of the row
         e = cuda.local.array(8, uint64)
         lv = cuda.local.array(SP_LOADS, uint64)
         L = row_length(row, n, lengths, has_len)
@@ -1881,7 +1958,7 @@ def split_kernel(kind, vectorized, threads):
         # 1. pass 1 and the rounds: 12 bits of the composite each, from the top
         want, pfx, hi, cnt, seg, halted = rb_threshold_bucket(
             x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum, lcap, stop,
-            True, ghist, hrow, gbar, row, S, s, phase, nbuf)
+            True, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, ctot)
         if halted:                                # a replay launch or the stop == 1 hook
             return
         # 2. pass 2: the slice's composites at or above the bucket's prefix -> dyn64[K_MAX:]
@@ -1914,7 +1991,7 @@ def split_kernel(kind, vectorized, threads):
         if live:
             for i in range(tid, n_own, nt):
                 glist[lb + st[5] + i] = dyn64[swz(i)]
-        if split_barrier(gbar, row, S, s, seg, phase, ghist, hrow, nbuf):
+        if split_barrier(gbar, row, S, s, seg, phase, ghist, hrow, nbuf, CL):
             return
         if not (phase < 0 or phase == seg + 1) or stop == 2:   # replay: this row is done
             return
@@ -1945,25 +2022,33 @@ def split_kernel(kind, vectorized, threads):
         cuda.syncthreads()
         if stop == 7:                             # (timing hook: the list load alone)
             return
-        # a binary search a (own item, other run) pair (two forms that searched several pairs a
-        # thread at once, with fixed step counts, were slower on the H100: CHANGELOG 0.7.0)
-        n_own32 = int32(n_own)
-        for p in range(tid, n_own32 * int32(S), nt):
-            r = p // n_own32
-            i = p - r * n_own32
-            if r != s and rcnt[r] > 0:
+        # a binary search a (own item, other run) pair, in 32-bit arithmetic: Numba widens int32
+        # operations to 64 bits, and the pair's run p // n_own was a 64-bit division call in SASS
+        # until 0.8.0. Slower forms (CHANGELOG 0.7.0, 0.8.0): several pairs a thread at once with
+        # fixed step counts; merging chunks of own items with each run (a walk then a search:
+        # the lanes of a warp diverge, each item costs the warp's longest walk plus a search)
+        n_o = uint32(n_own)
+        tot = uint32(n_o * uint32(S))
+        s32 = uint32(s)
+        p = uint32(tid)
+        while p < tot:
+            r = uint32(p // n_o)
+            i = uint32(p - r * n_o)
+            cr = rcnt[r]
+            if r != s32 and cr > 0:
                 c = dyn64[K_MAX + off + i]
-                lo = roff[r]                      # first of run r not larger than c
-                hi = lo + rcnt[r]
+                lo = uint32(roff[r])              # first of run r not larger than c
                 r0 = lo
+                hi = uint32(lo + uint32(cr))
                 while lo < hi:
-                    mid = (lo + hi) >> 1
-                    if dyn64[K_MAX + mid] > c:
-                        lo = mid + 1
+                    mid = uint32((lo + hi) >> uint32(1))
+                    if dyn64[uint32(K_MAX) + mid] > c:
+                        lo = uint32(mid + uint32(1))
                     else:
                         hi = mid
                 if lo > r0:
-                    cuda.atomic.add(dyn32, i, lo - r0)
+                    cuda.atomic.add(dyn32, i, int32(lo - r0))
+            p = uint32(p + uint32(nt))
         cuda.syncthreads()
         if stop == 3:
             return
@@ -1974,8 +2059,8 @@ def split_kernel(kind, vectorized, threads):
         split_tail(vals, idx, obase, K, k, kind, s, S, gcnt, row, phase)
 
     topk_split.__name__ = topk_split.__qualname__ = \
-        f"topk_split_{'bf16' if kind == BF16 else 'f32'}_v{VEC}_t{NT}"
-    k_ = _PROD[key] = kernel(topk_split, launch_bounds=(NT, 1))
+        f"topk_split_{'bf16' if kind == BF16 else 'f32'}_v{VEC}_t{NT}" + (f"_c{CL}" if CL else "")
+    k_ = _PROD[key] = kernel(topk_split, launch_bounds=(NT, 1), cluster=CL or None)
     return k_
 
 
@@ -2005,14 +2090,22 @@ def _slices(n, rows, threads, vec, S, target, round_up):
     return max(1, -(-n // chunk)), chunk
 
 
-def split_geometry(rows, n, vec, sms, S=None):
+def split_geometry(rows, n, vec, sms, S=None, cluster=False):
     """(S, chunk, threads) of the split variant: S CTAs a row (``sms // rows``, but at least
     256 x vec scores each; ``S`` if given), chunk a multiple of the vector width, threads the
-    smallest of SP_THREADS giving <= 4 vectors a thread."""
-    if S is None:
+    smallest of SP_THREADS giving <= 4 vectors a thread. ``cluster``: S is a cluster size
+    (SP_CLUSTERS; by default the largest with rows x S <= SMs, at least 2) and stays S even
+    where fewer CTAs would cover the row (the trailing ones get empty slices)."""
+    if cluster:
+        if S is None:
+            S = next((c for c in SP_CLUSTERS[::-1] if rows * c <= sms), SP_CLUSTERS[0])
+        if S not in SP_CLUSTERS:
+            raise ValueError(f"cluster top-k: S must be one of {SP_CLUSTERS}, got {S}")
+    elif S is None:
         S = max(1, min(sms // max(rows, 1), -(-n // (SP_THREADS[0] * vec))))
     chunk = max(vec, -(-(-(-n // S)) // vec) * vec)
-    S = max(1, -(-n // chunk))
+    if not cluster:
+        S = max(1, -(-n // chunk))
     per = -(-chunk // vec)
     threads = next((t for t in SP_THREADS if per <= 4 * t), SP_THREADS[-1])
     return S, chunk, threads
@@ -2060,11 +2153,13 @@ class TopkPlan:
             self.S, self.chunk = _slices(n, rows, threads, vec, S, HIST_BLOCKS_PER_SM * sms, False)
             self.sel_S, self.sel_chunk = _slices(n, rows, threads, vec, S,
                                                  SELECT_BLOCKS_PER_SM * sms, False)
-        elif variant == "split":    # S CTAs a row, all resident: rows x S <= SMs
-            self.S, self.chunk, self.split_threads = split_geometry(rows, n, vec, sms, S)
+        elif variant in ("split", "cluster"):   # split: S CTAs a row, all resident (rows x S
+            # <= SMs); cluster: a row is one cluster of S CTAs, co-scheduled by the hardware
+            self.S, self.chunk, self.split_threads = split_geometry(rows, n, vec, sms, S,
+                                                                    variant == "cluster")
             if threads != SCAN_THREADS:     # test hook: the CTA size (the simulator: 32)
                 self.split_threads = threads
-            if self.S > SP_MAX_S or (self.S > 1 and rows * self.S > sms):
+            if variant == "split" and (self.S > SP_MAX_S or (self.S > 1 and rows * self.S > sms)):
                 raise ValueError(f"split top-k: {rows} rows x S = {self.S} CTAs exceed the GPU's "
                                  f"{sms} SMs (every CTA of a row must be resident to meet its "
                                  f"barriers): pass a smaller S, or use variant='rowblock'")
@@ -2107,17 +2202,22 @@ class TopkPlan:
 
     def _run_split(self, x, lk, has_len, vals, idx, vectorized, gpu):
         replay = self.replay or mode() != "gpu"
+        cl = self.S if self.variant == "cluster" else 0
+        if cl and replay:
+            raise RuntimeError("the cluster top-k runs on an sm_90+ GPU only (no replay, no "
+                               "simulator): use variant='split' there")
         nbuf = SP_ROUNDS if replay else SP_NBUF
         ghist, gcnt, goff, gbar, glist = self.split_workspace(gpu, nbuf)
-        kern = split_kernel(self.kind, vectorized, self.split_threads)
+        kern = split_kernel(self.kind, vectorized, self.split_threads, cl)
         ccap = min(self.rb_ccap, K_MAX + 1 - self.k)     # the row's list: <= K_MAX composites
         args = [x, self.n, self.k, lk, has_len, vals, idx, self.S, self.chunk, ghist, nbuf, gbar,
                 gcnt, goff, glist, ccap, -1, self.rb_stop]
+        smem = SP_SMEM_CLUSTER if cl else SP_SMEM
         if mode() == "gpu":                      # > 48 KB: raise the limit once
-            kern.reserve_dynamic_shared(args, SP_SMEM)
+            kern.reserve_dynamic_shared(args, smem)
         grid = self.rows * self.S
         if not replay:
-            kern.launch(grid, self.split_threads, *args, shared_bytes=SP_SMEM)
+            kern.launch(grid, self.split_threads, *args, shared_bytes=smem)
             return
         _zero(ghist)
         _zero(gcnt)
@@ -2151,7 +2251,7 @@ class TopkPlan:
             vectorized = gpu and n % vec == 0 and x.__cuda_array_interface__["data"][0] % 16 == 0
         has_len = lengths is not None
         lk = lengths if has_len else (_dummy_i32() if gpu else np.zeros(1, np.int32))
-        if self.variant == "split":
+        if self.variant in ("split", "cluster"):
             self._run_split(x, lk, has_len, vals, idx, vectorized, gpu)
             return
         if self.variant == "rowblock":
@@ -2344,10 +2444,12 @@ def production_kernels():
                               t.uint64[::1], i64, arr[::1], i32, i64)))
             sigs.append((rowblock_kernel(kind, vectorized),
                          (arr[::1], i64, i64, i32, b, arr[::1], i32, i64, i64, i64)))
+            split_sig = (arr[::1], i64, i64, i32, b, arr[::1], i32, i64, i64, i32, i64,
+                         t.uint64[::1], i32, i32, t.uint64[::1], i64, i64, i64)
             for threads in SP_THREADS:
-                sigs.append((split_kernel(kind, vectorized, threads),
-                             (arr[::1], i64, i64, i32, b, arr[::1], i32, i64, i64, i32, i64,
-                              t.uint64[::1], i32, i32, t.uint64[::1], i64, i64, i64)))
+                sigs.append((split_kernel(kind, vectorized, threads), split_sig))
+                sigs += [(split_kernel(kind, vectorized, threads, cl), split_sig)
+                         for cl in SP_CLUSTERS]
         sigs.append((topk_finish_kernel, (arr[::1], i64, i64, i32, b, i64, i32, i32, i32,
                                           t.uint64[::1], t.uint64[::1], i64, arr[::1], i32)))
     return sigs

@@ -352,3 +352,52 @@ def test_topk_split_level_rounds_and_replay(R, N, k, dtype, kind):
     rv, ri = K.topk_production(c, plan=plan)
     assert_close(ri, i, bitwise=True, name="split replay indices")
     assert_close(rv.view(np.uint8), v.view(np.uint8), bitwise=True, name="split replay values")
+
+
+@pytest.mark.skipif("cluster" not in TOPK_VARIANTS, reason="cluster variant not under test")
+@pytest.mark.parametrize("R,N,k,S,dtype", [
+    (1, 65536, 2048, 16, np.float32), (4, 65536, 512, 16, np.float32),
+    (1, 65536, 2048, 8, np.float32), (2, 262144, 4096, 4, np.float32),
+    (64, 131072, 2048, 2, np.float32), (3, 65536, 1024, 16, ml_dtypes.bfloat16)])
+def test_topk_cluster_repeated(R, N, k, S, dtype):
+    """cluster (each row one cluster of S CTAs meeting at barrier.cluster): the oracle, then 5
+    more calls on one plan repeating it bit for bit with the histogram buffers left zero; 64 rows
+    x 2 CTAs also runs with 256 CTAs (no residency limit: the hardware co-schedules a cluster)."""
+    x = _scores(R, N, dtype, seed=R + N + S, kind="normal")
+    c = K._prepare(x, k, None)
+    plan = K.TopkPlan(R, N, k, c.kind, variant="cluster", S=S)
+    first = None
+    for _ in range(6):
+        v, i = K.topk_production(c, plan=plan)
+        ws = plan.split_workspace(True, K.SP_NBUF)
+        assert not ws[0].copy_to_host().any(), "every cluster run must leave its histograms zero"
+        if first is None:
+            K.assert_topk(v, i, x, k, None, name=f"cluster {R}x{N} S={plan.S}")
+            first = (v, i)
+        assert_close(i, first[1], bitwise=True, name="cluster repeat indices")
+        assert_close(v.view(np.uint8), first[0].view(np.uint8), bitwise=True,
+                     name="cluster repeat values")
+
+
+@pytest.mark.skipif("cluster" not in TOPK_VARIANTS, reason="cluster variant not under test")
+@pytest.mark.parametrize("kind", ["normal", "ties"])
+@pytest.mark.parametrize("R,N,k,dtype", [(4, 65536, 2048, np.float32),
+                                         (3, 70000, 512, np.float32),
+                                         (2, 65536, 1024, ml_dtypes.bfloat16)])
+def test_topk_cluster_level_rounds_lengths(R, N, k, dtype, kind):
+    """cluster at its default S with a bucket capacity of 64 (level rounds: more cluster barriers
+    a row), lengths (one row full, others short, some below k): the same bits as split's
+    replay form (global-memory exchange, one launch a barrier)."""
+    x = _scores(R, N, dtype, seed=R + N + k + 1, kind=kind)
+    lengths = np.random.default_rng(N + 1).integers(0, N + 1, R)
+    lengths[0], lengths[-1] = N, min(k // 2, N)
+    c = K._prepare(x, k, lengths)
+    plan = K.TopkPlan(R, N, k, c.kind, variant="cluster", capacity=64)
+    v, i = K.topk_production(c, plan=plan)
+    K.assert_topk(v, i, x, k, lengths, name=f"cluster levels {kind} {R}x{N} {dtype}")
+    ref = K.TopkPlan(R, N, k, c.kind, variant="split", capacity=64, S=plan.S)
+    ref.replay = True
+    rv, ri = K.topk_production(c, plan=ref)
+    assert_close(ri, i, bitwise=True, name="cluster vs split replay indices")
+    assert_close(rv.view(np.uint8), v.view(np.uint8), bitwise=True,
+                 name="cluster vs split replay values")
