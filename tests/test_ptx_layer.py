@@ -123,6 +123,7 @@ def k_cluster(out):
     a = ops.mapa_shared_cluster(ops.shared_address(sm) + uint32(4 * t), peer)
     v = ops.ld_shared_cluster_u32(a)
     w0, w1, w2, w3 = ops.ld_shared_cluster_v4_u32(a & uint32(0xFFFFFFF0))
+    w0 += uint32(ops.ld_shared_cluster_u64(a & uint32(0xFFFFFFF8)) >> uint64(32))
     ops.cluster_arrive_release()
     ops.cluster_wait_acquire()
     ops.st_shared_cluster_u32(a, v + w0 + w1 + w2 + w3)

@@ -340,10 +340,10 @@ def test_split_replay_launch_count_simulated(monkeypatch):
 
 def test_cluster_geometry_and_refusals():
     """"cluster": a row is one cluster of S CTAs, S one of SP_CLUSTERS (the largest with rows x
-    S <= SMs by default, at least 2; beyond the SMs the hardware runs clusters in waves), S
+    S <= SP_CLUSTER_CTAS by default, at least 2; beyond, the hardware runs clusters in waves), S
     slices covering the row even when it is short; any other S is refused; the simulator (no
     clusters) gets a clear error naming the GPU-only requirement and the variant to use."""
-    for rows, want in ((1, 16), (8, 16), (9, 8), (16, 8), (17, 4), (33, 4), (34, 2), (66, 2), (500, 2)):
+    for rows, want in ((1, 16), (4, 16), (5, 8), (8, 8), (9, 4), (16, 4), (17, 2), (66, 2), (500, 2)):
         S, chunk, threads = K.split_geometry(rows, 65536, 4, 132, cluster=True)
         assert S == want and S * chunk >= 65536 and chunk % 4 == 0, (rows, S, chunk)
         assert threads in K.SP_THREADS and -(-chunk // 4) <= 4 * threads or threads == 1024
@@ -355,6 +355,11 @@ def test_cluster_geometry_and_refusals():
         K.TopkPlan(1, 4096, 16, K.F32, variant="cluster", S=32)
     plan = K.TopkPlan(200, 4096, 16, K.F32, variant="cluster")    # 400 CTAs: no residency limit
     assert plan.S == 2 and K.resolve_variant("cluster", 4096, 200) == "cluster"
+    # "auto": cluster for <= 4 rows of <= 131072 scores on the GPU; the simulator runs split
+    want = "cluster" if K.mode() == "gpu" else "split"
+    assert K.resolve_variant("auto", 65536, 4) == want and K.resolve_variant("auto", 131072, 1) == want
+    assert K.resolve_variant("auto", 131073, 1) == "split"
+    assert K.resolve_variant("auto", 65536, 5) == "split"
     if SIM:
         x = scores((1, 256), seed=9)
         with pytest.raises(RuntimeError, match="GPU only.*variant='split'"):
@@ -666,9 +671,12 @@ def test_plan_geometry():
     p = K.TopkPlan(1000, 4096, 512, K.F32, variant="staged")
     assert p.S == p.sel_S == 1
     # "auto", up to RB_AUTO_MAX_N scores a row: rowblock (one CTA a row) for batches of at least
-    # RB_AUTO_MIN_ROWS rows, split (S CTAs a row) for fewer; fused for longer rows
+    # RB_AUTO_MIN_ROWS rows, split (S CTAs a row) for fewer (cluster for <= 4 rows of <= 131072
+    # on the GPU: test_cluster_geometry_and_refusals); fused for longer rows
+    few = "cluster" if K.mode() == "gpu" else "split"
     assert K.TopkPlan(64, 65536, 2048, K.F32, variant="auto").variant == "rowblock"
-    assert K.TopkPlan(1, 65536, 2048, K.F32, variant="auto").variant == "split"
+    assert K.TopkPlan(1, 65536, 2048, K.F32, variant="auto").variant == few
+    assert K.TopkPlan(5, 65536, 2048, K.F32, variant="auto").variant == "split"
     # split: S CTAs a row, every CTA resident (rows x S <= SMs), >= 256 x vec scores a CTA,
     # the smallest CTA giving <= 4 vectors a thread
     p = K.TopkPlan(1, 65536, 2048, K.F32, variant="split")

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import re
 import sys
 import time
 
@@ -210,10 +211,12 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
             read_once = R * N * esz / (copy_gbs * 1e3)       # us to read the scores once
             tgt = TARGETS.get((R, N, k)) if name == "fp32" else None
             for variant in variants:
-                if "@" in variant:                   # split / cluster with S CTAs a row
+                if "@" in variant:                   # split / cluster: S CTAs a row (/T threads)
                     base, S = variant.split("@")
+                    S, _, T = S.partition("/")
                     try:
-                        plan = K.TopkPlan(R, N, k, calls[0].kind, variant=base, S=int(S))
+                        plan = K.TopkPlan(R, N, k, calls[0].kind, variant=base, S=int(S),
+                                          threads=int(T) if T else None)
                     except ValueError as e:           # rows x S over the SMs, S no cluster size
                         print(f"topk {variant} {R}x{N} k={k}: skipped ({e})", flush=True)
                         continue
@@ -284,7 +287,7 @@ def main(argv=None):
     ap.add_argument("--variant", default="all",
                     help="top-k production variant(s) to time: 'all' (default) or a comma list "
                          "of three_pass, fused, staged, rowblock, split, cluster, split@S, "
-                         "cluster@S (split / cluster with S CTAs a row)")
+                         "cluster@S (split / cluster with S CTAs a row; @S/T: T threads a CTA)")
     ap.add_argument("--targets", action="store_true",
                     help="top-k: only issue 4's three target shapes (fp32)")
     ap.add_argument("--shapes", help="top-k shapes RxNxk, comma-separated (e.g. 1x1048576x2048,"
@@ -296,10 +299,10 @@ def main(argv=None):
     from dsv4_numba.stages.topk import VARIANTS
     variants = VARIANTS if args.variant in ("all", "both") else tuple(args.variant.split(","))
     bad = [v for v in variants if v not in VARIANTS
-           and not (v.split("@")[0] in ("split", "cluster") and v.split("@")[-1].isdigit()
-                    and int(v.split("@")[-1]) > 0)]
+           and not re.fullmatch(r"(split|cluster)@[1-9]\d*(/(256|512|1024))?", v)]
     if bad:
-        ap.error(f"--variant: unknown {bad}; choose from {VARIANTS}, split@S, cluster@S or 'all'")
+        ap.error(f"--variant: unknown {bad}; choose from {VARIANTS}, split@S, cluster@S (/T: "
+                 f"T threads a CTA) or 'all'")
     dtypes = tuple(args.dtypes.split(","))
     if not set(dtypes) <= {"fp32", "bf16"}:
         ap.error(f"--dtypes: fp32 and / or bf16, got {args.dtypes!r}")

@@ -29,9 +29,10 @@ Implementations (stage registry name ``topk``)
   from the top (a shared-memory histogram per pass, stopping once the chosen bucket is taken
   whole), collect everything at or above it into shared memory, order by counting (each selected
   composite's position = how many selected are larger). Runs under the CUDA simulator.
-* ``production:sm_90a`` -- five variants, chosen by ``PRODUCTION_VARIANT`` (what
-  impl="production" runs: "auto" = "split" below 32 rows (any length); from 32 rows "rowblock"
-  for rows of up to 262144 scores, "fused" for longer ones; ``DSV4_TOPK_VARIANT``,
+* ``production:sm_90a`` -- six variants, chosen by ``PRODUCTION_VARIANT`` (what
+  impl="production" runs: "auto" = "cluster" for at most 4 rows of at most 131072 scores (GPU),
+  else "split" below 32 rows (any length); from 32 rows "rowblock" for rows of up to 262144
+  scores, "fused" for longer ones; ``DSV4_TOPK_VARIANT``,
   ``TopkPlan(variant=)`` / ``topk_production(variant=)`` pick one; tools/bench_softmax_topk.py
   times all).
   ``rowblock`` (round 3; H100: 62.6 / 45.7 / 33.5 us on the three target shapes, see
@@ -56,6 +57,16 @@ Implementations (stage registry name ``topk``)
     measurements above ``split_kernel``.
     (A "bins" ending without the publish barrier was tried in 0.6.0 and taken out in 0.7.0: 2.5x
     slower on the H100; the note above ``split_kernel`` says why.)
+  ``cluster`` (0.8.0; "auto" for <= 4 rows of <= 131072 scores; H100: 24.2 / 18.5 us on the
+    first-row and third target shapes, 17.2 at (1, 65536, 512), vs split's 26.2 / 21.6 / 21.0):
+    split's kernel with each row ONE thread-block cluster of S = 2-16 CTAs (16 by default for
+    <= 4 rows), co-scheduled by the hardware (no residency limit), meeting at
+    ``barrier.cluster`` instead of global-memory barriers, and exchanging through distributed
+    shared memory instead of global memory: the row's histogram is reduce-scattered (CTA s sums
+    its slice of bins over the cluster) and only the slice holding the threshold is read back;
+    the sorted runs are read from their owners' shared memory, their lengths exchanged the same
+    way -- no global atomic, list, fence or workspace use. sm_90+ GPUs only (the simulator has
+    no clusters: tests there cover split, the same algorithm).
   The other three split a row over S blocks of 512 threads (S x rows ~ 4 blocks per SM). The workspace (histograms, counters, tickets) is zeroed once when
   allocated and left zero by every run (the row's finishing block cleans it).
     1. histogram (both variants): each block reads its slice once (16-byte loads), counts the top
@@ -360,8 +371,11 @@ SCAN_THREADS = 512              # histogram / filter blocks
 FINISH_THREADS = 1024
 VARIANTS = ("three_pass", "fused", "staged", "rowblock", "split", "cluster")
 # what impl="production" runs (DSV4_TOPK_VARIANT overrides it); the bench times every variant.
-# "auto" (``resolve_variant``): "split" below RB_AUTO_MIN_ROWS rows, whatever their length; from
-# RB_AUTO_MIN_ROWS rows, "rowblock" for rows of at most RB_AUTO_MAX_N scores, "fused" beyond.
+# "auto" (``resolve_variant``): "cluster" for <= CL_AUTO_MAX_ROWS rows of <= CL_AUTO_MAX_N scores
+# on the GPU (0.8.0, CHANGELOG: 7-18 % faster than split there; slower for more or longer rows,
+# with its <= 16 CTAs a row against split's ~SMs / rows); else "split" below RB_AUTO_MIN_ROWS
+# rows, whatever their length; from RB_AUTO_MIN_ROWS rows, "rowblock" for rows of at most
+# RB_AUTO_MAX_N scores, "fused" beyond.
 # H100, 2026-11-26, fp32 us (fused / rowblock / split; torch; CHANGELOG 0.6.0, 0.7.0):
 # (64, 131072, 2048) 150.5 / 51.0 / 71.6 (195); (1, 65536, 2048) 40.8 / 34.6 / 27.7 (80);
 # (4, 65536, 512) 32.2 / 28.1 / 21.9 (83); k = 2048: (1, 262144) 43.0 / 65.0 / 31.6 (100);
@@ -1719,6 +1733,22 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
 # counts (more independent loads in flight) were SLOWER (rank 10.7 / 12.1 us vs 8.4), so the
 # next step is a smaller executed path (loops for the unrolled trips and sort networks), not
 # more ILP.
+# "cluster" (0.8.0): the same kernel, each row one thread-block cluster (CL = S <= 16 CTAs, the
+# hardware co-schedules them: no residency limit, no workspace use). Its barriers are
+# barrier.cluster (~0.3 us; ptxas puts a MEMBAR.ALL.GPU before the arrive only where global
+# writes precede it) and its exchanges distributed shared memory: the histogram round is a
+# reduce-scatter (CTA s sums bins [s W, (s + 1) W) of all CL histograms, CL loads in flight a
+# bin, W = 4096 / CL), the slice totals go to every CTA, one CTA-to-CTA read of the slice
+# holding the threshold (``cluster_find_bucket``); the publish sends each run's length to every
+# CTA and each CTA copies every run from its owner's sort area (``cluster_gather_runs``), then
+# arrives at a barrier it waits on at exit. H100, 2026-11-26, (1, 65536, 2048), S = 16 x 256
+# threads, cumulative us (split's S = 64 in brackets): launch 1.9 (1.9), pass 1 3.7 (3.5),
+# round 0 8.0 (9.6), pass 2 + sort + publish 13.8 (16.4), list 16.8 (18.5), rank 23.3 (25.2),
+# write 23.6 (25.5). The rank is the largest stage (~170 own items x 15 runs a CTA, 8 warps).
+# Slower and not kept: 512 / 1024 threads a CTA (23.2 / 28.3 us vs 24.2: the rank gains, the
+# sort and passes lose); a rank merging chunks of own items with each run (a walk then a
+# search: 9.5 vs 5.7 us, the lanes' walks diverge); 16 CTAs for 8 rows (two waves: 44.9 us vs
+# 24.8 at S = 8).
 # Tried and taken out (0.6.0 -> 0.7.0): a "bins" ending without the publish barrier -- the
 # level-1 histogram gave each bin at or above the threshold its region of the row's list, each CTA
 # claimed room in the bins its run touched and counted its items done, and the CTA completing a
@@ -1747,7 +1777,14 @@ SP_HS = SP_SMEM // 4            # "cluster": dyn32[SP_HS:] holds the CTA's summe
 SP_MAX_S = 1024                 # CTAs a row at most (the run table in shared memory)
 SP_LOADS = 8                    # list items a thread loads before storing them (rank stage)
 SP_CLUSTERS = (2, 4, 8, 16)     # "cluster": CTAs a row = the cluster size (16: non-portable)
-SP_SMEM_CLUSTER = SP_SMEM + 4 * (NBINS // SP_CLUSTERS[0])   # + the largest slice (2 CTAs: 8 KB)
+# "cluster" default S: the largest with rows x S <= SP_CLUSTER_CTAS (H100, 2026-11-26: 8 rows x 16
+# ran in two waves, 44.9 us vs 24.8 at S = 8; 4 x 16 in one); "auto" runs "cluster" for at most
+# CL_AUTO_MAX_ROWS rows of at most CL_AUTO_MAX_N scores (the shapes timed faster than split:
+# CHANGELOG 0.8.0), on the GPU only (the simulator has no clusters: split there)
+SP_CLUSTER_CTAS = 64
+CL_AUTO_MAX_ROWS = 4
+CL_AUTO_MAX_N = 131072
+SP_SMEM_CLUSTER = SP_SMEM + 4 * SP_LMAX  # + the histogram slice (<= 8 KB), later the rank counts
 SP_THREADS = (256, 512, 1024)   # CTA sizes: the smallest giving <= 4 vectors a thread. ptxas,
 # sm_90a, launch bounds (threads, 1): 256 -> 144 registers, no spill (the CI compile test; with
 # bounds (256,) alone ptxas chose 128 and spilled); 1024 is capped at 64 registers and spilled
@@ -1872,6 +1909,96 @@ def cluster_find_bucket(h, ctot, want, CL, s, st):
 
 
 @device
+def split_publish_gather(dyn64, glist, goff, gcnt, gbar, ghist, st, rcnt, roff, n_own, K, want,
+                         cnt, row, b, S, s, seg, phase, hrow, nbuf, stop, lv):
+    """split's publish and list load: the CTA's sorted run (dyn64[swz(i)], i < n_own) goes to
+    the row's list in global memory at an offset from one atomic (gcnt), its (offset, length)
+    to goff; barrier ``seg``; the whole list (its length known from the histogram: the K - want
+    above the bucket + the cnt in it) and the run table are loaded into dyn64[K_MAX:], rcnt and
+    roff, SP_LOADS items a thread in flight before their stores. Returns (n_all, this run's
+    offset); n_all = -1: a replay launch or the stop 2 hook ends here."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    live = phase < 0 or phase == seg
+    if tid == 0 and live:                         # the run's place in the row's list
+        off = cuda.atomic.add(gcnt, 2 * row, n_own)
+        st[5] = off
+        goff[2 * b] = off
+        goff[2 * b + 1] = n_own
+    cuda.syncthreads()
+    lb = int64(row) * SP_LMAX
+    if live:
+        for i in range(tid, n_own, nt):
+            glist[lb + st[5] + i] = dyn64[swz(i)]
+    if split_barrier(gbar, row, S, s, seg, phase, ghist, hrow, nbuf, 0):
+        return int64(-1), int64(0)
+    if not (phase < 0 or phase == seg + 1) or stop == 2:   # replay: this row is done
+        return int64(-1), int64(0)
+    off = st[5] if phase < 0 else goff[2 * b]
+    n_all = min(K - want + int64(cnt), int64(SP_LMAX))
+    g0 = 2 * (b - s)                              # the row's run table in goff
+    ro = goff[g0 + 2 * tid] if tid < S else 0
+    rc = goff[g0 + 2 * tid + 1] if tid < S else 0
+    for i in range(tid, n_all, SP_LOADS * nt):
+        for u in range(SP_LOADS):
+            if i + u * nt < n_all:
+                lv[u] = glist[lb + i + u * nt]
+        for u in range(SP_LOADS):
+            if i + u * nt < n_all:
+                dyn64[K_MAX + i + u * nt] = lv[u]
+    if tid < S:
+        roff[tid] = ro
+        rcnt[tid] = rc
+    for r in range(tid + nt, S, nt):              # (S > nt: not with SP_THREADS and <= 132 SMs)
+        roff[r] = goff[g0 + 2 * r]
+        rcnt[r] = goff[g0 + 2 * r + 1]
+    return int64(n_all), int64(off)
+
+
+@device
+def cluster_gather_runs(dyn64, rcnt, roff, n_own, CL, s, stop, lw):
+    """The "cluster" form of the publish and list load (CL = S, compile-time), through
+    distributed shared memory: each CTA's run length goes to every CTA's rcnt[s]; cluster
+    barrier; every CTA copies every run (its own included) from its owner's sort area
+    (dyn64[swz(i)]) into its list dyn64[K_MAX:] at the run's offset (roff, the prefix of the
+    lengths), one item of each run in flight a round; then arrives at the cluster barrier whose
+    wait comes before the kernel ends (no CTA leaves while another may read its run). No global
+    atomic, list or fence. Returns (n_all, this run's offset); n_all = -1: the stop 2 hook."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    if tid < CL:
+        ops.st_shared_cluster_u32(ops.mapa_shared_cluster(
+            ops.shared_address(rcnt) + uint32(4 * s), uint32(tid)), uint32(n_own))
+    ops.cluster_arrive_release()
+    ops.cluster_wait_acquire()
+    if stop == 2:                                 # (timing hook; no run read yet: all leave)
+        return int64(-1), int64(0)
+    n_all = int32(0)
+    off = int32(0)
+    mx = int32(0)
+    for r in range(CL):
+        if r == s:
+            off = n_all
+        if r == tid:
+            roff[r] = n_all
+        mx = max(mx, rcnt[r])
+        n_all = int32(n_all + rcnt[r])
+    da = ops.shared_address(dyn64)
+    for j in range(tid, mx, nt):
+        for r in range(CL):
+            if j < rcnt[r]:
+                lw[r] = ops.ld_shared_cluster_u64(ops.mapa_shared_cluster(
+                    da + uint32(8 * swz(j)), uint32(r)))
+        o = int32(0)
+        for r in range(CL):
+            if j < rcnt[r] and o + j < SP_LMAX:
+                dyn64[K_MAX + o + j] = lw[r]
+            o = int32(o + rcnt[r])
+    ops.cluster_arrive_release()                  # this CTA's reads of the runs are done
+    return int64(min(n_all, int32(SP_LMAX))), int64(off)
+
+
+@device
 def split_tail(vals, idx, obase, K, k, kind, s, S, gcnt, row, phase):
     """Both endings of split: this CTA's share of the row's -1 / -inf slots [K, k); replay
     (phase >= 0): CTA 0 flags the row done."""
@@ -1905,7 +2032,10 @@ def split_kernel(kind, vectorized, threads, cluster=0):
     3. rank each own item: its position in the run + a binary search in every other run; write
        those ranked < K (scores from their keys), and this CTA's share of the -1 / -inf tail.
     ``cluster`` > 0 (the "cluster" variant): S == cluster, each row one cluster of S CTAs whose
-    barriers are ``barrier.cluster`` (``split_barrier``), sm_90+, GPU only.
+    barriers are ``barrier.cluster`` and whose exchanges go through distributed shared memory
+    (``cluster_find_bucket``, ``cluster_gather_runs``; dynamic shared memory SP_SMEM_CLUSTER:
+    dyn32[SP_HS:] holds the summed histogram slice, then the rank counts); ghist, gbar, gcnt,
+    goff and glist are not used. sm_90+, GPU only.
     """
     key = ("split", kind, vectorized, threads, cluster)
     if key in _PROD:
@@ -1930,6 +2060,7 @@ def split_kernel(kind, vectorized, threads, cluster=0):
         roff = cuda.shared.array(SP_MAX_S, int32)
         rcnt = cuda.shared.array(SP_MAX_S, int32)
         ctot = cuda.shared.array(16, int32)       # "cluster": the slice totals of the row
+        lw = cuda.local.array(16, uint64)         # "cluster": one item of each run in flight
         e = cuda.local.array(8, uint64)
         lv = cuda.local.array(SP_LOADS, uint64)
         L = row_length(row, n, lengths, has_len)
@@ -1980,47 +2111,22 @@ def split_kernel(kind, vectorized, threads, cluster=0):
         bitonic_sort_desc_warp(dyn64, P, e)
         cuda.syncthreads()
         seg += 1
-        live = phase < 0 or phase == seg
-        if tid == 0 and live:                     # the run's place in the row's list
-            off = cuda.atomic.add(gcnt, 2 * row, n_own)
-            st[5] = off
-            goff[2 * b] = off
-            goff[2 * b + 1] = n_own
-        cuda.syncthreads()
-        lb = int64(row) * SP_LMAX
-        if live:
-            for i in range(tid, n_own, nt):
-                glist[lb + st[5] + i] = dyn64[swz(i)]
-        if split_barrier(gbar, row, S, s, seg, phase, ghist, hrow, nbuf, CL):
+        if CL:                                    # the runs stay where they are: DSMEM
+            n_all, off = cluster_gather_runs(dyn64, rcnt, roff, n_own, CL, s, stop, lw)
+            cb = SP_HS                            # the rank counts (the sort areas are read)
+        else:
+            n_all, off = split_publish_gather(dyn64, glist, goff, gcnt, gbar, ghist, st, rcnt,
+                                              roff, n_own, K, want, cnt, row, b, S, s, seg,
+                                              phase, hrow, nbuf, stop, lv)
+            cb = 0
+        if n_all < 0:                             # a replay launch or the stop 2 hook ends here
             return
-        if not (phase < 0 or phase == seg + 1) or stop == 2:   # replay: this row is done
-            return
-        # 3. rank: own position in the run + the larger ones in each other run (binary search)
-        off = st[5] if phase < 0 else goff[2 * b]
-        # the row's list holds every composite at or above the bucket: its length is known here
-        # (the K - want above it + the cnt in it), no read of the publish counter; the run table
-        # and the first SP_LOADS x nt items are loaded before any is stored (one L2 round trip)
-        n_all = min(K - want + int64(cnt), int64(SP_LMAX))
-        g0 = 2 * (b - s)                          # the row's run table in goff
-        ro = goff[g0 + 2 * tid] if tid < S else 0
-        rc = goff[g0 + 2 * tid + 1] if tid < S else 0
-        for i in range(tid, n_all, SP_LOADS * nt):
-            for u in range(SP_LOADS):
-                if i + u * nt < n_all:
-                    lv[u] = glist[lb + i + u * nt]
-            for u in range(SP_LOADS):
-                if i + u * nt < n_all:
-                    dyn64[K_MAX + i + u * nt] = lv[u]
-        if tid < S:
-            roff[tid] = ro
-            rcnt[tid] = rc
-        for r in range(tid + nt, S, nt):          # (S > nt: not with SP_THREADS and <= 132 SMs)
-            roff[r] = goff[g0 + 2 * r]
-            rcnt[r] = goff[g0 + 2 * r + 1]
         for i in range(tid, n_own, nt):
-            dyn32[i] = 0                          # larger ones in the other runs
+            dyn32[cb + i] = 0                     # larger ones in the other runs
         cuda.syncthreads()
         if stop == 7:                             # (timing hook: the list load alone)
+            if CL:
+                ops.cluster_wait_acquire()
             return
         # a binary search a (own item, other run) pair, in 32-bit arithmetic: Numba widens int32
         # operations to 64 bits, and the pair's run p // n_own was a 64-bit division call in SASS
@@ -2047,16 +2153,20 @@ def split_kernel(kind, vectorized, threads, cluster=0):
                     else:
                         hi = mid
                 if lo > r0:
-                    cuda.atomic.add(dyn32, i, int32(lo - r0))
+                    cuda.atomic.add(dyn32, cb + i, int32(lo - r0))
             p = uint32(p + uint32(nt))
         cuda.syncthreads()
         if stop == 3:
+            if CL:
+                ops.cluster_wait_acquire()
             return
         for i in range(tid, n_own, nt):
-            rk = i + dyn32[i]
+            rk = i + dyn32[cb + i]
             if rk < K:
                 write_at(dyn64[K_MAX + off + i], obase + rk, x, base, kind, vals, idx, True)
         split_tail(vals, idx, obase, K, k, kind, s, S, gcnt, row, phase)
+        if CL:                                    # no CTA leaves while its run may be read
+            ops.cluster_wait_acquire()
 
     topk_split.__name__ = topk_split.__qualname__ = \
         f"topk_split_{'bf16' if kind == BF16 else 'f32'}_v{VEC}_t{NT}" + (f"_c{CL}" if CL else "")
@@ -2094,11 +2204,12 @@ def split_geometry(rows, n, vec, sms, S=None, cluster=False):
     """(S, chunk, threads) of the split variant: S CTAs a row (``sms // rows``, but at least
     256 x vec scores each; ``S`` if given), chunk a multiple of the vector width, threads the
     smallest of SP_THREADS giving <= 4 vectors a thread. ``cluster``: S is a cluster size
-    (SP_CLUSTERS; by default the largest with rows x S <= SMs, at least 2) and stays S even
-    where fewer CTAs would cover the row (the trailing ones get empty slices)."""
+    (SP_CLUSTERS; by default the largest with rows x S <= SP_CLUSTER_CTAS, at least 2) and
+    stays S even where fewer CTAs would cover the row (the trailing ones get empty slices)."""
     if cluster:
         if S is None:
-            S = next((c for c in SP_CLUSTERS[::-1] if rows * c <= sms), SP_CLUSTERS[0])
+            S = next((c for c in SP_CLUSTERS[::-1] if rows * c <= min(sms, SP_CLUSTER_CTAS)),
+                     SP_CLUSTERS[0])
         if S not in SP_CLUSTERS:
             raise ValueError(f"cluster top-k: S must be one of {SP_CLUSTERS}, got {S}")
     elif S is None:
@@ -2132,32 +2243,35 @@ class TopkPlan:
     ``capacity`` and ``rb_stop`` as for rowblock (``split_reset`` after a stop), ``threads``
     (test hook) sets the CTA size, ``replay`` runs it as one launch per barrier (always under the
     simulator).
+    "cluster": split's kernel with each row one cluster of ``S`` CTAs (SP_CLUSTERS; default:
+    ``split_geometry(cluster=True)``), sm_90+ GPUs only (no replay); any number of rows.
     "auto" resolves per shape (``resolve_variant``).
     Test hooks: ``threads``/``finish_threads``/``S``/``capacity``/``stage_cap`` (the staged
     variant's per-block shared slots per list, <= SCAP) override the geometry, ``run(...,
     vectorized=False)`` takes the scalar path (no PTX: it also runs under the simulator).
     """
 
-    def __init__(self, rows: int, n: int, k: int, kind: int, *, threads: int = SCAN_THREADS,
+    def __init__(self, rows: int, n: int, k: int, kind: int, *, threads: int | None = None,
                  finish_threads: int = FINISH_THREADS, S: int | None = None,
                  capacity: int | None = None, variant: str | None = None,
                  stage_cap: int | None = None):
         variant = resolve_variant(variant, n, rows)
         self.variant = variant
         self.rows, self.n, self.k, self.kind = rows, n, k, kind
-        self.threads, self.finish_threads = threads, finish_threads
+        self.threads, self.finish_threads = threads or SCAN_THREADS, finish_threads
         gpu = detect_gpu()
         sms = gpu.sm_count if gpu else 132
         vec = _vec(kind, True)
         if variant == "staged":     # each launch one full wave: floor(resident blocks / rows)
-            self.S, self.chunk = _slices(n, rows, threads, vec, S, HIST_BLOCKS_PER_SM * sms, False)
-            self.sel_S, self.sel_chunk = _slices(n, rows, threads, vec, S,
+            self.S, self.chunk = _slices(n, rows, self.threads, vec, S, HIST_BLOCKS_PER_SM * sms,
+                                         False)
+            self.sel_S, self.sel_chunk = _slices(n, rows, self.threads, vec, S,
                                                  SELECT_BLOCKS_PER_SM * sms, False)
         elif variant in ("split", "cluster"):   # split: S CTAs a row, all resident (rows x S
             # <= SMs); cluster: a row is one cluster of S CTAs, co-scheduled by the hardware
             self.S, self.chunk, self.split_threads = split_geometry(rows, n, vec, sms, S,
                                                                     variant == "cluster")
-            if threads != SCAN_THREADS:     # test hook: the CTA size (the simulator: 32)
+            if threads is not None:         # test hook: the CTA size (the simulator: 32)
                 self.split_threads = threads
             if variant == "split" and (self.S > SP_MAX_S or (self.S > 1 and rows * self.S > sms)):
                 raise ValueError(f"split top-k: {rows} rows x S = {self.S} CTAs exceed the GPU's "
@@ -2165,7 +2279,7 @@ class TopkPlan:
                                  f"barriers): pass a smaller S, or use variant='rowblock'")
             self.sel_S, self.sel_chunk = self.S, self.chunk
         else:                       # ~4 resident 512-thread blocks per SM, rounded up
-            self.S, self.chunk = _slices(n, rows, threads, vec, S, 4 * sms, True)
+            self.S, self.chunk = _slices(n, rows, self.threads, vec, S, 4 * sms, True)
             self.sel_S, self.sel_chunk = self.S, self.chunk
         cap = capacity or max(1, min(n, max(16384, n // 8)))
         self.capacity = -(-cap // 16) * 16
@@ -2385,12 +2499,16 @@ _PLANS: dict = {}
 
 def resolve_variant(variant: str | None, n: int, rows: int = RB_AUTO_MIN_ROWS) -> str:
     """The concrete variant (one of VARIANTS) for ``rows`` rows of n scores: ``variant`` (default
-    ``PRODUCTION_VARIANT``); "auto": "split" for fewer than RB_AUTO_MIN_ROWS rows (one row over
-    many SMs, one launch; timed up to 8 x 1048576), else "rowblock" for n <= RB_AUTO_MAX_N (one
-    SM a row reads it in a few us) and "fused" for longer rows (split with RB_AUTO_MIN_ROWS or
-    more such rows has not been timed)."""
+    ``PRODUCTION_VARIANT``); "auto": on the GPU "cluster" for at most CL_AUTO_MAX_ROWS rows of at
+    most CL_AUTO_MAX_N scores (a row's CTAs exchange through distributed shared memory; timed
+    7-18 % faster than split there); else "split" for fewer than RB_AUTO_MIN_ROWS rows (one row
+    over many SMs, one launch; timed up to 8 x 1048576), else "rowblock" for n <= RB_AUTO_MAX_N
+    (one SM a row reads it in a few us) and "fused" for longer rows (split with RB_AUTO_MIN_ROWS
+    or more such rows has not been timed)."""
     variant = variant or PRODUCTION_VARIANT
     if variant == "auto":
+        if rows <= CL_AUTO_MAX_ROWS and n <= CL_AUTO_MAX_N and mode() == "gpu":
+            return "cluster"
         if rows < RB_AUTO_MIN_ROWS:
             return "split"
         return "fused" if n > RB_AUTO_MAX_N else "rowblock"
