@@ -616,14 +616,17 @@ def check_production_compiled(k, sig, arch):
     if name == "topk_finish_kernel":
         assert res.shared_bytes < 48 * 1024
     if name.startswith("topk_split") and "_c" in name:
-        # "cluster": barrier.cluster in the kernel's required cluster shape, no global barrier
-        # (no 64-bit arrival atomics, no acquire polling); the histogram read-back as split's
+        # "cluster": barrier.cluster in the kernel's required cluster shape; the histogram and
+        # the runs exchanged through distributed shared memory: no global atomic (arrival, add,
+        # publish), no acquire polling, no L2 read-back
         cl = int(name.rsplit("_c", 1)[1])
         assert re.search(rf"\.reqnctapercluster\s+{cl},\s*1,\s*1", res.ptx)
-        assert "barrier.cluster.arrive.release" in res.ptx
-        assert "barrier.cluster.wait.acquire" in res.ptx
-        assert not re.search(r"atom(\.\w+)*\.global\.add\.u64|ld\.acquire|nanosleep", res.ptx)
-        assert re.search(r"ld\.global\.cg\.v4\.u32", res.ptx)
+        for ins in ("barrier.cluster.arrive.release", "barrier.cluster.wait.acquire",
+                    "mapa.shared::cluster.u32", "ld.shared::cluster.u32",
+                    "ld.shared::cluster.u64", "st.shared::cluster.u32"):
+            assert ins in res.ptx, f"{ins} missing from the cluster kernel"
+        assert not re.search(r"(atom|red)(\.\w+)*\.global|ld\.acquire|nanosleep|ld\.global\.cg",
+                             res.ptx)
         assert res.shared_bytes < 16 * 1024, "the big buffers are dynamic shared memory"
     elif name.startswith("topk_split"):
         # the per-row barrier (atomic arrival, acquire polling with back-off), the histogram
