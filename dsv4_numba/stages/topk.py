@@ -1792,16 +1792,9 @@ SP_THREADS = (256, 512, 1024)   # CTA sizes: the smallest giving <= 4 vectors a 
 
 
 @device
-def split_barrier(gbar, row, S, s, seg, phase, ghist, hrow, nbuf, CL):
+def split_barrier(gbar, row, S, s, seg, phase, ghist, hrow, nbuf):
     """Barrier ``seg`` of the row's S CTAs (above); then this CTA zeroes its share of histogram
-    buffer (seg + 2) % nbuf. Replay (phase >= 0): no wait; True when the launch ends here.
-    CL (compile-time): the row is one cluster of S CTAs ("cluster" variant): barrier.cluster,
-    whose release / acquire at cluster scope orders the global stores before it (the cluster
-    form exchanges histograms in shared memory, ``cluster_find_bucket``: nothing to zero)."""
-    if CL:
-        ops.cluster_arrive_release()
-        ops.cluster_wait_acquire()
-        return False
+    buffer (seg + 2) % nbuf. Replay (phase >= 0): no wait; True when the launch ends here."""
     cuda.syncthreads()
     if phase >= 0:
         return seg == phase
@@ -1835,7 +1828,7 @@ def split_hist_round(h, ghist, hb, gbar, row, S, s, seg, phase, hrow, nbuf):
             v = h[i]
             if v != 0:
                 cuda.atomic.add(ghist, hb + i, v)
-    if split_barrier(gbar, row, S, s, seg, phase, ghist, hrow, nbuf, 0):
+    if split_barrier(gbar, row, S, s, seg, phase, ghist, hrow, nbuf):
         return True
     a = gaddr(ghist)
     d = 4 * nt                                    # 16-byte L2 loads, up to 4 in flight before
@@ -1930,7 +1923,7 @@ def split_publish_gather(dyn64, glist, goff, gcnt, gbar, ghist, st, rcnt, roff, 
     if live:
         for i in range(tid, n_own, nt):
             glist[lb + st[5] + i] = dyn64[swz(i)]
-    if split_barrier(gbar, row, S, s, seg, phase, ghist, hrow, nbuf, 0):
+    if split_barrier(gbar, row, S, s, seg, phase, ghist, hrow, nbuf):
         return int64(-1), int64(0)
     if not (phase < 0 or phase == seg + 1) or stop == 2:   # replay: this row is done
         return int64(-1), int64(0)
