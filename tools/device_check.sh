@@ -31,7 +31,11 @@ run() {  # name, timeout, command...
     tail -4 "$OUT/$name.log"
 }
 # PRECOMPILE="topk_split topk_rowblock": compile those kernels in parallel first (~2.5 min for 16
-# top-k kernels on 16 cores, instead of ~1.5 min each in every process that launches them)
+# top-k kernels on 16 cores, instead of ~1.5 min each in every process that launches them).
+# "topk_split" now also matches the 24 cluster forms (_c2 .. _c16); name the ones a run needs, a
+# trailing $ for an exact name: PRECOMPILE='topk_split_f32_v4_t256$ topk_split_f32_v4_t256_c16'
+# ("auto" at <= 4 rows of 65536 fp32 scores runs topk_split_f32_v4_t256_c16; at 131072,
+# topk_split_f32_v4_t512_c16)
 if [ -n "${PRECOMPILE:-}" ]; then run precompile 300 python3 tools/precompile.py $PRECOMPILE; fi
 for s in $sections; do
     name=${s%%:*}; part=${s#*:}; [ "$part" = "$s" ] && part=both
