@@ -65,8 +65,9 @@ Implementations (stage registry name ``topk``)
     shared memory instead of global memory: the row's histogram is reduce-scattered (CTA s sums
     its slice of bins over the cluster) and only the slice holding the threshold is read back;
     the sorted runs are read from their owners' shared memory, their lengths exchanged the same
-    way -- no global atomic, list, fence or workspace use. sm_90+ GPUs only (the simulator has
-    no clusters: tests there cover split, the same algorithm).
+    way -- no global atomic, list or fence (of split's workspace only an empty row's done flag is
+    written). sm_90+ GPUs only (the simulator has no clusters: tests there cover split, the
+    same algorithm).
   The other three split a row over S blocks of 512 threads (S x rows ~ 4 blocks per SM). The workspace (histograms, counters, tickets) is zeroed once when
   allocated and left zero by every run (the row's finishing block cleans it).
     1. histogram (both variants): each block reads its slice once (16-byte loads), counts the top
@@ -1734,7 +1735,8 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
 # next step is a smaller executed path (loops for the unrolled trips and sort networks), not
 # more ILP.
 # "cluster" (0.8.0): the same kernel, each row one thread-block cluster (CL = S <= 16 CTAs, the
-# hardware co-schedules them: no residency limit, no workspace use). Its barriers are
+# hardware co-schedules them: no residency limit, no workspace use but an empty row's done
+# flag). Its barriers are
 # barrier.cluster (~0.3 us; ptxas puts a MEMBAR.ALL.GPU before the arrive only where global
 # writes precede it) and its exchanges distributed shared memory: the histogram round is a
 # reduce-scatter (CTA s sums bins [s W, (s + 1) W) of all CL histograms, CL loads in flight a
@@ -2027,8 +2029,8 @@ def split_kernel(kind, vectorized, threads, cluster=0):
     ``cluster`` > 0 (the "cluster" variant): S == cluster, each row one cluster of S CTAs whose
     barriers are ``barrier.cluster`` and whose exchanges go through distributed shared memory
     (``cluster_find_bucket``, ``cluster_gather_runs``; dynamic shared memory SP_SMEM_CLUSTER:
-    dyn32[SP_HS:] holds the summed histogram slice, then the rank counts); ghist, gbar, gcnt,
-    goff and glist are not used. sm_90+, GPU only.
+    dyn32[SP_HS:] holds the summed histogram slice, then the rank counts); ghist, gbar, goff and
+    glist are not used, gcnt only by an empty row's done flag. sm_90+, GPU only.
     """
     key = ("split", kind, vectorized, threads, cluster)
     if key in _PROD:
