@@ -1506,11 +1506,33 @@ def rb_pass(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, d
 
 
 @device
+def find_bucket_round(dyn32, want, seg, split, CL, ghist, hrow, gbar, row, S, s, phase, nbuf, ctot,
+                      st, wsum):
+    """The bucket holding the want-th largest of this round's histogram dyn32[0:NBINS] (this
+    CTA's counts): "cluster" (CL, compile-time) sums the row's through distributed shared
+    memory (``cluster_find_bucket``); split through global memory, buffer seg % nbuf
+    (``split_hist_round``, barrier ``seg``), then ``block_find_bucket``; rowblock searches its
+    own. Returns (bucket, the row's items above it, the bucket's count, halted: a replay launch
+    ends here), all int32 but the flag."""
+    if CL:
+        d, above, cnt = cluster_find_bucket(dyn32, ctot, want, CL, s, st)
+        return int32(d), int32(above), int32(cnt), False
+    if split:
+        if split_hist_round(dyn32, ghist, hrow + int64(seg % nbuf) * NBINS, gbar, row, S, s, seg,
+                            phase, hrow, nbuf):
+            return int32(0), int32(0), int32(0), True
+    else:
+        cuda.syncthreads()
+    block_find_bucket(dyn32, NBINS, want, st, wsum)
+    return int32(st[0]), int32(st[1]), int32(dyn32[st[0]]), False
+
+
+@device
 def rb_threshold_bucket(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum,
                         lcap, stop, split, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, ctot):
     """The bucket holding the K-th largest of the row, by the whole CTA (rowblock: the row;
-    split: its slice [c_lo, c_hi), the histograms summed over the row's CTAs by
-    ``split_hist_round``): pass 1 counts the top 12 key bits (dyn32), a block scan finds the
+    split / cluster: its slice [c_lo, c_hi), the histograms summed over the row's CTAs by
+    ``find_bucket_round``): pass 1 counts the top 12 key bits (dyn32), a block scan finds the
     bucket d and ``want`` (how many of K it must give); while d holds more than ``ccap`` scores,
     a level pass (L2) counts the next 12 bits of the composites in d. Returns (want, pfx, hi,
     cnt, seg, halted): the composites sharing pfx's bits >= hi are the bucket, cnt of them;
@@ -1523,16 +1545,10 @@ def rb_threshold_bucket(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32,
     seg = 0
     if stop == 5:                                 # (timing hook: pass 1 alone)
         return int64(0), uint64(0), 0, int32(0), seg, True
-    if CL:
-        d, above, cnt = cluster_find_bucket(dyn32, ctot, K, CL, s, st)
-    else:
-        if split:
-            if split_hist_round(dyn32, ghist, hrow, gbar, row, S, s, seg, phase, hrow, nbuf):
-                return int64(0), uint64(0), 0, int32(0), seg, True
-        else:
-            cuda.syncthreads()
-        block_find_bucket(dyn32, NBINS, K, st, wsum)
-        d, above, cnt = st[0], st[1], dyn32[st[0]]
+    d, above, cnt, halted = find_bucket_round(dyn32, K, seg, split, CL, ghist, hrow, gbar, row, S,
+                                              s, phase, nbuf, ctot, st, wsum)
+    if halted:
+        return int64(0), uint64(0), 0, int32(0), seg, True
     want = K - above
     pfx = uint64(d) << uint64(64 - RB_LEVEL_BITS)
     hi = 64 - RB_LEVEL_BITS                       # composite bits >= hi are resolved
@@ -1551,17 +1567,10 @@ def rb_threshold_bucket(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32,
                 float32(0), dyn32, dyn64, st, lcap)
         if split:
             seg += 1
-        if CL:
-            d, above, cnt = cluster_find_bucket(dyn32, ctot, want, CL, s, st)
-        else:
-            if split:
-                if split_hist_round(dyn32, ghist, hrow + int64(seg % nbuf) * NBINS, gbar, row,
-                                    S, s, seg, phase, hrow, nbuf):
-                    return want, pfx, hi, cnt, seg, True
-            else:
-                cuda.syncthreads()
-            block_find_bucket(dyn32, NBINS, want, st, wsum)
-            d, above, cnt = st[0], st[1], dyn32[st[0]]
+        d, above, cnt, halted = find_bucket_round(dyn32, want, seg, split, CL, ghist, hrow, gbar,
+                                                  row, S, s, phase, nbuf, ctot, st, wsum)
+        if halted:                                # (the caller reads nothing else)
+            return want, pfx, hi, cnt, seg, True
         want -= above
         pfx |= uint64(d) << uint64(lo)
         hi = lo
