@@ -189,7 +189,7 @@ class Kernel:
             return
         if sig not in disp.overloads:
             disp.compile(sig)
-        set_kernel_attribute(disp, sig, "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES", nbytes)
+        set_max_dynamic_shared(disp, sig, nbytes)
         if self.cluster is not None and self.cluster[0] * self.cluster[1] * self.cluster[2] > 8:
             set_kernel_attribute(disp, sig, "CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED", 1)
         self._smem_raised.add((sig, nbytes))

@@ -306,6 +306,22 @@ def test_topk_rowblock_special_rows_on_device():
     assert K.resolve_variant("auto", 1 << 20, 64) == "fused"
 
 
+def _repeats_bitwise(x, k, c, plan, calls, ws_msg):
+    """``calls`` top-k calls on one split / cluster plan: the first against the oracle, every one
+    bit for bit equal to it, and the plan's global histogram buffers zero after each
+    (``ws_msg`` says why)."""
+    first = None
+    for _ in range(calls):
+        v, i = K.topk_production(c, plan=plan)
+        assert not plan.split_workspace(True, K.SP_NBUF)[0].copy_to_host().any(), ws_msg
+        if first is None:
+            K.assert_topk(v, i, x, k, None, name=f"{plan.variant} {c.R}x{c.n} S={plan.S}")
+            first = (v, i)
+        assert_close(i, first[1], bitwise=True, name=f"{plan.variant} repeat indices")
+        assert_close(v.view(np.uint8), first[0].view(np.uint8), bitwise=True,
+                     name=f"{plan.variant} repeat values")
+
+
 @pytest.mark.skipif("split" not in TOPK_VARIANTS, reason="split variant not under test")
 @pytest.mark.parametrize("R,N,k,S", [(1, 65536, 2048, "all"), (4, 65536, 512, "all"),
                                      (1, 1 << 20, 4096, None)])
@@ -318,17 +334,8 @@ def test_topk_split_every_sm_repeated(R, N, k, S):
         S = detect_gpu().sm_count // R
     x = _scores(R, N, np.float32, seed=R + N, kind="normal")
     c = K._prepare(x, k, None)
-    plan = K.TopkPlan(R, N, k, c.kind, variant="split", S=S)
-    first = None
-    for _ in range(10):
-        v, i = K.topk_production(c, plan=plan)
-        ws = plan.split_workspace(True, K.SP_NBUF)
-        assert not ws[0].copy_to_host().any(), "every split run must leave its histograms zero"
-        if first is None:
-            K.assert_topk(v, i, x, k, None, name=f"split {R}x{N} S={plan.S}")
-            first = (v, i)
-        assert_close(i, first[1], bitwise=True, name="split repeat indices")
-        assert_close(v, first[0], bitwise=True, name="split repeat values")
+    _repeats_bitwise(x, k, c, K.TopkPlan(R, N, k, c.kind, variant="split", S=S), 10,
+                     "every split run must leave its histograms zero")
 
 
 @pytest.mark.skipif("split" not in TOPK_VARIANTS, reason="split variant not under test")
@@ -360,23 +367,13 @@ def test_topk_split_level_rounds_and_replay(R, N, k, dtype, kind):
     (1, 65536, 2048, 8, np.float32), (2, 262144, 4096, 4, np.float32),
     (64, 131072, 2048, 2, np.float32), (3, 65536, 1024, 16, ml_dtypes.bfloat16)])
 def test_topk_cluster_repeated(R, N, k, S, dtype):
-    """cluster (each row one cluster of S CTAs meeting at barrier.cluster): the oracle, then 5
-    more calls on one plan repeating it bit for bit with the histogram buffers left zero; 64 rows
-    x 2 CTAs also runs with 256 CTAs (no residency limit: the hardware co-schedules a cluster)."""
+    """cluster (each row one cluster of S CTAs meeting at barrier.cluster, exchanging through
+    distributed shared memory): the oracle, then 5 more calls on one plan repeating it bit for
+    bit, split's global histograms never written; S = 2 / 4 / 8 / 16, 64 rows x 2 CTAs, bf16."""
     x = _scores(R, N, dtype, seed=R + N + S, kind="normal")
     c = K._prepare(x, k, None)
-    plan = K.TopkPlan(R, N, k, c.kind, variant="cluster", S=S)
-    first = None
-    for _ in range(6):
-        v, i = K.topk_production(c, plan=plan)
-        ws = plan.split_workspace(True, K.SP_NBUF)
-        assert not ws[0].copy_to_host().any(), "every cluster run must leave its histograms zero"
-        if first is None:
-            K.assert_topk(v, i, x, k, None, name=f"cluster {R}x{N} S={plan.S}")
-            first = (v, i)
-        assert_close(i, first[1], bitwise=True, name="cluster repeat indices")
-        assert_close(v.view(np.uint8), first[0].view(np.uint8), bitwise=True,
-                     name="cluster repeat values")
+    _repeats_bitwise(x, k, c, K.TopkPlan(R, N, k, c.kind, variant="cluster", S=S), 6,
+                     "cluster must leave split's global histograms untouched (zero)")
 
 
 @pytest.mark.skipif("cluster" not in TOPK_VARIANTS, reason="cluster variant not under test")
