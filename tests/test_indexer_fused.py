@@ -17,6 +17,7 @@ from test_indexer import check_selection, fp4, oracle, page, random_bytes
 from dsv4_numba import formats
 from dsv4_numba.formats import QuantizedFP4, quantize_fp8
 from dsv4_numba.pipelines import indexer_sm90 as F
+from dsv4_numba.pipelines import indexer_sm90_rs as R
 from dsv4_numba.pipelines.indexer import indexer
 
 H, D = F.H_FUSED, F.D_FUSED
@@ -111,11 +112,11 @@ def test_wrong_fp4_decode_in_the_kernel_fails_the_index_check(sim, monkeypatch):
 
 
 # ---------------------------------------------------------------- round 2 kernel (variant v2)
-def v2_scores(q, kc, w, vl, table=None, tq=None, k=8):
+def v2_scores(q, kc, w, vl, table=None, tq=None, k=8, variant="v2", tpc=None):
     from dsv4_numba.pipelines.indexer import _validate
     c = _validate(q, kc, w, k, vl, table)
-    p = F.fused_plan(c, q, kc, w, out=np.full(c.T * c.N, np.nan, np.float32), variant="v2",
-                     tq=tq).run()
+    p = F.fused_plan(c, q, kc, w, out=np.full(c.T * c.N, np.nan, np.float32), variant=variant,
+                     tq=tq, tpc=tpc).run()
     return p.scores.reshape(c.T, c.N)
 
 
@@ -150,12 +151,15 @@ def test_v2_fp4_emulated_decoded_q_paged_equals_contiguous(sim):
 
 
 def test_variant_switch(monkeypatch):
-    assert F.pick_variant() == F.DEFAULT_VARIANT
+    assert F.DEFAULT_VARIANT == "auto"
+    assert F.pick_variant() == "v2" and F.pick_variant(None, 16) == "v2"      # T unknown / > 4
+    assert F.pick_variant(None, 1) == "v4" == F.pick_variant("auto", F.RS_AUTO_MAX_T)
     monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v2")
     assert F.pick_variant() == "v2" and F.pick_variant("v1") == "v1"
     assert F.pick_variant("v3") == "v3"
+    assert F.pick_variant("v4") == "v4"
     with pytest.raises(ValueError, match="v1"):
-        F.pick_variant("v4")
+        F.pick_variant("v5")
 
 
 @pytest.mark.parametrize("which", [pytest.param(0, marks=pytest.mark.slow), 1],
@@ -378,3 +382,88 @@ def test_hist_topk_select_from_a_given_histogram(sim, variant):
     sel.run(x.reshape(-1), vl, vals, idx)
     TK.assert_topk(vals.reshape(R, k), idx.reshape(R, k), x, k, vl, name=f"HistTopk {variant}")
     assert not sel.plan.workspace(False)[0].any(), "the workspace must be left zero"
+
+
+# ---------------------------------------------------------------- variant v4: keys in registers
+def test_v4_permutation_is_the_a_fragment_of_one_fp4_block():
+    """perm_pos is a permutation of D; lane c of a quad holds exactly D[32c, 32c + 32) (one FP4
+    block, one scale) across the 8 k-steps, at the A fragment's columns {2c, 2c+1, 2c+8, 2c+9}."""
+    p = R.perm_pos(np.arange(D))
+    assert sorted(p.tolist()) == list(range(D))
+    for c in range(4):
+        cols = p[32 * c:32 * (c + 1)] % 16
+        assert set(cols.tolist()) == {2 * c, 2 * c + 1, 2 * c + 8, 2 * c + 9}
+        assert sorted((p[32 * c:32 * (c + 1)] // 16).tolist()) == sorted(list(range(8)) * 4)
+
+
+@pytest.mark.parametrize("T,N,vl,tpc,bf16", [
+    (1, 70, [70], None, True),                    # one tile + a 6-key tail tile
+    (2, 129, [129, 37], 2, False),                # TB = 2, two tiles a CTA, the last one short
+    (3, 200, [200, 150, 3], 1, True),             # TB = 4 with a missing 4th token
+    (4, 200, [200, 150, 0, 64], 2, False),        # a token with nothing to score
+], ids=["bf16-T1", "fp4-T2", "bf16-T3", "fp4-T4"])
+def test_v4_emulated_against_oracle(sim, T, N, vl, tpc, bf16):
+    q, kc, w = problem(30 + T, T, N, bf16=bf16)
+    vl = np.array(vl, np.int32)
+    check_v2(v2_scores(q, kc, w, vl, variant="v4", tpc=tpc), oracle(q, kc, w, vl))
+
+
+@pytest.mark.parametrize("per_token", [False, True], ids=["shared-table", "per-token-table"])
+def test_v4_fp4_emulated_paged_equals_contiguous(sim, per_token):
+    """A paged FP4 cache gives bitwise the contiguous scores (a per-token table runs TB = 1)."""
+    q, kc, w = problem(33, 2, 128, bf16=False)
+    vl = np.array([128, 37], np.int32)
+    sc = v2_scores(q, kc, w, vl, variant="v4", tpc=1)
+    (pd, ps), table = page([kc.data, kc.scales], 32, 2, per_token, 5, random_bytes)
+    if per_token:
+        table[1, 2:] = -1                          # token 1 reads logical pages 0..1 only
+    kp = QuantizedFP4(pd, ps, None, "dsv4_fp4", pd.shape[:2] + (D,))
+    np.testing.assert_array_equal(v2_scores(q, kp, w, vl, table, variant="v4", tpc=1)
+                                  .view(np.uint32), sc.view(np.uint32))
+
+
+def test_v4_wrong_fp4_decode_fails_the_index_check(sim, monkeypatch):
+    """The integer E2M1 bug in v4's decode (keys into registers, q into shared memory)."""
+    from numba.cuda.simulator.kernel import FakeCUDAKernel
+
+    K = sys.modules["dsv4_numba.runtime.kernel"]
+
+    def wrong8(word, scode):
+        s = 2.0 ** (int(scode) - 127)
+        v = [(-1.0 if c & 8 else 1.0) * (c & 7) * s for c in ((int(word) >> (4 * i)) & 15
+                                                          for i in range(8))]
+        b = np.array(v, np.float32).astype(ml_dtypes.bfloat16).view(np.uint16).astype(np.uint32)
+        return tuple(np.uint32(b[2 * i] | (b[2 * i + 1] << 16)) for i in range(4))
+
+    monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v4")
+    monkeypatch.setitem(K._SIM_TWIN, id(F.decode8), (F.decode8, FakeCUDAKernel(wrong8, device=True)))
+    q, kc, w = problem(12, 1, 128, bf16=False)
+    orc = oracle(q, kc, w)
+    idx, vals = indexer(q, kc, w, 8, impls="fused:reference")
+    with pytest.raises(AssertionError, match="clearly"):
+        check_selection(idx, vals, orc["scores"], orc["err"], 8, orc["valid_len"], "integer decode")
+
+
+def test_v4_geometry():
+    assert R.rs_geometry(1, 65536, 1, None, 132) == (1, 2, (512, 1))
+    assert R.rs_geometry(4, 131072, 1, None, 132)[:2] == (4, 8)
+    tb, tpc, grid = R.rs_geometry(64, 65536, 1, None, 132)
+    assert tb == 4 and grid[1] == 16 and grid[0] * tpc >= 1024
+    assert R.rs_geometry(4, 1000, 4, 3, 132) == (1, 3, (6, 4))      # per-token table: TB = 1
+    assert R.rs_geometry(2, 64, 1, None, 132) == (2, 1, (1, 1))
+
+
+@pytest.mark.parametrize("which", [0, pytest.param(2, marks=pytest.mark.slow)],
+                         ids=["tb1-fp4", "tb4-fp4"])
+def test_v4_kernels_compile_for_sm90a(which):
+    """No spills; TB x 8 HGMMA 64x64x16 with A in registers; no key bytes through shared memory
+    (the only shared stores are the q tile's and the weights'). ~40 s (TB = 1) / ~70 s (TB = 4)
+    of CPU here."""
+    kern, sig = R.rs_kernels()[which]
+    r = kern.compile(sig, "sm_90a")
+    assert r.spill_stores == 0 and r.spill_loads == 0 and r.stack_bytes == 0, r.summary()
+    import re
+    hg = re.findall(r"HGMMA\.64x64x16\.F32\.BF16 R\d+, (\S+),", r.sass)
+    assert len(hg) == 8 * kern.tb and all(a.startswith("R") for a in hg), hg[:3]
+    assert "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16" in r.ptx
+    assert r.sass.count("SHFL.BFLY") == 4 * kern.tb, "2 rows x shfl.bfly 1, 2 a token"

@@ -144,6 +144,7 @@ def k_wgmma_setmaxnreg(out):
         ops.setmaxnreg_inc_240()
         ops.wgmma_fence()
         ops.wgmma_commit_group()
+        ops.wgmma_wait_group_3()
         ops.wgmma_wait_group_2()
         ops.wgmma_wait_group_1()
         ops.wgmma_wait_group_0()

@@ -138,9 +138,10 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
         plans[v] = []
         for kk in keys:
             q, kc = ours_inputs(kk)
+            vname, rs = _rs_options(v)
             plans[v].append(F.fused_plan(_validate(q, kc, wd, k, None, None), q, kc, wd,
-                                         out=scores, variant=v,
-                                         ghist=hsel.ghist(True) if v == "v3" else None))
+                                         out=scores, variant=vname,
+                                         ghist=hsel.ghist(True) if v == "v3" else None, **rs))
     vl = plans[variants[0]][0].vl
     s2 = scores.reshape(T, N)
     vals = cuda.device_array(T * k, np.float32)          # flat, as topk_production takes them
@@ -197,6 +198,11 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
                 hsel.run(scores, vl, vals, idx)
         else:
             sel = run_topk
+        if _rs_options(v)[1].get("stop"):     # a timing hook: the scores kernel alone, unchecked
+            cyc = Cycle(plans[v])
+            s_us = time_gpu(lambda: cyc().run(), reps, repeats)
+            print(f"{fmt} {v} T={T} N={N} k={k}: scores kernel to its stop {s_us:.1f} us", flush=True)
+            continue
         plans[v][0].run()
         cuda.synchronize()
         assert not torch.isnan(scores_t).any(), f"fused {v}: unwritten scores"
@@ -238,9 +244,17 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
               flush=True)
 
 
+def _rs_options(v):
+    """'v4@TPC/PF/SPLIT/STOP' (each part optional: v4@8, v4@/1, v4@4/2/0, v4@///1) -> ('v4',
+    fused_plan kwargs). STOP (v4's timing hook) times the scores kernel only, unchecked."""
+    name, _, opts = v.partition("@")
+    parts = (opts.split("/") + [""] * 4)[:4] if opts else [""] * 4
+    return name, {key: int(x) for key, x in zip(("tpc", "pf", "split", "stop"), parts) if x}
+
+
 def _list(arg, allowed, what):
     items = tuple(x for x in arg.split(",") if x)
-    bad = [x for x in items if x not in allowed]
+    bad = [x for x in items if x.partition("@")[0] not in allowed]
     if bad or not items:
         raise SystemExit(f"--{what}: {bad or arg!r} not in {allowed}")
     return items
@@ -265,7 +279,16 @@ def precompile_jobs(variants, fmts):
     if "v3" in variants:
         jobs.append(("v3 select", head + "staged = IT.DEFAULT_SELECT == 'staged'\n"
                      "k, s = IT.kernels()[int(staged)]\n" + compile_))
-    if {"v1", "v2"} & set(variants):     # the registered top-k after them
+    v4 = {v.partition("@")[0] for v in variants} & {"v4"}
+    if v4 and set(fmts) - {"fp8"}:
+        from dsv4_numba.pipelines import indexer_sm90 as F
+        from dsv4_numba.pipelines.indexer_sm90_rs import RS_DEFAULTS as D
+        extra = tuple(sorted({(o.get("pf", D["pf"]), o.get("split", D["split"])) for o in
+                              (_rs_options(v)[1] for v in variants if v.startswith("v4"))}))
+        for i, (k, _) in enumerate(F.rs_kernels_of(fmts, extra)):
+            jobs.append((k.__name__, head + f"k, s = F.rs_kernels_of({tuple(fmts)!r}, "
+                         f"{extra!r})[{i}]\n" + compile_))
+    if {"v1", "v2"} & set(variants) or v4:     # the registered top-k after them
         from dsv4_numba.pipelines import indexer_topk as IT
         for i, (k, _) in enumerate(IT.registered_topk_kernels()):
             jobs.append((k.__name__, head + f"k, s = IT.registered_topk_kernels()[{i}]\n"
@@ -296,7 +319,8 @@ def main(argv=None):
     ap.add_argument("--fmt", help="key formats, comma-separated: fp4, fp8, bf16")
     ap.add_argument("--variant", default="both",
                     help="fused kernel(s) to time, comma-separated: v1 (round 1, H100-verified), "
-                         "v2 (round 2), v3 (v2 + histogram top-k); 'both' = v1,v2, 'all'")
+                         "v2 (round 2), v3 (v2 + histogram top-k), v4 (keys in wgmma registers; "
+                         "v4@N: N key tiles a CTA); 'both' = v1,v2, 'all'")
     ap.add_argument("--shapes", help="TxNxk list, e.g. 1x65536x512,16x262144x2048 (default: all "
                                      "of SHAPES, or the target rows with --quick)")
     ap.add_argument("--no-topk", action="store_true",
@@ -310,8 +334,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import time
     start = time.monotonic()
-    variants = {"both": ("v1", "v2"), "all": ("v1", "v2", "v3")}.get(args.variant) or \
-        _list(args.variant, ("v1", "v2", "v3"), "variant")
+    variants = {"both": ("v1", "v2"), "all": ("v1", "v2", "v3", "v4")}.get(args.variant) or \
+        _list(args.variant, ("v1", "v2", "v3", "v4"), "variant")
     fmts = _list(args.fmt, ("fp4", "fp8", "bf16"), "fmt") if args.fmt else \
         (("fp4",) if args.quick else ("fp4", "bf16"))
     if args.precompile:

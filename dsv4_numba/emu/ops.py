@@ -408,7 +408,8 @@ def _wgmma_wait(n):
     return wait
 
 
-wgmma_wait_group_0, wgmma_wait_group_1, wgmma_wait_group_2 = (_wgmma_wait(n) for n in range(3))
+wgmma_wait_group_0, wgmma_wait_group_1, wgmma_wait_group_2, wgmma_wait_group_3 = (
+    _wgmma_wait(n) for n in range(4))
 
 
 def l2_policy_evict_first():

@@ -7,7 +7,8 @@ that call them from every thread of blocks of whole warps. The memory operations
 beside its address so the twin can act on the array.
 """
 import numpy as np
-from numba import cuda, int32, uint32, uint64
+from numba import cuda, float32, int32, uint32, uint64
+from numba.cuda import libdevice
 
 from ..runtime import device
 from . import ops
@@ -109,7 +110,17 @@ def _pack_bf16x2_sim(hi, lo):
     return uint32((int(bf16_bits(hi)) << 16) | int(bf16_bits(lo)))
 
 
+def _relu_gpu(x):
+    return libdevice.fmaxf(x, float32(0.0))
+
+
+def _relu_sim(x):
+    return float32(x) if x > 0 else float32(0.0)
+
+
 shfl_xor = _twin(_shfl_xor_gpu, _shfl_xor_sim)        # shfl.sync.bfly
+#: max(x, 0) in one FMNMX (libdevice fmaxf; NaN -> 0, as ``x if x > 0 else 0``)
+relu_f32 = _twin(_relu_gpu, _relu_sim)
 
 
 def _warp_shfl_xor_sim(v, off):

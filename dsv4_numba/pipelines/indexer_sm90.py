@@ -19,7 +19,8 @@ derived bound gamma(D + H + 3) * sum_h |w| sum_d |q k| covers both).
 Paged caches: every key row goes through ``cache_row`` (the block table); a contiguous cache is the
 one-page case, so the two run the same instructions on the same values: identical scores.
 
-Two kernels, selected by ``variant=`` / ``DSV4_INDEXER_VARIANT`` (default ``DEFAULT_VARIANT``):
+Kernels selected by ``variant=`` / ``DSV4_INDEXER_VARIANT`` (default ``DEFAULT_VARIANT``, "auto":
+``pick_variant``):
 
 * ``v1`` (round 1, ``indexer_fused_kernel``; verified on an H100, 2026-11-25): the loop above. Its
   epilogue indexes the 64-register accumulator tuple with a loop variable, which Numba compiles to a
@@ -58,6 +59,12 @@ Two kernels, selected by ``variant=`` / ``DSV4_INDEXER_VARIANT`` (default ``DEFA
   histogram in the epilogue costs T*N fire-and-forget reductions (``indexer_topk``'s napkin math).
   What stays is the top-k's select + finish (~26-35 us at the small shapes, the top-k stage's
   own work).
+* ``v4`` (round 4, 2026-11-26; ``pipelines/indexer_sm90_rs.py``): keys on wgmma's M, decoded
+  from global memory straight into the A registers (a permutation of D makes one lane's fragment
+  one FP4 block); q the only shared-memory operand; the head sum in-thread (2 shuffles a key).
+  On an H100 (FP4, scores only): 11.2 vs v2's 13.9 us at T = 1, N = 65536; 32-37 vs 42-43 at
+  T = 4, N = 131072; but 242-268 vs 207.6 at T = 64, N = 65536. The default ``auto`` runs it for
+  T <= ``RS_AUTO_MAX_T`` (4) and v2 above.
 * V3.2 FP8 (``indexer_fused_fp8_kernel``, any variant; the histogram under v3): E4M3 q and keys
   copied as bytes into 128B-swizzled tiles (a 128-code row is one swizzle row), 4 x
   ``wgmma.m64n128k32.f32.e4m3.e4m3``, q's per-row scale folded into w, the key's per-row scale
@@ -723,14 +730,18 @@ def _sim_alignment(gpu: bool):
         SMEM_ALIGN = 1024
 
 
-VARIANTS = ("v1", "v2", "v3")
+VARIANTS = ("v1", "v2", "v3", "v4")
 #: v2 is the default since 2026-11-25: on an H200 (sm_90a) its scores matched the float64 oracle in
 #: all 8 tests/gpu ``test_v2_scores_match_oracle`` cases (T 1/4/16, N 127/129/65536, bf16 and FP4,
 #: NaN-poisoned outputs) and its top-k agreed with torch's at the three benchmark shapes. H100,
 #: 2026-11-26: those 8 again, its 4 many-tokens-per-CTA and 2 paged-equals-contiguous GPU tests
 #: passed (the end-to-end one did not finish inside the call). ``DSV4_INDEXER_VARIANT=v1`` (or
 #: ``variant=``) selects the H100-verified round-1 kernel.
-DEFAULT_VARIANT = "v2"
+#: Since 2026-11-26 the default is "auto": v4 for at most RS_AUTO_MAX_T tokens, else v2 (H100,
+#: FP4, H = 64: scores 11.2 vs 13.9 us at T = 1, N = 65536 and 36.7 vs 42.7 at T = 4, N = 131072,
+#: but 242-268 vs 207.6 at T = 64, N = 65536 -- CHANGELOG 0.9.0).
+DEFAULT_VARIANT = "auto"
+RS_AUTO_MAX_T = 4
 #: v3 (round 3): v2's kernel counting every valid score in the top-k's first-level histogram as
 #: it writes it, then ``indexer_topk.HistTopk`` -- the "fused" top-k's select + finish without its
 #: histogram launch (napkin math in ``pipelines/indexer_topk.py``). V3.2 FP8 inputs take
@@ -742,13 +753,21 @@ DEFAULT_VARIANT = "v2"
 #: (the histogram adds 4-11 us to the score kernel; its select is the slower "fused" one).
 #: Kept opt-in (``DSV4_INDEXER_VARIANT=v3``) as the measured alternative.
 HIST_VARIANTS = ("v3",)
+#: v4 (round 4, ``indexer_sm90_rs``): keys decoded from global memory straight into wgmma's A
+#: registers (keys on M, heads on N), q the only shared-memory operand, the head sum in-thread.
+#: bf16 and FP4 keys (V3.2 FP8 runs ``indexer_fused_fp8_kernel`` as under every variant).
+RS_VARIANTS = ("v4",)
 
 
-def pick_variant(variant=None) -> str:
+def pick_variant(variant=None, T=None) -> str:
+    """The concrete variant: ``variant``, else ``DSV4_INDEXER_VARIANT``, else DEFAULT_VARIANT;
+    "auto" is v4 for 1 <= T <= RS_AUTO_MAX_T tokens, else (or T unknown) v2."""
     import os
     v = variant or os.environ.get("DSV4_INDEXER_VARIANT") or DEFAULT_VARIANT
+    if v == "auto":
+        return "v4" if T is not None and 1 <= T <= RS_AUTO_MAX_T else "v2"
     if v not in VARIANTS:
-        raise ValueError(f"fused indexer variant must be one of {VARIANTS}, not {v!r}")
+        raise ValueError(f"fused indexer variant must be 'auto' or one of {VARIANTS}, not {v!r}")
     return v
 
 
@@ -762,10 +781,12 @@ class FusedPlan:
     ``pre``: (grid, args) of the q decode launched first (v2/v3, FP4 q, T > 1), else None.
     ``kern``: the score kernel (v1, v2 or the FP8 kernel)."""
 
-    def __init__(self, io, grid, args, scores, vl, gpu, variant="v1", pre=None, kern=None):
+    def __init__(self, io, grid, args, scores, vl, gpu, variant="v1", pre=None, kern=None, smem=0):
         self.io, self.grid, self.args, self.scores, self.vl, self.gpu = io, grid, args, scores, vl, gpu
-        self.variant, self.pre = variant, pre
+        self.variant, self.pre, self.smem = variant, pre, smem
         self.kern = kern or (indexer_fused_kernel if variant == "v1" else indexer_fused_v2_kernel)
+        if gpu and grid is not None and smem > 48 * 1024:
+            self.kern.reserve_dynamic_shared(args, smem)
 
     def run(self):
         if self.grid is not None:
@@ -773,12 +794,12 @@ class FusedPlan:
             if self.gpu:
                 if self.pre is not None:
                     gpu_dispatcher(q_decode_kernel)[self.pre[0], 256](*self.pre[1])
-                gpu_dispatcher(k)[self.grid, THREADS](*self.args)
+                gpu_dispatcher(k)[self.grid, THREADS, 0, self.smem](*self.args)
                 return self
             with _sim_alignment(self.gpu):
                 if self.pre is not None:
                     q_decode_kernel.launch(self.pre[0], 256, *self.pre[1])
-                k.launch(self.grid, THREADS, *self.args)
+                k.launch(self.grid, THREADS, *self.args, shared_bytes=self.smem)
         return self
 
 
@@ -792,15 +813,19 @@ def gpu_dispatcher(k):
     return k.gpu
 
 
-def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=None) -> FusedPlan:
+def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=None,
+               tpc=None, pf=None, split=None, stop=0) -> FusedPlan:
     """Place the validated inputs for the fused kernel. ``out``: a kernel-side float32 [T*N] to
     write (tests poison it with NaN: every position must be written). ``variant``: "v1" (round 1,
-    H100-verified), "v2" (round 2) or "v3" (v2 + the top-k histogram); default
+    H100-verified), "v2" (round 2), "v3" (v2 + the top-k histogram), "v4" (keys in wgmma
+    registers, ``indexer_sm90_rs``) or "auto" (``pick_variant``); default
     ``DSV4_INDEXER_VARIANT`` or ``DEFAULT_VARIANT``. ``tq``: tokens per CTA (tests: several tokens
     per CTA at emulator sizes), else ``token_group``. ``ghist``: kernel-side int32 [>= T * 4096],
-    zero, counted into (v3 and the FP8 kernel; required by v3)."""
-    variant = pick_variant(variant)
+    zero, counted into (v3 and the FP8 kernel; required by v3). ``tpc``, ``pf``, ``split``: v4's
+    64-key tiles a CTA, tiles loaded ahead and commit groups (``indexer_sm90_rs.rs_kernel``; else
+    ``rs_geometry``'s and ``RS_DEFAULTS``); ``stop``: v4's timing hook (``rs_kernel``)."""
     T, N = c.T, c.N
+    variant = pick_variant(variant, T)
     if variant in HIST_VARIANTS and ghist is None and T and N:
         raise ValueError(f"fused indexer variant {variant}: pass ghist (the top-k histogram, "
                          f"int32 [T * {NBINS}], zero) -- fused_indexer does")
@@ -835,8 +860,16 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
     vl = c.valid_len
     vl = io.to_kernel(np.array(vl, np.int32) if isinstance(vl, np.ndarray) else vl).reshape(-1)
     scores = io.empty(T * N, np.float32) if out is None else out
-    grid, args, pre, kern = None, None, None, None
-    if T and N:
+    grid, args, pre, kern, smem = None, None, None, None, 0
+    if T and N and variant in RS_VARIANTS and c.fam != "fp8":
+        from . import indexer_sm90_rs as R
+        tb, tpc, grid = R.rs_geometry(T, N, c.table_rows, tpc, R.sm_count())
+        pf = R.RS_DEFAULTS["pf"] if pf is None else pf
+        split = R.RS_DEFAULTS["split"] if split is None else split
+        kern, smem = R.rs_kernel(tb, fmt, pf, split), R.dyn_smem_bytes(tb)
+        args = (_u8(qsrc), qsc, _u8(ksrc), ksc, w, table, c.table_rows, c.max_pages, c.page_size,
+                vl, T, N, tpc, fmt, scores, stop)
+    elif T and N:
         TQ = token_group(T, N) if tq is None else max(1, min(int(tq), T))
         grid = (-(-N // BN), -(-T // TQ))
         if c.fam == "fp8":
@@ -856,7 +889,7 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
                 qfmt = FMT_BF16
             args = (qs, qsc, _u8(ksrc), ksc, w, table, c.table_rows, c.max_pages, c.page_size, vl,
                     T, N, TQ, qfmt, fmt, scores, ghist, hist)
-    return FusedPlan(io, grid, args, scores, vl, io.gpu, variant, pre, kern)
+    return FusedPlan(io, grid, args, scores, vl, io.gpu, variant, pre, kern, smem)
 
 
 def fused_scores(c, q, k_cache, weights, out=None, variant=None, ghist=None):
@@ -877,7 +910,7 @@ def fused_indexer(c, q, k_cache, weights, topk_impl=None, return_intermediates=F
         raise ImplUnavailable(f"the fused indexer is an sm_90a kernel (wgmma); this GPU is "
                               f"{device_arch()}: {STAGED_HINT}")
     T, N, k = c.T, c.N, c.k
-    variant = pick_variant(variant)
+    variant = pick_variant(variant, T)
     sel = None
     if variant in HIST_VARIANTS and T and N:
         if topk_impl not in (None, "auto", "production", "production:sm_90a"):
@@ -970,6 +1003,15 @@ def v2_kernels():
             (q_decode_kernel, (a8, a8, i64, a8))]
 
 
+def rs_kernels_of(fmts=("fp4", "bf16"), extra=()):
+    """(Kernel, signature) of the v4 kernels (``indexer_sm90_rs``) for the key formats named: the
+    default (pf, split) and those in ``extra``."""
+    from . import indexer_sm90_rs as R
+    want = {FMT_FP4: "fp4", FMT_BF16: "bf16"}
+    opts = ((R.RS_DEFAULTS["pf"], R.RS_DEFAULTS["split"]),) + tuple(extra)
+    return [(k, s) for k, s in R.rs_kernels(opts) if want[k.kfmt] in fmts]
+
+
 def fp8_kernels():
     """(Kernel, signature) of the V3.2 FP8 kernel, for compile-only checks."""
     from numba import types as ty
@@ -984,6 +1026,7 @@ registry.register("indexer_scores", "production", arch="sm_90a",
 __all__ = ["scores_production", "scores_fits", "production_kernels", "EPI_SCORES", "EPI_LOGITS",
            "indexer_fused_kernel", "indexer_fused_v2_kernel", "q_decode_kernel", "fused_indexer",
            "fused_scores", "fused_plan", "FusedPlan", "check_fusable", "token_group", "VARIANTS",
-           "DEFAULT_VARIANT", "pick_variant", "v2_kernels", "gpu_dispatcher", "fp8_kernels",
+           "DEFAULT_VARIANT", "pick_variant", "v2_kernels", "RS_VARIANTS", "rs_kernels_of",
+           "RS_AUTO_MAX_T", "gpu_dispatcher", "fp8_kernels",
            "indexer_fused_fp8_kernel", "HIST_VARIANTS", "FP8_ACC_REL",
            "BN", "H_FUSED", "D_FUSED"]

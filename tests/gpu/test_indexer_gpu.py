@@ -191,12 +191,13 @@ def v2(monkeypatch):
     monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v2")
 
 
-def _v2_plan_scores(q, kc, w, vl, tq=None, table=None):
-    """v2 scores alone (no top-k: its compile stays out of the -k v2 run), NaN-poisoned output."""
+def _v2_plan_scores(q, kc, w, vl, tq=None, table=None, variant="v2", tpc=None):
+    """v2 (or v4) scores alone (no top-k: its compile stays out of the -k v2 run), NaN-poisoned
+    output."""
     from numba import cuda
     c = _validate(q, kc, w, 16, vl, table)
     out = cuda.to_device(np.full(c.T * c.N, np.nan, np.float32))       # poisoned
-    F.fused_plan(c, q, kc, w, out=out, variant="v2", tq=tq).run()
+    F.fused_plan(c, q, kc, w, out=out, variant=variant, tq=tq, tpc=tpc).run()
     return out.copy_to_host().reshape(c.T, c.N)
 
 
@@ -260,6 +261,50 @@ def test_v2_paged_equals_contiguous(fmt):
             pk = QuantizedFP4(pd, psc, None, "dsv4_fp4", pd.shape[:2] + (D,))
         got = _v2_plan_scores(q, pk, w, vl, 4, table)
         np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
+# ---------------------------------------------------------------- round 4 kernel (variant v4)
+# ``-k v4``: keys decoded into wgmma's A registers (pipelines/indexer_sm90_rs.py).
+@pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
+@pytest.mark.parametrize("T,N,tpc", [(1, 129, None), (2, 127, 1), (3, 200, 2), (4, 127, None),
+                                     (16, 129, 1), (4, 65536, None), (64, 4096, None),
+                                     (5, 65536, 7)])
+def test_v4_scores_match_oracle(fmt, T, N, tpc):
+    q, kc, w = problem(T * 11 + N + 3, T, N, fmt)
+    vl = _vl(T, N, N + T + 3)
+    check_scores(_v2_plan_scores(q, kc, w, vl, variant="v4", tpc=tpc), oracle(q, kc, w, vl), "v4")
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
+def test_v4_paged_equals_contiguous(fmt):
+    T, N, ps = 4, 4096, 64
+    q, kc, w = problem(13, T, N, fmt)
+    vl = np.array([N, 1000, 64, 4095], np.int32)
+    ref = _v2_plan_scores(q, kc, w, vl, variant="v4")
+    check_scores(ref, oracle(q, kc, w, vl), "v4")
+    for per_token in (False, True):
+        if fmt == "bf16":
+            (pk,), table = page([kc.view(np.uint16)], ps, T, per_token, 3,
+                                lambda shape, dt: np.full(shape, 0x7FC0, dt))
+            pk = pk.view(ml_dtypes.bfloat16)
+        else:
+            (pd, psc), table = page([kc.data, kc.scales], ps, T, per_token, 3, random_bytes)
+            pk = QuantizedFP4(pd, psc, None, "dsv4_fp4", pd.shape[:2] + (D,))
+        got = _v2_plan_scores(q, pk, w, vl, table=table, variant="v4")
+        np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
+def test_v4_end_to_end_with_topk(monkeypatch, fmt):
+    """indexer(impls="fused") with DSV4_INDEXER_VARIANT=v4: scores and the selection rule."""
+    monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v4")
+    T, N, k = 4, 65536, 512
+    q, kc, w = problem(98, T, N, fmt)
+    vl = _vl(T, N, 6)
+    idx, vals, inter = indexer(q, kc, w, k, valid_len=vl, impls="fused", return_intermediates=True)
+    orc = oracle(q, kc, w, vl)
+    check_scores(inter["scores"], orc, "v4")
+    check_selection_fast(idx, vals, orc["scores"], orc["err"], k, vl, "v4")
 
 
 # ---------------------------------------------------------------- round 3: V3.2 FP8 and variant v3

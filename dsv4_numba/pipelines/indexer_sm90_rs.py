@@ -1,0 +1,451 @@
+"""Variant v4 of the fused sm_90a indexer: keys decoded from global memory straight into wgmma's A
+registers; q, the only shared-memory operand, loaded once per CTA.
+
+v2 (``indexer_sm90``) puts 64 heads of one token on wgmma's M and 128 keys on N: every key tile
+goes through shared memory (decode, store, fence, barrier) and the head sum runs across rows
+(a transpose-reduce of 28 shuffles and a shared-memory exchange a token). v4 swaps the roles::
+
+    A (M = 64 keys, registers)  x  B (N = 64 heads of one token, shared memory)  ->  acc[key, head]
+
+* **Keys never touch shared memory.** In the m64k16 A fragment (PTX ISA 9.1 §9.7.15.5.1.1) lane
+  l of warp w holds rows 16w + l/4 (+ 8) and, in k-step kk, the columns {2c, 2c+1, 2c+8, 2c+9}
+  (c = l % 4). The dot product is a sum over D, so any permutation of D applied to both sides
+  leaves it unchanged: v4 maps D element ``32c + 4kk + i`` to fragment column ``kk*16 + 2c +
+  (i & 1) + 8 (i >> 1)`` (``perm_pos``). Lane c then holds D[32c, 32c + 32) of its two rows over
+  the 8 k-steps -- exactly one FP4 block (16 bytes of E2M1 codes, ONE UE8M0 scale): one
+  ``ld.global.nc.v4`` and one scale byte a row, decoded in registers (``stages.fp4`` prmt
+  tables, exact in bf16) into the 16 words that are the thread's A registers. bf16 keys: the
+  same 32 elements are 64 contiguous bytes (4 loads).
+* **q** (bf16, or FP4 decoded here) is written once per CTA into shared memory with the same
+  D permutation (``put_q_perm``: 4-byte stores), 128B-swizzled K-major -- the B operand.
+* **The head sum is in-thread**: accumulator register i of lane l is (key 16w + l/4 + 8((i/2)%2),
+  head 8(i/4) + 2c + i%2): 16 ReLU-FMAs per key row, then ``shfl.bfly`` 1 and 2 (the 4 lanes of
+  a quad). No exchange, no barrier between tiles.
+* A CTA (one warpgroup) owns a range of ``tpc`` 64-key tiles and a chunk of TB tokens (1, 2 or 4;
+  one wgmma chain of N = 64 per token, sharing the A registers); the raw keys of the next ``pf``
+  tiles are loaded while this tile's wgmmas and epilogue run; with ``split`` each token is its
+  own commit group (token j's epilogue overlaps the later tokens' wgmmas).
+
+Exactness: the same bf16 products and float32 accumulation as v2; only the summation order
+differs (inside the bound gamma(D + H + 3) sum_h |w| sum_d |q k| the tests use).
+
+Not in v4: V3.2 FP8 keys (the e4m3 kernel of ``indexer_sm90`` runs them under every variant), the
+v3 histogram. Paged caches with one block table per token run TB = 1 (a tile's keys differ per
+token).
+
+Napkin math (H = 64, D = 128, FP4; per key per token 2 H D = 16384 FLOP)
+----------------------------------------------------------------------
+* Bytes: keys 68 B a key from HBM once per token chunk (L2 after the first); q 4.25 KB (FP4) a
+  token per CTA (L2); scores 4 B a key a token. T = 1, N = 65536: 4.5 MB of keys -> ~1.5 us at
+  3 TB/s; T = 4, N = 131072: 8.9 MB (~3 us) and 8.6 GFLOP (~9 us at the 990 TFLOP/s bf16 peak);
+  T = 64, N = 65536: 68.7 GFLOP (~69 us at peak), keys re-read 16 times from L2 (72 MB).
+* Per tile per token: 8 wgmma m64n64k16 = 1 MFLOP (~256 tensor cycles of an SM) against ~70
+  instructions a thread of epilogue (32 FMNMX + 32 FFMA, 16 LDS of w, 4 shuffles, a store) and,
+  per tile, ~60 of decode: 4 warps -> ~130 issue cycles per token, under the tensor time: expected
+  tensor-bound at large T (50-70 % of peak with 1-2 CTAs of one warpgroup an SM), latency-bound
+  at T = 1.
+* Measured (H100, FP4, CHANGELOG 0.9.0) -- the expectation did not hold at large T: scores 11.2 us
+  at T = 1, N = 65536 (v2: 13.9), 32-37 us at T = 4, N = 131072 (v2: 42-43), but 242-268 us
+  (256-284 TFLOP/s, ~27 % of peak) at T = 64, N = 65536 (v2: 207.6). The launch + q setup alone
+  (``stop`` = 1) is 6.4 us at T = 1, 9.3 at T = 4, 13.7 at T = 64: fewer, longer CTAs win
+  (``rs_geometry``), and "auto" runs v4 only up to T = 4.
+* Shared memory: 16 KB of q + 256 B of w a token (+1 KB alignment slack): TB = 4 takes 66.3 KB
+  (dynamic shared memory); registers (~32 A + 32 TB accumulators + 10 prefetched) bound the
+  residency at TB = 4 to ~2 CTAs an SM.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda, float32, int64, uint32, uint64
+
+from ..hw import ops
+from ..hw.bits import bits_f32, f32_bits
+from ..hw.portable import relu_f32                           # used by the generated head sum
+from ..hw.portable import warp_shfl_xor as shfl_xor_f32
+from ..runtime import device, kernel, mode
+from .indexer_sm90 import (D_FUSED, DESC_SW128, FMT_BF16, FMT_FP4, H_FUSED, decode8, fetch_q8,
+                           key_row)
+
+BM = 64                       # keys per tile: wgmma M (one warpgroup)
+THREADS = 128
+TB_CHOICES = (1, 2, 4)        # tokens per CTA chunk (one m64n64 wgmma chain each)
+Q_TOKEN_BYTES = H_FUSED * D_FUSED * 2       # 16384: one token's q tile (2 K-chunks of 8 KB)
+W_TOKEN_BYTES = H_FUSED * 4                 # 256: its weights
+ALIGN = 1024                                # 128B swizzle: tiles 1024-aligned
+KSTEPS = D_FUSED // 16                      # 8 wgmma k16 steps
+RESIDENT = {1: 4, 2: 3, 4: 2}               # CTAs an SM assumed by the default tiles-per-CTA
+RS_DEFAULTS = {"pf": 2, "split": 1}         # rs_kernel's prefetch depth and commit groups
+
+
+def dyn_smem_bytes(tb: int) -> int:
+    """Dynamic shared memory of a TB-token kernel: alignment slack + q tiles + weights."""
+    return ALIGN + tb * (Q_TOKEN_BYTES + W_TOKEN_BYTES)
+
+
+def perm_pos(d):
+    """Fragment column (0..127, k-step = column // 16) of D element d (host side: docs and tests).
+    Lane c of a quad holds D[32c, 32c + 32): element 32c + 4kk + i sits in k-step kk at column
+    2c + (i & 1) + 8 (i >> 1) -- the A fragment's four columns of lane c."""
+    d = np.asarray(d)
+    c, e = d // 32, d % 32
+    kk, i = e // 4, e % 4
+    return kk * 16 + 2 * c + (i & 1) + 8 * (i >> 1)
+
+
+# ---------------------------------------------------------------------------------- keys -> A
+@device
+def fetch_key_row(ksrc, ksc, kfmt, pg0, table, table_rows, max_pages, page_size, t, n, c, ok):
+    """Raw D block c of key n (through token t's table) as 17 words: FP4 -> its 4 code words, 12
+    zeros and the UE8M0 code; bf16 -> its 16 words (64 bytes) and 0. ``ok`` False: zeros, no
+    read (rows past the valid length or N). ``pg0``: the table's entry for the token's first page,
+    loaded once by the caller (a one-page, i.e. contiguous, cache needs no other)."""
+    z = uint32(0)
+    if not ok:
+        return (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
+    if max_pages == 1:
+        row = int64(pg0) * page_size + n
+    else:
+        row = key_row(table, table_rows, max_pages, page_size, t, n)
+    base = ops.array_address(ksrc)
+    if kfmt == FMT_FP4:
+        a0, a1, a2, a3 = ops.ld_global_nc_v4_u32(base + uint64(row * 64 + c * 16))
+        return (a0, a1, a2, a3, z, z, z, z, z, z, z, z, z, z, z, z, uint32(ksc[row * 4 + c]))
+    p = base + uint64(row * 256 + c * 64)
+    a0, a1, a2, a3 = ops.ld_global_nc_v4_u32(p)
+    b0, b1, b2, b3 = ops.ld_global_nc_v4_u32(p + uint64(16))
+    c0, c1, c2, c3 = ops.ld_global_nc_v4_u32(p + uint64(32))
+    d0, d1, d2, d3 = ops.ld_global_nc_v4_u32(p + uint64(48))
+    return (a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3, z)
+
+
+@device
+def fetch_key_pair(ksrc, ksc, kfmt, pg0, table, table_rows, max_pages, page_size, t, n, c, lim,
+                   more):
+    """``fetch_key_row`` of this thread's two rows of a tile, keys n and n + 8 (none if not
+    ``more``: past the CTA's last tile)."""
+    a = fetch_key_row(ksrc, ksc, kfmt, pg0, table, table_rows, max_pages, page_size, t, n, c,
+                      more and n < lim)
+    b = fetch_key_row(ksrc, ksc, kfmt, pg0, table, table_rows, max_pages, page_size, t, n + 8, c,
+                      more and n + 8 < lim)
+    return a, b
+
+
+@device
+def decode_key_row(raw, kfmt):
+    """17 raw words -> the 16 bf16x2 words of D[32c, 32c + 32) in element order: word 2kk holds
+    elements 4kk, 4kk + 1 (A columns 2c, 2c + 1 of k-step kk), word 2kk + 1 elements 4kk + 2,
+    4kk + 3 (columns 2c + 8, 2c + 9). FP4: byte b of the codes is elements 2b, 2b + 1."""
+    if kfmt == FMT_FP4:
+        s = raw[16]
+        p0, p1, p2, p3 = decode8(raw[0], s)
+        q0, q1, q2, q3 = decode8(raw[1], s)
+        r0, r1, r2, r3 = decode8(raw[2], s)
+        s0, s1, s2, s3 = decode8(raw[3], s)
+        return (p0, p1, p2, p3, q0, q1, q2, q3, r0, r1, r2, r3, s0, s1, s2, s3)
+    return (raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7], raw[8], raw[9],
+            raw[10], raw[11], raw[12], raw[13], raw[14], raw[15])
+
+
+# ---------------------------------------------------------------------------------- q -> B (smem)
+@device
+def put_q_perm(dyn, qw, h, j, qfmt, raw):
+    """Vector j (D 8j .. 8j+7) of q row h (0..63 of a token tile whose first word is dyn[qw]) ->
+    4 words at their permuted columns (``perm_pos``) of the 128B-swizzled K-major tile (2 K-chunks
+    of 64 rows x 128 B). Word i (elements 8j + 2i, +1) goes to k-step kk = 2 (j % 4) + i // 2,
+    16-byte unit u = 2 (kk % 4) + i % 2 of K-chunk kk // 4, bytes 4 (j // 4) ..."""
+    if qfmt == FMT_BF16:
+        w0, w1, w2, w3 = raw
+    else:
+        w0, w1, w2, w3 = decode8(raw[0], raw[1])
+    hs = h & 7
+    row = qw + h * 32 + (j >> 2)
+    kk0 = 2 * (j & 3)
+    kk1 = kk0 + 1
+    dyn[row + (kk0 >> 2) * 2048 + (((2 * (kk0 & 3)) ^ hs) << 2)] = w0
+    dyn[row + (kk0 >> 2) * 2048 + (((2 * (kk0 & 3) + 1) ^ hs) << 2)] = w1
+    dyn[row + (kk1 >> 2) * 2048 + (((2 * (kk1 & 3)) ^ hs) << 2)] = w2
+    dyn[row + (kk1 >> 2) * 2048 + (((2 * (kk1 & 3) + 1) ^ hs) << 2)] = w3
+
+
+@device
+def put_q_token(dyn, qw, qfmt, tid, a):
+    """The 8 raw vectors ``a`` thread tid fetched of one token (``indexer_sm90.fetch_q8``: vector
+    tid % 16 of rows tid // 16 + 8 i) -> the token tile at dyn[qw], permuted and swizzled."""
+    j = tid & 15
+    h0 = tid >> 4
+    put_q_perm(dyn, qw, h0, j, qfmt, a[0])
+    put_q_perm(dyn, qw, h0 + 8, j, qfmt, a[1])
+    put_q_perm(dyn, qw, h0 + 16, j, qfmt, a[2])
+    put_q_perm(dyn, qw, h0 + 24, j, qfmt, a[3])
+    put_q_perm(dyn, qw, h0 + 32, j, qfmt, a[4])
+    put_q_perm(dyn, qw, h0 + 40, j, qfmt, a[5])
+    put_q_perm(dyn, qw, h0 + 48, j, qfmt, a[6])
+    put_q_perm(dyn, qw, h0 + 56, j, qfmt, a[7])
+
+
+# ---------------------------------------------------------------------------------- generated
+def _mma_source() -> str:
+    """``mma_token``: the 8 k-steps of one token, A registers by constant index (a run-time index
+    into a tuple compiles to a compare-and-branch chain)."""
+    L = ["def mma_token(acc, r0, r1, bdesc):",
+         "    z = float32(0.0)"]
+    for kk in range(KSTEPS):
+        # A regs of k-step kk: (row g, cols 2c..) (row g+8, cols 2c..) (row g, 2c+8..) (row g+8, ..)
+        regs = f"r0[{2 * kk}], r1[{2 * kk}], r0[{2 * kk + 1}], r1[{2 * kk + 1}]"
+        # B descriptor: K-chunk kk // 4 (8 KB = 512 units of 16 B), 32 bytes (2 units) per k16
+        off = (kk >> 2) * (H_FUSED * 128 >> 4) + (kk & 3) * 2
+        L.append(f"    acc = mma_rs(acc, {regs}, bdesc + uint64({off}), uint32({min(kk, 1)}))")
+    L.append("    return acc")
+    return "\n".join(L) + "\n"
+
+
+def _sum_source() -> str:
+    """``token_sums``: w[h] ReLU(acc) over this thread's 16 heads for its two key rows, then over
+    the lane quad (shfl.bfly 1, 2); w from shared words dyn[ww + head]."""
+    L = ["def token_sums(acc, dyn, ww, c):",
+         "    z = float32(0.0)",
+         "    s0 = z",
+         "    s1 = z"]
+    for jj in range(8):
+        for e in range(2):
+            L.append(f"    wv = bits_f32(dyn[ww + {8 * jj + e} + 2 * c])")
+            for r in range(2):
+                L.append(f"    s{r} += wv * relu_f32(acc[{4 * jj + 2 * r + e}])")
+    for m in (1, 2):
+        L += [f"    s0 += shfl_xor_f32(s0, {m})", f"    s1 += shfl_xor_f32(s1, {m})"]
+    L.append("    return s0, s1")
+    return "\n".join(L) + "\n"
+
+
+def _generated(src: str, name: str, doc: str):
+    ns = dict(globals(), mma_rs=mma_rs, shfl_xor_f32=shfl_xor_f32, relu_f32=relu_f32)
+    exec(compile(src, f"<indexer_sm90_rs.{name}>", "exec"), ns)  # noqa: S102 (our own source)
+    fn = ns[name]
+    fn.__doc__ = doc
+    return device(fn)
+
+
+@device
+def mma_rs(acc, a0, a1, a2, a3, bdesc, accumulate):
+    """One wgmma.mma_async m64n64k16 f32.bf16.bf16, A from registers (4 words), B from smem."""
+    return ops.wgmma_m64n64k16_f32_bf16_rs(*acc, a0, a1, a2, a3, bdesc, accumulate)
+
+
+@device
+def zeros32():
+    z = float32(0.0)
+    return (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z,
+            z, z, z, z)
+
+
+mma_token = _generated(_mma_source(), "mma_token",
+                       "acc (32 f32) = sum over the 8 k-steps of A (rows g: r0, g + 8: r1) x B.")
+token_sums = _generated(_sum_source(), "token_sums",
+                        "(row g, row g + 8) sums of w[h] ReLU(acc[key, h]) over the 64 heads.")
+
+
+@device
+def write_token(scores, valid_len, t, T, N, s0, s1, n_g, c):
+    """Lane c = 0 writes key n_g's score, c = 1 key n_g + 8's (-inf past valid_len[t]); tokens
+    past T (a short last chunk) and keys past N are not written."""
+    if c < 2 and t < T:
+        n = n_g + 8 * c
+        if n < N:
+            s = s0 if c == 0 else s1
+            scores[int64(t) * N + n] = s if n < valid_len[t] else float32(-math.inf)
+
+
+# ---------------------------------------------------------------------------------- the kernel
+_KERNELS = {}
+
+
+def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1):
+    """The v4 ``runtime.Kernel`` for TB = ``tb`` tokens a chunk, key format ``kfmt`` (FMT_FP4 /
+    FMT_BF16), ``pf`` tiles of raw keys loaded ahead (1, 2) and ``split`` (1: one wgmma commit
+    group a token, so token j's epilogue runs while tokens > j still multiply; 0: one group a
+    tile) -- compile-time constants of the closure. Grid (ceil(ceil(N / 64) / tpc), ceil(T / TB)),
+    128 threads, ``dyn_smem_bytes(tb)`` of dynamic shared memory. ``stop`` (timing hook, 0 in
+    use): 1 ends after the q / w setup, 2 skips the wgmmas and the epilogue (writes a dummy
+    derived from the decoded keys), 3 skips the epilogue."""
+    if tb not in TB_CHOICES or kfmt not in (FMT_FP4, FMT_BF16) or pf not in (1, 2) \
+            or split not in (0, 1):
+        raise ValueError(f"v4 kernel: tb in {TB_CHOICES}, kfmt FMT_FP4 / FMT_BF16, pf 1 / 2, split "
+                         f"0 / 1; got {tb}, {kfmt}, {pf}, {split}")
+    split = split if tb > 1 else 0
+    key = (tb, kfmt, pf, split)
+    if key in _KERNELS:
+        return _KERNELS[key]
+    TB, KF, PF, SPLIT = tb, kfmt, pf, split
+
+    # Napkin math: the module docstring (per tile: 8 x TB wgmma m64n64k16 on register A).
+    def indexer_rs(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, page_size, valid_len,
+                   T, N, tpc, qfmt, scores, stop):
+        dyn = cuda.shared.array(0, uint32)
+        tid = cuda.threadIdx.x
+        warp = tid >> 5
+        lane = tid & 31
+        c = lane & 3
+        base = ops.shared_address(dyn)
+        qbase = (base + uint32(ALIGN - 1)) & uint32(0xFFFFFC00)
+        qw = (qbase - base) >> 2                  # word index of token 0's q tile
+        ww = qw + TB * (Q_TOKEN_BYTES // 4)       # word index of the weights
+        t0 = cuda.blockIdx.y * TB
+        ntiles = (N + BM - 1) // BM
+        tile0 = cuda.blockIdx.x * tpc
+        tile1 = min(ntiles, tile0 + tpc)
+        # q of the chunk's tokens (past T: token T - 1 again, never written) and the weights:
+        # issued first (they depend on nothing), every load of every token in flight before
+        # the first store; then valid_len and the table, then the keys (which depend on them)
+        qa = fetch_q8(qsrc, qsc, qfmt, t0, tid)
+        qb, qc, qd = qa, qa, qa
+        if TB > 1:
+            qb = fetch_q8(qsrc, qsc, qfmt, min(t0 + 1, T - 1), tid)
+        if TB > 2:
+            qc = fetch_q8(qsrc, qsc, qfmt, min(t0 + 2, T - 1), tid)
+            qd = fetch_q8(qsrc, qsc, qfmt, min(t0 + 3, T - 1), tid)
+        wt = w[min(t0 + (tid >> 6), T - 1) * H_FUSED + (tid & 63)]
+        wt2 = wt
+        if TB > 2:
+            wt2 = w[min(t0 + 2 + (tid >> 6), T - 1) * H_FUSED + (tid & 63)]
+        tt = t0 if table_rows > 1 else 0          # a per-token table runs TB = 1 (host)
+        pg0 = table[tt * max_pages]               # loaded beside q and valid_len: one round trip
+        lim = 0
+        for i in range(TB):
+            if t0 + i < T:
+                lim = max(lim, min(int64(valid_len[t0 + i]), N))
+        rg = 16 * warp + (lane >> 2)              # this thread's key rows: rg, rg + 8
+        n = tile0 * BM + rg
+        raw0, raw1 = fetch_key_pair(ksrc, ksc, KF, pg0, table, table_rows, max_pages, page_size,
+                                    tt, n, c, lim, True)
+        nxt0, nxt1 = raw0, raw1
+        if PF == 2:                               # the second tile, in flight as well
+            nxt0, nxt1 = fetch_key_pair(ksrc, ksc, KF, pg0, table, table_rows, max_pages,
+                                        page_size, tt, n + BM, c, lim, tile0 + 1 < tile1)
+        put_q_token(dyn, qw, qfmt, tid, qa)
+        if TB > 1:
+            put_q_token(dyn, qw + Q_TOKEN_BYTES // 4, qfmt, tid, qb)
+        if TB > 2:
+            put_q_token(dyn, qw + 2 * (Q_TOKEN_BYTES // 4), qfmt, tid, qc)
+            put_q_token(dyn, qw + 3 * (Q_TOKEN_BYTES // 4), qfmt, tid, qd)
+        if tid < TB * H_FUSED:                    # weights: tokens 0, 1 (and 2, 3)
+            dyn[ww + tid] = f32_bits(wt)
+        if TB > 2:
+            dyn[ww + 2 * H_FUSED + tid] = f32_bits(wt2)
+        ops.fence_proxy_async_shared_cta()
+        cuda.syncthreads()
+        if stop == 1:                             # (timing hook: launch + the q / w setup)
+            return
+        bdesc = uint64(DESC_SW128) | uint64((qbase >> 4) & 0x3FFF)
+        for tile in range(tile0, tile1):
+            r0 = decode_key_row(raw0, KF)
+            r1 = decode_key_row(raw1, KF)
+            if stop == 2:                         # (timing hook: no wgmma, no epilogue)
+                s0 = bits_f32(r0[0] ^ r0[7] ^ r1[8] ^ r1[15])
+                write_token(scores, valid_len, t0, T, N, s0, s0, n, c)
+                n += BM
+                continue
+            ops.wgmma_fence()
+            acc0 = mma_token(zeros32(), r0, r1, bdesc)
+            acc1 = acc0
+            acc2 = acc0
+            acc3 = acc0
+            if TB > 1:
+                if SPLIT:
+                    ops.wgmma_commit_group()
+                acc1 = mma_token(zeros32(), r0, r1, bdesc + uint64(Q_TOKEN_BYTES >> 4))
+            if TB > 2:
+                if SPLIT:
+                    ops.wgmma_commit_group()
+                acc2 = mma_token(zeros32(), r0, r1, bdesc + uint64(2 * (Q_TOKEN_BYTES >> 4)))
+                if SPLIT:
+                    ops.wgmma_commit_group()
+                acc3 = mma_token(zeros32(), r0, r1, bdesc + uint64(3 * (Q_TOKEN_BYTES >> 4)))
+            ops.wgmma_commit_group()
+            # the raw keys PF tiles ahead, in flight during the wgmmas and the epilogue
+            m = n + PF * BM
+            more = tile + PF < tile1
+            if PF == 2:
+                raw0, raw1 = nxt0, nxt1
+                nxt0, nxt1 = fetch_key_pair(ksrc, ksc, KF, pg0, table, table_rows, max_pages,
+                                            page_size, tt, m, c, lim, more)
+            else:
+                raw0, raw1 = fetch_key_pair(ksrc, ksc, KF, pg0, table, table_rows, max_pages,
+                                            page_size, tt, m, c, lim, more)
+            if SPLIT and TB == 4:
+                ops.wgmma_wait_group_3()
+            elif SPLIT:
+                ops.wgmma_wait_group_1()
+            else:
+                ops.wgmma_wait_group_0()
+            if stop == 3:                         # (timing hook: no epilogue)
+                s0 = acc0[0] + acc1[3] + acc2[5] + acc3[31]
+                write_token(scores, valid_len, t0, T, N, s0, s0, n, c)
+                n += BM
+                continue
+            s0, s1 = token_sums(acc0, dyn, ww, c)
+            write_token(scores, valid_len, t0, T, N, s0, s1, n, c)
+            if TB > 1:
+                if SPLIT and TB == 4:
+                    ops.wgmma_wait_group_2()
+                elif SPLIT:
+                    ops.wgmma_wait_group_0()
+                s0, s1 = token_sums(acc1, dyn, ww + H_FUSED, c)
+                write_token(scores, valid_len, t0 + 1, T, N, s0, s1, n, c)
+            if TB > 2:
+                if SPLIT:
+                    ops.wgmma_wait_group_1()
+                s0, s1 = token_sums(acc2, dyn, ww + 2 * H_FUSED, c)
+                write_token(scores, valid_len, t0 + 2, T, N, s0, s1, n, c)
+                if SPLIT:
+                    ops.wgmma_wait_group_0()
+                s0, s1 = token_sums(acc3, dyn, ww + 3 * H_FUSED, c)
+                write_token(scores, valid_len, t0 + 3, T, N, s0, s1, n, c)
+            n += BM
+
+    kname = (f"indexer_rs_tb{tb}_{'fp4' if kfmt == FMT_FP4 else 'bf16'}_pf{pf}"
+             + ("_split" if split else ""))
+    indexer_rs.__name__ = indexer_rs.__qualname__ = kname
+    k = kernel(indexer_rs, launch_bounds=(THREADS,))
+    k.tb, k.kfmt, k.pf, k.split = tb, kfmt, pf, split
+    _KERNELS[key] = k
+    return k
+
+
+def rs_geometry(T: int, N: int, table_rows: int, tpc: int | None = None, sms: int = 132):
+    """(TB, tpc, grid) of a v4 launch: TB = 1 / 2 / 4 tokens a chunk (1 for a per-token block
+    table), ``tpc`` 64-key tiles a CTA (default: about RESIDENT[TB] CTAs an SM in one wave)."""
+    tb = 1 if (table_rows > 1 or T <= 1) else (2 if T == 2 else 4)
+    chunks = -(-T // tb)
+    ntiles = -(-N // BM)
+    if tpc is None:
+        tpc = -(-(ntiles * chunks) // (sms * RESIDENT[tb]))
+    tpc = max(1, int(tpc))
+    return tb, tpc, (-(-ntiles // tpc), chunks)
+
+
+def rs_kernels(options=((2, 1),)):
+    """(Kernel, signature) of the v4 specialisations (every TB and key format, for each (pf,
+    split) in ``options``), for compile-only checks and precompiles."""
+    from numba import types as ty
+    a8, f32, i32, i64 = ty.uint8[::1], ty.float32[::1], ty.int32[::1], ty.int64
+    sig = (a8, a8, a8, a8, f32, i32, i64, i64, i64, i32, i64, i64, i64, i64, f32, i64)
+    out = []
+    for pf, split in options:
+        for kf in (FMT_FP4, FMT_BF16):
+            for tb in TB_CHOICES:
+                k = rs_kernel(tb, kf, pf, split)
+                if all(k is not o for o, _ in out):
+                    out.append((k, sig))
+    return out
+
+
+def sm_count() -> int:
+    if mode() == "gpu":
+        return cuda.get_current_device().MULTIPROCESSOR_COUNT
+    return 132
+
+
+__all__ = ["rs_kernel", "rs_geometry", "RS_DEFAULTS", "rs_kernels", "dyn_smem_bytes", "perm_pos", "BM",
+           "TB_CHOICES", "sm_count"]
