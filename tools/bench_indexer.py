@@ -5,6 +5,9 @@
     python tools/bench_indexer.py --fmt fp4  # one format
     python tools/bench_indexer.py --variant v2   # one fused kernel (v1: round 1, H100-verified)
     python tools/bench_indexer.py --variant v2,v3 --fmt fp4,fp8 --shapes 1x65536x512,16x262144x2048
+    python tools/bench_indexer.py --quick --variant v2,v4,v4@4,v4@/1/0,v4@///1 --max-seconds 900
+        # v4 (keys in wgmma registers; "auto" runs it for T <= 4): v4@TPC/PF/SPLIT/STOP sets its
+        # tiles a CTA, prefetch depth, commit groups, or times the kernel to a stop (unchecked)
     python tools/stamp_sources.py; export DSV4_NUMBA_CACHE=1    # Numba's disk cache, then
     python tools/bench_indexer.py --precompile --variant v2,v3 --fmt fp4,fp8   # fill it with
         # the fused kernels, one process per kernel in parallel (~2.5 min of compiles on 16

@@ -779,7 +779,8 @@ def _u8(x):
 class FusedPlan:
     """One fused launch with its kernel-side arguments placed (tools time ``run()`` alone).
     ``pre``: (grid, args) of the q decode launched first (v2/v3, FP4 q, T > 1), else None.
-    ``kern``: the score kernel (v1, v2 or the FP8 kernel)."""
+    ``kern``: the score kernel (v1, v2, a v4 specialisation or the FP8 kernel); ``smem``: its
+    dynamic shared memory (v4), the limit raised at construction when above 48 KB."""
 
     def __init__(self, io, grid, args, scores, vl, gpu, variant="v1", pre=None, kern=None, smem=0):
         self.io, self.grid, self.args, self.scores, self.vl, self.gpu = io, grid, args, scores, vl, gpu
@@ -863,6 +864,11 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
     grid, args, pre, kern, smem = None, None, None, None, 0
     if T and N and variant in RS_VARIANTS and c.fam != "fp8":
         from . import indexer_sm90_rs as R
+        cai = getattr(ksrc, "__cuda_array_interface__", None)
+        if cai is not None and cai["data"][0] % 16:
+            raise ValueError("fused indexer v4 reads each key row piece with one 16-byte load: "
+                             "k_cache's data must start 16-byte aligned (this device view starts "
+                             f"at {cai['data'][0]:#x}); pass a copy, or use variant v2")
         tb, tpc, grid = R.rs_geometry(T, N, c.table_rows, tpc, R.sm_count())
         pf = R.RS_DEFAULTS["pf"] if pf is None else pf
         split = R.RS_DEFAULTS["split"] if split is None else split

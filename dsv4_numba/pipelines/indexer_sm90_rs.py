@@ -133,6 +133,18 @@ def fetch_key_pair(ksrc, ksc, kfmt, pg0, table, table_rows, max_pages, page_size
 
 
 @device
+def advance_keys(pf, raw0, raw1, nxt0, nxt1, ksrc, ksc, kfmt, pg0, table, table_rows, max_pages,
+                 page_size, t, m, c, lim, more):
+    """The next tile's raw keys and the loads of tile ``m`` (= this tile + pf): pf = 2 -> (nxt,
+    loads of m); pf = 1 -> (loads of m, nxt unchanged)."""
+    a, b = fetch_key_pair(ksrc, ksc, kfmt, pg0, table, table_rows, max_pages, page_size, t, m, c,
+                          lim, more)
+    if pf == 2:
+        return nxt0, nxt1, a, b
+    return a, b, nxt0, nxt1
+
+
+@device
 def decode_key_row(raw, kfmt):
     """17 raw words -> the 16 bf16x2 words of D[32c, 32c + 32) in element order: word 2kk holds
     elements 4kk, 4kk + 1 (A columns 2c, 2c + 1 of k-step kk), word 2kk + 1 elements 4kk + 2,
@@ -344,6 +356,10 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1):
             if stop == 2:                         # (timing hook: no wgmma, no epilogue)
                 s0 = bits_f32(r0[0] ^ r0[7] ^ r1[8] ^ r1[15])
                 write_token(scores, valid_len, t0, T, N, s0, s0, n, c)
+                raw0, raw1, nxt0, nxt1 = advance_keys(PF, raw0, raw1, nxt0, nxt1, ksrc, ksc, KF,
+                                                      pg0, table, table_rows, max_pages,
+                                                      page_size, tt, n + PF * BM, c, lim,
+                                                      tile + PF < tile1)
                 n += BM
                 continue
             ops.wgmma_fence()
@@ -364,15 +380,9 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1):
                 acc3 = mma_token(zeros32(), r0, r1, bdesc + uint64(3 * (Q_TOKEN_BYTES >> 4)))
             ops.wgmma_commit_group()
             # the raw keys PF tiles ahead, in flight during the wgmmas and the epilogue
-            m = n + PF * BM
-            more = tile + PF < tile1
-            if PF == 2:
-                raw0, raw1 = nxt0, nxt1
-                nxt0, nxt1 = fetch_key_pair(ksrc, ksc, KF, pg0, table, table_rows, max_pages,
-                                            page_size, tt, m, c, lim, more)
-            else:
-                raw0, raw1 = fetch_key_pair(ksrc, ksc, KF, pg0, table, table_rows, max_pages,
-                                            page_size, tt, m, c, lim, more)
+            raw0, raw1, nxt0, nxt1 = advance_keys(PF, raw0, raw1, nxt0, nxt1, ksrc, ksc, KF, pg0,
+                                                  table, table_rows, max_pages, page_size, tt,
+                                                  n + PF * BM, c, lim, tile + PF < tile1)
             if SPLIT and TB == 4:
                 ops.wgmma_wait_group_3()
             elif SPLIT:
@@ -380,6 +390,9 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1):
             else:
                 ops.wgmma_wait_group_0()
             if stop == 3:                         # (timing hook: no epilogue)
+                # every group waited before any read: a read of a pending accumulator, even on
+                # this cold path, makes ptxas serialise every wgmma of the kernel (C7514 / C7517)
+                ops.wgmma_wait_group_0()
                 s0 = acc0[0] + acc1[3] + acc2[5] + acc3[31]
                 write_token(scores, valid_len, t0, T, N, s0, s0, n, c)
                 n += BM
@@ -418,6 +431,9 @@ def rs_geometry(T: int, N: int, table_rows: int, tpc: int | None = None, sms: in
     table), ``tpc`` 64-key tiles a CTA (default: about RESIDENT[TB] CTAs an SM in one wave)."""
     tb = 1 if (table_rows > 1 or T <= 1) else (2 if T == 2 else 4)
     chunks = -(-T // tb)
+    if chunks > 65535:
+        raise ValueError(f"fused indexer v4: T = {T} tokens need {chunks} CTA rows of {tb} tokens "
+                         "(grid y <= 65535); use variant v2 (or 'auto')")
     ntiles = -(-N // BM)
     if tpc is None:
         tpc = -(-(ntiles * chunks) // (sms * RESIDENT[tb]))
