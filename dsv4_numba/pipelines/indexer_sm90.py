@@ -869,7 +869,7 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
             raise ValueError("fused indexer v4 reads each key row piece with one 16-byte load: "
                              "k_cache's data must start 16-byte aligned (this device view starts "
                              f"at {cai['data'][0]:#x}); pass a copy, or use variant v2")
-        tb, tpc, grid = R.rs_geometry(T, N, c.table_rows, tpc, R.sm_count())
+        tb, tpc, grid = R.rs_geometry(T, N, c.table_rows, tpc)
         pf = R.RS_DEFAULTS["pf"] if pf is None else pf
         split = R.RS_DEFAULTS["split"] if split is None else split
         kern, smem = R.rs_kernel(tb, fmt, pf, split), R.dyn_smem_bytes(tb)

@@ -64,7 +64,7 @@ from ..hw import ops
 from ..hw.bits import bits_f32, f32_bits
 from ..hw.portable import relu_f32                           # used by the generated head sum
 from ..hw.portable import warp_shfl_xor as shfl_xor_f32
-from ..runtime import device, kernel, mode
+from ..runtime import detect_gpu, device, kernel, mode
 from .indexer_sm90 import (D_FUSED, DESC_SW128, FMT_BF16, FMT_FP4, H_FUSED, decode8, fetch_q8,
                            key_row)
 
@@ -426,9 +426,13 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1):
     return k
 
 
-def rs_geometry(T: int, N: int, table_rows: int, tpc: int | None = None, sms: int = 132):
+def rs_geometry(T: int, N: int, table_rows: int, tpc: int | None = None, sms: int | None = None):
     """(TB, tpc, grid) of a v4 launch: TB = 1 / 2 / 4 tokens a chunk (1 for a per-token block
-    table), ``tpc`` 64-key tiles a CTA (default: about RESIDENT[TB] CTAs an SM in one wave)."""
+    table), ``tpc`` 64-key tiles a CTA (default: about RESIDENT[TB] CTAs an SM in one wave; ``sms``
+    default: the GPU's, 132 under the simulator)."""
+    if sms is None:
+        gpu = detect_gpu() if mode() == "gpu" else None
+        sms = gpu.sm_count if gpu else 132
     tb = 1 if (table_rows > 1 or T <= 1) else (2 if T == 2 else 4)
     chunks = -(-T // tb)
     if chunks > 65535:
@@ -457,11 +461,5 @@ def rs_kernels(options=((2, 1),)):
     return out
 
 
-def sm_count() -> int:
-    if mode() == "gpu":
-        return cuda.get_current_device().MULTIPROCESSOR_COUNT
-    return 132
-
-
 __all__ = ["rs_kernel", "rs_geometry", "RS_DEFAULTS", "rs_kernels", "dyn_smem_bytes", "perm_pos", "BM",
-           "TB_CHOICES", "sm_count"]
+           "TB_CHOICES"]

@@ -217,16 +217,22 @@ def test_v2_scores_match_oracle(fmt, T, N):
     check_scores(_v2_plan_scores(q, kc, w, vl), oracle(q, kc, w, vl), "v2")
 
 
+def _end_to_end_with_topk(fmt, seed, vl_seed, name):
+    """indexer(impls="fused") (the variant set by the caller's DSV4_INDEXER_VARIANT) at T = 4,
+    N = 65536, k = 512: scores and the selection rule."""
+    T, N, k = 4, 65536, 512
+    q, kc, w = problem(seed, T, N, fmt)
+    vl = _vl(T, N, vl_seed)
+    idx, vals, inter = indexer(q, kc, w, k, valid_len=vl, impls="fused", return_intermediates=True)
+    orc = oracle(q, kc, w, vl)
+    check_scores(inter["scores"], orc, name)
+    check_selection_fast(idx, vals, orc["scores"], orc["err"], k, vl, name)
+
+
 @pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
 def test_v2_end_to_end_with_topk(v2, fmt):
     """indexer(impls="fused") with DSV4_INDEXER_VARIANT=v2: scores and the selection rule."""
-    T, N, k = 4, 65536, 512
-    q, kc, w = problem(99, T, N, fmt)
-    vl = _vl(T, N, 5)
-    idx, vals, inter = indexer(q, kc, w, k, valid_len=vl, impls="fused", return_intermediates=True)
-    orc = oracle(q, kc, w, vl)
-    check_scores(inter["scores"], orc, "v2")
-    check_selection_fast(idx, vals, orc["scores"], orc["err"], k, vl, "v2")
+    _end_to_end_with_topk(fmt, 99, 5, "v2")
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
@@ -244,13 +250,14 @@ def test_v2_many_tokens_per_cta(fmt, tq):
     check_scores(sc, orc, "v2")
 
 
-@pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
-def test_v2_paged_equals_contiguous(fmt):
+def _paged_equals_contiguous(fmt, seed, variant, tq=None):
+    """Scores of ``variant`` (T = 4, N = 4096) against the oracle, then a paged cache (a shared
+    and a per-token table, NaN / random garbage in unused pages) bitwise equal to contiguous."""
     T, N, ps = 4, 4096, 64
-    q, kc, w = problem(12, T, N, fmt)
+    q, kc, w = problem(seed, T, N, fmt)
     vl = np.array([N, 1000, 64, 4095], np.int32)
-    ref = _v2_plan_scores(q, kc, w, vl, 4)
-    check_scores(ref, oracle(q, kc, w, vl), "v2")
+    ref = _v2_plan_scores(q, kc, w, vl, tq, variant=variant)
+    check_scores(ref, oracle(q, kc, w, vl), variant)
     for per_token in (False, True):
         if fmt == "bf16":
             (pk,), table = page([kc.view(np.uint16)], ps, T, per_token, 3,
@@ -259,8 +266,13 @@ def test_v2_paged_equals_contiguous(fmt):
         else:
             (pd, psc), table = page([kc.data, kc.scales], ps, T, per_token, 3, random_bytes)
             pk = QuantizedFP4(pd, psc, None, "dsv4_fp4", pd.shape[:2] + (D,))
-        got = _v2_plan_scores(q, pk, w, vl, 4, table)
+        got = _v2_plan_scores(q, pk, w, vl, tq, table, variant=variant)
         np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
+def test_v2_paged_equals_contiguous(fmt):
+    _paged_equals_contiguous(fmt, 12, "v2", tq=4)
 
 
 # ---------------------------------------------------------------- round 4 kernel (variant v4)
@@ -277,34 +289,14 @@ def test_v4_scores_match_oracle(fmt, T, N, tpc):
 
 @pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
 def test_v4_paged_equals_contiguous(fmt):
-    T, N, ps = 4, 4096, 64
-    q, kc, w = problem(13, T, N, fmt)
-    vl = np.array([N, 1000, 64, 4095], np.int32)
-    ref = _v2_plan_scores(q, kc, w, vl, variant="v4")
-    check_scores(ref, oracle(q, kc, w, vl), "v4")
-    for per_token in (False, True):
-        if fmt == "bf16":
-            (pk,), table = page([kc.view(np.uint16)], ps, T, per_token, 3,
-                                lambda shape, dt: np.full(shape, 0x7FC0, dt))
-            pk = pk.view(ml_dtypes.bfloat16)
-        else:
-            (pd, psc), table = page([kc.data, kc.scales], ps, T, per_token, 3, random_bytes)
-            pk = QuantizedFP4(pd, psc, None, "dsv4_fp4", pd.shape[:2] + (D,))
-        got = _v2_plan_scores(q, pk, w, vl, table=table, variant="v4")
-        np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+    _paged_equals_contiguous(fmt, 13, "v4")
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
 def test_v4_end_to_end_with_topk(monkeypatch, fmt):
     """indexer(impls="fused") with DSV4_INDEXER_VARIANT=v4: scores and the selection rule."""
     monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v4")
-    T, N, k = 4, 65536, 512
-    q, kc, w = problem(98, T, N, fmt)
-    vl = _vl(T, N, 6)
-    idx, vals, inter = indexer(q, kc, w, k, valid_len=vl, impls="fused", return_intermediates=True)
-    orc = oracle(q, kc, w, vl)
-    check_scores(inter["scores"], orc, "v4")
-    check_selection_fast(idx, vals, orc["scores"], orc["err"], k, vl, "v4")
+    _end_to_end_with_topk(fmt, 98, 6, "v4")
 
 
 # ---------------------------------------------------------------- round 3: V3.2 FP8 and variant v3
