@@ -90,10 +90,11 @@ def test_fused_fp4_emulated_paged_equals_contiguous(sim):
     np.testing.assert_array_equal(res2[0], res[0])
 
 
-@pytest.mark.parametrize("variant", ["v2", "v4"])
+@pytest.mark.parametrize("variant", ["v2", "v4", "v5"])
 def test_wrong_fp4_decode_in_the_kernel_fails_the_index_check(sim, monkeypatch, variant):
     """The integer E2M1 bug (codes 0..7 as values) in the kernel's decode (v2: keys and q into
-    shared memory; v4: keys into registers, q into shared memory): the tie rule catches it."""
+    shared memory; v4: keys into registers, q into shared memory; v5: the E4M3 tables of q and
+    the keys): the tie rule catches it."""
     from numba.cuda.simulator.kernel import FakeCUDAKernel
 
     K = sys.modules["dsv4_numba.runtime.kernel"]     # the module (the package exports the decorator)
@@ -105,8 +106,16 @@ def test_wrong_fp4_decode_in_the_kernel_fails_the_index_check(sim, monkeypatch, 
         b = np.array(v, np.float32).astype(ml_dtypes.bfloat16).view(np.uint16).astype(np.uint32)
         return tuple(np.uint32(b[2 * i] | (b[2 * i + 1] << 16)) for i in range(4))
 
+    def wrong_lut(d):                  # v5's tables of the integer values 0..7 x 2^-d
+        b = (np.arange(8) * 2.0 ** -int(d)).astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+        b = b.astype(np.uint32)
+        return (np.uint32(b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24),
+                np.uint32(b[4] | b[5] << 8 | b[6] << 16 | b[7] << 24))
+
     monkeypatch.setenv("DSV4_INDEXER_VARIANT", variant)
     monkeypatch.setitem(K._SIM_TWIN, id(F.decode8), (F.decode8, FakeCUDAKernel(wrong8, device=True)))
+    monkeypatch.setitem(K._SIM_TWIN, id(F.e4m3_lut),
+                        (F.e4m3_lut, FakeCUDAKernel(wrong_lut, device=True)))
     q, kc, w = problem(12, 1, 128, bf16=False)
     orc = oracle(q, kc, w)
     idx, vals = indexer(q, kc, w, 8, impls="fused:reference")
@@ -160,9 +169,10 @@ def test_variant_switch(monkeypatch):
     monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v2")
     assert F.pick_variant() == "v2" and F.pick_variant("v1") == "v1"
     assert F.pick_variant("v3") == "v3"
-    assert F.pick_variant("v4") == "v4"
+    assert F.pick_variant("v4") == "v4" and F.pick_variant("v5") == "v5"
+    assert all(F.pick_variant("auto", T) != "v5" for T in (1, 4, 5, 64, 4096))   # opt-in only
     with pytest.raises(ValueError, match="v1"):
-        F.pick_variant("v5")
+        F.pick_variant("v6")
 
 
 @pytest.mark.parametrize("which", [pytest.param(0, marks=pytest.mark.slow), 1],
@@ -453,3 +463,78 @@ def test_v4_kernels_compile_for_sm90a(which):
     # C7513-C7517, when an in-flight accumulator or A register is touched -- e.g. a read before
     # its wait_group on any path, even a timing hook's)
     assert r.sass.count("WARPGROUP.ARRIVE") == 1 and "C751" not in r.ptxas_log, r.ptxas_log
+
+
+# ---------------------------------------------------------------- variant v5: FP4 as exact E4M3
+def test_v5_decode_is_the_e4m3_rounding_of_each_block():
+    """q_e4m3_kernel (the decode v5's key tiles use too) against ml_dtypes: every E2M1 code at block
+    shifts d = 0..20 below the row's largest scale (d <= 8: exact, the FP4 values; beyond: E4M3's
+    nearest even), scale code 0 and 254 rows, and the float32 row scale 2^(e_ref - 127)."""
+    import ml_dtypes
+    g = np.random.default_rng(5)
+    ds = np.arange(21)
+    rows = len(ds) + 2
+    data = g.integers(0, 256, (rows, 64), dtype=np.uint8)
+    codes = np.arange(16, dtype=np.uint8)
+    data[:, :8] = codes[0::2] | (codes[1::2] << 4)          # block 0 holds every code
+    sc = np.empty((rows, 4), np.int64)
+    sc[:len(ds)] = 140
+    sc[:len(ds), 0] = 140 - ds                    # block 0 (every code) d below the row's max
+    sc[len(ds)] = [0, 0, 0, 0]
+    sc[len(ds) + 1] = [254, 250, 246, 1]
+    sc = sc.astype(np.uint8)
+    out = np.zeros(rows * 128, np.uint8)
+    scales = np.zeros(rows, np.float32)
+    F.q_e4m3_kernel.launch((1,), 256, data.reshape(-1), sc.reshape(-1), rows * 4, out, scales)
+    out = out.reshape(rows, 128)
+    vals = formats.e2m1_decode(formats.unpack_fp4(data)).astype(np.float64).reshape(rows, 4, 32)
+    d = sc.max(1, keepdims=True).astype(np.int64) - sc.astype(np.int64)
+    want = (vals * np.exp2(-d)[..., None]).reshape(rows, 128).astype(ml_dtypes.float8_e4m3fn)
+    np.testing.assert_array_equal(out, want.view(np.uint8))
+    np.testing.assert_array_equal(out, F.fp4_rows_as_e4m3(data, sc)[0])
+    np.testing.assert_array_equal(scales, formats.ue8m0_decode(sc.max(1)))
+    got = out.view(ml_dtypes.float8_e4m3fn).astype(np.float64).reshape(rows, 4, 32)
+    exact = (got == vals * np.exp2(-d)[..., None]).all(axis=2)
+    assert exact[d <= 8].all(), "every block within 2^8 of its row's scale must be exact"
+    assert not exact[:len(ds)][ds > 9, 0].all(), "far blocks round (the test can see rounding)"
+
+
+@pytest.mark.parametrize("T,N,vl,tq", [(2, 129, [129, 37], None), (3, 128, [128, 0, 5], 2)])
+def test_v5_emulated_against_oracle(sim, T, N, vl, tq):
+    """v5 (q converted once, FP4 keys decoded to E4M3 into the key tile, e4m3 wgmma, row scales on
+    w and the head sum): within the float32 bound of the float64 oracle (the emulator accumulates
+    exactly; the GPU test adds FP8_ACC_REL)."""
+    q, kc, w = problem(40 + T, T, N, bf16=False)
+    vl = np.array(vl, np.int32)
+    check_v2(v2_scores(q, kc, w, vl, variant="v5", tq=tq), oracle(q, kc, w, vl))
+
+
+def test_v5_fp4_emulated_paged_equals_contiguous(sim):
+    q, kc, w = problem(43, 2, 128, bf16=False)
+    vl = np.array([128, 37], np.int32)
+    sc = v2_scores(q, kc, w, vl, variant="v5")
+    (pd, ps), table = page([kc.data, kc.scales], 32, 2, True, 5, random_bytes)
+    table[1, 2:] = -1
+    kp = QuantizedFP4(pd, ps, None, "dsv4_fp4", pd.shape[:2] + (D,))
+    np.testing.assert_array_equal(v2_scores(q, kp, w, vl, table, variant="v5").view(np.uint32),
+                                  sc.view(np.uint32))
+
+
+def test_v5_refuses_bf16(sim):
+    q, kc, w = problem(44, 1, 64, bf16=True)
+    with pytest.raises(ValueError, match="variant v5 runs FP4"):
+        v2_scores(q, kc, w, np.array([64], np.int32), variant="v5")
+
+
+def test_v5_kernel_compiles_for_sm90a():
+    """No spills, <= 128 registers (4 CTAs an SM, as the V3.2 kernel), 4 QGMMA k32 a token issued
+    together, the transpose-reduce head sum; ~50 s of CPU here."""
+    kern, sig = F.v5_kernels()[0]
+    r = kern.compile(sig, "sm_90a")
+    assert r.spill_stores == 0 and r.spill_loads == 0 and r.stack_bytes == 0, r.summary()
+    assert r.registers <= 128, r.summary()
+    assert r.shared_bytes == F.SMEM8_WORDS * 4 == 24 * 1024
+    assert r.sass.count("QGMMA.64x128x32.F32.E4M3.E4M3") == D // 32
+    assert r.sass.count("WARPGROUP.ARRIVE") == 1 and "C751" not in r.ptxas_log, r.ptxas_log
+    assert r.sass.count("SHFL.BFLY") == 16 + 8 + 4
+    assert "prmt.b32" in r.ptx

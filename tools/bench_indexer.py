@@ -109,6 +109,10 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
 
     if fmt == "fp8":
         variants = tuple(v for v in variants if v != "v1")   # v1 / v2: the same FP8 kernel
+    if fmt != "fp4":
+        variants = tuple(v for v in variants if v != "v5")   # v5: FP4 as E4M3 only
+    if not variants:
+        return
     kbytes = {"fp4": N * (D // 2 + D // 32), "fp8": N * (D + 4)}.get(fmt, N * D * 2)
     nrot = rotation(kbytes)
     g = np.random.default_rng(T * N)
@@ -279,6 +283,9 @@ def precompile_jobs(variants, fmts):
         jobs.append(("q decode", head + "k, s = F.v2_kernels()[1]\n" + compile_))
     if "fp8" in fmts:
         jobs.append(("fp8", head + "k, s = F.fp8_kernels()[0]\n" + compile_))
+    if "v5" in variants and "fp4" in fmts:
+        jobs.append(("v5", head + "k, s = F.v5_kernels()[0]\n" + compile_))
+        jobs.append(("v5 q", head + "k, s = F.v5_kernels()[1]\n" + compile_))
     if "v3" in variants:
         jobs.append(("v3 select", head + "staged = IT.DEFAULT_SELECT == 'staged'\n"
                      "k, s = IT.kernels()[int(staged)]\n" + compile_))
@@ -291,7 +298,7 @@ def precompile_jobs(variants, fmts):
         for i, (k, _) in enumerate(F.rs_kernels_of(fmts, extra)):
             jobs.append((k.__name__, head + f"k, s = F.rs_kernels_of({tuple(fmts)!r}, "
                          f"{extra!r})[{i}]\n" + compile_))
-    if {"v1", "v2"} & set(variants) or v4:     # the registered top-k after them
+    if {"v1", "v2", "v5"} & set(variants) or v4:     # the registered top-k after them
         from dsv4_numba.pipelines import indexer_topk as IT
         for i, (k, _) in enumerate(IT.registered_topk_kernels()):
             jobs.append((k.__name__, head + f"k, s = IT.registered_topk_kernels()[{i}]\n"
@@ -323,7 +330,8 @@ def main(argv=None):
     ap.add_argument("--variant", default="both",
                     help="fused kernel(s) to time, comma-separated: v1 (round 1, H100-verified), "
                          "v2 (round 2), v3 (v2 + histogram top-k), v4 (keys in wgmma registers; "
-                         "v4@N: N key tiles a CTA); 'both' = v1,v2, 'all'")
+                         "v4@N: N key tiles a CTA), v5 (FP4 as E4M3 on the FP8 wgmma; FP4 rows "
+                         "only); 'both' = v1,v2, 'all'")
     ap.add_argument("--shapes", help="TxNxk list, e.g. 1x65536x512,16x262144x2048 (default: all "
                                      "of SHAPES, or the target rows with --quick)")
     ap.add_argument("--no-topk", action="store_true",
@@ -337,8 +345,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import time
     start = time.monotonic()
-    variants = {"both": ("v1", "v2"), "all": ("v1", "v2", "v3", "v4")}.get(args.variant) or \
-        _list(args.variant, ("v1", "v2", "v3", "v4"), "variant")
+    variants = {"both": ("v1", "v2"), "all": ("v1", "v2", "v3", "v4", "v5")}.get(args.variant) \
+        or _list(args.variant, ("v1", "v2", "v3", "v4", "v5"), "variant")
     fmts = _list(args.fmt, ("fp4", "fp8", "bf16"), "fmt") if args.fmt else \
         (("fp4",) if args.quick else ("fp4", "bf16"))
     if args.precompile:

@@ -65,6 +65,14 @@ Kernels selected by ``variant=`` / ``DSV4_INDEXER_VARIANT`` (default ``DEFAULT_V
   On an H100 (FP4, scores only): 11.2 vs v2's 13.9 us at T = 1, N = 65536; 32-37 vs 42-43 at
   T = 4, N = 131072; but 242-268 vs 207.6 at T = 64, N = 65536. The default ``auto`` runs it for
   T <= ``RS_AUTO_MAX_T`` (4) and v2 above.
+* ``v5`` (round 5, 2026-11-26; opt-in): FP4 q and keys rewritten as E4M3 with one power-of-two
+  scale a row -- exact while a row's 4 block scales lie within 2^8 of each other, rounded to
+  nearest even beyond -- and scored by the V3.2 kernel below (``e4m3_kernel(K8_FP4)``: FP4 keys
+  decoded to E4M3 on their way into the key tile; q by ``q_e4m3_kernel``). k32 FP8 wgmma at twice
+  the bf16 rate, but with the Hopper FP8 accumulation (bound FP8_ACC_REL * sum_d |q k|, not
+  float32's), so "auto" never picks it. H100 (FP4, scores / total with the top-k): 153.6 / 182.5
+  us at T = 64, N = 65536 (v2 205.6 / 235.3); 35.3 / 57.5 at T = 4 (v4 33.3 / 56.9); 14.1 / 34.0
+  at T = 1 (v4 11.3 / 30.7).
 * V3.2 FP8 (``indexer_fused_fp8_kernel``, any variant; the histogram under v3): E4M3 q and keys
   copied as bytes into 128B-swizzled tiles (a 128-code row is one swizzle row), 4 x
   ``wgmma.m64n128k32.f32.e4m3.e4m3``, q's per-row scale folded into w, the key's per-row scale
@@ -105,7 +113,7 @@ from ..hw.descriptors import wgmma_smem_desc
 from ..hw.portable import warp_shfl_xor as shfl_xor_f32     # used by the generated head sum
 from ..runtime import BF16, ArrayIO, device, is_device_array, kernel, mode
 from .indexer_topk import NBINS, hist_add
-from ..stages.fp4 import e2m1_value, e2m1x8_sm90, scale_value, scaled8, UE8M0
+from ..stages.fp4 import e2m1_value, e2m1x8_sm90, prmt, scale_value, scaled8, UE8M0
 
 H_FUSED = 64               # wgmma M: all index heads of one token
 D_FUSED = 128              # K: the head dim (two 64-element = 128-byte swizzle chunks)
@@ -606,65 +614,289 @@ def load_key_tile_e4m3(kbase, ksrc, table, table_rows, max_pages, page_size, t, 
     put_raw(swz(kbase, BN, r + 112, j), a7)
 
 
-# Napkin math: the block comment above.
-@kernel(launch_bounds=(THREADS,))
-def indexer_fused_fp8_kernel(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, page_size,
-                             valid_len, T, N, TQ, scores, ghist, hist):
-    """V3.2 FP8 scores: qsrc / ksrc E4M3 codes (uint8 [T*64*128] / [rows*128]), qsc / ksc their
-    float32 scales (one per row: [T*64] / [rows]), w float32 [T*64]; scores float32 [T*N] (-inf
-    for valid_len[t] <= n < N); ``hist`` != 0: valid scores counted in ``ghist`` as v2 does.
-    Grid (ceil(N / 128), ceil(T / TQ)), 128 threads. The loop of v2 (q of token t+1 fetched
-    while token t's wgmmas run; the head sum by ``relu_head_sum``)."""
-    smem32 = cuda.shared.array(SMEM8_WORDS, uint32, alignment=SMEM_ALIGN)
-    tid = cuda.threadIdx.x
-    warp = tid >> 5
-    lane = tid & 31
-    n0 = cuda.blockIdx.x * BN
-    t0 = cuda.blockIdx.y * TQ
-    t1 = min(T, t0 + TQ)
-    kbase = ops.shared_address(smem32)
-    qbase = kbase + uint32(K8_BYTES)
-    xw = K8_BYTES // 4
-    pre = fetch_q_e4m3(qsrc, t0, tid)
-    if table_rows == 1:
-        lim = 0
+# ----------------------------------------------------------------------------------------------
+# Variant v5: FP4 q and keys as exact E4M3, on the FP8 wgmma of the V3.2 kernel
+# ----------------------------------------------------------------------------------------------
+# Hopper has no FP4 tensor-core type, and v1-v4 decode E2M1 to bf16 (k16 wgmma). E4M3 holds every
+# E2M1 value times a small power of two EXACTLY, and runs at twice the bf16 rate (k32), so v5
+# rewrites each FP4 row (D = 128: 4 blocks of 32 codes, UE8M0 codes e_0..e_3) as
+#     E4M3 codes of  e2m1 * 2^-(e_ref - e_b)   and ONE row scale  2^(e_ref - 127),  e_ref = max_b e_b
+# and hands them to the V3.2 kernel, whose epilogue already folds q's row scale into w and
+# multiplies the head sum by the key's (scales are positive powers of two: they commute with ReLU).
+# Exactness: e2m1 * 2^-d = M * 2^(E - d) with M in {1, 3} and E >= -1, and E4M3's smallest step is
+# 2^-9 (subnormals), so every block with d = e_ref - e_b <= 8 is exact; the decode rounds a block
+# 256x (2^8) or more below its row's largest scale to nearest-even multiples of 2^-9 * row scale
+# (an absolute error <= 2^-10 x row scale an element; test_v5 computes the oracle on those
+# rounded values). Real quantizers give such blocks only to rows with near-zero pieces.
+# What changes against v2 / v4 (exact bf16 products, float32 accumulation): only the tensor core's
+# FP8 accumulation (FP8_ACC_REL * sum_d |q k| a logit, the V3.2 kernel's GPU-test bound). The
+# selection rule's tolerance grows accordingly: v5 is opt-in, never chosen by "auto".
+# Decode cost: per 32-code block one 16-byte load, the row's scale word, a prmt table for its d
+# (d <= 5: one subtraction; else 8 entries of integer rounding), and per 8 codes 4 prmt + 6 logic
+# ops -> two 16-byte shared stores: ~1.5 ALU instructions a code, once per key per CTA.
+# Napkin math (T = 64, N = 65536): the V3.2 kernel's (4 x m64n128k32 a token-CTA, ~256 tensor
+# cycles of an SM; measured 142 us on an H100, CHANGELOG) with FP4's 68-byte key rows instead of
+# 132 (4.5 MB of HBM instead of 8.7) and the key decode once per CTA; q is converted once by
+# ``q_e4m3_kernel`` (T x 64 rows, one thread a block: ~2 us at most).
+K8_E4M3, K8_FP4 = 0, 1                  # key formats of the E4M3 kernel: V3.2 codes | FP4 -> E4M3
+
+
+@device
+def e4m3_of_e2m1(m, d):
+    """E4M3 byte of E2M1 magnitude code m (0..7: 0, 0.5, 1, 1.5, 2, 3, 4, 6) times 2^-d (d >= 0),
+    rounded to nearest even (exact for d <= 8)."""
+    if m == 0:
+        return 0
+    odd = (m & 1) if m > 1 else 0
+    M = 1 + 2 * odd                           # value = M * 2^E
+    E = ((m >> 1) - 1 - odd) if m > 1 else -1
+    p = E + odd                               # exponent of the leading bit
+    if p - d >= -6:                           # normal: exponent field p - d + 7, mantissa 0 / 4
+        return ((p - d + 7) << 3) | (4 * odd)
+    sh = d - E - 9                            # subnormal: M * 2^(E - d) in steps of 2^-9
+    if sh <= 0:
+        return M << (-sh)
+    if sh > 2:
+        return 0
+    q = M >> sh
+    rem = M & ((1 << sh) - 1)
+    half = 1 << (sh - 1)
+    if rem > half or (rem == half and (q & 1) == 1):
+        q += 1
+    return q
+
+
+@device
+def e4m3_lut(d):
+    """prmt tables (two words: magnitudes 0..3, 4..7) of E4M3 bytes of E2M1 x 2^-d. d <= 5 keeps
+    every nonzero entry normal: d subtracted from each exponent field (0.5 -> 0x30 - 8 d)."""
+    if d <= 5:
+        return (uint32(0x3C383000 - d * 0x08080800), uint32(0x4C484440 - d * 0x08080808))
+    a = uint32(0)
+    b = uint32(0)
+    for m in range(4):
+        a |= uint32(e4m3_of_e2m1(m, d)) << uint32(8 * m)
+        b |= uint32(e4m3_of_e2m1(m + 4, d)) << uint32(8 * m)
+    return a, b
+
+
+@device
+def fp4x8_e4m3(w, lut_a, lut_b):
+    """8 E2M1 codes (one word, element 0 in bits 3:0) -> 8 E4M3 bytes (two words, element 0 in
+    byte 0): magnitudes by prmt from the block's tables, signs (code bit 3) moved to bit 7 of
+    each byte by a prmt of (w << 4, w)."""
+    idx = w & uint32(0x77777777)
+    u = w << uint32(4)
+    sg = uint32(0x80808080)
+    lo = prmt(lut_a, lut_b, idx) | (prmt(u, w, uint32(0x5140)) & sg)
+    hi = prmt(lut_a, lut_b, idx >> uint32(16)) | (prmt(u, w, uint32(0x7362)) & sg)
+    return lo, hi
+
+
+@device
+def fetch_fp4_block(src, sc, row, j):
+    """Block j (32 codes: 16 bytes) of FP4 row ``row`` (64 bytes of codes) and the row's 4 UE8M0
+    codes as one word (byte b: block b)."""
+    c0, c1, c2, c3 = ops.ld_global_nc_v4_u32(ops.array_address(src) + uint64(int64(row) * 64 + j * 16))
+    sw = ops.ld_global_nc_u32(ops.array_address(sc) + uint64(int64(row) * 4))
+    return c0, c1, c2, c3, sw
+
+
+@device
+def row_scale_code(sw):
+    """e_ref: the largest of the row's 4 UE8M0 codes (one word)."""
+    return max(max(sw & uint32(255), (sw >> uint32(8)) & uint32(255)),
+               max((sw >> uint32(16)) & uint32(255), sw >> uint32(24)))
+
+
+@device
+def fp4_block_e4m3(raw, j):
+    """A fetched block j (``fetch_fp4_block``) -> its 32 E4M3 bytes relative to the row scale
+    (8 words = two 16-byte vectors)."""
+    c0, c1, c2, c3, sw = raw
+    lut_a, lut_b = e4m3_lut(int64(row_scale_code(sw)) - int64((sw >> uint32(8 * j)) & uint32(255)))
+    a0, a1 = fp4x8_e4m3(c0, lut_a, lut_b)
+    b0, b1 = fp4x8_e4m3(c1, lut_a, lut_b)
+    d0, d1 = fp4x8_e4m3(c2, lut_a, lut_b)
+    e0, e1 = fp4x8_e4m3(c3, lut_a, lut_b)
+    return a0, a1, b0, b1, d0, d1, e0, e1
+
+
+@device
+def fetch_key_fp4_block(ksrc, ksc, table, table_rows, max_pages, page_size, t, n0, r, j,
+                        rows_here):
+    z = uint32(0)
+    if r >= rows_here:
+        return z, z, z, z, z
+    return fetch_fp4_block(ksrc, ksc, key_row(table, table_rows, max_pages, page_size, t, n0 + r), j)
+
+
+@device
+def put_fp4_block_e4m3(kbase, r, j, raw):
+    """Block j of key row r, as E4M3, into the swizzled E4M3 key tile (its vectors 2j, 2j + 1)."""
+    v = fp4_block_e4m3(raw, j)
+    ops.st_shared_v4_b32(swz(kbase, BN, r, 2 * j), v[0], v[1], v[2], v[3])
+    ops.st_shared_v4_b32(swz(kbase, BN, r, 2 * j + 1), v[4], v[5], v[6], v[7])
+
+
+@device
+def load_key_tile_fp4_e4m3(kbase, ksrc, ksc, table, table_rows, max_pages, page_size, t, n0,
+                           rows_here, tid):
+    """FP4 keys n0 .. n0+127 -> the swizzled E4M3 key tile (v5): thread tid decodes block tid % 4
+    of rows tid // 4 + 32 i (4 blocks: 4 code loads + 4 scale words in flight before the first
+    decode); zeros past ``rows_here``."""
+    j = tid & 3
+    r = tid >> 2
+    a0 = fetch_key_fp4_block(ksrc, ksc, table, table_rows, max_pages, page_size, t, n0, r, j,
+                             rows_here)
+    a1 = fetch_key_fp4_block(ksrc, ksc, table, table_rows, max_pages, page_size, t, n0, r + 32, j,
+                             rows_here)
+    a2 = fetch_key_fp4_block(ksrc, ksc, table, table_rows, max_pages, page_size, t, n0, r + 64, j,
+                             rows_here)
+    a3 = fetch_key_fp4_block(ksrc, ksc, table, table_rows, max_pages, page_size, t, n0, r + 96, j,
+                             rows_here)
+    put_fp4_block_e4m3(kbase, r, j, a0)
+    put_fp4_block_e4m3(kbase, r + 32, j, a1)
+    put_fp4_block_e4m3(kbase, r + 64, j, a2)
+    put_fp4_block_e4m3(kbase, r + 96, j, a3)
+
+
+@device
+def key_scale8(ksc, kfmt, row):
+    """The key row's scale on the head sum: V3.2's float32, or v5's 2^(e_ref - 127)."""
+    if kfmt == K8_FP4:
+        return scale_value(row_scale_code(ops.ld_global_nc_u32(ops.array_address(ksc)
+                                                               + uint64(int64(row) * 4))), UE8M0)
+    return ksc[row]
+
+
+# Napkin math: per thread one FP4 block (16 + 4 bytes read, 32 written); T = 64: 16384 blocks.
+@kernel(launch_bounds=(256,))
+def q_e4m3_kernel(qsrc, qsc, units, codes, scales):
+    """v5's q: FP4 rows (codes [rows*64], UE8M0 [rows*4]) -> E4M3 codes [rows*128] (bytes) and the
+    float32 row scales 2^(e_ref - 127) [rows]; thread i converts block i % 4 of row i // 4."""
+    i = cuda.blockIdx.x * 256 + cuda.threadIdx.x
+    if i < units:
+        row = i >> 2
+        j = i & 3
+        raw = fetch_fp4_block(qsrc, qsc, row, j)
+        v = fp4_block_e4m3(raw, j)
+        a = ops.array_address(codes) + uint64(int64(row) * FP8_ROW + j * 32)
+        ops.st_global_v4_b32(a, v[0], v[1], v[2], v[3])
+        ops.st_global_v4_b32(a + uint64(16), v[4], v[5], v[6], v[7])
+        if j == 0:
+            scales[row] = scale_value(row_scale_code(raw[4]), UE8M0)
+
+
+def fp4_rows_as_e4m3(data, scales):
+    """NumPy model of v5's rewrite (what ``fp4_block_e4m3`` computes; tests build their oracle on
+    it): FP4 rows of 128 (codes uint8 [..., 64], UE8M0 codes uint8 [..., 4]) -> (E4M3 codes uint8
+    [..., 128], float32 row scales [...]): element values e2m1 * 2^(e_b - e_ref) rounded to nearest
+    even E4M3 (ml_dtypes; exact when e_ref - e_b <= 8), scale 2^(e_ref - 127) (code 255: NaN)."""
+    import ml_dtypes
+    from ..formats import e2m1_decode, ue8m0_decode, unpack_fp4
+    sc = np.asarray(scales).astype(np.int64)
+    v = e2m1_decode(unpack_fp4(np.asarray(data))).astype(np.float64)
+    eref = sc.max(-1)
+    d = np.minimum(eref[..., None] - sc, 200)                 # beyond ~150: every value is 0
+    v = v.reshape(v.shape[:-1] + (4, 32)) * np.exp2(-d.astype(np.float64))[..., None]
+    codes = v.reshape(v.shape[:-2] + (128,)).astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+    return codes, ue8m0_decode(eref.astype(np.uint8))
+
+
+_E4M3_KERNELS = {}
+
+
+def e4m3_kernel(kfmt: int):
+    """The E4M3-wgmma score kernel for key format ``kfmt`` (a compile-time constant of the
+    closure): K8_E4M3 (V3.2 FP8 codes, ``indexer_fused_fp8_kernel``) or K8_FP4 (v5: FP4 keys
+    decoded to E4M3 on their way into shared memory, ``indexer_fused_fp4e4m3_kernel``)."""
+    if kfmt in _E4M3_KERNELS:
+        return _E4M3_KERNELS[kfmt]
+    KF = kfmt
+
+    # Napkin math: the block comments above (V3.2; v5).
+    def indexer_e4m3(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, page_size, valid_len,
+                     T, N, TQ, scores, ghist, hist):
+        """Scores from E4M3 q (uint8 [T*64*128], float32 row scales qsc [T*64]) and keys: V3.2
+        E4M3 codes (uint8 [rows*128], float32 ksc [rows]) or FP4 (v5: codes uint8 [rows*64],
+        UE8M0 ksc uint8 [rows*4]); w float32 [T*64]; scores float32 [T*N] (-inf for valid_len[t]
+        <= n < N); ``hist`` != 0: valid scores counted in ``ghist`` as v2 does. Grid (ceil(N /
+        128), ceil(T / TQ)), 128 threads. The loop of v2 (q of token t+1 fetched while token t's
+        wgmmas run; the head sum by ``relu_head_sum``)."""
+        smem32 = cuda.shared.array(SMEM8_WORDS, uint32, alignment=SMEM_ALIGN)
+        tid = cuda.threadIdx.x
+        warp = tid >> 5
+        lane = tid & 31
+        n0 = cuda.blockIdx.x * BN
+        t0 = cuda.blockIdx.y * TQ
+        t1 = min(T, t0 + TQ)
+        kbase = ops.shared_address(smem32)
+        qbase = kbase + uint32(K8_BYTES)
+        xw = K8_BYTES // 4
+        pre = fetch_q_e4m3(qsrc, t0, tid)
+        if table_rows == 1:
+            lim = 0
+            for t in range(t0, t1):
+                lim = max(lim, min(int64(valid_len[t]), N))
+            if KF == K8_FP4:
+                load_key_tile_fp4_e4m3(kbase, ksrc, ksc, table, table_rows, max_pages, page_size,
+                                       0, n0, min(BN, lim - n0), tid)
+            else:
+                load_key_tile_e4m3(kbase, ksrc, table, table_rows, max_pages, page_size, 0, n0,
+                                   min(BN, lim - n0), tid)
+        h0 = 16 * warp + (lane >> 2)
+        n = n0 + tid
         for t in range(t0, t1):
-            lim = max(lim, min(int64(valid_len[t]), N))
-        load_key_tile_e4m3(kbase, ksrc, table, table_rows, max_pages, page_size, 0, n0,
-                           min(BN, lim - n0), tid)
-    h0 = 16 * warp + (lane >> 2)
-    n = n0 + tid
-    for t in range(t0, t1):
-        if table_rows > 1:
-            load_key_tile_e4m3(kbase, ksrc, table, table_rows, max_pages, page_size, t, n0,
-                               min(BN, min(int64(valid_len[t]), N) - n0), tid)
-        store_q_e4m3(qbase, tid, pre)
-        ops.fence_proxy_async_shared_cta()
-        cuda.syncthreads()
-        adesc = uint64(DESC_SW128) | uint64((qbase >> 4) & 0x3FFF)
-        bdesc = uint64(DESC_SW128) | uint64((kbase >> 4) & 0x3FFF)
-        acc = zeros64()
-        ops.wgmma_fence()
-        for kk in range(D_FUSED // 32):
-            acc = mma_k32(acc, adesc + uint64(2 * kk), bdesc + uint64(2 * kk), uint32(min(kk, 1)))
-        ops.wgmma_commit_group()
-        pre = fetch_q_e4m3(qsrc, min(t + 1, t1 - 1), tid)
-        wa = w[t * H_FUSED + h0] * qsc[t * H_FUSED + h0]          # s_q folded into w
-        wb = w[t * H_FUSED + h0 + 8] * qsc[t * H_FUSED + h0 + 8]
-        ops.wgmma_wait_group_0()
-        cuda.syncthreads()                        # every warp is past its wgmma: q tile is free
-        relu_head_sum(acc, wa, wb, lane, smem32[xw:], warp)
-        cuda.syncthreads()
-        s = bits_f32(smem32[xw + tid]) + bits_f32(smem32[xw + BN + tid])
-        s += bits_f32(smem32[xw + 2 * BN + tid]) + bits_f32(smem32[xw + 3 * BN + tid])
-        if n < N:
-            ok = n < valid_len[t]
-            if ok:                                # s_k multiplies the head sum
-                s = s * ksc[key_row(table, table_rows, max_pages, page_size, t, n)]
-            scores[int64(t) * N + n] = s if ok else float32(-math.inf)
-            if hist != 0 and ok:
-                hist_add(ghist, t, s)
-        cuda.syncthreads()                        # the exchange (q tile) is rewritten next token
+            if table_rows > 1:
+                here = min(BN, min(int64(valid_len[t]), N) - n0)
+                if KF == K8_FP4:
+                    load_key_tile_fp4_e4m3(kbase, ksrc, ksc, table, table_rows, max_pages,
+                                           page_size, t, n0, here, tid)
+                else:
+                    load_key_tile_e4m3(kbase, ksrc, table, table_rows, max_pages, page_size, t,
+                                       n0, here, tid)
+            store_q_e4m3(qbase, tid, pre)
+            ops.fence_proxy_async_shared_cta()
+            cuda.syncthreads()
+            adesc = uint64(DESC_SW128) | uint64((qbase >> 4) & 0x3FFF)
+            bdesc = uint64(DESC_SW128) | uint64((kbase >> 4) & 0x3FFF)
+            acc = zeros64()
+            ops.wgmma_fence()
+            for kk in range(D_FUSED // 32):
+                acc = mma_k32(acc, adesc + uint64(2 * kk), bdesc + uint64(2 * kk),
+                              uint32(min(kk, 1)))
+            ops.wgmma_commit_group()
+            pre = fetch_q_e4m3(qsrc, min(t + 1, t1 - 1), tid)
+            wa = w[t * H_FUSED + h0] * qsc[t * H_FUSED + h0]          # s_q folded into w
+            wb = w[t * H_FUSED + h0 + 8] * qsc[t * H_FUSED + h0 + 8]
+            ops.wgmma_wait_group_0()
+            cuda.syncthreads()                    # every warp is past its wgmma: q tile is free
+            relu_head_sum(acc, wa, wb, lane, smem32[xw:], warp)
+            cuda.syncthreads()
+            s = bits_f32(smem32[xw + tid]) + bits_f32(smem32[xw + BN + tid])
+            s += bits_f32(smem32[xw + 2 * BN + tid]) + bits_f32(smem32[xw + 3 * BN + tid])
+            if n < N:
+                ok = n < valid_len[t]
+                if ok:                            # s_k multiplies the head sum
+                    s = s * key_scale8(ksc, KF, key_row(table, table_rows, max_pages, page_size,
+                                                        t, n))
+                scores[int64(t) * N + n] = s if ok else float32(-math.inf)
+                if hist != 0 and ok:
+                    hist_add(ghist, t, s)
+            cuda.syncthreads()                    # the exchange (q tile) is rewritten next token
+
+    name = "indexer_fused_fp8_kernel" if kfmt == K8_E4M3 else "indexer_fused_fp4e4m3_kernel"
+    indexer_e4m3.__name__ = indexer_e4m3.__qualname__ = name
+    # v5's decode took ptxas to 130 registers a thread (3 CTAs an SM instead of the V3.2 kernel's
+    # 4 at 128): bound to 4 CTAs of 128 threads a SM (128 registers)
+    bounds = (THREADS,) if kfmt == K8_E4M3 else (THREADS, 4)
+    k = _E4M3_KERNELS[kfmt] = kernel(indexer_e4m3, launch_bounds=bounds)
+    return k
+
+
+indexer_fused_fp8_kernel = e4m3_kernel(K8_E4M3)
+indexer_fused_fp4e4m3_kernel = e4m3_kernel(K8_FP4)
 
 # ----------------------------------------------------------------------------------------------
 # Host side
@@ -730,7 +962,7 @@ def _sim_alignment(gpu: bool):
         SMEM_ALIGN = 1024
 
 
-VARIANTS = ("v1", "v2", "v3", "v4")
+VARIANTS = ("v1", "v2", "v3", "v4", "v5")
 #: v2 is the default since 2026-11-25: on an H200 (sm_90a) its scores matched the float64 oracle in
 #: all 8 tests/gpu ``test_v2_scores_match_oracle`` cases (T 1/4/16, N 127/129/65536, bf16 and FP4,
 #: NaN-poisoned outputs) and its top-k agreed with torch's at the three benchmark shapes. H100,
@@ -757,6 +989,11 @@ HIST_VARIANTS = ("v3",)
 #: registers (keys on M, heads on N), q the only shared-memory operand, the head sum in-thread.
 #: bf16 and FP4 keys (V3.2 FP8 runs ``indexer_fused_fp8_kernel`` as under every variant).
 RS_VARIANTS = ("v4",)
+#: v5 (round 5): FP4 q and keys rewritten as exact E4M3 (one power-of-two scale a row) and scored by
+#: the V3.2 kernel's k32 FP8 wgmma (``indexer_fused_fp4e4m3_kernel``, the block comment above
+#: ``e4m3_kernel``): twice the bf16 tensor rate, but the Hopper FP8 accumulation's precision
+#: (FP8_ACC_REL), so opt-in only. FP4 inputs only (bf16 raises; V3.2 FP8 runs its own kernel).
+E4M3_VARIANTS = ("v5",)
 
 
 def pick_variant(variant=None, T=None) -> str:
@@ -778,7 +1015,8 @@ def _u8(x):
 
 class FusedPlan:
     """One fused launch with its kernel-side arguments placed (tools time ``run()`` alone).
-    ``pre``: (grid, args) of the q decode launched first (v2/v3, FP4 q, T > 1), else None.
+    ``pre``: (kernel, grid, args) of the q conversion launched first, 256 threads a block
+    (v2/v3: ``q_decode_kernel`` for FP4 q and T > 1; v5: ``q_e4m3_kernel``), else None.
     ``kern``: the score kernel (v1, v2, a v4 specialisation or the FP8 kernel); ``smem``: its
     dynamic shared memory (v4), the limit raised at construction when above 48 KB."""
 
@@ -794,12 +1032,12 @@ class FusedPlan:
             k = self.kern
             if self.gpu:
                 if self.pre is not None:
-                    gpu_dispatcher(q_decode_kernel)[self.pre[0], 256](*self.pre[1])
+                    gpu_dispatcher(self.pre[0])[self.pre[1], 256](*self.pre[2])
                 gpu_dispatcher(k)[self.grid, THREADS, 0, self.smem](*self.args)
                 return self
             with _sim_alignment(self.gpu):
                 if self.pre is not None:
-                    q_decode_kernel.launch(self.pre[0], 256, *self.pre[1])
+                    self.pre[0].launch(self.pre[1], 256, *self.pre[2])
                 k.launch(self.grid, THREADS, *self.args, shared_bytes=self.smem)
         return self
 
@@ -822,11 +1060,15 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
     registers, ``indexer_sm90_rs``) or "auto" (``pick_variant``); default
     ``DSV4_INDEXER_VARIANT`` or ``DEFAULT_VARIANT``. ``tq``: tokens per CTA (tests: several tokens
     per CTA at emulator sizes), else ``token_group``. ``ghist``: kernel-side int32 [>= T * 4096],
-    zero, counted into (v3 and the FP8 kernel; required by v3). ``tpc``, ``pf``, ``split``: v4's
+    zero, counted into (v3 and the FP8 kernel; required by v3). "v5": FP4 as exact E4M3 on the FP8
+    wgmma, opt-in (``E4M3_VARIANTS``). ``tpc``, ``pf``, ``split``: v4's
     64-key tiles a CTA, tiles loaded ahead and commit groups (``indexer_sm90_rs.rs_kernel``; else
     ``rs_geometry``'s and ``RS_DEFAULTS``); ``stop``: v4's timing hook (``rs_kernel``)."""
     T, N = c.T, c.N
     variant = pick_variant(variant, T)
+    if variant in E4M3_VARIANTS and c.fam not in ("fp4", "fp8"):
+        raise ValueError(f"fused indexer variant {variant} runs FP4 (dsv4_fp4 / mxfp4) q and keys "
+                         f"as E4M3; these are {c.fam}: use variant v2, v4 or 'auto'")
     if variant in HIST_VARIANTS and ghist is None and T and N:
         raise ValueError(f"fused indexer variant {variant}: pass ghist (the top-k histogram, "
                          f"int32 [T * {NBINS}], zero) -- fused_indexer does")
@@ -882,6 +1124,13 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
             kern = indexer_fused_fp8_kernel
             args = (qsrc, qsc, ksrc, ksc, w, table, c.table_rows, c.max_pages, c.page_size, vl, T,
                     N, TQ, scores, ghist, hist)
+        elif variant in E4M3_VARIANTS:            # v5: q converted once, keys in the CTA
+            kern = indexer_fused_fp4e4m3_kernel
+            units = T * H_FUSED * 4
+            q8, qs8 = io.empty(T * H_FUSED * FP8_ROW, np.uint8), io.empty(T * H_FUSED, np.float32)
+            pre = (q_e4m3_kernel, (-(-units // 256),), (_u8(qsrc), qsc, units, q8, qs8))
+            args = (q8, qs8, _u8(ksrc), ksc, w, table, c.table_rows, c.max_pages, c.page_size, vl,
+                    T, N, TQ, scores, ghist, hist)
         elif variant == "v1":
             args = (qsrc, qsc, ksrc, ksc, w, table, c.table_rows, c.max_pages, c.page_size, vl, T,
                     N, TQ, fmt, EPI_SCORES, scores)
@@ -891,7 +1140,7 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
             if fmt == FMT_FP4 and T > 1:          # decode q once (T = 1: in the CTA, no launch)
                 nvec = T * H_FUSED * ROW_VECS
                 qs = io.empty(nvec * 16, np.uint8)
-                pre = ((-(-nvec // 256),), (qsrc, qsc, nvec, qs))
+                pre = (q_decode_kernel, (-(-nvec // 256),), (qsrc, qsc, nvec, qs))
                 qfmt = FMT_BF16
             args = (qs, qsc, _u8(ksrc), ksc, w, table, c.table_rows, c.max_pages, c.page_size, vl,
                     T, N, TQ, qfmt, fmt, scores, ghist, hist)
@@ -1026,6 +1275,15 @@ def fp8_kernels():
                                         i64, f32, i32, i64))]
 
 
+def v5_kernels():
+    """(Kernel, signature) of v5's score kernel (FP4 keys as E4M3) and q conversion."""
+    from numba import types as ty
+    a8, f32, i32, i64 = ty.uint8[::1], ty.float32[::1], ty.int32[::1], ty.int64
+    return [(indexer_fused_fp4e4m3_kernel, (a8, f32, a8, a8, f32, i32, i64, i64, i64, i32, i64,
+                                            i64, i64, f32, i32, i64)),
+            (q_e4m3_kernel, (a8, a8, i64, a8, f32))]
+
+
 registry.register("indexer_scores", "production", arch="sm_90a",
                   kernels=production_kernels)(scores_production)
 
@@ -1034,5 +1292,7 @@ __all__ = ["scores_production", "scores_fits", "production_kernels", "EPI_SCORES
            "fused_scores", "fused_plan", "FusedPlan", "check_fusable", "token_group", "VARIANTS",
            "DEFAULT_VARIANT", "pick_variant", "v2_kernels", "RS_VARIANTS", "rs_kernels_of",
            "RS_AUTO_MAX_T", "gpu_dispatcher", "fp8_kernels",
-           "indexer_fused_fp8_kernel", "HIST_VARIANTS", "FP8_ACC_REL",
+           "indexer_fused_fp8_kernel", "HIST_VARIANTS", "FP8_ACC_REL", "E4M3_VARIANTS",
+           "indexer_fused_fp4e4m3_kernel", "q_e4m3_kernel", "v5_kernels", "e4m3_kernel",
+           "fp4_rows_as_e4m3",
            "BN", "H_FUSED", "D_FUSED"]

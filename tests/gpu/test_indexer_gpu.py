@@ -217,14 +217,17 @@ def test_v2_scores_match_oracle(fmt, T, N):
     check_scores(_v2_plan_scores(q, kc, w, vl), oracle(q, kc, w, vl), "v2")
 
 
-def _end_to_end_with_topk(fmt, seed, vl_seed, name):
+def _end_to_end_with_topk(fmt, seed, vl_seed, name, bound=None):
     """indexer(impls="fused") (the variant set by the caller's DSV4_INDEXER_VARIANT) at T = 4,
-    N = 65536, k = 512: scores and the selection rule."""
+    N = 65536, k = 512: scores and the selection rule (``bound``: oracle, w -> the oracle with
+    its error bound replaced, e.g. ``v5_oracle``)."""
     T, N, k = 4, 65536, 512
     q, kc, w = problem(seed, T, N, fmt)
     vl = _vl(T, N, vl_seed)
     idx, vals, inter = indexer(q, kc, w, k, valid_len=vl, impls="fused", return_intermediates=True)
     orc = oracle(q, kc, w, vl)
+    if bound is not None:
+        orc = bound(orc, w)
     check_scores(inter["scores"], orc, name)
     check_selection_fast(idx, vals, orc["scores"], orc["err"], k, vl, name)
 
@@ -250,14 +253,16 @@ def test_v2_many_tokens_per_cta(fmt, tq):
     check_scores(sc, orc, "v2")
 
 
-def _paged_equals_contiguous(fmt, seed, variant, tq=None):
-    """Scores of ``variant`` (T = 4, N = 4096) against the oracle, then a paged cache (a shared
-    and a per-token table, NaN / random garbage in unused pages) bitwise equal to contiguous."""
+def _paged_equals_contiguous(fmt, seed, variant, tq=None, bound=None):
+    """Scores of ``variant`` (T = 4, N = 4096) against the oracle (``bound``: as in
+    ``_end_to_end_with_topk``), then a paged cache (a shared and a per-token table, NaN / random
+    garbage in unused pages) bitwise equal to contiguous."""
     T, N, ps = 4, 4096, 64
     q, kc, w = problem(seed, T, N, fmt)
     vl = np.array([N, 1000, 64, 4095], np.int32)
     ref = _v2_plan_scores(q, kc, w, vl, tq, variant=variant)
-    check_scores(ref, oracle(q, kc, w, vl), variant)
+    orc = oracle(q, kc, w, vl)
+    check_scores(ref, orc if bound is None else bound(orc, w), variant)
     for per_token in (False, True):
         if fmt == "bf16":
             (pk,), table = page([kc.view(np.uint16)], ps, T, per_token, 3,
@@ -297,6 +302,79 @@ def test_v4_end_to_end_with_topk(monkeypatch, fmt):
     """indexer(impls="fused") with DSV4_INDEXER_VARIANT=v4: scores and the selection rule."""
     monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v4")
     _end_to_end_with_topk(fmt, 98, 6, "v4")
+
+
+# ---------------------------------------------------------------- round 5 kernel (variant v5)
+# ``-k test_v5``: FP4 q and keys rewritten as E4M3 (one power-of-two scale a row) on the V3.2
+# kernel's FP8 wgmma (indexer_sm90.e4m3_kernel); the bound adds the FP8 accumulation term.
+def v5_oracle(orc, w):
+    """The oracle with v5's bound: float32's + FP8_ACC_REL * sum_h |w| sum_d |q k| (the oracle's
+    q, k carry both row scales, so no key-scale factor as for V3.2)."""
+    err, extra = fp8_bound(orc, w, np.ones(orc["scores"].shape[1]))
+    return dict(orc, err=err, fp8_extra=extra)
+
+
+def _exact_as_e4m3(x):
+    """v5's rewrite of these FP4 rows is exact (every block within 2^8 of its row's largest scale):
+    the oracle of the FP4 values is the oracle of what the kernel multiplies."""
+    codes, sc = F.fp4_rows_as_e4m3(x.data, x.scales)
+    v = codes.view(ml_dtypes.float8_e4m3fn).astype(np.float64) * sc[..., None]
+    np.testing.assert_array_equal(v, formats.dequantize(x).astype(np.float64))
+
+
+def _check_v5(sc, orc, name):
+    check_scores(sc, orc, name)
+    valid = ~np.isnan(orc["scores"])
+    d = np.abs(sc.astype(np.float64) - np.nan_to_num(orc["scores"]))[valid]
+    print(f"\n{name}: max |err| / FP8 term {np.max(d / np.maximum(orc['fp8_extra'][valid], 1e-300)):.3g}")
+
+
+@pytest.mark.parametrize("T,N", [(1, 129), (4, 127), (16, 1000), (4, 65536), (64, 4096)])
+def test_v5_scores_match_oracle(T, N):
+    q, kc, w = problem(T * 13 + N + 5, T, N, "dsv4_fp4")
+    _exact_as_e4m3(q)
+    _exact_as_e4m3(kc)
+    vl = _vl(T, N, N + T + 5)
+    _check_v5(_v2_plan_scores(q, kc, w, vl, variant="v5"), v5_oracle(oracle(q, kc, w, vl), w), "v5")
+
+
+def test_v5_large_scale_spread_rounds_as_documented():
+    """Blocks 2^10-2^12 below their row's largest scale (some keys and q heads): the decode rounds
+    them to E4M3 (nearest even), and the scores follow the oracle of those rounded values
+    (``fp4_rows_as_e4m3``) within v5's bound; the rounding is real (values changed)."""
+    T, N = 4, 1000
+    q, kc, w = problem(123, T, N, "dsv4_fp4")
+    ks, qs = kc.scales.copy(), q.scales.copy()
+    ks[::7, 3] = np.maximum(ks[::7, 3].astype(np.int64) - 12, 0)
+    qs[:, ::5, 2] = np.maximum(qs[:, ::5, 2].astype(np.int64) - 10, 0)
+    kc2 = QuantizedFP4(kc.data, ks, None, "dsv4_fp4", (N, D))
+    q2 = QuantizedFP4(q.data, qs, None, "dsv4_fp4", (T, H, D))
+
+    def rounded(x):
+        codes, sc = F.fp4_rows_as_e4m3(x.data, x.scales)
+        return (codes.view(ml_dtypes.float8_e4m3fn).astype(np.float64) * sc[..., None]).astype(np.float32)
+    qv, kv = rounded(q2), rounded(kc2)
+    assert not np.array_equal(kv, formats.dequantize(kc2)), "the spread must make the decode round"
+    vl = _vl(T, N, 77)
+    _check_v5(_v2_plan_scores(q2, kc2, w, vl, variant="v5"), v5_oracle(oracle(qv, kv, w, vl), w),
+              "v5 spread")
+
+
+def test_v5_paged_equals_contiguous():
+    _paged_equals_contiguous("dsv4_fp4", 14, "v5", bound=v5_oracle)
+
+
+def test_v5_end_to_end_with_topk(monkeypatch):
+    """indexer(impls="fused") with DSV4_INDEXER_VARIANT=v5: scores and the selection rule (v5's
+    bound)."""
+    monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v5")
+    _end_to_end_with_topk("dsv4_fp4", 97, 7, "v5", bound=v5_oracle)
+
+
+def test_v5_refuses_bf16():
+    q, kc, w = problem(1, 1, 129, "bf16")
+    with pytest.raises(ValueError, match="variant v5 runs FP4"):
+        _v2_plan_scores(q, kc, w, np.array([129], np.int32), variant="v5")
 
 
 # ---------------------------------------------------------------- round 3: V3.2 FP8 and variant v3
