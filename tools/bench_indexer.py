@@ -6,6 +6,7 @@
     python tools/bench_indexer.py --variant v2   # one fused kernel (v1: round 1, H100-verified)
     python tools/bench_indexer.py --variant v2,v3 --fmt fp4,fp8 --shapes 1x65536x512,16x262144x2048
     python tools/bench_indexer.py --quick --variant v2,v4,v4@4,v4@/1/0,v4@///1 --max-seconds 900
+    python tools/bench_indexer.py --variant v5,v5@16 --shapes 64x65536x512   # v5: TQ tokens a CTA
         # v4 (keys in wgmma registers; "auto" runs it for T <= 4): v4@TPC/PF/SPLIT/STOP sets its
         # tiles a CTA, prefetch depth, commit groups, or times the kernel to a stop (unchecked)
     python tools/stamp_sources.py; export DSV4_NUMBA_CACHE=1    # Numba's disk cache, then
@@ -110,7 +111,7 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
     if fmt == "fp8":
         variants = tuple(v for v in variants if v != "v1")   # v1 / v2: the same FP8 kernel
     if fmt != "fp4":
-        variants = tuple(v for v in variants if v != "v5")   # v5: FP4 as E4M3 only
+        variants = tuple(v for v in variants if not v.startswith("v5"))   # v5: FP4 only
     if not variants:
         return
     kbytes = {"fp4": N * (D // 2 + D // 32), "fp8": N * (D + 4)}.get(fmt, N * D * 2)
@@ -253,8 +254,11 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
 
 def _rs_options(v):
     """'v4@TPC/PF/SPLIT/STOP' (each part optional: v4@8, v4@/1, v4@4/2/0, v4@///1) -> ('v4',
-    fused_plan kwargs). STOP (v4's timing hook) times the scores kernel only, unchecked."""
+    fused_plan kwargs). STOP (v4's timing hook) times the scores kernel only, unchecked. Other
+    variants: 'v2@TQ' / 'v5@TQ' sets the tokens a CTA (``token_group``'s otherwise)."""
     name, _, opts = v.partition("@")
+    if name != "v4":
+        return name, ({"tq": int(opts)} if opts else {})
     parts = (opts.split("/") + [""] * 4)[:4] if opts else [""] * 4
     return name, {key: int(x) for key, x in zip(("tpc", "pf", "split", "stop"), parts) if x}
 
@@ -283,7 +287,7 @@ def precompile_jobs(variants, fmts):
         jobs.append(("q decode", head + "k, s = F.v2_kernels()[1]\n" + compile_))
     if "fp8" in fmts:
         jobs.append(("fp8", head + "k, s = F.fp8_kernels()[0]\n" + compile_))
-    if "v5" in variants and "fp4" in fmts:
+    if any(v.startswith("v5") for v in variants) and "fp4" in fmts:
         jobs.append(("v5", head + "k, s = F.v5_kernels()[0]\n" + compile_))
         jobs.append(("v5 q", head + "k, s = F.v5_kernels()[1]\n" + compile_))
     if "v3" in variants:
@@ -298,7 +302,7 @@ def precompile_jobs(variants, fmts):
         for i, (k, _) in enumerate(F.rs_kernels_of(fmts, extra)):
             jobs.append((k.__name__, head + f"k, s = F.rs_kernels_of({tuple(fmts)!r}, "
                          f"{extra!r})[{i}]\n" + compile_))
-    if {"v1", "v2", "v5"} & set(variants) or v4:     # the registered top-k after them
+    if {"v1", "v2", "v5"} & {v.partition("@")[0] for v in variants} or v4:   # the top-k after them
         from dsv4_numba.pipelines import indexer_topk as IT
         for i, (k, _) in enumerate(IT.registered_topk_kernels()):
             jobs.append((k.__name__, head + f"k, s = IT.registered_topk_kernels()[{i}]\n"
