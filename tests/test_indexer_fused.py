@@ -164,8 +164,9 @@ def test_v2_fp4_emulated_decoded_q_paged_equals_contiguous(sim):
 
 def test_variant_switch(monkeypatch):
     assert F.DEFAULT_VARIANT == "auto"
-    assert F.pick_variant() == "v2" and F.pick_variant(None, 16) == "v2"      # T unknown / > 4
-    assert F.pick_variant(None, 1) == "v4" == F.pick_variant("auto", F.RS_AUTO_MAX_T)
+    assert F.pick_variant() == "v2" and F.pick_variant(None, 33) == "v2"      # T unknown / > 32
+    assert F.pick_variant(None, 1) == "v4" == F.pick_variant("auto", 32) == F.pick_variant(None, 16)
+    assert F.pick_variant(None, 4, "float") == "v4" and F.pick_variant(None, 5, "float") == "v2"
     monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v2")
     assert F.pick_variant() == "v2" and F.pick_variant("v1") == "v1"
     assert F.pick_variant("v3") == "v3"

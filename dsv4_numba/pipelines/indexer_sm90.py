@@ -63,8 +63,9 @@ Kernels selected by ``variant=`` / ``DSV4_INDEXER_VARIANT`` (default ``DEFAULT_V
   from global memory straight into the A registers (a permutation of D makes one lane's fragment
   one FP4 block); q the only shared-memory operand; the head sum in-thread (2 shuffles a key).
   On an H100 (FP4, scores only): 11.2 vs v2's 13.9 us at T = 1, N = 65536; 32-37 vs 42-43 at
-  T = 4, N = 131072; but 242-268 vs 207.6 at T = 64, N = 65536. The default ``auto`` runs it for
-  T <= ``RS_AUTO_MAX_T`` (4) and v2 above.
+  T = 4, N = 131072; 32-101 vs 42-111 at T = 8-32, N = 65536; but 224-268 vs 204-208 at T = 64,
+  N = 65536. The default ``auto`` runs it for T <= ``RS_AUTO_MAX_T`` (FP4: 32; bf16: 4) and v2
+  above.
 * ``v5`` (round 5, 2026-11-26; opt-in): FP4 q and keys rewritten as E4M3 with one power-of-two
   scale a row -- exact while a row's 4 block scales lie within 2^8 of each other, rounded to
   nearest even beyond -- and scored by the V3.2 kernel below (``e4m3_kernel(K8_FP4)``: FP4 keys
@@ -972,8 +973,13 @@ VARIANTS = ("v1", "v2", "v3", "v4", "v5")
 #: Since 2026-11-26 the default is "auto": v4 for at most RS_AUTO_MAX_T tokens, else v2 (H100,
 #: FP4, H = 64: scores 11.2 vs 13.9 us at T = 1, N = 65536 and 36.7 vs 42.7 at T = 4, N = 131072,
 #: but 242-268 vs 207.6 at T = 64, N = 65536 -- CHANGELOG 0.9.0).
+#: Since the tenth session (H100, FP4, scores us, v4 vs v2, CHANGELOG 0.10.0): T = 8 / 16 / 32 at
+#: N = 65536: 32.3 / 55.4 / 101.1 vs 41.9 / 65.8 / 111.1; T = 16 at N = 131072 / 262144: 101.1 /
+#: 189.5 vs 111.4 / 213.2; T = 32, N = 262144: 362.4 vs 392.9; but T = 64, N = 65536: 223.8 vs
+#: 203.9. So FP4 runs v4 up to 32 tokens; bf16 (v4 untimed there, its TB = 4 build spills 32 B)
+#: stays at 4.
 DEFAULT_VARIANT = "auto"
-RS_AUTO_MAX_T = 4
+RS_AUTO_MAX_T = {"fp4": 32, "float": 4}
 #: v3 (round 3): v2's kernel counting every valid score in the top-k's first-level histogram as
 #: it writes it, then ``indexer_topk.HistTopk`` -- the "fused" top-k's select + finish without its
 #: histogram launch (napkin math in ``pipelines/indexer_topk.py``). V3.2 FP8 inputs take
@@ -996,13 +1002,14 @@ RS_VARIANTS = ("v4",)
 E4M3_VARIANTS = ("v5",)
 
 
-def pick_variant(variant=None, T=None) -> str:
+def pick_variant(variant=None, T=None, fam="fp4") -> str:
     """The concrete variant: ``variant``, else ``DSV4_INDEXER_VARIANT``, else DEFAULT_VARIANT;
-    "auto" is v4 for 1 <= T <= RS_AUTO_MAX_T tokens, else (or T unknown) v2."""
+    "auto" is v4 for 1 <= T <= RS_AUTO_MAX_T[fam] tokens (``fam``: the inputs' family, "fp4" /
+    "float" (bf16); V3.2 "fp8" runs its own kernel under every variant), else (or T unknown) v2."""
     import os
     v = variant or os.environ.get("DSV4_INDEXER_VARIANT") or DEFAULT_VARIANT
     if v == "auto":
-        return "v4" if T is not None and 1 <= T <= RS_AUTO_MAX_T else "v2"
+        return "v4" if T is not None and 1 <= T <= RS_AUTO_MAX_T.get(fam, 4) else "v2"
     if v not in VARIANTS:
         raise ValueError(f"fused indexer variant must be 'auto' or one of {VARIANTS}, not {v!r}")
     return v
@@ -1065,7 +1072,7 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
     64-key tiles a CTA, tiles loaded ahead and commit groups (``indexer_sm90_rs.rs_kernel``; else
     ``rs_geometry``'s and ``RS_DEFAULTS``); ``stop``: v4's timing hook (``rs_kernel``)."""
     T, N = c.T, c.N
-    variant = pick_variant(variant, T)
+    variant = pick_variant(variant, T, c.fam)
     if variant in E4M3_VARIANTS and c.fam not in ("fp4", "fp8"):
         raise ValueError(f"fused indexer variant {variant} runs FP4 (dsv4_fp4 / mxfp4) q and keys "
                          f"as E4M3; these are {c.fam}: use variant v2, v4 or 'auto'")
@@ -1165,7 +1172,7 @@ def fused_indexer(c, q, k_cache, weights, topk_impl=None, return_intermediates=F
         raise ImplUnavailable(f"the fused indexer is an sm_90a kernel (wgmma); this GPU is "
                               f"{device_arch()}: {STAGED_HINT}")
     T, N, k = c.T, c.N, c.k
-    variant = pick_variant(variant, T)
+    variant = pick_variant(variant, T, c.fam)
     sel = None
     if variant in HIST_VARIANTS and T and N:
         if topk_impl not in (None, "auto", "production", "production:sm_90a"):
