@@ -164,8 +164,8 @@ def test_v2_fp4_emulated_decoded_q_paged_equals_contiguous(sim):
 
 def test_variant_switch(monkeypatch):
     assert F.DEFAULT_VARIANT == "auto"
-    assert F.pick_variant() == "v2" and F.pick_variant(None, 33) == "v2"      # T unknown / > 32
-    assert F.pick_variant(None, 1) == "v4" == F.pick_variant("auto", 32) == F.pick_variant(None, 16)
+    assert F.pick_variant() == "v2" and F.pick_variant(None, 65536) == "v2"   # T unknown / > 65535
+    assert F.pick_variant(None, 1) == "v4" == F.pick_variant("auto", 64) == F.pick_variant(None, 65535)
     assert F.pick_variant(None, 4, "float") == "v4" and F.pick_variant(None, 5, "float") == "v2"
     monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v2")
     assert F.pick_variant() == "v2" and F.pick_variant("v1") == "v1"
@@ -441,6 +441,11 @@ def test_v4_geometry():
     assert R.rs_geometry(4, 131072, 1, None, 132)[:2] == (4, 8)
     tb, tpc, grid = R.rs_geometry(64, 65536, 1, None, 132)
     assert tb == 4 and grid[1] == 16 and grid[0] * tpc >= 1024
+    assert grid[0] * grid[1] <= 132 * R.RESIDENT[4], "one wave (was 17 x 16 = 272 CTAs > 264)"
+    for T in (3, 8, 16, 32, 64, 100):                         # one wave whenever chunks allow
+        for N in (4096, 65536, 131072, 262144):
+            tb, tpc, grid = R.rs_geometry(T, N, 1, None, 132)
+            assert grid[0] * tpc * 64 >= N and grid[0] * grid[1] <= 132 * R.RESIDENT[tb], (T, N)
     assert R.rs_geometry(4, 1000, 4, 3, 132) == (1, 3, (6, 4))      # per-token table: TB = 1
     assert R.rs_geometry(2, 64, 1, None, 132) == (2, 1, (1, 1))
     with pytest.raises(ValueError, match="variant v2"):

@@ -63,9 +63,9 @@ Kernels selected by ``variant=`` / ``DSV4_INDEXER_VARIANT`` (default ``DEFAULT_V
   from global memory straight into the A registers (a permutation of D makes one lane's fragment
   one FP4 block); q the only shared-memory operand; the head sum in-thread (2 shuffles a key).
   On an H100 (FP4, scores only): 11.2 vs v2's 13.9 us at T = 1, N = 65536; 32-37 vs 42-43 at
-  T = 4, N = 131072; 32-101 vs 42-111 at T = 8-32, N = 65536; but 224-268 vs 204-208 at T = 64,
-  N = 65536. The default ``auto`` runs it for T <= ``RS_AUTO_MAX_T`` (FP4: 32; bf16: 4) and v2
-  above.
+  T = 4, N = 131072; 32-368 vs 42-392 at T = 8-128, N = 65536 (191.5 vs 205.0 at T = 64 since
+  the one-wave geometry fix of 0.10.0). The default ``auto`` runs it for T <= ``RS_AUTO_MAX_T``
+  (FP4: 65535, i.e. always; bf16: 4) and v2 above.
 * ``v5`` (round 5, 2026-11-26; opt-in): FP4 q and keys rewritten as E4M3 with one power-of-two
   scale a row -- exact while a row's 4 block scales lie within 2^8 of each other, rounded to
   nearest even beyond -- and scored by the V3.2 kernel below (``e4m3_kernel(K8_FP4)``: FP4 keys
@@ -973,13 +973,15 @@ VARIANTS = ("v1", "v2", "v3", "v4", "v5")
 #: Since 2026-11-26 the default is "auto": v4 for at most RS_AUTO_MAX_T tokens, else v2 (H100,
 #: FP4, H = 64: scores 11.2 vs 13.9 us at T = 1, N = 65536 and 36.7 vs 42.7 at T = 4, N = 131072,
 #: but 242-268 vs 207.6 at T = 64, N = 65536 -- CHANGELOG 0.9.0).
-#: Since the tenth session (H100, FP4, scores us, v4 vs v2, CHANGELOG 0.10.0): T = 8 / 16 / 32 at
-#: N = 65536: 32.3 / 55.4 / 101.1 vs 41.9 / 65.8 / 111.1; T = 16 at N = 131072 / 262144: 101.1 /
-#: 189.5 vs 111.4 / 213.2; T = 32, N = 262144: 362.4 vs 392.9; but T = 64, N = 65536: 223.8 vs
-#: 203.9. So FP4 runs v4 up to 32 tokens; bf16 (v4 untimed there, its TB = 4 build spills 32 B)
-#: stays at 4.
+#: Since the tenth session (H100, FP4, scores us, v4 vs v2, CHANGELOG 0.10.0): T = 8 / 16 / 32 /
+#: 48 / 64 / 128 at N = 65536: 32.3 / 55.4 / 101.1 / 145.2 / 191.5 / 367.5 vs 41.9 / 65.8 / 111.1
+#: / 157.9 / 205.0 / 392.2; T = 16 at N = 131072 / 262144: 101.1 / 189.5 vs 111.4 / 213.2; T = 32,
+#: N = 262144: 362.4 vs 392.9 (T = 48-128 after ``rs_geometry``'s one-wave fix; before it, T = 64
+#: took 224 us in 17 x 16 CTAs for 264 slots). So FP4 runs v4 at every T its grid takes (<= 65535
+#: tokens: the chunks of a per-token table); bf16 (v4 untimed above 4 tokens, its TB = 4 build
+#: spills 32 B) stays at 4.
 DEFAULT_VARIANT = "auto"
-RS_AUTO_MAX_T = {"fp4": 32, "float": 4}
+RS_AUTO_MAX_T = {"fp4": 65535, "float": 4}
 #: v3 (round 3): v2's kernel counting every valid score in the top-k's first-level histogram as
 #: it writes it, then ``indexer_topk.HistTopk`` -- the "fused" top-k's select + finish without its
 #: histogram launch (napkin math in ``pipelines/indexer_topk.py``). V3.2 FP8 inputs take

@@ -428,8 +428,8 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1):
 
 def rs_geometry(T: int, N: int, table_rows: int, tpc: int | None = None, sms: int | None = None):
     """(TB, tpc, grid) of a v4 launch: TB = 1 / 2 / 4 tokens a chunk (1 for a per-token block
-    table), ``tpc`` 64-key tiles a CTA (default: about RESIDENT[TB] CTAs an SM in one wave; ``sms``
-    default: the GPU's, 132 under the simulator)."""
+    table), ``tpc`` 64-key tiles a CTA (default: at most RESIDENT[TB] CTAs an SM, one wave when
+    the chunks allow; ``sms`` default: the GPU's, 132 under the simulator)."""
     if sms is None:
         gpu = detect_gpu() if mode() == "gpu" else None
         sms = gpu.sm_count if gpu else 132
@@ -439,8 +439,10 @@ def rs_geometry(T: int, N: int, table_rows: int, tpc: int | None = None, sms: in
         raise ValueError(f"fused indexer v4: T = {T} tokens need {chunks} CTA rows of {tb} tokens "
                          "(grid y <= 65535); use variant v2 (or 'auto')")
     ntiles = -(-N // BM)
-    if tpc is None:
-        tpc = -(-(ntiles * chunks) // (sms * RESIDENT[tb]))
+    if tpc is None:          # CTAs a chunk so that chunks x them fill ONE wave, then their tiles
+        # (rounding the total instead left T = 64, N = 65536 at 17 x 16 = 272 CTAs for 264 slots:
+        # a second wave of 8)
+        tpc = -(-ntiles // max(1, (sms * RESIDENT[tb]) // chunks))
     tpc = max(1, int(tpc))
     return tb, tpc, (-(-ntiles // tpc), chunks)
 
