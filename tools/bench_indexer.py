@@ -7,7 +7,7 @@
     python tools/bench_indexer.py --variant v2,v3 --fmt fp4,fp8 --shapes 1x65536x512,16x262144x2048
     python tools/bench_indexer.py --quick --variant v2,v4,v4@4,v4@/1/0,v4@///1 --max-seconds 900
     python tools/bench_indexer.py --variant v5,v5@16 --shapes 64x65536x512   # v5: TQ tokens a CTA
-        # v4 (keys in wgmma registers; "auto" runs it for T <= 4): v4@TPC/PF/SPLIT/STOP sets its
+        # v4 (keys in wgmma registers; what "auto" runs for FP4): v4@TPC/PF/SPLIT/STOP sets its
         # tiles a CTA, prefetch depth, commit groups, or times the kernel to a stop (unchecked)
     python tools/stamp_sources.py; export DSV4_NUMBA_CACHE=1    # Numba's disk cache, then
     python tools/bench_indexer.py --precompile --variant v2,v3 --fmt fp4,fp8   # fill it with

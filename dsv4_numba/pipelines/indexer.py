@@ -60,12 +60,12 @@ heads, N = keys, K = D), ReLU and w[t, h] on the accumulator registers, the head
 shared-memory exchange, scores [T, N] written once (4 B per key per token instead of the staged
 256 + 4 + 4), then the registered top-k. bfloat16, dsv4_fp4 / mxfp4 and V3.2 FP8 (E4M3 wgmma, one
 scale per row) inputs, H = 64, D = 128; variant v3 also counts the top-k's histogram in the kernel
-(the top-k then skips its histogram launch); variant v4 (the default "auto" at T <= 4) decodes FP4
-keys straight into wgmma's A registers; opt-in v5 rewrites FP4 as exact E4M3 (one scale a row) for
-the FP8 wgmma (twice the rate, FP8 accumulation precision). The same kernel with a logits epilogue is the staged
-``indexer_scores`` production stage (bfloat16 inputs; FP4 is decoded to bfloat16 for it). Not
-built yet: TMA / cp.async into an mbarrier ring, a threshold that would keep most scores out of
-memory.
+(the top-k then skips its histogram launch); variant v4 (what "auto" runs for FP4, and for bf16 up
+to 4 tokens) decodes the keys straight into wgmma's A registers; opt-in v5 rewrites FP4 as exact
+E4M3 (one scale a row) for the FP8 wgmma (twice the rate, FP8 accumulation precision). The same
+kernel with a logits epilogue is the staged ``indexer_scores`` production stage (bfloat16 inputs;
+FP4 is decoded to bfloat16 for it). Not built yet: TMA / cp.async into an mbarrier ring, a
+threshold that would keep most scores out of memory.
 """
 from __future__ import annotations
 

@@ -628,7 +628,9 @@ def load_key_tile_e4m3(kbase, ksrc, table, table_rows, max_pages, page_size, t, 
 # 2^-9 (subnormals), so every block with d = e_ref - e_b <= 8 is exact; the decode rounds a block
 # 256x (2^8) or more below its row's largest scale to nearest-even multiples of 2^-9 * row scale
 # (an absolute error <= 2^-10 x row scale an element; test_v5 computes the oracle on those
-# rounded values). Real quantizers give such blocks only to rows with near-zero pieces.
+# rounded values). Real quantizers give such blocks only to rows with near-zero pieces. The row
+# scales are float32 (2^(e_ref - 127)): folded into w and onto the head sum they round only where
+# a product leaves float32's normal range (scale codes near 0 or 254).
 # What changes against v2 / v4 (exact bf16 products, float32 accumulation): only the tensor core's
 # FP8 accumulation (FP8_ACC_REL * sum_d |q k| a logit, the V3.2 kernel's GPU-test bound). The
 # selection rule's tolerance grows accordingly: v5 is opt-in, never chosen by "auto".

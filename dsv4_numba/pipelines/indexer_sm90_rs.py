@@ -48,7 +48,9 @@ Napkin math (H = 64, D = 128, FP4; per key per token 2 H D = 16384 FLOP)
   at T = 1, N = 65536 (v2: 13.9), 32-37 us at T = 4, N = 131072 (v2: 42-43), but 242-268 us
   (256-284 TFLOP/s, ~27 % of peak) at T = 64, N = 65536 (v2: 207.6). The launch + q setup alone
   (``stop`` = 1) is 6.4 us at T = 1, 9.3 at T = 4, 13.7 at T = 64: fewer, longer CTAs win
-  (``rs_geometry``), and "auto" runs v4 only up to T = 4.
+  (``rs_geometry``). Part of the T = 64 gap was the geometry: 272 CTAs for 264 slots (a second
+  wave of 8). With one wave (CHANGELOG 0.10.0): 191.5-194.3 us (354-359 TFLOP/s, ~36 % of peak)
+  against v2's 205-206, and v4 beats v2 at every T timed (1-128), so "auto" runs it for FP4.
 * Shared memory: 16 KB of q + 256 B of w a token (+1 KB alignment slack): TB = 4 takes 66.3 KB
   (dynamic shared memory); registers (~32 A + 32 TB accumulators + 10 prefetched) bound the
   residency at TB = 4 to ~2 CTAs an SM.
