@@ -1278,20 +1278,24 @@ def rs_kernels_of(fmts=("fp4", "bf16"), extra=()):
     return [(k, s) for k, s in R.rs_kernels(opts) if want[k.kfmt] in fmts]
 
 
-def fp8_kernels():
-    """(Kernel, signature) of the V3.2 FP8 kernel, for compile-only checks."""
+def _e4m3_signature(kfmt):
+    """``e4m3_kernel(kfmt)``'s signature: the key scales are float32 (V3.2) or UE8M0 bytes (v5)."""
     from numba import types as ty
     a8, f32, i32, i64 = ty.uint8[::1], ty.float32[::1], ty.int32[::1], ty.int64
-    return [(indexer_fused_fp8_kernel, (a8, f32, a8, f32, f32, i32, i64, i64, i64, i32, i64, i64,
-                                        i64, f32, i32, i64))]
+    ksc = f32 if kfmt == K8_E4M3 else a8
+    return (a8, f32, a8, ksc, f32, i32, i64, i64, i64, i32, i64, i64, i64, f32, i32, i64)
+
+
+def fp8_kernels():
+    """(Kernel, signature) of the V3.2 FP8 kernel, for compile-only checks."""
+    return [(indexer_fused_fp8_kernel, _e4m3_signature(K8_E4M3))]
 
 
 def v5_kernels():
     """(Kernel, signature) of v5's score kernel (FP4 keys as E4M3) and q conversion."""
     from numba import types as ty
-    a8, f32, i32, i64 = ty.uint8[::1], ty.float32[::1], ty.int32[::1], ty.int64
-    return [(indexer_fused_fp4e4m3_kernel, (a8, f32, a8, a8, f32, i32, i64, i64, i64, i32, i64,
-                                            i64, i64, f32, i32, i64)),
+    a8, f32, i64 = ty.uint8[::1], ty.float32[::1], ty.int64
+    return [(indexer_fused_fp4e4m3_kernel, _e4m3_signature(K8_FP4)),
             (q_e4m3_kernel, (a8, a8, i64, a8, f32))]
 
 
