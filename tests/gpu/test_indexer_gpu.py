@@ -314,12 +314,17 @@ def v5_oracle(orc, w):
     return dict(orc, err=err, fp8_extra=extra)
 
 
+def _e4m3_values(x):
+    """The values v5's kernel multiplies for FP4 ``x`` (``fp4_rows_as_e4m3``: codes x row scale),
+    float64."""
+    codes, sc = F.fp4_rows_as_e4m3(x.data, x.scales)
+    return codes.view(ml_dtypes.float8_e4m3fn).astype(np.float64) * sc[..., None]
+
+
 def _exact_as_e4m3(x):
     """v5's rewrite of these FP4 rows is exact (every block within 2^8 of its row's largest scale):
     the oracle of the FP4 values is the oracle of what the kernel multiplies."""
-    codes, sc = F.fp4_rows_as_e4m3(x.data, x.scales)
-    v = codes.view(ml_dtypes.float8_e4m3fn).astype(np.float64) * sc[..., None]
-    np.testing.assert_array_equal(v, formats.dequantize(x).astype(np.float64))
+    np.testing.assert_array_equal(_e4m3_values(x), formats.dequantize(x).astype(np.float64))
 
 
 def _check_v5(sc, orc, name):
@@ -349,11 +354,7 @@ def test_v5_large_scale_spread_rounds_as_documented():
     qs[:, ::5, 2] = np.maximum(qs[:, ::5, 2].astype(np.int64) - 10, 0)
     kc2 = QuantizedFP4(kc.data, ks, None, "dsv4_fp4", (N, D))
     q2 = QuantizedFP4(q.data, qs, None, "dsv4_fp4", (T, H, D))
-
-    def rounded(x):
-        codes, sc = F.fp4_rows_as_e4m3(x.data, x.scales)
-        return (codes.view(ml_dtypes.float8_e4m3fn).astype(np.float64) * sc[..., None]).astype(np.float32)
-    qv, kv = rounded(q2), rounded(kc2)
+    qv, kv = (_e4m3_values(x).astype(np.float32) for x in (q2, kc2))
     assert not np.array_equal(kv, formats.dequantize(kc2)), "the spread must make the decode round"
     vl = _vl(T, N, 77)
     _check_v5(_v2_plan_scores(q2, kc2, w, vl, variant="v5"), v5_oracle(oracle(qv, kv, w, vl), w),
