@@ -278,23 +278,23 @@ def precompile_jobs(variants, fmts):
             "from dsv4_numba.stages import topk as TK\n")
     compile_ = "k.gpu.compile(s)\n"
     jobs = []
-    if "v1" in variants and set(fmts) - {"fp8"}:
+    base = {v.partition("@")[0] for v in variants}          # "v5@16" -> "v5" (_rs_options)
+    if "v1" in base and set(fmts) - {"fp8"}:
         for i, f in enumerate(("bf16", "fp4")):
             if f in fmts:
                 jobs.append((f"v1 {f}", head + f"k, s = F.production_kernels()[{i}]\n" + compile_))
-    if {"v2", "v3"} & set(variants) and set(fmts) - {"fp8"}:
+    if {"v2", "v3"} & base and set(fmts) - {"fp8"}:
         jobs.append(("v2/v3", head + "k, s = F.v2_kernels()[0]\n" + compile_))
         jobs.append(("q decode", head + "k, s = F.v2_kernels()[1]\n" + compile_))
     if "fp8" in fmts:
         jobs.append(("fp8", head + "k, s = F.fp8_kernels()[0]\n" + compile_))
-    if any(v.startswith("v5") for v in variants) and "fp4" in fmts:
+    if "v5" in base and "fp4" in fmts:
         jobs.append(("v5", head + "k, s = F.v5_kernels()[0]\n" + compile_))
         jobs.append(("v5 q", head + "k, s = F.v5_kernels()[1]\n" + compile_))
-    if "v3" in variants:
+    if "v3" in base:
         jobs.append(("v3 select", head + "staged = IT.DEFAULT_SELECT == 'staged'\n"
                      "k, s = IT.kernels()[int(staged)]\n" + compile_))
-    v4 = {v.partition("@")[0] for v in variants} & {"v4"}
-    if v4 and set(fmts) - {"fp8"}:
+    if "v4" in base and set(fmts) - {"fp8"}:
         from dsv4_numba.pipelines import indexer_sm90 as F
         from dsv4_numba.pipelines.indexer_sm90_rs import RS_DEFAULTS as D
         extra = tuple(sorted({(o.get("pf", D["pf"]), o.get("split", D["split"])) for o in
@@ -302,7 +302,7 @@ def precompile_jobs(variants, fmts):
         for i, (k, _) in enumerate(F.rs_kernels_of(fmts, extra)):
             jobs.append((k.__name__, head + f"k, s = F.rs_kernels_of({tuple(fmts)!r}, "
                          f"{extra!r})[{i}]\n" + compile_))
-    if {"v1", "v2", "v5"} & {v.partition("@")[0] for v in variants} or v4:   # the top-k after them
+    if {"v1", "v2", "v4", "v5"} & base:     # the registered top-k after them
         from dsv4_numba.pipelines import indexer_topk as IT
         for i, (k, _) in enumerate(IT.registered_topk_kernels()):
             jobs.append((k.__name__, head + f"k, s = IT.registered_topk_kernels()[{i}]\n"
