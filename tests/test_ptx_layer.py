@@ -112,12 +112,18 @@ def k_sync_ldst(src, out):
 @kernel(cluster=2)
 def k_cluster(out):
     """sm_90: a cluster kernel (runtime.kernel(cluster=2): NVVM's cluster_dim annotations) meeting
-    at barrier.cluster, reading and writing its peer's shared memory (mapa, ld / st
-    .shared::cluster)."""
+    at barrier.cluster (released and relaxed arrives), reading and writing its peer's shared memory
+    (mapa, ld / st .shared::cluster), and pushing 16 bytes a thread into it with st.async on the
+    peer's mbarrier, waited with acquire at cluster scope."""
     sm = cuda.shared.array(256, uint32)
+    rx = cuda.shared.array(128, uint32)
+    mb = cuda.shared.array(1, uint64)
     t = cuda.threadIdx.x
     peer = uint32((cuda.blockIdx.x + 1) % 2)
     sm[t] = t
+    if t == 0:
+        ops.mbarrier_init(ops.shared_address(mb), uint32(1))
+        ops.fence_mbarrier_init()
     ops.cluster_arrive_release()
     ops.cluster_wait_acquire()
     a = ops.mapa_shared_cluster(ops.shared_address(sm) + uint32(4 * t), peer)
@@ -127,9 +133,19 @@ def k_cluster(out):
     ops.cluster_arrive_release()
     ops.cluster_wait_acquire()
     ops.st_shared_cluster_u32(a, v + w0 + w1 + w2 + w3)
+    if t == 0:
+        ops.mbarrier_arrive_expect_tx(ops.shared_address(mb), uint32(4 * 128))
+    if t < 32:
+        ops.st_async_v4_b32(ops.mapa_shared_cluster(ops.shared_address(rx) + uint32(16 * t), peer),
+                            t, t + uint32(1), t + uint32(2), t + uint32(3),
+                            ops.mapa_shared_cluster(ops.shared_address(mb), peer))
+    ops.mbarrier_wait_parity_cluster(ops.shared_address(mb), uint32(0))
     ops.cluster_arrive_release()
     ops.cluster_wait_acquire()
-    out[cuda.blockIdx.x * cuda.blockDim.x + t] = sm[t]
+    u = sm[t] + rx[t & 127]
+    ops.cluster_arrive_relaxed()                # every remote access above is complete
+    ops.cluster_wait_acquire()
+    out[cuda.blockIdx.x * cuda.blockDim.x + t] = u
 
 
 @kernel(launch_bounds=(384, 1))
@@ -311,7 +327,7 @@ SASS = {  # characteristic SASS mnemonics, per kernel
     "sync_ldst": ("LDSM.16.M88.4", "LDSM.16.MT88", "STSM.16.M88.4", "LDGSTS", "LDGDEPBAR", "BAR.ARV",
                   "ELECT"),
     "wgmma_setmaxnreg": ("WARPGROUP.ARRIVE", "WARPGROUP.DEPBAR", "USETMAXREG"),
-    "cluster": ("UCGABAR_ARV", "UCGABAR_WAIT", "LD.E", "ST.E"),
+    "cluster": ("UCGABAR_ARV", "UCGABAR_WAIT", "LD.E", "ST.E", "STAS.128", "SYNCS.PHASECHK"),
     "tcgen05": ("UTCATOMSWS", "UTCHMMA", "UTCQMMA", "UTCBAR", "LDTM", "STTM"),
     "tcgen05_bs": ("UTCCP.T.S.4x32dp128bit", "UTCCP.T.S.4dp256bit", "UTCOMMA.4X", "UTCOMMA", "UTCQMMA",
                    "UTCBAR"),

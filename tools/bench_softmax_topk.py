@@ -254,7 +254,7 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
                     p6, p5, p1, p2, p7, p3 = split_stages_us(plan, calls[0], vals, idx, reps,
                                                              repeats)
                     print(f"  {variant} stages (cumulative us): launch alone {p6:.1f}, + pass 1 "
-                          f"{p5:.1f}, + histogram barrier, read-back, bucket (round 0) {p1:.1f}, "
+                          f"{p5:.1f}, + histogram exchange, bucket (round 0) {p1:.1f}, "
                           f"+ pass 2 / publish barrier {p2:.1f}, + list load {p7:.1f}, "
                           f"+ rank {p3:.1f}, + write {ours:.1f}; one launch of {R} x "
                           f"{plan.S} CTAs x {plan.split_threads} threads, {plan.chunk} scores a "
