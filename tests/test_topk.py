@@ -355,11 +355,14 @@ def test_cluster_geometry_and_refusals():
         K.TopkPlan(1, 4096, 16, K.F32, variant="cluster", S=32)
     plan = K.TopkPlan(200, 4096, 16, K.F32, variant="cluster")    # 400 CTAs: no residency limit
     assert plan.S == 2 and K.resolve_variant("cluster", 4096, 200) == "cluster"
-    # "auto": cluster for <= 4 rows of <= 131072 scores on the GPU; the simulator runs split
+    # "auto": cluster for <= 4 rows of <= 131072 scores and <= 8 of <= 65536 on the GPU; the
+    # simulator runs split
     want = "cluster" if K.mode() == "gpu" else "split"
     assert K.resolve_variant("auto", 65536, 4) == want and K.resolve_variant("auto", 131072, 1) == want
+    assert K.resolve_variant("auto", 65536, 8) == want and K.resolve_variant("auto", 4096, 5) == want
     assert K.resolve_variant("auto", 131073, 1) == "split"
-    assert K.resolve_variant("auto", 65536, 5) == "split"
+    assert K.resolve_variant("auto", 65537, 5) == "split"
+    assert K.resolve_variant("auto", 65536, 9) == "split"
     if SIM:
         x = scores((1, 256), seed=9)
         with pytest.raises(RuntimeError, match="GPU only.*variant='split'"):

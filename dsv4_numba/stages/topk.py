@@ -30,8 +30,8 @@ Implementations (stage registry name ``topk``)
   whole), collect everything at or above it into shared memory, order by counting (each selected
   composite's position = how many selected are larger). Runs under the CUDA simulator.
 * ``production:sm_90a`` -- six variants, chosen by ``PRODUCTION_VARIANT`` (what
-  impl="production" runs: "auto" = "cluster" for at most 4 rows of at most 131072 scores (GPU),
-  else "split" below 32 rows (any length); from 32 rows "rowblock" for rows of up to 262144
+  impl="production" runs: "auto" = "cluster" for at most 4 rows of at most 131072 scores or 8 of
+  at most 65536 (GPU), else "split" below 32 rows (any length); from 32 rows "rowblock" for rows of up to 262144
   scores, "fused" for longer ones; ``DSV4_TOPK_VARIANT``,
   ``TopkPlan(variant=)`` / ``topk_production(variant=)`` pick one; tools/bench_softmax_topk.py
   times all).
@@ -57,8 +57,9 @@ Implementations (stage registry name ``topk``)
     measurements above ``split_kernel``.
     (A "bins" ending without the publish barrier was tried in 0.6.0 and taken out in 0.7.0: 2.5x
     slower on the H100; the note above ``split_kernel`` says why.)
-  ``cluster`` (0.8.0; "auto" for <= 4 rows of <= 131072 scores; H100, 0.11.0: 23.0 / 16.2 us on
-    the first-row and third target shapes, 15.7 at (1, 65536, 512), 17.7 at (4, 131072, 1024)):
+  ``cluster`` (0.8.0; "auto" for <= 4 rows of <= 131072 scores and <= 8 of <= 65536; H100,
+    0.11.0: 22.5 / 16.3 us on the first-row and third target shapes, 15.8 at (1, 65536, 512),
+    18.6 at (4, 131072, 1024), 23.1 at (8, 65536, 2048)):
     split's kernel with each row ONE thread-block cluster of S = 2-16 CTAs (16 by default for
     <= 4 rows), co-scheduled by the hardware (no residency limit), exchanging through distributed
     shared memory instead of global memory: each histogram round is a reduce-scatter pushed with
@@ -372,9 +373,9 @@ SCAN_THREADS = 512              # histogram / filter blocks
 FINISH_THREADS = 1024
 VARIANTS = ("three_pass", "fused", "staged", "rowblock", "split", "cluster")
 # what impl="production" runs (DSV4_TOPK_VARIANT overrides it); the bench times every variant.
-# "auto" (``resolve_variant``): "cluster" for <= CL_AUTO_MAX_ROWS rows of <= CL_AUTO_MAX_N scores
-# on the GPU (0.8.0, CHANGELOG: 7-18 % faster than split there; slower for more or longer rows,
-# with its <= 16 CTAs a row against split's ~SMs / rows); else "split" below RB_AUTO_MIN_ROWS
+# "auto" (``resolve_variant``): "cluster" on the GPU for the (rows, length) bands of CL_AUTO_BANDS
+# (0.8.0 / 0.11.0, CHANGELOG: faster than split there; slower for more or longer rows, with its
+# <= 16 CTAs a row against split's ~SMs / rows); else "split" below RB_AUTO_MIN_ROWS
 # rows, whatever their length; from RB_AUTO_MIN_ROWS rows, "rowblock" for rows of at most
 # RB_AUTO_MAX_N scores, "fused" beyond.
 # H100, 2026-11-26, fp32 us (fused / rowblock / split; torch; CHANGELOG 0.6.0, 0.7.0):
@@ -1798,17 +1799,20 @@ SP_MAX_S = 1024                 # CTAs a row at most (the run table in shared me
 SP_LOADS = 8                    # list items a thread loads before storing them (rank stage)
 SP_CLUSTERS = (2, 4, 8, 16)     # "cluster": CTAs a row = the cluster size (16: non-portable)
 # "cluster" default S: the largest with rows x S <= SP_CLUSTER_CTAS (H100, 2026-11-26: 8 rows x 16
-# ran in two waves, 44.9 us vs 24.8 at S = 8; 4 x 16 in one); "auto" runs "cluster" for at most
-# CL_AUTO_MAX_ROWS rows of at most CL_AUTO_MAX_N scores (the shapes timed faster than split:
-# CHANGELOG 0.8.0), on the GPU only (the simulator has no clusters: split there)
+# ran in two waves, 44.9 us vs 24.8 at S = 8; 4 x 16 in one); "auto" runs "cluster" for rows x
+# length within a band of CL_AUTO_BANDS ((max rows, max scores a row): the shapes timed faster than
+# split), on the GPU only (the simulator has no clusters: split there). H100, 2026-11-26, 0.11.0
+# kernels, fp32 us, cluster vs split: 8 x 65536 k 2048 23.1 vs 28.0 (S = 8: the band's 5-8 rows
+# share this geometry); slower: 16 x 65536 k 512 24.3 vs 20.6, 8 x 131072 30.5 vs 26.7,
+# 1 x 262144 29.0 vs 26.2, 2 x 262144 29.2 vs 27.0; faster, not in a band (one row count timed):
+# 16 x 131072 38.0 vs 40.7, 16 x 262144 43.5 vs 46.4 (S = 4, 1024 threads)
 SP_CLUSTER_CTAS = 64
 SP_RA = 2 * K_MAX               # "cluster": dyn32[SP_RA:SP_RA + NBINS] receives the CTAs' slices
 SP_RB = SP_RA + NBINS           # of a round's histograms, dyn32[SP_RB:SP_RB + NBINS] the row's sums
 SP_RSORT = 128                  # runs of at most this many composites: ordered by counting
 # (``rank_sort_desc``: H100, 2026-11-26, (4, 65536, 512) at S = 16, ~45 a CTA: 18.1 -> 16.7 us;
 # with the limit at 256, (1, 65536, 2048)'s ~160 a CTA went 24.2 -> 24.6: the bitonic net there)
-CL_AUTO_MAX_ROWS = 4
-CL_AUTO_MAX_N = 131072
+CL_AUTO_BANDS = ((4, 131072), (8, 65536))
 SP_SMEM_CLUSTER = SP_SMEM + 4 * SP_LMAX  # + the histogram slice (<= 8 KB), later the rank counts
 SP_THREADS = (256, 512, 1024)   # CTA sizes: the smallest giving <= 4 vectors a thread. ptxas,
 # sm_90a, launch bounds (threads, 1): 256 -> 144 registers, no spill (the CI compile test; with
@@ -2566,15 +2570,15 @@ _PLANS: dict = {}
 
 def resolve_variant(variant: str | None, n: int, rows: int = RB_AUTO_MIN_ROWS) -> str:
     """The concrete variant (one of VARIANTS) for ``rows`` rows of n scores: ``variant`` (default
-    ``PRODUCTION_VARIANT``); "auto": on the GPU "cluster" for at most CL_AUTO_MAX_ROWS rows of at
-    most CL_AUTO_MAX_N scores (a row's CTAs exchange through distributed shared memory; timed
-    7-18 % faster than split there); else "split" for fewer than RB_AUTO_MIN_ROWS rows (one row
+    ``PRODUCTION_VARIANT``); "auto": on the GPU "cluster" for at most 4 rows of at most 131072
+    scores or at most 8 rows of at most 65536 (CL_AUTO_BANDS: a row's CTAs exchange through
+    distributed shared memory; timed faster than split there); else "split" for fewer than RB_AUTO_MIN_ROWS rows (one row
     over many SMs, one launch; timed up to 8 x 1048576), else "rowblock" for n <= RB_AUTO_MAX_N
     (one SM a row reads it in a few us) and "fused" for longer rows (split with RB_AUTO_MIN_ROWS
     or more such rows has not been timed)."""
     variant = variant or PRODUCTION_VARIANT
     if variant == "auto":
-        if rows <= CL_AUTO_MAX_ROWS and n <= CL_AUTO_MAX_N and mode() == "gpu":
+        if mode() == "gpu" and any(rows <= r and n <= m for r, m in CL_AUTO_BANDS):
             return "cluster"
         if rows < RB_AUTO_MIN_ROWS:
             return "split"
