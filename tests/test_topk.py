@@ -359,7 +359,8 @@ def test_cluster_geometry_and_refusals():
     # simulator runs split
     want = "cluster" if K.mode() == "gpu" else "split"
     assert K.resolve_variant("auto", 65536, 4) == want and K.resolve_variant("auto", 131072, 1) == want
-    assert K.resolve_variant("auto", 65536, 8) == want and K.resolve_variant("auto", 4096, 5) == want
+    assert K.resolve_variant("auto", 65536, 8) == want
+    assert K.resolve_variant("auto", 4096, 5) == want
     assert K.resolve_variant("auto", 131073, 1) == "split"
     assert K.resolve_variant("auto", 65537, 5) == "split"
     assert K.resolve_variant("auto", 65536, 9) == "split"
@@ -491,7 +492,7 @@ def test_warp_bitonic_sort_simulated():
 def _rank_sort_kernel(data, m):
     buf = cuda.shared.array(512, uint64)
     for i in range(cuda.threadIdx.x, 256, cuda.blockDim.x):
-        buf[i] = uint64(0xDEADBEEFDEADBEEF)                       # poison: every slot must be written
+        buf[i] = uint64(0xDEADBEEFDEADBEEF)      # poison: every slot must be written
     for i in range(cuda.threadIdx.x, m, cuda.blockDim.x):
         buf[256 + i] = data[i]
     cuda.syncthreads()

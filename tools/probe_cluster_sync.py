@@ -8,7 +8,8 @@ events around 20 launches (the launch itself cancels out):
 
 * a cluster barrier round with a released arrive (``barrier.cluster.arrive.release``: ptxas puts a
   ``MEMBAR.ALL.GPU`` before it) and with a relaxed one (no memory ordering, no MEMBAR);
-* a dependent DSMEM load from the next CTA (``ld.shared::cluster``: each address from the last value);
+* a dependent DSMEM load from the next CTA (``ld.shared::cluster``, each address from the last
+  value);
 * one and sixteen DSMEM stores a thread followed by a released barrier round.
 
 H100 80GB HBM3 (device tool, 2026-11-26): released round 443-449 ns, relaxed 24-30 ns, dependent
