@@ -141,7 +141,7 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
     scores_t = torch.full((T * N,), float("nan"), device="cuda")          # poisoned
     scores = cuda.as_cuda_array(scores_t)
     plans = {}
-    hsel = IT.hist_topk_for(T, N, k) if "v3" in variants else None
+    hsel = IT.hist_topk_for(T, N, k) if any(_base(v) == "v3" for v in variants) else None
     for v in variants:
         plans[v] = []
         for kk in keys:
@@ -149,7 +149,7 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
             vname, rs = _rs_options(v)
             plans[v].append(F.fused_plan(_validate(q, kc, wd, k, None, None), q, kc, wd,
                                          out=scores, variant=vname,
-                                         ghist=hsel.ghist(True) if v == "v3" else None, **rs))
+                                         ghist=hsel.ghist(True) if vname == "v3" else None, **rs))
     vl = plans[variants[0]][0].vl
     s2 = scores.reshape(T, N)
     vals = cuda.device_array(T * k, np.float32)          # flat, as topk_production takes them
@@ -201,7 +201,8 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
     ref_idx = None
     for v in variants:
         scores_t.fill_(float("nan"))
-        if v == "v3":
+        v3 = _base(v) == "v3"                   # (v3@TQ included)
+        if v3:
             def sel():
                 hsel.run(scores, vl, vals, idx)
         else:
@@ -214,13 +215,13 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
         plans[v][0].run()
         cuda.synchronize()
         assert not torch.isnan(scores_t).any(), f"fused {v}: unwritten scores"
-        if with_topk or v == "v3":
+        if with_topk or v3:
             sel()
             cuda.synchronize()
             ours_idx = idx.copy_to_host().reshape(T, k)
         else:                                   # the selection by torch.topk on our scores
             ours_idx = torch.topk(scores_t.view(T, N), k, dim=-1).indices.cpu().numpy()
-        if v in ("v2", "v3") and with_topk:     # the same kernel, the same total order
+        if _base(v) in ("v2", "v3") and with_topk:   # the same kernel, the same total order
             if ref_idx is None:
                 ref_idx = ours_idx
             elif not np.array_equal(ref_idx, ours_idx):
@@ -235,9 +236,9 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
         def run_all():
             run_scores()
             sel()
-        a_us = time_gpu(run_all, reps, repeats) if (with_topk or v == "v3") else None
+        a_us = time_gpu(run_all, reps, repeats) if (with_topk or v3) else None
         s_us = time_gpu(run_scores, reps, repeats)
-        if v == "v3":                           # the scores-only runs left counts behind
+        if v3:                                  # the scores-only runs left counts behind
             hsel.plan.workspace(True)[0].copy_to_device(
                 np.zeros(hsel.plan.workspace(True)[0].size, np.int32))
             cuda.synchronize()
@@ -250,6 +251,11 @@ def bench_case(torch, fmt, T, N, k, reps, repeats, rows, variants=("v1", "v2"), 
               f"agree {agree:.4f}"
               + (f"; target {tgt:.0f} us {'MET' if a_us <= tgt else 'missed'}" if tgt else ""),
               flush=True)
+
+
+def _base(v):
+    """The variant name without its '@' options ('v3@16' -> 'v3')."""
+    return v.partition("@")[0]
 
 
 def _rs_options(v):
