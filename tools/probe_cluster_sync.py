@@ -12,9 +12,9 @@ events around 20 launches (the launch itself cancels out):
   value);
 * one and sixteen DSMEM stores a thread followed by a released barrier round.
 
-H100 80GB HBM3 (device tool, 2026-11-26): released round 443-449 ns, relaxed 24-30 ns, dependent
-DSMEM load 73-176 ns (two runs), 1 store + released round 517 ns, 16 stores (to all 16 CTAs) +
-released round 1532 ns.
+H100 80GB HBM3 (device tool, 2026-11-26; three runs, the first two of an earlier form of this
+script): released round 443-449 ns, relaxed 24-30 ns, dependent DSMEM load 73-176 ns, 1 store +
+released round 474-517 ns, 16 stores (to all 16 CTAs) + released round 1278-1532 ns.
 """
 from __future__ import annotations
 
