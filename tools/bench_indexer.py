@@ -271,7 +271,7 @@ def _rs_options(v):
 
 def _list(arg, allowed, what):
     items = tuple(x for x in arg.split(",") if x)
-    bad = [x for x in items if x.partition("@")[0] not in allowed]
+    bad = [x for x in items if _base(x) not in allowed]
     if bad or not items:
         raise SystemExit(f"--{what}: {bad or arg!r} not in {allowed}")
     return items
@@ -284,7 +284,7 @@ def precompile_jobs(variants, fmts):
             "from dsv4_numba.stages import topk as TK\n")
     compile_ = "k.gpu.compile(s)\n"
     jobs = []
-    base = {v.partition("@")[0] for v in variants}          # "v5@16" -> "v5" (_rs_options)
+    base = {_base(v) for v in variants}                     # "v5@16" -> "v5"
     if "v1" in base and set(fmts) - {"fp8"}:
         for i, f in enumerate(("bf16", "fp4")):
             if f in fmts:

@@ -287,6 +287,17 @@ def write_empty(vals, idx, o, kind):
 # Reference: one block per row
 # ----------------------------------------------------------------------------------------------
 @device
+def count_larger(buf, src, m, c):
+    """How many of buf[src:src + m] are larger than c: the rank of c among distinct composites
+    (the reference's ordering, ``rank_sort_desc``)."""
+    r = 0
+    for j in range(m):
+        if buf[src + j] > c:
+            r += 1
+    return r
+
+
+@device
 def topk_row_reference(x, base, L, k, kind, vals, idx, obase, hist, buf, st):
     """Top-k of row x[base : base + L] into vals/idx[obase : obase + k], by the whole block.
 
@@ -340,10 +351,7 @@ def topk_row_reference(x, base, L, k, kind, vals, idx, obase, hist, buf, st):
     cuda.syncthreads()
     for s in range(tid, K, nt):
         c = buf[s]
-        pos = 0
-        for q in range(K):
-            if buf[q] > c:
-                pos += 1
+        pos = count_larger(buf, 0, K, c)
         j = composite_index(c)
         idx[obase + pos] = j
         vals[obase + pos] = x[base + j]
@@ -1880,6 +1888,15 @@ def split_hist_round(h, ghist, hb, gbar, row, S, s, seg, phase, hrow, nbuf):
 
 
 @device
+def push4(h, o, dst, mbar, r):
+    """h[o:o + 4] -> the 16 bytes at this CTA's shared address ``dst`` as mapped into CTA r, by
+    one ``st.async`` completing on CTA r's copy of the mbarrier at ``mbar``."""
+    ops.st_async_v4_b32(ops.mapa_shared_cluster(dst, r), uint32(h[o]), uint32(h[o + uint32(1)]),
+                        uint32(h[o + uint32(2)]), uint32(h[o + uint32(3)]),
+                        ops.mapa_shared_cluster(mbar, r))
+
+
+@device
 def cluster_push_bucket(h, mb, want, CL, s, seg, st, wsum):
     """The "cluster" histogram round by pushes (CL = S, compile-time; round ``seg``): no cluster
     barrier, no remote load. h[0:NBINS] is this CTA's histogram of the round. Every CTA pushes bins
@@ -1914,10 +1931,7 @@ def cluster_push_bucket(h, mb, want, CL, s, seg, st, wsum):
     while q < uint32(NBINS // 4):                 # bins b .. b + 3 -> CTA r (b's slice)
         b = q * uint32(4)
         r = b // uint32(W)
-        dst = ha + uint32(4) * (uint32(SP_RA + s * W) + b - r * uint32(W))
-        ops.st_async_v4_b32(ops.mapa_shared_cluster(dst, r), uint32(h[b]),
-                            uint32(h[b + uint32(1)]), uint32(h[b + uint32(2)]),
-                            uint32(h[b + uint32(3)]), ops.mapa_shared_cluster(ma, r))
+        push4(h, b, ha + uint32(4) * (uint32(SP_RA + s * W) + b - r * uint32(W)), ma, r)
         q += uint32(nt)
     ops.mbarrier_wait_parity_cluster(ma, par)     # every CTA's part of this CTA's slice
     j = uint32(tid)
@@ -1932,11 +1946,8 @@ def cluster_push_bucket(h, mb, want, CL, s, seg, st, wsum):
     while u < uint32(W // 4 * CL):                # sums c .. c + 3 of the slice -> CTA r
         r = u // uint32(W // 4)
         c = (u - r * uint32(W // 4)) * uint32(4)
-        o = uint32(SP_HS) + c
-        dst = ha + uint32(4) * (uint32(SP_RB + s * W) + c)
-        ops.st_async_v4_b32(ops.mapa_shared_cluster(dst, r), uint32(h[o]),
-                            uint32(h[o + uint32(1)]), uint32(h[o + uint32(2)]),
-                            uint32(h[o + uint32(3)]), ops.mapa_shared_cluster(ma + uint32(8), r))
+        push4(h, uint32(SP_HS) + c, ha + uint32(4) * (uint32(SP_RB + s * W) + c), ma + uint32(8),
+              r)
         u += uint32(nt)
     ops.mbarrier_wait_parity_cluster(ma + uint32(8), par)     # the row's whole histogram
     hb = h[SP_RB:SP_RB + NBINS]
@@ -2046,11 +2057,7 @@ def rank_sort_desc(buf, src, m):
     nt = cuda.blockDim.x
     for i in range(tid, m, nt):
         v = buf[src + i]
-        r = 0
-        for j in range(m):
-            if buf[src + j] > v:
-                r += 1
-        buf[swz(r)] = v
+        buf[swz(count_larger(buf, src, m, v))] = v
 
 
 @device
