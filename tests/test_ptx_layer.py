@@ -135,10 +135,17 @@ def k_cluster(out):
     ops.st_shared_cluster_u32(a, v + w0 + w1 + w2 + w3)
     if t == 0:
         ops.mbarrier_arrive_expect_tx(ops.shared_address(mb), uint32(4 * 128))
-    if t < 32:
+    pmb = ops.mapa_shared_cluster(ops.shared_address(mb), peer)
+    if t < 16:
         ops.st_async_v4_b32(ops.mapa_shared_cluster(ops.shared_address(rx) + uint32(16 * t), peer),
-                            t, t + uint32(1), t + uint32(2), t + uint32(3),
-                            ops.mapa_shared_cluster(ops.shared_address(mb), peer))
+                            t, t + uint32(1), t + uint32(2), t + uint32(3), pmb)
+    elif t < 32:                                # words 64 .. 95: 8 bytes a thread
+        ops.st_async_b64(ops.mapa_shared_cluster(ops.shared_address(rx) + uint32(8 * t + 128),
+                                                 peer),
+                         (uint64(2 * t + 33) << uint64(32)) | uint64(2 * t + 32), pmb)
+    elif t < 64:                                # words 96 .. 127: 4 bytes a thread
+        ops.st_async_b32(ops.mapa_shared_cluster(ops.shared_address(rx) + uint32(4 * t + 256),
+                                                 peer), t + uint32(64), pmb)
     ops.mbarrier_wait_parity_cluster(ops.shared_address(mb), uint32(0))
     ops.cluster_arrive_release()
     ops.cluster_wait_acquire()

@@ -18,7 +18,8 @@ each checked and timed against the same torch number; the table says which one
 "auto" resolved). ``--breakdown``: the histogram launch alone (multi-block variants), or the
 rowblock kernel stopped after each stage (pass 1, pass 2, refine, sort; cumulative), or the
 split kernel ended at its start (the launch alone), after pass 1, round 0, the publish, the
-list load, the rank (cumulative).
+list load, the rank (cumulative); the cluster kernel likewise up to round 0, then after its owner
+counts' and its items' exchanges.
 "% read-once" is the time to read the scores once at the measured copy bandwidth over ours.
 
 Method: inputs are torch tensors on the device, handed to dsv4_numba as zero-copy device arrays
@@ -253,10 +254,14 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
                 elif breakdown and variant.startswith(("split", "cluster")):
                     p6, p5, p1, p2, p7, p3 = split_stages_us(plan, calls[0], vals, idx, reps,
                                                              repeats)
+                    tail = (f"+ pass 2 / owner counts exchanged {p2:.1f}, + items exchanged "
+                            f"{p7:.1f}, + rank and write {ours:.1f}"
+                            if variant.startswith("cluster") else
+                            f"+ pass 2 / publish barrier {p2:.1f}, + list load {p7:.1f}, "
+                            f"+ rank {p3:.1f}, + write {ours:.1f}")
                     print(f"  {variant} stages (cumulative us): launch alone {p6:.1f}, + pass 1 "
                           f"{p5:.1f}, + histogram exchange, bucket (round 0) {p1:.1f}, "
-                          f"+ pass 2 / publish barrier {p2:.1f}, + list load {p7:.1f}, "
-                          f"+ rank {p3:.1f}, + write {ours:.1f}; one launch of {R} x "
+                          f"{tail}; one launch of {R} x "
                           f"{plan.S} CTAs x {plan.split_threads} threads, {plan.chunk} scores a "
                           f"CTA", flush=True)
                 elif breakdown:

@@ -58,17 +58,19 @@ Implementations (stage registry name ``topk``)
     (A "bins" ending without the publish barrier was tried in 0.6.0 and taken out in 0.7.0: 2.5x
     slower on the H100; the note above ``split_kernel`` says why.)
   ``cluster`` (0.8.0; "auto" for <= 4 rows of <= 131072 scores and <= 8 of <= 65536; H100,
-    0.11.0: 22.5 / 16.3 us on the first-row and third target shapes, 15.8 at (1, 65536, 512),
-    18.6 at (4, 131072, 1024), 23.1 at (8, 65536, 2048)):
-    split's kernel with each row ONE thread-block cluster of S = 2-16 CTAs (16 by default for
+    0.12.0: 16.3 / 15.6 us on the first-row and third target shapes, 15.6 at (1, 65536, 512),
+    16.4 at (4, 131072, 1024), 19.9 at (8, 65536, 2048)):
+    split's passes with each row ONE thread-block cluster of S = 2-16 CTAs (16 by default for
     <= 4 rows), co-scheduled by the hardware (no residency limit), exchanging through distributed
     shared memory instead of global memory: each histogram round is a reduce-scatter pushed with
     st.async on mbarriers (CTA s receives and sums its slice of bins from every CTA) and an
-    all-gather of the sums pushed the same way, with no cluster barrier; the sorted runs are read
-    from their owners' shared memory after one ``barrier.cluster`` that exchanges their lengths
-    -- no global atomic, list or fence (of split's workspace only an empty row's done flag is
-    written). sm_90+ GPUs only (the simulator has no clusters: tests there cover split, the
-    same algorithm).
+    all-gather of the sums pushed the same way, with no cluster barrier. Its own ending: the
+    row's last histogram cuts the selected composites into S contiguous ranges of ~equal count,
+    CTA r owns range r; after pass 2 each CTA pushes each item to its owner (counts, then items,
+    st.async on mbarriers), and each owner ranks its items by counting and writes them after the
+    owners above it -- no global atomic, list or fence, no released cluster barrier (of split's
+    workspace only an empty row's done flag is written). sm_90+ GPUs only (the simulator has no
+    clusters: tests there cover split, whose passes it shares).
   The other three split a row over S blocks of 512 threads (S x rows ~ 4 blocks per SM). The workspace (histograms, counters, tickets) is zeroed once when
   allocated and left zero by every run (the row's finishing block cleans it).
     1. histogram (both variants): each block reads its slice once (16-byte loads), counts the top
@@ -424,16 +426,21 @@ def block_scan_from_top(h, nbins, wsum):
     down from the top (h[top], h[top - 1], .., h[top - per + 1]) and gets (top, per, s, incl):
     s = its bins' sum, incl = the items in its bins and every higher one (warp shuffles + one
     shared word per warp, two barriers; every warp scans the per-warp sums, so it also runs
-    under the simulator at any block size). Needs nbins % blockDim.x == 0, blockDim.x % 32 == 0."""
+    under the simulator at any block size). Needs nbins % blockDim.x == 0, blockDim.x % 32 == 0,
+    nbins / blockDim.x a power of two. Each lane sums its bins in a rotated order (lane l starts
+    at bin (l x per / 32) mod per of its range): the 32 lanes of a load hit 32 banks, where the
+    plain order put lanes per words apart -- a 16-way conflict at 16 bins a thread (H100,
+    2026-11-26: ~1 us a 4096-bin scan at 256 threads)."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     lane = tid & 31
     warp = tid >> 5
     per = nbins // nt
     top = nbins - 1 - tid * per
+    rot = (lane * per) >> 5
     s = int32(0)
     for i in range(per):
-        s += h[top - i]
+        s += h[top - ((i + rot) & (per - 1))]
     incl = warp_inclusive_scan(s, lane)
     if lane == 31:
         wsum[warp] = incl
@@ -1761,13 +1768,20 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
 # and ~30 ns with a relaxed one (tools/probe_cluster_sync.py, 2026-11-26), so since 0.11.0 the
 # histogram rounds use no cluster barrier: each CTA pushes bin slice r of its histogram to CTA
 # r with st.async, completing bytes on r's mbarrier; CTA r sums its slice and pushes the sums
-# to every CTA, which finds the bucket itself (``cluster_push_bucket``). The publish sends each
-# run's length to every CTA (a released barrier), each CTA copies every run from its owner's
-# sort area (``cluster_gather_runs``), then arrives (relaxed: the copies are consumed) at a
-# barrier it waits on at exit. H100, 2026-11-26, (1, 65536, 2048), S = 16 x 256 threads,
-# cumulative us, 0.11.0 (0.8.0 in brackets): launch 1.8 (1.9), pass 1 3.6 (3.7), round 0 7.0
-# (8.0), pass 2 + sort + publish 13.0 (13.8), list 15.7 (16.8), rank 22.6 (23.3), write 23.0
-# (23.6). The rank is the largest stage (~170 own items x 15 runs a CTA, 8 warps).
+# to every CTA, which finds the bucket itself (``cluster_push_bucket``). Until 0.11.0 the
+# ending was split's (each CTA sorted its run; the runs' lengths by a released barrier; every
+# CTA copied every run through DSMEM and ranked its items by binary searches): at (1, 65536,
+# 2048), S = 16 x 256 threads, H100, cumulative us: launch 1.8, pass 1 3.6, round 0 7.0, pass 2
+# + sort + publish 13.0, list 15.7, rank 22.6, write 23.0. Since 0.12.0 the ending has owners
+# instead (``cluster_splitters``, ``cluster_owner_ending``): the row's last histogram, which
+# every CTA holds, cuts the listed composites into S ranges of ~n_all / S (interpolating inside
+# a bin); each CTA sends each of its pass-2 items to the range's owner (counts first, then the
+# items, both st.async on mbarriers), and each owner ranks only its own ~n_all / S items by
+# counting, the owners before it giving the offset: no sort of the own run, no gather, no
+# binary search, no released cluster barrier. Same shape, 2026-11-26, final code: launch 1.9,
+# pass 1 3.8, round 0 6.6, owner ranges + pass 2 + counts exchanged 13.7, items exchanged 14.0,
+# rank and write 16.3. The owner ranges alone measured ~4.9 us (stop 8), far over their napkin
+# figure and not understood (``cluster_splitters``).
 # Tried in 0.11.0, correct (the cluster GPU tests) and slower, taken out: an ending by regular
 # sampling (each CTA's sorted run gives S - 1 samples to every CTA, all pick the same splitters,
 # each CTA receives one contiguous range of the row's order through DSMEM atomics and stores,
@@ -1821,7 +1835,9 @@ SP_RSORT = 128                  # runs of at most this many composites: ordered 
 # (``rank_sort_desc``: H100, 2026-11-26, (4, 65536, 512) at S = 16, ~45 a CTA: 18.1 -> 16.7 us;
 # with the limit at 256, (1, 65536, 2048)'s ~160 a CTA went 24.2 -> 24.6: the bitonic net there)
 CL_AUTO_BANDS = ((4, 131072), (8, 65536))
-SP_SMEM_CLUSTER = SP_SMEM + 4 * SP_LMAX  # + the histogram slice (<= 8 KB), later the rank counts
+SP_SMEM_CLUSTER = SP_SMEM + 4 * SP_LMAX + 4 * NBINS   # + the histogram slice (<= 8 KB), later
+# the items' owner slots, then (with the 16 KB after them) counting_sort_desc's counts
+SP_OSORT = 256                  # "cluster": an owner ranks up to this many items by counting
 SP_THREADS = (256, 512, 1024)   # CTA sizes: the smallest giving <= 4 vectors a thread. ptxas,
 # sm_90a, launch bounds (threads, 1): 256 -> 144 registers, no spill (the CI compile test; with
 # bounds (256,) alone ptxas chose 128 and spilled); 1024 is capped at 64 registers and spilled
@@ -2003,48 +2019,220 @@ def split_publish_gather(dyn64, glist, goff, gcnt, gbar, ghist, st, rcnt, roff, 
 
 
 @device
-def cluster_gather_runs(dyn64, rcnt, roff, n_own, CL, s, stop, lw):
-    """The "cluster" form of the publish and list load (CL = S, compile-time), through
-    distributed shared memory: each CTA's run length goes to every CTA's rcnt[s]; cluster
-    barrier; every CTA copies every run (its own included) from its owner's sort area
-    (dyn64[swz(i)]) into its list dyn64[K_MAX:] at the run's offset (roff, the prefix of the
-    lengths), one item of each run in flight a round; then arrives at the cluster barrier whose
-    wait comes before the kernel ends (no CTA leaves while another may read its run). That
-    arrive is relaxed (no MEMBAR.ALL.GPU, ~0.4 us less): it only has to follow the reads, and
-    every loaded item is stored before it, so each load has returned. No global atomic, list
-    or fence. Returns (n_all, this run's offset); n_all = -1: the stop 2 hook."""
+def cluster_splitters(dyn32, spl, K, want, pfx, hi, cnt, CL, st, wsum):
+    """The "cluster" ending's owner ranges (CL = S, compile-time), from the row's last histogram
+    (dyn32[SP_RB:], every CTA's copy bitwise equal) before pass 2 overwrites it: spl[r] (r = 1 ..
+    CL - 1, nonincreasing) such that CTA r owns the row's listed composites c with spl[r + 1]
+    <= c < spl[r] (spl[0] = +inf, spl[CL] = 0), about n_all / CL of them each. The list is the
+    A_up items above the last round's parent bin (deeper levels only; st[1] still holds the last
+    round's items above its bucket d), then that histogram's bins from the top down to d (all of
+    d: n_all = K - want + cnt). Boundary r lies after g = r ceil(n_all / CL) items; thread r finds
+    its bin b by a binary search of the block scan (dyn32[SP_RA:], free after the last round)
+    and interpolates inside it as if b's items were uniform over its composite range; in the A_up
+    range it is the parent's top (owner 0 takes them all: clustered data only), past the list 0.
+    Any nonincreasing spl is correct; these balance the owners.
+    H100, 2026-11-26, (1, 65536, 2048) at S = 16: ~4.9 us (the stop 8 hook), far above its
+    napkin figure (a 4096-bin scan, 12 search steps). Not understood; a form in which each
+    thread walked its own scan bins for the boundaries they hold was slower still (10-15 us),
+    with float or integer interpolation alike."""
+    tid = cuda.threadIdx.x
+    hb = dyn32[SP_RB:SP_RB + NBINS]
+    out = dyn32[SP_RA:SP_RA + NBINS]
+    cuda.syncthreads()                            # block_find_bucket's reads of wsum are done
+    block_scan_desc(hb, NBINS, out, wsum)         # out[b]: the items in the bins above b
+    cuda.syncthreads()
+    if tid < CL:
+        hp = hi + RB_LEVEL_BITS if hi > 0 else 64 - 5 * RB_LEVEL_BITS   # the parent's lowest bit
+        d = int32((pfx >> uint64(hi)) & uint64((1 << (hp - hi)) - 1))
+        par = (pfx >> uint64(hp)) << uint64(hp) if hp < 64 else uint64(0)
+        n_all = int32(K - want + int64(cnt))
+        a_up = int32(K - want) - st[1]
+        g = int32(tid) * ((n_all + int32(CL - 1)) // int32(CL))
+        v = ~uint64(0)
+        if tid > 0:
+            if g > n_all:                         # past the list
+                v = uint64(0)
+            elif g <= a_up:                       # (a_up > 0: hp < 64)
+                v = par + (uint64(1) << uint64(hp))
+            else:
+                g2 = g - a_up                     # the last bin b >= d with out[b] + hb[b] >= g2
+                lo = int32(d)
+                up = int32(NBINS - 1)
+                while lo < up:
+                    mid = (lo + up + int32(1)) >> int32(1)
+                    if out[mid] + hb[mid] >= g2:
+                        lo = mid
+                    else:
+                        up = mid - int32(1)
+                h = hb[lo]
+                t = g2 - out[lo]                  # 1 .. h of bin lo's items above the boundary
+                # (h - t) / h of the bin's width, to 1 / 2048, in 32-bit integers (h <= 2^20)
+                fr = uint64((uint32(h - t) << uint32(11)) // uint32(h))
+                off = fr << uint64(hi - 11) if hi >= 11 else fr >> uint64(11 - hi)
+                v = par + (uint64(lo) << uint64(hi)) + off
+        spl[tid] = v
+    cuda.syncthreads()
+
+
+@device
+def count_above(buf, m, c):
+    """How many of buf[0:m] (shared; m uint32) are larger than c: 8 independent loads a step
+    (the one-load loop waits a shared-memory latency an item: ~5 us for 256 items x 256 on the
+    H100)."""
+    r = int32(0)
+    j = uint32(0)
+    while j + uint32(8) <= m:
+        a0 = buf[j]
+        a1 = buf[j + uint32(1)]
+        a2 = buf[j + uint32(2)]
+        a3 = buf[j + uint32(3)]
+        a4 = buf[j + uint32(4)]
+        a5 = buf[j + uint32(5)]
+        a6 = buf[j + uint32(6)]
+        a7 = buf[j + uint32(7)]
+        r += (int32(a0 > c) + int32(a1 > c) + int32(a2 > c) + int32(a3 > c) + int32(a4 > c)
+              + int32(a5 > c) + int32(a6 > c) + int32(a7 > c))
+        j += uint32(8)
+    while j < m:
+        r += int32(buf[j] > c)
+        j += uint32(1)
+    return r
+
+
+@device
+def owner_of(c, spl, CL):
+    """The CTA owning composite c: how many of spl[1:CL] lie above it."""
+    o = uint32(0)
+    for r in range(1, CL):
+        if c < spl[r]:
+            o += uint32(1)
+    return o
+
+
+@device
+def cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, spl, cm, ow, mb,
+                         n_own, CL, s, seg, stop, st, wsum, e, gcnt, row):
+    """The "cluster" ending (CL = S, compile-time; ``cluster_splitters`` set the owner ranges):
+    CTA r receives every listed composite in its range, ranks them and writes those of rank < K.
+      1. the own list (dyn64[K_MAX:K_MAX + n_own], (bits, index)) -> composites in place; each
+         item's owner and its slot among this CTA's items for that owner (a shared atomic on
+         ow[owner]) -> dyn32[SP_HS + i];
+      2. counts: every CTA pushes its CL counts to every CTA (st.async, 4 bytes each, into
+         cm[s CL:(s + 1) CL], on mbarrier mb[0]; each CTA expects 4 CL^2 bytes): now every CTA
+         knows where its items go in each owner's buffer (the counts of the CTAs before it) and
+         each owner's total;
+      3. items: every item goes to its owner's dyn64[slot] (st.async, 8 bytes, on mb[1]; each
+         owner expects 8 x its total);
+      4. rank: up to SP_OSORT items by counting (each thread counts the larger ones: m broadcast
+         loads an item), more by ``counting_sort_desc``; global rank = the owners before it + the
+         rank; those < K are written (scores from their keys).
+    No cluster barrier but the exit's, relaxed (arrived once the pushes are issued: every CTA
+    waits for all its bytes before it leaves, so no CTA exits while one may still write into
+    it). mbarrier reuse: phase seg + 1 of mb[0] / mb[1], after the histogram rounds' seg + 1
+    phases; a CTA's counts reach x only after it has received x's last sums (x has completed mb[0]
+    of the last round), its items only after x's counts (x has completed mb[1] there). Memory:
+    the receive buffer is the sort area dyn64[0:K_MAX] (x's histogram, dead once x has pushed
+    its last round), the counts cm (split's rcnt). stop 10 / 2 / 7: the timing hooks end after
+    step 1 / 2 / 3.
+    Napkin math ((1, 65536, 2048), S = 16 x 256 threads, ~147 items an owner): step 1 ~0.2 us,
+    steps 2 and 3 a DSMEM latency each plus the CTAs' skew ~1 us, step 4 ~150 broadcast loads a
+    thread in steps of 8 ~0.5 us, the writes ~0.3 us. Measured (H100, 2026-11-26, the stop
+    hooks): 0.3, 0.8 + 0.2, rank and write 2.3 (one load a step, not 8: 4.8)."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
-    if tid < CL:
-        ops.st_shared_cluster_u32(ops.mapa_shared_cluster(
-            ops.shared_address(rcnt) + uint32(4 * s), uint32(tid)), uint32(n_own))
-    ops.cluster_arrive_release()
-    ops.cluster_wait_acquire()
-    if stop == 2:                                 # (timing hook; no run read yet: all leave)
-        return int64(-1), int64(0)
-    n_all = int32(0)
-    off = int32(0)
-    mx = int32(0)
-    for r in range(CL):
-        if r == s:
-            off = n_all
-        if r == tid:
-            roff[r] = n_all
-        mx = max(mx, rcnt[r])
-        n_all = int32(n_all + rcnt[r])
+    ph = uint32((seg + 1) & 1)
+    ma = ops.shared_address(mb)
+    ca = ops.shared_address(cm)
     da = ops.shared_address(dyn64)
-    for j in range(tid, mx, nt):
-        for r in range(CL):
-            if j < rcnt[r]:
-                lw[r] = ops.ld_shared_cluster_u64(ops.mapa_shared_cluster(
-                    da + uint32(8 * swz(j)), uint32(r)))
-        o = int32(0)
-        for r in range(CL):
-            if j < rcnt[r] and o + j < SP_LMAX:
-                dyn64[K_MAX + o + j] = lw[r]
-            o = int32(o + rcnt[r])
-    ops.cluster_arrive_relaxed()                  # this CTA's reads of the runs are done
-    return int64(min(n_all, int32(SP_LMAX))), int64(off)
+    no = uint32(n_own)
+    i = uint32(tid)
+    while i < no:                                 # 1.
+        r = dyn64[uint32(K_MAX) + i]
+        c = composite(raw_key(uint32(r >> uint64(32)), kind), uint32(r & uint64(0xFFFFFFFF)))
+        o = owner_of(c, spl, CL)
+        j = uint32(cuda.atomic.add(ow, o, 1))
+        dyn64[uint32(K_MAX) + i] = c
+        dyn32[uint32(SP_HS) + i] = int32((o << uint32(16)) | j)
+        i += uint32(nt)
+    if tid == 0:
+        ops.mbarrier_arrive_expect_tx(ma, uint32(4 * CL * CL))
+    cuda.syncthreads()
+    if stop == 10:                                # (timing hook: the owners; phase left open)
+        ops.cluster_arrive_relaxed()
+        ops.cluster_wait_acquire()
+        return
+    if tid < CL * CL:                             # 2. count j of this CTA -> CTA r's cm[s CL + j]
+        r = uint32(tid // CL)
+        j = uint32(tid - (tid // CL) * CL)
+        ops.st_async_b32(ops.mapa_shared_cluster(ca + uint32(4) * (uint32(s * CL) + j), r),
+                         uint32(ow[j]), ops.mapa_shared_cluster(ma, r))
+    ops.mbarrier_wait_parity_cluster(ma, ph)
+    if tid < CL:                                  # this CTA's first slot at owner r, r's total
+        off = int32(0)
+        tot = int32(0)
+        for q in range(CL):
+            v = cm[q * CL + tid]
+            if q < s:
+                off += v
+            tot += v
+        ow[CL + tid] = off
+        ow[2 * CL + tid] = tot
+    cuda.syncthreads()
+    m = ow[2 * CL + s]
+    first = int32(0)                              # the items of the owners before this one
+    for q in range(CL):
+        if q < s:
+            first += ow[2 * CL + q]
+    if tid == 0:
+        ops.mbarrier_arrive_expect_tx(ma + uint32(8), uint32(8 * m))
+    if stop == 2:                                 # (timing hook: the counts exchanged)
+        ops.cluster_arrive_relaxed()
+        ops.cluster_wait_acquire()
+        return
+    i = uint32(tid)
+    while i < no:                                 # 3.
+        pk = uint32(dyn32[uint32(SP_HS) + i])
+        o = pk >> uint32(16)
+        slot = uint32(ow[uint32(CL) + o]) + (pk & uint32(0xFFFF))
+        ops.st_async_b64(ops.mapa_shared_cluster(da + uint32(8) * slot, o),
+                         dyn64[uint32(K_MAX) + i], ops.mapa_shared_cluster(ma + uint32(8), o))
+        i += uint32(nt)
+    ops.cluster_arrive_relaxed()                  # every push of this CTA is issued
+    ops.mbarrier_wait_parity_cluster(ma + uint32(8), ph)      # every item this CTA owns
+    cuda.syncthreads()                            # (the own list is read: scratch from here)
+    if stop == 7:                                 # (timing hook: the items exchanged)
+        ops.cluster_wait_acquire()
+        return
+    mu = uint32(m)
+    if m <= SP_OSORT:                             # 4. rank by counting
+        i = uint32(tid)
+        while i < mu:
+            c = dyn64[i]
+            rk = first + count_above(dyn64, mu, c)
+            if rk < K:
+                write_at(c, obase + rk, x, base, kind, vals, idx, True)
+            i += uint32(nt)
+    else:                                         # (large or clustered ranges)
+        i = uint32(tid)
+        while i < mu:
+            dyn64[uint32(K_MAX) + i] = dyn64[i]
+            i += uint32(nt)
+        cuda.syncthreads()
+        i = uint32(tid)
+        while i < mu:
+            dyn64[swz(i)] = dyn64[uint32(K_MAX) + i]
+            i += uint32(nt)
+        cuda.syncthreads()
+        counting_sort_desc(dyn64, m, dyn64[K_MAX:], dyn32[SP_HS:SP_HS + NBINS],
+                           dyn32[SP_HS + NBINS:SP_HS + 2 * NBINS], RB_BMAX, st, wsum, e)
+        i = uint32(tid)
+        while i < mu:
+            rk = first + int32(i)
+            if rk < K:
+                write_at(dyn64[swz(i)], obase + rk, x, base, kind, vals, idx, True)
+            i += uint32(nt)
+    split_tail(vals, idx, obase, K, k, kind, s, CL, gcnt, row, -1)
+    ops.cluster_wait_acquire()                    # no CTA leaves while one may write into it
 
 
 @device
@@ -2083,8 +2271,9 @@ def split_kernel(kind, vectorized, threads, cluster=0):
     length), glist (uint64 [rows SP_LMAX]), ccap (<= K_MAX + 1 - k), phase (-1; replay: p),
     stop (timing hook, 0 in use: 6 ends the kernel at its start (the launch alone), 5 after
     pass 1's shared histogram, 1-3 after round 0 / the publish / the rank, 7 after the list
-    load; 5 and 1 leave the histograms or barrier counters off their invariants:
-    ``TopkPlan.split_reset``).
+    load; "cluster": 1 and 5 alike, 8 after the owner ranges, 9 after pass 2, 10 after the
+    owners, 2 / 7 after the counts' / the items' exchange; 5 and 1 leave the histograms or
+    barrier counters off their invariants: ``TopkPlan.split_reset``).
     1. pass 1 (HBM): histogram of the slice's top 12 key bits; round 0 -> the bucket d holding
        the K-th largest and ``want``; while d holds more than ``ccap`` scores, a level pass (L2)
        and a round on the next 12 bits of the composites in d (as rowblock).
@@ -2095,12 +2284,14 @@ def split_kernel(kind, vectorized, threads, cluster=0):
        those ranked < K (scores from their keys), and this CTA's share of the -1 / -inf tail.
     ``cluster`` > 0 (the "cluster" variant): S == cluster, each row one cluster of S CTAs
     exchanging through distributed shared memory: histogram rounds by st.async pushes on
-    mbarriers (``cluster_push_bucket``, no cluster barrier; receive buffers in the list area),
-    the publish and list load by ``barrier.cluster`` and DSMEM loads (``cluster_gather_runs``);
-    dynamic shared memory SP_SMEM_CLUSTER: dyn32[SP_HS:] holds the summed histogram slice, then
-    the rank counts; ghist, gbar, goff and glist are not used, gcnt only by an empty row's done
-    flag. sm_90+, GPU only. Runs of at most SP_RSORT composites are ordered by counting
-    (``rank_sort_desc``), longer ones by ``bitonic_sort_desc_warp`` (both variants).
+    mbarriers (``cluster_push_bucket``, no cluster barrier; receive buffers in the list area);
+    then owner ranges from the last histogram (``cluster_splitters``, before pass 2), and after
+    pass 2 every item goes to its range's owner, which ranks and writes it
+    (``cluster_owner_ending``): steps 2's sort and 3 are not run. Dynamic shared memory
+    SP_SMEM_CLUSTER: dyn32[SP_HS:] holds the summed histogram slice, then the items' owner
+    slots, then counting_sort_desc's counts; ghist, gbar, goff and glist are not used, gcnt only
+    by an empty row's done flag. sm_90+, GPU only. split's runs of at most SP_RSORT composites
+    are ordered by counting (``rank_sort_desc``), longer ones by ``bitonic_sort_desc_warp``.
     """
     key = ("split", kind, vectorized, threads, cluster)
     if key in _PROD:
@@ -2124,8 +2315,9 @@ def split_kernel(kind, vectorized, threads, cluster=0):
         st = cuda.shared.array(8, int32)
         roff = cuda.shared.array(SP_MAX_S, int32)
         rcnt = cuda.shared.array(SP_MAX_S, int32)
-        mb = cuda.shared.array(2, uint64)         # "cluster": the histogram rounds' mbarriers
-        lw = cuda.local.array(16, uint64)         # "cluster": one item of each run in flight
+        mb = cuda.shared.array(2, uint64)         # "cluster": the exchanges' mbarriers
+        spl = cuda.shared.array(16, uint64)       # "cluster": the owner ranges' lower ends
+        ow = cuda.shared.array(48, int32)         # "cluster": counts / slots / totals an owner
         e = cuda.local.array(8, uint64)
         lv = cuda.local.array(SP_LOADS, uint64)
         L = row_length(row, n, lengths, has_len)
@@ -2152,6 +2344,8 @@ def split_kernel(kind, vectorized, threads, cluster=0):
             ops.mbarrier_init(ops.shared_address(mb), uint32(1))
             ops.mbarrier_init(ops.shared_address(mb) + uint32(8), uint32(1))
             ops.fence_mbarrier_init()
+        if CL and tid < CL:
+            ow[tid] = 0                           # this CTA's items an owner
         if tid == 0:
             st[4] = 0                             # the slice's list length
             if s == 0 and phase <= 0:
@@ -2165,6 +2359,12 @@ def split_kernel(kind, vectorized, threads, cluster=0):
             True, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, mb)
         if halted:                                # a replay launch or the stop == 1 hook
             return
+        if CL:                                    # (from the histogram pass 2 overwrites)
+            cluster_splitters(dyn32, spl, K, want, pfx, hi, cnt, CL, st, wsum)
+            if stop == 8:                         # (timing hook: the owner ranges)
+                ops.cluster_arrive_relaxed()
+                ops.cluster_wait_acquire()
+                return
         # 2. pass 2: the slice's composites at or above the bucket's prefix -> dyn64[K_MAX:]
         if hi == 64 - RB_LEVEL_BITS:              # level 1: a float compare a score
             rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 2, hi, pfx, 0, 0,
@@ -2174,6 +2374,14 @@ def split_kernel(kind, vectorized, threads, cluster=0):
                     dyn32, dyn64, st, lcap)
         cuda.syncthreads()
         n_own = min(st[4], int32(lcap))
+        if CL and stop == 9:                      # (timing hook: pass 2)
+            ops.cluster_arrive_relaxed()
+            ops.cluster_wait_acquire()
+            return
+        if CL:                                    # 3. each item to its owner, ranked there
+            cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, spl, rcnt,
+                                 ow, mb, n_own, CL, s, seg, stop, st, wsum, e, gcnt, row)
+            return
         # the own composites, sorted (the histogram in dyn64[0:K_MAX] is dead): a sorted run
         if n_own <= SP_RSORT:
             for i in range(tid, n_own, nt):       # (bits, index) -> composite, in place
@@ -2192,22 +2400,15 @@ def split_kernel(kind, vectorized, threads, cluster=0):
             bitonic_sort_desc_warp(dyn64, P, e)
         cuda.syncthreads()
         seg += 1
-        if CL:                                    # the runs stay where they are: DSMEM
-            n_all, off = cluster_gather_runs(dyn64, rcnt, roff, n_own, CL, s, stop, lw)
-            cb = SP_HS                            # the rank counts (the sort areas are read)
-        else:
-            n_all, off = split_publish_gather(dyn64, glist, goff, gcnt, gbar, ghist, st, rcnt,
-                                              roff, n_own, K, want, cnt, row, b, S, s, seg,
-                                              phase, hrow, nbuf, stop, lv)
-            cb = 0
+        n_all, off = split_publish_gather(dyn64, glist, goff, gcnt, gbar, ghist, st, rcnt, roff,
+                                          n_own, K, want, cnt, row, b, S, s, seg, phase, hrow,
+                                          nbuf, stop, lv)
         if n_all < 0:                             # a replay launch or the stop 2 hook ends here
             return
         for i in range(tid, n_own, nt):
-            dyn32[cb + i] = 0                     # larger ones in the other runs
+            dyn32[i] = 0                          # larger ones in the other runs
         cuda.syncthreads()
         if stop == 7:                             # (timing hook: the list load alone)
-            if CL:
-                ops.cluster_wait_acquire()
             return
         # a binary search a (own item, other run) pair, in 32-bit arithmetic: Numba widens int32
         # operations to 64 bits, and the pair's run p // n_own was a 64-bit division call in SASS
@@ -2234,20 +2435,16 @@ def split_kernel(kind, vectorized, threads, cluster=0):
                     else:
                         hi = mid
                 if lo > r0:
-                    cuda.atomic.add(dyn32, cb + i, int32(lo - r0))
+                    cuda.atomic.add(dyn32, i, int32(lo - r0))
             p = uint32(p + uint32(nt))
         cuda.syncthreads()
         if stop == 3:
-            if CL:
-                ops.cluster_wait_acquire()
             return
         for i in range(tid, n_own, nt):
-            rk = i + dyn32[cb + i]
+            rk = i + dyn32[i]
             if rk < K:
                 write_at(dyn64[K_MAX + off + i], obase + rk, x, base, kind, vals, idx, True)
         split_tail(vals, idx, obase, K, k, kind, s, S, gcnt, row, phase)
-        if CL:                                    # no CTA leaves while its run may be read
-            ops.cluster_wait_acquire()
 
     topk_split.__name__ = topk_split.__qualname__ = \
         f"topk_split_{'bf16' if kind == BF16 else 'f32'}_v{VEC}_t{NT}" + (f"_c{CL}" if CL else "")
