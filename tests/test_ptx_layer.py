@@ -113,8 +113,8 @@ def k_sync_ldst(src, out):
 def k_cluster(out):
     """sm_90: a cluster kernel (runtime.kernel(cluster=2): NVVM's cluster_dim annotations) meeting
     at barrier.cluster (released and relaxed arrives), reading and writing its peer's shared memory
-    (mapa, ld / st .shared::cluster), and pushing 16 bytes a thread into it with st.async on the
-    peer's mbarrier, waited with acquire at cluster scope."""
+    (mapa, ld / st .shared::cluster), and pushing 512 bytes into it with st.async (16-, 8- and
+    4-byte stores) on the peer's mbarrier, waited with acquire at cluster scope."""
     sm = cuda.shared.array(256, uint32)
     rx = cuda.shared.array(128, uint32)
     mb = cuda.shared.array(1, uint64)

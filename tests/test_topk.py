@@ -504,7 +504,7 @@ def _rank_sort_kernel(data, m):
 
 @pytest.mark.skipif(not SIM, reason="simulator unit test (GPU: through tests/gpu)")
 def test_rank_sort_simulated():
-    """rank_sort_desc (the split / cluster runs of at most SP_RSORT composites): slot swz(r) gets
+    """rank_sort_desc (split's runs of at most SP_RSORT composites): slot swz(r) gets
     the composite of rank r, for m = 0, 1, 7, 33 (more items than threads) and SP_RSORT, with
     64-bit values whose top bit is set; every slot written (the buffer is poisoned first)."""
     g = np.random.default_rng(11)

@@ -19,7 +19,7 @@ each checked and timed against the same torch number; the table says which one
 rowblock kernel stopped after each stage (pass 1, pass 2, refine, sort; cumulative), or the
 split kernel ended at its start (the launch alone), after pass 1, round 0, the publish, the
 list load, the rank (cumulative); the cluster kernel likewise up to round 0, then after its owner
-counts' and its items' exchanges.
+ranges, pass 2, the owners, the counts' and the items' exchanges.
 "% read-once" is the time to read the scores once at the measured copy bandwidth over ours.
 
 Method: inputs are torch tensors on the device, handed to dsv4_numba as zero-copy device arrays
@@ -169,15 +169,22 @@ def rowblock_stages_us(plan, call, vals, idx, reps, repeats):
     return out
 
 
-def split_stages_us(plan, call, vals, idx, reps, repeats):
-    """GPU us of the split kernel ended at its start (the launch alone), after pass 1's shared
-    histogram, round 0, the publish, the list load, the rank (the ``stop`` timing hook;
-    cumulative). Leaves the plan running the whole kernel on a fresh workspace."""
+# the split kernel's stage prefixes: (stop hook, label), cumulative (``topk.split_kernel``)
+SPLIT_STAGES = ((6, "launch alone"), (5, "+ pass 1"), (1, "+ histogram exchange, bucket (round 0)"),
+                (2, "+ pass 2 / publish barrier"), (7, "+ list load"), (3, "+ rank"))
+CLUSTER_STAGES = SPLIT_STAGES[:3] + ((8, "+ owner ranges"), (9, "+ pass 2"), (10, "+ owners"),
+                                     (2, "+ counts exchanged"), (7, "+ items exchanged"))
+
+
+def split_stages_us(plan, call, vals, idx, reps, repeats, stages):
+    """GPU us of the split / cluster kernel ended after each of ``stages`` (SPLIT_STAGES,
+    CLUSTER_STAGES: the ``stop`` timing hook; cumulative). Leaves the plan running the whole
+    kernel on a fresh workspace."""
     from dsv4_numba.runtime.bench import time_gpu
     from dsv4_numba.stages import topk as K
     out = []
     try:
-        for stop in (6, 5, 1, 2, 7, 3):
+        for stop, _ in stages:
             plan.rb_stop = stop
             out.append(time_gpu(lambda: K.topk_production(call, vals, idx, plan=plan),
                                 reps=reps, repeats=repeats))
@@ -252,16 +259,12 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
                           f"+ write {ours:.1f}; grid {R} CTAs x {plan.finish_threads}",
                           flush=True)
                 elif breakdown and variant.startswith(("split", "cluster")):
-                    p6, p5, p1, p2, p7, p3 = split_stages_us(plan, calls[0], vals, idx, reps,
-                                                             repeats)
-                    tail = (f"+ pass 2 / owner counts exchanged {p2:.1f}, + items exchanged "
-                            f"{p7:.1f}, + rank and write {ours:.1f}"
-                            if variant.startswith("cluster") else
-                            f"+ pass 2 / publish barrier {p2:.1f}, + list load {p7:.1f}, "
-                            f"+ rank {p3:.1f}, + write {ours:.1f}")
-                    print(f"  {variant} stages (cumulative us): launch alone {p6:.1f}, + pass 1 "
-                          f"{p5:.1f}, + histogram exchange, bucket (round 0) {p1:.1f}, "
-                          f"{tail}; one launch of {R} x "
+                    stages = CLUSTER_STAGES if variant.startswith("cluster") else SPLIT_STAGES
+                    us = split_stages_us(plan, calls[0], vals, idx, reps, repeats, stages)
+                    done = ", ".join(f"{lab} {t:.1f}" for (_, lab), t in zip(stages, us))
+                    print(f"  {variant} stages (cumulative us): {done}, + "
+                          f"{'rank and write' if stages is CLUSTER_STAGES else 'write'} "
+                          f"{ours:.1f}; one launch of {R} x "
                           f"{plan.S} CTAs x {plan.split_threads} threads, {plan.chunk} scores a "
                           f"CTA", flush=True)
                 elif breakdown:

@@ -2024,9 +2024,10 @@ def cluster_splitters(dyn32, spl, K, want, pfx, hi, cnt, CL, st, wsum):
     (dyn32[SP_RB:], every CTA's copy bitwise equal) before pass 2 overwrites it: spl[r] (r = 1 ..
     CL - 1, nonincreasing) such that CTA r owns the row's listed composites c with spl[r + 1]
     <= c < spl[r] (spl[0] = +inf, spl[CL] = 0), about n_all / CL of them each. The list is the
-    A_up items above the last round's parent bin (deeper levels only; st[1] still holds the last
-    round's items above its bucket d), then that histogram's bins from the top down to d (all of
-    d: n_all = K - want + cnt). Boundary r lies after g = r ceil(n_all / CL) items; thread r finds
+    A_up items above the last round's parent bin (deeper levels only; st[0] / st[1] still hold
+    the last round's bucket d and its items above d: ``block_find_bucket``), then that
+    histogram's bins from the top down to d (all of d: n_all = K - want + cnt). Boundary r lies
+    after g = r ceil(n_all / CL) items; thread r finds
     its bin b by a binary search of the block scan (dyn32[SP_RA:], free after the last round)
     and interpolates inside it as if b's items were uniform over its composite range; in the A_up
     range it is the parent's top (owner 0 takes them all: clustered data only), past the list 0.
@@ -2043,7 +2044,7 @@ def cluster_splitters(dyn32, spl, K, want, pfx, hi, cnt, CL, st, wsum):
     cuda.syncthreads()
     if tid < CL:
         hp = hi + RB_LEVEL_BITS if hi > 0 else 64 - 5 * RB_LEVEL_BITS   # the parent's lowest bit
-        d = int32((pfx >> uint64(hi)) & uint64((1 << (hp - hi)) - 1))
+        d = st[0]                                 # the last round's bucket
         par = (pfx >> uint64(hp)) << uint64(hp) if hp < 64 else uint64(0)
         n_all = int32(K - want + int64(cnt))
         a_up = int32(K - want) - st[1]
@@ -2076,9 +2077,9 @@ def cluster_splitters(dyn32, spl, K, want, pfx, hi, cnt, CL, st, wsum):
 
 @device
 def count_above(buf, m, c):
-    """How many of buf[0:m] (shared; m uint32) are larger than c: 8 independent loads a step
-    (the one-load loop waits a shared-memory latency an item: ~5 us for 256 items x 256 on the
-    H100)."""
+    """How many of buf[0:m] (shared; m uint32) are larger than c: ``count_larger``'s count with 8
+    independent loads a step (its one-load loop waits a shared-memory latency an item: ~5 us for
+    256 items x 256 on the H100, in the cluster owners' rank)."""
     r = int32(0)
     j = uint32(0)
     while j + uint32(8) <= m:
