@@ -83,6 +83,41 @@ def test_precompile_runner_reports_failures(capsys):
     assert "precompile bad: FAILED (rc 3)" in out and "precompile ok: ok" in out
 
 
+def test_ncu_source_summary(tmp_path, capsys):
+    """tools/ncu_source_summary.py on a hand-made ncu source page: totals by stall reason, the
+    bank-conflict excess, windows with their landmarks, instructions that never ran, a clear
+    error for a file that is not a source page."""
+    import csv
+    t = _tool("ncu_source_summary")
+    hdr = ["Address", "Source", t.SAMPLES, t.EXECUTED, t.WAVES, t.IDEAL, "stall_no_inst",
+           "stall_barrier", "stall_barrier (Not Issued)"]
+    rows = [["0x0", "  LDS R1, [R2]", "6", "8", "64", "4", "1", "0", "9"],
+            ["0x10", "  @P0 BAR.SYNC.DEFER_BLOCKING 0x0", "4", "8", "0", "0", "0", "4", "9"],
+            ["0x20", "  BRA 0x0", "0", "0", "0", "0", "0", "0", "0"],
+            ["0x30", "  STAS [R4.64], R5", "10", "2", "0", "0", "10", "0", "0"]]
+    path = tmp_path / "src.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["Kernel Name", "k(int)"])
+        w.writerow(hdr)
+        w.writerows(rows)
+    name, data = t.read(str(path))
+    tot = t.totals(data)
+    assert name == "k(int)" and tot["lines"] == 4 and tot["ran"] == 3
+    assert tot["samples"] == 20 and tot["stalls"] == {"stall_no_inst": 11, "stall_barrier": 4}
+    assert (tot["waves"], tot["ideal"]) == (64, 4)
+    win = t.windows(data, 2)
+    assert [w["start"] for w in win] == [0, 2] and win[0]["marks"] == {"BAR": 1}
+    assert win[0]["share"] == 0.5 and win[1]["marks"] == {"STAS": 1} and win[1]["ran"] == 1
+    assert t.main([str(path), "--window", "2", "--hot", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "no_inst" in out and "STAS [R4.64], R5" in out
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x\n")
+    with pytest.raises(ValueError, match="source page"):
+        t.read(str(bad))
+
+
 def test_kernel_dispatcher_cache_and_lineinfo(monkeypatch):
     """DSV4_NUMBA_CACHE=1: dispatchers with Numba's disk cache; DSV4_LINEINFO=1: line tables and
     never the cache (its entries do not record the option). Making a dispatcher compiles

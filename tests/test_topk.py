@@ -516,6 +516,41 @@ def test_rank_sort_simulated():
         assert np.array_equal(out, np.sort(d)[::-1]), m
 
 
+@kernel
+def _scan_desc_kernel(hist, out, mx, nbins):
+    h = cuda.shared.array(512, np.int32)
+    o = cuda.shared.array(512, np.int32)
+    wsum = cuda.shared.array(32, np.int32)
+    for i in range(cuda.threadIdx.x, nbins, cuda.blockDim.x):
+        h[i] = hist[i]
+        o[i] = -7                                # poison: every bin must be written
+    cuda.syncthreads()
+    m = K.block_scan_desc(h, nbins, o, wsum)
+    cuda.syncthreads()
+    for i in range(cuda.threadIdx.x, nbins, cuda.blockDim.x):
+        out[i] = o[i]
+    cuda.atomic.max(mx, 0, m)
+
+
+@pytest.mark.skipif(not SIM, reason="simulator unit test (GPU: through tests/gpu)")
+def test_block_scan_desc_simulated():
+    """block_scan_desc (the owner ranges', counting_sort_desc's scan; bins read and written in a
+    rotated order a lane): out[b] = the sum of the bins above b and the largest bin, for 1, 4, 16
+    (the production 4096 bins / 256 threads) and 128 bins a thread, with outliers and empty bins,
+    every bin written (poisoned first)."""
+    g = np.random.default_rng(21)
+    for nbins, threads in ((64, 64), (128, 32), (512, 32), (256, 64)):
+        h = g.integers(0, 50, nbins).astype(np.int32)
+        h[g.integers(0, nbins, 5)] = 100000
+        h[g.integers(0, nbins, nbins // 4)] = 0
+        out = np.full(nbins, -1, np.int32)
+        mx = np.zeros(1, np.int32)
+        _scan_desc_kernel.launch(1, threads, h, out, mx, nbins)
+        want = np.concatenate([np.cumsum(h[::-1])[::-1][1:], [0]])
+        assert np.array_equal(out, want), (nbins, threads)
+        assert mx[0] == h.max()
+
+
 # ----------------------------------------------------------------------------------------------
 # validation
 # ----------------------------------------------------------------------------------------------

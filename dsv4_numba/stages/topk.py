@@ -58,8 +58,10 @@ Implementations (stage registry name ``topk``)
     (A "bins" ending without the publish barrier was tried in 0.6.0 and taken out in 0.7.0: 2.5x
     slower on the H100; the note above ``split_kernel`` says why.)
   ``cluster`` (0.8.0; "auto" for <= 4 rows of <= 131072 scores and <= 8 of <= 65536; H100,
-    0.12.0: 16.3 / 15.6 us on the first-row and third target shapes, 15.6 at (1, 65536, 512),
-    16.4 at (4, 131072, 1024), 19.9 at (8, 65536, 2048)):
+    0.13.0: 12.8 / 11.9 us on the second and third target shapes (1 x 65536, k = 2048 and
+    4 x 65536, k = 512: both within target), 11.8 at (1, 65536, 512), 13.4 at (4, 131072, 1024),
+    15.9 at (8, 65536, 2048); 42.3 at (64, 131072, 2048) with S = 2, not auto there: the target
+    is 25):
     split's passes with each row ONE thread-block cluster of S = 2-16 CTAs (16 by default for
     <= 4 rows), co-scheduled by the hardware (no residency limit), exchanging through distributed
     shared memory instead of global memory: each histogram round is a reduce-scatter pushed with
@@ -430,17 +432,30 @@ def block_scan_from_top(h, nbins, wsum):
     nbins / blockDim.x a power of two. Each lane sums its bins in a rotated order (lane l starts
     at bin (l x per / 32) mod per of its range): the 32 lanes of a load hit 32 banks, where the
     plain order put lanes per words apart -- a 16-way conflict at 16 bins a thread (H100,
-    2026-11-26: ~1 us a 4096-bin scan at 256 threads)."""
+    2026-11-26: ~1 us a 4096-bin scan at 256 threads). Also returns rot (this lane's start) and
+    tf, the sum of its first per - rot bins in that order (h[top - rot] .. h[top - per + 1]):
+    ``block_scan_desc`` writes in the same rotated order from them."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     lane = tid & 31
     warp = tid >> 5
-    per = nbins // nt
-    top = nbins - 1 - tid * per
-    rot = (lane * per) >> 5
+    # 32-bit loop arithmetic: the int64 form cost ~10 SASS instructions a bin, and on the
+    # H100 each first-run instruction costs fetch time (ncu: "no instruction" stalls)
+    per = uint32(uint32(nbins) // uint32(nt))
+    top = uint32(uint32(nbins - 1) - uint32(tid) * per)
+    rot = uint32((uint32(lane) * per) >> uint32(5))
+    m = uint32(per - uint32(1))
+    cut = uint32(per - rot)
     s = int32(0)
-    for i in range(per):
-        s += h[top - ((i + rot) & (per - 1))]
+    tf = int32(0)
+    i = uint32(0)
+    while i < per:
+        if i == cut:
+            tf = s
+        s = int32(s + h[uint32(top - (uint32(i + rot) & m))])
+        i = uint32(i + uint32(1))
+    if rot == uint32(0):
+        tf = s
     incl = warp_inclusive_scan(s, lane)
     if lane == 31:
         wsum[warp] = incl
@@ -451,7 +466,7 @@ def block_scan_from_top(h, nbins, wsum):
     wi = warp_inclusive_scan(w, lane)
     excl_w = shfl_idx(int32(wi - w), warp)
     cuda.syncthreads()                            # wsum is free again on return
-    return top, per, s, int32(incl + excl_w)
+    return top, per, s, int32(incl + excl_w), rot, tf
 
 
 @device
@@ -463,15 +478,16 @@ def block_find_bucket(h, nbins, want, st, wsum):
     thread whose range crosses ``want`` walks its bins.
     Needs nbins % blockDim.x == 0, blockDim.x % 32 == 0, 1 <= want <= total.
     """
-    top, per, s, incl = block_scan_from_top(h, nbins, wsum)
-    excl = incl - s
-    if excl < want and incl >= want:
+    top, per, s, incl, rot, tf = block_scan_from_top(h, nbins, wsum)
+    excl = int32(incl - s)
+    w32 = int32(want)
+    if excl < w32 and incl >= w32:
         acc = excl
         b = top
-        while acc + h[b] < want:
-            acc += h[b]
-            b -= 1
-        st[0] = b
+        while int32(acc + h[b]) < w32:
+            acc = int32(acc + h[b])
+            b = uint32(b - uint32(1))
+        st[0] = int32(b)
         st[1] = acc
     cuda.syncthreads()
 
@@ -945,15 +961,27 @@ RB_BMAX = 64          # largest 12-bit bucket counting_sort_desc ranks by compar
 def block_scan_desc(h, nbins, out, wsum):
     """out[b] = h[b + 1] + .. + h[nbins - 1] (the items in higher bins) for every bin, by the
     whole block (``block_scan_from_top``); returns the largest h[b] this thread read. No barrier
-    at the end: out is complete after the caller's next one."""
-    top, per, s, incl = block_scan_from_top(h, nbins, wsum)
-    acc = incl - s
+    at the end: out is complete after the caller's next one. Each lane reads and writes its bins
+    in the scan's rotated order (bin top - rot first, wrapping to top): its first per - rot bins
+    start at the prefix of the per-thread bins above them (s - tf), the rest at 0. In the plain
+    order the 32 lanes of a store were per words apart: ncu (H100, 2026-11-26, (1, 65536, 2048)
+    at S = 16, 256 threads) counted 65536 shared wavefronts for 4096 ideal in this loop, ~2 us
+    of the cluster kernel's owner ranges."""
+    top, per, s, incl, rot, tf = block_scan_from_top(h, nbins, wsum)
+    acc = int32(incl - tf)                        # excl + (s - tf): the bins top .. top - rot + 1
     mx = int32(0)
-    for i in range(per):
-        v = h[top - i]
-        out[top - i] = acc
-        acc += v
+    m = uint32(per - uint32(1))
+    cut = uint32(per - rot)
+    i = uint32(0)
+    while i < per:
+        if i == cut:
+            acc = int32(incl - s)                 # bin top: the items of the higher threads
+        b = uint32(top - (uint32(i + rot) & m))
+        v = h[b]
+        out[b] = acc
+        acc = int32(acc + v)
         mx = max(mx, v)
+        i = uint32(i + uint32(1))
     return mx
 
 
@@ -1447,27 +1475,32 @@ def rb_append(msk, w, c0, vstep, kind, VEC, U, dyn64, st, lcap):
     counted, not stored (defensive: the exact passes bound the list by K - 1 + ccap)."""
     if msk != 0:
         pos = int32(cuda.atomic.add(st, 4, int32(cuda.popc(msk))))
+        lc = int32(lcap)
+        c32 = uint32(c0)                          # (32-bit: columns < 2^31)
+        v32 = uint32(vstep)
         for u in range(U):
             for q in range(VEC):
                 if msk & (uint32(1) << uint32(u * VEC + q)):
-                    if pos < lcap:
+                    if pos < lc:
                         dyn64[uint32(K_MAX + pos)] = \
                             (uint64(word_raw(w, 4 * u, q, kind, VEC)) << uint64(32)) \
-                            | uint64(c0 + u * vstep + q)
-                    pos += 1
+                            | uint64(uint32(c32 + uint32(u) * v32 + uint32(q)))
+                    pos = int32(pos + int32(1))
 
 
 @device
 def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, lo, mask, fT,
-            dyn32, dyn64, st, w, lcap):
+            dyn32, dyn64, st, w, lcap, loaded=False):
     """One trip of ``rb_pass``: U vectors of VEC scores at c0 + u * vstep (all loaded before any
-    is used); ``checked``: some may lie at or past Lv. mode 0: dyn32[key >> 20] += 1; mode 1:
-    the composites sharing pfx's bits >= hi count their digit (c >> lo) & mask in dyn32; mode
-    2: scores with x >= fT or NaN (the level-1 threshold, ``rb_threshold_f32``) are appended
-    (``rb_append``); mode 3: those whose composite is at or above pfx in its bits >= hi."""
-    for u in range(U):
-        if (not checked) or c0 + u * vstep < Lv:
-            load_words_at(x, src, base + c0 + u * vstep, w, 4 * u, kind, VEC)
+    is used; ``loaded``: w already holds them); ``checked``: some may lie at or past Lv. mode 0:
+    dyn32[key >> 20] += 1; mode 1: the composites sharing pfx's bits >= hi count their digit
+    (c >> lo) & mask in dyn32; mode 2: scores with x >= fT or NaN (the level-1 threshold,
+    ``rb_threshold_f32``) are appended (``rb_append``); mode 3: those whose composite is at or
+    above pfx in its bits >= hi."""
+    if not loaded:
+        for u in range(U):
+            if (not checked) or c0 + u * vstep < Lv:
+                load_words_at(x, src, base + c0 + u * vstep, w, 4 * u, kind, VEC)
     msk = uint32(0)
     for u in range(U):
         c = c0 + u * vstep
@@ -1496,20 +1529,27 @@ def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, l
 
 @device
 def rb_pass(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st,
-            lcap):
+            lcap, w, reuse):
     """One pass of the whole CTA (NT threads: a compile-time constant, so that the trips'
     offsets are immediates) over the columns [c_lo, L) of the row at x[base:] (``rb_trip``s;
     c_lo a multiple of VEC: 0 for rowblock, the CTA's slice for split): full trips without
     bounds checks, one checked trip, the < VEC scores past the last vector as one scalar trip.
-    Every thread runs the same trips (the appends' warp scans see converged warps)."""
+    Every thread runs the same trips (the appends' warp scans see converged warps). ``w``: the
+    trips' words (the caller's local uint32[16]). ``reuse`` (mode 2): where the slice is one
+    vector trip and no tail, w still holds it from pass 1 (mode 0: the same trip), so nothing
+    is loaded again -- the caller kept w alive (``split_kernel``'s KEEP)."""
     tid = cuda.threadIdx.x
     nt = NT
     U = (4 if VEC != 8 else 2) >> (1 if mode % 2 == 1 else 0)   # modes 1, 3 (rare): composites
-    w = cuda.local.array(16, uint32)
     Lv = L - (L - c_lo) % VEC                     # vector part; the < VEC rest is the tail
     vstep = int64(nt * VEC)
     step = vstep * U
     full = (Lv - c_lo) // step
+    if reuse and Lv == L and Lv - c_lo <= step:   # one trip (full or checked), no tail
+        if c_lo < Lv:
+            rb_trip(x, src, base, c_lo + tid * VEC, Lv, vstep, True, kind, VEC, U, mode, hi,
+                    pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, True)
+        return
     for t in range(full):
         rb_trip(x, src, base, c_lo + t * step + tid * VEC, Lv, vstep, False, kind, VEC, U, mode,
                 hi, pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap)
@@ -1545,7 +1585,7 @@ def find_bucket_round(dyn32, want, seg, split, CL, ghist, hrow, gbar, row, S, s,
 
 @device
 def rb_threshold_bucket(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum,
-                        lcap, stop, split, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, mb):
+                        lcap, stop, split, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, mb, w):
     """The bucket holding the K-th largest of the row, by the whole CTA (rowblock: the row;
     split / cluster: its slice [c_lo, c_hi), the histograms summed over the row's CTAs by
     ``find_bucket_round``): pass 1 counts the top 12 key bits (dyn32), a block scan finds the
@@ -1553,11 +1593,12 @@ def rb_threshold_bucket(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32,
     a level pass (L2) counts the next 12 bits of the composites in d. Returns (want, pfx, hi,
     cnt, seg, halted): the composites sharing pfx's bits >= hi are the bucket, cnt of them;
     seg: split's barriers passed; halted: a replay launch or the ``stop`` 1 / 5 timing hook ended
-    here (the caller returns). ``split``: a compile-time constant of the caller."""
+    here (the caller returns). ``split``: a compile-time constant of the caller. ``w``: the
+    passes' words (``rb_pass``; pass 1's are left there)."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 0, 64, uint64(0), 0, 0, float32(0), dyn32,
-            dyn64, st, lcap)
+            dyn64, st, lcap, w, False)
     seg = 0
     if stop == 5:                                 # (timing hook: pass 1 alone)
         if CL:                                    # (the arrive of the kernel's start)
@@ -1582,7 +1623,7 @@ def rb_threshold_bucket(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32,
             dyn32[i] = 0
         cuda.syncthreads()
         rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 1, hi, pfx, lo, (1 << (hi - lo)) - 1,
-                float32(0), dyn32, dyn64, st, lcap)
+                float32(0), dyn32, dyn64, st, lcap, w, False)
         if split:
             seg += 1
         d, above, cnt, halted = find_bucket_round(dyn32, want, seg, split, CL, ghist, hrow, gbar,
@@ -1630,6 +1671,7 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
         wsum = cuda.shared.array(32, int32)
         st = cuda.shared.array(8, int32)
         e = cuda.local.array(8, uint64)
+        w = cuda.local.array(16, uint32)          # the passes' words (``rb_pass``)
         L = row_length(row, n, lengths, has_len)
         base = int64(row) * n
         K = min(int64(k), L)
@@ -1647,7 +1689,7 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
         # 1. level passes: 12 bits of the composite each, from the top
         want, pfx, hi, cnt, _, halted = rb_threshold_bucket(
             x, src, base, int64(0), L, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum, lcap, stop,
-            False, dyn32, 0, dyn64, row, 1, 0, -1, 1, 0, dyn64)
+            False, dyn32, 0, dyn64, row, 1, 0, -1, 1, 0, dyn64, w)
         if halted:                                # (timing hook: stop after this stage)
             return
         # 2. the list: every composite above the bucket, and the bucket's
@@ -1657,10 +1699,11 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
             st[7] = K
         if hi == 64 - RB_LEVEL_BITS:              # level 1: a float compare a score
             rb_pass(x, src, base, int64(0), L, kind, VEC, NT, 2, hi, pfx, 0, 0,
-                    rb_threshold_f32(uint32(pfx >> uint64(32))), dyn32, dyn64, st, lcap)
+                    rb_threshold_f32(uint32(pfx >> uint64(32))), dyn32, dyn64, st, lcap, w,
+                    False)
         else:
             rb_pass(x, src, base, int64(0), L, kind, VEC, NT, 3, hi, pfx, 0, 0, float32(0), dyn32,
-                    dyn64, st, lcap)
+                    dyn64, st, lcap, w, False)
         cuda.syncthreads()
         n_list = st[4]
         for i in range(tid, n_list, nt):          # (bits, index) -> composite
@@ -2032,10 +2075,12 @@ def cluster_splitters(dyn32, spl, K, want, pfx, hi, cnt, CL, st, wsum):
     and interpolates inside it as if b's items were uniform over its composite range; in the A_up
     range it is the parent's top (owner 0 takes them all: clustered data only), past the list 0.
     Any nonincreasing spl is correct; these balance the owners.
-    H100, 2026-11-26, (1, 65536, 2048) at S = 16: ~4.9 us (the stop 8 hook), far above its
-    napkin figure (a 4096-bin scan, 12 search steps). Not understood; a form in which each
-    thread walked its own scan bins for the boundaries they hold was slower still (10-15 us),
-    with float or integer interpolation alike."""
+    H100, (1, 65536, 2048) at S = 16, the stop hooks 1 -> 8: ~4.9 us in 0.12.0, 3.2 once
+    ``block_scan_desc`` wrote in its rotated order (ncu had counted 65536 shared wavefronts for
+    4096 ideal: a 16-way conflict), 2.1 with the scans and this search in 32-bit arithmetic
+    (2026-11-27). The rest is mostly instruction fetch: ncu's warp-state samples put a third of
+    the kernel in "no instruction" stalls, each first-run SASS instruction costing a few cycles
+    -- code size is time here."""
     tid = cuda.threadIdx.x
     hb = dyn32[SP_RB:SP_RB + NBINS]
     out = dyn32[SP_RA:SP_RA + NBINS]
@@ -2056,17 +2101,17 @@ def cluster_splitters(dyn32, spl, K, want, pfx, hi, cnt, CL, st, wsum):
             elif g <= a_up:                       # (a_up > 0: hp < 64)
                 v = par + (uint64(1) << uint64(hp))
             else:
-                g2 = g - a_up                     # the last bin b >= d with out[b] + hb[b] >= g2
-                lo = int32(d)
-                up = int32(NBINS - 1)
+                g2 = int32(g - a_up)              # the last bin b >= d with out[b] + hb[b] >= g2
+                lo = uint32(d)                    # (32-bit: each instruction costs fetch time)
+                up = uint32(NBINS - 1)
                 while lo < up:
-                    mid = (lo + up + int32(1)) >> int32(1)
-                    if out[mid] + hb[mid] >= g2:
+                    mid = uint32(uint32(lo + up + uint32(1)) >> uint32(1))
+                    if int32(out[mid] + hb[mid]) >= g2:
                         lo = mid
                     else:
-                        up = mid - int32(1)
+                        up = uint32(mid - uint32(1))
                 h = hb[lo]
-                t = g2 - out[lo]                  # 1 .. h of bin lo's items above the boundary
+                t = int32(g2 - out[lo])           # 1 .. h of bin lo's items above the boundary
                 # (h - t) / h of the bin's width, to 1 / 2048, in 32-bit integers (h <= 2^20)
                 fr = uint64((uint32(h - t) << uint32(11)) // uint32(h))
                 off = fr << uint64(hi - 11) if hi >= 11 else fr >> uint64(11 - hi)
@@ -2278,7 +2323,8 @@ def split_kernel(kind, vectorized, threads, cluster=0):
     1. pass 1 (HBM): histogram of the slice's top 12 key bits; round 0 -> the bucket d holding
        the K-th largest and ``want``; while d holds more than ``ccap`` scores, a level pass (L2)
        and a round on the next 12 bits of the composites in d (as rowblock).
-    2. pass 2 (L2): the slice's composites at or above d's prefix -> shared list -> sorted
+    2. pass 2 (L2; from pass 1's registers where the slice was one trip, no level round ran and
+       NT <= 512: KEEP): the slice's composites at or above d's prefix -> shared list -> sorted
        (``rank_sort_desc`` / ``bitonic_sort_desc_warp``) -> the row's list as one run (one
        global atomic a CTA for its offset); barrier.
     3. rank each own item: its position in the run + a binary search in every other run; write
@@ -2300,6 +2346,10 @@ def split_kernel(kind, vectorized, threads, cluster=0):
     VEC = _vec(kind, vectorized)
     NT = threads
     CL = cluster
+    # pass 2 reads the slice from pass 1's registers where it was one trip (<= 4 vectors a thread:
+    # SP_THREADS' rule) and no level round ran; 16 words live across round 0 and the owner
+    # ranges, so only where ptxas has the registers (launch bounds (NT, 1): 1024 -> 64)
+    KEEP = NT <= 512
 
     def topk_split(x, n, k, lengths, has_len, vals, idx, S, chunk, ghist, nbuf, gbar, gcnt, goff,
                    glist, ccap, phase, stop):
@@ -2321,6 +2371,7 @@ def split_kernel(kind, vectorized, threads, cluster=0):
         ow = cuda.shared.array(48, int32)         # "cluster": counts / slots / totals an owner
         e = cuda.local.array(8, uint64)
         lv = cuda.local.array(SP_LOADS, uint64)
+        w = cuda.local.array(16, uint32)          # the passes' words: pass 1's kept (KEEP)
         L = row_length(row, n, lengths, has_len)
         K = min(int64(k), L)
         obase = int64(row) * k
@@ -2357,7 +2408,7 @@ def split_kernel(kind, vectorized, threads, cluster=0):
         # 1. pass 1 and the rounds: 12 bits of the composite each, from the top
         want, pfx, hi, cnt, seg, halted = rb_threshold_bucket(
             x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum, lcap, stop,
-            True, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, mb)
+            True, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, mb, w)
         if halted:                                # a replay launch or the stop == 1 hook
             return
         if CL:                                    # (from the histogram pass 2 overwrites)
@@ -2369,10 +2420,10 @@ def split_kernel(kind, vectorized, threads, cluster=0):
         # 2. pass 2: the slice's composites at or above the bucket's prefix -> dyn64[K_MAX:]
         if hi == 64 - RB_LEVEL_BITS:              # level 1: a float compare a score
             rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 2, hi, pfx, 0, 0,
-                    rb_threshold_f32(uint32(pfx >> uint64(32))), dyn32, dyn64, st, lcap)
+                    rb_threshold_f32(uint32(pfx >> uint64(32))), dyn32, dyn64, st, lcap, w, KEEP)
         else:
             rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 3, hi, pfx, 0, 0, float32(0),
-                    dyn32, dyn64, st, lcap)
+                    dyn32, dyn64, st, lcap, w, False)
         cuda.syncthreads()
         n_own = min(st[4], int32(lcap))
         if CL and stop == 9:                      # (timing hook: pass 2)
