@@ -111,7 +111,7 @@ def test_ncu_source_summary(tmp_path, capsys):
     assert win[0]["share"] == 0.5 and win[1]["marks"] == {"STAS": 1} and win[1]["ran"] == 1
     assert t.main([str(path), "--window", "2", "--hot", "1"]) == 0
     out = capsys.readouterr().out
-    assert "no_inst" in out and "STAS [R4.64], R5" in out
+    assert "no_inst" in out and "STAS [R4.64], R5" in out and "| STAS1" in out
     bad = tmp_path / "bad.csv"
     bad.write_text("x\n")
     with pytest.raises(ValueError, match="source page"):

@@ -518,8 +518,8 @@ def test_rank_sort_simulated():
 
 @kernel
 def _scan_desc_kernel(hist, out, mx, nbins):
-    h = cuda.shared.array(512, np.int32)
-    o = cuda.shared.array(512, np.int32)
+    h = cuda.shared.array(4096, np.int32)
+    o = cuda.shared.array(4096, np.int32)
     wsum = cuda.shared.array(32, np.int32)
     for i in range(cuda.threadIdx.x, nbins, cuda.blockDim.x):
         h[i] = hist[i]
@@ -535,11 +535,11 @@ def _scan_desc_kernel(hist, out, mx, nbins):
 @pytest.mark.skipif(not SIM, reason="simulator unit test (GPU: through tests/gpu)")
 def test_block_scan_desc_simulated():
     """block_scan_desc (the owner ranges', counting_sort_desc's scan; bins read and written in a
-    rotated order a lane): out[b] = the sum of the bins above b and the largest bin, for 1, 4, 16
-    (the production 4096 bins / 256 threads) and 128 bins a thread, with outliers and empty bins,
-    every bin written (poisoned first)."""
+    rotated order a lane): out[b] = the sum of the bins above b and the largest bin, for 1, 4,
+    8, 16 (the production 4096 bins / 256 threads) and 128 bins a thread, with outliers and empty
+    bins, every bin written (poisoned first)."""
     g = np.random.default_rng(21)
-    for nbins, threads in ((64, 64), (128, 32), (512, 32), (256, 64)):
+    for nbins, threads in ((64, 64), (128, 32), (512, 32), (256, 32), (4096, 32)):
         h = g.integers(0, 50, nbins).astype(np.int32)
         h[g.integers(0, nbins, 5)] = 100000
         h[g.integers(0, nbins, nbins // 4)] = 0

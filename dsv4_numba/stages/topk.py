@@ -439,7 +439,7 @@ def block_scan_from_top(h, nbins, wsum):
     nt = cuda.blockDim.x
     lane = tid & 31
     warp = tid >> 5
-    # 32-bit loop arithmetic: the int64 form cost ~10 SASS instructions a bin, and on the
+    # 32-bit loop arithmetic: the int64 form cost ~25 SASS instructions a bin, and on the
     # H100 each first-run instruction costs fetch time (ncu: "no instruction" stalls)
     per = uint32(uint32(nbins) // uint32(nt))
     top = uint32(uint32(nbins - 1) - uint32(tid) * per)
@@ -1534,7 +1534,7 @@ def rb_pass(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, d
     offsets are immediates) over the columns [c_lo, L) of the row at x[base:] (``rb_trip``s;
     c_lo a multiple of VEC: 0 for rowblock, the CTA's slice for split): full trips without
     bounds checks, one checked trip, the < VEC scores past the last vector as one scalar trip.
-    Every thread runs the same trips (the appends' warp scans see converged warps). ``w``: the
+    Every thread runs the same trips. ``w``: the
     trips' words (the caller's local uint32[16]). ``reuse`` (mode 2): where the slice is one
     vector trip and no tail, w still holds it from pass 1 (mode 0: the same trip), so nothing
     is loaded again -- the caller kept w alive (``split_kernel``'s KEEP)."""
@@ -2323,8 +2323,8 @@ def split_kernel(kind, vectorized, threads, cluster=0):
     1. pass 1 (HBM): histogram of the slice's top 12 key bits; round 0 -> the bucket d holding
        the K-th largest and ``want``; while d holds more than ``ccap`` scores, a level pass (L2)
        and a round on the next 12 bits of the composites in d (as rowblock).
-    2. pass 2 (L2; from pass 1's registers where the slice was one trip, no level round ran and
-       NT <= 512: KEEP): the slice's composites at or above d's prefix -> shared list -> sorted
+    2. pass 2 (L2; from pass 1's registers where the slice was one trip with no scalar tail, no
+       level round ran and NT <= 512: KEEP): the slice's composites at or above d's prefix -> shared list -> sorted
        (``rank_sort_desc`` / ``bitonic_sort_desc_warp``) -> the row's list as one run (one
        global atomic a CTA for its offset); barrier.
     3. rank each own item: its position in the run + a binary search in every other run; write
@@ -2346,9 +2346,10 @@ def split_kernel(kind, vectorized, threads, cluster=0):
     VEC = _vec(kind, vectorized)
     NT = threads
     CL = cluster
-    # pass 2 reads the slice from pass 1's registers where it was one trip (<= 4 vectors a thread:
-    # SP_THREADS' rule) and no level round ran; 16 words live across round 0 and the owner
-    # ranges, so only where ptxas has the registers (launch bounds (NT, 1): 1024 -> 64)
+    # pass 2 reads the slice from pass 1's registers where it was one trip (U vectors a thread:
+    # 4 of float32, 2 of bfloat16) with no scalar tail and no level round ran; 16 words live
+    # across round 0 and the owner ranges, so only where ptxas has the registers (launch bounds
+    # (NT, 1): 1024 -> 64)
     KEEP = NT <= 512
 
     def topk_split(x, n, k, lengths, has_len, vals, idx, S, chunk, ghist, nbuf, gbar, gcnt, goff,
