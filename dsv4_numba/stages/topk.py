@@ -423,6 +423,13 @@ def warp_inclusive_scan(v, lane):
 
 
 @device
+def scan_bin(top, i, rot, m):
+    """Bin i (0 .. per - 1; m = per - 1) of a thread's range in the block scans' rotated order:
+    the lane starts at top - rot and wraps to top (``block_scan_from_top``, ``block_scan_desc``)."""
+    return uint32(top - (uint32(i + rot) & m))
+
+
+@device
 def block_scan_from_top(h, nbins, wsum):
     """The block scan both bucket searches share: thread t takes the nbins / blockDim bins counted
     down from the top (h[top], h[top - 1], .., h[top - per + 1]) and gets (top, per, s, incl):
@@ -452,7 +459,7 @@ def block_scan_from_top(h, nbins, wsum):
     while i < per:
         if i == cut:
             tf = s
-        s = int32(s + h[uint32(top - (uint32(i + rot) & m))])
+        s = int32(s + h[scan_bin(top, i, rot, m)])
         i = uint32(i + uint32(1))
     if rot == uint32(0):
         tf = s
@@ -976,7 +983,7 @@ def block_scan_desc(h, nbins, out, wsum):
     while i < per:
         if i == cut:
             acc = int32(incl - s)                 # bin top: the items of the higher threads
-        b = uint32(top - (uint32(i + rot) & m))
+        b = scan_bin(top, i, rot, m)
         v = h[b]
         out[b] = acc
         acc = int32(acc + v)
@@ -1534,10 +1541,10 @@ def rb_pass(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, d
     offsets are immediates) over the columns [c_lo, L) of the row at x[base:] (``rb_trip``s;
     c_lo a multiple of VEC: 0 for rowblock, the CTA's slice for split): full trips without
     bounds checks, one checked trip, the < VEC scores past the last vector as one scalar trip.
-    Every thread runs the same trips. ``w``: the
-    trips' words (the caller's local uint32[16]). ``reuse`` (mode 2): where the slice is one
-    vector trip and no tail, w still holds it from pass 1 (mode 0: the same trip), so nothing
-    is loaded again -- the caller kept w alive (``split_kernel``'s KEEP)."""
+    Every thread runs the same trips. ``w``: the trips' words (the caller's local uint32[16]).
+    ``reuse`` (mode 2): where the slice is one vector trip and no tail, w still holds it from
+    pass 1 (mode 0: the same trip), so nothing is loaded again -- the caller kept w alive
+    (``split_kernel``'s KEEP)."""
     tid = cuda.threadIdx.x
     nt = NT
     U = (4 if VEC != 8 else 2) >> (1 if mode % 2 == 1 else 0)   # modes 1, 3 (rare): composites
@@ -1823,8 +1830,10 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
 # counting, the owners before it giving the offset: no sort of the own run, no gather, no
 # binary search, no released cluster barrier. Same shape, 2026-11-26, final code: launch 1.9,
 # pass 1 3.8, round 0 6.6, owner ranges + pass 2 + counts exchanged 13.7, items exchanged 14.0,
-# rank and write 16.3. The owner ranges alone measured ~4.9 us (stop 8), far over their napkin
-# figure and not understood (``cluster_splitters``).
+# rank and write 16.3. The owner ranges alone measured ~4.9 us (stop 8); in 0.13.0 ncu found a
+# bank conflict and int64 loops in the block scans behind that (``cluster_splitters``), and
+# with those mended: launch 2.0, pass 1 3.9, round 0 5.9, owner ranges 8.0, pass 2 9.1, owners
+# 9.5, total 13.0 (H100, 2026-11-27).
 # Tried in 0.11.0, correct (the cluster GPU tests) and slower, taken out: an ending by regular
 # sampling (each CTA's sorted run gives S - 1 samples to every CTA, all pick the same splitters,
 # each CTA receives one contiguous range of the row's order through DSMEM atomics and stores,
@@ -1882,9 +1891,9 @@ SP_SMEM_CLUSTER = SP_SMEM + 4 * SP_LMAX + 4 * NBINS   # + the histogram slice (<
 # the items' owner slots, then (with the 16 KB after them) counting_sort_desc's counts
 SP_OSORT = 256                  # "cluster": an owner ranks up to this many items by counting
 SP_THREADS = (256, 512, 1024)   # CTA sizes: the smallest giving <= 4 vectors a thread. ptxas,
-# sm_90a, launch bounds (threads, 1): 256 -> 144 registers, no spill (the CI compile test; with
-# bounds (256,) alone ptxas chose 128 and spilled); 1024 is capped at 64 registers and spilled
-# ~210 B in an earlier build (not a test)
+# sm_90a, launch bounds (threads, 1): 256 -> 144 registers (the cluster form in 0.13.0: 122),
+# no spill (the CI compile test; with bounds (256,) alone ptxas chose 128 and spilled); 1024 is
+# capped at 64 registers and spilled ~210 B in an earlier build (not a test)
 
 
 @device
@@ -2070,10 +2079,10 @@ def cluster_splitters(dyn32, spl, K, want, pfx, hi, cnt, CL, st, wsum):
     A_up items above the last round's parent bin (deeper levels only; st[0] / st[1] still hold
     the last round's bucket d and its items above d: ``block_find_bucket``), then that
     histogram's bins from the top down to d (all of d: n_all = K - want + cnt). Boundary r lies
-    after g = r ceil(n_all / CL) items; thread r finds
-    its bin b by a binary search of the block scan (dyn32[SP_RA:], free after the last round)
-    and interpolates inside it as if b's items were uniform over its composite range; in the A_up
-    range it is the parent's top (owner 0 takes them all: clustered data only), past the list 0.
+    after g = r ceil(n_all / CL) items; thread r finds its bin b by a binary search of the block
+    scan (dyn32[SP_RA:], free after the last round) and interpolates inside it as if b's items
+    were uniform over its composite range; in the A_up range it is the parent's top (owner 0
+    takes them all: clustered data only), past the list 0.
     Any nonincreasing spl is correct; these balance the owners.
     H100, (1, 65536, 2048) at S = 16, the stop hooks 1 -> 8: ~4.9 us in 0.12.0, 3.2 once
     ``block_scan_desc`` wrote in its rotated order (ncu had counted 65536 shared wavefronts for
@@ -2324,9 +2333,9 @@ def split_kernel(kind, vectorized, threads, cluster=0):
        the K-th largest and ``want``; while d holds more than ``ccap`` scores, a level pass (L2)
        and a round on the next 12 bits of the composites in d (as rowblock).
     2. pass 2 (L2; from pass 1's registers where the slice was one trip with no scalar tail, no
-       level round ran and NT <= 512: KEEP): the slice's composites at or above d's prefix -> shared list -> sorted
-       (``rank_sort_desc`` / ``bitonic_sort_desc_warp``) -> the row's list as one run (one
-       global atomic a CTA for its offset); barrier.
+       level round ran and NT <= 512: KEEP): the slice's composites at or above d's prefix ->
+       shared list -> sorted (``rank_sort_desc`` / ``bitonic_sort_desc_warp``) -> the row's
+       list as one run (one global atomic a CTA for its offset); barrier.
     3. rank each own item: its position in the run + a binary search in every other run; write
        those ranked < K (scores from their keys), and this CTA's share of the -1 / -inf tail.
     ``cluster`` > 0 (the "cluster" variant): S == cluster, each row one cluster of S CTAs
