@@ -75,7 +75,10 @@ def k_mbarrier_tma(tmap, out):
 
 @kernel
 def k_sync_ldst(src, out):
-    """sm_90: proxy fences, named barriers, elect.sync, ldmatrix / stmatrix, cp.async."""
+    """sm_90: proxy fences, grid dependency control, named barriers, elect.sync, ldmatrix /
+    stmatrix, cp.async."""
+    ops.griddepcontrol_launch_dependents()
+    ops.griddepcontrol_wait()
     sm = cuda.shared.array(4096, uint8)
     s = ops.shared_address(sm)
     g = ops.array_address(src)
@@ -332,6 +335,7 @@ SASS = {  # characteristic SASS mnemonics, per kernel
     "mbarrier_tma": ("SYNCS.EXCH.64", "SYNCS.ARRIVE", "SYNCS.PHASECHK", "UTMALDG.1D", "UTMALDG.5D",
                      "UTMASTG.1D", "UTMASTG.5D", "UTMACCTL.PF"),
     "sync_ldst": ("LDSM.16.M88.4", "LDSM.16.MT88", "STSM.16.M88.4", "LDGSTS", "LDGDEPBAR", "BAR.ARV",
+                  "PREEXIT", "ACQBULK",
                   "ELECT"),
     "wgmma_setmaxnreg": ("WARPGROUP.ARRIVE", "WARPGROUP.DEPBAR", "USETMAXREG"),
     "cluster": ("UCGABAR_ARV", "UCGABAR_WAIT", "LD.E", "ST.E", "STAS.128", "SYNCS.PHASECHK"),

@@ -1,11 +1,11 @@
 """Foundation: run modes, registry selection, compile-only toolchain, snippets, comparison helper."""
 import numpy as np
 import pytest
-from numba import types
+from numba import cuda, types
 
 import dsv4_numba as d
 from dsv4_numba import registry, runtime
-from dsv4_numba.hw import snippets
+from dsv4_numba.hw import ops, snippets
 from dsv4_numba.runtime import toolchain
 from dsv4_numba.stages import fp4
 from dsv4_numba.testing import assert_close, poison
@@ -141,6 +141,53 @@ def test_kernel_dispatcher_cache_and_lineinfo(monkeypatch):
 
 
 # ---------------------------------------------------------------- registry
+@runtime.kernel(pdl=True)
+def _pdl_copy(src, out):
+    ops.griddepcontrol_wait()
+    ops.griddepcontrol_launch_dependents()
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = src[i] + 1
+
+
+def _pdl_kernels():
+    from dsv4_numba.pipelines import indexer_sm90_rs as R
+    from dsv4_numba.stages import topk as T
+    return [T.rowblock_kernel(T.F32, True), T.rowblock_kernel(T.BF16, False),
+            T.split_kernel(T.F32, True, 256), T.split_kernel(T.F32, True, 256, 16),
+            R.rs_kernel(1, R.FMT_FP4), R.rs_kernel(4, R.FMT_BF16)]
+
+
+def test_pdl_kernels_wait_before_anything_else():
+    """A kernel launched with programmatic dependent launch may start while the kernel before it
+    still writes its inputs: every kernel declared ``pdl=True`` must run griddepcontrol.wait as its
+    first statement (the review rule of ``runtime.Kernel``)."""
+    import ast
+    import inspect
+    import textwrap
+    for k in _pdl_kernels():
+        assert k.pdl, k.__name__
+        fn = ast.parse(textwrap.dedent(inspect.getsource(k.py_func))).body[0]
+        first = fn.body[0]
+        assert isinstance(first, ast.Expr) and ast.unparse(first.value) == \
+            "ops.griddepcontrol_wait()", f"{k.__name__}: first statement {ast.unparse(first)}"
+
+
+def test_pdl_switch_and_simulator_launch(monkeypatch):
+    """DSV4_PDL: on by default, "0" turns it off; under the simulator a pdl kernel launches as any
+    other (its griddepcontrol ops are the emulator's no-ops)."""
+    monkeypatch.delenv("DSV4_PDL", raising=False)
+    assert runtime.env.pdl()
+    monkeypatch.setenv("DSV4_PDL", "0")
+    assert not runtime.env.pdl()
+    if runtime.mode() != "sim":
+        pytest.skip("simulator check")
+    src = np.arange(40, dtype=np.int32)
+    out = poison(40, np.int32)
+    _pdl_copy.launch(2, 32, src, out)
+    assert np.array_equal(out, src + 1)
+
+
 def test_registry_reference_and_env(monkeypatch):
     monkeypatch.delenv("DSV4_IMPL", raising=False)
     assert registry.resolve("decode_fp4", "reference").name == "reference"

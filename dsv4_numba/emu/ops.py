@@ -362,6 +362,8 @@ tma_store_commit_group = tma_store_wait_group_0 = _noop          # stores comple
 tma_store_wait_group_read_0 = tma_store_wait_group_read_1 = _noop
 prefetch_tensormap = fence_proxy_tensormap_acquire_gpu = fence_proxy_tensormap_acquire_sys = _noop
 fence_proxy_tensormap_release_gpu = _noop
+# PDL: the simulator runs launches one after another, each to completion
+griddepcontrol_wait = griddepcontrol_launch_dependents = _noop
 
 
 def fence_proxy_async():

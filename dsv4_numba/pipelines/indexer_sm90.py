@@ -1041,10 +1041,10 @@ class FusedPlan:
     def run(self):
         if self.grid is not None:
             k = self.kern
-            if self.gpu:
+            if self.gpu:               # (Kernel.launch: PDL for kernels declared so, e.g. v4)
                 if self.pre is not None:
-                    gpu_dispatcher(self.pre[0])[self.pre[1], 256](*self.pre[2])
-                gpu_dispatcher(k)[self.grid, THREADS, 0, self.smem](*self.args)
+                    self.pre[0].launch(self.pre[1], 256, *self.pre[2])
+                k.launch(self.grid, THREADS, *self.args, shared_bytes=self.smem)
                 return self
             with _sim_alignment(self.gpu):
                 if self.pre is not None:

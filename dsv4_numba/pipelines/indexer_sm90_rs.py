@@ -296,6 +296,8 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1):
     # Napkin math: the module docstring (per tile: 8 x TB wgmma m64n64k16 on register A).
     def indexer_rs(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, page_size, valid_len,
                    T, N, tpc, qfmt, scores, stop):
+        ops.griddepcontrol_wait()                 # PDL: the inputs' writers have finished
+        ops.griddepcontrol_launch_dependents()    # the top-k may start now (it waits for our end)
         dyn = cuda.shared.array(0, uint32)
         tid = cuda.threadIdx.x
         warp = tid >> 5
@@ -422,7 +424,7 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1):
     kname = (f"indexer_rs_tb{tb}_{'fp4' if kfmt == FMT_FP4 else 'bf16'}_pf{pf}"
              + ("_split" if split else ""))
     indexer_rs.__name__ = indexer_rs.__qualname__ = kname
-    k = kernel(indexer_rs, launch_bounds=(THREADS,))
+    k = kernel(indexer_rs, launch_bounds=(THREADS,), pdl=True)
     k.tb, k.kfmt, k.pf, k.split = tb, kfmt, pf, split
     _KERNELS[key] = k
     return k

@@ -91,6 +91,15 @@ def lineinfo() -> bool:
     return flag("DSV4_LINEINFO")
 
 
+def pdl() -> bool:
+    """True unless ``DSV4_PDL=0``: kernels declared ``Kernel(pdl=True)`` (they run
+    ``griddepcontrol.wait`` before touching global memory) are launched on the GPU with
+    programmatic dependent launch (PDL, sm_90+), so their launch and prologue overlap the tail of
+    the kernel before them in the stream. ``DSV4_PDL=0`` launches them plainly (an A/B switch for
+    timing). The simulator ignores it."""
+    return os.environ.get("DSV4_PDL", "1") not in ("", "0")
+
+
 def mode() -> str:
     """The run mode in force: "gpu" or "sim".
 

@@ -119,11 +119,16 @@ class Kernel:
     """A kernel usable in every run mode. ``launch_bounds`` is passed to the GPU compile;
     ``cluster`` (an int or up to 3 ints, sm_90+) makes it a cluster kernel: compiled with that
     cluster shape, launched as clusters (the grid a multiple of it). Cluster kernels run on the GPU
-    only (the simulator has no clusters) and are compiled under a name unique to their shape."""
+    only (the simulator has no clusters) and are compiled under a name unique to their shape.
+    ``pdl=True`` declares that the kernel runs ``ops.griddepcontrol_wait()`` before its first
+    access to global memory: the GPU launch then uses programmatic dependent launch (sm_90+, on
+    unless ``DSV4_PDL=0``; ``_launch_pdl``), so its launch overlaps the kernel before it. Never set
+    it on a kernel without that wait: it would read its inputs while they are being written."""
 
-    def __init__(self, fn, launch_bounds=None, cluster=None):
+    def __init__(self, fn, launch_bounds=None, cluster=None, pdl=False):
         self.py_func = fn
         self.launch_bounds = launch_bounds
+        self.pdl = bool(pdl)
         self.cluster = None
         if cluster is not None:
             dims = (cluster,) if isinstance(cluster, int) else tuple(cluster)
@@ -163,6 +168,9 @@ class Kernel:
         if env.mode() == "gpu":
             from numba.cuda import config
             config.CUDA_LOW_OCCUPANCY_WARNINGS = 0   # small problems get small grids, by design
+            if self.pdl and env.pdl() and _launch_pdl(self.gpu, grid, block, stream, shared_bytes,
+                                                      args):
+                return
             self.gpu[grid, block, stream, shared_bytes](*args)
             return
         if self.cluster is not None:
@@ -201,11 +209,60 @@ class Kernel:
         return toolchain.compile_ptx(self.py_func, sig, arch, self.launch_bounds)
 
 
-def kernel(fn=None, *, launch_bounds=None, cluster=None):
+def kernel(fn=None, *, launch_bounds=None, cluster=None, pdl=False):
     """Decorator: wrap a plain Python kernel function as a ``Kernel``."""
     if fn is None:
-        return lambda f: Kernel(f, launch_bounds, cluster)
-    return Kernel(fn, launch_bounds, cluster)
+        return lambda f: Kernel(f, launch_bounds, cluster, pdl)
+    return Kernel(fn, launch_bounds, cluster, pdl)
+
+
+_PDL_STATE = {"ok": None}
+
+
+def _launch_pdl(disp, grid, block, stream, shared_bytes, args) -> bool:
+    """Launch ``disp`` with programmatic dependent launch (CUDA's programmatic stream serialization,
+    sm_90+): the grid may start while the kernel before it in the stream finishes; the kernel's
+    ``griddepcontrol.wait`` holds every access to memory until that kernel has completed and its
+    writes are visible. False (after one warning naming the cause) where this numba-cuda / cuda.core
+    cannot launch so, or the GPU is older than sm_90: the caller then launches plainly, which is
+    correct, only without the overlap.
+
+    numba-cuda 0.30 launches through ``cuda.core.launch`` with a ``LaunchConfig`` that it builds
+    without the PDL flag; this repeats its steps (the overload for these arguments, each argument
+    prepared by the overload's ``_prepare_args``) with the flag set. Private numba-cuda API, wrapped
+    here in one place as ``set_kernel_attribute`` is."""
+    if _PDL_STATE["ok"] is False:
+        return False
+    try:
+        from cuda.core import LaunchConfig, launch
+        from numba.cuda.cudadrv import driver
+        if _PDL_STATE["ok"] is None:
+            why = None
+            if env.detect_gpu().cc < (9, 0):
+                why = "the GPU is older than sm_90"
+            else:
+                LaunchConfig(grid=1, block=1, programmatic_stream_serialization=True)
+            if why:
+                raise RuntimeError(why)
+            _PDL_STATE["ok"] = True
+        sig = tuple(disp.typeof_pyval(a) for a in args)
+        kern = disp.overloads.get(sig) or disp.compile(sig)
+        cs = driver._to_core_stream(stream)
+        retr, kargs = [], []
+        for t, v in zip(kern.argument_types, args):
+            kern._prepare_args(t, v, cs, retr, kargs)
+    except Exception as e:  # noqa: BLE001 - any cause: say it once, then launch plainly
+        import warnings
+        _PDL_STATE["ok"] = False
+        warnings.warn(f"programmatic dependent launch unavailable ({type(e).__name__}: {e}); "
+                      "kernels declared pdl=True are launched without it (correct, no overlap)")
+        return False
+    launch(cs, LaunchConfig(grid=grid, block=block, shmem_size=shared_bytes,
+                            programmatic_stream_serialization=True),
+           kern._codelibrary.get_cufunc().kernel, *kargs)
+    for wb in retr:
+        wb()
+    return True
 
 
 def set_kernel_attribute(dispatcher, sig, attribute: str, value: int) -> None:

@@ -1669,6 +1669,8 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
     NT = threads
 
     def topk_rowblock(x, n, k, lengths, has_len, vals, idx, ccap, stop, bmax):
+        ops.griddepcontrol_wait()                 # PDL: the scores' writer has finished
+        ops.griddepcontrol_launch_dependents()    # (the next kernel waits for our end itself)
         row = cuda.blockIdx.x
         tid = cuda.threadIdx.x
         nt = NT
@@ -1759,7 +1761,7 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
 
     topk_rowblock.__name__ = topk_rowblock.__qualname__ = \
         f"topk_rowblock_{'bf16' if kind == BF16 else 'f32'}_v{VEC}_t{NT}"
-    k_ = _PROD[key] = kernel(topk_rowblock, launch_bounds=(NT,))
+    k_ = _PROD[key] = kernel(topk_rowblock, launch_bounds=(NT,), pdl=True)
     return k_
 
 
@@ -2363,6 +2365,8 @@ def split_kernel(kind, vectorized, threads, cluster=0):
 
     def topk_split(x, n, k, lengths, has_len, vals, idx, S, chunk, ghist, nbuf, gbar, gcnt, goff,
                    glist, ccap, phase, stop):
+        ops.griddepcontrol_wait()                 # PDL: the scores' writer has finished
+        ops.griddepcontrol_launch_dependents()    # (the next kernel waits for our end itself)
         if stop == 6:                             # (timing hook: the launch alone)
             return
         b = cuda.blockIdx.x
@@ -2510,7 +2514,7 @@ def split_kernel(kind, vectorized, threads, cluster=0):
 
     topk_split.__name__ = topk_split.__qualname__ = \
         f"topk_split_{'bf16' if kind == BF16 else 'f32'}_v{VEC}_t{NT}" + (f"_c{CL}" if CL else "")
-    k_ = _PROD[key] = kernel(topk_split, launch_bounds=(NT, 1), cluster=CL or None)
+    k_ = _PROD[key] = kernel(topk_split, launch_bounds=(NT, 1), cluster=CL or None, pdl=True)
     return k_
 
 
