@@ -57,6 +57,10 @@ def pdl_reader_without_wait(buf, out):   # declared pdl=True WRONGLY, on purpose
 
 def _run(reader, monkeypatch, pdl="1"):
     monkeypatch.setenv("DSV4_PDL", pdl)
+    scratch = cuda.to_device(np.zeros(N, np.int32))   # compile both first: a compile between
+    pdl_writer.launch(1, 32, scratch, 0)                # the two launches would let the writer
+    reader.launch(1, 32, scratch, scratch)              # end before the reader is launched
+    cuda.synchronize()
     buf = cuda.to_device(np.zeros(N, np.int32))
     out = cuda.to_device(np.full(N, -7, np.int32))
     pdl_writer.launch(N // 128, 128, buf, 200)
