@@ -11,6 +11,7 @@ import sys
 import ml_dtypes
 import numpy as np
 import pytest
+from numba import cuda, uint32
 from conftest import outliers
 from test_indexer import check_selection, fp4, oracle, page, random_bytes
 
@@ -19,6 +20,8 @@ from dsv4_numba.formats import QuantizedFP4, quantize_fp8
 from dsv4_numba.pipelines import indexer_sm90 as F
 from dsv4_numba.pipelines import indexer_sm90_rs as R
 from dsv4_numba.pipelines.indexer import indexer
+from dsv4_numba.pipelines.indexer_sm90 import decode8, decode8_prmt
+from dsv4_numba.runtime import kernel
 
 H, D = F.H_FUSED, F.D_FUSED
 
@@ -48,6 +51,51 @@ def check_scores(res, orc, k):
     assert np.isneginf(sc[~valid]).all(), "fused: positions past valid_len must score -inf"
     over = np.abs(sc - np.nan_to_num(orc["scores"]))[valid] > orc["err"][valid]
     assert not over.any(), f"fused: {int(over.sum())} scores outside the derived bound"
+
+
+# ---------------------------------------------------------------- the FP4 decode, both forms
+@kernel
+def _decode_both(words, codes, out_gpu_form, out_sim_form):
+    nw = words.size
+    for j in range(cuda.threadIdx.x, codes.size * nw, cuda.blockDim.x):
+        w = uint32(words[j % nw])
+        c = uint32(codes[j // nw])
+        a0, a1, a2, a3 = decode8_prmt(w, c)
+        b0, b1, b2, b3 = decode8(w, c)
+        out_gpu_form[4 * j], out_gpu_form[4 * j + 1] = a0, a1
+        out_gpu_form[4 * j + 2], out_gpu_form[4 * j + 3] = a2, a3
+        out_sim_form[4 * j], out_sim_form[4 * j + 1] = b0, b1
+        out_sim_form[4 * j + 2], out_sim_form[4 * j + 3] = b2, b3
+
+
+def decode8_oracle(words, codes):
+    """[codes, words, 8] bf16 bits of E2M1 (ml_dtypes) x 2^(code - 127), via float64 (exact)."""
+    nib = (words[:, None] >> (4 * np.arange(8))) & 15
+    e2m1 = nib.astype(np.uint8).view(ml_dtypes.float4_e2m1fn).astype(np.float64)
+    scale = np.where(codes == 255, np.nan, 2.0 ** (codes.astype(np.float64) - 127))
+    v = e2m1[None] * scale[:, None, None]
+    return v.astype(np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
+
+
+def test_decode8_both_forms_exact_at_every_code_and_scale(sim):
+    """``decode8``'s GPU form (prmt tables, then mul.rn.bf16x2 by the scale as a bf16 pair; run
+    here with its ops' simulator twins) and its simulator form against ml_dtypes, for all 16 E2M1
+    codes in every nibble and all 256 UE8M0 codes: bitwise, NaN for code 255 (a NaN either way)."""
+    words = np.array([0x76543210, 0xFEDCBA98, 0x1F2E3D4C, 0x8091A2B3], np.uint32)
+    codes = np.arange(256, dtype=np.uint32)
+    n = words.size * codes.size
+    outs = [np.full(4 * n, 0xDEADBEEF, np.uint32) for _ in range(2)]
+    _decode_both.launch(1, 32, words, codes, *outs)
+    want = decode8_oracle(words, codes).reshape(-1)
+    for name, out in zip(("GPU form", "simulator form"), outs):
+        got = out.view(np.uint16)                 # element 2i in the low half of word i
+        nan_w = np.isnan(want.view(ml_dtypes.bfloat16).astype(np.float32))
+        nan_g = np.isnan(got.view(ml_dtypes.bfloat16).astype(np.float32))
+        assert np.array_equal(nan_w, nan_g), f"{name}: NaN positions differ"
+        bad = np.flatnonzero((got != want) & ~nan_w)
+        assert bad.size == 0, (f"{name}: {bad.size} elements differ, first at code "
+                               f"{bad[0] // (8 * words.size)}: {got[bad[0]]:#06x} vs "
+                               f"{want[bad[0]]:#06x}")
 
 
 # ---------------------------------------------------------------- compile for sm_90a

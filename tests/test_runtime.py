@@ -151,11 +151,9 @@ def _pdl_copy(src, out):
 
 
 def _pdl_kernels():
-    from dsv4_numba.pipelines import indexer_sm90_rs as R
     from dsv4_numba.stages import topk as T
     return [T.rowblock_kernel(T.F32, True), T.rowblock_kernel(T.BF16, False),
-            T.split_kernel(T.F32, True, 256), T.split_kernel(T.F32, True, 256, 16),
-            R.rs_kernel(1, R.FMT_FP4), R.rs_kernel(4, R.FMT_BF16)]
+            T.split_kernel(T.F32, True, 256), T.split_kernel(T.F32, True, 256, 16)]
 
 
 def test_pdl_kernels_wait_before_anything_else():

@@ -1154,6 +1154,19 @@ def pack_bf16x2(a, b):
     return np.uint32(_rne16(_f32(a), "bf16") << 16 | _rne16(_f32(b), "bf16"))
 
 
+def mul_bf16x2(a, b):
+    """mul.rn.bf16x2: each bfloat16 lane of a times b's, rounded to nearest even (the float32 product
+    of two bfloat16 values is exact above float32's subnormal range, so one rounding)."""
+    a, b = _u32(a), _u32(b)
+    out = 0
+    for sh in (0, 16):
+        x = np.uint32(((a >> sh) & 0xFFFF) << 16).view(np.float32)
+        y = np.uint32(((b >> sh) & 0xFFFF) << 16).view(np.float32)
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            out |= _rne16(np.float32(x * y), "bf16") << sh
+    return np.uint32(out)
+
+
 def pack_f16x2(a, b):
     return np.uint32(_rne16(_f32(a), "f16") << 16 | _rne16(_f32(b), "f16"))
 

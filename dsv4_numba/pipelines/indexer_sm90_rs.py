@@ -17,7 +17,7 @@ goes through shared memory (decode, store, fence, barrier) and the head sum runs
   tables, exact in bf16) into the 16 words that are the thread's A registers. bf16 keys: the
   same 32 elements are 64 contiguous bytes (4 loads).
 * **q** (bf16, or FP4 decoded here) is written once per CTA into shared memory with the same
-  D permutation (``put_q_perm``: 4-byte stores), 128B-swizzled K-major -- the B operand.
+  D permutation (``put_q_token``: 4-byte stores), 128B-swizzled K-major -- the B operand.
 * **The head sum is in-thread**: accumulator register i of lane l is (key 16w + l/4 + 8((i/2)%2),
   head 8(i/4) + 2c + i%2): 16 ReLU-FMAs per key row, then ``shfl.bfly`` 1 and 2 (the 4 lanes of
   a quad). No exchange, no barrier between tiles.
@@ -164,39 +164,45 @@ def decode_key_row(raw, kfmt):
 
 # ---------------------------------------------------------------------------------- q -> B (smem)
 @device
-def put_q_perm(dyn, qw, h, j, qfmt, raw):
-    """Vector j (D 8j .. 8j+7) of q row h (0..63 of a token tile whose first word is dyn[qw]) ->
-    4 words at their permuted columns (``perm_pos``) of the 128B-swizzled K-major tile (2 K-chunks
-    of 64 rows x 128 B). Word i (elements 8j + 2i, +1) goes to k-step kk = 2 (j % 4) + i // 2,
-    16-byte unit u = 2 (kk % 4) + i % 2 of K-chunk kk // 4, bytes 4 (j // 4) ..."""
+def put_q_token(dyn, qw, qfmt, tid, a):
+    """The 8 raw vectors ``a`` thread tid fetched of one token (``indexer_sm90.fetch_q8``: vector
+    j = tid % 16 of rows h = tid // 16 + 8 i) -> the token tile at dyn[qw], each vector's 4 words at
+    their permuted columns (``perm_pos``) of the 128B-swizzled K-major tile (2 K-chunks of 64 rows x
+    128 B). Word w of vector j (elements 8j + 2w, +1) goes to k-step kk = 2 (j % 4) + w // 2, 16-byte
+    unit 2 (kk % 4) + w % 2 (xor h % 8, the swizzle) of K-chunk kk // 4, bytes 4 (j // 4) .. of it.
+    h % 8 = tid // 16 for every i, so the 4 column offsets are the thread's constants and vector i
+    is 256 words (8 rows) further on: 32-bit word indices, one add a store (ncu, 2026-11-27: the
+    64-bit index arithmetic per store was a third of the T = 1 kernel's samples)."""
+    j = uint32(tid) & uint32(15)
+    hs = uint32(tid) >> uint32(4)                 # h0 = h % 8 of all 8 rows
+    kk0 = uint32(2) * (j & uint32(3))             # k-steps kk0, kk0 + 1: one K-chunk
+    r = uint32(qw) + hs * uint32(32) + (j >> uint32(2)) + (kk0 >> uint32(2)) * uint32(2048)
+    u = uint32(2) * (kk0 & uint32(3))
+    o0 = ((u ^ hs) << uint32(2))
+    o1 = (((u + uint32(1)) ^ hs) << uint32(2))
+    o2 = (((u + uint32(2)) ^ hs) << uint32(2))
+    o3 = (((u + uint32(3)) ^ hs) << uint32(2))
+    put_q_vec(dyn, r, o0, o1, o2, o3, qfmt, a[0])          # (constant tuple indices: a
+    put_q_vec(dyn, r + uint32(256), o0, o1, o2, o3, qfmt, a[1])   # run-time one compiles to a
+    put_q_vec(dyn, r + uint32(512), o0, o1, o2, o3, qfmt, a[2])   # compare-and-branch chain)
+    put_q_vec(dyn, r + uint32(768), o0, o1, o2, o3, qfmt, a[3])
+    put_q_vec(dyn, r + uint32(1024), o0, o1, o2, o3, qfmt, a[4])
+    put_q_vec(dyn, r + uint32(1280), o0, o1, o2, o3, qfmt, a[5])
+    put_q_vec(dyn, r + uint32(1536), o0, o1, o2, o3, qfmt, a[6])
+    put_q_vec(dyn, r + uint32(1792), o0, o1, o2, o3, qfmt, a[7])
+
+
+@device
+def put_q_vec(dyn, r, o0, o1, o2, o3, qfmt, raw):
+    """One raw q vector (bf16: 4 words; FP4: a code word and its scale) -> dyn[r + o0..o3]."""
     if qfmt == FMT_BF16:
         w0, w1, w2, w3 = raw
     else:
         w0, w1, w2, w3 = decode8(raw[0], raw[1])
-    hs = h & 7
-    row = qw + h * 32 + (j >> 2)
-    kk0 = 2 * (j & 3)
-    kk1 = kk0 + 1
-    dyn[row + (kk0 >> 2) * 2048 + (((2 * (kk0 & 3)) ^ hs) << 2)] = w0
-    dyn[row + (kk0 >> 2) * 2048 + (((2 * (kk0 & 3) + 1) ^ hs) << 2)] = w1
-    dyn[row + (kk1 >> 2) * 2048 + (((2 * (kk1 & 3)) ^ hs) << 2)] = w2
-    dyn[row + (kk1 >> 2) * 2048 + (((2 * (kk1 & 3) + 1) ^ hs) << 2)] = w3
-
-
-@device
-def put_q_token(dyn, qw, qfmt, tid, a):
-    """The 8 raw vectors ``a`` thread tid fetched of one token (``indexer_sm90.fetch_q8``: vector
-    tid % 16 of rows tid // 16 + 8 i) -> the token tile at dyn[qw], permuted and swizzled."""
-    j = tid & 15
-    h0 = tid >> 4
-    put_q_perm(dyn, qw, h0, j, qfmt, a[0])
-    put_q_perm(dyn, qw, h0 + 8, j, qfmt, a[1])
-    put_q_perm(dyn, qw, h0 + 16, j, qfmt, a[2])
-    put_q_perm(dyn, qw, h0 + 24, j, qfmt, a[3])
-    put_q_perm(dyn, qw, h0 + 32, j, qfmt, a[4])
-    put_q_perm(dyn, qw, h0 + 40, j, qfmt, a[5])
-    put_q_perm(dyn, qw, h0 + 48, j, qfmt, a[6])
-    put_q_perm(dyn, qw, h0 + 56, j, qfmt, a[7])
+    dyn[r + o0] = w0
+    dyn[r + o1] = w1
+    dyn[r + o2] = w2
+    dyn[r + o3] = w3
 
 
 # ---------------------------------------------------------------------------------- generated
@@ -261,14 +267,26 @@ token_sums = _generated(_sum_source(), "token_sums",
 
 
 @device
-def write_token(scores, valid_len, t, T, N, s0, s1, n_g, c):
-    """Lane c = 0 writes key n_g's score, c = 1 key n_g + 8's (-inf past valid_len[t]); tokens
-    past T (a short last chunk) and keys past N are not written."""
-    if c < 2 and t < T:
-        n = n_g + 8 * c
-        if n < N:
+def token_limits(valid_len, t, T, N):
+    """(first score index of token t, keys it writes, keys it scores): (t N, N, valid_len[t] clamped
+    to [0, N]), or nothing to write (0, 0, 0) for a token past T (a short last chunk). Loaded once per
+    CTA: ``write_token`` then compares in registers (ncu, 2026-11-27: the per-tile valid_len load
+    and 64-bit compares of each token's store were ~10 % of the T = 4 kernel's samples)."""
+    if t < T:
+        vl = max(int64(0), min(int64(valid_len[t]), N))
+        return uint64(t) * uint64(N), uint32(N), uint32(vl)
+    return uint64(0), uint32(0), uint32(0)
+
+
+@device
+def write_token(scores, lims, s0, s1, n_g, c):
+    """Lane c = 0 writes key n_g's score, c = 1 key n_g + 8's (-inf past the token's valid_len);
+    ``lims``: ``token_limits`` of the token (nothing past T or N is written)."""
+    if c < 2:
+        n = uint32(n_g) + uint32(8) * uint32(c)
+        if n < lims[1]:
             s = s0 if c == 0 else s1
-            scores[int64(t) * N + n] = s if n < valid_len[t] else float32(-math.inf)
+            scores[lims[0] + uint64(n)] = s if n < lims[2] else float32(-math.inf)
 
 
 # ---------------------------------------------------------------------------------- the kernel
@@ -296,8 +314,10 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1):
     # Napkin math: the module docstring (per tile: 8 x TB wgmma m64n64k16 on register A).
     def indexer_rs(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, page_size, valid_len,
                    T, N, tpc, qfmt, scores, stop):
-        ops.griddepcontrol_wait()                 # PDL: the inputs' writers have finished
-        ops.griddepcontrol_launch_dependents()    # the top-k may start now (it waits for our end)
+        ops.griddepcontrol_launch_dependents()    # PDL: the top-k may launch now (it waits for
+        # our end itself). Not launched with PDL itself: on the H100 (2026-11-27) that made the
+        # indexer's totals slower at T = 4 / 64 (53.7 / 234.2 us against 48.2 / 222.2 with PDL for
+        # the top-k alone; 49.4 / 221.5 without any), a cause not found
         dyn = cuda.shared.array(0, uint32)
         tid = cuda.threadIdx.x
         warp = tid >> 5
@@ -327,10 +347,14 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1):
             wt2 = w[min(t0 + 2 + (tid >> 6), T - 1) * H_FUSED + (tid & 63)]
         tt = t0 if table_rows > 1 else 0          # a per-token table runs TB = 1 (host)
         pg0 = table[tt * max_pages]               # loaded beside q and valid_len: one round trip
-        lim = 0
-        for i in range(TB):
-            if t0 + i < T:
-                lim = max(lim, min(int64(valid_len[t0 + i]), N))
+        lm0 = token_limits(valid_len, t0, T, N)
+        lm1, lm2, lm3 = lm0, lm0, lm0
+        if TB > 1:
+            lm1 = token_limits(valid_len, t0 + 1, T, N)
+        if TB > 2:
+            lm2 = token_limits(valid_len, t0 + 2, T, N)
+            lm3 = token_limits(valid_len, t0 + 3, T, N)
+        lim = int64(max(max(lm0[2], lm1[2]), max(lm2[2], lm3[2])))    # keys any token scores
         rg = 16 * warp + (lane >> 2)              # this thread's key rows: rg, rg + 8
         n = tile0 * BM + rg
         raw0, raw1 = fetch_key_pair(ksrc, ksc, KF, pg0, table, table_rows, max_pages, page_size,
@@ -359,7 +383,7 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1):
             r1 = decode_key_row(raw1, KF)
             if stop == 2:                         # (timing hook: no wgmma, no epilogue)
                 s0 = bits_f32(r0[0] ^ r0[7] ^ r1[8] ^ r1[15])
-                write_token(scores, valid_len, t0, T, N, s0, s0, n, c)
+                write_token(scores, lm0, s0, s0, n, c)
                 raw0, raw1, nxt0, nxt1 = advance_keys(PF, raw0, raw1, nxt0, nxt1, ksrc, ksc, KF,
                                                       pg0, table, table_rows, max_pages,
                                                       page_size, tt, n + PF * BM, c, lim,
@@ -398,33 +422,33 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1):
                 # this cold path, makes ptxas serialise every wgmma of the kernel (C7514 / C7517)
                 ops.wgmma_wait_group_0()
                 s0 = acc0[0] + acc1[3] + acc2[5] + acc3[31]
-                write_token(scores, valid_len, t0, T, N, s0, s0, n, c)
+                write_token(scores, lm0, s0, s0, n, c)
                 n += BM
                 continue
             s0, s1 = token_sums(acc0, dyn, ww, c)
-            write_token(scores, valid_len, t0, T, N, s0, s1, n, c)
+            write_token(scores, lm0, s0, s1, n, c)
             if TB > 1:
                 if SPLIT and TB == 4:
                     ops.wgmma_wait_group_2()
                 elif SPLIT:
                     ops.wgmma_wait_group_0()
                 s0, s1 = token_sums(acc1, dyn, ww + H_FUSED, c)
-                write_token(scores, valid_len, t0 + 1, T, N, s0, s1, n, c)
+                write_token(scores, lm1, s0, s1, n, c)
             if TB > 2:
                 if SPLIT:
                     ops.wgmma_wait_group_1()
                 s0, s1 = token_sums(acc2, dyn, ww + 2 * H_FUSED, c)
-                write_token(scores, valid_len, t0 + 2, T, N, s0, s1, n, c)
+                write_token(scores, lm2, s0, s1, n, c)
                 if SPLIT:
                     ops.wgmma_wait_group_0()
                 s0, s1 = token_sums(acc3, dyn, ww + 3 * H_FUSED, c)
-                write_token(scores, valid_len, t0 + 3, T, N, s0, s1, n, c)
+                write_token(scores, lm3, s0, s1, n, c)
             n += BM
 
     kname = (f"indexer_rs_tb{tb}_{'fp4' if kfmt == FMT_FP4 else 'bf16'}_pf{pf}"
              + ("_split" if split else ""))
     indexer_rs.__name__ = indexer_rs.__qualname__ = kname
-    k = kernel(indexer_rs, launch_bounds=(THREADS,), pdl=True)
+    k = kernel(indexer_rs, launch_bounds=(THREADS,))
     k.tb, k.kfmt, k.pf, k.split = tb, kfmt, pf, split
     _KERNELS[key] = k
     return k

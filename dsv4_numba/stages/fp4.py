@@ -367,6 +367,15 @@ def _pack16x2_sim(hi, lo, okind):
     return uint32((h << 16) | int(np.float16(lo).view(np.uint16)))
 
 
+def _mul_bf16x2_gpu(a, b):
+    return ops.mul_bf16x2(a, b)         # mul.rn.bf16x2 (PTX ISA "mul" half precision, sm_90+)
+
+
+def _mul_bf16x2_sim(a, b):
+    from ..emu import ops as emu_ops
+    return uint32(emu_ops.mul_bf16x2(a, b))
+
+
 def _syncwarp_gpu():
     cuda.syncwarp()                     # bar.warp.sync 0xffffffff
 
@@ -387,6 +396,7 @@ WARPS = 8                   # per block of THREADS = 256
 TILE_WORDS = WARPS * 1024   # 4 KB of staging per warp (float32 output needs all of it)
 prmt = device(_prmt_gpu, sim=_prmt_sim)
 pack16x2 = device(_pack16x2_gpu, sim=_pack16x2_sim)
+mul_bf16x2 = device(_mul_bf16x2_gpu, sim=_mul_bf16x2_sim)
 syncwarp = device(_syncwarp_gpu, sim=_syncwarp_sim)
 staging_tile = device(_staging_tile_gpu, sim=_staging_tile_sim)
 
@@ -413,8 +423,9 @@ S0, S1, S2, S3 = SIGN_SEL
 
 
 @device
-def e2m1x8_sm90(w):
-    """Eight E2M1 codes (one 32-bit word, element 0 in bits 3:0) -> eight float32, via prmt tables."""
+def e2m1x8_bf16x2(w):
+    """Eight E2M1 codes (one 32-bit word, element 0 in bits 3:0) -> four words of bfloat16 pairs
+    (element 2i in the low half of word i), via prmt tables: exact (E2M1 values are bf16 values)."""
     idx = w & uint32(0x77777777)
     hi_a = prmt(uint32(HI_TAB_A), uint32(HI_TAB_B), idx)          # elements 0..3, high bytes
     lo_a = prmt(uint32(LO_TAB_A), uint32(LO_TAB_B), idx)          # elements 0..3, low bytes
@@ -426,6 +437,25 @@ def e2m1x8_sm90(w):
     p1 = prmt(lo_a, hi_a, uint32(0x7362)) | (prmt(u, w, uint32(S1)) & sm)
     p2 = prmt(lo_b, hi_b, uint32(0x5140)) | (prmt(u, w, uint32(S2)) & sm)
     p3 = prmt(lo_b, hi_b, uint32(0x7362)) | (prmt(u, w, uint32(S3)) & sm)
+    return p0, p1, p2, p3
+
+
+@device
+def ue8m0_bf16x2(code):
+    """A UE8M0 scale code as a pair of equal bfloat16 values 2^(code - 127), branch-free: bf16 holds
+    every one exactly (code 0: the subnormal 2^-127 = 0x0040; 255: the NaN 0x7FC0, as
+    ``scale_value``)."""
+    c = uint32(code) & uint32(0xFF)
+    h = c << uint32(7)
+    h = uint32(0x0040) if c == uint32(0) else h
+    h = uint32(0x7FC0) if c == uint32(0xFF) else h
+    return h | (h << uint32(16))
+
+
+@device
+def e2m1x8_sm90(w):
+    """Eight E2M1 codes (one 32-bit word, element 0 in bits 3:0) -> eight float32, via prmt tables."""
+    p0, p1, p2, p3 = e2m1x8_bf16x2(w)
     hm = uint32(0xFFFF0000)
     sh = uint32(16)
     return (bits_f32(p0 << sh), bits_f32(p0 & hm), bits_f32(p1 << sh), bits_f32(p1 & hm),
