@@ -485,7 +485,7 @@ def test_v4_fp4_emulated_paged_equals_contiguous(sim, per_token):
 
 
 def test_v4_geometry():
-    assert R.rs_geometry(1, 65536, 1, None, 132) == (1, 2, (512, 1))
+    assert R.rs_geometry(1, 65536, 1, None, 132) == (1, 4, (256, 1))     # RESIDENT[1] = 2
     assert R.rs_geometry(4, 131072, 1, None, 132)[:2] == (4, 8)
     tb, tpc, grid = R.rs_geometry(64, 65536, 1, None, 132)
     assert tb == 4 and grid[1] == 16 and grid[0] * tpc >= 1024

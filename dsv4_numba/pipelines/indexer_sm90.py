@@ -1132,7 +1132,7 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
         tb, tpc, grid = R.rs_geometry(T, N, c.table_rows, tpc)
         pf = R.RS_DEFAULTS["pf"] if pf is None else pf
         split = R.RS_DEFAULTS["split"] if split is None else split
-        kern, smem = R.rs_kernel(tb, fmt, pf, split), R.dyn_smem_bytes(tb)
+        kern, smem = R.rs_kernel(tb, fmt, pf, split, hooks=bool(stop)), R.dyn_smem_bytes(tb)
         args = (_u8(qsrc), qsc, _u8(ksrc), ksc, w, table, c.table_rows, c.max_pages, c.page_size,
                 vl, T, N, tpc, fmt, scores, stop)
     elif T and N:

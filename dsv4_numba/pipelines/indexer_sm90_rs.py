@@ -77,7 +77,11 @@ Q_TOKEN_BYTES = H_FUSED * D_FUSED * 2       # 16384: one token's q tile (2 K-chu
 W_TOKEN_BYTES = H_FUSED * 4                 # 256: its weights
 ALIGN = 1024                                # 128B swizzle: tiles 1024-aligned
 KSTEPS = D_FUSED // 16                      # 8 wgmma k16 steps
-RESIDENT = {1: 4, 2: 3, 4: 2}               # CTAs an SM assumed by the default tiles-per-CTA
+RESIDENT = {1: 2, 2: 3, 4: 2}               # CTAs an SM assumed by the default tiles-per-CTA
+# (TB = 1: 2, not the 4 that fit: H100, 2026-11-27, T = 1, N = 65536: 4 tiles a CTA (256 CTAs) gave
+# 8.7 / 20.4 us scores / total against 8.8 / 21.1 with 2 (512 CTAs); 1 tile 10.9 / 23.1, 8 tiles
+# 10.1 / 22.2. Fewer CTAs pay fewer starts, and leave registers for the top-k's CTAs to become
+# resident before the scores end: it is launched with PDL.)
 RS_DEFAULTS = {"pf": 2, "split": 1}         # rs_kernel's prefetch depth and commit groups
 
 
@@ -293,23 +297,26 @@ def write_token(scores, lims, s0, s1, n_g, c):
 _KERNELS = {}
 
 
-def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1):
+def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = False):
     """The v4 ``runtime.Kernel`` for TB = ``tb`` tokens a chunk, key format ``kfmt`` (FMT_FP4 /
     FMT_BF16), ``pf`` tiles of raw keys loaded ahead (1, 2) and ``split`` (1: one wgmma commit
     group a token, so token j's epilogue runs while tokens > j still multiply; 0: one group a
     tile) -- compile-time constants of the closure. Grid (ceil(ceil(N / 64) / tpc), ceil(T / TB)),
     128 threads, ``dyn_smem_bytes(tb)`` of dynamic shared memory. ``stop`` (timing hook, 0 in
     use): 1 ends after the q / w setup, 2 skips the wgmmas and the epilogue (writes a dummy
-    derived from the decoded keys), 3 skips the epilogue."""
+    derived from the decoded keys), 3 skips the epilogue -- compiled in only with ``hooks`` (a
+    separate kernel, ``_hooks`` in its name): the hooks' branches cost the production kernel code
+    and registers."""
     if tb not in TB_CHOICES or kfmt not in (FMT_FP4, FMT_BF16) or pf not in (1, 2) \
             or split not in (0, 1):
         raise ValueError(f"v4 kernel: tb in {TB_CHOICES}, kfmt FMT_FP4 / FMT_BF16, pf 1 / 2, split "
                          f"0 / 1; got {tb}, {kfmt}, {pf}, {split}")
     split = split if tb > 1 else 0
-    key = (tb, kfmt, pf, split)
+    hooks = bool(hooks)
+    key = (tb, kfmt, pf, split, hooks)
     if key in _KERNELS:
         return _KERNELS[key]
-    TB, KF, PF, SPLIT = tb, kfmt, pf, split
+    TB, KF, PF, SPLIT, HOOKS = tb, kfmt, pf, split, hooks
 
     # Napkin math: the module docstring (per tile: 8 x TB wgmma m64n64k16 on register A).
     def indexer_rs(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, page_size, valid_len,
@@ -375,13 +382,13 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1):
             dyn[ww + 2 * H_FUSED + tid] = f32_bits(wt2)
         ops.fence_proxy_async_shared_cta()
         cuda.syncthreads()
-        if stop == 1:                             # (timing hook: launch + the q / w setup)
+        if HOOKS and stop == 1:                   # (timing hook: launch + the q / w setup)
             return
         bdesc = uint64(DESC_SW128) | uint64((qbase >> 4) & 0x3FFF)
         for tile in range(tile0, tile1):
             r0 = decode_key_row(raw0, KF)
             r1 = decode_key_row(raw1, KF)
-            if stop == 2:                         # (timing hook: no wgmma, no epilogue)
+            if HOOKS and stop == 2:               # (timing hook: no wgmma, no epilogue)
                 s0 = bits_f32(r0[0] ^ r0[7] ^ r1[8] ^ r1[15])
                 write_token(scores, lm0, s0, s0, n, c)
                 raw0, raw1, nxt0, nxt1 = advance_keys(PF, raw0, raw1, nxt0, nxt1, ksrc, ksc, KF,
@@ -417,7 +424,7 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1):
                 ops.wgmma_wait_group_1()
             else:
                 ops.wgmma_wait_group_0()
-            if stop == 3:                         # (timing hook: no epilogue)
+            if HOOKS and stop == 3:               # (timing hook: no epilogue)
                 # every group waited before any read: a read of a pending accumulator, even on
                 # this cold path, makes ptxas serialise every wgmma of the kernel (C7514 / C7517)
                 ops.wgmma_wait_group_0()
@@ -446,10 +453,10 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1):
             n += BM
 
     kname = (f"indexer_rs_tb{tb}_{'fp4' if kfmt == FMT_FP4 else 'bf16'}_pf{pf}"
-             + ("_split" if split else ""))
+             + ("_split" if split else "") + ("_hooks" if hooks else ""))
     indexer_rs.__name__ = indexer_rs.__qualname__ = kname
     k = kernel(indexer_rs, launch_bounds=(THREADS,))
-    k.tb, k.kfmt, k.pf, k.split = tb, kfmt, pf, split
+    k.tb, k.kfmt, k.pf, k.split, k.hooks = tb, kfmt, pf, split, hooks
     _KERNELS[key] = k
     return k
 
