@@ -364,6 +364,7 @@ def test_cluster_geometry_and_refusals():
     assert K.resolve_variant("auto", 131073, 1) == "split"
     assert K.resolve_variant("auto", 65537, 5) == "split"
     assert K.resolve_variant("auto", 65536, 9) == "split"
+    assert K.resolve_variant("auto", 131072, 64) in ("cluster", "rowblock")
     if SIM:
         x = scores((1, 256), seed=9)
         with pytest.raises(RuntimeError, match="GPU only.*variant='split'"):
@@ -794,3 +795,18 @@ def test_plan_geometry():
         K.resolve_variant("fast", 10)
     assert K.TopkPlan(2, 100, 5, K.F32, variant="rowblock", capacity=7).rb_ccap == 7
     assert K.TopkPlan(2, 100, 5, K.F32, variant="rowblock").rb_ccap == K.RB_CCAP
+
+
+def test_auto_variant_bands_as_on_the_gpu(monkeypatch):
+    """"auto" as the GPU resolves it (the simulator never runs "cluster"): the CL_AUTO_BANDS
+    edges, including 33-64 rows of 65537-131072 scores (cluster, S = 2: timed faster than rowblock
+    at 64 x 131072) and the rowblock / split regimes around them."""
+    monkeypatch.setattr(K, "mode", lambda: "gpu")
+    cases = {(4, 131072): "cluster", (1, 131073): "split", (8, 65536): "cluster",
+             (9, 65536): "split", (5, 65537): "split", (31, 131072): "split", (32, 131072): "rowblock",
+             (33, 65537): "cluster", (64, 131072): "cluster", (64, 65536): "rowblock",
+             (65, 131072): "rowblock", (64, 131073): "rowblock", (64, 262145): "fused"}
+    for (rows, n), want in cases.items():
+        assert K.resolve_variant("auto", n, rows) == want, (rows, n)
+    assert K.split_geometry(64, 131072, 4, 132, cluster=True) == (2, 65536, 1024)
+

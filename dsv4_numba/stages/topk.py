@@ -1876,8 +1876,8 @@ SP_LOADS = 8                    # list items a thread loads before storing them 
 SP_CLUSTERS = (2, 4, 8, 16)     # "cluster": CTAs a row = the cluster size (16: non-portable)
 # "cluster" default S: the largest with rows x S <= SP_CLUSTER_CTAS (H100, 2026-11-26: 8 rows x 16
 # ran in two waves, 44.9 us vs 24.8 at S = 8; 4 x 16 in one); "auto" runs "cluster" for rows x
-# length within a band of CL_AUTO_BANDS ((max rows, max scores a row): the shapes timed faster than
-# split), on the GPU only (the simulator has no clusters: split there). H100, 2026-11-26, 0.11.0
+# length within a band of CL_AUTO_BANDS ((min, max rows, min, max scores a row): the shapes timed
+# faster than split / rowblock), on the GPU only (the simulator has no clusters: split there). H100, 2026-11-26, 0.11.0
 # kernels, fp32 us, cluster vs split: 8 x 65536 k 2048 23.1 vs 28.0 (S = 8: the band's 5-8 rows
 # share this geometry); slower: 16 x 65536 k 512 24.3 vs 20.6, 8 x 131072 30.5 vs 26.7,
 # 1 x 262144 29.0 vs 26.2, 2 x 262144 29.2 vs 27.0; faster, not in a band (one row count timed):
@@ -1888,7 +1888,11 @@ SP_RB = SP_RA + NBINS           # of a round's histograms, dyn32[SP_RB:SP_RB + N
 SP_RSORT = 128                  # runs of at most this many composites: ordered by counting
 # (``rank_sort_desc``: H100, 2026-11-26, (4, 65536, 512) at S = 16, ~45 a CTA: 18.1 -> 16.7 us;
 # with the limit at 256, (1, 65536, 2048)'s ~160 a CTA went 24.2 -> 24.6: the bitonic net there)
-CL_AUTO_BANDS = ((4, 131072), (8, 65536))
+CL_AUTO_BANDS = ((1, 4, 1, 131072), (1, 8, 1, 65536), (33, 64, 65537, 131072))
+# (min rows, max rows, min length, max length). The third (0.14.0), against rowblock, H100,
+# 2026-11-27, fp32, 64 x 131072 k 2048: cluster (S = 2, 1024 threads) 41.2 / 42.3 / 41.6 us vs
+# rowblock 45.4 / 46.3 / 45.6 (three runs); 64 x 65536 k 512 was even (26.4 / 27.0 vs 26.6 / 27.2),
+# so it stays rowblock. Only 64 rows were timed; bf16 there was not.
 SP_SMEM_CLUSTER = SP_SMEM + 4 * SP_LMAX + 4 * NBINS   # + the histogram slice (<= 8 KB), later
 # the items' owner slots, then (with the 16 KB after them) counting_sort_desc's counts
 SP_OSORT = 256                  # "cluster": an owner ranks up to this many items by counting
@@ -2844,14 +2848,16 @@ _PLANS: dict = {}
 def resolve_variant(variant: str | None, n: int, rows: int = RB_AUTO_MIN_ROWS) -> str:
     """The concrete variant (one of VARIANTS) for ``rows`` rows of n scores: ``variant`` (default
     ``PRODUCTION_VARIANT``); "auto": on the GPU "cluster" for at most 4 rows of at most 131072
-    scores or at most 8 rows of at most 65536 (CL_AUTO_BANDS: a row's CTAs exchange through
-    distributed shared memory; timed faster than split there); else "split" for fewer than
+    scores, at most 8 rows of at most 65536, or 33-64 rows of 65537-131072 (CL_AUTO_BANDS: a
+    row's CTAs exchange through distributed shared memory; timed faster than split / rowblock
+    there); else "split" for fewer than
     RB_AUTO_MIN_ROWS rows (one row over many SMs, one launch; timed up to 8 x 1048576), else
     "rowblock" for n <= RB_AUTO_MAX_N (one SM a row reads it in a few us) and "fused" for longer
     rows (split with RB_AUTO_MIN_ROWS or more such rows has not been timed)."""
     variant = variant or PRODUCTION_VARIANT
     if variant == "auto":
-        if mode() == "gpu" and any(rows <= r and n <= m for r, m in CL_AUTO_BANDS):
+        if mode() == "gpu" and any(r0 <= rows <= r1 and n0 <= n <= n1
+                                   for r0, r1, n0, n1 in CL_AUTO_BANDS):
             return "cluster"
         if rows < RB_AUTO_MIN_ROWS:
             return "split"
