@@ -51,6 +51,15 @@ Napkin math (H = 64, D = 128, FP4; per key per token 2 H D = 16384 FLOP)
   (``rs_geometry``). Part of the T = 64 gap was the geometry: 272 CTAs for 264 slots (a second
   wave of 8). With one wave (CHANGELOG 0.10.0): 191.5-194.3 us (354-359 TFLOP/s, ~36 % of peak)
   against v2's 205-206, and v4 beats v2 at every T timed (1-128), so "auto" runs it for FP4.
+* Where it went then (ncu source pages, 2026-11-27, CHANGELOG 0.14.0): the kernel was bound by
+  instructions issued, not by the tensor cores. At T = 4 the epilogue was ~47 % of the samples
+  (valid_len loaded and 64-bit index compares at every store of every token of every tile), the
+  key decode ~23 % (~42 instructions per 8 codes: the float32 split, 8 FMUL, 4 F2FP, a branch on
+  the scale code), and "no instruction" stalls 16 % (a ~1500-instruction tile loop). At T = 1 the
+  per-CTA q setup (64-bit store addresses) was a third. Fixes: ``token_limits`` (once a CTA),
+  ``decode8`` as prmt tables + one mul.rn.bf16x2 a pair (~20 instructions), ``put_q_token``'s
+  32-bit offsets, the timing hooks in a separate kernel. Scores: T = 1 11.2 -> 8.8-9.0 us, T = 4
+  33.0 -> 25.3-25.5, T = 64 191.5 -> 147.3-149.9 (458-466 TFLOP/s, ~47 % of the bf16 peak).
 * Shared memory: 16 KB of q + 256 B of w a token (+1 KB alignment slack): TB = 4 takes 66.3 KB
   (dynamic shared memory); registers (~32 A + 32 TB accumulators + 10 prefetched) bound the
   residency at TB = 4 to ~2 CTAs an SM.
