@@ -186,6 +186,20 @@ def test_pdl_switch_and_simulator_launch(monkeypatch):
     assert np.array_equal(out, src + 1)
 
 
+def test_pdl_unavailable_warns_once_and_falls_back(monkeypatch, recwarn):
+    """Where PDL cannot be used (here: a GPU older than sm_90), one warning names the cause and
+    ``_launch_pdl`` declines (the caller launches plainly); later calls decline silently."""
+    import sys
+    K = sys.modules["dsv4_numba.runtime.kernel"]
+    monkeypatch.setitem(K._PDL_STATE, "ok", None)
+    monkeypatch.setattr(runtime.env, "detect_gpu",
+                        lambda: runtime.GpuInfo("an sm_80 GPU", (8, 0), 108, 13000))
+    assert K._launch_pdl(None, 1, 32, 0, 0, ()) is False
+    assert K._launch_pdl(None, 1, 32, 0, 0, ()) is False
+    msgs = [str(w.message) for w in recwarn.list]
+    assert len(msgs) == 1 and "older than sm_90" in msgs[0] and "without it" in msgs[0], msgs
+
+
 def test_registry_reference_and_env(monkeypatch):
     monkeypatch.delenv("DSV4_IMPL", raising=False)
     assert registry.resolve("decode_fp4", "reference").name == "reference"

@@ -231,32 +231,29 @@ def _launch_pdl(disp, grid, block, stream, shared_bytes, args) -> bool:
     without the PDL flag; this repeats its steps (the overload for these arguments, each argument
     prepared by the overload's ``_prepare_args``) with the flag set. Private numba-cuda API, wrapped
     here in one place as ``set_kernel_attribute`` is."""
-    if _PDL_STATE["ok"] is False:
-        return False
-    try:
-        from cuda.core import LaunchConfig, launch
-        from numba.cuda.cudadrv import driver
-        if _PDL_STATE["ok"] is None:
-            why = None
+    if _PDL_STATE["ok"] is None:              # the capability, probed once
+        try:
+            from cuda.core import LaunchConfig
             if env.detect_gpu().cc < (9, 0):
-                why = "the GPU is older than sm_90"
-            else:
-                LaunchConfig(grid=1, block=1, programmatic_stream_serialization=True)
-            if why:
-                raise RuntimeError(why)
+                raise RuntimeError("the GPU is older than sm_90")
+            LaunchConfig(grid=1, block=1, programmatic_stream_serialization=True)
             _PDL_STATE["ok"] = True
-        sig = tuple(disp.typeof_pyval(a) for a in args)
-        kern = disp.overloads.get(sig) or disp.compile(sig)
-        cs = driver._to_core_stream(stream)
-        retr, kargs = [], []
-        for t, v in zip(kern.argument_types, args):
-            kern._prepare_args(t, v, cs, retr, kargs)
-    except Exception as e:  # noqa: BLE001 - any cause: say it once, then launch plainly
-        import warnings
-        _PDL_STATE["ok"] = False
-        warnings.warn(f"programmatic dependent launch unavailable ({type(e).__name__}: {e}); "
-                      "kernels declared pdl=True are launched without it (correct, no overlap)")
+        except Exception as e:  # noqa: BLE001 - any cause: say it once, then launch plainly
+            import warnings
+            _PDL_STATE["ok"] = False
+            warnings.warn(f"programmatic dependent launch unavailable ({type(e).__name__}: {e}); "
+                          "kernels declared pdl=True are launched without it (correct, no "
+                          "overlap)")
+    if not _PDL_STATE["ok"]:
         return False
+    from cuda.core import LaunchConfig, launch
+    from numba.cuda.cudadrv import driver
+    sig = tuple(disp.typeof_pyval(a) for a in args)      # errors from here on are the launch's
+    kern = disp.overloads.get(sig) or disp.compile(sig)  # own (as numba-cuda raises them)
+    cs = driver._to_core_stream(stream)
+    retr, kargs = [], []
+    for t, v in zip(kern.argument_types, args):
+        kern._prepare_args(t, v, cs, retr, kargs)
     launch(cs, LaunchConfig(grid=grid, block=block, shmem_size=shared_bytes,
                             programmatic_stream_serialization=True),
            kern._codelibrary.get_cufunc().kernel, *kargs)
