@@ -171,7 +171,7 @@ def _decode8_sim(word, scode):
 
 
 decode8 = device(_decode8_gpu, sim=_decode8_sim)
-decode8_prmt = device(_decode8_gpu)   # the GPU form, runnable under the simulator too (its ops have twins)
+decode8_prmt = device(_decode8_gpu)   # the GPU form; under the simulator too (its ops have twins)
 
 
 # Loads are issued 8 per thread before any is stored (``load_q_tile``, ``load_key_tile``): the

@@ -1877,8 +1877,8 @@ SP_CLUSTERS = (2, 4, 8, 16)     # "cluster": CTAs a row = the cluster size (16: 
 # "cluster" default S: the largest with rows x S <= SP_CLUSTER_CTAS (H100, 2026-11-26: 8 rows x 16
 # ran in two waves, 44.9 us vs 24.8 at S = 8; 4 x 16 in one); "auto" runs "cluster" for rows x
 # length within a band of CL_AUTO_BANDS ((min, max rows, min, max scores a row): the shapes timed
-# faster than split / rowblock), on the GPU only (the simulator has no clusters: split there). H100, 2026-11-26, 0.11.0
-# kernels, fp32 us, cluster vs split: 8 x 65536 k 2048 23.1 vs 28.0 (S = 8: the band's 5-8 rows
+# faster than split / rowblock), on the GPU only (the simulator has no clusters: split there).
+# H100, 2026-11-26, 0.11.0 kernels, fp32 us, cluster vs split: 8 x 65536 k 2048 23.1 vs 28.0 (S = 8: the band's 5-8 rows
 # share this geometry); slower: 16 x 65536 k 512 24.3 vs 20.6, 8 x 131072 30.5 vs 26.7,
 # 1 x 262144 29.0 vs 26.2, 2 x 262144 29.2 vs 27.0; faster, not in a band (one row count timed):
 # 16 x 131072 38.0 vs 40.7, 16 x 262144 43.5 vs 46.4 (S = 4, 1024 threads)
@@ -2850,8 +2850,8 @@ def resolve_variant(variant: str | None, n: int, rows: int = RB_AUTO_MIN_ROWS) -
     ``PRODUCTION_VARIANT``); "auto": on the GPU "cluster" for at most 4 rows of at most 131072
     scores, at most 8 rows of at most 65536, or 33-64 rows of 65537-131072 (CL_AUTO_BANDS: a
     row's CTAs exchange through distributed shared memory; timed faster than split / rowblock
-    there); else "split" for fewer than
-    RB_AUTO_MIN_ROWS rows (one row over many SMs, one launch; timed up to 8 x 1048576), else
+    there); else "split" for fewer than RB_AUTO_MIN_ROWS rows (one row over many SMs, one launch;
+    timed up to 8 x 1048576), else
     "rowblock" for n <= RB_AUTO_MAX_N (one SM a row reads it in a few us) and "fused" for longer
     rows (split with RB_AUTO_MIN_ROWS or more such rows has not been timed)."""
     variant = variant or PRODUCTION_VARIANT
