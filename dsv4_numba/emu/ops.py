@@ -1155,8 +1155,10 @@ def pack_bf16x2(a, b):
 
 
 def mul_bf16x2(a, b):
-    """mul.rn.bf16x2: each bfloat16 lane of a times b's, rounded to nearest even (the float32 product
-    of two bfloat16 values is exact above float32's subnormal range, so one rounding)."""
+    """mul.rn.bf16x2: each bfloat16 lane of a times b's, rounded to nearest even. The float32 product
+    of two bfloat16 values is exact above float32's subnormal range, so one rounding there; below it
+    (|product| < 2^-126) this rounds twice, unlike the hardware: exact products only (the FP4
+    decode's) are emulated faithfully there."""
     a, b = _u32(a), _u32(b)
     out = 0
     for sh in (0, 16):

@@ -184,8 +184,9 @@ def put_q_token(dyn, qw, qfmt, tid, a):
     128 B). Word w of vector j (elements 8j + 2w, +1) goes to k-step kk = 2 (j % 4) + w // 2, 16-byte
     unit 2 (kk % 4) + w % 2 (xor h % 8, the swizzle) of K-chunk kk // 4, bytes 4 (j // 4) .. of it.
     h % 8 = tid // 16 for every i, so the 4 column offsets are the thread's constants and vector i
-    is 256 words (8 rows) further on: 32-bit word indices, one add a store (ncu, 2026-11-27: the
-    64-bit index arithmetic per store was a third of the T = 1 kernel's samples)."""
+    is 256 words (8 rows) further on: unsigned word offsets, one add a store, folded into the
+    stores' immediates by ptxas (ncu, 2026-11-27: the signed 64-bit index arithmetic per store had
+    been a third of the T = 1 kernel's samples)."""
     j = uint32(tid) & uint32(15)
     hs = uint32(tid) >> uint32(4)                 # h0 = h % 8 of all 8 rows
     kk0 = uint32(2) * (j & uint32(3))             # k-steps kk0, kk0 + 1: one K-chunk

@@ -224,8 +224,9 @@ def _launch_pdl(disp, grid, block, stream, shared_bytes, args) -> bool:
     sm_90+): the grid may start while the kernel before it in the stream finishes; the kernel's
     ``griddepcontrol.wait`` holds every access to memory until that kernel has completed and its
     writes are visible. False (after one warning naming the cause) where this numba-cuda / cuda.core
-    cannot launch so, or the GPU is older than sm_90: the caller then launches plainly, which is
-    correct, only without the overlap.
+    cannot launch so, or the GPU (device 0, as everywhere in the package) is older than sm_90: the
+    caller then launches plainly, which is correct, only without the overlap. Errors of the launch
+    itself (argument types, a rejected launch) propagate as a plain launch's would: no fallback.
 
     numba-cuda 0.30 launches through ``cuda.core.launch`` with a ``LaunchConfig`` that it builds
     without the PDL flag; this repeats its steps (the overload for these arguments, each argument
@@ -246,6 +247,8 @@ def _launch_pdl(disp, grid, block, stream, shared_bytes, args) -> bool:
                           "overlap)")
     if not _PDL_STATE["ok"]:
         return False
+    grid = tuple(grid) if isinstance(grid, list) else grid      # (numba takes lists too)
+    block = tuple(block) if isinstance(block, list) else block
     from cuda.core import LaunchConfig, launch
     from numba.cuda.cudadrv import driver
     sig = tuple(disp.typeof_pyval(a) for a in args)      # errors from here on are the launch's

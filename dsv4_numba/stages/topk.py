@@ -1892,7 +1892,8 @@ CL_AUTO_BANDS = ((1, 4, 1, 131072), (1, 8, 1, 65536), (33, 64, 65537, 131072))
 # (min rows, max rows, min length, max length). The third (0.14.0), against rowblock, H100,
 # 2026-11-27, fp32, 64 x 131072 k 2048: cluster (S = 2, 1024 threads) 41.2 / 42.3 / 41.6 us vs
 # rowblock 45.4 / 46.3 / 45.6 (three runs); 64 x 65536 k 512 was even (26.4 / 27.0 vs 26.6 / 27.2),
-# so it stays rowblock. Only 64 rows were timed; bf16 there was not.
+# so it stays rowblock. Only 64 rows were timed (128 CTAs: one wave on the 132-SM H100 SXM, two
+# on a GPU with fewer SMs), bf16 there was not.
 SP_SMEM_CLUSTER = SP_SMEM + 4 * SP_LMAX + 4 * NBINS   # + the histogram slice (<= 8 KB), later
 # the items' owner slots, then (with the 16 KB after them) counting_sort_desc's counts
 SP_OSORT = 256                  # "cluster": an owner ranks up to this many items by counting
