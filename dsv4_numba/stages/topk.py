@@ -57,10 +57,11 @@ Implementations (stage registry name ``topk``)
     measurements above ``split_kernel``.
     (A "bins" ending without the publish barrier was tried in 0.6.0 and taken out in 0.7.0: 2.5x
     slower on the H100; the note above ``split_kernel`` says why.)
-  ``cluster`` (0.8.0; "auto" for <= 4 rows of <= 131072 scores and <= 8 of <= 65536; H100,
-    0.13.0: 12.8 / 11.9 us on the second and third target shapes (1 x 65536, k = 2048 and
-    4 x 65536, k = 512: both within target), 11.8 at (1, 65536, 512), 13.4 at (4, 131072, 1024),
-    15.9 at (8, 65536, 2048); 42.3 at (64, 131072, 2048) with S = 2, not auto there: the target
+  ``cluster`` (0.8.0; "auto" for <= 4 rows of <= 131072 scores, <= 8 of <= 65536 and, since
+    0.14.0, 33-64 rows of 65537-131072 (``CL_AUTO_BANDS``); H100, 0.13.0: 12.8 / 11.9 us on the
+    second and third target shapes (1 x 65536, k = 2048 and 4 x 65536, k = 512: both within
+    target), 11.8 at (1, 65536, 512), 13.4 at (4, 131072, 1024), 15.9 at (8, 65536, 2048);
+    0.14.0: 41.2-42.3 at (64, 131072, 2048) with S = 2, against rowblock's 45.4-46.3: the target
     is 25):
     split's passes with each row ONE thread-block cluster of S = 2-16 CTAs (16 by default for
     <= 4 rows), co-scheduled by the hardware (no residency limit), exchanging through distributed
@@ -386,10 +387,10 @@ FINISH_THREADS = 1024
 VARIANTS = ("three_pass", "fused", "staged", "rowblock", "split", "cluster")
 # what impl="production" runs (DSV4_TOPK_VARIANT overrides it); the bench times every variant.
 # "auto" (``resolve_variant``): "cluster" on the GPU for the (rows, length) bands of CL_AUTO_BANDS
-# (0.8.0 / 0.11.0, CHANGELOG: faster than split there; slower for more or longer rows, with its
-# <= 16 CTAs a row against split's ~SMs / rows); else "split" below RB_AUTO_MIN_ROWS
-# rows, whatever their length; from RB_AUTO_MIN_ROWS rows, "rowblock" for rows of at most
-# RB_AUTO_MAX_N scores, "fused" beyond.
+# (0.8.0 / 0.11.0 / 0.14.0, CHANGELOG: faster than split / rowblock there; slower for more or
+# longer rows, with its <= 16 CTAs a row against split's ~SMs / rows); else "split" below
+# RB_AUTO_MIN_ROWS rows, whatever their length; from RB_AUTO_MIN_ROWS rows, "rowblock" for rows
+# of at most RB_AUTO_MAX_N scores, "fused" beyond.
 # H100, 2026-11-26, fp32 us (fused / rowblock / split; torch; CHANGELOG 0.6.0, 0.7.0):
 # (64, 131072, 2048) 150.5 / 51.0 / 71.6 (195); (1, 65536, 2048) 40.8 / 34.6 / 27.7 (80);
 # (4, 65536, 512) 32.2 / 28.1 / 21.9 (83); k = 2048: (1, 262144) 43.0 / 65.0 / 31.6 (100);
@@ -1878,10 +1879,11 @@ SP_CLUSTERS = (2, 4, 8, 16)     # "cluster": CTAs a row = the cluster size (16: 
 # ran in two waves, 44.9 us vs 24.8 at S = 8; 4 x 16 in one); "auto" runs "cluster" for rows x
 # length within a band of CL_AUTO_BANDS ((min, max rows, min, max scores a row): the shapes timed
 # faster than split / rowblock), on the GPU only (the simulator has no clusters: split there).
-# H100, 2026-11-26, 0.11.0 kernels, fp32 us, cluster vs split: 8 x 65536 k 2048 23.1 vs 28.0 (S = 8: the band's 5-8 rows
-# share this geometry); slower: 16 x 65536 k 512 24.3 vs 20.6, 8 x 131072 30.5 vs 26.7,
-# 1 x 262144 29.0 vs 26.2, 2 x 262144 29.2 vs 27.0; faster, not in a band (one row count timed):
-# 16 x 131072 38.0 vs 40.7, 16 x 262144 43.5 vs 46.4 (S = 4, 1024 threads)
+# H100, 2026-11-26, 0.11.0 kernels, fp32 us, cluster vs split: 8 x 65536 k 2048 23.1 vs 28.0
+# (S = 8: the band's 5-8 rows share this geometry); slower: 16 x 65536 k 512 24.3 vs 20.6,
+# 8 x 131072 30.5 vs 26.7, 1 x 262144 29.0 vs 26.2, 2 x 262144 29.2 vs 27.0; faster, not in a
+# band (one row count timed): 16 x 131072 38.0 vs 40.7, 16 x 262144 43.5 vs 46.4 (S = 4, 1024
+# threads)
 SP_CLUSTER_CTAS = 64
 SP_RA = 2 * K_MAX               # "cluster": dyn32[SP_RA:SP_RA + NBINS] receives the CTAs' slices
 SP_RB = SP_RA + NBINS           # of a round's histograms, dyn32[SP_RB:SP_RB + NBINS] the row's sums
@@ -2852,9 +2854,9 @@ def resolve_variant(variant: str | None, n: int, rows: int = RB_AUTO_MIN_ROWS) -
     scores, at most 8 rows of at most 65536, or 33-64 rows of 65537-131072 (CL_AUTO_BANDS: a
     row's CTAs exchange through distributed shared memory; timed faster than split / rowblock
     there); else "split" for fewer than RB_AUTO_MIN_ROWS rows (one row over many SMs, one launch;
-    timed up to 8 x 1048576), else
-    "rowblock" for n <= RB_AUTO_MAX_N (one SM a row reads it in a few us) and "fused" for longer
-    rows (split with RB_AUTO_MIN_ROWS or more such rows has not been timed)."""
+    timed up to 8 x 1048576), else "rowblock" for n <= RB_AUTO_MAX_N (one SM a row reads it in a
+    few us) and "fused" for longer rows (split with RB_AUTO_MIN_ROWS or more such rows has not
+    been timed)."""
     variant = variant or PRODUCTION_VARIANT
     if variant == "auto":
         if mode() == "gpu" and any(r0 <= rows <= r1 and n0 <= n <= n1
