@@ -86,16 +86,22 @@ def test_decode8_both_forms_exact_at_every_code_and_scale(sim):
     n = words.size * codes.size
     outs = [np.full(4 * n, 0xDEADBEEF, np.uint32) for _ in range(2)]
     _decode_both.launch(1, 32, words, codes, *outs)
-    want = decode8_oracle(words, codes).reshape(-1)
     for name, out in zip(("GPU form", "simulator form"), outs):
-        got = out.view(np.uint16)                 # element 2i in the low half of word i
-        nan_w = np.isnan(want.view(ml_dtypes.bfloat16).astype(np.float32))
-        nan_g = np.isnan(got.view(ml_dtypes.bfloat16).astype(np.float32))
-        assert np.array_equal(nan_w, nan_g), f"{name}: NaN positions differ"
-        bad = np.flatnonzero((got != want) & ~nan_w)
-        assert bad.size == 0, (f"{name}: {bad.size} elements differ, first at code "
-                               f"{bad[0] // (8 * words.size)}: {got[bad[0]]:#06x} vs "
-                               f"{want[bad[0]]:#06x}")
+        assert_decode8(name, out, words, codes)
+
+
+def assert_decode8(name, out, words, codes):
+    """``_decode_both``'s output words (element 2i in the low half of word i) against
+    ``decode8_oracle``: bitwise, NaN where the oracle has NaN (code 255)."""
+    want = decode8_oracle(words, codes).reshape(-1)
+    got = out.view(np.uint16)
+    nan_w = np.isnan(want.view(ml_dtypes.bfloat16).astype(np.float32))
+    nan_g = np.isnan(got.view(ml_dtypes.bfloat16).astype(np.float32))
+    assert np.array_equal(nan_w, nan_g), f"{name}: NaN positions differ"
+    bad = np.flatnonzero((got != want) & ~nan_w)
+    assert bad.size == 0, (f"{name}: {bad.size} elements differ, first at code "
+                           f"{bad[0] // (8 * words.size)}: {got[bad[0]]:#06x} vs "
+                           f"{want[bad[0]]:#06x}")
 
 
 # ---------------------------------------------------------------- compile for sm_90a

@@ -73,36 +73,35 @@ def stall_keys(rows):
 
 
 def totals(rows) -> dict:
-    """Whole-kernel figures: samples, by-reason samples, wavefronts, SASS lines and how many ran."""
+    """Figures of a stretch of SASS lines (the whole kernel, or a window): samples, by-reason
+    samples, warp-instructions executed, wavefronts, SASS lines and how many ran."""
     keys = stall_keys(rows)
     return {"samples": sum(num(r, SAMPLES) for r in rows),
             "stalls": {k: sum(num(r, k) for r in rows) for k in keys},
+            "executed": sum(num(r, EXECUTED) for r in rows),
             "waves": sum(num(r, WAVES) for r in rows), "ideal": sum(num(r, IDEAL) for r in rows),
             "lines": len(rows), "ran": sum(1 for r in rows if num(r, EXECUTED) > 0)}
 
 
 def windows(rows, size: int, floor: float = 0.005):
-    """One dict per window of ``size`` SASS lines holding >= ``floor`` of the samples."""
-    keys = stall_keys(rows)
+    """One dict per window of ``size`` SASS lines holding >= ``floor`` of the samples: its
+    ``totals``, its start and share, the three largest stall reasons and its landmark opcodes."""
     total = sum(num(r, SAMPLES) for r in rows) or 1.0
     out = []
     for s in range(0, len(rows), size):
         seg = rows[s:s + size]
-        smp = sum(num(r, SAMPLES) for r in seg)
-        if smp < floor * total:
+        w = totals(seg)
+        if w["samples"] < floor * total:
             continue
-        by = sorted(((sum(num(r, k) for r in seg), k) for k in keys), reverse=True)[:3]
+        by = sorted(((v, k) for k, v in w["stalls"].items()), reverse=True)[:3]
         marks = {}
         for r in seg:
             op = opcode(r)
             if num(r, EXECUTED) > 0 and op in LANDMARKS:
                 marks[op] = marks.get(op, 0) + 1
-        out.append({"start": s, "share": smp / total, "samples": smp,
-                    "executed": sum(num(r, EXECUTED) for r in seg),
-                    "ran": sum(1 for r in seg if num(r, EXECUTED) > 0),
-                    "top": [(k[len("stall_"):], v) for v, k in by if v > 0],
-                    "waves": sum(num(r, WAVES) for r in seg),
-                    "ideal": sum(num(r, IDEAL) for r in seg), "marks": marks})
+        w.update(start=s, share=w["samples"] / total, marks=marks,
+                 top=[(k[len("stall_"):], v) for v, k in by if v > 0])
+        out.append(w)
     return out
 
 
