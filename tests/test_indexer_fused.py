@@ -490,6 +490,26 @@ def test_v4_fp4_emulated_paged_equals_contiguous(sim, per_token):
                                   .view(np.uint32), sc.view(np.uint32))
 
 
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp4", "bf16"])
+def test_v4_contiguous_early_keys_past_valid_len_change_nothing(sim, monkeypatch, bf16):
+    """A contiguous cache's first tiles are loaded up to N before valid_len arrives (max_pages 0,
+    RS_DEFAULTS["early_keys"]): rows past valid_len holding garbage (NaN scale codes / NaN bf16)
+    give the same bits as the valid_len-bounded loads, within the oracle's bound."""
+    q, kc, w = problem(41, 2, 200, bf16=bf16)
+    vl = np.array([70, 9], np.int32)
+    if bf16:
+        kc[70:] = np.nan
+    else:
+        kc.scales[70:] = 0xFF                      # UE8M0 NaN
+        kc.data[70:] = np.random.default_rng(1).integers(0, 256, kc.data[70:].shape)
+    orc = oracle(q, kc, w, vl)
+    early = v2_scores(q, kc, w, vl, variant="v4", tpc=2)
+    check_v2(early, orc)
+    monkeypatch.setitem(R.RS_DEFAULTS, "early_keys", False)
+    np.testing.assert_array_equal(v2_scores(q, kc, w, vl, variant="v4", tpc=2).view(np.uint32),
+                                  early.view(np.uint32))
+
+
 def test_v4_geometry():
     assert R.rs_geometry(1, 65536, 1, None, 132) == (1, 4, (256, 1))     # RESIDENT[1] = 2
     assert R.rs_geometry(4, 131072, 1, None, 132)[:2] == (4, 8)

@@ -180,6 +180,7 @@ def _validate(q, k_cache, weights, k, valid_len, block_table) -> _Call:
                              f"has shape {ks} (contiguous [N, D]): drop block_table or reshape "
                              f"the cache into pages")
         c.num_pages, c.page_size, c.max_pages, c.table_rows = 1, ks[0], 1, 1
+        c.paged = False
         c.N = ks[0]
         c.table = np.zeros(1, np.int32)
     else:
@@ -199,6 +200,7 @@ def _validate(q, k_cache, weights, k, valid_len, block_table) -> _Call:
             raise TypeError(f"block_table must hold integers (int32 page ids), got "
                             f"{typestr(block_table)}")
         c.table_rows, c.max_pages = bs
+        c.paged = True
         c.N = c.max_pages * c.page_size
         c.table = block_table
     # valid lengths
@@ -322,7 +324,9 @@ def indexer(q, k_cache, weights, k, valid_len=None, block_table=None, impls=None
         ``formats.QuantizedFP8`` (E4M3 + float32 scale per 128), or float32 /
         bfloat16 arrays (``ml_dtypes.bfloat16``; on the device its uint16 bits). Same D.
       * ``weights`` float32 / bfloat16 [T, H]. Finite NumPy inputs (NaN / inf, NaN scale codes,
-        non-positive FP8 scales -> ValueError); only cache rows some token reads are checked.
+        non-positive FP8 scales -> ValueError); only cache rows some token reads are checked:
+        rows past every valid_len may hold anything (the fused v4 kernel may load a contiguous
+        cache's up to N before valid_len arrives; they never change a result).
       * ``k``: int in 1..4096; k > valid_len is allowed (-1 padding).
       * ``valid_len``: None (all N) or ints [T] in [0, N]; N = k_cache.shape[0] (contiguous) or
         max_pages * page_size (paged).

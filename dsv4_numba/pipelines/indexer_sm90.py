@@ -1036,11 +1036,14 @@ class FusedPlan:
     ``pre``: (kernel, grid, args) of the q conversion launched first, 256 threads a block
     (v2/v3: ``q_decode_kernel`` for FP4 q and T > 1; v5: ``q_e4m3_kernel``), else None.
     ``kern``: the score kernel (v1, v2, a v4 specialisation or the FP8 kernel); ``smem``: its
-    dynamic shared memory (v4), the limit raised at construction when above 48 KB."""
+    dynamic shared memory (v4), the limit raised at construction when above 48 KB; ``pdl``: launch
+    it with programmatic dependent launch where it is declared a PDL kernel (v4 up to
+    ``RS_DEFAULTS["pdl_max_t"]`` tokens)."""
 
-    def __init__(self, io, grid, args, scores, vl, gpu, variant="v1", pre=None, kern=None, smem=0):
+    def __init__(self, io, grid, args, scores, vl, gpu, variant="v1", pre=None, kern=None, smem=0,
+                 pdl=False):
         self.io, self.grid, self.args, self.scores, self.vl, self.gpu = io, grid, args, scores, vl, gpu
-        self.variant, self.pre, self.smem = variant, pre, smem
+        self.variant, self.pre, self.smem, self.pdl = variant, pre, smem, pdl
         self.kern = kern or (indexer_fused_kernel if variant == "v1" else indexer_fused_v2_kernel)
         if gpu and grid is not None and smem > 48 * 1024:
             self.kern.reserve_dynamic_shared(args, smem)
@@ -1051,7 +1054,7 @@ class FusedPlan:
             if self.gpu:               # (Kernel.launch: PDL for kernels declared so, e.g. v4)
                 if self.pre is not None:
                     self.pre[0].launch(self.pre[1], 256, *self.pre[2])
-                k.launch(self.grid, THREADS, *self.args, shared_bytes=self.smem)
+                k.launch(self.grid, THREADS, *self.args, shared_bytes=self.smem, pdl=self.pdl)
                 return self
             with _sim_alignment(self.gpu):
                 if self.pre is not None:
@@ -1121,7 +1124,7 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
     vl = c.valid_len
     vl = io.to_kernel(np.array(vl, np.int32) if isinstance(vl, np.ndarray) else vl).reshape(-1)
     scores = io.empty(T * N, np.float32) if out is None else out
-    grid, args, pre, kern, smem = None, None, None, None, 0
+    grid, args, pre, kern, smem, pdl = None, None, None, None, 0, False
     if T and N and variant in RS_VARIANTS and c.fam != "fp8":
         from . import indexer_sm90_rs as R
         cai = getattr(ksrc, "__cuda_array_interface__", None)
@@ -1133,8 +1136,10 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
         pf = R.RS_DEFAULTS["pf"] if pf is None else pf
         split = R.RS_DEFAULTS["split"] if split is None else split
         kern, smem = R.rs_kernel(tb, fmt, pf, split, hooks=bool(stop)), R.dyn_smem_bytes(tb)
-        args = (_u8(qsrc), qsc, _u8(ksrc), ksc, w, table, c.table_rows, c.max_pages, c.page_size,
+        mp = 0 if (not c.paged and R.RS_DEFAULTS["early_keys"]) else c.max_pages   # 0: contiguous
+        args = (_u8(qsrc), qsc, _u8(ksrc), ksc, w, table, c.table_rows, mp, c.page_size,
                 vl, T, N, tpc, fmt, scores, stop)
+        pdl = T <= R.RS_DEFAULTS["pdl_max_t"]
     elif T and N:
         TQ = token_group(T, N) if tq is None else max(1, min(int(tq), T))
         grid = (-(-N // BN), -(-T // TQ))
@@ -1162,7 +1167,7 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
                 qfmt = FMT_BF16
             args = (qs, qsc, _u8(ksrc), ksc, w, table, c.table_rows, c.max_pages, c.page_size, vl,
                     T, N, TQ, qfmt, fmt, scores, ghist, hist)
-    return FusedPlan(io, grid, args, scores, vl, io.gpu, variant, pre, kern, smem)
+    return FusedPlan(io, grid, args, scores, vl, io.gpu, variant, pre, kern, smem, pdl)
 
 
 def fused_scores(c, q, k_cache, weights, out=None, variant=None, ghist=None):

@@ -91,7 +91,12 @@ RESIDENT = {1: 2, 2: 3, 4: 2}               # CTAs an SM assumed by the default 
 # 8.7 / 20.4 us scores / total against 8.8 / 21.1 with 2 (512 CTAs); 1 tile 10.9 / 23.1, 8 tiles
 # 10.1 / 22.2. Fewer CTAs pay fewer starts, and leave registers for the top-k's CTAs to become
 # resident before the scores end: it is launched with PDL.)
-RS_DEFAULTS = {"pf": 2, "split": 1}         # rs_kernel's prefetch depth and commit groups
+RS_DEFAULTS = {"pf": 2, "split": 1,         # rs_kernel's prefetch depth and commit groups;
+               "pdl_max_t": 1,              # PDL launches up to this many tokens (see below);
+               "early_keys": True}          # contiguous caches: first keys before valid_len
+# pdl_max_t: PDL for the score kernel made T = 4 / 64 slower (H100, 2026-11-27, 0.13.0 kernel:
+# indexer totals 53.7 / 234.2 us against 48.2 / 222.2 with PDL for the top-k alone), a cause not
+# found; at T = 1 it saved ~0.3 us. early_keys False: max_pages 1 as for a one-page cache (A/B).
 
 
 def dyn_smem_bytes(tb: int) -> int:
@@ -114,12 +119,15 @@ def perm_pos(d):
 def fetch_key_row(ksrc, ksc, kfmt, pg0, table, table_rows, max_pages, page_size, t, n, c, ok):
     """Raw D block c of key n (through token t's table) as 17 words: FP4 -> its 4 code words, 12
     zeros and the UE8M0 code; bf16 -> its 16 words (64 bytes) and 0. ``ok`` False: zeros, no
-    read (rows past the valid length or N). ``pg0``: the table's entry for the token's first page,
-    loaded once by the caller (a one-page, i.e. contiguous, cache needs no other)."""
+    read (rows past the valid length or N). ``max_pages`` 0: a contiguous cache, key n is row n
+    (no table); 1: one page, ``pg0`` (the table's entry for the token's first page, loaded once by
+    the caller); else through the table (``key_row``)."""
     z = uint32(0)
     if not ok:
         return (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
-    if max_pages == 1:
+    if max_pages == 0:
+        row = int64(n)
+    elif max_pages == 1:
         row = int64(pg0) * page_size + n
     else:
         row = key_row(table, table_rows, max_pages, page_size, t, n)
@@ -331,10 +339,9 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
     # Napkin math: the module docstring (per tile: 8 x TB wgmma m64n64k16 on register A).
     def indexer_rs(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, page_size, valid_len,
                    T, N, tpc, qfmt, scores, stop):
-        ops.griddepcontrol_launch_dependents()    # PDL: the top-k may launch now (it waits for
-        # our end itself). Not launched with PDL itself: on the H100 (2026-11-27) that made the
-        # indexer's totals slower at T = 4 / 64 (53.7 / 234.2 us against 48.2 / 222.2 with PDL for
-        # the top-k alone; 49.4 / 221.5 without any), a cause not found
+        ops.griddepcontrol_wait()                 # PDL: everything before us has ended (a
+        # no-op unless PDL-launched: ``fused_plan`` does so up to RS_DEFAULTS["pdl_max_t"] tokens)
+        ops.griddepcontrol_launch_dependents()    # the top-k may launch now (it waits for our end)
         dyn = cuda.shared.array(0, uint32)
         tid = cuda.threadIdx.x
         warp = tid >> 5
@@ -372,14 +379,17 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
             lm2 = token_limits(valid_len, t0 + 2, T, N)
             lm3 = token_limits(valid_len, t0 + 3, T, N)
         lim = int64(max(max(lm0[2], lm1[2]), max(lm2[2], lm3[2])))    # keys any token scores
+        # a contiguous cache (max_pages == 0): the first tiles' keys are loaded up to N, without
+        # waiting for valid_len (rows past it are read, scored and written as -inf); paged: lim
+        lim0 = int64(N) if max_pages == 0 else lim
         rg = 16 * warp + (lane >> 2)              # this thread's key rows: rg, rg + 8
         n = tile0 * BM + rg
         raw0, raw1 = fetch_key_pair(ksrc, ksc, KF, pg0, table, table_rows, max_pages, page_size,
-                                    tt, n, c, lim, True)
+                                    tt, n, c, lim0, True)
         nxt0, nxt1 = raw0, raw1
         if PF == 2:                               # the second tile, in flight as well
             nxt0, nxt1 = fetch_key_pair(ksrc, ksc, KF, pg0, table, table_rows, max_pages,
-                                        page_size, tt, n + BM, c, lim, tile0 + 1 < tile1)
+                                        page_size, tt, n + BM, c, lim0, tile0 + 1 < tile1)
         put_q_token(dyn, qw, qfmt, tid, qa)
         if TB > 1:
             put_q_token(dyn, qw + Q_TOKEN_BYTES // 4, qfmt, tid, qb)
@@ -465,7 +475,7 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
     kname = (f"indexer_rs_tb{tb}_{'fp4' if kfmt == FMT_FP4 else 'bf16'}_pf{pf}"
              + ("_split" if split else "") + ("_hooks" if hooks else ""))
     indexer_rs.__name__ = indexer_rs.__qualname__ = kname
-    k = kernel(indexer_rs, launch_bounds=(THREADS,))
+    k = kernel(indexer_rs, launch_bounds=(THREADS,), pdl=True)
     k.tb, k.kfmt, k.pf, k.split, k.hooks = tb, kfmt, pf, split, hooks
     _KERNELS[key] = k
     return k

@@ -164,11 +164,13 @@ class Kernel:
                               "compiling uncached")
         return cuda.jit(**kw)(self.py_func)
 
-    def launch(self, grid, block, *args, shared_bytes=0, stream=0):
+    def launch(self, grid, block, *args, shared_bytes=0, stream=0, pdl=None):
+        """Launch on the GPU (PDL where the kernel is declared so, unless ``pdl=False`` for this
+        launch: the caller's choice per problem; it can only turn PDL off) or the simulator."""
         if env.mode() == "gpu":
             from numba.cuda import config
             config.CUDA_LOW_OCCUPANCY_WARNINGS = 0   # small problems get small grids, by design
-            if self.pdl and env.pdl() and _launch_pdl(self.gpu, grid, block, stream, shared_bytes,
+            if self.pdl and pdl is not False and env.pdl() and _launch_pdl(self.gpu, grid, block, stream, shared_bytes,
                                                       args):
                 return
             self.gpu[grid, block, stream, shared_bytes](*args)
