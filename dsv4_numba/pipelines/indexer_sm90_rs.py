@@ -60,6 +60,10 @@ Napkin math (H = 64, D = 128, FP4; per key per token 2 H D = 16384 FLOP)
   ``decode8`` as prmt tables + one mul.rn.bf16x2 a pair (~20 instructions), ``put_q_token``'s
   32-bit offsets, the timing hooks in a separate kernel. Scores: T = 1 11.2 -> 8.8-9.0 us, T = 4
   33.0 -> 25.3-25.5, T = 64 191.5 -> 147.3-149.9 (458-466 TFLOP/s, ~47 % of the bf16 peak).
+* The key chain at T = 1 (CHANGELOG 0.15.0): the first tiles' key addresses waited for the
+  valid_len and table loads (ncu: ~6 % of the samples); a contiguous cache now loads them up to N
+  at once (``RS_DEFAULTS["early_keys"]``), and the T = 1 kernel is PDL-launched. Scores, H100,
+  2026-11-27: T = 1 7.7-7.9 us, T = 4 25.2, T = 64 144.4 (476 TFLOP/s).
 * Shared memory: 16 KB of q + 256 B of w a token (+1 KB alignment slack): TB = 4 takes 66.3 KB
   (dynamic shared memory); registers (~32 A + 32 TB accumulators + 10 prefetched) bound the
   residency at TB = 4 to ~2 CTAs an SM.
@@ -96,7 +100,11 @@ RS_DEFAULTS = {"pf": 2, "split": 1,         # rs_kernel's prefetch depth and com
                "early_keys": True}          # contiguous caches: first keys before valid_len
 # pdl_max_t: PDL for the score kernel made T = 4 / 64 slower (H100, 2026-11-27, 0.13.0 kernel:
 # indexer totals 53.7 / 234.2 us against 48.2 / 222.2 with PDL for the top-k alone), a cause not
-# found; at T = 1 it saved ~0.3 us. early_keys False: max_pages 1 as for a one-page cache (A/B).
+# found. At T = 1 (H100, 2026-11-27, 0.15.0 kernel, one process, bench_indexer --quick): the
+# score kernel alone, back to back, 8.7-9.0 -> 8.0 us with PDL, 8.5 with early_keys, 7.7-7.8 with
+# both; the indexer total (+ top-k) 20.7-21.2 -> 20.8-21.2, within the run-to-run spread: there
+# the top-k after the scores sets the pace. early_keys False: max_pages 1 as for a one-page
+# cache (the A/B switch).
 
 
 def dyn_smem_bytes(tb: int) -> int:

@@ -2092,7 +2092,10 @@ def cluster_splitters(dyn32, spl, K, want, pfx, hi, cnt, CL, st, wsum):
     scan (dyn32[SP_RA:], free after the last round) and interpolates inside it as if b's items
     were uniform over its composite range; in the A_up range it is the parent's top (owner 0
     takes them all: clustered data only), past the list 0.
-    Any nonincreasing spl is correct; these balance the owners.
+    Any nonincreasing spl is correct; these balance the owners. (Tried, slower, taken out
+    (H100, 2026-11-27): for K <= 512 no ranges, CTA 0 owning the whole list and sorting it
+    with ``counting_sort_desc``: 14.1 / 14.4 us at (1 / 4, 65536, 512) against 11.1 / 11.2, and
+    the T = 1 indexer 24.2 against 20.8-21.2.)
     H100, (1, 65536, 2048) at S = 16, the stop hooks 1 -> 8: ~4.9 us in 0.12.0, 3.2 once
     ``block_scan_desc`` wrote in its rotated order (ncu had counted 65536 shared wavefronts for
     4096 ideal: a 16-way conflict), 2.1 with the scans and this search in 32-bit arithmetic
