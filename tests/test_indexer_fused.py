@@ -606,6 +606,7 @@ def test_v5_refuses_bf16(sim):
         v2_scores(q, kc, w, np.array([64], np.int32), variant="v5")
 
 
+@pytest.mark.heavy
 def test_v5_kernel_compiles_for_sm90a():
     """No spills, <= 128 registers (4 CTAs an SM, as the V3.2 kernel), 4 QGMMA k32 a token issued
     together, the transpose-reduce head sum; ~50 s of CPU here."""

@@ -636,7 +636,9 @@ def check_rowblock_compiled(res, local_in_passes_ok=False):
     assert "FSETP.GE" in res.sass, "the level-1 append compares floats"
 
 
-@pytest.mark.parametrize("idx", range(len(KERNELS_CI)),
+@pytest.mark.parametrize("idx", [pytest.param(i, marks=pytest.mark.heavy)   # (~4 min here)
+                                 if k.__name__.endswith("_c16") else i
+                                 for i, (k, _) in enumerate(KERNELS_CI)],
                          ids=[f"{k.__name__}-{i}" for i, (k, _) in enumerate(KERNELS_CI)])
 def test_production_compiles_for_sm90a(idx):
     check_production_compiled(*KERNELS_CI[idx], "sm_90a")
