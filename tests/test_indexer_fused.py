@@ -510,6 +510,30 @@ def test_v4_contiguous_early_keys_past_valid_len_change_nothing(sim, monkeypatch
                                   early.view(np.uint32))
 
 
+def test_v4_plan_launch_policy(sim, monkeypatch):
+    """fused_plan's v4 launch: PDL up to RS_DEFAULTS["pdl_max_t"] tokens (the kernel is declared
+    a PDL kernel at every T); max_pages 0 (early keys) for a contiguous cache, the table's width
+    for a paged one or with early_keys off. Placement only: nothing is launched."""
+    from dsv4_numba.pipelines.indexer import _validate
+
+    def plan(T, paged=False):
+        q, kc, w = problem(50, T, 64, bf16=True)
+        table = None
+        if paged:
+            (kc,), table = page([kc], 32, T, False, 5, random_bytes)
+        return F.fused_plan(_validate(q, kc, w, 8, None, table), q, kc, w, variant="v4")
+
+    p1, p2 = plan(1), plan(2)
+    assert p1.kern.pdl and p2.kern.pdl
+    assert p1.pdl and not p2.pdl
+    assert p1.args[7] == 0 and p2.args[7] == 0              # max_pages: contiguous
+    assert plan(1, paged=True).args[7] == 2                 # two pages of 32
+    monkeypatch.setitem(R.RS_DEFAULTS, "early_keys", False)
+    monkeypatch.setitem(R.RS_DEFAULTS, "pdl_max_t", 0)
+    p1 = plan(1)
+    assert p1.args[7] == 1 and not p1.pdl
+
+
 def test_v4_geometry():
     assert R.rs_geometry(1, 65536, 1, None, 132) == (1, 4, (256, 1))     # RESIDENT[1] = 2
     assert R.rs_geometry(4, 131072, 1, None, 132)[:2] == (4, 8)
