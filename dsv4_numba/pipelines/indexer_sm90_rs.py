@@ -102,7 +102,7 @@ RS_DEFAULTS = {"pf": 2, "split": 1,         # rs_kernel's prefetch depth and com
 # indexer totals 53.7 / 234.2 us against 48.2 / 222.2 with PDL for the top-k alone), a cause not
 # found. At T = 1 (H100, 2026-11-27, 0.15.0 kernel, one process, bench_indexer --quick): the
 # score kernel alone, back to back, 8.7-9.0 -> 8.0 us with PDL, 8.5 with early_keys, 7.7-7.8 with
-# both; the indexer total (+ top-k) 20.7-21.2 -> 20.8-21.2, within the run-to-run spread: there
+# both; the indexer total (+ top-k) 21.2, 20.7 -> 20.4-21.2 (8 runs), the run-to-run spread: there
 # the top-k after the scores sets the pace. early_keys False: max_pages 1 as for a one-page
 # cache (the A/B switch).
 

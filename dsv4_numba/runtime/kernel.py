@@ -170,8 +170,8 @@ class Kernel:
         if env.mode() == "gpu":
             from numba.cuda import config
             config.CUDA_LOW_OCCUPANCY_WARNINGS = 0   # small problems get small grids, by design
-            if self.pdl and pdl is not False and env.pdl() and _launch_pdl(self.gpu, grid, block, stream, shared_bytes,
-                                                      args):
+            if self.pdl and pdl is not False and env.pdl() and \
+                    _launch_pdl(self.gpu, grid, block, stream, shared_bytes, args):
                 return
             self.gpu[grid, block, stream, shared_bytes](*args)
             return
