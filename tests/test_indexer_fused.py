@@ -178,11 +178,11 @@ def test_wrong_fp4_decode_in_the_kernel_fails_the_index_check(sim, monkeypatch, 
 
 
 # ---------------------------------------------------------------- round 2 kernel (variant v2)
-def v2_scores(q, kc, w, vl, table=None, tq=None, k=8, variant="v2", tpc=None):
+def v2_scores(q, kc, w, vl, table=None, tq=None, k=8, variant="v2", tpc=None, pf=None):
     from dsv4_numba.pipelines.indexer import _validate
     c = _validate(q, kc, w, k, vl, table)
     p = F.fused_plan(c, q, kc, w, out=np.full(c.T * c.N, np.nan, np.float32), variant=variant,
-                     tq=tq, tpc=tpc).run()
+                     tq=tq, tpc=tpc, pf=pf).run()
     return p.scores.reshape(c.T, c.N)
 
 
@@ -476,6 +476,20 @@ def test_v4_emulated_against_oracle(sim, T, N, vl, tpc, bf16):
     check_v2(v2_scores(q, kc, w, vl, variant="v4", tpc=tpc), oracle(q, kc, w, vl))
 
 
+def test_v4_fp4_emulated_prefetch_depths_agree(sim):
+    """The raw-key queue (``advance_keys``) at every depth: 5 tiles a CTA (the last one short),
+    so that each depth loads tiles both before the loop and inside it, and runs out of tiles
+    before the CTA does; valid_len ends inside a tile. pf 1..4 give the same bits (the same
+    products, the same order), within the oracle's bound."""
+    q, kc, w = problem(35, 1, 4 * 64 + 45, bf16=False)
+    vl = np.array([4 * 64 + 30], np.int32)
+    got = {pf: v2_scores(q, kc, w, vl, variant="v4", tpc=5, pf=pf) for pf in R.PF_CHOICES}
+    check_v2(got[3], oracle(q, kc, w, vl))
+    for pf in R.PF_CHOICES:
+        np.testing.assert_array_equal(got[pf].view(np.uint32), got[3].view(np.uint32),
+                                      err_msg=f"pf {pf}")
+
+
 @pytest.mark.parametrize("per_token", [False, True], ids=["shared-table", "per-token-table"])
 def test_v4_fp4_emulated_paged_equals_contiguous(sim, per_token):
     """A paged FP4 cache gives bitwise the contiguous scores (a per-token table runs TB = 1)."""
@@ -535,7 +549,7 @@ def test_v4_plan_launch_policy(sim, monkeypatch):
 
 
 def test_v4_geometry():
-    assert R.rs_geometry(1, 65536, 1, None, 132) == (1, 4, (256, 1))     # RESIDENT[1] = 2
+    assert R.rs_geometry(1, 65536, 1, None, 132) == (1, 3, (342, 1))     # RESIDENT[1] = 3
     assert R.rs_geometry(4, 131072, 1, None, 132)[:2] == (4, 8)
     tb, tpc, grid = R.rs_geometry(64, 65536, 1, None, 132)
     assert tb == 4 and grid[1] == 16 and grid[0] * tpc >= 1024

@@ -64,6 +64,12 @@ Napkin math (H = 64, D = 128, FP4; per key per token 2 H D = 16384 FLOP)
   valid_len and table loads (ncu: ~6 % of the samples); a contiguous cache now loads them up to N
   at once (``RS_DEFAULTS["early_keys"]``), and the T = 1 kernel is PDL-launched. Scores, H100,
   2026-11-27: T = 1 7.7-7.9 us, T = 4 25.2, T = 64 144.4 (476 TFLOP/s).
+* The key chain's depth (CHANGELOG 0.16.0): at T = 1 a CTA's 4 tiles, 2 in flight, cost two key
+  round trips after the first (``stop`` hooks, H100: launch + q setup 3.7 us, + keys and decode
+  6.4, + wgmmas and epilogue 7.8). TB = 1 now keeps 3 tiles in flight (``RS_DEFAULTS["pf"]``)
+  and a CTA takes 3 tiles (``RESIDENT[1]`` = 3): every key load of a CTA is issued at its start.
+  Indexer totals, H100, 2026-11-27: T = 1, N = 65536 20.7 -> 19.2 us (medians), N = 131072
+  28.1 -> 25.5, N = 262144 54.6 -> 48.3.
 * Shared memory: 16 KB of q + 256 B of w a token (+1 KB alignment slack): TB = 4 takes 66.3 KB
   (dynamic shared memory); registers (~32 A + 32 TB accumulators + 10 prefetched) bound the
   residency at TB = 4 to ~2 CTAs an SM.
@@ -86,18 +92,26 @@ from .indexer_sm90 import (D_FUSED, DESC_SW128, FMT_BF16, FMT_FP4, H_FUSED, deco
 BM = 64                       # keys per tile: wgmma M (one warpgroup)
 THREADS = 128
 TB_CHOICES = (1, 2, 4)        # tokens per CTA chunk (one m64n64 wgmma chain each)
+PF_CHOICES = (1, 2, 3, 4)     # tiles of raw keys in flight (FP4: 10 registers a tile; bf16: 32)
 Q_TOKEN_BYTES = H_FUSED * D_FUSED * 2       # 16384: one token's q tile (2 K-chunks of 8 KB)
 W_TOKEN_BYTES = H_FUSED * 4                 # 256: its weights
 ALIGN = 1024                                # 128B swizzle: tiles 1024-aligned
 KSTEPS = D_FUSED // 16                      # 8 wgmma k16 steps
-RESIDENT = {1: 2, 2: 3, 4: 2}               # CTAs an SM assumed by the default tiles-per-CTA
-# (TB = 1: 2, not the 4 that fit: H100, 2026-11-27, T = 1, N = 65536: 4 tiles a CTA (256 CTAs) gave
-# 8.7 / 20.4 us scores / total against 8.8 / 21.1 with 2 (512 CTAs); 1 tile 10.9 / 23.1, 8 tiles
-# 10.1 / 22.2. Fewer CTAs pay fewer starts, and leave registers for the top-k's CTAs to become
-# resident before the scores end: it is launched with PDL.)
-RS_DEFAULTS = {"pf": 2, "split": 1,         # rs_kernel's prefetch depth and commit groups;
+RESIDENT = {1: 3, 2: 3, 4: 2}               # CTAs an SM assumed by the default tiles-per-CTA
+# (TB = 1: 3, not the 4 that fit. H100, 2026-11-27, T = 1, N = 65536, indexer total (scores + top-k,
+# 5 runs alternating in one process, median): 3 tiles a CTA (342 CTAs) with pf 3 (every tile in
+# flight from the start) 19.2 us; 4 tiles (RESIDENT 2) pf 3 20.0, pf 2 20.8, pf 4 20.4; 5 tiles
+# pf 3 19.4; 6 pf 3 20.4; 2 pf 2 20.6. 0.15.0 (RESIDENT 2, pf 2): 4 tiles 8.7 / 20.4 us scores /
+# total against 8.8 / 21.1 with 2; 1 tile 10.9 / 23.1, 8 tiles 10.1 / 22.2. The score kernel
+# timed alone, back to back, ranks them otherwise (3 tiles pf 3: 8.9 us, 4 tiles pf 2: 7.7): what
+# counts is the pair with the top-k, which is launched with PDL.)
+RS_DEFAULTS = {"pf": {1: 3, 2: 2, 4: 2},    # rs_kernel's prefetch depth (by TB) and commit
+               "split": 1,                  # groups;
                "pdl_max_t": 1,              # PDL launches up to this many tokens (see below);
                "early_keys": True}          # contiguous caches: first keys before valid_len
+# pf: TB = 1 loads 3 tiles ahead (FP4: 124 registers, no spill; pf 2: 95), so that at T = 1 a
+# CTA's 3 tiles are all in flight at once; TB = 2 / 4 keep 2 (pf and split measured the same at
+# T = 4 in 0.10.0: 32.0-33.7 us across all four).
 # pdl_max_t: PDL for the score kernel made T = 4 / 64 slower (H100, 2026-11-27, 0.13.0 kernel:
 # indexer totals 53.7 / 234.2 us against 48.2 / 222.2 with PDL for the top-k alone), a cause not
 # found. At T = 1 (H100, 2026-11-27, 0.15.0 kernel, one process, bench_indexer --quick): the
@@ -164,15 +178,20 @@ def fetch_key_pair(ksrc, ksc, kfmt, pg0, table, table_rows, max_pages, page_size
 
 
 @device
-def advance_keys(pf, raw0, raw1, nxt0, nxt1, ksrc, ksc, kfmt, pg0, table, table_rows, max_pages,
-                 page_size, t, m, c, lim, more):
-    """The next tile's raw keys and the loads of tile ``m`` (= this tile + pf): pf = 2 -> (nxt,
-    loads of m); pf = 1 -> (loads of m, nxt unchanged)."""
-    a, b = fetch_key_pair(ksrc, ksc, kfmt, pg0, table, table_rows, max_pages, page_size, t, m, c,
-                          lim, more)
+def advance_keys(pf, a1, a2, a3, ksrc, ksc, kfmt, pg0, table, table_rows, max_pages, page_size, t,
+                 m, c, lim, more):
+    """The raw-key queue one tile on: ``a1 .. a3`` the pairs (``fetch_key_pair``) of the next
+    tiles, pf - 1 of them in use; the loads of tile ``m`` (= this tile + pf) join at the back.
+    Returns (the next tile's pair, the new a1, a2, a3); unused slots pass through unchanged."""
+    new = fetch_key_pair(ksrc, ksc, kfmt, pg0, table, table_rows, max_pages, page_size, t, m, c,
+                         lim, more)
+    if pf == 4:
+        return a1, a2, a3, new
+    if pf == 3:
+        return a1, a2, new, a3
     if pf == 2:
-        return nxt0, nxt1, a, b
-    return a, b, nxt0, nxt1
+        return a1, new, a2, a3
+    return new, a1, a2, a3
 
 
 @device
@@ -325,7 +344,7 @@ _KERNELS = {}
 
 def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = False):
     """The v4 ``runtime.Kernel`` for TB = ``tb`` tokens a chunk, key format ``kfmt`` (FMT_FP4 /
-    FMT_BF16), ``pf`` tiles of raw keys loaded ahead (1, 2) and ``split`` (1: one wgmma commit
+    FMT_BF16), ``pf`` tiles of raw keys loaded ahead (PF_CHOICES) and ``split`` (1: one wgmma commit
     group a token, so token j's epilogue runs while tokens > j still multiply; 0: one group a
     tile) -- compile-time constants of the closure. Grid (ceil(ceil(N / 64) / tpc), ceil(T / TB)),
     128 threads, ``dyn_smem_bytes(tb)`` of dynamic shared memory. ``stop`` (timing hook, 0 in
@@ -333,10 +352,10 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
     derived from the decoded keys), 3 skips the epilogue -- compiled in only with ``hooks`` (a
     separate kernel, ``_hooks`` in its name): the hooks' branches cost the production kernel code
     and registers."""
-    if tb not in TB_CHOICES or kfmt not in (FMT_FP4, FMT_BF16) or pf not in (1, 2) \
+    if tb not in TB_CHOICES or kfmt not in (FMT_FP4, FMT_BF16) or pf not in PF_CHOICES \
             or split not in (0, 1):
-        raise ValueError(f"v4 kernel: tb in {TB_CHOICES}, kfmt FMT_FP4 / FMT_BF16, pf 1 / 2, split "
-                         f"0 / 1; got {tb}, {kfmt}, {pf}, {split}")
+        raise ValueError(f"v4 kernel: tb in {TB_CHOICES}, kfmt FMT_FP4 / FMT_BF16, pf in "
+                         f"{PF_CHOICES}, split 0 / 1; got {tb}, {kfmt}, {pf}, {split}")
     split = split if tb > 1 else 0
     hooks = bool(hooks)
     key = (tb, kfmt, pf, split, hooks)
@@ -392,12 +411,18 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
         lim0 = int64(N) if max_pages == 0 else lim
         rg = 16 * warp + (lane >> 2)              # this thread's key rows: rg, rg + 8
         n = tile0 * BM + rg
-        raw0, raw1 = fetch_key_pair(ksrc, ksc, KF, pg0, table, table_rows, max_pages, page_size,
-                                    tt, n, c, lim0, True)
-        nxt0, nxt1 = raw0, raw1
-        if PF == 2:                               # the second tile, in flight as well
-            nxt0, nxt1 = fetch_key_pair(ksrc, ksc, KF, pg0, table, table_rows, max_pages,
-                                        page_size, tt, n + BM, c, lim0, tile0 + 1 < tile1)
+        raw = fetch_key_pair(ksrc, ksc, KF, pg0, table, table_rows, max_pages, page_size, tt, n,
+                             c, lim0, True)
+        a1, a2, a3 = raw, raw, raw                # the next PF - 1 tiles, in flight as well
+        if PF > 1:
+            a1 = fetch_key_pair(ksrc, ksc, KF, pg0, table, table_rows, max_pages, page_size, tt,
+                                n + BM, c, lim0, tile0 + 1 < tile1)
+        if PF > 2:
+            a2 = fetch_key_pair(ksrc, ksc, KF, pg0, table, table_rows, max_pages, page_size, tt,
+                                n + 2 * BM, c, lim0, tile0 + 2 < tile1)
+        if PF > 3:
+            a3 = fetch_key_pair(ksrc, ksc, KF, pg0, table, table_rows, max_pages, page_size, tt,
+                                n + 3 * BM, c, lim0, tile0 + 3 < tile1)
         put_q_token(dyn, qw, qfmt, tid, qa)
         if TB > 1:
             put_q_token(dyn, qw + Q_TOKEN_BYTES // 4, qfmt, tid, qb)
@@ -414,15 +439,14 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
             return
         bdesc = uint64(DESC_SW128) | uint64((qbase >> 4) & 0x3FFF)
         for tile in range(tile0, tile1):
-            r0 = decode_key_row(raw0, KF)
-            r1 = decode_key_row(raw1, KF)
+            r0 = decode_key_row(raw[0], KF)
+            r1 = decode_key_row(raw[1], KF)
             if HOOKS and stop == 2:               # (timing hook: no wgmma, no epilogue)
                 s0 = bits_f32(r0[0] ^ r0[7] ^ r1[8] ^ r1[15])
                 write_token(scores, lm0, s0, s0, n, c)
-                raw0, raw1, nxt0, nxt1 = advance_keys(PF, raw0, raw1, nxt0, nxt1, ksrc, ksc, KF,
-                                                      pg0, table, table_rows, max_pages,
-                                                      page_size, tt, n + PF * BM, c, lim,
-                                                      tile + PF < tile1)
+                raw, a1, a2, a3 = advance_keys(PF, a1, a2, a3, ksrc, ksc, KF, pg0, table,
+                                               table_rows, max_pages, page_size, tt, n + PF * BM,
+                                               c, lim, tile + PF < tile1)
                 n += BM
                 continue
             ops.wgmma_fence()
@@ -443,9 +467,9 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
                 acc3 = mma_token(zeros32(), r0, r1, bdesc + uint64(3 * (Q_TOKEN_BYTES >> 4)))
             ops.wgmma_commit_group()
             # the raw keys PF tiles ahead, in flight during the wgmmas and the epilogue
-            raw0, raw1, nxt0, nxt1 = advance_keys(PF, raw0, raw1, nxt0, nxt1, ksrc, ksc, KF, pg0,
-                                                  table, table_rows, max_pages, page_size, tt,
-                                                  n + PF * BM, c, lim, tile + PF < tile1)
+            raw, a1, a2, a3 = advance_keys(PF, a1, a2, a3, ksrc, ksc, KF, pg0, table, table_rows,
+                                           max_pages, page_size, tt, n + PF * BM, c, lim,
+                                           tile + PF < tile1)
             if SPLIT and TB == 4:
                 ops.wgmma_wait_group_3()
             elif SPLIT:
@@ -510,21 +534,27 @@ def rs_geometry(T: int, N: int, table_rows: int, tpc: int | None = None, sms: in
     return tb, tpc, (-(-ntiles // tpc), chunks)
 
 
-def rs_kernels(options=((2, 1),)):
+def default_options(tb: int) -> tuple:
+    """(pf, split) of a TB-token kernel when the caller names neither (``RS_DEFAULTS``)."""
+    return RS_DEFAULTS["pf"][tb], RS_DEFAULTS["split"]
+
+
+def rs_kernels(options=None):
     """(Kernel, signature) of the v4 specialisations (every TB and key format, for each (pf,
-    split) in ``options``), for compile-only checks and precompiles."""
+    split) in ``options``; None: each TB's ``default_options``), for compile-only checks and
+    precompiles."""
     from numba import types as ty
     a8, f32, i32, i64 = ty.uint8[::1], ty.float32[::1], ty.int32[::1], ty.int64
     sig = (a8, a8, a8, a8, f32, i32, i64, i64, i64, i32, i64, i64, i64, i64, f32, i64)
     out = []
-    for pf, split in options:
-        for kf in (FMT_FP4, FMT_BF16):
-            for tb in TB_CHOICES:
+    for kf in (FMT_FP4, FMT_BF16):
+        for tb in TB_CHOICES:
+            for pf, split in (options or (default_options(tb),)):
                 k = rs_kernel(tb, kf, pf, split)
                 if all(k is not o for o, _ in out):
                     out.append((k, sig))
     return out
 
 
-__all__ = ["rs_kernel", "rs_geometry", "RS_DEFAULTS", "rs_kernels", "dyn_smem_bytes", "perm_pos", "BM",
-           "TB_CHOICES"]
+__all__ = ["rs_kernel", "rs_geometry", "RS_DEFAULTS", "default_options", "rs_kernels",
+           "dyn_smem_bytes", "perm_pos", "BM", "TB_CHOICES", "PF_CHOICES"]

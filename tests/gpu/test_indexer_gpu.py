@@ -206,13 +206,13 @@ def v2(monkeypatch):
     monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v2")
 
 
-def _v2_plan_scores(q, kc, w, vl, tq=None, table=None, variant="v2", tpc=None):
+def _v2_plan_scores(q, kc, w, vl, tq=None, table=None, variant="v2", tpc=None, pf=None):
     """v2 (or v4) scores alone (no top-k: its compile stays out of the -k v2 run), NaN-poisoned
     output."""
     from numba import cuda
     c = _validate(q, kc, w, 16, vl, table)
     out = cuda.to_device(np.full(c.T * c.N, np.nan, np.float32))       # poisoned
-    F.fused_plan(c, q, kc, w, out=out, variant=variant, tq=tq, tpc=tpc).run()
+    F.fused_plan(c, q, kc, w, out=out, variant=variant, tq=tq, tpc=tpc, pf=pf).run()
     return out.copy_to_host().reshape(c.T, c.N)
 
 
@@ -305,6 +305,21 @@ def test_v4_scores_match_oracle(fmt, T, N, tpc):
     q, kc, w = problem(T * 11 + N + 3, T, N, fmt)
     vl = _vl(T, N, N + T + 3)
     check_scores(_v2_plan_scores(q, kc, w, vl, variant="v4", tpc=tpc), oracle(q, kc, w, vl), "v4")
+
+
+def test_v4_prefetch_depths_agree():
+    """TB = 1 FP4 at every prefetch depth (the raw-key queue, ``advance_keys``): 5 tiles a CTA,
+    the last CTA's short, valid_len inside a tile; bitwise equal across depths, within the
+    oracle's bound."""
+    from dsv4_numba.pipelines import indexer_sm90_rs as R
+    N = 3 * 5 * 64 + 45
+    q, kc, w = problem(77, 1, N, "dsv4_fp4")
+    vl = np.array([N - 20], np.int32)
+    got = {pf: _v2_plan_scores(q, kc, w, vl, variant="v4", tpc=5, pf=pf) for pf in R.PF_CHOICES}
+    check_scores(got[3], oracle(q, kc, w, vl), "v4 pf 3")
+    for pf in R.PF_CHOICES:
+        np.testing.assert_array_equal(got[pf].view(np.uint32), got[3].view(np.uint32),
+                                      err_msg=f"pf {pf}")
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
