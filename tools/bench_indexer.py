@@ -306,7 +306,7 @@ def precompile_jobs(variants, fmts):
         named = [o for o in (_rs_options(v)[1] for v in variants if v.startswith("v4"))
                  if "pf" in o or "split" in o]       # (the defaults: rs_kernels_of's own)
         extra = tuple(sorted({(o.get("pf", pf), o.get("split", D["split"])) for o in named
-                              for pf in set(D["pf"].values())}))
+                              for pf in {p for d in D["pf"].values() for p in d.values()}}))
         for i, (k, _) in enumerate(F.rs_kernels_of(fmts, extra)):
             jobs.append((k.__name__, head + f"k, s = F.rs_kernels_of({tuple(fmts)!r}, "
                          f"{extra!r})[{i}]\n" + compile_))

@@ -41,8 +41,8 @@ Napkin math: FLOPs and bytes per key (H = 64, D = 128, H100: ~3.35 TB/s, ~990 TF
 * Measured (H100, 2026-11-27, CHANGELOG 0.15.0 / 0.16.0; fused v4 + the registered top-k): T = 1,
   N = 65536: 18.8-20.0 us in all (13 runs, median 19.2), the score kernel ~8.8 of it timed alone
   -- the top-k and the hand-over between the two kernels are most of it, as above; T = 64:
-  scores 144 us (~476 TFLOP/s, ~48 % of the bf16 peak) of 172 us. Neither end was bound by its napkin limit: ncu showed both issue-bound (decode,
-  index arithmetic, code size; 0.14.0).
+  scores 144 us (~476 TFLOP/s, ~48 % of the bf16 peak) of 172 us. Neither end was bound by
+  its napkin limit: ncu showed both issue-bound (decode, index arithmetic, code size; 0.14.0).
 * The STAGED pipeline here also writes and re-reads logits [T, H, N] float32: 256 B per key per
   token, 1.07 GB at T = 64, N = 65536 (~0.6 ms of HBM) -- bandwidth-bound at every T. That is the
   reason for the fused kernel (ReLU and the head sum in the wgmma epilogue's registers).

@@ -1133,7 +1133,7 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
                              "k_cache's data must start 16-byte aligned (this device view starts "
                              f"at {cai['data'][0]:#x}); pass a copy, or use variant v2")
         tb, tpc, grid = R.rs_geometry(T, N, c.table_rows, tpc)
-        pf0, split0 = R.default_options(tb)
+        pf0, split0 = R.default_options(tb, fmt)
         pf = pf0 if pf is None else pf
         split = split0 if split is None else split
         kern, smem = R.rs_kernel(tb, fmt, pf, split, hooks=bool(stop)), R.dyn_smem_bytes(tb)

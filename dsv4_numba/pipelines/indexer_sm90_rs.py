@@ -105,13 +105,16 @@ RESIDENT = {1: 3, 2: 3, 4: 2}               # CTAs an SM assumed by the default 
 # total against 8.8 / 21.1 with 2; 1 tile 10.9 / 23.1, 8 tiles 10.1 / 22.2. The score kernel
 # timed alone, back to back, ranks them otherwise (3 tiles pf 3: 8.9 us, 4 tiles pf 2: 7.7): what
 # counts is the pair with the top-k, which is launched with PDL.)
-RS_DEFAULTS = {"pf": {1: 3, 2: 2, 4: 2},    # rs_kernel's prefetch depth (by TB) and commit
-               "split": 1,                  # groups;
+RS_DEFAULTS = {"pf": {FMT_FP4: {1: 3, 2: 2, 4: 2},    # rs_kernel's prefetch depth (by key
+                      FMT_BF16: {1: 2, 2: 2, 4: 2}},   # format and TB) and commit groups;
+               "split": 1,
                "pdl_max_t": 1,              # PDL launches up to this many tokens (see below);
                "early_keys": True}          # contiguous caches: first keys before valid_len
-# pf: TB = 1 loads 3 tiles ahead (FP4: 124 registers, no spill; pf 2: 95), so that at T = 1 a
+# pf: FP4 at TB = 1 loads 3 tiles ahead (124 registers, no spill; pf 2: 95), so that at T = 1 a
 # CTA's 3 tiles are all in flight at once; TB = 2 / 4 keep 2 (pf and split measured the same at
-# T = 4 in 0.10.0: 32.0-33.7 us across all four).
+# T = 4 in 0.10.0: 32.0-33.7 us across all four). bf16 keys keep 2: a tile in flight is 32
+# registers there, and pf 3 (184 registers, ptxas sm_90a) would leave 2 CTAs an SM, not the 3
+# of RESIDENT[1] (pf 2: 156).
 # pdl_max_t: PDL for the score kernel made T = 4 / 64 slower (H100, 2026-11-27, 0.13.0 kernel:
 # indexer totals 53.7 / 234.2 us against 48.2 / 222.2 with PDL for the top-k alone), a cause not
 # found. At T = 1 (H100, 2026-11-27, 0.15.0 kernel, one process, bench_indexer --quick): the
@@ -534,9 +537,10 @@ def rs_geometry(T: int, N: int, table_rows: int, tpc: int | None = None, sms: in
     return tb, tpc, (-(-ntiles // tpc), chunks)
 
 
-def default_options(tb: int) -> tuple:
-    """(pf, split) of a TB-token kernel when the caller names neither (``RS_DEFAULTS``)."""
-    return RS_DEFAULTS["pf"][tb], RS_DEFAULTS["split"]
+def default_options(tb: int, kfmt: int) -> tuple:
+    """(pf, split) of a TB-token kernel for key format ``kfmt`` when the caller names neither
+    (``RS_DEFAULTS``)."""
+    return RS_DEFAULTS["pf"][kfmt][tb], RS_DEFAULTS["split"]
 
 
 def rs_kernels(options=None):
@@ -549,7 +553,7 @@ def rs_kernels(options=None):
     out = []
     for kf in (FMT_FP4, FMT_BF16):
         for tb in TB_CHOICES:
-            for pf, split in (options or (default_options(tb),)):
+            for pf, split in (options or (default_options(tb, kf),)):
                 k = rs_kernel(tb, kf, pf, split)
                 if all(k is not o for o, _ in out):
                     out.append((k, sig))
