@@ -302,11 +302,9 @@ def precompile_jobs(variants, fmts):
                      "k, s = IT.kernels()[int(staged)]\n" + compile_))
     if "v4" in base and set(fmts) - {"fp8"}:
         from dsv4_numba.pipelines import indexer_sm90 as F
-        from dsv4_numba.pipelines.indexer_sm90_rs import RS_DEFAULTS as D
-        named = [o for o in (_rs_options(v)[1] for v in variants if v.startswith("v4"))
-                 if "pf" in o or "split" in o]       # (the defaults: rs_kernels_of's own)
-        extra = tuple(sorted({(o.get("pf", pf), o.get("split", D["split"])) for o in named
-                              for pf in {p for d in D["pf"].values() for p in d.values()}}))
+        extra = tuple(sorted({(o.get("pf"), o.get("split")) for o in
+                              (_rs_options(v)[1] for v in variants if v.startswith("v4"))
+                              if "pf" in o or "split" in o}, key=repr))   # None: the default
         for i, (k, _) in enumerate(F.rs_kernels_of(fmts, extra)):
             jobs.append((k.__name__, head + f"k, s = F.rs_kernels_of({tuple(fmts)!r}, "
                          f"{extra!r})[{i}]\n" + compile_))

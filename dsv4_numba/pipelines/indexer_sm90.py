@@ -1133,9 +1133,7 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
                              "k_cache's data must start 16-byte aligned (this device view starts "
                              f"at {cai['data'][0]:#x}); pass a copy, or use variant v2")
         tb, tpc, grid = R.rs_geometry(T, N, c.table_rows, tpc)
-        pf0, split0 = R.default_options(tb, fmt)
-        pf = pf0 if pf is None else pf
-        split = split0 if split is None else split
+        pf, split = R.resolve_options(tb, fmt, pf, split)
         kern, smem = R.rs_kernel(tb, fmt, pf, split, hooks=bool(stop)), R.dyn_smem_bytes(tb)
         mp = 0 if (not c.paged and R.RS_DEFAULTS["early_keys"]) else c.max_pages   # 0: contiguous
         args = (_u8(qsrc), qsc, _u8(ksrc), ksc, w, table, c.table_rows, mp, c.page_size,
@@ -1283,13 +1281,12 @@ def v2_kernels():
 
 
 def rs_kernels_of(fmts=("fp4", "bf16"), extra=()):
-    """(Kernel, signature) of the v4 kernels (``indexer_sm90_rs``) for the key formats named: each
-    TB's default (pf, split) and those in ``extra``."""
+    """(Kernel, signature) of the v4 kernels (``indexer_sm90_rs``) for the key formats named: the
+    default (pf, split) and those in ``extra`` (None parts: the default's)."""
     from . import indexer_sm90_rs as R
     want = {FMT_FP4: "fp4", FMT_BF16: "bf16"}
-    out = R.rs_kernels() + (R.rs_kernels(tuple(extra)) if extra else [])
-    out = [(k, s) for i, (k, s) in enumerate(out) if all(k is not o for o, _ in out[:i])]
-    return [(k, s) for k, s in out if want[k.kfmt] in fmts]
+    return [(k, s) for k, s in R.rs_kernels(((None, None),) + tuple(extra))
+            if want[k.kfmt] in fmts]
 
 
 def _e4m3_signature(kfmt):

@@ -537,28 +537,29 @@ def rs_geometry(T: int, N: int, table_rows: int, tpc: int | None = None, sms: in
     return tb, tpc, (-(-ntiles // tpc), chunks)
 
 
-def default_options(tb: int, kfmt: int) -> tuple:
-    """(pf, split) of a TB-token kernel for key format ``kfmt`` when the caller names neither
-    (``RS_DEFAULTS``)."""
-    return RS_DEFAULTS["pf"][kfmt][tb], RS_DEFAULTS["split"]
+def resolve_options(tb: int, kfmt: int, pf: int | None = None, split: int | None = None) -> tuple:
+    """(pf, split) of a TB-token kernel for key format ``kfmt``: those given, ``RS_DEFAULTS``' for
+    None."""
+    return (RS_DEFAULTS["pf"][kfmt][tb] if pf is None else pf,
+            RS_DEFAULTS["split"] if split is None else split)
 
 
-def rs_kernels(options=None):
+def rs_kernels(options=((None, None),)):
     """(Kernel, signature) of the v4 specialisations (every TB and key format, for each (pf,
-    split) in ``options``; None: each TB's ``default_options``), for compile-only checks and
-    precompiles."""
+    split) in ``options``, None parts by ``resolve_options``: the default, each TB's and
+    format's), each once, for compile-only checks and precompiles."""
     from numba import types as ty
     a8, f32, i32, i64 = ty.uint8[::1], ty.float32[::1], ty.int32[::1], ty.int64
     sig = (a8, a8, a8, a8, f32, i32, i64, i64, i64, i32, i64, i64, i64, i64, f32, i64)
     out = []
     for kf in (FMT_FP4, FMT_BF16):
         for tb in TB_CHOICES:
-            for pf, split in (options or (default_options(tb, kf),)):
-                k = rs_kernel(tb, kf, pf, split)
+            for opt in options:
+                k = rs_kernel(tb, kf, *resolve_options(tb, kf, *opt))
                 if all(k is not o for o, _ in out):
                     out.append((k, sig))
     return out
 
 
-__all__ = ["rs_kernel", "rs_geometry", "RS_DEFAULTS", "default_options", "rs_kernels",
+__all__ = ["rs_kernel", "rs_geometry", "RS_DEFAULTS", "resolve_options", "rs_kernels",
            "dyn_smem_bytes", "perm_pos", "BM", "TB_CHOICES", "PF_CHOICES"]
