@@ -28,7 +28,7 @@ U32 = types.uint32[::1]
 def k_mbarrier_tma(tmap, out):
     """sm_90: mbarrier ring step, TMA 1D-5D loads (plain and L2-hinted) and stores, tensormap fences."""
     tile = cuda.shared.array(4096, uint8)
-    bars = cuda.shared.array(2, uint64)
+    bars = cuda.shared.array(3, uint64)
     bar = ops.shared_address(bars)
     dst = ops.shared_address(tile)
     desc = ops.array_address(tmap)
@@ -40,8 +40,10 @@ def k_mbarrier_tma(tmap, out):
         ops.prefetch_tensormap(desc)
         ops.mbarrier_init(bar, uint32(1))
         ops.mbarrier_init(bar + uint32(8), uint32(cuda.blockDim.x))
+        ops.mbarrier_init(bar + uint32(16), uint32(cuda.blockDim.x))
         ops.fence_mbarrier_init()
     cuda.syncthreads()
+    ops.cp_async_mbarrier_arrive_noinc(bar + uint32(16))
     if t == 0:
         ops.mbarrier_arrive_expect_tx(bar, uint32(4096))
         ops.mbarrier_expect_tx(bar, uint32(0))
@@ -332,7 +334,7 @@ def test_every_snippet_touching_memory_is_side_effecting():
 
 # ---------------------------------------------------------------- compile, assemble, inspect
 SASS = {  # characteristic SASS mnemonics, per kernel
-    "mbarrier_tma": ("SYNCS.EXCH.64", "SYNCS.ARRIVE", "SYNCS.PHASECHK", "UTMALDG.1D", "UTMALDG.5D",
+    "mbarrier_tma": ("SYNCS.EXCH.64", "SYNCS.ARRIVE", "SYNCS.PHASECHK", "ARRIVES.LDGSTSBAR", "UTMALDG.1D", "UTMALDG.5D",
                      "UTMASTG.1D", "UTMASTG.5D", "UTMACCTL.PF"),
     "sync_ldst": ("LDSM.16.M88.4", "LDSM.16.MT88", "STSM.16.M88.4", "LDGSTS", "LDGDEPBAR", "BAR.ARV",
                   "PREEXIT", "ACQBULK",

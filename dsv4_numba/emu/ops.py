@@ -9,7 +9,7 @@ Covered:
   inval, arrive, arrive.expect_tx, expect_tx, try_wait.parity, wait_parity), TMA tile loads/stores
   1D-5D (+ L2-hint forms) with no / 32B / 64B / 128B swizzle, bulk-group commit/wait, tensormap
   prefetch and fences, proxy fences, elect.sync, named barriers (sync/arrive with counts), setmaxnreg,
-  cp.async, ldmatrix/stmatrix, prmt / pack / cvt conversions, and every ``wgmma_m64n{N}k{K}`` binding:
+  cp.async (and cp.async.mbarrier.arrive.noinc), ldmatrix/stmatrix, prmt / pack / cvt conversions, and every ``wgmma_m64n{N}k{K}`` binding:
   bf16 / e4m3, A from smem (SS) or registers (RS), K-major or MN-major (imm-trans, ``_tb``) operands,
   all swizzle modes, read through the descriptor per the PTX canonical layouts (``emu.tmem``).
 - sm_100a: tcgen05 alloc / dealloc / relinquish (whole warp, power of 2 in [32, 512], dealloc before
@@ -1258,6 +1258,16 @@ def cp_async_cg_16(dst, src):
 
 def cp_async_cg_16_zfill(dst, src, nbytes):
     _cp_async(dst, src, 16, "cp_async_cg_16_zfill", nbytes)
+
+
+def cp_async_mbarrier_arrive_noinc(addr):
+    """One arrival once this thread's earlier cp.asyncs completed: they complete at issue here,
+    so the arrival is made now (.noinc: against the init count, no pending-count increment)."""
+    st, me = _enter()
+    with st.lock:
+        b = st.barrier(addr, "cp_async_mbarrier_arrive_noinc")
+        b.log(f"cp.async arrive.noinc by t{me.thread_id}")
+        _arrive(st, me, b, "cp_async_mbarrier_arrive_noinc")
 
 
 cp_async_commit_group = cp_async_wait_group_0 = cp_async_wait_group_1 = cp_async_wait_group_2 = _noop

@@ -972,7 +972,7 @@ def _sim_alignment(gpu: bool):
         SMEM_ALIGN = 1024
 
 
-VARIANTS = ("v1", "v2", "v3", "v4", "v5")
+VARIANTS = ("v1", "v2", "v3", "v4", "v5", "v6")
 #: v2 is the default since 2026-11-25: on an H200 (sm_90a) its scores matched the float64 oracle in
 #: all 8 tests/gpu ``test_v2_scores_match_oracle`` cases (T 1/4/16, N 127/129/65536, bf16 and FP4,
 #: NaN-poisoned outputs) and its top-k agreed with torch's at the three benchmark shapes. H100,
@@ -1005,7 +1005,15 @@ HIST_VARIANTS = ("v3",)
 #: v4 (round 4, ``indexer_sm90_rs``): keys decoded from global memory straight into wgmma's A
 #: registers (keys on M, heads on N), q the only shared-memory operand, the head sum in-thread.
 #: bf16 and FP4 keys (V3.2 FP8 runs ``indexer_fused_fp8_kernel`` as under every variant).
-RS_VARIANTS = ("v4",)
+RS_VARIANTS = ("v4", "v6")
+#: v6 (round 6, ``indexer_sm90_rs`` with ``ring``): v4's kernel with the keys going through a
+#: shared-memory ring of ``RING_DEFAULTS`` 64-key slots driven by mbarriers (a full and an empty
+#: barrier a slot): a contiguous cache by TMA (thread 0 issues the boxes of the tiles ahead, the
+#: TMA unit zero-fills rows past N), a paged one by a cp.async gather of each thread's rows
+#: completing on the slot's barrier (cp.async.mbarrier.arrive.noinc); each thread then reads its
+#: A fragment's raw words back from the slot (ld.shared) and decodes them in registers as v4
+#: does. Same products and order as v4: bitwise v4's scores.
+RING_VARIANTS = ("v6",)
 #: v5 (round 5): FP4 q and keys rewritten as exact E4M3 (one power-of-two scale a row) and scored by
 #: the V3.2 kernel's k32 FP8 wgmma (``indexer_fused_fp4e4m3_kernel``, the block comment above
 #: ``e4m3_kernel``): twice the bf16 tensor rate, but the Hopper FP8 accumulation's precision
@@ -1134,10 +1142,18 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
                              f"at {cai['data'][0]:#x}); pass a copy, or use variant v2")
         tb, tpc, grid = R.rs_geometry(T, N, c.table_rows, tpc)
         pf, split = R.resolve_options(tb, fmt, pf, split)
-        kern, smem = R.rs_kernel(tb, fmt, pf, split, hooks=bool(stop)), R.dyn_smem_bytes(tb)
-        mp = 0 if (not c.paged and R.RS_DEFAULTS["early_keys"]) else c.max_pages   # 0: contiguous
+        ring = R.RING_DEFAULTS[fmt] if variant in RING_VARIANTS else 0
+        kern = R.rs_kernel(tb, fmt, pf, split, hooks=bool(stop), ring=ring)
+        smem = R.dyn_smem_bytes(tb, fmt, ring)
+        mp = 0 if (not c.paged and (ring or R.RS_DEFAULTS["early_keys"])) else c.max_pages
+        tmk = tms = _no_map(io)                   # 0: contiguous (v6: by TMA, from these maps)
+        if ring:
+            _check_ring_alignment(ksrc, ksc, fmt, c.paged, io.gpu)
+            if not c.paged:
+                rows = ksrc.reshape(N, 64) if fmt == FMT_FP4 else ksrc.reshape(N, D_FUSED)
+                tmk, tms = R.ring_maps(rows, ksc, fmt, io.gpu)
         args = (_u8(qsrc), qsc, _u8(ksrc), ksc, w, table, c.table_rows, mp, c.page_size,
-                vl, T, N, tpc, fmt, scores, stop)
+                vl, T, N, tpc, fmt, scores, stop, tmk, tms)
         pdl = T <= R.RS_DEFAULTS["pdl_max_t"]
     elif T and N:
         TQ = token_group(T, N) if tq is None else max(1, min(int(tq), T))
@@ -1167,6 +1183,35 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
             args = (qs, qsc, _u8(ksrc), ksc, w, table, c.table_rows, c.max_pages, c.page_size, vl,
                     T, N, TQ, qfmt, fmt, scores, ghist, hist)
     return FusedPlan(io, grid, args, scores, vl, io.gpu, variant, pre, kern, smem, pdl)
+
+
+_NO_MAP = []
+
+
+def _no_map(io):
+    """The uint64[16] v4 passes for v6's tensor maps (unused): one device array a process."""
+    if not io.gpu:
+        return np.zeros(16, np.uint64)
+    if not _NO_MAP:
+        _NO_MAP.append(io.to_kernel(np.zeros(16, np.uint64)))
+    return _NO_MAP[0]
+
+
+def _check_ring_alignment(ksrc, ksc, fmt, paged, gpu):
+    """v6 before any launch: a contiguous cache's codes and (FP4) scales are TMA sources (16-byte
+    aligned starts, PTX ISA 5.5.3.1 / cuTensorMapEncodeTiled); a paged FP4 cache's scales are
+    gathered 4 bytes a row (cp.async 4: 4-byte aligned)."""
+    def start(a):
+        cai = getattr(a, "__cuda_array_interface__", None)
+        return cai["data"][0] if cai is not None else a.ctypes.data
+    need = [] if paged else [("k_cache data", ksrc, 16)]
+    if fmt == FMT_FP4:
+        need.append(("k_cache scales", ksc, 4 if paged else 16))
+    for name, a, al in need:
+        if gpu and start(a) % al:
+            raise ValueError(f"fused indexer v6 reads the {name} with "
+                             f"{'cp.async' if paged else 'TMA'}: it must start {al}-byte aligned "
+                             f"(it starts at {start(a):#x}); pass a copy, or use variant v4")
 
 
 def fused_scores(c, q, k_cache, weights, out=None, variant=None, ghist=None):
@@ -1281,8 +1326,9 @@ def v2_kernels():
 
 
 def rs_kernels_of(fmts=("fp4", "bf16"), extra=()):
-    """(Kernel, signature) of the v4 kernels (``indexer_sm90_rs``) for the key formats named: the
-    default (pf, split) and those in ``extra`` (None parts: the default's)."""
+    """(Kernel, signature) of the v4 / v6 kernels (``indexer_sm90_rs``) for the key formats named:
+    the default (pf, split) and those in ``extra`` ((pf, split) or (pf, split, ring); None parts:
+    the default's)."""
     from . import indexer_sm90_rs as R
     want = {FMT_FP4: "fp4", FMT_BF16: "bf16"}
     return [(k, s) for k, s in R.rs_kernels(((None, None),) + tuple(extra))
@@ -1316,7 +1362,7 @@ registry.register("indexer_scores", "production", arch="sm_90a",
 __all__ = ["scores_production", "scores_fits", "production_kernels", "EPI_SCORES", "EPI_LOGITS",
            "indexer_fused_kernel", "indexer_fused_v2_kernel", "q_decode_kernel", "fused_indexer",
            "fused_scores", "fused_plan", "FusedPlan", "check_fusable", "token_group", "VARIANTS",
-           "DEFAULT_VARIANT", "pick_variant", "v2_kernels", "RS_VARIANTS", "rs_kernels_of",
+           "DEFAULT_VARIANT", "pick_variant", "v2_kernels", "RS_VARIANTS", "RING_VARIANTS", "rs_kernels_of",
            "RS_AUTO_MAX_T", "gpu_dispatcher", "fp8_kernels",
            "indexer_fused_fp8_kernel", "HIST_VARIANTS", "FP8_ACC_REL", "E4M3_VARIANTS",
            "indexer_fused_fp4e4m3_kernel", "q_e4m3_kernel", "v5_kernels", "e4m3_kernel",

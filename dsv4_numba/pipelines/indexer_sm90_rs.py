@@ -79,7 +79,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda, float32, int64, uint32, uint64
+from numba import cuda, float32, int32, int64, uint32, uint64
 
 from ..hw import ops
 from ..hw.bits import bits_f32, f32_bits
@@ -95,6 +95,11 @@ TB_CHOICES = (1, 2, 4)        # tokens per CTA chunk (one m64n64 wgmma chain eac
 PF_CHOICES = (1, 2, 3, 4)     # tiles of raw keys in flight (FP4: 10 registers a tile; bf16: 32)
 Q_TOKEN_BYTES = H_FUSED * D_FUSED * 2       # 16384: one token's q tile (2 K-chunks of 8 KB)
 W_TOKEN_BYTES = H_FUSED * 4                 # 256: its weights
+RING_CHOICES = (0, 2, 3, 4)   # ring slots of key tiles (0: v4's register queue, no ring)
+RING_DEFAULTS = {FMT_FP4: 4, FMT_BF16: 3}   # v6's slots (FP4 17.4 KB, bf16 48 KB of smem)
+CODE_TILE = BM * 64                         # FP4 slot: 4096 B of E2M1 codes (64 rows x 64 B) ...
+SCALE_TILE = BM * 4                         # ... then 256 B of UE8M0 scales (4 a row)
+BF16_TILE = BM * D_FUSED * 2                # bf16 slot: 16384 B, 128B-swizzled (``ring_word``)
 ALIGN = 1024                                # 128B swizzle: tiles 1024-aligned
 KSTEPS = D_FUSED // 16                      # 8 wgmma k16 steps
 RESIDENT = {1: 3, 2: 3, 4: 2}               # CTAs an SM assumed by the default tiles-per-CTA
@@ -124,9 +129,15 @@ RS_DEFAULTS = {"pf": {FMT_FP4: {1: 3, 2: 2, 4: 2},    # rs_kernel's prefetch dep
 # cache (the A/B switch).
 
 
-def dyn_smem_bytes(tb: int) -> int:
-    """Dynamic shared memory of a TB-token kernel: alignment slack + q tiles + weights."""
-    return ALIGN + tb * (Q_TOKEN_BYTES + W_TOKEN_BYTES)
+def slot_bytes(kfmt: int) -> int:
+    """Bytes of one ring slot (one 64-key tile) for key format ``kfmt``."""
+    return CODE_TILE + SCALE_TILE if kfmt == FMT_FP4 else BF16_TILE
+
+
+def dyn_smem_bytes(tb: int, kfmt: int = FMT_FP4, ring: int = 0) -> int:
+    """Dynamic shared memory of a TB-token kernel: alignment slack + q tiles + (v6) the ring's
+    slots + weights + (v6) the ring's 2 x ``ring`` mbarriers."""
+    return ALIGN + tb * (Q_TOKEN_BYTES + W_TOKEN_BYTES) + ring * (slot_bytes(kfmt) + 16)
 
 
 def perm_pos(d):
@@ -211,6 +222,118 @@ def decode_key_row(raw, kfmt):
         return (p0, p1, p2, p3, q0, q1, q2, q3, r0, r1, r2, r3, s0, s1, s2, s3)
     return (raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7], raw[8], raw[9],
             raw[10], raw[11], raw[12], raw[13], raw[14], raw[15])
+
+
+# ---------------------------------------------------------------------------------- keys: v6's ring
+@device
+def ring_word(kfmt, r, c, j):
+    """Byte offset in a ring slot of the 16 bytes that ``fetch_key_row`` loads as its vector j
+    (FP4: j = 0 only) for row r, lane c. FP4: the codes as in global memory, 64 B a row (a warp's
+    8 rows x 4 lanes read 512 contiguous bytes: 4 wavefronts, no bank conflict). bf16: the 256-B
+    row as two 128-B lines (2r, 2r + 1), 16-B chunk x of line L at x ^ (L % 8) -- the TMA 128B
+    swizzle of a 1024-aligned slot; lane c reads line 2r + c // 2, chunks 4 (c % 2) + j, so a
+    warp's 32 reads of one j fall 4 on each 16-B bank group (unswizzled, rows 256 B apart, 16)."""
+    if kfmt == FMT_FP4:
+        return uint32(r) * uint32(64) + uint32(c) * uint32(16)
+    line = uint32(2) * uint32(r) + (uint32(c) >> uint32(1))
+    x = (uint32(c) & uint32(1)) * uint32(4) + uint32(j)
+    return line * uint32(128) + ((x ^ (line & uint32(7))) << uint32(4))
+
+
+@device
+def ring_fill(kfmt, slot, full, tid, ksrc, ksc, tmk, tms, pg0, table, table_rows, max_pages,
+              page_size, t, n0, rg, c, lim):
+    """Keys n0 .. n0 + 63 (through token t's table) into the ring slot at .shared address
+    ``slot``, completing on mbarrier ``full``. A contiguous cache (``max_pages`` 0): thread 0
+    arms ``full`` with the tile's bytes and issues the TMA boxes (rows past N are zero-filled by
+    the TMA unit). Paged: every thread cp.asyncs the 16-B pieces of its two rows rg, rg + 8 that
+    ``ring_take`` reads back (lane 0 of the quad also the row's 4 scale bytes; rows >= ``lim``
+    are skipped), then cp.async.mbarrier.arrive.noinc: ``full`` completes when all 128 threads'
+    copies have landed."""
+    if max_pages == 0:
+        if tid == 0:
+            if kfmt == FMT_FP4:
+                ops.mbarrier_arrive_expect_tx(full, uint32(CODE_TILE + SCALE_TILE))
+                ops.tma_load_2d(slot, ops.array_address(tmk), int32(0), int32(n0), full)
+                ops.tma_load_1d(slot + uint32(CODE_TILE), ops.array_address(tms), int32(4 * n0),
+                                full)
+            else:
+                ops.mbarrier_arrive_expect_tx(full, uint32(BF16_TILE))
+                ops.tma_load_3d(slot, ops.array_address(tmk), int32(0), int32(0), int32(n0), full)
+        return
+    base = ops.array_address(ksrc)
+    for h in range(2):
+        r = rg + 8 * h
+        n = n0 + r
+        if n < lim:
+            if max_pages == 1:
+                row = int64(pg0) * page_size + n
+            else:
+                row = key_row(table, table_rows, max_pages, page_size, t, n)
+            if kfmt == FMT_FP4:
+                ops.cp_async_cg_16(slot + ring_word(kfmt, r, c, 0),
+                                   base + uint64(row * 64 + c * 16))
+                if c == 0:
+                    ops.cp_async_ca_4(slot + uint32(CODE_TILE + 4 * r),
+                                      ops.array_address(ksc) + uint64(row * 4))
+            else:
+                for j in range(4):
+                    ops.cp_async_cg_16(slot + ring_word(kfmt, r, c, j),
+                                       base + uint64(row * 256 + c * 64 + j * 16))
+    ops.cp_async_mbarrier_arrive_noinc(full)
+
+
+@device
+def ring_take_row(kfmt, slot, r, c):
+    """``fetch_key_row``'s 17 raw words of row r, lane c, read back from the ring slot."""
+    z = uint32(0)
+    if kfmt == FMT_FP4:
+        a0, a1, a2, a3 = ops.ld_shared_v4_u32(slot + ring_word(kfmt, r, c, 0))
+        s0, s1, s2, s3 = ops.ld_shared_v4_u32(slot + uint32(CODE_TILE) + ((uint32(r) >> uint32(2))
+                                                                           << uint32(4)))
+        sw = s0
+        if (r & 3) == 1:
+            sw = s1
+        elif (r & 3) == 2:
+            sw = s2
+        elif (r & 3) == 3:
+            sw = s3
+        return (a0, a1, a2, a3, z, z, z, z, z, z, z, z, z, z, z, z,
+                (sw >> uint32(8 * c)) & uint32(0xFF))
+    a0, a1, a2, a3 = ops.ld_shared_v4_u32(slot + ring_word(kfmt, r, c, 0))
+    b0, b1, b2, b3 = ops.ld_shared_v4_u32(slot + ring_word(kfmt, r, c, 1))
+    c0, c1, c2, c3 = ops.ld_shared_v4_u32(slot + ring_word(kfmt, r, c, 2))
+    d0, d1, d2, d3 = ops.ld_shared_v4_u32(slot + ring_word(kfmt, r, c, 3))
+    return (a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3, z)
+
+
+@device
+def ring_take(kfmt, slot, full, empty, parity, rg, c):
+    """This thread's pair (rows rg, rg + 8) of the tile in a slot: wait for ``full``'s phase of
+    ``parity``, read the 2 x 17 words, then arrive on ``empty`` (the slot may be refilled once all
+    128 threads have)."""
+    ops.mbarrier_wait_parity(full, uint32(parity))
+    a = ring_take_row(kfmt, slot, rg, c)
+    b = ring_take_row(kfmt, slot, rg + 8, c)
+    ops.mbarrier_arrive(empty)
+    return a, b
+
+
+@device
+def ring_refill(kfmt, ring, slot_size, rb, bars, i, tile0, tile1, tid, ksrc, ksc, tmk, tms, pg0,
+                table, table_rows, max_pages, page_size, t, rg, c, lim):
+    """After taking local tile i (i >= 1): local tile j = i + ring - 1 into slot j % ring, the one
+    tile i - 1 left, once all 128 threads have read it (its ``empty`` barrier's use j // ring - 1;
+    tile i - 1 was taken a whole tile ago, so the wait rarely blocks). TMA: thread 0 waits and
+    issues; cp.async: every thread (each fills its own rows)."""
+    j = i + ring - 1
+    if i >= 1 and tile0 + j < tile1:
+        sj = j % ring
+        if max_pages != 0 or tid == 0:
+            ops.mbarrier_wait_parity(bars + uint32(8 * (ring + sj)), uint32(((j // ring) - 1) & 1))
+        ring_fill(kfmt, rb + uint32(sj * slot_size), bars + uint32(8 * sj), tid, ksrc, ksc, tmk,
+                  tms, pg0, table, table_rows, max_pages, page_size, t, (tile0 + j) * BM, rg, c,
+                  lim)
 
 
 # ---------------------------------------------------------------------------------- q -> B (smem)
@@ -345,30 +468,37 @@ def write_token(scores, lims, s0, s1, n_g, c):
 _KERNELS = {}
 
 
-def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = False):
-    """The v4 ``runtime.Kernel`` for TB = ``tb`` tokens a chunk, key format ``kfmt`` (FMT_FP4 /
-    FMT_BF16), ``pf`` tiles of raw keys loaded ahead (PF_CHOICES) and ``split`` (1: one wgmma commit
-    group a token, so token j's epilogue runs while tokens > j still multiply; 0: one group a
-    tile) -- compile-time constants of the closure. Grid (ceil(ceil(N / 64) / tpc), ceil(T / TB)),
-    128 threads, ``dyn_smem_bytes(tb)`` of dynamic shared memory. ``stop`` (timing hook, 0 in
-    use): 1 ends after the q / w setup, 2 skips the wgmmas and the epilogue (writes a dummy
+def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = False,
+              ring: int = 0):
+    """The v4 / v6 ``runtime.Kernel`` for TB = ``tb`` tokens a chunk, key format ``kfmt`` (FMT_FP4 /
+    FMT_BF16), ``pf`` tiles of raw keys loaded ahead (PF_CHOICES; v4) and ``split`` (1: one wgmma
+    commit group a token, so token j's epilogue runs while tokens > j still multiply; 0: one group
+    a tile) -- compile-time constants of the closure. ``ring`` > 0 (v6): the keys go through a
+    shared-memory ring of that many slots instead of ``advance_keys``' registers (``ring_fill`` /
+    ``ring_take``; ``pf`` is then unused). Grid (ceil(ceil(N / 64) / tpc), ceil(T / TB)), 128
+    threads, ``dyn_smem_bytes(tb, kfmt, ring)`` of dynamic shared memory. ``stop`` (timing hook, 0
+    in use): 1 ends after the q / w setup, 2 skips the wgmmas and the epilogue (writes a dummy
     derived from the decoded keys), 3 skips the epilogue -- compiled in only with ``hooks`` (a
     separate kernel, ``_hooks`` in its name): the hooks' branches cost the production kernel code
-    and registers."""
+    and registers. ``tmk`` / ``tms``: v6's tensor maps of a contiguous cache's codes and scales
+    (``ring_maps``; bf16: ``tms`` unused), any uint64 array otherwise."""
     if tb not in TB_CHOICES or kfmt not in (FMT_FP4, FMT_BF16) or pf not in PF_CHOICES \
-            or split not in (0, 1):
+            or split not in (0, 1) or ring not in RING_CHOICES:
         raise ValueError(f"v4 kernel: tb in {TB_CHOICES}, kfmt FMT_FP4 / FMT_BF16, pf in "
-                         f"{PF_CHOICES}, split 0 / 1; got {tb}, {kfmt}, {pf}, {split}")
+                         f"{PF_CHOICES}, split 0 / 1, ring in {RING_CHOICES}; got {tb}, {kfmt}, "
+                         f"{pf}, {split}, {ring}")
     split = split if tb > 1 else 0
+    pf = 1 if ring else pf
     hooks = bool(hooks)
-    key = (tb, kfmt, pf, split, hooks)
+    key = (tb, kfmt, pf, split, hooks, ring)
     if key in _KERNELS:
         return _KERNELS[key]
-    TB, KF, PF, SPLIT, HOOKS = tb, kfmt, pf, split, hooks
+    TB, KF, PF, SPLIT, HOOKS, RING = tb, kfmt, pf, split, hooks, ring
+    SLOT = slot_bytes(kfmt)
 
     # Napkin math: the module docstring (per tile: 8 x TB wgmma m64n64k16 on register A).
     def indexer_rs(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, page_size, valid_len,
-                   T, N, tpc, qfmt, scores, stop):
+                   T, N, tpc, qfmt, scores, stop, tmk, tms):
         ops.griddepcontrol_wait()                 # PDL: everything before us has ended (a
         # no-op unless PDL-launched: ``fused_plan`` does so up to RS_DEFAULTS["pdl_max_t"] tokens)
         ops.griddepcontrol_launch_dependents()    # the top-k may launch now (it waits for our end)
@@ -380,7 +510,9 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
         base = ops.shared_address(dyn)
         qbase = (base + uint32(ALIGN - 1)) & uint32(0xFFFFFC00)
         qw = (qbase - base) >> 2                  # word index of token 0's q tile
-        ww = qw + TB * (Q_TOKEN_BYTES // 4)       # word index of the weights
+        rb = qbase + uint32(TB * Q_TOKEN_BYTES)   # v6: the ring's slots (1024-aligned), then
+        ww = qw + (TB * Q_TOKEN_BYTES + RING * SLOT) // 4     # word index of the weights, then
+        bars = rb + uint32(RING * SLOT + TB * W_TOKEN_BYTES)  # v6: full[RING], empty[RING]
         t0 = cuda.blockIdx.y * TB
         ntiles = (N + BM - 1) // BM
         tile0 = cuda.blockIdx.x * tpc
@@ -414,8 +546,24 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
         lim0 = int64(N) if max_pages == 0 else lim
         rg = 16 * warp + (lane >> 2)              # this thread's key rows: rg, rg + 8
         n = tile0 * BM + rg
+        if RING:                                  # v6: the first RING tiles into the ring
+            if tid == 0:
+                for s in range(RING):
+                    ops.mbarrier_init(bars + uint32(8 * s), uint32(1 if max_pages == 0 else THREADS))
+                    ops.mbarrier_init(bars + uint32(8 * (RING + s)), uint32(THREADS))
+                ops.fence_mbarrier_init()
+                if max_pages == 0:                # (the maps were written by a host copy)
+                    ops.fence_proxy_tensormap_acquire_sys(ops.array_address(tmk))
+                    if KF == FMT_FP4:
+                        ops.fence_proxy_tensormap_acquire_sys(ops.array_address(tms))
+            cuda.syncthreads()                    # every thread sees the barriers initialised
+            for j in range(RING):
+                if tile0 + j < tile1:
+                    ring_fill(KF, rb + uint32(j * SLOT), bars + uint32(8 * j), tid, ksrc, ksc,
+                              tmk, tms, pg0, table, table_rows, max_pages, page_size, tt,
+                              (tile0 + j) * BM, rg, c, lim)
         raw = fetch_key_pair(ksrc, ksc, KF, pg0, table, table_rows, max_pages, page_size, tt, n,
-                             c, lim0, True)
+                             c, lim0, not RING)
         a1, a2, a3 = raw, raw, raw                # the next PF - 1 tiles, in flight as well
         if PF > 1:
             a1 = fetch_key_pair(ksrc, ksc, KF, pg0, table, table_rows, max_pages, page_size, tt,
@@ -442,14 +590,23 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
             return
         bdesc = uint64(DESC_SW128) | uint64((qbase >> 4) & 0x3FFF)
         for tile in range(tile0, tile1):
+            i = tile - tile0
+            if RING:                              # v6: this tile from its slot, freed after
+                sl = i % RING
+                raw = ring_take(KF, rb + uint32(sl * SLOT), bars + uint32(8 * sl),
+                                bars + uint32(8 * (RING + sl)), (i // RING) & 1, rg, c)
             r0 = decode_key_row(raw[0], KF)
             r1 = decode_key_row(raw[1], KF)
             if HOOKS and stop == 2:               # (timing hook: no wgmma, no epilogue)
                 s0 = bits_f32(r0[0] ^ r0[7] ^ r1[8] ^ r1[15])
                 write_token(scores, lm0, s0, s0, n, c)
-                raw, a1, a2, a3 = advance_keys(PF, a1, a2, a3, ksrc, ksc, KF, pg0, table,
-                                               table_rows, max_pages, page_size, tt, n + PF * BM,
-                                               c, lim, tile + PF < tile1)
+                if RING:
+                    ring_refill(KF, RING, SLOT, rb, bars, i, tile0, tile1, tid, ksrc, ksc, tmk,
+                                tms, pg0, table, table_rows, max_pages, page_size, tt, rg, c, lim)
+                else:
+                    raw, a1, a2, a3 = advance_keys(PF, a1, a2, a3, ksrc, ksc, KF, pg0, table,
+                                                   table_rows, max_pages, page_size, tt,
+                                                   n + PF * BM, c, lim, tile + PF < tile1)
                 n += BM
                 continue
             ops.wgmma_fence()
@@ -469,10 +626,15 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
                     ops.wgmma_commit_group()
                 acc3 = mma_token(zeros32(), r0, r1, bdesc + uint64(3 * (Q_TOKEN_BYTES >> 4)))
             ops.wgmma_commit_group()
-            # the raw keys PF tiles ahead, in flight during the wgmmas and the epilogue
-            raw, a1, a2, a3 = advance_keys(PF, a1, a2, a3, ksrc, ksc, KF, pg0, table, table_rows,
-                                           max_pages, page_size, tt, n + PF * BM, c, lim,
-                                           tile + PF < tile1)
+            # the raw keys PF tiles ahead (v6: the tile RING - 1 ahead into the slot the
+            # previous tile freed), in flight during the wgmmas and the epilogue
+            if RING:
+                ring_refill(KF, RING, SLOT, rb, bars, i, tile0, tile1, tid, ksrc, ksc, tmk, tms,
+                            pg0, table, table_rows, max_pages, page_size, tt, rg, c, lim)
+            else:
+                raw, a1, a2, a3 = advance_keys(PF, a1, a2, a3, ksrc, ksc, KF, pg0, table,
+                                               table_rows, max_pages, page_size, tt, n + PF * BM,
+                                               c, lim, tile + PF < tile1)
             if SPLIT and TB == 4:
                 ops.wgmma_wait_group_3()
             elif SPLIT:
@@ -507,11 +669,12 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
                 write_token(scores, lm3, s0, s1, n, c)
             n += BM
 
-    kname = (f"indexer_rs_tb{tb}_{'fp4' if kfmt == FMT_FP4 else 'bf16'}_pf{pf}"
+    kname = (f"indexer_rs_tb{tb}_{'fp4' if kfmt == FMT_FP4 else 'bf16'}"
+             + (f"_ring{ring}" if ring else f"_pf{pf}")
              + ("_split" if split else "") + ("_hooks" if hooks else ""))
     indexer_rs.__name__ = indexer_rs.__qualname__ = kname
     k = kernel(indexer_rs, launch_bounds=(THREADS,), pdl=True)
-    k.tb, k.kfmt, k.pf, k.split, k.hooks = tb, kfmt, pf, split, hooks
+    k.tb, k.kfmt, k.pf, k.split, k.hooks, k.ring = tb, kfmt, pf, split, hooks, ring
     _KERNELS[key] = k
     return k
 
@@ -545,21 +708,44 @@ def resolve_options(tb: int, kfmt: int, pf: int | None = None, split: int | None
 
 
 def rs_kernels(options=((None, None),)):
-    """(Kernel, signature) of the v4 specialisations (every TB and key format, for each (pf,
-    split) in ``options``, None parts by ``resolve_options``: the default, each TB's and
-    format's), each once, for compile-only checks and precompiles."""
+    """(Kernel, signature) of the v4 / v6 specialisations (every TB and key format, for each
+    (pf, split) or (pf, split, ring) in ``options``, None parts by ``resolve_options``: the
+    default, each TB's and format's; ring None: ``RING_DEFAULTS``, absent: 0, v4), each once, for
+    compile-only checks and precompiles."""
     from numba import types as ty
-    a8, f32, i32, i64 = ty.uint8[::1], ty.float32[::1], ty.int32[::1], ty.int64
-    sig = (a8, a8, a8, a8, f32, i32, i64, i64, i64, i32, i64, i64, i64, i64, f32, i64)
+    a8, f32, i32, i64, u64 = (ty.uint8[::1], ty.float32[::1], ty.int32[::1], ty.int64,
+                              ty.uint64[::1])
+    sig = (a8, a8, a8, a8, f32, i32, i64, i64, i64, i32, i64, i64, i64, i64, f32, i64, u64, u64)
     out = []
     for kf in (FMT_FP4, FMT_BF16):
         for tb in TB_CHOICES:
             for opt in options:
-                k = rs_kernel(tb, kf, *resolve_options(tb, kf, *opt))
+                ring = opt[2] if len(opt) > 2 else 0
+                ring = RING_DEFAULTS[kf] if ring is None else ring
+                k = rs_kernel(tb, kf, *resolve_options(tb, kf, opt[0], opt[1]), ring=ring)
                 if all(k is not o for o, _ in out):
                     out.append((k, sig))
     return out
 
 
+def ring_maps(k_rows, k_scales, kfmt, gpu):
+    """v6's tensor maps (uint64[16] each, kernel-side) of a contiguous cache: FP4 codes [N, 64]
+    uint8 in boxes of 64 x 64 B and scales [4 N] in boxes of 256 B (one box each a tile); bf16
+    [N, 2, 64] uint16 in boxes of 64 rows x 2 x 128 B, 128B-swizzled (``ring_word``), its scale
+    map a copy of it (unused). ``k_rows``: the codes / bf16 bits as [N, 64] uint8 / [N, 128]
+    uint16 kernel-side arrays; ``gpu``: the driver's encoding, else the emulator's."""
+    if gpu:
+        from ..hw.tma import tensor_map_on_device as tmap
+    else:
+        from ..emu import tensor_map as tmap
+    n = k_rows.shape[0]
+    if kfmt == FMT_FP4:
+        return (tmap(k_rows, (BM, 64), "none"),
+                tmap(k_scales.reshape(4 * n), (4 * BM,), "none"))
+    m = tmap(k_rows.reshape(n, 2, 64), (BM, 2, 64), "128B")
+    return m, m
+
+
 __all__ = ["rs_kernel", "rs_geometry", "RS_DEFAULTS", "resolve_options", "rs_kernels",
-           "dyn_smem_bytes", "perm_pos", "BM", "TB_CHOICES", "PF_CHOICES"]
+           "dyn_smem_bytes", "perm_pos", "BM", "TB_CHOICES", "PF_CHOICES", "RING_CHOICES",
+           "RING_DEFAULTS", "ring_maps", "slot_bytes"]
