@@ -48,6 +48,7 @@ def k_mbarrier_tma(tmap, out):
         ops.mbarrier_arrive_expect_tx(bar, uint32(4096))
         ops.mbarrier_expect_tx(bar, uint32(0))
         ops.tma_load_1d(dst, desc, c, bar)
+        ops.bulk_load(dst, desc, uint32(128), bar)
         ops.tma_load_2d(dst, desc, c, c, bar)
         ops.tma_load_3d(dst, desc, c, c, c, bar)
         ops.tma_load_4d(dst, desc, c, c, c, c, bar)
@@ -334,7 +335,7 @@ def test_every_snippet_touching_memory_is_side_effecting():
 
 # ---------------------------------------------------------------- compile, assemble, inspect
 SASS = {  # characteristic SASS mnemonics, per kernel
-    "mbarrier_tma": ("SYNCS.EXCH.64", "SYNCS.ARRIVE", "SYNCS.PHASECHK", "ARRIVES.LDGSTSBAR", "UTMALDG.1D", "UTMALDG.5D",
+    "mbarrier_tma": ("SYNCS.EXCH.64", "SYNCS.ARRIVE", "SYNCS.PHASECHK", "ARRIVES.LDGSTSBAR", "UBLKCP", "UTMALDG.1D", "UTMALDG.5D",
                      "UTMASTG.1D", "UTMASTG.5D", "UTMACCTL.PF"),
     "sync_ldst": ("LDSM.16.M88.4", "LDSM.16.MT88", "STSM.16.M88.4", "LDGSTS", "LDGDEPBAR", "BAR.ARV",
                   "PREEXIT", "ACQBULK",

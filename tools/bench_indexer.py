@@ -260,10 +260,11 @@ def _base(v):
 
 def _rs_options(v):
     """'v4@TPC/PF/SPLIT/STOP' (each part optional: v4@8, v4@/1, v4@4/2/0, v4@///1) -> ('v4',
-    fused_plan kwargs). STOP (v4's timing hook) times the scores kernel only, unchecked. Other
-    variants: 'v2@TQ' / 'v5@TQ' sets the tokens a CTA (``token_group``'s otherwise)."""
+    fused_plan kwargs). STOP (v4's timing hook) times the scores kernel only, unchecked. v6 (v4
+    with the key ring) takes the same parts (PF unused). Other variants: 'v2@TQ' / 'v5@TQ' sets
+    the tokens a CTA (``token_group``'s otherwise)."""
     name, _, opts = v.partition("@")
-    if name != "v4":
+    if name not in ("v4", "v6"):
         return name, ({"tq": int(opts)} if opts else {})
     parts = (opts.split("/") + [""] * 4)[:4] if opts else [""] * 4
     return name, {key: int(x) for key, x in zip(("tpc", "pf", "split", "stop"), parts) if x}
@@ -300,15 +301,18 @@ def precompile_jobs(variants, fmts):
     if "v3" in base:
         jobs.append(("v3 select", head + "staged = IT.DEFAULT_SELECT == 'staged'\n"
                      "k, s = IT.kernels()[int(staged)]\n" + compile_))
-    if "v4" in base and set(fmts) - {"fp8"}:
+    if {"v4", "v6"} & base and set(fmts) - {"fp8"}:
         from dsv4_numba.pipelines import indexer_sm90 as F
         extra = tuple(sorted({(o.get("pf"), o.get("split")) for o in
                               (_rs_options(v)[1] for v in variants if v.startswith("v4"))
                               if "pf" in o or "split" in o}, key=repr))   # None: the default
+        extra += tuple(sorted({(None, o.get("split"), None) for o in     # v6: ring None =
+                               (_rs_options(v)[1] for v in variants if v.startswith("v6"))},
+                              key=repr))                                    # RING_DEFAULTS
         for i, (k, _) in enumerate(F.rs_kernels_of(fmts, extra)):
             jobs.append((k.__name__, head + f"k, s = F.rs_kernels_of({tuple(fmts)!r}, "
                          f"{extra!r})[{i}]\n" + compile_))
-    if {"v1", "v2", "v4", "v5"} & base:     # the registered top-k after them
+    if {"v1", "v2", "v4", "v5", "v6"} & base:     # the registered top-k after them
         from dsv4_numba.pipelines import indexer_topk as IT
         for i, (k, _) in enumerate(IT.registered_topk_kernels()):
             jobs.append((k.__name__, head + f"k, s = IT.registered_topk_kernels()[{i}]\n"
@@ -341,7 +345,8 @@ def main(argv=None):
                     help="fused kernel(s) to time, comma-separated: v1 (round 1, H100-verified), "
                          "v2 (round 2), v3 (v2 + histogram top-k), v4 (keys in wgmma registers; "
                          "v4@N: N key tiles a CTA), v5 (FP4 as E4M3 on the FP8 wgmma; FP4 rows "
-                         "only); 'both' = v1,v2, 'all'")
+                         "only), v6 (v4 with the keys through a TMA / cp.async mbarrier ring); "
+                         "'both' = v1,v2, 'all'")
     ap.add_argument("--shapes", help="TxNxk list, e.g. 1x65536x512,16x262144x2048 (default: all "
                                      "of SHAPES, or the target rows with --quick)")
     ap.add_argument("--no-topk", action="store_true",
@@ -355,8 +360,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import time
     start = time.monotonic()
-    variants = {"both": ("v1", "v2"), "all": ("v1", "v2", "v3", "v4", "v5")}.get(args.variant) \
-        or _list(args.variant, ("v1", "v2", "v3", "v4", "v5"), "variant")
+    variants = {"both": ("v1", "v2"), "all": ("v1", "v2", "v3", "v4", "v5", "v6")}.get(
+        args.variant) or _list(args.variant, ("v1", "v2", "v3", "v4", "v5", "v6"), "variant")
     fmts = _list(args.fmt, ("fp4", "fp8", "bf16"), "fmt") if args.fmt else \
         (("fp4",) if args.quick else ("fp4", "bf16"))
     if args.precompile:

@@ -7,7 +7,7 @@ global ``ops`` (when it is ``dsv4_numba.hw.ops``) for this module, so production
 Covered:
 - sm_90a: shared/global addresses, ld/st.shared.v4, ld.global.nc / st.global.v4, mbarrier (init,
   inval, arrive, arrive.expect_tx, expect_tx, try_wait.parity, wait_parity), TMA tile loads/stores
-  1D-5D (+ L2-hint forms) with no / 32B / 64B / 128B swizzle, bulk-group commit/wait, tensormap
+  1D-5D (+ L2-hint forms) and bulk (non-tensor) loads with no / 32B / 64B / 128B swizzle, bulk-group commit/wait, tensormap
   prefetch and fences, proxy fences, elect.sync, named barriers (sync/arrive with counts), setmaxnreg,
   cp.async (and cp.async.mbarrier.arrive.noinc), ldmatrix/stmatrix, prmt / pack / cvt conversions, and every ``wgmma_m64n{N}k{K}`` binding:
   bf16 / e4m3, A from smem (SS) or registers (RS), K-major or MN-major (imm-trans, ``_tb``) operands,
@@ -304,6 +304,21 @@ def _tma_store(tmap, src, coords, op):
     sview = st.smem(int(src), nbytes, op)
     st.check_async_visible(int(src), saddr - int(src), op, "the TMA store", me)
     gview[delta + goff[inb]] = sview[saddr - int(src)][inb]
+
+
+def bulk_load(dst, src, nbytes, mbar):
+    """cp.async.bulk global -> shared (no tensor map): nbytes from src to dst, complete_tx on mbar."""
+    st, me = _enter()
+    dst, src, n = int(dst), int(src), int(nbytes)
+    if dst % 16 or src % 16 or n % 16 or n <= 0:
+        raise EmulatorError(f"bulk_load by {thread_name(me)}: smem {dst:#x}, global {src:#x} and size "
+                            f"{n} must be multiples of 16 (size > 0)")
+    data = np.array(GMEM.view(src, n, "bulk_load"))
+    sview = st.smem(dst, n, "bulk_load")
+    with st.lock:
+        sview[:] = data
+        st.async_wrote(dst, n)
+    _complete_tx(st, mbar, n, "bulk_load")
 
 
 def tma_load_1d(dst, tmap, c0, mbar):

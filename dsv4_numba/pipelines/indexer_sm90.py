@@ -1146,14 +1146,13 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
         kern = R.rs_kernel(tb, fmt, pf, split, hooks=bool(stop), ring=ring)
         smem = R.dyn_smem_bytes(tb, fmt, ring)
         mp = 0 if (not c.paged and (ring or R.RS_DEFAULTS["early_keys"])) else c.max_pages
-        tmk = tms = _no_map(io)                   # 0: contiguous (v6: by TMA, from these maps)
+        tmk = _no_map(io)                         # 0: contiguous (v6: by the TMA unit)
         if ring:
             _check_ring_alignment(ksrc, ksc, fmt, c.paged, io.gpu)
-            if not c.paged:
-                rows = ksrc.reshape(N, 64) if fmt == FMT_FP4 else ksrc.reshape(N, D_FUSED)
-                tmk, tms = R.ring_maps(rows, ksc, fmt, io.gpu)
+            if not c.paged and fmt == FMT_BF16:
+                tmk = R.ring_map(ksrc.reshape(N, D_FUSED), io.gpu)
         args = (_u8(qsrc), qsc, _u8(ksrc), ksc, w, table, c.table_rows, mp, c.page_size,
-                vl, T, N, tpc, fmt, scores, stop, tmk, tms)
+                vl, T, N, tpc, fmt, scores, stop, tmk)
         pdl = T <= R.RS_DEFAULTS["pdl_max_t"]
     elif T and N:
         TQ = token_group(T, N) if tq is None else max(1, min(int(tq), T))
@@ -1189,7 +1188,7 @@ _NO_MAP = []
 
 
 def _no_map(io):
-    """The uint64[16] v4 passes for v6's tensor maps (unused): one device array a process."""
+    """The uint64[16] passed for v6's tensor map where none is used: one device array a process."""
     if not io.gpu:
         return np.zeros(16, np.uint64)
     if not _NO_MAP:
@@ -1198,9 +1197,9 @@ def _no_map(io):
 
 
 def _check_ring_alignment(ksrc, ksc, fmt, paged, gpu):
-    """v6 before any launch: a contiguous cache's codes and (FP4) scales are TMA sources (16-byte
-    aligned starts, PTX ISA 5.5.3.1 / cuTensorMapEncodeTiled); a paged FP4 cache's scales are
-    gathered 4 bytes a row (cp.async 4: 4-byte aligned)."""
+    """v6 before any launch: a contiguous cache's codes and (FP4) scales are TMA sources (bulk
+    copies and tensor maps: 16-byte aligned starts, PTX ISA cp.async.bulk / cuTensorMapEncodeTiled);
+    a paged FP4 cache's scales are gathered 4 bytes a row (cp.async 4: 4-byte aligned)."""
     def start(a):
         cai = getattr(a, "__cuda_array_interface__", None)
         return cai["data"][0] if cai is not None else a.ctypes.data

@@ -241,25 +241,45 @@ def ring_word(kfmt, r, c, j):
 
 
 @device
-def ring_fill(kfmt, slot, full, tid, ksrc, ksc, tmk, tms, pg0, table, table_rows, max_pages,
-              page_size, t, n0, rg, c, lim):
+def ring_tma(kfmt, slot, full, ksrc, ksc, tmk, n0, N):
+    """Thread 0: keys n0 .. n0 + 63 of a contiguous cache into the slot, by the TMA unit, on
+    mbarrier ``full``. FP4: two bulk copies (``cp.async.bulk``, no tensor map): the rows' codes
+    (64 B a row) and their scales (4 B a row) -- a bulk copy moves multiples of 16 bytes, so at
+    the cache's end the last 1-3 rows' scale words are loaded and stored by this thread, before
+    its arrive (release: the consumers' wait sees them); rows past N are not loaded (never
+    written). bf16: one tensor-map box of 64 x 2 x 128 B, 128B-swizzled (``ring_word``; rows
+    past N zero-filled)."""
+    if kfmt == FMT_FP4:
+        rows = min(int64(BM), int64(N) - n0)
+        nb = (rows * 4) & ~int64(15)              # scale bytes the bulk copy takes
+        sa = ops.array_address(ksc) + uint64(n0 * 4)
+        if rows * 4 > nb:                         # the cache's last tile: 1-3 rows' scales
+            rest = (rows * 4 - nb) >> 2
+            w0 = ops.ld_global_nc_u32(sa + uint64(nb))
+            w1 = ops.ld_global_nc_u32(sa + uint64(nb + 4)) if rest > 1 else uint32(0)
+            w2 = ops.ld_global_nc_u32(sa + uint64(nb + 8)) if rest > 2 else uint32(0)
+            ops.st_shared_v4_b32(slot + uint32(CODE_TILE + nb), w0, w1, w2, uint32(0))
+        ops.mbarrier_arrive_expect_tx(full, uint32(rows * 64 + nb))
+        ops.bulk_load(slot, ops.array_address(ksrc) + uint64(n0 * 64), uint32(rows * 64), full)
+        if nb > 0:
+            ops.bulk_load(slot + uint32(CODE_TILE), sa, uint32(nb), full)
+    else:
+        ops.mbarrier_arrive_expect_tx(full, uint32(BF16_TILE))
+        ops.tma_load_3d(slot, ops.array_address(tmk), int32(0), int32(0), int32(n0), full)
+
+
+@device
+def ring_fill(kfmt, slot, full, tid, ksrc, ksc, tmk, pg0, table, table_rows, max_pages,
+              page_size, t, n0, rg, c, lim, N):
     """Keys n0 .. n0 + 63 (through token t's table) into the ring slot at .shared address
-    ``slot``, completing on mbarrier ``full``. A contiguous cache (``max_pages`` 0): thread 0
-    arms ``full`` with the tile's bytes and issues the TMA boxes (rows past N are zero-filled by
-    the TMA unit). Paged: every thread cp.asyncs the 16-B pieces of its two rows rg, rg + 8 that
+    ``slot``, completing on mbarrier ``full``. A contiguous cache (``max_pages`` 0): thread 0,
+    ``ring_tma``. Paged: every thread cp.asyncs the 16-B pieces of its two rows rg, rg + 8 that
     ``ring_take`` reads back (lane 0 of the quad also the row's 4 scale bytes; rows >= ``lim``
     are skipped), then cp.async.mbarrier.arrive.noinc: ``full`` completes when all 128 threads'
     copies have landed."""
     if max_pages == 0:
         if tid == 0:
-            if kfmt == FMT_FP4:
-                ops.mbarrier_arrive_expect_tx(full, uint32(CODE_TILE + SCALE_TILE))
-                ops.tma_load_2d(slot, ops.array_address(tmk), int32(0), int32(n0), full)
-                ops.tma_load_1d(slot + uint32(CODE_TILE), ops.array_address(tms), int32(4 * n0),
-                                full)
-            else:
-                ops.mbarrier_arrive_expect_tx(full, uint32(BF16_TILE))
-                ops.tma_load_3d(slot, ops.array_address(tmk), int32(0), int32(0), int32(n0), full)
+            ring_tma(kfmt, slot, full, ksrc, ksc, tmk, n0, N)
         return
     base = ops.array_address(ksrc)
     for h in range(2):
@@ -320,20 +340,44 @@ def ring_take(kfmt, slot, full, empty, parity, rg, c):
 
 
 @device
-def ring_refill(kfmt, ring, slot_size, rb, bars, i, tile0, tile1, tid, ksrc, ksc, tmk, tms, pg0,
-                table, table_rows, max_pages, page_size, t, rg, c, lim):
-    """After taking local tile i (i >= 1): local tile j = i + ring - 1 into slot j % ring, the one
-    tile i - 1 left, once all 128 threads have read it (its ``empty`` barrier's use j // ring - 1;
-    tile i - 1 was taken a whole tile ago, so the wait rarely blocks). TMA: thread 0 waits and
-    issues; cp.async: every thread (each fills its own rows)."""
+def ring_start(kfmt, ring, slot_size, rb, bars, tile0, tile1, ksrc, ksc, tmk, N):
+    """Thread 0 of a CTA reading a contiguous cache: the ring's barriers (full: one arrival,
+    thread 0's expect_tx; empty: all 128 threads), then the loads of the first ``ring`` tiles
+    (``ring_tma``). No barrier for the other threads here: they first wait on a full barrier
+    after the CTA's q barrier (``syncthreads``), which orders the initialisation before them.
+    bf16 first fences its tensor map (written by a host copy, i.e. the generic proxy, and read
+    through the tensormap proxy; ``hw.tma``). FP4's bulk copies need no map: H100, 2026-11-27,
+    scores at T = 1, N = 65536 with its codes and scales through two tensor maps, fenced: 13.7-14.2
+    us, 10.0 without the fences (not a legal kernel; the measurement that chose bulk copies)."""
+    for s in range(ring):
+        ops.mbarrier_init(bars + uint32(8 * s), uint32(1))
+        ops.mbarrier_init(bars + uint32(8 * (ring + s)), uint32(THREADS))
+    ops.fence_mbarrier_init()
+    if kfmt != FMT_FP4:
+        ops.fence_proxy_tensormap_acquire_sys(ops.array_address(tmk))
+    for j in range(ring):
+        if tile0 + j < tile1:
+            ring_tma(kfmt, rb + uint32(j * slot_size), bars + uint32(8 * j), ksrc, ksc, tmk,
+                     (tile0 + j) * BM, N)
+
+
+@device
+def ring_refill(kfmt, ring, slot_size, rb, bars, i, tile0, tile1, tid, ksrc, ksc, tmk, pg0,
+                table, table_rows, max_pages, page_size, t, rg, c, lim, N):
+    """The ring one tile on, at local tile i (taken, its wgmmas issued): local tile j = i + ring
+    - 1 into slot j % ring, the one tile i - 1 left, once all 128 threads have read it (its
+    ``empty`` barrier's use j // ring - 1; taken a whole tile earlier, so the wait rarely blocks).
+    TMA: thread 0 waits and issues; cp.async: every thread (each fills its own rows). (Tried:
+    taking tile i + 1's words here, during tile i's wgmmas: scores at T = 1 -0.9 us, at T = 64
+    +13 us; H100, 2026-11-27.)"""
     j = i + ring - 1
     if i >= 1 and tile0 + j < tile1:
         sj = j % ring
         if max_pages != 0 or tid == 0:
             ops.mbarrier_wait_parity(bars + uint32(8 * (ring + sj)), uint32(((j // ring) - 1) & 1))
         ring_fill(kfmt, rb + uint32(sj * slot_size), bars + uint32(8 * sj), tid, ksrc, ksc, tmk,
-                  tms, pg0, table, table_rows, max_pages, page_size, t, (tile0 + j) * BM, rg, c,
-                  lim)
+                  pg0, table, table_rows, max_pages, page_size, t, (tile0 + j) * BM, rg, c, lim,
+                  N)
 
 
 # ---------------------------------------------------------------------------------- q -> B (smem)
@@ -480,8 +524,8 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
     in use): 1 ends after the q / w setup, 2 skips the wgmmas and the epilogue (writes a dummy
     derived from the decoded keys), 3 skips the epilogue -- compiled in only with ``hooks`` (a
     separate kernel, ``_hooks`` in its name): the hooks' branches cost the production kernel code
-    and registers. ``tmk`` / ``tms``: v6's tensor maps of a contiguous cache's codes and scales
-    (``ring_maps``; bf16: ``tms`` unused), any uint64 array otherwise."""
+    and registers. ``tmk``: v6's tensor map of a contiguous bf16 cache (``ring_map``), any uint64
+    array otherwise."""
     if tb not in TB_CHOICES or kfmt not in (FMT_FP4, FMT_BF16) or pf not in PF_CHOICES \
             or split not in (0, 1) or ring not in RING_CHOICES:
         raise ValueError(f"v4 kernel: tb in {TB_CHOICES}, kfmt FMT_FP4 / FMT_BF16, pf in "
@@ -498,7 +542,7 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
 
     # Napkin math: the module docstring (per tile: 8 x TB wgmma m64n64k16 on register A).
     def indexer_rs(qsrc, qsc, ksrc, ksc, w, table, table_rows, max_pages, page_size, valid_len,
-                   T, N, tpc, qfmt, scores, stop, tmk, tms):
+                   T, N, tpc, qfmt, scores, stop, tmk):
         ops.griddepcontrol_wait()                 # PDL: everything before us has ended (a
         # no-op unless PDL-launched: ``fused_plan`` does so up to RS_DEFAULTS["pdl_max_t"] tokens)
         ops.griddepcontrol_launch_dependents()    # the top-k may launch now (it waits for our end)
@@ -517,6 +561,7 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
         ntiles = (N + BM - 1) // BM
         tile0 = cuda.blockIdx.x * tpc
         tile1 = min(ntiles, tile0 + tpc)
+        rg = 16 * warp + (lane >> 2)              # this thread's key rows: rg, rg + 8
         # q of the chunk's tokens (past T: token T - 1 again, never written) and the weights:
         # issued first (they depend on nothing), every load of every token in flight before
         # the first store; then valid_len and the table, then the keys (which depend on them)
@@ -544,24 +589,22 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
         # a contiguous cache (max_pages == 0): the first tiles' keys are loaded up to N, without
         # waiting for valid_len (rows past it are read, scored and written as -inf); paged: lim
         lim0 = int64(N) if max_pages == 0 else lim
-        rg = 16 * warp + (lane >> 2)              # this thread's key rows: rg, rg + 8
         n = tile0 * BM + rg
-        if RING:                                  # v6: the first RING tiles into the ring
-            if tid == 0:
+        if RING and max_pages == 0:               # v6, contiguous: thread 0 sets the ring up
+            if tid == 0:                          # and loads the first RING tiles (TMA unit)
+                ring_start(KF, RING, SLOT, rb, bars, tile0, tile1, ksrc, ksc, tmk, N)
+        if RING and max_pages != 0:               # v6, paged: every thread gathers its rows
+            if tid == 0:                          # of the first RING tiles (cp.async)
                 for s in range(RING):
-                    ops.mbarrier_init(bars + uint32(8 * s), uint32(1 if max_pages == 0 else THREADS))
+                    ops.mbarrier_init(bars + uint32(8 * s), uint32(THREADS))
                     ops.mbarrier_init(bars + uint32(8 * (RING + s)), uint32(THREADS))
                 ops.fence_mbarrier_init()
-                if max_pages == 0:                # (the maps were written by a host copy)
-                    ops.fence_proxy_tensormap_acquire_sys(ops.array_address(tmk))
-                    if KF == FMT_FP4:
-                        ops.fence_proxy_tensormap_acquire_sys(ops.array_address(tms))
             cuda.syncthreads()                    # every thread sees the barriers initialised
             for j in range(RING):
                 if tile0 + j < tile1:
                     ring_fill(KF, rb + uint32(j * SLOT), bars + uint32(8 * j), tid, ksrc, ksc,
-                              tmk, tms, pg0, table, table_rows, max_pages, page_size, tt,
-                              (tile0 + j) * BM, rg, c, lim)
+                              tmk, pg0, table, table_rows, max_pages, page_size, tt,
+                              (tile0 + j) * BM, rg, c, lim, N)
         raw = fetch_key_pair(ksrc, ksc, KF, pg0, table, table_rows, max_pages, page_size, tt, n,
                              c, lim0, not RING)
         a1, a2, a3 = raw, raw, raw                # the next PF - 1 tiles, in flight as well
@@ -591,7 +634,7 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
         bdesc = uint64(DESC_SW128) | uint64((qbase >> 4) & 0x3FFF)
         for tile in range(tile0, tile1):
             i = tile - tile0
-            if RING:                              # v6: this tile from its slot, freed after
+            if RING:                              # v6: this tile's words from its slot
                 sl = i % RING
                 raw = ring_take(KF, rb + uint32(sl * SLOT), bars + uint32(8 * sl),
                                 bars + uint32(8 * (RING + sl)), (i // RING) & 1, rg, c)
@@ -602,7 +645,7 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
                 write_token(scores, lm0, s0, s0, n, c)
                 if RING:
                     ring_refill(KF, RING, SLOT, rb, bars, i, tile0, tile1, tid, ksrc, ksc, tmk,
-                                tms, pg0, table, table_rows, max_pages, page_size, tt, rg, c, lim)
+                                pg0, table, table_rows, max_pages, page_size, tt, rg, c, lim, N)
                 else:
                     raw, a1, a2, a3 = advance_keys(PF, a1, a2, a3, ksrc, ksc, KF, pg0, table,
                                                    table_rows, max_pages, page_size, tt,
@@ -626,11 +669,11 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
                     ops.wgmma_commit_group()
                 acc3 = mma_token(zeros32(), r0, r1, bdesc + uint64(3 * (Q_TOKEN_BYTES >> 4)))
             ops.wgmma_commit_group()
-            # the raw keys PF tiles ahead (v6: the tile RING - 1 ahead into the slot the
-            # previous tile freed), in flight during the wgmmas and the epilogue
+            # the raw keys PF tiles ahead (v6: the ring's next tile, ``ring_refill``), in
+            # flight during the wgmmas and the epilogue
             if RING:
-                ring_refill(KF, RING, SLOT, rb, bars, i, tile0, tile1, tid, ksrc, ksc, tmk, tms,
-                            pg0, table, table_rows, max_pages, page_size, tt, rg, c, lim)
+                ring_refill(KF, RING, SLOT, rb, bars, i, tile0, tile1, tid, ksrc, ksc, tmk, pg0,
+                            table, table_rows, max_pages, page_size, tt, rg, c, lim, N)
             else:
                 raw, a1, a2, a3 = advance_keys(PF, a1, a2, a3, ksrc, ksc, KF, pg0, table,
                                                table_rows, max_pages, page_size, tt, n + PF * BM,
@@ -715,7 +758,7 @@ def rs_kernels(options=((None, None),)):
     from numba import types as ty
     a8, f32, i32, i64, u64 = (ty.uint8[::1], ty.float32[::1], ty.int32[::1], ty.int64,
                               ty.uint64[::1])
-    sig = (a8, a8, a8, a8, f32, i32, i64, i64, i64, i32, i64, i64, i64, i64, f32, i64, u64, u64)
+    sig = (a8, a8, a8, a8, f32, i32, i64, i64, i64, i32, i64, i64, i64, i64, f32, i64, u64)
     out = []
     for kf in (FMT_FP4, FMT_BF16):
         for tb in TB_CHOICES:
@@ -728,24 +771,18 @@ def rs_kernels(options=((None, None),)):
     return out
 
 
-def ring_maps(k_rows, k_scales, kfmt, gpu):
-    """v6's tensor maps (uint64[16] each, kernel-side) of a contiguous cache: FP4 codes [N, 64]
-    uint8 in boxes of 64 x 64 B and scales [4 N] in boxes of 256 B (one box each a tile); bf16
-    [N, 2, 64] uint16 in boxes of 64 rows x 2 x 128 B, 128B-swizzled (``ring_word``), its scale
-    map a copy of it (unused). ``k_rows``: the codes / bf16 bits as [N, 64] uint8 / [N, 128]
-    uint16 kernel-side arrays; ``gpu``: the driver's encoding, else the emulator's."""
+def ring_map(k_bits, gpu):
+    """v6's tensor map (uint64[16], kernel-side) of a contiguous bf16 cache: ``k_bits`` [N, 128]
+    uint16 seen as [N, 2, 64], in boxes of 64 rows x 2 x 128 B, 128B-swizzled (``ring_word``).
+    ``gpu``: the driver's encoding, else the emulator's. (FP4 caches need none: bulk copies.)"""
     if gpu:
         from ..hw.tma import tensor_map_on_device as tmap
     else:
         from ..emu import tensor_map as tmap
-    n = k_rows.shape[0]
-    if kfmt == FMT_FP4:
-        return (tmap(k_rows, (BM, 64), "none"),
-                tmap(k_scales.reshape(4 * n), (4 * BM,), "none"))
-    m = tmap(k_rows.reshape(n, 2, 64), (BM, 2, 64), "128B")
-    return m, m
+    n = k_bits.shape[0]
+    return tmap(k_bits.reshape(n, 2, 64), (BM, 2, 64), "128B")
 
 
 __all__ = ["rs_kernel", "rs_geometry", "RS_DEFAULTS", "resolve_options", "rs_kernels",
            "dyn_smem_bytes", "perm_pos", "BM", "TB_CHOICES", "PF_CHOICES", "RING_CHOICES",
-           "RING_DEFAULTS", "ring_maps", "slot_bytes"]
+           "RING_DEFAULTS", "ring_map", "slot_bytes"]

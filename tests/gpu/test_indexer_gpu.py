@@ -334,6 +334,38 @@ def test_v4_end_to_end_with_topk(monkeypatch, fmt):
     _end_to_end_with_topk(fmt, 98, 6, "v4")
 
 
+# ---------------------------------------------------------------- round 6 kernel (variant v6)
+# ``-k v6``: v4 with the keys through a shared-memory mbarrier ring (TMA / cp.async gather).
+@pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
+@pytest.mark.parametrize("T,N,tpc", [(1, 5, None), (1, 129, None), (3, 200, 2), (4, 127, None),
+                                     (16, 129, 1), (4, 65536, None), (64, 4096, None),
+                                     (5, 65536, 7), (1, 65536, 9)])
+def test_v6_scores_match_oracle_and_equal_v4(fmt, T, N, tpc):
+    """Within the oracle's bound and bitwise v4's scores (the same products in the same order):
+    N = 5 (a TMA box past the cache's end), 7 and 9 tiles a CTA (ring slots reused twice), short
+    last tiles, tokens with nothing to score."""
+    q, kc, w = problem(T * 17 + N + 4, T, N, fmt)
+    vl = _vl(T, N, N + T + 4)
+    got = _v2_plan_scores(q, kc, w, vl, variant="v6", tpc=tpc)
+    check_scores(got, oracle(q, kc, w, vl), "v6")
+    ref = _v2_plan_scores(q, kc, w, vl, variant="v4", tpc=tpc)
+    np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
+def test_v6_paged_equals_contiguous(fmt):
+    """The cp.async gather (paged: a shared and a per-token table, garbage in unused pages)
+    bitwise equal to the TMA loads (contiguous)."""
+    _paged_equals_contiguous(fmt, 15, "v6")
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "dsv4_fp4"])
+def test_v6_end_to_end_with_topk(monkeypatch, fmt):
+    """indexer(impls="fused") with DSV4_INDEXER_VARIANT=v6: scores and the selection rule."""
+    monkeypatch.setenv("DSV4_INDEXER_VARIANT", "v6")
+    _end_to_end_with_topk(fmt, 96, 8, "v6")
+
+
 # ---------------------------------------------------------------- round 5 kernel (variant v5)
 # ``-k test_v5``: FP4 q and keys rewritten as E4M3 (one power-of-two scale a row) on the V3.2
 # kernel's FP8 wgmma (indexer_sm90.e4m3_kernel); the bound adds the FP8 accumulation term.
