@@ -225,9 +225,11 @@ def test_variant_switch(monkeypatch):
     assert F.pick_variant() == "v2" and F.pick_variant("v1") == "v1"
     assert F.pick_variant("v3") == "v3"
     assert F.pick_variant("v4") == "v4" and F.pick_variant("v5") == "v5"
-    assert all(F.pick_variant("auto", T) != "v5" for T in (1, 4, 5, 64, 4096))   # opt-in only
+    assert F.pick_variant("v6") == "v6"
+    assert all(F.pick_variant("auto", T) not in ("v5", "v6")                     # opt-in only
+               for T in (1, 4, 5, 64, 4096))
     with pytest.raises(ValueError, match="v1"):
-        F.pick_variant("v6")
+        F.pick_variant("v7")
 
 
 @pytest.mark.parametrize("which", [pytest.param(0, marks=pytest.mark.slow), 1],
@@ -580,6 +582,62 @@ def test_v4_kernels_compile_for_sm90a(which):
     # one warpgroup arrive a tile: ptxas did not serialise the wgmmas (it does, with warnings
     # C7513-C7517, when an in-flight accumulator or A register is touched -- e.g. a read before
     # its wait_group on any path, even a timing hook's)
+    assert r.sass.count("WARPGROUP.ARRIVE") == 1 and "C751" not in r.ptxas_log, r.ptxas_log
+
+
+# ---------------------------------------------------------------- variant v6: v4 + the key ring
+@pytest.mark.parametrize("N,vl,tpc,bf16", [
+    (6 * 64 + 38, 6 * 64 + 38, 7, False),    # 7 tiles through 4 slots; last tile: 2 scale rows
+    (67, 67, None, False),                    # a 3-row tile: no bulk copy of scales at all
+    (3 * 64 + 45, 200, 4, True),              # bf16 tensor map: 4 tiles through 3 slots, OOB fill
+], ids=["fp4-reuse", "fp4-3-rows", "bf16-reuse"])
+def test_v6_emulated_equals_v4(sim, N, vl, tpc, bf16):
+    """The ring (a contiguous cache: TMA bulk copies for FP4, a 128B-swizzled tensor map for bf16;
+    mbarrier full / empty slots reused) gives v4's scores bitwise -- the same raw words, decoded
+    and multiplied in the same order -- within the oracle's bound; the cache's last 1-3 rows of
+    scales past the bulk copy's 16-byte multiple come through thread 0's loads."""
+    q, kc, w = problem(60 + N, 1, N, bf16=bf16)
+    vl = np.array([vl], np.int32)
+    got = v2_scores(q, kc, w, vl, variant="v6", tpc=tpc)
+    check_v2(got, oracle(q, kc, w, vl))
+    np.testing.assert_array_equal(got.view(np.uint32),
+                                  v2_scores(q, kc, w, vl, variant="v4", tpc=tpc).view(np.uint32))
+
+
+@pytest.mark.parametrize("bf16,per_token", [(False, True), (True, False)],
+                         ids=["fp4-per-token-table", "bf16-shared-table"])
+def test_v6_emulated_paged_equals_contiguous(sim, bf16, per_token):
+    """A paged cache goes through the cp.async gather (each thread its rows' 16-B pieces, the
+    quad's lane 0 the scale word, cp.async.mbarrier.arrive.noinc on the slot's full barrier;
+    bf16 into the tensor map's swizzled places): bitwise the contiguous (TMA) scores; bf16: 6
+    tiles through 3 slots (every thread waits for a slot to empty); a token whose valid_len ends
+    inside a tile."""
+    T, N, tpc = (2, 11 * 32, 6) if bf16 else (2, 6 * 32, 3)
+    q, kc, w = problem(61, T, N, bf16=bf16)
+    vl = np.array([N, 2 * 64 + 30], np.int32)
+    ref = v2_scores(q, kc, w, vl, variant="v6", tpc=tpc)
+    if bf16:
+        (kp,), table = page([kc], 32, T, per_token, 20, random_bytes)
+    else:
+        (pd, ps), table = page([kc.data, kc.scales], 32, T, per_token, 20, random_bytes)
+        kp = QuantizedFP4(pd, ps, None, "dsv4_fp4", pd.shape[:2] + (D,))
+    got = v2_scores(q, kp, w, vl, table, variant="v6", tpc=tpc)
+    np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
+def test_v6_kernel_compiles_for_sm90a():
+    """TB = 1 FP4 (what T = 1 runs): no spills; the keys by bulk copy (UBLKCP, contiguous) and
+    cp.async (LDGSTS + its mbarrier arrive, paged); mbarrier waits; 8 HGMMA 64x64x16 with A in
+    registers, not serialised by ptxas. ~25-40 s of CPU here."""
+    import re
+    kern, sig = R.rs_kernel(1, F.FMT_FP4, ring=R.RING_DEFAULTS[F.FMT_FP4]), R.rs_kernels()[0][1]
+    r = kern.compile(sig, "sm_90a")
+    assert r.spill_stores == 0 and r.spill_loads == 0 and r.stack_bytes == 0, r.summary()
+    for m in ("UBLKCP", "LDGSTS", "ARRIVES.LDGSTSBAR", "SYNCS.PHASECHK", "SYNCS.ARRIVE"):
+        assert m in r.sass, f"{m} missing from the v6 SASS"
+    assert "UTMALDG" not in r.sass, "FP4 keys need no tensor map (nor its fence)"
+    hg = re.findall(r"HGMMA\.64x64x16\.F32\.BF16 R\d+, (\S+),", r.sass)
+    assert len(hg) == 8 and all(a.startswith("R") for a in hg), hg[:3]
     assert r.sass.count("WARPGROUP.ARRIVE") == 1 and "C751" not in r.ptxas_log, r.ptxas_log
 
 

@@ -67,10 +67,11 @@ shared-memory exchange, scores [T, N] written once (4 B per key per token instea
 scale per row) inputs, H = 64, D = 128; variant v3 also counts the top-k's histogram in the kernel
 (the top-k then skips its histogram launch); variant v4 (what "auto" runs for FP4, and for bf16 up
 to 4 tokens) decodes the keys straight into wgmma's A registers; opt-in v5 rewrites FP4 as exact
-E4M3 (one scale a row) for the FP8 wgmma (twice the rate, FP8 accumulation precision). The same
-kernel with a logits epilogue is the staged ``indexer_scores`` production stage (bfloat16 inputs;
-FP4 is decoded to bfloat16 for it). Not built yet: TMA / cp.async into an mbarrier ring, a
-threshold that would keep most scores out of memory.
+E4M3 (one scale a row) for the FP8 wgmma (twice the rate, FP8 accumulation precision); opt-in v6
+is v4 with the keys brought through a shared-memory ring of mbarrier-driven slots (TMA for a
+contiguous cache, a cp.async gather for a paged one). The same kernel with a logits epilogue is
+the staged ``indexer_scores`` production stage (bfloat16 inputs; FP4 is decoded to bfloat16 for
+it). Not built yet: a threshold that would keep most scores out of memory.
 """
 from __future__ import annotations
 
@@ -343,7 +344,9 @@ def indexer(q, k_cache, weights, k, valid_len=None, block_table=None, impls=None
         else of this device's (sm_90a wgmma: bf16 / FP4 / V3.2 FP8; sm_100a block-scaled tcgen05:
         dsv4_fp4 only, emulator-verified, never run on Blackwell) + top-k (see the module
         docstring); a fused kernel that cannot run the call raises ``ImplUnavailable`` before any
-        launch; with ``return_intermediates`` the dict holds ``scores`` only.
+        launch; with ``return_intermediates`` the dict holds ``scores`` only. The sm_90a kernel
+        is chosen by ``DSV4_INDEXER_VARIANT`` ("auto": v4 for FP4; "v6": v4 with the keys through
+        a TMA / cp.async mbarrier ring; ``indexer_sm90.VARIANTS``).
       * NumPy in -> NumPy out; device inputs (GPU) -> device outputs (block_table / valid_len
         values on the device are not checked).
     """

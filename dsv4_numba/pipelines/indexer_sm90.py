@@ -74,14 +74,21 @@ Kernels selected by ``variant=`` / ``DSV4_INDEXER_VARIANT`` (default ``DEFAULT_V
   float32's), so "auto" never picks it. H100 (FP4, scores / total with the top-k): 153.6 / 182.5
   us at T = 64, N = 65536 (v2 205.6 / 235.3); 35.3 / 57.5 at T = 4 (v4 33.3 / 56.9); 14.1 / 34.0
   at T = 1 (v4 11.3 / 30.7).
+* ``v6`` (round 6, 2026-11-27; opt-in; ``indexer_sm90_rs`` with ``ring``): v4's kernel with the
+  keys brought in by the TMA unit (a contiguous cache: FP4 by ``cp.async.bulk`` copies, bf16 by a
+  128B-swizzled tensor map) or a ``cp.async`` gather (paged: each thread its rows, completing on
+  the slot's mbarrier) into a shared-memory ring of 64-key slots driven by full / empty
+  mbarriers; each thread reads its A fragment's raw words back from the slot and decodes them in
+  registers as v4. Bitwise v4's scores. H100, 2026-11-27, FP4, indexer totals: 19.5-20.4 us
+  (median 19.9) at T = 1, N = 65536 against v4's 18.8-20.0; 39.3-39.5 against 37.3-37.4 at
+  T = 4, N = 131072; 186.5 against 170.2 at T = 64 -- so "auto" keeps v4.
 * V3.2 FP8 (``indexer_fused_fp8_kernel``, any variant; the histogram under v3): E4M3 q and keys
   copied as bytes into 128B-swizzled tiles (a 128-code row is one swizzle row), 4 x
   ``wgmma.m64n128k32.f32.e4m3.e4m3``, q's per-row scale folded into w, the key's per-row scale
   multiplying the head sum (see the block comment above the kernel). One scale per row
   (block >= D = 128) only; a scale per 32 raises NotImplementedError naming the staged path.
 
-Not here yet: TMA / cp.async into an mbarrier ring for the keys, BN = 256 with dynamic shared
-memory, two consumer warpgroups per CTA (the T = 4 / T = 64 score kernel is still 1-3x its
+Not here yet: BN = 256 with dynamic shared memory, two consumer warpgroups per CTA (the T = 4 / T = 64 score kernel is still 1-3x its
 target alone), scores kept out of memory entirely (a threshold known before the scores are
 final).
 

@@ -1,5 +1,6 @@
-"""Variant v4 of the fused sm_90a indexer: keys decoded from global memory straight into wgmma's A
-registers; q, the only shared-memory operand, loaded once per CTA.
+"""Variants v4 and v6 of the fused sm_90a indexer: keys decoded straight into wgmma's A registers
+(v4: from global memory; v6: from a shared-memory ring the TMA unit or a cp.async gather fills);
+q, the only shared-memory wgmma operand, loaded once per CTA.
 
 v2 (``indexer_sm90``) puts 64 heads of one token on wgmma's M and 128 keys on N: every key tile
 goes through shared memory (decode, store, fence, barrier) and the head sum runs across rows
@@ -29,7 +30,42 @@ goes through shared memory (decode, store, fence, barrier) and the head sum runs
 Exactness: the same bf16 products and float32 accumulation as v2; only the summation order
 differs (inside the bound gamma(D + H + 3) sum_h |w| sum_d |q k| the tests use).
 
-Not in v4: V3.2 FP8 keys (the e4m3 kernel of ``indexer_sm90`` runs them under every variant), the
+v6: the keys through an mbarrier ring (``rs_kernel(..., ring=S)``, ``RING_DEFAULTS``)
+-----------------------------------------------------------------------------------------
+The same kernel with ``advance_keys``' register queue replaced by S shared-memory slots of one
+64-key tile each (FP4: 4096 B of codes + 256 B of scales; bf16: 16 KB) and 2 S mbarriers::
+
+    slot s:  full[s]  (TMA: 1 arrival + the tile's bytes; cp.async: 128 arrivals)
+             empty[s] (128 arrivals: every thread has read its words of the tile)
+    start:   tiles 0 .. S-1 -> slots 0 .. S-1            (``ring_start`` / ``ring_fill``)
+    tile i:  wait full[i % S] (phase i // S), ld.shared the pair's 2 x 17 words, arrive empty
+             (``ring_take``); decode, wgmmas as v4; then tile i + S - 1 -> the slot tile i - 1
+             left, after its empty phase (``ring_refill``: taken a tile earlier, rarely waits)
+
+* A contiguous cache: thread 0 issues. FP4: two ``cp.async.bulk`` copies a tile (codes, scales:
+  the TMA unit's non-tensor form, no tensor map; the cache's last 1-3 scale rows past the copy's
+  16-byte multiple by thread 0's own loads). bf16: one box of a 128B-swizzled tensor map
+  ([N, 2, 64] uint16, box 64 x 2 x 64): lane c reads line 2r + c // 2, so unswizzled 256-B rows
+  would put 16 of a warp's 32 16-byte reads on one bank group (``ring_word``).
+* A paged cache: a ``cp.async`` gather -- each thread copies the 16-byte pieces of its own two rows
+  it will read back (through the block table, as v4 reads them), lane 0 of a quad the row's
+  scale word, then ``cp.async.mbarrier.arrive.noinc`` on the slot's full barrier (init 128).
+* Words, products and order are v4's: bitwise v4's scores (tests: emulator and H100).
+* Napkin math of the ring (per tile): 4.25 KB (FP4) moved by one thread's 2 bulk copies instead
+  of 128 threads' 2 x 16-B loads; + 4 ld.shared.v4 (FP4; bf16 8), 1 mbarrier wait and arrive a
+  thread. Shared memory: S x 4.4 KB (FP4, S = 4: 17.4 KB) or S x 16 KB (bf16, S = 3: 48 KB) on
+  top of v4's. Expected: no faster than v4 where it is latency-bound (T = 1: the keys' first
+  bytes come no sooner through the TMA unit), ~equal where it is issue-bound (fewer load
+  instructions, the same decode and epilogue).
+* Measured (H100, 2026-11-27, FP4, ``bench_indexer --quick``, totals with the top-k, v4 in the
+  same process, alternating): T = 1, N = 65536: 19.5-20.4 us (6 runs, median 19.9; scores alone
+  9.0-9.1) against v4's 18.8-20.0 (median 19.0; 8.8); T = 4, N = 131072: 39.3-39.5 (scores 25.8)
+  against 37.3-37.4 (24.6); T = 64, N = 65536: 186.5 (158.8) against 170.2 (142.8); T = 1,
+  N = 262144: 48.2 against 46.3. First builds took codes and scales through two tensor maps:
+  their ``fence.proxy.tensormap`` (needed for a map written by a host copy) cost ~4 us a CTA at
+  T = 1 (scores 13.7-14.2 us fenced, 10.0 unfenced), hence the bulk copies. "auto" keeps v4.
+
+Not in v4 / v6: V3.2 FP8 keys (the e4m3 kernel of ``indexer_sm90`` runs them under every variant), the
 v3 histogram. Paged caches with one block table per token run TB = 1 (a tile's keys differ per
 token).
 
