@@ -9,6 +9,8 @@
     python tools/bench_indexer.py --variant v5,v5@16 --shapes 64x65536x512   # v5: TQ tokens a CTA
         # v4 (keys in wgmma registers; what "auto" runs for FP4): v4@TPC/PF/SPLIT/STOP sets its
         # tiles a CTA, prefetch depth, commit groups, or times the kernel to a stop (unchecked)
+    python tools/bench_indexer.py --quick --variant v4,v6   # v6: v4 with the keys through a
+        # TMA / cp.async mbarrier ring (v6@TPC//SPLIT/STOP as v4's; PF unused)
     python tools/stamp_sources.py; export DSV4_NUMBA_CACHE=1    # Numba's disk cache, then
     python tools/bench_indexer.py --precompile --variant v2,v3 --fmt fp4,fp8   # fill it with
         # the fused kernels, one process per kernel in parallel (~2.5 min of compiles on 16
