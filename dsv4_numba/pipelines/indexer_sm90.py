@@ -80,8 +80,8 @@ Kernels selected by ``variant=`` / ``DSV4_INDEXER_VARIANT`` (default ``DEFAULT_V
   the slot's mbarrier) into a shared-memory ring of 64-key slots driven by full / empty
   mbarriers; each thread reads its A fragment's raw words back from the slot and decodes them in
   registers as v4. Bitwise v4's scores. H100, 2026-11-27, FP4, indexer totals: 19.5-20.4 us
-  (median 19.9) at T = 1, N = 65536 against v4's 18.8-20.0; 39.3-39.5 against 37.3-37.4 at
-  T = 4, N = 131072; 186.5 against 170.2 at T = 64 -- so "auto" keeps v4.
+  (9 runs, median 19.9) at T = 1, N = 65536 against v4's 18.8-20.1 (median 19.3); 39.3-39.5
+  against 37.3-37.4 at T = 4, N = 131072; 186.5 against 170.2 at T = 64 -- so "auto" keeps v4.
 * V3.2 FP8 (``indexer_fused_fp8_kernel``, any variant; the histogram under v3): E4M3 q and keys
   copied as bytes into 128B-swizzled tiles (a 128-code row is one swizzle row), 4 x
   ``wgmma.m64n128k32.f32.e4m3.e4m3``, q's per-row scale folded into w, the key's per-row scale

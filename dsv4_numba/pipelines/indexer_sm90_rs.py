@@ -58,8 +58,8 @@ The same kernel with ``advance_keys``' register queue replaced by S shared-memor
   bytes come no sooner through the TMA unit), ~equal where it is issue-bound (fewer load
   instructions, the same decode and epilogue).
 * Measured (H100, 2026-11-27, FP4, ``bench_indexer --quick``, totals with the top-k, v4 in the
-  same process, alternating): T = 1, N = 65536: 19.5-20.4 us (6 runs, median 19.9; scores alone
-  9.0-9.1) against v4's 18.8-20.0 (median 19.0; 8.8); T = 4, N = 131072: 39.3-39.5 (scores 25.8)
+  same process, alternating): T = 1, N = 65536: 19.5-20.4 us (9 runs, median 19.9; scores alone
+  9.0-9.1) against v4's 18.8-20.1 (median 19.3; 8.8-8.9); T = 4, N = 131072: 39.3-39.5 (scores 25.8)
   against 37.3-37.4 (24.6); T = 64, N = 65536: 186.5 (158.8) against 170.2 (142.8); T = 1,
   N = 262144: 48.2 against 46.3. First builds took codes and scales through two tensor maps:
   their ``fence.proxy.tensormap`` (needed for a map written by a host copy) cost ~4 us a CTA at
