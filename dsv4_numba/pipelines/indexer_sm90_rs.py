@@ -666,6 +666,9 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
         ops.fence_proxy_async_shared_cta()
         cuda.syncthreads()
         if HOOKS and stop == 1:                   # (timing hook: launch + the q / w setup)
+            for j in range(RING):                 # v6: no CTA exits with copies in flight
+                if tile0 + j < tile1:             # into its shared memory
+                    ops.mbarrier_wait_parity(bars + uint32(8 * j), uint32(0))
             return
         bdesc = uint64(DESC_SW128) | uint64((qbase >> 4) & 0x3FFF)
         for tile in range(tile0, tile1):
