@@ -1097,7 +1097,9 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
     ``DSV4_INDEXER_VARIANT`` or ``DEFAULT_VARIANT``. ``tq``: tokens per CTA (tests: several tokens
     per CTA at emulator sizes), else ``token_group``. ``ghist``: kernel-side int32 [>= T * 4096],
     zero, counted into (v3 and the FP8 kernel; required by v3). "v5": FP4 as exact E4M3 on the FP8
-    wgmma, opt-in (``E4M3_VARIANTS``). ``tpc``, ``pf``, ``split``: v4's
+    wgmma, opt-in (``E4M3_VARIANTS``). "v6": v4 with the keys through a TMA / cp.async mbarrier
+    ring, opt-in (``RING_VARIANTS``; its sources' alignment is checked here, before any launch).
+    ``tpc``, ``pf``, ``split``: v4's (and v6's, but ``pf``)
     64-key tiles a CTA, tiles loaded ahead and commit groups (``indexer_sm90_rs.rs_kernel``; else
     ``rs_geometry``'s and ``RS_DEFAULTS``); ``stop``: v4's timing hook (``rs_kernel``)."""
     T, N = c.T, c.N
