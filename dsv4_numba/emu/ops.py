@@ -7,9 +7,10 @@ global ``ops`` (when it is ``dsv4_numba.hw.ops``) for this module, so production
 Covered:
 - sm_90a: shared/global addresses, ld/st.shared.v4, ld.global.nc / st.global.v4, mbarrier (init,
   inval, arrive, arrive.expect_tx, expect_tx, try_wait.parity, wait_parity), TMA tile loads/stores
-  1D-5D (+ L2-hint forms) and bulk (non-tensor) loads with no / 32B / 64B / 128B swizzle, bulk-group commit/wait, tensormap
-  prefetch and fences, proxy fences, elect.sync, named barriers (sync/arrive with counts), setmaxnreg,
-  cp.async (and cp.async.mbarrier.arrive.noinc), ldmatrix/stmatrix, prmt / pack / cvt conversions, and every ``wgmma_m64n{N}k{K}`` binding:
+  1D-5D (+ L2-hint forms) with no / 32B / 64B / 128B swizzle, bulk (non-tensor) loads, bulk-group
+  commit/wait, tensormap prefetch and fences, proxy fences, elect.sync, named barriers (sync/arrive
+  with counts), setmaxnreg, cp.async (+ cp.async.mbarrier.arrive.noinc), ldmatrix/stmatrix, prmt /
+  pack / cvt conversions, and every ``wgmma_m64n{N}k{K}`` binding:
   bf16 / e4m3, A from smem (SS) or registers (RS), K-major or MN-major (imm-trans, ``_tb``) operands,
   all swizzle modes, read through the descriptor per the PTX canonical layouts (``emu.tmem``).
 - sm_100a: tcgen05 alloc / dealloc / relinquish (whole warp, power of 2 in [32, 512], dealloc before

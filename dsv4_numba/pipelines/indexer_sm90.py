@@ -88,9 +88,9 @@ Kernels selected by ``variant=`` / ``DSV4_INDEXER_VARIANT`` (default ``DEFAULT_V
   multiplying the head sum (see the block comment above the kernel). One scale per row
   (block >= D = 128) only; a scale per 32 raises NotImplementedError naming the staged path.
 
-Not here yet: BN = 256 with dynamic shared memory, two consumer warpgroups per CTA (the T = 4 / T = 64 score kernel is still 1-3x its
-target alone), scores kept out of memory entirely (a threshold known before the scores are
-final).
+Not here yet: BN = 256 with dynamic shared memory, two consumer warpgroups per CTA (the T = 4 /
+T = 64 score kernel is still 1-3x its target alone), scores kept out of memory entirely (a
+threshold known before the scores are final).
 
 Napkin math (H = 64, D = 128; per key per token 2*H*D = 16384 FLOP)
 ----------------------------------------------------------------
@@ -1157,7 +1157,7 @@ def fused_plan(c, q, k_cache, weights, out=None, variant=None, tq=None, ghist=No
         mp = 0 if (not c.paged and (ring or R.RS_DEFAULTS["early_keys"])) else c.max_pages
         tmk = _no_map(io)                         # 0: contiguous (v6: by the TMA unit)
         if ring:
-            _check_ring_alignment(ksrc, ksc, fmt, c.paged, io.gpu)
+            _check_ring_alignment(ksc, fmt, c.paged, io.gpu)
             if not c.paged and fmt == FMT_BF16:
                 tmk = R.ring_map(ksrc.reshape(N, D_FUSED), io.gpu)
         args = (_u8(qsrc), qsc, _u8(ksrc), ksc, w, table, c.table_rows, mp, c.page_size,
@@ -1205,21 +1205,18 @@ def _no_map(io):
     return _NO_MAP[0]
 
 
-def _check_ring_alignment(ksrc, ksc, fmt, paged, gpu):
-    """v6 before any launch: a contiguous cache's codes and (FP4) scales are TMA sources (bulk
-    copies and tensor maps: 16-byte aligned starts, PTX ISA cp.async.bulk / cuTensorMapEncodeTiled);
-    a paged FP4 cache's scales are gathered 4 bytes a row (cp.async 4: 4-byte aligned)."""
-    def start(a):
-        cai = getattr(a, "__cuda_array_interface__", None)
-        return cai["data"][0] if cai is not None else a.ctypes.data
-    need = [] if paged else [("k_cache data", ksrc, 16)]
-    if fmt == FMT_FP4:
-        need.append(("k_cache scales", ksc, 4 if paged else 16))
-    for name, a, al in need:
-        if gpu and start(a) % al:
-            raise ValueError(f"fused indexer v6 reads the {name} with "
-                             f"{'cp.async' if paged else 'TMA'}: it must start {al}-byte aligned "
-                             f"(it starts at {start(a):#x}); pass a copy, or use variant v4")
+def _check_ring_alignment(ksc, fmt, paged, gpu):
+    """v6 before any launch, beyond v4's 16-byte check of the key data (``fused_plan``): FP4 scales
+    are a TMA source in a contiguous cache (bulk copies: 16-byte aligned start, PTX ISA
+    cp.async.bulk) and gathered 4 bytes a row in a paged one (cp.async 4: 4-byte aligned)."""
+    if not gpu or fmt != FMT_FP4:
+        return
+    al = 4 if paged else 16
+    at = ksc.__cuda_array_interface__["data"][0]
+    if at % al:
+        raise ValueError(f"fused indexer v6 reads the k_cache scales with "
+                         f"{'cp.async' if paged else 'TMA'}: they must start {al}-byte aligned "
+                         f"(they start at {at:#x}); pass a copy, or use variant v4")
 
 
 def fused_scores(c, q, k_cache, weights, out=None, variant=None, ghist=None):
@@ -1370,7 +1367,8 @@ registry.register("indexer_scores", "production", arch="sm_90a",
 __all__ = ["scores_production", "scores_fits", "production_kernels", "EPI_SCORES", "EPI_LOGITS",
            "indexer_fused_kernel", "indexer_fused_v2_kernel", "q_decode_kernel", "fused_indexer",
            "fused_scores", "fused_plan", "FusedPlan", "check_fusable", "token_group", "VARIANTS",
-           "DEFAULT_VARIANT", "pick_variant", "v2_kernels", "RS_VARIANTS", "RING_VARIANTS", "rs_kernels_of",
+           "DEFAULT_VARIANT", "pick_variant", "v2_kernels", "RS_VARIANTS", "RING_VARIANTS",
+           "rs_kernels_of",
            "RS_AUTO_MAX_T", "gpu_dispatcher", "fp8_kernels",
            "indexer_fused_fp8_kernel", "HIST_VARIANTS", "FP8_ACC_REL", "E4M3_VARIANTS",
            "indexer_fused_fp4e4m3_kernel", "q_e4m3_kernel", "v5_kernels", "e4m3_kernel",

@@ -376,6 +376,16 @@ def ring_take(kfmt, slot, full, empty, parity, rg, c):
 
 
 @device
+def ring_init(ring, bars, full_count):
+    """Thread 0: the ring's barriers -- full[s] expecting ``full_count`` arrivals (TMA: thread 0's
+    expect_tx; cp.async: all 128 threads), empty[s] all 128 threads -- and their init fence."""
+    for s in range(ring):
+        ops.mbarrier_init(bars + uint32(8 * s), uint32(full_count))
+        ops.mbarrier_init(bars + uint32(8 * (ring + s)), uint32(THREADS))
+    ops.fence_mbarrier_init()
+
+
+@device
 def ring_start(kfmt, ring, slot_size, rb, bars, tile0, tile1, ksrc, ksc, tmk, N):
     """Thread 0 of a CTA reading a contiguous cache: the ring's barriers (full: one arrival,
     thread 0's expect_tx; empty: all 128 threads), then the loads of the first ``ring`` tiles
@@ -385,10 +395,7 @@ def ring_start(kfmt, ring, slot_size, rb, bars, tile0, tile1, ksrc, ksc, tmk, N)
     through the tensormap proxy; ``hw.tma``). FP4's bulk copies need no map: H100, 2026-11-27,
     scores at T = 1, N = 65536 with its codes and scales through two tensor maps, fenced: 13.7-14.2
     us, 10.0 without the fences (not a legal kernel; the measurement that chose bulk copies)."""
-    for s in range(ring):
-        ops.mbarrier_init(bars + uint32(8 * s), uint32(1))
-        ops.mbarrier_init(bars + uint32(8 * (ring + s)), uint32(THREADS))
-    ops.fence_mbarrier_init()
+    ring_init(ring, bars, 1)
     if kfmt != FMT_FP4:
         ops.fence_proxy_tensormap_acquire_sys(ops.array_address(tmk))
     for j in range(ring):
@@ -631,10 +638,7 @@ def rs_kernel(tb: int, kfmt: int, pf: int = 2, split: int = 1, hooks: bool = Fal
                 ring_start(KF, RING, SLOT, rb, bars, tile0, tile1, ksrc, ksc, tmk, N)
         if RING and max_pages != 0:               # v6, paged: every thread gathers its rows
             if tid == 0:                          # of the first RING tiles (cp.async)
-                for s in range(RING):
-                    ops.mbarrier_init(bars + uint32(8 * s), uint32(THREADS))
-                    ops.mbarrier_init(bars + uint32(8 * (RING + s)), uint32(THREADS))
-                ops.fence_mbarrier_init()
+                ring_init(RING, bars, THREADS)
             cuda.syncthreads()                    # every thread sees the barriers initialised
             for j in range(RING):
                 if tile0 + j < tile1:
