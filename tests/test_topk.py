@@ -346,7 +346,11 @@ def test_cluster_geometry_and_refusals():
     for rows, want in ((1, 16), (4, 16), (5, 8), (8, 8), (9, 4), (16, 4), (17, 2), (66, 2), (500, 2)):
         S, chunk, threads = K.split_geometry(rows, 65536, 4, 132, cluster=True)
         assert S == want and S * chunk >= 65536 and chunk % 4 == 0, (rows, S, chunk)
-        assert threads in K.SP_THREADS and -(-chunk // 4) <= 4 * threads or threads == 1024
+        assert threads in K.SP_THREADS and threads <= K.SP_CLUSTER_THREADS
+        assert -(-chunk // 4) <= 4 * threads or threads == K.SP_CLUSTER_THREADS
+    # long slices: at most 512 threads, more trips (64 x 131072 at S = 2: 32 vectors a thread)
+    assert K.split_geometry(64, 131072, 4, 132, cluster=True) == (2, 65536, 512)
+    assert K.split_geometry(64, 131072, 4, 132)[2] == 1024                 # split: unchanged
     assert K.split_geometry(1, 10, 4, 132, cluster=True)[:2] == (16, 4)   # trailing CTAs idle
     assert K.split_geometry(1, 65536, 4, 132, S=8, cluster=True)[:2] == (8, 8192)
     with pytest.raises(ValueError, match="S must be one of"):
@@ -800,8 +804,9 @@ def test_plan_geometry():
 
 def test_auto_variant_bands_as_on_the_gpu(monkeypatch):
     """"auto" as the GPU resolves it (the simulator never runs "cluster"): the CL_AUTO_BANDS
-    edges, including 33-64 rows of 65537-131072 scores (cluster, S = 2: timed faster than rowblock
-    at 64 x 131072) and the rowblock / split regimes around them."""
+    edges, including 33-64 rows of 65537-131072 scores (cluster, S = 2 x 512 threads: timed
+    faster than rowblock at 64 x 131072, and than 1024 threads) and the rowblock / split regimes
+    around them."""
     monkeypatch.setattr(K, "mode", lambda: "gpu")
     cases = {(4, 131072): "cluster", (1, 131073): "split", (8, 65536): "cluster",
              (9, 65536): "split", (5, 65537): "split", (31, 131072): "split", (32, 131072): "rowblock",
@@ -809,5 +814,5 @@ def test_auto_variant_bands_as_on_the_gpu(monkeypatch):
              (65, 131072): "rowblock", (64, 131073): "rowblock", (64, 262145): "fused"}
     for (rows, n), want in cases.items():
         assert K.resolve_variant("auto", n, rows) == want, (rows, n)
-    assert K.split_geometry(64, 131072, 4, 132, cluster=True) == (2, 65536, 1024)
+    assert K.split_geometry(64, 131072, 4, 132, cluster=True) == (2, 65536, 512)   # 0.18.0
 

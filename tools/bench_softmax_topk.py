@@ -153,16 +153,19 @@ def hist_only_us(K, plan, call, reps, repeats):
     return us
 
 
-def rowblock_stages_us(plan, call, vals, idx, reps, repeats):
+def rowblock_stages_us(plan, calls, vals, idx, reps, repeats):
     """GPU us of the rowblock kernel ended after pass 1, pass 2, the refine, the sort (the
-    ``stop`` timing hook; cumulative). Leaves the plan running the whole kernel."""
+    ``stop`` timing hook; cumulative), cycling through ``calls`` as the totals do (cold L2:
+    before 0.18.0 the stages reread one input from L2 while the totals rotated, so the stages
+    looked faster and the end slower than they are). Leaves the plan running the whole kernel."""
     from dsv4_numba.runtime.bench import time_gpu
     from dsv4_numba.stages import topk as K
     out = []
+    cyc = Cycle(calls)
     try:
         for stop in (1, 2, 3, 4):
             plan.rb_stop = stop
-            out.append(time_gpu(lambda: K.topk_production(call, vals, idx, plan=plan),
+            out.append(time_gpu(lambda: K.topk_production(cyc(), vals, idx, plan=plan),
                                 reps=reps, repeats=repeats))
     finally:
         plan.rb_stop = 0
@@ -176,17 +179,19 @@ CLUSTER_STAGES = SPLIT_STAGES[:3] + ((8, "+ owner ranges"), (9, "+ pass 2"), (10
                                      (2, "+ counts exchanged"), (7, "+ items exchanged"))
 
 
-def split_stages_us(plan, call, vals, idx, reps, repeats, stages):
+def split_stages_us(plan, calls, vals, idx, reps, repeats, stages):
     """GPU us of the split / cluster kernel ended after each of ``stages`` (SPLIT_STAGES,
-    CLUSTER_STAGES: the ``stop`` timing hook; cumulative). Leaves the plan running the whole
-    kernel on a fresh workspace."""
+    CLUSTER_STAGES: the ``stop`` timing hook; cumulative), cycling through ``calls`` as the
+    totals do (``rowblock_stages_us``). Leaves the plan running the whole kernel on a fresh
+    workspace."""
     from dsv4_numba.runtime.bench import time_gpu
     from dsv4_numba.stages import topk as K
     out = []
+    cyc = Cycle(calls)
     try:
         for stop, _ in stages:
             plan.rb_stop = stop
-            out.append(time_gpu(lambda: K.topk_production(call, vals, idx, plan=plan),
+            out.append(time_gpu(lambda: K.topk_production(cyc(), vals, idx, plan=plan),
                                 reps=reps, repeats=repeats))
     finally:
         plan.rb_stop = 0
@@ -253,14 +258,14 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
                                 reps=reps, repeats=repeats)
                 hus = host_us(lambda: K.topk(dev[0], k, impl="production"), variant=variant)
                 if breakdown and variant == "rowblock":
-                    p1, p2, p3, p4 = rowblock_stages_us(plan, calls[0], vals, idx, reps, repeats)
+                    p1, p2, p3, p4 = rowblock_stages_us(plan, calls, vals, idx, reps, repeats)
                     print(f"  rowblock stages (cumulative us): pass 1 + threshold {p1:.1f}, "
                           f"+ pass 2 (list) {p2:.1f}, + refine/collect {p3:.1f}, + sort {p4:.1f}, "
                           f"+ write {ours:.1f}; grid {R} CTAs x {plan.finish_threads}",
                           flush=True)
                 elif breakdown and variant.startswith(("split", "cluster")):
                     stages = CLUSTER_STAGES if variant.startswith("cluster") else SPLIT_STAGES
-                    us = split_stages_us(plan, calls[0], vals, idx, reps, repeats, stages)
+                    us = split_stages_us(plan, calls, vals, idx, reps, repeats, stages)
                     done = ", ".join(f"{lab} {t:.1f}" for (_, lab), t in zip(stages, us))
                     print(f"  {variant} stages (cumulative us): {done}, + "
                           f"{'rank and write' if stages is CLUSTER_STAGES else 'write'} "

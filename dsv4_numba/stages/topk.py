@@ -61,8 +61,9 @@ Implementations (stage registry name ``topk``)
     0.14.0, 33-64 rows of 65537-131072 (``CL_AUTO_BANDS``); H100, 0.13.0: 12.8 / 11.9 us on the
     second and third target shapes (1 x 65536, k = 2048 and 4 x 65536, k = 512: both within
     target), 11.8 at (1, 65536, 512), 13.4 at (4, 131072, 1024), 15.9 at (8, 65536, 2048);
-    0.14.0: 41.2-42.3 at (64, 131072, 2048) with S = 2, against rowblock's 45.4-46.3: the target
-    is 25):
+    0.14.0: 41.2-42.3 at (64, 131072, 2048) with S = 2, against rowblock's 45.4-46.3; 0.18.0,
+    512 threads a CTA instead of 1024 there (``SP_CLUSTER_THREADS``): 38.3-40.7 against
+    41.4-42.4 in the same runs; the target is 25):
     split's passes with each row ONE thread-block cluster of S = 2-16 CTAs (16 by default for
     <= 4 rows), co-scheduled by the hardware (no residency limit), exchanging through distributed
     shared memory instead of global memory: each histogram round is a reduce-scatter pushed with
@@ -1899,6 +1900,13 @@ CL_AUTO_BANDS = ((1, 4, 1, 131072), (1, 8, 1, 65536), (33, 64, 65537, 131072))
 SP_SMEM_CLUSTER = SP_SMEM + 4 * SP_LMAX + 4 * NBINS   # + the histogram slice (<= 8 KB), later
 # the items' owner slots, then (with the 16 KB after them) counting_sort_desc's counts
 SP_OSORT = 256                  # "cluster": an owner ranks up to this many items by counting
+SP_CLUSTER_THREADS = 512        # "cluster": the largest CTA (0.18.0; 1024 before). H100,
+# 2026-11-27, (64, 131072, k = 2048) fp32 at S = 2, cold L2 (rotated inputs), three runs: 512
+# threads 38.5 / 40.7 / 38.3-38.4 us against 1024's 41.5 / 42.4 / 41.4-41.6 (the third with
+# the two alternating, twice each); stage prefixes (launch, pass 1, round 0,
+# owner ranges, pass 2, owners, counts, items, total) 1.1 / 14.6 / 17.0 / 18.9 / 28.1 / 28.9 /
+# 29.3 / 30.5 / 38.5 against 1.0 / 17.5 / 20.3 / 22.7 / 30.3 / 31.2 / 31.8 / 33.2 / 41.5:
+# pass 1 reads faster with 8 trips of 512 threads than 4 of 1024 (2.5 against 2.0 TB/s)
 SP_THREADS = (256, 512, 1024)   # CTA sizes: the smallest giving <= 4 vectors a thread. ptxas,
 # sm_90a, launch bounds (threads, 1): 256 -> 144 registers (the cluster form in 0.13.0: 122),
 # no spill (the CI compile test; with bounds (256,) alone ptxas chose 128 and spilled); 1024 is
@@ -2559,7 +2567,8 @@ def split_geometry(rows, n, vec, sms, S=None, cluster=False):
     256 x vec scores each; ``S`` if given), chunk a multiple of the vector width, threads the
     smallest of SP_THREADS giving <= 4 vectors a thread. ``cluster``: S is a cluster size
     (SP_CLUSTERS; by default the largest with rows x S <= SP_CLUSTER_CTAS, at least 2) and
-    stays S even where fewer CTAs would cover the row (the trailing ones get empty slices)."""
+    stays S even where fewer CTAs would cover the row (the trailing ones get empty slices);
+    threads at most SP_CLUSTER_THREADS (slices of more than 4 vectors a thread take more trips)."""
     if cluster:
         if S is None:
             S = next((c for c in SP_CLUSTERS[::-1] if rows * c <= min(sms, SP_CLUSTER_CTAS)),
@@ -2572,7 +2581,8 @@ def split_geometry(rows, n, vec, sms, S=None, cluster=False):
     if not cluster:
         S = max(1, -(-n // chunk))
     per = -(-chunk // vec)
-    threads = next((t for t in SP_THREADS if per <= 4 * t), SP_THREADS[-1])
+    top = SP_CLUSTER_THREADS if cluster else SP_THREADS[-1]
+    threads = next((t for t in SP_THREADS if per <= 4 * t and t <= top), top)
     return S, chunk, threads
 
 
