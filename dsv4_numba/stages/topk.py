@@ -1902,11 +1902,11 @@ SP_SMEM_CLUSTER = SP_SMEM + 4 * SP_LMAX + 4 * NBINS   # + the histogram slice (<
 SP_OSORT = 256                  # "cluster": an owner ranks up to this many items by counting
 SP_CLUSTER_THREADS = 512        # "cluster": the largest CTA (0.18.0; 1024 before). H100,
 # 2026-11-27, (64, 131072, k = 2048) fp32 at S = 2, cold L2 (rotated inputs), three runs: 512
-# threads 38.5 / 40.7 / 38.3-38.4 us against 1024's 41.5 / 42.4 / 41.4-41.6 (the third with
-# the two alternating, twice each); stage prefixes (launch, pass 1, round 0,
-# owner ranges, pass 2, owners, counts, items, total) 1.1 / 14.6 / 17.0 / 18.9 / 28.1 / 28.9 /
-# 29.3 / 30.5 / 38.5 against 1.0 / 17.5 / 20.3 / 22.7 / 30.3 / 31.2 / 31.8 / 33.2 / 41.5:
-# pass 1 reads faster with 8 trips of 512 threads than 4 of 1024 (2.5 against 2.0 TB/s)
+# threads 38.5 / 40.7 / 38.3-38.4 us against 1024's 41.5 / 42.4 / 41.4-41.6 (the third with the
+# two alternating, twice each); stage prefixes (launch, pass 1, round 0, owner ranges, pass 2,
+# owners, counts, items, total) 1.1 / 14.6 / 17.0 / 18.9 / 28.1 / 28.9 / 29.3 / 30.5 / 38.5
+# against 1.0 / 17.5 / 20.3 / 22.7 / 30.3 / 31.2 / 31.8 / 33.2 / 41.5: pass 1 reads faster with
+# 8 trips of 512 threads than 4 of 1024 (2.5 against 2.0 TB/s)
 SP_THREADS = (256, 512, 1024)   # CTA sizes: the smallest giving <= 4 vectors a thread. ptxas,
 # sm_90a, launch bounds (threads, 1): 256 -> 144 registers (the cluster form in 0.13.0: 122),
 # no spill (the CI compile test; with bounds (256,) alone ptxas chose 128 and spilled); 1024 is
