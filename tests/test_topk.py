@@ -165,12 +165,13 @@ def test_nan_rules():
 # the production pipeline (scalar variant: no PTX) under the simulator
 # ----------------------------------------------------------------------------------------------
 def run_production(x, k, lengths=None, S=3, capacity=None, vectorized=True, twice=False,
-                   variant="three_pass", stage_cap=None, bmax=None):
+                   variant="three_pass", stage_cap=None, bmax=None, stash=None):
     """The production pipeline with 32-thread blocks; returns (v, i). The 16-byte loads,
     shuffles and ballots run as their simulator twins (see softmax._with_sim_twin)."""
     c = K._prepare(x, k, lengths, check_nan=False)
     plan = K.TopkPlan(c.R, c.n, k, c.kind, threads=32, finish_threads=32, S=S, capacity=capacity,
-                      variant=variant, stage_cap=stage_cap)
+                      variant=variant, stage_cap=stage_cap, stash=stash)
+    assert stash is None or plan.stash == stash
     plan.rb_bmax = plan.rb_bmax if bmax is None else bmax      # rowblock test hook
     v, i = K.topk_production(c, plan=plan, vectorized=vectorized)
     assert not plan.workspace(False)[0].any(), "each run must leave its workspace zeroed"
@@ -296,6 +297,55 @@ def test_split_rank_runs_simulated():
         assert_topk(v, i, x, k, name=f"split rank k={k} (sim)")
 
 
+def test_stash_plans():
+    """Where the stash is on by default: "cluster" slices of more than one trip (16 scores a
+    thread) and at most SP_STASH_MAX scores -- 64 x 131072 at S = 2 x 512 threads (the launch's
+    dynamic shared memory then holds 2 bytes a score from SP_STASH, within the H100's 227 KB);
+    not the one-trip slices of the small batches, not split (tested, not timed: on by request),
+    not rowblock (refused)."""
+    p = K.TopkPlan(64, 131072, 2048, K.F32, variant="cluster")
+    assert p.stash and (p.S, p.chunk, p.split_threads) == (2, 65536, 512)
+    assert K.SP_STASH + 2 * p.chunk <= 227 * 1024 - 16 * 1024      # (room for static shared)
+    assert K.TopkPlan(64, 131072, 2048, K.BF16, variant="cluster").stash
+    assert not K.TopkPlan(4, 65536, 512, K.F32, variant="cluster").stash      # one trip
+    assert not K.TopkPlan(1, 65536, 2048, K.F32, variant="cluster").stash
+    assert not K.TopkPlan(64, 131072, 2048, K.F32, variant="cluster", stash=False).stash
+    assert not K.TopkPlan(4, 1 << 20, 1024, K.F32, variant="split").stash      # split: off
+    assert K.TopkPlan(4, 1 << 20, 1024, K.F32, variant="split", stash=True).stash
+    with pytest.raises(ValueError, match="stash=None"):                        # one trip
+        K.TopkPlan(4, 65536, 512, K.F32, variant="cluster", stash=True)
+    with pytest.raises(ValueError, match="stash"):
+        K.TopkPlan(64, 131072, 2048, K.F32, variant="rowblock", stash=True)
+
+
+@pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
+def test_split_stash_simulated():
+    """split's stash (pass 1 keeps the top 16 key bits of each score in shared memory, pass 2
+    filters those and loads the listed scores back): slices of 2-3 trips at 32 threads (> 512
+    scores), lengths giving a checked trip, a scalar tail (VEC = 4: 1243 % 4) and an empty
+    slice, ties across the 16-bit prefix (scores equal in their top key bits, differing below:
+    the threshold bin is decided on the prefix, the order on the full bits), bfloat16 (the
+    prefix is the whole key), the scalar-load kernel, and a level round (capacity 3: pass 2 reads
+    x, the stash unused). The same bits with the stash off, and the oracle."""
+    g = np.random.default_rng(71)
+    x = (g.standard_normal((2, 1500)) * 4).astype(np.float32)
+    x[0, 100:700:3] = np.float32(2.0) + np.float32(2 ** -20) * g.integers(0, 64, 200)
+    lengths = np.array([1500, 1243])
+    for kw in ({}, {"vectorized": False}, {"capacity": 3}):
+        on = run_production(x, 300, lengths, S=2, variant="split", stash=True, **kw)
+        off = run_production(x, 300, lengths, S=2, variant="split", stash=False, **kw)
+        assert_topk(*on, x, 300, lengths, name=f"split stash {kw} (sim)")
+        assert np.array_equal(on[1], off[1]) and np.array_equal(on[0].view(np.uint8),
+                                                                 off[0].view(np.uint8))
+    xb = scores((1, 1200), seed=72, dtype=ml_dtypes.bfloat16)
+    v, i = run_production(xb, 200, np.array([1101]), S=2, variant="split", stash=True)
+    assert_topk(v, i, xb, 200, np.array([1101]), name="split stash bf16 (sim)")
+    with pytest.raises(ValueError, match="stash"):
+        run_production(x[:, :600].copy(), 30, S=2, variant="split", stash=True)   # 1 trip
+    with pytest.raises(ValueError, match="stash"):
+        K.TopkPlan(2, 1500, 30, K.F32, variant="rowblock", stash=True)
+
+
 @pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
 def test_split_larger_blocks_simulated():
     """split with 128-thread CTAs (the block scans, the unrolled 16-byte histogram read-back
@@ -321,7 +371,7 @@ def test_split_replay_launch_count_simulated(monkeypatch):
 
         class Wrap:
             def launch(self, *la, **kw):
-                count.append(la[-2])
+                count.append(la[-3])   # the phase
                 return kern.launch(*la, **kw)
 
             def reserve_dynamic_shared(self, *ra):

@@ -19,7 +19,9 @@ each checked and timed against the same torch number; the table says which one
 rowblock kernel stopped after each stage (pass 1, pass 2, refine, sort; cumulative), or the
 split kernel ended at its start (the launch alone), after pass 1, round 0, the publish, the
 list load, the rank (cumulative); the cluster kernel likewise up to round 0, then after its owner
-ranges, pass 2, the owners, the counts' and the items' exchanges.
+ranges, pass 2, the owners, the counts' and the items' exchanges (and, where an owner sorts,
+after its sort). ``cluster:nostash`` / ``split@S:stash``: a variant with pass 2's
+shared-memory stash of the top key bits off / on (``TopkPlan(stash=)``).
 "% read-once" is the time to read the scores once at the measured copy bandwidth over ours.
 
 Method: inputs are torch tensors on the device, handed to dsv4_numba as zero-copy device arrays
@@ -73,10 +75,10 @@ class Cycle:
 
 def host_us(fn, reps=50, variant=None):
     """Wall us of fn() in a loop; ``variant``: the top-k variant the public call runs meanwhile
-    (``split@S`` / ``cluster@S``: that variant at its default S)."""
+    (``split@S`` / ``cluster@S``, ``:stash`` suffix or not: that variant at its defaults)."""
     from dsv4_numba.stages import topk as K
     saved = K.PRODUCTION_VARIANT
-    K.PRODUCTION_VARIANT = (variant or saved).split("@")[0]
+    K.PRODUCTION_VARIANT = (variant or saved).split(":")[0].split("@")[0]
     try:
         return _host_us(fn, reps)
     finally:
@@ -177,6 +179,8 @@ SPLIT_STAGES = ((6, "launch alone"), (5, "+ pass 1"), (1, "+ histogram exchange,
                 (2, "+ pass 2 / publish barrier"), (7, "+ list load"), (3, "+ rank"))
 CLUSTER_STAGES = SPLIT_STAGES[:3] + ((8, "+ owner ranges"), (9, "+ pass 2"), (10, "+ owners"),
                                      (2, "+ counts exchanged"), (7, "+ items exchanged"))
+# where an owner sorts its items (more than topk.SP_OSORT): after its sort
+CLUSTER_SORT_STAGES = ((12, "+ sort"),)
 
 
 def split_stages_us(plan, calls, vals, idx, reps, repeats, stages):
@@ -224,12 +228,17 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
             read_once = R * N * esz / (copy_gbs * 1e3)       # us to read the scores once
             tgt = TARGETS.get((R, N, k)) if name == "fp32" else None
             for variant in variants:
-                if "@" in variant:                   # split / cluster: S CTAs a row (/T threads)
-                    base, S = variant.split("@")
+                # split / cluster: "@S" CTAs a row, "/T" threads; ":nostash" / ":stash" the
+                # stash off / on (``TopkPlan(stash=)``)
+                spec, _, opt = variant.partition(":")
+                stash = {"": None, "stash": True, "nostash": False}[opt]
+                if "@" in spec or opt:
+                    base, _, S = spec.partition("@")
                     S, _, T = S.partition("/")
                     try:
-                        plan = K.TopkPlan(R, N, k, calls[0].kind, variant=base, S=int(S),
-                                          threads=int(T) if T else None)
+                        plan = K.TopkPlan(R, N, k, calls[0].kind, variant=base,
+                                          S=int(S) if S else None,
+                                          threads=int(T) if T else None, stash=stash)
                     except ValueError as e:           # rows x S over the SMs, S no cluster size
                         print(f"topk {variant} {R}x{N} k={k}: skipped ({e})", flush=True)
                         continue
@@ -265,10 +274,12 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
                           flush=True)
                 elif breakdown and variant.startswith(("split", "cluster")):
                     stages = CLUSTER_STAGES if variant.startswith("cluster") else SPLIT_STAGES
+                    if stages is CLUSTER_STAGES and k // plan.S > K.SP_OSORT:   # owners sort
+                        stages = stages + CLUSTER_SORT_STAGES
                     us = split_stages_us(plan, calls, vals, idx, reps, repeats, stages)
                     done = ", ".join(f"{lab} {t:.1f}" for (_, lab), t in zip(stages, us))
                     print(f"  {variant} stages (cumulative us): {done}, + "
-                          f"{'rank and write' if stages is CLUSTER_STAGES else 'write'} "
+                          f"{'rank and write' if variant.startswith('cluster') else 'write'} "
                           f"{ours:.1f}; one launch of {R} x "
                           f"{plan.S} CTAs x {plan.split_threads} threads, {plan.chunk} scores a "
                           f"CTA", flush=True)
@@ -300,7 +311,8 @@ def main(argv=None):
     ap.add_argument("--variant", default="all",
                     help="top-k production variant(s) to time: 'all' (default) or a comma list "
                          "of three_pass, fused, staged, rowblock, split, cluster, split@S, "
-                         "cluster@S (split / cluster with S CTAs a row; @S/T: T threads a CTA)")
+                         "cluster@S (split / cluster with S CTAs a row; @S/T: T threads a CTA; "
+                         "a ':stash' / ':nostash' suffix: pass 2's stash on / off)")
     ap.add_argument("--targets", action="store_true",
                     help="top-k: only issue 4's three target shapes (fp32)")
     ap.add_argument("--shapes", help="top-k shapes RxNxk, comma-separated (e.g. 1x1048576x2048,"
@@ -312,10 +324,11 @@ def main(argv=None):
     from dsv4_numba.stages.topk import VARIANTS
     variants = VARIANTS if args.variant in ("all", "both") else tuple(args.variant.split(","))
     bad = [v for v in variants if v not in VARIANTS
-           and not re.fullmatch(r"(split|cluster)@[1-9]\d*(/(256|512|1024))?", v)]
+           and not re.fullmatch(r"(split|cluster)(@[1-9]\d*(/(256|512|1024))?)?(:(no)?stash)?",
+                                v)]
     if bad:
         ap.error(f"--variant: unknown {bad}; choose from {VARIANTS}, split@S, cluster@S (/T: "
-                 f"T threads a CTA) or 'all'")
+                 f"T threads a CTA; :stash / :nostash: the stash on / off) or 'all'")
     dtypes = tuple(args.dtypes.split(","))
     if not set(dtypes) <= {"fp32", "bf16"}:
         ap.error(f"--dtypes: fp32 and / or bf16, got {args.dtypes!r}")

@@ -138,7 +138,7 @@ class Kernel:
             _CLUSTER[fn.__qualname__] = self.cluster
             _install_cluster_annotation()
         self._gpu = None
-        self._smem_raised = set()          # (signature, bytes) whose dynamic-smem limit is raised
+        self._smem_raised = {}             # signature -> the dynamic-smem limit it was raised to
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
 
@@ -191,18 +191,20 @@ class Kernel:
     def reserve_dynamic_shared(self, args, nbytes: int) -> None:
         """GPU only: raise the dynamic shared-memory limit (above 48 KB) of the overload these launch
         arguments select (their exact types: an 'A'-layout view selects another overload than a
-        'C' one), compiling it first if needed; once per (overload, size). A cluster kernel of
-        more than 8 CTAs a cluster (H100: up to 16, "non-portable") is also allowed that size."""
+        'C' one), compiling it first if needed; only ever raised (a size at or below the one set
+        returns at once: lowering it would fail a later launch of the larger size). A cluster
+        kernel of more than 8 CTAs a cluster (H100: up to 16, "non-portable") is also allowed that
+        size."""
         disp = self.gpu
         sig = tuple(disp.typeof_pyval(a) for a in args)
-        if (sig, nbytes) in self._smem_raised:
-            return
+        if self._smem_raised.get(sig, -1) >= nbytes:   # (never lowered: a launch of an earlier,
+            return                                       # larger size must still be allowed)
         if sig not in disp.overloads:
             disp.compile(sig)
         set_max_dynamic_shared(disp, sig, nbytes)
         if self.cluster is not None and self.cluster[0] * self.cluster[1] * self.cluster[2] > 8:
             set_kernel_attribute(disp, sig, "CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED", 1)
-        self._smem_raised.add((sig, nbytes))
+        self._smem_raised[sig] = nbytes
 
     def compile(self, sig, arch: str, want_sass: bool = True) -> toolchain.CompileResult:
         return toolchain.compile_kernel(self.py_func, sig, arch, self.launch_bounds, want_sass)

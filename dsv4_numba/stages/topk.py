@@ -63,7 +63,8 @@ Implementations (stage registry name ``topk``)
     target), 11.8 at (1, 65536, 512), 13.4 at (4, 131072, 1024), 15.9 at (8, 65536, 2048);
     0.14.0: 41.2-42.3 at (64, 131072, 2048) with S = 2, against rowblock's 45.4-46.3; 0.18.0,
     512 threads a CTA instead of 1024 there (``SP_CLUSTER_THREADS``): 38.3-40.7 against
-    41.4-42.4 in the same runs; the target is 25):
+    41.4-42.4 in the same runs; 0.19.0, the stash and a leaner ending: 34.1-34.2, 36.3 with the
+    stash off in the same run; the target is 25):
     split's passes with each row ONE thread-block cluster of S = 2-16 CTAs (16 by default for
     <= 4 rows), co-scheduled by the hardware (no residency limit), exchanging through distributed
     shared memory instead of global memory: each histogram round is a reduce-scatter pushed with
@@ -73,8 +74,12 @@ Implementations (stage registry name ``topk``)
     CTA r owns range r; after pass 2 each CTA pushes each item to its owner (counts, then items,
     st.async on mbarriers), and each owner ranks its items by counting and writes them after the
     owners above it -- no global atomic, list or fence, no released cluster barrier (of split's
-    workspace only an empty row's done flag is written). sm_90+ GPUs only (the simulator has no
-    clusters: tests there cover split, whose passes it shares).
+    workspace only an empty row's done flag is written). Where a slice takes several trips
+    (64 x 131072: 65536 scores a CTA), pass 1 also keeps each score's top 16 key bits in shared
+    memory (the stash, ``SP_STASH``) and pass 2 filters those (``stash_select``), loading only the
+    ~1 K listed scores back instead of the slice (``TopkPlan(stash=)``; split has it on request).
+    sm_90+ GPUs only (the simulator has no clusters: tests there cover split, whose passes it
+    shares).
   The other three split a row over S blocks of 512 threads (S x rows ~ 4 blocks per SM). The workspace (histograms, counters, tickets) is zeroed once when
   allocated and left zero by every run (the row's finishing block cleans it).
     1. histogram (both variants): each block reads its slice once (16-byte loads), counts the top
@@ -133,7 +138,7 @@ from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
-from numba import cuda, float32, int32, int64, uint32, uint64
+from numba import cuda, float32, int32, int64, uint16, uint32, uint64
 
 from .. import registry
 from ..hw.bits import bits_f32, f32_bits
@@ -1018,21 +1023,28 @@ def counting_sort_desc(buf, K, tmp, cnt, cur, bmax, st, wsum, e):
     CAS loops in SASS), cnt and cur (NBINS int32 each), st[3].
     Napkin math (K = 2048, 1024 threads, ~random keys: bins of ~1-5): ~150 instructions a
     thread -> ~5 K warp-instructions, vs ~98 K measured (ncu, H100) for the bitonic network of
-    64-bit composites: 19 us of the 62.6 us (64 x 131072, k = 2048)."""
+    64-bit composites: 19 us of the 62.6 us (64 x 131072, k = 2048). Its loops are uint32
+    while loops: a ``range(tid, K, nt)`` loop computes its trip count with a 64-bit division,
+    and with those the sort issued ~3.5 K instructions a warp (ncu, H100, the cluster owners'
+    ~1.1 K items at 512 threads, 2026-11-27: 6.9 us)."""
     tid = cuda.threadIdx.x
-    nt = cuda.blockDim.x
+    nt = uint32(cuda.blockDim.x)
     lane = tid & 31
-    K32 = int32(K)
+    Ku = uint32(K)
     if tid == 0:
         st[3] = 0
-    for i in range(tid, NBINS, nt):
+    i = uint32(tid)
+    while i < uint32(NBINS):
         cnt[i] = 0
+        i += nt
     hi_c = uint64(0)
     lo_c = ~uint64(0)
-    for i in range(tid, K32, nt):
+    i = uint32(tid)
+    while i < Ku:
         c = buf[swz(i)]
         hi_c = max(hi_c, c)
         lo_c = min(lo_c, c)
+        i += nt
     for d in (16, 8, 4, 2, 1):
         hi_c = max(hi_c, uint64(shfl_xor(int64(hi_c), d)))
         lo_c = min(lo_c, uint64(shfl_xor(int64(lo_c), d)))
@@ -1051,8 +1063,10 @@ def counting_sort_desc(buf, K, tmp, cnt, cur, bmax, st, wsum, e):
     if diff == 0:                                 # K == 1: sorted
         return
     shift = max(64 - int32(cuda.clz(diff)) - HBITS, 0)
-    for i in range(tid, K32, nt):
+    i = uint32(tid)
+    while i < Ku:
         cuda.atomic.add(cnt, sort_bin(buf[swz(i)], cmin, shift), 1)
+        i += nt
     cuda.syncthreads()
     mx = block_scan_desc(cnt, NBINS, cur, wsum)
     if mx > bmax:
@@ -1063,20 +1077,25 @@ def counting_sort_desc(buf, K, tmp, cnt, cur, bmax, st, wsum, e):
         cuda.syncthreads()
         bitonic_sort_desc_warp(buf, P, e)
         return
-    for i in range(tid, K32, nt):
+    i = uint32(tid)
+    while i < Ku:
         c = buf[swz(i)]
-        tmp[cuda.atomic.add(cur, sort_bin(c, cmin, shift), 1)] = c
+        tmp[uint32(cuda.atomic.add(cur, sort_bin(c, cmin, shift), 1))] = c
+        i += nt
     cuda.syncthreads()
-    for i in range(tid, K32, nt):
+    i = uint32(tid)
+    while i < Ku:
         c = tmp[i]
         b = sort_bin(c, cmin, shift)
-        end = cur[b]
-        lo = end - cnt[b]
-        r = lo
-        for j in range(lo, end):
+        end = uint32(cur[b])
+        j = uint32(end - uint32(cnt[b]))
+        r = j
+        while j < end:
             if tmp[j] > c:
-                r += 1
+                r += uint32(1)
+            j += uint32(1)
         buf[swz(r)] = c
+        i += nt
     cuda.syncthreads()
 
 
@@ -1412,6 +1431,7 @@ RB_SMEM = 8 * (K_MAX + RB_LIST)     # dynamic shared bytes: sort buffer (histogr
 # "auto" (2 passes through one SM: 4 MB rows took ~180 us there; the multi-block "fused" is better)
 RB_AUTO_MAX_N = 262144
 RB_AUTO_MIN_ROWS = 32           # fewer rows: "split", any length (PRODUCTION_VARIANT's figures)
+NO_STASH = -(1 << 62)           # ``rb_trip``'s sidx: no stash (any real one is > -2^40)
 
 
 @device
@@ -1498,27 +1518,158 @@ def rb_append(msk, w, c0, vstep, kind, VEC, U, dyn64, st, lcap):
 
 
 @device
+def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind):
+    """A stashed pass 2 (level 1): the columns c_lo + p (p < n, the slice) whose stashed top 16 key
+    bits (``rb_trip``: slot p) are at or above pfx's -> the list dyn64[K_MAX:] as (score bits <<
+    32) | column, the scores loaded from x[base + column] (``stash_fetch``); st[4] = their count.
+    key >> 16 >= pfx >> 48 is pass 2's level-1 test (pfx's low 52 bits are zero). No atomics:
+    each thread tests its stash words (word j: slots 4j .. 4j + 3; thread t takes j = t, t +
+    blockDim, ..: 8-byte loads, conflict-free; 8 words a loop step, branch-free so that their
+    loads are in flight together) into bit masks (masks[g]: words 8 g .. 8 g + 7 of the
+    thread's; the plan keeps a slice within SP_MASKS of them), a block scan of the hit counts
+    gives its first list slot, it writes one column a set bit of its masks, then loads their
+    scores. Measured forms (64 x 131072, k = 2048, S = 2 x 512, H100, 2026-11-27; the pass-2
+    stage with the loads): pass 2's trips over the stash with rb_append's atomics 6.2 us; this
+    with every loop unrolled (masks in registers) 7.0, ~3.4 K SASS instructions run once a
+    warp, stalled on instruction fetch; with the second step testing every word again 13.2 (it
+    is the 98 % of words without a hit that cost); with a branch per word 7.2; this form 6.7-6.8
+    (of which the loads of the listed scores are ~1.5)."""
+    tid = cuda.threadIdx.x
+    lane = tid & 31
+    nt = uint32(cuda.blockDim.x)
+    masks = cuda.local.array(SP_MASKS, uint32)
+    T = uint32(uint32(pfx >> uint64(48)) << uint32(16))   # the prefix in a high half
+    nu = uint32(n)
+    nw = uint32((nu + uint32(3)) >> uint32(2))
+    G = uint32((nw + uint32(8) * nt - uint32(1)) // (uint32(8) * nt))
+    cnt = int32(0)
+    g = uint32(0)
+    while g < G:
+        m = uint32(0)
+        for e in range(8):                        # (branch-free: the 8 loads issue together)
+            j = uint32(uint32(tid) + (uint32(8) * g + uint32(e)) * nt)
+            inside = j < nw
+            pk = dyn64[uint32(uint32(SP_STASH // 8) + (j if inside else uint32(0)))]
+            lo = uint32(pk)
+            hi = uint32(pk >> uint64(32))
+            b4 = uint32(uint32(uint32(lo << uint32(16)) >= T)
+                        | uint32(uint32(lo >= T) << uint32(1))
+                        | uint32(uint32(uint32(hi << uint32(16)) >= T) << uint32(2))
+                        | uint32(uint32(hi >= T) << uint32(3)))
+            left = min(uint32(nu - uint32(4) * (j if inside else uint32(0))), uint32(4))
+            b4 = uint32(b4 & uint32(uint32(0xF) >> uint32(uint32(4) - left)))   # (its slots)
+            m = uint32(m | (uint32(b4 << uint32(4 * e)) if inside else uint32(0)))
+        masks[g] = m
+        cnt = int32(cnt + int32(cuda.popc(m)))
+        g = uint32(g + uint32(1))
+    incl = warp_inclusive_scan(cnt, lane)         # the block's exclusive scan of the counts
+    if lane == 31:
+        wsum[tid >> 5] = incl
+    cuda.syncthreads()
+    pos = uint32(incl - cnt)
+    tot = int32(0)
+    q = uint32(0)
+    while q < (nt >> uint32(5)):
+        v = wsum[q]
+        if q < uint32(tid >> 5):
+            pos = uint32(pos + uint32(v))
+        tot = int32(tot + v)
+        q = uint32(q + uint32(1))
+    if tid == 0:
+        st[4] = tot
+    lc = uint32(lcap)
+    c32 = uint32(c_lo)                            # (32-bit: columns < 2^31)
+    first = pos
+    g = uint32(0)
+    while g < G:
+        m = masks[g]
+        while m != uint32(0):
+            b = uint32(cuda.ffs(m) - 1)           # lowest set bit: word 8 g + b // 4, slot b % 4
+            m = uint32(m & uint32(m - uint32(1)))
+            j = uint32(uint32(tid) + (uint32(8) * g + (b >> uint32(2))) * nt)
+            if pos < lc:
+                dyn64[uint32(uint32(K_MAX) + pos)] = uint64(
+                    uint32(c32 + uint32(4) * j + (b & uint32(3))))
+            pos = uint32(pos + uint32(1))
+        g = uint32(g + uint32(1))
+    stash_fetch(x, base, dyn64, first, min(pos, lc), kind)
+
+
+@device
+def stash_fetch(x, base, dyn64, i, end, kind):
+    """dyn64[K_MAX + i .. K_MAX + end] (one thread's items of a stashed pass 2, ``stash_select``)
+    = (score bits << 32) | column, the score loaded from x[base + column]: 4 items a step, their
+    loads in flight together (~1 K scattered 4-byte loads a CTA at (64, 131072, 2048), ~2 a
+    thread: one memory latency; no barrier before it, each thread fetching the items it wrote).
+    (Issuing the first 4 hits' loads before the block scan's barrier instead, to overlap them
+    with it, made the pass-2 stage 6.8 -> 7.9 us: H100, 2026-11-27.)"""
+    while i < end:
+        i1 = uint32(i + uint32(1))
+        i2 = uint32(i + uint32(2))
+        i3 = uint32(i + uint32(3))
+        j0 = uint32(dyn64[uint32(K_MAX) + i] & uint64(0xFFFFFFFF))
+        j1 = uint32(dyn64[uint32(K_MAX) + i1] & uint64(0xFFFFFFFF)) if i1 < end else uint32(0)
+        j2 = uint32(dyn64[uint32(K_MAX) + i2] & uint64(0xFFFFFFFF)) if i2 < end else uint32(0)
+        j3 = uint32(dyn64[uint32(K_MAX) + i3] & uint64(0xFFFFFFFF)) if i3 < end else uint32(0)
+        b0 = raw_bits(x, base + j0, kind)
+        b1 = raw_bits(x, base + j1, kind)
+        b2 = raw_bits(x, base + j2, kind)
+        b3 = raw_bits(x, base + j3, kind)
+        dyn64[uint32(K_MAX) + i] = (uint64(b0) << uint64(32)) | uint64(j0)
+        if i1 < end:
+            dyn64[uint32(K_MAX) + i1] = (uint64(b1) << uint64(32)) | uint64(j1)
+        if i2 < end:
+            dyn64[uint32(K_MAX) + i2] = (uint64(b2) << uint64(32)) | uint64(j2)
+        if i3 < end:
+            dyn64[uint32(K_MAX) + i3] = (uint64(b3) << uint64(32)) | uint64(j3)
+        i = uint32(i + uint32(4))
+
+
+@device
 def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, lo, mask, fT,
-            dyn32, dyn64, st, w, lcap, loaded=False):
+            dyn32, dyn64, st, w, lcap, sidx, loaded=False):
     """One trip of ``rb_pass``: U vectors of VEC scores at c0 + u * vstep (all loaded before any
     is used; ``loaded``: w already holds them); ``checked``: some may lie at or past Lv. mode 0:
     dyn32[key >> 20] += 1; mode 1: the composites sharing pfx's bits >= hi count their digit
     (c >> lo) & mask in dyn32; mode 2: scores with x >= fT or NaN (the level-1 threshold,
     ``rb_threshold_f32``) are appended (``rb_append``); mode 3: those whose composite is at or
-    above pfx in its bits >= hi."""
+    above pfx in its bits >= hi. ``sidx`` (mode 0; not NO_STASH: the stash is on): also store
+    each score's top 16 key bits at the uint16 slot sidx + column of dynamic shared memory (4
+    scores as one 8-byte store, in 32-bit arithmetic: Numba widens integer operations to 64 bits
+    unless each result is cast), for ``stash_select``."""
+    stash = mode == 0 and sidx > NO_STASH
+    d16 = cuda.shared.array(0, uint16)            # (aliases dyn32 / dyn64)
     if not loaded:
         for u in range(U):
             if (not checked) or c0 + u * vstep < Lv:
                 load_words_at(x, src, base + c0 + u * vstep, w, 4 * u, kind, VEC)
+    sw = uint32((sidx + c0) >> 2) if stash else uint32(0)   # the trip's first stash word pair
     msk = uint32(0)
     for u in range(U):
         c = c0 + u * vstep
         ok = (not checked) or c < Lv
+        swu = uint32(sw + uint32(u * (vstep >> 2)))        # (VEC > 1: 4 | vstep)
+        slo = uint32(0)                           # the stash word pair of 4 scores
+        shi = uint32(0)
         for q in range(VEC):
             r = word_raw(w, 4 * u, q, kind, VEC)
             if mode == 0:
+                key = raw_key(r, kind)
                 if ok:
-                    cuda.atomic.add(dyn32, raw_key(r, kind) >> uint32(HSHIFT), 1)
+                    cuda.atomic.add(dyn32, key >> uint32(HSHIFT), 1)
+                if stash and ok:
+                    if VEC == 1:
+                        d16[sidx + c] = uint16(key >> uint32(16))
+                    elif q & 3 == 0:
+                        slo = uint32(key >> uint32(16))
+                    elif q & 3 == 1:
+                        slo = uint32(slo | (key & uint32(0xFFFF0000)))
+                    elif q & 3 == 2:
+                        shi = uint32(key >> uint32(16))
+                    else:                         # 4 scores -> one 8-byte store
+                        shi = uint32(shi | (key & uint32(0xFFFF0000)))
+                        dyn64[uint32(swu + uint32(q >> 2))] = uint64(slo) | (uint64(shi)
+                                                                             << uint64(32))
             elif mode == 1:
                 if ok:
                     cc = composite(raw_key(r, kind), c + q)
@@ -1538,7 +1689,7 @@ def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, l
 
 @device
 def rb_pass(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st,
-            lcap, w, reuse):
+            lcap, w, reuse, sidx):
     """One pass of the whole CTA (NT threads: a compile-time constant, so that the trips'
     offsets are immediates) over the columns [c_lo, L) of the row at x[base:] (``rb_trip``s;
     c_lo a multiple of VEC: 0 for rowblock, the CTA's slice for split): full trips without
@@ -1546,7 +1697,8 @@ def rb_pass(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, d
     Every thread runs the same trips. ``w``: the trips' words (the caller's local uint32[16]).
     ``reuse`` (mode 2): where the slice is one vector trip and no tail, w still holds it from
     pass 1 (mode 0: the same trip), so nothing is loaded again -- the caller kept w alive
-    (``split_kernel``'s KEEP)."""
+    (``split_kernel``'s KEEP). ``sidx``: pass 1 fills the stash (``rb_trip``), NO_STASH for
+    none."""
     tid = cuda.threadIdx.x
     nt = NT
     U = (4 if VEC != 8 else 2) >> (1 if mode % 2 == 1 else 0)   # modes 1, 3 (rare): composites
@@ -1557,17 +1709,17 @@ def rb_pass(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, d
     if reuse and Lv == L and Lv - c_lo <= step:   # one trip (full or checked), no tail
         if c_lo < Lv:
             rb_trip(x, src, base, c_lo + tid * VEC, Lv, vstep, True, kind, VEC, U, mode, hi,
-                    pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, True)
+                    pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx, True)
         return
     for t in range(full):
         rb_trip(x, src, base, c_lo + t * step + tid * VEC, Lv, vstep, False, kind, VEC, U, mode,
-                hi, pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap)
+                hi, pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx)
     if c_lo + full * step < Lv:
         rb_trip(x, src, base, c_lo + full * step + tid * VEC, Lv, vstep, True, kind, VEC, U,
-                mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap)
+                mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx)
     if VEC > 1 and Lv < L:
         rb_trip(x, src, base, Lv + tid, L, int64(nt), True, kind, 1, 1, mode, hi, pfx, lo,
-                mask, fT, dyn32, dyn64, st, w, lcap)
+                mask, fT, dyn32, dyn64, st, w, lcap, sidx)
 
 
 @device
@@ -1594,7 +1746,8 @@ def find_bucket_round(dyn32, want, seg, split, CL, ghist, hrow, gbar, row, S, s,
 
 @device
 def rb_threshold_bucket(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum,
-                        lcap, stop, split, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, mb, w):
+                        lcap, stop, split, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, mb, w,
+                        sidx):
     """The bucket holding the K-th largest of the row, by the whole CTA (rowblock: the row;
     split / cluster: its slice [c_lo, c_hi), the histograms summed over the row's CTAs by
     ``find_bucket_round``): pass 1 counts the top 12 key bits (dyn32), a block scan finds the
@@ -1603,11 +1756,12 @@ def rb_threshold_bucket(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32,
     cnt, seg, halted): the composites sharing pfx's bits >= hi are the bucket, cnt of them;
     seg: split's barriers passed; halted: a replay launch or the ``stop`` 1 / 5 timing hook ended
     here (the caller returns). ``split``: a compile-time constant of the caller. ``w``: the
-    passes' words (``rb_pass``; pass 1's are left there)."""
+    passes' words (``rb_pass``; pass 1's are left there). ``sidx``: pass 1 fills the stash
+    (``rb_trip``; NO_STASH: none)."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 0, 64, uint64(0), 0, 0, float32(0), dyn32,
-            dyn64, st, lcap, w, False)
+            dyn64, st, lcap, w, False, sidx)
     seg = 0
     if stop == 5:                                 # (timing hook: pass 1 alone)
         if CL:                                    # (the arrive of the kernel's start)
@@ -1632,7 +1786,7 @@ def rb_threshold_bucket(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32,
             dyn32[i] = 0
         cuda.syncthreads()
         rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 1, hi, pfx, lo, (1 << (hi - lo)) - 1,
-                float32(0), dyn32, dyn64, st, lcap, w, False)
+                float32(0), dyn32, dyn64, st, lcap, w, False, NO_STASH)
         if split:
             seg += 1
         d, above, cnt, halted = find_bucket_round(dyn32, want, seg, split, CL, ghist, hrow, gbar,
@@ -1700,7 +1854,7 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
         # 1. level passes: 12 bits of the composite each, from the top
         want, pfx, hi, cnt, _, halted = rb_threshold_bucket(
             x, src, base, int64(0), L, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum, lcap, stop,
-            False, dyn32, 0, dyn64, row, 1, 0, -1, 1, 0, dyn64, w)
+            False, dyn32, 0, dyn64, row, 1, 0, -1, 1, 0, dyn64, w, NO_STASH)
         if halted:                                # (timing hook: stop after this stage)
             return
         # 2. the list: every composite above the bucket, and the bucket's
@@ -1711,10 +1865,10 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
         if hi == 64 - RB_LEVEL_BITS:              # level 1: a float compare a score
             rb_pass(x, src, base, int64(0), L, kind, VEC, NT, 2, hi, pfx, 0, 0,
                     rb_threshold_f32(uint32(pfx >> uint64(32))), dyn32, dyn64, st, lcap, w,
-                    False)
+                    False, NO_STASH)
         else:
             rb_pass(x, src, base, int64(0), L, kind, VEC, NT, 3, hi, pfx, 0, 0, float32(0), dyn32,
-                    dyn64, st, lcap, w, False)
+                    dyn64, st, lcap, w, False, NO_STASH)
         cuda.syncthreads()
         n_list = st[4]
         for i in range(tid, n_list, nt):          # (bits, index) -> composite
@@ -1888,6 +2042,8 @@ SP_CLUSTERS = (2, 4, 8, 16)     # "cluster": CTAs a row = the cluster size (16: 
 SP_CLUSTER_CTAS = 64
 SP_RA = 2 * K_MAX               # "cluster": dyn32[SP_RA:SP_RA + NBINS] receives the CTAs' slices
 SP_RB = SP_RA + NBINS           # of a round's histograms, dyn32[SP_RB:SP_RB + NBINS] the row's sums
+SP_RS = NBINS                   # dyn32[SP_RS:SP_RS + NBINS] (the sort area's second 16 KB, free
+# until the ending): the last round's descending scan of those sums (``cluster_push_bucket``)
 SP_RSORT = 128                  # runs of at most this many composites: ordered by counting
 # (``rank_sort_desc``: H100, 2026-11-26, (4, 65536, 512) at S = 16, ~45 a CTA: 18.1 -> 16.7 us;
 # with the limit at 256, (1, 65536, 2048)'s ~160 a CTA went 24.2 -> 24.6: the bitonic net there)
@@ -1900,6 +2056,15 @@ CL_AUTO_BANDS = ((1, 4, 1, 131072), (1, 8, 1, 65536), (33, 64, 65537, 131072))
 SP_SMEM_CLUSTER = SP_SMEM + 4 * SP_LMAX + 4 * NBINS   # + the histogram slice (<= 8 KB), later
 # the items' owner slots, then (with the 16 KB after them) counting_sort_desc's counts
 SP_OSORT = 256                  # "cluster": an owner ranks up to this many items by counting
+# The stash (split and cluster, 0.19.0): pass 1 keeps each score's top 16 key bits in shared
+# memory, from byte SP_STASH (after "cluster"'s summed histogram slice, dyn32[SP_HS:SP_HS +
+# NBINS]; its later use of [SP_STASH, SP_SMEM_CLUSTER) comes after pass 2), so that pass 2 reads
+# 2 bytes a score there instead of the 4 from global memory again (33.5 MB at (64, 131072) does
+# not stay in the H100's L2 between the passes). On where the slice takes more than one trip
+# (the one-trip slices keep pass 1's registers: KEEP) and is at most SP_STASH_MAX scores.
+SP_STASH = SP_SMEM + 4 * NBINS
+SP_STASH_MAX = 65536            # 128 KB: with SP_STASH, 208 KB of the H100's 227 KB a CTA
+SP_MASKS = 8                    # ``stash_select``'s mask words a thread: <= 32 x 8 x threads scores
 SP_CLUSTER_THREADS = 512        # "cluster": the largest CTA (0.18.0; 1024 before). H100,
 # 2026-11-27, (64, 131072, k = 2048) fp32 at S = 2, cold L2 (rotated inputs), three runs: 512
 # threads 38.5 / 40.7 / 38.3-38.4 us against 1024's 41.5 / 42.4 / 41.4-41.6 (the third with the
@@ -1989,7 +2154,10 @@ def cluster_push_bucket(h, mb, want, CL, s, seg, st, wsum):
     store, 4 a thread at 256 threads), each store completing 16 bytes on CTA r's mbarrier mb[0];
     CTA s waits there for all NBINS * 4 bytes, sums its slice into h[SP_HS:SP_HS + W], pushes the
     sums to every CTA's h[SP_RB + s W:] (mbarrier mb[1]); each CTA waits for the row's whole
-    histogram and finds the bucket itself (``block_find_bucket``). The mbarriers (one arrival:
+    histogram and finds the bucket itself from its descending scan, which it leaves in
+    h[SP_RS:SP_RS + NBINS] for ``cluster_splitters`` (one block scan where bucket and splitters
+    each ran one: at (64, 131072, 2048), H100, 2026-11-27, the owner ranges went 2.0 -> 0.9 us
+    and this round ~0.8 us longer). The mbarriers (one arrival:
     thread 0's expect_tx) were initialised and made visible by the kernel's start (its relaxed
     cluster arrive, waited here in round 0). Reuse in the level rounds is safe without a barrier:
     the pushes of round seg + 1 into CTA x's buffers come after their senders received x's round
@@ -2036,7 +2204,18 @@ def cluster_push_bucket(h, mb, want, CL, s, seg, st, wsum):
         u += uint32(nt)
     ops.mbarrier_wait_parity_cluster(ma + uint32(8), par)     # the row's whole histogram
     hb = h[SP_RB:SP_RB + NBINS]
-    block_find_bucket(hb, NBINS, want, st, wsum)
+    out = h[SP_RS:SP_RS + NBINS]
+    block_scan_desc(hb, NBINS, out, wsum)         # out[b]: the row's items above bin b
+    cuda.syncthreads()
+    w32 = int32(want)
+    b = uint32(tid)
+    while b < uint32(NBINS):                      # the bin holding the want-th largest
+        a = out[b]
+        if a < w32 and int32(a + hb[b]) >= w32:
+            st[0] = int32(b)
+            st[1] = a
+        b += uint32(nt)
+    cuda.syncthreads()
     return st[0], st[1], hb[st[0]]
 
 
@@ -2097,9 +2276,9 @@ def cluster_splitters(dyn32, spl, K, want, pfx, hi, cnt, CL, st, wsum):
     the last round's bucket d and its items above d: ``block_find_bucket``), then that
     histogram's bins from the top down to d (all of d: n_all = K - want + cnt). Boundary r lies
     after g = r ceil(n_all / CL) items; thread r finds its bin b by a binary search of the block
-    scan (dyn32[SP_RA:], free after the last round) and interpolates inside it as if b's items
-    were uniform over its composite range; in the A_up range it is the parent's top (owner 0
-    takes them all: clustered data only), past the list 0.
+    scan the last round left (dyn32[SP_RS:], ``cluster_push_bucket``) and interpolates inside it
+    as if b's items were uniform over its composite range; in the A_up range it is the parent's
+    top (owner 0 takes them all: clustered data only), past the list 0.
     Any nonincreasing spl is correct; these balance the owners. (Tried, slower, taken out
     (H100, 2026-11-27): for K <= 512 no ranges, CTA 0 owning the whole list and sorting it
     with ``counting_sort_desc``: 14.1 / 14.4 us at (1 / 4, 65536, 512) against 11.1 / 11.2, and
@@ -2112,10 +2291,7 @@ def cluster_splitters(dyn32, spl, K, want, pfx, hi, cnt, CL, st, wsum):
     -- code size is time here."""
     tid = cuda.threadIdx.x
     hb = dyn32[SP_RB:SP_RB + NBINS]
-    out = dyn32[SP_RA:SP_RA + NBINS]
-    cuda.syncthreads()                            # block_find_bucket's reads of wsum are done
-    block_scan_desc(hb, NBINS, out, wsum)         # out[b]: the items in the bins above b
-    cuda.syncthreads()
+    out = dyn32[SP_RS:SP_RS + NBINS]              # out[b]: the items in the bins above b
     if tid < CL:
         hp = hi + RB_LEVEL_BITS if hi > 0 else 64 - 5 * RB_LEVEL_BITS   # the parent's lowest bit
         d = st[0]                                 # the last round's bucket
@@ -2196,8 +2372,9 @@ def cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, sp
          cm[s CL:(s + 1) CL], on mbarrier mb[0]; each CTA expects 4 CL^2 bytes): now every CTA
          knows where its items go in each owner's buffer (the counts of the CTAs before it) and
          each owner's total;
-      3. items: every item goes to its owner's dyn64[slot] (st.async, 8 bytes, on mb[1]; each
-         owner expects 8 x its total);
+      3. items: every item goes to its owner's dyn64[slot] (dyn64[swz(slot)] where the owner
+         sorts, more than SP_OSORT items: ``counting_sort_desc``'s layout, no copies; st.async,
+         8 bytes, on mb[1]; each owner expects 8 x its total);
       4. rank: up to SP_OSORT items by counting (each thread counts the larger ones: m broadcast
          loads an item), more by ``counting_sort_desc``; global rank = the owners before it + the
          rank; those < K are written (scores from their keys).
@@ -2208,7 +2385,7 @@ def cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, sp
     of the last round), its items only after x's counts (x has completed mb[1] there). Memory:
     the receive buffer is the sort area dyn64[0:K_MAX] (x's histogram, dead once x has pushed
     its last round), the counts cm (split's rcnt). stop 10 / 2 / 7: the timing hooks end after
-    step 1 / 2 / 3.
+    step 1 / 2 / 3; where step 4 sorts (more than SP_OSORT items), 12 after its sort.
     Napkin math ((1, 65536, 2048), S = 16 x 256 threads, ~147 items an owner): step 1 ~0.2 us,
     steps 2 and 3 a DSMEM latency each plus the CTAs' skew ~1 us, step 4 ~150 broadcast loads a
     thread in steps of 8 ~0.5 us, the writes ~0.3 us. Measured (H100, 2026-11-26, the stop
@@ -2269,6 +2446,8 @@ def cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, sp
         pk = uint32(dyn32[uint32(SP_HS) + i])
         o = pk >> uint32(16)
         slot = uint32(ow[uint32(CL) + o]) + (pk & uint32(0xFFFF))
+        if ow[2 * CL + o] > SP_OSORT:             # an owner that sorts: its swizzled slot
+            slot = uint32(swz(slot))
         ops.st_async_b64(ops.mapa_shared_cluster(da + uint32(8) * slot, o),
                          dyn64[uint32(K_MAX) + i], ops.mapa_shared_cluster(ma + uint32(8), o))
         i += uint32(nt)
@@ -2287,19 +2466,12 @@ def cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, sp
             if rk < K:
                 write_at(c, obase + rk, x, base, kind, vals, idx, True)
             i += uint32(nt)
-    else:                                         # (large or clustered ranges)
-        i = uint32(tid)
-        while i < mu:
-            dyn64[uint32(K_MAX) + i] = dyn64[i]
-            i += uint32(nt)
-        cuda.syncthreads()
-        i = uint32(tid)
-        while i < mu:
-            dyn64[swz(i)] = dyn64[uint32(K_MAX) + i]
-            i += uint32(nt)
-        cuda.syncthreads()
+    else:                                         # (large or clustered ranges: already swizzled)
         counting_sort_desc(dyn64, m, dyn64[K_MAX:], dyn32[SP_HS:SP_HS + NBINS],
                            dyn32[SP_HS + NBINS:SP_HS + 2 * NBINS], RB_BMAX, st, wsum, e)
+        if stop == 12:                            # (timing hook: the sort)
+            ops.cluster_wait_acquire()
+            return
         i = uint32(tid)
         while i < mu:
             rk = first + int32(i)
@@ -2347,13 +2519,18 @@ def split_kernel(kind, vectorized, threads, cluster=0):
     stop (timing hook, 0 in use: 6 ends the kernel at its start (the launch alone), 5 after
     pass 1's shared histogram, 1-3 after round 0 / the publish / the rank, 7 after the list
     load; "cluster": 1 and 5 alike, 8 after the owner ranges, 9 after pass 2, 10 after the
-    owners, 2 / 7 after the counts' / the items' exchange; 5 and 1 leave the histograms or
-    barrier counters off their invariants: ``TopkPlan.split_reset``).
+    owners, 2 / 7 after the counts' / the items' exchange, 12 (an owner of more than SP_OSORT
+    items) after its sort; 5 and 1 leave the histograms or barrier counters off their
+    invariants: ``TopkPlan.split_reset``), stash (0 / 1: pass 2 reads the top key bits
+    pass 1 left in shared memory from byte SP_STASH, 2 x chunk bytes, instead of the scores:
+    ``rb_trip``; the launch's dynamic shared memory must hold them).
     1. pass 1 (HBM): histogram of the slice's top 12 key bits; round 0 -> the bucket d holding
        the K-th largest and ``want``; while d holds more than ``ccap`` scores, a level pass (L2)
        and a round on the next 12 bits of the composites in d (as rowblock).
     2. pass 2 (L2; from pass 1's registers where the slice was one trip with no scalar tail, no
-       level round ran and NT <= 512: KEEP): the slice's composites at or above d's prefix ->
+       level round ran and NT <= 512: KEEP; from the stash where ``stash`` is on and no level
+       round ran, then the listed scores from global memory, ``stash_select``): the slice's
+       composites at or above d's prefix ->
        shared list -> sorted (``rank_sort_desc`` / ``bitonic_sort_desc_warp``) -> the row's
        list as one run (one global atomic a CTA for its offset); barrier.
     3. rank each own item: its position in the run + a binary search in every other run; write
@@ -2382,7 +2559,7 @@ def split_kernel(kind, vectorized, threads, cluster=0):
     KEEP = NT <= 512
 
     def topk_split(x, n, k, lengths, has_len, vals, idx, S, chunk, ghist, nbuf, gbar, gcnt, goff,
-                   glist, ccap, phase, stop):
+                   glist, ccap, phase, stop, stash):
         ops.griddepcontrol_wait()                 # PDL: the scores' writer has finished
         ops.griddepcontrol_launch_dependents()    # (the next kernel waits for our end itself)
         if stop == 6:                             # (timing hook: the launch alone)
@@ -2420,6 +2597,8 @@ def split_kernel(kind, vectorized, threads, cluster=0):
         src = address_of(x, VEC)
         lcap = min(K + ccap, int64(SP_LMAX))
         hrow = int64(row) * nbuf * NBINS
+        # the stash: column c's top key bits at uint16 slot sidx + c (SP_STASH on)
+        sidx = int64(SP_STASH // 2) - c_lo if stash else int64(NO_STASH)
         for i in range(tid, NBINS, nt):
             dyn32[i] = 0
         if CL and tid == 0:
@@ -2440,7 +2619,7 @@ def split_kernel(kind, vectorized, threads, cluster=0):
         # 1. pass 1 and the rounds: 12 bits of the composite each, from the top
         want, pfx, hi, cnt, seg, halted = rb_threshold_bucket(
             x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum, lcap, stop,
-            True, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, mb, w)
+            True, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, mb, w, sidx)
         if halted:                                # a replay launch or the stop == 1 hook
             return
         if CL:                                    # (from the histogram pass 2 overwrites)
@@ -2450,12 +2629,16 @@ def split_kernel(kind, vectorized, threads, cluster=0):
                 ops.cluster_wait_acquire()
                 return
         # 2. pass 2: the slice's composites at or above the bucket's prefix -> dyn64[K_MAX:]
-        if hi == 64 - RB_LEVEL_BITS:              # level 1: a float compare a score
+        lv1 = hi == 64 - RB_LEVEL_BITS
+        if lv1 and stash:                         # level 1 from the stash
+            stash_select(dyn64, c_hi - c_lo, pfx, c_lo, st, lcap, wsum, x, base, kind)
+        elif lv1:                                 # level 1: a float compare a score
             rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 2, hi, pfx, 0, 0,
-                    rb_threshold_f32(uint32(pfx >> uint64(32))), dyn32, dyn64, st, lcap, w, KEEP)
+                    rb_threshold_f32(uint32(pfx >> uint64(32))), dyn32, dyn64, st, lcap, w, KEEP,
+                    NO_STASH)
         else:
             rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 3, hi, pfx, 0, 0, float32(0),
-                    dyn32, dyn64, st, lcap, w, False)
+                    dyn32, dyn64, st, lcap, w, False, NO_STASH)
         cuda.syncthreads()
         n_own = min(st[4], int32(lcap))
         if CL and stop == 9:                      # (timing hook: pass 2)
@@ -2618,7 +2801,7 @@ class TopkPlan:
     def __init__(self, rows: int, n: int, k: int, kind: int, *, threads: int | None = None,
                  finish_threads: int = FINISH_THREADS, S: int | None = None,
                  capacity: int | None = None, variant: str | None = None,
-                 stage_cap: int | None = None):
+                 stage_cap: int | None = None, stash: bool | None = None):
         variant = resolve_variant(variant, n, rows)
         self.variant = variant
         self.rows, self.n, self.k, self.kind = rows, n, k, kind
@@ -2642,9 +2825,26 @@ class TopkPlan:
                                  f"{sms} SMs (every CTA of a row must be resident to meet its "
                                  f"barriers): pass a smaller S, or use variant='rowblock'")
             self.sel_S, self.sel_chunk = self.S, self.chunk
+            # the stash (SP_STASH): where a slice takes more than one trip and fits (a vectorized
+            # trip: 16 scores a thread, 4 float32 vectors or 2 bfloat16 ones); by default in
+            # "cluster" only (split's stash is tested, not timed)
+            fits = (self.split_threads * 16 < self.chunk
+                    <= min(SP_STASH_MAX, 32 * SP_MASKS * self.split_threads))
+            if stash and not fits:
+                raise ValueError(f"top-k stash: a slice of {self.chunk} scores at "
+                                 f"{self.split_threads} threads is not stashed (it needs more "
+                                 f"than one trip of {self.split_threads * 16} and at most "
+                                 f"{min(SP_STASH_MAX, 32 * SP_MASKS * self.split_threads)} "
+                                 f"scores): pass stash=None")
+            self.stash = (fits and variant == "cluster") if stash is None else bool(stash)
         else:                       # ~4 resident 512-thread blocks per SM, rounded up
             self.S, self.chunk = _slices(n, rows, self.threads, vec, S, 4 * sms, True)
             self.sel_S, self.sel_chunk = self.S, self.chunk
+        if variant not in ("split", "cluster"):
+            if stash:
+                raise ValueError(f"top-k stash: only the split and cluster variants have one, "
+                                 f"not {variant!r}")
+            self.stash = False
         cap = capacity or max(1, min(n, max(16384, n // 8)))
         self.capacity = -(-cap // 16) * 16
         self.rb_ccap = RB_CCAP if capacity is None else max(1, min(capacity, RB_CCAP))
@@ -2689,8 +2889,10 @@ class TopkPlan:
         kern = split_kernel(self.kind, vectorized, self.split_threads, cl)
         ccap = min(self.rb_ccap, K_MAX + 1 - self.k)     # the row's list: <= K_MAX composites
         args = [x, self.n, self.k, lk, has_len, vals, idx, self.S, self.chunk, ghist, nbuf, gbar,
-                gcnt, goff, glist, ccap, -1, self.rb_stop]
+                gcnt, goff, glist, ccap, -1, self.rb_stop, int(self.stash)]
         smem = SP_SMEM_CLUSTER if cl else SP_SMEM
+        if self.stash:
+            smem = max(smem, SP_STASH + 2 * self.chunk)
         if mode() == "gpu":                      # > 48 KB: raise the limit once
             kern.reserve_dynamic_shared(args, smem)
         grid = self.rows * self.S
@@ -2700,8 +2902,8 @@ class TopkPlan:
         _zero(ghist)
         _zero(gcnt)
         for p in range(SP_ROUNDS + 2):           # barriers: <= SP_ROUNDS rounds + the publish
-            args[-2] = p
-            kern.launch(grid, self.split_threads, *args, shared_bytes=SP_SMEM)
+            args[-3] = p
+            kern.launch(grid, self.split_threads, *args, shared_bytes=smem)
             flags = gcnt.copy_to_host() if gpu else gcnt
             if np.all(flags[1::2] == 1):
                 return
@@ -2929,7 +3131,7 @@ def production_kernels():
             sigs.append((rowblock_kernel(kind, vectorized),
                          (arr[::1], i64, i64, i32, b, arr[::1], i32, i64, i64, i64)))
             split_sig = (arr[::1], i64, i64, i32, b, arr[::1], i32, i64, i64, i32, i64,
-                         t.uint64[::1], i32, i32, t.uint64[::1], i64, i64, i64)
+                         t.uint64[::1], i32, i32, t.uint64[::1], i64, i64, i64, i64)
             for threads in SP_THREADS:
                 sigs.append((split_kernel(kind, vectorized, threads), split_sig))
                 sigs += [(split_kernel(kind, vectorized, threads, cl), split_sig)

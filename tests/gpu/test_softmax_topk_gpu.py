@@ -377,6 +377,35 @@ def test_topk_cluster_repeated(R, N, k, S, dtype):
 
 
 @pytest.mark.skipif("cluster" not in TOPK_VARIANTS, reason="cluster variant not under test")
+@pytest.mark.parametrize("kind", ["normal", "uniform", "ties"])
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+def test_topk_cluster_stash(kind, dtype):
+    """cluster's stash (pass 2 filters the top 16 key bits pass 1 left in shared memory, then
+    loads the listed scores), on by default at 64 x 131072 (S = 2 x 512 threads, 8 trips a
+    slice): the oracle, and the same bits as the kernel with the stash off. Lengths: full, odd
+    (a scalar tail), ending inside slice 1 and inside slice 0 (checked trips, an empty slice),
+    below k, zero; outliers and +-inf; uniform (dense top bins), ties (50 values: level rounds,
+    pass 2 reads the scores, the stash unused)."""
+    R, N, k = 64, 131072, 2048
+    x = _scores(R, N, dtype, seed=7 + len(kind), kind=kind)
+    g = np.random.default_rng(8)
+    if kind == "normal":
+        x[g.integers(0, R, 50), g.integers(0, N, 50)] = dtype(1e4)
+        x[3, 17], x[4, 18], x[5, 19] = dtype(np.inf), dtype(-np.inf), dtype(-1e4)
+    lengths = g.integers(0, N + 1, R)
+    lengths[:6] = [N, N - 3, 65536 + 1001, 40001, 1000, 0]
+    c = K._prepare(x, k, lengths)
+    on = K.TopkPlan(R, N, k, c.kind, variant="cluster")
+    assert on.stash and (on.S, on.split_threads) == (2, 512)
+    v, i = K.topk_production(c, plan=on)
+    K.assert_topk(v, i, x, k, lengths, name=f"cluster stash {kind} {dtype.__name__}")
+    off = K.TopkPlan(R, N, k, c.kind, variant="cluster", stash=False)
+    v2, i2 = K.topk_production(c, plan=off)
+    assert_close(i2, i, bitwise=True, name="stash off vs on indices")
+    assert_close(v2.view(np.uint8), v.view(np.uint8), bitwise=True, name="stash off vs on values")
+
+
+@pytest.mark.skipif("cluster" not in TOPK_VARIANTS, reason="cluster variant not under test")
 @pytest.mark.parametrize("kind", ["normal", "ties"])
 @pytest.mark.parametrize("R,N,k,dtype", [(4, 65536, 2048, np.float32),
                                          (3, 70000, 512, np.float32),
