@@ -1532,8 +1532,8 @@ def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind):
     stage with the loads): pass 2's trips over the stash with rb_append's atomics 6.2 us; this
     with every loop unrolled (masks in registers) 7.0, ~3.4 K SASS instructions run once a
     warp, stalled on instruction fetch; with the second step testing every word again 13.2 (it
-    is the 98 % of words without a hit that cost); with a branch per word 7.2; this form 6.7-6.8
-    (of which the loads of the listed scores are ~1.5)."""
+    is the 98 % of words without a hit that cost); with a branch per word 7.2; this form 6.7-7.0
+    (ncu: about a third of it waits on the loads of the listed scores)."""
     tid = cuda.threadIdx.x
     lane = tid & 31
     nt = uint32(cuda.blockDim.x)
