@@ -63,8 +63,8 @@ Implementations (stage registry name ``topk``)
     target), 11.8 at (1, 65536, 512), 13.4 at (4, 131072, 1024), 15.9 at (8, 65536, 2048);
     0.14.0: 41.2-42.3 at (64, 131072, 2048) with S = 2, against rowblock's 45.4-46.3; 0.18.0,
     512 threads a CTA instead of 1024 there (``SP_CLUSTER_THREADS``): 38.3-40.7 against
-    41.4-42.4 in the same runs; 0.19.0, the stash and a leaner ending: 34.1-34.2, 36.3 with the
-    stash off in the same run; the target is 25):
+    41.4-42.4 in the same runs; 0.19.0, the stash and a leaner ending: 33.4-33.6, 35.7-35.8 with
+    the stash off in the same run; the target is 25):
     split's passes with each row ONE thread-block cluster of S = 2-16 CTAs (16 by default for
     <= 4 rows), co-scheduled by the hardware (no residency limit), exchanging through distributed
     shared memory instead of global memory: each histogram round is a reduce-scatter pushed with
@@ -1525,19 +1525,23 @@ def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind):
     key >> 16 >= pfx >> 48 is pass 2's level-1 test (pfx's low 52 bits are zero). No atomics:
     each thread tests its stash words (word j: slots 4j .. 4j + 3; thread t takes j = t, t +
     blockDim, ..: 8-byte loads, conflict-free; 8 words a loop step, branch-free so that their
-    loads are in flight together) into bit masks (masks[g]: words 8 g .. 8 g + 7 of the
-    thread's; the plan keeps a slice within SP_MASKS of them), a block scan of the hit counts
+    loads are in flight together) into bit masks (mask g: words 8 g .. 8 g + 7 of the thread's,
+    kept in shared memory at dyn32[SP_RS + g blockDim + tid], the sort area's second 16 KB,
+    free from the owner ranges to the ending: a local array would live in local memory, which
+    the production kernels keep out; at most ~chunk / 32 + blockDim <= 3 K words for a slice of
+    at most SP_STASH_MAX), a block scan of the hit counts
     gives its first list slot, it writes one column a set bit of its masks, then loads their
     scores. Measured forms (64 x 131072, k = 2048, S = 2 x 512, H100, 2026-11-27; the pass-2
     stage with the loads): pass 2's trips over the stash with rb_append's atomics 6.2 us; this
     with every loop unrolled (masks in registers) 7.0, ~3.4 K SASS instructions run once a
     warp, stalled on instruction fetch; with the second step testing every word again 13.2 (it
-    is the 98 % of words without a hit that cost); with a branch per word 7.2; this form 6.7-7.0
-    (ncu: about a third of it waits on the loads of the listed scores)."""
+    is the 98 % of words without a hit that cost); with a branch per word 7.2; with the masks in a
+    local array 6.7-7.0 (ncu: about a third of it waits on the loads of the listed scores); this
+    form 6.6-6.7."""
     tid = cuda.threadIdx.x
     lane = tid & 31
     nt = uint32(cuda.blockDim.x)
-    masks = cuda.local.array(SP_MASKS, uint32)
+    masks = cuda.shared.array(0, uint32)          # (dynamic: aliases dyn64; from SP_RS)
     T = uint32(uint32(pfx >> uint64(48)) << uint32(16))   # the prefix in a high half
     nu = uint32(n)
     nw = uint32((nu + uint32(3)) >> uint32(2))
@@ -1559,7 +1563,7 @@ def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind):
             left = min(uint32(nu - uint32(4) * (j if inside else uint32(0))), uint32(4))
             b4 = uint32(b4 & uint32(uint32(0xF) >> uint32(uint32(4) - left)))   # (its slots)
             m = uint32(m | (uint32(b4 << uint32(4 * e)) if inside else uint32(0)))
-        masks[g] = m
+        masks[uint32(uint32(SP_RS) + g * nt + uint32(tid))] = m
         cnt = int32(cnt + int32(cuda.popc(m)))
         g = uint32(g + uint32(1))
     incl = warp_inclusive_scan(cnt, lane)         # the block's exclusive scan of the counts
@@ -1582,7 +1586,7 @@ def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind):
     first = pos
     g = uint32(0)
     while g < G:
-        m = masks[g]
+        m = masks[uint32(uint32(SP_RS) + g * nt + uint32(tid))]
         while m != uint32(0):
             b = uint32(cuda.ffs(m) - 1)           # lowest set bit: word 8 g + b // 4, slot b % 4
             m = uint32(m & uint32(m - uint32(1)))
@@ -2064,7 +2068,6 @@ SP_OSORT = 256                  # "cluster": an owner ranks up to this many item
 # (the one-trip slices keep pass 1's registers: KEEP) and is at most SP_STASH_MAX scores.
 SP_STASH = SP_SMEM + 4 * NBINS
 SP_STASH_MAX = 65536            # 128 KB: with SP_STASH, 208 KB of the H100's 227 KB a CTA
-SP_MASKS = 8                    # ``stash_select``'s mask words a thread: <= 32 x 8 x threads scores
 SP_CLUSTER_THREADS = 512        # "cluster": the largest CTA (0.18.0; 1024 before). H100,
 # 2026-11-27, (64, 131072, k = 2048) fp32 at S = 2, cold L2 (rotated inputs), three runs: 512
 # threads 38.5 / 40.7 / 38.3-38.4 us against 1024's 41.5 / 42.4 / 41.4-41.6 (the third with the
@@ -2828,14 +2831,12 @@ class TopkPlan:
             # the stash (SP_STASH): where a slice takes more than one trip and fits (a vectorized
             # trip: 16 scores a thread, 4 float32 vectors or 2 bfloat16 ones); by default in
             # "cluster" only (split's stash is tested, not timed)
-            fits = (self.split_threads * 16 < self.chunk
-                    <= min(SP_STASH_MAX, 32 * SP_MASKS * self.split_threads))
+            fits = self.split_threads * 16 < self.chunk <= SP_STASH_MAX
             if stash and not fits:
                 raise ValueError(f"top-k stash: a slice of {self.chunk} scores at "
                                  f"{self.split_threads} threads is not stashed (it needs more "
                                  f"than one trip of {self.split_threads * 16} and at most "
-                                 f"{min(SP_STASH_MAX, 32 * SP_MASKS * self.split_threads)} "
-                                 f"scores): pass stash=None")
+                                 f"{SP_STASH_MAX} scores): pass stash=None")
             self.stash = (fits and variant == "cluster") if stash is None else bool(stash)
         else:                       # ~4 resident 512-thread blocks per SM, rounded up
             self.S, self.chunk = _slices(n, rows, self.threads, vec, S, 4 * sms, True)
