@@ -452,7 +452,6 @@ def block_scan_from_top(h, nbins, wsum):
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     lane = tid & 31
-    warp = tid >> 5
     # 32-bit loop arithmetic: the int64 form cost ~25 SASS instructions a bin, and on the
     # H100 each first-run instruction costs fetch time (ncu: "no instruction" stalls)
     per = uint32(uint32(nbins) // uint32(nt))
@@ -470,17 +469,27 @@ def block_scan_from_top(h, nbins, wsum):
         i = uint32(i + uint32(1))
     if rot == uint32(0):
         tf = s
-    incl = warp_inclusive_scan(s, lane)
+    return top, per, s, block_inclusive_scan(s, wsum), rot, tf
+
+
+@device
+def block_inclusive_scan(v, wsum):
+    """The sum of v (int32) over this thread and every lower one of the block (thread order),
+    by warp shuffles and one shared word a warp (wsum), two barriers: ``block_scan_from_top``'s
+    and ``stash_select``'s. Every warp scans the per-warp sums (no warp-0-only shuffles: the
+    simulator's shuffle twins need the whole block). Needs blockDim.x % 32 == 0, <= 1024."""
+    tid = cuda.threadIdx.x
+    lane = tid & 31
+    warp = tid >> 5
+    incl = warp_inclusive_scan(v, lane)
     if lane == 31:
         wsum[warp] = incl
     cuda.syncthreads()
-    # every warp scans the per-warp sums (no warp-0-only shuffles: the simulator's shuffle
-    # twins need the whole block) and takes its own warp's exclusive prefix
-    w = wsum[lane] if lane < (nt >> 5) else 0
+    w = wsum[lane] if lane < (cuda.blockDim.x >> 5) else 0
     wi = warp_inclusive_scan(w, lane)
     excl_w = shfl_idx(int32(wi - w), warp)
     cuda.syncthreads()                            # wsum is free again on return
-    return top, per, s, int32(incl + excl_w), rot, tf
+    return int32(incl + excl_w)
 
 
 @device
@@ -1529,17 +1538,16 @@ def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind):
     kept in shared memory at dyn32[SP_RS + g blockDim + tid], the sort area's second 16 KB,
     free from the owner ranges to the ending: a local array would live in local memory, which
     the production kernels keep out; at most ~chunk / 32 + blockDim <= 3 K words for a slice of
-    at most SP_STASH_MAX), a block scan of the hit counts
-    gives its first list slot, it writes one column a set bit of its masks, then loads their
-    scores. Measured forms (64 x 131072, k = 2048, S = 2 x 512, H100, 2026-11-27; the pass-2
-    stage with the loads): pass 2's trips over the stash with rb_append's atomics 6.2 us; this
+    at most SP_STASH_MAX), a block scan of the hit counts (``block_inclusive_scan``) gives its
+    first list slot, it writes one column a set bit of its masks, then loads their scores.
+    Measured forms (64 x 131072, k = 2048, S = 2 x 512, H100, 2026-11-27; the pass-2 stage with
+    the loads): pass 2's trips over the stash with rb_append's atomics 6.2 us; this
     with every loop unrolled (masks in registers) 7.0, ~3.4 K SASS instructions run once a
     warp, stalled on instruction fetch; with the second step testing every word again 13.2 (it
     is the 98 % of words without a hit that cost); with a branch per word 7.2; with the masks in a
     local array 6.7-7.0 (ncu: about a third of it waits on the loads of the listed scores); this
     form 6.6-6.7."""
     tid = cuda.threadIdx.x
-    lane = tid & 31
     nt = uint32(cuda.blockDim.x)
     masks = cuda.shared.array(0, uint32)          # (dynamic: aliases dyn64; from SP_RS)
     T = uint32(uint32(pfx >> uint64(48)) << uint32(16))   # the prefix in a high half
@@ -1566,21 +1574,10 @@ def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind):
         masks[uint32(uint32(SP_RS) + g * nt + uint32(tid))] = m
         cnt = int32(cnt + int32(cuda.popc(m)))
         g = uint32(g + uint32(1))
-    incl = warp_inclusive_scan(cnt, lane)         # the block's exclusive scan of the counts
-    if lane == 31:
-        wsum[tid >> 5] = incl
-    cuda.syncthreads()
+    incl = block_inclusive_scan(cnt, wsum)        # this thread's hits and every lower one's
     pos = uint32(incl - cnt)
-    tot = int32(0)
-    q = uint32(0)
-    while q < (nt >> uint32(5)):
-        v = wsum[q]
-        if q < uint32(tid >> 5):
-            pos = uint32(pos + uint32(v))
-        tot = int32(tot + v)
-        q = uint32(q + uint32(1))
-    if tid == 0:
-        st[4] = tot
+    if uint32(tid) == uint32(nt - uint32(1)):
+        st[4] = incl                              # (the last thread's: the total)
     lc = uint32(lcap)
     c32 = uint32(c_lo)                            # (32-bit: columns < 2^31)
     first = pos
@@ -2047,7 +2044,8 @@ SP_CLUSTER_CTAS = 64
 SP_RA = 2 * K_MAX               # "cluster": dyn32[SP_RA:SP_RA + NBINS] receives the CTAs' slices
 SP_RB = SP_RA + NBINS           # of a round's histograms, dyn32[SP_RB:SP_RB + NBINS] the row's sums
 SP_RS = NBINS                   # dyn32[SP_RS:SP_RS + NBINS] (the sort area's second 16 KB, free
-# until the ending): the last round's descending scan of those sums (``cluster_push_bucket``)
+# until the ending): the last round's descending scan of those sums (``cluster_push_bucket``),
+# then during pass 2 ``stash_select``'s masks
 SP_RSORT = 128                  # runs of at most this many composites: ordered by counting
 # (``rank_sort_desc``: H100, 2026-11-26, (4, 65536, 512) at S = 16, ~45 a CTA: 18.1 -> 16.7 us;
 # with the limit at 256, (1, 65536, 2048)'s ~160 a CTA went 24.2 -> 24.6: the bitonic net there)
@@ -2533,9 +2531,9 @@ def split_kernel(kind, vectorized, threads, cluster=0):
     2. pass 2 (L2; from pass 1's registers where the slice was one trip with no scalar tail, no
        level round ran and NT <= 512: KEEP; from the stash where ``stash`` is on and no level
        round ran, then the listed scores from global memory, ``stash_select``): the slice's
-       composites at or above d's prefix ->
-       shared list -> sorted (``rank_sort_desc`` / ``bitonic_sort_desc_warp``) -> the row's
-       list as one run (one global atomic a CTA for its offset); barrier.
+       composites at or above d's prefix -> shared list -> sorted (``rank_sort_desc`` /
+       ``bitonic_sort_desc_warp``) -> the row's list as one run (one global atomic a CTA for
+       its offset); barrier.
     3. rank each own item: its position in the run + a binary search in every other run; write
        those ranked < K (scores from their keys), and this CTA's share of the -1 / -inf tail.
     ``cluster`` > 0 (the "cluster" variant): S == cluster, each row one cluster of S CTAs
