@@ -326,7 +326,9 @@ def test_split_stash_simulated():
     slice, ties across the 16-bit prefix (scores equal in their top key bits, differing below:
     the threshold bin is decided on the prefix, the order on the full bits), bfloat16 (the
     prefix is the whole key), the scalar-load kernel, and a level round (capacity 3: pass 2 reads
-    x, the stash unused). The same bits with the stash off, and the oracle."""
+    x, the stash unused). The same bits with the stash off, and the oracle. Slices of 1300
+    (2600 at S = 2): stash_select's unchecked step (8 complete words a thread) and its checked
+    one; k = 1000 puts the threshold among 100 scores sharing their 16-bit prefix."""
     g = np.random.default_rng(71)
     x = (g.standard_normal((2, 1500)) * 4).astype(np.float32)
     x[0, 100:700:3] = np.float32(2.0) + np.float32(2 ** -20) * g.integers(0, 64, 200)
@@ -337,6 +339,11 @@ def test_split_stash_simulated():
         assert_topk(*on, x, 300, lengths, name=f"split stash {kw} (sim)")
         assert np.array_equal(on[1], off[1]) and np.array_equal(on[0].view(np.uint8),
                                                                  off[0].view(np.uint8))
+    x2 = (g.standard_normal((1, 2600)) * 4).astype(np.float32)
+    x2[0, 1900:2400:5] = np.float32(1.25) + np.float32(2 ** -20) * g.integers(0, 64, 100)
+    for k2 in (300, 1000):           # complete stash words (1024 scores) then a checked one
+        v, i = run_production(x2, k2, S=2, variant="split", stash=True)
+        assert_topk(v, i, x2, k2, name=f"split stash, full mask steps, k {k2} (sim)")
     xb = scores((1, 1200), seed=72, dtype=ml_dtypes.bfloat16)
     v, i = run_production(xb, 200, np.array([1101]), S=2, variant="split", stash=True)
     assert_topk(v, i, xb, 200, np.array([1101]), name="split stash bf16 (sim)")

@@ -203,3 +203,32 @@ gaddr = _twin(_gaddr_gpu, _gaddr_sim)                        # the array's gener
 ld_acquire_u64 = _twin(_ld_acquire_u64_gpu, _ld_acquire_u64_sim)   # ld.acquire.gpu.global.u64
 ld_cg_v4_i32 = _twin(_ld_cg_v4_i32_gpu, _ld_cg_v4_i32_sim)     # ld.global.cg.v4.u32
 nanosleep = _twin(_nanosleep_gpu, _nanosleep_sim)            # nanosleep.u32
+
+
+# Asynchronous gathers into a shared-memory list (the top-k stash's pass 2): the GPU copies with
+# cp.async (no register waits on the load; complete at ``async_wait``), the simulator at issue.
+def _f32_to_list_gpu(lst, slot, x, e):
+    """The high word of the shared uint64 lst[slot] <- the bits of float32 x[e], asynchronously
+    (cp.async.ca.shared.global, 4 bytes: PTX ISA 9.1 "cp.async", sm_80+): visible to this
+    thread after ``async_wait``, to others after a barrier after that."""
+    ops.cp_async_ca_4(ops.shared_address(lst) + uint32(8) * uint32(slot) + uint32(4),
+                      ops.array_address(x) + uint64(4) * uint64(e))
+
+
+def _f32_to_list_sim(lst, slot, x, e):
+    lst[slot] = (uint64(np.float32(x[e]).view(np.uint32)) << uint64(32)) \
+        | (uint64(lst[slot]) & uint64(0xFFFFFFFF))
+
+
+def _async_wait_gpu():
+    """Every cp.async this thread issued has landed (commit_group + wait_group 0)."""
+    ops.cp_async_commit_group()
+    ops.cp_async_wait_group_0()
+
+
+def _async_wait_sim():
+    pass
+
+
+f32_to_list = _twin(_f32_to_list_gpu, _f32_to_list_sim)      # cp.async.ca.shared.global 4
+async_wait = _twin(_async_wait_gpu, _async_wait_sim)          # cp.async.commit / wait_group 0

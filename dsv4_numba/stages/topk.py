@@ -142,8 +142,8 @@ from numba import cuda, float32, int32, int64, uint16, uint32, uint64
 
 from .. import registry
 from ..hw.bits import bits_f32, f32_bits
-from ..hw.portable import (address_of, ballot, gaddr, ld_acquire_u64, ld_cg_v4_i32,
-                           ldg_v4, nanosleep, shfl_idx, shfl_up, shfl_xor)
+from ..hw.portable import (address_of, async_wait, ballot, f32_to_list, gaddr, ld_acquire_u64,
+                           ld_cg_v4_i32, ldg_v4, nanosleep, shfl_idx, shfl_up, shfl_xor)
 from ..runtime import BF16, F32, ArrayIO, detect_gpu, device, is_device_array, kernel, mode
 from ..runtime.arrays import check_lengths
 from ..runtime.arrays import float_kind as _input_kind
@@ -1440,6 +1440,8 @@ RB_SMEM = 8 * (K_MAX + RB_LIST)     # dynamic shared bytes: sort buffer (histogr
 # "auto" (2 passes through one SM: 4 MB rows took ~180 us there; the multi-block "fused" is better)
 RB_AUTO_MAX_N = 262144
 RB_AUTO_MIN_ROWS = 32           # fewer rows: "split", any length (PRODUCTION_VARIANT's figures)
+RB_PIPE_THREADS = 512           # CTAs of at most this many threads (>= 128 registers a thread)
+# load the next trip while they use the current one (``rb_pass``: modes 0 and 2)
 NO_STASH = -(1 << 62)           # ``rb_trip``'s sidx: no stash (any real one is > -2^40)
 
 
@@ -1527,50 +1529,67 @@ def rb_append(msk, w, c0, vstep, kind, VEC, U, dyn64, st, lcap):
 
 
 @device
-def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind):
+def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind, NT):
     """A stashed pass 2 (level 1): the columns c_lo + p (p < n, the slice) whose stashed top 16 key
     bits (``rb_trip``: slot p) are at or above pfx's -> the list dyn64[K_MAX:] as (score bits <<
-    32) | column, the scores loaded from x[base + column] (``stash_fetch``); st[4] = their count.
-    key >> 16 >= pfx >> 48 is pass 2's level-1 test (pfx's low 52 bits are zero). No atomics:
-    each thread tests its stash words (word j: slots 4j .. 4j + 3; thread t takes j = t, t +
-    blockDim, ..: 8-byte loads, conflict-free; 8 words a loop step, branch-free so that their
-    loads are in flight together) into bit masks (mask g: words 8 g .. 8 g + 7 of the thread's,
-    kept in shared memory at dyn32[SP_RS + g blockDim + tid], the sort area's second 16 KB,
-    free from the owner ranges to the ending: a local array would live in local memory, which
-    the production kernels keep out; at most ~chunk / 32 + blockDim <= 3 K words for a slice of
-    at most SP_STASH_MAX), a block scan of the hit counts (``block_inclusive_scan``) gives its
-    first list slot, it writes one column a set bit of its masks, then loads their scores.
+    32) | column, the scores loaded from x[base + column]; st[4] = their count. key >> 16 >= pfx
+    >> 48 is pass 2's level-1 test (pfx's low 52 bits are zero). No atomics: each thread tests
+    its stash words (word j: slots 4j .. 4j + 3; thread t takes j = t, t + NT, ..: 8-byte loads,
+    conflict-free; NT = blockDim, compile-time, so that a step's 8 loads take immediate offsets)
+    into bit masks, 8 words a loop step, branch-free so that their loads are in flight together:
+    a compare and a predicated OR a slot (only the last step checks the slice's end). Mask g
+    (words 8 g .. 8 g + 7 of the thread's) lives in shared memory at dyn32[SP_RS + g NT + tid],
+    the sort area's second 16 KB, free from the owner ranges to the ending (a local array would
+    live in local memory, which the production kernels keep out; at most ~chunk / 32 + NT <= 3 K
+    words for a slice of at most SP_STASH_MAX). A block scan of the hit counts
+    (``block_inclusive_scan``) gives the thread's first list slot; it writes one column a set
+    bit and gathers the score: float32 by cp.async straight into the slot's high word
+    (``f32_to_list``: no register waits on the load, one memory latency for all of them),
+    bfloat16 (2 bytes, below cp.async's 4) by ``stash_fetch``'s loads afterwards.
     Measured forms (64 x 131072, k = 2048, S = 2 x 512, H100, 2026-11-27; the pass-2 stage with
     the loads): pass 2's trips over the stash with rb_append's atomics 6.2 us; this
     with every loop unrolled (masks in registers) 7.0, ~3.4 K SASS instructions run once a
     warp, stalled on instruction fetch; with the second step testing every word again 13.2 (it
     is the 98 % of words without a hit that cost); with a branch per word 7.2; with the masks in a
-    local array 6.7-7.0 (ncu: about a third of it waits on the loads of the listed scores); this
-    form 6.6-6.7."""
+    local array 6.7-7.0 (ncu: about a third of it waits on the loads of the listed scores); with
+    every word checked against the slice's end and the float32 scores loaded by ``stash_fetch``
+    6.6-6.7 (ncu, 2026-11-27: ~28 instructions a stash word)."""
     tid = cuda.threadIdx.x
-    nt = uint32(cuda.blockDim.x)
+    nt = uint32(NT)
     masks = cuda.shared.array(0, uint32)          # (dynamic: aliases dyn64; from SP_RS)
     T = uint32(uint32(pfx >> uint64(48)) << uint32(16))   # the prefix in a high half
     nu = uint32(n)
     nw = uint32((nu + uint32(3)) >> uint32(2))
     G = uint32((nw + uint32(8) * nt - uint32(1)) // (uint32(8) * nt))
+    Gf = uint32((nu >> uint32(2)) // (uint32(8) * nt))     # steps of complete words only
     cnt = int32(0)
     g = uint32(0)
     while g < G:
         m = uint32(0)
-        for e in range(8):                        # (branch-free: the 8 loads issue together)
-            j = uint32(uint32(tid) + (uint32(8) * g + uint32(e)) * nt)
-            inside = j < nw
-            pk = dyn64[uint32(uint32(SP_STASH // 8) + (j if inside else uint32(0)))]
-            lo = uint32(pk)
-            hi = uint32(pk >> uint64(32))
-            b4 = uint32(uint32(uint32(lo << uint32(16)) >= T)
-                        | uint32(uint32(lo >= T) << uint32(1))
-                        | uint32(uint32(uint32(hi << uint32(16)) >= T) << uint32(2))
-                        | uint32(uint32(hi >= T) << uint32(3)))
-            left = min(uint32(nu - uint32(4) * (j if inside else uint32(0))), uint32(4))
-            b4 = uint32(b4 & uint32(uint32(0xF) >> uint32(uint32(4) - left)))   # (its slots)
-            m = uint32(m | (uint32(b4 << uint32(4 * e)) if inside else uint32(0)))
+        w0 = uint32(uint32(SP_STASH // 8) + uint32(tid) + uint32(8) * g * nt)
+        if g < Gf:                                # (uniform)
+            for e in range(8):
+                pk = dyn64[uint32(w0 + uint32(e) * nt)]
+                lo = uint32(pk)
+                hi = uint32(pk >> uint64(32))
+                m = uint32(m | uint32(1 << (4 * e))) if uint32(lo << uint32(16)) >= T else m
+                m = uint32(m | uint32(2 << (4 * e))) if lo >= T else m
+                m = uint32(m | uint32(4 << (4 * e))) if uint32(hi << uint32(16)) >= T else m
+                m = uint32(m | uint32(8 << (4 * e))) if hi >= T else m
+        else:
+            for e in range(8):
+                j = uint32(uint32(tid) + (uint32(8) * g + uint32(e)) * nt)
+                inside = j < nw
+                pk = dyn64[uint32(uint32(SP_STASH // 8) + (j if inside else uint32(0)))]
+                lo = uint32(pk)
+                hi = uint32(pk >> uint64(32))
+                b4 = uint32(uint32(uint32(lo << uint32(16)) >= T)
+                            | uint32(uint32(lo >= T) << uint32(1))
+                            | uint32(uint32(uint32(hi << uint32(16)) >= T) << uint32(2))
+                            | uint32(uint32(hi >= T) << uint32(3)))
+                left = min(uint32(nu - uint32(4) * (j if inside else uint32(0))), uint32(4))
+                b4 = uint32(b4 & uint32(uint32(0xF) >> uint32(uint32(4) - left)))  # its slots
+                m = uint32(m | (uint32(b4 << uint32(4 * e)) if inside else uint32(0)))
         masks[uint32(uint32(SP_RS) + g * nt + uint32(tid))] = m
         cnt = int32(cnt + int32(cuda.popc(m)))
         g = uint32(g + uint32(1))
@@ -1589,11 +1608,19 @@ def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind):
             m = uint32(m & uint32(m - uint32(1)))
             j = uint32(uint32(tid) + (uint32(8) * g + (b >> uint32(2))) * nt)
             if pos < lc:
-                dyn64[uint32(uint32(K_MAX) + pos)] = uint64(
-                    uint32(c32 + uint32(4) * j + (b & uint32(3))))
+                col = uint32(c32 + uint32(4) * j + (b & uint32(3)))
+                slot = uint32(uint32(K_MAX) + pos)
+                if kind == BF16:
+                    dyn64[slot] = uint64(col)
+                else:
+                    masks[uint32(2) * slot] = col     # the low word; the score to the high one
+                    f32_to_list(dyn64, slot, x, base + int64(col))
             pos = uint32(pos + uint32(1))
         g = uint32(g + uint32(1))
-    stash_fetch(x, base, dyn64, first, min(pos, lc), kind)
+    if kind == BF16:
+        stash_fetch(x, base, dyn64, first, min(pos, lc), kind)
+    else:
+        async_wait()
 
 
 @device
@@ -1627,6 +1654,15 @@ def stash_fetch(x, base, dyn64, i, end, kind):
 
 
 @device
+def rb_load(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, w, o):
+    """w[o + 4 u: o + 4 u + 4] = the U vectors of a trip (``rb_trip``); ``checked``: only those
+    before Lv."""
+    for u in range(U):
+        if (not checked) or c0 + u * vstep < Lv:
+            load_words_at(x, src, base + c0 + u * vstep, w, o + 4 * u, kind, VEC)
+
+
+@device
 def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, lo, mask, fT,
             dyn32, dyn64, st, w, lcap, sidx, loaded=False):
     """One trip of ``rb_pass``: U vectors of VEC scores at c0 + u * vstep (all loaded before any
@@ -1641,9 +1677,7 @@ def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, l
     stash = mode == 0 and sidx > NO_STASH
     d16 = cuda.shared.array(0, uint16)            # (aliases dyn32 / dyn64)
     if not loaded:
-        for u in range(U):
-            if (not checked) or c0 + u * vstep < Lv:
-                load_words_at(x, src, base + c0 + u * vstep, w, 4 * u, kind, VEC)
+        rb_load(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, w, 0)
     sw = uint32((sidx + c0) >> 2) if stash else uint32(0)   # the trip's first stash word pair
     msk = uint32(0)
     for u in range(U):
@@ -1695,11 +1729,16 @@ def rb_pass(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, d
     offsets are immediates) over the columns [c_lo, L) of the row at x[base:] (``rb_trip``s;
     c_lo a multiple of VEC: 0 for rowblock, the CTA's slice for split): full trips without
     bounds checks, one checked trip, the < VEC scores past the last vector as one scalar trip.
-    Every thread runs the same trips. ``w``: the trips' words (the caller's local uint32[16]).
+    Every thread runs the same trips. ``w``: the trips' words (the caller's local uint32[32]).
     ``reuse`` (mode 2): where the slice is one vector trip and no tail, w still holds it from
     pass 1 (mode 0: the same trip), so nothing is loaded again -- the caller kept w alive
     (``split_kernel``'s KEEP). ``sidx``: pass 1 fills the stash (``rb_trip``), NO_STASH for
-    none."""
+    none. Modes 0 and 2 at NT <= RB_PIPE_THREADS load the next full trip into w[16:] before
+    using the current one (w[0:16]; 16 more registers: 127 a thread in "cluster" at 512
+    threads): each thread keeps a trip's loads in flight while it counts. H100, 2026-11-27,
+    (64, 131072, 2048) at S = 2 x 512: pass 1 15.5 -> 14.8 us (with the launch), where plain
+    read kernels of the same 33.5 MB in 128 CTAs took 13.5-13.9 us (dev measurement: 4 or 8
+    vectors a thread a trip, pipelined or not, 256-1024 threads)."""
     tid = cuda.threadIdx.x
     nt = NT
     U = (4 if VEC != 8 else 2) >> (1 if mode % 2 == 1 else 0)   # modes 1, 3 (rare): composites
@@ -1712,9 +1751,22 @@ def rb_pass(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, d
             rb_trip(x, src, base, c_lo + tid * VEC, Lv, vstep, True, kind, VEC, U, mode, hi,
                     pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx, True)
         return
-    for t in range(full):
-        rb_trip(x, src, base, c_lo + t * step + tid * VEC, Lv, vstep, False, kind, VEC, U, mode,
-                hi, pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx)
+    if NT <= RB_PIPE_THREADS and mode % 2 == 0:   # the next trip's loads in flight meanwhile
+        c0 = c_lo + tid * VEC
+        if full > 0:
+            rb_load(x, src, base, c0, Lv, vstep, False, kind, VEC, U, w, 0)
+        for t in range(full):
+            if t + 1 < full:
+                rb_load(x, src, base, c0 + step, Lv, vstep, False, kind, VEC, U, w, 16)
+            rb_trip(x, src, base, c0, Lv, vstep, False, kind, VEC, U, mode, hi, pfx, lo, mask,
+                    fT, dyn32, dyn64, st, w, lcap, sidx, True)
+            for i in range(4 * U):
+                w[i] = w[16 + i]
+            c0 += step
+    else:
+        for t in range(full):
+            rb_trip(x, src, base, c_lo + t * step + tid * VEC, Lv, vstep, False, kind, VEC, U,
+                    mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx)
     if c_lo + full * step < Lv:
         rb_trip(x, src, base, c_lo + full * step + tid * VEC, Lv, vstep, True, kind, VEC, U,
                 mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx)
@@ -1837,7 +1889,7 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
         wsum = cuda.shared.array(32, int32)
         st = cuda.shared.array(8, int32)
         e = cuda.local.array(8, uint64)
-        w = cuda.local.array(16, uint32)          # the passes' words (``rb_pass``)
+        w = cuda.local.array(32, uint32)          # the passes' words (``rb_pass``)
         L = row_length(row, n, lengths, has_len)
         base = int64(row) * n
         K = min(int64(k), L)
@@ -2581,7 +2633,7 @@ def split_kernel(kind, vectorized, threads, cluster=0):
         ow = cuda.shared.array(48, int32)         # "cluster": counts / slots / totals an owner
         e = cuda.local.array(8, uint64)
         lv = cuda.local.array(SP_LOADS, uint64)
-        w = cuda.local.array(16, uint32)          # the passes' words: pass 1's kept (KEEP)
+        w = cuda.local.array(32, uint32)          # the passes' words: pass 1's kept (KEEP)
         L = row_length(row, n, lengths, has_len)
         K = min(int64(k), L)
         obase = int64(row) * k
@@ -2632,7 +2684,7 @@ def split_kernel(kind, vectorized, threads, cluster=0):
         # 2. pass 2: the slice's composites at or above the bucket's prefix -> dyn64[K_MAX:]
         lv1 = hi == 64 - RB_LEVEL_BITS
         if lv1 and stash:                         # level 1 from the stash
-            stash_select(dyn64, c_hi - c_lo, pfx, c_lo, st, lcap, wsum, x, base, kind)
+            stash_select(dyn64, c_hi - c_lo, pfx, c_lo, st, lcap, wsum, x, base, kind, NT)
         elif lv1:                                 # level 1: a float compare a score
             rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 2, hi, pfx, 0, 0,
                     rb_threshold_f32(uint32(pfx >> uint64(32))), dyn32, dyn64, st, lcap, w, KEEP,
