@@ -181,6 +181,9 @@ CLUSTER_STAGES = SPLIT_STAGES[:3] + ((8, "+ owner ranges"), (9, "+ pass 2"), (10
                                      (2, "+ counts exchanged"), (7, "+ items exchanged"))
 # where an owner sorts its items (more than topk.SP_OSORT): after its sort
 CLUSTER_SORT_STAGES = ((12, "+ sort"),)
+# a pair (S = 2, ``topk.cluster_pair_ending``): no owner ranges; own sort, then the lists merged
+CLUSTER_PAIR_STAGES = SPLIT_STAGES[:3] + ((9, "+ pass 2"), (12, "+ own sort"),
+                                          (7, "+ sorted lists exchanged"))
 
 
 def split_stages_us(plan, calls, vals, idx, reps, repeats, stages):
@@ -274,7 +277,9 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
                           flush=True)
                 elif breakdown and variant.startswith(("split", "cluster")):
                     stages = CLUSTER_STAGES if variant.startswith("cluster") else SPLIT_STAGES
-                    if stages is CLUSTER_STAGES and k // plan.S > K.SP_OSORT:   # owners sort
+                    if stages is CLUSTER_STAGES and plan.S == 2:
+                        stages = CLUSTER_PAIR_STAGES
+                    elif stages is CLUSTER_STAGES and k // plan.S > K.SP_OSORT:   # owners sort
                         stages = stages + CLUSTER_SORT_STAGES
                     us = split_stages_us(plan, calls, vals, idx, reps, repeats, stages)
                     done = ", ".join(f"{lab} {t:.1f}" for (_, lab), t in zip(stages, us))

@@ -64,7 +64,8 @@ Implementations (stage registry name ``topk``)
     0.14.0: 41.2-42.3 at (64, 131072, 2048) with S = 2, against rowblock's 45.4-46.3; 0.18.0,
     512 threads a CTA instead of 1024 there (``SP_CLUSTER_THREADS``): 38.3-40.7 against
     41.4-42.4 in the same runs; 0.19.0, the stash and a leaner ending: 33.4-33.6, 35.7-35.8 with
-    the stash off in the same run; the target is 25):
+    the stash off in the same run; 0.20.0, pass 1 pipelined, a cheaper stashed pass 2 and the
+    pair ending: 29.9; the target is 25):
     split's passes with each row ONE thread-block cluster of S = 2-16 CTAs (16 by default for
     <= 4 rows), co-scheduled by the hardware (no residency limit), exchanging through distributed
     shared memory instead of global memory: each histogram round is a reduce-scatter pushed with
@@ -74,7 +75,9 @@ Implementations (stage registry name ``topk``)
     CTA r owns range r; after pass 2 each CTA pushes each item to its owner (counts, then items,
     st.async on mbarriers), and each owner ranks its items by counting and writes them after the
     owners above it -- no global atomic, list or fence, no released cluster barrier (of split's
-    workspace only an empty row's done flag is written). Where a slice takes several trips
+    workspace only an empty row's done flag is written). A pair (S = 2) has no ranges: each CTA
+    sorts its own list, the two swap their sorted lists and each writes half of the merge
+    (``cluster_pair_ending``). Where a slice takes several trips
     (64 x 131072: 65536 scores a CTA), pass 1 also keeps each score's top 16 key bits in shared
     memory (the stash, ``SP_STASH``) and pass 2 filters those (``stash_select``), loading only the
     ~1 K listed scores back instead of the slice (``TopkPlan(stash=)``; split has it on request).
@@ -1553,7 +1556,8 @@ def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind, NT):
     is the 98 % of words without a hit that cost); with a branch per word 7.2; with the masks in a
     local array 6.7-7.0 (ncu: about a third of it waits on the loads of the listed scores); with
     every word checked against the slice's end and the float32 scores loaded by ``stash_fetch``
-    6.6-6.7 (ncu, 2026-11-27: ~28 instructions a stash word)."""
+    6.6-6.7 (ncu, 2026-11-27: ~28 instructions a stash word); this form (~13 a word, the
+    float32 gather by cp.async) 3.8-3.9."""
     tid = cuda.threadIdx.x
     nt = uint32(NT)
     masks = cuda.shared.array(0, uint32)          # (dynamic: aliases dyn64; from SP_RS)
@@ -2109,6 +2113,7 @@ CL_AUTO_BANDS = ((1, 4, 1, 131072), (1, 8, 1, 65536), (33, 64, 65537, 131072))
 # on a GPU with fewer SMs), bf16 there was not.
 SP_SMEM_CLUSTER = SP_SMEM + 4 * SP_LMAX + 4 * NBINS   # + the histogram slice (<= 8 KB), later
 # the items' owner slots, then (with the 16 KB after them) counting_sort_desc's counts
+SP_PAIR = SP_SMEM_CLUSTER // 8  # "cluster" pairs: dyn64[SP_PAIR:] receives the peer's sorted list
 SP_OSORT = 256                  # "cluster": an owner ranks up to this many items by counting
 # The stash (split and cluster, 0.19.0): pass 1 keeps each score's top 16 key bits in shared
 # memory, from byte SP_STASH (after "cluster"'s summed histogram slice, dyn32[SP_HS:SP_HS +
@@ -2321,17 +2326,17 @@ def split_publish_gather(dyn64, glist, goff, gcnt, gbar, ghist, st, rcnt, roff, 
 
 @device
 def cluster_splitters(dyn32, spl, K, want, pfx, hi, cnt, CL, st, wsum):
-    """The "cluster" ending's owner ranges (CL = S, compile-time), from the row's last histogram
-    (dyn32[SP_RB:], every CTA's copy bitwise equal) before pass 2 overwrites it: spl[r] (r = 1 ..
-    CL - 1, nonincreasing) such that CTA r owns the row's listed composites c with spl[r + 1]
-    <= c < spl[r] (spl[0] = +inf, spl[CL] = 0), about n_all / CL of them each. The list is the
-    A_up items above the last round's parent bin (deeper levels only; st[0] / st[1] still hold
-    the last round's bucket d and its items above d: ``block_find_bucket``), then that
-    histogram's bins from the top down to d (all of d: n_all = K - want + cnt). Boundary r lies
-    after g = r ceil(n_all / CL) items; thread r finds its bin b by a binary search of the block
-    scan the last round left (dyn32[SP_RS:], ``cluster_push_bucket``) and interpolates inside it
-    as if b's items were uniform over its composite range; in the A_up range it is the parent's
-    top (owner 0 takes them all: clustered data only), past the list 0.
+    """The "cluster" ending's owner ranges (CL = S >= 4, compile-time), from the row's last
+    histogram (dyn32[SP_RB:], every CTA's copy bitwise equal) before pass 2 overwrites it:
+    spl[r] (r = 1 .. CL - 1, nonincreasing) such that CTA r owns the row's listed composites c
+    with spl[r + 1] <= c < spl[r] (spl[0] = +inf, spl[CL] = 0), about n_all / CL of them each.
+    The list is the A_up items above the last round's parent bin (deeper levels only; st[0] /
+    st[1] still hold the last round's bucket d and its items above d: ``block_find_bucket``),
+    then that histogram's bins from the top down to d (all of d: n_all = K - want + cnt).
+    Boundary r lies after g = r ceil(n_all / CL) items; thread r finds its bin b by a binary
+    search of the block scan the last round left (dyn32[SP_RS:], ``cluster_push_bucket``) and
+    interpolates inside it as if b's items were uniform over its composite range; in the A_up
+    range it is the parent's top (owner 0 takes them all: clustered data only), past the list 0.
     Any nonincreasing spl is correct; these balance the owners. (Tried, slower, taken out
     (H100, 2026-11-27): for K <= 512 no ranges, CTA 0 owning the whole list and sorting it
     with ``counting_sort_desc``: 14.1 / 14.4 us at (1 / 4, 65536, 512) against 11.1 / 11.2, and
@@ -2416,7 +2421,8 @@ def owner_of(c, spl, CL):
 @device
 def cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, spl, cm, ow, mb,
                          n_own, CL, s, seg, stop, st, wsum, e, gcnt, row):
-    """The "cluster" ending (CL = S, compile-time; ``cluster_splitters`` set the owner ranges):
+    """The "cluster" ending (CL = S >= 4, compile-time; ``cluster_splitters`` set the owner
+    ranges; a pair has ``cluster_pair_ending``):
     CTA r receives every listed composite in its range, ranks them and writes those of rank < K.
       1. the own list (dyn64[K_MAX:K_MAX + n_own], (bits, index)) -> composites in place; each
          item's owner and its slot among this CTA's items for that owner (a shared atomic on
@@ -2536,6 +2542,117 @@ def cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, sp
 
 
 @device
+def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm, mb, n_own, s,
+                        seg, stop, st, wsum, e, gcnt, row):
+    """The "cluster" ending of a pair (CL = 2: no owner ranges): each CTA sorts its own list and
+    ranks each item among both by a merge.
+      1. this CTA's count -> the peer's cm[s] (st.async, 4 bytes, on its mbarrier mb[0]): it
+         tells the peer this CTA is past pass 2;
+      2. the own list (dyn64[K_MAX:K_MAX + n_own], (bits, index)) -> composites, sorted
+         descending at dyn64[swz(0:n_own)] (``rank_sort_desc`` up to SP_RSORT items, else
+         ``counting_sort_desc``), while the counts travel;
+      3. once the peer's count is here (the peer is past its pass 2: its stash area is dead),
+         the sorted list -> the peer's dyn64[SP_PAIR:SP_PAIR + n_own] (st.async, 8 bytes, on
+         its mb[1]; it expects 8 x the count it received);
+      4. both CTAs merge the two sorted lists (symmetric: composites are distinct), CTA s writing
+         its half of the first min(K, n_own + n_peer) outputs: thread t the q (~2) after
+         diagonal d = its first output, from a merge-path search for d (how many own items are
+         among the first d) and q merge steps (scores from their keys). (A binary search of
+         the peer's list for every own item instead: ~530 SASS instructions a warp, ~3 us at
+         (64, 131072, 2048); H100, ncu, 2026-11-27.)
+    Against ``cluster_owner_ending`` this drops the owner ranges (``cluster_splitters``), the
+    owners' step and one exchange's wait: the counts cross during the sort. mbarrier phases
+    seg + 1 of mb[0] and mb[1], as there. No cluster barrier but the exit's (arrived once the
+    pushes are issued). Memory: SP_PAIR (the stash area, or SP_SMEM_CLUSTER + 8 SP_LMAX bytes
+    launched without it). stop 12: the timing hook ends after step 2, 7 after step 3's wait.
+    Napkin math ((64, 131072, 2048) at S = 2 x 512, ~1.1 K items a CTA): the sort ~4 us (as
+    the owners' was), the list's exchange a DSMEM latency and ~2 8-byte pushes a thread, the
+    merge one 11-12-step search a thread (~0.3 us) and ~2 coalesced writes. Measured (H100,
+    2026-11-27, the stop hooks, cumulative us): pass 2 ends at 21.9 (22.6 with the owner
+    ranges before it), own sort 26.8, lists exchanged 27.4, total 29.9, where the owner ending
+    had taken 30.3 (pass 2 22.6, owners 23.5, counts 23.9, items 25.0, sort 29.4; another run
+    of the same kernels otherwise). ncu: the merge and writes (~2.5 us) issue ~300 instructions
+    a warp, stalled mostly on fixed-latency dependencies and instruction fetch."""
+    tid = cuda.threadIdx.x
+    nt = uint32(cuda.blockDim.x)
+    peer = uint32(1 - s)
+    ph = uint32((seg + 1) & 1)
+    ma = ops.shared_address(mb)
+    no = uint32(n_own)
+    if tid == 0:                                  # 1.
+        ops.mbarrier_arrive_expect_tx(ma, uint32(4))
+        ops.st_async_b32(ops.mapa_shared_cluster(ops.shared_address(cm) + uint32(4 * s), peer),
+                         no, ops.mapa_shared_cluster(ma, peer))
+    i = uint32(tid)                               # 2.
+    while i < no:                                 # (bits, index) -> composite
+        r = dyn64[uint32(K_MAX) + i]
+        c = composite(raw_key(uint32(r >> uint64(32)), kind), uint32(r & uint64(0xFFFFFFFF)))
+        if no <= uint32(SP_RSORT):
+            dyn64[uint32(K_MAX) + i] = c
+        else:
+            dyn64[swz(i)] = c
+        i += nt
+    cuda.syncthreads()
+    if no <= uint32(SP_RSORT):
+        rank_sort_desc(dyn64, K_MAX, n_own)
+    else:
+        counting_sort_desc(dyn64, n_own, dyn64[K_MAX:], dyn32[SP_HS:SP_HS + NBINS],
+                           dyn32[SP_HS + NBINS:SP_HS + 2 * NBINS], RB_BMAX, st, wsum, e)
+    cuda.syncthreads()
+    if stop == 12:                                # (timing hook: the own sort)
+        ops.cluster_arrive_relaxed()
+        ops.cluster_wait_acquire()
+        return
+    ops.mbarrier_wait_parity_cluster(ma, ph)      # 3. the peer's count: it is past pass 2
+    npeer = uint32(cm[peer])
+    if tid == 0:
+        ops.mbarrier_arrive_expect_tx(ma + uint32(8), uint32(8) * npeer)
+    da = ops.shared_address(dyn64) + uint32(8 * SP_PAIR)
+    i = uint32(tid)
+    while i < no:
+        ops.st_async_b64(ops.mapa_shared_cluster(da + uint32(8) * i, peer), dyn64[swz(i)],
+                         ops.mapa_shared_cluster(ma + uint32(8), peer))
+        i += nt
+    ops.cluster_arrive_relaxed()                  # every push of this CTA is issued
+    ops.mbarrier_wait_parity_cluster(ma + uint32(8), ph)      # the peer's sorted list
+    if stop == 7:                                 # (timing hook: the lists exchanged)
+        ops.cluster_wait_acquire()
+        return
+    # 4. outputs [d0, d1) of the merged lists, q consecutive ones a thread from diagonal d
+    km = uint32(min(int64(no + npeer), K))
+    half = uint32((km + uint32(1)) >> uint32(1))
+    d0 = half if s == 1 else uint32(0)
+    d1 = km if s == 1 else half
+    q = uint32((d1 - d0 + nt - uint32(1)) // nt)
+    d = uint32(d0 + uint32(tid) * q)
+    if d < d1:
+        lo = uint32(d - npeer) if d > npeer else uint32(0)    # own items among the first d
+        up = min(d, no)
+        while lo < up:
+            mid = uint32((lo + up + uint32(1)) >> uint32(1))
+            b = uint32(d - mid)
+            if b >= npeer or dyn64[swz(mid - uint32(1))] > dyn64[uint32(SP_PAIR) + b]:
+                lo = mid
+            else:
+                up = uint32(mid - uint32(1))
+        a = lo
+        b = uint32(d - a)
+        end = min(uint32(d + q), d1)
+        while d < end:
+            ca = dyn64[swz(a)] if a < no else uint64(0)
+            cb = dyn64[uint32(SP_PAIR) + b] if b < npeer else uint64(0)
+            if a < no and (b >= npeer or ca > cb):
+                write_at(ca, obase + int64(d), x, base, kind, vals, idx, True)
+                a = uint32(a + uint32(1))
+            else:
+                write_at(cb, obase + int64(d), x, base, kind, vals, idx, True)
+                b = uint32(b + uint32(1))
+            d = uint32(d + uint32(1))
+    split_tail(vals, idx, obase, K, k, kind, s, 2, gcnt, row, -1)
+    ops.cluster_wait_acquire()                    # no CTA leaves while one may write into it
+
+
+@device
 def rank_sort_desc(buf, src, m):
     """buf[swz(r)] = the composite of rank r (0: the largest) among the m DISTINCT composites
     buf[src:src + m] (disjoint from the slots swz(0:m)), by counting: each thread takes an item
@@ -2593,7 +2710,9 @@ def split_kernel(kind, vectorized, threads, cluster=0):
     mbarriers (``cluster_push_bucket``, no cluster barrier; receive buffers in the list area);
     then owner ranges from the last histogram (``cluster_splitters``, before pass 2), and after
     pass 2 every item goes to its range's owner, which ranks and writes it
-    (``cluster_owner_ending``): steps 2's sort and 3 are not run. Dynamic shared memory
+    (``cluster_owner_ending``); a pair (S = 2) has no owner ranges: each CTA sorts its own
+    list and merges it with the peer's (``cluster_pair_ending``). Steps 2's sort and 3 are
+    not run. Dynamic shared memory
     SP_SMEM_CLUSTER: dyn32[SP_HS:] holds the summed histogram slice, then the items' owner
     slots, then counting_sort_desc's counts; ghist, gbar, goff and glist are not used, gcnt only
     by an empty row's done flag. sm_90+, GPU only. split's runs of at most SP_RSORT composites
@@ -2675,7 +2794,7 @@ def split_kernel(kind, vectorized, threads, cluster=0):
             True, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, mb, w, sidx)
         if halted:                                # a replay launch or the stop == 1 hook
             return
-        if CL:                                    # (from the histogram pass 2 overwrites)
+        if CL > 2:                                # (from the histogram pass 2 overwrites)
             cluster_splitters(dyn32, spl, K, want, pfx, hi, cnt, CL, st, wsum)
             if stop == 8:                         # (timing hook: the owner ranges)
                 ops.cluster_arrive_relaxed()
@@ -2697,6 +2816,10 @@ def split_kernel(kind, vectorized, threads, cluster=0):
         if CL and stop == 9:                      # (timing hook: pass 2)
             ops.cluster_arrive_relaxed()
             ops.cluster_wait_acquire()
+            return
+        if CL == 2:                               # 3. a pair: sorted lists merged
+            cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, rcnt, mb,
+                                n_own, s, seg, stop, st, wsum, e, gcnt, row)
             return
         if CL:                                    # 3. each item to its owner, ranked there
             cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, spl, rcnt,
@@ -2942,6 +3065,8 @@ class TopkPlan:
         args = [x, self.n, self.k, lk, has_len, vals, idx, self.S, self.chunk, ghist, nbuf, gbar,
                 gcnt, goff, glist, ccap, -1, self.rb_stop, int(self.stash)]
         smem = SP_SMEM_CLUSTER if cl else SP_SMEM
+        if cl == 2:                              # the peer's sorted list (cluster_pair_ending)
+            smem = 8 * (SP_PAIR + SP_LMAX)
         if self.stash:
             smem = max(smem, SP_STASH + 2 * self.chunk)
         if mode() == "gpu":                      # > 48 KB: raise the limit once
