@@ -454,7 +454,9 @@ def test_rowblock_counting_sort_and_its_fallback_simulated():
     """The final sort of the K selected: the counting sort (12-bit window below the bits all K
     share, rank inside each bin) and, with bmax = 1 (any bin of 2 items), the bitonic network
     it falls back to on clustered keys: both exact and bitwise equal. Rows: outliers (a wide
-    window), ties (index bits decide), one value repeated (the window is in the index bits)."""
+    window), ties (index bits decide), one value repeated (the window is in the index bits);
+    bfloat16 keys of ~20 values at a largest bin of 4 (binned as ``compact`` values: key and
+    index bits; as composites each key's items would share a bin and fall back)."""
     x = scores((3, 96), seed=67)
     x[0, ::11] *= 1000
     x[1] = np.round(x[1])
@@ -463,6 +465,9 @@ def test_rowblock_counting_sort_and_its_fallback_simulated():
     for (v, i), name in zip(out, ("counting", "bitonic fallback")):
         assert_topk(v, i, x, 40, name=f"rowblock {name} sort (sim)")
     assert np.array_equal(out[0][1], out[1][1])
+    xb = (x * 0.05 + 3).astype(ml_dtypes.bfloat16)   # ~20 bf16 values: bins by key and index
+    vb, ib = run_production(xb, 40, variant="rowblock", bmax=4)
+    assert_topk(vb, ib, xb, 40, name="rowblock bf16 counting sort (sim)")
 
 
 @pytest.mark.slow

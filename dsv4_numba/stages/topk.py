@@ -1017,9 +1017,34 @@ def sort_bin(c, cmin, shift):
 
 
 @device
-def counting_sort_desc(buf, K, tmp, cnt, cur, bmax, st, wsum, e):
+def index_bits(L):
+    """Bits of the column indices 0 .. L - 1 (at least 1): ``compact``'s jb for a row of L."""
+    return int32(32 - cuda.clz(int32(max(L - 1, 1))))
+
+
+@device
+def compact(c, jb, ks):
+    """Composite c = key * 2^32 + (2^32 - 1 - j) with j < 2^jb and key's low ks bits zero ->
+    (key >> ks) * 2^jb + (2^jb - 1 - j): the same order, without the bits every item shares.
+    ``counting_sort_desc`` bins these: bfloat16 keys (ks = 16) take ~100 values over a top-k
+    (8 mantissa bits), and binned as composites each key's items shared one bin (the index only
+    in bits below the bin's): up to ~60 a bin at (64, 131072, 2048) -- past RB_BMAX, the
+    bitonic fallback ran (H100, 2026-11-27: the pair's own sort 20.7 us in bfloat16, 5 in
+    float32); as compact values ~14 (NumPy model of one row)."""
+    return ((c >> uint64(32 + ks)) << uint64(jb)) | (c & ((uint64(1) << uint64(jb)) - uint64(1)))
+
+
+@device
+def key_shift(kind):
+    """``compact``'s ks: the low key bits every key of the kind has zero."""
+    return 16 if kind == BF16 else 0
+
+
+@device
+def counting_sort_desc(buf, K, tmp, cnt, cur, bmax, st, wsum, e, jb, ks):
     """Sort the K distinct composites at swizzled slots buf[swz(0:K)] descending, in place, by
-    the whole block, in ~7 barriers and a few dozen instructions an item:
+    the whole block, in ~7 barriers and a few dozen instructions an item (their indices < 2^jb,
+    keys' low ks bits zero: bins are taken on ``compact`` values):
       1. their range: bin = (c - min) >> shift, shift such that max - min fits 12 bits
          (sort_bin: monotone, so bin order is the composites' order; linear in key space, so
          a range crossing an exponent boundary still spreads the items -- a bit window did
@@ -1053,7 +1078,7 @@ def counting_sort_desc(buf, K, tmp, cnt, cur, bmax, st, wsum, e):
     lo_c = ~uint64(0)
     i = uint32(tid)
     while i < Ku:
-        c = buf[swz(i)]
+        c = compact(buf[swz(i)], jb, ks)
         hi_c = max(hi_c, c)
         lo_c = min(lo_c, c)
         i += nt
@@ -1077,7 +1102,7 @@ def counting_sort_desc(buf, K, tmp, cnt, cur, bmax, st, wsum, e):
     shift = max(64 - int32(cuda.clz(diff)) - HBITS, 0)
     i = uint32(tid)
     while i < Ku:
-        cuda.atomic.add(cnt, sort_bin(buf[swz(i)], cmin, shift), 1)
+        cuda.atomic.add(cnt, sort_bin(compact(buf[swz(i)], jb, ks), cmin, shift), 1)
         i += nt
     cuda.syncthreads()
     mx = block_scan_desc(cnt, NBINS, cur, wsum)
@@ -1092,13 +1117,13 @@ def counting_sort_desc(buf, K, tmp, cnt, cur, bmax, st, wsum, e):
     i = uint32(tid)
     while i < Ku:
         c = buf[swz(i)]
-        tmp[uint32(cuda.atomic.add(cur, sort_bin(c, cmin, shift), 1))] = c
+        tmp[uint32(cuda.atomic.add(cur, sort_bin(compact(c, jb, ks), cmin, shift), 1))] = c
         i += nt
     cuda.syncthreads()
     i = uint32(tid)
     while i < Ku:
         c = tmp[i]
-        b = sort_bin(c, cmin, shift)
+        b = sort_bin(compact(c, jb, ks), cmin, shift)
         end = uint32(cur[b])
         j = uint32(end - uint32(cnt[b]))
         r = j
@@ -1967,7 +1992,8 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
         if stop == 3:
             return
         counting_sort_desc(dyn64, K, dyn64[K_MAX:2 * K_MAX], dyn32[4 * K_MAX:4 * K_MAX + NBINS],
-                           dyn32[4 * K_MAX + NBINS:4 * K_MAX + 2 * NBINS], bmax, st, wsum, e)
+                           dyn32[4 * K_MAX + NBINS:4 * K_MAX + 2 * NBINS], bmax, st, wsum, e,
+                           index_bits(L), key_shift(kind))
         if stop == 4:
             return
         write_sorted(dyn64, K, k, x, base, int64(row) * k, kind, vals, idx, True, True)
@@ -2205,6 +2231,46 @@ def push4(h, o, dst, mbar, r):
 
 
 @device
+def pair_push_bucket(h, ha, ma, par, want, s, seg, st, wsum):
+    """``cluster_push_bucket`` for a pair (CL = 2), after its barrier: this CTA's whole
+    histogram h[0:NBINS] -> the peer's receive buffer (st.async, 16 bytes a store, on its
+    mbarrier mb[0]), h += the peer's, then the descending scan and the bucket search as there.
+    One exchange where the reduce-scatter + all-gather of larger clusters takes two (a DSMEM
+    latency and a barrier fewer). The receive buffer alternates by round, h[SP_RA:] (even seg)
+    and h[SP_RB:] (odd): the peer pushes round seg + 2 only after this CTA's round seg + 1
+    push, which it sends once it has read round seg's buffer. mb[1] is not used (its phase
+    stays 0: ``cluster_pair_ending``)."""
+    tid = cuda.threadIdx.x
+    nt = uint32(cuda.blockDim.x)
+    rb = uint32(SP_RA if seg % 2 == 0 else SP_RB)
+    peer = uint32(1 - s)
+    q = uint32(tid)
+    while q < uint32(NBINS // 4):                 # bins b .. b + 3 -> the peer's rb + b
+        b = q * uint32(4)
+        push4(h, b, ha + uint32(4) * (rb + b), ma, peer)
+        q += nt
+    ops.mbarrier_wait_parity_cluster(ma, par)     # the peer's histogram
+    j = uint32(tid)
+    while j < uint32(NBINS):
+        h[j] = int32(h[j] + h[rb + j])
+        j += nt
+    cuda.syncthreads()
+    out = h[SP_RS:SP_RS + NBINS]
+    block_scan_desc(h, NBINS, out, wsum)          # out[b]: the row's items above bin b
+    cuda.syncthreads()
+    w32 = int32(want)
+    b = uint32(tid)
+    while b < uint32(NBINS):                      # the bin holding the want-th largest
+        a = out[b]
+        if a < w32 and int32(a + h[b]) >= w32:
+            st[0] = int32(b)
+            st[1] = a
+        b += nt
+    cuda.syncthreads()
+    return st[0], st[1], h[st[0]]
+
+
+@device
 def cluster_push_bucket(h, mb, want, CL, s, seg, st, wsum):
     """The "cluster" histogram round by pushes (CL = S, compile-time; round ``seg``): no cluster
     barrier, no remote load. h[0:NBINS] is this CTA's histogram of the round. Every CTA pushes bins
@@ -2213,7 +2279,8 @@ def cluster_push_bucket(h, mb, want, CL, s, seg, st, wsum):
     CTA s waits there for all NBINS * 4 bytes, sums its slice into h[SP_HS:SP_HS + W], pushes the
     sums to every CTA's h[SP_RB + s W:] (mbarrier mb[1]); each CTA waits for the row's whole
     histogram and finds the bucket itself from its descending scan, which it leaves in
-    h[SP_RS:SP_RS + NBINS] for ``cluster_splitters`` (one block scan where bucket and splitters
+    h[SP_RS:SP_RS + NBINS] for ``cluster_splitters`` (a pair: ``pair_push_bucket``, one
+    exchange of whole histograms; one block scan where bucket and splitters
     each ran one: at (64, 131072, 2048), H100, 2026-11-27, the owner ranges went 2.0 -> 0.9 us
     and this round ~0.8 us longer). The mbarriers (one arrival:
     thread 0's expect_tx) were initialised and made visible by the kernel's start (its relaxed
@@ -2234,10 +2301,13 @@ def cluster_push_bucket(h, mb, want, CL, s, seg, st, wsum):
     ha = ops.shared_address(h)
     if tid == 0:
         ops.mbarrier_arrive_expect_tx(ma, uint32(4 * NBINS))
-        ops.mbarrier_arrive_expect_tx(ma + uint32(8), uint32(4 * NBINS))
+        if CL > 2:
+            ops.mbarrier_arrive_expect_tx(ma + uint32(8), uint32(4 * NBINS))
     if seg == 0:
         ops.cluster_wait_acquire()                # every CTA's mbarriers are initialised
     cuda.syncthreads()                            # h is complete
+    if CL == 2:                                   # a pair: one exchange of whole histograms
+        return pair_push_bucket(h, ha, ma, par, want, s, seg, st, wsum)
     q = uint32(tid)                               # uint32 loops: no 64-bit trip-count division
     while q < uint32(NBINS // 4):                 # bins b .. b + 3 -> CTA r (b's slice)
         b = q * uint32(4)
@@ -2420,7 +2490,7 @@ def owner_of(c, spl, CL):
 
 @device
 def cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, spl, cm, ow, mb,
-                         n_own, CL, s, seg, stop, st, wsum, e, gcnt, row):
+                         n_own, CL, s, seg, stop, st, wsum, e, gcnt, row, jb):
     """The "cluster" ending (CL = S >= 4, compile-time; ``cluster_splitters`` set the owner
     ranges; a pair has ``cluster_pair_ending``):
     CTA r receives every listed composite in its range, ranks them and writes those of rank < K.
@@ -2527,7 +2597,8 @@ def cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, sp
             i += uint32(nt)
     else:                                         # (large or clustered ranges: already swizzled)
         counting_sort_desc(dyn64, m, dyn64[K_MAX:], dyn32[SP_HS:SP_HS + NBINS],
-                           dyn32[SP_HS + NBINS:SP_HS + 2 * NBINS], RB_BMAX, st, wsum, e)
+                           dyn32[SP_HS + NBINS:SP_HS + 2 * NBINS], RB_BMAX, st, wsum, e, jb,
+                           key_shift(kind))
         if stop == 12:                            # (timing hook: the sort)
             ops.cluster_wait_acquire()
             return
@@ -2543,7 +2614,7 @@ def cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, sp
 
 @device
 def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm, mb, n_own, s,
-                        seg, stop, st, wsum, e, gcnt, row):
+                        seg, stop, st, wsum, e, gcnt, row, jb):
     """The "cluster" ending of a pair (CL = 2: no owner ranges): each CTA sorts its own list and
     ranks each item among both by a merge.
       1. this CTA's count -> the peer's cm[s] (st.async, 4 bytes, on its mbarrier mb[0]): it
@@ -2561,18 +2632,19 @@ def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm,
          the peer's list for every own item instead: ~530 SASS instructions a warp, ~3 us at
          (64, 131072, 2048); H100, ncu, 2026-11-27.)
     Against ``cluster_owner_ending`` this drops the owner ranges (``cluster_splitters``), the
-    owners' step and one exchange's wait: the counts cross during the sort. mbarrier phases
-    seg + 1 of mb[0] and mb[1], as there. No cluster barrier but the exit's (arrived once the
-    pushes are issued). Memory: SP_PAIR (the stash area, or SP_SMEM_CLUSTER + 8 SP_LMAX bytes
-    launched without it). stop 12: the timing hook ends after step 2, 7 after step 3's wait.
-    Napkin math ((64, 131072, 2048) at S = 2 x 512, ~1.1 K items a CTA): the sort ~4 us (as
-    the owners' was), the list's exchange a DSMEM latency and ~2 8-byte pushes a thread, the
-    merge one 11-12-step search a thread (~0.3 us) and ~2 coalesced writes. Measured (H100,
-    2026-11-27, the stop hooks, cumulative us): pass 2 ends at 21.9 (22.6 with the owner
-    ranges before it), own sort 26.8, lists exchanged 27.4, total 29.9, where the owner ending
-    had taken 30.3 (pass 2 22.6, owners 23.5, counts 23.9, items 25.0, sort 29.4; another run
-    of the same kernels otherwise). ncu: the merge and writes (~2.5 us) issue ~300 instructions
-    a warp, stalled mostly on fixed-latency dependencies and instruction fetch."""
+    owners' step and one exchange's wait: the counts cross during the sort. mbarrier phases: seg
+    + 1 of mb[0], 0 of mb[1] (the pair's rounds use mb[0] only: ``pair_push_bucket``). No
+    cluster barrier but the exit's (arrived once the pushes are issued). Memory: SP_PAIR (the
+    stash area, or SP_SMEM_CLUSTER + 8 SP_LMAX bytes launched without it). stop 12: the timing
+    hook ends after step 2, 7 after step 3's wait. Napkin math ((64, 131072, 2048) at S = 2 x
+    512, ~1.1 K items a CTA): the sort ~4 us (as the owners' was), the list's exchange a DSMEM
+    latency and ~2 8-byte pushes a thread, the merge one 11-12-step search a thread (~0.3 us)
+    and ~2 coalesced writes. Measured (H100, 2026-11-27, the stop hooks, cumulative us): pass 2
+    ends at 21.9 (22.6 with the owner ranges before it), own sort 26.8, lists exchanged 27.4,
+    total 29.9, where the owner ending had taken 30.3 (pass 2 22.6, owners 23.5, counts 23.9,
+    items 25.0, sort 29.4; another run of the same kernels otherwise). ncu: the merge and writes
+    (~2.5 us) issue ~300 instructions a warp, stalled mostly on fixed-latency dependencies and
+    instruction fetch."""
     tid = cuda.threadIdx.x
     nt = uint32(cuda.blockDim.x)
     peer = uint32(1 - s)
@@ -2597,7 +2669,8 @@ def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm,
         rank_sort_desc(dyn64, K_MAX, n_own)
     else:
         counting_sort_desc(dyn64, n_own, dyn64[K_MAX:], dyn32[SP_HS:SP_HS + NBINS],
-                           dyn32[SP_HS + NBINS:SP_HS + 2 * NBINS], RB_BMAX, st, wsum, e)
+                           dyn32[SP_HS + NBINS:SP_HS + 2 * NBINS], RB_BMAX, st, wsum, e, jb,
+                           key_shift(kind))
     cuda.syncthreads()
     if stop == 12:                                # (timing hook: the own sort)
         ops.cluster_arrive_relaxed()
@@ -2614,7 +2687,7 @@ def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm,
                          ops.mapa_shared_cluster(ma + uint32(8), peer))
         i += nt
     ops.cluster_arrive_relaxed()                  # every push of this CTA is issued
-    ops.mbarrier_wait_parity_cluster(ma + uint32(8), ph)      # the peer's sorted list
+    ops.mbarrier_wait_parity_cluster(ma + uint32(8), uint32(0))   # the peer's list
     if stop == 7:                                 # (timing hook: the lists exchanged)
         ops.cluster_wait_acquire()
         return
@@ -2819,11 +2892,12 @@ def split_kernel(kind, vectorized, threads, cluster=0):
             return
         if CL == 2:                               # 3. a pair: sorted lists merged
             cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, rcnt, mb,
-                                n_own, s, seg, stop, st, wsum, e, gcnt, row)
+                                n_own, s, seg, stop, st, wsum, e, gcnt, row, index_bits(L))
             return
         if CL:                                    # 3. each item to its owner, ranked there
             cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, spl, rcnt,
-                                 ow, mb, n_own, CL, s, seg, stop, st, wsum, e, gcnt, row)
+                                 ow, mb, n_own, CL, s, seg, stop, st, wsum, e, gcnt, row,
+                                 index_bits(L))
             return
         # the own composites, sorted (the histogram in dyn64[0:K_MAX] is dead): a sorted run
         if n_own <= SP_RSORT:
