@@ -319,6 +319,21 @@ def test_stash_plans():
 
 
 @pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
+def test_split_one_full_trip_simulated():
+    """Slices of exactly one full vector trip (512 float32 scores at 32 threads): pass 2 reuses
+    the words pass 1 left in registers (``rb_pass``'s reuse, split's KEEP), so pass 1's
+    pipelined loop must leave them there (it broke them in a first form: the GPU's 1 x 65536 at
+    S = 16 x 256 threads failed). Two and three slices, bfloat16 (1024 a trip)."""
+    for shape, S in (((2, 1024), 2), ((1, 1536), 3)):
+        x = scores(shape, seed=81)
+        v, i = run_production(x, 100, S=S, variant="split")
+        assert_topk(v, i, x, 100, name=f"split one full trip S={S} (sim)")
+    xb = scores((1, 2048), seed=82, dtype=ml_dtypes.bfloat16)
+    v, i = run_production(xb, 64, S=2, variant="split")
+    assert_topk(v, i, xb, 64, name="split one full trip bf16 (sim)")
+
+
+@pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
 def test_split_stash_simulated():
     """split's stash (pass 1 keeps the top 16 key bits of each score in shared memory, pass 2
     filters those and loads the listed scores back): slices of 2-3 trips at 32 threads (> 512

@@ -64,8 +64,9 @@ Implementations (stage registry name ``topk``)
     0.14.0: 41.2-42.3 at (64, 131072, 2048) with S = 2, against rowblock's 45.4-46.3; 0.18.0,
     512 threads a CTA instead of 1024 there (``SP_CLUSTER_THREADS``): 38.3-40.7 against
     41.4-42.4 in the same runs; 0.19.0, the stash and a leaner ending: 33.4-33.6, 35.7-35.8 with
-    the stash off in the same run; 0.20.0, pass 1 pipelined, a cheaper stashed pass 2 and the
-    pair ending: 29.9; the target is 25):
+    the stash off in the same run; 0.20.0, pass 1 pipelined, a cheaper stashed pass 2, the
+    pair ending and its one-exchange rounds: 29.4-29.5 (bfloat16 29.2, 44.5 before its sort
+    stopped falling back); the target is 25):
     split's passes with each row ONE thread-block cluster of S = 2-16 CTAs (16 by default for
     <= 4 rows), co-scheduled by the hardware (no residency limit), exchanging through distributed
     shared memory instead of global memory: each histogram round is a reduce-scatter pushed with
@@ -1785,12 +1786,14 @@ def rb_pass(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, d
         if full > 0:
             rb_load(x, src, base, c0, Lv, vstep, False, kind, VEC, U, w, 0)
         for t in range(full):
-            if t + 1 < full:
+            nxt = t + 1 < full
+            if nxt:
                 rb_load(x, src, base, c0 + step, Lv, vstep, False, kind, VEC, U, w, 16)
             rb_trip(x, src, base, c0, Lv, vstep, False, kind, VEC, U, mode, hi, pfx, lo, mask,
                     fT, dyn32, dyn64, st, w, lcap, sidx, True)
-            for i in range(4 * U):
-                w[i] = w[16 + i]
+            if nxt:                               # (the last trip's words stay: ``reuse``)
+                for i in range(4 * U):
+                    w[i] = w[16 + i]
             c0 += step
     else:
         for t in range(full):
