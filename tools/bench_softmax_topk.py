@@ -20,8 +20,9 @@ rowblock kernel stopped after each stage (pass 1, pass 2, refine, sort; cumulati
 split kernel ended at its start (the launch alone), after pass 1, round 0, the publish, the
 list load, the rank (cumulative); the cluster kernel likewise up to round 0, then after its owner
 ranges, pass 2, the owners, the counts' and the items' exchanges (and, where an owner sorts,
-after its sort). ``cluster:nostash`` / ``split@S:stash``: a variant with pass 2's
-shared-memory stash of the top key bits off / on (``TopkPlan(stash=)``).
+after its sort); a pair (S = 2) after pass 2, its own sort and the sorted lists' exchange.
+``cluster:nostash`` / ``split@S:stash``: a variant with pass 2's shared-memory stash of the top
+key bits off / on (``TopkPlan(stash=)``).
 "% read-once" is the time to read the scores once at the measured copy bandwidth over ours.
 
 Method: inputs are torch tensors on the device, handed to dsv4_numba as zero-copy device arrays

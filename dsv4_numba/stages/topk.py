@@ -278,6 +278,12 @@ def composite(key, j):
 
 
 @device
+def item_composite(r, kind):
+    """The composite of a list item r = (score bits << 32) | column (the passes' lists)."""
+    return composite(raw_key(uint32(r >> uint64(32)), kind), uint32(r & uint64(0xFFFFFFFF)))
+
+
+@device
 def composite_index(c):
     return int32(uint32(0xFFFFFFFF) - uint32(c & uint64(0xFFFFFFFF)))
 
@@ -1558,6 +1564,18 @@ def rb_append(msk, w, c0, vstep, kind, VEC, U, dyn64, st, lcap):
 
 
 @device
+def stash_hits(pk, T):
+    """The 4 slots of stash word pk (4 x 16 key bits, slot q in bits 16 q ..) at or above T (the
+    prefix in a high half): bit q set."""
+    lo = uint32(pk)
+    hi = uint32(pk >> uint64(32))
+    return uint32(uint32(uint32(lo << uint32(16)) >= T)
+                  | uint32(uint32(lo >= T) << uint32(1))
+                  | uint32(uint32(uint32(hi << uint32(16)) >= T) << uint32(2))
+                  | uint32(uint32(hi >= T) << uint32(3)))
+
+
+@device
 def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind, NT):
     """A stashed pass 2 (level 1): the columns c_lo + p (p < n, the slice) whose stashed top 16 key
     bits (``rb_trip``: slot p) are at or above pfx's -> the list dyn64[K_MAX:] as (score bits <<
@@ -1565,12 +1583,12 @@ def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind, NT):
     >> 48 is pass 2's level-1 test (pfx's low 52 bits are zero). No atomics: each thread tests
     its stash words (word j: slots 4j .. 4j + 3; thread t takes j = t, t + NT, ..: 8-byte loads,
     conflict-free; NT = blockDim, compile-time, so that a step's 8 loads take immediate offsets)
-    into bit masks, 8 words a loop step, branch-free so that their loads are in flight together:
-    a compare and a predicated OR a slot (only the last step checks the slice's end). Mask g
-    (words 8 g .. 8 g + 7 of the thread's) lives in shared memory at dyn32[SP_RS + g NT + tid],
-    the sort area's second 16 KB, free from the owner ranges to the ending (a local array would
-    live in local memory, which the production kernels keep out; at most ~chunk / 32 + NT <= 3 K
-    words for a slice of at most SP_STASH_MAX). A block scan of the hit counts
+    into bit masks (``stash_hits``), 8 words a loop step, branch-free so that their loads are in
+    flight together: a compare and a select a slot (only the last step checks the slice's end).
+    Mask g (words 8 g .. 8 g + 7 of the thread's) lives in shared memory at dyn32[SP_RS + g NT +
+    tid], the sort area's second 16 KB, free from the owner ranges to the ending (a local array
+    would live in local memory, which the production kernels keep out; at most ~chunk / 32 + NT
+    <= 3 K words for a slice of at most SP_STASH_MAX). A block scan of the hit counts
     (``block_inclusive_scan``) gives the thread's first list slot; it writes one column a set
     bit and gathers the score: float32 by cp.async straight into the slot's high word
     (``f32_to_list``: no register waits on the load, one memory latency for all of them),
@@ -1599,24 +1617,14 @@ def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind, NT):
         w0 = uint32(uint32(SP_STASH // 8) + uint32(tid) + uint32(8) * g * nt)
         if g < Gf:                                # (uniform)
             for e in range(8):
-                pk = dyn64[uint32(w0 + uint32(e) * nt)]
-                lo = uint32(pk)
-                hi = uint32(pk >> uint64(32))
-                m = uint32(m | uint32(1 << (4 * e))) if uint32(lo << uint32(16)) >= T else m
-                m = uint32(m | uint32(2 << (4 * e))) if lo >= T else m
-                m = uint32(m | uint32(4 << (4 * e))) if uint32(hi << uint32(16)) >= T else m
-                m = uint32(m | uint32(8 << (4 * e))) if hi >= T else m
+                m = uint32(m | uint32(stash_hits(dyn64[uint32(w0 + uint32(e) * nt)], T)
+                                      << uint32(4 * e)))
         else:
             for e in range(8):
                 j = uint32(uint32(tid) + (uint32(8) * g + uint32(e)) * nt)
                 inside = j < nw
-                pk = dyn64[uint32(uint32(SP_STASH // 8) + (j if inside else uint32(0)))]
-                lo = uint32(pk)
-                hi = uint32(pk >> uint64(32))
-                b4 = uint32(uint32(uint32(lo << uint32(16)) >= T)
-                            | uint32(uint32(lo >= T) << uint32(1))
-                            | uint32(uint32(uint32(hi << uint32(16)) >= T) << uint32(2))
-                            | uint32(uint32(hi >= T) << uint32(3)))
+                b4 = stash_hits(dyn64[uint32(uint32(SP_STASH // 8)
+                                             + (j if inside else uint32(0)))], T)
                 left = min(uint32(nu - uint32(4) * (j if inside else uint32(0))), uint32(4))
                 b4 = uint32(b4 & uint32(uint32(0xF) >> uint32(uint32(4) - left)))  # its slots
                 m = uint32(m | (uint32(b4 << uint32(4 * e)) if inside else uint32(0)))
@@ -1958,8 +1966,7 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
         n_list = st[4]
         for i in range(tid, n_list, nt):          # (bits, index) -> composite
             r = dyn64[K_MAX + i]
-            dyn64[K_MAX + i] = composite(raw_key(uint32(r >> uint64(32)), kind),
-                                         uint32(r & uint64(0xFFFFFFFF)))
+            dyn64[K_MAX + i] = item_composite(r, kind)
         cuda.syncthreads()
         want = int64(st[6])
         K = int64(st[7])
@@ -2237,7 +2244,7 @@ def push4(h, o, dst, mbar, r):
 def pair_push_bucket(h, ha, ma, par, want, s, seg, st, wsum):
     """``cluster_push_bucket`` for a pair (CL = 2), after its barrier: this CTA's whole
     histogram h[0:NBINS] -> the peer's receive buffer (st.async, 16 bytes a store, on its
-    mbarrier mb[0]), h += the peer's, then the descending scan and the bucket search as there.
+    mbarrier mb[0]), h += the peer's, then ``row_bucket``, as there.
     One exchange where the reduce-scatter + all-gather of larger clusters takes two (a DSMEM
     latency and a barrier fewer). The receive buffer alternates by round, h[SP_RA:] (even seg)
     and h[SP_RB:] (odd): the peer pushes round seg + 2 only after this CTA's round seg + 1
@@ -2258,19 +2265,30 @@ def pair_push_bucket(h, ha, ma, par, want, s, seg, st, wsum):
         h[j] = int32(h[j] + h[rb + j])
         j += nt
     cuda.syncthreads()
+    return row_bucket(h, h, want, st, wsum)
+
+
+@device
+def row_bucket(h, hb, want, st, wsum):
+    """The end of a "cluster" histogram round, hb[0:NBINS] the row's summed histogram (every
+    CTA holds it): its descending block scan, left in h[SP_RS:SP_RS + NBINS] for
+    ``cluster_splitters``, then the bin holding the want-th largest. Returns (bucket, the row's
+    items above it, the bucket's count)."""
+    tid = cuda.threadIdx.x
+    nt = uint32(cuda.blockDim.x)
     out = h[SP_RS:SP_RS + NBINS]
-    block_scan_desc(h, NBINS, out, wsum)          # out[b]: the row's items above bin b
+    block_scan_desc(hb, NBINS, out, wsum)         # out[b]: the row's items above bin b
     cuda.syncthreads()
     w32 = int32(want)
     b = uint32(tid)
     while b < uint32(NBINS):                      # the bin holding the want-th largest
         a = out[b]
-        if a < w32 and int32(a + h[b]) >= w32:
+        if a < w32 and int32(a + hb[b]) >= w32:
             st[0] = int32(b)
             st[1] = a
         b += nt
     cuda.syncthreads()
-    return st[0], st[1], h[st[0]]
+    return st[0], st[1], hb[st[0]]
 
 
 @device
@@ -2334,20 +2352,7 @@ def cluster_push_bucket(h, mb, want, CL, s, seg, st, wsum):
               r)
         u += uint32(nt)
     ops.mbarrier_wait_parity_cluster(ma + uint32(8), par)     # the row's whole histogram
-    hb = h[SP_RB:SP_RB + NBINS]
-    out = h[SP_RS:SP_RS + NBINS]
-    block_scan_desc(hb, NBINS, out, wsum)         # out[b]: the row's items above bin b
-    cuda.syncthreads()
-    w32 = int32(want)
-    b = uint32(tid)
-    while b < uint32(NBINS):                      # the bin holding the want-th largest
-        a = out[b]
-        if a < w32 and int32(a + hb[b]) >= w32:
-            st[0] = int32(b)
-            st[1] = a
-        b += uint32(nt)
-    cuda.syncthreads()
-    return st[0], st[1], hb[st[0]]
+    return row_bucket(h, h[SP_RB:SP_RB + NBINS], want, st, wsum)
 
 
 @device
@@ -2532,7 +2537,7 @@ def cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, sp
     i = uint32(tid)
     while i < no:                                 # 1.
         r = dyn64[uint32(K_MAX) + i]
-        c = composite(raw_key(uint32(r >> uint64(32)), kind), uint32(r & uint64(0xFFFFFFFF)))
+        c = item_composite(r, kind)
         o = owner_of(c, spl, CL)
         j = uint32(cuda.atomic.add(ow, o, 1))
         dyn64[uint32(K_MAX) + i] = c
@@ -2661,7 +2666,7 @@ def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm,
     i = uint32(tid)                               # 2.
     while i < no:                                 # (bits, index) -> composite
         r = dyn64[uint32(K_MAX) + i]
-        c = composite(raw_key(uint32(r >> uint64(32)), kind), uint32(r & uint64(0xFFFFFFFF)))
+        c = item_composite(r, kind)
         if no <= uint32(SP_RSORT):
             dyn64[uint32(K_MAX) + i] = c
         else:
@@ -2906,15 +2911,13 @@ def split_kernel(kind, vectorized, threads, cluster=0):
         if n_own <= SP_RSORT:
             for i in range(tid, n_own, nt):       # (bits, index) -> composite, in place
                 r = dyn64[K_MAX + i]
-                dyn64[K_MAX + i] = composite(raw_key(uint32(r >> uint64(32)), kind),
-                                             uint32(r & uint64(0xFFFFFFFF)))
+                dyn64[K_MAX + i] = item_composite(r, kind)
             cuda.syncthreads()
             rank_sort_desc(dyn64, K_MAX, n_own)
         else:
             for i in range(tid, n_own, nt):       # (bits, index) -> composite
                 r = dyn64[K_MAX + i]
-                dyn64[swz(i)] = composite(raw_key(uint32(r >> uint64(32)), kind),
-                                          uint32(r & uint64(0xFFFFFFFF)))
+                dyn64[swz(i)] = item_composite(r, kind)
             P = pad_pow2(dyn64, n_own, True)
             cuda.syncthreads()
             bitonic_sort_desc_warp(dyn64, P, e)
