@@ -20,12 +20,9 @@ rowblock kernel stopped after each stage (pass 1, pass 2, refine, sort; cumulati
 split kernel ended at its start (the launch alone), after pass 1, round 0, the publish, the
 list load, the rank (cumulative); the cluster kernel likewise up to round 0, then after its owner
 ranges, pass 2, the owners, the counts' and the items' exchanges (and, where an owner sorts,
-after its sort); a pair (S = 2) after pass 2, its own sort and the sorted lists' exchange, or
-with the speculative capture after pass 1, the sort of its capture and the lists' exchange.
+after its sort); a pair (S = 2) after pass 2, its own sort and the sorted lists' exchange.
 ``cluster:nostash`` / ``split@S:stash``: a variant with pass 2's shared-memory stash of the top
-key bits off / on (``TopkPlan(stash=)``); ``cluster:nospec`` a pair without the speculative
-capture (the stash on), ``cluster:plain`` with neither. For a pair with the capture the line
-after the check says how many rows ended from it (``TopkPlan.pair_paths``).
+key bits off / on (``TopkPlan(stash=)``).
 "% read-once" is the time to read the scores once at the measured copy bandwidth over ours.
 
 Method: inputs are torch tensors on the device, handed to dsv4_numba as zero-copy device arrays
@@ -188,10 +185,6 @@ CLUSTER_SORT_STAGES = ((12, "+ sort"),)
 # a pair (S = 2, ``topk.cluster_pair_ending``): no owner ranges; own sort, then the lists merged
 CLUSTER_PAIR_STAGES = SPLIT_STAGES[:3] + ((9, "+ pass 2"), (12, "+ own sort"),
                                           (7, "+ sorted lists exchanged"))
-# a pair with the speculative capture (``topk.pair_spec_ending``): its sort and lists exchange
-# right after pass 1 (where the guess fails, the exact path's stages follow: not timed apart)
-CLUSTER_SPEC_STAGES = SPLIT_STAGES[:2] + ((12, "+ own sort (capture)"),
-                                          (7, "+ sorted lists exchanged"))
 
 
 def split_stages_us(plan, calls, vals, idx, reps, repeats, stages):
@@ -240,19 +233,16 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
             tgt = TARGETS.get((R, N, k)) if name == "fp32" else None
             for variant in variants:
                 # split / cluster: "@S" CTAs a row, "/T" threads; ":nostash" / ":stash" the
-                # stash off / on (``TopkPlan(stash=)``), ":nospec" the capture off, ":plain"
-                # both off (``TopkPlan(spec=)``)
+                # stash off / on (``TopkPlan(stash=)``)
                 spec, _, opt = variant.partition(":")
-                stash, spc = {"": (None, None), "stash": (True, None),
-                              "nostash": (False, None), "nospec": (None, False),
-                              "plain": (False, False)}[opt]
+                stash = {"": None, "stash": True, "nostash": False}[opt]
                 if "@" in spec or opt:
                     base, _, S = spec.partition("@")
                     S, _, T = S.partition("/")
                     try:
                         plan = K.TopkPlan(R, N, k, calls[0].kind, variant=base,
                                           S=int(S) if S else None,
-                                          threads=int(T) if T else None, stash=stash, spec=spc)
+                                          threads=int(T) if T else None, stash=stash)
                     except ValueError as e:           # rows x S over the SMs, S no cluster size
                         print(f"topk {variant} {R}x{N} k={k}: skipped ({e})", flush=True)
                         continue
@@ -276,11 +266,6 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
                               and np.array_equal(got[1], first[1])):
                         raise AssertionError(f"topk {variant} {R}x{N} k={k} {name}: a second "
                                              f"run differs from the first (workspace not clean?)")
-                if getattr(plan, "spec", False):
-                    paths = plan.pair_paths()
-                    hits = int((paths == K.PATH_SPEC).sum())
-                    print(f"topk {variant} {R}x{N} k={k} {name}: {hits} of {R} rows ended from "
-                          f"the speculative capture", flush=True)
                 cyc_c = Cycle(calls)
                 ours = time_gpu(lambda: K.topk_production(cyc_c(), vals, idx, plan=plan),
                                 reps=reps, repeats=repeats)
@@ -294,7 +279,7 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
                 elif breakdown and variant.startswith(("split", "cluster")):
                     stages = CLUSTER_STAGES if variant.startswith("cluster") else SPLIT_STAGES
                     if stages is CLUSTER_STAGES and plan.S == 2:
-                        stages = CLUSTER_SPEC_STAGES if plan.spec else CLUSTER_PAIR_STAGES
+                        stages = CLUSTER_PAIR_STAGES
                     elif stages is CLUSTER_STAGES and k // plan.S > K.SP_OSORT:   # owners sort
                         stages = stages + CLUSTER_SORT_STAGES
                     us = split_stages_us(plan, calls, vals, idx, reps, repeats, stages)
@@ -333,8 +318,7 @@ def main(argv=None):
                     help="top-k production variant(s) to time: 'all' (default) or a comma list "
                          "of three_pass, fused, staged, rowblock, split, cluster, split@S, "
                          "cluster@S (split / cluster with S CTAs a row; @S/T: T threads a CTA; "
-                         "a ':stash' / ':nostash' suffix: pass 2's stash on / off; ':nospec' / "
-                         "':plain': a pair without the speculative capture / without either)")
+                         "a ':stash' / ':nostash' suffix: pass 2's stash on / off)")
     ap.add_argument("--targets", action="store_true",
                     help="top-k: only issue 4's three target shapes (fp32)")
     ap.add_argument("--shapes", help="top-k shapes RxNxk, comma-separated (e.g. 1x1048576x2048,"
@@ -346,12 +330,11 @@ def main(argv=None):
     from dsv4_numba.stages.topk import VARIANTS
     variants = VARIANTS if args.variant in ("all", "both") else tuple(args.variant.split(","))
     bad = [v for v in variants if v not in VARIANTS
-           and not re.fullmatch(r"(split|cluster)(@[1-9]\d*(/(256|512|1024))?)?"
-                                r"(:((no)?stash|nospec|plain))?", v)]
+           and not re.fullmatch(r"(split|cluster)(@[1-9]\d*(/(256|512|1024))?)?(:(no)?stash)?",
+                                v)]
     if bad:
         ap.error(f"--variant: unknown {bad}; choose from {VARIANTS}, split@S, cluster@S (/T: "
-                 f"T threads a CTA; :stash / :nostash: the stash on / off; :nospec / :plain) or "
-                 f"'all'")
+                 f"T threads a CTA; :stash / :nostash: the stash on / off) or 'all'")
     dtypes = tuple(args.dtypes.split(","))
     if not set(dtypes) <= {"fp32", "bf16"}:
         ap.error(f"--dtypes: fp32 and / or bf16, got {args.dtypes!r}")

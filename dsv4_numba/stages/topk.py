@@ -137,13 +137,12 @@ stages them in shared memory (its napkin math is above ``stage_slice``: ~30 / ~1
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
-from numba import cuda, float32, float64, int32, int64, uint16, uint32, uint64
+from numba import cuda, float32, int32, int64, uint16, uint32, uint64
 
 from .. import registry
 from ..hw.bits import bits_f32, f32_bits
@@ -1021,9 +1020,7 @@ def block_scan_desc(h, nbins, out, wsum):
 
 @device
 def sort_bin(c, cmin, shift):
-    """counting_sort_desc's bin of compact value c >= cmin: monotone; clamped to the last bin
-    (``spec_bins``' range may end below the largest item)."""
-    return int32(min((c - cmin) >> uint64(shift), uint64(NBINS - 1)))
+    return int32((c - cmin) >> uint64(shift))
 
 
 @device
@@ -1115,20 +1112,6 @@ def counting_sort_desc(buf, K, tmp, cnt, cur, bmax, st, wsum, e, jb, ks):
         cuda.atomic.add(cnt, sort_bin(compact(buf[swz(i)], jb, ks), cmin, shift), 1)
         i += nt
     cuda.syncthreads()
-    counting_sort_binned(buf, K, tmp, cnt, cur, bmax, st, wsum, e, jb, ks, cmin, shift)
-
-
-@device
-def counting_sort_binned(buf, K, tmp, cnt, cur, bmax, st, wsum, e, jb, ks, cmin, shift):
-    """Steps 2 (from the scan) to 4 of ``counting_sort_desc``, cnt[0:NBINS] already holding the
-    histogram of the items' bins ``sort_bin(compact(c, jb, ks), cmin, shift)`` (complete and
-    visible: after a barrier); st[3] is set here. ``pair_spec_ending``: pass 1 counted its
-    captures so (``rb_append``), from a range known at its guess."""
-    tid = cuda.threadIdx.x
-    nt = uint32(cuda.blockDim.x)
-    Ku = uint32(K)
-    if tid == 0:
-        st[3] = 0                                 # (the scan's barriers order it)
     mx = block_scan_desc(cnt, NBINS, cur, wsum)
     if mx > bmax:
         st[3] = 1
@@ -1581,73 +1564,6 @@ def rb_append(msk, w, c0, vstep, kind, VEC, U, dyn64, st, lcap):
 
 
 @device
-def trip_word(w, e, kind, VEC):
-    """The bits (``raw_bits``) of element e (u * VEC + q) of a trip's words (``rb_trip``'s
-    layout: vector u at w[4 u:]) for an e known only at run time: a tree of selects over
-    constant indices (a dynamic index would put w in local memory)."""
-    i = uint32(e) if VEC == 4 else (uint32(e) >> uint32(1) if VEC == 8 else uint32(e) << uint32(2))
-    a0 = w[1] if i & uint32(1) else w[0]
-    a1 = w[3] if i & uint32(1) else w[2]
-    a2 = w[5] if i & uint32(1) else w[4]
-    a3 = w[7] if i & uint32(1) else w[6]
-    a4 = w[9] if i & uint32(1) else w[8]
-    a5 = w[11] if i & uint32(1) else w[10]
-    a6 = w[13] if i & uint32(1) else w[12]
-    a7 = w[15] if i & uint32(1) else w[14]
-    b0 = a1 if i & uint32(2) else a0
-    b1 = a3 if i & uint32(2) else a2
-    b2 = a5 if i & uint32(2) else a4
-    b3 = a7 if i & uint32(2) else a6
-    c0 = b1 if i & uint32(4) else b0
-    c1 = b3 if i & uint32(4) else b2
-    v = uint32(c1 if i & uint32(8) else c0)
-    if VEC == 8:
-        return (v >> uint32(16 * (uint32(e) & uint32(1)))) & uint32(0xFFFF)
-    return v
-
-
-@device
-def spec_append(msk, w, c0, vstep, kind, VEC, dyn64, st):
-    """Pass 1's speculative capture (``pair_spec_ending``): the thread's scores of the trip at or
-    above the guess (bit u * VEC + q of ``msk``) -> dyn64[SP_SPEC:] as composites at swizzled
-    slots (the sort's layout), counted in st[5] (past SP_LMAX counted, not stored). Every
-    thread of the warp calls it: a warp scan of the counts and one atomic a warp give each lane
-    its slots (one atomic a thread on the one counter cost pass 1 ~5 us at (64, 131072,
-    2048), where a capture is ~1 score in 40; H100, 2026-11-27), then a loop over the set bits
-    (``trip_word``; the warp runs as many steps as its lane with the most, ~2-3, where a test of
-    every element cost ~200 SASS instructions a trip). Where the guess was made (st[8] = 1, its
-    key st[9], st[7] = jb) each capture is also counted in the sort's histogram
-    dyn32[SP_HS:SP_HS + NBINS] (``spec_bins``, ``counting_sort_binned``)."""
-    dyn32 = cuda.shared.array(0, int32)
-    lane = cuda.threadIdx.x & 31
-    m = int32(cuda.popc(msk))
-    incl = warp_inclusive_scan(m, lane)
-    wb = int32(0)
-    if lane == 31 and incl > 0:
-        wb = int32(cuda.atomic.add(st, 5, incl))
-    pos = uint32(shfl_idx(wb, 31) + incl - m)
-    if msk != 0:
-        jb = int32(st[7])
-        ks = key_shift(kind)
-        binned = st[8] != 0                       # the guess was made: the sort's bins known
-        cmin, shift = spec_bins(uint32(st[9]), jb, ks)
-        c32 = uint32(c0)                          # (32-bit: columns < 2^31)
-        v32 = uint32(vstep)
-        b = uint32(msk)
-        while b != uint32(0):
-            e = uint32(cuda.ffs(b) - 1)
-            b = uint32(b & uint32(b - uint32(1)))
-            if pos < uint32(SP_LMAX):
-                j = uint32(c32 + uint32(uint32(e // uint32(VEC)) * v32) + uint32(e % uint32(VEC)))
-                c = composite(raw_key(trip_word(w, e, kind, VEC), kind), j)
-                dyn64[uint32(SP_SPEC) + swz(pos)] = c
-                if binned:
-                    cuda.atomic.add(dyn32, uint32(SP_HS) + uint32(sort_bin(compact(c, jb, ks),
-                                                                           cmin, shift)), 1)
-            pos = uint32(pos + uint32(1))
-
-
-@device
 def stash_hits(pk, T):
     """The 4 slots of stash word pk (4 x 16 key bits, slot q in bits 16 q ..) at or above T (the
     prefix in a high half): bit q set."""
@@ -1786,7 +1702,7 @@ def rb_load(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, w, o):
 
 @device
 def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, lo, mask, fT,
-            dyn32, dyn64, st, w, lcap, sidx, loaded, gk, cap, tgt):
+            dyn32, dyn64, st, w, lcap, sidx, loaded=False):
     """One trip of ``rb_pass``: U vectors of VEC scores at c0 + u * vstep (all loaded before any
     is used; ``loaded``: w already holds them); ``checked``: some may lie at or past Lv. mode 0:
     dyn32[key >> 20] += 1; mode 1: the composites sharing pfx's bits >= hi count their digit
@@ -1795,13 +1711,8 @@ def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, l
     above pfx in its bits >= hi. ``sidx`` (mode 0; not NO_STASH: the stash is on): also store
     each score's top 16 key bits at the uint16 slot sidx + column of dynamic shared memory (4
     scores as one 8-byte store, in 32-bit arithmetic: Numba widens integer operations to 64 bits
-    unless each result is cast), for ``stash_select``. ``tgt`` > 0 (``rb_pass``'s; a constant 0
-    compiles this out) and ``cap`` (modes 0 and 4): the scores of key >= gk go to the
-    speculative list (``spec_append``); mode 4 does only that; mode 5 counts the
-    scores of gk's 12-bit bin by their next 8 key bits (``spec_refine``)."""
+    unless each result is cast), for ``stash_select``."""
     stash = mode == 0 and sidx > NO_STASH
-    spec = (mode == 0 or mode == 4) and tgt > 0   # (tgt: 0 compiles the capture out)
-    cbit = uint32(1) if cap else uint32(0)
     d16 = cuda.shared.array(0, uint16)            # (aliases dyn32 / dyn64)
     if not loaded:
         rb_load(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, w, 0)
@@ -1815,12 +1726,9 @@ def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, l
         shi = uint32(0)
         for q in range(VEC):
             r = word_raw(w, 4 * u, q, kind, VEC)
-            if mode == 0 or mode == 4:
+            if mode == 0:
                 key = raw_key(r, kind)
-                if spec:                          # (branch-free: a compare and an OR)
-                    msk = uint32(msk | uint32(uint32(uint32(key >= gk) & uint32(ok) & cbit)
-                                              << uint32(u * VEC + q)))
-                if mode == 0 and ok:
+                if ok:
                     cuda.atomic.add(dyn32, key >> uint32(HSHIFT), 1)
                 if stash and ok:
                     if VEC == 1:
@@ -1835,11 +1743,6 @@ def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, l
                         shi = uint32(shi | (key & uint32(0xFFFF0000)))
                         dyn64[uint32(swu + uint32(q >> 2))] = uint64(slo) | (uint64(shi)
                                                                              << uint64(32))
-            elif mode == 5:                       # spec_refine's sub-bins of bin gk >> 20
-                key = raw_key(r, kind)
-                if ok and (key >> uint32(HSHIFT)) == (gk >> uint32(HSHIFT)):
-                    cuda.atomic.add(dyn32, uint32(SP_SUB) + ((key >> uint32(HSHIFT - 8))
-                                                            & uint32(255)), 1)
             elif mode == 1:
                 if ok:
                     cc = composite(raw_key(r, kind), c + q)
@@ -1853,15 +1756,13 @@ def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, l
                     sel = above_prefix(raw_key(r, kind), c + q, hi, pfx)
                 if ok and sel:
                     msk |= uint32(1) << uint32(u * VEC + q)
-    if mode == 2 or mode == 3:
+    if mode >= 2:
         rb_append(msk, w, c0, vstep, kind, VEC, U, dyn64, st, lcap)
-    elif spec:
-        spec_append(msk, w, c0, vstep, kind, VEC, dyn64, st)
 
 
 @device
 def rb_pass(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st,
-            lcap, w, reuse, sidx, tgt, wsum):
+            lcap, w, reuse, sidx):
     """One pass of the whole CTA (NT threads: a compile-time constant, so that the trips'
     offsets are immediates) over the columns [c_lo, L) of the row at x[base:] (``rb_trip``s;
     c_lo a multiple of VEC: 0 for rowblock, the CTA's slice for split): full trips without
@@ -1875,12 +1776,7 @@ def rb_pass(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, d
     threads): each thread keeps a trip's loads in flight while it counts. H100, 2026-11-27,
     (64, 131072, 2048) at S = 2 x 512: pass 1 15.5 -> 14.8 us (with the launch), where plain
     read kernels of the same 33.5 MB in 128 CTAs took 13.5-13.9 us (dev measurement: 4 or 8
-    vectors a thread a trip, pipelined or not, 256-1024 threads).
-    ``tgt`` > 0 (mode 0, pipelined; ``pair_spec_ending``): after the first full trip is counted,
-    the guess (``spec_guess``: the bin holding the tgt-th largest of that trip), and from then
-    on every score of the slice in that bin or above, that trip's included, goes to the
-    speculative list; a slice of no full trip captures every score (key 0, no bins: st[8] 0);
-    a CTA of more than RB_PIPE_THREADS makes no guess: st[5] = SPEC_NONE."""
+    vectors a thread a trip, pipelined or not, 256-1024 threads)."""
     tid = cuda.threadIdx.x
     nt = NT
     U = (4 if VEC != 8 else 2) >> (1 if mode % 2 == 1 else 0)   # modes 1, 3 (rare): composites
@@ -1888,13 +1784,10 @@ def rb_pass(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, d
     vstep = int64(nt * VEC)
     step = vstep * U
     full = (Lv - c_lo) // step
-    gk = uint32(0)                                # the speculative capture: key >= gk, once cap
-    cap = mode == 0 and tgt > 0 and full == 0     # no full trip: all of it (st[8] stays 0, no
-    # bins; past SP_LMAX scores it overflows)
     if reuse and Lv == L and Lv - c_lo <= step:   # one trip (full or checked), no tail
         if c_lo < Lv:
             rb_trip(x, src, base, c_lo + tid * VEC, Lv, vstep, True, kind, VEC, U, mode, hi,
-                    pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx, True, gk, cap, tgt)
+                    pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx, True)
         return
     if NT <= RB_PIPE_THREADS and mode % 2 == 0:   # the next trip's loads in flight meanwhile
         c0 = c_lo + tid * VEC
@@ -1905,15 +1798,7 @@ def rb_pass(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, d
             if nxt:
                 rb_load(x, src, base, c0 + step, Lv, vstep, False, kind, VEC, U, w, 16)
             rb_trip(x, src, base, c0, Lv, vstep, False, kind, VEC, U, mode, hi, pfx, lo, mask,
-                    fT, dyn32, dyn64, st, w, lcap, sidx, True, gk, cap, tgt)
-            if mode == 0 and tgt > 0 and t == 0:  # the guess, then this trip's captures
-                gk = spec_guess(dyn32, tgt, st, wsum)
-                rb_trip(x, src, base, c0, Lv, vstep, False, kind, VEC, U, 5, hi, pfx, lo, mask,
-                        fT, dyn32, dyn64, st, w, lcap, sidx, True, gk, cap, tgt)
-                gk = spec_refine(dyn32, tgt, gk, st)
-                cap = True
-                rb_trip(x, src, base, c0, Lv, vstep, False, kind, VEC, U, 4, hi, pfx, lo, mask,
-                        fT, dyn32, dyn64, st, w, lcap, sidx, True, gk, cap, tgt)
+                    fT, dyn32, dyn64, st, w, lcap, sidx, True)
             if nxt:                               # (the last trip's words stay: ``reuse``)
                 for i in range(4 * U):
                     w[i] = w[16 + i]
@@ -1921,84 +1806,26 @@ def rb_pass(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, d
     else:
         for t in range(full):
             rb_trip(x, src, base, c_lo + t * step + tid * VEC, Lv, vstep, False, kind, VEC, U,
-                    mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx, False, gk, cap,
-                    tgt)
+                    mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx)
     if c_lo + full * step < Lv:
         rb_trip(x, src, base, c_lo + full * step + tid * VEC, Lv, vstep, True, kind, VEC, U,
-                mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx, False, gk, cap, tgt)
+                mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx)
     if VEC > 1 and Lv < L:
         rb_trip(x, src, base, Lv + tid, L, int64(nt), True, kind, 1, 1, mode, hi, pfx, lo,
-                mask, fT, dyn32, dyn64, st, w, lcap, sidx, False, gk, cap, tgt)
-    if mode == 0 and tgt > 0 and not cap and tid == 0:
-        st[5] = SPEC_NONE                         # no guess was made: no speculation
-
-
-SPEC_SPAN = 16                  # spec_bins: the sort's range, this many 12-bit bins from the guess
-
-
-@device
-def spec_bins(gk, jb, ks):
-    """(cmin, shift) of ``counting_sort_binned`` for a pair's capture at or above key gk: the
-    range from gk to SPEC_SPAN 12-bit bins above (2 octaves of float32; items above it share
-    the last bin)."""
-    kmin = uint64(gk)
-    kmax = min(kmin + (uint64(SPEC_SPAN) << uint64(HSHIFT)), uint64(1) << uint64(32)) - uint64(1)
-    cmin = compact(kmin << uint64(32), jb, ks)
-    diff = compact((kmax << uint64(32)) | uint64(0xFFFFFFFF), jb, ks) - cmin
-    return cmin, max(64 - int32(cuda.clz(diff | uint64(1))) - HBITS, 0)
-
-
-@device
-def spec_guess(h, tgt, st, wsum):
-    """The speculative capture's guess, by the whole CTA once pass 1 has counted its first trip
-    into h: the bin g holding the tgt-th largest of those scores (``block_find_bucket``: st[1]
-    = how many lie above g); returns g's lowest key. ``spec_refine`` narrows it."""
-    cuda.syncthreads()                            # the trip is counted
-    block_find_bucket(h, NBINS, tgt, st, wsum)
-    return uint32(uint32(st[0]) << uint32(HSHIFT))
-
-
-@device
-def spec_refine(dyn32, tgt, gk, st):
-    """The guess to 20 bits: after ``rb_trip`` mode 5 counted the first trip's scores of bin g
-    (key gk) by their next 8 key bits into dyn32[SP_SUB:SP_SUB + 256], warp 0 finds the sub-bin
-    holding the (tgt - st[1])-th largest of them; its lowest key (the capture's threshold) ->
-    st[9], st[8] = 1 (the sort's bins are set: ``spec_bins``); returned. A 12-bit bin is 1/8 to
-    1/16 of an octave: for uniform [0, 1) scores the top one holds 1/16 of a slice, and a
-    capture of it overflowed SP_LMAX (a NumPy model of 64 rows: 47 fell back)."""
-    tid = cuda.threadIdx.x
-    cuda.syncthreads()                            # the sub-bins are counted
-    if tid < 32:
-        need = int32(tgt - st[1])
-        top = uint32(SP_SUB + 255 - 8 * tid)      # lane l: sub-bins 255 - 8 l down to 248 - 8 l
-        n = int32(0)
-        for i in range(8):
-            n = int32(n + dyn32[top - uint32(i)])
-        incl = warp_inclusive_scan(n, tid)
-        if incl - n < need and incl >= need:
-            acc = int32(incl - n)
-            b = top
-            while int32(acc + dyn32[b]) < need:
-                acc = int32(acc + dyn32[b])
-                b = uint32(b - uint32(1))
-            st[9] = int32(uint32(gk | uint32(uint32(b - uint32(SP_SUB)) << uint32(HSHIFT - 8))))
-            st[8] = 1
-    cuda.syncthreads()
-    return uint32(st[9])
+                mask, fT, dyn32, dyn64, st, w, lcap, sidx)
 
 
 @device
 def find_bucket_round(dyn32, want, seg, split, CL, ghist, hrow, gbar, row, S, s, phase, nbuf, st,
-                      wsum, mb, acq):
+                      wsum, mb):
     """The bucket holding the want-th largest of this round's histogram dyn32[0:NBINS] (this
     CTA's counts): "cluster" (CL, compile-time) sums the row's through distributed shared
     memory (``cluster_push_bucket``); split through global memory, buffer seg % nbuf
     (``split_hist_round``, barrier ``seg``), then ``block_find_bucket``; rowblock searches its
     own. Returns (bucket, the row's items above it, the bucket's count, halted: a replay launch
-    ends here), all int32 but the flag. ``acq``: round 0 first waits for the kernel start's
-    cluster arrive (every CTA's mbarriers are initialised); False where that wait was done."""
+    ends here), all int32 but the flag."""
     if CL:
-        d, above, cnt = cluster_push_bucket(dyn32, mb, want, CL, s, seg, st, wsum, acq)
+        d, above, cnt = cluster_push_bucket(dyn32, mb, want, CL, s, seg, st, wsum)
         return int32(d), int32(above), int32(cnt), False
     if split:
         if split_hist_round(dyn32, ghist, hrow + int64(seg % nbuf) * NBINS, gbar, row, S, s, seg,
@@ -2011,39 +1838,30 @@ def find_bucket_round(dyn32, want, seg, split, CL, ghist, hrow, gbar, row, S, s,
 
 
 @device
-def rb_pass1(x, src, base, c_lo, c_hi, kind, VEC, NT, dyn32, dyn64, st, wsum, lcap, stop, CL, w,
-             sidx, tgt):
-    """Pass 1 of rowblock / split / cluster (``rb_pass`` mode 0): the slice's top 12 key bits
-    counted in dyn32; ``sidx``: it fills the stash (``rb_trip``; NO_STASH: none); ``tgt`` > 0:
-    the speculative capture (``rb_pass``). Returns True where the ``stop`` 5 timing hook ends
-    the kernel here (the caller returns)."""
+def rb_threshold_bucket(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum,
+                        lcap, stop, split, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, mb, w,
+                        sidx):
+    """The bucket holding the K-th largest of the row, by the whole CTA (rowblock: the row;
+    split / cluster: its slice [c_lo, c_hi), the histograms summed over the row's CTAs by
+    ``find_bucket_round``): pass 1 counts the top 12 key bits (dyn32), a block scan finds the
+    bucket d and ``want`` (how many of K it must give); while d holds more than ``ccap`` scores,
+    a level pass (L2) counts the next 12 bits of the composites in d. Returns (want, pfx, hi,
+    cnt, seg, halted): the composites sharing pfx's bits >= hi are the bucket, cnt of them;
+    seg: split's barriers passed; halted: a replay launch or the ``stop`` 1 / 5 timing hook ended
+    here (the caller returns). ``split``: a compile-time constant of the caller. ``w``: the
+    passes' words (``rb_pass``; pass 1's are left there). ``sidx``: pass 1 fills the stash
+    (``rb_trip``; NO_STASH: none)."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
     rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 0, 64, uint64(0), 0, 0, float32(0), dyn32,
-            dyn64, st, lcap, w, False, sidx, tgt, wsum)
+            dyn64, st, lcap, w, False, sidx)
+    seg = 0
     if stop == 5:                                 # (timing hook: pass 1 alone)
         if CL:                                    # (the arrive of the kernel's start)
             ops.cluster_wait_acquire()
-        return True
-    return False
-
-
-@device
-def rb_rounds(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum, lcap,
-              stop, split, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, mb, w, acq):
-    """The bucket holding the K-th largest of the row, by the whole CTA (rowblock: the row;
-    split / cluster: its slice [c_lo, c_hi), the histograms summed over the row's CTAs by
-    ``find_bucket_round``), after ``rb_pass1`` counted the top 12 key bits (dyn32): a block scan
-    finds the bucket d and ``want`` (how many of K it must give); while d holds more than
-    ``ccap`` scores, a level pass (L2) counts the next 12 bits of the composites in d. Returns
-    (want, pfx, hi, cnt, seg, halted): the composites sharing pfx's bits >= hi are the bucket,
-    cnt of them; seg: split's barriers passed; halted: a replay launch or the ``stop`` 1 timing
-    hook ended here (the caller returns). ``split``: a compile-time constant of the caller.
-    ``w``: the passes' words (``rb_pass``; pass 1's are left there). ``acq``:
-    ``find_bucket_round``'s."""
-    tid = cuda.threadIdx.x
-    nt = cuda.blockDim.x
-    seg = 0
+        return int64(0), uint64(0), 0, int32(0), seg, True
     d, above, cnt, halted = find_bucket_round(dyn32, K, seg, split, CL, ghist, hrow, gbar, row, S,
-                                              s, phase, nbuf, st, wsum, mb, acq)
+                                              s, phase, nbuf, st, wsum, mb)
     if halted:
         return int64(0), uint64(0), 0, int32(0), seg, True
     want = K - above
@@ -2061,11 +1879,11 @@ def rb_rounds(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32, dyn64, st
             dyn32[i] = 0
         cuda.syncthreads()
         rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 1, hi, pfx, lo, (1 << (hi - lo)) - 1,
-                float32(0), dyn32, dyn64, st, lcap, w, False, NO_STASH, 0, wsum)
+                float32(0), dyn32, dyn64, st, lcap, w, False, NO_STASH)
         if split:
             seg += 1
         d, above, cnt, halted = find_bucket_round(dyn32, want, seg, split, CL, ghist, hrow, gbar,
-                                                  row, S, s, phase, nbuf, st, wsum, mb, acq)
+                                                  row, S, s, phase, nbuf, st, wsum, mb)
         if halted:                                # (the caller reads nothing else)
             return want, pfx, hi, cnt, seg, True
         want -= above
@@ -2127,12 +1945,9 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
             st[5] = 0
         cuda.syncthreads()
         # 1. level passes: 12 bits of the composite each, from the top
-        if rb_pass1(x, src, base, int64(0), L, kind, VEC, NT, dyn32, dyn64, st, wsum, lcap, stop,
-                    0, w, NO_STASH, 0):
-            return
-        want, pfx, hi, cnt, _, halted = rb_rounds(
+        want, pfx, hi, cnt, _, halted = rb_threshold_bucket(
             x, src, base, int64(0), L, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum, lcap, stop,
-            False, dyn32, 0, dyn64, row, 1, 0, -1, 1, 0, dyn64, w, True)
+            False, dyn32, 0, dyn64, row, 1, 0, -1, 1, 0, dyn64, w, NO_STASH)
         if halted:                                # (timing hook: stop after this stage)
             return
         # 2. the list: every composite above the bucket, and the bucket's
@@ -2143,10 +1958,10 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
         if hi == 64 - RB_LEVEL_BITS:              # level 1: a float compare a score
             rb_pass(x, src, base, int64(0), L, kind, VEC, NT, 2, hi, pfx, 0, 0,
                     rb_threshold_f32(uint32(pfx >> uint64(32))), dyn32, dyn64, st, lcap, w,
-                    False, NO_STASH, 0, wsum)
+                    False, NO_STASH)
         else:
             rb_pass(x, src, base, int64(0), L, kind, VEC, NT, 3, hi, pfx, 0, 0, float32(0), dyn32,
-                    dyn64, st, lcap, w, False, NO_STASH, 0, wsum)
+                    dyn64, st, lcap, w, False, NO_STASH)
         cuda.syncthreads()
         n_list = st[4]
         for i in range(tid, n_list, nt):          # (bits, index) -> composite
@@ -2336,17 +2151,6 @@ SP_SMEM_CLUSTER = SP_SMEM + 4 * SP_LMAX + 4 * NBINS   # + the histogram slice (<
 # the items' owner slots, then (with the 16 KB after them) counting_sort_desc's counts
 SP_PAIR = SP_SMEM_CLUSTER // 8  # "cluster" pairs: dyn64[SP_PAIR:] receives the peer's sorted list
 SP_OSORT = 256                  # "cluster": an owner ranks up to this many items by counting
-# The speculative capture of a pair (``pair_spec_ending``): dyn64[SP_SPEC:SP_SPEC + SP_LMAX]
-# holds the scores pass 1 captured (composites, swizzled slots), dyn64[SP_SPEC_T:] its sort's
-# scratch: 192 KB of dynamic shared memory in all (no stash then).
-SP_SPEC = SP_PAIR + SP_LMAX
-SP_SPEC_T = SP_SPEC + SP_LMAX
-SP_SMEM_SPEC = 8 * (SP_SPEC_T + SP_LMAX)
-SPEC_NONE = 1 << 20             # st[5] where pass 1 made no guess (above any list's count)
-SP_SUB = SP_HS + NBINS          # dyn32[SP_SUB:SP_SUB + 256]: spec_refine's sub-bins (the sort's
-#                                 cur area, free until the sort)
-PATH_SPEC = 2                   # a pair's row flag gcnt[2 row + 1]: ended from the capture,
-PATH_EXACT = 3                  # or by cluster_pair_ending (1: an empty row; TopkPlan.pair_paths)
 # The stash (split and cluster, 0.19.0): pass 1 keeps each score's top 16 key bits in shared
 # memory, from byte SP_STASH (after "cluster"'s summed histogram slice, dyn32[SP_HS:SP_HS +
 # NBINS]; its later use of [SP_STASH, SP_SMEM_CLUSTER) comes after pass 2), so that pass 2 reads
@@ -2488,7 +2292,7 @@ def row_bucket(h, hb, want, st, wsum):
 
 
 @device
-def cluster_push_bucket(h, mb, want, CL, s, seg, st, wsum, acq):
+def cluster_push_bucket(h, mb, want, CL, s, seg, st, wsum):
     """The "cluster" histogram round by pushes (CL = S, compile-time; round ``seg``): no cluster
     barrier, no remote load. h[0:NBINS] is this CTA's histogram of the round. Every CTA pushes bins
     [r W, (r + 1) W) (W = NBINS / CL) to CTA r's h[SP_RA + s W:] with ``st.async`` (16 bytes a
@@ -2501,8 +2305,7 @@ def cluster_push_bucket(h, mb, want, CL, s, seg, st, wsum, acq):
     each ran one: at (64, 131072, 2048), H100, 2026-11-27, the owner ranges went 2.0 -> 0.9 us
     and this round ~0.8 us longer). The mbarriers (one arrival:
     thread 0's expect_tx) were initialised and made visible by the kernel's start (its relaxed
-    cluster arrive, waited here in round 0 where ``acq``; ``pair_spec_ending`` waited for it
-    otherwise). Reuse in the level rounds is safe without a barrier:
+    cluster arrive, waited here in round 0). Reuse in the level rounds is safe without a barrier:
     the pushes of round seg + 1 into CTA x's buffers come after their senders received x's round
     seg pushes, which x sends only once it has read the buffer they overwrite. Returns (bucket,
     the row's items above it, the bucket's count). The receive buffers are the list area, free
@@ -2521,7 +2324,7 @@ def cluster_push_bucket(h, mb, want, CL, s, seg, st, wsum, acq):
         ops.mbarrier_arrive_expect_tx(ma, uint32(4 * NBINS))
         if CL > 2:
             ops.mbarrier_arrive_expect_tx(ma + uint32(8), uint32(4 * NBINS))
-    if seg == 0 and acq:
+    if seg == 0:
         ops.cluster_wait_acquire()                # every CTA's mbarriers are initialised
     cuda.syncthreads()                            # h is complete
     if CL == 2:                                   # a pair: one exchange of whole histograms
@@ -2885,78 +2688,39 @@ def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm,
     npeer = uint32(cm[peer])
     if tid == 0:
         ops.mbarrier_arrive_expect_tx(ma + uint32(8), uint32(8) * npeer)
-    pair_push_list(dyn64, 0, no, ma + uint32(8), peer)
+    da = ops.shared_address(dyn64) + uint32(8 * SP_PAIR)
+    i = uint32(tid)
+    while i < no:
+        ops.st_async_b64(ops.mapa_shared_cluster(da + uint32(8) * i, peer), dyn64[swz(i)],
+                         ops.mapa_shared_cluster(ma + uint32(8), peer))
+        i += nt
     ops.cluster_arrive_relaxed()                  # every push of this CTA is issued
     ops.mbarrier_wait_parity_cluster(ma + uint32(8), uint32(0))   # the peer's list
     if stop == 7:                                 # (timing hook: the lists exchanged)
         ops.cluster_wait_acquire()
         return
-    pair_merge_write(dyn64, 0, no, npeer, K, s, obase, x, base, kind, vals, idx, uint64(0),
-                     st)                          # 4.
-    split_tail(vals, idx, obase, K, k, kind, s, 2, gcnt, row, -1)
-    if s == 0 and tid == 0:
-        gcnt[2 * row + 1] = PATH_EXACT            # (``TopkPlan.pair_paths``)
-    ops.cluster_wait_acquire()                    # no CTA leaves while one may write into it
-
-
-@device
-def pair_push_list(dyn64, ob, no, mbar, peer):
-    """A pair's sorted list dyn64[ob + swz(0:no)] -> the peer's dyn64[SP_PAIR:SP_PAIR + no]
-    (st.async, 8 bytes a store, completing on the peer's mbarrier at ``mbar``)."""
-    nt = uint32(cuda.blockDim.x)
-    da = ops.shared_address(dyn64) + uint32(8 * SP_PAIR)
-    i = uint32(cuda.threadIdx.x)
-    while i < no:
-        ops.st_async_b64(ops.mapa_shared_cluster(da + uint32(8) * i, peer),
-                         dyn64[uint32(ob) + swz(i)], ops.mapa_shared_cluster(mbar, peer))
-        i += nt
-
-
-@device
-def pair_merge_write(dyn64, ob, no, npeer, K, s, obase, x, base, kind, vals, idx, gc, st):
-    """A pair's outputs from its two sorted lists (this CTA's at dyn64[ob + swz(0:no)], the
-    peer's at dyn64[SP_PAIR:SP_PAIR + npeer]; composites distinct): of the first min(K, no +
-    npeer) of their merge CTA s writes its half, outputs [d0, d1), thread t the q (~2) after
-    diagonal d = its first output, from a merge-path search for d (how many own items are among
-    the first d) and q merge steps (scores from their keys). Symmetric: both CTAs find the same
-    merge. ``gc`` > 0 (``pair_spec_ending``'s check): threads 0 and 32 count the composites >= gc
-    of each list while every thread searches, and where the two hold fewer than K of them
-    nothing is written: returns False (one barrier more; True otherwise)."""
-    tid = cuda.threadIdx.x
-    nt = uint32(cuda.blockDim.x)
-    o32 = uint32(ob)
+    # 4. outputs [d0, d1) of the merged lists, q consecutive ones a thread from diagonal d
     km = uint32(min(int64(no + npeer), K))
     half = uint32((km + uint32(1)) >> uint32(1))
     d0 = half if s == 1 else uint32(0)
     d1 = km if s == 1 else half
     q = uint32((d1 - d0 + nt - uint32(1)) // nt)
     d = uint32(d0 + uint32(tid) * q)
-    a = uint32(0)
-    b = uint32(0)
     if d < d1:
         lo = uint32(d - npeer) if d > npeer else uint32(0)    # own items among the first d
         up = min(d, no)
         while lo < up:
             mid = uint32((lo + up + uint32(1)) >> uint32(1))
             b = uint32(d - mid)
-            if b >= npeer or dyn64[o32 + swz(mid - uint32(1))] > dyn64[uint32(SP_PAIR) + b]:
+            if b >= npeer or dyn64[swz(mid - uint32(1))] > dyn64[uint32(SP_PAIR) + b]:
                 lo = mid
             else:
                 up = uint32(mid - uint32(1))
         a = lo
         b = uint32(d - a)
-    if gc != uint64(0):                           # the check, beside the searches
-        if tid == 0:
-            st[7] = int32(count_at_least(dyn64, ob, True, no, gc))
-        if tid == 32:
-            st[2] = int32(count_at_least(dyn64, SP_PAIR, False, npeer, gc))
-        cuda.syncthreads()
-        if uint32(st[7] + st[2]) < uint32(K):
-            return False
-    if d < d1:
         end = min(uint32(d + q), d1)
         while d < end:
-            ca = dyn64[o32 + swz(a)] if a < no else uint64(0)
+            ca = dyn64[swz(a)] if a < no else uint64(0)
             cb = dyn64[uint32(SP_PAIR) + b] if b < npeer else uint64(0)
             if a < no and (b >= npeer or ca > cb):
                 write_at(ca, obase + int64(d), x, base, kind, vals, idx, True)
@@ -2965,117 +2729,8 @@ def pair_merge_write(dyn64, ob, no, npeer, K, s, obase, x, base, kind, vals, idx
                 write_at(cb, obase + int64(d), x, base, kind, vals, idx, True)
                 b = uint32(b + uint32(1))
             d = uint32(d + uint32(1))
-    return True
-
-
-@device
-def spec_target(K, L, m):
-    """How many of the first full trip's m scores ``spec_guess`` keeps above its bin: the trip's
-    expected share of the row's top K (t0 = m K / L for scores in no particular order) with a
-    margin of 25 % + 4 standard deviations + 8 (a binomial count: the chance that the row's
-    K-th largest lies below the guess is then negligible for such rows); at most m."""
-    t0 = float64(m) * float64(K) / float64(max(L, int64(1)))
-    return int32(min(float64(m), 1.25 * t0 + 4.0 * math.sqrt(t0) + 8.0))
-
-
-@device
-def count_at_least(dyn64, ob, swizzled, n, gc):
-    """How many of the n composites of a descending list at dyn64[ob:] (``swz`` slots where
-    ``swizzled``) are >= gc: a binary search (every thread runs it: broadcast loads, no
-    barrier)."""
-    lo = uint32(0)
-    hi = uint32(n)
-    while lo < hi:
-        mid = uint32((lo + hi) >> uint32(1))
-        if dyn64[uint32(ob) + (swz(mid) if swizzled else mid)] >= gc:
-            lo = uint32(mid + uint32(1))
-        else:
-            hi = mid
-    return lo
-
-
-@device
-def pair_spec_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, sw, mb, s, stop, st,
-                     wsum, e, gcnt, row, jb):
-    """A pair's ending straight after pass 1, from the speculative capture (``rb_pass``'s tgt):
-    each CTA guessed from its slice's first trip a key gk (``spec_guess``, ``spec_refine``: about
-    the trip's share of the top K, with a margin) and listed every score of its slice at or above
-    it (n of them, dyn64[SP_SPEC:], composites; counted into the sort's bins as they came,
-    ``spec_bins``). If the two lists hold the row's top K, no histogram round and no pass 2 are
-    needed:
-      1. (gk, n) -> the peer's sw[s] (st.async, 8 bytes, mbarrier mb[2]);
-      2. the own list sorted descending in place (``counting_sort_binned``; where no guess was
-         made, the whole slice captured, ``counting_sort_desc``; scratch dyn64[SP_SPEC_T:], the
-         counts dyn32[SP_HS:]), while the word travels;
-      3. once the peer's word is here: if either list overflowed SP_LMAX (or no guess was made:
-         SPEC_NONE), return False: the exact path runs (``rb_rounds``, pass 2,
-         ``cluster_pair_ending``; the histogram pass 1 left is intact);
-      4. the own first min(n, K) -> the peer's dyn64[SP_PAIR:] (``pair_push_list``, mb[3]);
-      5. the check, the same in both CTAs: with G the higher guess, every score of the row
-         at or above G is in one of the two lists (each listed all of its own at or above its
-         gk <= G); if the lists' first min(n, K) hold at least K composites of G or above, the
-         row's top K are the first K of their merge. Else return False (the exact path; the
-         pushes are dead, its own exchanges use mb[0] / mb[1]);
-      6. ``pair_merge_write`` (it runs the check beside its searches), the tail; returns True.
-    The guess fails (the exact path, after ~a sort's time lost) where the first trip misleads:
-    sorted or clustered rows, the top K in one slice, many ties at the threshold (overflow).
-    mbarriers mb[2], mb[3] (phase 0; initialised at the kernel's start with mb[0:2]). ``stop``:
-    12 ends after step 2, 7 after step 4's wait (outputs unwritten; returns True)."""
-    tid = cuda.threadIdx.x
-    peer = uint32(1 - s)
-    ma = ops.shared_address(mb)
-    n_cap = uint32(st[5])                         # (after the caller's barrier)
-    binned = st[8] != 0                           # (0: no guess, the whole slice captured)
-    gkey = uint32(st[9])
-    ops.cluster_wait_acquire()                    # the peer's mbarriers are initialised
-    if tid == 0:                                  # 1.
-        ops.mbarrier_arrive_expect_tx(ma + uint32(16), uint32(8))
-        ops.st_async_b64(ops.mapa_shared_cluster(ops.shared_address(sw) + uint32(8) * uint32(s),
-                                                 peer),
-                         (uint64(gkey) << uint64(32)) | uint64(n_cap),
-                         ops.mapa_shared_cluster(ma + uint32(16), peer))
-    ok = n_cap <= uint32(SP_LMAX)
-    if ok and n_cap > uint32(1):                  # 2.
-        if binned:                                # counted by pass 1 (``rb_append``)
-            cmin, shift = spec_bins(gkey, jb, key_shift(kind))
-            counting_sort_binned(dyn64[SP_SPEC:], n_cap, dyn64[SP_SPEC_T:],
-                                 dyn32[SP_HS:SP_HS + NBINS], dyn32[SP_HS + NBINS:SP_HS + 2 * NBINS],
-                                 RB_BMAX, st, wsum, e, jb, key_shift(kind), cmin, shift)
-        else:
-            counting_sort_desc(dyn64[SP_SPEC:], n_cap, dyn64[SP_SPEC_T:],
-                               dyn32[SP_HS:SP_HS + NBINS], dyn32[SP_HS + NBINS:SP_HS + 2 * NBINS],
-                               RB_BMAX, st, wsum, e, jb, key_shift(kind))
-        cuda.syncthreads()
-    ops.mbarrier_wait_parity_cluster(ma + uint32(16), uint32(0))   # 3. the peer's word
-    if stop == 12:                                # (timing hook: the own sort)
-        ops.cluster_arrive_relaxed()
-        ops.cluster_wait_acquire()
-        return True
-    pw = sw[peer]
-    np_cap = uint32(pw & uint64(0xFFFFFFFF))
-    if not ok or np_cap > uint32(SP_LMAX):
-        return False
-    K32 = uint32(K)
-    no = min(n_cap, K32)
-    npeer = min(np_cap, K32)
-    if tid == 0:                                  # 4.
-        ops.mbarrier_arrive_expect_tx(ma + uint32(24), uint32(8) * npeer)
-    pair_push_list(dyn64, SP_SPEC, no, ma + uint32(24), peer)
-    ops.mbarrier_wait_parity_cluster(ma + uint32(24), uint32(0))   # the peer's list
-    if stop == 7:                                 # (timing hook: the lists exchanged)
-        ops.cluster_arrive_relaxed()
-        ops.cluster_wait_acquire()
-        return True
-    gc = uint64(max(gkey, uint32(pw >> uint64(32)))) << uint64(32)   # 5. and 6.
-    if not pair_merge_write(dyn64, SP_SPEC, no, npeer, K, s, obase, x, base, kind, vals, idx,
-                            gc, st):
-        return False
-    ops.cluster_arrive_relaxed()                  # every push of this CTA is complete
     split_tail(vals, idx, obase, K, k, kind, s, 2, gcnt, row, -1)
-    if s == 0 and tid == 0:
-        gcnt[2 * row + 1] = PATH_SPEC             # (``TopkPlan.pair_paths``)
     ops.cluster_wait_acquire()                    # no CTA leaves while one may write into it
-    return True
 
 
 @device
@@ -3103,7 +2758,7 @@ def split_tail(vals, idx, obase, K, k, kind, s, S, gcnt, row, phase):
         gcnt[2 * row + 1] = 1
 
 
-def split_kernel(kind, vectorized, threads, cluster=0, spec=False):
+def split_kernel(kind, vectorized, threads, cluster=0):
     """The split variant's only launch: CTA b does slice s = b % S of row b // S (``threads``
     threads; dynamic shared memory SP_SMEM: dyn64[0:K_MAX] the sort area, whose first 16 KB hold
     the histogram first and the rank counts last, dyn64[K_MAX:2 K_MAX] the slice's list, then the
@@ -3119,10 +2774,7 @@ def split_kernel(kind, vectorized, threads, cluster=0, spec=False):
     items) after its sort; 5 and 1 leave the histograms or barrier counters off their
     invariants: ``TopkPlan.split_reset``), stash (0 / 1: pass 2 reads the top key bits
     pass 1 left in shared memory from byte SP_STASH, 2 x chunk bytes, instead of the scores:
-    ``rb_trip``; the launch's dynamic shared memory must hold them). ``spec`` (a pair only,
-    compile-time; stash 0): pass 1 also captures the scores above a guess from its first trip,
-    and ``pair_spec_ending`` ends the row from those where they hold its top K: no round, no
-    pass 2 (SP_SMEM_SPEC bytes of dynamic shared memory).
+    ``rb_trip``; the launch's dynamic shared memory must hold them).
     1. pass 1 (HBM): histogram of the slice's top 12 key bits; round 0 -> the bucket d holding
        the K-th largest and ``want``; while d holds more than ``ccap`` scores, a level pass (L2)
        and a round on the next 12 bits of the composites in d (as rowblock).
@@ -3147,15 +2799,12 @@ def split_kernel(kind, vectorized, threads, cluster=0, spec=False):
     by an empty row's done flag. sm_90+, GPU only. split's runs of at most SP_RSORT composites
     are ordered by counting (``rank_sort_desc``), longer ones by ``bitonic_sort_desc_warp``.
     """
-    key = ("split", kind, vectorized, threads, cluster, spec)
+    key = ("split", kind, vectorized, threads, cluster)
     if key in _PROD:
         return _PROD[key]
     VEC = _vec(kind, vectorized)
     NT = threads
     CL = cluster
-    SPEC = bool(spec)
-    if SPEC and CL != 2:
-        raise ValueError("split_kernel: the speculative capture is a cluster pair's (cluster=2)")
     # pass 2 reads the slice from pass 1's registers where it was one trip (U vectors a thread:
     # 4 of float32, 2 of bfloat16) with no scalar tail and no level round ran; 16 words live
     # across round 0 and the owner ranges, so only where ptxas has the registers (launch bounds
@@ -3176,17 +2825,15 @@ def split_kernel(kind, vectorized, threads, cluster=0, spec=False):
         dyn64 = cuda.shared.array(0, uint64)
         dyn32 = cuda.shared.array(0, int32)       # aliases dyn64[0:NBINS // 2]
         wsum = cuda.shared.array(32, int32)
-        st = cuda.shared.array(10, int32)
+        st = cuda.shared.array(8, int32)
         roff = cuda.shared.array(SP_MAX_S, int32)
         rcnt = cuda.shared.array(SP_MAX_S, int32)
-        mb = cuda.shared.array(4, uint64)         # "cluster": the exchanges' mbarriers
-        sw = cuda.shared.array(2, uint64)         # a pair's speculation words (pair_spec_ending)
+        mb = cuda.shared.array(2, uint64)         # "cluster": the exchanges' mbarriers
         spl = cuda.shared.array(16, uint64)       # "cluster": the owner ranges' lower ends
         ow = cuda.shared.array(48, int32)         # "cluster": counts / slots / totals an owner
         e = cuda.local.array(8, uint64)
         lv = cuda.local.array(SP_LOADS, uint64)
         w = cuda.local.array(32, uint32)          # the passes' words: pass 1's kept (KEEP)
-        spec = SPEC
         L = row_length(row, n, lengths, has_len)
         K = min(int64(k), L)
         obase = int64(row) * k
@@ -3204,50 +2851,28 @@ def split_kernel(kind, vectorized, threads, cluster=0, spec=False):
         lcap = min(K + ccap, int64(SP_LMAX))
         hrow = int64(row) * nbuf * NBINS
         # the stash: column c's top key bits at uint16 slot sidx + c (SP_STASH on)
-        sidx = int64(SP_STASH // 2) - c_lo if stash == 1 else int64(NO_STASH)
+        sidx = int64(SP_STASH // 2) - c_lo if stash else int64(NO_STASH)
         for i in range(tid, NBINS, nt):
             dyn32[i] = 0
-            if spec:                              # the capture's sort histogram, sub-bins
-                dyn32[SP_HS + i] = 0
-                if i < 256:
-                    dyn32[SP_SUB + i] = 0
         if CL and tid == 0:
             # the histogram rounds' mbarriers (one arrival each): every CTA's are initialised
             # before any remote store reaches them (the relaxed arrive below, waited in round 0)
             ops.mbarrier_init(ops.shared_address(mb), uint32(1))
             ops.mbarrier_init(ops.shared_address(mb) + uint32(8), uint32(1))
-            if CL == 2:
-                ops.mbarrier_init(ops.shared_address(mb) + uint32(16), uint32(1))
-                ops.mbarrier_init(ops.shared_address(mb) + uint32(24), uint32(1))
             ops.fence_mbarrier_init()
         if CL and tid < CL:
             ow[tid] = 0                           # this CTA's items an owner
         if tid == 0:
             st[4] = 0                             # the slice's list length
-            st[5] = 0                             # the speculative list's, jb, its guess
-            st[7] = index_bits(L)                 # (none yet; ``rb_append``)
-            st[8] = 0
-            st[9] = 0
             if s == 0 and phase <= 0:
                 gcnt[2 * row] = 0                 # the publish offsets of the previous launch
         cuda.syncthreads()
         if CL:
             ops.cluster_arrive_relaxed()
-        # 1. pass 1 (SPEC: the speculative capture too, then its ending, which returns False
-        # where the exact path must run), then the rounds: 12 bits of the composite each, from
-        # the top
-        tgt = spec_target(K, L, NT * VEC * (4 if VEC != 8 else 2)) if spec else int32(0)
-        if rb_pass1(x, src, base, c_lo, c_hi, kind, VEC, NT, dyn32, dyn64, st, wsum, lcap, stop,
-                    CL, w, sidx, tgt):
-            return
-        if spec:
-            cuda.syncthreads()                    # the capture is complete
-            if pair_spec_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, sw, mb, s,
-                                stop, st, wsum, e, gcnt, row, index_bits(L)):
-                return
-        want, pfx, hi, cnt, seg, halted = rb_rounds(
+        # 1. pass 1 and the rounds: 12 bits of the composite each, from the top
+        want, pfx, hi, cnt, seg, halted = rb_threshold_bucket(
             x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum, lcap, stop,
-            True, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, mb, w, not spec)
+            True, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, mb, w, sidx)
         if halted:                                # a replay launch or the stop == 1 hook
             return
         if CL > 2:                                # (from the histogram pass 2 overwrites)
@@ -3258,15 +2883,15 @@ def split_kernel(kind, vectorized, threads, cluster=0, spec=False):
                 return
         # 2. pass 2: the slice's composites at or above the bucket's prefix -> dyn64[K_MAX:]
         lv1 = hi == 64 - RB_LEVEL_BITS
-        if lv1 and stash == 1:                    # level 1 from the stash
+        if lv1 and stash:                         # level 1 from the stash
             stash_select(dyn64, c_hi - c_lo, pfx, c_lo, st, lcap, wsum, x, base, kind, NT)
         elif lv1:                                 # level 1: a float compare a score
             rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 2, hi, pfx, 0, 0,
                     rb_threshold_f32(uint32(pfx >> uint64(32))), dyn32, dyn64, st, lcap, w, KEEP,
-                    NO_STASH, 0, wsum)
+                    NO_STASH)
         else:
             rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 3, hi, pfx, 0, 0, float32(0),
-                    dyn32, dyn64, st, lcap, w, False, NO_STASH, 0, wsum)
+                    dyn32, dyn64, st, lcap, w, False, NO_STASH)
         cuda.syncthreads()
         n_own = min(st[4], int32(lcap))
         if CL and stop == 9:                      # (timing hook: pass 2)
@@ -3345,8 +2970,7 @@ def split_kernel(kind, vectorized, threads, cluster=0, spec=False):
         split_tail(vals, idx, obase, K, k, kind, s, S, gcnt, row, phase)
 
     topk_split.__name__ = topk_split.__qualname__ = \
-        f"topk_split_{'bf16' if kind == BF16 else 'f32'}_v{VEC}_t{NT}" + (f"_c{CL}" if CL else "") \
-        + ("_spec" if SPEC else "")
+        f"topk_split_{'bf16' if kind == BF16 else 'f32'}_v{VEC}_t{NT}" + (f"_c{CL}" if CL else "")
     k_ = _PROD[key] = kernel(topk_split, launch_bounds=(NT, 1), cluster=CL or None, pdl=True)
     return k_
 
@@ -3433,8 +3057,7 @@ class TopkPlan:
     def __init__(self, rows: int, n: int, k: int, kind: int, *, threads: int | None = None,
                  finish_threads: int = FINISH_THREADS, S: int | None = None,
                  capacity: int | None = None, variant: str | None = None,
-                 stage_cap: int | None = None, stash: bool | None = None,
-                 spec: bool | None = None):
+                 stage_cap: int | None = None, stash: bool | None = None):
         variant = resolve_variant(variant, n, rows)
         self.variant = variant
         self.rows, self.n, self.k, self.kind = rows, n, k, kind
@@ -3468,26 +3091,14 @@ class TopkPlan:
                                  f"than one trip of {self.split_threads * 16} and at most "
                                  f"{SP_STASH_MAX} scores): pass stash=None")
             self.stash = (fits and variant == "cluster") if stash is None else bool(stash)
-            # the speculative capture (``pair_spec_ending``): a pair whose slices take more
-            # than one trip; it replaces the stash (by default, and the two never run together)
-            can = variant == "cluster" and self.S == 2 and self.split_threads * 16 < self.chunk
-            if spec and (not can or stash):
-                raise ValueError(f"top-k spec: the speculative capture runs in a cluster pair "
-                                 f"(S = 2) whose slices take more than one trip of "
-                                 f"{self.split_threads * 16} scores, without the stash (here "
-                                 f"S = {self.S}, a slice of {self.chunk}, stash={stash}): pass "
-                                 f"spec=None")
-            self.spec = (can and not stash) if spec is None else bool(spec)
-            if self.spec:
-                self.stash = False
         else:                       # ~4 resident 512-thread blocks per SM, rounded up
             self.S, self.chunk = _slices(n, rows, self.threads, vec, S, 4 * sms, True)
             self.sel_S, self.sel_chunk = self.S, self.chunk
         if variant not in ("split", "cluster"):
-            if stash or spec:
-                raise ValueError(f"top-k stash / spec: only the split and cluster variants have "
-                                 f"them, not {variant!r}")
-            self.stash = self.spec = False
+            if stash:
+                raise ValueError(f"top-k stash: only the split and cluster variants have one, "
+                                 f"not {variant!r}")
+            self.stash = False
         cap = capacity or max(1, min(n, max(16384, n // 8)))
         self.capacity = -(-cap // 16) * 16
         self.rb_ccap = RB_CCAP if capacity is None else max(1, min(capacity, RB_CCAP))
@@ -3516,16 +3127,6 @@ class TopkPlan:
                                     glist)
         return self._split_ws[nbuf]
 
-    def pair_paths(self) -> np.ndarray:
-        """A cluster pair's (S = 2) last run, per row: which ending wrote it -- PATH_SPEC (from
-        pass 1's speculative capture, ``pair_spec_ending``), PATH_EXACT (``cluster_pair_ending``
-        after the histogram rounds and pass 2, the speculation off or failed) or 1 (an empty
-        row). For tests and benchmarks; synchronises."""
-        if self.variant != "cluster" or self.S != 2 or SP_NBUF not in self._split_ws:
-            raise ValueError("pair_paths: only after a run of a cluster pair (S = 2) plan")
-        g = self._split_ws[SP_NBUF][1]
-        return (g.copy_to_host() if is_device_array(g) else np.asarray(g))[1::2].copy()
-
     def split_reset(self):
         """Forget the split workspace (a fresh, zeroed one is made at the next run): after
         timing with ``rb_stop``, which may end a launch before its histograms are zeroed."""
@@ -3539,7 +3140,7 @@ class TopkPlan:
                                "simulator): use variant='split' there")
         nbuf = SP_ROUNDS if replay else SP_NBUF
         ghist, gcnt, goff, gbar, glist = self.split_workspace(gpu, nbuf)
-        kern = split_kernel(self.kind, vectorized, self.split_threads, cl, self.spec)
+        kern = split_kernel(self.kind, vectorized, self.split_threads, cl)
         ccap = min(self.rb_ccap, K_MAX + 1 - self.k)     # the row's list: <= K_MAX composites
         args = [x, self.n, self.k, lk, has_len, vals, idx, self.S, self.chunk, ghist, nbuf, gbar,
                 gcnt, goff, glist, ccap, -1, self.rb_stop, int(self.stash)]
@@ -3548,8 +3149,6 @@ class TopkPlan:
             smem = 8 * (SP_PAIR + SP_LMAX)
         if self.stash:
             smem = max(smem, SP_STASH + 2 * self.chunk)
-        if self.spec:
-            smem = max(smem, SP_SMEM_SPEC)
         if mode() == "gpu":                      # > 48 KB: raise the limit once
             kern.reserve_dynamic_shared(args, smem)
         grid = self.rows * self.S
@@ -3793,7 +3392,6 @@ def production_kernels():
                 sigs.append((split_kernel(kind, vectorized, threads), split_sig))
                 sigs += [(split_kernel(kind, vectorized, threads, cl), split_sig)
                          for cl in SP_CLUSTERS]
-                sigs.append((split_kernel(kind, vectorized, threads, 2, True), split_sig))
         sigs.append((topk_finish_kernel, (arr[::1], i64, i64, i32, b, i64, i32, i32, i32,
                                           t.uint64[::1], t.uint64[::1], i64, arr[::1], i32)))
     return sigs

@@ -379,52 +379,30 @@ def test_topk_cluster_repeated(R, N, k, S, dtype):
 @pytest.mark.skipif("cluster" not in TOPK_VARIANTS, reason="cluster variant not under test")
 @pytest.mark.parametrize("kind", ["normal", "uniform", "ties"])
 @pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
-def test_topk_cluster_pair_spec_and_stash(kind, dtype):
-    """A cluster pair at 64 x 131072 (S = 2 x 512 threads, 8 trips a slice) three ways: the
-    default plan (pass 1's speculative capture and ``pair_spec_ending``, the exact path where
-    the guess fails), the stash (pass 2 from the top key bits pass 1 left in shared memory) and
-    neither: the oracle, and the same bits from all three. Lengths: full, odd (a scalar tail),
-    ending inside slice 1 (a slice of no full trip: captured whole) and inside slice 0 (an empty
-    slice), below k, zero. normal: outliers and +-inf; rows 6-9 defeat the guess, and must end
-    on the exact path: 6 and 7 have a first trip above the rest of the row, in slice 0 / 1
-    (the lists hold too few above the higher guess: the check fails), 8 is sorted ascending,
-    9 has its slice 1 so (the capture overflows); every other full-length row must end from the
-    capture. uniform (the top bin holds ~1/16 of a slice: it overflows or not), ties (50
-    values; the two top ones share a bin: bins of > RB_BMAX, the bitonic sort)."""
+def test_topk_cluster_stash(kind, dtype):
+    """cluster's stash (pass 2 filters the top 16 key bits pass 1 left in shared memory, then
+    loads the listed scores), on by default at 64 x 131072 (S = 2 x 512 threads, 8 trips a
+    slice): the oracle, and the same bits as the kernel with the stash off. Lengths: full, odd
+    (a scalar tail), ending inside slice 1 and inside slice 0 (checked trips, an empty slice),
+    below k, zero; outliers and +-inf; uniform (dense top bins), ties (50 values: level rounds,
+    pass 2 reads the scores, the stash unused)."""
     R, N, k = 64, 131072, 2048
     x = _scores(R, N, dtype, seed=7 + len(kind), kind=kind)
     g = np.random.default_rng(8)
+    if kind == "normal":
+        x[g.integers(0, R, 50), g.integers(0, N, 50)] = dtype(1e4)
+        x[3, 17], x[4, 18], x[5, 19] = dtype(np.inf), dtype(-np.inf), dtype(-1e4)
     lengths = g.integers(0, N + 1, R)
     lengths[:6] = [N, N - 3, 65536 + 1001, 40001, 1000, 0]
-    lengths[6:40] = N
-    if kind == "normal":
-        x[g.integers(10, R, 50), g.integers(0, N, 50)] = dtype(1e4)
-        x[3, 17], x[4, 18], x[5, 19] = dtype(np.inf), dtype(-np.inf), dtype(-1e4)
-        x[6, :8192] += dtype(10)
-        x[7, N // 2:N // 2 + 8192] += dtype(10)
-        x[8] = np.sort(x[8])
-        x[9, N // 2:] = np.sort(x[9, N // 2:])
     c = K._prepare(x, k, lengths)
-    spec = K.TopkPlan(R, N, k, c.kind, variant="cluster")
-    assert spec.spec and not spec.stash and (spec.S, spec.split_threads) == (2, 512)
-    v, i = K.topk_production(c, plan=spec)
-    K.assert_topk(v, i, x, k, lengths, name=f"cluster spec {kind} {dtype.__name__}")
-    paths = spec.pair_paths()
-    assert set(paths[lengths == 0]) == {1}, paths
-    assert set(paths[lengths > 0]) <= {K.PATH_SPEC, K.PATH_EXACT}, paths
-    if kind == "normal":
-        assert (paths[6:10] == K.PATH_EXACT).all(), paths[6:10]
-        full = np.flatnonzero(lengths == N)
-        ok = full[(full < 6) | (full >= 10)]
-        assert (paths[ok] == K.PATH_SPEC).all(), (ok, paths[ok])
-    for other in (dict(stash=True), dict(stash=False, spec=False)):
-        plan = K.TopkPlan(R, N, k, c.kind, variant="cluster", **other)
-        assert not plan.spec and plan.stash == other["stash"]
-        v2, i2 = K.topk_production(c, plan=plan)
-        assert (plan.pair_paths()[lengths > 0] == K.PATH_EXACT).all()
-        assert_close(i2, i, bitwise=True, name=f"{other} vs spec indices")
-        assert_close(v2.view(np.uint8), v.view(np.uint8), bitwise=True,
-                     name=f"{other} vs spec values")
+    on = K.TopkPlan(R, N, k, c.kind, variant="cluster")
+    assert on.stash and (on.S, on.split_threads) == (2, 512)
+    v, i = K.topk_production(c, plan=on)
+    K.assert_topk(v, i, x, k, lengths, name=f"cluster stash {kind} {dtype.__name__}")
+    off = K.TopkPlan(R, N, k, c.kind, variant="cluster", stash=False)
+    v2, i2 = K.topk_production(c, plan=off)
+    assert_close(i2, i, bitwise=True, name="stash off vs on indices")
+    assert_close(v2.view(np.uint8), v.view(np.uint8), bitwise=True, name="stash off vs on values")
 
 
 @pytest.mark.skipif("cluster" not in TOPK_VARIANTS, reason="cluster variant not under test")
