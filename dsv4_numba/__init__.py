@@ -11,14 +11,14 @@ Public API (NumPy in -> NumPy out; device arrays in -> device arrays out):
                        dsv4_fp4, the 128x4 scale layout, KV-cache token layouts)
 * ``decode_fp4``, ``quantize_fp4`` — FP4 stages
 * ``softmax``, ``topk`` — softmax and top-k stages
-* ``indexer``        — the sparse-attention indexer as a staged pipeline (reference stages; the
-                       fused production kernel is not built yet)
-* ``fmha``           — attention (MHA / GQA / MQA, causal, sink, LSE) as a staged pipeline
-                       (reference stages; the fused sm_90a kernel is not built yet)
+* ``indexer``        — the sparse-attention indexer: staged (any stage reference / production) or
+                       fused (sm_90a wgmma kernels; sm_100a tcgen05 FP4: emulator-only) + top-k
+* ``fmha``           — attention (MHA / GQA / MQA, causal, sink, LSE): the fused sm_90a kernel
+                       where it can run, else staged (sm_100a tcgen05: emulator-only)
 * ``runtime``        — run modes, compile-only toolchain
 * ``testing``        — the comparison helper used by the whole suite
 """
-__version__ = "0.1.0"
+__version__ = "0.22.0"
 
 from . import formats, registry, runtime, testing  # noqa: E402
 from .registry import ImplUnavailable, ProductionUnavailableWarning  # noqa: E402

@@ -62,6 +62,9 @@ def cmd_info(args) -> int:
     except Exception as e:  # noqa: BLE001
         ptxas, compile_ok = None, f"no: {e}"
     print(f"  compile-only {compile_ok}")
+    from .runtime.kernel import INLINE_PATCH, _install_fresh_ir_inlining
+    _install_fresh_ir_inlining()
+    print(f"  IR inlining  {INLINE_PATCH['state']}")
     print("\nstage implementations")
     for stage, key, status in registry.table():
         im = registry.REGISTRY[stage].impls[key]

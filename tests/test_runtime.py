@@ -335,3 +335,42 @@ def test_cli_rejects_invalid_descriptor():
     p = subprocess.run([sys.executable, "-m", "dsv4_numba", "explain-desc", "0x1", "--kind",
                         "umma-smem"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "version bits" in p.stderr
+
+
+def test_version_is_one_number_everywhere():
+    """pyproject's version, ``__version__`` and the CHANGELOG's newest entry agree (they had drifted
+    apart: 0.1.0 against 0.21.0 until 0.22.0)."""
+    import pathlib
+    import re
+    root = pathlib.Path(__file__).resolve().parent.parent
+    py = re.search(r'^version = "([^"]+)"', (root / "pyproject.toml").read_text(), re.M)
+    log = re.search(r"^## (\d+\.\d+\.\d+) ", (root / "CHANGELOG.md").read_text(), re.M)
+    assert py and log, "pyproject.toml needs a version line, CHANGELOG.md a '## X.Y.Z' entry"
+    assert py.group(1) == d.__version__ == log.group(1), (py.group(1), d.__version__, log.group(1))
+
+
+def test_fresh_ir_inlining_is_on_and_changes_no_code():
+    """``_install_fresh_ir_inlining`` (numba-cuda's deep copies of a fresh callee IR skipped: ~5x
+    faster builds of the big kernels) is on with the pinned numba-cuda, and a production kernel of
+    nested @device helpers compiles to the same PTX with it and without it."""
+    from numba.cuda.core import inline_closurecall as icc
+    import importlib
+    K = importlib.import_module("dsv4_numba.runtime.kernel")
+    K._install_fresh_ir_inlining()
+    assert K.INLINE_PATCH["state"].startswith("on"), K.INLINE_PATCH["state"]
+    kern, sig = registry.REGISTRY["softmax"].impls["production:sm_90a"].kernels()[0]
+    fast = kern.ptx(sig, "sm_90a")
+    patched = icc.InlineWorker.inline_function
+    icc.InlineWorker.inline_function = K.INLINE_PATCH["original"]
+    try:
+        plain = kern.ptx(sig, "sm_90a")
+    finally:
+        icc.InlineWorker.inline_function = patched
+    import re
+
+    def named(ptx):         # mangled names and shared arrays carry per-compile counters
+        seen = {}
+        return re.sub(r"_ZN\w+|_cudapy_smem_\d+",
+                      lambda m: seen.setdefault(m.group(0), f"NAME{len(seen)}"), ptx)
+    assert named(fast) == named(plain)
+    assert named(fast) != named(kern.ptx(sig, "sm_100a")), "the comparison can fail"

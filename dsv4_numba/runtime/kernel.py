@@ -48,6 +48,7 @@ def device(fn=None, *, sim=None):
     from numba import cuda
     if env.simulator_forced():      # numba's own simulator mode: cuda.jit makes simulator functions
         return cuda.jit(device=True)(sim or fn)
+    _install_fresh_ir_inlining()
     real = cuda.jit(device=True, inline="always")(fn)
     from numba.cuda.simulator.kernel import FakeCUDAKernel
     _SIM_TWIN[id(real)] = (real, FakeCUDAKernel(sim or fn, device=True))
@@ -113,6 +114,63 @@ def _install_cluster_annotation():
 
     set_launch_bounds._dsv4_cluster = True
     nvvm.set_launch_bounds = set_launch_bounds
+
+
+def _install_fresh_ir_inlining():
+    """Skip numba-cuda's two defensive deep copies of a callee IR it has just built.
+
+    ``@device`` helpers are inlined at the Numba-IR level: for every call site,
+    ``InlineWorker.inline_function`` runs the untyped pipeline on the callee (a fresh IR, its own
+    callees already inlined) and hands it to ``inline_ir``, which deep-copies it block by block
+    twice (once to mutate, once to return an unmutated copy that every caller discards). Each
+    block's copy also copies the whole scope, so the cost grows with blocks x variables: profiled
+    here (2026-11-27, numba-cuda 0.30.4), 85 % of the 6-minute PTX build of the cluster top-k
+    kernel was ``copy.deepcopy``. Known upstream: NVIDIA/numba-cuda issue #688 and PR #689 (open
+    at the time) drop the same copies. Here each block of the fresh IR answers ``deepcopy`` with
+    itself for the length of that one ``inline_ir`` call (an instance ``__deepcopy__``, removed
+    again right after): nothing else is copied differently, and the IR is never reused, so the
+    generated code is the same (the PTX of the cluster top-k kernel compared byte for byte). Applied
+    only where ``inline_ir`` still has the copies this relies on (numba-cuda 0.30); elsewhere it
+    is left off and ``INLINE_PATCH`` says why (``python -m dsv4_numba info`` prints it).
+    ``DSV4_FAST_INLINE=0`` leaves numba-cuda as it is."""
+    import inspect
+    import os
+    from numba.cuda.core import inline_closurecall as icc
+    worker = icc.InlineWorker
+    if getattr(worker.inline_function, "_dsv4_fresh_ir", False):
+        return
+    if os.environ.get("DSV4_FAST_INLINE", "1") == "0":
+        INLINE_PATCH["state"] = "off (DSV4_FAST_INLINE=0)"
+        return
+    try:
+        src = inspect.getsource(worker.inline_ir)
+    except (OSError, TypeError) as e:
+        INLINE_PATCH["state"] = f"not applied (no source of InlineWorker.inline_ir: {e})"
+        return
+    if "copy.deepcopy(block)" not in src or "callee_ir_original = copy_ir(callee_ir)" not in src:
+        INLINE_PATCH["state"] = "not applied (this numba-cuda's InlineWorker.inline_ir differs)"
+        return
+
+    def inline_function(self, caller_ir, block, i, function, arg_typs=None):
+        callee_ir = self.run_untyped_passes(function)        # fresh: referenced nowhere else
+        blocks = list(callee_ir.blocks.values())
+        for b in blocks:
+            b.__deepcopy__ = (lambda b: lambda memo: b)(b)
+        try:
+            return self.inline_ir(caller_ir, block, i, callee_ir, function.__code__.co_freevars,
+                                  arg_typs=arg_typs)
+        finally:
+            for b in blocks:
+                del b.__deepcopy__
+
+    inline_function._dsv4_fresh_ir = True
+    INLINE_PATCH["original"] = worker.inline_function
+    worker.inline_function = inline_function
+    INLINE_PATCH["state"] = "on (numba-cuda's copies of fresh callee IR skipped)"
+
+
+# whether _install_fresh_ir_inlining applies, and if not why
+INLINE_PATCH = {"state": "not installed yet (no @device helper made for the GPU)"}
 
 
 class Kernel:
