@@ -2628,8 +2628,8 @@ def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm,
       1. this CTA's count -> the peer's cm[s] (st.async, 4 bytes, on its mbarrier mb[0]): it
          tells the peer this CTA is past pass 2;
       2. the own list (dyn64[K_MAX:K_MAX + n_own], (bits, index)) -> composites, sorted
-         descending at dyn64[swz(0:n_own)] (``rank_sort_desc`` up to SP_RSORT items, else
-         ``counting_sort_desc``), while the counts travel;
+         descending at dyn64[swz(0:n_own)] (``sort_own_list``: ``rank_sort_desc`` up to SP_RSORT
+         items, else ``counting_sort_desc``), while the counts travel;
       3. once the peer's count is here (the peer is past its pass 2: its stash area is dead),
          the sorted list -> the peer's dyn64[SP_PAIR:SP_PAIR + n_own] (st.async, 8 bytes, on
          its mb[1]; it expects 8 x the count it received);
@@ -2663,23 +2663,7 @@ def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm,
         ops.mbarrier_arrive_expect_tx(ma, uint32(4))
         ops.st_async_b32(ops.mapa_shared_cluster(ops.shared_address(cm) + uint32(4 * s), peer),
                          no, ops.mapa_shared_cluster(ma, peer))
-    i = uint32(tid)                               # 2.
-    while i < no:                                 # (bits, index) -> composite
-        r = dyn64[uint32(K_MAX) + i]
-        c = item_composite(r, kind)
-        if no <= uint32(SP_RSORT):
-            dyn64[uint32(K_MAX) + i] = c
-        else:
-            dyn64[swz(i)] = c
-        i += nt
-    cuda.syncthreads()
-    if no <= uint32(SP_RSORT):
-        rank_sort_desc(dyn64, K_MAX, n_own)
-    else:
-        counting_sort_desc(dyn64, n_own, dyn64[K_MAX:], dyn32[SP_HS:SP_HS + NBINS],
-                           dyn32[SP_HS + NBINS:SP_HS + 2 * NBINS], RB_BMAX, st, wsum, e, jb,
-                           key_shift(kind))
-    cuda.syncthreads()
+    sort_own_list(dyn64, dyn32, n_own, kind, True, st, wsum, e, jb)      # 2.
     if stop == 12:                                # (timing hook: the own sort)
         ops.cluster_arrive_relaxed()
         ops.cluster_wait_acquire()
@@ -2731,6 +2715,43 @@ def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm,
             d = uint32(d + uint32(1))
     split_tail(vals, idx, obase, K, k, kind, s, 2, gcnt, row, -1)
     ops.cluster_wait_acquire()                    # no CTA leaves while one may write into it
+
+
+@device
+def sort_own_list(dyn64, dyn32, n_own, kind, counting, st, wsum, e, jb):
+    """This CTA's list dyn64[K_MAX:K_MAX + n_own] ((score bits << 32) | column, the split and pair
+    endings' step before the runs meet) -> its composites sorted descending at dyn64[swz(0:n_own)]
+    (the histogram area, dead by then), by the whole block, ending on a barrier:
+    up to SP_RSORT items converted in place and ranked by ``rank_sort_desc``; more converted to
+    the swizzled slots and sorted there by ``counting_sort_desc`` (``counting``, compile-time:
+    the pair ending, scratch dyn64[K_MAX:] and dyn32[SP_HS:SP_HS + 2 NBINS], jb its index bits)
+    or by the bitonic network (``bitonic_sort_desc_warp``, padded to a power of two: "split",
+    whose lists may hold up to SP_LMAX items)."""
+    tid = cuda.threadIdx.x
+    nt = uint32(cuda.blockDim.x)
+    no = uint32(n_own)
+    small = no <= uint32(SP_RSORT)
+    i = uint32(tid)
+    while i < no:                                 # (bits, index) -> composite
+        c = item_composite(dyn64[uint32(K_MAX) + i], kind)
+        if small:
+            dyn64[uint32(K_MAX) + i] = c
+        else:
+            dyn64[swz(i)] = c
+        i += nt
+    if small:
+        cuda.syncthreads()
+        rank_sort_desc(dyn64, K_MAX, n_own)
+    elif counting:
+        cuda.syncthreads()
+        counting_sort_desc(dyn64, n_own, dyn64[K_MAX:], dyn32[SP_HS:SP_HS + NBINS],
+                           dyn32[SP_HS + NBINS:SP_HS + 2 * NBINS], RB_BMAX, st, wsum, e, jb,
+                           key_shift(kind))
+    else:
+        P = pad_pow2(dyn64, n_own, True)
+        cuda.syncthreads()
+        bitonic_sort_desc_warp(dyn64, P, e)
+    cuda.syncthreads()
 
 
 @device
@@ -2908,20 +2929,7 @@ def split_kernel(kind, vectorized, threads, cluster=0):
                                  index_bits(L))
             return
         # the own composites, sorted (the histogram in dyn64[0:K_MAX] is dead): a sorted run
-        if n_own <= SP_RSORT:
-            for i in range(tid, n_own, nt):       # (bits, index) -> composite, in place
-                r = dyn64[K_MAX + i]
-                dyn64[K_MAX + i] = item_composite(r, kind)
-            cuda.syncthreads()
-            rank_sort_desc(dyn64, K_MAX, n_own)
-        else:
-            for i in range(tid, n_own, nt):       # (bits, index) -> composite
-                r = dyn64[K_MAX + i]
-                dyn64[swz(i)] = item_composite(r, kind)
-            P = pad_pow2(dyn64, n_own, True)
-            cuda.syncthreads()
-            bitonic_sort_desc_warp(dyn64, P, e)
-        cuda.syncthreads()
+        sort_own_list(dyn64, dyn32, n_own, kind, False, st, wsum, e, index_bits(L))
         seg += 1
         n_all, off = split_publish_gather(dyn64, glist, goff, gcnt, gbar, ghist, st, rcnt, roff,
                                           n_own, K, want, cnt, row, b, S, s, seg, phase, hrow,
