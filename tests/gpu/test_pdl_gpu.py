@@ -1,7 +1,7 @@
 """Programmatic dependent launch on the GPU (``runtime.Kernel(pdl=True)``, ``DSV4_PDL``).
 
 A writer kernel lets its dependents be scheduled at once (``griddepcontrol.launch_dependents``),
-then sleeps ~200 us and writes a buffer; a reader launched after it with PDL copies the buffer.
+then sleeps ~2 ms and writes a buffer; a reader launched after it with PDL copies the buffer.
 - With ``griddepcontrol.wait`` first, the reader must see every written value (the ordering PDL
   keeps).
 - A reader *without* the wait, launched the same way, sees the buffer before the write: proof that
@@ -63,7 +63,8 @@ def _run(reader, monkeypatch, pdl="1"):
     cuda.synchronize()
     buf = cuda.to_device(np.zeros(N, np.int32))
     out = cuda.to_device(np.full(N, -7, np.int32))
-    pdl_writer.launch(N // 128, 128, buf, 200)
+    pdl_writer.launch(N // 128, 128, buf, 2000)     # ~2 ms: 200 us was once too short (1 of
+    #                                                 4 runs, 14 pytest workers; H100, 2026-11-27)
     reader.launch(N // 128, 128, buf, out)
     cuda.synchronize()
     return out.copy_to_host()
