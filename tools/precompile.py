@@ -1,7 +1,7 @@
 """Compile production kernels into Numba's disk cache, one process per kernel, in parallel.
 
-On the device machine each kernel takes ~1-2 min to compile in every process that launches it
-(each pytest-xdist worker, then the benchmark). Compiling them once, in parallel, into the disk
+Each process that launches a kernel compiles it again (each pytest-xdist worker, then the benchmark):
+on the H100 machine, 30 split top-k kernels took 292 s at -j 16 (0.22.0, 2026-11-27). Compiling them once, in parallel, into the disk
 cache lets those processes load them instead::
 
     python3 tools/stamp_sources.py            # stamps that follow content (see that tool)
