@@ -1,8 +1,8 @@
 """Compile production kernels into Numba's disk cache, one process per kernel, in parallel.
 
-Each process that launches a kernel compiles it again (each pytest-xdist worker, then the benchmark):
-on the H100 machine, 30 split top-k kernels took 292 s at -j 16 (0.22.0, 2026-11-27). Compiling them once, in parallel, into the disk
-cache lets those processes load them instead::
+Each process that launches a kernel compiles it again (each pytest-xdist worker, then the
+benchmark); on the H100 machine 30 split top-k kernels took 292 s at -j 16 (0.22.0, 2026-11-27).
+Compiling them once, in parallel, into the disk cache lets those processes load them instead::
 
     python3 tools/stamp_sources.py            # stamps that follow content (see that tool)
     export DSV4_NUMBA_CACHE=1 NUMBA_CACHE_DIR=/tmp/ncache
