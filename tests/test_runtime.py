@@ -353,8 +353,9 @@ def test_fresh_ir_inlining_is_on_and_changes_no_code():
     """``_install_fresh_ir_inlining`` (numba-cuda's deep copies of a fresh callee IR skipped: ~5x
     faster builds of the big kernels) is on with the pinned numba-cuda, and a production kernel of
     nested @device helpers compiles to the same PTX with it and without it."""
-    from numba.cuda.core import inline_closurecall as icc
     import importlib
+    import re
+    from numba.cuda.core import inline_closurecall as icc
     K = importlib.import_module("dsv4_numba.runtime.kernel")
     K._install_fresh_ir_inlining()
     assert K.INLINE_PATCH["state"].startswith("on"), K.INLINE_PATCH["state"]
@@ -366,7 +367,6 @@ def test_fresh_ir_inlining_is_on_and_changes_no_code():
         plain = kern.ptx(sig, "sm_90a")
     finally:
         icc.InlineWorker.inline_function = patched
-    import re
 
     def named(ptx):         # mangled names and shared arrays carry per-compile counters
         seen = {}

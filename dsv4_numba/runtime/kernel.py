@@ -137,8 +137,8 @@ def _install_fresh_ir_inlining():
     import os
     from numba.cuda.core import inline_closurecall as icc
     worker = icc.InlineWorker
-    if getattr(worker.inline_function, "_dsv4_fresh_ir", False):
-        return
+    if INLINE_PATCH["state"] != _INLINE_NOT_YET:  # decided at the first @device helper: on,
+        return                                    # off or not applicable (no source read again)
     if os.environ.get("DSV4_FAST_INLINE", "1") == "0":
         INLINE_PATCH["state"] = "off (DSV4_FAST_INLINE=0)"
         return
@@ -163,14 +163,14 @@ def _install_fresh_ir_inlining():
             for b in blocks:
                 del b.__deepcopy__
 
-    inline_function._dsv4_fresh_ir = True
     INLINE_PATCH["original"] = worker.inline_function
     worker.inline_function = inline_function
     INLINE_PATCH["state"] = "on (numba-cuda's copies of fresh callee IR skipped)"
 
 
 # whether _install_fresh_ir_inlining applies, and if not why
-INLINE_PATCH = {"state": "not installed yet (no @device helper made for the GPU)"}
+_INLINE_NOT_YET = "not installed yet (no @device helper made for the GPU)"
+INLINE_PATCH = {"state": _INLINE_NOT_YET}
 
 
 class Kernel:
