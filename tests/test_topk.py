@@ -630,6 +630,88 @@ def test_block_scan_desc_simulated():
         assert mx[0] == h.max()
 
 
+@kernel
+def _joint_kernel(hg, comps, jb, ks, slots, cnts, M, s, st, bmax):
+    wsum = cuda.shared.array(32, np.int32)
+    i = cuda.threadIdx.x
+    while i < comps.size:
+        slots[i] = K.joint_slot(comps[i], hg, jb, ks)
+        i += cuda.blockDim.x
+    K.pair_slot_scan(cnts, M, s, st, wsum, bmax)
+
+
+def _joint_model(x, k, half):
+    """The pair's lists of one row (two halves at ``half``) as the kernel has them after pass 2:
+    round 0's histogram and scan (h, G), M, and each half's composites in bins >= the bucket."""
+    key = K.order_keys(x).astype(np.uint64)
+    b12 = (key >> np.uint64(20)).astype(np.int64)
+    h = np.bincount(b12, minlength=K.NBINS).astype(np.int32)
+    G = (np.cumsum(h[::-1])[::-1] - h).astype(np.int32)        # the row's items above each bin
+    d = int(np.nonzero(G + h >= k)[0].max())
+    M = int(G[d] + h[d])
+    cols = np.arange(x.size, dtype=np.uint64)
+    comp = (key << np.uint64(32)) | (np.uint64(0xFFFFFFFF) - cols)
+    lists = [comp[:half][b12[:half] >= d], comp[half:][b12[half:] >= d]]
+    return h, G, M, lists
+
+
+@pytest.mark.skipif(not SIM, reason="simulator unit test (GPU: through tests/gpu)")
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+def test_pair_joint_sort_helpers_simulated(dtype):
+    """A pair's joint ending (``pair_joint_ending``; its exchanges run on a GPU only): the slots
+    of ``joint_slot`` never put a larger composite later (slot order is output order) and stay
+    in [0, M); ``pair_slot_scan`` (either CTA) gives each slot's first position and this CTA's
+    cursor (CTA 0's items first) and flags a slot past bmax; ranking every item as the kernel
+    does (first position + larger items in its slot) gives each its exact rank in the union."""
+    g = np.random.default_rng(5)
+    x = g.standard_normal(3000).astype(dtype)
+    x[[7, 2100]] = dtype(1e4)                                   # a wide range: outliers
+    x[[9, 2200]] = dtype(np.inf)
+    k, half = 300, 1700
+    h, G, M, lists = _joint_model(x, k, half)
+    hg = np.zeros(2 * K.NBINS, np.int32)
+    hg[:K.NBINS], hg[K.SP_RS:K.SP_RS + K.NBINS] = h, G
+    jb = max(x.size - 1, 1).bit_length()                       # index_bits(L)
+    ks = 16 if dtype == ml_dtypes.bfloat16 else 0
+    comps = np.concatenate(lists)
+    slots = np.full(comps.size, -1, np.int32)
+    per_cta = []
+    for s in (0, 1):
+        own = np.zeros(K.NBINS, np.int32)
+        cnts = np.full(K.SP_JP + K.NBINS + 4, -9, np.int32)   # poison: every position written
+        st = np.zeros(8, np.int32)
+        _joint_kernel.launch(1, 32, hg, comps, jb, ks, slots, cnts, M, s, st, 3)
+        for c_s in (0, 1):
+            q = slots[:lists[0].size] if c_s == 0 else slots[lists[0].size:]
+            counts = np.bincount(q, minlength=K.NBINS).astype(np.int32)
+            if c_s == s:
+                own = counts
+            else:
+                peer = counts
+        cnts[:] = -9
+        cnts[K.SP_HS:K.SP_HS + K.NBINS] = own
+        cnts[K.SP_JC:K.SP_JC + K.NBINS] = peer
+        st[:] = 0
+        bmax = 3 if s == 0 else 1000                            # the flag: either way
+        _joint_kernel.launch(1, 32, hg, comps, jb, ks, slots, cnts, M, s, st, bmax)
+        per_cta.append((cnts.copy(), st[5] == int(np.bincount(slots).max() > bmax), own, peer))
+    assert slots.min() >= 0 and slots.max() < M
+    order = np.argsort(comps)[::-1]                             # descending composites
+    assert np.all(np.diff(slots[order].astype(np.int64)) >= 0), "a larger composite got a later slot"
+    tot = np.bincount(slots, minlength=K.NBINS)
+    first = np.concatenate([[0], np.cumsum(tot)]).astype(np.int32)
+    assert tot.max() > 3, "the data should crowd a slot past bmax = 3"
+    for s, (cnts, flag_ok, own, peer) in enumerate(per_cta):
+        assert np.array_equal(cnts[K.SP_JP:K.SP_JP + K.NBINS + 1], first[:K.NBINS + 1])
+        cur = first[:K.NBINS] + (peer if s == 1 else 0)
+        assert np.array_equal(cnts[K.SP_HS:K.SP_HS + M], cur[:M])
+        assert flag_ok, f"st[5] (CTA {s})"
+    rank = np.array([first[q] + np.count_nonzero(comps[slots == q] > c)
+                     for c, q in zip(comps, slots)])
+    assert np.array_equal(np.sort(rank), np.arange(comps.size))
+    assert np.array_equal(rank[order], np.arange(comps.size))
+
+
 # ----------------------------------------------------------------------------------------------
 # validation
 # ----------------------------------------------------------------------------------------------

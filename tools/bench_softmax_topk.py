@@ -233,9 +233,9 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
             tgt = TARGETS.get((R, N, k)) if name == "fp32" else None
             for variant in variants:
                 # split / cluster: "@S" CTAs a row, "/T" threads; ":nostash" / ":stash" the
-                # stash off / on (``TopkPlan(stash=)``)
+                # stash off / on (``TopkPlan(stash=)``); ":merge" a pair's merge ending
                 spec, _, opt = variant.partition(":")
-                stash = {"": None, "stash": True, "nostash": False}[opt]
+                stash = {"": None, "stash": True, "nostash": False, "merge": None}[opt]
                 if "@" in spec or opt:
                     base, _, S = spec.partition("@")
                     S, _, T = S.partition("/")
@@ -248,6 +248,7 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
                         continue
                 else:
                     plan = K.plan_for(R, N, k, calls[0].kind, variant)
+                plan.pair_merge = opt == "merge"
                 # check before timing: poisoned outputs, the tie-aware oracle; a second run
                 # (the workspace must be left clean by a run) must repeat it bit for bit
                 first = None
@@ -318,7 +319,8 @@ def main(argv=None):
                     help="top-k production variant(s) to time: 'all' (default) or a comma list "
                          "of three_pass, fused, staged, rowblock, split, cluster, split@S, "
                          "cluster@S (split / cluster with S CTAs a row; @S/T: T threads a CTA; "
-                         "a ':stash' / ':nostash' suffix: pass 2's stash on / off)")
+                         "a ':stash' / ':nostash' suffix: pass 2's stash on / off; ':merge': "
+                         "a pair (S = 2) ends by the sorted lists' merge, not the joint sort)")
     ap.add_argument("--targets", action="store_true",
                     help="top-k: only issue 4's three target shapes (fp32)")
     ap.add_argument("--shapes", help="top-k shapes RxNxk, comma-separated (e.g. 1x1048576x2048,"
@@ -330,7 +332,7 @@ def main(argv=None):
     from dsv4_numba.stages.topk import VARIANTS
     variants = VARIANTS if args.variant in ("all", "both") else tuple(args.variant.split(","))
     bad = [v for v in variants if v not in VARIANTS
-           and not re.fullmatch(r"(split|cluster)(@[1-9]\d*(/(256|512|1024))?)?(:(no)?stash)?",
+           and not re.fullmatch(r"(split|cluster)(@[1-9]\d*(/(256|512|1024))?)?(:(no)?stash|:merge)?",
                                 v)]
     if bad:
         ap.error(f"--variant: unknown {bad}; choose from {VARIANTS}, split@S, cluster@S (/T: "

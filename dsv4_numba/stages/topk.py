@@ -143,6 +143,7 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 from numba import cuda, float32, int32, int64, uint16, uint32, uint64
+from numba.cuda import libdevice
 
 from .. import registry
 from ..hw.bits import bits_f32, f32_bits
@@ -244,14 +245,24 @@ def order_keys(scores) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Keys and composites (shared by every implementation)
 # ----------------------------------------------------------------------------------------------
-@device
-def key_f32_bits(u):
-    """Order-preserving uint32 key of float32 bits u (NaN -> top, -0 -> +0). Branch-free (two
-    selects): positive -> u ^ 0x80000000, negative -> ~u."""
+def _key_f32_bits_sim(u):
     u = uint32(u)
     u = uint32(0) if u == uint32(0x80000000) else u
     k = u ^ (((u >> uint32(31)) * uint32(0x7FFFFFFF)) | uint32(0x80000000))
     return uint32(0xFFFFFFFF) if (u & uint32(0x7FFFFFFF)) > uint32(0x7F800000) else k
+
+
+@device(sim=_key_f32_bits_sim)
+def key_f32_bits(u):
+    """Order-preserving uint32 key of float32 bits u (NaN -> top, -0 -> +0): positive -> u ^
+    0x80000000, negative -> ~u. On the GPU both rules come from one ``add.rn.f32`` of +0 (no
+    FTZ): -0 + 0 = +0 (IEEE 754), and the GPU's float arithmetic returns the canonical NaN
+    0x7FFFFFFF for any NaN input, whose key is 0xFFFFFFFF -- three instructions a key (FADD,
+    SHF, LOP3) where the compares and selects took seven, in every pass-1 score (H100 check:
+    ``test_topk_nan_payloads_on_device``, negative and payload NaNs). The simulator (NumPy
+    keeps NaN payloads and signs) runs the explicit form."""
+    v = f32_bits(libdevice.fadd_rn(bits_f32(uint32(u)), float32(0.0)))
+    return v ^ (uint32(int32(v) >> 31) | uint32(0x80000000))
 
 
 @device
@@ -1585,10 +1596,11 @@ def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind, NT):
     conflict-free; NT = blockDim, compile-time, so that a step's 8 loads take immediate offsets)
     into bit masks (``stash_hits``), 8 words a loop step, branch-free so that their loads are in
     flight together: a compare and a select a slot (only the last step checks the slice's end).
-    Mask g (words 8 g .. 8 g + 7 of the thread's) lives in shared memory at dyn32[SP_RS + g NT +
-    tid], the sort area's second 16 KB, free from the owner ranges to the ending (a local array
-    would live in local memory, which the production kernels keep out; at most ~chunk / 32 + NT
-    <= 3 K words for a slice of at most SP_STASH_MAX). A block scan of the hit counts
+    Mask g (words 8 g .. 8 g + 7 of the thread's) lives in shared memory at dyn32[SP_HS + g NT +
+    tid], the 16 KB before the stash ("cluster"'s histogram slice, dead from the last round to
+    the ending; round 0's scan at SP_RS stays for the pair's ``pair_joint_ending``; a local
+    array would live in local memory, which the production kernels keep out; at most ~chunk / 32
+    + NT <= 3 K words for a slice of at most SP_STASH_MAX). A block scan of the hit counts
     (``block_inclusive_scan``) gives the thread's first list slot; it writes one column a set
     bit and gathers the score: float32 by cp.async straight into the slot's high word
     (``f32_to_list``: no register waits on the load, one memory latency for all of them),
@@ -1604,7 +1616,7 @@ def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind, NT):
     float32 gather by cp.async) 3.8-3.9."""
     tid = cuda.threadIdx.x
     nt = uint32(NT)
-    masks = cuda.shared.array(0, uint32)          # (dynamic: aliases dyn64; from SP_RS)
+    masks = cuda.shared.array(0, uint32)          # (dynamic: aliases dyn64; from SP_HS)
     T = uint32(uint32(pfx >> uint64(48)) << uint32(16))   # the prefix in a high half
     nu = uint32(n)
     nw = uint32((nu + uint32(3)) >> uint32(2))
@@ -1628,7 +1640,7 @@ def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind, NT):
                 left = min(uint32(nu - uint32(4) * (j if inside else uint32(0))), uint32(4))
                 b4 = uint32(b4 & uint32(uint32(0xF) >> uint32(uint32(4) - left)))  # its slots
                 m = uint32(m | (uint32(b4 << uint32(4 * e)) if inside else uint32(0)))
-        masks[uint32(uint32(SP_RS) + g * nt + uint32(tid))] = m
+        masks[uint32(uint32(SP_HS) + g * nt + uint32(tid))] = m
         cnt = int32(cnt + int32(cuda.popc(m)))
         g = uint32(g + uint32(1))
     incl = block_inclusive_scan(cnt, wsum)        # this thread's hits and every lower one's
@@ -1640,7 +1652,7 @@ def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind, NT):
     first = pos
     g = uint32(0)
     while g < G:
-        m = masks[uint32(uint32(SP_RS) + g * nt + uint32(tid))]
+        m = masks[uint32(uint32(SP_HS) + g * nt + uint32(tid))]
         while m != uint32(0):
             b = uint32(cuda.ffs(m) - 1)           # lowest set bit: word 8 g + b // 4, slot b % 4
             m = uint32(m & uint32(m - uint32(1)))
@@ -2137,7 +2149,7 @@ SP_RA = 2 * K_MAX               # "cluster": dyn32[SP_RA:SP_RA + NBINS] receives
 SP_RB = SP_RA + NBINS           # of a round's histograms, dyn32[SP_RB:SP_RB + NBINS] the row's sums
 SP_RS = NBINS                   # dyn32[SP_RS:SP_RS + NBINS] (the sort area's second 16 KB, free
 # until the ending): the last round's descending scan of those sums (``cluster_push_bucket``),
-# then during pass 2 ``stash_select``'s masks
+# kept through pass 2 for a pair's joint ending (``joint_slot``)
 SP_RSORT = 128                  # runs of at most this many composites: ordered by counting
 # (``rank_sort_desc``: H100, 2026-11-26, (4, 65536, 512) at S = 16, ~45 a CTA: 18.1 -> 16.7 us;
 # with the limit at 256, (1, 65536, 2048)'s ~160 a CTA went 24.2 -> 24.6: the bitonic net there)
@@ -2150,6 +2162,13 @@ CL_AUTO_BANDS = ((1, 4, 1, 131072), (1, 8, 1, 65536), (33, 64, 65537, 131072))
 SP_SMEM_CLUSTER = SP_SMEM + 4 * SP_LMAX + 4 * NBINS   # + the histogram slice (<= 8 KB), later
 # the items' owner slots, then (with the 16 KB after them) counting_sort_desc's counts
 SP_PAIR = SP_SMEM_CLUSTER // 8  # "cluster" pairs: dyn64[SP_PAIR:] receives the peer's sorted list
+SP_JC = 2 * (SP_PAIR + SP_LMAX)  # pairs' joint ending (``pair_joint_ending``): dyn64[SP_PAIR:SP_PAIR +
+# M] the slotted union (both CTAs write it), dyn32[SP_JC:SP_JC + NBINS] the peer's slot counts,
+SP_JP = SP_JC + NBINS            # dyn32[SP_JP:SP_JP + NBINS + 1] each slot's first position
+SP_SMEM_PAIR = 4 * (SP_JP + NBINS + 4)   # a pair's dynamic shared bytes without the stash (160 KB)
+JOINT_Q = (NBINS - 1) << 20     # a composite's low-word bits that carry its joint slot
+PAIR_MERGE = 16                  # split_kernel's ``stop`` + this: a pair merges sorted lists
+# (``TopkPlan.pair_merge``: the joint sort's fallback, forced for tests and A/B timing)
 SP_OSORT = 256                  # "cluster": an owner ranks up to this many items by counting
 # The stash (split and cluster, 0.19.0): pass 1 keeps each score's top 16 key bits in shared
 # memory, from byte SP_STASH (after "cluster"'s summed histogram slice, dyn32[SP_HS:SP_HS +
@@ -2244,7 +2263,7 @@ def push4(h, o, dst, mbar, r):
 def pair_push_bucket(h, ha, ma, par, want, s, seg, st, wsum):
     """``cluster_push_bucket`` for a pair (CL = 2), after its barrier: this CTA's whole
     histogram h[0:NBINS] -> the peer's receive buffer (st.async, 16 bytes a store, on its
-    mbarrier mb[0]), h += the peer's, then ``row_bucket``, as there.
+    mbarrier mb[0]), then ``pair_scan_bucket`` (h += the peer's, the scan, the bucket).
     One exchange where the reduce-scatter + all-gather of larger clusters takes two (a DSMEM
     latency and a barrier fewer). The receive buffer alternates by round, h[SP_RA:] (even seg)
     and h[SP_RB:] (odd): the peer pushes round seg + 2 only after this CTA's round seg + 1
@@ -2258,14 +2277,57 @@ def pair_push_bucket(h, ha, ma, par, want, s, seg, st, wsum):
     while q < uint32(NBINS // 4):                 # bins b .. b + 3 -> the peer's rb + b
         b = q * uint32(4)
         push4(h, b, ha + uint32(4) * (rb + b), ma, peer)
-        q += nt
+        q = uint32(q + nt)
     ops.mbarrier_wait_parity_cluster(ma, par)     # the peer's histogram
-    j = uint32(tid)
-    while j < uint32(NBINS):
-        h[j] = int32(h[j] + h[rb + j])
-        j += nt
+    return pair_scan_bucket(h, rb, want, st, wsum)
+
+
+@device
+def pair_scan_bucket(h, rb, want, st, wsum):
+    """``row_bucket`` of a pair, fused with the sum: h[b] = this CTA's + the peer's h[rb + b],
+    their descending block scan into h[SP_RS:SP_RS + NBINS], and the bin holding the want-th
+    largest, in one read loop and one write loop of ``block_scan_desc``'s rotated order (the
+    separate sum loop, its barrier and the bucket's search loop and barrier of 0.22.0 are gone).
+    h[b] is written only after the scan's barriers: before them another thread may still be
+    pushing those bins (``pair_push_bucket``). Returns (bucket, the row's items above it, the
+    bucket's count)."""
+    tid = cuda.threadIdx.x
+    nt = uint32(cuda.blockDim.x)
+    lane = tid & 31
+    per = uint32(uint32(NBINS) // nt)
+    top = uint32(uint32(NBINS - 1) - uint32(tid) * per)
+    rot = uint32((uint32(lane) * per) >> uint32(5))
+    m = uint32(per - uint32(1))
+    cut = uint32(per - rot)
+    sm = int32(0)
+    tf = int32(0)
+    i = uint32(0)
+    while i < per:
+        if i == cut:
+            tf = sm
+        b = scan_bin(top, i, rot, m)
+        sm = int32(sm + h[b] + h[rb + b])
+        i = uint32(i + uint32(1))
+    if rot == uint32(0):
+        tf = sm
+    incl = block_inclusive_scan(sm, wsum)
+    acc = int32(incl - tf)                        # as block_scan_desc
+    w32 = int32(want)
+    i = uint32(0)
+    while i < per:
+        if i == cut:
+            acc = int32(incl - sm)
+        b = scan_bin(top, i, rot, m)
+        v = int32(h[b] + h[rb + b])
+        h[b] = v
+        h[uint32(SP_RS) + b] = acc
+        if acc < w32 and int32(acc + v) >= w32:
+            st[0] = int32(b)
+            st[1] = acc
+        acc = int32(acc + v)
+        i = uint32(i + uint32(1))
     cuda.syncthreads()
-    return row_bucket(h, h, want, st, wsum)
+    return st[0], st[1], h[st[0]]
 
 
 @device
@@ -2286,7 +2348,7 @@ def row_bucket(h, hb, want, st, wsum):
         if a < w32 and int32(a + hb[b]) >= w32:
             st[0] = int32(b)
             st[1] = a
-        b += nt
+        b = uint32(b + nt)
     cuda.syncthreads()
     return st[0], st[1], hb[st[0]]
 
@@ -2621,8 +2683,188 @@ def cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, sp
 
 
 @device
+def joint_slot(c, h, jb, ks):
+    """The slot of composite c in a pair's joint counting sort (``pair_joint_ending``): its 12-bit
+    bin b = c >> 52 owns the slots [G, G + n) -- G the row's items above b (round 0's scan,
+    h[SP_RS + b]), n the row's count in b (h[b]) -- and c takes the one at its fraction of b's
+    range from the top (the ``compact`` bits below the bin, their top 32 as a 0.32 fraction):
+    larger composites never get later slots, and slot order is output order. An interpolation
+    sort: where a bin's items spread evenly over its range, ~1 a slot (NumPy model, 16 rows of
+    131072 normal scores, k = 2048, both halves' lists: the fullest slot held 6-8 items, float32
+    and bfloat16 alike). Slots lie in [0, M), M the row's items in bins >= the bucket."""
+    b = uint32(c >> uint64(52))
+    nb = uint32(uint32(20 - ks) + uint32(jb))     # bits of compact(c) below the bin
+    low = (uint64(1) << uint64(nb)) - uint64(1)
+    inv = (compact(c, jb, ks) & low) ^ low        # the range's top minus c's place in it
+    f = uint32(inv >> uint64(nb - uint32(32))) if nb >= uint32(32) \
+        else uint32(inv << uint64(uint32(32) - nb))
+    return uint32(uint32(h[uint32(SP_RS) + b])
+                  + uint32((uint64(f) * uint64(uint32(h[b]))) >> uint64(32)))
+
+
+@device
+def pair_slot_scan(dyn32, M, s, st, wsum, bmax):
+    """The joint sort's slot scan, by the whole block (``pair_joint_ending``): with this CTA's
+    slot counts at dyn32[SP_HS:] and the peer's at dyn32[SP_JC:] (slots < M; NBINS slots in
+    all, NBINS / blockDim a power of two), dyn32[SP_JP + q] = the pair's items in slots < q
+    (q <= NBINS), dyn32[SP_HS + q] = the first position of this CTA's items in slot q (CTA 0's
+    before CTA 1's); st[5] = 1 if a slot holds more than ``bmax`` items. Thread t takes slots
+    [t per, (t + 1) per), each lane in the rotated order of ``block_scan_from_top`` (the 32
+    lanes of a load on 32 banks); one ``block_inclusive_scan``. Ends without a barrier."""
+    tid = cuda.threadIdx.x
+    nt = uint32(cuda.blockDim.x)
+    lane = tid & 31
+    per = uint32(uint32(NBINS) // nt)
+    q0 = uint32(uint32(tid) * per)
+    rot = uint32((uint32(lane) * per) >> uint32(5))
+    m = uint32(per - uint32(1))
+    Mu = uint32(M)
+    tot = int32(0)
+    low = int32(0)                                # this thread's slots before its rotated start
+    mx = int32(0)
+    i = uint32(0)
+    while i < per:
+        j = uint32(uint32(i + rot) & m)
+        q = uint32(q0 + j)
+        t = int32(0)
+        if q < Mu:
+            t = int32(dyn32[uint32(SP_HS) + q] + dyn32[uint32(SP_JC) + q])
+        if j < rot:
+            low = int32(low + t)
+        tot = int32(tot + t)
+        mx = max(mx, t)
+        i = uint32(i + uint32(1))
+    excl = int32(block_inclusive_scan(tot, wsum) - tot)
+    acc = int32(excl + low)
+    i = uint32(0)
+    while i < per:
+        j = uint32(uint32(i + rot) & m)
+        if j == uint32(0):
+            acc = excl
+        q = uint32(q0 + j)
+        dyn32[uint32(SP_JP) + q] = acc
+        if q < Mu:
+            pc = int32(dyn32[uint32(SP_JC) + q])
+            t = int32(dyn32[uint32(SP_HS) + q] + pc)
+            dyn32[uint32(SP_HS) + q] = int32(acc + pc) if s == 1 else acc
+            acc = int32(acc + t)
+        i = uint32(i + uint32(1))
+    if mx > bmax:
+        st[5] = 1
+    if tid == 0:
+        dyn32[uint32(SP_JP + NBINS)] = int32(Mu)
+
+
+@device
+def pair_joint_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb, n_own, s, ph, M,
+                      stop, st, wsum, jb):
+    """A pair's ending by one counting sort of both lists (``cluster_pair_ending`` when no level
+    round ran, so the two lists are exactly the row's M scores in bins >= the bucket and round
+    0's histogram and scan, dyn32[0:2 NBINS], describe them): each item's slot is
+    ``joint_slot``; the CTAs count their items' slots, swap the counts (st.async, 16 bytes a
+    store, on the peer's mb[2]), scan them (``pair_slot_scan``), put every item at its slot's
+    next position in both CTAs' copies of the union (dyn64[SP_PAIR:SP_PAIR + M]; the remote
+    copy by st.async on the peer's mb[3]), and each ranks half of the positions: an item's rank
+    = its slot's first position + the larger items in its slot (~1-8). No own sort, no merge:
+    against the sorted lists' merge this drops the own sort's min / max reduction, its 4096-bin
+    scan of ~1.5 K items a CTA and the merge-path search.
+    Returns 0 (the outputs [0, K) written), 1 (a slot holds more than RB_BMAX items, both CTAs
+    alike, before any item moved: the caller merges sorted lists instead) or 2 (the stop 12 / 7
+    timing hook ended it after the counts' scan / the items' exchange). Memory: this CTA's
+    counts, then its slot cursors, at dyn32[SP_HS:SP_HS + NBINS]; the peer's counts at SP_JC
+    and the union at SP_PAIR, written by the peer only once it has this CTA's count (mb[0]
+    phase ``ph``: this CTA is past pass 2); the positions at SP_JP. Napkin math ((64, 131072,
+    2048), S = 2 x 512, M ~2.9-3.1 K): ~3 items a thread in each of three loops (slot: ~20
+    instructions), 8 slots a thread in the scan, ~2 pushes a thread, 6 barriers."""
+    tid = cuda.threadIdx.x
+    nt = uint32(cuda.blockDim.x)
+    peer = uint32(1 - s)
+    ks = key_shift(kind)
+    no = uint32(n_own)
+    Mu = uint32(M)
+    ma = ops.shared_address(mb)
+    M4 = uint32(uint32(Mu + uint32(3)) & uint32(0xFFFFFFFC))
+    i = uint32(tid)
+    while i < M4:                                 # (stash_select's masks lay there)
+        dyn32[uint32(SP_HS) + i] = 0
+        i = uint32(i + nt)
+    if tid == 0:
+        st[5] = 0
+    cuda.syncthreads()
+    i = uint32(tid)
+    while i < no:                                 # this CTA's slot counts
+        c = item_composite(dyn64[uint32(K_MAX) + i], kind)
+        cuda.atomic.add(dyn32, uint32(uint32(SP_HS) + joint_slot(c, dyn32, jb, ks)), 1)
+        i = uint32(i + nt)
+    cuda.syncthreads()
+    ops.mbarrier_wait_parity_cluster(ma, ph)      # the peer is past pass 2: its count is here
+    npeer = uint32(cm[peer])
+    if tid == 0:
+        ops.mbarrier_arrive_expect_tx(ma + uint32(16), uint32(4) * M4)
+        ops.mbarrier_arrive_expect_tx(ma + uint32(24), uint32(8) * npeer)
+    ha = ops.shared_address(dyn32)
+    i = uint32(tid)
+    while i < uint32(M4 >> uint32(2)):            # counts q .. q + 3 -> the peer's SP_JC + q
+        q = uint32(i * uint32(4))
+        push4(dyn32, uint32(SP_HS) + q, ha + uint32(4) * (uint32(SP_JC) + q), ma + uint32(16),
+              peer)
+        i = uint32(i + nt)
+    ops.mbarrier_wait_parity_cluster(ma + uint32(16), uint32(0))
+    pair_slot_scan(dyn32, M, s, st, wsum, RB_BMAX)
+    cuda.syncthreads()
+    if stop == 12:                                # (timing hook: the counts' scan)
+        ops.cluster_arrive_relaxed()
+        ops.cluster_wait_acquire()
+        return 2
+    if st[5] != 0:                                # (pair-uniform: the same sums on both sides)
+        return 1
+    ta = ops.shared_address(dyn64) + uint32(8 * SP_PAIR)
+    # columns of at most 20 bits leave bits 20-31 of a composite's low word all ones: the slot
+    # (< NBINS = 2^12) travels there, so the rank step need not compute it again; items of one
+    # slot share those bits, so comparisons among them are unchanged
+    packed = jb <= 20
+    i = uint32(tid)
+    while i < no:                                 # each item to its slot's next position, twice
+        c = item_composite(dyn64[uint32(K_MAX) + i], kind)
+        q = joint_slot(c, dyn32, jb, ks)
+        p = uint32(cuda.atomic.add(dyn32, uint32(uint32(SP_HS) + q), 1))
+        if packed:
+            c = (c & ~uint64(JOINT_Q)) | (uint64(q) << uint64(20))
+        dyn64[uint32(SP_PAIR) + p] = c
+        ops.st_async_b64(ops.mapa_shared_cluster(ta + uint32(8) * p, peer), c,
+                         ops.mapa_shared_cluster(ma + uint32(24), peer))
+        i = uint32(i + nt)
+    ops.cluster_arrive_relaxed()                  # every push of this CTA is issued
+    ops.mbarrier_wait_parity_cluster(ma + uint32(24), uint32(0))   # the peer's items
+    cuda.syncthreads()                            # and this CTA's own
+    if stop == 7:                                 # (timing hook: the items' exchange)
+        ops.cluster_wait_acquire()
+        return 2
+    half = uint32(uint32(Mu + uint32(1)) >> uint32(1))
+    p = uint32((half if s == 1 else uint32(0)) + uint32(tid))
+    pend = Mu if s == 1 else half
+    K32 = uint32(K)
+    while p < pend:                               # rank and write this CTA's half
+        c = dyn64[uint32(SP_PAIR) + p]
+        q = uint32(uint32(c >> uint64(20)) & uint32(NBINS - 1)) if packed \
+            else joint_slot(c, dyn32, jb, ks)
+        j = uint32(dyn32[uint32(SP_JP) + q])
+        end = uint32(dyn32[uint32(SP_JP) + q + uint32(1)])
+        r = j
+        while j < end:
+            if dyn64[uint32(SP_PAIR) + j] > c:
+                r = uint32(r + uint32(1))
+            j = uint32(j + uint32(1))
+        if r < K32:
+            write_at(c | uint64(JOINT_Q) if packed else c, obase + int64(r), x, base, kind, vals,
+                     idx, True)
+        p = uint32(p + nt)
+    return 0
+
+
+@device
 def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm, mb, n_own, s,
-                        seg, stop, st, wsum, e, gcnt, row, jb):
+                        seg, stop, st, wsum, e, gcnt, row, jb, M):
     """The "cluster" ending of a pair (CL = 2: no owner ranges): each CTA sorts its own list and
     ranks each item among both by a merge.
       1. this CTA's count -> the peer's cm[s] (st.async, 4 bytes, on its mbarrier mb[0]): it
@@ -2663,6 +2905,15 @@ def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm,
         ops.mbarrier_arrive_expect_tx(ma, uint32(4))
         ops.st_async_b32(ops.mapa_shared_cluster(ops.shared_address(cm) + uint32(4 * s), peer),
                          no, ops.mapa_shared_cluster(ma, peer))
+    if M > 0:                                     # the joint sort (no level round ran)
+        done = pair_joint_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb,
+                                 n_own, s, ph, M, stop, st, wsum, jb)
+        if done == 2:                             # (a timing hook ended it)
+            return
+        if done == 0:
+            split_tail(vals, idx, obase, K, k, kind, s, 2, gcnt, row, -1)
+            ops.cluster_wait_acquire()            # no CTA leaves while one may write into it
+            return
     sort_own_list(dyn64, dyn32, n_own, kind, True, st, wsum, e, jb)      # 2.
     if stop == 12:                                # (timing hook: the own sort)
         ops.cluster_arrive_relaxed()
@@ -2836,6 +3087,8 @@ def split_kernel(kind, vectorized, threads, cluster=0):
                    glist, ccap, phase, stop, stash):
         ops.griddepcontrol_wait()                 # PDL: the scores' writer has finished
         ops.griddepcontrol_launch_dependents()    # (the next kernel waits for our end itself)
+        merge = stop >= PAIR_MERGE                # a pair ends by the sorted lists' merge
+        stop = stop & (PAIR_MERGE - 1)
         if stop == 6:                             # (timing hook: the launch alone)
             return
         b = cuda.blockIdx.x
@@ -2849,7 +3102,7 @@ def split_kernel(kind, vectorized, threads, cluster=0):
         st = cuda.shared.array(8, int32)
         roff = cuda.shared.array(SP_MAX_S, int32)
         rcnt = cuda.shared.array(SP_MAX_S, int32)
-        mb = cuda.shared.array(2, uint64)         # "cluster": the exchanges' mbarriers
+        mb = cuda.shared.array(4, uint64)         # "cluster": the exchanges' mbarriers
         spl = cuda.shared.array(16, uint64)       # "cluster": the owner ranges' lower ends
         ow = cuda.shared.array(48, int32)         # "cluster": counts / slots / totals an owner
         e = cuda.local.array(8, uint64)
@@ -2880,6 +3133,9 @@ def split_kernel(kind, vectorized, threads, cluster=0):
             # before any remote store reaches them (the relaxed arrive below, waited in round 0)
             ops.mbarrier_init(ops.shared_address(mb), uint32(1))
             ops.mbarrier_init(ops.shared_address(mb) + uint32(8), uint32(1))
+            if CL == 2:                           # the pair's joint ending
+                ops.mbarrier_init(ops.shared_address(mb) + uint32(16), uint32(1))
+                ops.mbarrier_init(ops.shared_address(mb) + uint32(24), uint32(1))
             ops.fence_mbarrier_init()
         if CL and tid < CL:
             ow[tid] = 0                           # this CTA's items an owner
@@ -2921,7 +3177,8 @@ def split_kernel(kind, vectorized, threads, cluster=0):
             return
         if CL == 2:                               # 3. a pair: sorted lists merged
             cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, rcnt, mb,
-                                n_own, s, seg, stop, st, wsum, e, gcnt, row, index_bits(L))
+                                n_own, s, seg, stop, st, wsum, e, gcnt, row, index_bits(L),
+                                int32(K - want + cnt) if lv1 and not merge else int32(0))
             return
         if CL:                                    # 3. each item to its owner, ranked there
             cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, spl, rcnt,
@@ -3111,6 +3368,7 @@ class TopkPlan:
         self.capacity = -(-cap // 16) * 16
         self.rb_ccap = RB_CCAP if capacity is None else max(1, min(capacity, RB_CCAP))
         self.rb_stop = 0        # timing hook: rowblock 1-4, split 1-3, 5-7 end the kernel early
+        self.pair_merge = False  # cluster pairs: the sorted lists' merge, not the joint sort
         self.rb_bmax = RB_BMAX         # rowblock: counting sort's largest bin (else bitonic)
         self.replay = False     # split: run as replay launches (the simulator always does)
         self.stage_cap = SCAP if stage_cap is None else stage_cap
@@ -3151,10 +3409,11 @@ class TopkPlan:
         kern = split_kernel(self.kind, vectorized, self.split_threads, cl)
         ccap = min(self.rb_ccap, K_MAX + 1 - self.k)     # the row's list: <= K_MAX composites
         args = [x, self.n, self.k, lk, has_len, vals, idx, self.S, self.chunk, ghist, nbuf, gbar,
-                gcnt, goff, glist, ccap, -1, self.rb_stop, int(self.stash)]
+                gcnt, goff, glist, ccap, -1, self.rb_stop | (PAIR_MERGE if self.pair_merge else 0),
+                int(self.stash)]
         smem = SP_SMEM_CLUSTER if cl else SP_SMEM
-        if cl == 2:                              # the peer's sorted list (cluster_pair_ending)
-            smem = 8 * (SP_PAIR + SP_LMAX)
+        if cl == 2:                              # the joint ending's union, counts, positions
+            smem = SP_SMEM_PAIR
         if self.stash:
             smem = max(smem, SP_STASH + 2 * self.chunk)
         if mode() == "gpu":                      # > 48 KB: raise the limit once

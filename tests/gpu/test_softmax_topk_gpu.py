@@ -229,6 +229,32 @@ def test_topk_nan_rule_on_device(variant):
     assert list(i[0, :3]) == [10, 20, 30]
 
 
+@pytest.mark.skipif("cluster" not in TOPK_VARIANTS, reason="cluster variant not under test")
+def test_topk_nan_payloads_on_device():
+    """The GPU's float32 key (``topk.key_f32_bits``: one add.rn.f32 of +0 stands for the -0 and
+    NaN rules) on device inputs, at 64 x 131072 (cluster pairs): NaNs of either sign and any
+    payload (quiet, signaling, all ones) rank above +inf and tie by index; -0 ties +0;
+    subnormals keep their order (no flush to zero). The oracle, values bit for bit."""
+    R, N, k = 64, 131072, 2048
+    x = _scores(R, N, np.float32, seed=9)
+    u = x.view(np.uint32)
+    u[0, [100, 5000, 70000, 130000, 9]] = [0xFFC00000, 0x7FC01234, 0x7F800001, 0xFFFFFFFF,
+                                          0x7FFFFFFF]
+    x[0, 7] = np.inf
+    x[1] = _scores(1, N, np.float32, seed=10)[0] * np.float32(1e-39)     # subnormals, +-0
+    x[1, ::7] = np.float32(0.0)
+    u[1, 3::7] = 0x80000000                                              # -0
+    x[2, :] = np.float32(0.0)
+    u[2, 1::2] = 0x80000000                                              # +0 / -0 alternating
+    c = K._prepare(cuda.to_device(x), k, None, check_nan=False)
+    plan = K.TopkPlan(R, N, k, c.kind, variant="cluster")
+    v, i = K.topk_production(c, plan=plan)
+    i = i.copy_to_host()
+    assert i[0, :6].tolist() == [9, 100, 5000, 70000, 130000, 7]
+    assert i[2].tolist() == list(range(k))
+    K.assert_topk(v, i, x, k, name="NaN payloads, subnormals, -0")
+
+
 @pytest.mark.parametrize("variant", TOPK_VARIANTS)
 def test_topk_fallback_massive_ties_and_device_bf16(variant):
     """A row of one repeated value overflows the candidate list (> N/8 in the threshold's bin):
@@ -403,6 +429,35 @@ def test_topk_cluster_stash(kind, dtype):
     v2, i2 = K.topk_production(c, plan=off)
     assert_close(i2, i, bitwise=True, name="stash off vs on indices")
     assert_close(v2.view(np.uint8), v.view(np.uint8), bitwise=True, name="stash off vs on values")
+
+
+@pytest.mark.skipif("cluster" not in TOPK_VARIANTS, reason="cluster variant not under test")
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+def test_topk_cluster_pair_joint_and_merge(dtype):
+    """A pair's two endings (64 x 131072, k = 2048, S = 2 x 512): the joint counting sort
+    (``pair_joint_ending``, where no level round ran) and the sorted lists' merge (its fallback;
+    ``TopkPlan.pair_merge`` forces it): the oracle, and the same bits. Rows 0-3 put 300 copies of
+    3.0 in both slices, all in one joint slot (past RB_BMAX: those pairs fall back by
+    themselves); lengths inside each slice, below k and zero; outliers and +-inf elsewhere."""
+    R, N, k = 64, 131072, 2048
+    x = _scores(R, N, dtype, seed=11)
+    g = np.random.default_rng(12)
+    x[g.integers(4, R, 40), g.integers(0, N, 40)] = dtype(1e4)
+    x[6, 5], x[7, 70000], x[8, 3] = dtype(np.inf), dtype(-np.inf), dtype(-1e4)
+    for r in range(4):
+        x[r, g.choice(N, 300, replace=False)] = dtype(3.0)
+    lengths = np.full(R, N)
+    lengths[8:13] = [N - 5, 65536 + 999, 30001, 1000, 0]
+    c = K._prepare(x, k, lengths)
+    plan = K.TopkPlan(R, N, k, c.kind, variant="cluster")
+    assert (plan.S, plan.split_threads) == (2, 512)
+    v, i = K.topk_production(c, plan=plan)
+    K.assert_topk(v, i, x, k, lengths, name=f"cluster pair joint {dtype.__name__}")
+    plan.pair_merge = True
+    v2, i2 = K.topk_production(c, plan=plan)
+    K.assert_topk(v2, i2, x, k, lengths, name=f"cluster pair merge {dtype.__name__}")
+    assert_close(i2, i, bitwise=True, name="merge vs joint indices")
+    assert_close(v2.view(np.uint8), v.view(np.uint8), bitwise=True, name="merge vs joint values")
 
 
 @pytest.mark.skipif("cluster" not in TOPK_VARIANTS, reason="cluster variant not under test")
