@@ -697,7 +697,7 @@ def test_pair_joint_sort_helpers_simulated(dtype):
         per_cta.append((cnts.copy(), st[5] == int(np.bincount(slots).max() > bmax), own, peer))
     assert slots.min() >= 0 and slots.max() < M
     order = np.argsort(comps)[::-1]                             # descending composites
-    assert np.all(np.diff(slots[order].astype(np.int64)) >= 0), "a larger composite got a later slot"
+    assert np.all(np.diff(slots[order].astype(np.int64)) >= 0), "a larger item, a later slot"
     tot = np.bincount(slots, minlength=K.NBINS)
     first = np.concatenate([[0], np.cumsum(tot)]).astype(np.int32)
     assert tot.max() > 3, "the data should crowd a slot past bmax = 3"

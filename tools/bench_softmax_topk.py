@@ -20,7 +20,9 @@ rowblock kernel stopped after each stage (pass 1, pass 2, refine, sort; cumulati
 split kernel ended at its start (the launch alone), after pass 1, round 0, the publish, the
 list load, the rank (cumulative); the cluster kernel likewise up to round 0, then after its owner
 ranges, pass 2, the owners, the counts' and the items' exchanges (and, where an owner sorts,
-after its sort); a pair (S = 2) after pass 2, its own sort and the sorted lists' exchange.
+after its sort); a pair (S = 2) after pass 2, its joint sort's counts (the merge ending: its
+own sort) and its items' exchange (the sorted lists'). ``cluster:merge``: a pair ends by the
+sorted lists' merge (``TopkPlan.pair_merge``), the joint sort's fallback.
 ``cluster:nostash`` / ``split@S:stash``: a variant with pass 2's shared-memory stash of the top
 key bits off / on (``TopkPlan(stash=)``).
 "% read-once" is the time to read the scores once at the measured copy bandwidth over ours.
@@ -182,9 +184,11 @@ CLUSTER_STAGES = SPLIT_STAGES[:3] + ((8, "+ owner ranges"), (9, "+ pass 2"), (10
                                      (2, "+ counts exchanged"), (7, "+ items exchanged"))
 # where an owner sorts its items (more than topk.SP_OSORT): after its sort
 CLUSTER_SORT_STAGES = ((12, "+ sort"),)
-# a pair (S = 2, ``topk.cluster_pair_ending``): no owner ranges; own sort, then the lists merged
-CLUSTER_PAIR_STAGES = SPLIT_STAGES[:3] + ((9, "+ pass 2"), (12, "+ own sort"),
-                                          (7, "+ sorted lists exchanged"))
+# a pair (S = 2, ``topk.cluster_pair_ending``): no owner ranges; the joint sort (or own sort,
+# then the lists merged)
+CLUSTER_PAIR_STAGES = SPLIT_STAGES[:3] + ((9, "+ pass 2"),
+                                          (12, "+ joint slot counts (merge: own sort)"),
+                                          (7, "+ items exchanged (merge: sorted lists)"))
 
 
 def split_stages_us(plan, calls, vals, idx, reps, repeats, stages):
@@ -332,8 +336,8 @@ def main(argv=None):
     from dsv4_numba.stages.topk import VARIANTS
     variants = VARIANTS if args.variant in ("all", "both") else tuple(args.variant.split(","))
     bad = [v for v in variants if v not in VARIANTS
-           and not re.fullmatch(r"(split|cluster)(@[1-9]\d*(/(256|512|1024))?)?(:(no)?stash|:merge)?",
-                                v)]
+           and not re.fullmatch(r"(split|cluster)(@[1-9]\d*(/(256|512|1024))?)?"
+                                r"(:(no)?stash|:merge)?", v)]
     if bad:
         ap.error(f"--variant: unknown {bad}; choose from {VARIANTS}, split@S, cluster@S (/T: "
                  f"T threads a CTA; :stash / :nostash: the stash on / off) or 'all'")

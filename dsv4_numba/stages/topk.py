@@ -2162,8 +2162,9 @@ CL_AUTO_BANDS = ((1, 4, 1, 131072), (1, 8, 1, 65536), (33, 64, 65537, 131072))
 SP_SMEM_CLUSTER = SP_SMEM + 4 * SP_LMAX + 4 * NBINS   # + the histogram slice (<= 8 KB), later
 # the items' owner slots, then (with the 16 KB after them) counting_sort_desc's counts
 SP_PAIR = SP_SMEM_CLUSTER // 8  # "cluster" pairs: dyn64[SP_PAIR:] receives the peer's sorted list
-SP_JC = 2 * (SP_PAIR + SP_LMAX)  # pairs' joint ending (``pair_joint_ending``): dyn64[SP_PAIR:SP_PAIR +
-# M] the slotted union (both CTAs write it), dyn32[SP_JC:SP_JC + NBINS] the peer's slot counts,
+SP_JC = 2 * (SP_PAIR + SP_LMAX)  # pairs' joint ending (``pair_joint_ending``): dyn64[SP_PAIR:
+# SP_PAIR + M] the slotted union (both CTAs write it), dyn32[SP_JC:SP_JC + NBINS] the peer's slot
+# counts,
 SP_JP = SP_JC + NBINS            # dyn32[SP_JP:SP_JP + NBINS + 1] each slot's first position
 SP_SMEM_PAIR = 4 * (SP_JP + NBINS + 4)   # a pair's dynamic shared bytes without the stash (160 KB)
 JOINT_Q = (NBINS - 1) << 20     # a composite's low-word bits that carry its joint slot
@@ -2865,8 +2866,11 @@ def pair_joint_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb, 
 @device
 def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm, mb, n_own, s,
                         seg, stop, st, wsum, e, gcnt, row, jb, M):
-    """The "cluster" ending of a pair (CL = 2: no owner ranges): each CTA sorts its own list and
-    ranks each item among both by a merge.
+    """The "cluster" ending of a pair (CL = 2: no owner ranges). M > 0 (no level round ran: M is
+    the row's items in bins >= the bucket; 0 otherwise, or with ``TopkPlan.pair_merge``): one
+    counting sort of both lists (``pair_joint_ending``) after step 1; it falls back to the merge
+    below, both CTAs alike, where one of its slots is crowded. The merge: each CTA sorts its own
+    list and ranks each item among both by a merge.
       1. this CTA's count -> the peer's cm[s] (st.async, 4 bytes, on its mbarrier mb[0]): it
          tells the peer this CTA is past pass 2;
       2. the own list (dyn64[K_MAX:K_MAX + n_own], (bits, index)) -> composites, sorted
@@ -2883,18 +2887,20 @@ def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm,
          (64, 131072, 2048); H100, ncu, 2026-11-27.)
     Against ``cluster_owner_ending`` this drops the owner ranges (``cluster_splitters``), the
     owners' step and one exchange's wait: the counts cross during the sort. mbarrier phases: seg
-    + 1 of mb[0], 0 of mb[1] (the pair's rounds use mb[0] only: ``pair_push_bucket``). No
-    cluster barrier but the exit's (arrived once the pushes are issued). Memory: SP_PAIR (the
-    stash area, or SP_SMEM_CLUSTER + 8 SP_LMAX bytes launched without it). stop 12: the timing
-    hook ends after step 2, 7 after step 3's wait. Napkin math ((64, 131072, 2048) at S = 2 x
-    512, ~1.1 K items a CTA): the sort ~4 us (as the owners' was), the list's exchange a DSMEM
-    latency and ~2 8-byte pushes a thread, the merge one 11-12-step search a thread (~0.3 us)
-    and ~2 coalesced writes. Measured (H100, 2026-11-27, the stop hooks, cumulative us): pass 2
-    ends at 21.9 (22.6 with the owner ranges before it), own sort 26.8, lists exchanged 27.4,
-    total 29.9, where the owner ending had taken 30.3 (pass 2 22.6, owners 23.5, counts 23.9,
-    items 25.0, sort 29.4; another run of the same kernels otherwise). ncu: the merge and writes
-    (~2.5 us) issue ~300 instructions a warp, stalled mostly on fixed-latency dependencies and
-    instruction fetch."""
+    + 1 of mb[0], 0 of mb[1] (the pair's rounds use mb[0] only: ``pair_push_bucket``; the
+    joint sort: 0 of mb[2] and mb[3]). No cluster barrier but the exit's (arrived once the
+    pushes are issued). Memory: SP_PAIR (the stash area, or SP_SMEM_PAIR bytes launched without
+    it). stop 12: the timing hook ends after step 2 (the joint sort: after its counts' scan), 7
+    after step 3's wait (the joint sort: after its items' exchange). Napkin math ((64, 131072,
+    2048) at S = 2 x 512, ~1.1 K items a CTA): the sort ~4 us (as the owners' was), the list's
+    exchange a DSMEM latency and ~2 8-byte pushes a thread, the merge one 11-12-step search a
+    thread (~0.3 us) and ~2 coalesced writes. Measured (H100, 2026-11-27, the stop hooks,
+    cumulative us): pass 2 ends at 21.9 (22.6 with the owner ranges before it), own sort 26.8,
+    lists exchanged 27.4, total 29.9, where the owner ending had taken 30.3 (pass 2 22.6, owners
+    23.5, counts 23.9, items 25.0, sort 29.4; another run of the same kernels otherwise). ncu:
+    the merge and writes (~2.5 us) issue ~300 instructions a warp, stalled mostly on
+    fixed-latency dependencies and instruction fetch. The joint sort replaced this as the
+    default in 0.23.0: H100, 2026-11-28, 28.2 -> 26.1 us in total (the same run; CHANGELOG)."""
     tid = cuda.threadIdx.x
     nt = uint32(cuda.blockDim.x)
     peer = uint32(1 - s)
@@ -3043,10 +3049,11 @@ def split_kernel(kind, vectorized, threads, cluster=0):
     pass 1's shared histogram, 1-3 after round 0 / the publish / the rank, 7 after the list
     load; "cluster": 1 and 5 alike, 8 after the owner ranges, 9 after pass 2, 10 after the
     owners, 2 / 7 after the counts' / the items' exchange, 12 (an owner of more than SP_OSORT
-    items) after its sort; 5 and 1 leave the histograms or barrier counters off their
-    invariants: ``TopkPlan.split_reset``), stash (0 / 1: pass 2 reads the top key bits
-    pass 1 left in shared memory from byte SP_STASH, 2 x chunk bytes, instead of the scores:
-    ``rb_trip``; the launch's dynamic shared memory must hold them).
+    items) after its sort; a pair: 12 / 7 as ``cluster_pair_ending`` says; 5 and 1 leave the
+    histograms or barrier counters off their invariants: ``TopkPlan.split_reset``; + PAIR_MERGE:
+    a pair ends by the sorted lists' merge, not the joint sort), stash (0 / 1: pass 2 reads the
+    top key bits pass 1 left in shared memory from byte SP_STASH, 2 x chunk bytes, instead of
+    the scores: ``rb_trip``; the launch's dynamic shared memory must hold them).
     1. pass 1 (HBM): histogram of the slice's top 12 key bits; round 0 -> the bucket d holding
        the K-th largest and ``want``; while d holds more than ``ccap`` scores, a level pass (L2)
        and a round on the next 12 bits of the composites in d (as rowblock).
@@ -3063,8 +3070,9 @@ def split_kernel(kind, vectorized, threads, cluster=0):
     mbarriers (``cluster_push_bucket``, no cluster barrier; receive buffers in the list area);
     then owner ranges from the last histogram (``cluster_splitters``, before pass 2), and after
     pass 2 every item goes to its range's owner, which ranks and writes it
-    (``cluster_owner_ending``); a pair (S = 2) has no owner ranges: each CTA sorts its own
-    list and merges it with the peer's (``cluster_pair_ending``). Steps 2's sort and 3 are
+    (``cluster_owner_ending``); a pair (S = 2) has no owner ranges: one counting sort of both
+    lists (``pair_joint_ending``), or each CTA sorts its own list and merges it with the peer's
+    (``cluster_pair_ending``). Steps 2's sort and 3 are
     not run. Dynamic shared memory
     SP_SMEM_CLUSTER: dyn32[SP_HS:] holds the summed histogram slice, then the items' owner
     slots, then counting_sort_desc's counts; ghist, gbar, goff and glist are not used, gcnt only
