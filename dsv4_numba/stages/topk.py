@@ -18,8 +18,9 @@ How values are ordered on the device: the order-preserving key of a float's bits
 ---------------------------------------------------------------------------------
     key(u) = u ^ 0x80000000  if the sign bit is clear      (positive: above every negative)
            = ~u              if it is set                  (negative: larger magnitude -> smaller)
-    with -0.0 mapped to +0.0 and every NaN to 0xFFFFFFFF; bfloat16 uses the same map on 16 bits,
-    shifted to the top of a 32-bit key. Unsigned key order == float order.
+    with -0.0 mapped to +0.0 and every NaN to 0xFFFFFFFF (float32 on the GPU: one add.rn.f32 of
+    +0 does both, ``key_f32_bits``); bfloat16 uses the same map on 16 bits, shifted to the top
+    of a 32-bit key. Unsigned key order == float order.
     composite C = key * 2^32 + (2^32 - 1 - index): distinct for distinct indices; larger C = earlier
     in the output. The top-k is exactly the k largest composites.
 
@@ -66,7 +67,9 @@ Implementations (stage registry name ``topk``)
     41.4-42.4 in the same runs; 0.19.0, the stash and a leaner ending: 33.4-33.6, 35.7-35.8 with
     the stash off in the same run; 0.20.0, pass 1 pipelined, a cheaper stashed pass 2, the
     pair ending and its one-exchange rounds: 29.4-29.5 (bfloat16 29.2, 44.5 before its sort
-    stopped falling back); the target is 25):
+    stopped falling back); 0.23.0, the pair's joint sort, a fused round 0 and a three-instruction
+    float32 key: 26.1-26.3 (bfloat16 25.8), the merge ending 28.2 in the same run; the target
+    is 25):
     split's passes with each row ONE thread-block cluster of S = 2-16 CTAs (16 by default for
     <= 4 rows), co-scheduled by the hardware (no residency limit), exchanging through distributed
     shared memory instead of global memory: each histogram round is a reduce-scatter pushed with
@@ -76,12 +79,15 @@ Implementations (stage registry name ``topk``)
     CTA r owns range r; after pass 2 each CTA pushes each item to its owner (counts, then items,
     st.async on mbarriers), and each owner ranks its items by counting and writes them after the
     owners above it -- no global atomic, list or fence, no released cluster barrier (of split's
-    workspace only an empty row's done flag is written). A pair (S = 2) has no ranges: each CTA
-    sorts its own list, the two swap their sorted lists and each writes half of the merge
-    (``cluster_pair_ending``). Where a slice takes several trips
-    (64 x 131072: 65536 scores a CTA), pass 1 also keeps each score's top 16 key bits in shared
-    memory (the stash, ``SP_STASH``) and pass 2 filters those (``stash_select``), loading only the
-    ~1 K listed scores back instead of the slice (``TopkPlan(stash=)``; split has it on request).
+    workspace only an empty row's done flag is written). A pair (S = 2) has no ranges: round 0's
+    histogram places both lists' items in slots of one counting sort, the two CTAs swap their
+    slot counts and items, and each ranks half of the union (``pair_joint_ending``); where a
+    level round ran or a slot is crowded, each CTA sorts its own list, the two swap their sorted
+    lists and each writes half of the merge (``cluster_pair_ending``). Where a slice takes
+    several trips (64 x 131072: 65536 scores a CTA), pass 1 also keeps each score's top 16 key
+    bits in shared memory (the stash, ``SP_STASH``) and pass 2 filters those
+    (``stash_select``), loading only the ~1 K listed scores back instead of the slice
+    (``TopkPlan(stash=)``; split has it on request).
     sm_90+ GPUs only (the simulator has no clusters: tests there cover split, whose passes it
     shares).
   The other three split a row over S blocks of 512 threads (S x rows ~ 4 blocks per SM). The workspace (histograms, counters, tickets) is zeroed once when
