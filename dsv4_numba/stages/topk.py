@@ -464,7 +464,7 @@ def scan_bin(top, i, rot, m):
 
 
 @device
-def block_scan_from_top(h, nbins, wsum):
+def block_scan_from_top(h, nbins, wsum, rb=0, two=False):
     """The block scan both bucket searches share: thread t takes the nbins / blockDim bins counted
     down from the top (h[top], h[top - 1], .., h[top - per + 1]) and gets (top, per, s, incl):
     s = its bins' sum, incl = the items in its bins and every higher one (warp shuffles + one
@@ -475,7 +475,8 @@ def block_scan_from_top(h, nbins, wsum):
     plain order put lanes per words apart -- a 16-way conflict at 16 bins a thread (H100,
     2026-11-26: ~1 us a 4096-bin scan at 256 threads). Also returns rot (this lane's start) and
     tf, the sum of its first per - rot bins in that order (h[top - rot] .. h[top - per + 1]):
-    ``block_scan_desc`` writes in the same rotated order from them."""
+    ``block_scan_desc`` writes in the same rotated order from them. ``two`` (compile-time): scan
+    h[b] + h[rb + b], two histograms summed as they are read (``pair_scan_bucket``)."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     lane = tid & 31
@@ -492,7 +493,8 @@ def block_scan_from_top(h, nbins, wsum):
     while i < per:
         if i == cut:
             tf = s
-        s = int32(s + h[scan_bin(top, i, rot, m)])
+        b = scan_bin(top, i, rot, m)
+        s = int32(s + h[b] + h[uint32(rb) + b]) if two else int32(s + h[b])
         i = uint32(i + uint32(1))
     if rot == uint32(0):
         tf = s
@@ -2298,26 +2300,9 @@ def pair_scan_bucket(h, rb, want, st, wsum):
     h[b] is written only after the scan's barriers: before them another thread may still be
     pushing those bins (``pair_push_bucket``). Returns (bucket, the row's items above it, the
     bucket's count)."""
-    tid = cuda.threadIdx.x
-    nt = uint32(cuda.blockDim.x)
-    lane = tid & 31
-    per = uint32(uint32(NBINS) // nt)
-    top = uint32(uint32(NBINS - 1) - uint32(tid) * per)
-    rot = uint32((uint32(lane) * per) >> uint32(5))
+    top, per, sm, incl, rot, tf = block_scan_from_top(h, NBINS, wsum, rb, True)
     m = uint32(per - uint32(1))
     cut = uint32(per - rot)
-    sm = int32(0)
-    tf = int32(0)
-    i = uint32(0)
-    while i < per:
-        if i == cut:
-            tf = sm
-        b = scan_bin(top, i, rot, m)
-        sm = int32(sm + h[b] + h[rb + b])
-        i = uint32(i + uint32(1))
-    if rot == uint32(0):
-        tf = sm
-    incl = block_inclusive_scan(sm, wsum)
     acc = int32(incl - tf)                        # as block_scan_desc
     w32 = int32(want)
     i = uint32(0)
