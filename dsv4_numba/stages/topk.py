@@ -3311,7 +3311,9 @@ class TopkPlan:
     (test hook) sets the CTA size, ``replay`` runs it as one launch per barrier (always under the
     simulator).
     "cluster": split's kernel with each row one cluster of ``S`` CTAs (SP_CLUSTERS; default:
-    ``split_geometry(cluster=True)``), sm_90+ GPUs only (no replay); any number of rows.
+    ``split_geometry(cluster=True)``), sm_90+ GPUs only (no replay); any number of rows. At S =
+    2 the pair ends by a joint counting sort of both CTAs' lists; ``pair_merge = True`` (test and
+    timing hook) makes it merge sorted lists instead, the joint sort's own fallback.
     "auto" resolves per shape (``resolve_variant``).
     Test hooks: ``threads``/``finish_threads``/``S``/``capacity``/``stage_cap`` (the staged
     variant's per-block shared slots per list, <= SCAP) override the geometry, ``run(...,
