@@ -1722,7 +1722,7 @@ def rb_load(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, w, o):
 
 @device
 def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, lo, mask, fT,
-            dyn32, dyn64, st, w, lcap, sidx, STASH, loaded=False):
+            dyn32, dyn64, st, w, lcap, sidx, loaded=False):
     """One trip of ``rb_pass``: U vectors of VEC scores at c0 + u * vstep (all loaded before any
     is used; ``loaded``: w already holds them); ``checked``: some may lie at or past Lv. mode 0:
     dyn32[key >> 20] += 1; mode 1: the composites sharing pfx's bits >= hi count their digit
@@ -1731,9 +1731,8 @@ def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, l
     above pfx in its bits >= hi. ``sidx`` (mode 0; not NO_STASH: the stash is on): also store
     each score's top 16 key bits at the uint16 slot sidx + column of dynamic shared memory (4
     scores as one 8-byte store, in 32-bit arithmetic: Numba widens integer operations to 64 bits
-    unless each result is cast), for ``stash_select``. ``STASH``: a constant of the caller
-    (``rb_pass`` branches on the stash once a pass, not once a vector)."""
-    stash = mode == 0 and STASH
+    unless each result is cast), for ``stash_select``."""
+    stash = mode == 0 and sidx > NO_STASH
     d16 = cuda.shared.array(0, uint16)            # (aliases dyn32 / dyn64)
     if not loaded:
         rb_load(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, w, 0)
@@ -1784,21 +1783,6 @@ def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, l
 @device
 def rb_pass(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st,
             lcap, w, reuse, sidx):
-    """One pass of the whole CTA over the columns [c_lo, L) (``rb_pass_trips``), pass 1 with the
-    stash (mode 0, sidx not NO_STASH) and without it as two copies of the trips: the stash's
-    test then costs one branch a pass where, tested in each trip, ptxas kept a 64-bit compare, a
-    branch and the stash word's 64-bit address a vector (H100 SASS, 2026-11-28)."""
-    if mode == 0 and sidx > NO_STASH:
-        rb_pass_trips(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, dyn32,
-                      dyn64, st, lcap, w, reuse, sidx, True)
-    else:
-        rb_pass_trips(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, dyn32,
-                      dyn64, st, lcap, w, reuse, sidx, False)
-
-
-@device
-def rb_pass_trips(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask, fT, dyn32, dyn64,
-                  st, lcap, w, reuse, sidx, STASH):
     """One pass of the whole CTA (NT threads: a compile-time constant, so that the trips'
     offsets are immediates) over the columns [c_lo, L) of the row at x[base:] (``rb_trip``s;
     c_lo a multiple of VEC: 0 for rowblock, the CTA's slice for split): full trips without
@@ -1823,7 +1807,7 @@ def rb_pass_trips(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask,
     if reuse and Lv == L and Lv - c_lo <= step:   # one trip (full or checked), no tail
         if c_lo < Lv:
             rb_trip(x, src, base, c_lo + tid * VEC, Lv, vstep, True, kind, VEC, U, mode, hi,
-                    pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx, STASH, True)
+                    pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx, True)
         return
     if NT <= RB_PIPE_THREADS and mode % 2 == 0:   # the next trip's loads in flight meanwhile
         c0 = c_lo + tid * VEC
@@ -1834,7 +1818,7 @@ def rb_pass_trips(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask,
             if nxt:
                 rb_load(x, src, base, c0 + step, Lv, vstep, False, kind, VEC, U, w, 16)
             rb_trip(x, src, base, c0, Lv, vstep, False, kind, VEC, U, mode, hi, pfx, lo, mask,
-                    fT, dyn32, dyn64, st, w, lcap, sidx, STASH, True)
+                    fT, dyn32, dyn64, st, w, lcap, sidx, True)
             if nxt:                               # (the last trip's words stay: ``reuse``)
                 for i in range(4 * U):
                     w[i] = w[16 + i]
@@ -1842,13 +1826,13 @@ def rb_pass_trips(x, src, base, c_lo, L, kind, VEC, NT, mode, hi, pfx, lo, mask,
     else:
         for t in range(full):
             rb_trip(x, src, base, c_lo + t * step + tid * VEC, Lv, vstep, False, kind, VEC, U,
-                    mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx, STASH)
+                    mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx)
     if c_lo + full * step < Lv:
         rb_trip(x, src, base, c_lo + full * step + tid * VEC, Lv, vstep, True, kind, VEC, U,
-                mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx, STASH)
+                mode, hi, pfx, lo, mask, fT, dyn32, dyn64, st, w, lcap, sidx)
     if VEC > 1 and Lv < L:
         rb_trip(x, src, base, Lv + tid, L, int64(nt), True, kind, 1, 1, mode, hi, pfx, lo,
-                mask, fT, dyn32, dyn64, st, w, lcap, sidx, STASH)
+                mask, fT, dyn32, dyn64, st, w, lcap, sidx)
 
 
 @device
