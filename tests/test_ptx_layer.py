@@ -120,15 +120,19 @@ def k_cluster(out):
     """sm_90: a cluster kernel (runtime.kernel(cluster=2): NVVM's cluster_dim annotations) meeting
     at barrier.cluster (released and relaxed arrives), reading and writing its peer's shared memory
     (mapa, ld / st .shared::cluster), and pushing 512 bytes into it with st.async (16-, 8- and
-    4-byte stores) on the peer's mbarrier, waited with acquire at cluster scope."""
+    4-byte stores) on the peer's mbarrier, waited with acquire at cluster scope; then 32 more
+    bytes whose count the sender adds to the peer's second mbarrier once they are issued (a remote
+    arrive.expect_tx)."""
     sm = cuda.shared.array(256, uint32)
     rx = cuda.shared.array(128, uint32)
-    mb = cuda.shared.array(1, uint64)
+    rx2 = cuda.shared.array(8, uint32)
+    mb = cuda.shared.array(2, uint64)
     t = cuda.threadIdx.x
     peer = uint32((cuda.blockIdx.x + 1) % 2)
     sm[t] = t
     if t == 0:
         ops.mbarrier_init(ops.shared_address(mb), uint32(1))
+        ops.mbarrier_init(ops.shared_address(mb) + uint32(8), uint32(1))
         ops.fence_mbarrier_init()
     ops.cluster_arrive_release()
     ops.cluster_wait_acquire()
@@ -153,9 +157,17 @@ def k_cluster(out):
         ops.st_async_b32(ops.mapa_shared_cluster(ops.shared_address(rx) + uint32(4 * t + 256),
                                                  peer), t + uint32(64), pmb)
     ops.mbarrier_wait_parity_cluster(ops.shared_address(mb), uint32(0))
+    pmb2 = ops.mapa_shared_cluster(ops.shared_address(mb) + uint32(8), peer)
+    if t < 8:
+        ops.st_async_b32(ops.mapa_shared_cluster(ops.shared_address(rx2) + uint32(4 * t), peer),
+                         t + uint32(7), pmb2)
+    cuda.syncthreads()
+    if t == 0:                                  # every push above is issued: 32 bytes
+        ops.mbarrier_arrive_expect_tx_cluster(pmb2, uint32(32))
+    ops.mbarrier_wait_parity_cluster(ops.shared_address(mb) + uint32(8), uint32(0))
     ops.cluster_arrive_release()
     ops.cluster_wait_acquire()
-    u = sm[t] + rx[t & 127]
+    u = sm[t] + rx[t & 127] + rx2[t & 7]
     ops.cluster_arrive_relaxed()                # every remote access above is complete
     ops.cluster_wait_acquire()
     out[cuda.blockIdx.x * cuda.blockDim.x + t] = u

@@ -630,14 +630,49 @@ def test_block_scan_desc_simulated():
         assert mx[0] == h.max()
 
 
+
 @kernel
-def _joint_kernel(hg, comps, jb, ks, slots, cnts, M, s, st, bmax):
+def _scan_asc_kernel(a, n, st, bmax):
     wsum = cuda.shared.array(32, np.int32)
+    h = cuda.shared.array(4096, np.int32)
+    for i in range(cuda.threadIdx.x, a.size, cuda.blockDim.x):
+        h[i] = a[i]
+    cuda.syncthreads()
+    K.block_scan_asc(h, n, st, wsum, bmax)
+    cuda.syncthreads()
+    for i in range(cuda.threadIdx.x, a.size, cuda.blockDim.x):
+        a[i] = h[i]
+
+
+@pytest.mark.skipif(not SIM, reason="simulator unit test (GPU: through tests/gpu)")
+def test_block_scan_asc_simulated():
+    """block_scan_asc (the pair's split ending: its slots' first positions): a[0:n] -> exclusive
+    prefix sums in place, a[n:] untouched, st[5] set only past bmax; n of 0, 1, below, at and
+    above blockDim, not a multiple of it (1 to 8 slots a thread), with zero and crowded slots."""
+    g = np.random.default_rng(31)
+    for n, threads in ((0, 32), (1, 32), (31, 32), (32, 32), (33, 32), (100, 32), (256, 32),
+                       (250, 64)):
+        a = g.integers(0, 4, 300).astype(np.int32)
+        a[g.integers(0, 300, 20)] = 0
+        for bmax in (a[:n].max(initial=0), 1000):
+            got = a.copy()
+            st = np.zeros(8, np.int32)
+            _scan_asc_kernel.launch(1, threads, got, n, st, bmax)
+            want = a.copy()
+            want[:n] = np.concatenate([[0], np.cumsum(a[:n])[:-1]]) if n else want[:0]
+            assert np.array_equal(got, want), (n, threads)
+            assert st[5] == 0, (n, bmax)
+        if n > 1:
+            st = np.zeros(8, np.int32)
+            _scan_asc_kernel.launch(1, threads, a.copy(), n, st, a[:n].max() - 1)
+            assert st[5] == 1, n
+
+@kernel
+def _joint_kernel(hg, comps, jb, ks, slots):
     i = cuda.threadIdx.x
     while i < comps.size:
         slots[i] = K.joint_slot(comps[i], hg, jb, ks)
         i += cuda.blockDim.x
-    K.pair_slot_scan(cnts, M, s, st, wsum, bmax)
 
 
 def _joint_model(x, k, half):
@@ -657,12 +692,13 @@ def _joint_model(x, k, half):
 
 @pytest.mark.skipif(not SIM, reason="simulator unit test (GPU: through tests/gpu)")
 @pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
-def test_pair_joint_sort_helpers_simulated(dtype):
-    """A pair's joint ending (``pair_joint_ending``; its exchanges run on a GPU only): the slots
+def test_pair_split_sort_helpers_simulated(dtype):
+    """A pair's split ending (``pair_split_ending``; its exchanges run on a GPU only): the slots
     of ``joint_slot`` never put a larger composite later (slot order is output order) and stay
-    in [0, M); ``pair_slot_scan`` (either CTA) gives each slot's first position and this CTA's
-    cursor (CTA 0's items first) and flags a slot past bmax; ranking every item as the kernel
-    does (first position + larger items in its slot) gives each its exact rank in the union."""
+    in [0, M); with CTA 0 taking the slots [0, M // 2) and CTA 1 the rest, each CTA's slot
+    counts scanned by ``block_scan_asc`` (with its crowded-slot flag) and each item ranked as the
+    kernel does (CTA 1's offset = the items in CTA 0's slots; + its slot's first position + the
+    larger items in its slot) give every item its exact rank in the union."""
     g = np.random.default_rng(5)
     x = g.standard_normal(3000).astype(dtype)
     x[[7, 2100]] = dtype(1e4)                                   # a wide range: outliers
@@ -675,40 +711,28 @@ def test_pair_joint_sort_helpers_simulated(dtype):
     ks = 16 if dtype == ml_dtypes.bfloat16 else 0
     comps = np.concatenate(lists)
     slots = np.full(comps.size, -1, np.int32)
-    per_cta = []
-    for s in (0, 1):
-        own = np.zeros(K.NBINS, np.int32)
-        cnts = np.full(K.SP_JP + K.NBINS + 4, -9, np.int32)   # poison: every position written
-        st = np.zeros(8, np.int32)
-        _joint_kernel.launch(1, 32, hg, comps, jb, ks, slots, cnts, M, s, st, 3)
-        for c_s in (0, 1):
-            q = slots[:lists[0].size] if c_s == 0 else slots[lists[0].size:]
-            counts = np.bincount(q, minlength=K.NBINS).astype(np.int32)
-            if c_s == s:
-                own = counts
-            else:
-                peer = counts
-        cnts[:] = -9
-        cnts[K.SP_HS:K.SP_HS + K.NBINS] = own
-        cnts[K.SP_JC:K.SP_JC + K.NBINS] = peer
-        st[:] = 0
-        bmax = 3 if s == 0 else 1000                            # the flag: either way
-        _joint_kernel.launch(1, 32, hg, comps, jb, ks, slots, cnts, M, s, st, bmax)
-        per_cta.append((cnts.copy(), st[5] == int(np.bincount(slots).max() > bmax), own, peer))
+    _joint_kernel.launch(1, 32, hg, comps, jb, ks, slots)
     assert slots.min() >= 0 and slots.max() < M
     order = np.argsort(comps)[::-1]                             # descending composites
-    assert np.all(np.diff(slots[order].astype(np.int64)) >= 0), "a larger item, a later slot"
-    tot = np.bincount(slots, minlength=K.NBINS)
-    first = np.concatenate([[0], np.cumsum(tot)]).astype(np.int32)
+    assert np.array_equal(np.sort(slots), slots[order]), "a larger item, a later slot"
+    tot = np.bincount(slots, minlength=M)
     assert tot.max() > 3, "the data should crowd a slot past bmax = 3"
-    for s, (cnts, flag_ok, own, peer) in enumerate(per_cta):
-        assert np.array_equal(cnts[K.SP_JP:K.SP_JP + K.NBINS + 1], first[:K.NBINS + 1])
-        cur = first[:K.NBINS] + (peer if s == 1 else 0)
-        assert np.array_equal(cnts[K.SP_HS:K.SP_HS + M], cur[:M])
-        assert flag_ok, f"st[5] (CTA {s})"
-    rank = np.array([first[q] + np.count_nonzero(comps[slots == q] > c)
-                     for c, q in zip(comps, slots)])
-    assert np.array_equal(np.sort(rank), np.arange(comps.size))
+    P0 = M // 2
+    rank = np.full(comps.size, -1, np.int64)
+    for s in (0, 1):
+        lo, ns = (0, P0) if s == 0 else (P0, M - P0)
+        mine = (slots >= lo) & (slots < lo + ns)
+        cur = np.full(K.NBINS, -9, np.int32)                    # poison past ns: left alone
+        cur[:ns] = tot[lo:lo + ns]
+        st = np.zeros(8, np.int32)
+        bmax = 3 if s == 0 else 1000                            # the flag: either way
+        _scan_asc_kernel.launch(1, 32, cur, ns, st, bmax)
+        assert st[5] == int(tot[lo:lo + ns].max() > bmax), f"st[5] (CTA {s})"
+        assert np.all(cur[ns:] == -9)
+        po = 0 if s == 0 else np.count_nonzero(slots < P0)
+        for i in np.nonzero(mine)[0]:
+            q = slots[i]
+            rank[i] = po + cur[q - lo] + np.count_nonzero(comps[slots == q] > comps[i])
     assert np.array_equal(rank[order], np.arange(comps.size))
 
 

@@ -20,9 +20,9 @@ rowblock kernel stopped after each stage (pass 1, pass 2, refine, sort; cumulati
 split kernel ended at its start (the launch alone), after pass 1, round 0, the publish, the
 list load, the rank (cumulative); the cluster kernel likewise up to round 0, then after its owner
 ranges, pass 2, the owners, the counts' and the items' exchanges (and, where an owner sorts,
-after its sort); a pair (S = 2) after pass 2, its joint sort's counts (the merge ending: its
-own sort) and its items' exchange (the sorted lists'). ``cluster:merge``: a pair ends by the
-sorted lists' merge (``TopkPlan.pair_merge``), the joint sort's fallback.
+after its sort); a pair (S = 2) after pass 2, its split sort's counts (the merge ending: its
+own sort) and its items placed (the sorted lists' exchange). ``cluster:merge``: a pair ends by
+the sorted lists' merge (``TopkPlan.pair_merge``), the form a level round leads to.
 ``cluster:nostash`` / ``split@S:stash``: a variant with pass 2's shared-memory stash of the top
 key bits off / on (``TopkPlan(stash=)``).
 "% read-once" is the time to read the scores once at the measured copy bandwidth over ours.
@@ -184,11 +184,12 @@ CLUSTER_STAGES = SPLIT_STAGES[:3] + ((8, "+ owner ranges"), (9, "+ pass 2"), (10
                                      (2, "+ counts exchanged"), (7, "+ items exchanged"))
 # where an owner sorts its items (more than topk.SP_OSORT): after its sort
 CLUSTER_SORT_STAGES = ((12, "+ sort"),)
-# a pair (S = 2, ``topk.cluster_pair_ending``): no owner ranges; the joint sort (or own sort,
+# a pair (S = 2, ``topk.cluster_pair_ending``): no owner ranges; the split sort (or own sort,
 # then the lists merged)
 CLUSTER_PAIR_STAGES = SPLIT_STAGES[:3] + ((9, "+ pass 2"),
-                                          (12, "+ joint slot counts (merge: own sort)"),
-                                          (7, "+ items exchanged (merge: sorted lists)"))
+                                          (12, "+ items exchanged, slots counted (merge: own "
+                                               "sort)"),
+                                          (7, "+ items placed (merge: sorted lists exchanged)"))
 
 
 def split_stages_us(plan, calls, vals, idx, reps, repeats, stages):
@@ -324,7 +325,7 @@ def main(argv=None):
                          "of three_pass, fused, staged, rowblock, split, cluster, split@S, "
                          "cluster@S (split / cluster with S CTAs a row; @S/T: T threads a CTA; "
                          "a ':stash' / ':nostash' suffix: pass 2's stash on / off; ':merge': "
-                         "a pair (S = 2) ends by the sorted lists' merge, not the joint sort)")
+                         "a pair (S = 2) ends by the sorted lists' merge, not the split sort)")
     ap.add_argument("--targets", action="store_true",
                     help="top-k: only issue 4's three target shapes (fp32)")
     ap.add_argument("--shapes", help="top-k shapes RxNxk, comma-separated (e.g. 1x1048576x2048,"

@@ -68,8 +68,9 @@ Implementations (stage registry name ``topk``)
     the stash off in the same run; 0.20.0, pass 1 pipelined, a cheaper stashed pass 2, the
     pair ending and its one-exchange rounds: 29.4-29.5 (bfloat16 29.2, 44.5 before its sort
     stopped falling back); 0.23.0, the pair's joint sort, a fused round 0 and a three-instruction
-    float32 key: 26.1-26.3 (bfloat16 25.8), the merge ending 28.2 in the same run; the target
-    is 25):
+    float32 key: 26.1-26.3 (bfloat16 25.8), the merge ending 28.2 in the same run; 0.24.0, the
+    pair's ending split by slot: 25.9 against 26.4 for the joint sort in the same run (bfloat16
+    26.0 / 26.5); the target is 25):
     split's passes with each row ONE thread-block cluster of S = 2-16 CTAs (16 by default for
     <= 4 rows), co-scheduled by the hardware (no residency limit), exchanging through distributed
     shared memory instead of global memory: each histogram round is a reduce-scatter pushed with
@@ -80,10 +81,11 @@ Implementations (stage registry name ``topk``)
     st.async on mbarriers), and each owner ranks its items by counting and writes them after the
     owners above it -- no global atomic, list or fence, no released cluster barrier (of split's
     workspace only an empty row's done flag is written). A pair (S = 2) has no ranges: round 0's
-    histogram places both lists' items in slots of one counting sort, the two CTAs swap their
-    slot counts and items, and each ranks half of the union (``pair_joint_ending``); where a
-    level round ran or a slot is crowded, each CTA sorts its own list, the two swap their sorted
-    lists and each writes half of the merge (``cluster_pair_ending``). Where a slice takes
+    histogram places both lists' items in slots of one counting sort, CTA 0 ranks the first half
+    of the slots and CTA 1 the rest, each pushing the other the items that are its (one
+    exchange: ``pair_split_ending``); where a level round ran, each CTA sorts its own list, the
+    two swap their sorted lists and each writes half of the merge (``cluster_pair_ending``).
+    Where a slice takes
     several trips (64 x 131072: 65536 scores a CTA), pass 1 also keeps each score's top 16 key
     bits in shared memory (the stash, ``SP_STASH``) and pass 2 filters those
     (``stash_select``), loading only the ~1 K listed scores back instead of the slice
@@ -1606,7 +1608,7 @@ def stash_select(dyn64, n, pfx, c_lo, st, lcap, wsum, x, base, kind, NT):
     flight together: a compare and a select a slot (only the last step checks the slice's end).
     Mask g (words 8 g .. 8 g + 7 of the thread's) lives in shared memory at dyn32[SP_HS + g NT +
     tid], the 16 KB before the stash ("cluster"'s histogram slice, dead from the last round to
-    the ending; round 0's scan at SP_RS stays for the pair's ``pair_joint_ending``; a local
+    the ending; round 0's scan at SP_RS stays for the pair's ``pair_split_ending``; a local
     array would live in local memory, which the production kernels keep out; at most ~chunk / 32
     + NT <= 3 K words for a slice of at most SP_STASH_MAX). A block scan of the hit counts
     (``block_inclusive_scan``) gives the thread's first list slot; it writes one column a set
@@ -2157,7 +2159,7 @@ SP_RA = 2 * K_MAX               # "cluster": dyn32[SP_RA:SP_RA + NBINS] receives
 SP_RB = SP_RA + NBINS           # of a round's histograms, dyn32[SP_RB:SP_RB + NBINS] the row's sums
 SP_RS = NBINS                   # dyn32[SP_RS:SP_RS + NBINS] (the sort area's second 16 KB, free
 # until the ending): the last round's descending scan of those sums (``cluster_push_bucket``),
-# kept through pass 2 for a pair's joint ending (``joint_slot``)
+# kept through pass 2 for a pair's split ending (``joint_slot``)
 SP_RSORT = 128                  # runs of at most this many composites: ordered by counting
 # (``rank_sort_desc``: H100, 2026-11-26, (4, 65536, 512) at S = 16, ~45 a CTA: 18.1 -> 16.7 us;
 # with the limit at 256, (1, 65536, 2048)'s ~160 a CTA went 24.2 -> 24.6: the bitonic net there)
@@ -2169,15 +2171,13 @@ CL_AUTO_BANDS = ((1, 4, 1, 131072), (1, 8, 1, 65536), (33, 64, 65537, 131072))
 # on a GPU with fewer SMs), bf16 there was not.
 SP_SMEM_CLUSTER = SP_SMEM + 4 * SP_LMAX + 4 * NBINS   # + the histogram slice (<= 8 KB), later
 # the items' owner slots, then (with the 16 KB after them) counting_sort_desc's counts
-SP_PAIR = SP_SMEM_CLUSTER // 8  # "cluster" pairs: dyn64[SP_PAIR:] receives the peer's sorted list
-SP_JC = 2 * (SP_PAIR + SP_LMAX)  # pairs' joint ending (``pair_joint_ending``): dyn64[SP_PAIR:
-# SP_PAIR + M] the slotted union (both CTAs write it), dyn32[SP_JC:SP_JC + NBINS] the peer's slot
-# counts,
-SP_JP = SP_JC + NBINS            # dyn32[SP_JP:SP_JP + NBINS + 1] each slot's first position
-SP_SMEM_PAIR = 4 * (SP_JP + NBINS + 4)   # a pair's dynamic shared bytes without the stash (160 KB)
+SP_PAIR = SP_SMEM_CLUSTER // 8  # "cluster" pairs: dyn64[SP_PAIR:] receives the peer's items
+SP_U = SP_PAIR + SP_LMAX        # pairs' split ending (``pair_split_ending``): dyn64[SP_U:SP_U + M]
+# this CTA's items in output order of their slots
+SP_SMEM_PAIR = 8 * (SP_U + SP_LMAX)   # a pair's dynamic shared bytes without the stash (160 KB)
 JOINT_Q = (NBINS - 1) << 20     # a composite's low-word bits that carry its joint slot
 PAIR_MERGE = 16                  # split_kernel's ``stop`` + this: a pair merges sorted lists
-# (``TopkPlan.pair_merge``: the joint sort's fallback, forced for tests and A/B timing)
+# (``TopkPlan.pair_merge``: the split ending's level-round form, forced for tests and A/B timing)
 SP_OSORT = 256                  # "cluster": an owner ranks up to this many items by counting
 # The stash (split and cluster, 0.19.0): pass 1 keeps each score's top 16 key bits in shared
 # memory, from byte SP_STASH (after "cluster"'s summed histogram slice, dyn32[SP_HS:SP_HS +
@@ -2676,8 +2676,9 @@ def cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, sp
 
 @device
 def joint_slot(c, h, jb, ks):
-    """The slot of composite c in a pair's joint counting sort (``pair_joint_ending``): its 12-bit
-    bin b = c >> 52 owns the slots [G, G + n) -- G the row's items above b (round 0's scan,
+    """The slot of composite c in a pair's joint counting sort of both CTAs' lists
+    (``pair_split_ending``): its 12-bit bin b = c >> 52 owns the slots [G, G + n) -- G the
+    row's items above b (round 0's scan,
     h[SP_RS + b]), n the row's count in b (h[b]) -- and c takes the one at its fraction of b's
     range from the top (the ``compact`` bits below the bin, their top 32 as a 0.32 fraction):
     larger composites never get later slots, and slot order is output order. An interpolation
@@ -2695,22 +2696,23 @@ def joint_slot(c, h, jb, ks):
 
 
 @device
-def pair_slot_scan(dyn32, M, s, st, wsum, bmax):
-    """The joint sort's slot scan, by the whole block (``pair_joint_ending``): with this CTA's
-    slot counts at dyn32[SP_HS:] and the peer's at dyn32[SP_JC:] (slots < M; NBINS slots in
-    all, NBINS / blockDim a power of two), dyn32[SP_JP + q] = the pair's items in slots < q
-    (q <= NBINS), dyn32[SP_HS + q] = the first position of this CTA's items in slot q (CTA 0's
-    before CTA 1's); st[5] = 1 if a slot holds more than ``bmax`` items. Thread t takes slots
-    [t per, (t + 1) per), each lane in the rotated order of ``block_scan_from_top`` (the 32
-    lanes of a load on 32 banks); one ``block_inclusive_scan``. Ends without a barrier."""
+def block_scan_asc(a, n, st, wsum, bmax):
+    """a[0:n] (int32 counts, shared) -> their exclusive prefix sums, in place, by the whole block;
+    st[5] = 1 if some a[q] > bmax (st[5] zeroed before). Thread t takes [t per, (t + 1) per),
+    per the power of two >= n / blockDim (>= 1), each lane in the rotated order of
+    ``block_scan_from_top`` (lane l starts at (l per / 32) mod per: the 32 lanes of a load on 32
+    banks); one ``block_inclusive_scan``. Each thread writes only the slots it read: no barrier
+    at the end (the caller's next one completes a)."""
     tid = cuda.threadIdx.x
     nt = uint32(cuda.blockDim.x)
     lane = tid & 31
-    per = uint32(uint32(NBINS) // nt)
+    nu = uint32(n)
+    per = uint32(1)
+    while per * nt < nu:
+        per = uint32(per << uint32(1))
     q0 = uint32(uint32(tid) * per)
     rot = uint32((uint32(lane) * per) >> uint32(5))
     m = uint32(per - uint32(1))
-    Mu = uint32(M)
     tot = int32(0)
     low = int32(0)                                # this thread's slots before its rotated start
     mx = int32(0)
@@ -2718,9 +2720,7 @@ def pair_slot_scan(dyn32, M, s, st, wsum, bmax):
     while i < per:
         j = uint32(uint32(i + rot) & m)
         q = uint32(q0 + j)
-        t = int32(0)
-        if q < Mu:
-            t = int32(dyn32[uint32(SP_HS) + q] + dyn32[uint32(SP_JC) + q])
+        t = int32(a[q]) if q < nu else int32(0)
         if j < rot:
             low = int32(low + t)
         tot = int32(tot + t)
@@ -2734,40 +2734,52 @@ def pair_slot_scan(dyn32, M, s, st, wsum, bmax):
         if j == uint32(0):
             acc = excl
         q = uint32(q0 + j)
-        dyn32[uint32(SP_JP) + q] = acc
-        if q < Mu:
-            pc = int32(dyn32[uint32(SP_JC) + q])
-            t = int32(dyn32[uint32(SP_HS) + q] + pc)
-            dyn32[uint32(SP_HS) + q] = int32(acc + pc) if s == 1 else acc
+        if q < nu:
+            t = int32(a[q])
+            a[q] = acc
             acc = int32(acc + t)
         i = uint32(i + uint32(1))
     if mx > bmax:
         st[5] = 1
-    if tid == 0:
-        dyn32[uint32(SP_JP + NBINS)] = int32(Mu)
+
 
 
 @device
-def pair_joint_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb, n_own, s, ph, M,
-                      stop, st, wsum, jb):
-    """A pair's ending by one counting sort of both lists (``cluster_pair_ending`` when no level
-    round ran, so the two lists are exactly the row's M scores in bins >= the bucket and round
-    0's histogram and scan, dyn32[0:2 NBINS], describe them): each item's slot is
-    ``joint_slot``; the CTAs count their items' slots, swap the counts (st.async, 16 bytes a
-    store, on the peer's mb[2]), scan them (``pair_slot_scan``), put every item at its slot's
-    next position in both CTAs' copies of the union (dyn64[SP_PAIR:SP_PAIR + M]; the remote
-    copy by st.async on the peer's mb[3]), and each ranks half of the positions: an item's rank
-    = its slot's first position + the larger items in its slot (~1-8). No own sort, no merge:
-    against the sorted lists' merge this drops the own sort's min / max reduction, its 4096-bin
-    scan of ~1.5 K items a CTA and the merge-path search.
-    Returns 0 (the outputs [0, K) written), 1 (a slot holds more than RB_BMAX items, both CTAs
-    alike, before any item moved: the caller merges sorted lists instead) or 2 (the stop 12 / 7
-    timing hook ended it after the counts' scan / the items' exchange). Memory: this CTA's
-    counts, then its slot cursors, at dyn32[SP_HS:SP_HS + NBINS]; the peer's counts at SP_JC
-    and the union at SP_PAIR, written by the peer only once it has this CTA's count (mb[0]
-    phase ``ph``: this CTA is past pass 2); the positions at SP_JP. Napkin math ((64, 131072,
-    2048), S = 2 x 512, M ~2.9-3.1 K): ~3 items a thread in each of three loops (slot: ~20
-    instructions), 8 slots a thread in the scan, ~2 pushes a thread, 6 barriers."""
+def pair_split_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb, n_own, s, ph, M,
+                      stop, st, wsum, e, jb):
+    """A pair's ending split by slot (``cluster_pair_ending`` when no level round ran: the two
+    lists are exactly the row's M scores in bins >= the bucket, and round 0's histogram h =
+    dyn32[0:NBINS] and descending scan G = dyn32[SP_RS:SP_RS + NBINS] describe them). Every item
+    has its ``joint_slot`` in [0, M), in output order. CTA 0 ranks the items of slots [0, M / 2),
+    CTA 1 those of [M / 2, M): the CTAs share one DSMEM exchange, of the items each holds for the
+    other.
+      1. this CTA's slot counts zeroed;
+      2. once the peer is past pass 2 (mb[0] phase ``ph``: its stash area, where it receives, is
+         dead), each own item is counted in its slot or pushed to the peer (st.async, 8 bytes, on
+         its mb[2]; the slot packed in bits 20-31 where jb <= 20); then thread 0 pushes two
+         counts (sent, kept: 4 bytes each) and adds their 8 count + 8 bytes to the peer's mb[2]
+         with its one arrival (``mbarrier_arrive_expect_tx_cluster``): the receiver need not
+         know in advance how much comes;
+      3. the peer's items counted; the counts scanned (``block_scan_asc``, ~M / 2 slots) into
+         first positions;
+      4. every item of this CTA's slots to its slot's next position, dyn64[SP_U + p];
+      5. rank = CTA 1's offset (CTA 0's kept items + the ones CTA 1 sent it) + its slot's first
+         position + the larger items in its slot.
+    Against the joint sort of 0.23.0 (both CTAs counting every slot, swapping the counts, then
+    both placing every item in both CTAs' copies of the union): one exchange instead of two and
+    half the slots scanned a CTA (H100, 2026-11-28, (64, 131072, 2048): 25.9 against 26.4 us in
+    the same run; bfloat16 26.0 / 26.5). The first form split at the bin boundary nearest
+    position M / 2, known to both CTAs from G: the bins near the threshold hold ~1 K items, so
+    one CTA ranked up to twice the other's (26.8 us, against 26.2 for the joint sort).
+    A slot of more than RB_BMAX items (keys crowded in a bin) makes this CTA sort its items by
+    ``counting_sort_desc`` instead (its own decision: the CTAs share nothing after step 2).
+    Returns 0, or 2 where the stop 12 / 7 timing hook ended it after step 3's counts / step 4.
+    Memory (dyn32 / dyn64 indices): counts, then cursors, at dyn32[SP_HS:SP_HS + M / 2 + 1]; the
+    peer's items at dyn64[SP_PAIR:SP_PAIR + sent] (the stash area), its counts at cm[2 + peer]
+    and cm[4 + peer]; this CTA's items at dyn64[SP_U:SP_U + its count]; the own list holds
+    composites after step 2. Napkin math ((64, 131072, 2048), S = 2 x 512, M ~2.9-3.1 K): ~3
+    items a thread in steps 2, 4 and 5 (a slot: ~20 instructions, once), ~1.5 received, 4 slots
+    a thread in the scan, 5 barriers, one DSMEM round trip."""
     tid = cuda.threadIdx.x
     nt = uint32(cuda.blockDim.x)
     peer = uint32(1 - s)
@@ -2775,82 +2787,110 @@ def pair_joint_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb, 
     no = uint32(n_own)
     Mu = uint32(M)
     ma = ops.shared_address(mb)
-    M4 = uint32(uint32(Mu + uint32(3)) & uint32(0xFFFFFFFC))
+    P0 = uint32(Mu >> uint32(1))
+    lo = uint32(0) if s == 0 else P0
+    ns = P0 if s == 0 else uint32(Mu - P0)        # this CTA's slots [lo, lo + ns)
     i = uint32(tid)
-    while i < M4:                                 # (stash_select's masks lay there)
+    while i < ns:                                 # 1. (stash_select's masks lay there)
         dyn32[uint32(SP_HS) + i] = 0
         i = uint32(i + nt)
     if tid == 0:
         st[5] = 0
+        st[7] = 0
     cuda.syncthreads()
-    i = uint32(tid)
-    while i < no:                                 # this CTA's slot counts
-        c = item_composite(dyn64[uint32(K_MAX) + i], kind)
-        cuda.atomic.add(dyn32, uint32(uint32(SP_HS) + joint_slot(c, dyn32, jb, ks)), 1)
-        i = uint32(i + nt)
-    cuda.syncthreads()
-    ops.mbarrier_wait_parity_cluster(ma, ph)      # the peer is past pass 2: its count is here
-    npeer = uint32(cm[peer])
-    if tid == 0:
-        ops.mbarrier_arrive_expect_tx(ma + uint32(16), uint32(4) * M4)
-        ops.mbarrier_arrive_expect_tx(ma + uint32(24), uint32(8) * npeer)
-    ha = ops.shared_address(dyn32)
-    i = uint32(tid)
-    while i < uint32(M4 >> uint32(2)):            # counts q .. q + 3 -> the peer's SP_JC + q
-        q = uint32(i * uint32(4))
-        push4(dyn32, uint32(SP_HS) + q, ha + uint32(4) * (uint32(SP_JC) + q), ma + uint32(16),
-              peer)
-        i = uint32(i + nt)
-    ops.mbarrier_wait_parity_cluster(ma + uint32(16), uint32(0))
-    pair_slot_scan(dyn32, M, s, st, wsum, RB_BMAX)
-    cuda.syncthreads()
-    if stop == 12:                                # (timing hook: the counts' scan)
-        ops.cluster_arrive_relaxed()
-        ops.cluster_wait_acquire()
-        return 2
-    if st[5] != 0:                                # (pair-uniform: the same sums on both sides)
-        return 1
-    ta = ops.shared_address(dyn64) + uint32(8 * SP_PAIR)
     # columns of at most 20 bits leave bits 20-31 of a composite's low word all ones: the slot
-    # (< NBINS = 2^12) travels there, so the rank step need not compute it again; items of one
+    # (< NBINS = 2^12) travels there, so later steps need not compute it again; items of one
     # slot share those bits, so comparisons among them are unchanged
     packed = jb <= 20
+    rxa = ops.shared_address(dyn64) + uint32(8 * SP_PAIR)
+    pmb = ops.mapa_shared_cluster(ma + uint32(16), peer)
+    ops.mbarrier_wait_parity_cluster(ma, ph)      # 2. the peer is past pass 2
     i = uint32(tid)
-    while i < no:                                 # each item to its slot's next position, twice
+    while i < no:
         c = item_composite(dyn64[uint32(K_MAX) + i], kind)
         q = joint_slot(c, dyn32, jb, ks)
-        p = uint32(cuda.atomic.add(dyn32, uint32(uint32(SP_HS) + q), 1))
         if packed:
             c = (c & ~uint64(JOINT_Q)) | (uint64(q) << uint64(20))
-        dyn64[uint32(SP_PAIR) + p] = c
-        ops.st_async_b64(ops.mapa_shared_cluster(ta + uint32(8) * p, peer), c,
-                         ops.mapa_shared_cluster(ma + uint32(24), peer))
+        dyn64[uint32(K_MAX) + i] = c
+        if uint32(q - lo) < ns:
+            cuda.atomic.add(dyn32, uint32(uint32(SP_HS) + uint32(q - lo)), 1)
+        else:
+            p = uint32(cuda.atomic.add(st, 7, 1))
+            ops.st_async_b64(ops.mapa_shared_cluster(rxa + uint32(8) * p, peer), c, pmb)
         i = uint32(i + nt)
+    cuda.syncthreads()
+    nsend = uint32(st[7])
+    if tid == 0:                                  # every item push is issued: the counts
+        ca = ops.shared_address(cm)
+        ops.st_async_b32(ops.mapa_shared_cluster(ca + uint32(4 * (2 + s)), peer), nsend, pmb)
+        ops.st_async_b32(ops.mapa_shared_cluster(ca + uint32(4 * (4 + s)), peer),
+                         uint32(no - nsend), pmb)
+        ops.mbarrier_arrive_expect_tx_cluster(pmb, uint32(8) * nsend + uint32(8))
     ops.cluster_arrive_relaxed()                  # every push of this CTA is issued
-    ops.mbarrier_wait_parity_cluster(ma + uint32(24), uint32(0))   # the peer's items
-    cuda.syncthreads()                            # and this CTA's own
-    if stop == 7:                                 # (timing hook: the items' exchange)
-        ops.cluster_wait_acquire()
-        return 2
-    half = uint32(uint32(Mu + uint32(1)) >> uint32(1))
-    p = uint32((half if s == 1 else uint32(0)) + uint32(tid))
-    pend = Mu if s == 1 else half
-    K32 = uint32(K)
-    while p < pend:                               # rank and write this CTA's half
-        c = dyn64[uint32(SP_PAIR) + p]
+    ops.mbarrier_wait_parity_cluster(ma + uint32(16), uint32(0))    # the peer's items, counts
+    nrx = uint32(cm[2 + peer])
+    # CTA 1's first output position: the items CTA 0 ranks (its own kept, this CTA's sent)
+    po = uint32(0) if s == 0 else uint32(uint32(cm[4 + peer]) + nsend)
+    nm = uint32(no - nsend + nrx)                 # the items this CTA ranks
+    i = uint32(tid)
+    while i < nrx:                                # 3. the peer's items counted
+        c = dyn64[uint32(SP_PAIR) + i]
         q = uint32(uint32(c >> uint64(20)) & uint32(NBINS - 1)) if packed \
             else joint_slot(c, dyn32, jb, ks)
-        j = uint32(dyn32[uint32(SP_JP) + q])
-        end = uint32(dyn32[uint32(SP_JP) + q + uint32(1)])
-        r = j
+        cuda.atomic.add(dyn32, uint32(uint32(SP_HS) + uint32(q - lo)), 1)
+        i = uint32(i + nt)
+    cuda.syncthreads()
+    if stop == 12:                                # (timing hook: the counts)
+        ops.cluster_wait_acquire()
+        return 2
+    block_scan_asc(dyn32[SP_HS:], ns, st, wsum, RB_BMAX)
+    cuda.syncthreads()
+    i = uint32(tid)
+    nall = uint32(no + nrx)
+    while i < nall:                               # 4. to the slots' next positions
+        c = dyn64[uint32(K_MAX) + i] if i < no else dyn64[uint32(SP_PAIR) + uint32(i - no)]
+        q = uint32(uint32(c >> uint64(20)) & uint32(NBINS - 1)) if packed \
+            else joint_slot(c, dyn32, jb, ks)
+        if uint32(q - lo) < ns:
+            p = uint32(cuda.atomic.add(dyn32, uint32(uint32(SP_HS) + uint32(q - lo)), 1))
+            dyn64[uint32(SP_U) + p] = c
+        i = uint32(i + nt)
+    cuda.syncthreads()
+    if stop == 7:                                 # (timing hook: the items placed)
+        ops.cluster_wait_acquire()
+        return 2
+    K32 = uint32(K)
+    if st[5] != 0:                                # (block-uniform) a crowded slot: sort instead
+        i = uint32(tid)
+        while i < nm:
+            c = dyn64[uint32(SP_U) + i]
+            dyn64[swz(i)] = c | uint64(JOINT_Q) if packed else c
+            i = uint32(i + nt)
+        cuda.syncthreads()
+        counting_sort_desc(dyn64, nm, dyn64[K_MAX:], dyn32[SP_HS:SP_HS + NBINS],
+                           dyn32[SP_HS + NBINS:SP_HS + 2 * NBINS], RB_BMAX, st, wsum, e, jb, ks)
+        i = uint32(tid)
+        while i < nm:
+            if uint32(po + i) < K32:
+                write_at(dyn64[swz(i)], obase + int64(po + i), x, base, kind, vals, idx, True)
+            i = uint32(i + nt)
+        return 0
+    i = uint32(tid)
+    while i < nm:                                 # 5. rank and write
+        c = dyn64[uint32(SP_U) + i]
+        q = uint32(uint32(uint32(c >> uint64(20)) & uint32(NBINS - 1)) if packed
+                   else joint_slot(c, dyn32, jb, ks)) - lo
+        j = uint32(dyn32[uint32(SP_HS) + q - uint32(1)]) if q > uint32(0) else uint32(0)
+        end = uint32(dyn32[uint32(SP_HS) + q])
+        r = uint32(po + j)
         while j < end:
-            if dyn64[uint32(SP_PAIR) + j] > c:
+            if dyn64[uint32(SP_U) + j] > c:
                 r = uint32(r + uint32(1))
             j = uint32(j + uint32(1))
         if r < K32:
             write_at(c | uint64(JOINT_Q) if packed else c, obase + int64(r), x, base, kind, vals,
                      idx, True)
-        p = uint32(p + nt)
+        i = uint32(i + nt)
     return 0
 
 
@@ -2859,9 +2899,9 @@ def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm,
                         seg, stop, st, wsum, e, gcnt, row, jb, M):
     """The "cluster" ending of a pair (CL = 2: no owner ranges). M > 0 (no level round ran: M is
     the row's items in bins >= the bucket; 0 otherwise, or with ``TopkPlan.pair_merge``): one
-    counting sort of both lists (``pair_joint_ending``) after step 1; it falls back to the merge
-    below, both CTAs alike, where one of its slots is crowded. The merge: each CTA sorts its own
-    list and ranks each item among both by a merge.
+    counting sort of both lists, split by slot between the CTAs (``pair_split_ending``), after
+    step 1. Otherwise the merge: each CTA sorts its own list and ranks each item among both by a
+    merge.
       1. this CTA's count -> the peer's cm[s] (st.async, 4 bytes, on its mbarrier mb[0]): it
          tells the peer this CTA is past pass 2;
       2. the own list (dyn64[K_MAX:K_MAX + n_own], (bits, index)) -> composites, sorted
@@ -2879,10 +2919,10 @@ def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm,
     Against ``cluster_owner_ending`` this drops the owner ranges (``cluster_splitters``), the
     owners' step and one exchange's wait: the counts cross during the sort. mbarrier phases: seg
     + 1 of mb[0], 0 of mb[1] (the pair's rounds use mb[0] only: ``pair_push_bucket``; the
-    joint sort: 0 of mb[2] and mb[3]). No cluster barrier but the exit's (arrived once the
-    pushes are issued). Memory: SP_PAIR (the stash area, or SP_SMEM_PAIR bytes launched without
-    it). stop 12: the timing hook ends after step 2 (the joint sort: after its counts' scan), 7
-    after step 3's wait (the joint sort: after its items' exchange). Napkin math ((64, 131072,
+    split ending: 0 of mb[2]). No cluster barrier but the exit's (arrived once the pushes are
+    issued). Memory: SP_PAIR (the stash area, or SP_SMEM_PAIR bytes launched without it). stop
+    12: the timing hook ends after step 2 (the split ending: after its counts), 7 after step
+    3's wait (the split ending: after its items are placed). Napkin math ((64, 131072,
     2048) at S = 2 x 512, ~1.1 K items a CTA): the sort ~4 us (as the owners' was), the list's
     exchange a DSMEM latency and ~2 8-byte pushes a thread, the merge one 11-12-step search a
     thread (~0.3 us) and ~2 coalesced writes. Measured (H100, 2026-11-27, the stop hooks,
@@ -2891,7 +2931,8 @@ def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm,
     23.5, counts 23.9, items 25.0, sort 29.4; another run of the same kernels otherwise). ncu:
     the merge and writes (~2.5 us) issue ~300 instructions a warp, stalled mostly on
     fixed-latency dependencies and instruction fetch. The joint sort replaced this as the
-    default in 0.23.0: H100, 2026-11-28, 28.2 -> 26.1 us in total (the same run; CHANGELOG)."""
+    default in 0.23.0: H100, 2026-11-28, 28.2 -> 26.1 us in total (the same run; CHANGELOG),
+    and the split ending that in 0.24.0."""
     tid = cuda.threadIdx.x
     nt = uint32(cuda.blockDim.x)
     peer = uint32(1 - s)
@@ -2902,15 +2943,14 @@ def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm,
         ops.mbarrier_arrive_expect_tx(ma, uint32(4))
         ops.st_async_b32(ops.mapa_shared_cluster(ops.shared_address(cm) + uint32(4 * s), peer),
                          no, ops.mapa_shared_cluster(ma, peer))
-    if M > 0:                                     # the joint sort (no level round ran)
-        done = pair_joint_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb,
-                                 n_own, s, ph, M, stop, st, wsum, jb)
+    if M > 0:                                     # split by slot (no level round ran)
+        done = pair_split_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb,
+                                 n_own, s, ph, M, stop, st, wsum, e, jb)
         if done == 2:                             # (a timing hook ended it)
             return
-        if done == 0:
-            split_tail(vals, idx, obase, K, k, kind, s, 2, gcnt, row, -1)
-            ops.cluster_wait_acquire()            # no CTA leaves while one may write into it
-            return
+        split_tail(vals, idx, obase, K, k, kind, s, 2, gcnt, row, -1)
+        ops.cluster_wait_acquire()                # no CTA leaves while one may write into it
+        return
     sort_own_list(dyn64, dyn32, n_own, kind, True, st, wsum, e, jb)      # 2.
     if stop == 12:                                # (timing hook: the own sort)
         ops.cluster_arrive_relaxed()
@@ -3042,7 +3082,7 @@ def split_kernel(kind, vectorized, threads, cluster=0):
     owners, 2 / 7 after the counts' / the items' exchange, 12 (an owner of more than SP_OSORT
     items) after its sort; a pair: 12 / 7 as ``cluster_pair_ending`` says; 5 and 1 leave the
     histograms or barrier counters off their invariants: ``TopkPlan.split_reset``; + PAIR_MERGE:
-    a pair ends by the sorted lists' merge, not the joint sort), stash (0 / 1: pass 2 reads the
+    a pair ends by the sorted lists' merge, not the split sort), stash (0 / 1: pass 2 reads the
     top key bits pass 1 left in shared memory from byte SP_STASH, 2 x chunk bytes, instead of
     the scores: ``rb_trip``; the launch's dynamic shared memory must hold them).
     1. pass 1 (HBM): histogram of the slice's top 12 key bits; round 0 -> the bucket d holding
@@ -3062,9 +3102,9 @@ def split_kernel(kind, vectorized, threads, cluster=0):
     then owner ranges from the last histogram (``cluster_splitters``, before pass 2), and after
     pass 2 every item goes to its range's owner, which ranks and writes it
     (``cluster_owner_ending``); a pair (S = 2) has no owner ranges: one counting sort of both
-    lists (``pair_joint_ending``), or each CTA sorts its own list and merges it with the peer's
-    (``cluster_pair_ending``). Steps 2's sort and 3 are
-    not run. Dynamic shared memory
+    lists split by slot (``pair_split_ending``), or each CTA sorts its own list and merges it
+    with the peer's (``cluster_pair_ending``). Steps 2's sort and 3 are not run. Dynamic shared
+    memory
     SP_SMEM_CLUSTER: dyn32[SP_HS:] holds the summed histogram slice, then the items' owner
     slots, then counting_sort_desc's counts; ghist, gbar, goff and glist are not used, gcnt only
     by an empty row's done flag. sm_90+, GPU only. split's runs of at most SP_RSORT composites
@@ -3086,7 +3126,7 @@ def split_kernel(kind, vectorized, threads, cluster=0):
                    glist, ccap, phase, stop, stash):
         ops.griddepcontrol_wait()                 # PDL: the scores' writer has finished
         ops.griddepcontrol_launch_dependents()    # (the next kernel waits for our end itself)
-        merge = stop >= PAIR_MERGE                # a pair ends by the sorted lists' merge
+        merge = (stop & PAIR_MERGE) != 0          # a pair ends by the sorted lists' merge
         stop = stop & (PAIR_MERGE - 1)
         if stop == 6:                             # (timing hook: the launch alone)
             return
@@ -3101,7 +3141,7 @@ def split_kernel(kind, vectorized, threads, cluster=0):
         st = cuda.shared.array(8, int32)
         roff = cuda.shared.array(SP_MAX_S, int32)
         rcnt = cuda.shared.array(SP_MAX_S, int32)
-        mb = cuda.shared.array(4, uint64)         # "cluster": the exchanges' mbarriers
+        mb = cuda.shared.array(3, uint64)         # "cluster": the exchanges' mbarriers
         spl = cuda.shared.array(16, uint64)       # "cluster": the owner ranges' lower ends
         ow = cuda.shared.array(48, int32)         # "cluster": counts / slots / totals an owner
         e = cuda.local.array(8, uint64)
@@ -3132,9 +3172,8 @@ def split_kernel(kind, vectorized, threads, cluster=0):
             # before any remote store reaches them (the relaxed arrive below, waited in round 0)
             ops.mbarrier_init(ops.shared_address(mb), uint32(1))
             ops.mbarrier_init(ops.shared_address(mb) + uint32(8), uint32(1))
-            if CL == 2:                           # the pair's joint ending
+            if CL == 2:                           # the pair's split ending
                 ops.mbarrier_init(ops.shared_address(mb) + uint32(16), uint32(1))
-                ops.mbarrier_init(ops.shared_address(mb) + uint32(24), uint32(1))
             ops.fence_mbarrier_init()
         if CL and tid < CL:
             ow[tid] = 0                           # this CTA's items an owner
@@ -3312,8 +3351,9 @@ class TopkPlan:
     simulator).
     "cluster": split's kernel with each row one cluster of ``S`` CTAs (SP_CLUSTERS; default:
     ``split_geometry(cluster=True)``), sm_90+ GPUs only (no replay); any number of rows. At S =
-    2 the pair ends by a joint counting sort of both CTAs' lists; ``pair_merge = True`` (test and
-    timing hook) makes it merge sorted lists instead, the joint sort's own fallback.
+    2 the pair ends by one counting sort of both CTAs' lists, split by slot between them;
+    ``pair_merge = True`` (test and timing hook) makes it merge sorted lists instead, the form a
+    level round leads to.
     "auto" resolves per shape (``resolve_variant``).
     Test hooks: ``threads``/``finish_threads``/``S``/``capacity``/``stage_cap`` (the staged
     variant's per-block shared slots per list, <= SCAP) override the geometry, ``run(...,
@@ -3369,7 +3409,7 @@ class TopkPlan:
         self.capacity = -(-cap // 16) * 16
         self.rb_ccap = RB_CCAP if capacity is None else max(1, min(capacity, RB_CCAP))
         self.rb_stop = 0        # timing hook: rowblock 1-4, split 1-3, 5-7 end the kernel early
-        self.pair_merge = False  # cluster pairs: the sorted lists' merge, not the joint sort
+        self.pair_merge = False  # cluster pairs: the sorted lists' merge, not the split sort
         self.rb_bmax = RB_BMAX         # rowblock: counting sort's largest bin (else bitonic)
         self.replay = False     # split: run as replay launches (the simulator always does)
         self.stage_cap = SCAP if stage_cap is None else stage_cap
@@ -3413,7 +3453,7 @@ class TopkPlan:
                 gcnt, goff, glist, ccap, -1, self.rb_stop | (PAIR_MERGE if self.pair_merge else 0),
                 int(self.stash)]
         smem = SP_SMEM_CLUSTER if cl else SP_SMEM
-        if cl == 2:                              # the joint ending's union, counts, positions
+        if cl == 2:                              # the split ending's received items, positions
             smem = SP_SMEM_PAIR
         if self.stash:
             smem = max(smem, SP_STASH + 2 * self.chunk)

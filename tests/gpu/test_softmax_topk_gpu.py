@@ -433,12 +433,13 @@ def test_topk_cluster_stash(kind, dtype):
 
 @pytest.mark.skipif("cluster" not in TOPK_VARIANTS, reason="cluster variant not under test")
 @pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
-def test_topk_cluster_pair_joint_and_merge(dtype):
-    """A pair's two endings (64 x 131072, k = 2048, S = 2 x 512): the joint counting sort
-    (``pair_joint_ending``, where no level round ran) and the sorted lists' merge (its fallback;
-    ``TopkPlan.pair_merge`` forces it): the oracle, and the same bits. Rows 0-3 put 300 copies of
-    3.0 in both slices, all in one joint slot (past RB_BMAX: those pairs fall back by
-    themselves); lengths inside each slice, below k and zero; outliers and +-inf elsewhere."""
+def test_topk_cluster_pair_split_and_merge(dtype):
+    """A pair's two endings (64 x 131072, k = 2048, S = 2 x 512): the counting sort split by slot
+    (``pair_split_ending``, where no level round ran) and the sorted lists' merge (after a level
+    round; ``TopkPlan.pair_merge`` forces it): the oracle, and the same bits. Rows 0-3 put 300
+    copies of 3.0 in both slices, all in one slot (past RB_BMAX: the CTA ranking them sorts its
+    items by counting_sort_desc instead); lengths inside each slice, below k and zero; outliers
+    and +-inf elsewhere."""
     R, N, k = 64, 131072, 2048
     x = _scores(R, N, dtype, seed=11)
     g = np.random.default_rng(12)
@@ -452,12 +453,12 @@ def test_topk_cluster_pair_joint_and_merge(dtype):
     plan = K.TopkPlan(R, N, k, c.kind, variant="cluster")
     assert (plan.S, plan.split_threads) == (2, 512)
     v, i = K.topk_production(c, plan=plan)
-    K.assert_topk(v, i, x, k, lengths, name=f"cluster pair joint {dtype.__name__}")
+    K.assert_topk(v, i, x, k, lengths, name=f"cluster pair split {dtype.__name__}")
     plan.pair_merge = True
     v2, i2 = K.topk_production(c, plan=plan)
     K.assert_topk(v2, i2, x, k, lengths, name=f"cluster pair merge {dtype.__name__}")
-    assert_close(i2, i, bitwise=True, name="merge vs joint indices")
-    assert_close(v2.view(np.uint8), v.view(np.uint8), bitwise=True, name="merge vs joint values")
+    assert_close(i2, i, bitwise=True, name="merge vs split indices")
+    assert_close(v2.view(np.uint8), v.view(np.uint8), bitwise=True, name="merge vs split values")
 
 
 @pytest.mark.skipif("cluster" not in TOPK_VARIANTS, reason="cluster variant not under test")
