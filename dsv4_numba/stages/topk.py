@@ -69,8 +69,8 @@ Implementations (stage registry name ``topk``)
     pair ending and its one-exchange rounds: 29.4-29.5 (bfloat16 29.2, 44.5 before its sort
     stopped falling back); 0.23.0, the pair's joint sort, a fused round 0 and a three-instruction
     float32 key: 26.1-26.3 (bfloat16 25.8), the merge ending 28.2 in the same run; 0.24.0, the
-    pair's ending split by slot: 25.9 against 26.4 for the joint sort in the same run (bfloat16
-    26.0 / 26.5); the target is 25):
+    pair's ending split by slot: 25.6 (bfloat16 25.1; a build holding both endings timed 25.9
+    against 26.4 for the joint sort); the target is 25):
     split's passes with each row ONE thread-block cluster of S = 2-16 CTAs (16 by default for
     <= 4 rows), co-scheduled by the hardware (no residency limit), exchanging through distributed
     shared memory instead of global memory: each histogram round is a reduce-scatter pushed with
@@ -85,9 +85,8 @@ Implementations (stage registry name ``topk``)
     of the slots and CTA 1 the rest, each pushing the other the items that are its (one
     exchange: ``pair_split_ending``); where a level round ran, each CTA sorts its own list, the
     two swap their sorted lists and each writes half of the merge (``cluster_pair_ending``).
-    Where a slice takes
-    several trips (64 x 131072: 65536 scores a CTA), pass 1 also keeps each score's top 16 key
-    bits in shared memory (the stash, ``SP_STASH``) and pass 2 filters those
+    Where a slice takes several trips (64 x 131072: 65536 scores a CTA), pass 1 also keeps each
+    score's top 16 key bits in shared memory (the stash, ``SP_STASH``) and pass 2 filters those
     (``stash_select``), loading only the ~1 K listed scores back instead of the slice
     (``TopkPlan(stash=)``; split has it on request).
     sm_90+ GPUs only (the simulator has no clusters: tests there cover split, whose passes it
@@ -2743,7 +2742,6 @@ def block_scan_asc(a, n, st, wsum, bmax):
         st[5] = 1
 
 
-
 @device
 def pair_split_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb, n_own, s, ph, M,
                       stop, st, wsum, e, jb):
@@ -2768,9 +2766,10 @@ def pair_split_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb, 
     Against the joint sort of 0.23.0 (both CTAs counting every slot, swapping the counts, then
     both placing every item in both CTAs' copies of the union): one exchange instead of two and
     half the slots scanned a CTA (H100, 2026-11-28, (64, 131072, 2048): 25.9 against 26.4 us in
-    the same run; bfloat16 26.0 / 26.5). The first form split at the bin boundary nearest
-    position M / 2, known to both CTAs from G: the bins near the threshold hold ~1 K items, so
-    one CTA ranked up to twice the other's (26.8 us, against 26.2 for the joint sort).
+    the same run, bfloat16 26.0 / 26.5; the final build 25.6, bfloat16 25.1). The first form
+    split at the bin boundary nearest position M / 2, known to both CTAs from G: the bins near
+    the threshold hold ~1 K items, so one CTA ranked up to twice the other's (26.8 us, against
+    26.2 for the joint sort).
     A slot of more than RB_BMAX items (keys crowded in a bin) makes this CTA sort its items by
     ``counting_sort_desc`` instead (its own decision: the CTAs share nothing after step 2).
     Returns 0, or 2 where the stop 12 / 7 timing hook ended it after step 3's counts / step 4.
