@@ -667,6 +667,7 @@ def test_block_scan_asc_simulated():
             _scan_asc_kernel.launch(1, threads, a.copy(), n, st, a[:n].max() - 1)
             assert st[5] == 1, n
 
+
 @kernel
 def _joint_kernel(hg, comps, jb, ks, slots):
     i = cuda.threadIdx.x

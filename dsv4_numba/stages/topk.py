@@ -2677,13 +2677,13 @@ def cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, sp
 def joint_slot(c, h, jb, ks):
     """The slot of composite c in a pair's joint counting sort of both CTAs' lists
     (``pair_split_ending``): its 12-bit bin b = c >> 52 owns the slots [G, G + n) -- G the
-    row's items above b (round 0's scan,
-    h[SP_RS + b]), n the row's count in b (h[b]) -- and c takes the one at its fraction of b's
-    range from the top (the ``compact`` bits below the bin, their top 32 as a 0.32 fraction):
-    larger composites never get later slots, and slot order is output order. An interpolation
-    sort: where a bin's items spread evenly over its range, ~1 a slot (NumPy model, 16 rows of
-    131072 normal scores, k = 2048, both halves' lists: the fullest slot held 6-8 items, float32
-    and bfloat16 alike). Slots lie in [0, M), M the row's items in bins >= the bucket."""
+    row's items above b (round 0's scan, h[SP_RS + b]), n the row's count in b (h[b]) -- and c
+    takes the one at its fraction of b's range from the top (the ``compact`` bits below the
+    bin, their top 32 as a 0.32 fraction): larger composites never get later slots, and slot
+    order is output order. An interpolation sort: where a bin's items spread evenly over its
+    range, ~1 a slot (NumPy model, 16 rows of 131072 normal scores, k = 2048, both halves'
+    lists: the fullest slot held 6-8 items, float32 and bfloat16 alike). Slots lie in [0, M), M
+    the row's items in bins >= the bucket."""
     b = uint32(c >> uint64(52))
     nb = uint32(uint32(20 - ks) + uint32(jb))     # bits of compact(c) below the bin
     low = (uint64(1) << uint64(nb)) - uint64(1)
