@@ -676,6 +676,14 @@ def _joint_kernel(hg, comps, jb, ks, slots):
         i += cuda.blockDim.x
 
 
+@kernel
+def _item_slot_kernel(hg, comps, packed, jb, ks, slots):
+    i = cuda.threadIdx.x
+    while i < comps.size:
+        slots[i] = K.item_slot(comps[i], packed, hg, jb, ks)
+        i += cuda.blockDim.x
+
+
 def _joint_model(x, k, half):
     """The pair's lists of one row (two halves at ``half``) as the kernel has them after pass 2:
     round 0's histogram and scan (h, G), M, and each half's composites in bins >= the bucket."""
@@ -714,6 +722,14 @@ def test_pair_split_sort_helpers_simulated(dtype):
     slots = np.full(comps.size, -1, np.int32)
     _joint_kernel.launch(1, 32, hg, comps, jb, ks, slots)
     assert slots.min() >= 0 and slots.max() < M
+    # item_slot: the slot read back from bits 20-31 (jb <= 20: packed as the kernel does), or
+    # computed again unpacked
+    assert jb <= 20
+    packed = (comps & ~np.uint64(K.JOINT_Q)) | (slots.astype(np.uint64) << np.uint64(20))
+    for cs, pk in ((packed, True), (comps, False)):
+        got = np.full(comps.size, -1, np.int32)
+        _item_slot_kernel.launch(1, 32, hg, cs, pk, jb, ks, got)
+        assert np.array_equal(got, slots), f"item_slot (packed={pk})"
     order = np.argsort(comps)[::-1]                             # descending composites
     assert np.array_equal(np.sort(slots), slots[order]), "a larger item, a later slot"
     tot = np.bincount(slots, minlength=M)

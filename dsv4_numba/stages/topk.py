@@ -70,7 +70,9 @@ Implementations (stage registry name ``topk``)
     stopped falling back); 0.23.0, the pair's joint sort, a fused round 0 and a three-instruction
     float32 key: 26.1-26.3 (bfloat16 25.8), the merge ending 28.2 in the same run; 0.24.0, the
     pair's ending split by slot: 25.6 (bfloat16 25.1; a build holding both endings timed 25.9
-    against 26.4 for the joint sort); the target is 25):
+    against 26.4 for the joint sort); 0.24.1, re-timed with 0.24.0's build in the same run:
+    25.8-25.9 against 25.8, and 12.3 / 11.0 on the second and third target shapes; the target is
+    25):
     split's passes with each row ONE thread-block cluster of S = 2-16 CTAs (16 by default for
     <= 4 rows), co-scheduled by the hardware (no residency limit), exchanging through distributed
     shared memory instead of global memory: each histogram round is a reduce-scatter pushed with
@@ -2695,6 +2697,15 @@ def joint_slot(c, h, jb, ks):
 
 
 @device
+def item_slot(c, packed, h, jb, ks):
+    """The ``joint_slot`` of composite c in a pair's split ending: read from bits 20-31 of its
+    low word where ``packed`` (``pair_split_ending`` put it there), else computed again."""
+    if packed:
+        return uint32(uint32(c >> uint64(20)) & uint32(NBINS - 1))
+    return joint_slot(c, h, jb, ks)
+
+
+@device
 def block_scan_asc(a, n, st, wsum, bmax):
     """a[0:n] (int32 counts, shared) -> their exclusive prefix sums, in place, by the whole block;
     st[5] = 1 if some a[q] > bmax (st[5] zeroed before). Thread t takes [t per, (t + 1) per),
@@ -2833,9 +2844,7 @@ def pair_split_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb, 
     nm = uint32(no - nsend + nrx)                 # the items this CTA ranks
     i = uint32(tid)
     while i < nrx:                                # 3. the peer's items counted
-        c = dyn64[uint32(SP_PAIR) + i]
-        q = uint32(uint32(c >> uint64(20)) & uint32(NBINS - 1)) if packed \
-            else joint_slot(c, dyn32, jb, ks)
+        q = item_slot(dyn64[uint32(SP_PAIR) + i], packed, dyn32, jb, ks)
         cuda.atomic.add(dyn32, uint32(uint32(SP_HS) + uint32(q - lo)), 1)
         i = uint32(i + nt)
     cuda.syncthreads()
@@ -2848,8 +2857,7 @@ def pair_split_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb, 
     nall = uint32(no + nrx)
     while i < nall:                               # 4. to the slots' next positions
         c = dyn64[uint32(K_MAX) + i] if i < no else dyn64[uint32(SP_PAIR) + uint32(i - no)]
-        q = uint32(uint32(c >> uint64(20)) & uint32(NBINS - 1)) if packed \
-            else joint_slot(c, dyn32, jb, ks)
+        q = item_slot(c, packed, dyn32, jb, ks)
         if uint32(q - lo) < ns:
             p = uint32(cuda.atomic.add(dyn32, uint32(uint32(SP_HS) + uint32(q - lo)), 1))
             dyn64[uint32(SP_U) + p] = c
@@ -2868,17 +2876,13 @@ def pair_split_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb, 
         cuda.syncthreads()
         counting_sort_desc(dyn64, nm, dyn64[K_MAX:], dyn32[SP_HS:SP_HS + NBINS],
                            dyn32[SP_HS + NBINS:SP_HS + 2 * NBINS], RB_BMAX, st, wsum, e, jb, ks)
-        i = uint32(tid)
-        while i < nm:
-            if uint32(po + i) < K32:
-                write_at(dyn64[swz(i)], obase + int64(po + i), x, base, kind, vals, idx, True)
-            i = uint32(i + nt)
+        kw = max(min(int64(nm), K - int64(po)), int64(0))     # those ranked below K
+        write_sorted(dyn64, kw, kw, x, base, obase + int64(po), kind, vals, idx, True, True)
         return 0
     i = uint32(tid)
     while i < nm:                                 # 5. rank and write
         c = dyn64[uint32(SP_U) + i]
-        q = uint32(uint32(uint32(c >> uint64(20)) & uint32(NBINS - 1)) if packed
-                   else joint_slot(c, dyn32, jb, ks)) - lo
+        q = uint32(item_slot(c, packed, dyn32, jb, ks) - lo)
         j = uint32(dyn32[uint32(SP_HS) + q - uint32(1)]) if q > uint32(0) else uint32(0)
         end = uint32(dyn32[uint32(SP_HS) + q])
         r = uint32(po + j)
