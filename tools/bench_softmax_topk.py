@@ -341,7 +341,8 @@ def main(argv=None):
                                 r"(:(no)?stash|:merge)?", v)]
     if bad:
         ap.error(f"--variant: unknown {bad}; choose from {VARIANTS}, split@S, cluster@S (/T: "
-                 f"T threads a CTA; :stash / :nostash: the stash on / off) or 'all'")
+                 f"T threads a CTA; :stash / :nostash: the stash on / off; :merge: a pair's "
+                 f"merge ending) or 'all'")
     dtypes = tuple(args.dtypes.split(","))
     if not set(dtypes) <= {"fp32", "bf16"}:
         ap.error(f"--dtypes: fp32 and / or bf16, got {args.dtypes!r}")
