@@ -83,6 +83,43 @@ def test_precompile_runner_reports_failures(capsys):
     assert "precompile bad: FAILED (rc 3)" in out and "precompile ok: ok" in out
 
 
+def test_bench_helpers_shared_by_the_tools():
+    """runtime.bench's rotation (input copies past 2 x L2, 1 to 8) and Cycle (round and round) are
+    the ones the benchmark tools use (they were copied in two tools before 0.24.2)."""
+    from dsv4_numba.runtime import bench
+    assert bench.rotation(1) == 8 and bench.rotation(2 * bench.L2_BYTES) == 1
+    assert bench.rotation(bench.L2_BYTES // 2 + 1) == 4 and bench.rotation(0) == 8
+    c = bench.Cycle(["a", "b", "c"])
+    assert [c() for _ in range(4)] == ["b", "c", "a", "b"]
+    for name in ("bench_softmax_topk", "bench_indexer", "bench_read_floor"):
+        t = _tool(name)
+        assert t.rotation is bench.rotation and t.Cycle is bench.Cycle, name
+
+
+def test_read_floor_kernels_assemble_and_check_arguments():
+    """tools/bench_read_floor.py: its ld.global and cp.async.bulk read kernels compile for sm_90a
+    without spills or local memory, with the loads they are named for; bad arguments are clear
+    errors before any GPU work (and no GPU is one too)."""
+    t = _tool("bench_read_floor")
+    sig = (types.float32[::1], types.int64, types.int64, types.uint32[::1])
+    for kern, want in ((t.ldg_kernel("nc", 512, 4), "LDG.E.128.CONSTANT"),
+                       (t.ldg_kernel("cg", 256, 8), "LDG.E.128.STRONG.GPU"),
+                       (t.ldg_kernel("nc_evict_last", 512, 8), "LDG.E.NA.128.CONSTANT"),
+                       (t.bulk_kernel(512, 16384, 4), "UBLKCP.S.G")):
+        res = kern.compile(sig, "sm_90a")
+        assert res.spill_stores == 0 and res.stack_bytes == 0, res.summary()
+        assert res.sass is None or want in res.sass, (kern.__name__, want)
+    with pytest.raises(ValueError, match="load form"):
+        t.load_form("ca")
+    with pytest.raises(SystemExit, match="RxN"):
+        t.main(["--shape", "64by8"])
+    with pytest.raises(SystemExit, match="divide"):
+        t.main(["--shape", "3x5", "--ctas", "2"])
+    if runtime.detect_gpu() is None:
+        with pytest.raises(SystemExit, match="needs a GPU"):
+            t.main(["--quick"])
+
+
 def test_ncu_source_summary(tmp_path, capsys):
     """tools/ncu_source_summary.py on a hand-made ncu source page: totals by stall reason, the
     bank-conflict excess, windows with their landmarks, instructions that never ran, a clear

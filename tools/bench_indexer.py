@@ -44,25 +44,13 @@ import sys
 
 import numpy as np
 
-L2_BYTES = 50 * 2 ** 20
+from dsv4_numba.runtime.bench import Cycle, rotation
+
 H, D = 64, 128
 SHAPES = [(1, 65536, 512), (4, 131072, 1024), (64, 65536, 512), (1, 262144, 2048),
           (16, 262144, 2048)]
 TARGETS = {(1, 65536, 512): 20.0, (4, 131072, 1024): 40.0, (64, 65536, 512): 200.0}
 E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
-
-
-def rotation(nbytes: int) -> int:
-    return int(min(8, max(1, -(-2 * L2_BYTES // max(nbytes, 1)))))
-
-
-class Cycle:
-    def __init__(self, items):
-        self.items, self.i = items, 0
-
-    def __call__(self):
-        self.i = (self.i + 1) % len(self.items)
-        return self.items[self.i]
 
 
 def torch_dequant_fp4(torch, data, scales, lut):

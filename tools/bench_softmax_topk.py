@@ -52,7 +52,7 @@ import time
 
 import numpy as np
 
-L2_BYTES = 50 * 2 ** 20
+from dsv4_numba.runtime.bench import Cycle, rotation
 
 SOFTMAX_SHAPES = [(4096, 4096), (65536, 2048), (64, 131072)]
 TOPK_SHAPES = [(4, 65536, 2048), (64, 131072, 512), (64, 131072, 2048), (1, 1048576, 1024),
@@ -60,20 +60,6 @@ TOPK_SHAPES = [(4, 65536, 2048), (64, 131072, 512), (64, 131072, 2048), (1, 1048
 # issue 4's targets (us, fp32 assumed): B=64,N=131072,k=2048 <= 25; B=1,N=65536,k=2048 <= 15;
 # B=4,N=65536,k=512 <= 12
 TARGETS = {(64, 131072, 2048): 25.0, (1, 65536, 2048): 15.0, (4, 65536, 512): 12.0}
-
-
-def rotation(nbytes: int) -> int:
-    """How many input sets to cycle through so that the working set exceeds 2x L2 (max 8)."""
-    return int(min(8, max(1, -(-2 * L2_BYTES // max(nbytes, 1)))))
-
-
-class Cycle:
-    def __init__(self, items):
-        self.items, self.i = items, 0
-
-    def __call__(self):
-        self.i = (self.i + 1) % len(self.items)
-        return self.items[self.i]
 
 
 def host_us(fn, reps=50, variant=None):

@@ -37,6 +37,26 @@ def time_gpu(fn, reps: int = 20, repeats: int = 7, spin_iters: int = 2_000_000) 
     return float(np.median(samples))
 
 
+L2_BYTES = 50 * 2 ** 20          # the H100's L2: timed inputs rotate through more than twice this
+
+
+def rotation(nbytes: int, l2_bytes: int = L2_BYTES) -> int:
+    """How many input sets of ``nbytes`` to cycle through so that the working set exceeds twice
+    the L2 (1 to 8): each timed call then reads its input from HBM, as a cold call does."""
+    return int(min(8, max(1, -(-2 * l2_bytes // max(nbytes, 1)))))
+
+
+class Cycle:
+    """``Cycle(items)()``: the next of ``items``, round and round (the timed calls' input sets)."""
+
+    def __init__(self, items):
+        self.items, self.i = items, 0
+
+    def __call__(self):
+        self.i = (self.i + 1) % len(self.items)
+        return self.items[self.i]
+
+
 def copy_bandwidth(nbytes: int = 1 << 30) -> float:
     """Device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written."""
     from numba import cuda
