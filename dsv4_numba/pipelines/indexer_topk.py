@@ -53,8 +53,7 @@ from ..hw.portable import address_of
 from ..runtime import F32, device, kernel, mode
 from ..stages import topk as TK
 # device functions by name: the simulator swaps a kernel's global helpers for their twins
-from ..stages.topk import (block_find_bucket, filter_slice, finish_fused, key_f32_bits, row_length,
-                          stage_flush, stage_slice)
+from ..stages.topk import block_find_bucket, finish_fused, key_f32_bits, row_length, select_slice
 
 NBINS = TK.NBINS                 # 4096 bins: the top 12 bits of the order-preserving float key
 HSHIFT = TK.HSHIFT
@@ -112,26 +111,8 @@ def select_hist_kernel(vectorized: bool, staged: bool):
             block_find_bucket(ghist[gb:gb + NBINS], NBINS, K, st32, wsum)
             b1 = st32[0]
         cuda.syncthreads()                         # every thread has b1: st32 is reused below
-        if STAGED:
-            if tid == 0:
-                st32[5] = 0
-                st32[6] = 0
-            cuda.syncthreads()
-            if b1 >= 0:
-                stage_slice(x, address_of(x, VEC), int64(row) * n, int64(s) * chunk,
-                               min(int64(s) * chunk + chunk, L), uint32(b1), row, meta, sure,
-                               cand, capacity, keys, nxt, F32, VEC, buf, scap, st32)
-                stage_flush(row, meta, sure, cand, capacity, buf, scap, st32)
-        elif b1 >= 0:
-            filter_slice(x, address_of(x, VEC), int64(row) * n, int64(s) * chunk,
-                            min(int64(s) * chunk + chunk, L), uint32(b1), row, meta, sure, cand,
-                            capacity, keys, F32, VEC)
-        cuda.threadfence()                         # this block's appends, before its ticket
-        cuda.syncthreads()
-        if tid == 0:
-            st32[4] = cuda.atomic.add(meta, row * META + 4, 1)
-        cuda.syncthreads()
-        if st32[4] != S - 1:
+        if not select_slice(x, n, L, b1, row, s, S, chunk, meta, sure, cand, capacity, keys, nxt,
+                            F32, VEC, STAGED, buf, scap, st32):
             return
         if tid == 0:
             meta[row * META + 0] = b1              # the finish reads b1 here (the histogram

@@ -1408,6 +1408,37 @@ def stage_flush(row, meta, sure, cand, capacity, buf, scap, st32):
             cand[int64(row) * capacity + gc + i] = buf[scap + i]
 
 
+@device
+def select_slice(x, n, L, b1, row, s, S, chunk, meta, sure, cand, capacity, keys, nxt, kind, VEC,
+                 STAGED, buf, scap, st32):
+    """The select launch's block work (``select_kernel``, and the indexer's
+    ``select_hist_kernel``): the slice s of the row's valid prefix L at or above bin b1 (-1: the
+    row is empty) -> the row's sure / candidate lists (``filter_slice``; ``STAGED``, compile-time:
+    staged in shared memory, ``stage_slice`` + ``stage_flush``), then a fence and the row's ticket.
+    Returns whether this block took the row's last ticket (it runs the finish)."""
+    tid = cuda.threadIdx.x
+    if STAGED:
+        if tid == 0:
+            st32[5] = 0
+            st32[6] = 0
+        cuda.syncthreads()
+        if b1 >= 0:                               # block-uniform: the barriers inside are safe
+            stage_slice(x, address_of(x, VEC), int64(row) * n, int64(s) * chunk,
+                        min(int64(s) * chunk + chunk, L), uint32(b1), row, meta, sure, cand,
+                        capacity, keys, nxt, kind, VEC, buf, scap, st32)
+            stage_flush(row, meta, sure, cand, capacity, buf, scap, st32)
+    elif b1 >= 0:
+        filter_slice(x, address_of(x, VEC), int64(row) * n, int64(s) * chunk,
+                     min(int64(s) * chunk + chunk, L), uint32(b1), row, meta, sure, cand,
+                     capacity, keys, kind, VEC)
+    cuda.threadfence()                            # this block's appends, before its ticket
+    cuda.syncthreads()
+    if tid == 0:
+        st32[4] = cuda.atomic.add(meta, row * META + 4, 1)
+    cuda.syncthreads()
+    return st32[4] == S - 1
+
+
 def select_kernel(kind, vectorized, staged=False):
     """The fused variant's second (last) launch: filter_slice on each block's slice (re-read,
     mostly from L2), then fence + ticket; the row's last block runs ``finish_fused``.
@@ -1424,7 +1455,6 @@ def select_kernel(kind, vectorized, staged=False):
         b = cuda.blockIdx.x
         row = b // S
         s = b - row * S
-        tid = cuda.threadIdx.x
         hist = cuda.shared.array(256, int32)
         buf = cuda.shared.array(K_MAX, uint64)
         st = cuda.shared.array(4, int64)
@@ -1433,26 +1463,8 @@ def select_kernel(kind, vectorized, staged=False):
         nxt = cuda.local.array(VEC, uint32)
         L = row_length(row, n, lengths, has_len)
         b1 = meta[row * META + 0]                 # written by the histogram launch
-        if STAGED:
-            if tid == 0:
-                st32[5] = 0
-                st32[6] = 0
-            cuda.syncthreads()
-            if b1 >= 0:                           # block-uniform: the barriers inside are safe
-                stage_slice(x, address_of(x, VEC), int64(row) * n, int64(s) * chunk,
-                            min(int64(s) * chunk + chunk, L), uint32(b1), row, meta, sure, cand,
-                            capacity, keys, nxt, kind, VEC, buf, scap, st32)
-                stage_flush(row, meta, sure, cand, capacity, buf, scap, st32)
-        elif b1 >= 0:
-            filter_slice(x, address_of(x, VEC), int64(row) * n, int64(s) * chunk,
-                         min(int64(s) * chunk + chunk, L), uint32(b1), row, meta, sure, cand,
-                         capacity, keys, kind, VEC)
-        cuda.threadfence()                        # this block's appends, before its ticket
-        cuda.syncthreads()
-        if tid == 0:
-            st32[4] = cuda.atomic.add(meta, row * META + 4, 1)
-        cuda.syncthreads()
-        if st32[4] != S - 1:
+        if not select_slice(x, n, L, b1, row, s, S, chunk, meta, sure, cand, capacity, keys, nxt,
+                            kind, VEC, STAGED, buf, scap, st32):
             return
         finish_fused(x, L, int64(row) * n, int64(row) * k, k, kind, row, ghist, meta, tickets,
                      sure, cand, capacity, vals, idx, hist, buf, st, st32)
