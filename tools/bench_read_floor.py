@@ -30,11 +30,10 @@ import numpy as np
 from numba import cuda, uint32, uint64
 
 from dsv4_numba.hw import ops
-from dsv4_numba.runtime import device, kernel
-from dsv4_numba.runtime.bench import Cycle, rotation, time_gpu
+from dsv4_numba.runtime import detect_gpu, device, kernel
+from dsv4_numba.runtime.bench import Cycle, copy_bandwidth, rotation, time_gpu
 
 MAGIC = 0x12345679      # the fold is stored only if it equals this (it never does in practice)
-LOADS = ("nc", "cg", "nc_evict_last")
 
 
 @device
@@ -52,12 +51,14 @@ def ld_nc_evict_last(a):                            # ld.global.nc.L1::no_alloca
     return ops.ld_global_nc_v4_u32_hint(a, ops.l2_policy_evict_last())
 
 
+LOADS = {"nc": ld_nc, "cg": ld_cg, "nc_evict_last": ld_nc_evict_last}
+
+
 def load_form(name):
     """The 16-byte load of an ld.global form (a device function of the generic address)."""
-    forms = {"nc": ld_nc, "cg": ld_cg, "nc_evict_last": ld_nc_evict_last}
-    if name not in forms:
+    if name not in LOADS:
         raise ValueError(f"load form {name!r}: one of {', '.join(LOADS)}")
-    return forms[name]
+    return LOADS[name]
 
 
 def ldg_kernel(load, T, U):
@@ -168,8 +169,6 @@ def main(argv=None) -> int:
         raise SystemExit(f"--shape: {args.shape!r} is not RxN (e.g. 64x131072)") from None
     if args.ctas < 1 or (R * N) % args.ctas:
         raise SystemExit(f"--ctas {args.ctas}: must divide the {R * N} scores evenly")
-    from dsv4_numba.runtime import detect_gpu
-    from dsv4_numba.runtime.bench import copy_bandwidth
     gpu = detect_gpu()
     if gpu is None:
         raise SystemExit("bench_read_floor needs a GPU (none found)")
