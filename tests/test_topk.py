@@ -862,6 +862,32 @@ def test_production_compiles_for_sm90a_slow(idx):
 
 
 @pytest.mark.slow
+def test_pair_guess_kernel_compiles_for_sm90a():
+    """The pair kernel with the guessed pass 1 (opt-in ``TopkPlan.pair_guess``; ~4.5 min here) is
+    its own kernel, so the exact pair kernel's code is unchanged; ptxas accepts it for sm_90a,
+    with the L2 bulk prefetch and the warp-aggregated appends (a warp scan's shuffles) in it.
+    Under the 128-register cap of 512 x 1 launch bounds ptxas spills ~44 bytes (2026-11-28),
+    none of it between a 16-byte load of the passes and its shared atomics (``_hot_windows``):
+    bounded here, not forbidden as in the other split kernels."""
+    kern = K.split_kernel(K.F32, True, 512, 2, True)
+    assert kern.__name__ == "topk_split_f32_v4_t512_c2_g"
+    assert K.split_kernel(K.F32, True, 512, 2) is not kern
+    assert K.split_kernel(K.F32, True, 512, 16, True) is K.split_kernel(K.F32, True, 512, 16)
+    sig = next(s for k, s in PROD.kernels() if k is kern)
+    res = kern.compile(sig, "sm_90a", want_sass=True)
+    assert res.registers <= 128 and res.spill_stores <= 64, res.summary()
+    assert "cp.async.bulk.prefetch.L2.global" in res.ptx and "shfl.sync.up" in res.ptx
+    assert "ld.local" not in res.ptx and "st.local" not in res.ptx
+    if res.sass is None:
+        pytest.skip("no nvdisasm in this toolkit: SASS checks skipped")
+    import re
+    lines = res.sass.splitlines()
+    local = [n for n, ln in enumerate(lines) if re.search(r"\b(LDL|STL)\b", ln)]
+    inside = [lines[n].strip() for n in local if any(a <= n <= b for a, b in _hot_windows(lines))]
+    assert not inside, f"local memory inside the passes over the row: {inside[:3]}"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("idx", range(len(KERNELS)),
                          ids=[f"{k.__name__}-{i}" for i, (k, _) in enumerate(KERNELS)])
 def test_production_compiles_for_sm100a(idx):
