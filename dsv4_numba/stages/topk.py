@@ -3276,8 +3276,10 @@ def split_kernel(kind, vectorized, threads, cluster=0, guess=False):
     memory
     SP_SMEM_CLUSTER: dyn32[SP_HS:] holds the summed histogram slice, then the items' owner
     slots, then counting_sort_desc's counts; ghist, gbar, goff and glist are not used, gcnt only
-    by an empty row's done flag and a pair's guess fallback flag (gcnt[2 row]). sm_90+, GPU only. split's runs of at most SP_RSORT composites
-    are ordered by counting (``rank_sort_desc``), longer ones by ``bitonic_sort_desc_warp``.
+    by an empty row's done flag and a pair's guess fallback flag (gcnt[2 row]). sm_90+, GPU
+    only. split's runs of at most SP_RSORT composites are ordered by counting
+    (``rank_sort_desc``), longer ones by ``bitonic_sort_desc_warp``. ``guess`` (cluster = 2):
+    the kernel with step 0, "_g" (``TopkPlan.pair_guess``).
     """
     # a pair's guessed pass 1 (step 0) is compiled in its own kernel, "_g": the exact kernel's
     # code stays as timed, and its compile time (the guess nearly doubles the PTX) is paid where
