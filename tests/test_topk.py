@@ -319,6 +319,36 @@ def test_stash_plans():
 
 
 @pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+def test_guess_outcome_model(dtype):
+    """``topk.guess_outcome``, the NumPy model of a pair's guessed pass 1 (which the GPU tests hold
+    the kernel to, row by row): normal rows (k 512 / 2048, lengths 32 K .. 128 K) are decided by
+    the guess -- the margin, 1.25 x the sample's share of K + GUESS_PAD, keeps them clear of both
+    failure modes; ties and uniform scores (a list overflows; a 12-bit bin of ~8 K scores) fall
+    back, as do ascending rows (each sample holds its slice's smallest) and rows whose slice 0 is
+    descending (its guess is high: the bucket lies below the bins both lists cover); K = 0, 16 K
+    > L and 2 K over the list capacity are not tried."""
+    g = np.random.default_rng(5)
+    N, vec = 131072, 4 if dtype == np.float32 else 8
+    out = K.guess_outcome
+    for k, L in ((2048, N), (512, N), (2048, 100000), (2048, 65536 + 999), (1024, 40001),
+                 (2048, 32768)):
+        for _ in range(4):
+            x = g.standard_normal(N).astype(dtype)
+            assert out(x, k, L, 65536, 512, vec) == "guess", (k, L)
+    x = g.standard_normal(N).astype(dtype)
+    assert out(np.sort(x), 2048, N, 65536, 512, vec) == "fallback"
+    mixed = x.copy()
+    mixed[:N // 2] = -np.sort(-x[:N // 2].astype(np.float32)).astype(dtype)
+    assert out(mixed, 2048, N, 65536, 512, vec) == "fallback"      # (fewer than K listed)
+    assert out(mixed, 512, N, 65536, 512, vec) == "fallback"       # (the bucket below B)
+    assert out(g.integers(0, 50, N).astype(dtype), 2048, N, 65536, 512, vec) == "fallback"
+    assert out(g.random(N).astype(dtype), 2048, N, 65536, 512, vec) == "fallback"
+    assert out(x, 2048, 32767, 65536, 512, vec) == "exact"
+    assert out(x, 4096, N, 65536, 512, vec) == "exact"
+    assert out(x, 2048, 0, 65536, 512, vec) == "exact"
+
+
 def test_split_one_full_trip_simulated():
     """Slices of exactly one full vector trip (512 float32 scores at 32 threads): pass 2 reuses
     the words pass 1 left in registers (``rb_pass``'s reuse, split's KEEP), so pass 1's

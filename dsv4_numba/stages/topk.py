@@ -252,6 +252,44 @@ def order_keys(scores) -> np.ndarray:
     return np.where(nan, np.uint32(0xFFFFFFFF if x.dtype == np.float32 else 0xFFFF0000), key)
 
 
+def guess_outcome(row, k, L, chunk, threads, vec, ccap=None) -> str:
+    """The NumPy model of a "cluster" pair's guessed pass 1 and its round for one row
+    (``guess_pass``, ``pair_guess_round``, ``split_kernel`` step 0): "exact" where the kernel does
+    not try it (K = 0, 16 K > L or 2 K over the list capacity), "guess" where the two lists
+    decide the row, "fallback" where the exact passes follow (a list overflowed, the lists hold
+    fewer than K scores, the bucket lies below the bins both lists cover, or it needs a level
+    round). ``row``: the row's scores (NumPy float32 / bfloat16), L its valid length; ``chunk``,
+    ``threads``, ``vec``: the plan's slice, CTA size and vector width (4 float32, 8 bfloat16, 1
+    on the scalar path); ``ccap``: the bucket capacity (default: the plan's). The GPU tests
+    compare it with ``TopkPlan.guess_fallbacks`` row by row."""
+    K = min(int(k), int(L))
+    ccap = min(RB_CCAP, K_MAX + 1 - int(k)) if ccap is None else ccap
+    lcap = min(K + ccap, SP_LMAX)
+    if K == 0 or 16 * K > L or 2 * K > lcap:
+        return "exact"
+    bins = (order_keys(np.asarray(row)[:L]) >> HSHIFT).astype(np.int64)
+    step = threads * vec * (4 if vec != 8 else 2)         # a trip: ``rb_pass``'s U vectors
+    hist, guesses, overflow = np.zeros(NBINS, np.int64), [], False
+    for s in range(2):
+        lo = min(s * chunk, L)
+        b_s = bins[lo:min(lo + chunk, L)]
+        n = min(step, len(b_s) - len(b_s) % vec)           # the sample: the first trip
+        b = 0
+        if n > 0:
+            r = min(5 * K * n // (4 * L) + GUESS_PAD, n)
+            top = np.cumsum(np.bincount(b_s[:n], minlength=NBINS)[::-1])
+            b = NBINS - 1 - int(np.searchsorted(top, r))   # the bin of the r-th largest
+        listed = b_s[b_s >= b]
+        overflow |= len(listed) > lcap
+        hist += np.bincount(listed, minlength=NBINS)
+        guesses.append(b)
+    top = np.cumsum(hist[::-1])
+    if top[-1] < K:
+        return "fallback"
+    d = NBINS - 1 - int(np.searchsorted(top, K))            # the bin of the K-th largest
+    return "fallback" if overflow or d < max(guesses) or hist[d] > ccap else "guess"
+
+
 # ----------------------------------------------------------------------------------------------
 # Keys and composites (shared by every implementation)
 # ----------------------------------------------------------------------------------------------

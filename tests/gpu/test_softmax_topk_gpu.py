@@ -437,7 +437,8 @@ def test_topk_cluster_stash(kind, dtype):
 def test_topk_cluster_guess(kind, dtype):
     """A pair's guessed pass 1 (``guess_pass``, ``TopkPlan.pair_guess``; 64 x 131072, S = 2 x
     512): the oracle, the same bits as the exact passes (the default kernel), and which rows fell
-    back (the exact passes after the guess, in the same launch).
+    back (the exact passes after the guess, in the same launch), row by row as
+    ``topk.guess_outcome`` (the decision's NumPy model) says.
     normal (outliers, +-inf, lengths as the stash test's): no row with 16 K <= L falls back;
     uniform (12-bit bins of ~8 K scores: a level round), ties (lists overflow), ascending rows
     (each CTA's first trip holds its smallest scores: overflow) fall back in every such row;
@@ -465,11 +466,14 @@ def test_topk_cluster_guess(kind, dtype):
     v, i = K.topk_production(c, plan=plan)
     K.assert_topk(v, i, x, k, lengths, name=f"cluster guess {kind} {dtype.__name__}")
     fell = plan.guess_fallbacks()
-    guessed = 16 * np.minimum(k, lengths) <= lengths
+    vec = 4 if dtype == np.float32 else 8
+    model = np.array([K.guess_outcome(x[r], k, lengths[r], plan.chunk, plan.split_threads, vec)
+                      for r in range(R)])
+    assert (fell == (model == "fallback")).all(), np.flatnonzero(fell != (model == "fallback"))
     if kind == "normal":
-        assert guessed.sum() > 40 and not fell.any(), np.flatnonzero(fell)
+        assert (model == "guess").sum() > 40 and not fell.any(), np.flatnonzero(fell)
     else:
-        assert (fell == guessed).all(), (np.flatnonzero(fell != guessed), kind)
+        assert (model == "fallback").all(), (kind, model)
     plan.pair_guess = False
     v2, i2 = K.topk_production(c, plan=plan)
     assert not plan.guess_fallbacks().any()
