@@ -2962,7 +2962,8 @@ def pair_split_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb, 
     split at the bin boundary nearest position M / 2, known to both CTAs from G: the bins near
     the threshold hold ~1 K items, so one CTA ranked up to twice the other's (26.8 us, against
     26.2 for the joint sort).
-    ``drop`` (compile-time: the guess kernel) lets step 2 drop items; without it every listed
+    ``drop`` (after a guessed pass 1; a constant of the call site) lets step 2 drop items and
+    skips its wait for the peer's message (``cluster_pair_ending``); without it every listed
     item is ranked, the code as timed before the guess existed.
     A slot of more than RB_BMAX items (keys crowded in a bin) makes this CTA sort its items by
     ``counting_sort_desc`` instead (its own decision: the CTAs share nothing after step 2).
@@ -2999,7 +3000,8 @@ def pair_split_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb, 
     packed = jb <= 20
     rxa = ops.shared_address(dyn64) + uint32(8 * SP_PAIR)
     pmb = ops.mapa_shared_cluster(ma + uint32(16), peer)
-    ops.mbarrier_wait_parity_cluster(ma, ph)      # 2. the peer is past pass 2
+    if not drop:                                  # 2. the peer is past pass 2
+        ops.mbarrier_wait_parity_cluster(ma, ph)
     i = uint32(tid)
     nd = uint32(0)
     while i < no:
@@ -3118,9 +3120,12 @@ def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm,
     owners' step and one exchange's wait: the counts cross during the sort. mbarrier phases: seg
     + 1 of mb[0], 0 of mb[1] (the pair's rounds use mb[0] only: ``pair_push_bucket``; the
     split ending: 0 of mb[2]). No cluster barrier but the exit's (arrived once the pushes are
-    issued). ``drop``: the split ending may drop listed items below the bucket (after a guessed
-    pass 1; compile-time). Memory: SP_PAIR (the stash area, or SP_SMEM_PAIR bytes launched
-    without it). stop
+    issued). ``drop`` (after a guessed pass 1; a constant of the call site): the split ending
+    may drop listed items below the bucket, and step 1's message is neither sent nor awaited:
+    no stash area is in use, and mb[0] keeps the guessed round's phase only -- the message's 4
+    bytes could otherwise complete on the peer's mb[0] before this CTA's round pushes there
+    (no rule orders separate st.async completions), whose phase would then never complete.
+    Memory: SP_PAIR (the stash area, or SP_SMEM_PAIR bytes launched without it). stop
     12: the timing hook ends after step 2 (the split ending: after its counts), 7 after step
     3's wait (the split ending: after its items are placed). Napkin math ((64, 131072,
     2048) at S = 2 x 512, ~1.1 K items a CTA): the sort ~4 us (as the owners' was), the list's
@@ -3139,7 +3144,7 @@ def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm,
     ph = uint32((seg + 1) & 1)
     ma = ops.shared_address(mb)
     no = uint32(n_own)
-    if tid == 0:                                  # 1.
+    if tid == 0 and not drop:                     # 1. (after a guess: not needed, see below)
         ops.mbarrier_arrive_expect_tx(ma, uint32(4))
         ops.st_async_b32(ops.mapa_shared_cluster(ops.shared_address(cm) + uint32(4 * s), peer),
                          no, ops.mapa_shared_cluster(ma, peer))
@@ -3369,6 +3374,8 @@ def split_kernel(kind, vectorized, threads, cluster=0, guess=False):
                     write_empty(vals, idx, obase + i, kind)
                 if s == 0 and tid == 0:
                     gcnt[2 * row + 1] = 1
+                    if GUESS:
+                        gcnt[2 * row] = 0         # (no stale ``guess_fallbacks`` flag)
             return
         base = int64(row) * n
         c_lo = min(int64(s) * chunk, L)
@@ -3464,7 +3471,7 @@ def split_kernel(kind, vectorized, threads, cluster=0, guess=False):
         if CL == 2:                               # 3. a pair: sorted lists merged
             cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, rcnt, mb,
                                 n_own, s, seg, stop, st, wsum, e, gcnt, row, index_bits(L),
-                                int32(K - want + cnt) if lv1 and not merge else int32(0), GUESS)
+                                int32(K - want + cnt) if lv1 and not merge else int32(0), False)
             return
         if CL:                                    # 3. each item to its owner, ranked there
             cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, spl, rcnt,
