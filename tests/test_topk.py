@@ -318,7 +318,6 @@ def test_stash_plans():
         K.TopkPlan(64, 131072, 2048, K.F32, variant="rowblock", stash=True)
 
 
-@pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
 @pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
 def test_guess_outcome_model(dtype):
     """``topk.guess_outcome``, the NumPy model of a pair's guessed pass 1 (which the GPU tests hold
@@ -349,6 +348,7 @@ def test_guess_outcome_model(dtype):
     assert out(x, 2048, 0, 65536, 512, vec) == "exact"
 
 
+@pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
 def test_split_one_full_trip_simulated():
     """Slices of exactly one full vector trip (512 float32 scores at 32 threads): pass 2 reuses
     the words pass 1 left in registers (``rb_pass``'s reuse, split's KEEP), so pass 1's
@@ -910,7 +910,6 @@ def test_pair_guess_kernel_compiles_for_sm90a():
     assert "ld.local" not in res.ptx and "st.local" not in res.ptx
     if res.sass is None:
         pytest.skip("no nvdisasm in this toolkit: SASS checks skipped")
-    import re
     lines = res.sass.splitlines()
     local = [n for n, ln in enumerate(lines) if re.search(r"\b(LDL|STL)\b", ln)]
     inside = [lines[n].strip() for n in local if any(a <= n <= b for a, b in _hot_windows(lines))]
