@@ -2409,10 +2409,11 @@ def push4(h, o, dst, mbar, r):
 
 
 @device
-def pair_push_bucket(h, ha, ma, par, want, s, seg, st, wsum):
-    """``cluster_push_bucket`` for a pair (CL = 2), after its barrier: this CTA's whole
-    histogram h[0:NBINS] -> the peer's receive buffer (st.async, 16 bytes a store, on its
-    mbarrier mb[0]), then ``pair_scan_bucket`` (h += the peer's, the scan, the bucket).
+def pair_push_bucket(h, ha, ma, par, want, s, rb, nq, st, wsum):
+    """``cluster_push_bucket`` for a pair (CL = 2), after its barrier: this CTA's words
+    h[0:4 nq] (the whole histogram, nq = NBINS / 4; ``pair_guess_round``: + 4 words of flags)
+    -> the peer's receive buffer h[rb:] (st.async, 16 bytes a store, on its mbarrier mb[0]),
+    then ``pair_scan_bucket`` (h += the peer's, the scan, the bucket).
     One exchange where the reduce-scatter + all-gather of larger clusters takes two (a DSMEM
     latency and a barrier fewer). The receive buffer alternates by round, h[SP_RA:] (even seg)
     and h[SP_RB:] (odd): the peer pushes round seg + 2 only after this CTA's round seg + 1
@@ -2420,10 +2421,9 @@ def pair_push_bucket(h, ha, ma, par, want, s, seg, st, wsum):
     stays 0: ``cluster_pair_ending``)."""
     tid = cuda.threadIdx.x
     nt = uint32(cuda.blockDim.x)
-    rb = uint32(SP_RA if seg % 2 == 0 else SP_RB)
     peer = uint32(1 - s)
     q = uint32(tid)
-    while q < uint32(NBINS // 4):                 # bins b .. b + 3 -> the peer's rb + b
+    while q < uint32(nq):                         # bins b .. b + 3 -> the peer's rb + b
         b = q * uint32(4)
         push4(h, b, ha + uint32(4) * (rb + b), ma, peer)
         q = uint32(q + nt)
@@ -2436,14 +2436,14 @@ def pair_guess_round(h, mb, K, s, b, ovf, st, wsum):
     """The round after a pair's guessed pass 1 (``guess_pass``): h[0:NBINS] this CTA's histogram
     of its listed scores, b its guess bin, ovf 1 if its list overflowed. The whole histogram and
     (b, ovf) -> the peer's h[SP_HS:SP_HS + NBINS + 4] (st.async, 16 bytes a store, on its mb[0],
-    phase 0; SP_HS is free until the ending), then ``pair_scan_bucket`` of the sum. The summed
+    phase 0; SP_HS is free until the ending), then ``pair_scan_bucket`` of the sum: round 0's
+    ``pair_push_bucket`` with one 16-byte push more a CTA. The summed
     counts are exact in bins >= B = max(b, the peer's b) only, so the bucket d found is the
     row's iff the crossing lies there: returns (d, the row's items above d, d's count, B, either
     CTA's overflow), above = -1 where the lists hold fewer than K scores. The caller's test is
     row-uniform (both CTAs hold the same sums and flags). Waits on the kernel start's cluster
     arrive (every mbarrier initialised) before its first push, as round 0 does."""
     tid = cuda.threadIdx.x
-    nt = uint32(cuda.blockDim.x)
     ma = ops.shared_address(mb)
     ha = ops.shared_address(h)
     rb = uint32(SP_HS)
@@ -2457,16 +2457,10 @@ def pair_guess_round(h, mb, K, s, b, ovf, st, wsum):
         st[1] = -1
     ops.cluster_wait_acquire()                    # every CTA's mbarriers are initialised
     cuda.syncthreads()                            # h is complete
-    peer = uint32(1 - s)
-    q = uint32(tid)
-    while q <= uint32(NBINS // 4):                # bins b .. b + 3, then the flags
-        o = q * uint32(4)
-        push4(h, o, ha + uint32(4) * (rb + o), ma, peer)
-        q = uint32(q + nt)
-    ops.mbarrier_wait_parity_cluster(ma, uint32(0))     # the peer's histogram and flags
+    # the histogram, then the flags; the scan writes h[0:2 NBINS] only: the flags stay
+    d, above, cnt = pair_push_bucket(h, ha, ma, uint32(0), K, s, rb, NBINS // 4 + 1, st, wsum)
     B = max(int32(b), int32(h[rb + uint32(NBINS)]))
     ovf_any = int32(ovf) | int32(h[rb + uint32(NBINS + 1)])
-    d, above, cnt = pair_scan_bucket(h, rb, K, st, wsum)
     return d, above, cnt, B, ovf_any
 
 
@@ -2561,7 +2555,8 @@ def cluster_push_bucket(h, mb, want, CL, s, seg, st, wsum):
         ops.cluster_wait_acquire()                # every CTA's mbarriers are initialised
     cuda.syncthreads()                            # h is complete
     if CL == 2:                                   # a pair: one exchange of whole histograms
-        return pair_push_bucket(h, ha, ma, par, want, s, seg, st, wsum)
+        return pair_push_bucket(h, ha, ma, par, want, s,
+                                uint32(SP_RA if seg % 2 == 0 else SP_RB), NBINS // 4, st, wsum)
     q = uint32(tid)                               # uint32 loops: no 64-bit trip-count division
     while q < uint32(NBINS // 4):                 # bins b .. b + 3 -> CTA r (b's slice)
         b = q * uint32(4)
