@@ -18,7 +18,7 @@ Public API (NumPy in -> NumPy out; device arrays in -> device arrays out):
 * ``runtime``        — run modes, compile-only toolchain
 * ``testing``        — the comparison helper used by the whole suite
 """
-__version__ = "0.25.0"
+__version__ = "0.26.0"
 
 from . import formats, registry, runtime, testing  # noqa: E402
 from .registry import ImplUnavailable, ProductionUnavailableWarning  # noqa: E402

@@ -49,7 +49,6 @@ def k_mbarrier_tma(tmap, out):
         ops.mbarrier_expect_tx(bar, uint32(0))
         ops.tma_load_1d(dst, desc, c, bar)
         ops.bulk_load(dst, desc, uint32(128), bar)
-        ops.bulk_prefetch_l2(desc, uint32(128))
         ops.tma_load_2d(dst, desc, c, c, bar)
         ops.tma_load_3d(dst, desc, c, c, c, bar)
         ops.tma_load_4d(dst, desc, c, c, c, c, bar)

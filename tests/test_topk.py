@@ -318,36 +318,6 @@ def test_stash_plans():
         K.TopkPlan(64, 131072, 2048, K.F32, variant="rowblock", stash=True)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
-def test_guess_outcome_model(dtype):
-    """``topk.guess_outcome``, the NumPy model of a pair's guessed pass 1 (which the GPU tests hold
-    the kernel to, row by row): normal rows (k 512 / 2048, lengths 32 K .. 128 K) are decided by
-    the guess -- the margin, 1.25 x the sample's share of K + GUESS_PAD, keeps them clear of both
-    failure modes; ties and uniform scores (a list overflows; a 12-bit bin of ~8 K scores) fall
-    back, as do ascending rows (each sample holds its slice's smallest) and rows whose slice 0 is
-    descending (its guess is high: the bucket lies below the bins both lists cover); K = 0, 16 K
-    > L and 2 K over the list capacity are not tried."""
-    g = np.random.default_rng(5)
-    N, vec = 131072, 4 if dtype == np.float32 else 8
-    out = K.guess_outcome
-    for k, L in ((2048, N), (512, N), (2048, 100000), (2048, 65536 + 999), (1024, 40001),
-                 (2048, 32768)):
-        for _ in range(4):
-            x = g.standard_normal(N).astype(dtype)
-            assert out(x, k, L, 65536, 512, vec) == "guess", (k, L)
-    x = g.standard_normal(N).astype(dtype)
-    assert out(np.sort(x), 2048, N, 65536, 512, vec) == "fallback"
-    mixed = x.copy()
-    mixed[:N // 2] = -np.sort(-x[:N // 2].astype(np.float32)).astype(dtype)
-    assert out(mixed, 2048, N, 65536, 512, vec) == "fallback"      # (fewer than K listed)
-    assert out(mixed, 512, N, 65536, 512, vec) == "fallback"       # (the bucket below B)
-    assert out(g.integers(0, 50, N).astype(dtype), 2048, N, 65536, 512, vec) == "fallback"
-    assert out(g.random(N).astype(dtype), 2048, N, 65536, 512, vec) == "fallback"
-    assert out(x, 2048, 32767, 65536, 512, vec) == "exact"
-    assert out(x, 4096, N, 65536, 512, vec) == "exact"
-    assert out(x, 2048, 0, 65536, 512, vec) == "exact"
-
-
 @pytest.mark.skipif(not SIM, reason="on a GPU the production tests run in tests/gpu")
 def test_split_one_full_trip_simulated():
     """Slices of exactly one full vector trip (512 float32 scores at 32 threads): pass 2 reuses
@@ -889,31 +859,6 @@ KERNELS_SLOW = [(k, s) for k, s in KERNELS if (k, s) not in KERNELS_CI
 def test_production_compiles_for_sm90a_slow(idx):
     """The sm_90a checks for the kernels CI leaves out (split's plain f32 and bf16 forms)."""
     check_production_compiled(*KERNELS_SLOW[idx], "sm_90a")
-
-
-@pytest.mark.slow
-def test_pair_guess_kernel_compiles_for_sm90a():
-    """The pair kernel with the guessed pass 1 (opt-in ``TopkPlan.pair_guess``; ~4.5 min here) is
-    its own kernel, so the exact pair kernel's code is unchanged; ptxas accepts it for sm_90a,
-    with the L2 bulk prefetch and the warp-aggregated appends (a warp scan's shuffles) in it.
-    Under the 128-register cap of 512 x 1 launch bounds ptxas spills ~44 bytes (2026-11-28),
-    none of it between a 16-byte load of the passes and its shared atomics (``_hot_windows``):
-    bounded here, not forbidden as in the other split kernels."""
-    kern = K.split_kernel(K.F32, True, 512, 2, True)
-    assert kern.__name__ == "topk_split_f32_v4_t512_c2_g"
-    assert K.split_kernel(K.F32, True, 512, 2) is not kern
-    assert K.split_kernel(K.F32, True, 512, 16, True) is K.split_kernel(K.F32, True, 512, 16)
-    sig = next(s for k, s in PROD.kernels() if k is kern)
-    res = kern.compile(sig, "sm_90a", want_sass=True)
-    assert res.registers <= 128 and res.spill_stores <= 64, res.summary()
-    assert "cp.async.bulk.prefetch.L2.global" in res.ptx and "shfl.sync.up" in res.ptx
-    assert "ld.local" not in res.ptx and "st.local" not in res.ptx
-    if res.sass is None:
-        pytest.skip("no nvdisasm in this toolkit: SASS checks skipped")
-    lines = res.sass.splitlines()
-    local = [n for n, ln in enumerate(lines) if re.search(r"\b(LDL|STL)\b", ln)]
-    inside = [lines[n].strip() for n in local if any(a <= n <= b for a, b in _hot_windows(lines))]
-    assert not inside, f"local memory inside the passes over the row: {inside[:3]}"
 
 
 @pytest.mark.slow

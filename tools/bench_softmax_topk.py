@@ -23,8 +23,6 @@ ranges, pass 2, the owners, the counts' and the items' exchanges (and, where an 
 after its sort); a pair (S = 2) after pass 2, its split sort's counts (the merge ending: its
 own sort) and its items placed (the sorted lists' exchange). ``cluster:merge``: a pair ends by
 the sorted lists' merge (``TopkPlan.pair_merge``), the form a level round leads to.
-``cluster:guess``: a pair first tries the guessed pass 1 (``TopkPlan.pair_guess``; its "+ pass
-1" stage is the guessed pass, its "+ pass 2" stage its round again: no pass 2 follows).
 ``cluster:nostash`` / ``split@S:stash``: a variant with pass 2's shared-memory stash of the top
 key bits off / on (``TopkPlan(stash=)``).
 "% read-once" is the time to read the scores once at the measured copy bandwidth over ours.
@@ -226,11 +224,9 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
             tgt = TARGETS.get((R, N, k)) if name == "fp32" else None
             for variant in variants:
                 # split / cluster: "@S" CTAs a row, "/T" threads; ":nostash" / ":stash" the
-                # stash off / on (``TopkPlan(stash=)``); ":merge" a pair's merge ending;
-                # ":guess" a pair with the guessed pass 1
+                # stash off / on (``TopkPlan(stash=)``); ":merge" a pair's merge ending
                 spec, _, opt = variant.partition(":")
-                stash = {"": None, "stash": True, "nostash": False, "merge": None,
-                         "guess": None}[opt]
+                stash = {"": None, "stash": True, "nostash": False, "merge": None}[opt]
                 if "@" in spec or opt:
                     base, _, S = spec.partition("@")
                     S, _, T = S.partition("/")
@@ -244,7 +240,6 @@ def bench_topk(torch, reps, repeats, copy_gbs, rows_out,
                 else:
                     plan = K.plan_for(R, N, k, calls[0].kind, variant)
                 plan.pair_merge = opt == "merge"
-                plan.pair_guess = opt == "guess"
                 # check before timing: poisoned outputs, the tie-aware oracle; a second run
                 # (the workspace must be left clean by a run) must repeat it bit for bit
                 first = None
@@ -316,8 +311,7 @@ def main(argv=None):
                          "of three_pass, fused, staged, rowblock, split, cluster, split@S, "
                          "cluster@S (split / cluster with S CTAs a row; @S/T: T threads a CTA; "
                          "a ':stash' / ':nostash' suffix: pass 2's stash on / off; ':merge': "
-                         "a pair (S = 2) ends by the sorted lists' merge, not the split sort; "
-                         "':guess': a pair with the guessed pass 1)")
+                         "a pair (S = 2) ends by the sorted lists' merge, not the split sort)")
     ap.add_argument("--targets", action="store_true",
                     help="top-k: only issue 4's three target shapes (fp32)")
     ap.add_argument("--shapes", help="top-k shapes RxNxk, comma-separated (e.g. 1x1048576x2048,"
@@ -330,11 +324,11 @@ def main(argv=None):
     variants = VARIANTS if args.variant in ("all", "both") else tuple(args.variant.split(","))
     bad = [v for v in variants if v not in VARIANTS
            and not re.fullmatch(r"(split|cluster)(@[1-9]\d*(/(256|512|1024))?)?"
-                                r"(:(no)?stash|:merge|:guess)?", v)]
+                                r"(:(no)?stash|:merge)?", v)]
     if bad:
         ap.error(f"--variant: unknown {bad}; choose from {VARIANTS}, split@S, cluster@S (/T: "
                  f"T threads a CTA; :stash / :nostash: the stash on / off; :merge: a pair's "
-                 f"merge ending; :guess: a pair with the guessed pass 1) or 'all'")
+                 f"merge ending) or 'all'")
     dtypes = tuple(args.dtypes.split(","))
     if not set(dtypes) <= {"fp32", "bf16"}:
         ap.error(f"--dtypes: fp32 and / or bf16, got {args.dtypes!r}")

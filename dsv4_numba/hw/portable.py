@@ -158,20 +158,6 @@ def _address_of_sim(x, VEC):
 address_of = _twin(_address_of_gpu, _address_of_sim)
 
 
-def _prefetch_l2_gpu(x, addr, nbytes):
-    """Ask the bytes [addr, addr + nbytes) of x into L2 (cp.async.bulk.prefetch.L2.global: PTX ISA
-    9.1 "cp.async.bulk.prefetch", sm_90+; 16-byte aligned, nbytes a multiple of 16): a hint, no
-    completion to wait for. One thread issues it for the whole range."""
-    ops.bulk_prefetch_l2(addr, uint32(nbytes))
-
-
-def _prefetch_l2_sim(x, addr, nbytes):
-    pass
-
-
-prefetch_l2 = _twin(_prefetch_l2_gpu, _prefetch_l2_sim)   # cp.async.bulk.prefetch.L2.global
-
-
 # Cross-CTA communication (the top-k split variant's per-row barriers): strong loads that read the
 # L2's value, and the spin-wait's back-off. The simulator runs one block at a time: nothing there
 # ever waits on another block, so the twins are plain reads and a no-op.

@@ -157,8 +157,7 @@ from numba.cuda import libdevice
 from .. import registry
 from ..hw.bits import bits_f32, f32_bits
 from ..hw.portable import (address_of, async_wait, ballot, f32_to_list, gaddr, ld_acquire_u64,
-                           ld_cg_v4_i32, ldg_v4, nanosleep, prefetch_l2, shfl_idx, shfl_up,
-                           shfl_xor)
+                           ld_cg_v4_i32, ldg_v4, nanosleep, shfl_idx, shfl_up, shfl_xor)
 from ..runtime import BF16, F32, ArrayIO, detect_gpu, device, is_device_array, kernel, mode
 from ..runtime.arrays import check_lengths
 from ..runtime.arrays import float_kind as _input_kind
@@ -250,44 +249,6 @@ def order_keys(scores) -> np.ndarray:
     key = np.where(u & 0x80000000, ~u, u ^ np.uint32(0x80000000)).astype(np.uint32)
     nan = np.isnan(x.astype(np.float32))
     return np.where(nan, np.uint32(0xFFFFFFFF if x.dtype == np.float32 else 0xFFFF0000), key)
-
-
-def guess_outcome(row, k, L, chunk, threads, vec, ccap=None) -> str:
-    """The NumPy model of a "cluster" pair's guessed pass 1 and its round for one row
-    (``guess_pass``, ``pair_guess_round``, ``split_kernel`` step 0): "exact" where the kernel does
-    not try it (K = 0, 16 K > L or 2 K over the list capacity), "guess" where the two lists
-    decide the row, "fallback" where the exact passes follow (a list overflowed, the lists hold
-    fewer than K scores, the bucket lies below the bins both lists cover, or it needs a level
-    round). ``row``: the row's scores (NumPy float32 / bfloat16), L its valid length; ``chunk``,
-    ``threads``, ``vec``: the plan's slice, CTA size and vector width (4 float32, 8 bfloat16, 1
-    on the scalar path); ``ccap``: the bucket capacity (default: the plan's). The GPU tests
-    compare it with ``TopkPlan.guess_fallbacks`` row by row."""
-    K = min(int(k), int(L))
-    ccap = min(RB_CCAP, K_MAX + 1 - int(k)) if ccap is None else ccap
-    lcap = min(K + ccap, SP_LMAX)
-    if K == 0 or 16 * K > L or 2 * K > lcap:
-        return "exact"
-    bins = (order_keys(np.asarray(row)[:L]) >> HSHIFT).astype(np.int64)
-    step = threads * vec * (4 if vec != 8 else 2)         # a trip: ``rb_pass``'s U vectors
-    hist, guesses, overflow = np.zeros(NBINS, np.int64), [], False
-    for s in range(2):
-        lo = min(s * chunk, L)
-        b_s = bins[lo:min(lo + chunk, L)]
-        n = min(step, len(b_s) - len(b_s) % vec)           # the sample: the first trip
-        b = 0
-        if n > 0:
-            r = min(5 * K * n // (4 * L) + GUESS_PAD, n)
-            top = np.cumsum(np.bincount(b_s[:n], minlength=NBINS)[::-1])
-            b = NBINS - 1 - int(np.searchsorted(top, r))   # the bin of the r-th largest
-        listed = b_s[b_s >= b]
-        overflow |= len(listed) > lcap
-        hist += np.bincount(listed, minlength=NBINS)
-        guesses.append(b)
-    top = np.cumsum(hist[::-1])
-    if top[-1] < K:
-        return "fallback"
-    d = NBINS - 1 - int(np.searchsorted(top, K))            # the bin of the K-th largest
-    return "fallback" if overflow or d < max(guesses) or hist[d] > ccap else "guess"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1614,54 +1575,26 @@ def rb_threshold_f32(tkey):
 
 
 @device
-def rb_append(msk, w, c0, vstep, kind, VEC, U, dyn64, st, lcap, dyn32, hist):
+def rb_append(msk, w, c0, vstep, kind, VEC, U, dyn64, st, lcap):
     """Append the thread's selected scores (bit u * VEC + q of ``msk``: element q of vector u of
-    the trip) to the list dyn64[K_MAX:] as (bits << 32 | index); ``hist``: one shared atomic on
-    st[4] a warp (lane 31, the warp's total from a warp scan of the lanes' counts; every lane of
-    the block calls this: ``rb_pass``'s trips are uniform), 32-bit unsigned slot arithmetic (no
-    64-bit wrap-around checks: ncu showed ~20 instructions a stored score in an earlier form).
-    The list's order is free: it is a set. Slots at or past ``lcap`` are counted, not stored
-    (defensive: the exact passes bound the list by K - 1 + ccap; a guessed pass 1,
-    ``guess_pass``, detects its overflow from st[4]). ``hist`` (compile-time): each selected
-    score also counts its top 12 key bits in dyn32[0:NBINS], stored or not.
-    Where ``hist`` is off (the exact passes' level-1 and level lists, whose code is unchanged
-    since 0.24.2): one atomic a lane with a selected score instead. A guessed pass 1 over (64,
-    131072, 2048) appending so, ~1.3 K contending atomics a CTA, took 20.1 us against the
-    histogram pass's 14.7 (H100, 2026-11-28); its warp-aggregated form is not yet timed."""
-    if hist:                                      # one atomic a warp
-        lane = cuda.threadIdx.x & 31
-        cnt = int32(cuda.popc(msk))
-        incl = warp_inclusive_scan(cnt, lane)
-        base = int32(0)
-        if lane == 31 and incl > 0:
-            base = int32(cuda.atomic.add(st, 4, incl))
-        base = int32(shfl_idx(base, 31))
-        if msk != 0:
-            rb_store(msk, int32(base + incl - cnt), w, c0, vstep, kind, VEC, U, dyn64, lcap,
-                     dyn32, True)
-    elif msk != 0:                                # one atomic a lane
-        rb_store(msk, int32(cuda.atomic.add(st, 4, int32(cuda.popc(msk)))), w, c0, vstep, kind,
-                 VEC, U, dyn64, lcap, dyn32, False)
-
-
-@device
-def rb_store(msk, pos, w, c0, vstep, kind, VEC, U, dyn64, lcap, dyn32, hist):
-    """``rb_append``'s stores: the selected scores of ``msk`` to list slots pos, pos + 1, ..
-    (those below ``lcap``); ``hist``: each counted in dyn32[key >> 20] too."""
-    lc = int32(lcap)
-    c32 = uint32(c0)                              # (32-bit: columns < 2^31)
-    v32 = uint32(vstep)
-    for u in range(U):
-        for q in range(VEC):
-            if msk & (uint32(1) << uint32(u * VEC + q)):
-                if hist:
-                    cuda.atomic.add(dyn32, raw_key(word_raw(w, 4 * u, q, kind, VEC), kind)
-                                    >> uint32(HSHIFT), 1)
-                if pos < lc:
-                    dyn64[uint32(K_MAX + pos)] = \
-                        (uint64(word_raw(w, 4 * u, q, kind, VEC)) << uint64(32)) \
-                        | uint64(uint32(c32 + uint32(u) * v32 + uint32(q)))
-                pos = int32(pos + int32(1))
+    the trip) to the list dyn64[K_MAX:] as (bits << 32 | index): one shared atomic on st[4]
+    per thread with a selected score (the list's order is free: it is a set), 32-bit unsigned
+    slot arithmetic (no 64-bit wrap-around checks: ncu showed ~20 instructions a stored score
+    and a 5-step warp scan per trip in the earlier form). Slots at or past ``lcap`` are
+    counted, not stored (defensive: the exact passes bound the list by K - 1 + ccap)."""
+    if msk != 0:
+        pos = int32(cuda.atomic.add(st, 4, int32(cuda.popc(msk))))
+        lc = int32(lcap)
+        c32 = uint32(c0)                          # (32-bit: columns < 2^31)
+        v32 = uint32(vstep)
+        for u in range(U):
+            for q in range(VEC):
+                if msk & (uint32(1) << uint32(u * VEC + q)):
+                    if pos < lc:
+                        dyn64[uint32(K_MAX + pos)] = \
+                            (uint64(word_raw(w, 4 * u, q, kind, VEC)) << uint64(32)) \
+                            | uint64(uint32(c32 + uint32(u) * v32 + uint32(q)))
+                    pos = int32(pos + int32(1))
 
 
 @device
@@ -1810,8 +1743,7 @@ def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, l
     dyn32[key >> 20] += 1; mode 1: the composites sharing pfx's bits >= hi count their digit
     (c >> lo) & mask in dyn32; mode 2: scores with x >= fT or NaN (the level-1 threshold,
     ``rb_threshold_f32``) are appended (``rb_append``); mode 3: those whose composite is at or
-    above pfx in its bits >= hi; mode 4: as mode 2, and each appended score counts its top 12
-    key bits in dyn32 (``guess_pass``). ``sidx`` (mode 0; not NO_STASH: the stash is on): also store
+    above pfx in its bits >= hi. ``sidx`` (mode 0; not NO_STASH: the stash is on): also store
     each score's top 16 key bits at the uint16 slot sidx + column of dynamic shared memory (4
     scores as one 8-byte store, in 32-bit arithmetic: Numba widens integer operations to 64 bits
     unless each result is cast), for ``stash_select``."""
@@ -1852,7 +1784,7 @@ def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, l
                     if (cc >> uint64(hi)) == (pfx >> uint64(hi)):
                         cuda.atomic.add(dyn32, int32((cc >> uint64(lo)) & uint64(mask)), 1)
             else:
-                if mode == 2 or mode == 4:
+                if mode == 2:
                     f = raw_f32(r, kind)
                     sel = f >= fT or f != f
                 else:
@@ -1860,7 +1792,7 @@ def rb_trip(x, src, base, c0, Lv, vstep, checked, kind, VEC, U, mode, hi, pfx, l
                 if ok and sel:
                     msk |= uint32(1) << uint32(u * VEC + q)
     if mode >= 2:
-        rb_append(msk, w, c0, vstep, kind, VEC, U, dyn64, st, lcap, dyn32, mode == 4)
+        rb_append(msk, w, c0, vstep, kind, VEC, U, dyn64, st, lcap)
 
 
 @device
@@ -1943,7 +1875,7 @@ def find_bucket_round(dyn32, want, seg, split, CL, ghist, hrow, gbar, row, S, s,
 @device
 def rb_threshold_bucket(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum,
                         lcap, stop, split, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, mb, w,
-                        sidx, seg0):
+                        sidx):
     """The bucket holding the K-th largest of the row, by the whole CTA (rowblock: the row;
     split / cluster: its slice [c_lo, c_hi), the histograms summed over the row's CTAs by
     ``find_bucket_round``): pass 1 counts the top 12 key bits (dyn32), a block scan finds the
@@ -1953,15 +1885,14 @@ def rb_threshold_bucket(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32,
     seg: split's barriers passed; halted: a replay launch or the ``stop`` 1 / 5 timing hook ended
     here (the caller returns). ``split``: a compile-time constant of the caller. ``w``: the
     passes' words (``rb_pass``; pass 1's are left there). ``sidx``: pass 1 fills the stash
-    (``rb_trip``; NO_STASH: none). ``seg0``: the rounds' first number (1 after a guessed pass
-    1's round, ``split_kernel``'s fallback: its mbarrier phase and receive buffer are taken)."""
+    (``rb_trip``; NO_STASH: none)."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     rb_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, 0, 64, uint64(0), 0, 0, float32(0), dyn32,
             dyn64, st, lcap, w, False, sidx)
-    seg = seg0
+    seg = 0
     if stop == 5:                                 # (timing hook: pass 1 alone)
-        if CL and seg0 == 0:                      # (the arrive of the kernel's start)
+        if CL:                                    # (the arrive of the kernel's start)
             ops.cluster_wait_acquire()
         return int64(0), uint64(0), 0, int32(0), seg, True
     d, above, cnt, halted = find_bucket_round(dyn32, K, seg, split, CL, ghist, hrow, gbar, row, S,
@@ -1994,63 +1925,6 @@ def rb_threshold_bucket(x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32,
         pfx |= uint64(d) << uint64(lo)
         hi = lo
     return want, pfx, hi, cnt, seg, False
-
-
-@device
-def guess_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, K, L, dyn32, dyn64, st, wsum, lcap, w):
-    """A guessed pass 1 ("cluster" pairs, ``split_kernel`` step 0): the slice's scores at or above
-    a threshold guessed from its first trip -> the list dyn64[K_MAX:] (``rb_append``), their top
-    12 key bits counted in dyn32[0:NBINS]; nothing else is kept (no stash, no histogram of the
-    other scores), so no pass 2 follows: the pair's round finds the bucket from the lists'
-    histograms and the ending drops the listed scores below it.
-      1. the first trip (the sample: its n <= NT VEC U vectorized scores; one thread asks the
-         next two trips' bytes into L2 meanwhile, ``prefetch_l2``) -> its histogram in
-         dyn32[SP_RS:], zeroed by the caller; the bin b holding its r-th largest, r = 5 K n /
-         (4 L) + GUESS_PAD (<= n): K n / L is the sample's expected share of the row's K
-         largest, 1.25 x of it + a pad the margin (``block_find_bucket``);
-      2. that trip from its registers, then the rest of the slice (``rb_pass`` mode 4): the
-         scores whose key is in bins >= b (``rb_threshold_f32``: one float compare a score).
-    A slice without a vector takes every score (b = 0). Returns b. The list may miss some of the
-    row's K largest (the guess too high) or outgrow ``lcap`` (st[4] > lcap: too low, or ties):
-    the caller's round detects both (``pair_guess_round``) and falls back to the exact passes.
-    The margin, from a NumPy model of this test on normal scores (float32 and bfloat16, k = 64
-    to 2048, lengths 16 K to 128 K, 600-1200 rows each): 1.5 x overflowed the list in ~1 % of
-    rows of one slice (L <= 70 K: one CTA lists ~1.5 K plus its coarse bin), 1.25 x and 1.125 x
-    in none, and no row missed its K largest.
-    Napkin math ((64, 131072, 2048), S = 2 x 512, float32 normal scores): n = 8192, r = 176,
-    ~1.9 K listed a CTA (~3 % of its slice; the bucket's bins hold ~1.5 K); per score one
-    compare and a predicated OR, per listed score a shared atomic and an 8-byte store; the
-    sample's scan (two barriers) while trips 1-2 stream into L2. Reads the slice once (256 KB
-    at one wave's ~2.7 TB/s / 128 CTAs: ~12.5 us): memory-bound, as a plain read kernel."""
-    tid = cuda.threadIdx.x
-    U = 4 if VEC != 8 else 2
-    vstep = int64(NT * VEC)
-    step = vstep * U
-    Lv = c_hi - (c_hi - c_lo) % VEC
-    n = min(step, Lv - c_lo)
-    b = int32(0)
-    fT = rb_threshold_f32(uint32(0))              # (every score)
-    if n > 0:                                     # 1. the sample: the first trip
-        c0 = c_lo + tid * VEC
-        rb_load(x, src, base, c0, Lv, vstep, True, kind, VEC, U, w, 0)
-        if tid == 0:
-            st[0] = 0
-            esz = 2 if kind == BF16 else 4
-            nb = min(2 * step, Lv - c_lo - step) * esz
-            if VEC > 1 and nb > 0:                # trips 1 and 2 stream into L2 meanwhile
-                prefetch_l2(x, src + uint64(esz) * uint64(base + c_lo + step), uint32(nb))
-        rb_trip(x, src, base, c0, Lv, vstep, True, kind, VEC, U, 0, 64, uint64(0), 0, 0,
-                float32(0), dyn32[SP_RS:], dyn64, st, w, lcap, NO_STASH, True)
-        cuda.syncthreads()
-        r = min((int64(5) * K * n) // (int64(4) * L) + GUESS_PAD, n)
-        block_find_bucket(dyn32[SP_RS:], NBINS, r, st, wsum)
-        b = int32(st[0])
-        fT = rb_threshold_f32(uint32(b) << uint32(HSHIFT))
-        rb_trip(x, src, base, c0, Lv, vstep, True, kind, VEC, U, 4, 64, uint64(0), 0, 0, fT,
-                dyn32, dyn64, st, w, lcap, NO_STASH, True)
-    rb_pass(x, src, base, c_lo + n, c_hi, kind, VEC, NT, 4, 64, uint64(0), 0, 0, fT, dyn32,
-            dyn64, st, lcap, w, False, NO_STASH)
-    return b
 
 
 def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
@@ -2108,7 +1982,7 @@ def rowblock_kernel(kind, vectorized, threads=ROW_THREADS):
         # 1. level passes: 12 bits of the composite each, from the top
         want, pfx, hi, cnt, _, halted = rb_threshold_bucket(
             x, src, base, int64(0), L, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum, lcap, stop,
-            False, dyn32, 0, dyn64, row, 1, 0, -1, 1, 0, dyn64, w, NO_STASH, 0)
+            False, dyn32, 0, dyn64, row, 1, 0, -1, 1, 0, dyn64, w, NO_STASH)
         if halted:                                # (timing hook: stop after this stage)
             return
         # 2. the list: every composite above the bucket, and the bucket's
@@ -2325,7 +2199,6 @@ SP_OSORT = 256                  # "cluster": an owner ranks up to this many item
 # not stay in the H100's L2 between the passes). On where the slice takes more than one trip
 # (the one-trip slices keep pass 1's registers: KEEP) and is at most SP_STASH_MAX scores.
 SP_STASH = SP_SMEM + 4 * NBINS
-GUESS_PAD = 16                  # ``guess_pass``: the sample rank's pad beyond 1.25 x its share of K
 SP_STASH_MAX = 65536            # 128 KB: with SP_STASH, 208 KB of the H100's 227 KB a CTA
 SP_CLUSTER_THREADS = 512        # "cluster": the largest CTA (0.18.0; 1024 before). H100,
 # 2026-11-27, (64, 131072, k = 2048) fp32 at S = 2, cold L2 (rotated inputs), three runs: 512
@@ -2409,11 +2282,10 @@ def push4(h, o, dst, mbar, r):
 
 
 @device
-def pair_push_bucket(h, ha, ma, par, want, s, rb, nq, st, wsum):
-    """``cluster_push_bucket`` for a pair (CL = 2), after its barrier: this CTA's words
-    h[0:4 nq] (the whole histogram, nq = NBINS / 4; ``pair_guess_round``: + 4 words of flags)
-    -> the peer's receive buffer h[rb:] (st.async, 16 bytes a store, on its mbarrier mb[0]),
-    then ``pair_scan_bucket`` (h += the peer's, the scan, the bucket).
+def pair_push_bucket(h, ha, ma, par, want, s, seg, st, wsum):
+    """``cluster_push_bucket`` for a pair (CL = 2), after its barrier: this CTA's whole
+    histogram h[0:NBINS] -> the peer's receive buffer (st.async, 16 bytes a store, on its
+    mbarrier mb[0]), then ``pair_scan_bucket`` (h += the peer's, the scan, the bucket).
     One exchange where the reduce-scatter + all-gather of larger clusters takes two (a DSMEM
     latency and a barrier fewer). The receive buffer alternates by round, h[SP_RA:] (even seg)
     and h[SP_RB:] (odd): the peer pushes round seg + 2 only after this CTA's round seg + 1
@@ -2421,47 +2293,15 @@ def pair_push_bucket(h, ha, ma, par, want, s, rb, nq, st, wsum):
     stays 0: ``cluster_pair_ending``)."""
     tid = cuda.threadIdx.x
     nt = uint32(cuda.blockDim.x)
+    rb = uint32(SP_RA if seg % 2 == 0 else SP_RB)
     peer = uint32(1 - s)
     q = uint32(tid)
-    while q < uint32(nq):                         # bins b .. b + 3 -> the peer's rb + b
+    while q < uint32(NBINS // 4):                 # bins b .. b + 3 -> the peer's rb + b
         b = q * uint32(4)
         push4(h, b, ha + uint32(4) * (rb + b), ma, peer)
         q = uint32(q + nt)
     ops.mbarrier_wait_parity_cluster(ma, par)     # the peer's histogram
     return pair_scan_bucket(h, rb, want, st, wsum)
-
-
-@device
-def pair_guess_round(h, mb, K, s, b, ovf, st, wsum):
-    """The round after a pair's guessed pass 1 (``guess_pass``): h[0:NBINS] this CTA's histogram
-    of its listed scores, b its guess bin, ovf 1 if its list overflowed. The whole histogram and
-    (b, ovf) -> the peer's h[SP_HS:SP_HS + NBINS + 4] (st.async, 16 bytes a store, on its mb[0],
-    phase 0; SP_HS is free until the ending), then ``pair_scan_bucket`` of the sum: round 0's
-    ``pair_push_bucket`` with one 16-byte push more a CTA. The summed
-    counts are exact in bins >= B = max(b, the peer's b) only, so the bucket d found is the
-    row's iff the crossing lies there: returns (d, the row's items above d, d's count, B, either
-    CTA's overflow), above = -1 where the lists hold fewer than K scores. The caller's test is
-    row-uniform (both CTAs hold the same sums and flags). Waits on the kernel start's cluster
-    arrive (every mbarrier initialised) before its first push, as round 0 does."""
-    tid = cuda.threadIdx.x
-    ma = ops.shared_address(mb)
-    ha = ops.shared_address(h)
-    rb = uint32(SP_HS)
-    if tid == 0:
-        ops.mbarrier_arrive_expect_tx(ma, uint32(4 * NBINS + 16))
-        h[NBINS] = b                              # (the sample's dead histogram)
-        h[NBINS + 1] = ovf
-        h[NBINS + 2] = 0
-        h[NBINS + 3] = 0
-        st[0] = 0                                 # (no crossing: above stays -1)
-        st[1] = -1
-    ops.cluster_wait_acquire()                    # every CTA's mbarriers are initialised
-    cuda.syncthreads()                            # h is complete
-    # the histogram, then the flags; the scan writes h[0:2 NBINS] only: the flags stay
-    d, above, cnt = pair_push_bucket(h, ha, ma, uint32(0), K, s, rb, NBINS // 4 + 1, st, wsum)
-    B = max(int32(b), int32(h[rb + uint32(NBINS)]))
-    ovf_any = int32(ovf) | int32(h[rb + uint32(NBINS + 1)])
-    return d, above, cnt, B, ovf_any
 
 
 @device
@@ -2555,8 +2395,7 @@ def cluster_push_bucket(h, mb, want, CL, s, seg, st, wsum):
         ops.cluster_wait_acquire()                # every CTA's mbarriers are initialised
     cuda.syncthreads()                            # h is complete
     if CL == 2:                                   # a pair: one exchange of whole histograms
-        return pair_push_bucket(h, ha, ma, par, want, s,
-                                uint32(SP_RA if seg % 2 == 0 else SP_RB), NBINS // 4, st, wsum)
+        return pair_push_bucket(h, ha, ma, par, want, s, seg, st, wsum)
     q = uint32(tid)                               # uint32 loops: no 64-bit trip-count division
     while q < uint32(NBINS // 4):                 # bins b .. b + 3 -> CTA r (b's slice)
         b = q * uint32(4)
@@ -2928,20 +2767,17 @@ def block_scan_asc(a, n, st, wsum, bmax):
 
 @device
 def pair_split_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb, n_own, s, ph, M,
-                      stop, st, wsum, e, jb, drop):
+                      stop, st, wsum, e, jb):
     """A pair's ending split by slot (``cluster_pair_ending`` when no level round ran: the two
-    lists hold the row's M scores in bins >= the bucket, and round 0's histogram h =
-    dyn32[0:NBINS] and descending scan G = dyn32[SP_RS:SP_RS + NBINS] describe them; after a
-    guessed pass 1, ``guess_pass``, also listed scores of lower bins, whose ``joint_slot`` is >=
-    M since G of a lower bin counts all M: step 2 drops them). Every kept item has its
-    ``joint_slot`` in [0, M), in output order. CTA 0 ranks the items of slots [0, M / 2),
+    lists are exactly the row's M scores in bins >= the bucket, and round 0's histogram h =
+    dyn32[0:NBINS] and descending scan G = dyn32[SP_RS:SP_RS + NBINS] describe them). Every item
+    has its ``joint_slot`` in [0, M), in output order. CTA 0 ranks the items of slots [0, M / 2),
     CTA 1 those of [M / 2, M): the CTAs share one DSMEM exchange, of the items each holds for the
     other.
       1. this CTA's slot counts zeroed;
       2. once the peer is past pass 2 (mb[0] phase ``ph``: its stash area, where it receives, is
-         dead), each own item is counted in its slot, pushed to the peer (st.async, 8 bytes, on
-         its mb[2]; the slot packed in bits 20-31 where jb <= 20) or dropped (slot >= M: it
-         keeps a packed slot outside this CTA's, so step 4 skips it); then thread 0 pushes two
+         dead), each own item is counted in its slot or pushed to the peer (st.async, 8 bytes, on
+         its mb[2]; the slot packed in bits 20-31 where jb <= 20); then thread 0 pushes two
          counts (sent, kept: 4 bytes each) and adds their 8 count + 8 bytes to the peer's mb[2]
          with its one arrival (``mbarrier_arrive_expect_tx_cluster``): the receiver need not
          know in advance how much comes;
@@ -2957,9 +2793,6 @@ def pair_split_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb, 
     split at the bin boundary nearest position M / 2, known to both CTAs from G: the bins near
     the threshold hold ~1 K items, so one CTA ranked up to twice the other's (26.8 us, against
     26.2 for the joint sort).
-    ``drop`` (after a guessed pass 1; a constant of the call site) lets step 2 drop items and
-    skips its wait for the peer's message (``cluster_pair_ending``); without it every listed
-    item is ranked, the code as timed before the guess existed.
     A slot of more than RB_BMAX items (keys crowded in a bin) makes this CTA sort its items by
     ``counting_sort_desc`` instead (its own decision: the CTAs share nothing after step 2).
     Returns 0, or 2 where the stop 12 / 7 timing hook ended it after step 3's counts / step 4.
@@ -2986,8 +2819,6 @@ def pair_split_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb, 
     if tid == 0:
         st[5] = 0
         st[7] = 0
-        if drop:
-            st[6] = 0
     cuda.syncthreads()
     # columns of at most 20 bits leave bits 20-31 of a composite's low word all ones: the slot
     # (< NBINS = 2^12) travels there, so later steps need not compute it again; items of one
@@ -2995,45 +2826,34 @@ def pair_split_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb, 
     packed = jb <= 20
     rxa = ops.shared_address(dyn64) + uint32(8 * SP_PAIR)
     pmb = ops.mapa_shared_cluster(ma + uint32(16), peer)
-    if not drop:                                  # 2. the peer is past pass 2
-        ops.mbarrier_wait_parity_cluster(ma, ph)
+    ops.mbarrier_wait_parity_cluster(ma, ph)      # 2. the peer is past pass 2
     i = uint32(tid)
-    nd = uint32(0)
     while i < no:
         c = item_composite(dyn64[uint32(K_MAX) + i], kind)
         q = joint_slot(c, dyn32, jb, ks)
-        keep = (not drop) or q < Mu               # (below the bucket: >= M; guess_pass lists)
-        if packed:                                # (a dropped item's: outside this CTA's slots)
-            qp = q if keep else uint32(uint32(lo + ns) & uint32(NBINS - 1))
-            c = (c & ~uint64(JOINT_Q)) | (uint64(qp) << uint64(20))
+        if packed:
+            c = (c & ~uint64(JOINT_Q)) | (uint64(q) << uint64(20))
         dyn64[uint32(K_MAX) + i] = c
         if uint32(q - lo) < ns:
             cuda.atomic.add(dyn32, uint32(uint32(SP_HS) + uint32(q - lo)), 1)
-        elif keep:
+        else:
             p = uint32(cuda.atomic.add(st, 7, 1))
             ops.st_async_b64(ops.mapa_shared_cluster(rxa + uint32(8) * p, peer), c, pmb)
-        else:
-            nd = uint32(nd + uint32(1))
         i = uint32(i + nt)
-    if drop and nd > uint32(0):
-        cuda.atomic.add(st, 6, int32(nd))
     cuda.syncthreads()
     nsend = uint32(st[7])
-    nk = no                                       # the own items kept (in this CTA's slots or sent)
-    if drop:
-        nk = uint32(no - uint32(st[6]))
     if tid == 0:                                  # every item push is issued: the counts
         ca = ops.shared_address(cm)
         ops.st_async_b32(ops.mapa_shared_cluster(ca + uint32(4 * (2 + s)), peer), nsend, pmb)
         ops.st_async_b32(ops.mapa_shared_cluster(ca + uint32(4 * (4 + s)), peer),
-                         uint32(nk - nsend), pmb)
+                         uint32(no - nsend), pmb)
         ops.mbarrier_arrive_expect_tx_cluster(pmb, uint32(8) * nsend + uint32(8))
     ops.cluster_arrive_relaxed()                  # every push of this CTA is issued
     ops.mbarrier_wait_parity_cluster(ma + uint32(16), uint32(0))    # the peer's items, counts
     nrx = uint32(cm[2 + peer])
     # CTA 1's first output position: the items CTA 0 ranks (its own kept, this CTA's sent)
     po = uint32(0) if s == 0 else uint32(uint32(cm[4 + peer]) + nsend)
-    nm = uint32(nk - nsend + nrx)                 # the items this CTA ranks
+    nm = uint32(no - nsend + nrx)                 # the items this CTA ranks
     i = uint32(tid)
     while i < nrx:                                # 3. the peer's items counted
         q = item_slot(dyn64[uint32(SP_PAIR) + i], packed, dyn32, jb, ks)
@@ -3091,7 +2911,7 @@ def pair_split_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb, 
 
 @device
 def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm, mb, n_own, s,
-                        seg, stop, st, wsum, e, gcnt, row, jb, M, drop):
+                        seg, stop, st, wsum, e, gcnt, row, jb, M):
     """The "cluster" ending of a pair (CL = 2: no owner ranges). M > 0 (no level round ran: M is
     the row's items in bins >= the bucket; 0 otherwise, or with ``TopkPlan.pair_merge``): one
     counting sort of both lists, split by slot between the CTAs (``pair_split_ending``), after
@@ -3115,12 +2935,7 @@ def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm,
     owners' step and one exchange's wait: the counts cross during the sort. mbarrier phases: seg
     + 1 of mb[0], 0 of mb[1] (the pair's rounds use mb[0] only: ``pair_push_bucket``; the
     split ending: 0 of mb[2]). No cluster barrier but the exit's (arrived once the pushes are
-    issued). ``drop`` (after a guessed pass 1; a constant of the call site): the split ending
-    may drop listed items below the bucket, and step 1's message is neither sent nor awaited:
-    no stash area is in use, and mb[0] keeps the guessed round's phase only -- the message's 4
-    bytes could otherwise complete on the peer's mb[0] before this CTA's round pushes there
-    (no rule orders separate st.async completions), whose phase would then never complete.
-    Memory: SP_PAIR (the stash area, or SP_SMEM_PAIR bytes launched without it). stop
+    issued). Memory: SP_PAIR (the stash area, or SP_SMEM_PAIR bytes launched without it). stop
     12: the timing hook ends after step 2 (the split ending: after its counts), 7 after step
     3's wait (the split ending: after its items are placed). Napkin math ((64, 131072,
     2048) at S = 2 x 512, ~1.1 K items a CTA): the sort ~4 us (as the owners' was), the list's
@@ -3139,13 +2954,13 @@ def cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, cm,
     ph = uint32((seg + 1) & 1)
     ma = ops.shared_address(mb)
     no = uint32(n_own)
-    if tid == 0 and not drop:                     # 1. (after a guess: not needed, see below)
+    if tid == 0:                                  # 1.
         ops.mbarrier_arrive_expect_tx(ma, uint32(4))
         ops.st_async_b32(ops.mapa_shared_cluster(ops.shared_address(cm) + uint32(4 * s), peer),
                          no, ops.mapa_shared_cluster(ma, peer))
     if M > 0:                                     # split by slot (no level round ran)
         done = pair_split_ending(x, base, obase, K, kind, vals, idx, dyn64, dyn32, cm, mb,
-                                 n_own, s, ph, M, stop, st, wsum, e, jb, drop)
+                                 n_own, s, ph, M, stop, st, wsum, e, jb)
         if done == 2:                             # (a timing hook ended it)
             return
         split_tail(vals, idx, obase, K, k, kind, s, 2, gcnt, row, -1)
@@ -3267,7 +3082,7 @@ def split_tail(vals, idx, obase, K, k, kind, s, S, gcnt, row, phase):
         gcnt[2 * row + 1] = 1
 
 
-def split_kernel(kind, vectorized, threads, cluster=0, guess=False):
+def split_kernel(kind, vectorized, threads, cluster=0):
     """The split variant's only launch: CTA b does slice s = b % S of row b // S (``threads``
     threads; dynamic shared memory SP_SMEM: dyn64[0:K_MAX] the sort area, whose first 16 KB hold
     the histogram first and the rank counts last, dyn64[K_MAX:2 K_MAX] the slice's list, then the
@@ -3284,14 +3099,7 @@ def split_kernel(kind, vectorized, threads, cluster=0, guess=False):
     histograms or barrier counters off their invariants: ``TopkPlan.split_reset``; + PAIR_MERGE:
     a pair ends by the sorted lists' merge, not the split sort), stash (0 / 1: pass 2 reads the
     top key bits pass 1 left in shared memory from byte SP_STASH, 2 x chunk bytes, instead of
-    the scores: ``rb_trip``; the launch's dynamic shared memory must hold them; 2: a "cluster"
-    pair first runs a guessed pass 1, step 0, with the stash as its fallback).
-    0. (a pair, stash 2, 16 K <= L, 2 K <= lcap and not the merge: row-uniform) ``guess_pass``
-       lists the slice's scores at or above a threshold guessed from its first trip and counts
-       their bins; ``pair_guess_round`` sums the pair's counts; where the bucket d lies in bins
-       both lists cover, no list overflowed and d needs no level round, the split ending ranks
-       the lists' items of bins >= d (dropping the others): steps 1-2 are not run. Otherwise
-       both CTAs run steps 1-3 from a zeroed histogram, their rounds numbered from 1.
+    the scores: ``rb_trip``; the launch's dynamic shared memory must hold them).
     1. pass 1 (HBM): histogram of the slice's top 12 key bits; round 0 -> the bucket d holding
        the K-th largest and ``want``; while d holds more than ``ccap`` scores, a level pass (L2)
        and a round on the next 12 bits of the composites in d (as rowblock).
@@ -3314,16 +3122,10 @@ def split_kernel(kind, vectorized, threads, cluster=0, guess=False):
     memory
     SP_SMEM_CLUSTER: dyn32[SP_HS:] holds the summed histogram slice, then the items' owner
     slots, then counting_sort_desc's counts; ghist, gbar, goff and glist are not used, gcnt only
-    by an empty row's done flag and a pair's guess fallback flag (gcnt[2 row]). sm_90+, GPU
-    only. split's runs of at most SP_RSORT composites are ordered by counting
-    (``rank_sort_desc``), longer ones by ``bitonic_sort_desc_warp``. ``guess`` (cluster = 2):
-    the kernel with step 0, "_g" (``TopkPlan.pair_guess``).
+    by an empty row's done flag. sm_90+, GPU only. split's runs of at most SP_RSORT composites
+    are ordered by counting (``rank_sort_desc``), longer ones by ``bitonic_sort_desc_warp``.
     """
-    # a pair's guessed pass 1 (step 0) is compiled in its own kernel, "_g": the exact kernel's
-    # code stays as timed, and its compile time (the guess nearly doubles the PTX) is paid where
-    # used
-    GUESS = bool(guess) and cluster == 2
-    key = ("split", kind, vectorized, threads, cluster, GUESS)
+    key = ("split", kind, vectorized, threads, cluster)
     if key in _PROD:
         return _PROD[key]
     VEC = _vec(kind, vectorized)
@@ -3369,8 +3171,6 @@ def split_kernel(kind, vectorized, threads, cluster=0, guess=False):
                     write_empty(vals, idx, obase + i, kind)
                 if s == 0 and tid == 0:
                     gcnt[2 * row + 1] = 1
-                    if GUESS:
-                        gcnt[2 * row] = 0         # (no stale ``guess_fallbacks`` flag)
             return
         base = int64(row) * n
         c_lo = min(int64(s) * chunk, L)
@@ -3380,14 +3180,7 @@ def split_kernel(kind, vectorized, threads, cluster=0, guess=False):
         hrow = int64(row) * nbuf * NBINS
         # the stash: column c's top key bits at uint16 slot sidx + c (SP_STASH on)
         sidx = int64(SP_STASH // 2) - c_lo if stash else int64(NO_STASH)
-        # a pair's guessed pass 1 (stash 2; row-uniform): K small against the row and the lists
-        gs = False
-        nz = NBINS
-        if GUESS:
-            gs = stash == 2 and not merge and int64(16) * K <= L and 2 * K <= lcap
-            if gs:
-                nz = 2 * NBINS                    # (the sample's histogram at SP_RS = NBINS too)
-        for i in range(tid, nz, nt):
+        for i in range(tid, NBINS, nt):
             dyn32[i] = 0
         if CL and tid == 0:
             # the histogram rounds' mbarriers (one arrival each): every CTA's are initialised
@@ -3406,38 +3199,10 @@ def split_kernel(kind, vectorized, threads, cluster=0, guess=False):
         cuda.syncthreads()
         if CL:
             ops.cluster_arrive_relaxed()
-        seg0 = 0
-        if GUESS and gs:                          # 0. a guessed pass 1 and its round
-            gb = guess_pass(x, src, base, c_lo, c_hi, kind, VEC, NT, K, L, dyn32, dyn64, st,
-                            wsum, lcap, w)
-            cuda.syncthreads()
-            if stop == 5:                         # (timing hook: pass 1 alone)
-                ops.cluster_wait_acquire()
-                return
-            d, above, cnt, B, ovf = pair_guess_round(dyn32, mb, K, s, gb,
-                                                     int32(1 if st[4] > lcap else 0), st, wsum)
-            if stop == 1 or stop == 9:            # (timing hook: the round; no pass 2 follows)
-                ops.cluster_arrive_relaxed()
-                ops.cluster_wait_acquire()
-                return
-            if above >= 0 and d >= B and ovf == 0 and cnt <= ccap:     # the lists hold the
-                cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, rcnt,
-                                    mb, min(st[4], int32(lcap)), s, 0, stop, st, wsum, e, gcnt,
-                                    row, index_bits(L), int32(above + cnt), True)  # (top K)
-                return
-            cuda.syncthreads()                    # the fallback (row-uniform): exact passes
-            for i in range(tid, NBINS, nt):
-                dyn32[i] = 0
-            if tid == 0:
-                st[4] = 0
-                if s == 0:
-                    gcnt[2 * row] = 1             # (``TopkPlan.guess_fallbacks``)
-            cuda.syncthreads()
-            seg0 = 1
         # 1. pass 1 and the rounds: 12 bits of the composite each, from the top
         want, pfx, hi, cnt, seg, halted = rb_threshold_bucket(
             x, src, base, c_lo, c_hi, kind, VEC, NT, K, ccap, dyn32, dyn64, st, wsum, lcap, stop,
-            True, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, mb, w, sidx, seg0)
+            True, ghist, hrow, gbar, row, S, s, phase, nbuf, CL, mb, w, sidx)
         if halted:                                # a replay launch or the stop == 1 hook
             return
         if CL > 2:                                # (from the histogram pass 2 overwrites)
@@ -3466,7 +3231,7 @@ def split_kernel(kind, vectorized, threads, cluster=0, guess=False):
         if CL == 2:                               # 3. a pair: sorted lists merged
             cluster_pair_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, rcnt, mb,
                                 n_own, s, seg, stop, st, wsum, e, gcnt, row, index_bits(L),
-                                int32(K - want + cnt) if lv1 and not merge else int32(0), False)
+                                int32(K - want + cnt) if lv1 and not merge else int32(0))
             return
         if CL:                                    # 3. each item to its owner, ranked there
             cluster_owner_ending(x, base, obase, K, k, kind, vals, idx, dyn64, dyn32, spl, rcnt,
@@ -3523,8 +3288,7 @@ def split_kernel(kind, vectorized, threads, cluster=0, guess=False):
         split_tail(vals, idx, obase, K, k, kind, s, S, gcnt, row, phase)
 
     topk_split.__name__ = topk_split.__qualname__ = \
-        f"topk_split_{'bf16' if kind == BF16 else 'f32'}_v{VEC}_t{NT}" + (f"_c{CL}" if CL else "") \
-        + ("_g" if GUESS else "")
+        f"topk_split_{'bf16' if kind == BF16 else 'f32'}_v{VEC}_t{NT}" + (f"_c{CL}" if CL else "")
     k_ = _PROD[key] = kernel(topk_split, launch_bounds=(NT, 1), cluster=CL or None, pdl=True)
     return k_
 
@@ -3604,10 +3368,7 @@ class TopkPlan:
     ``split_geometry(cluster=True)``), sm_90+ GPUs only (no replay); any number of rows. At S =
     2 the pair ends by one counting sort of both CTAs' lists, split by slot between them;
     ``pair_merge = True`` (test and timing hook) makes it merge sorted lists instead, the form a
-    level round leads to. ``pair_guess = True`` (opt-in, not yet the default: its timed form was
-    slower, CHANGELOG 0.25.0) makes a pair with the stash first try a guessed pass 1 (its own
-    kernel, ``split_kernel(guess=True)``; ``guess_pass``: no stash, no pass 2; where the guess
-    fails, the exact passes follow in the same launch).
+    level round leads to.
     "auto" resolves per shape (``resolve_variant``).
     Test hooks: ``threads``/``finish_threads``/``S``/``capacity``/``stage_cap`` (the staged
     variant's per-block shared slots per list, <= SCAP) override the geometry, ``run(...,
@@ -3664,7 +3425,6 @@ class TopkPlan:
         self.rb_ccap = RB_CCAP if capacity is None else max(1, min(capacity, RB_CCAP))
         self.rb_stop = 0        # timing hook: rowblock 1-4, split 1-3, 5-7 end the kernel early
         self.pair_merge = False  # cluster pairs: the sorted lists' merge, not the split sort
-        self.pair_guess = False  # cluster pairs with the stash: a guessed pass 1 (``guess_pass``)
         self.rb_bmax = RB_BMAX         # rowblock: counting sort's largest bin (else bitonic)
         self.replay = False     # split: run as replay launches (the simulator always does)
         self.stage_cap = SCAP if stage_cap is None else stage_cap
@@ -3702,12 +3462,11 @@ class TopkPlan:
                                "simulator): use variant='split' there")
         nbuf = SP_ROUNDS if replay else SP_NBUF
         ghist, gcnt, goff, gbar, glist = self.split_workspace(gpu, nbuf)
-        guess = bool(self.stash and self.pair_guess and cl == 2)
-        kern = split_kernel(self.kind, vectorized, self.split_threads, cl, guess)
+        kern = split_kernel(self.kind, vectorized, self.split_threads, cl)
         ccap = min(self.rb_ccap, K_MAX + 1 - self.k)     # the row's list: <= K_MAX composites
         args = [x, self.n, self.k, lk, has_len, vals, idx, self.S, self.chunk, ghist, nbuf, gbar,
                 gcnt, goff, glist, ccap, -1, self.rb_stop | (PAIR_MERGE if self.pair_merge else 0),
-                int(self.stash) + int(guess)]
+                int(self.stash)]
         smem = SP_SMEM_CLUSTER if cl else SP_SMEM
         if cl == 2:                              # the split ending's received items, positions
             smem = SP_SMEM_PAIR
@@ -3729,12 +3488,6 @@ class TopkPlan:
                 return
         raise RuntimeError("split top-k replay: rows still unfinished after every barrier "
                            "(a bug: please report it)")
-
-    def guess_fallbacks(self):
-        """Test hook, after a "cluster" pair's run with the guessed pass 1: a bool per row, True
-        where the guess failed and the exact passes ran (``split_kernel`` step 0)."""
-        gcnt = self.split_workspace(True, SP_NBUF)[1].copy_to_host()
-        return gcnt[0::2] == 1
 
     def workspace(self, io_gpu: bool):
         """(ints, ghist, meta, tickets, sure, cand). The int part is zeroed once here; each run
@@ -3962,7 +3715,6 @@ def production_kernels():
                 sigs.append((split_kernel(kind, vectorized, threads), split_sig))
                 sigs += [(split_kernel(kind, vectorized, threads, cl), split_sig)
                          for cl in SP_CLUSTERS]
-                sigs.append((split_kernel(kind, vectorized, threads, 2, True), split_sig))
         sigs.append((topk_finish_kernel, (arr[::1], i64, i64, i32, b, i64, i32, i32, i32,
                                           t.uint64[::1], t.uint64[::1], i64, arr[::1], i32)))
     return sigs

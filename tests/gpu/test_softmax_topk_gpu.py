@@ -432,57 +432,6 @@ def test_topk_cluster_stash(kind, dtype):
 
 
 @pytest.mark.skipif("cluster" not in TOPK_VARIANTS, reason="cluster variant not under test")
-@pytest.mark.parametrize("kind", ["normal", "uniform", "ties", "ascending", "mixed"])
-@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
-def test_topk_cluster_guess(kind, dtype):
-    """A pair's guessed pass 1 (``guess_pass``, ``TopkPlan.pair_guess``; 64 x 131072, S = 2 x
-    512): the oracle, the same bits as the exact passes (the default kernel), and which rows fell
-    back (the exact passes after the guess, in the same launch), row by row as
-    ``topk.guess_outcome`` (the decision's NumPy model) says.
-    normal (outliers, +-inf, lengths as the stash test's): no row with 16 K <= L falls back;
-    uniform (12-bit bins of ~8 K scores: a level round), ties (lists overflow), ascending rows
-    (each CTA's first trip holds its smallest scores: overflow) fall back in every such row;
-    mixed (slice 0 descending, slice 1 random: the lists hold >= K scores but slice 0's guess is
-    high, so the crossing bin lies below the bins both lists cover) falls back too: without that
-    check the answer misses slice 0's scores there."""
-    R, N, k = 64, 131072, 2048
-    x = _scores(R, N, dtype, seed=31 + len(kind), kind="normal" if kind in (
-        "ascending", "mixed") else kind)
-    g = np.random.default_rng(32)
-    lengths = np.full(R, N)
-    if kind == "normal":
-        x[g.integers(0, R, 50), g.integers(0, N, 50)] = dtype(1e4)
-        x[3, 17], x[4, 18], x[5, 19] = dtype(np.inf), dtype(-np.inf), dtype(-1e4)
-        lengths = g.integers(0, N + 1, R)
-        lengths[:7] = [N, N - 3, 65536 + 1001, 40001, 1000, 0, 32768]
-    elif kind == "ascending":
-        x = np.sort(x, axis=1)
-    elif kind == "mixed":
-        x[:, :N // 2] = -np.sort(-x[:, :N // 2].astype(np.float32), axis=1).astype(dtype)
-    c = K._prepare(x, k, lengths)
-    plan = K.TopkPlan(R, N, k, c.kind, variant="cluster")
-    assert plan.stash and (plan.S, plan.split_threads) == (2, 512)
-    plan.pair_guess = True
-    v, i = K.topk_production(c, plan=plan)
-    K.assert_topk(v, i, x, k, lengths, name=f"cluster guess {kind} {dtype.__name__}")
-    fell = plan.guess_fallbacks()
-    vec = 4 if dtype == np.float32 else 8
-    model = np.array([K.guess_outcome(x[r], k, lengths[r], plan.chunk, plan.split_threads, vec)
-                      for r in range(R)])
-    assert (fell == (model == "fallback")).all(), np.flatnonzero(fell != (model == "fallback"))
-    if kind == "normal":
-        assert (model == "guess").sum() > 40 and not fell.any(), np.flatnonzero(fell)
-    else:
-        assert (model == "fallback").all(), (kind, model)
-    plan.pair_guess = False
-    v2, i2 = K.topk_production(c, plan=plan)
-    assert not plan.guess_fallbacks().any()
-    assert_close(i2, i, bitwise=True, name="guess vs exact passes indices")
-    assert_close(v2.view(np.uint8), v.view(np.uint8), bitwise=True,
-                 name="guess vs exact passes values")
-
-
-@pytest.mark.skipif("cluster" not in TOPK_VARIANTS, reason="cluster variant not under test")
 @pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
 def test_topk_cluster_pair_split_and_merge(dtype):
     """A pair's two endings (64 x 131072, k = 2048, S = 2 x 512): the counting sort split by slot
